@@ -1,0 +1,141 @@
+/* CPU detection and the run-time choice of kernels. */
+#include <string.h>
+
+#include "lp_core.h"
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <cpuid.h>
+#define LP_X86 1
+#endif
+
+lp_type_traits lp_traits[LP_TYPE_COUNT];
+static int lp_active = -1;
+
+int lp_cpu_has_avx2(void) {
+#ifdef LP_X86
+    unsigned a, b, c, d;
+    if (!__get_cpuid(1, &a, &b, &c, &d)) return 0;
+    int fma = (c >> 12) & 1, osxsave = (c >> 27) & 1, avx = (c >> 28) & 1, f16c = (c >> 29) & 1;
+    if (!(fma && osxsave && avx && f16c)) return 0;
+    unsigned xlo, xhi;
+    __asm__ volatile("xgetbv" : "=a"(xlo), "=d"(xhi) : "c"(0));
+    if ((xlo & 6) != 6) return 0; /* OS saves XMM and YMM state */
+    if (__get_cpuid_max(0, NULL) < 7) return 0;
+    __cpuid_count(7, 0, a, b, c, d);
+    return (b >> 5) & 1;
+#else
+    return 0;
+#endif
+}
+
+int lp_cpu_has_neon(void) {
+#if defined(__aarch64__) || defined(__ARM_NEON)
+    return 1;
+#else
+    return 0;
+#endif
+}
+
+int lp_kernels_best(void) {
+    if (lp_cpu_has_avx2()) return LP_KERNELS_AVX2;
+    if (lp_cpu_has_neon()) return LP_KERNELS_NEON;
+    return LP_KERNELS_SCALAR;
+}
+
+const char *lp_kernels_name(int level) {
+    switch (level) {
+    case LP_KERNELS_SCALAR: return "scalar";
+    case LP_KERNELS_AVX2: return "avx2+fma+f16c";
+    case LP_KERNELS_NEON: return "neon";
+    default: return "unknown";
+    }
+}
+
+int lp_kernels_set(int level) {
+    if (level == LP_KERNELS_AVX2 && !lp_cpu_has_avx2()) return -1;
+    if (level == LP_KERNELS_NEON && !lp_cpu_has_neon()) return -1;
+    if (level < 0 || level > LP_KERNELS_NEON) return -1;
+    lp_type_traits t[LP_TYPE_COUNT];
+    memset(t, 0, sizeof t);
+    lp_register_float_scalar(t);
+    lp_register_legacy_scalar(t);
+    lp_register_kquants_scalar(t);
+    if (level == LP_KERNELS_AVX2) {
+        lp_register_float_avx2(t);
+        lp_register_legacy_avx2(t);
+        lp_register_kquants_avx2(t);
+    } else if (level == LP_KERNELS_NEON) {
+        lp_register_float_neon(t);
+        lp_register_legacy_neon(t);
+        lp_register_kquants_neon(t);
+    }
+    memcpy(lp_traits, t, sizeof t);
+    lp_active = level;
+    return 0;
+}
+
+static void lp_ensure_init(void) {
+    if (lp_active < 0) lp_kernels_set(lp_kernels_best());
+}
+
+int lp_kernels_active(void) {
+    lp_ensure_init();
+    return lp_active;
+}
+
+const lp_type_traits *lp_get_traits(int type) {
+    lp_ensure_init();
+    if (type < 0 || type >= LP_TYPE_COUNT || lp_traits[type].blck_size == 0) return NULL;
+    return &lp_traits[type];
+}
+
+int lp_type_supported(int type) { return lp_get_traits(type) != NULL; }
+
+int64_t lp_blck_size(int type) {
+    const lp_type_traits *t = lp_get_traits(type);
+    return t ? t->blck_size : -1;
+}
+
+int64_t lp_type_size(int type) {
+    const lp_type_traits *t = lp_get_traits(type);
+    return t ? t->type_size : -1;
+}
+
+int64_t lp_row_size(int type, int64_t n) {
+    const lp_type_traits *t = lp_get_traits(type);
+    if (!t || n < 0 || n % t->blck_size) return -1;
+    return n / t->blck_size * t->type_size;
+}
+
+int lp_vec_dot_type(int type) {
+    const lp_type_traits *t = lp_get_traits(type);
+    return t ? t->vec_dot_type : -1;
+}
+
+int lp_quantize_row_ref(int type, const float *x, void *y, int64_t n) {
+    const lp_type_traits *t = lp_get_traits(type);
+    if (!t || !t->from_float_ref || n % t->blck_size) return -1;
+    t->from_float_ref(x, y, n);
+    return 0;
+}
+
+int lp_quantize_row(int type, const float *x, void *y, int64_t n) {
+    const lp_type_traits *t = lp_get_traits(type);
+    if (!t || !t->from_float || n % t->blck_size) return -1;
+    t->from_float(x, y, n);
+    return 0;
+}
+
+int lp_dequantize_row(int type, const void *x, float *y, int64_t n) {
+    const lp_type_traits *t = lp_get_traits(type);
+    if (!t || !t->to_float || n % t->blck_size) return -1;
+    t->to_float(x, y, n);
+    return 0;
+}
+
+int lp_vec_dot(int type, int64_t n, const void *x, const void *y, float *s) {
+    const lp_type_traits *t = lp_get_traits(type);
+    if (!t || !t->vec_dot || n % t->blck_size || n > 0x7fffffff) return -1;
+    t->vec_dot((int)n, s, x, y);
+    return 0;
+}

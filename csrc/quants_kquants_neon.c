@@ -1,0 +1,4 @@
+/* NEON kernels: kquants formats. */
+#include "lp_core.h"
+
+void lp_register_kquants_neon(lp_type_traits *t) { (void)t; }

@@ -1,0 +1,103 @@
+"""`llamapy info`: what a GGUF file holds: metadata, tensors, totals."""
+from __future__ import annotations
+
+import json
+import platform
+from collections import Counter
+from typing import Any
+
+import numpy as np
+
+from .gguf_reader import GGUFReader, GGUFValue
+from .gguf_constants import ValueType
+
+ARRAY_SHOWN = 8
+
+
+def _plain(v: GGUFValue, full: bool) -> Any:
+    if v.type != ValueType.ARRAY:
+        return v.value
+    vals = v.value
+    if isinstance(vals, np.ndarray):
+        vals = vals.tolist()
+    else:
+        vals = [_plain(x, full) if isinstance(x, GGUFValue) else x for x in vals]
+    if full or len(vals) <= ARRAY_SHOWN:
+        return vals
+    return {"type": f"array of {v.subtype.name}", "length": len(vals), "head": vals[:ARRAY_SHOWN]}
+
+
+def summarize(path: str, with_tensors: bool = True) -> dict:
+    """A plain-data description of a GGUF file (what `info --json` prints)."""
+    with GGUFReader(path) as r:
+        n_params = sum(t.n_elements for t in r.tensors.values())
+        n_bytes = sum(t.nbytes for t in r.tensors.values())
+        out = {
+            "file": path,
+            "version": r.version,
+            "alignment": r.alignment,
+            "file_size": r.size,
+            "metadata": {k: _plain(v, False) for k, v in r.kv.items()},
+            "n_tensors": len(r.tensors),
+            "tensor_types": dict(Counter(t.type_name for t in r.tensors.values()).most_common()),
+            "n_params": n_params,
+            "tensor_bytes": n_bytes,
+            "bits_per_weight": round(8 * n_bytes / n_params, 4) if n_params else 0.0,
+        }
+        if with_tensors:
+            out["tensors"] = [
+                {"name": t.name, "shape": list(t.shape), "type": t.type_name, "bytes": t.nbytes}
+                for t in r.tensors.values()
+            ]
+    return out
+
+
+def system_info() -> dict:
+    from . import __version__
+    from .native import kernels_active, kernels_best
+
+    return {
+        "llamapy": __version__,
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+        "kernels_active": kernels_active(),
+        "kernels_best": kernels_best(),
+    }
+
+
+def _fmt_value(v: Any) -> str:
+    if isinstance(v, dict) and "length" in v:
+        head = ", ".join(repr(x) for x in v["head"])
+        return f"[{head}, ...] ({v['length']} x {v['type'].split()[-1]})"
+    s = repr(v) if isinstance(v, str) else str(v)
+    return s if len(s) <= 100 else s[:97] + "..."
+
+
+def print_info(info: dict, console) -> None:
+    from rich.table import Table
+
+    console.print(f"[bold]{info['file']}[/]: GGUF v{info['version']}, {info['file_size']:,} bytes")
+    meta = Table(title="metadata", show_header=True, header_style="bold")
+    meta.add_column("key")
+    meta.add_column("value", overflow="fold")
+    for k, v in info["metadata"].items():
+        meta.add_row(k, _fmt_value(v))
+    console.print(meta)
+    if "tensors" in info:
+        tt = Table(title="tensors", show_header=True, header_style="bold")
+        tt.add_column("name")
+        tt.add_column("shape")
+        tt.add_column("type")
+        tt.add_column("bytes", justify="right")
+        for t in info["tensors"]:
+            tt.add_row(t["name"], " x ".join(map(str, t["shape"])), t["type"], f"{t['bytes']:,}")
+        console.print(tt)
+    types = ", ".join(f"{k} x{v}" for k, v in info["tensor_types"].items())
+    console.print(
+        f"{info['n_tensors']} tensors ({types}); {info['n_params'] / 1e6:.2f}M parameters; "
+        f"{info['tensor_bytes'] / 2**20:.2f} MiB; {info['bits_per_weight']:.2f} bits per weight"
+    )
+
+
+def to_json(info: dict) -> str:
+    return json.dumps(info, indent=2, ensure_ascii=False, default=str)
