@@ -23,7 +23,7 @@ $(STAMP): pyproject.toml setup.py llamapy/_build.py
 build: $(NATIVE)
 
 $(NATIVE): $(STAMP) $(wildcard csrc/*.c csrc/*.h) llamapy/_build.py
-	$(PY) setup.py -q build_ext --inplace --force
+	flock $(VENV)/.build.lock $(PY) setup.py -q build_ext --inplace --force
 	touch $(NATIVE)
 
 demo: install build
