@@ -79,10 +79,9 @@ def _pack_value(value: Any, vt: ValueType, subtype: ValueType | None) -> bytes:
                 inner_vt, inner_sub = _infer_type(v)
                 parts.append(_pack_value(v, inner_vt, inner_sub))
             return head + b"".join(parts)
-        arr = np.asarray(value)
         if subtype == ValueType.BOOL:
-            arr = arr.astype(bool)
-        return head + arr.astype(SCALAR_DTYPES[subtype]).tobytes()
+            value = np.asarray(value, dtype=bool)
+        return head + np.asarray(value, dtype=SCALAR_DTYPES[subtype]).tobytes()
     dt = SCALAR_DTYPES[vt]
     if vt == ValueType.BOOL:
         value = bool(value)
