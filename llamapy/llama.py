@@ -43,3 +43,368 @@ Generation helper in llamapy.generate:
         and yields token ids until an end-of-generation token (not yielded) or n_predict tokens;
         context shift when the context fills and n_predict allows it. Timings in generate.Timings.
 """
+from __future__ import annotations
+
+import os
+import time
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from .errors import LlamapyError
+from .gguf_constants import ValueType
+from .gguf_reader import GGUFReader
+from .model import ModelArgs, check_tensors, model_desc
+
+# GGUF tensor name suffix -> engine weight slot (see csrc/lp_engine.h)
+_LAYER_SLOTS = {
+    "attn_norm.weight": "LP_W_ATTN_NORM", "attn_q.weight": "LP_W_Q", "attn_k.weight": "LP_W_K",
+    "attn_v.weight": "LP_W_V", "attn_output.weight": "LP_W_O", "attn_q.bias": "LP_W_Q_B",
+    "attn_k.bias": "LP_W_K_B", "attn_v.bias": "LP_W_V_B", "attn_output.bias": "LP_W_O_B",
+    "ffn_norm.weight": "LP_W_FFN_NORM", "ffn_gate.weight": "LP_W_GATE", "ffn_up.weight": "LP_W_UP",
+    "ffn_down.weight": "LP_W_DOWN", "ffn_gate.bias": "LP_W_GATE_B", "ffn_up.bias": "LP_W_UP_B",
+    "ffn_down.bias": "LP_W_DOWN_B",
+}
+_GLOBAL_SLOTS = {
+    "token_embd.weight": "LP_W_TOKEN_EMBD", "output_norm.weight": "LP_W_OUTPUT_NORM",
+    "output.weight": "LP_W_OUTPUT", "rope_freqs.weight": "LP_W_ROPE_FREQS",
+}
+
+# YaRN settings the reference never reads from GGUF (every YaRN model uses these)
+YARN_BETA_FAST = 32.0
+YARN_BETA_SLOW = 1.0
+
+
+def physical_cores() -> int:
+    """Physical cores this process may run on (hyper-threads not counted)."""
+    try:
+        allowed = os.sched_getaffinity(0)
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+    cores = set()
+    for cpu in allowed:
+        base = f"/sys/devices/system/cpu/cpu{cpu}/topology/"
+        try:
+            with open(base + "core_id") as f:
+                core = f.read().strip()
+            with open(base + "physical_package_id") as f:
+                pkg = f.read().strip()
+        except OSError:
+            return len(allowed)
+        cores.add((pkg, core))
+    return max(1, len(cores))
+
+
+def _plain(v):
+    if v.type != ValueType.ARRAY:
+        return v.value
+    vals = v.value
+    return vals.tolist() if isinstance(vals, np.ndarray) else [_plain(x) if hasattr(x, "type") else x for x in vals]
+
+
+def _ptr(arr: np.ndarray, ctype: str):
+    from .native import ffi
+
+    return ffi.cast(ctype, arr.ctypes.data) if arr is not None else ffi.NULL
+
+
+class Llama:
+    """A loaded model with its KV cache and thread pool; see the module docstring for the contract."""
+
+    def __init__(
+        self,
+        model_path: str | None = None,
+        n_ctx: int = 0,
+        n_threads: int | None = None,
+        n_batch: int = 512,
+        n_seq_max: int = 1,
+        embeddings: bool = False,
+    ):
+        from .models import resolve_model
+        from .native import ffi, lib
+
+        t0 = time.perf_counter()
+        self._engine = None
+        self._reader = None
+        self.model_path = resolve_model(model_path)
+        self._reader = GGUFReader(self.model_path)
+        r = self._reader
+        try:
+            self.args = args = ModelArgs.from_gguf(r)
+            tensors = check_tensors(r, args)
+        except BaseException:
+            self.close()
+            raise
+        if n_ctx < 0 or n_batch < 1 or n_seq_max < 1:
+            self.close()
+            raise LlamapyError(f"n_ctx {n_ctx}, n_batch {n_batch}, n_seq_max {n_seq_max}: out of range")
+        self.n_ctx = n_ctx or args.n_ctx_train
+        self.n_batch = min(n_batch, self.n_ctx)
+        self.n_seq_max = n_seq_max
+        self.n_vocab = args.n_vocab
+        self.n_embd = args.n_embd
+        self.embeddings = embeddings
+        self.desc = model_desc(r, args)
+        self.n_params = sum(t.n_elements for t in r.tensors.values())
+        self.model_size = sum(t.nbytes for t in r.tensors.values())
+        self._scratch_seq = n_seq_max  # an extra sequence for embed()
+
+        p = ffi.new("lp_engine_params *")
+        p.n_vocab, p.n_embd, p.n_layer = args.n_vocab, args.n_embd, args.n_layer
+        p.n_head, p.n_head_kv, p.head_dim, p.n_ff = args.n_head, args.n_head_kv, args.head_dim, args.n_ff
+        p.n_ctx, p.n_seq, p.n_batch = self.n_ctx, n_seq_max + 1, self.n_batch
+        p.n_threads = n_threads if n_threads and n_threads > 0 else physical_cores()
+        p.norm_eps = args.norm_eps
+        p.attn_scale = 0.0
+        p.rope_freq_base = args.rope_freq_base
+        scaling = args.rope_scaling
+        p.rope_freq_scale = 1.0 if scaling == "none" else args.rope_freq_scale
+        p.yarn_ext_factor = 1.0 if scaling == "yarn" else 0.0
+        p.yarn_attn_factor = args.rope_attn_factor
+        p.yarn_beta_fast, p.yarn_beta_slow = YARN_BETA_FAST, YARN_BETA_SLOW
+        p.n_ctx_orig = args.n_ctx_orig_yarn
+        self.rope_freq_scale = p.rope_freq_scale
+        eng = lib.lp_engine_new(p)
+        if eng == ffi.NULL:
+            kv = 2 * args.n_layer * (n_seq_max + 1) * self.n_ctx * args.kv_dim * 2
+            self.close()
+            raise LlamapyError(f"can't allocate the engine (KV cache {kv / 2**20:.0f} MiB for n_ctx {self.n_ctx}); try a smaller -c")
+        self._engine = ffi.gc(eng, lib.lp_engine_free)
+        self.n_threads = lib.lp_engine_n_threads(eng)
+
+        self._base = ffi.from_buffer(r._mmap)  # char[] over the whole file, alive as long as we are
+        if "output.weight" not in tensors:
+            tensors = dict(tensors, **{"output.weight": tensors["token_embd.weight"]})
+        for name, t in tensors.items():
+            if name in _GLOBAL_SLOTS:
+                kind, layer = getattr(lib, _GLOBAL_SLOTS[name]), -1
+            else:
+                _, i, suffix = name.split(".", 2)
+                kind, layer = getattr(lib, _LAYER_SLOTS[suffix]), int(i)
+            ne1 = t.n_rows
+            if lib.lp_engine_set_weight(eng, kind, layer, self._base + t.offset, t.type, t.shape[0], ne1) != 0:
+                msg = ffi.string(lib.lp_engine_error(eng)).decode()
+                self.close()
+                raise LlamapyError(f"{self.model_path}: tensor '{name}': {msg}")
+
+        self._seq_tokens: list[list[int]] = [[] for _ in range(n_seq_max + 1)]
+        self._tokenizer = None
+        self._metadata = None
+        self.load_time = time.perf_counter() - t0
+
+    # -- properties ----------------------------------------------------------------------------
+    @property
+    def tokenizer(self):
+        if self._tokenizer is None:
+            from .tokenizer import Tokenizer
+
+            self._tokenizer = Tokenizer.from_gguf(self._reader)
+        return self._tokenizer
+
+    @property
+    def metadata(self) -> dict:
+        if self._metadata is None:
+            self._metadata = {k: _plain(v) for k, v in self._reader.kv.items()}
+        return self._metadata
+
+    @property
+    def chat_template(self) -> str | None:
+        return self._reader.get("tokenizer.chat_template")
+
+    # -- evaluation ----------------------------------------------------------------------------
+    def _check_seq(self, seq_id: int, scratch_ok: bool = False) -> None:
+        top = self.n_seq_max + (1 if scratch_ok else 0)
+        if not 0 <= seq_id < top:
+            raise LlamapyError(f"sequence {seq_id} out of range (n_seq_max = {self.n_seq_max})")
+
+    def _run(self, tokens: np.ndarray, pos: np.ndarray, seq: np.ndarray, out_idx: np.ndarray,
+             logits: np.ndarray | None, hidden: np.ndarray | None) -> None:
+        """One C call: tokens/pos/seq/out_idx int32 arrays; logits/hidden float32 outputs or None."""
+        from .native import ffi, lib
+
+        rc = lib.lp_engine_eval(
+            self._engine, len(tokens), _ptr(tokens, "int32_t *"), _ptr(pos, "int32_t *"), _ptr(seq, "int32_t *"),
+            len(out_idx), _ptr(out_idx, "int32_t *"),
+            _ptr(logits, "float *") if logits is not None else ffi.NULL,
+            _ptr(hidden, "float *") if hidden is not None else ffi.NULL,
+        )
+        if rc != 0:
+            raise LlamapyError(ffi.string(lib.lp_engine_error(self._engine)).decode())
+
+    def _append(self, seq_id: int, tokens: Sequence[int], all_logits: bool) -> np.ndarray:
+        toks = np.ascontiguousarray(tokens, dtype=np.int32)
+        n = len(toks)
+        if n == 0:
+            raise LlamapyError("eval: no tokens given")
+        past = len(self._seq_tokens[seq_id])
+        if past + n > self.n_ctx:
+            raise LlamapyError(
+                f"sequence {seq_id}: {past} + {n} tokens would pass the context size {self.n_ctx}")
+        if toks.min() < 0 or toks.max() >= self.n_vocab:
+            bad = int(toks[(toks < 0) | (toks >= self.n_vocab)][0])
+            raise LlamapyError(f"token id {bad} is outside the vocabulary (0..{self.n_vocab - 1})")
+        out = np.empty((n if all_logits else 1, self.n_vocab), dtype=np.float32)
+        for start in range(0, n, self.n_batch):
+            chunk = toks[start:start + self.n_batch]
+            m = len(chunk)
+            pos = np.arange(past + start, past + start + m, dtype=np.int32)
+            seq = np.full(m, seq_id, dtype=np.int32)
+            if all_logits:
+                self._run(chunk, pos, seq, np.arange(m, dtype=np.int32), out[start:start + m], None)
+            elif start + m == n:
+                self._run(chunk, pos, seq, np.array([m - 1], dtype=np.int32), out, None)
+            else:
+                self._run(chunk, pos, seq, np.empty(0, dtype=np.int32), None, None)
+            self._seq_tokens[seq_id].extend(int(t) for t in chunk)
+        return out
+
+    def eval(self, tokens: Sequence[int], seq_id: int = 0) -> np.ndarray:
+        """Append tokens to a sequence; the logits (n_vocab,) of the last one."""
+        self._check_seq(seq_id)
+        return self._append(seq_id, tokens, all_logits=False)[0]
+
+    def eval_all_logits(self, tokens: Sequence[int], seq_id: int = 0) -> np.ndarray:
+        """Append tokens to a sequence; the logits of every one (len(tokens), n_vocab)."""
+        self._check_seq(seq_id)
+        return self._append(seq_id, tokens, all_logits=True)
+
+    def eval_batch(self, items: Iterable[tuple[int, Sequence[int]]]) -> list[np.ndarray]:
+        """Advance several sequences together, one C call per n_batch tokens; last-token logits of each item."""
+        items = [(int(s), np.ascontiguousarray(t, dtype=np.int32)) for s, t in items]
+        seen = set()
+        for s, t in items:
+            self._check_seq(s)
+            if s in seen:
+                raise LlamapyError(f"eval_batch: sequence {s} appears twice")
+            seen.add(s)
+            if len(t) == 0:
+                raise LlamapyError(f"eval_batch: no tokens for sequence {s}")
+            if len(self._seq_tokens[s]) + len(t) > self.n_ctx:
+                raise LlamapyError(
+                    f"sequence {s}: {len(self._seq_tokens[s])} + {len(t)} tokens would pass the context size {self.n_ctx}")
+            if t.min() < 0 or t.max() >= self.n_vocab:
+                raise LlamapyError(f"eval_batch: a token id of sequence {s} is outside the vocabulary")
+        toks = np.concatenate([t for _, t in items])
+        seq = np.concatenate([np.full(len(t), s, dtype=np.int32) for s, t in items])
+        pos = np.concatenate([np.arange(len(self._seq_tokens[s]), len(self._seq_tokens[s]) + len(t), dtype=np.int32)
+                              for s, t in items])
+        last = np.cumsum([len(t) for _, t in items]) - 1  # batch index of each item's last token
+        results: list[np.ndarray | None] = [None] * len(items)
+        for start in range(0, len(toks), self.n_batch):
+            end = min(start + self.n_batch, len(toks))
+            wanted = [i for i, li in enumerate(last) if start <= li < end]
+            out_idx = np.array([last[i] - start for i in wanted], dtype=np.int32)
+            logits = np.empty((len(wanted), self.n_vocab), dtype=np.float32) if wanted else None
+            self._run(toks[start:end], pos[start:end], seq[start:end], out_idx, logits, None)
+            for j, i in enumerate(wanted):
+                results[i] = logits[j]
+        for s, t in items:
+            self._seq_tokens[s].extend(int(x) for x in t)
+        return results
+
+    # -- the KV cache --------------------------------------------------------------------------
+    def n_past(self, seq_id: int = 0) -> int:
+        self._check_seq(seq_id)
+        return len(self._seq_tokens[seq_id])
+
+    def tokens(self, seq_id: int = 0) -> list[int]:
+        self._check_seq(seq_id)
+        return list(self._seq_tokens[seq_id])
+
+    def kv_truncate(self, seq_id: int, n: int) -> None:
+        """Keep the first n positions of a sequence; later evals overwrite the rest."""
+        self._check_seq(seq_id)
+        if n < 0:
+            raise LlamapyError(f"kv_truncate: n = {n}")
+        del self._seq_tokens[seq_id][n:]
+
+    def kv_clear(self, seq_id: int | None = None) -> None:
+        if seq_id is None:
+            for t in self._seq_tokens:
+                t.clear()
+        else:
+            self._check_seq(seq_id)
+            self._seq_tokens[seq_id].clear()
+
+    def context_shift(self, seq_id: int, n_keep: int, n_discard: int) -> None:
+        """Drop positions [n_keep, n_keep + n_discard) of a sequence; later ones move down (K re-rotated)."""
+        from .native import ffi, lib
+
+        self._check_seq(seq_id)
+        toks = self._seq_tokens[seq_id]
+        n_past = len(toks)
+        if n_keep < 0 or n_discard < 0 or n_keep + n_discard > n_past:
+            raise LlamapyError(f"context_shift: keep {n_keep} + discard {n_discard} of {n_past} positions")
+        if n_discard == 0:
+            return
+        if lib.lp_engine_kv_shift(self._engine, seq_id, n_keep + n_discard, n_past, -n_discard) != 0:
+            raise LlamapyError(ffi.string(lib.lp_engine_error(self._engine)).decode())
+        del toks[n_keep:n_keep + n_discard]
+
+    def kv_copy(self, src_seq: int, dst_seq: int, n: int | None = None) -> None:
+        """Copy the first n positions (all by default) of one sequence's cache to another."""
+        from .native import ffi, lib
+
+        self._check_seq(src_seq)
+        self._check_seq(dst_seq)
+        n = len(self._seq_tokens[src_seq]) if n is None else n
+        if not 0 <= n <= len(self._seq_tokens[src_seq]):
+            raise LlamapyError(f"kv_copy: {n} positions, sequence {src_seq} has {len(self._seq_tokens[src_seq])}")
+        if lib.lp_engine_kv_copy(self._engine, src_seq, dst_seq, n) != 0:
+            raise LlamapyError(ffi.string(lib.lp_engine_error(self._engine)).decode())
+        self._seq_tokens[dst_seq] = list(self._seq_tokens[src_seq][:n])
+
+    # -- embeddings ----------------------------------------------------------------------------
+    def hidden_states(self, tokens: Sequence[int]) -> np.ndarray:
+        """Final-normed hidden states (len(tokens), n_embd) of tokens evaluated from position 0 in a
+        scratch sequence (other sequences are untouched)."""
+        toks = np.ascontiguousarray(tokens, dtype=np.int32)
+        n = len(toks)
+        if n == 0:
+            raise LlamapyError("embed: no tokens given")
+        if n > self.n_ctx:
+            raise LlamapyError(f"embed: {n} tokens exceed the context size {self.n_ctx}")
+        if toks.min() < 0 or toks.max() >= self.n_vocab:
+            raise LlamapyError("embed: a token id is outside the vocabulary")
+        out = np.empty((n, self.n_embd), dtype=np.float32)
+        s = self._scratch_seq
+        for start in range(0, n, self.n_batch):
+            m = min(self.n_batch, n - start)
+            self._run(toks[start:start + m], np.arange(start, start + m, dtype=np.int32),
+                      np.full(m, s, dtype=np.int32), np.arange(m, dtype=np.int32), None, out[start:start + m])
+        return out
+
+    def embed(self, tokens: Sequence[int]) -> np.ndarray:
+        """One L2-normalised vector for the text: pooled final hidden states (mean unless the GGUF says
+        cls or last)."""
+        h = self.hidden_states(tokens)
+        pooling = self.args.pooling_type
+        v = h[0] if pooling == 2 else h[-1] if pooling == 3 else h.mean(axis=0, dtype=np.float64)
+        v = np.asarray(v, dtype=np.float64)
+        norm = np.linalg.norm(v)
+        return (v / norm if norm > 0 else v).astype(np.float32)
+
+    # -- lifetime ------------------------------------------------------------------------------
+    def close(self) -> None:
+        from .native import ffi, lib
+
+        if self._engine is not None:
+            eng, self._engine = self._engine, None
+            ffi.gc(eng, None)  # free it now, not again at garbage collection
+            lib.lp_engine_free(eng)
+        self._base = None
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:
+            pass

@@ -1,0 +1,161 @@
+"""A readable numpy forward pass of a llama model: the oracle the C engine is tested against.
+
+Slow and simple: the whole sequence at once, no KV cache, weights dequantized to float32 by the
+`gguf` package's own numpy code (independent of llamapy's kernels). Two switches make it round
+where the engine rounds, so tests can hold the engine to a tight tolerance:
+
+- `kv_f16`: q, K, V and the attention probabilities pass through float16, as in the reference
+  engine's F16 KV cache (its default);
+- `act_round`: each matmul input is rounded the way the weight's dot product sees it
+  (Q8_0 / Q8_1 / Q8_K blocks, F16, BF16), as the engine's activation quantization does.
+"""
+from __future__ import annotations
+
+import numpy as np
+from gguf.constants import GGMLQuantizationType as T
+from gguf.quants import dequantize
+
+from .gguf_reader import GGUFReader
+from .model import ModelArgs, check_tensors
+
+# the activation format each weight type is dotted with (ggml's vec_dot_type)
+VEC_DOT_TYPE = {
+    T.F32: T.F32, T.F16: T.F16, T.BF16: T.BF16,
+    T.Q4_0: T.Q8_0, T.Q5_0: T.Q8_0, T.Q8_0: T.Q8_0, T.IQ4_NL: T.Q8_0,
+    T.Q4_1: T.Q8_1, T.Q5_1: T.Q8_1,
+    T.Q2_K: T.Q8_K, T.Q3_K: T.Q8_K, T.Q4_K: T.Q8_K, T.Q5_K: T.Q8_K, T.Q6_K: T.Q8_K,
+}
+
+
+def load_weights(path: str) -> tuple[ModelArgs, dict[str, np.ndarray], dict[str, int]]:
+    """ModelArgs, every tensor as float32 in numpy order ((rows, row length) for matrices), and types."""
+    with GGUFReader(path) as r:
+        args = ModelArgs.from_gguf(r)
+        tensors = check_tensors(r, args)
+        weights, types = {}, {}
+        for name, t in tensors.items():
+            w = dequantize(np.array(t.raw), T(t.type)).astype(np.float32)
+            weights[name] = w.reshape(tuple(reversed(t.shape))).squeeze() if len(t.shape) == 1 else w.reshape(
+                t.n_rows, t.shape[0])
+            types[name] = t.type
+    if "output.weight" not in weights:
+        weights["output.weight"] = weights["token_embd.weight"]
+        types["output.weight"] = types["token_embd.weight"]
+    return args, weights, types
+
+
+def round_activation(x: np.ndarray, vtype: int) -> np.ndarray:
+    """x (.., n) as the engine hands it to a dot product with activations of type vtype."""
+    x = x.astype(np.float32)
+    if vtype == T.F32:
+        return x
+    if vtype == T.F16:
+        return x.astype(np.float16).astype(np.float32)
+    if vtype == T.BF16:
+        u = x.view(np.uint32).astype(np.uint64)
+        u = ((u + 0x7FFF + ((u >> 16) & 1)) >> 16) << 16
+        return u.astype(np.uint32).view(np.float32)
+    bs = 256 if vtype == T.Q8_K else 32
+    b = x.reshape(-1, bs)
+    if vtype == T.Q8_K:
+        # scale from the signed value of largest magnitude: -127 / that value
+        imax = np.abs(b).argmax(axis=1)
+        mx = b[np.arange(len(b)), imax]
+        with np.errstate(divide="ignore"):
+            iscale = np.where(mx == 0, 0, np.float32(-127) / mx).astype(np.float32)
+        q = np.minimum(127, np.round(iscale[:, None] * b))
+        d = np.where(iscale == 0, 0, np.float32(1) / np.where(iscale == 0, 1, iscale)).astype(np.float32)
+        return (q * d[:, None]).astype(np.float32).reshape(x.shape)
+    amax = np.abs(b).max(axis=1)
+    d = (amax / np.float32(127)).astype(np.float32)
+    with np.errstate(divide="ignore"):
+        idv = np.where(d == 0, 0, np.float32(1) / np.where(d == 0, 1, d)).astype(np.float32)
+    q = np.round(b * idv[:, None])
+    d16 = d.astype(np.float16).astype(np.float32)
+    return (q * d16[:, None]).astype(np.float32).reshape(x.shape)
+
+
+def rms_norm(x: np.ndarray, w: np.ndarray, eps: float) -> np.ndarray:
+    ms = (x.astype(np.float64) ** 2).mean(axis=-1, keepdims=True)
+    return (x / np.sqrt(ms + eps)).astype(np.float32) * w
+
+
+def rope_tables(args: ModelArgs, pos: np.ndarray, freq_factors: np.ndarray | None = None,
+                ext_factor: float = 0.0, beta_fast: float = 32.0, beta_slow: float = 1.0):
+    """cos, sin (n_tokens, head_dim // 2) of each position: RoPE with linear / YaRN scaling."""
+    d = args.head_dim
+    i = np.arange(d // 2)
+    theta_extrap = pos[:, None].astype(np.float64) * args.rope_freq_base ** (-2.0 * i / d)
+    if freq_factors is not None:
+        theta_extrap = theta_extrap / freq_factors
+    theta_interp = args.rope_freq_scale * theta_extrap
+    theta, mscale = theta_interp, args.rope_attn_factor
+    if ext_factor != 0.0:
+        def corr_dim(n_rot):
+            return d * np.log(args.n_ctx_orig_yarn / (n_rot * 2 * np.pi)) / (2 * np.log(args.rope_freq_base))
+        lo = max(0.0, np.floor(corr_dim(beta_fast)))
+        hi = min(d - 1.0, np.ceil(corr_dim(beta_slow)))
+        ramp = 1 - np.clip((i - lo) / max(0.001, hi - lo), 0, 1)
+        mix = ramp * ext_factor
+        theta = theta_interp * (1 - mix) + theta_extrap * mix
+        mscale *= 1.0 + 0.1 * np.log(1.0 / args.rope_freq_scale)
+    return np.cos(theta) * mscale, np.sin(theta) * mscale
+
+
+def apply_rope(x: np.ndarray, cos: np.ndarray, sin: np.ndarray) -> np.ndarray:
+    """Rotate the adjacent pairs (2i, 2i+1) of every head. x: (n_tokens, n_heads, head_dim)."""
+    x0, x1 = x[..., 0::2], x[..., 1::2]
+    c, s = cos[:, None, :], sin[:, None, :]
+    out = np.empty_like(x)
+    out[..., 0::2] = x0 * c - x1 * s
+    out[..., 1::2] = x0 * s + x1 * c
+    return out
+
+
+def forward(args: ModelArgs, w: dict[str, np.ndarray], tokens, types: dict[str, int] | None = None,
+            kv_f16: bool = True, act_round: bool = True, yarn_ext_factor: float = 0.0) -> np.ndarray:
+    """Logits (n_tokens, n_vocab) of tokens at positions 0..n-1 of one sequence."""
+    tokens = np.asarray(tokens)
+    n = len(tokens)
+    f16 = (lambda a: a.astype(np.float16).astype(np.float32)) if kv_f16 else (lambda a: a)
+
+    def mm(name: str, x: np.ndarray) -> np.ndarray:
+        if act_round and types is not None:
+            x = round_activation(x, VEC_DOT_TYPE[T(types[name])])
+        y = x.astype(np.float64) @ w[name].astype(np.float64).T
+        return y.astype(np.float32)
+
+    def bias(name: str):
+        return w.get(name, 0.0)
+
+    cos, sin = rope_tables(args, np.arange(n), w.get("rope_freqs.weight"), ext_factor=yarn_ext_factor)
+    scale = 1.0 / np.sqrt(args.head_dim)
+    group = args.n_head // args.n_head_kv
+    causal = np.triu(np.full((n, n), -np.inf, dtype=np.float32), k=1)
+
+    x = w["token_embd.weight"][tokens].astype(np.float32)                   # (n, n_embd)
+    for i in range(args.n_layer):
+        b = f"blk.{i}."
+        xn = rms_norm(x, w[b + "attn_norm.weight"], args.norm_eps)
+        q = (mm(b + "attn_q.weight", xn) + bias(b + "attn_q.bias")).reshape(n, args.n_head, args.head_dim)
+        k = (mm(b + "attn_k.weight", xn) + bias(b + "attn_k.bias")).reshape(n, args.n_head_kv, args.head_dim)
+        v = (mm(b + "attn_v.weight", xn) + bias(b + "attn_v.bias")).reshape(n, args.n_head_kv, args.head_dim)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        q, k, v = f16(q), f16(k), f16(v)
+        k = np.repeat(k, group, axis=1)                                         # (n, n_head, head_dim)
+        v = np.repeat(v, group, axis=1)
+        s = np.einsum("qhd,khd->hqk", q.astype(np.float64), k.astype(np.float64)).astype(np.float32)
+        s = s * np.float32(scale) + causal                                      # (n_head, n, n)
+        p = np.exp(s - s.max(axis=-1, keepdims=True))
+        p = f16(p / p.sum(axis=-1, keepdims=True))
+        att = np.einsum("hqk,khd->qhd", p.astype(np.float64), v.astype(np.float64)).astype(np.float32)
+        x = x + mm(b + "attn_output.weight", att.reshape(n, args.q_dim)) + bias(b + "attn_output.bias")
+
+        xn = rms_norm(x, w[b + "ffn_norm.weight"], args.norm_eps)
+        g = mm(b + "ffn_gate.weight", xn) + bias(b + "ffn_gate.bias")
+        u = mm(b + "ffn_up.weight", xn) + bias(b + "ffn_up.bias")
+        h = (g / (1 + np.exp(-g))) * u                                          # (n, n_ff)
+        x = x + mm(b + "ffn_down.weight", h) + bias(b + "ffn_down.bias")
+
+    xn = rms_norm(x, w["output_norm.weight"], args.norm_eps)
+    return mm("output.weight", xn)                                              # (n, n_vocab)
