@@ -1,0 +1,93 @@
+/* K-quant super-block layouts (GGUF types Q2_K..Q6_K and the Q8_K activation type).
+ *
+ * Every block covers LP_QK_K = 256 values; the byte layouts are the GGUF ones, so rows can be read
+ * from and written to files as they are. fp16 fields are stored as raw uint16_t bits.
+ */
+#ifndef LP_KQUANTS_H
+#define LP_KQUANTS_H
+
+#include <stdint.h>
+
+#define LP_QK_K 256
+#define LP_K_SCALE_SIZE 12
+
+/* x = d * (scales[j] & 15) * q - dmin * (scales[j] >> 4), 16 sub-blocks of 16, q in 0..3 */
+typedef struct {
+    uint8_t scales[LP_QK_K / 16];   /* low nibble: scale, high nibble: min */
+    uint8_t qs[LP_QK_K / 4];        /* 2-bit quants, 4 per byte (see the packing in the scalar file) */
+    uint16_t d;                     /* fp16 super-scale of the scales */
+    uint16_t dmin;                  /* fp16 super-scale of the mins */
+} lp_block_q2_K;
+_Static_assert(sizeof(lp_block_q2_K) == 84, "lp_block_q2_K must be 84 bytes");
+
+/* x = d * (s[j] - 32) * (q - 4), 16 sub-blocks of 16, q in 0..7 (2 low bits in qs, high bit in hmask) */
+typedef struct {
+    uint8_t hmask[LP_QK_K / 8];
+    uint8_t qs[LP_QK_K / 4];
+    uint8_t scales[12];             /* 16 6-bit scales */
+    uint16_t d;
+} lp_block_q3_K;
+_Static_assert(sizeof(lp_block_q3_K) == 110, "lp_block_q3_K must be 110 bytes");
+
+/* x = d * sc[j] * q - dmin * m[j], 8 sub-blocks of 32, q in 0..15, 6-bit sc and m */
+typedef struct {
+    uint16_t d;
+    uint16_t dmin;
+    uint8_t scales[LP_K_SCALE_SIZE];
+    uint8_t qs[LP_QK_K / 2];
+} lp_block_q4_K;
+_Static_assert(sizeof(lp_block_q4_K) == 144, "lp_block_q4_K must be 144 bytes");
+
+/* as Q4_K with a fifth bit per value in qh, q in 0..31 */
+typedef struct {
+    uint16_t d;
+    uint16_t dmin;
+    uint8_t scales[LP_K_SCALE_SIZE];
+    uint8_t qh[LP_QK_K / 8];
+    uint8_t qs[LP_QK_K / 2];
+} lp_block_q5_K;
+_Static_assert(sizeof(lp_block_q5_K) == 176, "lp_block_q5_K must be 176 bytes");
+
+/* x = d * scales[j] * (q - 32), 16 sub-blocks of 16, q in 0..63 (4 low bits in ql, 2 high in qh) */
+typedef struct {
+    uint8_t ql[LP_QK_K / 2];
+    uint8_t qh[LP_QK_K / 4];
+    int8_t scales[LP_QK_K / 16];
+    uint16_t d;
+} lp_block_q6_K;
+_Static_assert(sizeof(lp_block_q6_K) == 210, "lp_block_q6_K must be 210 bytes");
+
+/* activations: x = d * qs, with the sums of each 16 quants precomputed for the min terms */
+typedef struct {
+    float d;
+    int8_t qs[LP_QK_K];
+    int16_t bsums[LP_QK_K / 16];
+} lp_block_q8_K;
+_Static_assert(sizeof(lp_block_q8_K) == 292, "lp_block_q8_K must be 292 bytes");
+
+/* The 6-bit scale j (0..7) and min j of a Q4_K / Q5_K block, unpacked from its 12 scale bytes. */
+static inline void lp_k4_scale_min(int j, const uint8_t *q, uint8_t *sc, uint8_t *m) {
+    if (j < 4) {
+        *sc = q[j] & 63;
+        *m = q[j + 4] & 63;
+    } else {
+        *sc = (uint8_t)((q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4));
+        *m = (uint8_t)((q[j + 4] >> 4) | ((q[j] >> 6) << 4));
+    }
+}
+
+/* All 8 scales then all 8 mins of a Q4_K / Q5_K block, one byte each (out[0..7] scales, out[8..15] mins). */
+static inline void lp_k4_unpack_scales(const uint8_t *q, uint8_t out[16]) {
+    for (int j = 0; j < 8; j++) lp_k4_scale_min(j, q, &out[j], &out[8 + j]);
+}
+
+/* The 16 signed scales (-32..31) of a Q3_K block. */
+static inline void lp_q3_unpack_scales(const uint8_t *q, int8_t out[16]) {
+    for (int j = 0; j < 16; j++) {
+        int lo = j < 8 ? q[j] & 0xF : q[j - 8] >> 4;
+        int hi = (q[8 + j % 4] >> (2 * (j / 4))) & 3;
+        out[j] = (int8_t)((lo | (hi << 4)) - 32);
+    }
+}
+
+#endif
