@@ -1,0 +1,574 @@
+"""Interactive generation: llama-cli's `-i`, `-r`, `-ins` and `-cnv` loop over `llamapy.llama.Llama`.
+
+The loop follows examples/main/main.cpp step for step, so the tutorials' command lines behave as they do
+with llama-cli:
+
+- the prompt is evaluated and echoed, then tokens are sampled one at a time and printed;
+- after each token the text of the last 32 tokens (prompt included) is searched for every reverse prompt
+  (`-r`), so a reverse prompt split across tokens is still found; a reverse prompt that is one special
+  token (`<|eot_id|>`) also matches by id. A match hands control to the user (`-i`) or ends the run;
+- at an end-of-generation token in interactive mode the first reverse prompt is queued and the user asked;
+- the user's line is sent as [BOS] + in-prefix + line + in-suffix (`-ins` wraps it in Alpaca's
+  `### Instruction:` / `### Response:`; `-cnv` renders it with the chat template instead);
+- an empty line hands control back to the model; a line ending in `\\` continues on the next line
+  (`--multiline-input` swaps the meaning), one ending in `/` submits without a newline;
+- Ctrl-C while the model writes returns control to the user; Ctrl-C at the prompt, or Ctrl-D / end of
+  input, ends the session (status 0) after printing the timing summary;
+- when the context fills, the first `--keep` tokens stay and half of the rest is dropped (context shift).
+
+Generated text goes to stdout; messages and timings go to stderr. Colors only when stdout is a terminal.
+"""
+
+from __future__ import annotations
+
+import codecs
+import collections
+import signal
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import TextIO
+
+from .chat_templates import ChatTemplate
+from .errors import LlamapyError
+
+DEFAULT_SYSTEM_MESSAGE = "You are a helpful assistant"
+INSTRUCT_PREFIX = "\n\n### Instruction:\n\n"
+INSTRUCT_SUFFIX = "\n\n### Response:\n\n"
+INSTRUCT_REVERSE_PROMPT = "### Instruction:\n\n"
+N_PREV = 32  # tokens of recent text searched for reverse prompts
+
+COLORS = {
+    "prompt": "\x1b[33m",
+    "user_input": "\x1b[1m\x1b[32m",
+    "error": "\x1b[1m\x1b[31m",
+    "reset": "\x1b[0m",
+}
+
+
+def process_escapes(s: str) -> str:
+    """llama.cpp's `-e` processing: \\n \\r \\t \\' \\" \\\\ and \\xHH; anything else is kept as written."""
+    simple = {"n": "\n", "r": "\r", "t": "\t", "'": "'", '"': '"', "\\": "\\"}
+    out: list[str] = []
+    i, n = 0, len(s)
+    while i < n:
+        c = s[i]
+        if c != "\\" or i + 1 >= n:
+            out.append(c)
+            i += 1
+            continue
+        nxt = s[i + 1]
+        if nxt in simple:
+            out.append(simple[nxt])
+            i += 2
+        elif nxt == "x" and i + 3 < n and _is_hex(s[i + 2 : i + 4]):
+            out.append(chr(int(s[i + 2 : i + 4], 16)))
+            i += 4
+        else:
+            out.append("\\" + nxt)
+            i += 2
+    return "".join(out)
+
+
+def _is_hex(s: str) -> bool:
+    return len(s) == 2 and all(ch in "0123456789abcdefABCDEF" for ch in s)
+
+
+@dataclass
+class InteractiveOptions:
+    """What llama-cli's interactive flags ask for. Strings are given as typed; `escape` processes them."""
+
+    prompt: str = ""
+    interactive: bool = False  # -i
+    interactive_first: bool = False  # --interactive-first
+    reverse_prompts: list[str] = field(default_factory=list)  # -r, repeatable
+    in_prefix: str = ""
+    in_suffix: str = ""
+    in_prefix_bos: bool = False
+    instruct: bool = False  # -ins: Alpaca framing
+    conversation: bool = False  # -cnv: messages through the chat template
+    chat_template: ChatTemplate | None = None  # required with conversation
+    system_prompt: str | None = None  # -sys (conversation mode)
+    color: bool = False
+    escape: bool = True
+    multiline_input: bool = False
+    n_predict: int = -1  # -1 unlimited, -2 until the context is full
+    n_keep: int = 0  # -1: the whole prompt
+    n_batch: int = 512
+    ctx_shift: bool = True
+    display_prompt: bool = True
+    special: bool = False  # print special tokens' text
+    verbose_prompt: bool = False
+
+
+class _Quit(Exception):
+    """Ctrl-C at the prompt (or twice): leave the loop, print the summary."""
+
+
+class _Console:
+    """stdout/stdin with llama-cli's colors and line reading (llama.cpp's console::readline_simple)."""
+
+    def __init__(self, out: TextIO, inp: TextIO, err: TextIO, color: bool):
+        self.out, self.inp, self.err = out, inp, err
+        for s in (out, inp, err):  # Chinese (any UTF-8) in and out, whatever the locale says
+            reconf = getattr(s, "reconfigure", None)
+            if reconf is not None and getattr(s, "encoding", "utf-8").lower().replace("-", "") != "utf8":
+                try:
+                    reconf(encoding="utf-8", errors="replace")
+                except (ValueError, OSError):
+                    pass
+        self.color = color and _isatty(out)
+        self.tty_in = _isatty(inp) and inp is sys.stdin
+        self.current = "reset"
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        if self.tty_in:
+            try:
+                import readline  # noqa: F401  (line editing and history for input())
+            except ImportError:
+                pass
+
+    def set_display(self, kind: str) -> None:
+        if self.color and kind != self.current:
+            self.out.write(COLORS[kind])
+            self.out.flush()
+        self.current = kind
+
+    def write(self, text: str) -> None:
+        self.out.write(text)
+        self.out.flush()
+
+    def write_bytes(self, piece: bytes) -> None:
+        """Token bytes: a UTF-8 character split over tokens is printed once it is whole."""
+        text = self._decoder.decode(piece)
+        if text:
+            self.write(text)
+
+    def info(self, text: str) -> None:
+        self.err.write(text + "\n")
+        self.err.flush()
+
+    def _read_raw(self) -> str | None:
+        if self.tty_in:
+            try:
+                return input()
+            except EOFError:
+                return None
+        line = self.inp.readline()
+        if not line:
+            return None
+        return line.removesuffix("\n")
+
+    def readline(self, multiline: bool) -> tuple[str, bool, bool]:
+        """One line of input -> (text, more lines follow, end of input)."""
+        line = self._read_raw()
+        if line is None:
+            return "", False, True
+        line = line.removesuffix("\r")
+        if line.endswith("/"):  # submit now, without a newline
+            return line[:-1], False, False
+        if line.endswith("\\"):  # this line flips the multiline default
+            line = line[:-1]
+            multiline = not multiline
+        return line + "\n", multiline, False
+
+
+def _isatty(s) -> bool:
+    try:
+        return s.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+@dataclass
+class Timings:
+    """llama.cpp's perf counters: prompt eval (batches of >1 token), eval (single tokens), sampling."""
+
+    t_start: float = field(default_factory=time.perf_counter)
+    t_load_ms: float = 0.0
+    t_p_eval: float = 0.0
+    n_p_eval: int = 0
+    t_eval: float = 0.0
+    n_eval: int = 0
+    t_sample: float = 0.0
+    n_sample: int = 0
+
+    def lines(self) -> list[str]:
+        def rate(t: float, n: int) -> str:
+            per = 1e3 * t / n if n else float("nan")
+            tps = n / t if t > 0 else float("nan")
+            return f"({per:8.2f} ms per token, {tps:8.2f} tokens per second)"
+
+        total = 1e3 * (time.perf_counter() - self.t_start)
+        return [
+            f"sampling time    = {1e3 * self.t_sample:10.2f} ms / {self.n_sample:5d} runs   "
+            + rate(self.t_sample, self.n_sample),
+            f"load time        = {self.t_load_ms:10.2f} ms",
+            f"prompt eval time = {1e3 * self.t_p_eval:10.2f} ms / {self.n_p_eval:5d} tokens "
+            + rate(self.t_p_eval, self.n_p_eval),
+            f"eval time        = {1e3 * self.t_eval:10.2f} ms / {self.n_eval:5d} runs   "
+            + rate(self.t_eval, self.n_eval),
+            f"total time       = {total:10.2f} ms / {self.n_p_eval + self.n_eval:5d} tokens",
+        ]
+
+
+class _Session:
+    """The state of one interactive run; `run()` is main.cpp's loop."""
+
+    def __init__(self, llm, sampler, opts: InteractiveOptions, console: _Console, timings: Timings):
+        self.llm, self.sampler, self.opts, self.con, self.t = llm, sampler, opts, console, timings
+        self.tok = llm.tokenizer
+        esc = process_escapes if opts.escape else (lambda s: s)
+        self.prompt = esc(opts.prompt)
+        self.in_prefix = esc(opts.in_prefix)
+        self.in_suffix = esc(opts.in_suffix)
+        self.antiprompts = [esc(r) for r in opts.reverse_prompts]
+        self.system_prompt = esc(opts.system_prompt) if opts.system_prompt is not None else None
+        self.interactive = opts.interactive or opts.interactive_first or opts.instruct or opts.conversation
+        self.interactive_first = opts.interactive_first
+        self.tpl = opts.chat_template
+        # llama.cpp: in conversation mode an in-prefix/suffix replaces the chat template
+        self.format_chat = opts.conversation and not (self.in_prefix or self.in_suffix)
+        if self.format_chat and self.tpl is None:
+            raise LlamapyError("conversation mode needs a chat template")
+        self.chat: list[dict] = []
+        self.add_bos = bool(self.tok.encode("", add_special=True, parse_special=False))
+        self.inp_pfx: list[int] = []
+        self.inp_sfx: list[int] = []
+        self.quit_status = 0
+
+    # -- tokens and text -------------------------------------------------------------------------------------
+    def encode(self, text: str, add_special: bool, parse_special: bool) -> list[int]:
+        return list(self.tok.encode(text, add_special=add_special, parse_special=parse_special))
+
+    def piece(self, tid: int, special: bool) -> bytes:
+        p = self.tok.token_to_piece(tid, special=special)
+        return p.encode("utf-8", errors="surrogateescape") if isinstance(p, str) else bytes(p)
+
+    def recent_text(self, ids) -> str:
+        return b"".join(self.piece(t, True) for t in ids).decode("utf-8", errors="replace")
+
+    def chat_add(self, role: str, content: str, add_generation_prompt: bool) -> str:
+        msg = {"role": role, "content": content}
+        text = self.tpl.format_single(self.chat, msg, add_generation_prompt)
+        self.chat.append(msg)
+        return text
+
+    # -- setup ---------------------------------------------------------------------------------------------------
+    def initial_tokens(self) -> list[int]:
+        o = self.opts
+        first_user = None
+        if self.format_chat:
+            if self.system_prompt is not None:
+                system, first_user = self.system_prompt, (self.prompt or None)
+            else:
+                system = self.prompt or DEFAULT_SYSTEM_MESSAGE
+            text = self.chat_add("system", system, False)
+            if first_user is not None:
+                text += self.chat_add("user", first_user, True)
+        else:
+            text = self.prompt
+        ids = self.encode(text, add_special=True, parse_special=True)
+        if not ids:
+            if not self.add_bos:
+                raise LlamapyError(
+                    "the prompt is empty: give one with -p or -f (this model adds no BOS token)"
+                )
+            ids = [self.tok.bos_id]
+        n_ctx = self.llm.n_ctx
+        if len(ids) > n_ctx - 4:
+            raise LlamapyError(
+                f"the prompt is too long ({len(ids)} tokens, max {n_ctx - 4}): use a larger -c"
+            )
+        if o.instruct:
+            self.n_keep = len(ids)
+            self.inp_pfx = self.encode(INSTRUCT_PREFIX, add_special=True, parse_special=True)
+            self.inp_sfx = self.encode(INSTRUCT_SUFFIX, add_special=False, parse_special=True)
+            self.antiprompts.append(INSTRUCT_REVERSE_PROMPT)
+            self.interactive_first = True
+        elif o.n_keep < 0 or o.n_keep > len(ids):
+            self.n_keep = len(ids)
+        else:
+            self.n_keep = o.n_keep + int(self.add_bos)
+        if o.conversation and first_user is None:
+            self.interactive_first = True
+        return ids
+
+    def announce(self) -> None:
+        o, info = self.opts, self.con.info
+        if o.conversation:
+            if self.format_chat:
+                if self.tpl.note:
+                    info(f"note: {self.tpl.note}")
+                info(f"chat template: {self.tpl.describe()}; example:\n{self.tpl.example()}")
+            else:
+                info("in-prefix/in-suffix given: the chat template is not used")
+        if self.interactive:
+            info("interactive mode on.")
+            for r in self.antiprompts:
+                info(f"Reverse prompt: '{r}'")
+            if o.in_prefix_bos:
+                info("Input prefix with BOS")
+            if self.in_prefix:
+                info(f"Input prefix: '{self.in_prefix}'")
+            if self.in_suffix:
+                info(f"Input suffix: '{self.in_suffix}'")
+            info(f"generate: n_ctx = {self.llm.n_ctx}, n_predict = {o.n_predict}, n_keep = {self.n_keep}")
+            info("== Running in interactive mode. ==")
+            info(" - Press Ctrl+C to interject at any time.")
+            if o.multiline_input:
+                info(" - To return control to the AI, end your input with '\\'.")
+                info(" - To return control without starting a new line, end your input with '/'.")
+            else:
+                info(" - Press Return to return control to the AI.")
+                info(" - To return control without starting a new line, end your input with '/'.")
+                info(" - If you want to submit another line, end your input with '\\'.")
+            info(" - Press Ctrl+D (end of input) or Ctrl+C at the prompt to quit.")
+            if self.format_chat and not self.prompt and self.system_prompt is None:
+                info(
+                    " - Using default system message. To change it, set a different value via -p, -f or -sys."
+                )
+            info("")
+
+    # -- the loop --------------------------------------------------------------------------------------------------
+    def run(self) -> None:
+        o, con, llm, t = self.opts, self.con, self.llm, self.t
+        embd_inp = self.initial_tokens()
+        n_prompt = len(embd_inp)
+        if o.verbose_prompt:
+            con.info(f"prompt: {len(embd_inp)} tokens")
+            for tid in embd_inp:
+                con.info(f"{tid:6d} -> '{self.piece(tid, True).decode('utf-8', errors='replace')}'")
+        self.announce()
+        antiprompt_ids = set()
+        for r in self.antiprompts:
+            ids = self.encode(r, add_special=False, parse_special=True)
+            if len(ids) == 1:
+                antiprompt_ids.add(ids[0])
+
+        n_ctx = llm.n_ctx
+        self.is_interacting = self.interactive_first
+        self.need_insert_eot = False
+        is_antiprompt = False
+        input_echo = True
+        display = o.display_prompt
+        n_past = llm.n_past(0)
+        n_remain = o.n_predict
+        n_consumed = 0
+        embd: list[int] = []
+        prev: collections.deque[int] = collections.deque(maxlen=N_PREV)  # for reverse prompts
+        history: list[int] = []  # for the repetition penalties; cleared when the user takes over
+        logits = None
+        assistant: list[bytes] = []
+
+        con.set_display("prompt")
+        while (n_remain != 0 and not is_antiprompt) or self.interactive:
+            if embd:
+                if len(embd) > n_ctx - 4:
+                    skipped = len(embd) - (n_ctx - 4)
+                    embd = embd[: n_ctx - 4]
+                    con.set_display("error")
+                    con.write(f"<<input too long: skipped {skipped} token{'s' if skipped != 1 else ''}>>")
+                    con.set_display("reset")
+                if n_past + len(embd) >= n_ctx:
+                    if not o.ctx_shift or o.n_predict == -2:
+                        con.info("\ncontext full: stopping (use --keep with context shift to continue)")
+                        break
+                    n_discard = (n_past - self.n_keep) // 2
+                    if n_discard <= 0:
+                        con.info("\ncontext full and nothing left to discard: stopping (lower --keep)")
+                        break
+                    llm.context_shift(0, self.n_keep, n_discard)
+                    n_past -= n_discard
+                t0 = time.perf_counter()
+                logits = llm.eval(embd, seq_id=0)
+                dt = time.perf_counter() - t0
+                if len(embd) > 1:
+                    t.t_p_eval += dt
+                    t.n_p_eval += len(embd)
+                else:
+                    t.t_eval += dt
+                    t.n_eval += 1
+                n_past += len(embd)
+            embd = []
+
+            sampled = len(embd_inp) <= n_consumed and not self.is_interacting
+            if sampled:
+                t0 = time.perf_counter()
+                tid = int(self.sampler.sample(logits, history))
+                t.t_sample += time.perf_counter() - t0
+                t.n_sample += 1
+                history.append(tid)
+                prev.append(tid)
+                embd.append(tid)
+                input_echo = True
+                n_remain -= 1
+            else:
+                while len(embd_inp) > n_consumed:
+                    tid = embd_inp[n_consumed]
+                    embd.append(tid)
+                    history.append(tid)
+                    prev.append(tid)
+                    n_consumed += 1
+                    if len(embd) >= o.n_batch:
+                        break
+
+            if input_echo and display:
+                for tid in embd:
+                    con.write_bytes(self.piece(tid, o.special))
+            if input_echo and len(embd_inp) == n_consumed:
+                con.set_display("reset")
+                display = True
+
+            if len(embd_inp) <= n_consumed:
+                if self.antiprompts:
+                    last_output = self.recent_text(prev)
+                    is_antiprompt = False
+                    pad = 0 if self.interactive else 2
+                    for r in self.antiprompts:
+                        if r in last_output[max(0, len(last_output) - len(r) - pad) :]:
+                            is_antiprompt = True
+                            break
+                    if not is_antiprompt and prev and prev[-1] in antiprompt_ids:
+                        is_antiprompt = True
+                    if is_antiprompt and self.interactive:
+                        self.is_interacting = True
+
+                # an end-of-generation token just sampled, or ending the prompt (not one we queued ourselves)
+                ends_prompt = bool(embd) and n_consumed == n_prompt
+                if (sampled or ends_prompt) and self.tok.is_eog(embd[-1]):
+                    if self.interactive:
+                        if self.antiprompts:
+                            embd_inp += self.encode(
+                                self.antiprompts[0], add_special=False, parse_special=True
+                            )
+                            is_antiprompt = True
+                        if self.format_chat:
+                            self.chat_add("assistant", self._text(assistant), False)
+                            assistant = []
+                        self.is_interacting = True
+                        con.write("\n")
+                elif self.format_chat and sampled:
+                    assistant.append(self.piece(embd[0], False))
+
+                if n_past > 0 and self.is_interacting:
+                    if self.format_chat and assistant:  # interrupted mid-answer: keep what was said
+                        self.chat_add("assistant", self._text(assistant), False)
+                        assistant = []
+                    start, n_user = self.take_input(embd_inp, is_antiprompt)
+                    if start is not None:
+                        if o.instruct and not is_antiprompt:
+                            n_consumed = start  # as llama.cpp: the Alpaca prefix follows what was consumed
+                        n_remain -= n_user
+                    input_echo = False
+
+                if n_past > 0:
+                    if self.is_interacting:
+                        history.clear()
+                    self.is_interacting = False
+
+            if embd and self.tok.is_eog(embd[-1]) and not self.interactive:
+                con.write(" [end of text]\n")
+                break
+            if self.interactive and n_remain <= 0 and o.n_predict >= 0:
+                n_remain = o.n_predict
+                self.is_interacting = True
+
+    @staticmethod
+    def _text(pieces: list[bytes]) -> str:
+        return b"".join(pieces).decode("utf-8", errors="replace")
+
+    def take_input(self, embd_inp: list[int], is_antiprompt: bool) -> tuple[int | None, int]:
+        """Ask the user and queue their tokens on embd_inp. Returns (where the user's tokens start, or None
+        for an empty line, which hands control back; how many tokens the typed text has)."""
+        o, con = self.opts, self.con
+        if o.conversation or o.instruct:
+            con.write("\n> ")
+        if o.in_prefix_bos:
+            embd_inp.append(self.tok.bos_id)
+        if self.in_prefix and not o.conversation:
+            con.write(self.in_prefix)
+        con.set_display("user_input")
+        buffer = ""
+        more = True
+        while more:
+            line, more, eof = con.readline(o.multiline_input)
+            if eof:
+                con.set_display("reset")
+                raise _Quit()
+            buffer += line
+        con.set_display("reset")
+        if len(buffer) <= 1:  # an empty line hands control back to the model
+            return None, 0
+        if self.in_suffix and not o.conversation:
+            con.write(self.in_suffix)
+        start = len(embd_inp)
+        if o.instruct and not is_antiprompt:
+            embd_inp += self.inp_pfx
+        if o.escape:
+            buffer = process_escapes(buffer)
+        if self.format_chat:
+            user_text = self.chat_add("user", buffer, True)
+        else:
+            user_text = buffer
+        line_pfx = self.encode(self.in_prefix, add_special=False, parse_special=True)
+        line_inp = self.encode(user_text, add_special=False, parse_special=self.format_chat)
+        line_sfx = self.encode(self.in_suffix, add_special=False, parse_special=True)
+        if self.need_insert_eot and self.format_chat:
+            embd_inp.append(_eot_id(self.tok))
+        self.need_insert_eot = False
+        embd_inp += line_pfx + line_inp + line_sfx
+        if o.instruct:
+            embd_inp += self.inp_sfx
+        return start, len(line_inp)
+
+    # -- Ctrl-C ------------------------------------------------------------------------------------------------------
+    def on_sigint(self, signum, frame) -> None:
+        if self.interactive and not self.is_interacting:
+            self.is_interacting = True
+            self.need_insert_eot = True
+            return
+        if not self.interactive:
+            self.quit_status = 130
+        raise _Quit()
+
+
+def _eot_id(tok) -> int:
+    eot = getattr(tok, "eot_id", None)
+    if eot is None or eot < 0:
+        return tok.eos_id
+    return eot
+
+
+def run_interactive(
+    llm,
+    sampler,
+    opts: InteractiveOptions,
+    *,
+    t_load_ms: float = 0.0,
+    stdin: TextIO | None = None,
+    stdout: TextIO | None = None,
+    stderr: TextIO | None = None,
+) -> int:
+    """Run llama-cli's interactive loop until the user leaves (Ctrl-D, Ctrl-C at the prompt, end of input)
+    or, without -i, until a reverse prompt, an end-of-generation token or n_predict tokens.
+
+    `sampler` has `sample(logits, history) -> token id` (llamapy.sampling.Sampler). Returns the exit status.
+    """
+    con = _Console(stdout or sys.stdout, stdin or sys.stdin, stderr or sys.stderr, opts.color)
+    timings = Timings(t_load_ms=t_load_ms)
+    session = _Session(llm, sampler, opts, con, timings)
+    in_main = threading.current_thread() is threading.main_thread()
+    old = signal.signal(signal.SIGINT, session.on_sigint) if in_main else None
+    try:
+        session.run()
+    except _Quit:
+        pass
+    finally:
+        if in_main:
+            signal.signal(signal.SIGINT, old)
+        con.set_display("reset")
+        con.write("\n\n")
+    for line in timings.lines():
+        con.info(line)
+    return session.quit_status
