@@ -1,0 +1,119 @@
+"""`llamapy serve`: llama-server's, OpenAI's and Ollama's HTTP APIs from one process.
+
+    serve(model_path=None, host="127.0.0.1", port=8080, n_ctx=4096, n_parallel=1, ...)
+
+loads the model with `n_parallel` slots (each gets n_ctx / n_parallel positions, as llama-server
+splits -c), starts the engine thread and runs uvicorn until interrupted. Needs the `server` extra
+(FastAPI + uvicorn).
+"""
+from __future__ import annotations
+
+import ipaddress
+import logging
+import socket
+import sys
+
+from ..errors import LlamapyError
+
+log = logging.getLogger("llamapy.server")
+
+
+def is_loopback(host: str) -> bool:
+    """True when `host` only accepts connections from this machine."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        try:
+            return all(ipaddress.ip_address(a[4][0]).is_loopback for a in socket.getaddrinfo(host, None))
+        except (OSError, ValueError):
+            return False
+
+
+def slot_context(model_path: str, n_ctx: int, n_parallel: int) -> int:
+    """Positions per slot: -c split over the slots (-c 0: the model's training context)."""
+    if n_ctx == 0:
+        from ..gguf_reader import GGUFReader
+
+        with GGUFReader(model_path) as r:
+            arch = r.get("general.architecture", "llama")
+            n_ctx = int(r.get(f"{arch}.context_length", 4096))
+    per_slot = n_ctx // n_parallel
+    if per_slot < 8:
+        raise LlamapyError(f"-c {n_ctx} over {n_parallel} slots leaves {per_slot} positions per slot; raise -c")
+    return per_slot
+
+
+def build_state(model_path: str | None = None, n_ctx: int = 4096, n_parallel: int = 1, n_threads: int | None = None,
+                n_batch: int = 512, api_key: str | None = None, alias: str | None = None,
+                chat_template: str | None = None, embedding: bool = False, n_predict: int = -1,
+                max_queue: int = 32, max_body: int = 4 << 20):
+    """Load the model and everything the app needs (no sockets yet)."""
+    import os
+
+    from .. import __version__
+    from ..chat_templates import ChatTemplate
+    from ..llama import Llama
+    from ..models import resolve_model
+    from .backend import EngineBackend
+    from .common import ServerState
+    from .scheduler import Scheduler
+
+    if n_parallel < 1:
+        raise LlamapyError(f"-np {n_parallel}: need at least one slot")
+    path = resolve_model(model_path)
+    llm = Llama(model_path=path, n_ctx=slot_context(path, n_ctx, n_parallel), n_threads=n_threads,
+                n_batch=n_batch, n_seq_max=n_parallel, embeddings=True)
+    backend = EngineBackend(llm, n_batch=n_batch)
+    template = ChatTemplate.for_model(llm.metadata, name=chat_template)
+    return ServerState(
+        backend=backend,
+        scheduler=Scheduler(backend, max_queue=max_queue),
+        template=template,
+        model_id=alias or (model_path if model_path else os.path.basename(path)),
+        model_path=path,
+        api_key=api_key or None,
+        max_body=max_body,
+        embedding_only=embedding,
+        default_n_predict=n_predict,
+        fingerprint=f"llamapy-{__version__}",
+    )
+
+
+def serve(host: str = "127.0.0.1", port: int = 8080, verbose: bool = False, **kwargs) -> None:
+    """Load the model and answer HTTP requests until interrupted (kwargs: see build_state)."""
+    try:
+        import uvicorn
+
+        from .app import create_app
+    except ImportError as e:
+        raise LlamapyError(f"the server needs FastAPI and uvicorn ({e.name} is missing): "
+                           "pip install 'llamapy[server]'") from None
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(name)s: %(message)s")
+    if not is_loopback(host) and not kwargs.get("api_key"):
+        print(f"warning: listening on {host} without --api-key: anyone who can reach this port can use the model",
+              file=sys.stderr)
+    state = build_state(**kwargs)
+    b = state.backend
+    print(f"llamapy serve: {state.model_path}", file=sys.stderr)
+    print(f"  {b.n_slots} slot(s) x {b.n_ctx} positions, chat template: {state.template.describe()}",
+          file=sys.stderr)
+    if state.template.note:
+        print(f"  note: {state.template.note}", file=sys.stderr)
+    config = uvicorn.Config(create_app(state), host=host, port=port, log_level="info" if verbose else "warning",
+                            access_log=verbose, timeout_graceful_shutdown=3, server_header=False)
+
+    class Server(uvicorn.Server):
+        async def startup(self, sockets=None):
+            await super().startup(sockets)
+            if self.started:
+                bound = self.servers[0].sockets[0].getsockname() if self.servers else (host, port)
+                shown = bound[0] if ":" not in bound[0] else f"[{bound[0]}]"
+                print(f"  listening on http://{shown}:{bound[1]} (chat page at /, OpenAI API at /v1, "
+                      "Ollama API at /api)", file=sys.stderr, flush=True)
+
+    try:
+        Server(config).run()
+    finally:
+        b.llm.close()

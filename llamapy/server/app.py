@@ -1,0 +1,137 @@
+"""The ASGI application: routes of the three APIs, the chat page, and the guards in front of them.
+
+Guards (a plain ASGI middleware, so streams are never buffered):
+- API key: with --api-key, every path but /health and the chat page needs `Authorization: Bearer KEY`,
+  compared in constant time; a miss is a 401 in OpenAI's error format.
+- Body size: a declared Content-Length over the limit is refused before reading; a chunked body is
+  counted as it arrives and refused when it passes the limit (413).
+Every error is the same JSON shape (errors.APIError): 400 for malformed JSON, wrong types and
+out-of-range values (never the framework's 422), 404/405 for unknown routes, 500 for a bug.
+"""
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from fastapi import APIRouter, FastAPI
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from . import routes_llama, routes_ollama, routes_openai
+from .common import ServerState
+from .errors import APIError
+
+log = logging.getLogger("llamapy.server")
+
+PUBLIC_PATHS = frozenset({"/health", "/", "/index.html"})
+WEB_PAGE = Path(__file__).resolve().parent.parent / "web" / "index.html"
+
+
+class Guard:
+    """API-key check and request-body size limit, in front of the whole app."""
+
+    def __init__(self, app: ASGIApp, api_key: str | None, max_body: int):
+        self.app = app
+        self.key_digest = hashlib.sha256(api_key.encode()).digest() if api_key else None
+        self.max_body = max_body
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        if self.key_digest is not None and scope["path"] not in PUBLIC_PATHS and not self._authorized(scope):
+            err = APIError(401, "invalid or missing API key: send 'Authorization: Bearer <key>'")
+            return await err.response()(scope, receive, send)
+        length = _header(scope, b"content-length")
+        if length is not None:
+            if not length.isdigit():
+                return await APIError(400, "invalid Content-Length header").response()(scope, receive, send)
+            if int(length) > self.max_body:
+                return await _too_large(self.max_body).response()(scope, receive, send)
+        return await self.app(scope, self._counting(receive), send)
+
+    def _authorized(self, scope: Scope) -> bool:
+        auth = _header(scope, b"authorization") or b""
+        scheme, _, token = auth.partition(b" ")
+        # digests of equal length compared in constant time: neither the key's bytes nor its length leak
+        given = hashlib.sha256(token.strip()).digest()
+        return hmac.compare_digest(given, self.key_digest) and scheme.lower() == b"bearer"
+
+    def _counting(self, receive: Receive) -> Receive:
+        seen = 0
+
+        async def counted() -> Message:
+            nonlocal seen
+            msg = await receive()
+            if msg["type"] == "http.request":
+                seen += len(msg.get("body", b""))
+                if seen > self.max_body:
+                    raise _too_large(self.max_body)
+            return msg
+
+        return counted
+
+
+def _header(scope: Scope, name: bytes) -> bytes | None:
+    for k, v in scope["headers"]:
+        if k == name:
+            return v
+    return None
+
+
+def _too_large(limit: int) -> APIError:
+    return APIError(413, f"the request body is larger than the server's limit of {limit} bytes")
+
+
+def create_app(state: ServerState) -> FastAPI:
+    """The FastAPI app for `state` (the scheduler is started and stopped with the app's lifespan)."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        state.scheduler.start()
+        try:
+            yield
+        finally:
+            state.scheduler.stop()
+
+    app = FastAPI(title="llamapy", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
+
+    @app.exception_handler(APIError)
+    async def _api_error(request: Request, exc: APIError) -> Response:
+        return exc.response()
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        msg = {404: f"no such endpoint: {request.url.path}", 405: f"method {request.method} is not allowed here"}
+        return APIError(exc.status_code, msg.get(exc.status_code, str(exc.detail))).response()
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(request: Request, exc: RequestValidationError) -> Response:
+        return APIError(400, f"invalid request: {exc.errors()[0].get('msg', 'bad value')}").response()
+
+    @app.exception_handler(Exception)
+    async def _internal(request: Request, exc: Exception) -> Response:
+        log.exception("unhandled error on %s", request.url.path)
+        return JSONResponse(APIError(500, f"internal error: {type(exc).__name__}").body(), status_code=500)
+
+    router = APIRouter()
+
+    @router.get("/", response_class=HTMLResponse)
+    @router.get("/index.html", response_class=HTMLResponse)
+    async def index():
+        return HTMLResponse(WEB_PAGE.read_text(encoding="utf-8"), headers={
+            "Content-Security-Policy": "default-src 'self'; script-src 'unsafe-inline'; style-src 'unsafe-inline'",
+            "X-Content-Type-Options": "nosniff",
+        })
+
+    routes_llama.register(router, state)
+    routes_openai.register(router, state)
+    routes_ollama.register(router, state)
+    app.include_router(router)
+    app.add_middleware(Guard, api_key=state.api_key, max_body=state.max_body)
+    return app

@@ -1,0 +1,318 @@
+"""What every endpoint shares: the server state, reading bodies, building a generation, running jobs."""
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, AsyncIterator
+
+from starlette.requests import Request
+from starlette.responses import StreamingResponse
+
+from ..errors import LlamapyError
+from .errors import APIError, bad_request
+from .scheduler import DoneEvent, ErrorEvent, GenRequest, GenResult, Job, Scheduler, TokenEvent
+from .schemas import Sampling, parse_json, stop_list
+
+DEFAULTS = {  # llama-server's defaults for a request that leaves a field out
+    "temperature": 0.8,
+    "top_k": 40,
+    "top_p": 0.95,
+    "min_p": 0.05,
+    "typical_p": 1.0,
+    "repeat_penalty": 1.0,
+    "repeat_last_n": 64,
+    "presence_penalty": 0.0,
+    "frequency_penalty": 0.0,
+    "mirostat": 0,
+    "mirostat_tau": 5.0,
+    "mirostat_eta": 0.1,
+    "seed": -1,
+}
+
+
+@dataclass
+class ServerState:
+    """Everything the routes need, built once by `serve`."""
+
+    backend: Any  # backend.EngineBackend
+    scheduler: Scheduler
+    template: Any  # chat_templates.ChatTemplate
+    model_id: str  # what /v1/models lists: --alias, else the model file as given
+    model_path: str
+    api_key: str | None = None
+    max_body: int = 4 << 20
+    embedding_only: bool = False
+    default_n_predict: int = -1
+    created: int = field(default_factory=lambda: int(time.time()))
+    fingerprint: str = ""
+
+    def model_name(self, requested: str | None) -> str:
+        """The `model` a response reports: the name the client asked for (any name is accepted), else ours."""
+        return requested or self.model_id
+
+
+async def read_json(request: Request) -> Any:
+    """The request body parsed as JSON (the size limit is enforced by the middleware as it is read)."""
+    return parse_json(await request.body())
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:24]}"
+
+
+# --- turning a request into a GenRequest ---------------------------------------------------------------
+
+
+def check_token_ids(ids: list[Any], n_vocab: int, what: str) -> list[int]:
+    for t in ids:
+        if isinstance(t, bool) or not isinstance(t, int):
+            raise bad_request(f"{what}: token ids must be integers, got {json.dumps(t)}", what)
+        if not 0 <= t < n_vocab:
+            raise bad_request(f"{what}: token id {t} is out of range [0, {n_vocab})", what)
+    return ids
+
+
+def tokenize_mixed(backend, prompt: Any, add_special: bool, what: str = "prompt") -> list[int]:
+    """A string, or a list mixing token ids and strings, as token ids (BOS only before a leading string)."""
+    if isinstance(prompt, str):
+        return backend.tokenize(prompt, add_special=add_special, parse_special=True)
+    out: list[int] = []
+    for i, p in enumerate(prompt):
+        if isinstance(p, str):
+            out += backend.tokenize(p, add_special=add_special and i == 0, parse_special=True)
+        else:
+            out += check_token_ids([p], backend.n_vocab, what)
+    return out
+
+
+def _is_piece(p: Any) -> bool:
+    return isinstance(p, str) or (isinstance(p, int) and not isinstance(p, bool))
+
+
+def tokenize_prompts(backend, prompt: Any, add_special: bool = True, what: str = "prompt") -> list[list[int]]:
+    """llama-server's prompt shapes: "text", [ids], [ids and "text"], or a list of those (several prompts)."""
+    if prompt is None:
+        raise bad_request(f"'{what}' is required", what)
+    if isinstance(prompt, str):
+        return [tokenize_mixed(backend, prompt, add_special, what)]
+    if not isinstance(prompt, list):
+        raise bad_request(f"'{what}' must be a string, a list of token ids, or a list of prompts", what)
+    if all(_is_piece(p) for p in prompt) and any(not isinstance(p, str) for p in prompt):
+        return [tokenize_mixed(backend, prompt, add_special, what)]  # one prompt: ids, or ids and text
+    if len(prompt) == 0:
+        raise bad_request(f"'{what}' is empty", what)
+    from .schemas import MAX_PROMPTS
+
+    if len(prompt) > MAX_PROMPTS:
+        raise bad_request(f"'{what}' has {len(prompt)} prompts; at most {MAX_PROMPTS} per request", what)
+    out = []
+    for p in prompt:
+        if isinstance(p, str) or (isinstance(p, list) and all(_is_piece(x) for x in p)):
+            out.append(tokenize_mixed(backend, p, add_special, what))
+        else:
+            raise bad_request(f"each element of '{what}' must be a string or a list of token ids and strings", what)
+    return out
+
+
+def parse_logit_bias(backend, raw: Any) -> dict[int, float]:
+    """OpenAI's {"id": bias} or llama-server's [[id or "text", bias or false], ...] as {id: bias}."""
+    out: dict[int, float] = {}
+    if raw is None:
+        return out
+    if isinstance(raw, dict):
+        for k, v in raw.items():
+            try:
+                tok = int(k)
+            except ValueError:
+                raise bad_request(f"logit_bias: key {k!r} is not a token id", "logit_bias") from None
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not -100 <= v <= 100:
+                raise bad_request(f"logit_bias: bias for {k} must be a number in [-100, 100]", "logit_bias")
+            out[check_token_ids([tok], backend.n_vocab, "logit_bias")[0]] = float(v)
+        return out
+    if not isinstance(raw, list):
+        raise bad_request("logit_bias must be an object {token_id: bias} or a list of [token, bias]", "logit_bias")
+    for el in raw:
+        if not (isinstance(el, list) and len(el) == 2):
+            raise bad_request("logit_bias: each entry must be [token id or text, bias or false]", "logit_bias")
+        key, v = el
+        if v is False:
+            bias = float("-inf")
+        elif isinstance(v, (int, float)) and not isinstance(v, bool) and abs(v) < float("inf"):
+            bias = float(v)
+        else:
+            raise bad_request("logit_bias: a bias must be a finite number or false", "logit_bias")
+        if isinstance(key, str):
+            toks = backend.tokenize(key, add_special=False, parse_special=False)
+        else:
+            toks = check_token_ids([key], backend.n_vocab, "logit_bias")
+        for t in toks:
+            out[t] = bias
+    return out
+
+
+def sampler_settings(state: ServerState, m: Sampling | Any, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """SamplerParams keywords from a request's sampling fields (None -> llama-server's default)."""
+    v = {k: getattr(m, k, None) for k in DEFAULTS}
+    if overrides:
+        v.update({k: x for k, x in overrides.items() if x is not None})
+    p = {k: (DEFAULTS[k] if v[k] is None else v[k]) for k in DEFAULTS}
+    seed = p.pop("seed")
+    p["temp"] = p.pop("temperature")
+    p["top_k"] = max(p["top_k"], 0)
+    if p["repeat_last_n"] == -1:
+        p["repeat_last_n"] = state.backend.n_ctx
+    p["seed"] = -1 if seed < 0 else seed & 0xFFFFFFFF
+    return p
+
+
+def check_unsupported(m: Any) -> None:
+    if getattr(m, "grammar", None) or getattr(m, "json_schema", None) is not None:
+        raise APIError(400, "grammar and json_schema constrained sampling are not supported by llamapy", "grammar")
+
+
+def n_predict_of(state: ServerState, *values: int | None) -> int:
+    """The first given token limit (n_predict, max_tokens, ...), else the server's -n; -2 means 'fill the context'."""
+    for v in values:
+        if v is not None:
+            return -1 if v in (-1, -2) else v
+    return state.default_n_predict
+
+
+def gen_request(state: ServerState, m: Any, prompt: list[int], *, n_predict: int, stop: list[str],
+                n_probs: int = 0, cache_prompt: bool | None = None, id_slot: int | None = None,
+                sampling_overrides: dict[str, Any] | None = None) -> GenRequest:
+    """A GenRequest after the checks every endpoint makes: the prompt fits the slot's context."""
+    n_ctx = state.backend.n_ctx
+    if not prompt:
+        raise bad_request("the prompt is empty (no tokens)", "prompt")
+    if len(prompt) >= n_ctx:
+        raise bad_request(
+            f"the prompt has {len(prompt)} tokens; the context of a slot holds {n_ctx} "
+            "(start the server with a larger -c or fewer -np)", "prompt")
+    params = sampler_settings(state, m, sampling_overrides)
+    params["logit_bias"] = parse_logit_bias(state.backend, getattr(m, "logit_bias", None))
+    ignore_eos = bool(getattr(m, "ignore_eos", None))
+    params["ignore_eos"] = ignore_eos
+    return GenRequest(
+        prompt=prompt, sampling=params, n_predict=n_predict, stop=stop, n_probs=n_probs,
+        cache_prompt=True if cache_prompt is None else cache_prompt,
+        id_slot=-1 if id_slot is None else id_slot, ignore_eos=ignore_eos,
+    )
+
+
+def chat_prompt(state: ServerState, messages: list[Any]) -> str:
+    """Messages rendered with the server's chat template (a template error is a 400)."""
+    msgs = []
+    for msg in messages:
+        d = msg.model_dump(exclude_none=True) if hasattr(msg, "model_dump") else dict(msg)
+        if isinstance(d.get("content"), list):
+            for part in d["content"]:
+                if part.get("type") != "text":
+                    raise bad_request(f"message content of type '{part.get('type')}' is not supported (text only)",
+                                      "messages")
+        msgs.append(d)
+    try:
+        return state.template.render(msgs, add_generation_prompt=True)
+    except LlamapyError as e:
+        raise bad_request(str(e), "messages") from None
+
+
+def completion_stops(state: ServerState, stop: Any, chat: bool) -> list[str]:
+    stops = stop_list(stop)
+    if chat:
+        stops += [s for s in state.template.stop_strings if s and s not in stops]
+    return stops
+
+
+# --- running jobs --------------------------------------------------------------------------------------
+
+
+class Run:
+    """Jobs submitted together for one HTTP request, and the queue their events arrive on."""
+
+    def __init__(self, state: ServerState, reqs: list[GenRequest] | None = None,
+                 embeds: list[list[int]] | None = None, stream: bool = False):
+        loop = asyncio.get_running_loop()
+        self.queue: asyncio.Queue = asyncio.Queue()
+        if reqs is not None:
+            self.jobs = [Job(loop, self.queue, i, gen=r, stream=stream) for i, r in enumerate(reqs)]
+        else:
+            self.jobs = [Job(loop, self.queue, i, embed=t) for i, t in enumerate(embeds or [])]
+        self.scheduler = state.scheduler
+        self.scheduler.submit(self.jobs)  # 503 when the queue is full
+
+    def cancel(self) -> None:
+        for j in self.jobs:
+            j.cancelled = True
+
+    async def events(self) -> AsyncIterator[TokenEvent | DoneEvent]:
+        """Every event until all jobs are done; an engine error is raised; leaving early cancels the jobs."""
+        left = len(self.jobs)
+        try:
+            while left:
+                ev = await self.queue.get()
+                if isinstance(ev, ErrorEvent):
+                    raise ev.error
+                if isinstance(ev, DoneEvent):
+                    left -= 1
+                yield ev
+        finally:
+            self.cancel()
+
+    async def results(self, request: Request) -> list[Any]:
+        """Wait for every job's result; a client that disconnects cancels them."""
+        watcher = asyncio.create_task(self._watch(request))
+        out: list[Any] = [None] * len(self.jobs)
+        try:
+            async for ev in self.events():
+                if ev is _DISCONNECTED:
+                    raise APIError(499, "client disconnected")
+                if isinstance(ev, DoneEvent):
+                    out[ev.index] = ev.result
+        finally:
+            watcher.cancel()
+            self.cancel()
+        return out
+
+    async def _watch(self, request: Request) -> None:
+        while True:
+            msg = await request.receive()
+            if msg["type"] == "http.disconnect":
+                self.cancel()
+                self.queue.put_nowait(_DISCONNECTED)
+                return
+
+
+class _Disconnected:
+    pass
+
+
+_DISCONNECTED = _Disconnected()
+
+
+def sse(data: Any, event: str = "data") -> bytes:
+    """One server-sent event."""
+    return f"{event}: {json.dumps(data, ensure_ascii=False)}\n\n".encode()
+
+
+def ndjson(data: Any) -> bytes:
+    return (json.dumps(data, ensure_ascii=False) + "\n").encode()
+
+
+
+
+class RunStream(StreamingResponse):
+    """A streamed response whose jobs are cancelled however it ends (finished, failed, or client gone)."""
+
+    def __init__(self, content: Any, run: Run, media_type: str, headers: dict[str, str] | None = None):
+        super().__init__(content, media_type=media_type, headers=headers)
+        self.run = run
+
+    async def __call__(self, scope, receive, send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self.run.cancel()

@@ -1,0 +1,60 @@
+"""Embeddings: /v1/embeddings (OpenAI) and /embedding (llama-server), computed on the engine thread."""
+from __future__ import annotations
+
+import asyncio
+import base64
+from typing import Any
+
+import numpy as np
+from starlette.requests import Request
+
+from .common import Run, ServerState, read_json, tokenize_prompts
+from .errors import APIError, bad_request
+from .schemas import MAX_EMBED_INPUTS, EmbeddingRequest, validate
+
+
+def _inputs(state: ServerState, req: EmbeddingRequest, oai: bool) -> tuple[list[list[int]], bool]:
+    """The token lists to embed, and whether the answer is OpenAI-shaped (`content` asks for llama-server's)."""
+    if req.input is not None:
+        raw, what = req.input, "input"
+    elif req.content is not None:
+        raw, what, oai = req.content, "content", False
+    else:
+        raise bad_request("'input' or 'content' must be given", "input")
+    if isinstance(raw, list) and len(raw) > MAX_EMBED_INPUTS:
+        raise bad_request(f"'{what}' has {len(raw)} inputs; at most {MAX_EMBED_INPUTS} per request", what)
+    token_lists = tokenize_prompts(state.backend, raw, add_special=True, what=what)
+    n_max = state.backend.n_ctx_embed
+    for toks in token_lists:
+        if not toks:
+            raise bad_request("an input is empty", what)
+        if len(toks) > n_max:
+            raise bad_request(f"an input has {len(toks)} tokens; at most {n_max} can be embedded", what)
+    return token_lists, oai
+
+
+async def run_embeddings(state: ServerState, request: Request, oai: bool) -> Any:
+    req = validate(EmbeddingRequest, await read_json(request))
+    if req.dimensions is not None and req.dimensions != state.backend.n_embd:
+        raise bad_request(f"dimensions: this model's embeddings have {state.backend.n_embd} dimensions", "dimensions")
+    token_lists, oai = await asyncio.to_thread(_inputs, state, req, oai)
+    results = await Run(state, embeds=token_lists).results(request)
+    if not oai:
+        return [{"index": i, "embedding": [vec.tolist()]} for i, (vec, _) in enumerate(results)]
+    data = []
+    for i, (vec, _) in enumerate(results):
+        if req.encoding_format == "base64":
+            emb: Any = base64.b64encode(np.asarray(vec, dtype="<f4").tobytes()).decode("ascii")
+        else:
+            emb = vec.tolist()
+        data.append({"object": "embedding", "index": i, "embedding": emb})
+    n_tokens = sum(n for _, n in results)
+    return {
+        "object": "list",
+        "data": data,
+        "model": state.model_name(req.model),
+        "usage": {"prompt_tokens": n_tokens, "total_tokens": n_tokens},
+    }
+
+
+__all__ = ["run_embeddings", "APIError"]

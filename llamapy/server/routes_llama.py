@@ -1,0 +1,212 @@
+"""llama-server's own endpoints: /completion, /tokenize, /detokenize, /embedding, /health, /props, ..."""
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from fastapi import APIRouter, Request
+from starlette.responses import JSONResponse
+
+from .. import __version__
+from .common import (
+    DEFAULTS,
+    Run,
+    RunStream,
+    ServerState,
+    chat_prompt,
+    check_token_ids,
+    check_unsupported,
+    completion_stops,
+    gen_request,
+    n_predict_of,
+    read_json,
+    sampler_settings,
+    sse,
+    tokenize_mixed,
+    tokenize_prompts,
+)
+from .embeddings import run_embeddings
+from .errors import APIError
+from .scheduler import DoneEvent, GenResult, TokenEvent
+from .schemas import (
+    ApplyTemplateRequest,
+    CompletionRequest,
+    DetokenizeRequest,
+    TokenizeRequest,
+    finite,
+    validate,
+)
+
+
+def piece_json(backend, tok: int) -> dict[str, Any]:
+    b = backend.piece(tok)
+    return {"id": tok, "token": b.decode("utf-8", "replace"), "bytes": list(b)}
+
+
+def probs_json(backend, p: dict[str, Any]) -> dict[str, Any]:
+    """One entry of llama-server's `completion_probabilities`."""
+    return {
+        **piece_json(backend, p["id"]),
+        "logprob": finite(p["logprob"]),
+        "top_logprobs": [{**piece_json(backend, t), "logprob": finite(lp)} for t, lp in p["top"]],
+    }
+
+
+def generation_settings(state: ServerState, req: CompletionRequest | None, gen: Any | None) -> dict[str, Any]:
+    """llama-server's `generation_settings`: the parameters a completion really ran with."""
+    p = gen.sampling if gen is not None else sampler_settings(state, req)
+    n_predict = gen.n_predict if gen is not None else state.default_n_predict
+    return {
+        "n_ctx": state.backend.n_ctx,
+        "n_predict": n_predict,
+        "model": state.model_id,
+        "seed": p["seed"] if p["seed"] >= 0 else 0xFFFFFFFF,
+        "temperature": p["temp"],
+        "top_k": p["top_k"],
+        "top_p": p["top_p"],
+        "min_p": p["min_p"],
+        "typical_p": p["typical_p"],
+        "repeat_last_n": p["repeat_last_n"],
+        "repeat_penalty": p["repeat_penalty"],
+        "presence_penalty": p["presence_penalty"],
+        "frequency_penalty": p["frequency_penalty"],
+        "mirostat": p["mirostat"],
+        "mirostat_tau": p["mirostat_tau"],
+        "mirostat_eta": p["mirostat_eta"],
+        "stop": gen.stop if gen is not None else [],
+        "max_tokens": n_predict,
+        "n_keep": 0,
+        "ignore_eos": bool(p.get("ignore_eos", False)),
+        "stream": bool(req.stream) if req is not None and req.stream is not None else False,
+        "logit_bias": [{"token": t, "bias": finite(b)} for t, b in p.get("logit_bias", {}).items()],
+        "n_probs": gen.n_probs if gen is not None else 0,
+        "samplers": ["penalties", "top_k", "typ_p", "top_p", "min_p", "temperature"],
+    }
+
+
+def completion_json(state: ServerState, req: CompletionRequest, gen, r: GenResult, stream: bool) -> dict[str, Any]:
+    """llama-server's final /completion object (content empty when it was streamed)."""
+    b = state.backend
+    out = {
+        "index": 0,
+        "content": "" if stream else r.content,
+        "tokens": [] if stream or not req.return_tokens else r.tokens,
+        "id_slot": r.id_slot,
+        "stop": True,
+        "model": state.model_name(req.model),
+        "tokens_predicted": r.n_decoded,
+        "tokens_evaluated": r.n_prompt,
+        "generation_settings": generation_settings(state, req, gen),
+        "prompt": b.detokenize(gen.prompt, special=True),
+        "has_new_line": "\n" in r.content,
+        "truncated": r.truncated,
+        "stop_type": r.stop_type,
+        "stopping_word": r.stopping_word,
+        "tokens_cached": r.n_cached,
+        "timings": r.timings(),
+    }
+    if not stream and gen.n_probs > 0:
+        out["completion_probabilities"] = [probs_json(b, p) for p in r.probs]
+    return out
+
+
+def register(router: APIRouter, state: ServerState) -> None:
+    b = state.backend
+
+    @router.get("/health")
+    async def health():
+        s = state.scheduler
+        return {"status": "ok", "slots_idle": s.free_slots(), "slots_processing": s.busy_slots(),
+                "requests_waiting": s.n_waiting()}
+
+    @router.get("/props")
+    async def props():
+        tpl = state.template
+        return {
+            "default_generation_settings": {
+                "id": 0, "id_task": -1, "n_ctx": b.n_ctx, "speculative": False, "is_processing": False,
+                "params": generation_settings(state, None, None), "prompt": "",
+            },
+            "total_slots": len(state.scheduler.slots),
+            "model_path": state.model_path,
+            "chat_template": tpl.source if getattr(tpl, "source", None) else tpl.name,
+            "build_info": f"llamapy-{__version__}",
+        }
+
+    async def completion(request: Request):
+        if state.embedding_only:
+            raise APIError(501, "this server was started with --embedding: completions are off")
+        req = validate(CompletionRequest, await read_json(request))
+        check_unsupported(req)
+        prompts = await asyncio.to_thread(tokenize_prompts, b, req.prompt)
+        n_predict = n_predict_of(state, req.n_predict, req.max_tokens)
+        stops = completion_stops(state, req.stop, chat=False)
+        gens = [gen_request(state, req, p, n_predict=n_predict, stop=stops, n_probs=req.n_probs or 0,
+                            cache_prompt=req.cache_prompt, id_slot=req.id_slot) for p in prompts]
+        stream = bool(req.stream)
+        run = Run(state, gens, stream=stream)
+        if not stream:
+            results = await run.results(request)
+            out = [completion_json(state, req, g, r, False) | {"index": i}
+                   for i, (g, r) in enumerate(zip(gens, results))]
+            return JSONResponse(out[0] if len(out) == 1 else out)
+
+        async def events():
+            n_sent = [0] * len(gens)
+            try:
+                async for ev in run.events():
+                    if isinstance(ev, TokenEvent):
+                        n_sent[ev.index] += ev.token >= 0
+                        chunk = {"index": ev.index, "content": ev.text, "tokens": [ev.token] if ev.token >= 0 else [],
+                                 "stop": False, "id_slot": -1, "tokens_predicted": n_sent[ev.index],
+                                 "tokens_evaluated": len(gens[ev.index].prompt)}
+                        if ev.probs is not None:
+                            chunk["completion_probabilities"] = [probs_json(b, ev.probs)]
+                        yield sse(chunk)
+                    elif isinstance(ev, DoneEvent):
+                        yield sse(completion_json(state, req, gens[ev.index], ev.result, True) | {"index": ev.index})
+            except APIError as e:
+                yield sse(e.body()["error"], event="error")
+
+        return RunStream(events(), run, "text/event-stream", {"Cache-Control": "no-cache"})
+
+    router.add_api_route("/completion", completion, methods=["POST"])
+    router.add_api_route("/completions", completion, methods=["POST"])
+
+    @router.post("/tokenize")
+    async def tokenize(request: Request):
+        req = validate(TokenizeRequest, await read_json(request))
+        if not isinstance(req.content, (str, list)):
+            raise APIError(400, "content must be a string or a list of token ids and strings", "content")
+        toks = await asyncio.to_thread(tokenize_mixed, b, req.content, req.add_special, "content")
+        if not req.with_pieces:
+            return {"tokens": toks}
+        out = []
+        for t in toks:
+            piece = b.piece(t)
+            try:
+                out.append({"id": t, "piece": piece.decode("utf-8")})
+            except UnicodeDecodeError:
+                out.append({"id": t, "piece": list(piece)})
+        return {"tokens": out}
+
+    @router.post("/detokenize")
+    async def detokenize(request: Request):
+        req = validate(DetokenizeRequest, await read_json(request))
+        check_token_ids(req.tokens, b.n_vocab, "tokens")
+        return {"content": b.detokenize(req.tokens, special=True)}
+
+    @router.post("/apply-template")
+    async def apply_template(request: Request):
+        req = validate(ApplyTemplateRequest, await read_json(request))
+        return {"prompt": chat_prompt(state, req.messages)}
+
+    async def embedding(request: Request):
+        data = await run_embeddings(state, request, oai=False)
+        return JSONResponse(data)
+
+    router.add_api_route("/embedding", embedding, methods=["POST"])
+    router.add_api_route("/embeddings", embedding, methods=["POST"])
+
+
+__all__ = ["register", "DEFAULTS"]

@@ -1,0 +1,153 @@
+"""Ollama-compatible endpoints: /api/generate, /api/chat (NDJSON streams), /api/tags, /api/show, /api/version.
+
+Many local tools speak Ollama's API; they see one model, under the server's model name.
+Durations are nanoseconds, as Ollama reports them; streaming is on unless `"stream": false`.
+"""
+from __future__ import annotations
+
+import asyncio
+import os
+from datetime import datetime, timezone
+from typing import Any
+
+from fastapi import APIRouter, Request
+from starlette.responses import JSONResponse
+
+from .. import __version__
+from .common import (
+    Run,
+    RunStream,
+    ServerState,
+    chat_prompt,
+    completion_stops,
+    gen_request,
+    n_predict_of,
+    ndjson,
+    read_json,
+)
+from .errors import APIError, bad_request
+from .scheduler import DoneEvent, GenResult, TokenEvent
+from .schemas import ChatMessage, OllamaChatRequest, OllamaGenerateRequest, OllamaOptions, validate
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+def _final(r: GenResult, t0: float, context: list[int] | None = None) -> dict[str, Any]:
+    ms = 1_000_000
+    out = {
+        "done": True,
+        "done_reason": r.finish_reason,
+        "total_duration": int((asyncio.get_running_loop().time() - t0) * 1e9),
+        "load_duration": 0,
+        "prompt_eval_count": r.n_prompt,
+        "prompt_eval_duration": int(r.t_prompt_ms * ms),
+        "eval_count": r.n_decoded,
+        "eval_duration": int(r.t_gen_ms * ms),
+    }
+    if context is not None:
+        out["context"] = context
+    return out
+
+
+def _details(b) -> dict[str, Any]:
+    m = b.meta()
+    n = m.get("n_params", 0)
+    size = f"{n / 1e9:.1f}B" if n >= 1e9 else f"{n / 1e6:.0f}M"
+    arch = b.metadata.get("general.architecture", "")
+    return {"parent_model": "", "format": "gguf", "family": arch, "families": [arch] if arch else None,
+            "parameter_size": size, "quantization_level": b.file_type_name()}
+
+
+def register(router: APIRouter, state: ServerState) -> None:
+    b = state.backend
+
+    def refuse_generation():
+        if state.embedding_only:
+            raise APIError(501, "this server was started with --embedding: completions are off")
+
+    def options(o: OllamaOptions | None) -> tuple[OllamaOptions, int, Any]:
+        """Sampling options, the token limit and the stop strings (num_ctx is fixed when the server starts)."""
+        o = o or OllamaOptions()
+        return o, n_predict_of(state, o.num_predict), o.stop
+
+    async def run(request: Request, req: Any, prompt_text: str, chat: bool, with_context: bool):
+        o, n_predict, stop = options(req.options)
+        if req.format not in (None, ""):
+            raise bad_request("format (constrained JSON output) is not supported by llamapy", "format")
+        prompt = await asyncio.to_thread(b.tokenize, prompt_text, add_special=True, parse_special=True)
+        gen = gen_request(state, o, prompt, n_predict=n_predict, stop=completion_stops(state, stop, chat=True))
+        model = state.model_name(req.model)
+        t0 = asyncio.get_running_loop().time()
+        job = Run(state, [gen], stream=req.stream)
+        key = "message" if chat else "response"
+
+        def body(text: str) -> Any:
+            return {"role": "assistant", "content": text} if chat else text
+
+        if not req.stream:
+            (r,) = await job.results(request)
+            ctx = prompt + r.tokens if with_context else None
+            return JSONResponse({"model": model, "created_at": _now(), key: body(r.content), **_final(r, t0, ctx)})
+
+        async def events():
+            try:
+                async for ev in job.events():
+                    if isinstance(ev, TokenEvent) and ev.text:
+                        yield ndjson({"model": model, "created_at": _now(), key: body(ev.text), "done": False})
+                    elif isinstance(ev, DoneEvent):
+                        r = ev.result
+                        ctx = prompt + r.tokens if with_context else None
+                        yield ndjson({"model": model, "created_at": _now(), key: body(""), **_final(r, t0, ctx)})
+            except APIError as e:
+                yield ndjson({"error": e.message})
+
+        return RunStream(events(), job, "application/x-ndjson")
+
+    @router.post("/api/generate")
+    async def generate(request: Request):
+        refuse_generation()
+        req = validate(OllamaGenerateRequest, await read_json(request))
+        if req.images:
+            raise bad_request("images are not supported (text only)", "images")
+        if not req.prompt:  # Ollama: an empty prompt just loads the model
+            return JSONResponse({"model": state.model_name(req.model), "created_at": _now(), "response": "",
+                                 "done": True, "done_reason": "load"})
+        if req.raw:
+            text = req.prompt
+        else:
+            msgs = ([ChatMessage(role="system", content=req.system)] if req.system else [])
+            text = chat_prompt(state, [*msgs, ChatMessage(role="user", content=req.prompt)])
+        return await run(request, req, text, chat=False, with_context=True)
+
+    @router.post("/api/chat")
+    async def chat(request: Request):
+        refuse_generation()
+        req = validate(OllamaChatRequest, await read_json(request))
+        if req.tools:
+            raise bad_request("tools are not supported by llamapy serve", "tools")
+        if not req.messages:
+            return JSONResponse({"model": state.model_name(req.model), "created_at": _now(),
+                                 "message": {"role": "assistant", "content": ""}, "done": True,
+                                 "done_reason": "load"})
+        return await run(request, req, chat_prompt(state, req.messages), chat=True, with_context=False)
+
+    @router.get("/api/tags")
+    async def tags():
+        st = os.stat(state.model_path)
+        modified = datetime.fromtimestamp(st.st_mtime, timezone.utc).isoformat().replace("+00:00", "Z")
+        return {"models": [{"name": state.model_id, "model": state.model_id, "modified_at": modified,
+                            "size": st.st_size, "details": _details(b)}]}
+
+    @router.post("/api/show")
+    async def show(request: Request):
+        await read_json(request)
+        tpl = state.template
+        return {"modelfile": "", "parameters": "", "template": getattr(tpl, "source", None) or tpl.name,
+                "details": _details(b),
+                "model_info": {k: v for k, v in b.metadata.items() if not isinstance(v, (list, tuple))}}
+
+    @router.get("/api/version")
+    async def version():
+        return {"version": __version__}

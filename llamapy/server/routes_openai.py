@@ -1,0 +1,217 @@
+"""OpenAI-compatible endpoints: /v1/models, /v1/completions, /v1/chat/completions, /v1/embeddings.
+
+The official `openai` client works unchanged. With one model loaded, any `model` name is accepted.
+Streams are server-sent events ending with `data: [DONE]`.
+"""
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from fastapi import APIRouter, Request
+from starlette.responses import JSONResponse
+
+from .common import (
+    Run,
+    RunStream,
+    ServerState,
+    chat_prompt,
+    check_unsupported,
+    completion_stops,
+    gen_request,
+    n_predict_of,
+    new_id,
+    read_json,
+    sse,
+    tokenize_prompts,
+)
+from .embeddings import run_embeddings
+from .errors import APIError, bad_request
+from .scheduler import DoneEvent, GenResult, TokenEvent
+from .schemas import ChatRequest, OAICompletionRequest, finite, validate
+
+SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+def _token_text(backend, tok: int) -> tuple[str, list[int]]:
+    b = backend.piece(tok)
+    return b.decode("utf-8", "replace"), list(b)
+
+
+def chat_logprobs(backend, probs: list[dict[str, Any]], top_n: int) -> dict[str, Any]:
+    """OpenAI chat `logprobs`: {"content": [{"token", "logprob", "bytes", "top_logprobs": [...]}]}."""
+    content = []
+    for p in probs:
+        text, raw = _token_text(backend, p["id"])
+        top = []
+        for t, lp in p["top"][:top_n]:
+            tt, tb = _token_text(backend, t)
+            top.append({"token": tt, "logprob": finite(lp), "bytes": tb})
+        content.append({"id": p["id"], "token": text, "logprob": finite(p["logprob"]), "bytes": raw,
+                        "top_logprobs": top})
+    return {"content": content, "refusal": None}
+
+
+def completion_logprobs(backend, probs: list[dict[str, Any]], top_n: int, offset: int = 0) -> dict[str, Any]:
+    """OpenAI legacy completions `logprobs`: tokens, token_logprobs, top_logprobs, text_offset."""
+    out: dict[str, list] = {"tokens": [], "token_logprobs": [], "top_logprobs": [], "text_offset": []}
+    for p in probs:
+        text, _ = _token_text(backend, p["id"])
+        out["tokens"].append(text)
+        out["token_logprobs"].append(finite(p["logprob"]))
+        out["top_logprobs"].append({_token_text(backend, t)[0]: finite(lp) for t, lp in p["top"][:top_n]})
+        out["text_offset"].append(offset)
+        offset += len(text)
+    return out
+
+
+def usage(results: list[GenResult]) -> dict[str, int]:
+    p = sum(r.n_prompt for r in results)
+    c = sum(r.n_decoded for r in results)
+    return {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c}
+
+
+def _include_usage(stream_options: dict[str, Any] | None) -> bool:
+    return bool(stream_options and stream_options.get("include_usage") is True)
+
+
+def register(router: APIRouter, state: ServerState) -> None:
+    b = state.backend
+
+    async def models():
+        return {
+            "object": "list",
+            "data": [{"id": state.model_id, "object": "model", "created": state.created, "owned_by": "llamapy",
+                      "meta": b.meta()}],
+        }
+
+    router.add_api_route("/v1/models", models, methods=["GET"])
+    router.add_api_route("/models", models, methods=["GET"])
+
+    def _refuse_generation():
+        if state.embedding_only:
+            raise APIError(501, "this server was started with --embedding: completions are off")
+
+    @router.post("/v1/completions")
+    async def completions(request: Request):
+        _refuse_generation()
+        req = validate(OAICompletionRequest, await read_json(request))
+        check_unsupported(req)
+        if (req.n or 1) != 1 or (req.best_of or 1) != 1:
+            raise bad_request("only one choice per prompt is supported (n = 1, best_of = 1)", "n")
+        if req.echo:
+            raise bad_request("echo is not supported", "echo")
+        if req.suffix:
+            raise bad_request("suffix is not supported", "suffix")
+        prompts = await asyncio.to_thread(tokenize_prompts, b, req.prompt)
+        top_n = req.logprobs or 0
+        n_probs = req.n_probs if req.n_probs else (max(1, top_n) if req.logprobs is not None else 0)
+        gens = [gen_request(state, req, p, n_predict=n_predict_of(state, req.n_predict, req.max_tokens),
+                            stop=completion_stops(state, req.stop, chat=False), n_probs=n_probs,
+                            cache_prompt=req.cache_prompt) for p in prompts]
+        cid, created, model = new_id("cmpl"), int(time.time()), state.model_name(req.model)
+        head = {"id": cid, "object": "text_completion", "created": created, "model": model,
+                "system_fingerprint": state.fingerprint}
+        run = Run(state, gens, stream=bool(req.stream))
+        if not req.stream:
+            results = await run.results(request)
+            choices = [{"text": r.content, "index": i,
+                        "logprobs": completion_logprobs(b, r.probs, top_n) if n_probs else None,
+                        "finish_reason": r.finish_reason} for i, r in enumerate(results)]
+            return JSONResponse({**head, "choices": choices, "usage": usage(results)})
+
+        async def events():
+            done: list[GenResult] = []
+            offsets = [0] * len(gens)
+            try:
+                async for ev in run.events():
+                    if isinstance(ev, TokenEvent):
+                        if not ev.text and ev.probs is None:
+                            continue
+                        lp = completion_logprobs(b, [ev.probs], top_n, offsets[ev.index]) if ev.probs else None
+                        offsets[ev.index] += len(ev.text)
+                        yield sse({**head, "choices": [{"text": ev.text, "index": ev.index, "logprobs": lp,
+                                                        "finish_reason": None}]})
+                    elif isinstance(ev, DoneEvent):
+                        done.append(ev.result)
+                        last = {**head, "choices": [{"text": "", "index": ev.index, "logprobs": None,
+                                                     "finish_reason": ev.result.finish_reason}]}
+                        if len(done) == len(gens) and not _include_usage(req.stream_options):
+                            last["usage"] = usage(done)
+                        yield sse(last)
+                if _include_usage(req.stream_options):
+                    yield sse({**head, "choices": [], "usage": usage(done)})
+            except APIError as e:
+                yield sse(e.body())
+            yield b"data: [DONE]\n\n"
+
+        return RunStream(events(), run, "text/event-stream", SSE_HEADERS)
+
+    async def chat_completions(request: Request):
+        _refuse_generation()
+        req = validate(ChatRequest, await read_json(request))
+        check_unsupported(req)
+        if (req.n or 1) != 1:
+            raise bad_request("only one choice is supported (n = 1)", "n")
+        if req.tools:
+            raise bad_request("tools are not supported by llamapy serve", "tools")
+        fmt = (req.response_format or {}).get("type", "text")
+        if fmt != "text":
+            raise bad_request(f"response_format '{fmt}' is not supported (only 'text')", "response_format")
+        if req.top_logprobs and not req.logprobs:
+            raise bad_request("top_logprobs requires logprobs to be true", "top_logprobs")
+        text = chat_prompt(state, req.messages)
+        prompt = await asyncio.to_thread(b.tokenize, text, add_special=True, parse_special=True)
+        top_n = req.top_logprobs or 0
+        n_probs = req.n_probs if req.n_probs else (max(1, top_n) if req.logprobs else 0)
+        gen = gen_request(state, req, prompt,
+                          n_predict=n_predict_of(state, req.n_predict, req.max_completion_tokens, req.max_tokens),
+                          stop=completion_stops(state, req.stop, chat=True), n_probs=n_probs,
+                          cache_prompt=req.cache_prompt)
+        cid, created, model = new_id("chatcmpl"), int(time.time()), state.model_name(req.model)
+        run = Run(state, [gen], stream=bool(req.stream))
+        if not req.stream:
+            (r,) = await run.results(request)
+            choice = {"index": 0, "message": {"role": "assistant", "content": r.content},
+                      "logprobs": chat_logprobs(b, r.probs, top_n) if n_probs else None,
+                      "finish_reason": r.finish_reason}
+            return JSONResponse({"id": cid, "object": "chat.completion", "created": created, "model": model,
+                                 "system_fingerprint": state.fingerprint, "choices": [choice],
+                                 "usage": usage([r]), "timings": r.timings()})
+
+        head = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": model,
+                "system_fingerprint": state.fingerprint}
+
+        def chunk(delta: dict[str, Any], finish: str | None = None, logprobs: Any = None) -> dict[str, Any]:
+            return {**head, "choices": [{"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish}]}
+
+        async def events():
+            yield sse(chunk({"role": "assistant", "content": ""}))
+            try:
+                async for ev in run.events():
+                    if isinstance(ev, TokenEvent):
+                        if ev.text or ev.probs is not None:
+                            lp = chat_logprobs(b, [ev.probs], top_n) if ev.probs else None
+                            yield sse(chunk({"content": ev.text}, logprobs=lp))
+                    elif isinstance(ev, DoneEvent):
+                        r = ev.result
+                        last = chunk({}, r.finish_reason)
+                        if not _include_usage(req.stream_options):
+                            last["usage"] = usage([r])
+                        last["timings"] = r.timings()
+                        yield sse(last)
+                        if _include_usage(req.stream_options):
+                            yield sse({**head, "choices": [], "usage": usage([r])})
+            except APIError as e:
+                yield sse(e.body())
+            yield b"data: [DONE]\n\n"
+
+        return RunStream(events(), run, "text/event-stream", SSE_HEADERS)
+
+    router.add_api_route("/v1/chat/completions", chat_completions, methods=["POST"])
+    router.add_api_route("/chat/completions", chat_completions, methods=["POST"])
+
+    @router.post("/v1/embeddings")
+    async def embeddings(request: Request):
+        return JSONResponse(await run_embeddings(state, request, oai=True))

@@ -1,0 +1,431 @@
+"""The slot scheduler: one engine thread, N slots, one batched forward step for all of them.
+
+Each slot is one sequence of the engine's KV cache. Every step the engine thread:
+  1. admits queued jobs into free slots (the slot whose cached tokens share the longest prefix with
+     the prompt, so a follow-up chat turn re-evaluates only what is new),
+  2. drops jobs whose client went away,
+  3. advances every busy slot in ONE `eval_batch` call (a generating slot by its last token, a slot
+     still reading its prompt by a chunk of it: continuous batching),
+  4. samples a token per slot and hands text to that request's asyncio queue.
+The thread never waits on a client: a slow reader only lets its own queue grow. A bounded queue of
+waiting jobs makes the server answer 503 instead of piling up work.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+from .errors import APIError
+from .text import TextStream
+
+log = logging.getLogger("llamapy.server")
+
+
+class Backend(Protocol):
+    """What the scheduler needs from the model (see backend.EngineBackend)."""
+
+    n_ctx: int  # positions per slot
+    n_slots: int
+    n_batch: int
+
+    def eval_batch(self, items: list[tuple[int, list[int]]]) -> list[np.ndarray]: ...
+    def cache_tokens(self, seq: int) -> list[int]: ...
+    def truncate(self, seq: int, n: int) -> None: ...
+    def embed(self, tokens: list[int]) -> np.ndarray: ...
+    def make_sampler(self, params: dict[str, Any]) -> Any: ...
+    def is_eog(self, token: int) -> bool: ...
+    def piece(self, token: int) -> bytes: ...
+
+
+@dataclass
+class GenRequest:
+    """One generation, already tokenized and validated."""
+
+    prompt: list[int]
+    sampling: dict[str, Any] = field(default_factory=dict)  # SamplerParams keywords
+    n_predict: int = -1  # -1 / -2: until end of text or the slot's context is full
+    stop: list[str] = field(default_factory=list)
+    n_probs: int = 0
+    cache_prompt: bool = True
+    id_slot: int = -1
+    ignore_eos: bool = False
+
+
+@dataclass
+class TokenEvent:
+    index: int
+    text: str
+    token: int
+    probs: dict[str, Any] | None  # {"id", "logprob", "top": [(id, logprob), ...]} when n_probs > 0
+
+
+@dataclass
+class GenResult:
+    content: str
+    tokens: list[int]
+    stop_type: str  # "eos" | "word" | "limit"
+    stopping_word: str
+    n_prompt: int  # prompt tokens in all
+    n_prompt_eval: int  # prompt tokens evaluated (not reused from the slot's cache)
+    n_decoded: int  # tokens sampled, the end-of-text token included
+    n_cached: int  # tokens in the slot's cache at the end
+    truncated: bool
+    probs: list[dict[str, Any]]
+    id_slot: int
+    t_prompt_ms: float
+    t_gen_ms: float
+
+    @property
+    def finish_reason(self) -> str:
+        return "length" if self.stop_type == "limit" else "stop"
+
+    def timings(self) -> dict[str, float]:
+        """llama-server's `timings` object."""
+        pn, pm, gn, gm = self.n_prompt_eval, self.t_prompt_ms, self.n_decoded, self.t_gen_ms
+        return {
+            "prompt_n": pn,
+            "prompt_ms": pm,
+            "prompt_per_token_ms": pm / pn if pn else 0.0,
+            "prompt_per_second": 1e3 * pn / pm if pm > 0 else 0.0,
+            "predicted_n": gn,
+            "predicted_ms": gm,
+            "predicted_per_token_ms": gm / gn if gn else 0.0,
+            "predicted_per_second": 1e3 * gn / gm if gm > 0 else 0.0,
+        }
+
+
+@dataclass
+class DoneEvent:
+    index: int
+    result: Any  # GenResult, or (embedding, n_tokens) for an embedding job
+
+
+@dataclass
+class ErrorEvent:
+    index: int
+    error: APIError
+
+
+class Job:
+    """A unit of work for the engine thread; results go to `queue` on the submitting event loop."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, queue: asyncio.Queue, index: int = 0,
+                 gen: GenRequest | None = None, embed: list[int] | None = None, stream: bool = False):
+        self.loop = loop
+        self.queue = queue
+        self.index = index
+        self.gen = gen
+        self.embed = embed
+        self.stream = stream
+        self.cancelled = False
+        self.finished = False
+
+    def emit(self, event: Any) -> None:
+        if isinstance(event, (DoneEvent, ErrorEvent)):
+            self.finished = True
+        try:
+            self.loop.call_soon_threadsafe(self.queue.put_nowait, event)
+        except RuntimeError:  # the loop is closed: the server is shutting down
+            self.cancelled = True
+
+
+class Slot:
+    def __init__(self, sid: int):
+        self.id = sid
+        self.job: Job | None = None
+        self.last_used = 0.0
+        self.reset()
+
+    def reset(self) -> None:
+        self.pending: list[int] = []  # prompt tokens still to evaluate
+        self.history: list[int] = []  # prompt + generated tokens (for penalties)
+        self.generated: list[int] = []
+        self.probs: list[dict[str, Any]] = []
+        self.sampler: Any = None
+        self.text: TextStream | None = None
+        self.next_token = -1  # sampled, not yet evaluated
+        self.n_prompt = self.n_prompt_eval = 0
+        self.n_past = 0
+        self.limit = 0
+        self.t_start = self.t_prompt_done = 0.0
+
+
+def common_prefix(a: list[int], b: list[int]) -> int:
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
+
+
+def token_probs(logits: np.ndarray, token: int, n: int) -> dict[str, Any]:
+    """Log-probabilities from the raw logits (a plain softmax, as llama-server reports them)."""
+    x = np.asarray(logits, dtype=np.float64)
+    m = float(x.max())
+    lse = m + float(np.log(np.exp(x - m).sum()))
+    k = min(n, x.shape[0])
+    top = np.argpartition(-x, k - 1)[:k]
+    top = top[np.argsort(-x[top], kind="stable")]
+    return {"id": token, "logprob": float(x[token]) - lse, "top": [(int(t), float(x[t]) - lse) for t in top]}
+
+
+class Scheduler:
+    """Owns the backend; every model call happens on its thread."""
+
+    def __init__(self, backend: Backend, max_queue: int = 32, prompt_chunk: int = 128):
+        self.backend = backend
+        self.max_queue = max_queue
+        self.prompt_chunk = prompt_chunk  # prompt tokens per step while other slots are generating
+        self.slots = [Slot(i) for i in range(backend.n_slots)]
+        self.waiting: deque[Job] = deque()
+        self.cond = threading.Condition()
+        self.running = False
+        self.thread: threading.Thread | None = None
+        self.n_steps = 0
+        self.n_busy_total = 0
+
+    # --- called from the event loop -------------------------------------------------------------
+    def submit(self, jobs: list[Job]) -> None:
+        """Queue `jobs` together, or raise a 503 when they don't fit in the queue."""
+        with self.cond:
+            n_live = sum(1 for j in self.waiting if not j.cancelled)
+            if n_live + len(jobs) > self.max_queue + self.free_slots():
+                raise APIError(503, f"the server is busy: {self.busy_slots()} slots working and {n_live} "
+                                    f"requests waiting (queue limit {self.max_queue}); retry later")
+            self.waiting.extend(jobs)
+            self.cond.notify()
+
+    def free_slots(self) -> int:
+        return sum(1 for s in self.slots if s.job is None)
+
+    def busy_slots(self) -> int:
+        return len(self.slots) - self.free_slots()
+
+    def n_waiting(self) -> int:
+        return sum(1 for j in self.waiting if not j.cancelled)
+
+    def wake(self) -> None:
+        with self.cond:
+            self.cond.notify()
+
+    def start(self) -> None:
+        self.running = True
+        self.thread = threading.Thread(target=self._run, name="llamapy-engine", daemon=True)
+        self.thread.start()
+
+    def stop(self) -> None:
+        with self.cond:
+            self.running = False
+            self.cond.notify()
+        if self.thread is not None:
+            self.thread.join(timeout=30)
+
+    # --- the engine thread ----------------------------------------------------------------------
+    def _run(self) -> None:
+        while True:
+            with self.cond:
+                while self.running and not self.waiting and all(s.job is None for s in self.slots):
+                    self.cond.wait()
+                if not self.running:
+                    break
+            try:
+                self.step()
+            except Exception as e:  # a bug must not kill the engine: fail the jobs in flight
+                log.exception("engine step failed")
+                for s in self.slots:
+                    if s.job is not None:
+                        self._fail(s, APIError(500, f"internal error: {type(e).__name__}: {e}"))
+        for s in self.slots:
+            if s.job is not None:
+                self._fail(s, APIError(503, "the server is shutting down"))
+        with self.cond:
+            for j in self.waiting:
+                j.emit(ErrorEvent(j.index, APIError(503, "the server is shutting down")))
+            self.waiting.clear()
+
+    def step(self) -> None:
+        """Admit, evaluate one batch over all busy slots, sample, emit."""
+        for s in self.slots:
+            if s.job is not None and s.job.cancelled:
+                self._release(s)
+        for job in self._admit():
+            self._run_embedding(job)
+        busy = [s for s in self.slots if s.job is not None]
+        if not busy:
+            return
+        items, owners = self._plan(busy)
+        if not items:
+            return
+        try:
+            all_logits = self.backend.eval_batch(items)
+        except Exception as e:
+            log.exception("eval_batch failed")
+            for s in owners:
+                self._fail(s, APIError(500, f"evaluation failed: {e}"))
+            return
+        self.n_steps += 1
+        self.n_busy_total += len(owners)
+        now = time.perf_counter()
+        for s, (_, toks), logits in zip(owners, items, all_logits):
+            s.n_past += len(toks)
+            if s.next_token < 0:  # this was a prompt chunk
+                if s.pending:
+                    continue
+                s.t_prompt_done = now
+                if s.limit == 0:
+                    self._finish(s, "limit")
+                    continue
+            self._sample(s, logits)
+
+    def _admit(self) -> list[Job]:
+        """Move waiting jobs into free slots; return the embedding jobs taken off the queue."""
+        embeds: list[Job] = []
+        with self.cond:
+            keep: deque[Job] = deque()
+            while self.waiting:
+                job = self.waiting.popleft()
+                if job.cancelled:
+                    continue
+                if job.embed is not None:
+                    embeds.append(job)
+                    continue
+                slot = self._pick_slot(job.gen)
+                if slot is None:
+                    keep.append(job)
+                    continue
+                self._start(slot, job)
+            self.waiting = keep
+        return embeds
+
+    def _pick_slot(self, req: GenRequest) -> Slot | None:
+        free = [s for s in self.slots if s.job is None]
+        if not free:
+            return None
+        if 0 <= req.id_slot < len(self.slots):
+            return self.slots[req.id_slot] if self.slots[req.id_slot].job is None else None
+        if req.cache_prompt:
+            return max(free, key=lambda s: (common_prefix(self.backend.cache_tokens(s.id), req.prompt), -s.last_used))
+        return min(free, key=lambda s: s.last_used)
+
+    def _start(self, s: Slot, job: Job) -> None:
+        req = job.gen
+        s.reset()
+        s.job = job
+        s.t_start = time.perf_counter()
+        if not req.prompt:
+            job.emit(ErrorEvent(job.index, APIError(400, "the prompt is empty")))
+            self._release(s)
+            return
+        n_keep = common_prefix(self.backend.cache_tokens(s.id), req.prompt) if req.cache_prompt else 0
+        n_keep = min(n_keep, len(req.prompt) - 1)  # evaluate at least one token to get logits
+        self.backend.truncate(s.id, n_keep)
+        s.n_past = n_keep
+        s.pending = list(req.prompt[n_keep:])
+        s.history = list(req.prompt)
+        s.n_prompt = len(req.prompt)
+        s.n_prompt_eval = len(s.pending)
+        room = self.backend.n_ctx - len(req.prompt)
+        s.limit = room if req.n_predict < 0 else min(req.n_predict, room)
+        s.sampler = self.backend.make_sampler(req.sampling)
+        s.text = TextStream(self.backend.piece, req.stop)
+
+    def _plan(self, busy: list[Slot]) -> tuple[list[tuple[int, list[int]]], list[Slot]]:
+        """This step's batch: one token per generating slot, prompt chunks in the remaining budget."""
+        items: list[tuple[int, list[int]]] = []
+        owners: list[Slot] = []
+        generating = [s for s in busy if s.next_token >= 0]
+        for s in generating:
+            items.append((s.id, [s.next_token]))
+            owners.append(s)
+        budget = self.backend.n_batch - len(items)
+        if generating:
+            budget = min(budget, self.prompt_chunk)
+        for s in sorted((s for s in busy if s.next_token < 0), key=lambda s: s.t_start):
+            if budget <= 0:
+                break
+            chunk = s.pending[:budget]
+            del s.pending[: len(chunk)]
+            budget -= len(chunk)
+            items.append((s.id, chunk))
+            owners.append(s)
+        return items, owners
+
+    def _sample(self, s: Slot, logits: np.ndarray) -> None:
+        job, req = s.job, s.job.gen
+        tok = int(s.sampler.sample(logits, s.history))
+        s.generated.append(tok)
+        s.history.append(tok)
+        probs = token_probs(logits, tok, req.n_probs) if req.n_probs > 0 else None
+        if self.backend.is_eog(tok) and not req.ignore_eos:
+            if probs is not None:
+                s.probs.append(probs)
+            self._finish(s, "eos")
+            return
+        text = s.text.add(tok)
+        if probs is not None:
+            s.probs.append(probs)
+        if job.stream and (text or not s.text.stopped_word):
+            job.emit(TokenEvent(job.index, text, tok, probs))
+        if s.text.stopped_word:
+            self._finish(s, "word")
+        elif len(s.generated) >= s.limit:
+            self._finish(s, "limit", truncated=req.n_predict < 0 or len(s.generated) < req.n_predict)
+        else:
+            s.next_token = tok
+
+    def _finish(self, s: Slot, stop_type: str, truncated: bool = False) -> None:
+        job = s.job
+        tail = s.text.finish() if s.text is not None else ""
+        if job.stream and tail:
+            job.emit(TokenEvent(job.index, tail, -1, None))
+        now = time.perf_counter()
+        t_prompt_done = s.t_prompt_done or now
+        kept = s.text.n_tokens_kept() if s.text is not None else 0
+        probs = s.probs if job.stream or stop_type != "word" else s.probs[:kept]
+        result = GenResult(
+            content=s.text.text if s.text is not None else "",
+            tokens=list(s.generated),
+            stop_type=stop_type,
+            stopping_word=s.text.stopped_word if s.text is not None else "",
+            n_prompt=s.n_prompt,
+            n_prompt_eval=s.n_prompt_eval,
+            n_decoded=len(s.generated),
+            n_cached=s.n_past,
+            truncated=truncated,
+            probs=probs,
+            id_slot=s.id,
+            t_prompt_ms=(t_prompt_done - s.t_start) * 1e3,
+            t_gen_ms=(now - t_prompt_done) * 1e3,
+        )
+        job.emit(DoneEvent(job.index, result))
+        self._release(s)
+
+    def _fail(self, s: Slot, err: APIError) -> None:
+        if s.job is not None and not s.job.finished:
+            s.job.emit(ErrorEvent(s.job.index, err))
+        self._release(s)
+        try:
+            self.backend.truncate(s.id, 0)  # the cache may be half-written
+        except Exception:
+            log.exception("clearing slot %d failed", s.id)
+
+    def _release(self, s: Slot) -> None:
+        s.job = None
+        s.last_used = time.perf_counter()
+        s.reset()
+
+    def _run_embedding(self, job: Job) -> None:
+        try:
+            vec = self.backend.embed(job.embed)
+        except Exception as e:
+            log.exception("embedding failed")
+            job.emit(ErrorEvent(job.index, APIError(500, f"embedding failed: {e}")))
+            return
+        job.emit(DoneEvent(job.index, (np.asarray(vec, dtype=np.float32), len(job.embed))))

@@ -1,0 +1,228 @@
+"""Request bodies of every endpoint, validated strictly: a wrong type or an out-of-range value is a 400.
+
+Models are strict (no "5" for 5, no 1.0 for an integer, no 1 for a boolean); unknown fields are
+ignored, as llama-server and the OpenAI API ignore them; `null` means "the default" for optional fields.
+Field names follow llama-server (`n_predict`, `repeat_penalty`, ...), OpenAI (`max_tokens`,
+`max_completion_tokens`, `logprobs`, ...) and Ollama (`options.num_predict`, ...).
+"""
+from __future__ import annotations
+
+import json
+import math
+from typing import Annotated, Any, Literal, Optional, TypeVar, Union
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from .errors import APIError, bad_request
+
+UINT64_MAX = (1 << 64) - 1
+MAX_PROMPTS = 16  # prompts in one completion request (each takes a slot)
+MAX_EMBED_INPUTS = 512
+
+Float = Annotated[float, Field(allow_inf_nan=False)]
+Prob = Annotated[float, Field(ge=0.0, le=1.0, allow_inf_nan=False)]
+Penalty = Annotated[float, Field(ge=-2.0, le=2.0, allow_inf_nan=False)]
+NonNegFloat = Annotated[float, Field(ge=0.0, allow_inf_nan=False)]
+Seed = Annotated[int, Field(ge=-1, le=UINT64_MAX)]
+Stop = Union[str, list[str], None]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(strict=True, extra="ignore")
+
+
+class Sampling(Strict):
+    """Sampling and stopping fields shared by every generating endpoint (llama-server names)."""
+
+    temperature: Optional[Float] = None  # <= 0: greedy
+    top_k: Optional[Annotated[int, Field(ge=-1)]] = None  # <= 0: off
+    top_p: Optional[Prob] = None
+    min_p: Optional[Prob] = None
+    typical_p: Optional[Prob] = None
+    repeat_penalty: Optional[NonNegFloat] = None
+    repeat_last_n: Optional[Annotated[int, Field(ge=-1)]] = None  # -1: the whole context
+    presence_penalty: Optional[Penalty] = None
+    frequency_penalty: Optional[Penalty] = None
+    mirostat: Optional[Literal[0, 1, 2]] = None
+    mirostat_tau: Optional[NonNegFloat] = None
+    mirostat_eta: Optional[NonNegFloat] = None
+    seed: Optional[Seed] = None
+    ignore_eos: Optional[bool] = None
+    logit_bias: Any = None  # llama-server: [[id|text, bias|false], ...]; OpenAI: {"id": bias}
+    stop: Stop = None
+    stream: Optional[bool] = None
+    n_probs: Optional[Annotated[int, Field(ge=0, le=100)]] = None
+    n_predict: Optional[Annotated[int, Field(ge=-2)]] = None  # -1: until end of text or context
+    max_tokens: Optional[Annotated[int, Field(ge=-1)]] = None
+    grammar: Optional[str] = None
+    json_schema: Any = None
+    model: Optional[str] = None
+
+
+class CompletionRequest(Sampling):
+    """POST /completion (llama-server)."""
+
+    prompt: Any = None
+    cache_prompt: Optional[bool] = None
+    return_tokens: Optional[bool] = None
+    id_slot: Optional[Annotated[int, Field(ge=-1)]] = None
+
+
+class OAICompletionRequest(Sampling):
+    """POST /v1/completions."""
+
+    prompt: Any = None
+    n: Optional[Annotated[int, Field(ge=1)]] = None
+    logprobs: Optional[Annotated[int, Field(ge=0, le=20)]] = None
+    echo: Optional[bool] = None
+    suffix: Optional[str] = None
+    best_of: Optional[Annotated[int, Field(ge=1)]] = None
+    stream_options: Optional[dict[str, Any]] = None
+    user: Optional[str] = None
+    cache_prompt: Optional[bool] = None
+
+
+class TextPart(Strict):
+    type: str
+    text: Optional[str] = None
+
+
+class ChatMessage(Strict):
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: Union[str, list[TextPart], None] = None
+    name: Optional[str] = None
+
+
+class ChatRequest(Sampling):
+    """POST /v1/chat/completions."""
+
+    messages: Annotated[list[ChatMessage], Field(min_length=1)]
+    n: Optional[Annotated[int, Field(ge=1)]] = None
+    logprobs: Optional[bool] = None
+    top_logprobs: Optional[Annotated[int, Field(ge=0, le=20)]] = None
+    max_completion_tokens: Optional[Annotated[int, Field(ge=-1)]] = None
+    response_format: Optional[dict[str, Any]] = None
+    tools: Optional[list[Any]] = None
+    tool_choice: Any = None
+    stream_options: Optional[dict[str, Any]] = None
+    user: Optional[str] = None
+    cache_prompt: Optional[bool] = None
+
+
+class TokenizeRequest(Strict):
+    content: Any = ""
+    add_special: bool = False
+    with_pieces: bool = False
+
+
+class DetokenizeRequest(Strict):
+    tokens: list[int] = []
+
+
+class ApplyTemplateRequest(Strict):
+    messages: Annotated[list[ChatMessage], Field(min_length=1)]
+
+
+class EmbeddingRequest(Strict):
+    """POST /v1/embeddings (`input`) and /embedding (`content`)."""
+
+    input: Any = None
+    content: Any = None
+    model: Optional[str] = None
+    encoding_format: Optional[Literal["float", "base64"]] = None
+    dimensions: Optional[Annotated[int, Field(ge=1)]] = None
+    user: Optional[str] = None
+
+
+class OllamaOptions(Strict):
+    temperature: Optional[Float] = None
+    top_k: Optional[Annotated[int, Field(ge=-1)]] = None
+    top_p: Optional[Prob] = None
+    min_p: Optional[Prob] = None
+    typical_p: Optional[Prob] = None
+    repeat_penalty: Optional[NonNegFloat] = None
+    repeat_last_n: Optional[Annotated[int, Field(ge=-1)]] = None
+    presence_penalty: Optional[Penalty] = None
+    frequency_penalty: Optional[Penalty] = None
+    mirostat: Optional[Literal[0, 1, 2]] = None
+    mirostat_tau: Optional[NonNegFloat] = None
+    mirostat_eta: Optional[NonNegFloat] = None
+    seed: Optional[Seed] = None
+    num_predict: Optional[Annotated[int, Field(ge=-2)]] = None
+    stop: Stop = None
+    num_ctx: Optional[Annotated[int, Field(ge=0)]] = None
+
+
+class OllamaGenerateRequest(Strict):
+    model: Optional[str] = None
+    prompt: str = ""
+    system: Optional[str] = None
+    raw: bool = False
+    stream: bool = True
+    options: Optional[OllamaOptions] = None
+    format: Any = None
+    keep_alive: Any = None
+    images: Optional[list[Any]] = None
+
+
+class OllamaChatRequest(Strict):
+    model: Optional[str] = None
+    messages: list[ChatMessage] = []
+    stream: bool = True
+    options: Optional[OllamaOptions] = None
+    format: Any = None
+    keep_alive: Any = None
+    tools: Optional[list[Any]] = None
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def parse_json(body: bytes) -> Any:
+    """The request body as JSON, or a 400 (malformed, not UTF-8, NaN/Infinity, or nested absurdly deep)."""
+    if not body.strip():
+        raise bad_request("the request body is empty; send a JSON object")
+    try:
+        return json.loads(body, parse_constant=_no_constant)
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError, ValueError) as e:
+        raise bad_request(f"malformed JSON in the request body: {e}") from None
+
+
+def _no_constant(name: str):
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def validate(model: type[M], data: Any) -> M:
+    """`data` as a `model`, or a 400 naming the first bad field."""
+    if not isinstance(data, dict):
+        raise bad_request(f"the request body must be a JSON object, not {_json_type(data)}")
+    try:
+        return model.model_validate(data)
+    except ValidationError as e:
+        err = e.errors(include_url=False)[0]
+        loc = ".".join(str(p) for p in err["loc"] if not _is_union_tag(p))
+        raise APIError(400, f"{loc}: {err['msg']}" if loc else err["msg"], param=loc or None) from None
+
+
+def _is_union_tag(p: Any) -> bool:
+    return isinstance(p, str) and ("[" in p or p in ("str", "int", "list", "float", "bool"))
+
+
+def _json_type(v: Any) -> str:
+    return {list: "an array", str: "a string", bool: "a boolean", int: "a number", float: "a number"}.get(
+        type(v), "null" if v is None else type(v).__name__
+    )
+
+
+def stop_list(stop: Stop) -> list[str]:
+    """`stop` as a list of non-empty strings (a single string is a list of one)."""
+    if stop is None:
+        return []
+    if isinstance(stop, str):
+        stop = [stop]
+    return [s for s in stop if s]
+
+
+def finite(x: float) -> float:
+    """A float that JSON can carry: -inf (log of a zero probability) becomes the lowest float32."""
+    return x if math.isfinite(x) else -3.4028234663852886e38
