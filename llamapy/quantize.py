@@ -84,22 +84,22 @@ class QuantOption:
 
 # In the reference's order: a legacy number names the first option with that ftype (15 -> "Q4_K").
 QUANT_OPTIONS = [
-    QuantOption("Q4_0", F.MOSTLY_Q4_0, "4.50 bpw, one scale per 32 values"),
-    QuantOption("Q4_1", F.MOSTLY_Q4_1, "5.00 bpw, scale and minimum per 32 values"),
-    QuantOption("Q5_0", F.MOSTLY_Q5_0, "5.50 bpw, one scale per 32 values"),
-    QuantOption("Q5_1", F.MOSTLY_Q5_1, "6.00 bpw, scale and minimum per 32 values"),
-    QuantOption("Q2_K", F.MOSTLY_Q2_K, "2.62 bpw (Q2_K), Q3_K for attn_v, attn_output, ffn_down; Q6_K output"),
+    QuantOption("Q4_0", F.MOSTLY_Q4_0, "4.50 bpw"),
+    QuantOption("Q4_1", F.MOSTLY_Q4_1, "5.00 bpw"),
+    QuantOption("Q5_0", F.MOSTLY_Q5_0, "5.50 bpw"),
+    QuantOption("Q5_1", F.MOSTLY_Q5_1, "6.00 bpw"),
+    QuantOption("Q2_K", F.MOSTLY_Q2_K, "2.62 bpw Q2_K + Q3_K attn_v/attn_output/ffn_down"),
     QuantOption("Q3_K", F.MOSTLY_Q3_K_M, "alias for Q3_K_M"),
-    QuantOption("Q3_K_S", F.MOSTLY_Q3_K_S, "3.44 bpw (Q3_K), Q6_K output"),
-    QuantOption("Q3_K_M", F.MOSTLY_Q3_K_M, "3.44 bpw (Q3_K), Q4_K/Q5_K attn_v, attn_output, ffn_down; Q6_K output"),
-    QuantOption("Q3_K_L", F.MOSTLY_Q3_K_L, "3.44 bpw (Q3_K), Q5_K attn_v, attn_output, ffn_down; Q6_K output"),
-    QuantOption("IQ4_NL", F.MOSTLY_IQ4_NL, "4.50 bpw non-linear, Q6_K output"),
+    QuantOption("Q3_K_S", F.MOSTLY_Q3_K_S, "3.44 bpw Q3_K"),
+    QuantOption("Q3_K_M", F.MOSTLY_Q3_K_M, "3.44 bpw Q3_K + Q4_K/Q5_K attn_v/attn_output/ffn_down"),
+    QuantOption("Q3_K_L", F.MOSTLY_Q3_K_L, "3.44 bpw Q3_K + Q5_K attn_v/attn_output/ffn_down"),
+    QuantOption("IQ4_NL", F.MOSTLY_IQ4_NL, "4.50 bpw non-linear"),
     QuantOption("Q4_K", F.MOSTLY_Q4_K_M, "alias for Q4_K_M"),
-    QuantOption("Q4_K_S", F.MOSTLY_Q4_K_S, "4.50 bpw (Q4_K), Q5_K first attn_v and ffn_down; Q6_K output"),
-    QuantOption("Q4_K_M", F.MOSTLY_Q4_K_M, "4.50 bpw (Q4_K), Q6_K for half of attn_v and ffn_down, and output"),
+    QuantOption("Q4_K_S", F.MOSTLY_Q4_K_S, "4.50 bpw Q4_K + Q5_K first attn_v/ffn_down"),
+    QuantOption("Q4_K_M", F.MOSTLY_Q4_K_M, "4.50 bpw Q4_K + Q6_K half of attn_v/ffn_down"),
     QuantOption("Q5_K", F.MOSTLY_Q5_K_M, "alias for Q5_K_M"),
-    QuantOption("Q5_K_S", F.MOSTLY_Q5_K_S, "5.50 bpw (Q5_K), Q6_K output"),
-    QuantOption("Q5_K_M", F.MOSTLY_Q5_K_M, "5.50 bpw (Q5_K), Q6_K for half of attn_v and ffn_down, and output"),
+    QuantOption("Q5_K_S", F.MOSTLY_Q5_K_S, "5.50 bpw Q5_K"),
+    QuantOption("Q5_K_M", F.MOSTLY_Q5_K_M, "5.50 bpw Q5_K + Q6_K half of attn_v/ffn_down"),
     QuantOption("Q6_K", F.MOSTLY_Q6_K, "6.56 bpw"),
     QuantOption("Q8_0", F.MOSTLY_Q8_0, "8.50 bpw"),
     QuantOption("F16", F.MOSTLY_F16, "16.00 bpw"),
@@ -124,7 +124,7 @@ def options_help() -> str:
     """The table `--help` prints: legacy number, name, what it is."""
     lines = []
     for o in QUANT_OPTIONS:
-        num = f"{o.ftype:2d}  or  " if o.name != "COPY" else " " * 10
+        num = f"{o.ftype:2d}  or  " if o.name != "COPY" else " " * 8
         lines.append(f"  {num}{o.name:<7} : {o.desc}")
     return "\n".join(lines)
 
