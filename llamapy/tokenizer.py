@@ -1,0 +1,703 @@
+"""Tokenizers built from GGUF metadata alone, giving exactly the reference's (llama.cpp's) token ids.
+
+    tok = Tokenizer.from_gguf("model.gguf")
+    ids = tok.encode("Hello world", add_special=True, parse_special=False)
+    text = tok.decode(ids)
+
+Two vocabulary types are supported, as `tokenizer.ggml.model` names them:
+  * `llama`: SentencePiece-style BPE over scores with byte fallback (LLaMA 1/2, Chinese-LLaMA/Alpaca);
+    see tokenizer_spm.py.
+  * `gpt2`: byte-level BPE over merges, pre-split by the regex stages `tokenizer.ggml.pre` names;
+    see tokenizer_bpe.py.
+
+What is shared follows the reference's vocabulary loader: its default special ids and add-BOS/EOS
+flags per type, the metadata that overrides them, EOT/EOM/FIM tokens found by their text, the
+end-of-generation set, special tokens cut out of the text before tokenizing (control and unknown
+tokens only when `parse_special` is on, user-defined ones always, longest first), the space prefix of
+SPM fragments, and token_to_piece.
+
+Speed: the merges run in C++/Rust libraries (`sentencepiece`, `tokenizers`) whenever they are
+guaranteed to give the reference's ids for the vocabulary at hand, and in Python otherwise; the
+conditions are in the two modules. benchmarks/bench_tokenize.py measures both.
+
+One reference behaviour depends on its C++ standard library: when several tokens could be the EOT
+token (SmolLM2 has `<|im_end|>` and `<|endoftext|>`), the reference takes the first one met while
+walking its std::unordered_map. `_cxx_unordered_order` replays that walk for GCC's libstdc++, which
+the reference is built with on Linux; it runs only when the choice is ambiguous, and lazily when the
+choice changes nothing but `eot_id` itself.
+"""
+from __future__ import annotations
+
+import bisect
+import codecs
+import os
+import warnings
+from collections.abc import Iterable
+
+from . import tokenizer_bpe as bpe
+from . import tokenizer_spm as spm
+from .errors import LlamapyError
+from .tokenizer_bpe import TokenizerWarning
+
+# GGUF token types (tokenizer.ggml.token_type)
+TYPE_UNDEFINED, TYPE_NORMAL, TYPE_UNKNOWN, TYPE_CONTROL, TYPE_USER_DEFINED, TYPE_UNUSED, TYPE_BYTE = range(7)
+
+# token attributes (the reference's llama_token_attr bits)
+ATTR_UNKNOWN = 1 << 0
+ATTR_UNUSED = 1 << 1
+ATTR_NORMAL = 1 << 2
+ATTR_CONTROL = 1 << 3
+ATTR_USER_DEFINED = 1 << 4
+ATTR_BYTE = 1 << 5
+ATTR_NORMALIZED = 1 << 6
+ATTR_LSTRIP = 1 << 7
+ATTR_RSTRIP = 1 << 8
+ATTR_SINGLE_WORD = 1 << 9
+
+_TYPE_ATTR = {
+    TYPE_UNKNOWN: ATTR_UNKNOWN, TYPE_UNUSED: ATTR_UNUSED, TYPE_NORMAL: ATTR_NORMAL,
+    TYPE_CONTROL: ATTR_CONTROL, TYPE_USER_DEFINED: ATTR_USER_DEFINED, TYPE_BYTE: ATTR_BYTE,
+}
+_SPECIAL_ATTRS = ATTR_CONTROL | ATTR_USER_DEFINED | ATTR_UNKNOWN
+_C_SPACE = " \t\n\v\f\r"
+ESCAPED_SPACE = "\u2581"
+
+# special ids read from metadata, in the reference's order (the deprecated FIM keys come last and win)
+_SPECIAL_KEYS = [
+    ("bos", "bos_token_id"), ("eos", "eos_token_id"), ("eot", "eot_token_id"), ("eom", "eom_token_id"),
+    ("unk", "unknown_token_id"), ("sep", "seperator_token_id"), ("pad", "padding_token_id"),
+    ("mask", "mask_token_id"), ("fim_pre", "fim_pre_token_id"), ("fim_suf", "fim_suf_token_id"),
+    ("fim_mid", "fim_mid_token_id"), ("fim_pad", "fim_pad_token_id"), ("fim_rep", "fim_rep_token_id"),
+    ("fim_sep", "fim_sep_token_id"), ("fim_pre", "prefix_token_id"), ("fim_suf", "suffix_token_id"),
+    ("fim_mid", "middle_token_id"),
+]
+# tokens found by their text when the metadata names none
+_BY_TEXT = {
+    "eot": ("<|eot_id|>", "<|im_end|>", "<|end|>", "<end_of_turn>", "<|endoftext|>", "<EOT>",
+            "<\uff5cend\u2581of\u2581sentence\uff5c>"),
+    "eom": ("<|eom_id|>",),
+    "fim_pre": ("<|fim_prefix|>", "<fim-prefix>", "<\uff5cfim\u2581begin\uff5c>", "<PRE>"),
+    "fim_suf": ("<|fim_suffix|>", "<fim-suffix>", "<\uff5cfim\u2581hole\uff5c>", "<SUF>"),
+    "fim_mid": ("<|fim_middle|>", "<fim-middle>", "<\uff5cfim\u2581end\uff5c>", "<MID>"),
+    "fim_pad": ("<|fim_pad|>", "<fim-pad>", "<PAD>"),
+    "fim_rep": ("<|fim_repo|>", "<|repo_name|>", "<fim-repo>", "<REPO>"),
+    "fim_sep": ("<|file_sep|>",),
+}
+_EOG_TEXTS = ("<|eot_id|>", "<|im_end|>", "<|end|>", "<end_of_turn>", "<|endoftext|>", "<|eom_id|>", "<EOT>")
+
+
+class Tokenizer:
+    """A GGUF vocabulary with the reference's tokenize / token_to_piece (build with `from_gguf`)."""
+
+    # -- loading ----------------------------------------------------------------------------------
+    @classmethod
+    def from_gguf(cls, reader_or_path) -> Tokenizer:
+        """Build from a GGUFReader or a GGUF file path (only the metadata is read)."""
+        if isinstance(reader_or_path, (str, os.PathLike)):
+            from .gguf_reader import GGUFReader
+
+            with GGUFReader(reader_or_path) as r:
+                return cls(r.get, getattr(r, "path", str(reader_or_path)))
+        return cls(reader_or_path.get, getattr(reader_or_path, "path", "GGUF"))
+
+    def __init__(self, get, where: str = "GGUF"):
+        """`get(key, default)` reads GGUF metadata (GGUFReader.get); prefer `from_gguf`."""
+        model = get("tokenizer.ggml.model")
+        if model is None:
+            raise LlamapyError(f"{where}: no tokenizer in this file (tokenizer.ggml.model is missing)")
+        if model not in ("llama", "gpt2"):
+            raise LlamapyError(f"{where}: tokenizer model '{model}' is not supported (supported: llama, gpt2)")
+        tokens = get("tokenizer.ggml.tokens")
+        if not tokens:
+            raise LlamapyError(f"{where}: tokenizer.ggml.tokens is missing or empty")
+        self.model: str = model
+        self.where = where
+        n = len(tokens)
+        self.n_vocab: int = n
+        self.tokens: list[str] = [t if t else f"[EMPTY_{i}]" for i, t in enumerate(tokens)]
+        scores = get("tokenizer.ggml.scores")
+        self.scores: list[float] = [float(s) for s in scores[:n]] + [0.0] * (n - len(scores)) \
+            if scores is not None else [0.0] * n
+        types = get("tokenizer.ggml.token_type")
+        self.types: list[int] = [int(t) for t in types[:n]] + [TYPE_NORMAL] * (n - len(types)) \
+            if types is not None else [TYPE_NORMAL] * n
+        self.attrs: list[int] = [_TYPE_ATTR.get(t, 0) for t in self.types]
+        self.token_to_id: dict[str, int] = {t: i for i, t in enumerate(self.tokens)}
+
+        sp = self.model == "llama"
+        ids = dict.fromkeys(["bos", "eos", "eot", "eom", "unk", "sep", "pad", "mask", "fim_pre", "fim_suf",
+                             "fim_mid", "fim_pad", "fim_rep", "fim_sep"])
+        if sp:
+            ids.update(bos=1, eos=2, unk=0)
+            self.pre = get("tokenizer.ggml.pre") or "default"
+            self.add_space_prefix, self.add_bos, self.add_eos = True, True, False
+        else:
+            ids.update(bos=11, eos=11)
+            self.pre, pt = bpe.resolve_pre(get("tokenizer.ggml.pre"))
+            self.add_space_prefix, self.add_bos, self.add_eos = False, pt.add_bos, False
+            if pt.no_bos_token:
+                ids["bos"] = None
+            self._stages = pt.stages
+            self._ignore_merges = pt.ignore_merges
+        v = get("tokenizer.ggml.add_space_prefix")
+        if v is not None:
+            self.add_space_prefix = bool(v)
+        if sp:
+            self._tok_bytes = [t.encode("utf-8", "surrogateescape") for t in self.tokens]
+            self._bytes_to_id = {b: i for i, b in enumerate(self._tok_bytes)}
+            self._spm_byte_ids = spm.byte_token_ids(self._bytes_to_id)
+            self.merges = None
+        else:
+            self.merges = get("tokenizer.ggml.merges")
+            if self.merges is None:
+                raise LlamapyError(f"{where}: tokenizer.ggml.merges is missing (a gpt2 tokenizer needs merges)")
+        self._merger_ready = False  # the merge machinery is built on first use (see _merger)
+
+        # newline token, from the defaults above (the reference looks it up before reading special ids)
+        self._nl_default = ids["pad"]
+        self._nl_id: int | None = None
+        if sp:
+            nl = self._spm_byte_ids[0x0A]
+            self._nl_id = nl if nl is not None else ids["pad"]
+
+        for name, key in _SPECIAL_KEYS:
+            v = get("tokenizer.ggml." + key)
+            if v is None:
+                continue
+            if not 0 <= int(v) < n:
+                warnings.warn(f"{where}: bad special token 'tokenizer.ggml.{key}' = {v}, using the default",
+                              TokenizerWarning, stacklevel=3)
+                continue
+            ids[name] = int(v)
+        v = get("tokenizer.ggml.add_bos_token")
+        if v is not None:
+            self.add_bos = bool(v)
+        v = get("tokenizer.ggml.add_eos_token")
+        if v is not None:
+            self.add_eos = bool(v)
+
+        self._pending: dict[str, list[int]] = {}  # slots whose choice waits for the hash-map order
+        self._cxx_rank: dict[int, int] | None = None
+        for slot, texts in _BY_TEXT.items():
+            if ids[slot] is not None:
+                continue
+            found = sorted({self.token_to_id[t] for t in texts if t in self.token_to_id})
+            if not found:
+                continue
+            if len(found) > 1:
+                # the choice changes nothing but the id when every candidate is a control token already
+                # in the end-of-generation set (EOT) or outside it (FIM prefix/suffix/middle): decide lazily
+                lazy = all(self.attrs[i] & ATTR_CONTROL for i in found) and (
+                    slot in ("fim_pre", "fim_suf", "fim_mid")
+                    or (slot == "eot" and all(self.tokens[i] in _EOG_TEXTS for i in found))
+                )
+                if lazy:
+                    self._pending[slot] = found
+                    continue
+                ids[slot] = min(found, key=self._hash_rank)
+            else:
+                ids[slot] = found[0]
+            self._force_control(ids[slot])
+
+        eog: set[int] = {ids[s] for s in ("fim_pad", "fim_rep", "fim_sep") if ids[s] is not None}
+        for t in _EOG_TEXTS:
+            i = self.token_to_id.get(t)
+            if i is not None:
+                eog.add(i)
+                self._force_control(i)
+        for s in ("eos", "eot", "eom"):
+            if ids[s] is not None:
+                eog.add(ids[s])
+        self.eog_ids: set[int] = eog
+
+        self._ids = ids
+        self.bos_id: int | None = ids["bos"]
+        self.eos_id: int | None = ids["eos"]
+        self.eom_id: int | None = ids["eom"]
+        self.unk_id: int | None = ids["unk"]
+        self.sep_id: int | None = ids["sep"]
+        self.pad_id: int | None = ids["pad"]
+        self.mask_id: int | None = ids["mask"]
+
+        # special tokens, longest text first (ties: lower id first)
+        self.special_ids: list[int] = sorted(
+            (i for i in range(n) if self.attrs[i] & _SPECIAL_ATTRS), key=lambda i: -len(self.tokens[i])
+        )
+        self._pieces: list[bytes | None] = [None] * n
+        self._piece_attrs = list(self.attrs)  # token_to_piece uses the attributes as they are now
+        self._model_attr_fixes(get)
+
+    def _force_control(self, i: int):
+        if not self.attrs[i] & ATTR_CONTROL:
+            self.attrs[i] = ATTR_CONTROL
+
+    def _merger(self):
+        """Build the merge machinery (native library and Python fallback) on first use."""
+        if self._merger_ready:
+            return
+        if self.model == "llama":
+            self._spm = spm.SPMMerger(self._bytes_to_id, self.scores, self._spm_byte_ids, None)
+            unk = [i for i, t in enumerate(self.types) if t == TYPE_UNKNOWN]
+            self._fast = spm.build_fast(self._tok_bytes, self.scores, unk, self._bytes_to_id)
+        else:
+            ranks = bpe.parse_merges(self.merges)
+            self._bpe = bpe.BPEMerger(self.token_to_id, ranks, self._ignore_merges)
+            ordered = sorted(ranks, key=ranks.__getitem__)
+            self._fast, self._fast_guard = bpe.build_fast(self.token_to_id, ordered, self._ignore_merges)
+        self._merger_ready = True
+
+    def _model_attr_fixes(self, get):
+        """The reference's per-model attribute fixes (applied after the piece cache was built)."""
+        name = (get("general.name") or "").lower()
+        pre = get("tokenizer.ggml.pre") or ""
+
+        def setattr_(text, bit, on):
+            i = self.token_to_id.get(text)
+            if i is not None:
+                self.attrs[i] = self.attrs[i] | bit if on else self.attrs[i] & ~bit
+
+        if any(s in pre for s in ("jina-v2-de", "jina-v2-es", "jina-v2-code")):
+            setattr_("<mask>", ATTR_LSTRIP, True)
+        elif "phi-3" in name or "phi3" in name:
+            for i in self.special_ids:
+                self.attrs[i] |= ATTR_RSTRIP
+            setattr_("</s>", ATTR_RSTRIP, True)
+            for t in ("<unk>", "<s>", "<|endoftext|>"):
+                setattr_(t, ATTR_RSTRIP, False)
+
+    # -- the EOT choice ---------------------------------------------------------------------------
+    def _hash_rank(self, i: int) -> int:
+        if self._cxx_rank is None:
+            order = _cxx_unordered_order([t.encode("utf-8", "surrogateescape") for t in self.tokens])
+            self._cxx_rank = {tid: r for r, tid in enumerate(order)}
+        return self._cxx_rank[i]
+
+    def _slot(self, slot: str) -> int | None:
+        found = self._pending.pop(slot, None)
+        if found is not None:
+            self._ids[slot] = min(found, key=self._hash_rank)
+        return self._ids[slot]
+
+    @property
+    def eot_id(self) -> int | None:
+        """End-of-turn token (`<|eot_id|>`, `<|im_end|>`, `<end_of_turn>`, ...), as the reference picks it."""
+        return self._slot("eot")
+
+    @property
+    def fim_pre_id(self) -> int | None:
+        return self._slot("fim_pre")
+
+    @property
+    def fim_suf_id(self) -> int | None:
+        return self._slot("fim_suf")
+
+    @property
+    def fim_mid_id(self) -> int | None:
+        return self._slot("fim_mid")
+
+    @property
+    def fim_pad_id(self) -> int | None:
+        return self._slot("fim_pad")
+
+    @property
+    def fim_rep_id(self) -> int | None:
+        return self._slot("fim_rep")
+
+    @property
+    def fim_sep_id(self) -> int | None:
+        return self._slot("fim_sep")
+
+    # -- queries ------------------------------------------------------------------------------------
+    def is_eog(self, token_id: int) -> bool:
+        """Whether a token ends generation (EOS, EOT, EOM and the other end tokens the reference knows)."""
+        return token_id in self.eog_ids
+
+    def is_control(self, token_id: int) -> bool:
+        return bool(self.attrs[token_id] & ATTR_CONTROL)
+
+    def token_text(self, token_id: int) -> str:
+        """The raw vocabulary string of a token."""
+        return self.tokens[self._check(token_id)]
+
+    def token_type(self, token_id: int) -> int:
+        """The GGUF token type (1 normal, 2 unknown, 3 control, 4 user-defined, 5 unused, 6 byte)."""
+        return self.types[self._check(token_id)]
+
+    def token_attr(self, token_id: int) -> int:
+        """The reference's attribute bits of a token (ATTR_*), after its fixes."""
+        return self.attrs[self._check(token_id)]
+
+    def find_token(self, text: str) -> int | None:
+        """The id of the vocabulary entry that is exactly `text` (e.g. "<|eot_id|>"), or None."""
+        return self.token_to_id.get(text)
+
+    def _check(self, token_id: int) -> int:
+        if not 0 <= token_id < self.n_vocab:
+            raise LlamapyError(f"token id {token_id} is out of range (the vocabulary has {self.n_vocab} tokens)")
+        return token_id
+
+    @property
+    def fast(self) -> bool:
+        """Whether merges run in the native library (sentencepiece / tokenizers) for this vocabulary."""
+        self._merger()
+        return self._fast is not None
+
+    @property
+    def nl_id(self) -> int | None:
+        """The newline token (SPM: <0x0A>; BPE: the first token of "\\n")."""
+        if self._nl_id is None:
+            nl_ids = self._bpe_fragment("\n")
+            self._nl_id = nl_ids[0] if nl_ids else self._nl_default
+        return self._nl_id
+
+    # -- encode -------------------------------------------------------------------------------------
+    def encode(self, text: str, add_special: bool = True, parse_special: bool = False) -> list[int]:
+        """Token ids of `text`, as the reference's llama_tokenize gives them.
+
+        add_special: add BOS / EOS when the model asks for them (tokenizer.ggml.add_bos_token / add_eos_token).
+        parse_special: recognise control tokens written in the text (user-defined ones always are).
+        """
+        out: list[int] = []
+        if add_special and self.add_bos:
+            if self.bos_id is None:
+                raise LlamapyError("the model asks for a BOS token but has none")
+            out.append(self.bos_id)
+        slow = _needs_slow_path(text)
+        if self.model == "llama":
+            prev_special = True
+            for frag in self._partition(text, parse_special):
+                if isinstance(frag, int):
+                    out.append(frag)
+                    prev_special = True
+                    continue
+                if self.add_space_prefix and prev_special:
+                    frag = " " + frag
+                out += self._spm_fragment(frag, slow)
+                prev_special = False
+        else:
+            for frag in self._partition(text, parse_special):
+                if isinstance(frag, int):
+                    out.append(frag)
+                else:
+                    out += self._bpe_fragment(frag, slow)
+        if add_special and self.add_bos and len(out) >= 2 and out[1] == self.bos_id:
+            warnings.warn("the prompt starts with a BOS token and the model adds one: it now starts with two",
+                          TokenizerWarning, stacklevel=2)
+        if add_special and self.add_eos:
+            if self.eos_id is None:
+                raise LlamapyError("the model asks for an EOS token but has none")
+            out.append(self.eos_id)
+        return out
+
+    def _spm_fragment(self, frag: str, slow: bool = False) -> list[int]:
+        self._merger()
+        if self._fast is not None and not slow:
+            return self._fast.encode(frag)
+        b = frag.encode("utf-8", "surrogateescape") if slow else frag.encode("utf-8")
+        return self._spm.tokenize(b.replace(b" ", ESCAPED_SPACE.encode()))
+
+    def _bpe_fragment(self, frag: str, slow: bool = False) -> list[int]:
+        self._merger()
+        if slow:
+            words = bpe.pre_split(bpe.cpts_from_utf8(frag.encode("utf-8", "surrogateescape")), self._stages)
+            out: list[int] = []
+            for w in words:
+                out += self._bpe.word(bpe.to_byte_chars(w.encode("utf-8", "surrogatepass")))
+            return out
+        words = bpe.pre_split(frag, self._stages)
+        if not words:
+            return []
+        if self._fast is not None and (self._fast_guard is None or not self._fast_guard.search(frag)):
+            return self._fast.encode(words, is_pretokenized=True, add_special_tokens=False).ids
+        out = []
+        for w in words:
+            out += self._bpe.word(bpe.to_byte_chars(w.encode("utf-8")))
+        return out
+
+    def _partition(self, text: str, parse_special: bool) -> list[str | int]:
+        """Cut special tokens out of the text: each special token in turn (longest first) is found in
+        every remaining text fragment; LSTRIP/RSTRIP tokens also take the whitespace beside them."""
+        if not text:
+            return []
+        frags: list[tuple[int, int] | int] = [(0, len(text))]
+        for tid in self.special_ids:
+            attr = self.attrs[tid]
+            if not parse_special and attr & (ATTR_CONTROL | ATTR_UNKNOWN):
+                continue
+            tt = self.tokens[tid]
+            if tt not in text:
+                continue
+            k = len(tt)
+            new: list[tuple[int, int] | int] = []
+            for f in frags:
+                if isinstance(f, int):
+                    new.append(f)
+                    continue
+                s, e = f
+                while True:
+                    m = text.find(tt, s, e)
+                    if m < 0:
+                        new.append((s, e))
+                        break
+                    left = m
+                    if attr & ATTR_LSTRIP:
+                        while left > s and text[left - 1] in _C_SPACE:
+                            left -= 1
+                    if left > s:
+                        new.append((s, left))
+                    new.append(tid)
+                    s = m + k
+                    if attr & ATTR_RSTRIP:
+                        while s < e and text[s] in _C_SPACE:
+                            s += 1
+                    if s >= e:
+                        break
+            frags = new
+        return [f if isinstance(f, int) else text[f[0] : f[1]] for f in frags]
+
+    # -- decode -------------------------------------------------------------------------------------
+    def token_to_piece(self, token_id: int, special: bool = True) -> bytes:
+        """A token's bytes, as the reference's llama_token_to_piece (lstrip 0): control and unknown
+        tokens give b"" unless `special`; byte tokens give their byte."""
+        attr = self.attrs[self._check(token_id)]
+        if not special and attr & (ATTR_UNKNOWN | ATTR_CONTROL):
+            return b""
+        p = self._pieces[token_id]
+        if p is None:
+            p = self._pieces[token_id] = self._make_piece(token_id)
+        return p
+
+    def _make_piece(self, i: int) -> bytes:
+        attr = self._piece_attrs[i]
+        text = self.tokens[i]
+        if attr & (ATTR_UNKNOWN | ATTR_CONTROL | ATTR_USER_DEFINED):
+            return text.encode("utf-8", "surrogateescape")
+        if self.model == "llama":
+            if attr & ATTR_NORMAL:
+                return text.replace(ESCAPED_SPACE, " ").encode("utf-8", "surrogateescape")
+            if attr & ATTR_BYTE:
+                return bytes([_hex_byte(text[3:5])])
+            return b""
+        if attr & ATTR_NORMAL:
+            return bpe.decode_byte_chars(text)
+        return b""
+
+    def decode(self, ids: Iterable[int], special: bool = True) -> str:
+        """The text of a token sequence: its pieces joined, as UTF-8 (invalid bytes become U+FFFD)."""
+        return b"".join(self.token_to_piece(i, special) for i in ids).decode("utf-8", "replace")
+
+    def detokenize(self, ids: list[int], remove_special: bool = False, unparse_special: bool = False) -> str:
+        """The reference's llama_detokenize: drops the SPM leading space, optionally BOS/EOS, and for
+        most gpt2 pre-tokenizers tidies spaces before punctuation and contractions."""
+        ids = list(ids)
+        remove_space = self.add_space_prefix
+        if remove_special and self.add_bos and ids and ids[0] == self.bos_id:
+            remove_space = False
+            ids = ids[1:]
+        if remove_special and self.add_eos and ids and ids[-1] == self.eos_id:
+            ids = ids[:-1]
+        parts = []
+        for i in ids:
+            p = self.token_to_piece(i, unparse_special)
+            if remove_space and p.startswith(b" "):
+                p = p[1:]
+            remove_space = False
+            parts.append(p)
+        out = b"".join(parts)
+        if self.model == "gpt2" and self.pre not in _NO_CLEAN_SPACES:
+            out = _clean_spaces(out)
+        return out.decode("utf-8", "replace")
+
+
+_NO_CLEAN_SPACES = {
+    "deepseek-llm", "deepseek-coder", "deepseek-v3", "command-r", "qwen2", "deepseek-r1-qwen", "poro-chat",
+    "viking", "tekken", "smollm", "chameleon",
+}
+
+
+def _clean_spaces(b: bytes) -> bytes:
+    """The reference's clean_up_tokenization_spaces passes."""
+    t = bytearray(b)
+    out = bytearray(t[:1])
+    for i in range(1, len(t)):  # " ?" " !" " ." " ,"
+        if t[i - 1] == 0x20 and t[i] in b"?!.,":
+            out.pop()
+        out.append(t[i])
+    t, out = out, bytearray(out[:1])
+    i = 1
+    while i < len(t):  # " ' " -> "'"
+        x = t[i]
+        if x == 0x27 and i + 1 < len(t) and t[i - 1] == 0x20 and t[i + 1] == 0x20:
+            out.pop()
+            out.append(x)
+            i += 2
+            continue
+        out.append(x)
+        i += 1
+    t, out = out, bytearray(out[:1])
+    for i in range(1, len(t)):  # " 's" " 'm" " 're" " 've"
+        x = t[i]
+        if t[i - 1] == 0x20 and x == 0x27 and i + 1 < len(t):
+            x1 = t[i + 1]
+            if x1 in b"sm" or (i + 2 < len(t) and (x1, t[i + 2]) in ((0x72, 0x65), (0x76, 0x65))):
+                out.pop()
+        out.append(x)
+    return bytes(out)
+
+
+def _hex_byte(s: str) -> int:
+    try:
+        return int(s, 16) & 0xFF
+    except ValueError:
+        return 0
+
+
+def _needs_slow_path(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+class StreamDecoder:
+    """Text of a token stream, piece by piece, never splitting a UTF-8 sequence.
+
+        dec = StreamDecoder(tok)
+        for t in tokens: print(dec.add_token(t), end="")
+        print(dec.finalize())
+
+    The pieces joined are exactly `tok.decode(tokens)`.
+    """
+
+    def __init__(self, tokenizer: Tokenizer, special: bool = True):
+        self.tokenizer = tokenizer
+        self.special = special
+        self._dec = codecs.getincrementaldecoder("utf-8")("replace")
+
+    def add_token(self, token_id: int) -> str:
+        """The new complete text after this token (may be "" while a character is incomplete)."""
+        return self._dec.decode(self.tokenizer.token_to_piece(token_id, self.special))
+
+    def finalize(self) -> str:
+        """Whatever is left; an unfinished character comes out as U+FFFD."""
+        out = self._dec.decode(b"", final=True)
+        self._dec.reset()
+        return out
+
+
+# -- GCC libstdc++ std::unordered_map<std::string, int> iteration order ------------------------------
+_M64 = (1 << 64) - 1
+_MUL = 0xC6A4A7935BD1E995
+_SEED = 0xC70F6907
+_FAST_BKT = (2, 2, 2, 3, 5, 5, 7, 7, 11, 11, 11, 11, 13, 13)
+
+
+def _cxx_hash(b: bytes) -> int:
+    """std::hash<std::string> of libstdc++ on 64-bit targets (_Hash_bytes)."""
+    n = len(b)
+    h = (_SEED ^ (n * _MUL)) & _M64
+    end = n & ~7
+    for i in range(0, end, 8):
+        d = (int.from_bytes(b[i : i + 8], "little") * _MUL) & _M64
+        d = ((d ^ (d >> 47)) * _MUL) & _M64
+        h = ((h ^ d) * _MUL) & _M64
+    if n & 7:
+        h = ((h ^ int.from_bytes(b[end:], "little")) * _MUL) & _M64
+    h = ((h ^ (h >> 47)) * _MUL) & _M64
+    return h ^ (h >> 47)
+
+
+def _next_bucket_count(n: int) -> int:
+    if n < len(_FAST_BKT):
+        return 1 if n == 0 else _FAST_BKT[n]
+    return _PRIMES[bisect.bisect_left(_PRIMES, n, 6)]
+
+
+def _primes() -> list[int]:
+    # libstdc++'s bucket counts: a fixed prime table, ~1.08x apart (values from its __prime_list)
+    return [
+        2, 3, 5, 7, 11, 13, 17, 19, 23, 29, 31, 37, 41, 43, 47, 53, 59, 61, 67, 71, 73, 79, 83, 89, 97, 103, 109,
+        113, 127, 137, 139, 149, 157, 167, 179, 193, 199, 211, 227, 241, 257, 277, 293, 313, 337, 359, 383, 409,
+        439, 467, 503, 541, 577, 619, 661, 709, 761, 823, 887, 953, 1031, 1109, 1193, 1289, 1381, 1493, 1613,
+        1741, 1879, 2029, 2179, 2357, 2549, 2753, 2971, 3209, 3469, 3739, 4027, 4349, 4703, 5087, 5503, 5953,
+        6427, 6949, 7517, 8123, 8783, 9497, 10273, 11113, 12011, 12983, 14033, 15173, 16411, 17749, 19183,
+        20753, 22447, 24281, 26267, 28411, 30727, 33223, 35933, 38873, 42043, 45481, 49201, 53201, 57557,
+        62233, 67307, 72817, 78779, 85229, 92203, 99733, 107897, 116731, 126271, 136607, 147793, 159871,
+        172933, 187091, 202409, 218971, 236897, 256279, 277261, 299951, 324503, 351061, 379787, 410857,
+        444487, 480881, 520241, 562841, 608903, 658753, 712697, 771049, 834181, 902483, 976369, 1056323,
+        1142821, 1236397, 1337629, 1447153, 1565659, 1693859, 1832561, 1982627, 2144977, 2320627, 2510653,
+        2716249, 2938679, 3179303, 3439651, 3721303, 4026031, 4355707, 4712381, 5098259, 5515729, 5967347,
+    ]
+
+
+_PRIMES = _primes()
+
+
+def _cxx_unordered_order(keys: list[bytes]) -> list[int]:
+    """Values of `m[keys[i]] = i` (i in order) in std::unordered_map iteration order (libstdc++):
+    one singly linked list; a node goes first in its bucket, or first in the list when its bucket
+    was empty; a rehash (at 13, 29, 59, ... elements) relinks the list in its old order."""
+    none, before = -2, -1
+    index: dict[bytes, int] = {}
+    value: list[int] = []
+    hashes: list[int] = []
+    nxt: list[int] = []
+    head = none
+    n_bkt, next_resize = 1, 0
+    buckets: dict[int, int] = {}
+
+    def link_after(p: int, x: int):
+        nonlocal head
+        if p == before:
+            nxt[x] = head
+            head = x
+        else:
+            nxt[x] = nxt[p]
+            nxt[p] = x
+
+    for i, k in enumerate(keys):
+        x = index.get(k)
+        if x is not None:
+            value[x] = i
+            continue
+        x = len(hashes)
+        index[k] = x
+        h = _cxx_hash(k)
+        hashes.append(h)
+        value.append(i)
+        nxt.append(none)
+        if x + 1 > next_resize:
+            want = max(x + 1, 0 if next_resize else 11)
+            if want >= n_bkt:
+                n_bkt = _next_bucket_count(max(want + 1, n_bkt * 2))
+                next_resize = n_bkt
+                p, head, buckets, first_bkt = head, none, {}, 0
+                while p != none:
+                    q = nxt[p]
+                    b = hashes[p] % n_bkt
+                    if b in buckets:
+                        link_after(buckets[b], p)
+                    else:
+                        link_after(before, p)
+                        buckets[b] = before
+                        if nxt[p] != none:
+                            buckets[first_bkt] = p
+                        first_bkt = b
+                    p = q
+            else:
+                next_resize = n_bkt
+        b = h % n_bkt
+        if b in buckets:
+            link_after(buckets[b], x)
+        else:
+            link_after(before, x)
+            if nxt[x] != none:
+                buckets[hashes[nxt[x]] % n_bkt] = x
+            buckets[b] = before
+    out = []
+    p = head
+    while p != none:
+        out.append(value[p])
+        p = nxt[p]
+    return out

@@ -1,0 +1,505 @@
+"""Byte-level BPE (`tokenizer.ggml.model = gpt2`): the reference's pre-tokenizers, byte mapping and merges.
+
+Pre-tokenizing follows the reference's `unicode_regex_split`: every pre-tokenizer type is a list of
+regex stages; each stage splits every piece from the stage before, and the text between matches is kept
+as a piece of its own. The reference runs each stage one of three ways (a hand-written splitter for the
+GPT-2 and Llama 3 expressions, `std::regex` over a "collapsed" text with one byte per code point when the
+expression names Unicode categories, `std::wregex` otherwise). The patterns below are written for the
+`regex` module so that they give the same splits as those three, with every class spelled out from one
+code-point table instead of `\\p{..}` and `\\s`:
+  * letters / numbers / punctuation / symbols / marks come from the Unicode 15.1 character database
+    (`unicodedata2` 15.1, the version the reference's tables were generated from; Python's own
+    `unicodedata` is older and is the fallback);
+  * whitespace is the reference's fixed list of 25 code points (`\\s` in every mode, because the
+    reference maps other whitespace to U+000B before matching);
+  * in collapsed mode the reference's ASCII tables leave `~` out of \\p{S}, so the collapsed symbol class
+    does too.
+
+Merges run in the `tokenizers` library (Rust) when it gives the reference's ids: the vocabulary holds
+all 256 byte characters and every merge's result (then both pick the lowest-rank pair, leftmost first,
+and skip stale pairs the same way). Otherwise, and for text carrying invalid UTF-8, `BPEMerger` does it
+in Python exactly as the reference does.
+"""
+from __future__ import annotations
+
+import functools
+import heapq
+import re
+import warnings
+
+# -- code-point classes -------------------------------------------------------------------------
+
+WHITESPACE = tuple(range(0x09, 0x0E)) + (0x20, 0x85, 0xA0, 0x1680) + tuple(range(0x2000, 0x200B)) + (
+    0x2028, 0x2029, 0x202F, 0x205F, 0x3000,
+)
+
+# Beyond these code points Unicode 15.1 assigns only format characters, variation selectors (marks,
+# E0100..E01EF) and private use; tests/test_tokenizer_unicode.py checks this against a full scan.
+_SCAN_LIMITS = ((0, 0x323B0), (0xE0000, 0xE0200))
+
+
+def _unicodedata():
+    try:
+        import unicodedata2 as ud  # the reference's Unicode version
+
+        return ud
+    except ImportError:  # pragma: no cover - depends on the install
+        import unicodedata as ud
+
+        return ud
+
+
+def unicode_version() -> str:
+    """The Unicode version of the character database the pre-tokenizer classes come from."""
+    return _unicodedata().unidata_version
+
+
+@functools.cache
+def category_ranges() -> dict[str, tuple[tuple[int, int], ...]]:
+    """Inclusive code-point ranges of each major category (L, N, P, S, M, Z, C) in the database."""
+    ud = _unicodedata()
+    out: dict[str, list[tuple[int, int]]] = {k: [] for k in "LNPSMZC"}
+    for lo, hi in _SCAN_LIMITS:
+        cats = list(map(ud.category, map(chr, range(lo, hi))))
+        start = lo
+        prev = cats[0][0]
+        for i, c in enumerate(cats, lo):
+            k = c[0]
+            if k != prev:
+                out[prev].append((start, i - 1))
+                start, prev = i, k
+        out[prev].append((start, hi - 1))
+    return {k: tuple(v) for k, v in out.items()}
+
+
+def _esc(c: int) -> str:
+    ch = chr(c)
+    if c < 0x20 or c == 0x7F or ch in "\\]^-[":
+        return f"\\x{c:02x}" if c < 0x100 else "\\" + ch
+    return ch
+
+
+def _cls(ranges) -> str:
+    """Regex class body for inclusive code-point ranges (literal characters: they compile fastest)."""
+    return "".join(_esc(lo) if lo == hi else f"{_esc(lo)}-{_esc(hi)}" for lo, hi in ranges)
+
+
+def _ranges(body: str) -> list[tuple[int, int]]:
+    """Inclusive ranges of a plain class body like "A-Za-zµÀ-Ö" (no escapes)."""
+    out, i = [], 0
+    while i < len(body):
+        if i + 2 < len(body) and body[i + 1] == "-":
+            out.append((ord(body[i]), ord(body[i + 2])))
+            i += 3
+        else:
+            out.append((ord(body[i]), ord(body[i])))
+            i += 1
+    return out
+
+
+def _minus(ranges, cps) -> list[tuple[int, int]]:
+    """Ranges with some code points taken out."""
+    out = []
+    for lo, hi in ranges:
+        for c in sorted(c for c in cps if lo <= c <= hi):
+            if lo < c:
+                out.append((lo, c - 1))
+            lo = c + 1
+        if lo <= hi:
+            out.append((lo, hi))
+    return out
+
+
+@functools.cache
+def _classes() -> dict[str, str]:
+    cr = category_ranges()
+
+    def non_ascii(cat):
+        # in the collapsed text every non-ASCII whitespace is U+000B, whatever its category
+        return _minus([(max(lo, 0x80), hi) for lo, hi in cr[cat] if hi >= 0x80], WHITESPACE)
+
+    ascii_p = _ranges("!-#%-*,-/:;?@[-]_{}")
+    ascii_s_collapsed = _ranges("$+<=>^`|")  # the reference's collapsed tables have no '~'
+    return {
+        "W": _cls((c, c) for c in WHITESPACE),
+        "L": _cls(_ranges("A-Za-z") + non_ascii("L")),
+        "N": _cls(_ranges("0-9") + non_ascii("N")),
+        "Pc": _cls(ascii_p + non_ascii("P")),
+        "Sc": _cls(ascii_s_collapsed + non_ascii("S")),
+        "Mc": _cls(non_ascii("M")),
+    }
+
+
+def _literal(body: str) -> str:
+    """A plain class body with the whitespace code points taken out: the reference turns non-ASCII
+    whitespace into U+000B before matching, so a range that spans one never matches it."""
+    return _cls(_minus(_ranges(body), WHITESPACE))
+
+
+def _pat(template: str) -> re.Pattern:
+    c = _classes()
+    text = template
+    for k in ("Pc", "Sc", "Mc", "W", "L", "N"):
+        text = text.replace("{" + k + "}", c[k])
+    return re.compile(text)
+
+
+# -- the reference's pre-tokenizer expressions, as `re` templates ------------------------------------
+# {L} {N} {W}: letters, numbers, whitespace; {Pc} {Sc} {Mc}: punctuation, symbols, marks as seen by a
+# collapsed std::regex. Comments give the reference expression each one stands for.
+
+# 's|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)  (hand-written splitter); text
+# between its matches is always one whitespace character, so "|[{W}]" yields the same pieces
+_GPT2 = "'s|'t|'re|'ve|'m|'ll|'d| ?[{L}]+| ?[{N}]+| ?[^{W}{L}{N}]+|[{W}]+(?![^{W}])|[{W}]"
+_CONTRACTIONS = "(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])"
+# (?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+
+_LLAMA3 = (
+    _CONTRACTIONS
+    + "|[^\\r\\n{L}{N}]?[{L}]+|[{N}]{1,3}| ?[^{W}{L}{N}]+[\\r\\n]*|[{W}]*[\\r\\n]+|[{W}]+(?![^{W}])|[{W}]+"
+)
+_QWEN2 = _LLAMA3.replace("[{N}]{1,3}", "[{N}]")
+_DEEPSEEK_LLM_LETTERS = (
+    "A-Za-zµÀ-ÖØ-öø-ƺƼ-ƿǄ-ʓʕ-ʯͰ-ͳͶͷͻ-ͽͿΆΈ-ΊΌΎ-ΡΣ-ϵϷ-ҁҊ-ԯԱ-ՖႠ-ჅᎠ-Ᏽᏸ-ᏽᲐ-ᲺᲽ-Ჿᴀ-ᴫᵫ-ᵷᵹ-ᶚḀ-ἕἘ-Ἕἠ-ὅὈ-Ὅὐ-ὗὙὛὝὟ-ώᾀ-ᾴᾶ-ᾼιῂ-ῄῆ-ῌῐ-ΐ"
+    "ῖ-Ίῠ-Ῥῲ-ῴῶ-ῼℂℇℊ-ℓℕℙ-ℝℤΩℨK-ℭℯ-ℴℹℼ-ℿⅅ-ⅉⅎↃↄⰀ-ⱻⱾ-ⳤⳫ-ⳮⳲⳳꙀ-ꙭꚀ-ꚛꜢ-ꝯꝱ-ꞇꞋ-ꞎꭰ-ꮿﬀ-ﬆﬓ-ﬗＡ-Ｚａ-ｚ𐐀-𐑏𐒰-𐓓𐓘-𐓻𐲀-𐲲𐳀-𐳲𑢠-𑣟𞤀-𞥃"
+)
+# literal classes lose the whitespace inside their ranges (see _literal)
+_CJK = "[" + _literal("一-龥ࠀ-一가-퟿") + "]+"
+_BLOOM = " ?[^()|.,!?…。，、।۔،{W}]+"  # " ?[^(\s|.,!?…。，、।۔،)]+"
+
+_STAGES: dict[str, tuple[str, ...]] = {
+    "default": ("[{Pc}$+<=>^~|]+", _GPT2, "[{N}]+", "[0-9][0-9][0-9]"),
+    "gpt2": (_GPT2,),
+    "llama3": (_LLAMA3,),
+    "qwen2": (_QWEN2,),
+    "starcoder": ("[{N}]", _GPT2),
+    "falcon": ("[{Pc}$+<=>^~|`]+", _GPT2, "[0-9][0-9][0-9]"),
+    "deepseek-llm": (
+        "[\\r\\n]",
+        "[{W}]?[" + _literal(_DEEPSEEK_LLM_LETTERS) + "]+",
+        "[{W}]?[" + _literal("!-/:-~！-／：-～‘-‟　-。") + "]+",
+        "[{W}]+\\Z",
+        _CJK,
+        "[{N}]+",
+    ),
+    "deepseek-coder": ("[\\r\\n]", "[{W}]?[{L}]+", "[{W}]?[{Pc}]+", _CJK, "[{N}]"),
+    "deepseek-v3": (
+        "[{N}]{1,3}",
+        "[" + _literal("一-龥぀-ゟ゠-ヿ") + "]+",
+        ("[!\"#$%&'()*+,\\-./:;<=>?@\\[\\\\\\]^_`{|}~][A-Za-z]+|[^\\r\\n{L}{Pc}{Sc}]?[{L}{Mc}]+"
+        "| ?[{Pc}{Sc}]+[\\r\\n]*|[{W}]*[\\r\\n]+|[{W}]+(?![^{W}])|[{W}]+"),
+    ),
+    "bloom": (_BLOOM,),
+    "viking": (_BLOOM, "[{N}]"),
+    "tekken": (
+        ("[^\\r\\n{L}{N}]?(?:(?=[{L}])[^a-z])*(?:(?=[{L}])[^A-Z])+"
+        "|[^\\r\\n{L}{N}]?(?:(?=[{L}])[^a-z])+(?:(?=[{L}])[^A-Z])*"
+        "|[{N}]| ?[^{W}{L}{N}]+[\\r\\n/]*|[{W}]*[\\r\\n]+|[{W}]+(?![^{W}])|[{W}]+"),
+    ),
+    "chameleon": (
+        "<sentinel:[0-9]+>",
+        "(?:IMGIMG)(?:(?:A|B|C|D|E|F|G|H|I){1,4})Z",
+        "(?:[\\t\\n]|    |  )",
+        "[{N}]",
+        "[{Pc}!-/:-@\\[-`{-~]",
+        _GPT2,
+    ),
+}
+# patterns whose matches cover every character, so a stage is one findall
+_COVERING = {_GPT2, _LLAMA3, _QWEN2}
+
+
+class PreType:
+    """What a `tokenizer.ggml.pre` name selects: the split stages and the reference's per-name defaults."""
+
+    def __init__(self, stages: str, ignore_merges=False, add_bos=False, no_bos_token=False):
+        self.stages = stages
+        self.ignore_merges = ignore_merges
+        self.add_bos = add_bos
+        self.no_bos_token = no_bos_token
+
+
+_LLAMA3_PRE = PreType("llama3", ignore_merges=True, add_bos=True)
+PRE_TYPES: dict[str, PreType] = {
+    "default": PreType("default"),
+    **{n: _LLAMA3_PRE for n in ("llama3", "llama-v3", "llama-bpe", "falcon3")},
+    "dbrx": PreType("llama3"),
+    "smaug-bpe": PreType("llama3"),
+    "deepseek-llm": PreType("deepseek-llm"),
+    "deepseek-coder": PreType("deepseek-coder"),
+    "deepseek-v3": PreType("deepseek-v3"),
+    "falcon": PreType("falcon"),
+    **{n: PreType("gpt2") for n in (
+        "mpt", "olmo", "jais", "gpt-2", "phi-2", "jina-es", "jina-de", "gigachat", "jina-v1-en",
+        "jina-v2-es", "jina-v2-de", "jina-v2-code", "roberta-bpe",
+    )},
+    **{n: PreType("starcoder") for n in (
+        "starcoder", "refact", "command-r", "smollm", "codeshell", "exaone", "minerva-7b",
+    )},
+    **{n: PreType("qwen2") for n in ("qwen2", "deepseek-r1-qwen", "stablelm2", "megrez")},
+    **{n: PreType("bloom") for n in ("poro-chat", "bloom", "gpt3-finnish")},
+    "chatglm-bpe": PreType("llama3", no_bos_token=True),
+    "viking": PreType("viking"),
+    "tekken": PreType("tekken", ignore_merges=True, add_bos=True),
+    "chameleon": PreType("chameleon", add_bos=True),
+}
+
+
+class TokenizerWarning(UserWarning):
+    """A tokenizer setting that llamapy replaced with a default (the ids may differ from the model's own)."""
+
+
+def resolve_pre(name: str | None) -> tuple[str, PreType]:
+    """The pre-tokenizer for a `tokenizer.ggml.pre` value; missing or unknown ones warn and use 'default'."""
+    if not name:
+        warnings.warn(
+            "tokenizer.ggml.pre is missing: using the 'default' pre-tokenizer; generation quality may be "
+            "degraded (re-convert the model)", TokenizerWarning, stacklevel=3,
+        )
+        return "default", PRE_TYPES["default"]
+    pt = PRE_TYPES.get(name)
+    if pt is None:
+        warnings.warn(
+            f"unknown pre-tokenizer '{name}': using the 'default' pre-tokenizer instead; token ids may differ "
+            "from the model's own", TokenizerWarning, stacklevel=3,
+        )
+        return "default", PRE_TYPES["default"]
+    return name, pt
+
+
+@functools.cache
+def compiled_stages(stages: str) -> tuple[tuple[re.Pattern, bool], ...]:
+    """The compiled patterns of a stage list, each with whether its matches cover every character."""
+    return tuple((_pat(t), t in _COVERING) for t in _STAGES[stages])
+
+
+def pre_split(text: str, stages: str) -> list[str]:
+    """Split text into the words that BPE merges never cross (the reference's unicode_regex_split)."""
+    pieces = [text] if text else []
+    for pat, covering in compiled_stages(stages):
+        out: list[str] = []
+        if covering:
+            for p in pieces:
+                out += pat.findall(p)
+        else:
+            for p in pieces:
+                last = 0
+                for m in pat.finditer(p):
+                    s, e = m.span()
+                    if s > last:
+                        out.append(p[last:s])
+                    out.append(p[s:e])
+                    last = e
+                if last < len(p):
+                    out.append(p[last:])
+        pieces = out
+    return pieces
+
+
+# -- bytes <-> byte-level characters ------------------------------------------------------------------
+
+def _byte_chars() -> list[str]:
+    keep = list(range(0x21, 0x7F)) + list(range(0xA1, 0xAD)) + list(range(0xAE, 0x100))
+    out = [""] * 256
+    n = 0
+    for b in range(256):
+        if b in keep:
+            out[b] = chr(b)
+        else:
+            out[b] = chr(256 + n)
+            n += 1
+    return out
+
+
+BYTE_CHARS = _byte_chars()  # byte -> its character in byte-level vocabularies
+CHAR_BYTES = {c: b for b, c in enumerate(BYTE_CHARS)}
+_TO_BYTE_CHARS = {b: c for b, c in enumerate(BYTE_CHARS)}  # str.translate table over latin-1 text
+# byte-level text -> latin-1 text of its bytes; characters that are not byte characters become U+FFFF
+_FROM_BYTE_CHARS = {ord(c): chr(b) for b, c in enumerate(BYTE_CHARS)}
+_FROM_BYTE_CHARS.update({b: "\uffff" for b in range(256) if chr(b) not in CHAR_BYTES})
+
+
+def to_byte_chars(b: bytes) -> str:
+    """UTF-8 bytes as the byte-level characters BPE vocabularies are written in."""
+    return b.decode("latin-1").translate(_TO_BYTE_CHARS)
+
+
+def decode_byte_chars(text: str) -> bytes:
+    """A byte-level token text back to bytes; characters outside the byte alphabet are written as the
+    reference writes them: `[UNK_BYTE_0x<hex of the character's UTF-8><whole token text>]`."""
+    t = text.translate(_FROM_BYTE_CHARS)
+    try:
+        if "\uffff" not in t:
+            return t.encode("latin-1")
+    except UnicodeEncodeError:
+        pass
+    out = bytearray()
+    for ch in text:
+        b = CHAR_BYTES.get(ch)
+        if b is not None:
+            out.append(b)
+        else:
+            raw = ch.encode("utf-8", "surrogatepass")
+            out += b"[UNK_BYTE_0x" + raw.hex().encode() + text.encode("utf-8", "surrogateescape") + b"]"
+    return bytes(out)
+
+
+def cpts_from_utf8(b: bytes) -> str:
+    """Bytes as code points the way the reference reads them: a byte that does not start a sequence
+    of the length its lead bits announce (continuation bits only are checked, so overlong forms and
+    surrogates pass) becomes U+FFFD and reading goes on at the next byte."""
+    out = []
+    i, n = 0, len(b)
+    while i < n:
+        c = b[i]
+        if c < 0x80:
+            out.append(c)
+            i += 1
+            continue
+        k = 1 if 0xC0 <= c < 0xE0 else 2 if 0xE0 <= c < 0xF0 else 3 if 0xF0 <= c < 0xF8 else 0
+        if k == 0 or i + k >= n or any(t & 0xC0 != 0x80 for t in b[i + 1 : i + 1 + k]):
+            out.append(0xFFFD)
+            i += 1
+            continue
+        cp = c & (0x1F, 0x0F, 0x07)[k - 1]
+        for t in b[i + 1 : i + 1 + k]:
+            cp = (cp << 6) | (t & 0x3F)
+        out.append(cp if cp <= 0x10FFFF else 0xFFFD)
+        i += k + 1
+    return "".join(map(chr, out))
+
+
+# -- merges -------------------------------------------------------------------------------------------
+
+def parse_merges(merges) -> dict[tuple[str, str], int]:
+    """Merge ranks from `tokenizer.ggml.merges` ("left right", split at the first space after the first
+    character); a pair listed twice keeps its first rank, as in the reference."""
+    pairs = [m.split(" ", 1) for m in merges]
+    if any(len(p) != 2 or not p[0] for p in pairs):  # a left part starting with a space, or no space
+        pairs = []
+        for m in merges:
+            pos = m.find(" ", 1)
+            pairs.append((m[:pos], m[pos + 1 :]) if pos >= 0 else ("", ""))
+    n = len(pairs)
+    return dict(zip(map(tuple, reversed(pairs)), range(n - 1, -1, -1)))
+
+
+class BPEMerger:
+    """The reference's merge loop in Python: lowest rank first, then leftmost; a word whose final
+    symbol is not in the vocabulary is written as the tokens of its single bytes, when they exist."""
+
+    CACHE_MAX = 200_000
+
+    def __init__(self, token_to_id: dict[str, int], ranks: dict[tuple[str, str], int], ignore_merges: bool):
+        self.token_to_id = token_to_id
+        self.ranks = ranks
+        self.ignore_merges = ignore_merges
+        self.cache: dict[str, tuple[int, ...]] = {}
+
+    def word(self, w: str) -> tuple[int, ...]:
+        """Token ids of one pre-tokenized word, given as byte-level characters."""
+        ids = self.cache.get(w)
+        if ids is None:
+            ids = self._word(w)
+            if len(self.cache) >= self.CACHE_MAX:
+                self.cache.clear()
+            self.cache[w] = ids
+        return ids
+
+    def _word(self, w: str) -> tuple[int, ...]:
+        vocab = self.token_to_id
+        if self.ignore_merges and w in vocab:
+            return (vocab[w],)
+        sym = list(w)  # "" once merged into its left neighbour
+        n = len(sym)
+        nxt = list(range(1, n + 1))
+        nxt[-1] = -1
+        prv = list(range(-1, n - 1))
+        ranks = self.ranks
+        heap = []
+        for i in range(n - 1):
+            r = ranks.get((sym[i], sym[i + 1]))
+            if r is not None:
+                heap.append((r, i, i + 1, sym[i] + sym[i + 1]))
+        heapq.heapify(heap)
+        while heap:
+            _, left, right, text = heapq.heappop(heap)
+            ls, rs = sym[left], sym[right]
+            if not ls or not rs or ls + rs != text:
+                continue
+            sym[left] = text
+            sym[right] = ""
+            nx = nxt[right]
+            nxt[left] = nx
+            if nx >= 0:
+                prv[nx] = left
+            p = prv[left]
+            if p >= 0:
+                r = ranks.get((sym[p], text))
+                if r is not None:
+                    heapq.heappush(heap, (r, p, left, sym[p] + text))
+            if nx >= 0:
+                r = ranks.get((text, sym[nx]))
+                if r is not None:
+                    heapq.heappush(heap, (r, left, nx, text + sym[nx]))
+        out = []
+        for s in sym:
+            if not s:
+                continue
+            t = vocab.get(s)
+            if t is not None:
+                out.append(t)
+                continue
+            for byte in s.encode("utf-8", "surrogatepass"):
+                t = vocab.get(bytes([byte]).decode("utf-8", "surrogateescape"))
+                if t is not None:
+                    out.append(t)
+        return tuple(out)
+
+
+# bytes that never occur in UTF-8 text: a vocabulary may leave their characters out
+_NOT_IN_UTF8 = frozenset([0xC0, 0xC1, *range(0xF5, 0x100)])
+
+
+def build_fast(token_to_id: dict[str, int], merges: list[tuple[str, str]], ignore_merges: bool):
+    """A `tokenizers` BPE that gives the reference's ids for this vocabulary, or None when it can't;
+    with it, a pattern matching the text that must still go through `BPEMerger`.
+
+    The library skips a character that has no token, letting its neighbours merge; the reference
+    keeps it in place (it blocks merges, then writes nothing). So every byte character must be a
+    token, except bytes that UTF-8 text never holds and ASCII or lead bytes (text holding characters
+    made with those goes the Python way); and every merge's parts and result must be tokens (the
+    library refuses others).
+    """
+    missing = [b for b in range(256) if BYTE_CHARS[b] not in token_to_id and b not in _NOT_IN_UTF8]
+    guard_ranges = []  # the characters whose UTF-8 holds a missing byte
+    for b in missing:
+        if b < 0x80:
+            guard_ranges.append((b, b))
+        elif b < 0xC0:
+            return None, None  # a continuation byte: too many characters to single out
+        else:
+            bits, shift = (0x1F, 6) if b < 0xE0 else (0x0F, 12) if b < 0xF0 else (0x07, 18)
+            lo = (b & bits) << shift
+            guard_ranges.append((lo, lo + (1 << shift) - 1))
+    # (the library itself refuses merges whose parts or result are not tokens)
+    vocab = token_to_id
+    if not _is_plain("".join(vocab)):
+        vocab = {t: i for t, i in token_to_id.items() if _is_plain(t)}
+    try:
+        from tokenizers import Tokenizer, models, pre_tokenizers
+
+        model = models.BPE(vocab=vocab, merges=merges, ignore_merges=ignore_merges, fuse_unk=False)
+        tok = Tokenizer(model)
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    except Exception:  # noqa: BLE001 - any refusal by the library means: use the Python merger
+        return None, None
+    guard = re.compile("[" + _cls(guard_ranges) + "]") if guard_ranges else None
+    return tok, guard
+
+
+def _is_plain(t: str) -> bool:
+    try:
+        t.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
