@@ -92,13 +92,13 @@ class ToyBackend:
     def is_eog(self, t):
         return t == EOS
 
-    def piece(self, t):
+    def piece(self, t, special=False):
         return bytes([t]) if t < 256 else b""
 
     def tokenize(self, text, add_special=True, parse_special=True):
         return list(text.encode())
 
-    def detokenize(self, tokens, special=True):
+    def detokenize(self, tokens):
         return b"".join(self.piece(t) for t in tokens).decode("utf-8", "replace")
 
     def meta(self):

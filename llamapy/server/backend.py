@@ -24,8 +24,8 @@ class EngineBackend:
         self.n_batch = int(n_batch)
         self.n_vocab = int(llm.n_vocab)
         self.n_embd = int(llm.n_embd)
-        self._pieces: list[bytes | None] = [None] * self.n_vocab
-        self._eog = {t for t in range(self.n_vocab) if self.tok.is_eog(t)} if self.n_vocab <= 1 << 20 else None
+        self._pieces: dict[tuple[int, bool], bytes] = {}
+        self._eog = frozenset(int(t) for t in getattr(self.tok, "eog_ids", ()))
         self._meta: dict[str, Any] | None = None
 
     # --- engine thread -----------------------------------------------------------------------------
@@ -47,28 +47,27 @@ class EngineBackend:
     def make_sampler(self, params: dict[str, Any]) -> Any:
         from ..sampling import Sampler, SamplerParams
 
-        return Sampler(SamplerParams(**params), self.n_vocab, eog_ids=sorted(self._eog or ()))
+        return Sampler(SamplerParams(**params), self.n_vocab, eog_ids=sorted(self._eog))
 
     # --- vocabulary (any thread) ---------------------------------------------------------------------
     def is_eog(self, token: int) -> bool:
-        return token in self._eog if self._eog is not None else bool(self.tok.is_eog(token))
+        return token in self._eog
 
-    def piece(self, token: int) -> bytes:
-        """The bytes a token stands for (a special token's text too), cached."""
-        p = self._pieces[token]
+    def piece(self, token: int, special: bool = False) -> bytes:
+        """The bytes of a token as generated text shows it: control tokens are empty (llama-server
+        without --special); with `special`, their text."""
+        key = (token, special)
+        p = self._pieces.get(key)
         if p is None:
-            p = self.tok.token_to_piece(token, special=True)
-            if isinstance(p, str):
-                p = p.encode("utf-8")
-            self._pieces[token] = p
+            p = self._pieces[key] = bytes(self.tok.token_to_piece(token, special=special))
         return p
 
     def tokenize(self, text: str, add_special: bool = True, parse_special: bool = True) -> list[int]:
         return list(self.tok.encode(text, add_special=add_special, parse_special=parse_special))
 
-    def detokenize(self, tokens: list[int], special: bool = True) -> str:
-        return b"".join(self.piece(t) for t in tokens).decode("utf-8", "replace") if special else \
-            self.tok.decode(tokens)
+    def detokenize(self, tokens: list[int]) -> str:
+        """The text of token ids, special tokens written out (llama-server's /detokenize)."""
+        return b"".join(self.piece(t, special=True) for t in tokens).decode("utf-8", "replace")
 
     # --- facts -----------------------------------------------------------------------------------------
     def meta(self) -> dict[str, Any]:
@@ -77,9 +76,11 @@ class EngineBackend:
             from ..gguf_reader import GGUFReader
 
             path = self.llm.model_path
-            with GGUFReader(path) as r:
-                n_params = sum(t.n_elements for t in r.tensors.values())
-                size = sum(t.nbytes for t in r.tensors.values())
+            n_params, size = getattr(self.llm, "n_params", None), getattr(self.llm, "model_size", None)
+            if n_params is None or size is None:
+                with GGUFReader(path) as r:
+                    n_params = sum(t.n_elements for t in r.tensors.values())
+                    size = sum(t.nbytes for t in r.tensors.values())
             arch = self.metadata.get("general.architecture", "llama")
             model = self.metadata.get("tokenizer.ggml.model", "")
             self._meta = {

@@ -97,7 +97,7 @@ def completion_json(state: ServerState, req: CompletionRequest, gen, r: GenResul
         "tokens_predicted": r.n_decoded,
         "tokens_evaluated": r.n_prompt,
         "generation_settings": generation_settings(state, req, gen),
-        "prompt": b.detokenize(gen.prompt, special=True),
+        "prompt": b.detokenize(gen.prompt),
         "has_new_line": "\n" in r.content,
         "truncated": r.truncated,
         "stop_type": r.stop_type,
@@ -183,7 +183,7 @@ def register(router: APIRouter, state: ServerState) -> None:
             return {"tokens": toks}
         out = []
         for t in toks:
-            piece = b.piece(t)
+            piece = b.piece(t, special=True)
             try:
                 out.append({"id": t, "piece": piece.decode("utf-8")})
             except UnicodeDecodeError:
@@ -194,7 +194,7 @@ def register(router: APIRouter, state: ServerState) -> None:
     async def detokenize(request: Request):
         req = validate(DetokenizeRequest, await read_json(request))
         check_token_ids(req.tokens, b.n_vocab, "tokens")
-        return {"content": b.detokenize(req.tokens, special=True)}
+        return {"content": b.detokenize(req.tokens)}
 
     @router.post("/apply-template")
     async def apply_template(request: Request):
