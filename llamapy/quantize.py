@@ -13,9 +13,9 @@ import mmap
 import os
 import re
 import threading
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Callable, Iterable
 
 import numpy as np
 
@@ -197,9 +197,7 @@ def tensor_type_for(name: str, shape: tuple[int, ...], ftype: int, n_layer: int,
             new_type = T.Q4_K if n_gqa >= 4 else T.Q3_K
         elif ftype == F.MOSTLY_Q3_K_M:
             new_type = T.Q5_K if i_attn_v < 2 else T.Q4_K
-        elif ftype == F.MOSTLY_Q3_K_L:
-            new_type = T.Q5_K
-        elif ftype == F.MOSTLY_IQ4_NL and n_gqa >= 4:
+        elif ftype == F.MOSTLY_Q3_K_L or ftype == F.MOSTLY_IQ4_NL and n_gqa >= 4:
             new_type = T.Q5_K
         elif ftype in (F.MOSTLY_Q4_K_M, F.MOSTLY_Q5_K_M) and use_more_bits(i_attn_v, n_attn_v):
             new_type = T.Q6_K

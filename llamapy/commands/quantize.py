@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import os
-from typing import List, Optional
 
 import typer
 
@@ -59,36 +58,43 @@ def register(app: typer.Typer) -> None:
         context_settings={"allow_interspersed_args": True},
     )
     def quantize(
-        args: List[str] = typer.Argument(..., metavar="IN.gguf [OUT.gguf] TYPE [NTHREADS]", show_default=False),
+        args: list[str] = typer.Argument(..., metavar="IN.gguf [OUT.gguf] TYPE [NTHREADS]",  # noqa: B008
+                                         show_default=False),
         allow_requantize: bool = typer.Option(False, "--allow-requantize",
                                               help="Allow requantizing tensors that are already quantized."),
         leave_output_tensor: bool = typer.Option(False, "--leave-output-tensor",
                                                  help="Leave output.weight un(re)quantized."),
         pure: bool = typer.Option(False, "--pure", help="No k-quant mix: every tensor in TYPE."),
-        output_tensor_type: Optional[str] = typer.Option(None, "--output-tensor-type", metavar="GGML_TYPE",
+        output_tensor_type: str | None = typer.Option(None, "--output-tensor-type", metavar="GGML_TYPE",
                                                          help="Type of output.weight (e.g. q8_0, f16)."),
-        token_embedding_type: Optional[str] = typer.Option(None, "--token-embedding-type", metavar="GGML_TYPE",
+        token_embedding_type: str | None = typer.Option(None, "--token-embedding-type", metavar="GGML_TYPE",
                                                            help="Type of token_embd.weight."),
         verbose: bool = typer.Option(False, "--verbose", help="Tracebacks on errors."),
     ):
         import time
 
         from rich.console import Console
-        from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn, \
-            TimeRemainingColumn
+        from rich.progress import (
+            BarColumn,
+            Progress,
+            TaskProgressColumn,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
 
         from ..quantize import default_threads, parse_tensor_type, quantize_file
 
         inp, out, opt, n_threads = _parse_positionals(args)
         n_threads = n_threads if n_threads and n_threads > 0 else default_threads()
-        opts = dict(
-            allow_requantize=allow_requantize,
-            quantize_output_tensor=not leave_output_tensor,
-            pure=pure,
-            only_copy=opt.name == "COPY",
-            output_tensor_type=parse_tensor_type(output_tensor_type) if output_tensor_type else None,
-            token_embedding_type=parse_tensor_type(token_embedding_type) if token_embedding_type else None,
-        )
+        opts = {
+            "allow_requantize": allow_requantize,
+            "quantize_output_tensor": not leave_output_tensor,
+            "pure": pure,
+            "only_copy": opt.name == "COPY",
+            "output_tensor_type": parse_tensor_type(output_tensor_type) if output_tensor_type else None,
+            "token_embedding_type": parse_tensor_type(token_embedding_type) if token_embedding_type else None,
+        }
         err = Console(stderr=True)
         err.print(f"quantizing '{inp}' to '{out}' as {opt.name} using {n_threads} threads", highlight=False)
         t0 = time.time()
