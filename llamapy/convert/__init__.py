@@ -1,0 +1,148 @@
+"""`llamapy convert`: Meta checkpoints and Hugging Face models to GGUF, streamed, without torch.
+
+    from llamapy.convert import convert
+    result = convert("models/llama-2-7b-chat", outtype="f16", vocab_dir="../llama", outfile="out.gguf")
+
+Layouts: Meta (`consolidated.NN.pth` + `params.json` + `tokenizer.model`, see meta.py) and Hugging
+Face (`config.json` + safetensors or `.bin` + tokenizer, see hf.py). Output: GGUF v3 with the metadata
+and tensor names the reference converters write; `outtype` f32, f16, bf16, q8_0, auto, or any
+llama-quantize type, quantized on the fly.
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import LlamapyError
+from .hf import is_hf_dir, load_hf
+from .meta import is_meta_dir, load_meta
+from .naming import default_filename, fill_template, general_kvs, load_metadata, params_size_label
+from .outtype import OutType, parse_outtype, resolve_auto
+from .source import FILE_TYPE, ModelSource
+from .writer import fill_file_type, kv_list, mix_types_from_quantizer, plan_tensors, write_gguf
+
+
+@dataclass
+class ConvertResult:
+    path: Path
+    outtype: str  # "F16", "Q4_K_M", ...
+    n_tensors: int
+    nbytes: int  # size of the file
+    seconds: float
+    notes: list[str] = field(default_factory=list)
+
+
+def _model_dir(model: str | os.PathLike) -> Path:
+    p = Path(model)
+    if p.is_file() and p.suffix in (".pth", ".pt", ".safetensors", ".bin"):
+        p = p.parent
+    if not p.exists():
+        raise LlamapyError(f"{model}: no such model directory")
+    if not p.is_dir():
+        raise LlamapyError(f"{model}: not a model directory")
+    return p
+
+
+def load_source(model_dir: Path, **kw) -> ModelSource:
+    """The layout of `model_dir` (Hugging Face if config.json is there, else Meta's params.json)."""
+    if is_hf_dir(model_dir):
+        return load_hf(model_dir, **kw)
+    if is_meta_dir(model_dir):
+        return load_meta(model_dir, **kw)
+    raise LlamapyError(
+        f"{model_dir}: not a model directory; tried {model_dir / 'config.json'} (Hugging Face) and "
+        f"{model_dir / 'params.json'} (Meta)"
+    )
+
+
+def _n_layer(src: ModelSource) -> int | None:
+    for k, v, _vt, _st in src.arch_kvs:
+        if k == "llama.block_count":
+            return v
+    return None
+
+
+def convert(
+    model: str | os.PathLike,
+    outfile: str | os.PathLike | None = None,
+    outtype: str | None = None,
+    *,
+    vocab_dir: str | os.PathLike | None = None,
+    vocab_type: str | None = None,
+    vocab_only: bool = False,
+    pad_vocab: bool = False,
+    ctx: int | None = None,
+    model_name: str | None = None,
+    metadata: str | os.PathLike | None = None,
+    skip_unknown: bool = False,
+    n_threads: int | None = None,
+    progress: bool = False,
+    log: Callable[[str], None] | None = None,
+    verbose: bool = False,
+) -> ConvertResult:
+    """Convert a Meta or Hugging Face model directory to one GGUF file; returns where it went.
+
+    `log` receives one-line notes (and, with `verbose`, a line per tensor); `progress` shows a bar on a
+    terminal."""
+    model_dir = _model_dir(model)
+    if vocab_type is not None and vocab_type not in ("spm", "bpe"):
+        raise LlamapyError(f"unknown --vocab-type '{vocab_type}': use spm or bpe")
+    vdir = Path(vocab_dir) if vocab_dir is not None else None
+    if vdir is not None and not vdir.is_dir():
+        raise LlamapyError(f"--vocab-dir {vdir}: no such directory")
+    ot: OutType | None = parse_outtype(outtype) if outtype is not None else None
+
+    src = load_source(model_dir, vocab_dir=vdir, vocab_type=vocab_type, ctx=ctx, pad_vocab=pad_vocab,
+                      vocab_only=vocab_only, skip_unknown=skip_unknown)
+    say = log or (lambda _m: None)
+    for note in src.notes:
+        say(f"note: {note}")
+
+    if ot is None:
+        ot = parse_outtype(src.default_outtype)
+    if ot.name == "auto":
+        ot = resolve_auto(src.first_dtype or "F32")
+        say(f"note: --outtype auto chose {ot.label} from the first tensor ({src.first_dtype})")
+
+    # identity metadata and the output name, as the reference converter of this layout derives them
+    planned = [] if vocab_only else plan_tensors(src.tensors, ot, _n_layer(src), mix_types_from_quantizer())
+    if src.layout == "hf":
+        total = sum(p.src.n_elements for p in planned)
+        md = load_metadata(model_dir, model_name, total, Path(metadata) if metadata else None)
+        if md.name is None:
+            md.name = model_dir.name
+        if md.size_label is None and total > 0:
+            md.size_label = params_size_label(total)
+        file_label = md.size_label
+    else:
+        md = load_metadata(model_dir, model_name, 0, Path(metadata) if metadata else None)
+        if md.name is None:
+            md.name = model_dir.name
+        computed = params_size_label(src.param_count) if not vocab_only else None
+        file_label = md.size_label if md.size_label is not None else computed
+        if not vocab_only:
+            md.size_label = computed
+
+    if outfile is None:
+        out = model_dir / default_filename(md, file_label, ot.label, vocab_only)
+    else:
+        out = Path(outfile)
+        if out.is_dir():
+            out = out / default_filename(md, file_label, ot.label, vocab_only)
+        else:
+            out = out.parent / fill_template(out.name, ot.label)
+    if any(out.resolve() == p.resolve() for p in src.inputs):
+        raise LlamapyError(f"{out}: the output would overwrite the input; choose another --outfile")
+
+    has_file_type = any(k == FILE_TYPE for k, *_ in src.arch_kvs)
+    arch = fill_file_type(src.arch_kvs, ot.file_type) if has_file_type else src.arch_kvs
+    kvs = kv_list("llama", general_kvs(md), src.layout == "hf", arch, src.vocab_kvs,
+                  quant_version=src.layout == "hf" or ot.is_mix)
+    seconds = write_gguf(out, kvs, planned, n_threads=n_threads, progress=progress,
+                         log=log if verbose else None)
+    return ConvertResult(out, ot.label, len(planned), out.stat().st_size, seconds, list(src.notes))
+
+
+__all__ = ["ConvertResult", "convert", "load_source", "parse_outtype"]

@@ -1,0 +1,268 @@
+"""The Hugging Face layout: `config.json` + `model*.safetensors` or `pytorch_model*.bin` + a tokenizer.
+
+Supported architectures: LlamaForCausalLM and MistralForCausalLM (TinyLlama, SmolLM, Chinese-LLaMA /
+Alpaca and the like are llama). Hugging Face stores q/k rows in rotate-half order; they are permuted
+into GGUF's interleaved-pair order as they stream. Tensors are walked in the reference converter's
+order (parts sorted by name, safetensors keys sorted), so the output matches it tensor for tensor.
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import LlamapyError
+from ..gguf_constants import ValueType
+from .lazy import ArrayTensor, LazyTensor, RowPermutedTensor, rotary_permutation
+from .safetensors_io import load_safetensors
+from .source import FILE_TYPE, ModelSource, dedup, find_first
+from .tensor_names import HF_SKIP_SUFFIXES, hf_to_gguf
+from .torch_pickle import load_torch_file
+from .vocab import Vocab, bpe_kind, bpe_vocab, special_vocab, spm_vocab_hf
+
+SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM", "LLaMAForCausalLM")
+U32, F32, STR, BOOL = ValueType.UINT32, ValueType.FLOAT32, ValueType.STRING, ValueType.BOOL
+
+
+def is_hf_dir(d: Path) -> bool:
+    return (d / "config.json").is_file()
+
+
+def read_config(d: Path) -> dict:
+    path = d / "config.json"
+    try:
+        cfg = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as e:
+        raise LlamapyError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(cfg, dict):
+        raise LlamapyError(f"{path}: expected a JSON object")
+    archs = cfg.get("architectures") or []
+    arch = archs[0] if archs else None
+    if arch not in SUPPORTED_ARCHITECTURES:
+        raise LlamapyError(
+            f"{path}: architecture {arch!r} is not supported; supported: {', '.join(SUPPORTED_ARCHITECTURES[:2])}"
+        )
+    return cfg
+
+
+def _find(cfg: dict, keys: tuple[str, ...], optional: bool = False, where: str = ""):
+    for k in keys:
+        if k in cfg:
+            return cfg[k]
+    if optional:
+        return None
+    raise LlamapyError(f"{where}: none of {', '.join(keys)} is set")
+
+
+def part_paths(d: Path) -> tuple[list[Path], str]:
+    """Weight files in the reference's order: model*.safetensors, else pytorch_model*.bin."""
+    st = sorted(p for p in d.iterdir() if p.name.startswith("model") and p.name.endswith(".safetensors"))
+    if st:
+        return st, "safetensors"
+    bins = sorted(p for p in d.iterdir() if p.name.startswith("pytorch_model") and p.name.endswith(".bin"))
+    if bins:
+        return bins, "bin"
+    raise LlamapyError(
+        f"{d}: no weights found; tried {d / 'model*.safetensors'} and {d / 'pytorch_model*.bin'}"
+    )
+
+
+def _check_index(d: Path, kind: str, found: dict[str, Path]):
+    index = d / ("model.safetensors.index.json" if kind == "safetensors" else "pytorch_model.bin.index.json")
+    if not index.is_file():
+        return
+    try:
+        weight_map = json.loads(index.read_text(encoding="utf-8")).get("weight_map")
+    except ValueError as e:
+        raise LlamapyError(f"{index}: not valid JSON ({e})") from None
+    if not isinstance(weight_map, dict):
+        raise LlamapyError(f"{index}: no weight_map")
+    missing = sorted(set(weight_map) - set(found))
+    extra = sorted(set(found) - set(weight_map))
+    if missing:
+        files = sorted({str(weight_map[n]) for n in missing})
+        raise LlamapyError(f"{index}: {len(missing)} tensors are missing (files {', '.join(files)} absent or "
+                           f"incomplete), e.g. '{missing[0]}'")
+    if extra:
+        raise LlamapyError(f"{index}: the weight files hold tensors the index doesn't list, e.g. '{extra[0]}'")
+
+
+def llama3_rope_factors(cfg: dict, rope: dict, head_dim: int) -> np.ndarray:
+    """Per-frequency scaling of Llama 3.1's long-context RoPE (written as rope_freqs.weight)."""
+    base = cfg.get("rope_theta", 10000.0)
+    freqs = 1.0 / (base ** (np.arange(0, head_dim, 2, dtype=np.float32) / head_dim))
+    factor = rope.get("factor", 8.0)
+    lo_f, hi_f = rope.get("low_freq_factor", 1.0), rope.get("high_freq_factor", 4.0)
+    old_ctx = cfg.get("original_max_position_embeddings", 8192)
+    lo_wl, hi_wl = old_ctx / lo_f, old_ctx / hi_f
+    out = []
+    for f in freqs:
+        wl = 2 * math.pi / f
+        if wl < hi_wl:
+            out.append(1)
+        elif wl > lo_wl:
+            out.append(factor)
+        else:
+            smooth = (old_ctx / wl - lo_f) / (hi_f - lo_f)
+            out.append(1 / ((1 - smooth) / factor + smooth))
+    return np.array(out, dtype=np.float32)
+
+
+def find_hf_vocab(model_dir: Path, vocab_dir: Path | None, vocab_type: str | None,
+                  vocab_size: int | None) -> tuple[Vocab, Path]:
+    """The tokenizer the reference would pick: tokenizer.model (SentencePiece), else tokenizer.json (BPE)."""
+    dirs = dedup(([vocab_dir] if vocab_dir is not None else []) + [model_dir])
+    spm_paths = [d / "tokenizer.model" for d in dirs]
+    bpe_paths = [d / "tokenizer.json" for d in dirs]
+    if vocab_type in (None, "spm"):
+        for p in spm_paths:
+            if p.is_file():
+                return spm_vocab_hf(p, p.parent, vocab_size), p.parent
+        if vocab_type == "spm":
+            find_first(spm_paths, "tokenizer.model")
+    for p in bpe_paths:
+        if p.is_file():
+            if vocab_type is None and bpe_kind(p) == "spm-bpe":
+                raise LlamapyError(
+                    f"{p} is a SentencePiece-style tokenizer (byte fallback) without its tokenizer.model; "
+                    f"put tokenizer.model in {p.parent} (or pass --vocab-dir)"
+                )
+            return bpe_vocab(p, vocab_size), p.parent
+    find_first(spm_paths + bpe_paths if vocab_type is None else bpe_paths,
+               "tokenizer (tokenizer.model or tokenizer.json)" if vocab_type is None else "tokenizer.json")
+    raise AssertionError("unreachable")
+
+
+def load_hf(model_dir: Path, *, vocab_dir: Path | None = None, vocab_type: str | None = None,
+            ctx: int | None = None, pad_vocab: bool = False, vocab_only: bool = False,
+            skip_unknown: bool = False) -> ModelSource:
+    """A Hugging Face model directory as a ModelSource (headers read, no weights yet)."""
+    del pad_vocab  # the reference pads a short tokenizer to config.json's vocab_size by itself
+    cfg_path = model_dir / "config.json"
+    cfg = read_config(model_dir)
+    where = str(cfg_path)
+    n_layer = _find(cfg, ("n_layers", "num_hidden_layers", "n_layer", "num_layers"), where=where)
+    n_embd = _find(cfg, ("hidden_size", "n_embd"), optional=True)
+    n_head = _find(cfg, ("num_attention_heads", "n_head"), where=where)
+    n_head_kv = cfg.get("num_key_value_heads")
+    head_dim = cfg.get("head_dim")
+    notes: list[str] = []
+
+    tensors: list[tuple[str, LazyTensor]] = []
+    inputs: list[Path] = []
+    first_dtype = None
+    embd_rows = None
+    if not vocab_only:
+        inputs, kind = part_paths(model_dir)
+        found: dict[str, Path] = {}
+        rope = cfg.get("rope_scaling") or {}
+        if isinstance(rope, dict) and str(rope.get("rope_type", "")).lower() == "llama3":
+            hd = head_dim or n_embd // n_head
+            tensors.append(("rope_freqs.weight", ArrayTensor(llama3_rope_factors(cfg, rope, hd), "F32",
+                                                             "rope_freqs (generated)")))
+        for part in inputs:
+            items = load_safetensors(str(part)) if kind == "safetensors" else load_torch_file(str(part))
+            for name, t in items.items():
+                if name in found:
+                    raise LlamapyError(f"{part}: tensor '{name}' is also in {found[name]}")
+                found[name] = part
+                if first_dtype is None:
+                    first_dtype = t.dtype
+                if name.endswith(HF_SKIP_SUFFIXES):
+                    continue
+                new = hf_to_gguf(name)
+                if new is None:
+                    if skip_unknown:
+                        notes.append(f"skipped unknown tensor '{name}'")
+                        continue
+                    raise LlamapyError(f"{part}: can't map tensor '{name}' to llama (use --skip-unknown to leave it out)")
+                if name.endswith(("q_proj.weight", "q_proj.bias")):
+                    t = RowPermutedTensor(t, rotary_permutation(t.shape[0], n_head), t.where)
+                elif name.endswith(("k_proj.weight", "k_proj.bias")):
+                    t = RowPermutedTensor(t, rotary_permutation(t.shape[0], n_head_kv or n_head), t.where)
+                if new == "token_embd.weight":
+                    embd_rows = t.shape[0]
+                tensors.append((new, t))
+        _check_index(model_dir, kind, found)
+        if embd_rows is None:
+            raise LlamapyError(f"{model_dir}: the weights have no model.embed_tokens.weight")
+
+    vocab_size = cfg.get("vocab_size")
+    if vocab_size is None:
+        vocab_size = embd_rows
+    elif embd_rows is not None and embd_rows != vocab_size:
+        raise LlamapyError(f"{cfg_path}: vocab_size is {vocab_size} but model.embed_tokens.weight has "
+                           f"{embd_rows} rows")
+    vocab, tok_dir = find_hf_vocab(model_dir, vocab_dir, vocab_type, vocab_size)
+    notes.extend(vocab.notes)
+    if vocab_size is None:
+        vocab_size = len(vocab)
+    if len(vocab) != vocab_size:
+        raise LlamapyError(f"vocab size mismatch: the model has {vocab_size} tokens but {vocab.source} has "
+                           f"{len(vocab)}")
+
+    n_ctx = ctx if ctx is not None else _find(cfg, ("max_position_embeddings", "n_ctx"), optional=True)
+    kvs: list[tuple] = [("llama.block_count", n_layer, U32, None)]
+    if n_ctx is not None:
+        kvs.append(("llama.context_length", n_ctx, U32, None))
+    if n_embd is not None:
+        kvs.append(("llama.embedding_length", n_embd, U32, None))
+    n_ff = _find(cfg, ("intermediate_size", "n_inner"), optional=True)
+    if n_ff is not None:
+        kvs.append(("llama.feed_forward_length", n_ff, U32, None))
+    kvs.append(("llama.attention.head_count", n_head, U32, None))
+    if n_head_kv is not None:
+        kvs.append(("llama.attention.head_count_kv", n_head_kv, U32, None))
+    if cfg.get("rope_theta") is not None:
+        kvs.append(("llama.rope.freq_base", cfg["rope_theta"], F32, None))
+    if cfg.get("rms_norm_eps") is not None:
+        kvs.append(("llama.attention.layer_norm_rms_epsilon", cfg["rms_norm_eps"], F32, None))
+    eps = _find(cfg, ("layer_norm_eps", "layer_norm_epsilon", "norm_epsilon"), optional=True)
+    if eps is not None:
+        kvs.append(("llama.attention.layer_norm_epsilon", eps, F32, None))
+    if head_dim is not None:
+        kvs.append(("llama.attention.key_length", head_dim, U32, None))
+        kvs.append(("llama.attention.value_length", head_dim, U32, None))
+    kvs.append((FILE_TYPE, None, U32, None))
+    kvs.append(("llama.vocab_size", vocab_size, U32, None))
+    kvs.append(("llama.rope.dimension_count", head_dim if head_dim is not None else n_embd // n_head, U32, None))
+    rope = cfg.get("rope_scaling")
+    if isinstance(rope, dict) and "factor" in rope and rope.get("type") == "linear":
+        kvs.append(("llama.rope.scaling.type", "linear", STR, None))
+        kvs.append(("llama.rope.scaling.factor", rope["factor"], F32, None))
+
+    sv = special_vocab(tok_dir, len(vocab) if vocab.model == "llama" else None, load_merges=vocab.model == "gpt2")
+    notes.extend(sv.notes)
+    if vocab.model == "gpt2" and not sv.merges:
+        notes.append(f"{tok_dir}: no merges found; the tokenizer may not work")
+    vocab_kvs = vocab.token_kvs() + sv.kvs()
+    if vocab_size == 32016:  # CodeLlama's infill tokens
+        code = special_vocab(tok_dir, None, load_merges=False, types=("prefix", "suffix", "middle", "eot"))
+        for typ, tid in zip(("prefix", "suffix", "middle", "eot"), (32007, 32008, 32009, 32010)):
+            code.set_id(typ, tid, None)
+        code.add.clear()
+        code.chat_template = None
+        vocab_kvs += code.kvs()
+    tc_path = tok_dir / "tokenizer_config.json"
+    if tc_path.is_file():
+        tc = json.loads(tc_path.read_text(encoding="utf-8"))
+        if "add_prefix_space" in tc:
+            vocab_kvs.append(("tokenizer.ggml.add_space_prefix", bool(tc["add_prefix_space"]), BOOL, None))
+    if vocab_size == 49152 and not any(k[0] == "tokenizer.ggml.add_bos_token" for k in vocab_kvs):
+        vocab_kvs.append(("tokenizer.ggml.add_bos_token", False, BOOL, None))  # as the reference (granite)
+
+    return ModelSource(
+        layout="hf",
+        model_dir=model_dir,
+        tensors=tensors,
+        arch_kvs=kvs,
+        vocab=vocab,
+        vocab_kvs=vocab_kvs,
+        param_count=sum(t.n_elements for _, t in tensors),
+        first_dtype=first_dtype,
+        default_outtype="f16",
+        inputs=inputs,
+        notes=notes,
+    )

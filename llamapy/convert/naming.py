@@ -1,0 +1,106 @@
+"""Model identity (`general.*` metadata) and the default output file name, as the reference derives them.
+
+Name, base name, fine-tune, version, size label, license, tags and languages come from the model card
+(README.md front matter), config.json's `_name_or_path` and the directory name, through the `gguf`
+package's own heuristics (`gguf.metadata.Metadata`), so the same directory gives the same metadata and
+file name as llama.cpp's converters.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from gguf.metadata import Metadata
+from gguf.utility import naming_convention, size_label
+
+from ..errors import LlamapyError
+from ..gguf_constants import ValueType
+
+KV = tuple
+
+_BASE_FIELDS = ("name", "author", "version", "organization", "description", "url", "doi", "uuid", "repo_url")
+
+
+def load_metadata(model_dir: Path, model_name: str | None, total_params: int,
+                  override: Path | None = None) -> Metadata:
+    """Authorship metadata for a model directory (model card, config.json, directory name, override file)."""
+    if override is not None and not Path(override).is_file():
+        raise LlamapyError(f"{override}: metadata override file not found")
+    try:
+        return Metadata.load(override, model_dir, model_name, total_params)
+    except ValueError as e:
+        raise LlamapyError(f"{model_dir}: can't read the model card or metadata override ({e})") from None
+
+
+def general_kvs(md: Metadata, license_join: bool = True) -> list[KV]:
+    """general.name ... general.languages in the reference's order."""
+    s = ValueType.STRING
+    out: list[KV] = [("general.name", md.name, s, None)]
+    for key, value in (
+        ("general.author", md.author),
+        ("general.version", md.version),
+        ("general.organization", md.organization),
+        ("general.finetune", md.finetune),
+        ("general.basename", md.basename),
+        ("general.description", md.description),
+        ("general.quantized_by", md.quantized_by),
+        ("general.size_label", md.size_label),
+    ):
+        if value is not None:
+            out.append((key, value, s, None))
+    if md.license is not None:
+        lic = ",".join(md.license) if isinstance(md.license, list) and license_join else md.license
+        out.append(("general.license", lic, s, None))
+    for key, value in (
+        ("general.license.name", md.license_name),
+        ("general.license.link", md.license_link),
+        ("general.url", md.url),
+        ("general.doi", md.doi),
+        ("general.uuid", md.uuid),
+        ("general.repo_url", md.repo_url),
+        ("general.source.url", md.source_url),
+        ("general.source.doi", md.source_doi),
+        ("general.source.uuid", md.source_uuid),
+        ("general.source.repo_url", md.source_repo_url),
+    ):
+        if value is not None:
+            out.append((key, value, s, None))
+    for group, entries in (("base_model", md.base_models), ("dataset", md.datasets)):
+        if entries is None:
+            continue
+        out.append((f"general.{group}.count", len(entries), ValueType.UINT32, None))
+        for i, entry in enumerate(entries):
+            for f in _BASE_FIELDS:
+                if f in entry:
+                    out.append((f"general.{group}.{i}.{f}", entry[f], s, None))
+    if md.tags is not None:
+        out.append(("general.tags", list(md.tags), ValueType.ARRAY, s))
+    if md.languages is not None:
+        out.append(("general.languages", list(md.languages), ValueType.ARRAY, s))
+    return out
+
+
+def params_size_label(total: int, shared: int | None = None) -> str:
+    return size_label(total, total if shared is None else shared, 0, 0)
+
+
+def default_filename(md: Metadata, label: str | None, output_type: str | None, vocab_only: bool = False) -> str:
+    """`<Name>-<size>-<finetune>-<version>-<TYPE>.gguf` (the GGUF naming convention)."""
+    if vocab_only:
+        stem = naming_convention(md.name, md.basename, md.finetune, md.version, None, None, model_type="vocab")
+    else:
+        stem = naming_convention(md.name, md.basename, md.finetune, md.version, label, output_type)
+    return f"{stem}.gguf"
+
+
+def fill_template(name: str, output_type: str) -> str:
+    """Replace {ftype}/{outtype} (lower case) and {FTYPE}/{OUTTYPE} (upper case) in an --outfile name."""
+    try:
+        return name.format(output_type.lower(), outtype=output_type.lower(), ftype=output_type.lower(),
+                           OUTTYPE=output_type.upper(), FTYPE=output_type.upper())
+    except (KeyError, IndexError, ValueError):
+        return name
+
+
+def as_kv(key: str, value: Any, vt: ValueType, sub: ValueType | None = None) -> KV:
+    return (key, value, vt, sub)

@@ -1,0 +1,43 @@
+"""What a checkpoint layout hands to the writer: GGUF-named lazy tensors and metadata in order."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import LlamapyError
+from .lazy import LazyTensor
+from .vocab import Vocab
+
+KV = tuple  # (key, value, ValueType, element ValueType | None)
+FILE_TYPE = "general.file_type"  # placeholder in arch_kvs: its value is set once the output type is known
+
+
+@dataclass
+class ModelSource:
+    layout: str  # "meta" or "hf"
+    model_dir: Path
+    tensors: list[tuple[str, LazyTensor]]  # GGUF names, in the order the reference writes them
+    arch_kvs: list[KV]  # llama.* (and the general.file_type slot) in the reference's order
+    vocab: Vocab | None
+    vocab_kvs: list[KV]  # tokenizer.* in the reference's order
+    param_count: int  # what the reference counts for the size label
+    first_dtype: str | None  # the dtype "auto" looks at
+    default_outtype: str  # when --outtype is not given
+    inputs: list[Path] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+def find_first(paths: list[Path], what: str) -> Path:
+    """The first existing file among `paths`, or an error listing every path tried."""
+    for p in paths:
+        if p.is_file():
+            return p
+    raise LlamapyError(f"no {what} found; tried: {', '.join(str(p) for p in paths)}")
+
+
+def dedup(paths: list[Path]) -> list[Path]:
+    out: list[Path] = []
+    for p in paths:
+        if p not in out:
+            out.append(p)
+    return out

@@ -1,0 +1,180 @@
+"""Streaming a ModelSource into a GGUF file: metadata in the reference's order, tensors chunk by chunk.
+
+Each tensor is read, converted and encoded a block of rows at a time into one output buffer, which is
+written before the next tensor is touched; peak memory is one output tensor plus one chunk.
+"""
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import LlamapyError
+from ..gguf_constants import TYPE_SIZES, ValueType, type_name
+from ..gguf_writer import GGUFWriter
+from .lazy import LazyTensor
+from .outtype import OutType, encode_rows, keeps_f32, plain_tensor_type
+from .source import FILE_TYPE
+
+CHUNK_BYTES = 64 * 1024 * 1024  # float32 bytes of source rows converted at once
+QUANT_VERSION = 2
+
+
+@dataclass
+class PlannedTensor:
+    name: str
+    src: LazyTensor
+    ttype: int
+
+    @property
+    def ggml_shape(self) -> tuple[int, ...]:
+        return tuple(reversed(self.src.shape)) if self.src.shape else (1,)
+
+    @property
+    def nbytes(self) -> int:
+        blck, size = TYPE_SIZES[self.ttype]
+        return self.src.n_elements // blck * size
+
+
+def plan_tensors(tensors: list[tuple[str, LazyTensor]], outtype: OutType, n_layer: int | None,
+                 mix_types: Callable | None = None) -> list[PlannedTensor]:
+    """Each tensor's GGUF type: the reference's rules for plain types, the quantizer's mix otherwise."""
+    if outtype.is_mix:
+        if mix_types is None:
+            raise LlamapyError(f"--outtype {outtype.name} needs llamapy's quantizer (llamapy.quantize), "
+                               f"which isn't available")
+        types = mix_types([(n, t.shape) for n, t in tensors], outtype, n_layer)
+        return [PlannedTensor(n, t, int(types[n])) for n, t in tensors]
+    return [PlannedTensor(n, t, plain_tensor_type(outtype, n, t.shape)) for n, t in tensors]
+
+
+def fill_file_type(kvs: list[tuple], file_type: int) -> list[tuple]:
+    return [(k, file_type, vt, st) if k == FILE_TYPE else (k, v, vt, st) for k, v, vt, st in kvs]
+
+
+def encode_tensor(p: PlannedTensor, n_threads: int | None = None,
+                  on_rows: Callable[[int], None] | None = None) -> np.ndarray:
+    """The whole tensor in its output type, built chunk by chunk."""
+    src = p.src
+    out = np.empty(p.nbytes, dtype=np.uint8)
+    n_rows = src.n_rows
+    row_f32 = max(1, src.row_elements) * 4
+    step = max(1, CHUNK_BYTES // row_f32)
+    pos = 0
+    for r0 in range(0, n_rows, step):
+        r1 = min(n_rows, r0 + step)
+        rows = src.rows(r0, r1)
+        if rows.ndim > 2:
+            rows = rows.reshape(-1, rows.shape[-1])
+        enc = encode_rows(rows, src.dtype, p.ttype, n_threads)
+        if pos + enc.size > out.size:
+            raise LlamapyError(f"{src.where}: encoded data overruns its {out.size} bytes")
+        out[pos:pos + enc.size] = enc
+        pos += enc.size
+        if on_rows is not None:
+            on_rows(r1 - r0)
+    if pos != out.size:
+        raise LlamapyError(f"{src.where}: encoded {pos} bytes, expected {out.size}")
+    return out
+
+
+class _Progress:
+    """A rich progress bar over bytes written, shown only on a terminal."""
+
+    def __init__(self, total: int, enabled: bool):
+        self.bar = None
+        if enabled and sys.stderr.isatty():
+            from rich.console import Console
+            from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self.bar = Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
+                                TimeRemainingColumn(), console=Console(stderr=True), transient=True)
+            self.task = self.bar.add_task("converting", total=total)
+            self.bar.start()
+
+    def describe(self, text: str):
+        if self.bar is not None:
+            self.bar.update(self.task, description=text)
+
+    def advance(self, n: int):
+        if self.bar is not None:
+            self.bar.advance(self.task, n)
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.stop()
+
+
+def write_gguf(path: Path, kvs: list[tuple], planned: list[PlannedTensor], *, n_threads: int | None = None,
+               progress: bool = True, log: Callable[[str], None] | None = None) -> float:
+    """Write the file atomically; returns the seconds it took."""
+    t0 = time.perf_counter()
+    total = sum(p.nbytes for p in planned)
+    bar = _Progress(total, progress)
+    try:
+        with GGUFWriter(path) as w:
+            for key, value, vt, st in kvs:
+                if value is None:
+                    raise LlamapyError(f"internal: metadata '{key}' has no value")
+                w.add(key, value, vt, st)
+            for p in planned:
+                w.add_tensor_info(p.name, p.ggml_shape, p.ttype)
+            w.write_header()
+            for i, p in enumerate(planned):
+                bar.describe(f"[{i + 1}/{len(planned)}] {p.name}")
+                if log is not None:
+                    shape = " x ".join(str(d) for d in p.ggml_shape)
+                    log(f"[{i + 1:{len(str(len(planned)))}}/{len(planned)}] {p.name:32} {p.src.dtype:>4} -> "
+                        f"{type_name(p.ttype):6} {shape}")
+                data = encode_tensor(p, n_threads)
+                w.write_tensor_data(p.name, data)
+                bar.advance(p.nbytes)
+                del data
+    finally:
+        bar.close()
+    return time.perf_counter() - t0
+
+
+def kv_list(arch: str, general: list[tuple], layout_type: bool, arch_kvs: list[tuple], vocab_kvs: list[tuple],
+            quant_version: bool) -> list[tuple]:
+    """The full metadata in the reference's order."""
+    s = ValueType.STRING
+    out = [("general.architecture", arch, s, None)]
+    if layout_type:
+        out.append(("general.type", "model", s, None))
+    out += general + arch_kvs + vocab_kvs
+    if quant_version:
+        out.append(("general.quantization_version", QUANT_VERSION, ValueType.UINT32, None))
+    return out
+
+
+def mix_types_from_quantizer() -> Callable | None:
+    """The quantizer's per-tensor mix as `f([(name, numpy shape)], outtype, n_layer) -> {name: type}`."""
+    try:
+        from .. import quantize as q
+    except ImportError:
+        return None
+    fn = getattr(q, "tensor_types_for_model", None)
+    if fn is None:
+        return None
+
+    def mix(tensors, outtype: OutType, n_layer):
+        return fn(tensors, outtype.file_type, n_layer)
+
+    return mix
+
+
+__all__ = [
+    "PlannedTensor",
+    "encode_tensor",
+    "fill_file_type",
+    "keeps_f32",
+    "kv_list",
+    "mix_types_from_quantizer",
+    "plan_tensors",
+    "write_gguf",
+]
