@@ -1,4 +1,456 @@
-/* AVX2 kernels: kquants formats. */
-#include "lp_core.h"
+/* K-quants Q2_K..Q6_K and Q8_K: AVX2+FMA+F16C kernels.
+ *
+ * The Q8_K activation quantizer writes exactly the scalar reference's bytes; the dequantizers give exactly
+ * the scalar floats (multiply, then subtract: nothing fused); the dot products sum each block in int32
+ * and accumulate the blocks in another float order than the scalar ones, so they agree to rounding.
+ * K quants enter _mm256_maddubs_epi16 as unsigned values (the Q3_K and Q6_K offsets of -4 and -32 come
+ * back through the Q8_K block sums), so no int16 pair sum can saturate.
+ */
+#if defined(__x86_64__) || defined(__i386__)
+#pragma GCC target("avx2,fma,f16c")
+#include <immintrin.h>
+#include <math.h>
+#include <string.h>
 
+#include "lp_core.h"
+#include "lp_kquants.h"
+
+static inline float h2f(uint16_t h) { return _cvtsh_ss(h); }
+
+static inline float hsum_ps(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+static inline __m256i loadu(const void *p) { return _mm256_loadu_si256((const __m256i *)p); }
+
+/* ---- Q8_K activations ------------------------------------------------------------------------ */
+
+/* the signed value of the first element of largest magnitude (the reference's choice); *amax = |it| */
+static inline float block_signed_absmax(const float *x, float *amax) {
+    __m256 vmax = _mm256_loadu_ps(x), vmin = vmax;
+    for (int j = 8; j < LP_QK_K; j += 8) {
+        const __m256 v = _mm256_loadu_ps(x + j);
+        vmax = _mm256_max_ps(vmax, v);
+        vmin = _mm256_min_ps(vmin, v);
+    }
+    __m128 m = _mm_max_ps(_mm256_castps256_ps128(vmax), _mm256_extractf128_ps(vmax, 1));
+    m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+    m = _mm_max_ss(m, _mm_movehdup_ps(m));
+    __m128 k = _mm_min_ps(_mm256_castps256_ps128(vmin), _mm256_extractf128_ps(vmin, 1));
+    k = _mm_min_ps(k, _mm_movehl_ps(k, k));
+    k = _mm_min_ss(k, _mm_movehdup_ps(k));
+    const float mx = _mm_cvtss_f32(m), mn = _mm_cvtss_f32(k);
+    if (mx > -mn) { *amax = mx; return mx; }
+    if (-mn > mx) { *amax = -mn; return mn; }
+    *amax = mx; /* both +a and -a occur (or all zero): the first one decides the sign */
+    for (int j = 0; j < LP_QK_K; j++)
+        if (fabsf(x[j]) == mx) return x[j];
+    return mx;
+}
+
+static void quantize_row_q8_K(const float *x, void *vy, int64_t k) {
+    lp_block_q8_K *y = vy;
+    const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+    const __m256i ones8 = _mm256_set1_epi8(1), ones16 = _mm256_set1_epi16(1), top = _mm256_set1_epi32(127);
+    for (int64_t i = 0; i < k / LP_QK_K; i++, x += LP_QK_K) {
+        float amax;
+        const float max = block_signed_absmax(x, &amax);
+        if (!(amax > 0)) {
+            memset(&y[i], 0, sizeof y[i]);
+            continue;
+        }
+        const float iscale = -127.f / max;
+        const __m256 vs = _mm256_set1_ps(iscale);
+        __m256i quad[8]; /* quad[j] lane l: sum of values 32j + 4l .. 32j + 4l + 3 */
+        for (int j = 0; j < 8; j++) {
+            __m256i q[4];
+            for (int u = 0; u < 4; u++) {
+                const __m256 v = _mm256_mul_ps(_mm256_loadu_ps(x + 32 * j + 8 * u), vs);
+                const __m256 r = _mm256_round_ps(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+                q[u] = _mm256_min_epi32(_mm256_cvtps_epi32(r), top);
+            }
+            /* packs work per 128-bit lane: the permute puts the groups of 4 back in order */
+            const __m256i p = _mm256_packs_epi16(_mm256_packs_epi32(q[0], q[1]), _mm256_packs_epi32(q[2], q[3]));
+            const __m256i q8 = _mm256_permutevar8x32_epi32(p, order);
+            _mm256_storeu_si256((__m256i *)(y[i].qs + 32 * j), q8);
+            quad[j] = _mm256_madd_epi16(_mm256_maddubs_epi16(ones8, q8), ones16);
+        }
+        /* quads -> sums of 16: hadd twice gives [j=0..3 first 16 | j=0..3 second 16] per 4 j's */
+        const __m256i a = _mm256_hadd_epi32(_mm256_hadd_epi32(quad[0], quad[1]), _mm256_hadd_epi32(quad[2], quad[3]));
+        const __m256i b = _mm256_hadd_epi32(_mm256_hadd_epi32(quad[4], quad[5]), _mm256_hadd_epi32(quad[6], quad[7]));
+        const __m256i s = _mm256_packs_epi32(a, b); /* [first 16 of j=0..7 | second 16 of j=0..7] */
+        const __m128i lo = _mm256_castsi256_si128(s), hi = _mm256_extracti128_si256(s, 1);
+        _mm_storeu_si128((__m128i *)y[i].bsums, _mm_unpacklo_epi16(lo, hi));
+        _mm_storeu_si128((__m128i *)(y[i].bsums + 8), _mm_unpackhi_epi16(lo, hi));
+        y[i].d = 1 / iscale;
+    }
+}
+
+static void dequantize_row_q8_K(const void *vx, float *y, int64_t k) {
+    const lp_block_q8_K *x = vx;
+    for (int64_t i = 0; i < k / LP_QK_K; i++) {
+        const __m256 d = _mm256_set1_ps(x[i].d);
+        for (int j = 0; j < LP_QK_K; j += 8) {
+            const __m256i q = _mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(x[i].qs + j)));
+            _mm256_storeu_ps(y + j, _mm256_mul_ps(d, _mm256_cvtepi32_ps(q)));
+        }
+        y += LP_QK_K;
+    }
+}
+
+static void vec_dot_q8_K_q8_K(int n, float *s, const void *vx, const void *vy) {
+    const lp_block_q8_K *x = vx, *y = vy;
+    const __m256i ones = _mm256_set1_epi16(1);
+    __m256 acc = _mm256_setzero_ps();
+    for (int i = 0; i < n / LP_QK_K; i++) {
+        __m256i sumi = _mm256_setzero_si256();
+        for (int j = 0; j < LP_QK_K; j += 32) {
+            const __m256i a = loadu(x[i].qs + j), b = loadu(y[i].qs + j);
+            const __m256i p = _mm256_maddubs_epi16(_mm256_sign_epi8(a, a), _mm256_sign_epi8(b, a));
+            sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(p, ones));
+        }
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(x[i].d * y[i].d), _mm256_cvtepi32_ps(sumi), acc);
+    }
+    *s = hsum_ps(acc);
+}
+
+/* ---- shared pieces of the 16-groups-of-16 formats (Q2_K, Q3_K, Q6_K) -------------------------- */
+
+/* A block's values come in 2 halves h of 128, each in 4 parts p of 32; part (h, p) covers the groups
+ * 8h + 2p and 8h + 2p + 1. group_scales() returns, for each part, the int16 vector
+ * [scale of group 8h+2p x 8 | scale of group 8h+2p+1 x 8] that _mm256_madd_epi16 wants. */
+static inline void group_scales(__m128i sc8, int is_signed, __m256i out[8]) {
+    const __m256i sc16 = is_signed ? _mm256_cvtepi8_epi16(sc8) : _mm256_cvtepu8_epi16(sc8);
+    const __m256i lo = _mm256_permute2x128_si256(sc16, sc16, 0x00), hi = _mm256_permute2x128_si256(sc16, sc16, 0x11);
+    for (int p = 0; p < 4; p++) {
+        const __m256i pick = _mm256_setr_epi8(4 * p, 4 * p + 1, 4 * p, 4 * p + 1, 4 * p, 4 * p + 1, 4 * p, 4 * p + 1,
+                                              4 * p, 4 * p + 1, 4 * p, 4 * p + 1, 4 * p, 4 * p + 1, 4 * p, 4 * p + 1,
+                                              4 * p + 2, 4 * p + 3, 4 * p + 2, 4 * p + 3, 4 * p + 2, 4 * p + 3,
+                                              4 * p + 2, 4 * p + 3, 4 * p + 2, 4 * p + 3, 4 * p + 2, 4 * p + 3,
+                                              4 * p + 2, 4 * p + 3, 4 * p + 2, 4 * p + 3);
+        out[p] = _mm256_shuffle_epi8(lo, pick);
+        out[4 + p] = _mm256_shuffle_epi8(hi, pick);
+    }
+}
+
+/* Σ over groups of scale * bsum, as 8 int32 lanes (sum them for the total) */
+static inline __m256i scaled_bsums(__m128i sc8, int is_signed, const int16_t *bsums) {
+    const __m256i sc16 = is_signed ? _mm256_cvtepi8_epi16(sc8) : _mm256_cvtepu8_epi16(sc8);
+    return _mm256_madd_epi16(sc16, loadu(bsums));
+}
+
+/* ---- Q2_K ------------------------------------------------------------------------------------ */
+
+static void vec_dot_q2_K_q8_K(int n, float *s, const void *vx, const void *vy) {
+    const lp_block_q2_K *x = vx;
+    const lp_block_q8_K *y = vy;
+    const __m256i m3 = _mm256_set1_epi8(3);
+    const __m128i m4 = _mm_set1_epi8(0xF);
+    __m256 acc = _mm256_setzero_ps();
+    for (int i = 0; i < n / LP_QK_K; i++) {
+        const float dall = y[i].d * h2f(x[i].d), dmin = y[i].d * h2f(x[i].dmin);
+        const __m128i sb = _mm_loadu_si128((const __m128i *)x[i].scales);
+        const __m256i summs = scaled_bsums(_mm_and_si128(_mm_srli_epi16(sb, 4), m4), 0, y[i].bsums);
+        __m256i sc[8];
+        group_scales(_mm_and_si128(sb, m4), 0, sc);
+        const int8_t *q8 = y[i].qs;
+        __m256i sumi = _mm256_setzero_si256();
+        for (int h = 0; h < 2; h++) {
+            const __m256i bits = loadu(x[i].qs + 32 * h);
+            for (int p = 0; p < 4; p++, q8 += 32) {
+                const __m256i q = _mm256_and_si256(_mm256_srli_epi16(bits, 2 * p), m3);
+                sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(_mm256_maddubs_epi16(q, loadu(q8)), sc[4 * h + p]));
+            }
+        }
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(dall), _mm256_cvtepi32_ps(sumi), acc);
+        acc = _mm256_fnmadd_ps(_mm256_set1_ps(dmin), _mm256_cvtepi32_ps(summs), acc);
+    }
+    *s = hsum_ps(acc);
+}
+
+static void dequantize_row_q2_K(const void *vx, float *y, int64_t k) {
+    const lp_block_q2_K *x = vx;
+    for (int64_t i = 0; i < k / LP_QK_K; i++) {
+        const float d = h2f(x[i].d), min = h2f(x[i].dmin);
+        for (int g = 0; g < 16; g++, y += 16) {
+            const uint8_t sc = x[i].scales[g];
+            const __m256 dl = _mm256_set1_ps(d * (sc & 0xF)), ml = _mm256_set1_ps(min * (sc >> 4));
+            const int shift = 2 * ((g / 2) % 4);
+            const __m128i bits = _mm_loadu_si128((const __m128i *)(x[i].qs + 32 * (g / 8) + 16 * (g % 2)));
+            const __m128i q = _mm_and_si128(_mm_srli_epi16(bits, shift), _mm_set1_epi8(3));
+            const __m256 q0 = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(q));
+            const __m256 q1 = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(q, 8)));
+            _mm256_storeu_ps(y, _mm256_sub_ps(_mm256_mul_ps(dl, q0), ml));
+            _mm256_storeu_ps(y + 8, _mm256_sub_ps(_mm256_mul_ps(dl, q1), ml));
+        }
+    }
+}
+
+/* ---- Q3_K ------------------------------------------------------------------------------------ */
+
+/* the 16 6-bit scales of a Q3_K block, as signed bytes -32..31 */
+static inline __m128i q3_scales(const uint8_t *b) {
+    uint32_t a, c, e;
+    memcpy(&a, b, 4);
+    memcpy(&c, b + 4, 4);
+    memcpy(&e, b + 8, 4);
+    const uint32_t m4 = 0x0f0f0f0f, m2 = 0x03030303;
+    const __m128i v = _mm_setr_epi32((int)((a & m4) | ((e & m2) << 4)), (int)((c & m4) | (((e >> 2) & m2) << 4)),
+                                     (int)(((a >> 4) & m4) | (((e >> 4) & m2) << 4)),
+                                     (int)(((c >> 4) & m4) | (((e >> 6) & m2) << 4)));
+    return _mm_sub_epi8(v, _mm_set1_epi8(32));
+}
+
+static void vec_dot_q3_K_q8_K(int n, float *s, const void *vx, const void *vy) {
+    const lp_block_q3_K *x = vx;
+    const lp_block_q8_K *y = vy;
+    const __m256i m3 = _mm256_set1_epi8(3), m1 = _mm256_set1_epi8(1);
+    __m256 acc = _mm256_setzero_ps();
+    for (int i = 0; i < n / LP_QK_K; i++) {
+        const float d = y[i].d * h2f(x[i].d);
+        const __m128i sc8 = q3_scales(x[i].scales);
+        __m256i sc[8];
+        group_scales(sc8, 1, sc);
+        const __m256i hm = loadu(x[i].hmask);
+        const int8_t *q8 = y[i].qs;
+        /* quants enter as 0..7; 4 * Σ scale * bsum takes the offset back out */
+        __m256i sumi = _mm256_slli_epi32(scaled_bsums(sc8, 1, y[i].bsums), 2);
+        sumi = _mm256_sub_epi32(_mm256_setzero_si256(), sumi);
+        for (int h = 0; h < 2; h++) {
+            const __m256i bits = loadu(x[i].qs + 32 * h);
+            for (int p = 0; p < 4; p++, q8 += 32) {
+                const __m256i lo = _mm256_and_si256(_mm256_srli_epi16(bits, 2 * p), m3);
+                const __m256i hb = _mm256_and_si256(_mm256_srli_epi16(hm, 4 * h + p), m1);
+                const __m256i q = _mm256_or_si256(lo, _mm256_slli_epi16(hb, 2));
+                sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(_mm256_maddubs_epi16(q, loadu(q8)), sc[4 * h + p]));
+            }
+        }
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc);
+    }
+    *s = hsum_ps(acc);
+}
+
+static void dequantize_row_q3_K(const void *vx, float *y, int64_t k) {
+    const lp_block_q3_K *x = vx;
+    for (int64_t i = 0; i < k / LP_QK_K; i++) {
+        const float d_all = h2f(x[i].d);
+        int8_t sc[16];
+        _mm_storeu_si128((__m128i *)sc, q3_scales(x[i].scales));
+        for (int g = 0; g < 16; g++, y += 16) {
+            const __m256 dl = _mm256_set1_ps(d_all * sc[g]);
+            const int h = g / 8, p = (g / 2) % 4, off = 16 * (g % 2);
+            const __m128i bits = _mm_loadu_si128((const __m128i *)(x[i].qs + 32 * h + off));
+            const __m128i lo = _mm_and_si128(_mm_srli_epi16(bits, 2 * p), _mm_set1_epi8(3));
+            const __m128i hb = _mm_and_si128(_mm_srli_epi16(_mm_loadu_si128((const __m128i *)(x[i].hmask + off)),
+                                                            4 * h + p), _mm_set1_epi8(1));
+            /* q - 4 when the high bit is clear, q when it is set */
+            const __m128i q = _mm_sub_epi8(lo, _mm_andnot_si128(_mm_slli_epi16(hb, 2), _mm_set1_epi8(4)));
+            const __m256 q0 = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q));
+            const __m256 q1 = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(q, 8)));
+            _mm256_storeu_ps(y, _mm256_mul_ps(dl, q0));
+            _mm256_storeu_ps(y + 8, _mm256_mul_ps(dl, q1));
+        }
+    }
+}
+
+/* ---- Q4_K and Q5_K --------------------------------------------------------------------------- */
+
+/* 8 scales (bytes 0..7) then 8 mins (bytes 8..15) of a Q4_K / Q5_K block */
+static inline __m128i k4_scales_mins(const uint8_t *b) {
+    uint32_t a, c, e;
+    memcpy(&a, b, 4);
+    memcpy(&c, b + 4, 4);
+    memcpy(&e, b + 8, 4);
+    const uint32_t m6 = 0x3f3f3f3f, m4 = 0x0f0f0f0f, m2 = 0x03030303;
+    return _mm_setr_epi32((int)(a & m6), (int)((e & m4) | (((a >> 6) & m2) << 4)), (int)(c & m6),
+                          (int)(((e >> 4) & m4) | (((c >> 6) & m2) << 4)));
+}
+
+/* one Q4_K / Q5_K block: the 8 sub-blocks' quants q[j] (unsigned), accumulated as d * Σ scale_j * (q_j . q8)
+ * into acc and dmin * Σ min_j * bsums into accm */
+static inline void k4_block(const uint8_t *scales, const lp_block_q8_K *yb, float d, float dmin, const __m256i q[8],
+                            __m256 *acc, __m128 *accm) {
+    const __m256i sm16 = _mm256_cvtepu8_epi16(k4_scales_mins(scales)); /* [8 scales | 8 mins] */
+    const __m256i bs = loadu(yb->bsums);
+    const __m128i bs32 = _mm_hadd_epi16(_mm256_castsi256_si128(bs), _mm256_extracti128_si256(bs, 1));
+    const __m128i pm = _mm_madd_epi16(_mm256_extracti128_si256(sm16, 1), bs32);
+    *accm = _mm_fmadd_ps(_mm_set1_ps(dmin), _mm_cvtepi32_ps(pm), *accm);
+    const __m256i sc = _mm256_permute2x128_si256(sm16, sm16, 0x00);
+    __m256i sumi = _mm256_setzero_si256();
+    for (int j = 0; j < 8; j++) {
+        const __m256i pick = _mm256_set1_epi16((short)(0x0100 * (2 * j + 1) + 2 * j)); /* int16 j everywhere */
+        const __m256i p = _mm256_maddubs_epi16(q[j], loadu(yb->qs + 32 * j));
+        sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(p, _mm256_shuffle_epi8(sc, pick)));
+    }
+    *acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), *acc);
+}
+
+static inline float hsum_ps128(__m128 s) {
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+static void vec_dot_q4_K_q8_K(int n, float *s, const void *vx, const void *vy) {
+    const lp_block_q4_K *x = vx;
+    const lp_block_q8_K *y = vy;
+    const __m256i m4 = _mm256_set1_epi8(0xF);
+    __m256 acc = _mm256_setzero_ps();
+    __m128 accm = _mm_setzero_ps();
+    for (int i = 0; i < n / LP_QK_K; i++) {
+        __m256i q[8];
+        for (int c = 0; c < 4; c++) {
+            const __m256i bits = loadu(x[i].qs + 32 * c);
+            q[2 * c] = _mm256_and_si256(bits, m4);
+            q[2 * c + 1] = _mm256_and_si256(_mm256_srli_epi16(bits, 4), m4);
+        }
+        k4_block(x[i].scales, &y[i], y[i].d * h2f(x[i].d), y[i].d * h2f(x[i].dmin), q, &acc, &accm);
+    }
+    *s = hsum_ps(acc) - hsum_ps128(accm);
+}
+
+static void vec_dot_q5_K_q8_K(int n, float *s, const void *vx, const void *vy) {
+    const lp_block_q5_K *x = vx;
+    const lp_block_q8_K *y = vy;
+    const __m256i m4 = _mm256_set1_epi8(0xF), m1 = _mm256_set1_epi8(1);
+    __m256 acc = _mm256_setzero_ps();
+    __m128 accm = _mm_setzero_ps();
+    for (int i = 0; i < n / LP_QK_K; i++) {
+        __m256i q[8];
+        const __m256i hb = loadu(x[i].qh);
+        for (int c = 0; c < 4; c++) {
+            const __m256i bits = loadu(x[i].qs + 32 * c);
+            const __m256i h0 = _mm256_and_si256(_mm256_srli_epi16(hb, 2 * c), m1);
+            const __m256i h1 = _mm256_and_si256(_mm256_srli_epi16(hb, 2 * c + 1), m1);
+            q[2 * c] = _mm256_or_si256(_mm256_and_si256(bits, m4), _mm256_slli_epi16(h0, 4));
+            q[2 * c + 1] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(bits, 4), m4), _mm256_slli_epi16(h1, 4));
+        }
+        k4_block(x[i].scales, &y[i], y[i].d * h2f(x[i].d), y[i].d * h2f(x[i].dmin), q, &acc, &accm);
+    }
+    *s = hsum_ps(acc) - hsum_ps128(accm);
+}
+
+static inline void store_affine32(float *y, __m256i q8bytes, float d1, float m1) {
+    const __m256 vd = _mm256_set1_ps(d1), vm = _mm256_set1_ps(m1);
+    const __m128i lo = _mm256_castsi256_si128(q8bytes), hi = _mm256_extracti128_si256(q8bytes, 1);
+    const __m128i part[4] = {lo, _mm_srli_si128(lo, 8), hi, _mm_srli_si128(hi, 8)};
+    for (int u = 0; u < 4; u++) {
+        const __m256 q = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(part[u]));
+        _mm256_storeu_ps(y + 8 * u, _mm256_sub_ps(_mm256_mul_ps(vd, q), vm));
+    }
+}
+
+static void dequantize_row_q4_K(const void *vx, float *y, int64_t k) {
+    const lp_block_q4_K *x = vx;
+    const __m256i m4 = _mm256_set1_epi8(0xF);
+    for (int64_t i = 0; i < k / LP_QK_K; i++, y += LP_QK_K) {
+        const float d = h2f(x[i].d), min = h2f(x[i].dmin);
+        uint8_t sm[16];
+        _mm_storeu_si128((__m128i *)sm, k4_scales_mins(x[i].scales));
+        for (int c = 0; c < 4; c++) {
+            const __m256i bits = loadu(x[i].qs + 32 * c);
+            store_affine32(y + 64 * c, _mm256_and_si256(bits, m4), d * sm[2 * c], min * sm[8 + 2 * c]);
+            store_affine32(y + 64 * c + 32, _mm256_and_si256(_mm256_srli_epi16(bits, 4), m4), d * sm[2 * c + 1],
+                           min * sm[9 + 2 * c]);
+        }
+    }
+}
+
+static void dequantize_row_q5_K(const void *vx, float *y, int64_t k) {
+    const lp_block_q5_K *x = vx;
+    const __m256i m4 = _mm256_set1_epi8(0xF), m1 = _mm256_set1_epi8(1);
+    for (int64_t i = 0; i < k / LP_QK_K; i++, y += LP_QK_K) {
+        const float d = h2f(x[i].d), min = h2f(x[i].dmin);
+        uint8_t sm[16];
+        _mm_storeu_si128((__m128i *)sm, k4_scales_mins(x[i].scales));
+        const __m256i hb = loadu(x[i].qh);
+        for (int j = 0; j < 8; j++) {
+            const __m256i bits = loadu(x[i].qs + 32 * (j / 2));
+            const __m256i lo = _mm256_and_si256(j % 2 ? _mm256_srli_epi16(bits, 4) : bits, m4);
+            const __m256i h = _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hb, j), m1), 4);
+            store_affine32(y + 32 * j, _mm256_or_si256(lo, h), d * sm[j], min * sm[8 + j]);
+        }
+    }
+}
+
+/* ---- Q6_K ------------------------------------------------------------------------------------ */
+
+/* the 4 parts of 32 quants (0..63 unsigned) of half h of a Q6_K block */
+static inline void q6_half(const lp_block_q6_K *b, int h, __m256i q[4]) {
+    const __m256i m4 = _mm256_set1_epi8(0xF), m30 = _mm256_set1_epi8(0x30);
+    const __m256i l0 = loadu(b->ql + 64 * h), l1 = loadu(b->ql + 64 * h + 32), hb = loadu(b->qh + 32 * h);
+    q[0] = _mm256_or_si256(_mm256_and_si256(l0, m4), _mm256_and_si256(_mm256_slli_epi16(hb, 4), m30));
+    q[1] = _mm256_or_si256(_mm256_and_si256(l1, m4), _mm256_and_si256(_mm256_slli_epi16(hb, 2), m30));
+    q[2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), m4), _mm256_and_si256(hb, m30));
+    q[3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), m4),
+                           _mm256_and_si256(_mm256_srli_epi16(hb, 2), m30));
+}
+
+static void vec_dot_q6_K_q8_K(int n, float *s, const void *vx, const void *vy) {
+    const lp_block_q6_K *x = vx;
+    const lp_block_q8_K *y = vy;
+    __m256 acc = _mm256_setzero_ps();
+    for (int i = 0; i < n / LP_QK_K; i++) {
+        const float d = y[i].d * h2f(x[i].d);
+        const __m128i sc8 = _mm_loadu_si128((const __m128i *)x[i].scales);
+        __m256i sc[8];
+        group_scales(sc8, 1, sc);
+        /* quants enter as 0..63; 32 * Σ scale * bsum takes the offset back out */
+        __m256i sumi = _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_slli_epi32(scaled_bsums(sc8, 1, y[i].bsums), 5));
+        const int8_t *q8 = y[i].qs;
+        for (int h = 0; h < 2; h++) {
+            __m256i q[4];
+            q6_half(&x[i], h, q);
+            for (int p = 0; p < 4; p++, q8 += 32)
+                sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(_mm256_maddubs_epi16(q[p], loadu(q8)), sc[4 * h + p]));
+        }
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc);
+    }
+    *s = hsum_ps(acc);
+}
+
+static void dequantize_row_q6_K(const void *vx, float *y, int64_t k) {
+    const lp_block_q6_K *x = vx;
+    const __m128i m32 = _mm_set1_epi8(32);
+    for (int64_t i = 0; i < k / LP_QK_K; i++) {
+        const float d = h2f(x[i].d);
+        for (int h = 0; h < 2; h++) {
+            __m256i q[4];
+            q6_half(&x[i], h, q);
+            for (int p = 0; p < 4; p++) {
+                for (int half = 0; half < 2; half++, y += 16) {
+                    const __m256 dl = _mm256_set1_ps(d * x[i].scales[8 * h + 2 * p + half]);
+                    const __m128i v = _mm_sub_epi8(half ? _mm256_extracti128_si256(q[p], 1)
+                                                        : _mm256_castsi256_si128(q[p]), m32);
+                    _mm256_storeu_ps(y, _mm256_mul_ps(dl, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(v))));
+                    _mm256_storeu_ps(y + 8, _mm256_mul_ps(dl, _mm256_cvtepi32_ps(
+                                                                  _mm256_cvtepi8_epi32(_mm_srli_si128(v, 8)))));
+                }
+            }
+        }
+    }
+}
+
+void lp_register_kquants_avx2(lp_type_traits *t) {
+    t[LP_TYPE_Q2_K].to_float = dequantize_row_q2_K;
+    t[LP_TYPE_Q2_K].vec_dot = vec_dot_q2_K_q8_K;
+    t[LP_TYPE_Q3_K].to_float = dequantize_row_q3_K;
+    t[LP_TYPE_Q3_K].vec_dot = vec_dot_q3_K_q8_K;
+    t[LP_TYPE_Q4_K].to_float = dequantize_row_q4_K;
+    t[LP_TYPE_Q4_K].vec_dot = vec_dot_q4_K_q8_K;
+    t[LP_TYPE_Q5_K].to_float = dequantize_row_q5_K;
+    t[LP_TYPE_Q5_K].vec_dot = vec_dot_q5_K_q8_K;
+    t[LP_TYPE_Q6_K].to_float = dequantize_row_q6_K;
+    t[LP_TYPE_Q6_K].vec_dot = vec_dot_q6_K_q8_K;
+    t[LP_TYPE_Q8_K].to_float = dequantize_row_q8_K;
+    t[LP_TYPE_Q8_K].from_float = quantize_row_q8_K;
+    t[LP_TYPE_Q8_K].vec_dot = vec_dot_q8_K_q8_K;
+}
+
+#else
+#include "lp_core.h"
 void lp_register_kquants_avx2(lp_type_traits *t) { (void)t; }
+#endif
