@@ -245,7 +245,7 @@ class LiveApp:
 
 @pytest.fixture(scope="module")
 def toy():
-    app = LiveApp(ToyBackend(n_slots=2, n_ctx=64, n_batch=16, step_delay=0.002), api_key=KEY, max_body=4096)
+    app = LiveApp(ToyBackend(n_slots=2, n_ctx=128, n_batch=16, step_delay=0.002), api_key=KEY, max_body=4096)
     yield app
     app.close()
 
@@ -305,7 +305,7 @@ def test_bad_requests_get_openai_style_4xx(toy):
             ("/completion", b'{"prompt": [1, 300]}', 400),
             ("/completion", b'{"prompt": [-1]}', 400),
             ("/completion", b'{"prompt": {"a": 1}}', 400),
-            ("/completion", b'{"prompt": "' + b"x" * 100 + b'"}', 400),  # longer than a slot's context
+            ("/completion", b'{"prompt": "' + b"x" * 200 + b'"}', 400),  # longer than a slot's context
             ("/v1/chat/completions", b'{"messages": []}', 400),
             ("/v1/chat/completions", b'{"messages": [{"role": "user", "content": 5}]}', 400),
             ("/v1/chat/completions", b'{"messages": [{"role": "user", "content": "x"}], "stream": "yes"}', 400),
@@ -432,3 +432,66 @@ def test_embeddings_shapes(toy):
         np.testing.assert_array_equal(v, np.asarray(d["data"][0]["embedding"], dtype=np.float32))
         d = c.post("/embedding", json={"content": "ab"}).json()
         assert d[0]["index"] == 0 and len(d[0]["embedding"][0]) == 8
+
+
+def test_logprobs_small_endpoints_and_embedding_only_mode(toy):
+    import math
+
+    with _client(toy) as c:
+        d = c.post("/completion", json={"prompt": "1", "n_predict": 2, "n_probs": 2}).json()
+        p0 = d["completion_probabilities"][0]
+        assert (p0["id"], p0["token"], p0["bytes"]) == (97, "a", [97])
+        assert p0["logprob"] == pytest.approx(10 - math.log(math.exp(10) + 256), abs=1e-9)
+        assert p0["top_logprobs"][0]["id"] == 97 and len(p0["top_logprobs"]) == 2
+        d = c.post("/v1/chat/completions", json={"messages": [{"role": "developer", "content": "be brief"},
+                                                              {"role": "user", "content": "hi"}],
+                                                 "max_tokens": 3, "logprobs": True}).json()
+        assert d["choices"][0]["message"]["content"] == "abc"
+        assert [x["token"] for x in d["choices"][0]["logprobs"]["content"]] == ["a", "b", "c"]
+        assert c.post("/apply-template", json={"messages": [{"role": "user", "content": "hi"}]}).json() == {
+            "prompt": "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"}
+        assert c.post("/tokenize", json={"content": "hé", "with_pieces": True}).json()["tokens"] == [
+            {"id": 104, "piece": "h"}, {"id": 195, "piece": [195]}, {"id": 169, "piece": [169]}]
+        assert c.post("/detokenize", json={"tokens": [104, 195, 169]}).json() == {"content": "hé"}
+        assert c.get("/props").json()["total_slots"] == 2
+        assert c.get("/api/tags").json()["models"][0]["details"]["quantization_level"] == "Q4_1"
+        d = c.post("/api/chat", json={"messages": [{"role": "user", "content": "hi"}], "stream": False,
+                                      "options": {"num_predict": 2}}).json()
+        assert d["message"] == {"role": "assistant", "content": "ab"} and d["done_reason"] == "length"
+    app = LiveApp(ToyBackend(n_slots=1), embedding_only=True)
+    try:
+        with _client(app, key=None) as c:
+            for path, body in (("/completion", {"prompt": "1"}), ("/v1/completions", {"prompt": "1"}),
+                               ("/v1/chat/completions", {"messages": [{"role": "user", "content": "x"}]}),
+                               ("/api/generate", {"prompt": "1"})):
+                r = c.post(path, json=body)
+                assert r.status_code == 501 and r.json()["error"]["type"] == "not_supported_error"
+            assert c.post("/v1/embeddings", json={"input": "ab"}).status_code == 200
+    finally:
+        app.close()
+
+
+def test_token_limit_capped_by_the_server_and_loopback_detection():
+    from types import SimpleNamespace
+
+    from llamapy.server import is_loopback
+    from llamapy.server.common import n_predict_of
+
+    st = SimpleNamespace(default_n_predict=-1)
+    assert [n_predict_of(st, None), n_predict_of(st, 5), n_predict_of(st, None, 7), n_predict_of(st, -2)] == [-1, 5, 7, -1]
+    st.default_n_predict = 10
+    assert [n_predict_of(st, None), n_predict_of(st, 5), n_predict_of(st, 50), n_predict_of(st, -1)] == [10, 5, 10, 10]
+    assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost")
+    assert not is_loopback("0.0.0.0") and not is_loopback("192.168.1.10") and not is_loopback("::")
+
+
+def test_serve_command_line():
+    from typer.testing import CliRunner
+
+    from llamapy.cli import app
+
+    r = CliRunner().invoke(app, ["serve", "--help"])
+    assert r.exit_code == 0
+    for opt in ("-np", "--ctx-size", "--api-key", "--alias", "--chat-template", "--embedding", "--n_ctx",
+                "--model_alias"):
+        assert opt in r.output

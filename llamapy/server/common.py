@@ -174,11 +174,12 @@ def check_unsupported(m: Any) -> None:
 
 
 def n_predict_of(state: ServerState, *values: int | None) -> int:
-    """The first given token limit (n_predict, max_tokens, ...), else the server's -n; -2 means 'fill the context'."""
-    for v in values:
-        if v is not None:
-            return -1 if v in (-1, -2) else v
-    return state.default_n_predict
+    """The first given token limit (n_predict, max_tokens, ...), capped by the server's -n when that is set;
+    -1 (and llama-server's -2) mean "until the end of text or of the slot's context"."""
+    n = next((v for v in values if v is not None), -1)
+    n = -1 if n < 0 else n
+    cap = state.default_n_predict
+    return cap if cap >= 0 and (n < 0 or n > cap) else n
 
 
 def gen_request(state: ServerState, m: Any, prompt: list[int], *, n_predict: int, stop: list[str],
@@ -208,6 +209,8 @@ def chat_prompt(state: ServerState, messages: list[Any]) -> str:
     msgs = []
     for msg in messages:
         d = msg.model_dump(exclude_none=True) if hasattr(msg, "model_dump") else dict(msg)
+        if d["role"] == "developer":  # OpenAI's newer name for the system role; templates know "system"
+            d["role"] = "system"
         if isinstance(d.get("content"), list):
             for part in d["content"]:
                 if part.get("type") != "text":

@@ -296,11 +296,18 @@ class Scheduler:
                 if job.embed is not None:
                     embeds.append(job)
                     continue
-                slot = self._pick_slot(job.gen)
-                if slot is None:
-                    keep.append(job)
-                    continue
-                self._start(slot, job)
+                try:
+                    slot = self._pick_slot(job.gen)
+                    if slot is None:
+                        keep.append(job)
+                        continue
+                    self._start(slot, job)
+                except Exception as e:  # one bad job must not take the queue down with it
+                    log.exception("starting a job failed")
+                    job.emit(ErrorEvent(job.index, APIError(500, f"internal error: {type(e).__name__}: {e}")))
+                    for s in self.slots:
+                        if s.job is job:
+                            self._release(s)
             self.waiting = keep
         return embeds
 
