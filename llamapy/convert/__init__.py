@@ -16,12 +16,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import LlamapyError
+from ..gguf_constants import ValueType
 from .hf import is_hf_dir, load_hf
 from .meta import is_meta_dir, load_meta
 from .naming import default_filename, fill_template, general_kvs, load_metadata, params_size_label
 from .outtype import OutType, parse_outtype, resolve_auto
 from .source import FILE_TYPE, ModelSource
-from .writer import fill_file_type, kv_list, mix_types_from_quantizer, plan_tensors, write_gguf
+from .writer import QUANT_VERSION, fill_file_type, kv_list, plan_tensors, write_gguf
 
 
 @dataclass
@@ -55,13 +56,6 @@ def load_source(model_dir: Path, **kw) -> ModelSource:
         f"{model_dir}: not a model directory; tried {model_dir / 'config.json'} (Hugging Face) and "
         f"{model_dir / 'params.json'} (Meta)"
     )
-
-
-def _n_layer(src: ModelSource) -> int | None:
-    for k, v, _vt, _st in src.arch_kvs:
-        if k == "llama.block_count":
-            return v
-    return None
 
 
 def convert(
@@ -107,9 +101,8 @@ def convert(
         say(f"note: --outtype auto chose {ot.label} from the first tensor ({src.first_dtype})")
 
     # identity metadata and the output name, as the reference converter of this layout derives them
-    planned = [] if vocab_only else plan_tensors(src.tensors, ot, _n_layer(src), mix_types_from_quantizer())
     if src.layout == "hf":
-        total = sum(p.src.n_elements for p in planned)
+        total = sum(t.n_elements for _, t in src.tensors)
         md = load_metadata(model_dir, model_name, total, Path(metadata) if metadata else None)
         if md.name is None:
             md.name = model_dir.name
@@ -136,10 +129,19 @@ def convert(
     if any(out.resolve() == p.resolve() for p in src.inputs):
         raise LlamapyError(f"{out}: the output would overwrite the input; choose another --outfile")
 
-    has_file_type = any(k == FILE_TYPE for k, *_ in src.arch_kvs)
-    arch = fill_file_type(src.arch_kvs, ot.file_type) if has_file_type else src.arch_kvs
-    kvs = kv_list("llama", general_kvs(md), src.layout == "hf", arch, src.vocab_kvs,
-                  quant_version=src.layout == "hf" or ot.is_mix)
+    general = general_kvs(md)
+    if ot.is_mix:
+        # what `llamapy quantize` makes of this converter's F32 file: its metadata, with the
+        # quantization version and file type moved to the end
+        arch = [kv for kv in src.arch_kvs if kv[0] != FILE_TYPE]
+        kvs = kv_list("llama", general, src.layout == "hf", arch, src.vocab_kvs, quant_version=False)
+        kvs += [("general.quantization_version", QUANT_VERSION, ValueType.UINT32, None),
+                (FILE_TYPE, ot.file_type, ValueType.UINT32, None)]
+    else:
+        has_file_type = any(k == FILE_TYPE for k, *_ in src.arch_kvs)
+        arch = fill_file_type(src.arch_kvs, ot.file_type) if has_file_type else src.arch_kvs
+        kvs = kv_list("llama", general, src.layout == "hf", arch, src.vocab_kvs, quant_version=src.layout == "hf")
+    planned = [] if vocab_only else plan_tensors(src.tensors, ot, kvs, n_threads)
     seconds = write_gguf(out, kvs, planned, n_threads=n_threads, progress=progress,
                          log=log if verbose else None)
     return ConvertResult(out, ot.label, len(planned), out.stat().st_size, seconds, list(src.notes))

@@ -27,11 +27,7 @@ ALIASES = {
     "fp32": "f32", "float32": "f32", "float": "f32", "0": "f32",
     "fp16": "f16", "float16": "f16", "half": "f16", "1": "f16",
     "bfloat16": "bf16",
-    "q4_k": "q4_k_m", "q5_k": "q5_k_m", "q3_k": "q3_k_m",
 }
-# llama-quantize file types accepted directly (each tensor's type from the quantizer's mix)
-MIXES = ("q4_0", "q4_1", "q5_0", "q5_1", "q2_k", "q3_k_s", "q3_k_m", "q3_k_l", "q4_k_s", "q4_k_m",
-         "q5_k_s", "q5_k_m", "q6_k", "iq4_nl")
 
 
 @dataclass(frozen=True)
@@ -43,6 +39,8 @@ class OutType:
     @property
     def label(self) -> str:
         """The type as written in file names: F16, BF16, Q8_0, Q4_K_M."""
+        if self.base is None and self.name != "auto":
+            return self.name.upper()  # a quantize type as named on the command line (Q4_K_M)
         return LlamaFileType(self.file_type).name.partition("_")[2]
 
     @property
@@ -51,8 +49,10 @@ class OutType:
 
 
 def parse_outtype(text: str) -> OutType:
-    """An --outtype value, any case: f32 f16 bf16 q8_0 auto, a quantize type (q4_k_m, ...), or the old
-    numeric form 0 (f32) / 1 (f16)."""
+    """An --outtype value, any case: f32 f16 bf16 q8_0 auto, a quantize type (q4_k_m, q4_0, ...), or the
+    old numeric form 0 (f32) / 1 (f16)."""
+    from ..quantize import DEFAULT_TYPE, QUANT_OPTIONS, parse_ftype
+
     s = str(text).strip().lower()
     s = ALIASES.get(s, s)
     if s == "auto":
@@ -60,11 +60,12 @@ def parse_outtype(text: str) -> OutType:
     if s in PLAIN:
         ft, tt = PLAIN[s]
         return OutType(s, int(ft), int(tt))
-    if s in MIXES:
-        return OutType(s, int(LlamaFileType["MOSTLY_" + s.upper()]), None)
+    opt = parse_ftype(s) if not s.lstrip("+-").isdigit() else None
+    if opt is not None and opt.ftype in DEFAULT_TYPE and opt.name != "COPY":
+        return OutType(s, int(opt.ftype), None)
+    mixes = [o.name.lower() for o in QUANT_OPTIONS if o.name.lower() not in PLAIN and o.name != "COPY"]
     raise LlamapyError(
-        f"unknown --outtype '{text}': use one of f32, f16, bf16, q8_0, auto, or a quantize type "
-        f"({', '.join(MIXES)})"
+        f"unknown --outtype '{text}': use f32, f16, bf16, q8_0, auto, or a quantize type ({', '.join(mixes)})"
     )
 
 
@@ -98,46 +99,11 @@ def f32_to_bf16(x: np.ndarray) -> np.ndarray:
     return np.where(nan, ((u >> 16) | 64).astype(np.uint16), rounded)
 
 
-def _roundf(x: np.ndarray) -> np.ndarray:
-    """C roundf (half away from zero), exact in float32."""
-    a = np.abs(x)
-    fl = np.floor(a)
-    return np.copysign(fl + np.floor(2 * (a - fl)), x)
-
-
-def q8_0_numpy(x: np.ndarray) -> np.ndarray:
-    """Q8_0 blocks of float32 values, byte-identical to the reference's scalar quantizer."""
-    blocks = np.ascontiguousarray(x, dtype=np.float32).reshape(-1, 32)
-    d = np.abs(blocks).max(axis=1) / np.float32(127)
-    inv = np.divide(np.float32(1), d, out=np.zeros_like(d), where=d != 0)
-    qs = _roundf(blocks * inv[:, None]).astype(np.int8)
-    out = np.empty((blocks.shape[0], 34), dtype=np.uint8)
-    out[:, :2] = d.astype(np.float16).view(np.uint8).reshape(-1, 2)
-    out[:, 2:] = qs.view(np.uint8)
-    return out.reshape(-1)
-
-
 def quantize_rows(ttype: int, x: np.ndarray, n_threads: int | None = None) -> np.ndarray:
     """Rows of float32 (n_rows, row_len) -> the bytes of GGUF type `ttype`, as the reference quantizer."""
-    x = np.ascontiguousarray(x, dtype=np.float32)
-    try:
-        from .. import quantize as q
-    except ImportError:
-        q = None
-    if q is not None and hasattr(q, "quantize_rows"):
-        return np.asarray(q.quantize_rows(ttype, x, n_threads=n_threads), dtype=np.uint8).reshape(-1)
-    blck, size = TYPE_SIZES[ttype]
-    from ..native import ffi, lib
+    from ..quantize import quantize_rows as q
 
-    if lib.lp_type_supported(ttype):
-        out = np.empty(x.size // blck * size, dtype=np.uint8)
-        rc = lib.lp_quantize_row_ref(ttype, ffi.cast("const float *", x.ctypes.data),
-                                     ffi.cast("void *", out.ctypes.data), x.size)
-        if rc == 0:
-            return out
-    if ttype == TensorType.Q8_0:
-        return q8_0_numpy(x)
-    raise LlamapyError(f"quantizing to {TensorType(ttype).name} needs llamapy's quantizer, which isn't built")
+    return q(int(ttype), x, n_threads=n_threads).reshape(-1)
 
 
 def encode_rows(rows: np.ndarray, src_dtype: str, ttype: int, n_threads: int | None = None) -> np.ndarray:

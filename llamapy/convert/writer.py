@@ -14,10 +14,10 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import LlamapyError
-from ..gguf_constants import TYPE_SIZES, ValueType, type_name
+from ..gguf_constants import TYPE_SIZES, TensorType, ValueType, type_name
 from ..gguf_writer import GGUFWriter
 from .lazy import LazyTensor
-from .outtype import OutType, encode_rows, keeps_f32, plain_tensor_type
+from .outtype import OutType, encode_rows, plain_tensor_type
 from .source import FILE_TYPE
 
 CHUNK_BYTES = 64 * 1024 * 1024  # float32 bytes of source rows converted at once
@@ -40,16 +40,42 @@ class PlannedTensor:
         return self.src.n_elements // blck * size
 
 
-def plan_tensors(tensors: list[tuple[str, LazyTensor]], outtype: OutType, n_layer: int | None,
-                 mix_types: Callable | None = None) -> list[PlannedTensor]:
-    """Each tensor's GGUF type: the reference's rules for plain types, the quantizer's mix otherwise."""
-    if outtype.is_mix:
-        if mix_types is None:
-            raise LlamapyError(f"--outtype {outtype.name} needs llamapy's quantizer (llamapy.quantize), "
-                               f"which isn't available")
-        types = mix_types([(n, t.shape) for n, t in tensors], outtype, n_layer)
-        return [PlannedTensor(n, t, int(types[n])) for n, t in tensors]
-    return [PlannedTensor(n, t, plain_tensor_type(outtype, n, t.shape)) for n, t in tensors]
+def plan_tensors(tensors: list[tuple[str, LazyTensor]], outtype: OutType, kvs: list[tuple] | None = None,
+                 n_threads: int | None = None) -> list[PlannedTensor]:
+    """Each tensor's GGUF type (and, for quantize types, the output order).
+
+    Plain types follow the reference converter's rules. A quantize type is planned exactly as
+    `llamapy quantize` plans a file this converter wrote as F32: the quantizer's tensor order, counters
+    and per-tensor mix, so `--outtype q4_k_m` gives that two-step result's bytes without its F32 file.
+    """
+    if not outtype.is_mix:
+        return [PlannedTensor(n, t, plain_tensor_type(outtype, n, t.shape)) for n, t in tensors]
+    from ..gguf_reader import TensorInfo
+    from ..quantize import QuantizeParams, plan
+
+    f32 = int(TensorType.F32)
+    view = _PlanView(
+        {n: TensorInfo(n, tuple(reversed(t.shape)) or (1,), f32, 0, t.n_elements * 4) for n, t in tensors},
+        {k: v for k, v, _vt, _st in (kvs or [])},
+    )
+    by_name = dict(tensors)
+    plans = plan(view, QuantizeParams(ftype=outtype.file_type, n_threads=n_threads))
+    return [PlannedTensor(p.info.name, by_name[p.info.name], p.new_type) for p in plans]
+
+
+class _PlanView:
+    """The parts of a GGUFReader the quantizer's planner reads, for a file not yet written."""
+
+    def __init__(self, tensors: dict, kv: dict):
+        self.tensors = tensors
+        self._kv = kv
+
+    @property
+    def architecture(self) -> str | None:
+        return self._kv.get("general.architecture")
+
+    def get(self, key: str, default=None):
+        return self._kv.get(key, default)
 
 
 def fill_file_type(kvs: list[tuple], file_type: int) -> list[tuple]:
@@ -150,31 +176,3 @@ def kv_list(arch: str, general: list[tuple], layout_type: bool, arch_kvs: list[t
     if quant_version:
         out.append(("general.quantization_version", QUANT_VERSION, ValueType.UINT32, None))
     return out
-
-
-def mix_types_from_quantizer() -> Callable | None:
-    """The quantizer's per-tensor mix as `f([(name, numpy shape)], outtype, n_layer) -> {name: type}`."""
-    try:
-        from .. import quantize as q
-    except ImportError:
-        return None
-    fn = getattr(q, "tensor_types_for_model", None)
-    if fn is None:
-        return None
-
-    def mix(tensors, outtype: OutType, n_layer):
-        return fn(tensors, outtype.file_type, n_layer)
-
-    return mix
-
-
-__all__ = [
-    "PlannedTensor",
-    "encode_tensor",
-    "fill_file_type",
-    "keeps_f32",
-    "kv_list",
-    "mix_types_from_quantizer",
-    "plan_tensors",
-    "write_gguf",
-]
