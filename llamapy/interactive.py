@@ -455,11 +455,13 @@ class _Session:
                     if self.format_chat and assistant:  # interrupted mid-answer: keep what was said
                         self.chat_add("assistant", self._text(assistant), False)
                         assistant = []
-                    start, n_user = self.take_input(embd_inp, is_antiprompt)
+                    start = self.take_input(embd_inp, is_antiprompt)
                     if start is not None:
                         if o.instruct and not is_antiprompt:
                             n_consumed = start  # as llama.cpp: the Alpaca prefix follows what was consumed
-                        n_remain -= n_user
+                        # -n is a budget per answer. llama.cpp subtracts the typed tokens from what is left,
+                        # so a long line can leave nothing and the prompt comes back unanswered.
+                        n_remain = o.n_predict
                     input_echo = False
 
                 if n_past > 0:
@@ -478,9 +480,9 @@ class _Session:
     def _text(pieces: list[bytes]) -> str:
         return b"".join(pieces).decode("utf-8", errors="replace")
 
-    def take_input(self, embd_inp: list[int], is_antiprompt: bool) -> tuple[int | None, int]:
-        """Ask the user and queue their tokens on embd_inp. Returns (where the user's tokens start, or None
-        for an empty line, which hands control back; how many tokens the typed text has)."""
+    def take_input(self, embd_inp: list[int], is_antiprompt: bool) -> int | None:
+        """Ask the user and queue their tokens on embd_inp. Returns where the user's tokens start, or None
+        for an empty line, which hands control back."""
         o, con = self.opts, self.con
         if o.conversation or o.instruct:
             con.write("\n> ")
@@ -499,7 +501,7 @@ class _Session:
             buffer += line
         con.set_display("reset")
         if len(buffer) <= 1:  # an empty line hands control back to the model
-            return None, 0
+            return None
         if self.in_suffix and not o.conversation:
             con.write(self.in_suffix)
         start = len(embd_inp)
@@ -520,7 +522,7 @@ class _Session:
         embd_inp += line_pfx + line_inp + line_sfx
         if o.instruct:
             embd_inp += self.inp_sfx
-        return start, len(line_inp)
+        return start
 
     # -- Ctrl-C ------------------------------------------------------------------------------------------------------
     def on_sigint(self, signum, frame) -> None:
@@ -572,3 +574,31 @@ def run_interactive(
     for line in timings.lines():
         con.info(line)
     return session.quit_status
+
+
+def main(
+    *,
+    model: str | None,
+    opts: InteractiveOptions,
+    sampling: dict,
+    n_ctx: int = 4096,
+    n_threads: int | None = None,
+    n_batch: int = 512,
+    chat_template: str | None = None,
+    chat_template_file: str | None = None,
+) -> int:
+    """Load a model and run the interactive loop: what `llamapy chat` and `llamapy run -i` call.
+
+    `sampling` holds llamapy.sampling.SamplerParams fields; in conversation mode the chat template is the
+    one named (or read from a file), else the model's, else chatml with a note."""
+    from .llama import Llama
+    from .sampling import Sampler, SamplerParams
+
+    with Llama(model_path=model, n_ctx=n_ctx, n_threads=n_threads, n_batch=n_batch) as llm:
+        err = sys.stderr
+        err.write(f"model: {llm.model_path} ({llm.desc}), n_ctx = {llm.n_ctx}, n_threads = {llm.n_threads}\n")
+        if opts.conversation and opts.chat_template is None:
+            opts.chat_template = ChatTemplate.for_model(llm.metadata, name=chat_template, file=chat_template_file)
+        opts.n_batch = min(opts.n_batch, llm.n_batch)
+        sampler = Sampler(SamplerParams(**sampling), llm.n_vocab, eog_ids=sorted(llm.tokenizer.eog_ids))
+        return run_interactive(llm, sampler, opts, t_load_ms=1e3 * getattr(llm, "load_time", 0.0))

@@ -333,3 +333,10 @@ def test_empty_prompt_without_bos_is_an_error():
         session(ScriptedLlama({}), "", prompt="", interactive=True)
     with pytest.raises(LlamapyError, match="too long"):
         session(ScriptedLlama({}, n_ctx=16), "", prompt="x" * 20, interactive=True)
+
+
+def test_n_predict_is_a_budget_per_answer():
+    # a typed line longer than -n still gets its answer (llama.cpp would subtract it from the budget)
+    llm = ScriptedLlama({"?\n": "Yes, it is."})
+    _, out, _ = session(llm, "is this a rather long question?\n", prompt=">", interactive_first=True, n_predict=4)
+    assert out == ">Yes,\n\n"
