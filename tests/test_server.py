@@ -204,7 +204,7 @@ def test_tutorial_curl_completion(server, ref):
     body = '{"prompt": "Building a website can be done in 10 simple steps:","n_predict": 12, "temperature": 0}'
     out = subprocess.run(["curl", "-s", "--request", "POST", "--url", server + "/completion",
                           "--header", "Content-Type: application/json", "--header", f"Authorization: Bearer {KEY}",
-                          "--data", body], capture_output=True, text=True, timeout=120)
+                          "--data", body], capture_output=True, text=True, timeout=120, check=False)
     d = json.loads(out.stdout)
     ids, _ = greedy(ref, encode(ref, "Building a website can be done in 10 simple steps:"), 12)
     assert d["content"] == text_of(ref, ids)
@@ -383,7 +383,7 @@ def test_auth(server):
 
 def test_refuses_to_start_without_a_model(tmp_path):
     out = subprocess.run([sys.executable, "-m", "llamapy", "serve", "-m", str(tmp_path / "none.gguf"),
-                          "--port", str(_free_port())], capture_output=True, text=True, timeout=60)
+                          "--port", str(_free_port())], capture_output=True, text=True, timeout=60, check=False)
     assert out.returncode == 1
     assert out.stderr.strip().startswith("error:") and "none.gguf" in out.stderr
 

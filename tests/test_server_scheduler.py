@@ -20,11 +20,11 @@ import pytest
 pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
 
-from llamapy.chat_templates import ChatTemplate  # noqa: E402
-from llamapy.server.app import create_app  # noqa: E402
-from llamapy.server.common import ServerState  # noqa: E402
-from llamapy.server.scheduler import DoneEvent, GenRequest, Job, Scheduler, TokenEvent  # noqa: E402
-from llamapy.server.text import TextStream, partial_stop_start  # noqa: E402
+from llamapy.chat_templates import ChatTemplate
+from llamapy.server.app import create_app
+from llamapy.server.common import ServerState
+from llamapy.server.scheduler import DoneEvent, GenRequest, Job, Scheduler
+from llamapy.server.text import TextStream, partial_stop_start
 
 EOS = 256
 ALPHABET = "abcdefghijklmnopqrstuvwxyz"

@@ -28,6 +28,8 @@ def register(app: typer.Typer) -> None:
                                             help="Model name the API reports."),
         chat_template: Optional[str] = typer.Option(None, "--chat-template",
                                                     help="Built-in template name or Jinja text."),
+        chat_template_file: Optional[str] = typer.Option(None, "--chat-template-file",
+                                                         help="Jinja chat template read from a file."),
         embedding: bool = typer.Option(False, "--embedding", "--embeddings",
                                        help="Embeddings only (completion endpoints answer 501)."),
         max_queue: int = typer.Option(32, "--max-queue", help="Requests that may wait for a slot before 503."),
@@ -61,5 +63,6 @@ def register(app: typer.Typer) -> None:
         run_server(
             host=host, port=port, verbose=verbose, model_path=model, n_ctx=ctx_size, n_parallel=parallel,
             n_threads=threads, n_batch=batch_size, api_key=api_key, alias=alias, chat_template=chat_template,
+            chat_template_file=chat_template_file,
             embedding=embedding, n_predict=n_predict, max_queue=max_queue, max_body=max_body,
         )

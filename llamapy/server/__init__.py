@@ -47,8 +47,8 @@ def slot_context(model_path: str, n_ctx: int, n_parallel: int) -> int:
 
 def build_state(model_path: str | None = None, n_ctx: int = 4096, n_parallel: int = 1, n_threads: int | None = None,
                 n_batch: int = 512, api_key: str | None = None, alias: str | None = None,
-                chat_template: str | None = None, embedding: bool = False, n_predict: int = -1,
-                max_queue: int = 32, max_body: int = 4 << 20):
+                chat_template: str | None = None, chat_template_file: str | None = None, embedding: bool = False,
+                n_predict: int = -1, max_queue: int = 32, max_body: int = 4 << 20):
     """Load the model and everything the app needs (no sockets yet)."""
     import os
 
@@ -66,7 +66,7 @@ def build_state(model_path: str | None = None, n_ctx: int = 4096, n_parallel: in
     llm = Llama(model_path=path, n_ctx=slot_context(path, n_ctx, n_parallel), n_threads=n_threads,
                 n_batch=n_batch, n_seq_max=n_parallel, embeddings=True)
     backend = EngineBackend(llm, n_batch=n_batch)
-    template = ChatTemplate.for_model(llm.metadata, name=chat_template)
+    template = ChatTemplate.for_model(llm.metadata, name=chat_template, file=chat_template_file)
     return ServerState(
         backend=backend,
         scheduler=Scheduler(backend, max_queue=max_queue),

@@ -5,15 +5,16 @@ import asyncio
 import json
 import time
 import uuid
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator
+from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import StreamingResponse
 
 from ..errors import LlamapyError
 from .errors import APIError, bad_request
-from .scheduler import DoneEvent, ErrorEvent, GenRequest, GenResult, Job, Scheduler, TokenEvent
+from .scheduler import DoneEvent, ErrorEvent, GenRequest, Job, Scheduler, TokenEvent
 from .schemas import Sampling, parse_json, stop_list
 
 DEFAULTS = {  # llama-server's defaults for a request that leaves a field out

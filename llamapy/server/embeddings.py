@@ -9,7 +9,7 @@ import numpy as np
 from starlette.requests import Request
 
 from .common import Run, ServerState, read_json, tokenize_prompts
-from .errors import APIError, bad_request
+from .errors import bad_request
 from .schemas import MAX_EMBED_INPUTS, EmbeddingRequest, validate
 
 
@@ -57,4 +57,3 @@ async def run_embeddings(state: ServerState, request: Request, oai: bool) -> Any
     }
 
 
-__all__ = ["run_embeddings", "APIError"]

@@ -9,7 +9,6 @@ from starlette.responses import JSONResponse
 
 from .. import __version__
 from .common import (
-    DEFAULTS,
     Run,
     RunStream,
     ServerState,
@@ -209,4 +208,3 @@ def register(router: APIRouter, state: ServerState) -> None:
     router.add_api_route("/embeddings", embedding, methods=["POST"])
 
 
-__all__ = ["register", "DEFAULTS"]

@@ -6,7 +6,7 @@ split over several tokens; text that could still turn into a stop string is held
 from __future__ import annotations
 
 import codecs
-from typing import Callable
+from collections.abc import Callable
 
 
 def find_stop(text: str, stops: list[str]) -> tuple[int, str]:
