@@ -458,6 +458,13 @@ def test_logprobs_small_endpoints_and_embedding_only_mode(toy):
         d = c.post("/api/chat", json={"messages": [{"role": "user", "content": "hi"}], "stream": False,
                                       "options": {"num_predict": 2}}).json()
         assert d["message"] == {"role": "assistant", "content": "ab"} and d["done_reason"] == "length"
+        d = c.post("/api/generate", json={"prompt": "!", "raw": True, "context": [104, 105], "stream": False,
+                                          "options": {"num_predict": 2}}).json()
+        assert d["response"] == "ab" and d["context"] == [104, 105, 33, 97, 98] and d["prompt_eval_count"] == 3
+        e = c.post("/api/embed", json={"input": ["ab", "cd"]}).json()
+        assert len(e["embeddings"]) == 2 and e["prompt_eval_count"] == 4
+        e1 = c.post("/api/embeddings", json={"prompt": "ab"}).json()
+        assert e1["embedding"] == e["embeddings"][0]
     app = LiveApp(ToyBackend(n_slots=1), embedding_only=True)
     try:
         with _client(app, key=None) as c:

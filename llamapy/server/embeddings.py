@@ -13,14 +13,8 @@ from .errors import bad_request
 from .schemas import MAX_EMBED_INPUTS, EmbeddingRequest, validate
 
 
-def _inputs(state: ServerState, req: EmbeddingRequest, oai: bool) -> tuple[list[list[int]], bool]:
-    """The token lists to embed, and whether the answer is OpenAI-shaped (`content` asks for llama-server's)."""
-    if req.input is not None:
-        raw, what = req.input, "input"
-    elif req.content is not None:
-        raw, what, oai = req.content, "content", False
-    else:
-        raise bad_request("'input' or 'content' must be given", "input")
+def _token_lists(state: ServerState, raw: Any, what: str) -> list[list[int]]:
+    """The inputs to embed as token lists (text, ids, or a list of either), each checked for size."""
     if isinstance(raw, list) and len(raw) > MAX_EMBED_INPUTS:
         raise bad_request(f"'{what}' has {len(raw)} inputs; at most {MAX_EMBED_INPUTS} per request", what)
     token_lists = tokenize_prompts(state.backend, raw, add_special=True, what=what)
@@ -30,15 +24,26 @@ def _inputs(state: ServerState, req: EmbeddingRequest, oai: bool) -> tuple[list[
             raise bad_request("an input is empty", what)
         if len(toks) > n_max:
             raise bad_request(f"an input has {len(toks)} tokens; at most {n_max} can be embedded", what)
-    return token_lists, oai
+    return token_lists
+
+
+async def embed(state: ServerState, request: Request, raw: Any, what: str) -> list[tuple[np.ndarray, int]]:
+    """(vector, number of tokens) of each input, computed on the engine thread."""
+    token_lists = await asyncio.to_thread(_token_lists, state, raw, what)
+    return await Run(state, embeds=token_lists).results(request)
 
 
 async def run_embeddings(state: ServerState, request: Request, oai: bool) -> Any:
+    """POST /v1/embeddings (`input`, OpenAI's answer) and /embedding (`content`: llama-server's answer)."""
     req = validate(EmbeddingRequest, await read_json(request))
     if req.dimensions is not None and req.dimensions != state.backend.n_embd:
         raise bad_request(f"dimensions: this model's embeddings have {state.backend.n_embd} dimensions", "dimensions")
-    token_lists, oai = await asyncio.to_thread(_inputs, state, req, oai)
-    results = await Run(state, embeds=token_lists).results(request)
+    if req.input is not None:
+        results = await embed(state, request, req.input, "input")
+    elif req.content is not None:
+        results, oai = await embed(state, request, req.content, "content"), False
+    else:
+        raise bad_request("'input' or 'content' must be given", "input")
     if not oai:
         return [{"index": i, "embedding": [vec.tolist()]} for i, (vec, _) in enumerate(results)]
     data = []
@@ -55,5 +60,3 @@ async def run_embeddings(state: ServerState, request: Request, oai: bool) -> Any
         "model": state.model_name(req.model),
         "usage": {"prompt_tokens": n_tokens, "total_tokens": n_tokens},
     }
-
-

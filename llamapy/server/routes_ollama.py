@@ -1,4 +1,4 @@
-"""Ollama-compatible endpoints: /api/generate, /api/chat (NDJSON streams), /api/tags, /api/show, /api/version.
+"""Ollama-compatible endpoints: /api/generate, /api/chat (NDJSON streams), /api/embed, /api/tags, /api/show, ...
 
 Many local tools speak Ollama's API; they see one model, under the server's model name.
 Durations are nanoseconds, as Ollama reports them; streaming is on unless `"stream": false`.
@@ -19,15 +19,24 @@ from .common import (
     RunStream,
     ServerState,
     chat_prompt,
+    check_token_ids,
     completion_stops,
     gen_request,
     n_predict_of,
     ndjson,
     read_json,
 )
+from .embeddings import embed
 from .errors import APIError, bad_request
 from .scheduler import DoneEvent, GenResult, TokenEvent
-from .schemas import ChatMessage, OllamaChatRequest, OllamaGenerateRequest, OllamaOptions, validate
+from .schemas import (
+    ChatMessage,
+    OllamaChatRequest,
+    OllamaEmbedRequest,
+    OllamaGenerateRequest,
+    OllamaOptions,
+    validate,
+)
 
 
 def _now() -> str:
@@ -72,11 +81,13 @@ def register(router: APIRouter, state: ServerState) -> None:
         o = o or OllamaOptions()
         return o, n_predict_of(state, o.num_predict), o.stop
 
-    async def run(request: Request, req: Any, prompt_text: str, chat: bool, with_context: bool):
+    async def run(request: Request, req: Any, prompt_text: str, chat: bool, with_context: bool,
+                  context: list[int] | None = None):
         o, n_predict, stop = options(req.options)
         if req.format not in (None, ""):
             raise bad_request("format (constrained JSON output) is not supported by llamapy", "format")
-        prompt = await asyncio.to_thread(b.tokenize, prompt_text, add_special=True, parse_special=True)
+        prompt = check_token_ids(context, b.n_vocab, "context") if context else []
+        prompt = prompt + await asyncio.to_thread(b.tokenize, prompt_text, add_special=not prompt, parse_special=True)
         gen = gen_request(state, o, prompt, n_predict=n_predict, stop=completion_stops(state, stop, chat=True))
         model = state.model_name(req.model)
         t0 = asyncio.get_running_loop().time()
@@ -119,7 +130,7 @@ def register(router: APIRouter, state: ServerState) -> None:
         else:
             msgs = ([ChatMessage(role="system", content=req.system)] if req.system else [])
             text = chat_prompt(state, [*msgs, ChatMessage(role="user", content=req.prompt)])
-        return await run(request, req, text, chat=False, with_context=True)
+        return await run(request, req, text, chat=False, with_context=True, context=req.context)
 
     @router.post("/api/chat")
     async def chat(request: Request):
@@ -132,6 +143,21 @@ def register(router: APIRouter, state: ServerState) -> None:
                                  "message": {"role": "assistant", "content": ""}, "done": True,
                                  "done_reason": "load"})
         return await run(request, req, chat_prompt(state, req.messages), chat=True, with_context=False)
+
+    @router.post("/api/embed")
+    async def embed_(request: Request):
+        req = validate(OllamaEmbedRequest, await read_json(request))
+        t0 = asyncio.get_running_loop().time()
+        results = await embed(state, request, req.input, "input")
+        return {"model": state.model_name(req.model), "embeddings": [v.tolist() for v, _ in results],
+                "total_duration": int((asyncio.get_running_loop().time() - t0) * 1e9), "load_duration": 0,
+                "prompt_eval_count": sum(n for _, n in results)}
+
+    @router.post("/api/embeddings")
+    async def embeddings_(request: Request):
+        req = validate(OllamaEmbedRequest, await read_json(request))
+        ((v, _),) = await embed(state, request, req.prompt, "prompt")
+        return {"embedding": v.tolist()}
 
     @router.get("/api/tags")
     async def tags():

@@ -163,6 +163,16 @@ class OllamaGenerateRequest(Strict):
     format: Any = None
     keep_alive: Any = None
     images: Optional[list[Any]] = None
+    context: Optional[list[int]] = None  # the tokens an earlier answer returned: continue from there
+
+
+class OllamaEmbedRequest(Strict):
+    model: Optional[str] = None
+    input: Any = None  # /api/embed: text or a list of texts
+    prompt: Optional[str] = None  # /api/embeddings (older): one text
+    options: Optional[dict[str, Any]] = None
+    keep_alive: Any = None
+    truncate: Optional[bool] = None
 
 
 class OllamaChatRequest(Strict):
