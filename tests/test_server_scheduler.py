@@ -245,7 +245,7 @@ class LiveApp:
 
 @pytest.fixture(scope="module")
 def toy():
-    app = LiveApp(ToyBackend(n_slots=2, n_ctx=128, n_batch=16, step_delay=0.002), api_key=KEY, max_body=4096)
+    app = LiveApp(ToyBackend(n_slots=2, n_ctx=128, n_batch=16, step_delay=0.002), api_key=KEY, max_body=8192)
     yield app
     app.close()
 
@@ -316,13 +316,17 @@ def test_bad_requests_get_openai_style_4xx(toy):
             ("/api/chat", b'{"messages": [{"role": "user", "content": "x"}], "options": {"seed": "1"}}', 400),
             ("/completion", b"\xff\xfe", 400),
             ("/completion", b"", 400),
+            ("/completion", b"[" * 3000 + b"]" * 3000, 400),  # nested too deep
+            ("/completion", b'{"prompt": "\\ud800"}', 400),  # a lone surrogate is no text
+            ("/completion", b'{"prompt": "x", "n_predict": 1e400}', 400),
+            ("/completion", b'{"prompt": "x", "n_predict": ' + b"9" * 5000 + b"}", 400),
         ]
         for path, body, status in cases:
             r = c.post(path, content=body)
             assert r.status_code == status, (path, body, r.text)
             err = r.json()["error"]
             assert err["code"] == status and err["type"] == "invalid_request_error" and err["message"]
-        r = c.post("/completion", content=b'{"prompt": "' + b"x" * 5000 + b'"}')
+        r = c.post("/completion", content=b'{"prompt": "' + b"x" * 10000 + b'"}')
         assert r.status_code == 413 and r.json()["error"]["code"] == 413
 
         def chunks():

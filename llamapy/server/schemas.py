@@ -193,9 +193,14 @@ def parse_json(body: bytes) -> Any:
     if not body.strip():
         raise bad_request("the request body is empty; send a JSON object")
     try:
-        return json.loads(body, parse_constant=_no_constant)
+        data = json.loads(body, parse_constant=_no_constant)
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError, ValueError) as e:
         raise bad_request(f"malformed JSON in the request body: {e}") from None
+    try:  # a lone surrogate escape ("\ud800") parses, but is no text: refuse it here, once
+        json.dumps(data, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise bad_request("malformed JSON in the request body: a string holds a lone UTF-16 surrogate") from None
+    return data
 
 
 def _no_constant(name: str):
