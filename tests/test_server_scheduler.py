@@ -506,3 +506,44 @@ def test_serve_command_line():
     for opt in ("-np", "--ctx-size", "--api-key", "--alias", "--chat-template", "--embedding", "--n_ctx",
                 "--model_alias"):
         assert opt in r.output
+
+
+FIELDS = ["prompt", "messages", "input", "content", "tokens", "n_predict", "max_tokens", "max_completion_tokens",
+          "temperature", "top_k", "top_p", "min_p", "stop", "stream", "seed", "logit_bias", "n_probs", "logprobs",
+          "top_logprobs", "options", "cache_prompt", "id_slot", "ignore_eos", "repeat_last_n", "encoding_format",
+          "stream_options", "role", "n", "with_pieces", "add_special", "mirostat", "raw", "context", "model"]
+ENDPOINTS = ["/completion", "/v1/completions", "/v1/chat/completions", "/v1/embeddings", "/embedding", "/tokenize",
+             "/detokenize", "/apply-template", "/api/generate", "/api/chat", "/api/embed", "/api/show"]
+
+
+def test_random_requests_never_get_a_500():
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    scalars = (st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.sampled_from([0, 1, 2, 5, 300, -1])
+               | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=12)
+               | st.sampled_from(["user", "assistant", "base64", "1"]))
+    values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=4)
+                          | st.dictionaries(st.sampled_from(FIELDS + ["0", "97"]), inner, max_size=4), max_leaves=12)
+    bodies = st.dictionaries(st.sampled_from(FIELDS), values, max_size=6)
+    app = LiveApp(ToyBackend(n_slots=2, n_ctx=128, n_batch=32), max_queue=8)
+    try:
+        with httpx.Client(base_url=app.url, timeout=30) as c:
+            @settings(max_examples=150, deadline=None, derandomize=True,
+                      suppress_health_check=[HealthCheck.too_slow])
+            @given(st.sampled_from(ENDPOINTS), bodies)
+            def check(path, body):
+                with c.stream("POST", path, json=body) as r:
+                    raw = r.read()
+                assert r.status_code in (200, 400), (path, body, r.status_code, raw[:300])
+                if r.status_code == 400:
+                    assert json.loads(raw)["error"]["code"] == 400
+                elif not r.headers["content-type"].startswith(("text/event-stream", "application/x-ndjson")):
+                    json.loads(raw)
+                else:
+                    assert b'"error"' not in raw, (path, body, raw[-300:])
+
+            check()
+            assert c.get("/health").json()["slots_processing"] == 0
+    finally:
+        app.close()
