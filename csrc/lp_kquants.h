@@ -90,4 +90,13 @@ static inline void lp_q3_unpack_scales(const uint8_t *q, int8_t out[16]) {
     }
 }
 
+/* The second half of each reference quantizer, shared by the scalar and SIMD versions (which differ only
+ * in how they fit the sub-blocks): from the per-sub-block fits (scales, mins, quants L as the fits left
+ * them) of the 256 values x to the finished block. L is overwritten with the final quants. */
+void lp_q2_K_finish(const float *x, const float *scales, const float *mins, uint8_t *L, lp_block_q2_K *y);
+void lp_q3_K_finish(const float *x, const float *scales, int8_t *L, lp_block_q3_K *y);
+void lp_q4_K_finish(const float *x, const float *scales, const float *mins, uint8_t *L, lp_block_q4_K *y);
+void lp_q5_K_finish(const float *x, const float *scales, const float *mins, uint8_t *L, lp_block_q5_K *y);
+void lp_q6_K_finish(const float *x, const float *scales, int8_t *L, lp_block_q6_K *y);
+
 #endif

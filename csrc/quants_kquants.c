@@ -188,41 +188,47 @@ static void pack_2bit(const uint8_t *L, uint8_t *qs) {
 
 /* ---- Q2_K ------------------------------------------------------------------------------------ */
 
+void lp_q2_K_finish(const float *x, const float *scales, const float *mins, uint8_t *L, lp_block_q2_K *y) {
+    float max_scale = 0, max_min = 0;
+    for (int j = 0; j < 16; j++) {
+        if (scales[j] > max_scale) max_scale = scales[j];
+        if (mins[j] > max_min) max_min = mins[j];
+    }
+    if (max_scale > 0) {
+        float iscale = 15.f / max_scale;
+        for (int j = 0; j < 16; j++) y->scales[j] = (uint8_t)nearest_int(iscale * scales[j]);
+        y->d = lp_fp32_to_fp16(max_scale / 15.f);
+    } else {
+        memset(y->scales, 0, 16);
+        y->d = lp_fp32_to_fp16(0.f);
+    }
+    if (max_min > 0) {
+        float iscale = 15.f / max_min;
+        for (int j = 0; j < 16; j++) y->scales[j] |= (uint8_t)(nearest_int(iscale * mins[j]) << 4);
+        y->dmin = lp_fp32_to_fp16(max_min / 15.f);
+    } else {
+        y->dmin = lp_fp32_to_fp16(0.f);
+    }
+    for (int j = 0; j < 16; j++) {
+        const float d = lp_fp16_to_fp32(y->d) * (y->scales[j] & 0xF);
+        if (!d) continue; /* keeps the quants of the sub-block fit */
+        const float dm = lp_fp16_to_fp32(y->dmin) * (y->scales[j] >> 4);
+        for (int ii = 0; ii < 16; ii++)
+            L[16 * j + ii] = (uint8_t)imax(0, imin(3, nearest_int((x[16 * j + ii] + dm) / d)));
+    }
+    pack_2bit(L, y->qs);
+}
+
 static void quantize_row_q2_K_ref(const float *x, void *vy, int64_t k) {
     lp_block_q2_K *y = vy;
     uint8_t L[LP_QK_K], Laux[16];
     float weights[16], mins[16], scales[16];
     for (int64_t i = 0; i < k / LP_QK_K; i++, x += LP_QK_K) {
-        float max_scale = 0, max_min = 0;
         for (int j = 0; j < 16; j++) {
             for (int l = 0; l < 16; l++) weights[l] = fabsf(x[16 * j + l]);
             scales[j] = make_qkx2_quants(16, 3, x + 16 * j, weights, L + 16 * j, &mins[j], Laux, -0.5f, 0.1f, 15, 1);
-            if (scales[j] > max_scale) max_scale = scales[j];
-            if (mins[j] > max_min) max_min = mins[j];
         }
-        if (max_scale > 0) {
-            float iscale = 15.f / max_scale;
-            for (int j = 0; j < 16; j++) y[i].scales[j] = (uint8_t)nearest_int(iscale * scales[j]);
-            y[i].d = lp_fp32_to_fp16(max_scale / 15.f);
-        } else {
-            memset(y[i].scales, 0, 16);
-            y[i].d = lp_fp32_to_fp16(0.f);
-        }
-        if (max_min > 0) {
-            float iscale = 15.f / max_min;
-            for (int j = 0; j < 16; j++) y[i].scales[j] |= (uint8_t)(nearest_int(iscale * mins[j]) << 4);
-            y[i].dmin = lp_fp32_to_fp16(max_min / 15.f);
-        } else {
-            y[i].dmin = lp_fp32_to_fp16(0.f);
-        }
-        for (int j = 0; j < 16; j++) {
-            const float d = lp_fp16_to_fp32(y[i].d) * (y[i].scales[j] & 0xF);
-            if (!d) continue; /* keeps the quants of the sub-block fit */
-            const float dm = lp_fp16_to_fp32(y[i].dmin) * (y[i].scales[j] >> 4);
-            for (int ii = 0; ii < 16; ii++)
-                L[16 * j + ii] = (uint8_t)imax(0, imin(3, nearest_int((x[16 * j + ii] + dm) / d)));
-        }
-        pack_2bit(L, y[i].qs);
+        lp_q2_K_finish(x, scales, mins, L, &y[i]);
     }
 }
 
@@ -261,50 +267,54 @@ static void vec_dot_q2_K_q8_K(int n, float *s, const void *vx, const void *vy) {
 
 /* ---- Q3_K ------------------------------------------------------------------------------------ */
 
+void lp_q3_K_finish(const float *x, const float *scales, int8_t *L, lp_block_q3_K *y) {
+    float max_scale = 0, amax = 0;
+    for (int j = 0; j < 16; j++) {
+        float scale = fabsf(scales[j]);
+        if (scale > amax) { amax = scale; max_scale = scales[j]; }
+    }
+    memset(y->scales, 0, 12);
+    if (max_scale) {
+        float iscale = -32.f / max_scale;
+        for (int j = 0; j < 16; j++) {
+            int8_t l8 = (int8_t)nearest_int(iscale * scales[j]);
+            int l = imax(-32, imin(31, l8)) + 32;
+            if (j < 8) y->scales[j] = (uint8_t)(l & 0xF);
+            else y->scales[j - 8] |= (uint8_t)((l & 0xF) << 4);
+            y->scales[j % 4 + 8] |= (uint8_t)((l >> 4) << (2 * (j / 4)));
+        }
+        y->d = lp_fp32_to_fp16(1 / iscale);
+    } else {
+        y->d = lp_fp32_to_fp16(0.f);
+    }
+    int8_t sc[16];
+    lp_q3_unpack_scales(y->scales, sc);
+    for (int j = 0; j < 16; j++) {
+        float d = lp_fp16_to_fp32(y->d) * sc[j];
+        if (!d) continue;
+        for (int ii = 0; ii < 16; ii++)
+            L[16 * j + ii] = (int8_t)(imax(-4, imin(3, nearest_int(x[16 * j + ii] / d))) + 4);
+    }
+    memset(y->hmask, 0, 32);
+    uint8_t low[LP_QK_K];
+    for (int j = 0; j < LP_QK_K; j++) {
+        int l = L[j];
+        if (l > 3) {
+            y->hmask[j % 32] |= (uint8_t)(1 << (j / 32));
+            l -= 4;
+        }
+        low[j] = (uint8_t)l;
+    }
+    pack_2bit(low, y->qs);
+}
+
 static void quantize_row_q3_K_ref(const float *x, void *vy, int64_t k) {
     lp_block_q3_K *y = vy;
     int8_t L[LP_QK_K];
     float scales[16];
     for (int64_t i = 0; i < k / LP_QK_K; i++, x += LP_QK_K) {
-        float max_scale = 0, amax = 0;
-        for (int j = 0; j < 16; j++) {
-            scales[j] = make_q3_quants(16, 4, x + 16 * j, L + 16 * j);
-            float scale = fabsf(scales[j]);
-            if (scale > amax) { amax = scale; max_scale = scales[j]; }
-        }
-        memset(y[i].scales, 0, 12);
-        if (max_scale) {
-            float iscale = -32.f / max_scale;
-            for (int j = 0; j < 16; j++) {
-                int8_t l8 = (int8_t)nearest_int(iscale * scales[j]);
-                int l = imax(-32, imin(31, l8)) + 32;
-                if (j < 8) y[i].scales[j] = (uint8_t)(l & 0xF);
-                else y[i].scales[j - 8] |= (uint8_t)((l & 0xF) << 4);
-                y[i].scales[j % 4 + 8] |= (uint8_t)((l >> 4) << (2 * (j / 4)));
-            }
-            y[i].d = lp_fp32_to_fp16(1 / iscale);
-        } else {
-            y[i].d = lp_fp32_to_fp16(0.f);
-        }
-        int8_t sc[16];
-        lp_q3_unpack_scales(y[i].scales, sc);
-        for (int j = 0; j < 16; j++) {
-            float d = lp_fp16_to_fp32(y[i].d) * sc[j];
-            if (!d) continue;
-            for (int ii = 0; ii < 16; ii++)
-                L[16 * j + ii] = (int8_t)(imax(-4, imin(3, nearest_int(x[16 * j + ii] / d))) + 4);
-        }
-        memset(y[i].hmask, 0, 32);
-        uint8_t low[LP_QK_K];
-        for (int j = 0; j < LP_QK_K; j++) {
-            int l = L[j];
-            if (l > 3) {
-                y[i].hmask[j % 32] |= (uint8_t)(1 << (j / 32));
-                l -= 4;
-            }
-            low[j] = (uint8_t)l;
-        }
-        pack_2bit(low, y[i].qs);
+        for (int j = 0; j < 16; j++) scales[j] = make_q3_quants(16, 4, x + 16 * j, L + 16 * j);
+        lp_q3_K_finish(x, scales, L, &y[i]);
     }
 }
 
@@ -347,18 +357,24 @@ static void vec_dot_q3_K_q8_K(int n, float *s, const void *vx, const void *vy) {
 
 /* ---- Q4_K and Q5_K (8 sub-blocks of 32 with 6-bit scales and mins) --------------------------- */
 
-/* The sub-block fits of a Q4_K / Q5_K block, the packed scales, and the final quants L (0..nmax). */
-static void quantize_k4_scales(const float *x, int nmax, float rmin, int nstep, uint8_t *L, uint8_t *scales_out,
-                               uint16_t *d_out, uint16_t *dmin_out) {
+/* The sub-block fits of a Q4_K / Q5_K block: scales[8], mins[8] and the quants L (0..nmax) */
+static void k4_fit(const float *x, int nmax, float rmin, int nstep, float *scales, float *mins, uint8_t *L) {
     uint8_t Laux[32];
-    float weights[32], mins[8], scales[8];
-    float max_scale = 0, max_min = 0;
+    float weights[32];
     for (int j = 0; j < 8; j++) {
         float sum_x2 = 0;
         for (int l = 0; l < 32; l++) sum_x2 += x[32 * j + l] * x[32 * j + l];
         float av_x = sqrtf(sum_x2 / 32);
         for (int l = 0; l < 32; l++) weights[l] = av_x + fabsf(x[32 * j + l]);
         scales[j] = make_qkx2_quants(32, nmax, x + 32 * j, weights, L + 32 * j, &mins[j], Laux, rmin, 0.1f, nstep, 0);
+    }
+}
+
+/* From the fits to the packed scales, d, dmin and the final quants L of a Q4_K / Q5_K block */
+static void k4_finish(const float *x, int nmax, const float *scales, const float *mins, uint8_t *L,
+                      uint8_t *scales_out, uint16_t *d_out, uint16_t *dmin_out) {
+    float max_scale = 0, max_min = 0;
+    for (int j = 0; j < 8; j++) {
         if (scales[j] > max_scale) max_scale = scales[j];
         if (mins[j] > max_min) max_min = mins[j];
     }
@@ -391,13 +407,19 @@ static void quantize_k4_scales(const float *x, int nmax, float rmin, int nstep, 
     }
 }
 
+void lp_q4_K_finish(const float *x, const float *scales, const float *mins, uint8_t *L, lp_block_q4_K *y) {
+    k4_finish(x, 15, scales, mins, L, y->scales, &y->d, &y->dmin);
+    for (int j = 0; j < LP_QK_K; j += 64)
+        for (int l = 0; l < 32; l++) y->qs[j / 2 + l] = (uint8_t)(L[j + l] | (L[j + l + 32] << 4));
+}
+
 static void quantize_row_q4_K_ref(const float *x, void *vy, int64_t k) {
     lp_block_q4_K *y = vy;
     uint8_t L[LP_QK_K];
+    float scales[8], mins[8];
     for (int64_t i = 0; i < k / LP_QK_K; i++, x += LP_QK_K) {
-        quantize_k4_scales(x, 15, -1.f, 20, L, y[i].scales, &y[i].d, &y[i].dmin);
-        for (int j = 0; j < LP_QK_K; j += 64)
-            for (int l = 0; l < 32; l++) y[i].qs[j / 2 + l] = (uint8_t)(L[j + l] | (L[j + l + 32] << 4));
+        k4_fit(x, 15, -1.f, 20, scales, mins, L);
+        lp_q4_K_finish(x, scales, mins, L, &y[i]);
     }
 }
 
@@ -440,20 +462,26 @@ static void vec_dot_q4_K_q8_K(int n, float *s, const void *vx, const void *vy) {
     *s = sumf;
 }
 
+void lp_q5_K_finish(const float *x, const float *scales, const float *mins, uint8_t *L, lp_block_q5_K *y) {
+    k4_finish(x, 31, scales, mins, L, y->scales, &y->d, &y->dmin);
+    memset(y->qh, 0, 32);
+    for (int j = 0; j < LP_QK_K; j += 64) {
+        for (int l = 0; l < 32; l++) {
+            int l1 = L[j + l], l2 = L[j + l + 32];
+            if (l1 > 15) { l1 -= 16; y->qh[l] |= (uint8_t)(1 << (j / 32)); }
+            if (l2 > 15) { l2 -= 16; y->qh[l] |= (uint8_t)(2 << (j / 32)); }
+            y->qs[j / 2 + l] = (uint8_t)(l1 | (l2 << 4));
+        }
+    }
+}
+
 static void quantize_row_q5_K_ref(const float *x, void *vy, int64_t k) {
     lp_block_q5_K *y = vy;
     uint8_t L[LP_QK_K];
+    float scales[8], mins[8];
     for (int64_t i = 0; i < k / LP_QK_K; i++, x += LP_QK_K) {
-        quantize_k4_scales(x, 31, -0.5f, 15, L, y[i].scales, &y[i].d, &y[i].dmin);
-        memset(y[i].qh, 0, 32);
-        for (int j = 0; j < LP_QK_K; j += 64) {
-            for (int l = 0; l < 32; l++) {
-                int l1 = L[j + l], l2 = L[j + l + 32];
-                if (l1 > 15) { l1 -= 16; y[i].qh[l] |= (uint8_t)(1 << (j / 32)); }
-                if (l2 > 15) { l2 -= 16; y[i].qh[l] |= (uint8_t)(2 << (j / 32)); }
-                y[i].qs[j / 2 + l] = (uint8_t)(l1 | (l2 << 4));
-            }
-        }
+        k4_fit(x, 31, -0.5f, 15, scales, mins, L);
+        lp_q5_K_finish(x, scales, mins, L, &y[i]);
     }
 }
 
@@ -498,41 +526,45 @@ static void vec_dot_q5_K_q8_K(int n, float *s, const void *vx, const void *vy) {
 
 /* ---- Q6_K ------------------------------------------------------------------------------------ */
 
+void lp_q6_K_finish(const float *x, const float *scales, int8_t *L, lp_block_q6_K *y) {
+    float max_scale = 0, max_abs_scale = 0;
+    for (int ib = 0; ib < 16; ib++) {
+        if (fabsf(scales[ib]) > max_abs_scale) {
+            max_abs_scale = fabsf(scales[ib]);
+            max_scale = scales[ib];
+        }
+    }
+    if (max_abs_scale < GROUP_MAX_EPS) {
+        memset(y, 0, sizeof *y);
+        return;
+    }
+    float iscale = -128.f / max_scale;
+    y->d = lp_fp32_to_fp16(1 / iscale);
+    for (int ib = 0; ib < 16; ib++) y->scales[ib] = (int8_t)imin(127, nearest_int(iscale * scales[ib]));
+    for (int j = 0; j < 16; j++) {
+        float d = lp_fp16_to_fp32(y->d) * y->scales[j];
+        if (!d) continue;
+        for (int ii = 0; ii < 16; ii++)
+            L[16 * j + ii] = (int8_t)(imax(-32, imin(31, nearest_int(x[16 * j + ii] / d))) + 32);
+    }
+    for (int j = 0; j < LP_QK_K; j += 128) {
+        uint8_t *ql = y->ql + j / 2, *qh = y->qh + j / 4;
+        for (int l = 0; l < 32; l++) {
+            const uint8_t q1 = L[j + l], q2 = L[j + l + 32], q3 = L[j + l + 64], q4 = L[j + l + 96];
+            ql[l] = (uint8_t)((q1 & 0xF) | ((q3 & 0xF) << 4));
+            ql[l + 32] = (uint8_t)((q2 & 0xF) | ((q4 & 0xF) << 4));
+            qh[l] = (uint8_t)((q1 >> 4) | ((q2 >> 4) << 2) | ((q3 >> 4) << 4) | ((q4 >> 4) << 6));
+        }
+    }
+}
+
 static void quantize_row_q6_K_ref(const float *x, void *vy, int64_t k) {
     lp_block_q6_K *y = vy;
     int8_t L[LP_QK_K];
     float scales[16];
     for (int64_t i = 0; i < k / LP_QK_K; i++, x += LP_QK_K) {
-        float max_scale = 0, max_abs_scale = 0;
-        for (int ib = 0; ib < 16; ib++) {
-            scales[ib] = make_qx_quants(16, 32, x + 16 * ib, L + 16 * ib);
-            if (fabsf(scales[ib]) > max_abs_scale) {
-                max_abs_scale = fabsf(scales[ib]);
-                max_scale = scales[ib];
-            }
-        }
-        if (max_abs_scale < GROUP_MAX_EPS) {
-            memset(&y[i], 0, sizeof y[i]);
-            continue;
-        }
-        float iscale = -128.f / max_scale;
-        y[i].d = lp_fp32_to_fp16(1 / iscale);
-        for (int ib = 0; ib < 16; ib++) y[i].scales[ib] = (int8_t)imin(127, nearest_int(iscale * scales[ib]));
-        for (int j = 0; j < 16; j++) {
-            float d = lp_fp16_to_fp32(y[i].d) * y[i].scales[j];
-            if (!d) continue;
-            for (int ii = 0; ii < 16; ii++)
-                L[16 * j + ii] = (int8_t)(imax(-32, imin(31, nearest_int(x[16 * j + ii] / d))) + 32);
-        }
-        for (int j = 0; j < LP_QK_K; j += 128) {
-            uint8_t *ql = y[i].ql + j / 2, *qh = y[i].qh + j / 4;
-            for (int l = 0; l < 32; l++) {
-                const uint8_t q1 = L[j + l], q2 = L[j + l + 32], q3 = L[j + l + 64], q4 = L[j + l + 96];
-                ql[l] = (uint8_t)((q1 & 0xF) | ((q3 & 0xF) << 4));
-                ql[l + 32] = (uint8_t)((q2 & 0xF) | ((q4 & 0xF) << 4));
-                qh[l] = (uint8_t)((q1 >> 4) | ((q2 >> 4) << 2) | ((q3 >> 4) << 4) | ((q4 >> 4) << 6));
-            }
-        }
+        for (int ib = 0; ib < 16; ib++) scales[ib] = make_qx_quants(16, 32, x + 16 * ib, L + 16 * ib);
+        lp_q6_K_finish(x, scales, L, &y[i]);
     }
 }
 

@@ -434,7 +434,293 @@ static void dequantize_row_q6_K(const void *vx, float *y, int64_t k) {
     }
 }
 
+/* ---- weight quantizers: the reference's sub-block fits, 8 sub-blocks at a time ------------------
+ *
+ * Lane j of every vector works on sub-block j: the same float operations as the scalar fits, in the same
+ * order, element by element (x[i] holds element i of 8 sub-blocks), so the bytes are the reference's.
+ * Branches become lane masks. Rounding is the reference's magic-number trick, garbage included. */
+
+static inline __m256i nearest_int8(__m256 f) {
+    const __m256i i = _mm256_castps_si256(_mm256_add_ps(f, _mm256_set1_ps(12582912.f)));
+    return _mm256_sub_epi32(_mm256_and_si256(i, _mm256_set1_epi32(0x007fffff)), _mm256_set1_epi32(0x00400000));
+}
+
+static inline __m256i clamp8(__m256i v, int lo, int hi) {
+    return _mm256_max_epi32(_mm256_min_epi32(v, _mm256_set1_epi32(hi)), _mm256_set1_epi32(lo));
+}
+
+static inline __m256 cmp_gt(__m256 a, __m256 b) { return _mm256_cmp_ps(a, b, _CMP_GT_OQ); }
+static inline __m256 sel(__m256 mask, __m256 yes, __m256 no) { return _mm256_blendv_ps(no, yes, mask); }
+static inline __m256 absv(__m256 v) { return _mm256_andnot_ps(_mm256_set1_ps(-0.0f), v); }
+
+/* values x[32*j + i] of n-element sub-blocks j = 0..7 -> xt[i] lane j */
+static inline void transpose8(const float *x, int n, __m256 *xt) {
+    float t[32 * 8] __attribute__((aligned(32)));
+    for (int j = 0; j < 8; j++)
+        for (int i = 0; i < n; i++) t[8 * i + j] = x[n * j + i];
+    for (int i = 0; i < n; i++) xt[i] = _mm256_load_ps(t + 8 * i);
+}
+
+/* lane j of L[i] -> out[n*j + i] */
+static inline void untranspose8_i32(const __m256i *L, int n, int32_t *out) {
+    int32_t t[32 * 8] __attribute__((aligned(32)));
+    for (int i = 0; i < n; i++) _mm256_store_si256((__m256i *)(t + 8 * i), L[i]);
+    for (int j = 0; j < 8; j++)
+        for (int i = 0; i < n; i++) out[n * j + i] = t[8 * i + j];
+}
+
+/* make_qkx2_quants of the scalar file on 8 lanes: scale, -min and the quants L[i] of each lane */
+static void make_qkx2_x8(int n, int nmax, const __m256 *x, const __m256 *w, __m256i *L, __m256 *scale_out,
+                         __m256 *the_min, float rmin, float rdelta, int nstep, int use_mad) {
+    const __m256 zero = _mm256_setzero_ps();
+    __m256 min = x[0], max = x[0], sum_w = w[0], sum_x = _mm256_mul_ps(w[0], x[0]);
+    for (int i = 1; i < n; i++) {
+        min = _mm256_min_ps(x[i], min); /* x < min ? x : min */
+        max = _mm256_max_ps(x[i], max);
+        sum_w = _mm256_add_ps(sum_w, w[i]);
+        sum_x = _mm256_add_ps(sum_x, _mm256_mul_ps(w[i], x[i]));
+    }
+    min = sel(cmp_gt(min, zero), zero, min);
+    const __m256 flat = _mm256_cmp_ps(max, min, _CMP_EQ_OQ);
+    __m256 iscale = _mm256_div_ps(_mm256_set1_ps((float)nmax), _mm256_sub_ps(max, min));
+    __m256 scale = _mm256_div_ps(_mm256_set1_ps(1.0f), iscale), best_mad = zero;
+    for (int i = 0; i < n; i++) {
+        L[i] = clamp8(nearest_int8(_mm256_mul_ps(iscale, _mm256_sub_ps(x[i], min))), 0, nmax);
+        __m256 diff = _mm256_sub_ps(_mm256_add_ps(_mm256_mul_ps(scale, _mm256_cvtepi32_ps(L[i])), min), x[i]);
+        diff = use_mad ? absv(diff) : _mm256_mul_ps(diff, diff);
+        best_mad = _mm256_add_ps(best_mad, _mm256_mul_ps(w[i], diff));
+    }
+    __m256i Laux[32];
+    for (int is = 0; is <= nstep; is++) {
+        const float c = rmin + rdelta * is + nmax;
+        iscale = _mm256_div_ps(_mm256_set1_ps(c), _mm256_sub_ps(max, min));
+        __m256 sum_l = zero, sum_l2 = zero, sum_xl = zero;
+        for (int i = 0; i < n; i++) {
+            Laux[i] = clamp8(nearest_int8(_mm256_mul_ps(iscale, _mm256_sub_ps(x[i], min))), 0, nmax);
+            const __m256 l = _mm256_cvtepi32_ps(Laux[i]), wl = _mm256_mul_ps(w[i], l);
+            sum_l = _mm256_add_ps(sum_l, wl);
+            sum_l2 = _mm256_add_ps(sum_l2, _mm256_mul_ps(wl, l));
+            sum_xl = _mm256_add_ps(sum_xl, _mm256_mul_ps(wl, x[i]));
+        }
+        const __m256 D = _mm256_sub_ps(_mm256_mul_ps(sum_w, sum_l2), _mm256_mul_ps(sum_l, sum_l));
+        const __m256 dpos = cmp_gt(D, zero);
+        if (_mm256_testz_ps(dpos, dpos)) continue;
+        __m256 this_scale = _mm256_div_ps(_mm256_sub_ps(_mm256_mul_ps(sum_w, sum_xl), _mm256_mul_ps(sum_x, sum_l)), D);
+        __m256 this_min = _mm256_div_ps(_mm256_sub_ps(_mm256_mul_ps(sum_l2, sum_x), _mm256_mul_ps(sum_l, sum_xl)), D);
+        const __m256 mpos = cmp_gt(this_min, zero);
+        this_min = sel(mpos, zero, this_min);
+        this_scale = sel(mpos, _mm256_div_ps(sum_xl, sum_l2), this_scale);
+        __m256 mad = zero;
+        for (int i = 0; i < n; i++) {
+            __m256 diff = _mm256_sub_ps(
+                _mm256_add_ps(_mm256_mul_ps(this_scale, _mm256_cvtepi32_ps(Laux[i])), this_min), x[i]);
+            diff = use_mad ? absv(diff) : _mm256_mul_ps(diff, diff);
+            mad = _mm256_add_ps(mad, _mm256_mul_ps(w[i], diff));
+        }
+        const __m256 better = _mm256_and_ps(dpos, _mm256_cmp_ps(mad, best_mad, _CMP_LT_OQ));
+        if (_mm256_testz_ps(better, better)) continue;
+        const __m256i bi = _mm256_castps_si256(better);
+        for (int i = 0; i < n; i++) L[i] = _mm256_blendv_epi8(L[i], Laux[i], bi);
+        best_mad = sel(better, mad, best_mad);
+        scale = sel(better, this_scale, scale);
+        min = sel(better, this_min, min);
+    }
+    const __m256i fi = _mm256_castps_si256(flat);
+    for (int i = 0; i < n; i++) L[i] = _mm256_andnot_si256(fi, L[i]);
+    *scale_out = sel(flat, zero, scale);
+    *the_min = _mm256_xor_ps(min, _mm256_set1_ps(-0.0f));
+}
+
+/* the first x of largest magnitude in each lane (the scalar `if (ax > amax)` scan), and whether it is ~0 */
+static inline __m256 lane_absmax(int n, const __m256 *x, __m256 *zero_mask) {
+    __m256 amax = _mm256_setzero_ps(), max = amax;
+    for (int i = 0; i < n; i++) {
+        const __m256 ax = absv(x[i]), upd = cmp_gt(ax, amax);
+        amax = sel(upd, ax, amax);
+        max = sel(upd, x[i], max);
+    }
+    *zero_mask = _mm256_cmp_ps(amax, _mm256_set1_ps(1e-15f), _CMP_LT_OQ);
+    return max;
+}
+
+/* Σ w*x*l and Σ w*l*l (w = x^2) and the clamped l for one grid of make_qx_quants */
+static inline void qx_sums(int n, int nmax, const __m256 *x, __m256 iscale, __m256i *l, __m256 *sumlx, __m256 *suml2) {
+    __m256 a = _mm256_setzero_ps(), b = a;
+    for (int i = 0; i < n; i++) {
+        l[i] = clamp8(nearest_int8(_mm256_mul_ps(iscale, x[i])), -nmax, nmax - 1);
+        const __m256 lf = _mm256_cvtepi32_ps(l[i]), w = _mm256_mul_ps(x[i], x[i]);
+        a = _mm256_add_ps(a, _mm256_mul_ps(_mm256_mul_ps(w, x[i]), lf));
+        b = _mm256_add_ps(b, _mm256_mul_ps(_mm256_mul_ps(w, lf), lf));
+    }
+    *sumlx = a;
+    *suml2 = b;
+}
+
+/* make_qx_quants (weights x^2) of the scalar file on 8 lanes; L[i] offset by nmax (0 in all-zero lanes) */
+static __m256 make_qx_x8(int n, int nmax, const __m256 *x, __m256i *L) {
+    const __m256 zero = _mm256_setzero_ps();
+    __m256 is_zero;
+    const __m256 max = lane_absmax(n, x, &is_zero);
+    __m256i l[16];
+    __m256 sumlx, suml2;
+    qx_sums(n, nmax, x, _mm256_div_ps(_mm256_set1_ps((float)-nmax), max), l, &sumlx, &suml2);
+    const __m256i off = _mm256_set1_epi32(nmax);
+    for (int i = 0; i < n; i++) L[i] = _mm256_add_epi32(l[i], off);
+    __m256 scale = sel(_mm256_cmp_ps(suml2, zero, _CMP_NEQ_UQ), _mm256_div_ps(sumlx, suml2), zero);
+    __m256 best = _mm256_mul_ps(scale, sumlx);
+    for (int is = -9; is <= 9; is++) {
+        if (is == 0) continue;
+        const float c = -(nmax + 0.1f * is);
+        qx_sums(n, nmax, x, _mm256_div_ps(_mm256_set1_ps(c), max), l, &sumlx, &suml2);
+        const __m256 upd = _mm256_and_ps(cmp_gt(suml2, zero), cmp_gt(_mm256_mul_ps(sumlx, sumlx), _mm256_mul_ps(best, suml2)));
+        if (_mm256_testz_ps(upd, upd)) continue;
+        const __m256i ui = _mm256_castps_si256(upd);
+        for (int i = 0; i < n; i++) L[i] = _mm256_blendv_epi8(L[i], _mm256_add_epi32(l[i], off), ui);
+        scale = sel(upd, _mm256_div_ps(sumlx, suml2), scale);
+        best = sel(upd, _mm256_mul_ps(scale, sumlx), best);
+    }
+    const __m256i zi = _mm256_castps_si256(is_zero);
+    for (int i = 0; i < n; i++) L[i] = _mm256_andnot_si256(zi, L[i]);
+    return sel(is_zero, zero, scale);
+}
+
+/* make_q3_quants of the scalar file on 8 lanes; L[i] offset by nmax (0 in all-zero lanes) */
+static __m256 make_q3_x8(int n, int nmax, const __m256 *x, __m256i *L) {
+    const __m256 zero = _mm256_setzero_ps();
+    __m256 is_zero;
+    const __m256 max = lane_absmax(n, x, &is_zero);
+    __m256 sumlx, suml2;
+    qx_sums(n, nmax, x, _mm256_div_ps(_mm256_set1_ps((float)-nmax), max), L, &sumlx, &suml2);
+    __m256 active = _mm256_xor_ps(is_zero, _mm256_castsi256_ps(_mm256_set1_epi32(-1)));
+    for (int itry = 0; itry < 5 && !_mm256_testz_ps(active, active); itry++) {
+        __m256 changed = zero;
+        for (int i = 0; i < n; i++) {
+            const __m256 w = _mm256_mul_ps(x[i], x[i]), wx = _mm256_mul_ps(w, x[i]);
+            const __m256 li = _mm256_cvtepi32_ps(L[i]);
+            const __m256 slx = _mm256_sub_ps(sumlx, _mm256_mul_ps(wx, li));
+            const __m256 sl2 = _mm256_sub_ps(suml2, _mm256_mul_ps(_mm256_mul_ps(w, li), li));
+            const __m256i new_l = clamp8(nearest_int8(_mm256_div_ps(_mm256_mul_ps(x[i], sl2), slx)), -nmax, nmax - 1);
+            const __m256 nl = _mm256_cvtepi32_ps(new_l);
+            const __m256 slx2 = _mm256_add_ps(slx, _mm256_mul_ps(wx, nl));
+            const __m256 sl22 = _mm256_add_ps(sl2, _mm256_mul_ps(_mm256_mul_ps(w, nl), nl));
+            const __m256 differs = _mm256_castsi256_ps(
+                _mm256_xor_si256(_mm256_cmpeq_epi32(new_l, L[i]), _mm256_set1_epi32(-1)));
+            const __m256 gain = cmp_gt(_mm256_mul_ps(_mm256_mul_ps(slx2, slx2), suml2),
+                                       _mm256_mul_ps(_mm256_mul_ps(sumlx, sumlx), sl22));
+            __m256 ok = _mm256_and_ps(_mm256_and_ps(active, cmp_gt(slx, zero)), differs);
+            ok = _mm256_and_ps(ok, _mm256_and_ps(cmp_gt(sl22, zero), gain));
+            L[i] = _mm256_blendv_epi8(L[i], new_l, _mm256_castps_si256(ok));
+            sumlx = sel(ok, slx2, sumlx);
+            suml2 = sel(ok, sl22, suml2);
+            changed = _mm256_or_ps(changed, ok);
+        }
+        active = _mm256_and_ps(active, changed);
+    }
+    const __m256i zi = _mm256_castps_si256(is_zero), off = _mm256_set1_epi32(nmax);
+    for (int i = 0; i < n; i++) L[i] = _mm256_andnot_si256(zi, _mm256_add_epi32(L[i], off));
+    return sel(is_zero, zero, _mm256_div_ps(sumlx, suml2));
+}
+
+static void quantize_row_q2_K(const float *x, void *vy, int64_t k) {
+    lp_block_q2_K *y = vy;
+    float scales[16], mins[16];
+    int32_t L32[LP_QK_K];
+    uint8_t L[LP_QK_K];
+    for (int64_t i = 0; i < k / LP_QK_K; i++, x += LP_QK_K) {
+        for (int half = 0; half < 2; half++) {
+            __m256 xt[16], w[16], sc, mn;
+            __m256i Lv[16];
+            transpose8(x + 128 * half, 16, xt);
+            for (int l = 0; l < 16; l++) w[l] = absv(xt[l]);
+            make_qkx2_x8(16, 3, xt, w, Lv, &sc, &mn, -0.5f, 0.1f, 15, 1);
+            _mm256_storeu_ps(scales + 8 * half, sc);
+            _mm256_storeu_ps(mins + 8 * half, mn);
+            untranspose8_i32(Lv, 16, L32 + 128 * half);
+        }
+        for (int j = 0; j < LP_QK_K; j++) L[j] = (uint8_t)L32[j];
+        lp_q2_K_finish(x, scales, mins, L, &y[i]);
+    }
+}
+
+static void quantize_row_q3_K(const float *x, void *vy, int64_t k) {
+    lp_block_q3_K *y = vy;
+    float scales[16];
+    int32_t L32[LP_QK_K];
+    int8_t L[LP_QK_K];
+    for (int64_t i = 0; i < k / LP_QK_K; i++, x += LP_QK_K) {
+        for (int half = 0; half < 2; half++) {
+            __m256 xt[16];
+            __m256i Lv[16];
+            transpose8(x + 128 * half, 16, xt);
+            _mm256_storeu_ps(scales + 8 * half, make_q3_x8(16, 4, xt, Lv));
+            untranspose8_i32(Lv, 16, L32 + 128 * half);
+        }
+        for (int j = 0; j < LP_QK_K; j++) L[j] = (int8_t)L32[j];
+        lp_q3_K_finish(x, scales, L, &y[i]);
+    }
+}
+
+/* the Q4_K / Q5_K fits: weights av_x + |x| with av_x = sqrt(Σx²/32) per sub-block */
+static void k4_fit_x8(const float *x, int nmax, float rmin, int nstep, float *scales, float *mins, uint8_t *L) {
+    __m256 xt[32], w[32], sc, mn;
+    __m256i Lv[32];
+    int32_t L32[LP_QK_K];
+    transpose8(x, 32, xt);
+    __m256 sum_x2 = _mm256_setzero_ps();
+    for (int l = 0; l < 32; l++) sum_x2 = _mm256_add_ps(sum_x2, _mm256_mul_ps(xt[l], xt[l]));
+    const __m256 av_x = _mm256_sqrt_ps(_mm256_div_ps(sum_x2, _mm256_set1_ps(32.f)));
+    for (int l = 0; l < 32; l++) w[l] = _mm256_add_ps(av_x, absv(xt[l]));
+    make_qkx2_x8(32, nmax, xt, w, Lv, &sc, &mn, rmin, 0.1f, nstep, 0);
+    _mm256_storeu_ps(scales, sc);
+    _mm256_storeu_ps(mins, mn);
+    untranspose8_i32(Lv, 32, L32);
+    for (int j = 0; j < LP_QK_K; j++) L[j] = (uint8_t)L32[j];
+}
+
+static void quantize_row_q4_K(const float *x, void *vy, int64_t k) {
+    lp_block_q4_K *y = vy;
+    float scales[8], mins[8];
+    uint8_t L[LP_QK_K];
+    for (int64_t i = 0; i < k / LP_QK_K; i++, x += LP_QK_K) {
+        k4_fit_x8(x, 15, -1.f, 20, scales, mins, L);
+        lp_q4_K_finish(x, scales, mins, L, &y[i]);
+    }
+}
+
+static void quantize_row_q5_K(const float *x, void *vy, int64_t k) {
+    lp_block_q5_K *y = vy;
+    float scales[8], mins[8];
+    uint8_t L[LP_QK_K];
+    for (int64_t i = 0; i < k / LP_QK_K; i++, x += LP_QK_K) {
+        k4_fit_x8(x, 31, -0.5f, 15, scales, mins, L);
+        lp_q5_K_finish(x, scales, mins, L, &y[i]);
+    }
+}
+
+static void quantize_row_q6_K(const float *x, void *vy, int64_t k) {
+    lp_block_q6_K *y = vy;
+    float scales[16];
+    int32_t L32[LP_QK_K];
+    int8_t L[LP_QK_K];
+    for (int64_t i = 0; i < k / LP_QK_K; i++, x += LP_QK_K) {
+        for (int half = 0; half < 2; half++) {
+            __m256 xt[16];
+            __m256i Lv[16];
+            transpose8(x + 128 * half, 16, xt);
+            _mm256_storeu_ps(scales + 8 * half, make_qx_x8(16, 32, xt, Lv));
+            untranspose8_i32(Lv, 16, L32 + 128 * half);
+        }
+        for (int j = 0; j < LP_QK_K; j++) L[j] = (int8_t)L32[j];
+        lp_q6_K_finish(x, scales, L, &y[i]);
+    }
+}
+
 void lp_register_kquants_avx2(lp_type_traits *t) {
+    t[LP_TYPE_Q2_K].from_float = quantize_row_q2_K;
+    t[LP_TYPE_Q3_K].from_float = quantize_row_q3_K;
+    t[LP_TYPE_Q4_K].from_float = quantize_row_q4_K;
+    t[LP_TYPE_Q5_K].from_float = quantize_row_q5_K;
+    t[LP_TYPE_Q6_K].from_float = quantize_row_q6_K;
     t[LP_TYPE_Q2_K].to_float = dequantize_row_q2_K;
     t[LP_TYPE_Q2_K].vec_dot = vec_dot_q2_K_q8_K;
     t[LP_TYPE_Q3_K].to_float = dequantize_row_q3_K;
