@@ -91,17 +91,21 @@ class Tokenizer:
 
     # -- loading ----------------------------------------------------------------------------------
     @classmethod
-    def from_gguf(cls, reader_or_path) -> Tokenizer:
-        """Build from a GGUFReader or a GGUF file path (only the metadata is read)."""
+    def from_gguf(cls, reader_or_path, native: bool = True) -> Tokenizer:
+        """Build from a GGUFReader or a GGUF file path (only the metadata is read).
+
+        native=False keeps every merge in Python (the libraries are used by default where they agree).
+        """
         if isinstance(reader_or_path, (str, os.PathLike)):
             from .gguf_reader import GGUFReader
 
             with GGUFReader(reader_or_path) as r:
-                return cls(r.get, getattr(r, "path", str(reader_or_path)))
-        return cls(reader_or_path.get, getattr(reader_or_path, "path", "GGUF"))
+                return cls(r.get, getattr(r, "path", str(reader_or_path)), native)
+        return cls(reader_or_path.get, getattr(reader_or_path, "path", "GGUF"), native)
 
-    def __init__(self, get, where: str = "GGUF"):
+    def __init__(self, get, where: str = "GGUF", native: bool = True):
         """`get(key, default)` reads GGUF metadata (GGUFReader.get); prefer `from_gguf`."""
+        self._native = native
         model = get("tokenizer.ggml.model")
         if model is None:
             raise LlamapyError(f"{where}: no tokenizer in this file (tokenizer.ggml.model is missing)")
@@ -236,14 +240,18 @@ class Tokenizer:
         if self._merger_ready:
             return
         if self.model == "llama":
-            self._spm = spm.SPMMerger(self._bytes_to_id, self.scores, self._spm_byte_ids, None)
+            self._spm = spm.SPMMerger(self._bytes_to_id, self.scores, self._spm_byte_ids, self.unk_id)
             unk = [i for i, t in enumerate(self.types) if t == TYPE_UNKNOWN]
-            self._fast = spm.build_fast(self._tok_bytes, self.scores, unk, self._bytes_to_id)
+            self._fast = spm.build_fast(self._tok_bytes, self.scores, unk, self._bytes_to_id) \
+                if self._native else None
         else:
             ranks = bpe.parse_merges(self.merges)
-            self._bpe = bpe.BPEMerger(self.token_to_id, ranks, self._ignore_merges)
-            ordered = sorted(ranks, key=ranks.__getitem__)
-            self._fast, self._fast_guard = bpe.build_fast(self.token_to_id, ordered, self._ignore_merges)
+            native, guard = None, None
+            if self._native:
+                ordered = sorted(ranks, key=ranks.__getitem__)
+                native, guard = bpe.build_native(self.token_to_id, ordered, self._ignore_merges)
+            self._bpe = bpe.BPEMerger(self.token_to_id, ranks, self._ignore_merges, native, guard)
+            self._fast = native
         self._merger_ready = True
 
     def _model_attr_fixes(self, get):
@@ -398,21 +406,13 @@ class Tokenizer:
 
     def _bpe_fragment(self, frag: str, slow: bool = False) -> list[int]:
         self._merger()
-        if slow:
+        if slow:  # text that was not valid UTF-8: read it as the reference does, merge in Python
             words = bpe.pre_split(bpe.cpts_from_utf8(frag.encode("utf-8", "surrogateescape")), self._stages)
             out: list[int] = []
             for w in words:
-                out += self._bpe.word(bpe.to_byte_chars(w.encode("utf-8", "surrogatepass")))
+                out += self._bpe._word(bpe.to_byte_chars(w.encode("utf-8", "surrogatepass")))
             return out
-        words = bpe.pre_split(frag, self._stages)
-        if not words:
-            return []
-        if self._fast is not None and (self._fast_guard is None or not self._fast_guard.search(frag)):
-            return self._fast.encode(words, is_pretokenized=True, add_special_tokens=False).ids
-        out = []
-        for w in words:
-            out += self._bpe.word(bpe.to_byte_chars(w.encode("utf-8")))
-        return out
+        return self._bpe.encode_words(bpe.pre_split(frag, self._stages))
 
     def _partition(self, text: str, parse_special: bool) -> list[str | int]:
         """Cut special tokens out of the text: each special token in turn (longest first) is found in

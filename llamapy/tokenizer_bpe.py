@@ -22,8 +22,10 @@ in Python exactly as the reference does.
 """
 from __future__ import annotations
 
+import bisect
 import functools
 import heapq
+import itertools
 import re
 import warnings
 
@@ -111,12 +113,15 @@ def _minus(ranges, cps) -> list[tuple[int, int]]:
 
 
 @functools.cache
-def _classes() -> dict[str, str]:
+def _classes(bmp_only: bool) -> dict[str, str]:
     cr = category_ranges()
 
     def non_ascii(cat):
         # in the collapsed text every non-ASCII whitespace is U+000B, whatever its category
-        return _minus([(max(lo, 0x80), hi) for lo, hi in cr[cat] if hi >= 0x80], WHITESPACE)
+        rs = [(max(lo, 0x80), hi) for lo, hi in cr[cat] if hi >= 0x80]
+        if bmp_only:
+            rs = [(lo, min(hi, 0xFFFF)) for lo, hi in rs if lo <= 0xFFFF]
+        return _minus(rs, WHITESPACE)
 
     ascii_p = _ranges("!-#%-*,-/:;?@[-]_{}")
     ascii_s_collapsed = _ranges("$+<=>^`|")  # the reference's collapsed tables have no '~'
@@ -130,14 +135,39 @@ def _classes() -> dict[str, str]:
     }
 
 
+# `re` tests a character against a class's ranges above U+FFFF one by one, which makes every class
+# with such ranges slow for all text. So the classes keep their BMP part only, and before splitting,
+# each character above U+FFFF is replaced by a BMP stand-in of the same category (one that no
+# pattern names literally); the pieces are then cut from the original text at the same offsets.
+_STAND_INS = {"L": "\u00aa", "N": "\u00b2", "P": "\u00a1", "S": "\u00a6", "M": "\u0300", "Z": "\u0378",
+              "C": "\u0378"}
+_ASTRAL = re.compile("[\U00010000-\U0010ffff]")
+
+
+@functools.cache
+def _range_table() -> tuple[list[int], list[tuple[int, str]]]:
+    """All category ranges sorted: their starts, and (end, category) of each."""
+    rows = sorted((lo, hi, cat) for cat, rs in category_ranges().items() for lo, hi in rs)
+    return [r[0] for r in rows], [(r[1], r[2]) for r in rows]
+
+
+@functools.lru_cache(maxsize=4096)
+def _stand_in(ch: str) -> str:
+    starts, rows = _range_table()
+    cp = ord(ch)
+    i = bisect.bisect_right(starts, cp) - 1
+    end, cat = rows[i]
+    return _STAND_INS[cat if cp <= end else "C"]  # past the scanned ranges: unassigned or private use
+
+
 def _literal(body: str) -> str:
     """A plain class body with the whitespace code points taken out: the reference turns non-ASCII
     whitespace into U+000B before matching, so a range that spans one never matches it."""
     return _cls(_minus(_ranges(body), WHITESPACE))
 
 
-def _pat(template: str) -> re.Pattern:
-    c = _classes()
+def _pat(template: str, bmp_only: bool) -> re.Pattern:
+    c = _classes(bmp_only)
     text = template
     for k in ("Pc", "Sc", "Mc", "W", "L", "N"):
         text = text.replace("{" + k + "}", c[k])
@@ -266,15 +296,36 @@ def resolve_pre(name: str | None) -> tuple[str, PreType]:
     return name, pt
 
 
+# the one pre-tokenizer whose literal classes hold characters above U+FFFF
+_FULL_CLASSES = {"deepseek-llm"}
+
+
 @functools.cache
 def compiled_stages(stages: str) -> tuple[tuple[re.Pattern, bool], ...]:
-    """The compiled patterns of a stage list, each with whether its matches cover every character."""
-    return tuple((_pat(t), t in _COVERING) for t in _STAGES[stages])
+    """The compiled patterns of a stage list; each is either a findall pattern whose matches cover every
+    character, or a split pattern (one capturing group) whose gaps are pieces too."""
+    bmp = stages not in _FULL_CLASSES
+    return tuple(
+        (_pat(t, bmp), True) if t in _COVERING else (_pat("(" + t + ")", bmp), False) for t in _STAGES[stages]
+    )
 
 
 def pre_split(text: str, stages: str) -> list[str]:
     """Split text into the words that BPE merges never cross (the reference's unicode_regex_split)."""
-    pieces = [text] if text else []
+    if not text:
+        return []
+    if stages not in _FULL_CLASSES and _ASTRAL.search(text):
+        pieces = _split(_ASTRAL.sub(lambda m: _stand_in(m.group()), text), stages)
+        out, pos = [], 0
+        for p in pieces:
+            out.append(text[pos : pos + len(p)])
+            pos += len(p)
+        return out
+    return _split(text, stages)
+
+
+def _split(text: str, stages: str) -> list[str]:
+    pieces = [text]
     for pat, covering in compiled_stages(stages):
         out: list[str] = []
         if covering:
@@ -282,15 +333,7 @@ def pre_split(text: str, stages: str) -> list[str]:
                 out += pat.findall(p)
         else:
             for p in pieces:
-                last = 0
-                for m in pat.finditer(p):
-                    s, e = m.span()
-                    if s > last:
-                        out.append(p[last:s])
-                    out.append(p[s:e])
-                    last = e
-                if last < len(p):
-                    out.append(p[last:])
+                out += [x for x in pat.split(p) if x]
         pieces = out
     return pieces
 
@@ -384,26 +427,41 @@ def parse_merges(merges) -> dict[tuple[str, str], int]:
 
 
 class BPEMerger:
-    """The reference's merge loop in Python: lowest rank first, then leftmost; a word whose final
-    symbol is not in the vocabulary is written as the tokens of its single bytes, when they exist."""
+    """Byte-level BPE over pre-tokenized words, with a cache of the words seen.
+
+    A word's merges run in the `tokenizers` library's BPE model when `build_native` gave one (and the
+    word has no character the guard singles out), else in `_word`: the reference's merge loop in
+    Python (lowest rank first, then leftmost; a final symbol that is not a token is written as the
+    tokens of its single bytes, when they exist).
+    """
 
     CACHE_MAX = 200_000
 
-    def __init__(self, token_to_id: dict[str, int], ranks: dict[tuple[str, str], int], ignore_merges: bool):
+    def __init__(self, token_to_id: dict[str, int], ranks: dict[tuple[str, str], int], ignore_merges: bool,
+                 native=None, guard: re.Pattern | None = None):
         self.token_to_id = token_to_id
         self.ranks = ranks
         self.ignore_merges = ignore_merges
+        self.native = native
+        self.guard = guard
         self.cache: dict[str, tuple[int, ...]] = {}
 
-    def word(self, w: str) -> tuple[int, ...]:
-        """Token ids of one pre-tokenized word, given as byte-level characters."""
-        ids = self.cache.get(w)
-        if ids is None:
-            ids = self._word(w)
-            if len(self.cache) >= self.CACHE_MAX:
-                self.cache.clear()
-            self.cache[w] = ids
-        return ids
+    def encode_words(self, words: list[str]) -> list[int]:
+        """Token ids of pre-tokenized words (plain text, valid UTF-8)."""
+        cache = self.cache
+        missing = [w for w in set(words) if w not in cache]
+        if missing:
+            if len(cache) + len(missing) > self.CACHE_MAX:
+                cache.clear()
+                missing = list(set(words))
+            native, guard = self.native, self.guard
+            for w in missing:
+                bc = to_byte_chars(w.encode("utf-8"))
+                if native is not None and (guard is None or not guard.search(w)):
+                    cache[w] = tuple(t.id for t in native.tokenize(bc))
+                else:
+                    cache[w] = self._word(bc)
+        return list(itertools.chain.from_iterable(map(cache.__getitem__, words)))
 
     def _word(self, w: str) -> tuple[int, ...]:
         vocab = self.token_to_id
@@ -460,9 +518,9 @@ class BPEMerger:
 _NOT_IN_UTF8 = frozenset([0xC0, 0xC1, *range(0xF5, 0x100)])
 
 
-def build_fast(token_to_id: dict[str, int], merges: list[tuple[str, str]], ignore_merges: bool):
-    """A `tokenizers` BPE that gives the reference's ids for this vocabulary, or None when it can't;
-    with it, a pattern matching the text that must still go through `BPEMerger`.
+def build_native(token_to_id: dict[str, int], merges: list[tuple[str, str]], ignore_merges: bool):
+    """A `tokenizers` BPE model that gives the reference's ids for this vocabulary, or None when it
+    can't; with it, a pattern matching the words that must still go through the Python merge loop.
 
     The library skips a character that has no token, letting its neighbours merge; the reference
     keeps it in place (it blocks merges, then writes nothing). So every byte character must be a
@@ -486,15 +544,13 @@ def build_fast(token_to_id: dict[str, int], merges: list[tuple[str, str]], ignor
     if not _is_plain("".join(vocab)):
         vocab = {t: i for t, i in token_to_id.items() if _is_plain(t)}
     try:
-        from tokenizers import Tokenizer, models, pre_tokenizers
+        from tokenizers import models
 
         model = models.BPE(vocab=vocab, merges=merges, ignore_merges=ignore_merges, fuse_unk=False)
-        tok = Tokenizer(model)
-        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
     except Exception:  # noqa: BLE001 - any refusal by the library means: use the Python merger
         return None, None
     guard = re.compile("[" + _cls(guard_ranges) + "]") if guard_ranges else None
-    return tok, guard
+    return model, guard
 
 
 def _is_plain(t: str) -> bool:
