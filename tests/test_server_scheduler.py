@@ -281,7 +281,11 @@ def test_streams_sse_and_ndjson(toy):
         assert chunks[-1]["stop"] is True and chunks[-1]["stop_type"] == "limit"
         with c.stream("POST", "/v1/chat/completions", json={"messages": [{"role": "user", "content": "hi"}],
                                                              "max_tokens": 4, "stream": True}) as r:
-            lines = [ln for ln in r.iter_lines() if ln]
+            assert r.headers["content-type"].startswith("text/event-stream")
+            raw = r.read().decode()
+        events = raw.split("\n\n")
+        assert events[-1] == "" and all(e.startswith("data: ") and "\n" not in e for e in events[:-1])
+        lines = events[:-1]
         assert lines[-1] == "data: [DONE]"
         chunks = [json.loads(ln.removeprefix("data: ")) for ln in lines[:-1]]
         assert chunks[0]["choices"][0]["delta"]["role"] == "assistant"
