@@ -1,0 +1,158 @@
+"""Benchmark `llamapy quantize` on a TinyLlama-1.1B-shaped F16 file (random weights, ~2.1 GB).
+
+    python benchmarks/bench_quantize.py [--workdir DIR] [--threads 2] [--types Q4_K_M,Q4_0]
+
+Writes the F16 file once (kept in the work directory for the next run), then quantizes it with each
+type in a fresh process and prints wall time and peak RSS. With LLAMAPY_REF_QUANTIZE naming the
+reference's llama-quantize binary, it runs that too, on the same file, and prints the ratios.
+Targets: no slower than the reference, peak RSS under 1 GiB.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from llamapy.gguf_constants import TensorType as T
+from llamapy.gguf_writer import GGUFWriter
+
+# TinyLlama-1.1B
+DIM, N_LAYER, N_HEAD, N_HEAD_KV, FFN, VOCAB = 2048, 22, 32, 4, 5632, 32000
+
+
+def tensor_shapes() -> list[tuple[str, tuple[int, ...]]]:
+    """Tensors in GGML order (row length first)."""
+    kv = DIM * N_HEAD_KV // N_HEAD
+    shapes = [("token_embd.weight", (DIM, VOCAB))]
+    for i in range(N_LAYER):
+        shapes += [(f"blk.{i}.attn_norm.weight", (DIM,)), (f"blk.{i}.attn_q.weight", (DIM, DIM)),
+                   (f"blk.{i}.attn_k.weight", (DIM, kv)), (f"blk.{i}.attn_v.weight", (DIM, kv)),
+                   (f"blk.{i}.attn_output.weight", (DIM, DIM)), (f"blk.{i}.ffn_norm.weight", (DIM,)),
+                   (f"blk.{i}.ffn_gate.weight", (DIM, FFN)), (f"blk.{i}.ffn_up.weight", (DIM, FFN)),
+                   (f"blk.{i}.ffn_down.weight", (FFN, DIM))]
+    return shapes + [("output_norm.weight", (DIM,)), ("output.weight", (DIM, VOCAB))]
+
+
+def write_f16_model(path: str) -> None:
+    """Random gaussian weights (std 0.02), F16 matrices and F32 norms; written tensor by tensor."""
+    rng = np.random.default_rng(0)
+    pool = (0.02 * rng.standard_normal(1 << 24)).astype(np.float16)  # tiled with random offsets: fast, not periodic
+    shapes = tensor_shapes()
+    with GGUFWriter(path) as w:
+        w.add("general.architecture", "llama")
+        w.add("general.name", "tinyllama-shaped random")
+        w.add("llama.context_length", 2048)
+        w.add("llama.embedding_length", DIM)
+        w.add("llama.block_count", N_LAYER)
+        w.add("llama.feed_forward_length", FFN)
+        w.add("llama.rope.dimension_count", DIM // N_HEAD)
+        w.add("llama.attention.head_count", N_HEAD)
+        w.add("llama.attention.head_count_kv", N_HEAD_KV)
+        w.add("llama.attention.layer_norm_rms_epsilon", 1e-5)
+        w.add("general.file_type", 1)
+        for name, shape in shapes:
+            w.add_tensor_info(name, shape, T.F32 if len(shape) == 1 else T.F16)
+        w.write_header()
+        for name, shape in shapes:
+            n = int(np.prod(shape))
+            if len(shape) == 1:
+                w.write_tensor_data(name, np.ones(n, np.float32))
+                continue
+            parts, left = [], n
+            while left:
+                k = min(left, len(pool) // 2)
+                start = int(rng.integers(0, len(pool) - k))
+                parts.append(pool[start:start + k])
+                left -= k
+            w.write_tensor_data(name, np.concatenate(parts))
+
+
+def run_measured(cmd: list[str]) -> tuple[float, float, int]:
+    """Run a command; its wall time in seconds, peak RSS in MiB and exit status."""
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - t0
+    err = proc.stderr.read().decode(errors="replace")
+    proc.stderr.close()
+    code = os.waitstatus_to_exitcode(status)
+    if code != 0:
+        print(f"  command failed ({code}): {' '.join(cmd)}\n{err[-2000:]}", file=sys.stderr)
+    return wall, usage.ru_maxrss / 1024, code
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "llamapy-bench-quantize"))
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--types", default="Q4_K_M,Q4_0")
+    ap.add_argument("--keep", action="store_true", help="keep the quantized outputs")
+    a = ap.parse_args()
+
+    os.makedirs(a.workdir, exist_ok=True)
+    src = os.path.join(a.workdir, "tinyllama-shaped-f16.gguf")
+    if not os.path.exists(src):
+        t0 = time.perf_counter()
+        print(f"writing {src} ...", file=sys.stderr)
+        write_f16_model(src)
+        print(f"  {os.path.getsize(src) / 2**30:.2f} GiB in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
+    # read once so both quantizers start from a warm page cache
+    with open(src, "rb") as f:
+        while f.read(1 << 24):
+            pass
+
+    ref = os.environ.get("LLAMAPY_REF_QUANTIZE")
+    llamapy = [sys.executable, "-m", "llamapy", "quantize"]
+    rows = []
+    for qtype in a.types.split(","):
+        out = os.path.join(a.workdir, f"out-{qtype}.gguf")
+        t, rss, code = run_measured(llamapy + [src, out, qtype, str(a.threads)])
+        size = os.path.getsize(out) / 2**20 if code == 0 else float("nan")
+        row = {"type": qtype, "t": t, "rss": rss, "size": size, "ok": code == 0}
+        if ref:
+            ref_out = os.path.join(a.workdir, f"ref-{qtype}.gguf")
+            rt, rrss, rcode = run_measured([ref, src, ref_out, qtype, str(a.threads)])
+            row.update(rt=rt, rrss=rrss, rok=rcode == 0)
+            if code == 0 and rcode == 0:
+                with open(out, "rb") as f1, open(ref_out, "rb") as f2:
+                    same = True
+                    while True:
+                        b1, b2 = f1.read(1 << 24), f2.read(1 << 24)
+                        if b1 != b2:
+                            same = False
+                            break
+                        if not b1:
+                            break
+                row["same"] = same
+            if not a.keep and os.path.exists(ref_out):
+                os.unlink(ref_out)
+        if not a.keep and os.path.exists(out):
+            os.unlink(out)
+        rows.append(row)
+
+    print(f"\nquantize a TinyLlama-1.1B-shaped F16 file ({os.path.getsize(src) / 2**30:.2f} GiB), "
+          f"{a.threads} threads\n")
+    head = "| type   | llamapy s | peak RSS MiB | output MiB |"
+    if ref:
+        head += " reference s | ref RSS MiB | time ratio | same bytes |"
+    print(head)
+    print("|" + "|".join("---" for _ in range(head.count("|") - 1)) + "|")
+    for r in rows:
+        line = f"| {r['type']:<6} | {r['t']:9.1f} | {r['rss']:12.0f} | {r['size']:10.1f} |"
+        if ref:
+            ratio = r["t"] / r["rt"] if r.get("rok") else float("nan")
+            line += f" {r['rt']:11.1f} | {r['rrss']:11.0f} | {ratio:9.2f}x | {r.get('same', '-')!s:>10} |"
+        print(line)
+    print("\ntargets: time ratio <= 1.00x, peak RSS < 1024 MiB")
+
+
+if __name__ == "__main__":
+    main()
