@@ -11,7 +11,6 @@ import math
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 TINY = {"dim": 64, "n_layers": 2, "n_heads": 4, "n_kv_heads": 2, "ffn": 96, "norm_eps": 1e-5, "rope_theta": 10000.0}
 
@@ -41,11 +40,6 @@ def train_spm(path: Path, vocab_size: int = 320) -> Path:
     )
     path.write_bytes(buf.getvalue())
     return path
-
-
-@pytest.fixture(scope="session")
-def spm_model(tmp_path_factory) -> Path:
-    return train_spm(tmp_path_factory.mktemp("spm") / "tokenizer.model")
 
 
 def spm_size(path: Path) -> int:

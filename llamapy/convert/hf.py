@@ -95,7 +95,7 @@ def llama3_rope_factors(cfg: dict, rope: dict, head_dim: int) -> np.ndarray:
     freqs = 1.0 / (base ** (np.arange(0, head_dim, 2, dtype=np.float32) / head_dim))
     factor = rope.get("factor", 8.0)
     lo_f, hi_f = rope.get("low_freq_factor", 1.0), rope.get("high_freq_factor", 4.0)
-    old_ctx = cfg.get("original_max_position_embeddings", 8192)
+    old_ctx = rope.get("original_max_position_embeddings", cfg.get("original_max_position_embeddings", 8192))
     lo_wl, hi_wl = old_ctx / lo_f, old_ctx / hi_f
     out = []
     for f in freqs:
