@@ -12,6 +12,7 @@ Weight quantizers: `ref` is the scalar reference, `active` what lp_quantize_row 
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import sys
 import time
@@ -20,10 +21,16 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from llamapy.native import ffi, kernels_best, lib, set_kernels  # noqa: E402
+from llamapy.native import ffi, kernels_best, lib, set_kernels
 
-TYPES = [("q2_K", lib.LP_TYPE_Q2_K), ("q3_K", lib.LP_TYPE_Q3_K), ("q4_K", lib.LP_TYPE_Q4_K),
-         ("q5_K", lib.LP_TYPE_Q5_K), ("q6_K", lib.LP_TYPE_Q6_K), ("q8_K", lib.LP_TYPE_Q8_K)]
+TYPES = [
+    ("q2_K", lib.LP_TYPE_Q2_K),
+    ("q3_K", lib.LP_TYPE_Q3_K),
+    ("q4_K", lib.LP_TYPE_Q4_K),
+    ("q5_K", lib.LP_TYPE_Q5_K),
+    ("q6_K", lib.LP_TYPE_Q6_K),
+    ("q8_K", lib.LP_TYPE_Q8_K),
+]
 N_DOT = 256 * 512  # values per vec_dot call: weights and activations stay in L2/L3
 N_QUANT = 256 * 64
 
@@ -47,8 +54,10 @@ def measure(level: str, repeat: int) -> dict:
     xb, ab = ffi.from_buffer("float[]", x), ffi.from_buffer("float[]", a)
     qa = np.zeros(lib.lp_row_size(lib.LP_TYPE_Q8_K, N_DOT), np.uint8)
     qab = ffi.from_buffer(qa)
-    out = {"q8_K act": best_of(lambda: lib.lp_quantize_row(lib.LP_TYPE_Q8_K, ab, qab, N_DOT), repeat, 5)
-           / (N_DOT // 256)}
+    out = {
+        "q8_K act": best_of(lambda: lib.lp_quantize_row(lib.LP_TYPE_Q8_K, ab, qab, N_DOT), repeat, 5)
+        / (N_DOT // 256)
+    }
     s = ffi.new("float *")
     y = np.zeros(N_DOT, np.float32)
     yb = ffi.from_buffer("float[]", y)
@@ -57,13 +66,15 @@ def measure(level: str, repeat: int) -> dict:
         qb = ffi.from_buffer(q)
         lib.lp_quantize_row(t, xb, qb, N_DOT)
         blocks = N_DOT // 256
-        dot = best_of(lambda: lib.lp_vec_dot(t, N_DOT, qb, qab, s), repeat, 20) / blocks
-        deq = best_of(lambda: lib.lp_dequantize_row(t, qb, yb, N_DOT), repeat, 5) / blocks
+        dot = best_of(functools.partial(lib.lp_vec_dot, t, N_DOT, qb, qab, s), repeat, 20) / blocks
+        deq = best_of(functools.partial(lib.lp_dequantize_row, t, qb, yb, N_DOT), repeat, 5) / blocks
         out[name] = {"dot": dot, "gbs": lib.lp_type_size(t) / dot / 1e9, "deq": deq}
         if name != "q8_K":
             qblocks = N_QUANT // 256
-            out[name]["ref"] = best_of(lambda: lib.lp_quantize_row_ref(t, xb, qb, N_QUANT), 2, 1) / qblocks
-            out[name]["active"] = best_of(lambda: lib.lp_quantize_row(t, xb, qb, N_QUANT), 2, 1) / qblocks
+            ref = functools.partial(lib.lp_quantize_row_ref, t, xb, qb, N_QUANT)
+            active = functools.partial(lib.lp_quantize_row, t, xb, qb, N_QUANT)
+            out[name]["ref"] = best_of(ref, 2, 1) / qblocks
+            out[name]["active"] = best_of(active, 2, 1) / qblocks
     return out
 
 
@@ -81,19 +92,25 @@ def main() -> None:
     simd = levels[-1]
     print(f"K-quant kernels, ns per block of 256 values (best of {args.repeat}); levels: {', '.join(levels)}")
     print()
-    print(f"{'type':6} {'dot scalar':>11} {'dot ' + simd:>10} {'speedup':>8} {'GB/s':>6} "
-          f"{'dequant':>8} {'quant ref':>10} {'quant active':>13} {'speedup':>8}")
+    print(
+        f"{'type':6} {'dot scalar':>11} {'dot ' + simd:>10} {'speedup':>8} {'GB/s':>6} "
+        f"{'dequant':>8} {'quant ref':>10} {'quant active':>13} {'speedup':>8}"
+    )
     for name, _ in TYPES:
         sc, sm = res["scalar"][name], res[simd][name]
-        line = (f"{name:6} {sc['dot'] * 1e9:11.1f} {sm['dot'] * 1e9:10.1f} {sc['dot'] / sm['dot']:7.1f}x "
-                f"{sm['gbs']:6.1f} {sm['deq'] * 1e9:8.1f}")
+        line = (
+            f"{name:6} {sc['dot'] * 1e9:11.1f} {sm['dot'] * 1e9:10.1f} {sc['dot'] / sm['dot']:7.1f}x "
+            f"{sm['gbs']:6.1f} {sm['deq'] * 1e9:8.1f}"
+        )
         if "ref" in sm:
             line += f" {sm['ref'] * 1e9:10.0f} {sm['active'] * 1e9:13.0f} {sm['ref'] / sm['active']:7.1f}x"
         print(line)
     sc, sm = res["scalar"]["q8_K act"], res[simd]["q8_K act"]
     print()
-    print(f"q8_K activation quantizer: {sc * 1e9:.1f} ns/block scalar (the reference's x86 path), "
-          f"{sm * 1e9:.1f} ns/block {simd}: {sc / sm:.1f}x")
+    print(
+        f"q8_K activation quantizer: {sc * 1e9:.1f} ns/block scalar (the reference's x86 path), "
+        f"{sm * 1e9:.1f} ns/block {simd}: {sc / sm:.1f}x"
+    )
 
 
 if __name__ == "__main__":
