@@ -462,6 +462,7 @@ def test_logprobs_small_endpoints_and_embedding_only_mode(toy):
             {"id": 104, "piece": "h"}, {"id": 195, "piece": [195]}, {"id": 169, "piece": [169]}]
         assert c.post("/detokenize", json={"tokens": [104, 195, 169]}).json() == {"content": "hé"}
         assert c.get("/props").json()["total_slots"] == 2
+        assert [(x["id"], x["is_processing"]) for x in c.get("/slots").json()] == [(0, False), (1, False)]
         assert c.get("/api/tags").json()["models"][0]["details"]["quantization_level"] == "Q4_1"
         d = c.post("/api/chat", json={"messages": [{"role": "user", "content": "hi"}], "stream": False,
                                       "options": {"num_predict": 2}}).json()

@@ -118,6 +118,17 @@ def register(router: APIRouter, state: ServerState) -> None:
         return {"status": "ok", "slots_idle": s.free_slots(), "slots_processing": s.busy_slots(),
                 "requests_waiting": s.n_waiting()}
 
+    @router.get("/slots")
+    async def slots():
+        """llama-server's slot monitor: what each slot is doing and how much of its context is cached."""
+        out = []
+        for s in state.scheduler.slots:
+            job = s.job
+            out.append({"id": s.id, "n_ctx": b.n_ctx, "is_processing": job is not None,
+                        "n_prompt_tokens": s.n_prompt if job else 0,
+                        "next_token": {"has_next_token": job is not None, "n_decoded": len(s.generated)}})
+        return out
+
     @router.get("/props")
     async def props():
         tpl = state.template
