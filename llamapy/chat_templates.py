@@ -669,6 +669,28 @@ class ChatTemplate:
         keep_nl = "\n" if add_generation_prompt and before.endswith("\n") else ""
         return keep_nl + after[len(before) :]
 
+    def history_is_stable(self) -> bool:
+        """Whether each turn's text extends the text of the turns before it (what a chat that appends to its
+        KV cache turn by turn needs); checked on a sample conversation. Built-ins always are."""
+        if not self.is_jinja:
+            return True
+        convo = [
+            {"role": "system", "content": "S"},
+            {"role": "user", "content": "U1"},
+            {"role": "assistant", "content": "A1"},
+            {"role": "user", "content": "U2"},
+        ]
+        try:
+            for n in range(1, len(convo)):
+                before = self.render(convo[:n], add_generation_prompt=False)
+                if not self.render(
+                    convo[: n + 1], add_generation_prompt=convo[n]["role"] == "user"
+                ).startswith(before):
+                    return False
+        except LlamapyError:
+            return False
+        return True
+
     def example(self) -> str:
         """A short conversation rendered with this template (what llama.cpp prints at startup)."""
         return self.render(

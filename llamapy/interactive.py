@@ -576,6 +576,20 @@ def run_interactive(
     return session.quit_status
 
 
+def chat_template_for_session(tpl: ChatTemplate) -> ChatTemplate:
+    """The template a turn-by-turn chat can use: the session appends each turn's text to the KV cache, so a
+    Jinja template that re-renders earlier turns differently (e.g. folding the system message into the
+    first user turn) is replaced by its built-in family, as llama-cli does without --jinja."""
+    if tpl.history_is_stable() or tpl.family is None:
+        return tpl
+    builtin = ChatTemplate.from_name(tpl.family)
+    builtin.note = (
+        f"the {tpl.name} template re-renders earlier turns differently; using the built-in '{tpl.family}' "
+        "format for this chat"
+    )
+    return builtin
+
+
 def main(
     *,
     model: str | None,
@@ -598,7 +612,9 @@ def main(
         err = sys.stderr
         err.write(f"model: {llm.model_path} ({llm.desc}), n_ctx = {llm.n_ctx}, n_threads = {llm.n_threads}\n")
         if opts.conversation and opts.chat_template is None:
-            opts.chat_template = ChatTemplate.for_model(llm.metadata, name=chat_template, file=chat_template_file)
+            opts.chat_template = chat_template_for_session(
+                ChatTemplate.for_model(llm.metadata, name=chat_template, file=chat_template_file)
+            )
         opts.n_batch = min(opts.n_batch, llm.n_batch)
         sampler = Sampler(SamplerParams(**sampling), llm.n_vocab, eog_ids=sorted(llm.tokenizer.eog_ids))
         return run_interactive(llm, sampler, opts, t_load_ms=1e3 * getattr(llm, "load_time", 0.0))

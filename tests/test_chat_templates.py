@@ -255,3 +255,27 @@ def test_default_model_template(default_model):
         "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
     )
     assert tpl.example().endswith("<|im_start|>user\nHow are you?<|im_end|>\n<|im_start|>assistant\n")
+
+
+def test_history_stability():
+    assert ChatTemplate.from_name("gemma").history_is_stable()
+    smollm_like = (
+        "{% for m in messages %}{% if loop.first and messages[0]['role'] != 'system' %}<|im_start|>system\nX"
+        "<|im_end|>\n{% endif %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}"
+        "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+    )
+    assert ChatTemplate.from_source(smollm_like).history_is_stable()
+    # a template without a system role gets the system text folded into the first user turn: not stable
+    gemma_like = (
+        "{% if messages[0]['role'] == 'system' %}{{ raise_exception('System role not supported') }}{% endif %}"
+        "{% for m in messages %}<start_of_turn>{{ 'model' if m.role == 'assistant' else m.role }}\n"
+        "{{ m.content | trim }}<end_of_turn>\n{% endfor %}{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}"
+    )
+    tpl = ChatTemplate.from_source(gemma_like)
+    assert tpl.family == "gemma" and not tpl.history_is_stable()
+
+    from llamapy.interactive import chat_template_for_session
+
+    chosen = chat_template_for_session(tpl)
+    assert chosen.name == "gemma" and not chosen.is_jinja and "re-renders earlier turns" in chosen.note
+    assert chat_template_for_session(ChatTemplate.from_source(smollm_like)).is_jinja
