@@ -57,6 +57,9 @@ int lp_vec_dot(int type, int64_t n, const void *x, const void *y, float *s); /* 
 typedef void (*lp_to_float_fn)(const void *x, float *y, int64_t n);
 typedef void (*lp_from_float_fn)(const float *x, void *y, int64_t n);
 typedef void (*lp_vec_dot_fn)(int n, float *s, const void *x, const void *y);
+/* s[j * s_stride] = dot(x, y + j * y_stride) for j < nrc: one weight row against several activation rows */
+typedef void (*lp_vec_dot_rows_fn)(int n, int nrc, float *s, size_t s_stride, const void *x, const void *y,
+                                   size_t y_stride);
 
 typedef struct {
     const char *name;
@@ -67,6 +70,7 @@ typedef struct {
     lp_from_float_fn from_float_ref;   /* scalar reference quantizer: the bytes the reference writes */
     lp_from_float_fn from_float;       /* fast quantizer for activations (may equal the reference) */
     lp_vec_dot_fn vec_dot;             /* dot of a row of this type with a row of vec_dot_type */
+    lp_vec_dot_rows_fn vec_dot_rows;   /* optional (NULL: loop over vec_dot): decodes x once for all rows */
 } lp_type_traits;
 
 /* The table in use; filled once by lp_kernels_set() / the first call that needs it. */

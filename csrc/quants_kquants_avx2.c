@@ -333,6 +333,80 @@ static void vec_dot_q5_K_q8_K(int n, float *s, const void *vx, const void *vy) {
     *s = hsum_ps(acc) - hsum_ps128(accm);
 }
 
+/* ---- one weight row against 4 activation rows (prompt processing) ----------------------------
+ *
+ * The weight quants and scales are decoded once per block for 4 activation rows. Each row's int32 sums
+ * and float steps are the single-row kernel's, so the results are bitwise those of vec_dot. */
+
+#define ROWS 4
+
+static inline const lp_block_q8_K *act_row(const void *vy, size_t by, int j) {
+    return (const lp_block_q8_K *)((const char *)vy + (size_t)j * by);
+}
+
+/* Q4_K (qh NULL) and Q5_K rows */
+static inline void k4_rows4(int nb, const uint8_t *xb, size_t xbs, int has_qh, float *s, size_t bs, const void *vy,
+                            size_t by) {
+    const __m256i m4 = _mm256_set1_epi8(0xF), m1 = _mm256_set1_epi8(1);
+    const lp_block_q8_K *y[ROWS];
+    for (int t = 0; t < ROWS; t++) y[t] = act_row(vy, by, t);
+    __m256 acc[ROWS];
+    __m128 accm[ROWS];
+    for (int t = 0; t < ROWS; t++) {
+        acc[t] = _mm256_setzero_ps();
+        accm[t] = _mm_setzero_ps();
+    }
+    for (int i = 0; i < nb; i++, xb += xbs) {
+        /* Q4_K and Q5_K start alike: d, dmin, 12 scale bytes; then Q5_K's qh; then qs */
+        const uint16_t *dd = (const uint16_t *)xb;
+        const uint8_t *qs = xb + 16 + (has_qh ? 32 : 0);
+        const __m256i sm16 = _mm256_cvtepu8_epi16(k4_scales_mins(xb + 4));
+        const __m128i mins = _mm256_extracti128_si256(sm16, 1);
+        const __m256i sc = _mm256_permute2x128_si256(sm16, sm16, 0x00);
+        const __m256i hb = has_qh ? loadu(xb + 16) : _mm256_setzero_si256();
+        __m256i sumi[ROWS];
+        for (int t = 0; t < ROWS; t++) sumi[t] = _mm256_setzero_si256();
+        for (int c = 0; c < 4; c++) {
+            const __m256i bits = loadu(qs + 32 * c);
+            __m256i ql = _mm256_and_si256(bits, m4), qh = _mm256_and_si256(_mm256_srli_epi16(bits, 4), m4);
+            if (has_qh) {
+                ql = _mm256_or_si256(ql, _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hb, 2 * c), m1), 4));
+                qh = _mm256_or_si256(qh, _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hb, 2 * c + 1), m1), 4));
+            }
+            const __m256i s0 = _mm256_shuffle_epi8(sc, _mm256_set1_epi16((short)(0x0100 * (4 * c + 1) + 4 * c)));
+            const __m256i s1 = _mm256_shuffle_epi8(sc, _mm256_set1_epi16((short)(0x0100 * (4 * c + 3) + 4 * c + 2)));
+            for (int t = 0; t < ROWS; t++) {
+                const __m256i p0 = _mm256_madd_epi16(_mm256_maddubs_epi16(ql, loadu(y[t][i].qs + 64 * c)), s0);
+                const __m256i p1 = _mm256_madd_epi16(_mm256_maddubs_epi16(qh, loadu(y[t][i].qs + 64 * c + 32)), s1);
+                sumi[t] = _mm256_add_epi32(sumi[t], _mm256_add_epi32(p0, p1));
+            }
+        }
+        const float dx = h2f(dd[0]), mx = h2f(dd[1]);
+        for (int t = 0; t < ROWS; t++) {
+            const __m256i b = loadu(y[t][i].bsums);
+            const __m128i b32 = _mm_hadd_epi16(_mm256_castsi256_si128(b), _mm256_extracti128_si256(b, 1));
+            const __m128i pm = _mm_madd_epi16(mins, b32);
+            accm[t] = _mm_fmadd_ps(_mm_set1_ps(y[t][i].d * mx), _mm_cvtepi32_ps(pm), accm[t]);
+            acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(y[t][i].d * dx), _mm256_cvtepi32_ps(sumi[t]), acc[t]);
+        }
+    }
+    for (int t = 0; t < ROWS; t++) s[t * bs] = hsum_ps(acc[t]) - hsum_ps128(accm[t]);
+}
+
+static void vec_dot_rows_q4_K(int n, int nrc, float *s, size_t bs, const void *vx, const void *vy, size_t by) {
+    int j = 0;
+    for (; j + ROWS <= nrc; j += ROWS)
+        k4_rows4(n / LP_QK_K, vx, sizeof(lp_block_q4_K), 0, s + j * bs, bs, act_row(vy, by, j), by);
+    for (; j < nrc; j++) vec_dot_q4_K_q8_K(n, s + j * bs, vx, act_row(vy, by, j));
+}
+
+static void vec_dot_rows_q5_K(int n, int nrc, float *s, size_t bs, const void *vx, const void *vy, size_t by) {
+    int j = 0;
+    for (; j + ROWS <= nrc; j += ROWS)
+        k4_rows4(n / LP_QK_K, vx, sizeof(lp_block_q5_K), 1, s + j * bs, bs, act_row(vy, by, j), by);
+    for (; j < nrc; j++) vec_dot_q5_K_q8_K(n, s + j * bs, vx, act_row(vy, by, j));
+}
+
 static inline void store_affine32(float *y, __m256i q8bytes, float d1, float m1) {
     const __m256 vd = _mm256_set1_ps(d1), vm = _mm256_set1_ps(m1);
     const __m128i lo = _mm256_castsi256_si128(q8bytes), hi = _mm256_extracti128_si256(q8bytes, 1);
@@ -410,6 +484,50 @@ static void vec_dot_q6_K_q8_K(int n, float *s, const void *vx, const void *vy) {
         acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc);
     }
     *s = hsum_ps(acc);
+}
+
+static void q6_rows4(int n, const lp_block_q6_K *x, float *s, size_t bs, const void *vy, size_t by) {
+    const lp_block_q8_K *y[ROWS];
+    __m256 acc[ROWS];
+    for (int t = 0; t < ROWS; t++) {
+        y[t] = act_row(vy, by, t);
+        acc[t] = _mm256_setzero_ps();
+    }
+    for (int i = 0; i < n / LP_QK_K; i++) {
+        const __m128i sc8 = _mm_loadu_si128((const __m128i *)x[i].scales);
+        const __m256i sc16 = _mm256_cvtepi8_epi16(sc8);
+        __m256i sumi[ROWS];
+        for (int t = 0; t < ROWS; t++)
+            sumi[t] = _mm256_sub_epi32(_mm256_setzero_si256(),
+                                       _mm256_slli_epi32(_mm256_madd_epi16(sc16, loadu(y[t][i].bsums)), 5));
+        for (int h = 0; h < 2; h++) {
+            __m256i q[4];
+            q6_half(&x[i], h, q);
+            const __m256i half = _mm256_permute2x128_si256(sc16, sc16, h ? 0x11 : 0x00);
+            for (int p = 0; p < 4; p++) {
+                const __m256i pick = _mm256_setr_epi8(
+                    4 * p, 4 * p + 1, 4 * p, 4 * p + 1, 4 * p, 4 * p + 1, 4 * p, 4 * p + 1, 4 * p, 4 * p + 1, 4 * p,
+                    4 * p + 1, 4 * p, 4 * p + 1, 4 * p, 4 * p + 1, 4 * p + 2, 4 * p + 3, 4 * p + 2, 4 * p + 3, 4 * p + 2,
+                    4 * p + 3, 4 * p + 2, 4 * p + 3, 4 * p + 2, 4 * p + 3, 4 * p + 2, 4 * p + 3, 4 * p + 2, 4 * p + 3,
+                    4 * p + 2, 4 * p + 3);
+                const __m256i scp = _mm256_shuffle_epi8(half, pick);
+                for (int t = 0; t < ROWS; t++) {
+                    const __m256i prod = _mm256_maddubs_epi16(q[p], loadu(y[t][i].qs + 128 * h + 32 * p));
+                    sumi[t] = _mm256_add_epi32(sumi[t], _mm256_madd_epi16(prod, scp));
+                }
+            }
+        }
+        const float dx = h2f(x[i].d);
+        for (int t = 0; t < ROWS; t++)
+            acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(y[t][i].d * dx), _mm256_cvtepi32_ps(sumi[t]), acc[t]);
+    }
+    for (int t = 0; t < ROWS; t++) s[t * bs] = hsum_ps(acc[t]);
+}
+
+static void vec_dot_rows_q6_K(int n, int nrc, float *s, size_t bs, const void *vx, const void *vy, size_t by) {
+    int j = 0;
+    for (; j + ROWS <= nrc; j += ROWS) q6_rows4(n, vx, s + j * bs, bs, act_row(vy, by, j), by);
+    for (; j < nrc; j++) vec_dot_q6_K_q8_K(n, s + j * bs, vx, act_row(vy, by, j));
 }
 
 static void dequantize_row_q6_K(const void *vx, float *y, int64_t k) {
@@ -727,10 +845,13 @@ void lp_register_kquants_avx2(lp_type_traits *t) {
     t[LP_TYPE_Q3_K].vec_dot = vec_dot_q3_K_q8_K;
     t[LP_TYPE_Q4_K].to_float = dequantize_row_q4_K;
     t[LP_TYPE_Q4_K].vec_dot = vec_dot_q4_K_q8_K;
+    t[LP_TYPE_Q4_K].vec_dot_rows = vec_dot_rows_q4_K;
     t[LP_TYPE_Q5_K].to_float = dequantize_row_q5_K;
     t[LP_TYPE_Q5_K].vec_dot = vec_dot_q5_K_q8_K;
+    t[LP_TYPE_Q5_K].vec_dot_rows = vec_dot_rows_q5_K;
     t[LP_TYPE_Q6_K].to_float = dequantize_row_q6_K;
     t[LP_TYPE_Q6_K].vec_dot = vec_dot_q6_K_q8_K;
+    t[LP_TYPE_Q6_K].vec_dot_rows = vec_dot_rows_q6_K;
     t[LP_TYPE_Q8_K].to_float = dequantize_row_q8_K;
     t[LP_TYPE_Q8_K].from_float = quantize_row_q8_K;
     t[LP_TYPE_Q8_K].vec_dot = vec_dot_q8_K_q8_K;

@@ -290,6 +290,36 @@ def test_vec_dot_avx2_vs_scalar(name, kernels):
             assert v == pytest.approx(s, rel=1e-5, abs=1e-5 * n)
 
 
+@pytest.mark.parametrize("name", list(ALL_TYPES))
+def test_vec_dot_rows_is_vec_dot_per_row(name, kernels):
+    """One weight row against several activation rows (strided): bitwise the single-row results."""
+    t, n = ALL_TYPES[name], 768
+    rng = np.random.default_rng(5)
+    qx = np_quantize(name, rng.standard_normal((1, n)).astype(np.float32))
+    qy = K.quantize_q8_k(rng.standard_normal((9, n)).astype(np.float32))
+    stride = qy.shape[1] + 8  # rows not packed: the stride is honoured
+    ys = np.zeros((9, stride), np.uint8)
+    ys[:, : qy.shape[1]] = qy
+    for level in ["scalar"] + (["avx2"] if HAS_AVX2 else []):
+        kernels(level)
+        want = np.array([c_vec_dot(t, qx, ys[j, : qy.shape[1]], n) for j in range(9)], dtype=np.float32)
+        for nrc in (1, 4, 5, 9):
+            got = np.full(nrc, np.nan, dtype=np.float32)
+            assert (
+                lib.lp_vec_dot_rows(
+                    t,
+                    n,
+                    nrc,
+                    ffi.from_buffer(qx),
+                    ffi.from_buffer(ys),
+                    stride,
+                    ffi.from_buffer("float[]", got),
+                )
+                == 0
+            )
+            np.testing.assert_array_equal(got, want[:nrc], err_msg=f"{level} nrc={nrc}")
+
+
 def test_kernel_table():
     sizes = {"q2_k": 84, "q3_k": 110, "q4_k": 144, "q5_k": 176, "q6_k": 210, "q8_k": 292}
     for name, t in ALL_TYPES.items():
