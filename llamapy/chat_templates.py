@@ -17,436 +17,14 @@ The built-ins follow llama.cpp's `llama_chat_apply_template` (src/llama-chat.cpp
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from .chat_builtins import ALIASES, BUILTIN_TEMPLATES, BUILTINS, DEFAULT_TEMPLATE, detect_builtin, strip_ascii
 from .errors import LlamapyError
 
 Message = dict
-
-# -- built-in formats ------------------------------------------------------------------------------------
-
-
-def _strip(s: str) -> str:
-    """Trim ASCII whitespace at both ends, as llama.cpp's trim() (isspace) does."""
-    return s.strip(" \t\n\r\v\f")
-
-
-def _chatml(msgs: list[Message], gen: bool) -> str:
-    out = "".join(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in msgs)
-    return out + ("<|im_start|>assistant\n" if gen else "")
-
-
-def _llama2(system_tags: bool, bos_inside: bool, strip: bool):
-    """Llama 2 `[INST]` and its variants: <<SYS>> tags or not, <s> between turns or not, trimmed or not."""
-
-    def render(msgs: list[Message], gen: bool) -> str:
-        out = ["[INST] "]
-        in_turn = True  # the first [INST] is already written; BOS comes from the tokenizer
-        for m in msgs:
-            content = _strip(m["content"]) if strip else m["content"]
-            if not in_turn:
-                out.append("<s>[INST] " if bos_inside else "[INST] ")
-                in_turn = True
-            if m["role"] == "system":
-                out.append(f"<<SYS>>\n{content}\n<</SYS>>\n\n" if system_tags else content + "\n")
-            elif m["role"] == "user":
-                out.append(content + " [/INST]")
-            else:
-                out.append(content + "</s>")
-                in_turn = False
-        return "".join(out)
-
-    return render
-
-
-def _mistral(leading: str, trailing: str, trim_assistant: bool):
-    """Mistral v1 / v3 / v3-tekken: the system text goes inside the first [INST]."""
-
-    def render(msgs: list[Message], gen: bool) -> str:
-        out = []
-        in_turn = False
-        for m in msgs:
-            if not in_turn:
-                out.append(f"{leading}[INST]{trailing}")
-                in_turn = True
-            role, content = m["role"], m["content"]
-            if role == "system":
-                out.append(content + "\n\n")
-            elif role == "user":
-                out.append(f"{content}{leading}[/INST]")
-            else:
-                out.append(f"{trailing}{_strip(content) if trim_assistant else content}</s>")
-                in_turn = False
-        return "".join(out)
-
-    return render
-
-
-def _mistral_v7(msgs: list[Message], gen: bool) -> str:
-    out = []
-    for m in msgs:
-        if m["role"] == "system":
-            out.append(f"[SYSTEM_PROMPT] {m['content']}[/SYSTEM_PROMPT]")
-        elif m["role"] == "user":
-            out.append(f"[INST] {m['content']}[/INST]")
-        else:
-            out.append(f" {m['content']}</s>")
-    return "".join(out)
-
-
-def _tagged(open_fmt: str, close: str, gen_text: str):
-    """Formats where every message is `open_fmt.format(role=...) + content + close`."""
-
-    def render(msgs: list[Message], gen: bool) -> str:
-        out = "".join(open_fmt.format(role=m["role"]) + m["content"] + close for m in msgs)
-        return out + (gen_text if gen else "")
-
-    return render
-
-
-def _monarch(msgs: list[Message], gen: bool) -> str:
-    out = [("" if i == 0 else "<s>") + f"{m['role']}\n{m['content']}</s>\n" for i, m in enumerate(msgs)]
-    return "".join(out) + ("<s>assistant\n" if gen else "")
-
-
-def _gemma(msgs: list[Message], gen: bool) -> str:
-    out = []
-    system = ""
-    for m in msgs:
-        if m["role"] == "system":  # gemma has no system role: it is merged into the next user turn
-            system = _strip(m["content"])
-            continue
-        role = "model" if m["role"] == "assistant" else m["role"]
-        out.append(f"<start_of_turn>{role}\n")
-        if system and role != "model":
-            out.append(system + "\n\n")
-            system = ""
-        out.append(_strip(m["content"]) + "<end_of_turn>\n")
-    return "".join(out) + ("<start_of_turn>model\n" if gen else "")
-
-
-def _orion(msgs: list[Message], gen: bool) -> str:
-    out = []
-    system = ""
-    for m in msgs:
-        if m["role"] == "system":
-            system = m["content"]
-        elif m["role"] == "user":
-            out.append("Human: " + (system + "\n\n" if system else "") + m["content"] + "\n\nAssistant: </s>")
-            system = ""
-        else:
-            out.append(m["content"] + "</s>")
-    return "".join(out)
-
-
-def _openchat(msgs: list[Message], gen: bool) -> str:
-    out = []
-    for m in msgs:
-        role = m["role"]
-        if role == "system":
-            out.append(m["content"] + "<|end_of_turn|>")
-        else:
-            out.append(f"GPT4 Correct {role[:1].upper()}{role[1:]}: {m['content']}<|end_of_turn|>")
-    return "".join(out) + ("GPT4 Correct Assistant:" if gen else "")
-
-
-def _vicuna(orca: bool):
-    def render(msgs: list[Message], gen: bool) -> str:
-        out = []
-        for m in msgs:
-            if m["role"] == "system":
-                out.append(f"SYSTEM: {m['content']}\n" if orca else m["content"] + "\n\n")
-            elif m["role"] == "user":
-                out.append(f"USER: {m['content']}\n")
-            elif m["role"] == "assistant":
-                out.append(f"ASSISTANT: {m['content']}</s>\n")
-        return "".join(out) + ("ASSISTANT:" if gen else "")
-
-    return render
-
-
-def _deepseek(msgs: list[Message], gen: bool) -> str:
-    out = []
-    for m in msgs:
-        if m["role"] == "system":
-            out.append(m["content"])
-        elif m["role"] == "user":
-            out.append(f"### Instruction:\n{m['content']}\n")
-        elif m["role"] == "assistant":
-            out.append(f"### Response:\n{m['content']}\n<|EOT|>\n")
-    return "".join(out) + ("### Response:\n" if gen else "")
-
-
-def _command_r(msgs: list[Message], gen: bool) -> str:
-    tags = {"system": "<|SYSTEM_TOKEN|>", "user": "<|USER_TOKEN|>", "assistant": "<|CHATBOT_TOKEN|>"}
-    out = [
-        f"<|START_OF_TURN_TOKEN|>{tags[m['role']]}{_strip(m['content'])}<|END_OF_TURN_TOKEN|>"
-        for m in msgs
-        if m["role"] in tags
-    ]
-    return "".join(out) + ("<|START_OF_TURN_TOKEN|><|CHATBOT_TOKEN|>" if gen else "")
-
-
-def _llama3(msgs: list[Message], gen: bool) -> str:
-    out = "".join(
-        f"<|start_header_id|>{m['role']}<|end_header_id|>\n\n{_strip(m['content'])}<|eot_id|>" for m in msgs
-    )
-    return out + ("<|start_header_id|>assistant<|end_header_id|>\n\n" if gen else "")
-
-
-def _glm(head: str, sep: str):
-    """chatglm3 / chatglm4 / glmedge: `<|role|>` + sep + content, an optional fixed head."""
-
-    def render(msgs: list[Message], gen: bool) -> str:
-        out = head + "".join(f"<|{m['role']}|>{sep}{m['content']}" for m in msgs)
-        return out + ("<|assistant|>" if gen else "")
-
-    return render
-
-
-def _minicpm(msgs: list[Message], gen: bool) -> str:
-    out = []
-    for m in msgs:
-        if m["role"] == "user":
-            out.append("<用户>" + _strip(m["content"]) + "<AI>")
-        else:
-            out.append(_strip(m["content"]))
-    return "".join(out)
-
-
-def _deepseek2(msgs: list[Message], gen: bool) -> str:
-    out = []
-    for m in msgs:
-        if m["role"] == "system":
-            out.append(m["content"] + "\n\n")
-        elif m["role"] == "user":
-            out.append(f"User: {m['content']}\n\n")
-        elif m["role"] == "assistant":
-            out.append(f"Assistant: {m['content']}<｜end▁of▁sentence｜>")
-    return "".join(out) + ("Assistant:" if gen else "")
-
-
-def _deepseek3(msgs: list[Message], gen: bool) -> str:
-    out = []
-    for m in msgs:
-        if m["role"] == "system":
-            out.append(m["content"] + "\n\n")
-        elif m["role"] == "user":
-            out.append("<｜User｜>" + m["content"])
-        elif m["role"] == "assistant":
-            out.append("<｜Assistant｜>" + m["content"] + "<｜end▁of▁sentence｜>")
-    return "".join(out) + ("<｜Assistant｜>" if gen else "")
-
-
-def _exaone3(msgs: list[Message], gen: bool) -> str:
-    out = []
-    for m in msgs:
-        c = _strip(m["content"])
-        if m["role"] == "system":
-            out.append(f"[|system|]{c}[|endofturn|]\n")
-        elif m["role"] == "user":
-            out.append(f"[|user|]{c}\n")
-        elif m["role"] == "assistant":
-            out.append(f"[|assistant|]{c}[|endofturn|]\n")
-    return "".join(out) + ("[|assistant|]" if gen else "")
-
-
-def _rwkv_world(msgs: list[Message], gen: bool) -> str:
-    out = []
-    for m in msgs:
-        if m["role"] == "user":
-            out.append(f"User: {m['content']}\n\nAssistant:")
-        else:
-            out.append(m["content"] + "\n\n")
-    return "".join(out)
-
-
-def _granite(msgs: list[Message], gen: bool) -> str:
-    out = []
-    for m in msgs:
-        out.append(f"<|start_of_role|>{m['role']}<|end_of_role|>")
-        if m["role"] == "assistant_tool_call":
-            out.append("<|tool_call|>")
-        out.append(m["content"] + "<|end_of_text|>\n")
-    return "".join(out) + ("<|start_of_role|>assistant<|end_of_role|>\n" if gen else "")
-
-
-def _gigachat(msgs: list[Message], gen: bool) -> str:
-    has_system = bool(msgs) and msgs[0]["role"] == "system"
-    out = ["<s>" + (msgs[0]["content"] + "<|message_sep|>" if has_system else "")]
-    for m in msgs[1 if has_system else 0 :]:
-        if m["role"] == "user":
-            out.append(
-                f"user<|role_sep|>{m['content']}<|message_sep|>available functions<|role_sep|>[]<|message_sep|>"
-            )
-        elif m["role"] == "assistant":
-            out.append(f"assistant<|role_sep|>{m['content']}<|message_sep|>")
-    return "".join(out) + ("assistant<|role_sep|>" if gen else "")
-
-
-def _alpaca(msgs: list[Message], gen: bool) -> str:
-    """The Alpaca instruction format (not a llama.cpp built-in): system text, then Instruction/Response."""
-    out = []
-    for m in msgs:
-        if m["role"] == "system":
-            out.append(m["content"] + "\n\n")
-        elif m["role"] == "user":
-            out.append(f"### Instruction:\n{m['content']}\n\n")
-        else:
-            out.append(f"### Response:\n{m['content']}\n\n")
-    return "".join(out) + ("### Response:\n" if gen else "")
-
-
-@dataclass(frozen=True)
-class _Builtin:
-    render: Callable[[list[Message], bool], str]
-    stops: tuple[str, ...]
-    describe: str
-
-
-_LLAMA2_STOPS = ("</s>", "[INST]")
-_BUILTINS: dict[str, _Builtin] = {
-    "chatml": _Builtin(_chatml, ("<|im_end|>",), "<|im_start|>role ... <|im_end|>"),
-    "llama2": _Builtin(
-        _llama2(False, False, False), _LLAMA2_STOPS, "[INST] ... [/INST] (system text unwrapped)"
-    ),
-    "llama2-sys": _Builtin(
-        _llama2(True, False, False), _LLAMA2_STOPS, "[INST] <<SYS>> ... <</SYS>> ... [/INST]"
-    ),
-    "llama2-sys-bos": _Builtin(
-        _llama2(True, True, False), _LLAMA2_STOPS, "llama2-sys with <s> between turns"
-    ),
-    "llama2-sys-strip": _Builtin(
-        _llama2(True, False, True), _LLAMA2_STOPS, "llama2-sys with trimmed messages"
-    ),
-    "mistral-v1": _Builtin(_mistral(" ", " ", False), _LLAMA2_STOPS, " [INST] ... [/INST]"),
-    "mistral-v3": _Builtin(_mistral("", " ", True), _LLAMA2_STOPS, "[INST] ... [/INST]"),
-    "mistral-v3-tekken": _Builtin(_mistral("", "", False), _LLAMA2_STOPS, "[INST]...[/INST]"),
-    "mistral-v7": _Builtin(_mistral_v7, ("</s>", "[INST]"), "[SYSTEM_PROMPT] ... [INST] ... [/INST]"),
-    "phi3": _Builtin(
-        _tagged("<|{role}|>\n", "<|end|>\n", "<|assistant|>\n"), ("<|end|>",), "<|role|> ... <|end|>"
-    ),
-    "phi4": _Builtin(
-        _tagged("<|im_start|>{role}<|im_sep|>", "<|im_end|>", "<|im_start|>assistant<|im_sep|>"),
-        ("<|im_end|>",),
-        "<|im_start|>role<|im_sep|> ... <|im_end|>",
-    ),
-    "falcon3": _Builtin(_tagged("<|{role}|>\n", "\n", "<|assistant|>\n"), ("<|user|>",), "<|role|> ..."),
-    "zephyr": _Builtin(
-        _tagged("<|{role}|>\n", "<|endoftext|>\n", "<|assistant|>\n"),
-        ("<|endoftext|>", "</s>"),
-        "<|role|> ... <|endoftext|>",
-    ),
-    "monarch": _Builtin(_monarch, ("</s>",), "role ... </s> <s>role ..."),
-    "gemma": _Builtin(_gemma, ("<end_of_turn>",), "<start_of_turn>role ... <end_of_turn>"),
-    "orion": _Builtin(_orion, ("</s>",), "Human: ... Assistant: </s>"),
-    "openchat": _Builtin(_openchat, ("<|end_of_turn|>",), "GPT4 Correct User: ... <|end_of_turn|>"),
-    "vicuna": _Builtin(_vicuna(False), ("</s>", "USER:"), "USER: ... ASSISTANT: ..."),
-    "vicuna-orca": _Builtin(_vicuna(True), ("</s>", "USER:"), "SYSTEM: ... USER: ... ASSISTANT: ..."),
-    "deepseek": _Builtin(_deepseek, ("<|EOT|>",), "### Instruction: ... ### Response: ... <|EOT|>"),
-    "deepseek2": _Builtin(_deepseek2, ("<｜end▁of▁sentence｜>",), "User: ... Assistant: ..."),
-    "deepseek3": _Builtin(_deepseek3, ("<｜end▁of▁sentence｜>",), "<｜User｜> ... <｜Assistant｜> ..."),
-    "command-r": _Builtin(_command_r, ("<|END_OF_TURN_TOKEN|>",), "<|START_OF_TURN_TOKEN|> ..."),
-    "llama3": _Builtin(_llama3, ("<|eot_id|>",), "<|start_header_id|>role<|end_header_id|> ... <|eot_id|>"),
-    "chatglm3": _Builtin(_glm("[gMASK]sop", "\n "), ("<|user|>",), "[gMASK]sop<|role|> ..."),
-    "chatglm4": _Builtin(_glm("[gMASK]<sop>", "\n"), ("<|user|>",), "[gMASK]<sop><|role|> ..."),
-    "glmedge": _Builtin(_glm("", "\n"), ("<|user|>",), "<|role|> ..."),
-    "minicpm": _Builtin(_minicpm, ("<用户>",), "<用户> ... <AI> ..."),
-    "exaone3": _Builtin(_exaone3, ("[|endofturn|]",), "[|role|] ... [|endofturn|]"),
-    "rwkv-world": _Builtin(_rwkv_world, ("\n\nUser:",), "User: ... Assistant: ..."),
-    "granite": _Builtin(_granite, ("<|end_of_text|>",), "<|start_of_role|>role<|end_of_role|> ..."),
-    "gigachat": _Builtin(_gigachat, ("<|message_sep|>",), "role<|role_sep|> ... <|message_sep|>"),
-    "megrez": _Builtin(
-        _tagged("<|role_start|>{role}<|role_end|>", "<|turn_end|>", "<|role_start|>assistant<|role_end|>"),
-        ("<|turn_end|>",),
-        "<|role_start|>role<|role_end|> ... <|turn_end|>",
-    ),
-    "alpaca": _Builtin(_alpaca, ("### Instruction:",), "### Instruction: ... ### Response: ..."),
-}
-# llama.cpp has no template named "mistral": the name is caught by its detection (it starts with "mistral"
-# and carries none of the v1/v3/v7 markers), which gives the plain llama2 format. Same here, by name.
-_ALIASES = {"mistral": "llama2"}
-
-BUILTIN_TEMPLATES: tuple[str, ...] = tuple(sorted([*_BUILTINS, *_ALIASES]))
-DEFAULT_TEMPLATE = "chatml"
-
-
-def detect_builtin(text: str) -> str | None:
-    """The built-in family of a template given by name or Jinja text, as llama.cpp detects it; None if unknown."""
-    if text in _BUILTINS:
-        return text
-    if text in _ALIASES:
-        return _ALIASES[text]
-
-    def has(s: str) -> bool:
-        return s in text
-
-    if has("<|im_start|>"):
-        return "phi4" if has("<|im_sep|>") else "chatml"
-    if text.startswith("mistral") or has("[INST]"):
-        if has("[SYSTEM_PROMPT]"):
-            return "mistral-v7"
-        if has("' [INST] ' + system_message") or has("[AVAILABLE_TOOLS]"):
-            if has(" [INST]"):
-                return "mistral-v1"
-            if has('"[INST]"'):
-                return "mistral-v3-tekken"
-            return "mistral-v3"
-        if has("content.strip()"):
-            return "llama2-sys-strip"
-        if has("bos_token + '[INST]"):
-            return "llama2-sys-bos"
-        return "llama2-sys" if has("<<SYS>>") else "llama2"
-    if has("<|assistant|>") and has("<|end|>"):
-        return "phi3"
-    if has("<|assistant|>") and has("<|user|>"):
-        return "falcon3" if has("</s>") else "glmedge"
-    if has("<|user|>") and has("<|endoftext|>"):
-        return "zephyr"
-    if has("bos_token + message['role']"):
-        return "monarch"
-    if has("<start_of_turn>"):
-        return "gemma"
-    if has("'\\n\\nAssistant: ' + eos_token"):
-        return "orion"
-    if has("GPT4 Correct "):
-        return "openchat"
-    if has("USER: ") and has("ASSISTANT: "):
-        return "vicuna-orca" if has("SYSTEM: ") else "vicuna"
-    if has("### Instruction:") and has("<|EOT|>"):
-        return "deepseek"
-    if has("<|START_OF_TURN_TOKEN|>") and has("<|USER_TOKEN|>"):
-        return "command-r"
-    if has("<|start_header_id|>") and has("<|end_header_id|>"):
-        return "llama3"
-    if has("[gMASK]sop"):
-        return "chatglm3"
-    if has("[gMASK]<sop>"):
-        return "chatglm4"
-    if has("<用户>"):
-        return "minicpm"
-    if has("'Assistant: ' + message['content'] + eos_token"):
-        return "deepseek2"
-    if has("<｜Assistant｜>") and has("<｜User｜>") and has("<｜end▁of▁sentence｜>"):
-        return "deepseek3"
-    if has("[|system|]") and has("[|assistant|]") and has("[|endofturn|]"):
-        return "exaone3"
-    if has("rwkv-world"):
-        return "rwkv-world"
-    if has("<|start_of_role|>"):
-        return "granite"
-    if has(
-        "message['role'] + additional_special_tokens[0] + message['content'] + additional_special_tokens[1]"
-    ):
-        return "gigachat"
-    if has("<|role_start|>"):
-        return "megrez"
-    if has("### Instruction:") and has("### Response:"):
-        return "alpaca"
-    return None
-
+__all__ = ["BUILTIN_TEMPLATES", "DEFAULT_TEMPLATE", "ChatTemplate", "detect_builtin", "normalize_messages"]
 
 # -- Jinja -----------------------------------------------------------------------------------------------
 
@@ -521,11 +99,11 @@ class ChatTemplate:
     @classmethod
     def from_name(cls, name: str) -> ChatTemplate:
         """A built-in template by llama.cpp's name (see BUILTIN_TEMPLATES)."""
-        if name not in _BUILTINS and name not in _ALIASES:
+        if name not in BUILTINS and name not in ALIASES:
             raise LlamapyError(
                 f"unknown chat template '{name}': built-ins are {', '.join(BUILTIN_TEMPLATES)}"
             )
-        return cls(name=name, family=_ALIASES.get(name, name))
+        return cls(name=name, family=ALIASES.get(name, name))
 
     @classmethod
     def from_source(
@@ -557,8 +135,8 @@ class ChatTemplate:
             raise LlamapyError(f"{path}: can't read chat template: {e.strerror}") from None
         except UnicodeDecodeError:
             raise LlamapyError(f"{path}: chat template is not UTF-8 text") from None
-        if _strip(text) in _BUILTINS or _strip(text) in _ALIASES:
-            return cls.from_name(_strip(text))
+        if strip_ascii(text) in BUILTINS or strip_ascii(text) in ALIASES:
+            return cls.from_name(strip_ascii(text))
         return cls.from_source(text, bos_token=bos_token, eos_token=eos_token, name=path)
 
     @classmethod
@@ -569,7 +147,7 @@ class ChatTemplate:
         if file:
             return cls.from_file(file, bos_token=bos, eos_token=eos)
         if name:
-            if name in _BUILTINS or name in _ALIASES:
+            if name in BUILTINS or name in ALIASES:
                 return cls.from_name(name)
             if "{{" in name or "{%" in name:
                 return cls.from_source(name, bos_token=bos, eos_token=eos, name="--chat-template")
@@ -579,7 +157,7 @@ class ChatTemplate:
             )
         src = metadata.get("tokenizer.chat_template")
         if isinstance(src, str) and src.strip():
-            if src.strip() in _BUILTINS or src.strip() in _ALIASES:
+            if src.strip() in BUILTINS or src.strip() in ALIASES:
                 return cls.from_name(src.strip())
             return cls.from_source(src, bos_token=bos, eos_token=eos, name="gguf")
         tpl = cls.from_name(DEFAULT_TEMPLATE)
@@ -600,7 +178,7 @@ class ChatTemplate:
     def stop_strings(self) -> list[str]:
         """Text that ends an assistant turn in this format (besides the model's end-of-generation tokens)."""
         if self.family is not None:
-            return list(_BUILTINS[self.family].stops)
+            return list(BUILTINS[self.family].stops)
         return [self.eos_token] if self.eos_token else []
 
     @property
@@ -627,7 +205,7 @@ class ChatTemplate:
         wrote is removed (the tokenizer adds BOS itself). `extra` (tools, ...) is passed to Jinja templates only."""
         msgs = normalize_messages(messages)
         if not self.is_jinja:
-            return _BUILTINS[self.family].render(msgs, add_generation_prompt)
+            return BUILTINS[self.family].render(msgs, add_generation_prompt)
         if not self.supports_system_role:
             msgs = _merge_system(msgs)
         out = self._render_jinja(msgs, add_generation_prompt, **extra)
@@ -709,7 +287,7 @@ class ChatTemplate:
             fam = f", {self.family} format" if self.family else ""
             return f"Jinja template from {self.name}{fam}"
         alias = f" (= {self.family})" if self.family != self.name else ""
-        return f"built-in '{self.name}'{alias}: {_BUILTINS[self.family].describe}"
+        return f"built-in '{self.name}'{alias}: {BUILTINS[self.family].describe}"
 
 
 def _merge_system(msgs: list[Message]) -> list[Message]:
