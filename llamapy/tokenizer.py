@@ -240,10 +240,11 @@ class Tokenizer:
         if self._merger_ready:
             return
         if self.model == "llama":
-            self._spm = spm.SPMMerger(self._bytes_to_id, self.scores, self._spm_byte_ids, self.unk_id)
+            merger = spm.SPMMerger(self._bytes_to_id, self.scores, self._spm_byte_ids, self.unk_id)
             unk = [i for i, t in enumerate(self.types) if t == TYPE_UNKNOWN]
             self._fast = spm.build_fast(self._tok_bytes, self.scores, unk, self._bytes_to_id) \
                 if self._native else None
+            self._spm = spm.SPMEncoder(merger, self._fast, spm.word_splitter(self.tokens))
         else:
             ranks = bpe.parse_merges(self.merges)
             native, guard = None, None
@@ -399,10 +400,9 @@ class Tokenizer:
 
     def _spm_fragment(self, frag: str, slow: bool = False) -> list[int]:
         self._merger()
-        if self._fast is not None and not slow:
-            return self._fast.encode(frag)
-        b = frag.encode("utf-8", "surrogateescape") if slow else frag.encode("utf-8")
-        return self._spm.tokenize(b.replace(b" ", ESCAPED_SPACE.encode()))
+        if slow:  # text that was not valid UTF-8: the reference works on its bytes
+            return self._spm.encode_bytes(frag.encode("utf-8", "surrogateescape"))
+        return self._spm.encode(frag)
 
     def _bpe_fragment(self, frag: str, slow: bool = False) -> list[int]:
         self._merger()

@@ -452,7 +452,7 @@ class BPEMerger:
         missing = [w for w in set(words) if w not in cache]
         if missing:
             if len(cache) + len(missing) > self.CACHE_MAX:
-                cache.clear()
+                self.cache = cache = {}  # a new dict: other threads keep reading the old one
                 missing = list(set(words))
             native, guard = self.native, self.guard
             for w in missing:

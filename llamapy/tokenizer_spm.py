@@ -16,6 +16,8 @@ vocabulary entry whatever its type. `SPMMerger` is the Python version for everyt
 from __future__ import annotations
 
 import heapq
+import itertools
+import re
 import struct
 
 BYTE_TOKEN = "<0x{:02X}>"
@@ -103,6 +105,58 @@ class SPMMerger:
                 if bt is not None:
                     out.append(bt)
         return out
+
+
+ESCAPED_SPACE = "\u2581"
+
+
+def word_splitter(texts: list[str]) -> re.Pattern | None:
+    """A pattern cutting text into pieces that merging never joins, or None when the vocabulary has a
+    token that could: one with U+2581 after another character. Without such tokens no symbol pair
+    across "x|▁" (x not a space) is ever a token, so each piece can be tokenized on its own, and
+    repeated pieces come from a cache."""
+    inner = re.compile("[^\u2581]\u2581")
+    if any(inner.search(t) for t in texts):
+        return None
+    return re.compile("[ \u2581]*[^ \u2581]+|[ \u2581]+")
+
+
+class SPMEncoder:
+    """SPM fragments to ids: the sentencepiece processor when `build_fast` gave one, else `SPMMerger`;
+    text cut by `word_splitter` when the vocabulary allows it, with a cache of the pieces seen."""
+
+    CACHE_MAX = 200_000
+
+    def __init__(self, merger: SPMMerger, native=None, splitter: re.Pattern | None = None):
+        self.merger = merger
+        self.native = native
+        self.splitter = splitter
+        self.cache: dict[str, tuple[int, ...]] = {}
+
+    def encode(self, text: str) -> list[int]:
+        """Ids of one fragment (valid UTF-8; its spaces are escaped here)."""
+        if self.splitter is None:
+            return list(self._encode([text])[0])
+        words = self.splitter.findall(text)
+        cache = self.cache
+        missing = [w for w in set(words) if w not in cache]
+        if missing:
+            if len(cache) + len(missing) > self.CACHE_MAX:
+                self.cache = cache = {}  # a new dict: other threads keep reading the old one
+                missing = list(set(words))
+            for w, ids in zip(missing, self._encode(missing)):
+                cache[w] = tuple(ids)
+        return list(itertools.chain.from_iterable(map(cache.__getitem__, words)))
+
+    def _encode(self, texts: list[str]) -> list:
+        if self.native is not None:
+            return self.native.encode(texts)
+        esc = ESCAPED_SPACE.encode()
+        return [self.merger.tokenize(t.encode("utf-8").replace(b" ", esc)) for t in texts]
+
+    def encode_bytes(self, b: bytes) -> list[int]:
+        """Ids of a fragment given as bytes that may not be UTF-8 (Python merging, no cache)."""
+        return self.merger.tokenize(b.replace(b" ", ESCAPED_SPACE.encode()))
 
 
 def byte_token_ids(token_to_id: dict[bytes, int]) -> list[int | None]:

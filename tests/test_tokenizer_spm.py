@@ -229,3 +229,17 @@ def test_extended_chinese_llama_vocab(tmp_path):
         assert fast.decode(ids) == "<s> " + text
     ids = fast.encode("糖果的制作步骤", add_special=False)
     assert [fast.token_text(i) for i in ids][:2] == ["▁糖果", "的制作"]
+
+
+def test_word_splitter_only_when_no_token_joins_words():
+    assert spm.word_splitter(["\u2581a", "\u2581\u2581", "b"]).findall("a  b\u2581c ") == ["a", "  b", "\u2581c", " "]
+    assert spm.word_splitter(["\u2581a", "a\u2581b"]) is None
+
+
+def test_whole_fragment_and_split_words_agree(pair, trained):
+    tok = pair[1]
+    tok.encode("x")
+    whole = spm.SPMEncoder(tok._spm.merger)
+    assert tok._spm.splitter is not None and whole.splitter is None
+    for text in CORPUS[:3]:
+        assert tok._spm.encode(" " + text) == whole.encode(" " + text) == trained.encode(text)
