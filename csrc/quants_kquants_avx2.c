@@ -79,8 +79,10 @@ static void quantize_row_q8_K(const float *x, void *vy, int64_t k) {
             quad[j] = _mm256_madd_epi16(_mm256_maddubs_epi16(ones8, q8), ones16);
         }
         /* quads -> sums of 16: hadd twice gives [j=0..3 first 16 | j=0..3 second 16] per 4 j's */
-        const __m256i a = _mm256_hadd_epi32(_mm256_hadd_epi32(quad[0], quad[1]), _mm256_hadd_epi32(quad[2], quad[3]));
-        const __m256i b = _mm256_hadd_epi32(_mm256_hadd_epi32(quad[4], quad[5]), _mm256_hadd_epi32(quad[6], quad[7]));
+        const __m256i a =
+            _mm256_hadd_epi32(_mm256_hadd_epi32(quad[0], quad[1]), _mm256_hadd_epi32(quad[2], quad[3]));
+        const __m256i b =
+            _mm256_hadd_epi32(_mm256_hadd_epi32(quad[4], quad[5]), _mm256_hadd_epi32(quad[6], quad[7]));
         const __m256i s = _mm256_packs_epi32(a, b); /* [first 16 of j=0..7 | second 16 of j=0..7] */
         const __m128i lo = _mm256_castsi256_si128(s), hi = _mm256_extracti128_si256(s, 1);
         _mm_storeu_si128((__m128i *)y[i].bsums, _mm_unpacklo_epi16(lo, hi));
@@ -122,17 +124,25 @@ static void vec_dot_q8_K_q8_K(int n, float *s, const void *vx, const void *vy) {
 /* A block's values come in 2 halves h of 128, each in 4 parts p of 32; part (h, p) covers the groups
  * 8h + 2p and 8h + 2p + 1. group_scales() returns, for each part, the int16 vector
  * [scale of group 8h+2p x 8 | scale of group 8h+2p+1 x 8] that _mm256_madd_epi16 wants. */
+/* the pshufb mask taking int16 2p of the low lane to all of it and int16 2p + 1 of the high lane to all of it */
+static inline __m256i part_pick(int p) {
+    return _mm256_setr_epi16((short)(0x0100 * (4 * p + 1) + 4 * p), (short)(0x0100 * (4 * p + 1) + 4 * p),
+                             (short)(0x0100 * (4 * p + 1) + 4 * p), (short)(0x0100 * (4 * p + 1) + 4 * p),
+                             (short)(0x0100 * (4 * p + 1) + 4 * p), (short)(0x0100 * (4 * p + 1) + 4 * p),
+                             (short)(0x0100 * (4 * p + 1) + 4 * p), (short)(0x0100 * (4 * p + 1) + 4 * p),
+                             (short)(0x0100 * (4 * p + 3) + 4 * p + 2), (short)(0x0100 * (4 * p + 3) + 4 * p + 2),
+                             (short)(0x0100 * (4 * p + 3) + 4 * p + 2), (short)(0x0100 * (4 * p + 3) + 4 * p + 2),
+                             (short)(0x0100 * (4 * p + 3) + 4 * p + 2), (short)(0x0100 * (4 * p + 3) + 4 * p + 2),
+                             (short)(0x0100 * (4 * p + 3) + 4 * p + 2), (short)(0x0100 * (4 * p + 3) + 4 * p + 2));
+}
+
 static inline void group_scales(__m128i sc8, int is_signed, __m256i out[8]) {
     const __m256i sc16 = is_signed ? _mm256_cvtepi8_epi16(sc8) : _mm256_cvtepu8_epi16(sc8);
-    const __m256i lo = _mm256_permute2x128_si256(sc16, sc16, 0x00), hi = _mm256_permute2x128_si256(sc16, sc16, 0x11);
+    const __m256i lo = _mm256_permute2x128_si256(sc16, sc16, 0x00);
+    const __m256i hi = _mm256_permute2x128_si256(sc16, sc16, 0x11);
     for (int p = 0; p < 4; p++) {
-        const __m256i pick = _mm256_setr_epi8(4 * p, 4 * p + 1, 4 * p, 4 * p + 1, 4 * p, 4 * p + 1, 4 * p, 4 * p + 1,
-                                              4 * p, 4 * p + 1, 4 * p, 4 * p + 1, 4 * p, 4 * p + 1, 4 * p, 4 * p + 1,
-                                              4 * p + 2, 4 * p + 3, 4 * p + 2, 4 * p + 3, 4 * p + 2, 4 * p + 3,
-                                              4 * p + 2, 4 * p + 3, 4 * p + 2, 4 * p + 3, 4 * p + 2, 4 * p + 3,
-                                              4 * p + 2, 4 * p + 3, 4 * p + 2, 4 * p + 3);
-        out[p] = _mm256_shuffle_epi8(lo, pick);
-        out[4 + p] = _mm256_shuffle_epi8(hi, pick);
+        out[p] = _mm256_shuffle_epi8(lo, part_pick(p));
+        out[4 + p] = _mm256_shuffle_epi8(hi, part_pick(p));
     }
 }
 
@@ -326,7 +336,8 @@ static void vec_dot_q5_K_q8_K(int n, float *s, const void *vx, const void *vy) {
             const __m256i h0 = _mm256_and_si256(_mm256_srli_epi16(hb, 2 * c), m1);
             const __m256i h1 = _mm256_and_si256(_mm256_srli_epi16(hb, 2 * c + 1), m1);
             q[2 * c] = _mm256_or_si256(_mm256_and_si256(bits, m4), _mm256_slli_epi16(h0, 4));
-            q[2 * c + 1] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(bits, 4), m4), _mm256_slli_epi16(h1, 4));
+            q[2 * c + 1] =
+                _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(bits, 4), m4), _mm256_slli_epi16(h1, 4));
         }
         k4_block(x[i].scales, &y[i], y[i].d * h2f(x[i].d), y[i].d * h2f(x[i].dmin), q, &acc, &accm);
     }
@@ -370,11 +381,13 @@ static inline void k4_rows4(int nb, const uint8_t *xb, size_t xbs, int has_qh, f
             const __m256i bits = loadu(qs + 32 * c);
             __m256i ql = _mm256_and_si256(bits, m4), qh = _mm256_and_si256(_mm256_srli_epi16(bits, 4), m4);
             if (has_qh) {
-                ql = _mm256_or_si256(ql, _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hb, 2 * c), m1), 4));
-                qh = _mm256_or_si256(qh, _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hb, 2 * c + 1), m1), 4));
+                const __m256i h0 = _mm256_and_si256(_mm256_srli_epi16(hb, 2 * c), m1);
+                const __m256i h1 = _mm256_and_si256(_mm256_srli_epi16(hb, 2 * c + 1), m1);
+                ql = _mm256_or_si256(ql, _mm256_slli_epi16(h0, 4));
+                qh = _mm256_or_si256(qh, _mm256_slli_epi16(h1, 4));
             }
-            const __m256i s0 = _mm256_shuffle_epi8(sc, _mm256_set1_epi16((short)(0x0100 * (4 * c + 1) + 4 * c)));
-            const __m256i s1 = _mm256_shuffle_epi8(sc, _mm256_set1_epi16((short)(0x0100 * (4 * c + 3) + 4 * c + 2)));
+            const __m256i s0 = _mm256_shuffle_epi8(sc, _mm256_set1_epi16((short)(0x0101 * 4 * c + 0x0100)));
+            const __m256i s1 = _mm256_shuffle_epi8(sc, _mm256_set1_epi16((short)(0x0101 * (4 * c + 2) + 0x0100)));
             for (int t = 0; t < ROWS; t++) {
                 const __m256i p0 = _mm256_madd_epi16(_mm256_maddubs_epi16(ql, loadu(y[t][i].qs + 64 * c)), s0);
                 const __m256i p1 = _mm256_madd_epi16(_mm256_maddubs_epi16(qh, loadu(y[t][i].qs + 64 * c + 32)), s1);
@@ -473,13 +486,16 @@ static void vec_dot_q6_K_q8_K(int n, float *s, const void *vx, const void *vy) {
         __m256i sc[8];
         group_scales(sc8, 1, sc);
         /* quants enter as 0..63; 32 * Σ scale * bsum takes the offset back out */
-        __m256i sumi = _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_slli_epi32(scaled_bsums(sc8, 1, y[i].bsums), 5));
+        const __m256i offset = _mm256_slli_epi32(scaled_bsums(sc8, 1, y[i].bsums), 5);
+        __m256i sumi = _mm256_sub_epi32(_mm256_setzero_si256(), offset);
         const int8_t *q8 = y[i].qs;
         for (int h = 0; h < 2; h++) {
             __m256i q[4];
             q6_half(&x[i], h, q);
-            for (int p = 0; p < 4; p++, q8 += 32)
-                sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(_mm256_maddubs_epi16(q[p], loadu(q8)), sc[4 * h + p]));
+            for (int p = 0; p < 4; p++, q8 += 32) {
+                const __m256i prod = _mm256_maddubs_epi16(q[p], loadu(q8));
+                sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(prod, sc[4 * h + p]));
+            }
         }
         acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc);
     }
@@ -505,12 +521,7 @@ static void q6_rows4(int n, const lp_block_q6_K *x, float *s, size_t bs, const v
             q6_half(&x[i], h, q);
             const __m256i half = _mm256_permute2x128_si256(sc16, sc16, h ? 0x11 : 0x00);
             for (int p = 0; p < 4; p++) {
-                const __m256i pick = _mm256_setr_epi8(
-                    4 * p, 4 * p + 1, 4 * p, 4 * p + 1, 4 * p, 4 * p + 1, 4 * p, 4 * p + 1, 4 * p, 4 * p + 1, 4 * p,
-                    4 * p + 1, 4 * p, 4 * p + 1, 4 * p, 4 * p + 1, 4 * p + 2, 4 * p + 3, 4 * p + 2, 4 * p + 3, 4 * p + 2,
-                    4 * p + 3, 4 * p + 2, 4 * p + 3, 4 * p + 2, 4 * p + 3, 4 * p + 2, 4 * p + 3, 4 * p + 2, 4 * p + 3,
-                    4 * p + 2, 4 * p + 3);
-                const __m256i scp = _mm256_shuffle_epi8(half, pick);
+                const __m256i scp = _mm256_shuffle_epi8(half, part_pick(p));
                 for (int t = 0; t < ROWS; t++) {
                     const __m256i prod = _mm256_maddubs_epi16(q[p], loadu(y[t][i].qs + 128 * h + 32 * p));
                     sumi[t] = _mm256_add_epi32(sumi[t], _mm256_madd_epi16(prod, scp));
@@ -587,66 +598,98 @@ static inline void untranspose8_i32(const __m256i *L, int n, int32_t *out) {
         for (int i = 0; i < n; i++) out[n * j + i] = t[8 * i + j];
 }
 
-/* make_qkx2_quants of the scalar file on 8 lanes: scale, -min and the quants L[i] of each lane */
-static void make_qkx2_x8(int n, int nmax, const __m256 *x, const __m256 *w, __m256i *L, __m256 *scale_out,
-                         __m256 *the_min, float rmin, float rdelta, int nstep, int use_mad) {
+/* make_qkx2_quants of the scalar file on G groups of 8 lanes (G = 1 or 2: two independent groups hide
+ * the latency of the running sums): group g's element i is x[g*n + i]; scale, -min and quants L per lane */
+static inline __attribute__((always_inline)) void make_qkx2_xg(int G, int n, int nmax, const __m256 *x,
+                                                                const __m256 *w, __m256i *L, __m256 *scale_out,
+                                                                __m256 *the_min, float rmin, float rdelta,
+                                                                int nstep, int use_mad) {
     const __m256 zero = _mm256_setzero_ps();
-    __m256 min = x[0], max = x[0], sum_w = w[0], sum_x = _mm256_mul_ps(w[0], x[0]);
-    for (int i = 1; i < n; i++) {
-        min = _mm256_min_ps(x[i], min); /* x < min ? x : min */
-        max = _mm256_max_ps(x[i], max);
-        sum_w = _mm256_add_ps(sum_w, w[i]);
-        sum_x = _mm256_add_ps(sum_x, _mm256_mul_ps(w[i], x[i]));
+    __m256 min[2], max[2], sum_w[2], sum_x[2], flat[2], scale[2], best_mad[2];
+    for (int g = 0; g < G; g++) {
+        const __m256 *xg = x + g * n, *wg = w + g * n;
+        min[g] = max[g] = xg[0];
+        sum_w[g] = wg[0];
+        sum_x[g] = _mm256_mul_ps(wg[0], xg[0]);
+        for (int i = 1; i < n; i++) {
+            min[g] = _mm256_min_ps(xg[i], min[g]); /* x < min ? x : min */
+            max[g] = _mm256_max_ps(xg[i], max[g]);
+            sum_w[g] = _mm256_add_ps(sum_w[g], wg[i]);
+            sum_x[g] = _mm256_add_ps(sum_x[g], _mm256_mul_ps(wg[i], xg[i]));
+        }
+        min[g] = sel(cmp_gt(min[g], zero), zero, min[g]);
+        flat[g] = _mm256_cmp_ps(max[g], min[g], _CMP_EQ_OQ);
+        const __m256 iscale = _mm256_div_ps(_mm256_set1_ps((float)nmax), _mm256_sub_ps(max[g], min[g]));
+        scale[g] = _mm256_div_ps(_mm256_set1_ps(1.0f), iscale);
+        best_mad[g] = zero;
+        for (int i = 0; i < n; i++) {
+            L[g * n + i] = clamp8(nearest_int8(_mm256_mul_ps(iscale, _mm256_sub_ps(xg[i], min[g]))), 0, nmax);
+            __m256 diff = _mm256_sub_ps(
+                _mm256_add_ps(_mm256_mul_ps(scale[g], _mm256_cvtepi32_ps(L[g * n + i])), min[g]), xg[i]);
+            diff = use_mad ? absv(diff) : _mm256_mul_ps(diff, diff);
+            best_mad[g] = _mm256_add_ps(best_mad[g], _mm256_mul_ps(wg[i], diff));
+        }
     }
-    min = sel(cmp_gt(min, zero), zero, min);
-    const __m256 flat = _mm256_cmp_ps(max, min, _CMP_EQ_OQ);
-    __m256 iscale = _mm256_div_ps(_mm256_set1_ps((float)nmax), _mm256_sub_ps(max, min));
-    __m256 scale = _mm256_div_ps(_mm256_set1_ps(1.0f), iscale), best_mad = zero;
-    for (int i = 0; i < n; i++) {
-        L[i] = clamp8(nearest_int8(_mm256_mul_ps(iscale, _mm256_sub_ps(x[i], min))), 0, nmax);
-        __m256 diff = _mm256_sub_ps(_mm256_add_ps(_mm256_mul_ps(scale, _mm256_cvtepi32_ps(L[i])), min), x[i]);
-        diff = use_mad ? absv(diff) : _mm256_mul_ps(diff, diff);
-        best_mad = _mm256_add_ps(best_mad, _mm256_mul_ps(w[i], diff));
-    }
-    __m256i Laux[32];
+    __m256i Laux[64];
     for (int is = 0; is <= nstep; is++) {
         const float c = rmin + rdelta * is + nmax;
-        iscale = _mm256_div_ps(_mm256_set1_ps(c), _mm256_sub_ps(max, min));
-        __m256 sum_l = zero, sum_l2 = zero, sum_xl = zero;
-        for (int i = 0; i < n; i++) {
-            Laux[i] = clamp8(nearest_int8(_mm256_mul_ps(iscale, _mm256_sub_ps(x[i], min))), 0, nmax);
-            const __m256 l = _mm256_cvtepi32_ps(Laux[i]), wl = _mm256_mul_ps(w[i], l);
-            sum_l = _mm256_add_ps(sum_l, wl);
-            sum_l2 = _mm256_add_ps(sum_l2, _mm256_mul_ps(wl, l));
-            sum_xl = _mm256_add_ps(sum_xl, _mm256_mul_ps(wl, x[i]));
+        __m256 iscale[2], sum_l[2], sum_l2[2], sum_xl[2];
+        for (int g = 0; g < G; g++) {
+            iscale[g] = _mm256_div_ps(_mm256_set1_ps(c), _mm256_sub_ps(max[g], min[g]));
+            sum_l[g] = sum_l2[g] = sum_xl[g] = zero;
         }
-        const __m256 D = _mm256_sub_ps(_mm256_mul_ps(sum_w, sum_l2), _mm256_mul_ps(sum_l, sum_l));
-        const __m256 dpos = cmp_gt(D, zero);
-        if (_mm256_testz_ps(dpos, dpos)) continue;
-        __m256 this_scale = _mm256_div_ps(_mm256_sub_ps(_mm256_mul_ps(sum_w, sum_xl), _mm256_mul_ps(sum_x, sum_l)), D);
-        __m256 this_min = _mm256_div_ps(_mm256_sub_ps(_mm256_mul_ps(sum_l2, sum_x), _mm256_mul_ps(sum_l, sum_xl)), D);
-        const __m256 mpos = cmp_gt(this_min, zero);
-        this_min = sel(mpos, zero, this_min);
-        this_scale = sel(mpos, _mm256_div_ps(sum_xl, sum_l2), this_scale);
-        __m256 mad = zero;
         for (int i = 0; i < n; i++) {
-            __m256 diff = _mm256_sub_ps(
-                _mm256_add_ps(_mm256_mul_ps(this_scale, _mm256_cvtepi32_ps(Laux[i])), this_min), x[i]);
-            diff = use_mad ? absv(diff) : _mm256_mul_ps(diff, diff);
-            mad = _mm256_add_ps(mad, _mm256_mul_ps(w[i], diff));
+            for (int g = 0; g < G; g++) {
+                const __m256 xi = x[g * n + i], wi = w[g * n + i];
+                const __m256 v = _mm256_mul_ps(iscale[g], _mm256_sub_ps(xi, min[g]));
+                const __m256i l = clamp8(nearest_int8(v), 0, nmax);
+                Laux[g * n + i] = l;
+                const __m256 lf = _mm256_cvtepi32_ps(l), wl = _mm256_mul_ps(wi, lf);
+                sum_l[g] = _mm256_add_ps(sum_l[g], wl);
+                sum_l2[g] = _mm256_add_ps(sum_l2[g], _mm256_mul_ps(wl, lf));
+                sum_xl[g] = _mm256_add_ps(sum_xl[g], _mm256_mul_ps(wl, xi));
+            }
         }
-        const __m256 better = _mm256_and_ps(dpos, _mm256_cmp_ps(mad, best_mad, _CMP_LT_OQ));
-        if (_mm256_testz_ps(better, better)) continue;
-        const __m256i bi = _mm256_castps_si256(better);
-        for (int i = 0; i < n; i++) L[i] = _mm256_blendv_epi8(L[i], Laux[i], bi);
-        best_mad = sel(better, mad, best_mad);
-        scale = sel(better, this_scale, scale);
-        min = sel(better, this_min, min);
+        __m256 dpos[2], this_scale[2], this_min[2], mad[2], any = zero;
+        for (int g = 0; g < G; g++) {
+            const __m256 D = _mm256_sub_ps(_mm256_mul_ps(sum_w[g], sum_l2[g]), _mm256_mul_ps(sum_l[g], sum_l[g]));
+            dpos[g] = cmp_gt(D, zero);
+            any = _mm256_or_ps(any, dpos[g]);
+            this_scale[g] = _mm256_div_ps(
+                _mm256_sub_ps(_mm256_mul_ps(sum_w[g], sum_xl[g]), _mm256_mul_ps(sum_x[g], sum_l[g])), D);
+            this_min[g] = _mm256_div_ps(
+                _mm256_sub_ps(_mm256_mul_ps(sum_l2[g], sum_x[g]), _mm256_mul_ps(sum_l[g], sum_xl[g])), D);
+            const __m256 mpos = cmp_gt(this_min[g], zero);
+            this_min[g] = sel(mpos, zero, this_min[g]);
+            this_scale[g] = sel(mpos, _mm256_div_ps(sum_xl[g], sum_l2[g]), this_scale[g]);
+            mad[g] = zero;
+        }
+        if (_mm256_testz_ps(any, any)) continue;
+        for (int i = 0; i < n; i++) {
+            for (int g = 0; g < G; g++) {
+                __m256 diff = _mm256_sub_ps(
+                    _mm256_add_ps(_mm256_mul_ps(this_scale[g], _mm256_cvtepi32_ps(Laux[g * n + i])), this_min[g]),
+                    x[g * n + i]);
+                diff = use_mad ? absv(diff) : _mm256_mul_ps(diff, diff);
+                mad[g] = _mm256_add_ps(mad[g], _mm256_mul_ps(w[g * n + i], diff));
+            }
+        }
+        for (int g = 0; g < G; g++) {
+            const __m256 better = _mm256_and_ps(dpos[g], _mm256_cmp_ps(mad[g], best_mad[g], _CMP_LT_OQ));
+            if (_mm256_testz_ps(better, better)) continue;
+            const __m256i bi = _mm256_castps_si256(better);
+            for (int i = 0; i < n; i++) L[g * n + i] = _mm256_blendv_epi8(L[g * n + i], Laux[g * n + i], bi);
+            best_mad[g] = sel(better, mad[g], best_mad[g]);
+            scale[g] = sel(better, this_scale[g], scale[g]);
+            min[g] = sel(better, this_min[g], min[g]);
+        }
     }
-    const __m256i fi = _mm256_castps_si256(flat);
-    for (int i = 0; i < n; i++) L[i] = _mm256_andnot_si256(fi, L[i]);
-    *scale_out = sel(flat, zero, scale);
-    *the_min = _mm256_xor_ps(min, _mm256_set1_ps(-0.0f));
+    for (int g = 0; g < G; g++) {
+        const __m256i fi = _mm256_castps_si256(flat[g]);
+        for (int i = 0; i < n; i++) L[g * n + i] = _mm256_andnot_si256(fi, L[g * n + i]);
+        scale_out[g] = sel(flat[g], zero, scale[g]);
+        the_min[g] = _mm256_xor_ps(min[g], _mm256_set1_ps(-0.0f));
+    }
 }
 
 /* the first x of largest magnitude in each lane (the scalar `if (ax > amax)` scan), and whether it is ~0 */
@@ -662,7 +705,8 @@ static inline __m256 lane_absmax(int n, const __m256 *x, __m256 *zero_mask) {
 }
 
 /* Σ w*x*l and Σ w*l*l (w = x^2) and the clamped l for one grid of make_qx_quants */
-static inline void qx_sums(int n, int nmax, const __m256 *x, __m256 iscale, __m256i *l, __m256 *sumlx, __m256 *suml2) {
+static inline void qx_sums(int n, int nmax, const __m256 *x, __m256 iscale, __m256i *l, __m256 *sumlx,
+                           __m256 *suml2) {
     __m256 a = _mm256_setzero_ps(), b = a;
     for (int i = 0; i < n; i++) {
         l[i] = clamp8(nearest_int8(_mm256_mul_ps(iscale, x[i])), -nmax, nmax - 1);
@@ -690,7 +734,8 @@ static __m256 make_qx_x8(int n, int nmax, const __m256 *x, __m256i *L) {
         if (is == 0) continue;
         const float c = -(nmax + 0.1f * is);
         qx_sums(n, nmax, x, _mm256_div_ps(_mm256_set1_ps(c), max), l, &sumlx, &suml2);
-        const __m256 upd = _mm256_and_ps(cmp_gt(suml2, zero), cmp_gt(_mm256_mul_ps(sumlx, sumlx), _mm256_mul_ps(best, suml2)));
+        const __m256 gain = cmp_gt(_mm256_mul_ps(sumlx, sumlx), _mm256_mul_ps(best, suml2));
+        const __m256 upd = _mm256_and_ps(cmp_gt(suml2, zero), gain);
         if (_mm256_testz_ps(upd, upd)) continue;
         const __m256i ui = _mm256_castps_si256(upd);
         for (int i = 0; i < n; i++) L[i] = _mm256_blendv_epi8(L[i], _mm256_add_epi32(l[i], off), ui);
@@ -717,7 +762,8 @@ static __m256 make_q3_x8(int n, int nmax, const __m256 *x, __m256i *L) {
             const __m256 li = _mm256_cvtepi32_ps(L[i]);
             const __m256 slx = _mm256_sub_ps(sumlx, _mm256_mul_ps(wx, li));
             const __m256 sl2 = _mm256_sub_ps(suml2, _mm256_mul_ps(_mm256_mul_ps(w, li), li));
-            const __m256i new_l = clamp8(nearest_int8(_mm256_div_ps(_mm256_mul_ps(x[i], sl2), slx)), -nmax, nmax - 1);
+            const __m256 guess = _mm256_div_ps(_mm256_mul_ps(x[i], sl2), slx);
+            const __m256i new_l = clamp8(nearest_int8(guess), -nmax, nmax - 1);
             const __m256 nl = _mm256_cvtepi32_ps(new_l);
             const __m256 slx2 = _mm256_add_ps(slx, _mm256_mul_ps(wx, nl));
             const __m256 sl22 = _mm256_add_ps(sl2, _mm256_mul_ps(_mm256_mul_ps(w, nl), nl));
@@ -745,15 +791,15 @@ static void quantize_row_q2_K(const float *x, void *vy, int64_t k) {
     int32_t L32[LP_QK_K];
     uint8_t L[LP_QK_K];
     for (int64_t i = 0; i < k / LP_QK_K; i++, x += LP_QK_K) {
+        __m256 xt[32], w[32], sc[2], mn[2];
+        __m256i Lv[32];
+        for (int half = 0; half < 2; half++) transpose8(x + 128 * half, 16, xt + 16 * half);
+        for (int l = 0; l < 32; l++) w[l] = absv(xt[l]);
+        make_qkx2_xg(2, 16, 3, xt, w, Lv, sc, mn, -0.5f, 0.1f, 15, 1);
         for (int half = 0; half < 2; half++) {
-            __m256 xt[16], w[16], sc, mn;
-            __m256i Lv[16];
-            transpose8(x + 128 * half, 16, xt);
-            for (int l = 0; l < 16; l++) w[l] = absv(xt[l]);
-            make_qkx2_x8(16, 3, xt, w, Lv, &sc, &mn, -0.5f, 0.1f, 15, 1);
-            _mm256_storeu_ps(scales + 8 * half, sc);
-            _mm256_storeu_ps(mins + 8 * half, mn);
-            untranspose8_i32(Lv, 16, L32 + 128 * half);
+            _mm256_storeu_ps(scales + 8 * half, sc[half]);
+            _mm256_storeu_ps(mins + 8 * half, mn[half]);
+            untranspose8_i32(Lv + 16 * half, 16, L32 + 128 * half);
         }
         for (int j = 0; j < LP_QK_K; j++) L[j] = (uint8_t)L32[j];
         lp_q2_K_finish(x, scales, mins, L, &y[i]);
@@ -778,40 +824,53 @@ static void quantize_row_q3_K(const float *x, void *vy, int64_t k) {
     }
 }
 
-/* the Q4_K / Q5_K fits: weights av_x + |x| with av_x = sqrt(Σx²/32) per sub-block */
-static void k4_fit_x8(const float *x, int nmax, float rmin, int nstep, float *scales, float *mins, uint8_t *L) {
-    __m256 xt[32], w[32], sc, mn;
-    __m256i Lv[32];
+/* the Q4_K / Q5_K fits of G consecutive blocks: weights av_x + |x| with av_x = sqrt(Σx²/32) per sub-block */
+static inline __attribute__((always_inline)) void k4_fit_xg(int G, const float *x, int nmax, float rmin, int nstep,
+                                                             float *scales, float *mins, uint8_t *L) {
+    __m256 xt[64], w[64], sc[2], mn[2];
+    __m256i Lv[64];
     int32_t L32[LP_QK_K];
-    transpose8(x, 32, xt);
-    __m256 sum_x2 = _mm256_setzero_ps();
-    for (int l = 0; l < 32; l++) sum_x2 = _mm256_add_ps(sum_x2, _mm256_mul_ps(xt[l], xt[l]));
-    const __m256 av_x = _mm256_sqrt_ps(_mm256_div_ps(sum_x2, _mm256_set1_ps(32.f)));
-    for (int l = 0; l < 32; l++) w[l] = _mm256_add_ps(av_x, absv(xt[l]));
-    make_qkx2_x8(32, nmax, xt, w, Lv, &sc, &mn, rmin, 0.1f, nstep, 0);
-    _mm256_storeu_ps(scales, sc);
-    _mm256_storeu_ps(mins, mn);
-    untranspose8_i32(Lv, 32, L32);
-    for (int j = 0; j < LP_QK_K; j++) L[j] = (uint8_t)L32[j];
+    for (int g = 0; g < G; g++) {
+        transpose8(x + LP_QK_K * g, 32, xt + 32 * g);
+        __m256 sum_x2 = _mm256_setzero_ps();
+        for (int l = 0; l < 32; l++) sum_x2 = _mm256_add_ps(sum_x2, _mm256_mul_ps(xt[32 * g + l], xt[32 * g + l]));
+        const __m256 av_x = _mm256_sqrt_ps(_mm256_div_ps(sum_x2, _mm256_set1_ps(32.f)));
+        for (int l = 0; l < 32; l++) w[32 * g + l] = _mm256_add_ps(av_x, absv(xt[32 * g + l]));
+    }
+    make_qkx2_xg(G, 32, nmax, xt, w, Lv, sc, mn, rmin, 0.1f, nstep, 0);
+    for (int g = 0; g < G; g++) {
+        _mm256_storeu_ps(scales + 8 * g, sc[g]);
+        _mm256_storeu_ps(mins + 8 * g, mn[g]);
+        untranspose8_i32(Lv + 32 * g, 32, L32);
+        for (int j = 0; j < LP_QK_K; j++) L[LP_QK_K * g + j] = (uint8_t)L32[j];
+    }
 }
 
 static void quantize_row_q4_K(const float *x, void *vy, int64_t k) {
     lp_block_q4_K *y = vy;
-    float scales[8], mins[8];
-    uint8_t L[LP_QK_K];
-    for (int64_t i = 0; i < k / LP_QK_K; i++, x += LP_QK_K) {
-        k4_fit_x8(x, 15, -1.f, 20, scales, mins, L);
-        lp_q4_K_finish(x, scales, mins, L, &y[i]);
+    float scales[16], mins[16];
+    uint8_t L[2 * LP_QK_K];
+    const int64_t nb = k / LP_QK_K;
+    for (int64_t i = 0; i < nb; i += 2, x += 2 * LP_QK_K) {
+        const int G = nb - i >= 2 ? 2 : 1;
+        if (G == 2) k4_fit_xg(2, x, 15, -1.f, 20, scales, mins, L);
+        else k4_fit_xg(1, x, 15, -1.f, 20, scales, mins, L);
+        for (int g = 0; g < G; g++)
+            lp_q4_K_finish(x + LP_QK_K * g, scales + 8 * g, mins + 8 * g, L + LP_QK_K * g, &y[i + g]);
     }
 }
 
 static void quantize_row_q5_K(const float *x, void *vy, int64_t k) {
     lp_block_q5_K *y = vy;
-    float scales[8], mins[8];
-    uint8_t L[LP_QK_K];
-    for (int64_t i = 0; i < k / LP_QK_K; i++, x += LP_QK_K) {
-        k4_fit_x8(x, 31, -0.5f, 15, scales, mins, L);
-        lp_q5_K_finish(x, scales, mins, L, &y[i]);
+    float scales[16], mins[16];
+    uint8_t L[2 * LP_QK_K];
+    const int64_t nb = k / LP_QK_K;
+    for (int64_t i = 0; i < nb; i += 2, x += 2 * LP_QK_K) {
+        const int G = nb - i >= 2 ? 2 : 1;
+        if (G == 2) k4_fit_xg(2, x, 31, -0.5f, 15, scales, mins, L);
+        else k4_fit_xg(1, x, 31, -0.5f, 15, scales, mins, L);
+        for (int g = 0; g < G; g++)
+            lp_q5_K_finish(x + LP_QK_K * g, scales + 8 * g, mins + 8 * g, L + LP_QK_K * g, &y[i + g]);
     }
 }
 

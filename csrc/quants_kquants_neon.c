@@ -106,8 +106,9 @@ static void vec_dot_q8_K_q8_K(int n, float *s, const void *vx, const void *vy) {
 /* y[0..15] = d * q - m for 16 quants given as bytes (signed when is_signed) */
 static inline void store16(float *y, int8x16_t q, int is_signed, float d, float m) {
     const float32x4_t vd = vdupq_n_f32(d), vm = vdupq_n_f32(m);
-    const int16x8_t lo = is_signed ? vmovl_s8(vget_low_s8(q)) : vreinterpretq_s16_u16(vmovl_u8(vget_low_u8(vreinterpretq_u8_s8(q))));
-    const int16x8_t hi = is_signed ? vmovl_high_s8(q) : vreinterpretq_s16_u16(vmovl_high_u8(vreinterpretq_u8_s8(q)));
+    const uint8x16_t u = vreinterpretq_u8_s8(q);
+    const int16x8_t lo = is_signed ? vmovl_s8(vget_low_s8(q)) : vreinterpretq_s16_u16(vmovl_u8(vget_low_u8(u)));
+    const int16x8_t hi = is_signed ? vmovl_high_s8(q) : vreinterpretq_s16_u16(vmovl_high_u8(u));
     const int16x8_t h[2] = {lo, hi};
     for (int u = 0; u < 2; u++) {
         const float32x4_t a = vcvtq_f32_s32(vmovl_s16(vget_low_s16(h[u])));
@@ -258,12 +259,14 @@ static inline void k4_dequant(const uint8_t *scales, const uint8_t *qs, const ui
 
 static void dequantize_row_q4_K(const void *vx, float *y, int64_t k) {
     const lp_block_q4_K *x = vx;
-    for (int64_t i = 0; i < k / LP_QK_K; i++) k4_dequant(x[i].scales, x[i].qs, NULL, x[i].d, x[i].dmin, y + LP_QK_K * i);
+    for (int64_t i = 0; i < k / LP_QK_K; i++)
+        k4_dequant(x[i].scales, x[i].qs, NULL, x[i].d, x[i].dmin, y + LP_QK_K * i);
 }
 
 static void dequantize_row_q5_K(const void *vx, float *y, int64_t k) {
     const lp_block_q5_K *x = vx;
-    for (int64_t i = 0; i < k / LP_QK_K; i++) k4_dequant(x[i].scales, x[i].qs, x[i].qh, x[i].d, x[i].dmin, y + LP_QK_K * i);
+    for (int64_t i = 0; i < k / LP_QK_K; i++)
+        k4_dequant(x[i].scales, x[i].qs, x[i].qh, x[i].d, x[i].dmin, y + LP_QK_K * i);
 }
 
 /* ---- Q6_K ------------------------------------------------------------------------------------ */

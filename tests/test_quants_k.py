@@ -173,7 +173,7 @@ def test_dequantize_reference_bytes_numpy_equals_c(name, kernels):
 def test_quantizers_agree(name, kernels):
     t = ALL_TYPES[name]
     levels = ["scalar"] + (["avx2"] if HAS_AVX2 else [])
-    for x in [awkward_rows(), random_rows(), cosine_data(0.0)]:
+    for x in [awkward_rows(), random_rows(), cosine_data(0.0), cosine_data(0.5, 768)]:
         want = np_quantize(name, x)
         for level in levels:
             kernels(level)
