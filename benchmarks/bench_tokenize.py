@@ -9,7 +9,8 @@ tokenizer's word cache: a harder case than real text, which repeats itself more.
 
 Vocabularies: the default model (SmolLM2, byte-level BPE, pre-tokenizer `smollm`), the shared LLaMA
 SPM vocabulary when ../shared is there, and any -m given. Each runs with its native library path and
-with merges in Python only. "cold" is the first pass over the text with an empty word cache, "warm"
+with merges in Python only, and then the library doing all the work as the alternative llamapy does not
+take ("library"). "cold" is the first pass over the text with an empty word cache, "warm"
 the second; MB/s is per CPU second of this process (one core; wall time is shown too, as the machine
 may be busy). Target: at least 1 MB/s cold on the native path. "same" says whether both paths gave
 the same ids.
@@ -25,8 +26,8 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from llamapy.models import default_model_path  # noqa: E402
-from llamapy.tokenizer import Tokenizer  # noqa: E402
+from llamapy.models import default_model_path
+from llamapy.tokenizer import Tokenizer
 
 TARGET_MBS = 1.0
 
@@ -70,11 +71,38 @@ def mixed_text(size: int, seed: int = 0) -> str:
     return "\n".join(parts)
 
 
-def measure(tok: Tokenizer, text: str):
+def measure(tok, text: str):
     t0, c0 = time.perf_counter(), time.process_time()
     ids = tok.encode(text, add_special=False)
     t1, c1 = time.perf_counter(), time.process_time()
     return ids, c1 - c0, t1 - t0
+
+
+class LibraryOnly:
+    """The alternative llamapy does not take, for comparison: the library doing everything.
+
+    BPE: a `tokenizers` pipeline with the same regex stages (Split, isolated) and byte-level mapping.
+    SPM: sentencepiece on the whole text, without llamapy's word cache.
+    """
+
+    def __init__(self, tok: Tokenizer):
+        from llamapy import tokenizer_bpe as bpe
+
+        tok.encode("warm up")
+        self.name = "library" if tok.fast else None
+        if tok.model == "gpt2" and tok.fast:
+            from tokenizers import Regex, pre_tokenizers
+            from tokenizers import Tokenizer as HFTokenizer
+
+            hf = HFTokenizer(tok._bpe.native)
+            stages = [pre_tokenizers.Split(Regex(bpe._pat(t, False).pattern), "isolated")
+                      for t in bpe._STAGES[tok._stages]]
+            hf.pre_tokenizer = pre_tokenizers.Sequence(
+                [*stages, pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+            self.encode = lambda text, add_special=False: hf.encode(text, add_special_tokens=False).ids
+        elif tok.model == "llama" and tok.fast:
+            sp = tok._spm.native
+            self.encode = lambda text, add_special=False: sp.encode(" " + text)
 
 
 def main(argv=None) -> int:
@@ -84,7 +112,11 @@ def main(argv=None) -> int:
     ap.add_argument("--size", type=int, default=1_000_000, help="bytes of generated text")
     args = ap.parse_args(argv)
 
-    text = open(args.file, encoding="utf-8").read() if args.file else mixed_text(args.size)
+    if args.file:
+        with open(args.file, encoding="utf-8") as f:
+            text = f.read()
+    else:
+        text = mixed_text(args.size)
     nbytes = len(text.encode())
     models = list(args.model)
     if not models:
@@ -122,9 +154,18 @@ def main(argv=None) -> int:
                 worst = cold if worst is None else min(worst, cold)
             print(f"| {name[:28]:<28} | {kind:<7} | {load:6.2f} | {cold:9.2f} | {nbytes / warm_cpu / 1e6:9.2f} | "
                   f"{nbytes / cold_wall / 1e6:9.2f} | {len(ids):8d} | {same:<4} |")
+        lib = LibraryOnly(Tokenizer.from_gguf(path))
+        if lib.name:
+            ids, cold_cpu, cold_wall = measure(lib, text)
+            _, warm_cpu, _ = measure(lib, text)
+            same = "yes" if ids == results[True] else "NO"
+            print(f"| {name[:28]:<28} | {lib.name:<7} | {'':6} | {nbytes / cold_cpu / 1e6:9.2f} | "
+                  f"{nbytes / warm_cpu / 1e6:9.2f} | {nbytes / cold_wall / 1e6:9.2f} | {len(ids):8d} | {same:<4} |")
     print(f"target: >= {TARGET_MBS:.1f} MB/s cold on the default path; slowest here: {worst:.2f} MB/s "
           f"({'ok' if worst >= TARGET_MBS else 'BELOW TARGET'})")
     print("python* = the native library declined this vocabulary (see llamapy/tokenizer_*.py)")
+    print("library = the library alone (tokenizers' whole pipeline / sentencepiece on the whole text), "
+          "for comparison")
     return 0
 
 

@@ -16,9 +16,15 @@ end-of-generation set, special tokens cut out of the text before tokenizing (con
 tokens only when `parse_special` is on, user-defined ones always, longest first), the space prefix of
 SPM fragments, and token_to_piece.
 
-Speed: the merges run in C++/Rust libraries (`sentencepiece`, `tokenizers`) whenever they are
-guaranteed to give the reference's ids for the vocabulary at hand, and in Python otherwise; the
-conditions are in the two modules. benchmarks/bench_tokenize.py measures both.
+Libraries and own code: merges run in C++/Rust libraries (`sentencepiece`, `tokenizers`) whenever
+they are guaranteed to give the reference's ids for the vocabulary at hand (the conditions, and the
+vocabularies where they would not, are in the two modules and their tests). Around them llamapy keeps
+its own pre-tokenizer and a word cache instead of the libraries' whole pipelines, for reasons
+benchmarks/bench_tokenize.py measures on 1 MB of mixed English/Chinese (CPU time, one core, SmolLM2 /
+LLaMA vocabularies): `tokenizers`' own pipeline, given the same split expressions, runs at ~1 MB/s
+against ~3 MB/s here, and sentencepiece on whole texts at ~2 MB/s against ~4-6 MB/s here; and no
+library pre-tokenizer has the reference's Unicode 15.1 classes or its collapsed-regex quirks. The
+Python merge loops are the fallback where a library would differ, and the oracle in tests.
 
 One reference behaviour depends on its C++ standard library: when several tokens could be the EOT
 token (SmolLM2 has `<|im_end|>` and `<|endoftext|>`), the reference takes the first one met while
@@ -32,6 +38,8 @@ import codecs
 import os
 import warnings
 from collections.abc import Iterable
+
+import numpy as np
 
 from . import tokenizer_bpe as bpe
 from . import tokenizer_spm as spm
@@ -120,11 +128,11 @@ class Tokenizer:
         self.n_vocab: int = n
         self.tokens: list[str] = [t if t else f"[EMPTY_{i}]" for i, t in enumerate(tokens)]
         scores = get("tokenizer.ggml.scores")
-        self.scores: list[float] = [float(s) for s in scores[:n]] + [0.0] * (n - len(scores)) \
-            if scores is not None else [0.0] * n
+        scores = [] if scores is None else np.asarray(scores, dtype=np.float32)[:n].tolist()
+        self.scores: list[float] = scores + [0.0] * (n - len(scores))
         types = get("tokenizer.ggml.token_type")
-        self.types: list[int] = [int(t) for t in types[:n]] + [TYPE_NORMAL] * (n - len(types)) \
-            if types is not None else [TYPE_NORMAL] * n
+        types = [] if types is None else np.asarray(types, dtype=np.int64)[:n].tolist()
+        self.types: list[int] = types + [TYPE_NORMAL] * (n - len(types))
         self.attrs: list[int] = [_TYPE_ATTR.get(t, 0) for t in self.types]
         self.token_to_id: dict[str, int] = {t: i for i, t in enumerate(self.tokens)}
 
@@ -401,13 +409,13 @@ class Tokenizer:
     def _spm_fragment(self, frag: str, slow: bool = False) -> list[int]:
         self._merger()
         if slow:  # text that was not valid UTF-8: the reference works on its bytes
-            return self._spm.encode_bytes(frag.encode("utf-8", "surrogateescape"))
+            return self._spm.encode_bytes(to_bytes(frag))
         return self._spm.encode(frag)
 
     def _bpe_fragment(self, frag: str, slow: bool = False) -> list[int]:
         self._merger()
         if slow:  # text that was not valid UTF-8: read it as the reference does, merge in Python
-            words = bpe.pre_split(bpe.cpts_from_utf8(frag.encode("utf-8", "surrogateescape")), self._stages)
+            words = bpe.pre_split(bpe.cpts_from_utf8(to_bytes(frag)), self._stages)
             out: list[int] = []
             for w in words:
                 out += self._bpe._word(bpe.to_byte_chars(w.encode("utf-8", "surrogatepass")))
@@ -550,6 +558,23 @@ def _hex_byte(s: str) -> int:
         return int(s, 16) & 0xFF
     except ValueError:
         return 0
+
+
+def _surrogates(err: UnicodeEncodeError):
+    """U+DC80..U+DCFF back to the byte they stand for (surrogateescape); other surrogates as UTF-8."""
+    out = bytearray()
+    for ch in err.object[err.start : err.end]:
+        c = ord(ch)
+        out += bytes([c - 0xDC00]) if 0xDC80 <= c <= 0xDCFF else ch.encode("utf-8", "surrogatepass")
+    return bytes(out), err.end
+
+
+codecs.register_error("llamapy-surrogates", _surrogates)
+
+
+def to_bytes(text: str) -> bytes:
+    """Text as the bytes it came from: surrogateescape'd bytes come back as themselves."""
+    return text.encode("utf-8", "llamapy-surrogates")
 
 
 def _needs_slow_path(text: str) -> bool:

@@ -4,9 +4,9 @@ Pre-tokenizing follows the reference's `unicode_regex_split`: every pre-tokenize
 regex stages; each stage splits every piece from the stage before, and the text between matches is kept
 as a piece of its own. The reference runs each stage one of three ways (a hand-written splitter for the
 GPT-2 and Llama 3 expressions, `std::regex` over a "collapsed" text with one byte per code point when the
-expression names Unicode categories, `std::wregex` otherwise). The patterns below are written for the
-`regex` module so that they give the same splits as those three, with every class spelled out from one
-code-point table instead of `\\p{..}` and `\\s`:
+expression names Unicode categories, `std::wregex` otherwise). The patterns below are written for `re`
+(the fastest engine measured here for these classes) so that they give the same splits as those three,
+with every class spelled out from one code-point table instead of `\\p{..}` and `\\s`:
   * letters / numbers / punctuation / symbols / marks come from the Unicode 15.1 character database
     (`unicodedata2` 15.1, the version the reference's tables were generated from; Python's own
     `unicodedata` is older and is the fallback);
@@ -15,10 +15,10 @@ code-point table instead of `\\p{..}` and `\\s`:
   * in collapsed mode the reference's ASCII tables leave `~` out of \\p{S}, so the collapsed symbol class
     does too.
 
-Merges run in the `tokenizers` library (Rust) when it gives the reference's ids: the vocabulary holds
-all 256 byte characters and every merge's result (then both pick the lowest-rank pair, leftmost first,
-and skip stale pairs the same way). Otherwise, and for text carrying invalid UTF-8, `BPEMerger` does it
-in Python exactly as the reference does.
+Merges of words not yet in the word cache run in the `tokenizers` library's BPE model (Rust) when it
+gives the reference's ids (`build_native` says when: then both pick the lowest-rank pair, leftmost
+first, and skip stale pairs the same way). Otherwise, and for text carrying invalid UTF-8, `BPEMerger`
+does it in Python exactly as the reference does.
 """
 from __future__ import annotations
 

@@ -256,3 +256,14 @@ def test_cli_as_a_user_runs_it(default_model):
                        capture_output=True, timeout=120, check=False)
     assert r.returncode == 0, r.stderr
     assert r.stdout == b"[1, 19556]\n"
+
+
+def test_lone_surrogates_are_read_as_their_bytes(smollm2, llama_spm):
+    # U+DC80..U+DCFF stand for undecodable bytes (surrogateescape), other surrogates for their UTF-8 form;
+    # the reference reads such bytes without failing, and so does llamapy
+    for pair in (smollm2, llama_spm):
+        for text in ["\udcff", "a\ud800b", "\udce4\udcb8 \ud83e"]:
+            ids = pair[0].encode(text, add_special=False)
+            assert ids == pair[1].encode(text, add_special=False) and ids
+    # the BPE reader turns each unreadable byte into U+FFFD first
+    assert smollm2[0].encode("\udcffa", add_special=False) == smollm2[0].encode("\ufffda", add_special=False)
