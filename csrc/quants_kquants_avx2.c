@@ -502,6 +502,94 @@ static void vec_dot_q6_K_q8_K(int n, float *s, const void *vx, const void *vy) {
     *s = hsum_ps(acc);
 }
 
+/* Q2_K against 4 activation rows */
+static void q2_rows4(int n, const lp_block_q2_K *x, float *s, size_t bs, const void *vy, size_t by) {
+    const __m256i m3 = _mm256_set1_epi8(3);
+    const __m128i m4 = _mm_set1_epi8(0xF);
+    const lp_block_q8_K *y[ROWS];
+    __m256 acc[ROWS];
+    for (int t = 0; t < ROWS; t++) {
+        y[t] = act_row(vy, by, t);
+        acc[t] = _mm256_setzero_ps();
+    }
+    for (int i = 0; i < n / LP_QK_K; i++) {
+        const __m128i sb = _mm_loadu_si128((const __m128i *)x[i].scales);
+        const __m256i sc16 = _mm256_cvtepu8_epi16(_mm_and_si128(sb, m4));
+        const __m128i mins8 = _mm_and_si128(_mm_srli_epi16(sb, 4), m4);
+        __m256i sumi[ROWS];
+        for (int t = 0; t < ROWS; t++) sumi[t] = _mm256_setzero_si256();
+        for (int h = 0; h < 2; h++) {
+            const __m256i bits = loadu(x[i].qs + 32 * h);
+            const __m256i half = _mm256_permute2x128_si256(sc16, sc16, h ? 0x11 : 0x00);
+            for (int p = 0; p < 4; p++) {
+                const __m256i q = _mm256_and_si256(_mm256_srli_epi16(bits, 2 * p), m3);
+                const __m256i scp = _mm256_shuffle_epi8(half, part_pick(p));
+                for (int t = 0; t < ROWS; t++) {
+                    const __m256i prod = _mm256_maddubs_epi16(q, loadu(y[t][i].qs + 128 * h + 32 * p));
+                    sumi[t] = _mm256_add_epi32(sumi[t], _mm256_madd_epi16(prod, scp));
+                }
+            }
+        }
+        const float dx = h2f(x[i].d), mx = h2f(x[i].dmin);
+        for (int t = 0; t < ROWS; t++) {
+            const __m256i summs = scaled_bsums(mins8, 0, y[t][i].bsums);
+            acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(y[t][i].d * dx), _mm256_cvtepi32_ps(sumi[t]), acc[t]);
+            acc[t] = _mm256_fnmadd_ps(_mm256_set1_ps(y[t][i].d * mx), _mm256_cvtepi32_ps(summs), acc[t]);
+        }
+    }
+    for (int t = 0; t < ROWS; t++) s[t * bs] = hsum_ps(acc[t]);
+}
+
+static void vec_dot_rows_q2_K(int n, int nrc, float *s, size_t bs, const void *vx, const void *vy, size_t by) {
+    int j = 0;
+    for (; j + ROWS <= nrc; j += ROWS) q2_rows4(n, vx, s + j * bs, bs, act_row(vy, by, j), by);
+    for (; j < nrc; j++) vec_dot_q2_K_q8_K(n, s + j * bs, vx, act_row(vy, by, j));
+}
+
+/* Q3_K against 4 activation rows */
+static void q3_rows4(int n, const lp_block_q3_K *x, float *s, size_t bs, const void *vy, size_t by) {
+    const __m256i m3 = _mm256_set1_epi8(3), m1 = _mm256_set1_epi8(1);
+    const lp_block_q8_K *y[ROWS];
+    __m256 acc[ROWS];
+    for (int t = 0; t < ROWS; t++) {
+        y[t] = act_row(vy, by, t);
+        acc[t] = _mm256_setzero_ps();
+    }
+    for (int i = 0; i < n / LP_QK_K; i++) {
+        const __m128i sc8 = q3_scales(x[i].scales);
+        const __m256i sc16 = _mm256_cvtepi8_epi16(sc8);
+        const __m256i hm = loadu(x[i].hmask);
+        __m256i sumi[ROWS];
+        for (int t = 0; t < ROWS; t++)
+            sumi[t] = _mm256_sub_epi32(_mm256_setzero_si256(),
+                                       _mm256_slli_epi32(_mm256_madd_epi16(sc16, loadu(y[t][i].bsums)), 2));
+        for (int h = 0; h < 2; h++) {
+            const __m256i bits = loadu(x[i].qs + 32 * h);
+            const __m256i half = _mm256_permute2x128_si256(sc16, sc16, h ? 0x11 : 0x00);
+            for (int p = 0; p < 4; p++) {
+                const __m256i lo = _mm256_and_si256(_mm256_srli_epi16(bits, 2 * p), m3);
+                const __m256i hb = _mm256_and_si256(_mm256_srli_epi16(hm, 4 * h + p), m1);
+                const __m256i q = _mm256_or_si256(lo, _mm256_slli_epi16(hb, 2));
+                const __m256i scp = _mm256_shuffle_epi8(half, part_pick(p));
+                for (int t = 0; t < ROWS; t++) {
+                    const __m256i prod = _mm256_maddubs_epi16(q, loadu(y[t][i].qs + 128 * h + 32 * p));
+                    sumi[t] = _mm256_add_epi32(sumi[t], _mm256_madd_epi16(prod, scp));
+                }
+            }
+        }
+        const float dx = h2f(x[i].d);
+        for (int t = 0; t < ROWS; t++)
+            acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(y[t][i].d * dx), _mm256_cvtepi32_ps(sumi[t]), acc[t]);
+    }
+    for (int t = 0; t < ROWS; t++) s[t * bs] = hsum_ps(acc[t]);
+}
+
+static void vec_dot_rows_q3_K(int n, int nrc, float *s, size_t bs, const void *vx, const void *vy, size_t by) {
+    int j = 0;
+    for (; j + ROWS <= nrc; j += ROWS) q3_rows4(n, vx, s + j * bs, bs, act_row(vy, by, j), by);
+    for (; j < nrc; j++) vec_dot_q3_K_q8_K(n, s + j * bs, vx, act_row(vy, by, j));
+}
+
 static void q6_rows4(int n, const lp_block_q6_K *x, float *s, size_t bs, const void *vy, size_t by) {
     const lp_block_q8_K *y[ROWS];
     __m256 acc[ROWS];
@@ -900,8 +988,10 @@ void lp_register_kquants_avx2(lp_type_traits *t) {
     t[LP_TYPE_Q6_K].from_float = quantize_row_q6_K;
     t[LP_TYPE_Q2_K].to_float = dequantize_row_q2_K;
     t[LP_TYPE_Q2_K].vec_dot = vec_dot_q2_K_q8_K;
+    t[LP_TYPE_Q2_K].vec_dot_rows = vec_dot_rows_q2_K;
     t[LP_TYPE_Q3_K].to_float = dequantize_row_q3_K;
     t[LP_TYPE_Q3_K].vec_dot = vec_dot_q3_K_q8_K;
+    t[LP_TYPE_Q3_K].vec_dot_rows = vec_dot_rows_q3_K;
     t[LP_TYPE_Q4_K].to_float = dequantize_row_q4_K;
     t[LP_TYPE_Q4_K].vec_dot = vec_dot_q4_K_q8_K;
     t[LP_TYPE_Q4_K].vec_dot_rows = vec_dot_rows_q4_K;
