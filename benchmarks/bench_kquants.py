@@ -5,7 +5,8 @@
 Prints ns per 256-value block (best of --repeat runs, so other load on the machine matters less) for
 each level the CPU runs. The reference engine quantizes activations to Q8_K with its scalar code on x86,
 so the scalar `q8_K act` line is its cost there. `GB/s` is the weight bytes a dot product consumes per
-second on one thread: decode needs it well above the ~15 GB/s one core can read from memory.
+second on one thread: decode needs it well above the ~15 GB/s one core can read from memory. `rows4` is
+how much faster vec_dot_rows runs one weight row against 4 activation rows than 4 vec_dot calls do.
 Weight quantizers: `ref` is the scalar reference, `active` what lp_quantize_row uses (same bytes).
 """
 
@@ -50,12 +51,16 @@ def measure(level: str, repeat: int) -> dict:
     set_kernels(level)
     rng = np.random.default_rng(0)
     x = rng.standard_normal(N_DOT).astype(np.float32)
-    a = rng.standard_normal(N_DOT).astype(np.float32)
+    a = rng.standard_normal(4 * N_DOT).astype(np.float32)  # 4 activation rows
     xb, ab = ffi.from_buffer("float[]", x), ffi.from_buffer("float[]", a)
-    qa = np.zeros(lib.lp_row_size(lib.LP_TYPE_Q8_K, N_DOT), np.uint8)
+    rb = lib.lp_row_size(lib.LP_TYPE_Q8_K, N_DOT)
+    qa = np.zeros(4 * rb, np.uint8)
     qab = ffi.from_buffer(qa)
+    lib.lp_quantize_row(lib.LP_TYPE_Q8_K, ab, qab, 4 * N_DOT)
     out = {
-        "q8_K act": best_of(lambda: lib.lp_quantize_row(lib.LP_TYPE_Q8_K, ab, qab, N_DOT), repeat, 5)
+        "q8_K act": best_of(
+            functools.partial(lib.lp_quantize_row, lib.LP_TYPE_Q8_K, ab, qab, N_DOT), repeat, 5
+        )
         / (N_DOT // 256)
     }
     s = ffi.new("float *")
@@ -75,7 +80,18 @@ def measure(level: str, repeat: int) -> dict:
             active = functools.partial(lib.lp_quantize_row, t, xb, qb, N_QUANT)
             out[name]["ref"] = best_of(ref, 2, 1) / qblocks
             out[name]["active"] = best_of(active, 2, 1) / qblocks
+        # prompt processing: one weight row against 4 activation rows, against 4 single dots
+        s4 = ffi.new("float[4]")
+        single = functools.partial(_four_dots, t, qb, qab, rb, s4)
+        rows = functools.partial(lib.lp_vec_dot_rows, t, N_DOT, 4, qb, qab, rb, s4)
+        out[name]["single4"] = best_of(single, repeat, 5)
+        out[name]["rows4"] = best_of(rows, repeat, 5)
     return out
+
+
+def _four_dots(t, qb, qab, rb, s4) -> None:
+    for j in range(4):
+        lib.lp_vec_dot(t, N_DOT, qb, qab + j * rb, s4 + j)
 
 
 def main() -> None:
@@ -93,14 +109,14 @@ def main() -> None:
     print(f"K-quant kernels, ns per block of 256 values (best of {args.repeat}); levels: {', '.join(levels)}")
     print()
     print(
-        f"{'type':6} {'dot scalar':>11} {'dot ' + simd:>10} {'speedup':>8} {'GB/s':>6} "
+        f"{'type':6} {'dot scalar':>11} {'dot ' + simd:>10} {'speedup':>8} {'GB/s':>6} {'rows4':>6} "
         f"{'dequant':>8} {'quant ref':>10} {'quant active':>13} {'speedup':>8}"
     )
     for name, _ in TYPES:
         sc, sm = res["scalar"][name], res[simd][name]
         line = (
             f"{name:6} {sc['dot'] * 1e9:11.1f} {sm['dot'] * 1e9:10.1f} {sc['dot'] / sm['dot']:7.1f}x "
-            f"{sm['gbs']:6.1f} {sm['deq'] * 1e9:8.1f}"
+            f"{sm['gbs']:6.1f} {sm['single4'] / sm['rows4']:5.1f}x {sm['deq'] * 1e9:8.1f}"
         )
         if "ref" in sm:
             line += f" {sm['ref'] * 1e9:10.0f} {sm['active'] * 1e9:13.0f} {sm['ref'] / sm['active']:7.1f}x"
