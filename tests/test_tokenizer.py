@@ -97,13 +97,18 @@ OWN_CASES = [
 ]
 
 
+VOCABS = ["smollm2", "llama_spm"]
+
+
 @pytest.mark.filterwarnings("ignore:the prompt starts with a BOS token")
-@pytest.mark.parametrize("text", OWN_CASES)
+@pytest.mark.parametrize("vocab", VOCABS)
 @pytest.mark.parametrize("parse_special", [False, True])
-def test_own_cases_native_equals_python(smollm2, llama_spm, text, parse_special):
-    for pair in (smollm2, llama_spm):
+def test_own_cases_native_equals_python(request, vocab, parse_special):
+    pair = request.getfixturevalue(vocab)
+    for text in OWN_CASES:
         ids = pair[0].encode(text, add_special=True, parse_special=parse_special)
-        assert ids == pair[1].encode(text, add_special=True, parse_special=parse_special)
+        assert ids == pair[1].encode(text, add_special=True, parse_special=parse_special), text
+        assert pair[0].decode(ids, special=False).endswith(text) or parse_special, text
 
 
 @pytest.mark.parametrize("text", OWN_CASES)
@@ -145,19 +150,20 @@ def test_llama_special_parsing(llama_spm):
     assert tok.attrs[1] & ATTR_CONTROL
 
 
+@pytest.mark.parametrize("vocab", VOCABS)
 @pytest.mark.parametrize("text", ["糖果的制作步骤", "请列举5条文明乘车的建议", "🦙 said 你好 😶‍🌫️!"])
-def test_stream_decoder_cjk(smollm2, llama_spm, text):
-    for tok in (smollm2[0], llama_spm[0]):
-        ids = tok.encode(text, add_special=False)
-        dec = StreamDecoder(tok)
-        pieces = [dec.add_token(i) for i in ids]
-        pieces.append(dec.finalize())
-        assert "".join(pieces) == tok.decode(ids)
-        assert "\ufffd" not in "".join(pieces)
-        # some characters span several tokens: the stream holds them back instead of breaking them
-        assert "" in pieces[:-1]
-        for p in pieces:
-            p.encode("utf-8")  # never a lone surrogate or a broken sequence
+def test_stream_decoder_cjk(request, vocab, text):
+    tok = request.getfixturevalue(vocab)[0]
+    ids = tok.encode(text, add_special=False)
+    dec = StreamDecoder(tok)
+    pieces = [dec.add_token(i) for i in ids]
+    pieces.append(dec.finalize())
+    assert "".join(pieces) == tok.decode(ids)
+    assert "\ufffd" not in "".join(pieces)
+    # some characters span several tokens: the stream holds them back instead of breaking them
+    assert "" in pieces[:-1]
+    for p in pieces:
+        p.encode("utf-8")  # never a lone surrogate or a broken sequence
 
 
 def test_stream_decoder_flushes_a_cut_sequence(smollm2):
@@ -258,12 +264,13 @@ def test_cli_as_a_user_runs_it(default_model):
     assert r.stdout == b"[1, 19556]\n"
 
 
-def test_lone_surrogates_are_read_as_their_bytes(smollm2, llama_spm):
+@pytest.mark.parametrize("vocab", VOCABS)
+def test_lone_surrogates_are_read_as_their_bytes(request, vocab):
     # U+DC80..U+DCFF stand for undecodable bytes (surrogateescape), other surrogates for their UTF-8 form;
     # the reference reads such bytes without failing, and so does llamapy
-    for pair in (smollm2, llama_spm):
-        for text in ["\udcff", "a\ud800b", "\udce4\udcb8 \ud83e"]:
-            ids = pair[0].encode(text, add_special=False)
-            assert ids == pair[1].encode(text, add_special=False) and ids
-    # the BPE reader turns each unreadable byte into U+FFFD first
-    assert smollm2[0].encode("\udcffa", add_special=False) == smollm2[0].encode("\ufffda", add_special=False)
+    pair = request.getfixturevalue(vocab)
+    for text in ["\udcff", "a\ud800b", "\udce4\udcb8 \ud83e"]:
+        ids = pair[0].encode(text, add_special=False)
+        assert ids == pair[1].encode(text, add_special=False) and ids
+    if vocab == "smollm2":  # the BPE reader turns each unreadable byte into U+FFFD first
+        assert pair[0].encode("\udcffa", add_special=False) == pair[0].encode("\ufffda", add_special=False)
