@@ -538,6 +538,7 @@ def _clean_spaces(b: bytes) -> bytes:
         if x == 0x27 and i + 1 < len(t) and t[i - 1] == 0x20 and t[i + 1] == 0x20:
             out.pop()
             out.append(x)
+            t[i + 1] = 0  # the reference blanks the skipped space in place; the next check sees it
             i += 2
             continue
         out.append(x)

@@ -278,3 +278,20 @@ def test_special_tokens_only_when_parsing_specials(tmp_path, trained):
     assert tok.encode("<|im_start|>user", add_special=False, parse_special=True)[0] == im_start
     plain = tok.encode("<|im_start|>user", add_special=False)
     assert im_start not in plain and tok.decode(plain) == "<|im_start|>user"
+
+
+@pytest.mark.parametrize("text,clean", [
+    ("Hello , world !", "Hello, world!"),
+    ("a ' b", "a'b"),
+    ("x ' ' y", "x'' y"),  # the space after a joined quote is blanked: the second quote keeps its space
+    ("it 's I 'm we 're they 've I 'll he 'd don 't", "it's I'm we're they've I 'll he 'd don 't"),
+    (" .", "."),
+])
+def test_detokenize_cleans_spaces_like_the_reference(tmp_path, text, clean):
+    tokens, merges = _manual_vocab()
+    tok = Tokenizer.from_gguf(write_bpe_gguf(tmp_path / "v.gguf", tokens, merges, pre="gpt-2"))
+    ids = tok.encode(text, add_special=False)
+    assert tok.decode(ids) == text
+    assert tok.detokenize(ids) == clean
+    smol = Tokenizer.from_gguf(write_bpe_gguf(tmp_path / "s.gguf", tokens, merges, pre="smollm"))
+    assert smol.detokenize(smol.encode(text, add_special=False)) == text  # smollm: no cleaning
