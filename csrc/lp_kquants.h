@@ -8,6 +8,8 @@
 
 #include <stdint.h>
 
+#include "lp_core.h"
+
 /* LP_API_BEGIN */
 /* s[j] = dot(x, row j of y) for j < nrc, y rows y_stride bytes apart (the vec_dot_type of `type`):
  * the multi-row kernel where the type has one, else one vec_dot per row. -1 for a type without vec_dot. */
@@ -104,5 +106,8 @@ void lp_q3_K_finish(const float *x, const float *scales, int8_t *L, lp_block_q3_
 void lp_q4_K_finish(const float *x, const float *scales, const float *mins, uint8_t *L, lp_block_q4_K *y);
 void lp_q5_K_finish(const float *x, const float *scales, const float *mins, uint8_t *L, lp_block_q5_K *y);
 void lp_q6_K_finish(const float *x, const float *scales, int8_t *L, lp_block_q6_K *y);
+
+/* The AVX2 weight quantizers (same bytes as the reference), registered by lp_register_kquants_avx2. */
+void lp_register_kquants_avx2_quantizers(lp_type_traits *t);
 
 #endif

@@ -671,5 +671,5 @@ void lp_register_kquants_scalar(lp_type_traits *t) {
     };
     for (size_t i = 0; i < sizeof k / sizeof k[0]; i++)
         t[k[i].type] = (lp_type_traits){k[i].name, LP_QK_K, k[i].size, LP_TYPE_Q8_K,
-                                        k[i].to_float, k[i].from_float, k[i].from_float, k[i].vec_dot};
+                                        k[i].to_float, k[i].from_float, k[i].from_float, k[i].vec_dot, NULL};
 }
