@@ -411,6 +411,44 @@ def cpts_from_utf8(b: bytes) -> str:
     return "".join(map(chr, out))
 
 
+# pre-tokenizers whose vocabularies skip the reference's clean_up_tokenization_spaces in detokenize
+NO_CLEAN_SPACES = {
+    "deepseek-llm", "deepseek-coder", "deepseek-v3", "command-r", "qwen2", "deepseek-r1-qwen", "poro-chat",
+    "viking", "tekken", "smollm", "chameleon",
+}
+
+
+def clean_spaces(b: bytes) -> bytes:
+    """The reference's clean_up_tokenization_spaces passes over detokenized bytes."""
+    t = bytearray(b)
+    out = bytearray(t[:1])
+    for i in range(1, len(t)):  # " ?" " !" " ." " ,"
+        if t[i - 1] == 0x20 and t[i] in b"?!.,":
+            out.pop()
+        out.append(t[i])
+    t, out = out, bytearray(out[:1])
+    i = 1
+    while i < len(t):  # " ' " -> "'"
+        x = t[i]
+        if x == 0x27 and i + 1 < len(t) and t[i - 1] == 0x20 and t[i + 1] == 0x20:
+            out.pop()
+            out.append(x)
+            t[i + 1] = 0  # the reference blanks the skipped space in place; the next check sees it
+            i += 2
+            continue
+        out.append(x)
+        i += 1
+    t, out = out, bytearray(out[:1])
+    for i in range(1, len(t)):  # " 's" " 'm" " 're" " 've"
+        x = t[i]
+        if t[i - 1] == 0x20 and x == 0x27 and i + 1 < len(t):
+            x1 = t[i + 1]
+            if x1 in b"sm" or (i + 2 < len(t) and (x1, t[i + 2]) in ((0x72, 0x65), (0x76, 0x65))):
+                out.pop()
+        out.append(x)
+    return bytes(out)
+
+
 # -- merges -------------------------------------------------------------------------------------------
 
 def parse_merges(merges) -> dict[tuple[str, str], int]:

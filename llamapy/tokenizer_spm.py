@@ -12,6 +12,10 @@ treats differently: duplicate or empty entries, not exactly one unknown token, m
 an unknown/byte token that merging could produce (sentencepiece never merges into those; the
 reference does). Every other token is declared NORMAL there, because the reference merges into any
 vocabulary entry whatever its type. `SPMMerger` is the Python version for everything else.
+
+When no token has U+2581 after another character (LLaMA's have none), text is cut before each space
+that follows a non-space: no merge can cross such a cut, so the pieces are tokenized on their own and
+repeated ones come from a cache (`word_splitter`, `SPMEncoder`), exact and several times faster.
 """
 from __future__ import annotations
 
