@@ -262,3 +262,24 @@ def test_vocab_only(tmp_path, hf_w, spm_model, vocab_n):
     assert res.path.name.endswith("-vocab.gguf") and res.n_tensors == 0
     with GGUFReader(res.path) as r:
         assert not r.tensors and len(r.get("tokenizer.ggml.tokens")) == vocab_n
+
+
+def test_half_conversions_match_the_reference_numpy_rounding():
+    """F16/BF16 rows go through the C core's kernels; they must round exactly as the reference converter's
+    numpy does (nearest even; overflow to inf; subnormals), and widen exactly."""
+    from llamapy.convert.outtype import f32_to_half, rows_to_f32
+    from llamapy.gguf_constants import TensorType
+
+    rng = np.random.default_rng(5)
+    bits = rng.integers(0, 2**32, 200_000, dtype=np.uint64).astype(np.uint32)
+    x = bits.view(np.float32)
+    x = np.concatenate([x[~np.isnan(x)], np.float32([0.0, -0.0, np.inf, -np.inf, 65504, 65520, 65519.996,
+                                                     6.1035156e-05, 5.9604645e-08, 2.9802322e-08, 2.9802326e-08])])
+    with np.errstate(over="ignore"):
+        f16 = x.astype(np.float16).view(np.uint16)
+    assert np.array_equal(f32_to_half(x, TensorType.F16), f16)
+    u = x.view(np.uint32)
+    bf16 = ((u.astype(np.uint64) + 0x7FFF + ((u >> 16) & 1)) >> 16).astype(np.uint16)
+    assert np.array_equal(f32_to_half(x, TensorType.BF16), bf16)
+    assert np.array_equal(rows_to_f32(f16.reshape(-1, 1), "F16").ravel(), f16.view(np.float16).astype(np.float32))
+    assert np.array_equal(rows_to_f32(bf16, "BF16"), (bf16.astype(np.uint32) << 16).view(np.float32))

@@ -91,12 +91,33 @@ def plain_tensor_type(outtype: OutType, gguf_name: str, shape: tuple[int, ...]) 
 
 
 # -- encoding -------------------------------------------------------------------------------------
-def f32_to_bf16(x: np.ndarray) -> np.ndarray:
-    """float32 -> bfloat16 bits, rounding to nearest even; NaNs stay (quiet) NaNs."""
-    u = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32)
-    nan = (u & 0x7FFFFFFF) > 0x7F800000
-    rounded = ((u.astype(np.uint64) + (0x7FFF + ((u >> 16) & 1))) >> 16).astype(np.uint16)
-    return np.where(nan, ((u >> 16) | 64).astype(np.uint16), rounded)
+_HALF_TYPES = {"F16": TensorType.F16, "BF16": TensorType.BF16}
+
+
+def rows_to_f32(rows: np.ndarray, src_dtype: str) -> np.ndarray:
+    """Source rows as float32; F16/BF16 widened by the C core's row kernels (exact)."""
+    t = _HALF_TYPES.get(src_dtype)
+    if t is None:
+        return to_f32(rows, src_dtype)
+    from ..native import ffi, lib
+
+    src = np.ascontiguousarray(rows)
+    out = np.empty(src.shape, dtype=np.float32)
+    if lib.lp_dequantize_row(int(t), ffi.from_buffer(src), ffi.from_buffer("float *", out), src.size) != 0:
+        raise LlamapyError(f"can't widen {src_dtype} rows")
+    return out
+
+
+def f32_to_half(x: np.ndarray, ttype: int) -> np.ndarray:
+    """float32 -> F16 or BF16 bits with the C core's row kernels: round to nearest even, as the reference
+    converter's numpy conversion (NaN payloads aside)."""
+    from ..native import ffi, lib
+
+    src = np.ascontiguousarray(x, dtype=np.float32)
+    out = np.empty(src.shape, dtype=np.uint16)
+    if lib.lp_quantize_row(int(ttype), ffi.from_buffer("float *", src), ffi.from_buffer(out), src.size) != 0:
+        raise LlamapyError(f"can't convert rows to {TensorType(ttype).name}")
+    return out
 
 
 def quantize_rows(ttype: int, x: np.ndarray, n_threads: int | None = None) -> np.ndarray:
@@ -112,12 +133,10 @@ def encode_rows(rows: np.ndarray, src_dtype: str, ttype: int, n_threads: int | N
         return rows.reshape(-1).view(np.uint8)
     if ttype == TensorType.BF16 and src_dtype == "BF16":
         return rows.reshape(-1).view(np.uint8)
-    x = to_f32(rows, src_dtype)
+    x = rows_to_f32(rows, src_dtype)
     if ttype == TensorType.F32:
         return np.ascontiguousarray(x, dtype=np.float32).reshape(-1).view(np.uint8)
-    if ttype == TensorType.F16:
-        return x.astype(np.float16).reshape(-1).view(np.uint8)
-    if ttype == TensorType.BF16:
-        return f32_to_bf16(x).reshape(-1).view(np.uint8)
+    if ttype in (TensorType.F16, TensorType.BF16):
+        return f32_to_half(x, ttype).reshape(-1).view(np.uint8)
     row_len = rows.shape[-1] if rows.ndim > 1 else rows.size
     return quantize_rows(ttype, x.reshape(-1, row_len), n_threads)
