@@ -271,13 +271,14 @@ static void dequantize_row_q3_K(const void *vx, float *y, int64_t k) {
 
 /* 8 scales (bytes 0..7) then 8 mins (bytes 8..15) of a Q4_K / Q5_K block */
 static inline __m128i k4_scales_mins(const uint8_t *b) {
-    uint32_t a, c, e;
-    memcpy(&a, b, 4);
-    memcpy(&c, b + 4, 4);
-    memcpy(&e, b + 8, 4);
-    const uint32_t m6 = 0x3f3f3f3f, m4 = 0x0f0f0f0f, m2 = 0x03030303;
-    return _mm_setr_epi32((int)(a & m6), (int)((e & m4) | (((a >> 6) & m2) << 4)), (int)(c & m6),
-                          (int)(((e >> 4) & m4) | (((c >> 6) & m2) << 4)));
+    /* dwords a, c, e = bytes 0-3, 4-7, 8-11 (the 4 bytes read past them are the block's first quants):
+     * [a & 0x3f.., (e & 0x0f..) | ((a >> 6) & 3..) << 4, c & 0x3f.., ((e >> 4) & 0x0f..) | ((c >> 6) & 3..) << 4] */
+    const __m128i v = _mm_loadu_si128((const __m128i *)b);
+    __m128i lo = _mm_shuffle_epi32(v, _MM_SHUFFLE(2, 1, 2, 0)); /* a, e, c, e */
+    lo = _mm_and_si128(_mm_srlv_epi32(lo, _mm_setr_epi32(0, 0, 0, 4)),
+                       _mm_setr_epi32(0x3f3f3f3f, 0x0f0f0f0f, 0x3f3f3f3f, 0x0f0f0f0f));
+    const __m128i hi = _mm_srli_epi32(_mm_shuffle_epi32(v, _MM_SHUFFLE(1, 1, 0, 0)), 2); /* a, a, c, c */
+    return _mm_or_si128(lo, _mm_and_si128(hi, _mm_setr_epi32(0, 0x30303030, 0, 0x30303030)));
 }
 
 /* one Q4_K / Q5_K block: the 8 sub-blocks' quants q[j] (unsigned), accumulated as d * Σ scale_j * (q_j . q8)
