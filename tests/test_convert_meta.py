@@ -247,3 +247,28 @@ def test_engine_runs_converted_meta_model(tmp_path, weights, spm_model):
         got = llm.eval_all_logits(TOKENS)
     assert np.abs(got - ref).max() < 1e-2 * np.abs(ref).max()
     assert np.array_equal(got.argmax(-1), ref.argmax(-1))
+
+
+def test_vocab_only_needs_no_weights(tmp_path, weights, spm_model, vocab_n):
+    d = make(tmp_path, "llama-2-7b", weights, spm_model)
+    (d / "consolidated.00.pth").unlink()
+    res = convert(d, None, None, vocab_only=True)
+    assert res.path == d / "llama-2-vocab.gguf" and res.n_tensors == 0
+    kv = kv_of(res.path)
+    assert len(kv["tokenizer.ggml.tokens"]) == vocab_n and kv["llama.vocab_size"] == vocab_n
+
+
+def test_vocab_type_bpe_looks_only_for_tokenizer_json(tmp_path, weights, spm_model):
+    d = make(tmp_path, "m", weights, spm_model)
+    with pytest.raises(LlamapyError) as e:
+        convert(d, tmp_path / "x.gguf", "f16", vocab_type="bpe")
+    assert str(d / "tokenizer.json") in str(e.value) and "tokenizer.model" not in str(e.value)
+    with pytest.raises(LlamapyError, match="unknown --vocab-type 'hfft': use spm or bpe"):
+        convert(d, tmp_path / "x.gguf", "f16", vocab_type="hfft")
+
+
+def test_llama3_tiktoken_file_is_a_clear_error(tmp_path, weights):
+    d = save_meta(tmp_path / "m", weights, meta_params())
+    (d / "tokenizer.model").write_text("IQ== 0\nIg== 1\nIw== 2\n")
+    with pytest.raises(LlamapyError, match=r"tokenizer.model is a tiktoken vocabulary \(Llama 3\)"):
+        convert(d, tmp_path / "x.gguf", "f16")

@@ -180,7 +180,8 @@ def find_vocab(model_dir: Path, vocab_dir: Path | None, vocab_type: str | None) 
                 v = bpe_vocab(p, None)
                 v.source = str(p)
                 return v
-    find_first(tried, "tokenizer (tokenizer.model" + (" or tokenizer.json)" if len(kinds) > 1 else ")"))
+    names = {"spm": "tokenizer.model", "bpe": "tokenizer.json"}
+    find_first(tried, f"tokenizer ({' or '.join(names[k] for k in kinds)})")
     raise AssertionError("unreachable")
 
 

@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from hashlib import sha256
 from pathlib import Path
@@ -165,6 +166,11 @@ def read_spm(path: Path) -> tuple[list[str], list[float], list[int]]:
     """Pieces, scores and GGUF token types of a SentencePiece model file."""
     from sentencepiece import SentencePieceProcessor
 
+    with open(path, "rb") as f:
+        head = f.read(256).split(b"\n", 1)[0]
+    if re.fullmatch(rb"[A-Za-z0-9+/=]+ \d+", head):
+        raise LlamapyError(f"{path} is a tiktoken vocabulary (Llama 3), not a SentencePiece model; convert the "
+                           f"model's Hugging Face release instead")
     sp = SentencePieceProcessor()
     try:
         sp.LoadFromFile(str(path))
