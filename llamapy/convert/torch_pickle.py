@@ -39,6 +39,10 @@ STORAGE_TYPES = {
 }
 
 
+class _Refused(pickle.UnpicklingError):
+    """The pickle asked for a name outside the allow-list."""
+
+
 class _StorageType:
     def __init__(self, dtype: str):
         self.dtype = dtype
@@ -80,7 +84,7 @@ class _Unpickler(pickle.Unpickler):
             return _StorageType(STORAGE_TYPES[name])
         if full in ("torch.Tensor", "torch._tensor.Tensor", "torch.nn.parameter.Parameter"):
             return _TypeMarker(full)
-        raise pickle.UnpicklingError(
+        raise _Refused(
             f"its pickle asks for '{full}', which a checkpoint of weights never needs (only tensors and "
             f"OrderedDict are allowed); refused before anything ran"
         )
@@ -226,9 +230,10 @@ def load_torch_file(path: str) -> collections.OrderedDict[str, LazyTensor]:
     reader = _ZipReader(path, zf, prefix, size)
     try:
         obj = _Unpickler(io.BytesIO(raw), reader).load()
-    except pickle.UnpicklingError as e:
+    except _Refused as e:
         raise LlamapyError(f"refusing to load {path}: {e}") from None
-    except (EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError, struct.error) as e:
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError,
+            struct.error) as e:
         raise LlamapyError(f"{path}: malformed checkpoint pickle ({type(e).__name__}: {e})") from None
     if isinstance(obj, dict) and "model" in obj and isinstance(obj["model"], dict):
         obj = obj["model"]
