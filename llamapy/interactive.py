@@ -465,8 +465,11 @@ class _Session:
                     input_echo = False
 
                 if n_past > 0:
-                    if self.is_interacting:
+                    if self.is_interacting:  # llama.cpp resets its sampler chain at each turn
                         history.clear()
+                        reset = getattr(self.sampler, "reset", None)
+                        if reset is not None:
+                            reset()
                     self.is_interacting = False
 
             if embd and self.tok.is_eog(embd[-1]) and not self.interactive:
