@@ -1,11 +1,13 @@
 /* K-quants Q2_K..Q6_K and Q8_K: AVX2+FMA+F16C kernels (the weight quantizers are in
  * quants_kquants_avx2_fit.c).
  *
- * The Q8_K activation quantizer writes exactly the scalar reference's bytes; the dequantizers give exactly
- * the scalar floats (multiply, then subtract: nothing fused); the dot products sum each block in int32
- * and accumulate the blocks in another float order than the scalar ones, so they agree to rounding.
- * K quants enter _mm256_maddubs_epi16 as unsigned values (the Q3_K and Q6_K offsets of -4 and -32 come
- * back through the Q8_K block sums), so no int16 pair sum can saturate.
+ * The Q8_K activation quantizer writes exactly the scalar reference's bytes (the reference uses its scalar
+ * one on x86 too); the dequantizers give exactly the scalar floats (multiply, then subtract: nothing fused).
+ * The dot products follow the reference's AVX2 ones step for step: the same int32 lane holds the same
+ * partial sum (offsets such as Q6_K's -32 are taken per value, not through the block sums), and the
+ * blocks are accumulated with the same fused multiply-adds in the same order, then summed across lanes
+ * the same way; where the reference adds a scalar `a += b * c`, its -march=native build fuses it, and so
+ * does fmaf() here. They differ from the scalar kernels in float order only.
  */
 #if defined(__x86_64__) || defined(__i386__)
 #pragma GCC target("avx2,fma,f16c")
@@ -162,7 +164,7 @@ static void vec_dot_q2_K_q8_K(int n, float *s, const void *vx, const void *vy) {
     const __m128i m4 = _mm_set1_epi8(0xF);
     __m256 acc = _mm256_setzero_ps();
     for (int i = 0; i < n / LP_QK_K; i++) {
-        const float dall = y[i].d * h2f(x[i].d), dmin = y[i].d * h2f(x[i].dmin);
+        const float dall = y[i].d * h2f(x[i].d), dmin = -y[i].d * h2f(x[i].dmin);
         const __m128i sb = _mm_loadu_si128((const __m128i *)x[i].scales);
         const __m256i summs = scaled_bsums(_mm_and_si128(_mm_srli_epi16(sb, 4), m4), 0, y[i].bsums);
         __m256i sc[8];
@@ -176,8 +178,8 @@ static void vec_dot_q2_K_q8_K(int n, float *s, const void *vx, const void *vy) {
                 sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(_mm256_maddubs_epi16(q, loadu(q8)), sc[4 * h + p]));
             }
         }
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(dmin), _mm256_cvtepi32_ps(summs), acc);
         acc = _mm256_fmadd_ps(_mm256_set1_ps(dall), _mm256_cvtepi32_ps(sumi), acc);
-        acc = _mm256_fnmadd_ps(_mm256_set1_ps(dmin), _mm256_cvtepi32_ps(summs), acc);
     }
     *s = hsum_ps(acc);
 }
@@ -215,10 +217,17 @@ static inline __m128i q3_scales(const uint8_t *b) {
     return _mm_sub_epi8(v, _mm_set1_epi8(32));
 }
 
+/* part (h, p) of a Q3_K block against q8: the int16 pair sums of (low bits - 4 * !high bit) * q8 */
+static inline __m256i q3_pairs(__m256i bits, __m256i hm, int h, int p, __m256i q8) {
+    const __m256i m3 = _mm256_set1_epi8(3), m1 = _mm256_set1_epi8(1);
+    const __m256i lo = _mm256_and_si256(_mm256_srli_epi16(bits, 2 * p), m3);
+    const __m256i clear = _mm256_xor_si256(_mm256_and_si256(_mm256_srli_epi16(hm, 4 * h + p), m1), m1);
+    return _mm256_sub_epi16(_mm256_maddubs_epi16(lo, q8), _mm256_maddubs_epi16(_mm256_slli_epi16(clear, 2), q8));
+}
+
 static void vec_dot_q3_K_q8_K(int n, float *s, const void *vx, const void *vy) {
     const lp_block_q3_K *x = vx;
     const lp_block_q8_K *y = vy;
-    const __m256i m3 = _mm256_set1_epi8(3), m1 = _mm256_set1_epi8(1);
     __m256 acc = _mm256_setzero_ps();
     for (int i = 0; i < n / LP_QK_K; i++) {
         const float d = y[i].d * h2f(x[i].d);
@@ -227,16 +236,12 @@ static void vec_dot_q3_K_q8_K(int n, float *s, const void *vx, const void *vy) {
         group_scales(sc8, 1, sc);
         const __m256i hm = loadu(x[i].hmask);
         const int8_t *q8 = y[i].qs;
-        /* quants enter as 0..7; 4 * Σ scale * bsum takes the offset back out */
-        __m256i sumi = _mm256_slli_epi32(scaled_bsums(sc8, 1, y[i].bsums), 2);
-        sumi = _mm256_sub_epi32(_mm256_setzero_si256(), sumi);
+        __m256i sumi = _mm256_setzero_si256();
         for (int h = 0; h < 2; h++) {
             const __m256i bits = loadu(x[i].qs + 32 * h);
             for (int p = 0; p < 4; p++, q8 += 32) {
-                const __m256i lo = _mm256_and_si256(_mm256_srli_epi16(bits, 2 * p), m3);
-                const __m256i hb = _mm256_and_si256(_mm256_srli_epi16(hm, 4 * h + p), m1);
-                const __m256i q = _mm256_or_si256(lo, _mm256_slli_epi16(hb, 2));
-                sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(_mm256_maddubs_epi16(q, loadu(q8)), sc[4 * h + p]));
+                const __m256i prod = q3_pairs(bits, hm, h, p, loadu(q8));
+                sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(prod, sc[4 * h + p]));
             }
         }
         acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc);
@@ -281,15 +286,28 @@ static inline __m128i k4_scales_mins(const uint8_t *b) {
     return _mm_or_si128(lo, _mm_and_si128(hi, _mm_setr_epi32(0, 0x30303030, 0, 0x30303030)));
 }
 
-/* one Q4_K / Q5_K block: the 8 sub-blocks' quants q[j] (unsigned), accumulated as d * Σ scale_j * (q_j . q8)
- * into acc and dmin * Σ min_j * bsums into accm */
-static inline void k4_block(const uint8_t *scales, const lp_block_q8_K *yb, float d, float dmin, const __m256i q[8],
-                            __m256 *acc, __m128 *accm) {
+static inline float hsum_ps128(__m128 s) {
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+static inline int hsum_epi32x4(__m128i v) {
+    v = _mm_add_epi32(v, _mm_shuffle_epi32(v, _MM_SHUFFLE(1, 0, 3, 2)));
+    v = _mm_add_epi32(v, _mm_shuffle_epi32(v, _MM_SHUFFLE(2, 3, 0, 1)));
+    return _mm_cvtsi128_si32(v);
+}
+
+/* Σ min_j * (bsum 2j + bsum 2j+1) of a Q4_K / Q5_K block as 4 int32 lanes; mins = the 8 mins as int16 */
+static inline __m128i k4_mins_dot(__m128i mins, const int16_t *bsums) {
+    const __m256i bs = loadu(bsums);
+    return _mm_madd_epi16(mins, _mm_hadd_epi16(_mm256_castsi256_si128(bs), _mm256_extracti128_si256(bs, 1)));
+}
+
+/* one Q4_K / Q5_K block: acc += d * Σ_j scale_j * (q_j . q8_j) (8 int32 lanes); returns the mins' lanes */
+static inline __m128i k4_block(const uint8_t *scales, const lp_block_q8_K *yb, float d, const __m256i q[8],
+                               __m256 *acc) {
     const __m256i sm16 = _mm256_cvtepu8_epi16(k4_scales_mins(scales)); /* [8 scales | 8 mins] */
-    const __m256i bs = loadu(yb->bsums);
-    const __m128i bs32 = _mm_hadd_epi16(_mm256_castsi256_si128(bs), _mm256_extracti128_si256(bs, 1));
-    const __m128i pm = _mm_madd_epi16(_mm256_extracti128_si256(sm16, 1), bs32);
-    *accm = _mm_fmadd_ps(_mm_set1_ps(dmin), _mm_cvtepi32_ps(pm), *accm);
     const __m256i sc = _mm256_permute2x128_si256(sm16, sm16, 0x00);
     __m256i sumi = _mm256_setzero_si256();
     for (int j = 0; j < 8; j++) {
@@ -298,12 +316,7 @@ static inline void k4_block(const uint8_t *scales, const lp_block_q8_K *yb, floa
         sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(p, _mm256_shuffle_epi8(sc, pick)));
     }
     *acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), *acc);
-}
-
-static inline float hsum_ps128(__m128 s) {
-    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    s = _mm_add_ss(s, _mm_movehdup_ps(s));
-    return _mm_cvtss_f32(s);
+    return k4_mins_dot(_mm256_extracti128_si256(sm16, 1), yb->bsums);
 }
 
 static void vec_dot_q4_K_q8_K(int n, float *s, const void *vx, const void *vy) {
@@ -319,9 +332,11 @@ static void vec_dot_q4_K_q8_K(int n, float *s, const void *vx, const void *vy) {
             q[2 * c] = _mm256_and_si256(bits, m4);
             q[2 * c + 1] = _mm256_and_si256(_mm256_srli_epi16(bits, 4), m4);
         }
-        k4_block(x[i].scales, &y[i], y[i].d * h2f(x[i].d), y[i].d * h2f(x[i].dmin), q, &acc, &accm);
+        const float dmin = -y[i].d * h2f(x[i].dmin);
+        const __m128i pm = k4_block(x[i].scales, &y[i], y[i].d * h2f(x[i].d), q, &acc);
+        accm = _mm_fmadd_ps(_mm_set1_ps(dmin), _mm_cvtepi32_ps(pm), accm);
     }
-    *s = hsum_ps(acc) - hsum_ps128(accm);
+    *s = hsum_ps(acc) + hsum_ps128(accm);
 }
 
 static void vec_dot_q5_K_q8_K(int n, float *s, const void *vx, const void *vy) {
@@ -329,7 +344,7 @@ static void vec_dot_q5_K_q8_K(int n, float *s, const void *vx, const void *vy) {
     const lp_block_q8_K *y = vy;
     const __m256i m4 = _mm256_set1_epi8(0xF), m1 = _mm256_set1_epi8(1);
     __m256 acc = _mm256_setzero_ps();
-    __m128 accm = _mm_setzero_ps();
+    float summs = 0;
     for (int i = 0; i < n / LP_QK_K; i++) {
         __m256i q[8];
         const __m256i hb = loadu(x[i].qh);
@@ -341,9 +356,11 @@ static void vec_dot_q5_K_q8_K(int n, float *s, const void *vx, const void *vy) {
             q[2 * c + 1] =
                 _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(bits, 4), m4), _mm256_slli_epi16(h1, 4));
         }
-        k4_block(x[i].scales, &y[i], y[i].d * h2f(x[i].d), y[i].d * h2f(x[i].dmin), q, &acc, &accm);
+        const float dmin = -y[i].d * h2f(x[i].dmin);
+        const __m128i pm = k4_block(x[i].scales, &y[i], y[i].d * h2f(x[i].d), q, &acc);
+        summs = fmaf(dmin, (float)hsum_epi32x4(pm), summs);
     }
-    *s = hsum_ps(acc) - hsum_ps128(accm);
+    *s = hsum_ps(acc) + summs;
 }
 
 /* ---- one weight row against 4 activation rows (prompt processing) ----------------------------
@@ -364,10 +381,12 @@ static inline void k4_rows4(int nb, const uint8_t *xb, size_t xbs, int has_qh, f
     const lp_block_q8_K *y[ROWS];
     for (int t = 0; t < ROWS; t++) y[t] = act_row(vy, by, t);
     __m256 acc[ROWS];
-    __m128 accm[ROWS];
+    __m128 accm[ROWS]; /* Q4_K: the mins' 4 lanes */
+    float summs[ROWS]; /* Q5_K: the mins' scalar sum */
     for (int t = 0; t < ROWS; t++) {
         acc[t] = _mm256_setzero_ps();
         accm[t] = _mm_setzero_ps();
+        summs[t] = 0;
     }
     for (int i = 0; i < nb; i++, xb += xbs) {
         /* Q4_K and Q5_K start alike: d, dmin, 12 scale bytes; then Q5_K's qh; then qs */
@@ -398,14 +417,14 @@ static inline void k4_rows4(int nb, const uint8_t *xb, size_t xbs, int has_qh, f
         }
         const float dx = h2f(dd[0]), mx = h2f(dd[1]);
         for (int t = 0; t < ROWS; t++) {
-            const __m256i b = loadu(y[t][i].bsums);
-            const __m128i b32 = _mm_hadd_epi16(_mm256_castsi256_si128(b), _mm256_extracti128_si256(b, 1));
-            const __m128i pm = _mm_madd_epi16(mins, b32);
-            accm[t] = _mm_fmadd_ps(_mm_set1_ps(y[t][i].d * mx), _mm_cvtepi32_ps(pm), accm[t]);
+            const __m128i pm = k4_mins_dot(mins, y[t][i].bsums);
+            const float dmin = -y[t][i].d * mx;
             acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(y[t][i].d * dx), _mm256_cvtepi32_ps(sumi[t]), acc[t]);
+            if (has_qh) summs[t] = fmaf(dmin, (float)hsum_epi32x4(pm), summs[t]);
+            else accm[t] = _mm_fmadd_ps(_mm_set1_ps(dmin), _mm_cvtepi32_ps(pm), accm[t]);
         }
     }
-    for (int t = 0; t < ROWS; t++) s[t * bs] = hsum_ps(acc[t]) - hsum_ps128(accm[t]);
+    for (int t = 0; t < ROWS; t++) s[t * bs] = hsum_ps(acc[t]) + (has_qh ? summs[t] : hsum_ps128(accm[t]));
 }
 
 static void vec_dot_rows_q4_K(int n, int nrc, float *s, size_t bs, const void *vx, const void *vy, size_t by) {
@@ -487,15 +506,15 @@ static void vec_dot_q6_K_q8_K(int n, float *s, const void *vx, const void *vy) {
         const __m128i sc8 = _mm_loadu_si128((const __m128i *)x[i].scales);
         __m256i sc[8];
         group_scales(sc8, 1, sc);
-        /* quants enter as 0..63; 32 * Σ scale * bsum takes the offset back out */
-        const __m256i offset = _mm256_slli_epi32(scaled_bsums(sc8, 1, y[i].bsums), 5);
-        __m256i sumi = _mm256_sub_epi32(_mm256_setzero_si256(), offset);
+        const __m256i m32 = _mm256_set1_epi8(32);
+        __m256i sumi = _mm256_setzero_si256();
         const int8_t *q8 = y[i].qs;
         for (int h = 0; h < 2; h++) {
             __m256i q[4];
             q6_half(&x[i], h, q);
             for (int p = 0; p < 4; p++, q8 += 32) {
-                const __m256i prod = _mm256_maddubs_epi16(q[p], loadu(q8));
+                const __m256i v = loadu(q8);
+                const __m256i prod = _mm256_sub_epi16(_mm256_maddubs_epi16(q[p], v), _mm256_maddubs_epi16(m32, v));
                 sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(prod, sc[4 * h + p]));
             }
         }
@@ -522,7 +541,8 @@ static void q2_rows4(int n, const lp_block_q2_K *x, float *s, size_t bs, const v
         for (int t = 0; t < ROWS; t++) sumi[t] = _mm256_setzero_si256();
         for (int h = 0; h < 2; h++) {
             const __m256i bits = loadu(x[i].qs + 32 * h);
-            const __m256i half = _mm256_permute2x128_si256(sc16, sc16, h ? 0x11 : 0x00);
+            const __m256i half = h ? _mm256_permute2x128_si256(sc16, sc16, 0x11)
+                                   : _mm256_permute2x128_si256(sc16, sc16, 0x00);
             for (int p = 0; p < 4; p++) {
                 const __m256i q = _mm256_and_si256(_mm256_srli_epi16(bits, 2 * p), m3);
                 const __m256i scp = _mm256_shuffle_epi8(half, part_pick(p));
@@ -535,8 +555,8 @@ static void q2_rows4(int n, const lp_block_q2_K *x, float *s, size_t bs, const v
         const float dx = h2f(x[i].d), mx = h2f(x[i].dmin);
         for (int t = 0; t < ROWS; t++) {
             const __m256i summs = scaled_bsums(mins8, 0, y[t][i].bsums);
+            acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(-y[t][i].d * mx), _mm256_cvtepi32_ps(summs), acc[t]);
             acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(y[t][i].d * dx), _mm256_cvtepi32_ps(sumi[t]), acc[t]);
-            acc[t] = _mm256_fnmadd_ps(_mm256_set1_ps(y[t][i].d * mx), _mm256_cvtepi32_ps(summs), acc[t]);
         }
     }
     for (int t = 0; t < ROWS; t++) s[t * bs] = hsum_ps(acc[t]);
@@ -562,19 +582,19 @@ static void q3_rows4(int n, const lp_block_q3_K *x, float *s, size_t bs, const v
         const __m256i sc16 = _mm256_cvtepi8_epi16(sc8);
         const __m256i hm = loadu(x[i].hmask);
         __m256i sumi[ROWS];
-        for (int t = 0; t < ROWS; t++)
-            sumi[t] = _mm256_sub_epi32(_mm256_setzero_si256(),
-                                       _mm256_slli_epi32(_mm256_madd_epi16(sc16, loadu(y[t][i].bsums)), 2));
+        for (int t = 0; t < ROWS; t++) sumi[t] = _mm256_setzero_si256();
         for (int h = 0; h < 2; h++) {
             const __m256i bits = loadu(x[i].qs + 32 * h);
-            const __m256i half = _mm256_permute2x128_si256(sc16, sc16, h ? 0x11 : 0x00);
+            const __m256i half = h ? _mm256_permute2x128_si256(sc16, sc16, 0x11)
+                                   : _mm256_permute2x128_si256(sc16, sc16, 0x00);
             for (int p = 0; p < 4; p++) {
                 const __m256i lo = _mm256_and_si256(_mm256_srli_epi16(bits, 2 * p), m3);
-                const __m256i hb = _mm256_and_si256(_mm256_srli_epi16(hm, 4 * h + p), m1);
-                const __m256i q = _mm256_or_si256(lo, _mm256_slli_epi16(hb, 2));
+                const __m256i clear = _mm256_xor_si256(_mm256_and_si256(_mm256_srli_epi16(hm, 4 * h + p), m1), m1);
+                const __m256i off = _mm256_slli_epi16(clear, 2);
                 const __m256i scp = _mm256_shuffle_epi8(half, part_pick(p));
                 for (int t = 0; t < ROWS; t++) {
-                    const __m256i prod = _mm256_maddubs_epi16(q, loadu(y[t][i].qs + 128 * h + 32 * p));
+                    const __m256i q8 = loadu(y[t][i].qs + 128 * h + 32 * p);
+                    const __m256i prod = _mm256_sub_epi16(_mm256_maddubs_epi16(lo, q8), _mm256_maddubs_epi16(off, q8));
                     sumi[t] = _mm256_add_epi32(sumi[t], _mm256_madd_epi16(prod, scp));
                 }
             }
@@ -602,18 +622,19 @@ static void q6_rows4(int n, const lp_block_q6_K *x, float *s, size_t bs, const v
     for (int i = 0; i < n / LP_QK_K; i++) {
         const __m128i sc8 = _mm_loadu_si128((const __m128i *)x[i].scales);
         const __m256i sc16 = _mm256_cvtepi8_epi16(sc8);
+        const __m256i m32 = _mm256_set1_epi8(32);
         __m256i sumi[ROWS];
-        for (int t = 0; t < ROWS; t++)
-            sumi[t] = _mm256_sub_epi32(_mm256_setzero_si256(),
-                                       _mm256_slli_epi32(_mm256_madd_epi16(sc16, loadu(y[t][i].bsums)), 5));
+        for (int t = 0; t < ROWS; t++) sumi[t] = _mm256_setzero_si256();
         for (int h = 0; h < 2; h++) {
             __m256i q[4];
             q6_half(&x[i], h, q);
-            const __m256i half = _mm256_permute2x128_si256(sc16, sc16, h ? 0x11 : 0x00);
+            const __m256i half = h ? _mm256_permute2x128_si256(sc16, sc16, 0x11)
+                                   : _mm256_permute2x128_si256(sc16, sc16, 0x00);
             for (int p = 0; p < 4; p++) {
                 const __m256i scp = _mm256_shuffle_epi8(half, part_pick(p));
                 for (int t = 0; t < ROWS; t++) {
-                    const __m256i prod = _mm256_maddubs_epi16(q[p], loadu(y[t][i].qs + 128 * h + 32 * p));
+                    const __m256i v = loadu(y[t][i].qs + 128 * h + 32 * p);
+                    const __m256i prod = _mm256_sub_epi16(_mm256_maddubs_epi16(q[p], v), _mm256_maddubs_epi16(m32, v));
                     sumi[t] = _mm256_add_epi32(sumi[t], _mm256_madd_epi16(prod, scp));
                 }
             }

@@ -320,6 +320,68 @@ def test_vec_dot_rows_is_vec_dot_per_row(name, kernels):
             np.testing.assert_array_equal(got, want[:nrc], err_msg=f"{level} nrc={nrc}")
 
 
+def reference_ggml_cpu():
+    """The reference's CPU backend through ctypes: LLAMAPY_REF_GGML names the folder of its libggml-cpu.so."""
+    import ctypes
+    import os
+
+    folder = os.environ.get("LLAMAPY_REF_GGML")
+    if not folder:
+        pytest.skip(
+            "set LLAMAPY_REF_GGML to a reference build's lib folder (libggml-base.so, libggml-cpu.so)"
+        )
+    ctypes.CDLL(os.path.join(folder, "libggml-base.so"), mode=ctypes.RTLD_GLOBAL)
+    cpu = ctypes.CDLL(os.path.join(folder, "libggml-cpu.so"), mode=ctypes.RTLD_GLOBAL)
+    cpu.ggml_cpu_init()
+
+    class Traits(ctypes.Structure):  # struct ggml_type_traits_cpu
+        _fields_ = [
+            ("from_float", ctypes.c_void_p),
+            ("vec_dot", ctypes.c_void_p),
+            ("vec_dot_type", ctypes.c_int),
+            ("nrows", ctypes.c_int64),
+        ]
+
+    cpu.ggml_get_type_traits_cpu.restype = ctypes.POINTER(Traits)
+    return ctypes, cpu
+
+
+@needs_avx2
+def test_avx2_bitwise_equals_reference_library(kernels):
+    """With a reference build at hand: the Q8_K activation bytes and every K-quant dot product are its own."""
+    ctypes, cpu = reference_ggml_cpu()
+    vec_dot_t = ctypes.CFUNCTYPE(
+        None,
+        ctypes.c_int,
+        ctypes.POINTER(ctypes.c_float),
+        ctypes.c_size_t,
+        ctypes.c_void_p,
+        ctypes.c_size_t,
+        ctypes.c_void_p,
+        ctypes.c_size_t,
+        ctypes.c_int,
+    )
+    from_float_t = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64)
+    kernels("avx2")
+    rng = np.random.default_rng(0)
+    n = 4096
+    a = (rng.standard_normal((16, n)) * rng.uniform(0.1, 5, (16, 1))).astype(np.float32)
+    qa = c_quantize(lib.LP_TYPE_Q8_K, a)
+    ref_qa = np.zeros_like(qa)
+    ref_quant = from_float_t(cpu.ggml_get_type_traits_cpu(lib.LP_TYPE_Q8_K).contents.from_float)
+    for r in range(len(a)):
+        ref_quant(a[r].ctypes.data, ref_qa[r].ctypes.data, n)
+    np.testing.assert_array_equal(qa, ref_qa)
+    out = ctypes.c_float()
+    for name, t in TYPES.items():
+        w = (rng.standard_normal((16, n)) * rng.uniform(0.01, 1, (16, 1))).astype(np.float32)
+        qw = c_quantize(t, w)
+        ref_dot = vec_dot_t(cpu.ggml_get_type_traits_cpu(t).contents.vec_dot)
+        for r in range(len(w)):
+            ref_dot(n, ctypes.byref(out), 0, qw[r].ctypes.data, 0, qa[r].ctypes.data, 0, 1)
+            assert c_vec_dot(t, qw[r], qa[r], n) == out.value, f"{name} row {r}"
+
+
 def test_kernel_table():
     sizes = {"q2_k": 84, "q3_k": 110, "q4_k": 144, "q5_k": 176, "q6_k": 210, "q8_k": 292}
     for name, t in ALL_TYPES.items():
