@@ -8,6 +8,11 @@ so the scalar `q8_K act` line is its cost there. `GB/s` is the weight bytes a do
 second on one thread: decode needs it well above the ~15 GB/s one core can read from memory. `rows4` is
 how much faster vec_dot_rows runs one weight row against 4 activation rows than 4 vec_dot calls do.
 Weight quantizers: `ref` is the scalar reference, `active` what lp_quantize_row uses (same bytes).
+
+With LLAMAPY_REF_GGML naming the lib folder of a reference build (libggml-base.so, libggml-cpu.so), it
+also times the reference's own kernels through ctypes on long rows (so the call costs little) and
+prints the ratios: its vec_dot (same results, bit for bit), its Q8_K activation quantizer and its
+weight quantizers (ggml_quantize_chunk without an importance matrix; same bytes).
 """
 
 from __future__ import annotations
@@ -94,6 +99,89 @@ def _four_dots(t, qb, qab, rb, s4) -> None:
         lib.lp_vec_dot(t, N_DOT, qb, qab + j * rb, s4 + j)
 
 
+def reference_table(repeat: int) -> None:
+    """Ours against the reference's kernels, called through ctypes on long rows."""
+    import ctypes
+
+    folder = os.environ["LLAMAPY_REF_GGML"]
+    base = ctypes.CDLL(os.path.join(folder, "libggml-base.so"), mode=ctypes.RTLD_GLOBAL)
+    cpu = ctypes.CDLL(os.path.join(folder, "libggml-cpu.so"), mode=ctypes.RTLD_GLOBAL)
+    cpu.ggml_cpu_init()
+
+    class Traits(ctypes.Structure):  # struct ggml_type_traits_cpu
+        _fields_ = [
+            ("from_float", ctypes.c_void_p),
+            ("vec_dot", ctypes.c_void_p),
+            ("vec_dot_type", ctypes.c_int),
+            ("nrows", ctypes.c_int64),
+        ]
+
+    cpu.ggml_get_type_traits_cpu.restype = ctypes.POINTER(Traits)
+    c_int64, c_void_p, c_size_t = ctypes.c_int64, ctypes.c_void_p, ctypes.c_size_t
+    base.ggml_quantize_chunk.restype = c_size_t
+    base.ggml_quantize_chunk.argtypes = [
+        ctypes.c_int,
+        c_void_p,
+        c_void_p,
+        c_int64,
+        c_int64,
+        c_int64,
+        c_void_p,
+    ]
+    vec_dot_t = ctypes.CFUNCTYPE(
+        None,
+        ctypes.c_int,
+        ctypes.POINTER(ctypes.c_float),
+        c_size_t,
+        c_void_p,
+        c_size_t,
+        c_void_p,
+        c_size_t,
+        ctypes.c_int,
+    )
+    from_float_t = ctypes.CFUNCTYPE(None, c_void_p, c_void_p, c_int64)
+
+    n, nq = 256 * 4096, 256 * 32
+    rng = np.random.default_rng(0)
+    a, w = rng.standard_normal(n).astype(np.float32), rng.standard_normal(n).astype(np.float32)
+    ab, wb = ffi.from_buffer("float[]", a), ffi.from_buffer("float[]", w)
+    qa = np.zeros(lib.lp_row_size(lib.LP_TYPE_Q8_K, n), np.uint8)
+    qab = ffi.from_buffer(qa)
+    ref_q8 = from_float_t(cpu.ggml_get_type_traits_cpu(lib.LP_TYPE_Q8_K).contents.from_float)
+    ours = best_of(functools.partial(lib.lp_quantize_row, lib.LP_TYPE_Q8_K, ab, qab, n), repeat, 3)
+    theirs = best_of(functools.partial(ref_q8, a.ctypes.data, qa.ctypes.data, n), repeat, 3)
+    blocks = n // 256
+    print()
+    print(f"against the reference ({folder}), ns per block (quantize: us per block)")
+    print(f"q8_K activations: {ours / blocks * 1e9:.1f} vs {theirs / blocks * 1e9:.1f}: {theirs / ours:.2f}x")
+    print(
+        f"{'type':6} {'dot ours':>9} {'dot ref':>8} {'ratio':>6} {'quant ours':>11} {'quant ref':>10} {'ratio':>6}"
+    )
+    s, out = ffi.new("float *"), ctypes.c_float()
+    for name, t in TYPES[:-1]:
+        q = np.zeros(lib.lp_row_size(t, n), np.uint8)
+        qb = ffi.from_buffer(q)
+        lib.lp_quantize_row(t, wb, qb, n)
+        ref_dot = vec_dot_t(cpu.ggml_get_type_traits_cpu(t).contents.vec_dot)
+        d_ours = best_of(functools.partial(lib.lp_vec_dot, t, n, qb, qab, s), repeat, 5) / blocks
+        d_ref = (
+            best_of(
+                functools.partial(ref_dot, n, ctypes.byref(out), 0, q.ctypes.data, 0, qa.ctypes.data, 0, 1),
+                repeat,
+                5,
+            )
+            / blocks
+        )
+        q_ours = best_of(functools.partial(lib.lp_quantize_row, t, wb, qb, nq), 3, 1) / (nq // 256)
+        q_ref = best_of(
+            functools.partial(base.ggml_quantize_chunk, t, w.ctypes.data, q.ctypes.data, 0, 1, nq, None), 3, 1
+        ) / (nq // 256)
+        print(
+            f"{name:6} {d_ours * 1e9:9.1f} {d_ref * 1e9:8.1f} {d_ref / d_ours:5.2f}x "
+            f"{q_ours * 1e6:11.2f} {q_ref * 1e6:10.2f} {q_ref / q_ours:5.1f}x"
+        )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeat", type=int, default=7)
@@ -127,6 +215,8 @@ def main() -> None:
         f"q8_K activation quantizer: {sc * 1e9:.1f} ns/block scalar (the reference's x86 path), "
         f"{sm * 1e9:.1f} ns/block {simd}: {sc / sm:.1f}x"
     )
+    if os.environ.get("LLAMAPY_REF_GGML"):
+        reference_table(args.repeat)
 
 
 if __name__ == "__main__":
