@@ -330,8 +330,41 @@ def reference_ggml_cpu():
         pytest.skip(
             "set LLAMAPY_REF_GGML to a reference build's lib folder (libggml-base.so, libggml-cpu.so)"
         )
-    ctypes.CDLL(os.path.join(folder, "libggml-base.so"), mode=ctypes.RTLD_GLOBAL)
+    base = ctypes.CDLL(os.path.join(folder, "libggml-base.so"), mode=ctypes.RTLD_GLOBAL)
     cpu = ctypes.CDLL(os.path.join(folder, "libggml-cpu.so"), mode=ctypes.RTLD_GLOBAL)
+
+    class InitParams(ctypes.Structure):  # struct ggml_init_params; ggml_init fills the fp16 table
+        _fields_ = [
+            ("mem_size", ctypes.c_size_t),
+            ("mem_buffer", ctypes.c_void_p),
+            ("no_alloc", ctypes.c_bool),
+        ]
+
+    class BaseTraits(ctypes.Structure):  # struct ggml_type_traits
+        _fields_ = [
+            ("type_name", ctypes.c_char_p),
+            ("blck_size", ctypes.c_int64),
+            ("blck_size_interleave", ctypes.c_int64),
+            ("type_size", ctypes.c_size_t),
+            ("is_quantized", ctypes.c_bool),
+            ("to_float", ctypes.c_void_p),
+            ("from_float_ref", ctypes.c_void_p),
+        ]
+
+    base.ggml_init.restype = ctypes.c_void_p
+    base.ggml_init.argtypes = [InitParams]
+    base.ggml_init(InitParams(1024, None, True))
+    base.ggml_get_type_traits.restype = ctypes.POINTER(BaseTraits)
+    base.ggml_quantize_chunk.restype = ctypes.c_size_t
+    base.ggml_quantize_chunk.argtypes = [
+        ctypes.c_int,
+        ctypes.c_void_p,
+        ctypes.c_void_p,
+        ctypes.c_int64,
+        ctypes.c_int64,
+        ctypes.c_int64,
+        ctypes.c_void_p,
+    ]
     cpu.ggml_cpu_init()
 
     class Traits(ctypes.Structure):  # struct ggml_type_traits_cpu
@@ -343,13 +376,13 @@ def reference_ggml_cpu():
         ]
 
     cpu.ggml_get_type_traits_cpu.restype = ctypes.POINTER(Traits)
-    return ctypes, cpu
+    return ctypes, base, cpu
 
 
 @needs_avx2
 def test_avx2_bitwise_equals_reference_library(kernels):
-    """With a reference build at hand: the Q8_K activation bytes and every K-quant dot product are its own."""
-    ctypes, cpu = reference_ggml_cpu()
+    """With a reference build at hand: quantized bytes, dot products and dequantized floats are its own."""
+    ctypes, base, cpu = reference_ggml_cpu()
     vec_dot_t = ctypes.CFUNCTYPE(
         None,
         ctypes.c_int,
@@ -380,6 +413,17 @@ def test_avx2_bitwise_equals_reference_library(kernels):
         for r in range(len(w)):
             ref_dot(n, ctypes.byref(out), 0, qw[r].ctypes.data, 0, qa[r].ctypes.data, 0, 1)
             assert c_vec_dot(t, qw[r], qa[r], n) == out.value, f"{name} row {r}"
+        for x in (w, awkward_rows()):
+            ref_q = np.zeros((len(x), lib.lp_row_size(t, x.shape[1])), np.uint8)
+            base.ggml_quantize_chunk(t, x.ctypes.data, ref_q.ctypes.data, 0, len(x), x.shape[1], None)
+            np.testing.assert_array_equal(c_quantize(t, x), ref_q, err_msg=f"{name} quantize")
+        ref_deq = np.zeros_like(w)
+        from_float_t(base.ggml_get_type_traits(t).contents.to_float)(
+            qw.ctypes.data, ref_deq.ctypes.data, w.size
+        )
+        np.testing.assert_array_equal(
+            c_dequantize(t, qw, n).view(np.uint32), ref_deq.view(np.uint32), err_msg=name
+        )
 
 
 def test_kernel_table():
