@@ -44,6 +44,7 @@ struct lp_engine {
     layer_weights *layers;
     lp_pool *pool;
     lp_engine_kernels kern;
+    lp_engine_matmul mm;
     float theta_scale, corr_dims[2];
 
     uint16_t *k_cache;           /* (layer, seq, pos, kv_dim) fp16 */
@@ -140,6 +141,7 @@ lp_engine *lp_engine_new(const lp_engine_params *p) {
     lp_engine_kernels_scalar(&e->kern);
     if (lp_kernels_active() == LP_KERNELS_AVX2) lp_engine_kernels_avx2(&e->kern);
     if (lp_kernels_active() == LP_KERNELS_NEON) lp_engine_kernels_neon(&e->kern);
+    if (lp_kernels_active() == LP_KERNELS_AVX2) lp_engine_matmul_avx2(&e->mm);
 
     size_t nb = (size_t)p->n_batch, nt = (size_t)e->p.n_threads;
     size_t kv_elems = (size_t)p->n_layer * p->n_seq * p->n_ctx * e->kv_dim;
@@ -289,10 +291,11 @@ static inline size_t act_row_bytes(const weight *w) {
 
 /* quantize rows [t0, t1) of src (stride n) into the activation buffer of w's vec_dot type */
 static void quantize_rows(lp_engine *e, const weight *w, const float *src, int n, int t0, int t1) {
-    const lp_type_traits *vt = &lp_traits[w->tr->vec_dot_type];
+    int at = w->tr->vec_dot_type;
+    lp_from_float_fn q = e->mm.quant[at] ? e->mm.quant[at] : lp_traits[at].from_float;
     size_t rb = act_row_bytes(w);
-    char *dst = e->qbuf[w->tr->vec_dot_type];
-    for (int t = t0; t < t1; t++) vt->from_float(src + (size_t)t * n, dst + (size_t)t * rb, n);
+    char *dst = e->qbuf[at];
+    for (int t = t0; t < t1; t++) q(src + (size_t)t * n, dst + (size_t)t * rb, n);
 }
 
 /* quantize for several weights, skipping vec_dot types already done */
@@ -312,6 +315,12 @@ static void matmul_chunk(const lp_engine *e, const weight *w, int r0, int r1, in
     const char *xq = e->qbuf[w->tr->vec_dot_type];
     size_t xrb = act_row_bytes(w);
     const char *wd = w->data;
+    lp_matmul_fn mm = e->mm.mm[w->type];
+    if (mm) {
+        mm((int)w->ne0, r1 - r0, n_tok, wd + (size_t)r0 * w->row_bytes, w->row_bytes, xq, xrb, out + r0,
+           (size_t)out_stride);
+        return;
+    }
     lp_vec_dot_fn dot = w->tr->vec_dot;
     int n = (int)w->ne0;
     for (int t = 0; t < n_tok; t++) {
@@ -336,17 +345,8 @@ static void add_bias(const weight *b, float *out, int stride, int n_tok, int r0,
 
 /* rotate the pairs (2i, 2i+1) of rows [r0, r1) (even r0) with each token's cos/sin table */
 static void rope_rows(const lp_engine *e, float *x, int stride, int n_tok, int r0, int r1) {
-    int hd = e->p.head_dim;
-    for (int t = 0; t < n_tok; t++) {
-        float *xt = x + (size_t)t * stride;
-        const float *cs = e->rope + (size_t)t * hd;
-        for (int r = r0; r < r1; r += 2) {
-            int i0 = r % hd;
-            float c = cs[i0], s = cs[i0 + 1], x0 = xt[r], x1 = xt[r + 1];
-            xt[r] = x0 * c - x1 * s;
-            xt[r + 1] = x0 * s + x1 * c;
-        }
-    }
+    for (int t = 0; t < n_tok; t++)
+        e->kern.rope(e->p.head_dim, e->rope + (size_t)t * e->p.head_dim, x + (size_t)t * stride, r0, r1);
 }
 
 static inline uint16_t *k_at(const lp_engine *e, int l, int s, int pos) {
@@ -388,7 +388,7 @@ static void attention_item(lp_engine *e, int l, int t, int h, int ith) {
     float scale = p->attn_scale != 0.0f ? p->attn_scale : 1.0f / sqrtf((float)hd);
 
     e->kern.f32_to_f16(hd, e->q + (size_t)t * e->q_dim + (size_t)h * hd, b16);
-    e->kern.attn_scores_f16(hd, n_kv, b16, k_at(e, l, s, 0) + (size_t)g * hd, e->kv_dim, sc);
+    e->kern.attn_scores_f16(hd, n_kv, b16, k_at(e, l, s, 0) + (size_t)g * hd, e->kv_dim, sc, e->n_tok == 1);
     float max = -INFINITY;
     for (int j = 0; j < n_kv; j++) {
         sc[j] *= scale;
@@ -398,7 +398,7 @@ static void attention_item(lp_engine *e, int l, int t, int h, int ith) {
     for (int j = 0; j < n_kv; j++) sc[j] *= inv;
     e->kern.f32_to_f16(n_kv, sc, b16);
     e->kern.attn_values_f16(hd, n_kv, b16, v_at(e, l, s, g * hd), p->n_ctx,
-                            e->att + (size_t)t * e->q_dim + (size_t)h * hd);
+                            e->att + (size_t)t * e->q_dim + (size_t)h * hd, e->n_tok == 1);
 }
 
 /* ---- the step ---------------------------------------------------------------------------- */
@@ -625,5 +625,42 @@ int lp_engine_kv_copy(lp_engine *e, int32_t src, int32_t dst, int32_t n) {
         for (int d = 0; d < e->kv_dim; d++)
             memcpy(v_at(e, l, dst, d), v_at(e, l, src, d), (size_t)n * sizeof(uint16_t));
     }
+    return 0;
+}
+
+/* ---- the matrix product on its own (tests, benchmarks) ----------------------------------------- */
+
+static void active_matmul(lp_engine_matmul *m) {
+    memset(m, 0, sizeof *m);
+    if (lp_kernels_active() == LP_KERNELS_AVX2) lp_engine_matmul_avx2(m);
+}
+
+int lp_quantize_activations(int type, const float *x, void *y, int64_t n) {
+    const lp_type_traits *t = lp_get_traits(type);
+    if (!t || !t->from_float || n % t->blck_size) return -1;
+    lp_engine_matmul m;
+    active_matmul(&m);
+    (m.quant[type] ? m.quant[type] : t->from_float)(x, y, n);
+    return 0;
+}
+
+int lp_matmul(int type, int64_t n, int64_t nr, int64_t nc, const void *w, const float *x, float *out) {
+    const lp_type_traits *t = lp_get_traits(type);
+    if (!t || !t->vec_dot || n % t->blck_size || n > 0x7fffffff || nr < 0 || nc < 0) return -1;
+    const lp_type_traits *vt = lp_get_traits(t->vec_dot_type);
+    if (!vt || !vt->from_float || n % vt->blck_size) return -1;
+    size_t wrow = (size_t)(n / t->blck_size * t->type_size), xrow = (size_t)(n / vt->blck_size * vt->type_size);
+    char *xq = malloc(xrow * (size_t)(nc ? nc : 1));
+    if (!xq) return -1;
+    for (int64_t c = 0; c < nc; c++) lp_quantize_activations(t->vec_dot_type, x + c * n, xq + c * xrow, n);
+    lp_engine_matmul m;
+    active_matmul(&m);
+    if (m.mm[type]) {
+        m.mm[type]((int)n, (int)nr, (int)nc, w, wrow, xq, xrow, out, (size_t)nr);
+    } else {
+        for (int64_t c = 0; c < nc; c++)
+            for (int64_t r = 0; r < nr; r++) t->vec_dot((int)n, &out[c * nr + r], (const char *)w + r * wrow, xq + c * xrow);
+    }
+    free(xq);
     return 0;
 }

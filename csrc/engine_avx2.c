@@ -16,42 +16,43 @@ static inline float hsum(__m256 v) {
 
 static inline __m256 load_f16(const uint16_t *p) { return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p)); }
 
-/* exp(x) for x <= 0 (and moderate x > 0): 2^n * p(r), r = x - n ln2, degree-6 polynomial; rel. error ~2e-7 */
+/* exp(x), the reference's vector algorithm: x = n ln2 + b with n = round(x / ln2) (by the 1.5 * 2^23
+ * shift), 2^n built in the exponent bits, exp(b) - 1 as a degree-5 polynomial; |n| > 126 scaled in two
+ * steps so results near the float range's ends come out right (0 for -inf, inf above ~88.4). */
 static inline __m256 exp_ps(__m256 x) {
-    const __m256 lo = _mm256_set1_ps(-87.3f), hi = _mm256_set1_ps(88.3f);
-    x = _mm256_min_ps(_mm256_max_ps(x, lo), hi);
-    __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
-                               _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
-    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
-    __m256 p = _mm256_set1_ps(1.9875691500e-4f);
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
-    __m256 r2 = _mm256_mul_ps(r, r);
-    p = _mm256_fmadd_ps(p, r2, _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
-    __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
-    return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
+    const __m256 shift = _mm256_set1_ps(0x1.8p23f);
+    const __m256 z = _mm256_fmadd_ps(x, _mm256_set1_ps(0x1.715476p+0f), shift);
+    const __m256 n = _mm256_sub_ps(z, shift);
+    const __m256 b = _mm256_fnmadd_ps(n, _mm256_set1_ps(0x1.7f7d1cp-20f),
+                                      _mm256_fnmadd_ps(n, _mm256_set1_ps(0x1.62e4p-1f), x));
+    const __m256i e = _mm256_slli_epi32(_mm256_castps_si256(z), 23);
+    const __m256 k = _mm256_castsi256_ps(_mm256_add_epi32(e, _mm256_castps_si256(_mm256_set1_ps(1))));
+    const __m256 abs_n = _mm256_andnot_ps(_mm256_set1_ps(-0.f), n);
+    const __m256 big = _mm256_cmp_ps(abs_n, _mm256_set1_ps(126), _CMP_GT_OQ);
+    const __m256 u = _mm256_mul_ps(b, b);
+    const __m256 hi = _mm256_fmadd_ps(_mm256_fmadd_ps(_mm256_set1_ps(0x1.0e4020p-7f), b, _mm256_set1_ps(0x1.573e2ep-5f)),
+                                      u, _mm256_fmadd_ps(_mm256_set1_ps(0x1.555e66p-3f), b, _mm256_set1_ps(0x1.fffdb6p-2f)));
+    const __m256 poly = _mm256_fmadd_ps(hi, u, _mm256_mul_ps(_mm256_set1_ps(0x1.ffffecp-1f), b));
+    if (!_mm256_movemask_ps(big)) return _mm256_fmadd_ps(poly, k, k);
+    const __m256i g = _mm256_and_si256(_mm256_castps_si256(_mm256_cmp_ps(n, _mm256_setzero_ps(), _CMP_LE_OQ)),
+                                       _mm256_set1_epi32((int)0x82000000u));
+    const __m256 s1 = _mm256_castsi256_ps(_mm256_add_epi32(g, _mm256_set1_epi32(0x7f000000)));
+    const __m256 s2 = _mm256_castsi256_ps(_mm256_sub_epi32(e, g));
+    const __m256 huge = _mm256_cmp_ps(abs_n, _mm256_set1_ps(192), _CMP_GT_OQ);
+    const __m256 scaled = _mm256_mul_ps(_mm256_fmadd_ps(s2, poly, s2), s1);
+    const __m256 normal = _mm256_fmadd_ps(k, poly, k);
+    return _mm256_blendv_ps(_mm256_blendv_ps(normal, scaled, big), _mm256_mul_ps(s1, s1), huge);
 }
 
+/* the sum of squares in double, in order (as the reference); the scaling in float vectors */
 static void rms_norm(int n, const float *x, const float *w, float eps, float *y) {
-    __m256d acc0 = _mm256_setzero_pd(), acc1 = _mm256_setzero_pd();
-    int i = 0;
-    for (; i + 8 <= n; i += 8) {
-        __m256 v = _mm256_loadu_ps(x + i);
-        __m256 sq = _mm256_mul_ps(v, v);
-        acc0 = _mm256_add_pd(acc0, _mm256_cvtps_pd(_mm256_castps256_ps128(sq)));
-        acc1 = _mm256_add_pd(acc1, _mm256_cvtps_pd(_mm256_extractf128_ps(sq, 1)));
-    }
-    double t[4];
-    _mm256_storeu_pd(t, _mm256_add_pd(acc0, acc1));
-    double sum = t[0] + t[1] + t[2] + t[3];
-    for (; i < n; i++) sum += (double)(x[i] * x[i]);
-    const float scale = 1.0f / sqrtf((float)(sum / n) + eps);
+    double sum = 0;
+    for (int i = 0; i < n; i++) sum += (double)(x[i] * x[i]);
+    const float mean = (float)(sum / n);
+    const float scale = 1.0f / sqrtf(mean + eps);
     const __m256 vs = _mm256_set1_ps(scale);
-    for (i = 0; i + 8 <= n; i += 8)
+    int i = 0;
+    for (; i + 8 <= n; i += 8)
         _mm256_storeu_ps(y + i, _mm256_mul_ps(_mm256_mul_ps(_mm256_loadu_ps(x + i), vs), _mm256_loadu_ps(w + i)));
     for (; i < n; i++) y[i] = (x[i] * scale) * w[i];
 }
@@ -67,61 +68,73 @@ static void swiglu(int n, float *a, const float *b) {
     for (; i < n; i++) a[i] = a[i] / (1.0f + expf(-a[i])) * b[i];
 }
 
+/* exp(x - max) in chunks of 8 (a short last chunk padded with -inf), each chunk's sum added in double */
 static double softmax_exp(int n, const float *x, float max, float *y) {
-    int i = 0;
     double sum = 0;
     const __m256 m = _mm256_set1_ps(max);
-    for (; i + 8 <= n; i += 8) {
-        __m256 v = exp_ps(_mm256_sub_ps(_mm256_loadu_ps(x + i), m));
-        _mm256_storeu_ps(y + i, v);
+    for (int i = 0; i < n; i += 8) {
+        __m256 v;
+        if (i + 8 <= n) {
+            v = exp_ps(_mm256_sub_ps(_mm256_loadu_ps(x + i), m));
+            _mm256_storeu_ps(y + i, v);
+        } else {
+            float buf[8];
+            for (int k = 0; k < 8; k++) buf[k] = i + k < n ? x[i + k] : -INFINITY;
+            v = exp_ps(_mm256_sub_ps(_mm256_loadu_ps(buf), m));
+            _mm256_storeu_ps(buf, v);
+            for (int k = 0; i + k < n; k++) y[i + k] = buf[k];
+        }
         sum += hsum(v);
-    }
-    for (; i < n; i++) {
-        y[i] = expf(x[i] - max);
-        sum += y[i];
     }
     return sum;
 }
 
-static void attn_scores_f16(int hd, int n, const uint16_t *q, const uint16_t *k, int64_t stride, float *s) {
-    if (hd % 8 || hd > 256) {
-        lp_engine_kernels sc;
-        lp_engine_kernels_scalar(&sc);
-        sc.attn_scores_f16(hd, n, q, k, stride, s);
-        return;
-    }
-    __m256 qv[32];
-    int nv = hd / 8;
-    for (int i = 0; i < nv; i++) qv[i] = load_f16(q + 8 * i);
-    for (int j = 0; j < n; j++) {
-        const uint16_t *kj = k + j * stride;
-        __m256 acc0 = _mm256_mul_ps(qv[0], load_f16(kj)), acc1 = _mm256_setzero_ps();
-        int i = 1;
-        for (; i + 2 <= nv; i += 2) {
-            acc1 = _mm256_fmadd_ps(qv[i], load_f16(kj + 8 * i), acc1);
-            acc0 = _mm256_fmadd_ps(qv[i + 1], load_f16(kj + 8 * i + 8), acc0);
-        }
-        if (i < nv) acc1 = _mm256_fmadd_ps(qv[i], load_f16(kj + 8 * i), acc1);
-        s[j] = hsum(_mm256_add_ps(acc0, acc1));
-    }
+/* up to 8 fp16 values as floats, zeros past n */
+static inline __m256 load_f16_part(const uint16_t *p, int n) {
+    if (n >= 8) return load_f16(p);
+    uint16_t buf[8] = {0};
+    for (int k = 0; k < n; k++) buf[k] = p[k];
+    return load_f16(buf);
 }
 
-static void attn_values_f16(int hd, int n, const uint16_t *p, const uint16_t *v, int64_t stride, float *out) {
-    for (int d = 0; d < hd; d++) {
-        const uint16_t *vd = v + d * stride;
-        __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps(), a2 = _mm256_setzero_ps(), a3 = _mm256_setzero_ps();
-        int j = 0;
-        for (; j + 32 <= n; j += 32) {
-            a0 = _mm256_fmadd_ps(load_f16(p + j), load_f16(vd + j), a0);
-            a1 = _mm256_fmadd_ps(load_f16(p + j + 8), load_f16(vd + j + 8), a1);
-            a2 = _mm256_fmadd_ps(load_f16(p + j + 16), load_f16(vd + j + 16), a2);
-            a3 = _mm256_fmadd_ps(load_f16(p + j + 24), load_f16(vd + j + 24), a3);
+/* the reference's F16 dot of one step (a batch): one accumulator over chunks of 8, then hsum */
+static inline float dot_f16_chain(int n, const uint16_t *a, const uint16_t *b) {
+    __m256 acc = _mm256_setzero_ps();
+    for (int l = 0; l < n; l += 8) acc = _mm256_fmadd_ps(load_f16_part(a + l, n - l), load_f16_part(b + l, n - l), acc);
+    return hsum(acc);
+}
+
+/* the reference's F16 dot of a single token: four accumulators over chunks of 32, added pairwise,
+   halves added, then two horizontal adds; the rest (n % 32) in double */
+static inline float dot_f16_four(int n, const uint16_t *a, const uint16_t *b, int pad) {
+    __m256 s[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+    int np = pad ? (n + 31) / 32 * 32 : n / 32 * 32;
+    for (int i = 0; i < np; i += 32)
+        for (int j = 0; j < 4; j++) {
+            int off = i + 8 * j;
+            s[j] = _mm256_fmadd_ps(load_f16_part(a + off, n - off), load_f16_part(b + off, n - off), s[j]);
         }
-        for (; j + 8 <= n; j += 8) a0 = _mm256_fmadd_ps(load_f16(p + j), load_f16(vd + j), a0);
-        float sum = hsum(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)));
-        for (; j < n; j++) sum += lp_fp16_to_fp32(p[j]) * lp_fp16_to_fp32(vd[j]);
-        out[d] = sum;
-    }
+    s[0] = _mm256_add_ps(s[0], s[2]);
+    s[1] = _mm256_add_ps(s[1], s[3]);
+    s[0] = _mm256_add_ps(s[0], s[1]);
+    __m128 t = _mm_add_ps(_mm256_castps256_ps128(s[0]), _mm256_extractf128_ps(s[0], 1));
+    t = _mm_hadd_ps(t, t);
+    double sum = _mm_cvtss_f32(_mm_hadd_ps(t, t));
+    for (int i = np; i < n; i++) sum += (double)(lp_fp16_to_fp32(a[i]) * lp_fp16_to_fp32(b[i]));
+    return (float)sum;
+}
+
+static void attn_scores_f16(int hd, int n, const uint16_t *q, const uint16_t *k, int64_t stride, float *s,
+                            int single) {
+    for (int j = 0; j < n; j++)
+        s[j] = single ? dot_f16_four(hd, k + j * stride, q, 0) : dot_f16_chain(hd, k + j * stride, q);
+}
+
+/* the cached positions padded to a multiple of 32 as the reference pads its KV view (zeros add nothing) */
+static void attn_values_f16(int hd, int n, const uint16_t *p, const uint16_t *v, int64_t stride, float *out,
+                            int single) {
+    for (int d = 0; d < hd; d++)
+        out[d] = single ? dot_f16_four(n, v + d * stride, p, 1) : dot_f16_chain(n, v + d * stride, p);
 }
 
 static void f32_to_f16(int n, const float *x, uint16_t *y) {
@@ -131,6 +144,27 @@ static void f32_to_f16(int n, const float *x, uint16_t *y) {
     for (; i < n; i++) y[i] = lp_fp32_to_fp16(x[i]);
 }
 
+/* as the reference is compiled: x0's products fused, x1's rounded first
+   (x[r] = fma(x0, c, -(x1 s)), x[r+1] = fma(x0, s, x1 c)) */
+static void rope(int hd, const float *cs, float *x, int r0, int r1) {
+    int r = r0;
+    if (hd % 8 == 0)
+        for (; r + 8 <= r1 && r % hd + 8 <= hd; r += 8) {
+            const __m256 v = _mm256_loadu_ps(x + r), t = _mm256_loadu_ps(cs + r % hd);
+            const __m256 c = _mm256_moveldup_ps(t), s = _mm256_movehdup_ps(t);
+            const __m256 x0 = _mm256_moveldup_ps(v), x1 = _mm256_movehdup_ps(v);
+            /* even lanes: x0 c - (x1 s); odd lanes: x0 s + (x1 c) */
+            const __m256 a = _mm256_blend_ps(c, s, 0xaa), b = _mm256_blend_ps(s, c, 0xaa);
+            _mm256_storeu_ps(x + r, _mm256_fmaddsub_ps(x0, a, _mm256_mul_ps(x1, b)));
+        }
+    for (; r < r1; r += 2) {
+        int i0 = r % hd;
+        float c = cs[i0], s = cs[i0 + 1], x0 = x[r], x1 = x[r + 1];
+        x[r] = fmaf(x0, c, -(x1 * s));
+        x[r + 1] = fmaf(x0, s, x1 * c);
+    }
+}
+
 void lp_engine_kernels_avx2(lp_engine_kernels *k) {
     k->rms_norm = rms_norm;
     k->swiglu = swiglu;
@@ -138,7 +172,29 @@ void lp_engine_kernels_avx2(lp_engine_kernels *k) {
     k->attn_scores_f16 = attn_scores_f16;
     k->attn_values_f16 = attn_values_f16;
     k->f32_to_f16 = f32_to_f16;
+    k->rope = rope;
 }
 #else
+/* as the reference is compiled: x0's products fused, x1's rounded first
+   (x[r] = fma(x0, c, -(x1 s)), x[r+1] = fma(x0, s, x1 c)) */
+static void rope(int hd, const float *cs, float *x, int r0, int r1) {
+    int r = r0;
+    if (hd % 8 == 0)
+        for (; r + 8 <= r1 && r % hd + 8 <= hd; r += 8) {
+            const __m256 v = _mm256_loadu_ps(x + r), t = _mm256_loadu_ps(cs + r % hd);
+            const __m256 c = _mm256_moveldup_ps(t), s = _mm256_movehdup_ps(t);
+            const __m256 x0 = _mm256_moveldup_ps(v), x1 = _mm256_movehdup_ps(v);
+            /* even lanes: x0 c - (x1 s); odd lanes: x0 s + (x1 c) */
+            const __m256 a = _mm256_blend_ps(c, s, 0xaa), b = _mm256_blend_ps(s, c, 0xaa);
+            _mm256_storeu_ps(x + r, _mm256_fmaddsub_ps(x0, a, _mm256_mul_ps(x1, b)));
+        }
+    for (; r < r1; r += 2) {
+        int i0 = r % hd;
+        float c = cs[i0], s = cs[i0 + 1], x0 = x[r], x1 = x[r + 1];
+        x[r] = fmaf(x0, c, -(x1 * s));
+        x[r + 1] = fmaf(x0, s, x1 * c);
+    }
+}
+
 void lp_engine_kernels_avx2(lp_engine_kernels *k) { (void)k; }
 #endif

@@ -26,7 +26,9 @@ static double softmax_exp(int n, const float *x, float max, float *y) {
     return sum;
 }
 
-static void attn_scores_f16(int hd, int n, const uint16_t *q, const uint16_t *k, int64_t stride, float *s) {
+static void attn_scores_f16(int hd, int n, const uint16_t *q, const uint16_t *k, int64_t stride, float *s,
+                            int single) {
+    (void)single;
     float qf[hd];
     for (int d = 0; d < hd; d++) qf[d] = lp_fp16_to_fp32(q[d]);
     for (int j = 0; j < n; j++) {
@@ -37,7 +39,9 @@ static void attn_scores_f16(int hd, int n, const uint16_t *q, const uint16_t *k,
     }
 }
 
-static void attn_values_f16(int hd, int n, const uint16_t *p, const uint16_t *v, int64_t stride, float *out) {
+static void attn_values_f16(int hd, int n, const uint16_t *p, const uint16_t *v, int64_t stride, float *out,
+                            int single) {
+    (void)single;
     for (int d = 0; d < hd; d++) {
         const uint16_t *vd = v + d * stride;
         double sum = 0;
@@ -50,6 +54,15 @@ static void f32_to_f16(int n, const float *x, uint16_t *y) {
     for (int i = 0; i < n; i++) y[i] = lp_fp32_to_fp16(x[i]);
 }
 
+static void rope(int hd, const float *cs, float *x, int r0, int r1) {
+    for (int r = r0; r < r1; r += 2) {
+        int i0 = r % hd;
+        float c = cs[i0], s = cs[i0 + 1], x0 = x[r], x1 = x[r + 1];
+        x[r] = x0 * c - x1 * s;
+        x[r + 1] = x0 * s + x1 * c;
+    }
+}
+
 void lp_engine_kernels_scalar(lp_engine_kernels *k) {
     k->rms_norm = rms_norm;
     k->swiglu = swiglu;
@@ -57,4 +70,5 @@ void lp_engine_kernels_scalar(lp_engine_kernels *k) {
     k->attn_scores_f16 = attn_scores_f16;
     k->attn_values_f16 = attn_values_f16;
     k->f32_to_f16 = f32_to_f16;
+    k->rope = rope;
 }

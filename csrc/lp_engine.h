@@ -14,6 +14,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "lp_core.h"
+
 /* LP_API_BEGIN */
 typedef struct lp_engine lp_engine;
 
@@ -61,6 +63,13 @@ int lp_engine_eval(lp_engine *e, int32_t n_tokens, const int32_t *tokens, const 
 int lp_engine_kv_shift(lp_engine *e, int32_t seq, int32_t p0, int32_t p1, int32_t delta);
 /* Copy positions [0, n) of sequence src to sequence dst. */
 int lp_engine_kv_copy(lp_engine *e, int32_t src, int32_t dst, int32_t n);
+
+/* The engine's matrix product with the active kernels, for tests and benchmarks: x (nc, n) float
+ * activations are quantized as the engine quantizes them, then out[c * nr + r] = dot(row r of w, x_c).
+ * Returns 0, or -1 for a type without kernels or n not a multiple of its blocks. */
+int lp_matmul(int type, int64_t n, int64_t nr, int64_t nc, const void *w, const float *x, float *out);
+/* x (n floats) quantized to the activation type `type` as the engine does it (active kernels). */
+int lp_quantize_activations(int type, const float *x, void *y, int64_t n);
 /* LP_API_END */
 
 /* ---- internal: the thread pool (csrc/threadpool.c) ---- */
@@ -82,12 +91,28 @@ typedef struct {
     void (*swiglu)(int n, float *a, const float *b);
     /* y[i] = exp(x[i] - max), returns the sum */
     double (*softmax_exp)(int n, const float *x, float max, float *y);
-    /* s[j] = dot(q, k_j) for j < n; k_j = k + j*stride (fp16), q fp16 rounded; hd values each */
-    void (*attn_scores_f16)(int hd, int n, const uint16_t *q, const uint16_t *k, int64_t stride, float *s);
+    /* s[j] = dot(q, k_j) for j < n; k_j = k + j*stride (fp16), q fp16 rounded; hd values each.
+     * `single`: a one-token step, which the reference sums in another order than a batch */
+    void (*attn_scores_f16)(int hd, int n, const uint16_t *q, const uint16_t *k, int64_t stride, float *s,
+                            int single);
     /* out[d] = dot(p, v_d) for d < hd; v_d = v + d*stride (fp16), p fp16 rounded; n values each */
-    void (*attn_values_f16)(int hd, int n, const uint16_t *p, const uint16_t *v, int64_t stride, float *out);
+    void (*attn_values_f16)(int hd, int n, const uint16_t *p, const uint16_t *v, int64_t stride, float *out,
+                            int single);
     void (*f32_to_f16)(int n, const float *x, uint16_t *y);
+    /* rotate the pairs (x[r], x[r+1]) for even r in [r0, r1) by the angles of cs (cos, sin interleaved,
+     * indexed by r % hd): x[r] = x0 cos - x1 sin, x[r+1] = x0 sin + x1 cos */
+    void (*rope)(int hd, const float *cs, float *x, int r0, int r1);
 } lp_engine_kernels;
+
+/* Matrix products with a fast path for some weight types, and their activation quantizers; a NULL entry
+ * falls back to the lp_traits row kernels. out[c * out_stride + r] = dot(row r of w, column c of x). */
+typedef void (*lp_matmul_fn)(int n, int nr, int nc, const void *w, size_t w_row, const void *x, size_t x_row,
+                             float *out, size_t out_stride);
+typedef struct {
+    lp_matmul_fn mm[LP_TYPE_COUNT];          /* by weight type */
+    lp_from_float_fn quant[LP_TYPE_COUNT];   /* by activation type */
+} lp_engine_matmul;
+void lp_engine_matmul_avx2(lp_engine_matmul *m);
 
 void lp_engine_kernels_scalar(lp_engine_kernels *k);
 void lp_engine_kernels_avx2(lp_engine_kernels *k);   /* overrides what it accelerates */

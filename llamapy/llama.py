@@ -139,7 +139,7 @@ class Llama:
             self.close()
             raise LlamapyError(f"n_ctx {n_ctx}, n_batch {n_batch}, n_seq_max {n_seq_max}: out of range")
         self.n_ctx = n_ctx or args.n_ctx_train
-        self.n_batch = min(n_batch, self.n_ctx)
+        self.n_batch = min(n_batch, self.n_ctx * n_seq_max)
         self.n_seq_max = n_seq_max
         self.n_vocab = args.n_vocab
         self.n_embd = args.n_embd
@@ -268,8 +268,12 @@ class Llama:
         self._check_seq(seq_id)
         return self._append(seq_id, tokens, all_logits=True)
 
-    def eval_batch(self, items: Iterable[tuple[int, Sequence[int]]]) -> list[np.ndarray]:
-        """Advance several sequences together, one C call per n_batch tokens; last-token logits of each item."""
+    def eval_batch(self, items: Iterable[tuple[int, Sequence[int]]], first_output: int | None = None) -> list[np.ndarray]:
+        """Advance several sequences together, one C call per n_batch tokens.
+
+        Returns the last-token logits (n_vocab,) of each item, or with `first_output` = k the logits
+        of its tokens k.. as (len(tokens) - k, n_vocab) (perplexity scores the second half of chunks).
+        """
         items = [(int(s), np.ascontiguousarray(t, dtype=np.int32)) for s, t in items]
         seen = set()
         for s, t in items:
@@ -284,20 +288,36 @@ class Llama:
                     f"sequence {s}: {len(self._seq_tokens[s])} + {len(t)} tokens would pass the context size {self.n_ctx}")
             if t.min() < 0 or t.max() >= self.n_vocab:
                 raise LlamapyError(f"eval_batch: a token id of sequence {s} is outside the vocabulary")
+            if first_output is not None and not 0 <= first_output < len(t):
+                raise LlamapyError(f"eval_batch: first_output {first_output} for {len(t)} tokens")
         toks = np.concatenate([t for _, t in items])
         seq = np.concatenate([np.full(len(t), s, dtype=np.int32) for s, t in items])
         pos = np.concatenate([np.arange(len(self._seq_tokens[s]), len(self._seq_tokens[s]) + len(t), dtype=np.int32)
                               for s, t in items])
-        last = np.cumsum([len(t) for _, t in items]) - 1  # batch index of each item's last token
-        results: list[np.ndarray | None] = [None] * len(items)
+        starts = np.concatenate([[0], np.cumsum([len(t) for _, t in items])[:-1]]).astype(np.int64)
+        # (batch index, item, row in that item's result) of every wanted output
+        if first_output is None:
+            wanted = [(int(starts[i]) + len(t) - 1, i, 0) for i, (_, t) in enumerate(items)]
+            results = [np.empty(self.n_vocab, dtype=np.float32) for _ in items]
+        else:
+            wanted = [(int(starts[i]) + k, i, k - first_output)
+                      for i, (_, t) in enumerate(items) for k in range(first_output, len(t))]
+            results = [np.empty((len(t) - first_output, self.n_vocab), dtype=np.float32) for _, t in items]
+        w = 0
         for start in range(0, len(toks), self.n_batch):
             end = min(start + self.n_batch, len(toks))
-            wanted = [i for i, li in enumerate(last) if start <= li < end]
-            out_idx = np.array([last[i] - start for i in wanted], dtype=np.int32)
-            logits = np.empty((len(wanted), self.n_vocab), dtype=np.float32) if wanted else None
+            mine = []
+            while w < len(wanted) and wanted[w][0] < end:
+                mine.append(wanted[w])
+                w += 1
+            out_idx = np.array([b - start for b, _, _ in mine], dtype=np.int32)
+            logits = np.empty((len(mine), self.n_vocab), dtype=np.float32) if mine else None
             self._run(toks[start:end], pos[start:end], seq[start:end], out_idx, logits, None)
-            for j, i in enumerate(wanted):
-                results[i] = logits[j]
+            for j, (_, i, row) in enumerate(mine):
+                if first_output is None:
+                    results[i][:] = logits[j]
+                else:
+                    results[i][row] = logits[j]
         for s, t in items:
             self._seq_tokens[s].extend(int(x) for x in t)
         return results

@@ -1,0 +1,190 @@
+"""`llamapy run`: llama-cli's plain completion. The prompt is echoed and the continuation streamed to
+stdout as it is generated; logs and the timing summary go to stderr."""
+from __future__ import annotations
+
+import sys
+import time
+from typing import TextIO
+
+from .errors import LlamapyError
+from .sampling import SamplerParams
+
+ANSI_PROMPT = "\x1b[33m"  # the reference colours the prompt yellow
+ANSI_RESET = "\x1b[0m"
+
+
+def read_prompt(prompt: str | None, file: str | None) -> str:
+    """-p text, or -f file contents without one trailing newline (as the reference reads -f)."""
+    if file is not None:
+        try:
+            with open(file, encoding="utf-8", errors="surrogateescape", newline="") as f:
+                text = f.read()
+        except OSError as e:
+            raise LlamapyError(f"failed to open file '{file}': {e.strerror}") from None
+        if text.endswith("\n"):
+            text = text[:-1]
+        return text
+    return prompt or ""
+
+
+def parse_logit_bias(items: list[str] | None) -> dict[int, float]:
+    """`TOKEN_ID(+/-)BIAS` strings (`15043+1`, `2-inf`) as a dict."""
+    out: dict[int, float] = {}
+    for item in items or []:
+        s = item.strip()
+        for i in range(1, len(s)):
+            if s[i] in "+-" and s[:i].strip().lstrip("-").isdigit():
+                try:
+                    bias = float(s[i + 1:])
+                except ValueError:
+                    break
+                out[int(s[:i])] = bias if s[i] == "+" else -bias
+                break
+        else:
+            raise LlamapyError(f"--logit-bias '{item}': expected TOKEN_ID(+/-)BIAS, like 15043+1")
+        if int(s[:i]) not in out:
+            raise LlamapyError(f"--logit-bias '{item}': expected TOKEN_ID(+/-)BIAS, like 15043+1")
+    return out
+
+
+def run(
+    model: str | None = None,
+    prompt: str | None = None,
+    file: str | None = None,
+    n_predict: int = -1,
+    ctx_size: int = 4096,
+    batch_size: int = 2048,
+    threads: int | None = None,
+    seed: int = -1,
+    temp: float = 0.8,
+    top_k: int = 40,
+    top_p: float = 0.95,
+    min_p: float = 0.05,
+    typical_p: float = 1.0,
+    repeat_penalty: float = 1.0,
+    repeat_last_n: int = 64,
+    presence_penalty: float = 0.0,
+    frequency_penalty: float = 0.0,
+    mirostat: int = 0,
+    mirostat_lr: float = 0.1,
+    mirostat_ent: float = 5.0,
+    logit_bias: list[str] | None = None,
+    ignore_eos: bool = False,
+    keep: int = 0,
+    escape: bool = True,
+    display_prompt: bool = True,
+    verbose_prompt: bool = False,
+    color: bool = False,
+    special: bool = False,
+    n_gpu_layers: int | None = None,
+    out: TextIO | None = None,
+    err: TextIO | None = None,
+) -> int:
+    """Generate a continuation of the prompt; returns the number of tokens generated."""
+    from .generate import Timings, eog_ids_of, generate
+    from .interactive import process_escapes
+    from .llama import Llama
+    from .sampling import Sampler
+    from .tokenizer import StreamDecoder
+
+    out = out or sys.stdout
+    err = err or sys.stderr
+
+    def log(msg: str = "") -> None:
+        print(msg, file=err, flush=True)
+
+    if n_predict < -2:
+        raise LlamapyError(f"-n {n_predict}: use -1 (no limit), -2 (until the context is full) or a count")
+    if ctx_size < 0:
+        raise LlamapyError(f"-c {ctx_size}: the context size can't be negative")
+    if batch_size < 1:
+        raise LlamapyError(f"-b {batch_size}: the batch size must be at least 1")
+    bias = parse_logit_bias(logit_bias)
+    text = read_prompt(prompt, file)
+    if escape:
+        text = process_escapes(text)
+    if n_gpu_layers:
+        log(f"llamapy runs on the CPU: -ngl {n_gpu_layers} is ignored")
+
+    t0 = time.perf_counter()
+    llm = Llama(model, n_ctx=ctx_size, n_threads=threads, n_batch=min(batch_size, 512))
+    timings = Timings(load_ms=1000 * (time.perf_counter() - t0))
+    try:
+        log(f"llama_model_load: {llm.model_path}: {llm.desc}, {llm.n_params / 1e6:.2f} M params, "
+            f"{llm.model_size / 2**20:.2f} MiB")
+        log(f"llama_context: n_ctx = {llm.n_ctx}, n_batch = {batch_size}, n_ubatch = {llm.n_batch}, "
+            f"n_threads = {llm.n_threads}")
+        if llm.n_ctx > llm.args.n_ctx_train:
+            log(f"warning: model was trained on only {llm.args.n_ctx_train} context tokens ({llm.n_ctx} specified)")
+        tok = llm.tokenizer
+        ids = tok.encode(text, add_special=True, parse_special=True)
+        if not ids:
+            if tok.add_bos and tok.bos_id is not None:
+                ids = [tok.bos_id]
+                log(f"warning: the prompt is empty; starting from BOS ({tok.bos_id})")
+            else:
+                raise LlamapyError("input is empty: give a prompt with -p or -f")
+        if len(ids) > llm.n_ctx - 4:
+            raise LlamapyError(f"prompt is too long ({len(ids)} tokens, max {llm.n_ctx - 4})")
+        add_bos = 1 if tok.add_bos else 0
+        n_keep = len(ids) if keep < 0 or keep > len(ids) else keep + add_bos
+
+        if verbose_prompt:
+            log(f"main: prompt: '{text}'")
+            log(f"main: number of tokens in prompt = {len(ids)}")
+            for i in ids:
+                log(f"{i:6d} -> '{tok.token_to_piece(i, special=True).decode('utf-8', 'replace')}'")
+            if n_keep > add_bos:
+                kept = b"".join(tok.token_to_piece(i, special=True) for i in ids[:n_keep])
+                log(f"main: static prompt based on n_keep: '{kept.decode('utf-8', 'replace')}'")
+            log()
+
+        params = SamplerParams(
+            temp=temp, top_k=top_k, top_p=top_p, min_p=min_p, typical_p=typical_p,
+            repeat_penalty=repeat_penalty, repeat_last_n=repeat_last_n, presence_penalty=presence_penalty,
+            frequency_penalty=frequency_penalty, mirostat=mirostat, mirostat_tau=mirostat_ent,
+            mirostat_eta=mirostat_lr, seed=seed, logit_bias=bias, ignore_eos=ignore_eos,
+        )
+        eog = eog_ids_of(llm)
+        sampler = Sampler(params, llm.n_vocab, eog_ids=eog)
+        log(f"sampler seed: {sampler.seed}")
+        log("sampler params: \n"
+            f"\trepeat_last_n = {repeat_last_n}, repeat_penalty = {repeat_penalty:.3f}, "
+            f"frequency_penalty = {frequency_penalty:.3f}, presence_penalty = {presence_penalty:.3f}\n"
+            f"\ttop_k = {top_k}, top_p = {top_p:.3f}, min_p = {min_p:.3f}, typical_p = {typical_p:.3f}, "
+            f"temp = {temp:.3f}\n"
+            f"\tmirostat = {mirostat}, mirostat_lr = {mirostat_lr:.3f}, mirostat_ent = {mirostat_ent:.3f}")
+        log(f"generate: n_ctx = {llm.n_ctx}, n_batch = {batch_size}, n_predict = {n_predict}, n_keep = {n_keep}")
+        log()
+
+        use_color = color
+        if display_prompt:
+            echo = StreamDecoder(tok, special=special)
+            shown = "".join(echo.add_token(i) for i in ids) + echo.finalize()
+            out.write((ANSI_PROMPT if use_color else "") + shown + (ANSI_RESET if use_color else ""))
+            out.flush()
+
+        dec = StreamDecoder(tok, special=special)
+        n_gen = 0
+        gen = generate(llm, ids, params, n_predict=n_predict, n_keep=n_keep, eog_ids=eog, sampler=sampler,
+                       timings=timings)
+        try:
+            for t in gen:
+                piece = dec.add_token(t)
+                if piece:
+                    out.write(piece)
+                    out.flush()
+                n_gen += 1
+        finally:
+            tail = dec.finalize()
+            if tail:
+                out.write(tail)
+            if timings.stop_reason == "eog":
+                out.write(" [end of text]\n")
+            out.write("\n\n")
+            out.flush()
+            for line in timings.lines():
+                log(f"llama_perf: {line}")
+        return n_gen
+    finally:
+        llm.close()
