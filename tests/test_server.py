@@ -30,7 +30,7 @@ pytest.importorskip("uvicorn")
 
 KEY = "sk-test-4b1d2c9e"
 N_SLOTS = 4
-CTX = 4096  # 1024 positions per slot
+CTX = 2048  # 512 positions per slot
 
 
 def _free_port() -> int:
@@ -408,7 +408,7 @@ def test_bad_requests_are_400_or_413(server):
             ("/v1/completions", {"prompt": [0, 49152]}),
             ("/completion", {"prompt": "x", "n_probs": 1000}),
             ("/completion", {"prompt": "x", "stop": [1, 2]}),
-            ("/completion", {"prompt": "word " * 1100}),  # more tokens than a slot's context
+            ("/completion", {"prompt": "word " * 600}),  # more tokens than a slot's context
             ("/api/generate", {"prompt": "x", "options": {"num_predict": 1.5}}),
             ("/detokenize", {"tokens": [-5]}),
         ]
@@ -423,7 +423,7 @@ def test_bad_requests_are_400_or_413(server):
 
 
 def test_max_tokens_is_clamped_to_the_context(server, ref):
-    prompt = "word " * 1000
+    prompt = "word " * 480
     n_prompt = len(encode(ref, prompt))
     with client(server) as c:
         d = c.post("/completion", json={"prompt": prompt, "n_predict": 10**9, "ignore_eos": True}).json()
