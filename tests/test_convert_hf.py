@@ -283,3 +283,19 @@ def test_half_conversions_match_the_reference_numpy_rounding():
     assert np.array_equal(f32_to_half(x, TensorType.BF16), bf16)
     assert np.array_equal(rows_to_f32(f16.reshape(-1, 1), "F16").ravel(), f16.view(np.float16).astype(np.float32))
     assert np.array_equal(rows_to_f32(bf16, "BF16"), (bf16.astype(np.uint32) << 16).view(np.float32))
+
+
+def test_model_card_metadata(tmp_path, hf_w, spm_model, vocab_n):
+    d = make(tmp_path / "TinyLlama-1.1B-Chat-v1.0", hf_w, spm_model, vocab_n)
+    (d / "README.md").write_text("---\nlicense: apache-2.0\ntags: [chat]\nlanguage: en\n"
+                                 "base_model: TinyLlama/TinyLlama-1.1B-intermediate\n---\n# a card\n")
+    res = convert(d, None, "q8_0", model_name=None)
+    assert res.path.name == "TinyLlama-103K-1.1b-Chat-v1.0-Q8_0.gguf"  # the reference's name for this directory
+    kv = kv_of(res.path)
+    assert kv["general.license"] == "apache-2.0" and kv["general.tags"] == ["chat"]
+    assert kv["general.languages"] == ["en"] and kv["general.base_model.count"] == 1
+    assert kv["general.base_model.0.organization"] == "TinyLlama"
+    assert kv["general.finetune"] == "1.1b-Chat" and kv["general.version"] == "v1.0"
+    (d / "README.md").write_text("---\nlicense: [unclosed\n---\n")
+    with pytest.raises(LlamapyError, match=r"can't read the model card \(README.md\)"):
+        convert(d, tmp_path / "x.gguf", "f16")

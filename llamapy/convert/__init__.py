@@ -58,6 +58,43 @@ def load_source(model_dir: Path, **kw) -> ModelSource:
     )
 
 
+def _identity(src: ModelSource, model_name: str | None, override: Path | None, vocab_only: bool):
+    """(general.* metadata, size label for the file name), as the reference converter of the layout derives
+    them: the Hugging Face one counts the tensors it writes, the Meta one the checkpoint's and names the
+    file with the directory's own size label when it has one."""
+    if src.layout == "hf":
+        total = sum(t.n_elements for _, t in src.tensors)
+        md = load_metadata(src.model_dir, model_name, total, override)
+        if md.name is None:
+            md.name = src.model_dir.name
+        if md.size_label is None and total > 0:
+            md.size_label = params_size_label(total)
+        return md, md.size_label
+    md = load_metadata(src.model_dir, model_name, 0, override)
+    if md.name is None:
+        md.name = src.model_dir.name
+    computed = params_size_label(src.param_count) if not vocab_only else None
+    file_label = md.size_label if md.size_label is not None else computed
+    if not vocab_only:
+        md.size_label = computed
+    return md, file_label
+
+
+def _metadata(src: ModelSource, general: list[tuple], ot: OutType) -> list[tuple]:
+    """All key/values in the order the reference writes them."""
+    hf = src.layout == "hf"
+    if ot.is_mix:
+        # what `llamapy quantize` makes of this converter's F32 file: its metadata, with the
+        # quantization version and file type moved to the end
+        arch = [kv for kv in src.arch_kvs if kv[0] != FILE_TYPE]
+        return kv_list("llama", general, hf, arch, src.vocab_kvs, quant_version=False) + [
+            ("general.quantization_version", QUANT_VERSION, ValueType.UINT32, None),
+            (FILE_TYPE, ot.file_type, ValueType.UINT32, None)]
+    has_file_type = any(k == FILE_TYPE for k, *_ in src.arch_kvs)
+    arch = fill_file_type(src.arch_kvs, ot.file_type) if has_file_type else src.arch_kvs
+    return kv_list("llama", general, hf, arch, src.vocab_kvs, quant_version=hf)
+
+
 def convert(
     model: str | os.PathLike,
     outfile: str | os.PathLike | None = None,
@@ -100,24 +137,7 @@ def convert(
         ot = resolve_auto(src.first_dtype or "F32")
         say(f"note: --outtype auto chose {ot.label} from the first tensor ({src.first_dtype})")
 
-    # identity metadata and the output name, as the reference converter of this layout derives them
-    if src.layout == "hf":
-        total = sum(t.n_elements for _, t in src.tensors)
-        md = load_metadata(model_dir, model_name, total, Path(metadata) if metadata else None)
-        if md.name is None:
-            md.name = model_dir.name
-        if md.size_label is None and total > 0:
-            md.size_label = params_size_label(total)
-        file_label = md.size_label
-    else:
-        md = load_metadata(model_dir, model_name, 0, Path(metadata) if metadata else None)
-        if md.name is None:
-            md.name = model_dir.name
-        computed = params_size_label(src.param_count) if not vocab_only else None
-        file_label = md.size_label if md.size_label is not None else computed
-        if not vocab_only:
-            md.size_label = computed
-
+    md, file_label = _identity(src, model_name, Path(metadata) if metadata else None, vocab_only)
     if outfile is None:
         out = model_dir / default_filename(md, file_label, ot.label, vocab_only)
     else:
@@ -129,18 +149,7 @@ def convert(
     if any(out.resolve() == p.resolve() for p in src.inputs):
         raise LlamapyError(f"{out}: the output would overwrite the input; choose another --outfile")
 
-    general = general_kvs(md)
-    if ot.is_mix:
-        # what `llamapy quantize` makes of this converter's F32 file: its metadata, with the
-        # quantization version and file type moved to the end
-        arch = [kv for kv in src.arch_kvs if kv[0] != FILE_TYPE]
-        kvs = kv_list("llama", general, src.layout == "hf", arch, src.vocab_kvs, quant_version=False)
-        kvs += [("general.quantization_version", QUANT_VERSION, ValueType.UINT32, None),
-                (FILE_TYPE, ot.file_type, ValueType.UINT32, None)]
-    else:
-        has_file_type = any(k == FILE_TYPE for k, *_ in src.arch_kvs)
-        arch = fill_file_type(src.arch_kvs, ot.file_type) if has_file_type else src.arch_kvs
-        kvs = kv_list("llama", general, src.layout == "hf", arch, src.vocab_kvs, quant_version=src.layout == "hf")
+    kvs = _metadata(src, general_kvs(md), ot)
     planned = [] if vocab_only else plan_tensors(src.tensors, ot, kvs, n_threads)
     seconds = write_gguf(out, kvs, planned, n_threads=n_threads, progress=progress,
                          log=log if verbose else None)

@@ -8,7 +8,6 @@ file name as llama.cpp's converters.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 from gguf.metadata import Metadata
 from gguf.utility import naming_convention, size_label
@@ -26,10 +25,13 @@ def load_metadata(model_dir: Path, model_name: str | None, total_params: int,
     """Authorship metadata for a model directory (model card, config.json, directory name, override file)."""
     if override is not None and not Path(override).is_file():
         raise LlamapyError(f"{override}: metadata override file not found")
+    import yaml
+
     try:
         return Metadata.load(override, model_dir, model_name, total_params)
-    except ValueError as e:
-        raise LlamapyError(f"{model_dir}: can't read the model card or metadata override ({e})") from None
+    except (ValueError, OSError, yaml.YAMLError) as e:
+        detail = " ".join(str(e).split())
+        raise LlamapyError(f"{model_dir}: can't read the model card (README.md) or metadata override: {detail}") from None
 
 
 def general_kvs(md: Metadata, license_join: bool = True) -> list[KV]:
@@ -101,6 +103,3 @@ def fill_template(name: str, output_type: str) -> str:
     except (KeyError, IndexError, ValueError):
         return name
 
-
-def as_kv(key: str, value: Any, vt: ValueType, sub: ValueType | None = None) -> KV:
-    return (key, value, vt, sub)

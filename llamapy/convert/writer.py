@@ -82,8 +82,7 @@ def fill_file_type(kvs: list[tuple], file_type: int) -> list[tuple]:
     return [(k, file_type, vt, st) if k == FILE_TYPE else (k, v, vt, st) for k, v, vt, st in kvs]
 
 
-def encode_tensor(p: PlannedTensor, n_threads: int | None = None,
-                  on_rows: Callable[[int], None] | None = None) -> np.ndarray:
+def encode_tensor(p: PlannedTensor, n_threads: int | None = None) -> np.ndarray:
     """The whole tensor in its output type, built chunk by chunk."""
     src = p.src
     out = np.empty(p.nbytes, dtype=np.uint8)
@@ -101,8 +100,6 @@ def encode_tensor(p: PlannedTensor, n_threads: int | None = None,
             raise LlamapyError(f"{src.where}: encoded data overruns its {out.size} bytes")
         out[pos:pos + enc.size] = enc
         pos += enc.size
-        if on_rows is not None:
-            on_rows(r1 - r0)
     if pos != out.size:
         raise LlamapyError(f"{src.where}: encoded {pos} bytes, expected {out.size}")
     return out
