@@ -64,6 +64,8 @@ class MT19937:
         return v if v < 1.0 else math.nextafter(1.0, 0.0)
 
     def discrete(self, probs: np.ndarray) -> int:
+        if len(probs) < 2:  # libstdc++ keeps no table for fewer than two weights and draws nothing
+            return 0
         w = probs.astype(np.float64)
         cp = np.cumsum(w / np.cumsum(w)[-1])  # normalised, then summed, in order
         cp[-1] = 1.0
@@ -100,7 +102,8 @@ class Candidates:
     def softmax(self) -> None:
         self.sort()
         with np.errstate(invalid="ignore", over="ignore"):
-            e = np.exp(self.logit - self.logit[0]).astype(np.float32)
+            # float32 differences, exp rounded from double: the reference's expf to the last bit, nearly always
+            e = np.exp((self.logit - self.logit[0]).astype(np.float64)).astype(np.float32)
         e[np.isnan(e)] = 0.0
         total = np.cumsum(e, dtype=np.float32)[-1]  # summed in order, in float32
         self.p = (e / total).astype(np.float32)
@@ -155,16 +158,16 @@ def apply_typical(c: Candidates, p: float, min_keep: int) -> None:
         return
     c.softmax()
     with np.errstate(divide="ignore", invalid="ignore"):
-        logp = np.log(c.p)
-        entropy = np.float32(-np.nansum(c.p * logp))
-        shifted = np.abs(-logp - entropy)
+        logp = np.log(c.p.astype(np.float64)).astype(np.float32)
+        terms = (-c.p * logp).astype(np.float32)
+    entropy = np.cumsum(terms, dtype=np.float32)[-1]  # summed in order, in float32
+    shifted = np.abs(-logp - entropy)
     order = np.argsort(shifted, kind="stable")
     cum = np.cumsum(c.p[order], dtype=np.float32)
-    last = len(order)
-    for i in range(len(order)):
-        if cum[i] > p and i >= min_keep - 1:
-            last = i + 1
-            break
+    # the reference compares i >= min_keep - 1 in unsigned arithmetic: with min_keep 0 it never cuts
+    first_i = (min_keep - 1) if min_keep > 0 else len(order)
+    hits = np.nonzero((cum > np.float32(p)) & (np.arange(len(order)) >= first_i))[0]
+    last = int(hits[0]) + 1 if len(hits) else len(order)
     c.keep(order[:last])
     c.sorted = False
 
