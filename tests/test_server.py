@@ -448,11 +448,17 @@ def test_auth(server):
         openai.OpenAI(base_url=server + "/v1", api_key="wrong", max_retries=0).models.list()
 
 
-def test_refuses_to_start_without_a_model(tmp_path):
+def test_refuses_to_start_without_a_model_or_a_port(server, tmp_path):
     out = subprocess.run([sys.executable, "-m", "llamapy", "serve", "-m", str(tmp_path / "none.gguf"),
                           "--port", str(_free_port())], capture_output=True, text=True, timeout=60, check=False)
     assert out.returncode == 1
     assert out.stderr.strip().startswith("error:") and "none.gguf" in out.stderr
+    port = server.rsplit(":", 1)[1]  # taken by the test server
+    out = subprocess.run([sys.executable, "-m", "llamapy", "serve", "--port", port], capture_output=True, text=True,
+                         timeout=60, check=False)
+    assert out.returncode == 1
+    assert out.stderr.strip() == f"error: can't listen on 127.0.0.1:{port}: Address already in use " \
+                                 "(another server there? try --port)"
 
 
 # --- the chat page in headless Chromium --------------------------------------------------------------------------

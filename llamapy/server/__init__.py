@@ -94,7 +94,12 @@ def serve(host: str = "127.0.0.1", port: int = 8080, verbose: bool = False, **kw
     if not is_loopback(host) and not kwargs.get("api_key"):
         print(f"warning: listening on {host} without --api-key: anyone who can reach this port can use the model",
               file=sys.stderr)
-    state = build_state(**kwargs)
+    sock = listen_socket(host, port)  # before loading the model: a taken port fails at once
+    try:
+        state = build_state(**kwargs)
+    except BaseException:
+        sock.close()
+        raise
     b = state.backend
     print(f"llamapy serve: {state.model_path}", file=sys.stderr)
     print(f"  {b.n_slots} slot(s) x {b.n_ctx} positions, chat template: {state.template.describe()}",
@@ -114,6 +119,23 @@ def serve(host: str = "127.0.0.1", port: int = 8080, verbose: bool = False, **kw
                       "Ollama API at /api)", file=sys.stderr, flush=True)
 
     try:
-        Server(config).run()
+        Server(config).run(sockets=[sock])
     finally:
+        sock.close()
         b.llm.close()
+
+
+def listen_socket(host: str, port: int) -> socket.socket:
+    """A bound TCP socket for host:port, or a LlamapyError saying why not."""
+    try:
+        family, kind, proto, _, addr = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        sock = socket.socket(family, kind, proto)
+    except (OSError, UnicodeError) as e:
+        raise LlamapyError(f"--host {host}: {getattr(e, 'strerror', None) or e}") from None
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(addr)
+    except OSError as e:
+        sock.close()
+        raise LlamapyError(f"can't listen on {host}:{port}: {e.strerror} (another server there? try --port)") from None
+    return sock
