@@ -143,3 +143,13 @@ def test_converted_tokenizes_like_the_original(default_model, converted):
     text = "Hello world! 12345 <|im_start|>user\nCafé naïve — 🦙 llamas\t\tgo"
     for special in (False, True):
         assert b.encode(text, parse_special=special) == a.encode(text, parse_special=special)
+
+
+def test_converted_model_runs_in_llamapy_run(converted):
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-m", "llamapy", "run", "-m", converted.path, "-p", "The capital of France is",
+                        "-n", "4", "--temp", "0"], capture_output=True, text=True, timeout=300, check=False)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("The capital of France is Paris")
