@@ -272,3 +272,20 @@ def test_llama3_tiktoken_file_is_a_clear_error(tmp_path, weights):
     (d / "tokenizer.model").write_text("IQ== 0\nIg== 1\nIw== 2\n")
     with pytest.raises(LlamapyError, match=r"tokenizer.model is a tiktoken vocabulary \(Llama 3\)"):
         convert(d, tmp_path / "x.gguf", "f16")
+
+
+def test_converted_tokenizer_encodes_like_sentencepiece(tmp_path, weights, spm_model):
+    """The tokenizer metadata is complete: llamapy's tokenizer, reading only the GGUF, gives
+    sentencepiece's ids for tokenizer.model."""
+    import sentencepiece as spm
+    from test_convert_util import corpus
+
+    from llamapy.tokenizer import Tokenizer
+
+    d = make(tmp_path, "m", weights, spm_model)
+    tk = Tokenizer.from_gguf(str(convert(d, tmp_path / "o.gguf", "q8_0").path))
+    sp = spm.SentencePieceProcessor(model_file=str(spm_model))
+    texts = corpus(40, seed=9) + ["Hello World! ünïcode 🦙 tabs\tand  double  spaces", " leading", "12345 67", ""]
+    for t in texts:
+        assert tk.encode(t, add_special=False) == sp.encode(t), t
+    assert tk.encode("fox", add_special=True)[0] == 1

@@ -29,7 +29,8 @@ def corpus(n_lines: int = 400, seed: int = 0) -> list[str]:
 
 
 def train_spm(path: Path, vocab_size: int = 320) -> Path:
-    """A byte-fallback BPE SentencePiece model like LLaMA's (unk 0, bos 1, eos 2), trained in a second."""
+    """A byte-fallback BPE SentencePiece model trained like LLaMA's (unk 0, bos 1, eos 2, no normalization,
+    whitespace kept, digits split), in a fraction of a second."""
     import sentencepiece as spm
 
     buf = io.BytesIO()
@@ -37,6 +38,7 @@ def train_spm(path: Path, vocab_size: int = 320) -> Path:
         sentence_iterator=iter(corpus()), model_writer=buf, vocab_size=vocab_size, model_type="bpe",
         byte_fallback=True, character_coverage=1.0, num_threads=1, minloglevel=2,
         unk_id=0, bos_id=1, eos_id=2, pad_id=-1,
+        normalization_rule_name="identity", remove_extra_whitespaces=False, split_digits=True,
     )
     path.write_bytes(buf.getvalue())
     return path
