@@ -180,42 +180,10 @@ def _isatty(s) -> bool:
         return False
 
 
-@dataclass
-class Timings:
-    """llama.cpp's perf counters: prompt eval (batches of >1 token), eval (single tokens), sampling."""
-
-    t_start: float = field(default_factory=time.perf_counter)
-    t_load_ms: float = 0.0
-    t_p_eval: float = 0.0
-    n_p_eval: int = 0
-    t_eval: float = 0.0
-    n_eval: int = 0
-    t_sample: float = 0.0
-    n_sample: int = 0
-
-    def lines(self) -> list[str]:
-        def rate(t: float, n: int) -> str:
-            per = 1e3 * t / n if n else float("nan")
-            tps = n / t if t > 0 else float("nan")
-            return f"({per:8.2f} ms per token, {tps:8.2f} tokens per second)"
-
-        total = 1e3 * (time.perf_counter() - self.t_start)
-        return [
-            f"sampling time    = {1e3 * self.t_sample:10.2f} ms / {self.n_sample:5d} runs   "
-            + rate(self.t_sample, self.n_sample),
-            f"load time        = {self.t_load_ms:10.2f} ms",
-            f"prompt eval time = {1e3 * self.t_p_eval:10.2f} ms / {self.n_p_eval:5d} tokens "
-            + rate(self.t_p_eval, self.n_p_eval),
-            f"eval time        = {1e3 * self.t_eval:10.2f} ms / {self.n_eval:5d} runs   "
-            + rate(self.t_eval, self.n_eval),
-            f"total time       = {total:10.2f} ms / {self.n_p_eval + self.n_eval:5d} tokens",
-        ]
-
-
 class _Session:
     """The state of one interactive run; `run()` is main.cpp's loop."""
 
-    def __init__(self, llm, sampler, opts: InteractiveOptions, console: _Console, timings: Timings):
+    def __init__(self, llm, sampler, opts: InteractiveOptions, console: _Console, timings):
         self.llm, self.sampler, self.opts, self.con, self.t = llm, sampler, opts, console, timings
         self.tok = llm.tokenizer
         esc = process_escapes if opts.escape else (lambda s: s)
@@ -384,10 +352,10 @@ class _Session:
                 logits = llm.eval(embd, seq_id=0)
                 dt = time.perf_counter() - t0
                 if len(embd) > 1:
-                    t.t_p_eval += dt
-                    t.n_p_eval += len(embd)
+                    t.prompt_ms += 1e3 * dt
+                    t.n_prompt += len(embd)
                 else:
-                    t.t_eval += dt
+                    t.eval_ms += 1e3 * dt
                     t.n_eval += 1
                 n_past += len(embd)
             embd = []
@@ -396,7 +364,7 @@ class _Session:
             if sampled:
                 t0 = time.perf_counter()
                 tid = int(self.sampler.sample(logits, history))
-                t.t_sample += time.perf_counter() - t0
+                t.sample_ms += 1e3 * (time.perf_counter() - t0)
                 t.n_sample += 1
                 history.append(tid)
                 prev.append(tid)
@@ -561,7 +529,9 @@ def run_interactive(
     `sampler` has `sample(logits, history) -> token id` (llamapy.sampling.Sampler). Returns the exit status.
     """
     con = _Console(stdout or sys.stdout, stdin or sys.stdin, stderr or sys.stderr, opts.color)
-    timings = Timings(t_load_ms=t_load_ms)
+    from .generate import Timings
+
+    timings = Timings(load_ms=t_load_ms)
     session = _Session(llm, sampler, opts, con, timings)
     in_main = threading.current_thread() is threading.main_thread()
     old = signal.signal(signal.SIGINT, session.on_sigint) if in_main else None
@@ -575,7 +545,7 @@ def run_interactive(
         con.set_display("reset")
         con.write("\n\n")
     for line in timings.lines():
-        con.info(line)
+        con.info(f"llama_perf: {line}")
     return session.quit_status
 
 
@@ -593,31 +563,85 @@ def chat_template_for_session(tpl: ChatTemplate) -> ChatTemplate:
     return builtin
 
 
-def main(
+def start(
     *,
     model: str | None,
-    opts: InteractiveOptions,
+    prompt: str | None,
+    file: str | None,
     sampling: dict,
-    n_ctx: int = 4096,
-    n_threads: int | None = None,
-    n_batch: int = 512,
+    system_prompt: str | None = None,
+    interactive: bool = False,
+    interactive_first: bool = False,
+    instruct: bool = False,
+    conversation: bool = False,
+    reverse_prompts: list[str] | tuple[str, ...] = (),
+    in_prefix: str = "",
+    in_suffix: str = "",
+    in_prefix_bos: bool = False,
     chat_template: str | None = None,
     chat_template_file: str | None = None,
+    color: bool = False,
+    escape: bool = True,
+    multiline_input: bool = False,
+    n_predict: int = -1,
+    ctx_size: int = 4096,
+    batch_size: int = 2048,
+    threads: int | None = None,
+    keep: int = 0,
+    ctx_shift: bool = True,
+    display_prompt: bool = True,
+    special: bool = False,
+    verbose_prompt: bool = False,
+    n_gpu_layers: int | None = None,
 ) -> int:
-    """Load a model and run the interactive loop: what `llamapy chat` and `llamapy run -i` call.
+    """Load a model and run the interactive loop: what `llamapy chat` and `llamapy run -i/-r/-ins/-cnv` call.
 
-    `sampling` holds llamapy.sampling.SamplerParams fields; in conversation mode the chat template is the
-    one named (or read from a file), else the model's, else chatml with a note."""
+    `sampling` holds llamapy.sampling.SamplerParams fields. In conversation mode the chat template is the
+    one named (or read from a file), else the model's, else chatml with a note. Returns the exit status."""
+    from .generate import eog_ids_of
     from .llama import Llama
+    from .run import read_prompt
     from .sampling import Sampler, SamplerParams
 
-    with Llama(model_path=model, n_ctx=n_ctx, n_threads=n_threads, n_batch=n_batch) as llm:
-        err = sys.stderr
-        err.write(f"model: {llm.model_path} ({llm.desc}), n_ctx = {llm.n_ctx}, n_threads = {llm.n_threads}\n")
-        if opts.conversation and opts.chat_template is None:
+    if chat_template and chat_template_file:
+        raise LlamapyError("give --chat-template or --chat-template-file, not both")
+    if n_predict < -2:
+        raise LlamapyError(f"-n {n_predict}: use -1 (no limit), -2 (until the context is full) or a count")
+    if batch_size < 1:
+        raise LlamapyError(f"-b {batch_size}: the batch size must be at least 1")
+    opts = InteractiveOptions(
+        prompt=read_prompt(prompt, file),
+        interactive=interactive,
+        interactive_first=interactive_first,
+        reverse_prompts=list(reverse_prompts),
+        in_prefix=in_prefix,
+        in_suffix=in_suffix,
+        in_prefix_bos=in_prefix_bos,
+        instruct=instruct,
+        conversation=conversation,
+        system_prompt=system_prompt,
+        color=color,
+        escape=escape,
+        multiline_input=multiline_input,
+        n_predict=n_predict,
+        n_keep=keep,
+        n_batch=batch_size,
+        ctx_shift=ctx_shift,
+        display_prompt=display_prompt,
+        special=special,
+        verbose_prompt=verbose_prompt,
+    )
+    params = SamplerParams(**sampling)
+    err = sys.stderr
+    if n_gpu_layers:
+        err.write(f"llamapy runs on the CPU: -ngl {n_gpu_layers} is ignored\n")
+    with Llama(model, n_ctx=ctx_size, n_threads=threads, n_batch=min(batch_size, 512)) as llm:
+        err.write(f"llama_model_load: {llm.model_path}: {llm.desc}\n")
+        err.write(f"llama_context: n_ctx = {llm.n_ctx}, n_threads = {llm.n_threads}\n")
+        if opts.conversation:
             opts.chat_template = chat_template_for_session(
                 ChatTemplate.for_model(llm.metadata, name=chat_template, file=chat_template_file)
             )
-        opts.n_batch = min(opts.n_batch, llm.n_batch)
-        sampler = Sampler(SamplerParams(**sampling), llm.n_vocab, eog_ids=sorted(llm.tokenizer.eog_ids))
+        sampler = Sampler(params, llm.n_vocab, eog_ids=eog_ids_of(llm))
+        err.write(f"sampler seed: {sampler.seed}\n")
         return run_interactive(llm, sampler, opts, t_load_ms=1e3 * getattr(llm, "load_time", 0.0))

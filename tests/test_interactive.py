@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import os
 import signal
+import sys
 
 import numpy as np
 import pytest
@@ -338,5 +339,168 @@ def test_empty_prompt_without_bos_is_an_error():
 def test_n_predict_is_a_budget_per_answer():
     # a typed line longer than -n still gets its answer (llama.cpp would subtract it from the budget)
     llm = ScriptedLlama({"?\n": "Yes, it is."})
-    _, out, _ = session(llm, "is this a rather long question?\n", prompt=">", interactive_first=True, n_predict=4)
+    _, out, _ = session(
+        llm, "is this a rather long question?\n", prompt=">", interactive_first=True, n_predict=4
+    )
     assert out == ">Yes,\n\n"
+
+
+# -- real terminal sessions with the default model ---------------------------------------------------------------------
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+YELLOW, GREEN = "\x1b[33m", "\x1b[1m\x1b[32m"
+
+
+def spawn(default_model, *args):
+    """`llamapy ARGS` in a pseudo-terminal, greedy and with a small context, from the repository root."""
+    pexpect = pytest.importorskip("pexpect")
+    env = dict(os.environ, TERM="xterm", PYTHONIOENCODING="utf-8")
+    argv = ["-m", "llamapy", *args, "-m", default_model, "--temp", "0", "-c", "512"]
+    child = pexpect.spawn(
+        sys.executable, argv, cwd=ROOT, env=env, encoding="utf-8", timeout=120, dimensions=(50, 300)
+    )
+    return pexpect, child
+
+
+def finish(pexpect, child) -> str:
+    """Ctrl-D at the prompt: the session must end by itself with status 0 and print the timing summary."""
+    child.sendeof()
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 0, child.before
+    return child.before
+
+
+def test_tty_reverse_prompt_returns_control_and_input_is_answered(default_model):
+    pexpect, child = spawn(
+        default_model,
+        "run",
+        "-n",
+        "64",
+        "--repeat_penalty",
+        "1.0",
+        "--color",
+        "-i",
+        "-r",
+        "User:",
+        "-f",
+        "prompts/chat-with-bob.txt",
+    )
+    # the prompt, in yellow, ends with the reverse prompt: the user has the turn at once
+    child.expect_exact(YELLOW + "This is a transcript")
+    child.expect_exact("from east to west.\r\nUser:")
+    child.sendline(" What is the capital of France?")
+    child.expect_exact(GREEN + " What is the capital of France?")  # the terminal's echo, in green
+    child.expect_exact("Paris")
+    child.expect_exact("\r\nUser:")  # the model wrote the reverse prompt: our turn again
+    child.sendline(" Thanks, Bob.")
+    child.expect_exact("\r\nUser:")
+    rest = finish(pexpect, child)
+    assert "total time" in rest
+
+
+def test_tty_chat_ctrl_c_and_second_ctrl_c(default_model):
+    pexpect, child = spawn(default_model, "chat", "--color")
+    child.expect_exact("\r\n> ")
+    child.sendline("What is the capital of France?")
+    child.expect_exact("Paris")
+    child.expect_exact("\r\n> ")  # the answer ended (end-of-turn token): the user's turn
+    child.sendline("Write a long story about a dragon who learns to fly.")
+    child.expect_exact("Once upon a time")
+    child.sendintr()  # Ctrl-C while the model writes: back to the prompt
+    child.expect_exact("\r\n> ")
+    child.sendline("Now tell me what 2+2 is.")
+    child.expect_exact("4")
+    child.expect_exact("\r\n> ")
+    child.sendintr()  # Ctrl-C at the prompt: the session ends, cleanly
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 0
+    assert "total time" in child.before
+
+
+def test_tty_instruct_mode(default_model):
+    pexpect, child = spawn(default_model, "run", "--color", "-f", "prompts/alpaca.txt", "-ins", "-n", "48")
+    child.expect_exact("fully and correctly.")
+    child.expect_exact("\r\n> ")
+    child.sendline("List three primary colors.")
+    child.expect("[Rr]ed")
+    child.expect_exact("\r\n> ")  # the answer ended (end of text or "### Instruction:"): our turn
+    finish(pexpect, child)
+
+
+def test_piped_stdin_no_color_and_chinese(default_model):
+    import subprocess
+
+    prompt = "对话记录。\n用户：你好！\n助手：你好！有什么可以帮你？\n用户："
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "llamapy",
+            "run",
+            "-m",
+            default_model,
+            "--temp",
+            "0",
+            "-c",
+            "512",
+            "-n",
+            "16",
+            "--color",
+            "-i",
+            "-r",
+            "用户：",
+            "-p",
+            prompt,
+        ],
+        check=False,
+        input="请介绍一下你自己。\n",
+        capture_output=True,
+        encoding="utf-8",
+        cwd=ROOT,
+        timeout=300,
+    )
+    assert r.returncode == 0, r.stderr
+    assert "\x1b[" not in r.stdout  # not a terminal: no color codes even with --color
+    assert r.stdout.startswith(prompt)  # every character whole, although byte-level tokens split them
+    assert "\ufffd" not in r.stdout[: len(prompt)]
+    assert "total time" in r.stderr
+
+
+def test_context_shift_keeps_a_long_session_going(default_model):
+    import re
+    import subprocess
+
+    # 100 tokens through a 64-token context: the context shifts (keeping the prompt) instead of failing
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "llamapy",
+            "run",
+            "-m",
+            default_model,
+            "--temp",
+            "0",
+            "-c",
+            "64",
+            "-n",
+            "100",
+            "--ignore-eos",
+            "--keep",
+            "-1",
+            "-i",
+            "-p",
+            "Once upon a time",
+        ],
+        check=False,
+        input="",
+        capture_output=True,
+        encoding="utf-8",
+        cwd=ROOT,
+        timeout=300,
+    )
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("Once upon a time")
+    assert re.search(r"eval time = .* /\s+100 runs", r.stderr), r.stderr

@@ -14,7 +14,9 @@ def register(app: typer.Typer) -> None:
         system_prompt: str | None = typer.Option(
             None, "-sys", "--system-prompt", help="System message (then -p is your first message)."
         ),
-        prompt: str = typer.Option("", "-p", "--prompt", help="System message (or first message with -sys)."),
+        prompt: str | None = typer.Option(
+            None, "-p", "--prompt", help="System message (or first message with -sys)."
+        ),
         file: str | None = typer.Option(None, "-f", "--file", help="Read -p's text from a file."),
         no_cnv: bool = typer.Option(
             False, "-no-cnv", "--no-conversation", help="Plain interactive completion, no chat template."
@@ -59,7 +61,7 @@ def register(app: typer.Typer) -> None:
         threads: int | None = typer.Option(
             None, "-t", "--threads", help="Threads (default: physical cores)."
         ),
-        batch_size: int = typer.Option(512, "-b", "--batch-size", "--batch_size", help="Prompt batch size."),
+        batch_size: int = typer.Option(2048, "-b", "--batch-size", "--batch_size", help="Prompt batch size."),
         temp: float = typer.Option(0.8, "--temp", help="Temperature (0: greedy)."),
         top_k: int = typer.Option(40, "--top-k", "--top_k"),
         top_p: float = typer.Option(0.95, "--top-p", "--top_p"),
@@ -83,73 +85,51 @@ def register(app: typer.Typer) -> None:
         """Chat with a model in the terminal, through its chat template (llama-cli -cnv).
 
         Ctrl-C interrupts the answer; Ctrl-C at the prompt or Ctrl-D ends the session."""
-        from ..errors import LlamapyError
-        from ..interactive import InteractiveOptions, main
+        from ..interactive import start
 
-        if file is not None:
-            prompt = read_prompt_file(file)
-        if chat_template and chat_template_file:
-            raise LlamapyError("give --chat-template or --chat-template-file, not both")
-        opts = InteractiveOptions(
+        conversation = cnv and not no_cnv
+        status = start(
+            model=model,
             prompt=prompt,
+            file=file,
+            system_prompt=system_prompt,
             interactive=True,
+            interactive_first=not conversation,
+            conversation=conversation,
             reverse_prompts=list(reverse_prompt or []),
             in_prefix=in_prefix,
             in_suffix=in_suffix,
             in_prefix_bos=in_prefix_bos,
-            conversation=cnv and not no_cnv,
-            system_prompt=system_prompt,
+            chat_template=chat_template,
+            chat_template_file=chat_template_file,
             color=color,
             escape=escape and not no_escape,
             multiline_input=multiline_input,
             n_predict=n_predict,
-            n_keep=keep,
-            n_batch=batch_size,
+            ctx_size=ctx_size,
+            batch_size=batch_size,
+            threads=threads,
+            keep=keep,
             ctx_shift=not no_context_shift,
             display_prompt=not no_display_prompt,
             special=special,
             verbose_prompt=verbose_prompt,
-        )
-        if not opts.conversation:
-            opts.interactive_first = True
-        sampling = {
-            "temp": temp,
-            "top_k": top_k,
-            "top_p": top_p,
-            "min_p": min_p,
-            "typical_p": typical_p,
-            "repeat_penalty": repeat_penalty,
-            "repeat_last_n": repeat_last_n,
-            "presence_penalty": presence_penalty,
-            "frequency_penalty": frequency_penalty,
-            "mirostat": mirostat,
-            "mirostat_tau": mirostat_ent,
-            "mirostat_eta": mirostat_lr,
-            "seed": seed,
-            "ignore_eos": ignore_eos,
-        }
-        status = main(
-            model=model,
-            opts=opts,
-            sampling=sampling,
-            n_ctx=ctx_size,
-            n_threads=threads,
-            n_batch=batch_size,
-            chat_template=chat_template,
-            chat_template_file=chat_template_file,
+            n_gpu_layers=n_gpu_layers,
+            sampling={
+                "temp": temp,
+                "top_k": top_k,
+                "top_p": top_p,
+                "min_p": min_p,
+                "typical_p": typical_p,
+                "repeat_penalty": repeat_penalty,
+                "repeat_last_n": repeat_last_n,
+                "presence_penalty": presence_penalty,
+                "frequency_penalty": frequency_penalty,
+                "mirostat": mirostat,
+                "mirostat_tau": mirostat_ent,
+                "mirostat_eta": mirostat_lr,
+                "seed": seed,
+                "ignore_eos": ignore_eos,
+            },
         )
         raise typer.Exit(status)
-
-
-def read_prompt_file(path: str) -> str:
-    """A prompt file's text as llama-cli reads `-f`: UTF-8, one trailing newline dropped."""
-    from ..errors import LlamapyError
-
-    try:
-        with open(path, encoding="utf-8", newline="") as f:
-            text = f.read()
-    except OSError as e:
-        raise LlamapyError(f"{path}: can't read the prompt file: {e.strerror}") from None
-    except UnicodeDecodeError:
-        raise LlamapyError(f"{path}: the prompt file is not UTF-8 text") from None
-    return text.removesuffix("\n")

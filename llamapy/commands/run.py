@@ -44,8 +44,44 @@ def register(app: typer.Typer) -> None:
         n_gpu_layers: Optional[int] = typer.Option(
             None, "-ngl", "--gpu-layers", "--n-gpu-layers", "--n_gpu_layers", help="Accepted; llamapy runs on the CPU."),
         verbose: bool = typer.Option(False, "--verbose", help="Tracebacks on errors."),
+        # interactive mode (llamapy.interactive): any of these hands the run to llama-cli's interactive loop
+        interactive: bool = typer.Option(False, "-i", "--interactive", help="Chat: your turn after reverse prompts."),
+        interactive_first: bool = typer.Option(False, "-if", "--interactive-first", help="-i, and you type first."),
+        reverse_prompt: Optional[List[str]] = typer.Option(  # noqa: B008
+            None, "-r", "--reverse-prompt", help="Stop at TEXT (with -i: your turn). Repeatable."),
+        in_prefix: str = typer.Option("", "--in-prefix", help="Text before each of your inputs."),
+        in_suffix: str = typer.Option("", "--in-suffix", help="Text after each of your inputs."),
+        in_prefix_bos: bool = typer.Option(False, "--in-prefix-bos", help="Start each of your inputs with BOS."),
+        instruct: bool = typer.Option(False, "-ins", "--instruct", help="Alpaca instruction mode."),
+        conversation: bool = typer.Option(False, "-cnv", "--conversation", help="Chat through the chat template."),
+        no_conversation: bool = typer.Option(False, "-no-cnv", "--no-conversation", help="No conversation mode."),
+        system_prompt: Optional[str] = typer.Option(None, "-sys", "--system-prompt", help="System message (-cnv)."),
+        chat_template: Optional[str] = typer.Option(None, "--chat-template", help="Built-in name or Jinja text."),
+        chat_template_file: Optional[str] = typer.Option(None, "--chat-template-file", help="Jinja template file."),
+        multiline_input: bool = typer.Option(False, "--multiline-input", "-mli", help="Lines go on until one ends in \\."),
+        no_context_shift: bool = typer.Option(False, "--no-context-shift", help="Stop when the context is full."),
     ):
-        """Generate text from a prompt, as llama-cli does."""
+        """Generate text from a prompt, as llama-cli does (-i, -r, -ins, -cnv: interactive)."""
+        if interactive or interactive_first or instruct or (conversation and not no_conversation) or reverse_prompt:
+            from ..interactive import start
+            from ..run import parse_logit_bias
+
+            raise typer.Exit(start(
+                model=model, prompt=prompt, file=file, system_prompt=system_prompt, interactive=interactive,
+                interactive_first=interactive_first, instruct=instruct,
+                conversation=conversation and not no_conversation, reverse_prompts=list(reverse_prompt or []),
+                in_prefix=in_prefix, in_suffix=in_suffix, in_prefix_bos=in_prefix_bos, chat_template=chat_template,
+                chat_template_file=chat_template_file, color=color, escape=escape and not no_escape,
+                multiline_input=multiline_input, n_predict=n_predict, ctx_size=ctx_size, batch_size=batch_size,
+                threads=threads, keep=keep, ctx_shift=not no_context_shift, display_prompt=not no_display_prompt,
+                special=special, verbose_prompt=verbose_prompt, n_gpu_layers=n_gpu_layers,
+                sampling={
+                    "temp": temp, "top_k": top_k, "top_p": top_p, "min_p": min_p, "typical_p": typical_p,
+                    "repeat_penalty": repeat_penalty, "repeat_last_n": repeat_last_n,
+                    "presence_penalty": presence_penalty, "frequency_penalty": frequency_penalty,
+                    "mirostat": mirostat, "mirostat_tau": mirostat_ent, "mirostat_eta": mirostat_lr, "seed": seed,
+                    "logit_bias": parse_logit_bias(logit_bias), "ignore_eos": ignore_eos},
+            ))
         from ..run import run as run_fn
 
         run_fn(
