@@ -10,7 +10,8 @@ LLAMAPY="${LLAMAPY:-llamapy}"
 model=()
 if [ -n "${MODEL:-}" ]; then model=(-m "$MODEL"); fi
 
-# --keep 48: the transcript's opening lines survive when the context fills up and is shifted.
+# --keep 48: when the context fills up and shifts, the first 48 tokens stay (the opening paragraph,
+# which is 44 tokens with the default model's tokenizer), so Bob stays Bob.
 # shellcheck disable=SC2086 # LLAMAPY may be a command with arguments ("python -m llamapy")
 exec $LLAMAPY run ${model[@]+"${model[@]}"} -c 512 -n 256 --keep 48 --repeat_penalty 1.0 --color -i \
     -r "User:" -f prompts/chat-with-bob.txt \
