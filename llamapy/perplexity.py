@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Callable, Sequence, TextIO
 
 import numpy as np
 
@@ -40,6 +40,7 @@ def perplexity(
     n_chunks: int = -1,
     bos_id: int | None = None,
     on_chunk: Callable[[int, float], None] | None = None,
+    n_seq: int | None = None,
 ) -> PerplexityResult:
     """PPL of `tokens` with chunks of n_ctx; bos_id: put BOS first in each chunk (models that add BOS).
 
@@ -57,7 +58,7 @@ def perplexity(
         raise LlamapyError(f"the model was loaded with n_ctx {llm.n_ctx} < {n_ctx}")
     n_max = len(tokens) // n_ctx
     n_chunk = n_max if n_chunks < 0 else min(n_chunks, n_max)
-    n_seq = max(1, min(llm.n_seq_max, llm.n_batch // n_ctx))
+    n_seq = max(1, min(llm.n_seq_max, n_seq if n_seq else llm.n_batch // n_ctx))
     first = n_ctx // 2
 
     t0 = time.perf_counter()
@@ -88,3 +89,64 @@ def perplexity(
     ppl = math.exp(mean)
     err = math.sqrt(var / (count - 1)) * ppl if var > 0 and count > 1 else float("nan")
     return PerplexityResult(ppl, err, n_chunk, count, running, time.perf_counter() - t0)
+
+
+def run_perplexity(model: str | None, file: str, ctx_size: int = 512, batch_size: int = 2048, chunks: int = -1,
+                   threads: int | None = None, n_gpu_layers: int | None = None, out: TextIO | None = None,
+                   err: TextIO | None = None) -> PerplexityResult:
+    """The `llamapy perplexity` command: running values and the final estimate on stdout, logs on stderr."""
+    import sys
+
+    from .llama import Llama
+
+    out = out or sys.stdout
+    err = err or sys.stderr
+
+    def log(msg: str) -> None:
+        print(msg, file=err, flush=True)
+
+    if ctx_size <= 0:
+        raise LlamapyError("perplexity needs a context size (-c) > 0")
+    if batch_size < 1:
+        raise LlamapyError(f"-b {batch_size}: the batch size must be at least 1")
+    try:
+        with open(file, encoding="utf-8", errors="surrogateescape", newline="") as f:
+            text = f.read()
+    except OSError as e:
+        raise LlamapyError(f"failed to open file '{file}': {e.strerror}") from None
+    if text.endswith("\n"):  # as the reference reads -f
+        text = text[:-1]
+    if n_gpu_layers:
+        log(f"llamapy runs on the CPU: -ngl {n_gpu_layers} is ignored")
+    n_seq = max(1, batch_size // ctx_size)
+    with Llama(model, n_ctx=ctx_size, n_threads=threads, n_batch=min(batch_size, n_seq * ctx_size, 512),
+               n_seq_max=n_seq) as llm:
+        if ctx_size > llm.args.n_ctx_train:
+            log(f"perplexity: model was trained on only {llm.args.n_ctx_train} context tokens ({ctx_size} specified)")
+        log(f"perplexity: {llm.model_path}: {llm.desc}, {llm.n_threads} threads")
+        log("perplexity: tokenizing the input ..")
+        t0 = time.perf_counter()
+        tok = llm.tokenizer
+        tokens = tok.encode(text, add_special=True, parse_special=False)
+        log(f"perplexity: tokenization took {1000 * (time.perf_counter() - t0):g} ms")
+        n_chunk = len(tokens) // ctx_size if chunks < 0 else min(chunks, len(tokens) // ctx_size)
+        log(f"perplexity: calculating perplexity over {n_chunk} chunks, n_ctx={ctx_size}, "
+            f"batch_size={min(batch_size, n_seq * ctx_size)}, n_seq={n_seq}")
+        started = time.perf_counter()
+
+        def on_chunk(i: int, ppl: float) -> None:
+            if i == min(n_seq, n_chunk):
+                per_pass = time.perf_counter() - started
+                log(f"perplexity: {per_pass:.2f} seconds per pass - ETA "
+                    f"{per_pass * n_chunk / n_seq / 60:.2f} minutes")
+            out.write(f"[{i}]{ppl:.4f},")
+            out.flush()
+
+        res = perplexity(llm, tokens, ctx_size, chunks, bos_id=tok.bos_id if tok.add_bos else None,
+                         on_chunk=on_chunk, n_seq=n_seq)
+        out.write("\n")
+        out.write(f"Final estimate: PPL = {res.ppl:.4f} +/- {res.ppl_stderr:.5f}\n")
+        out.flush()
+        log(f"perplexity: {res.n_scored} tokens scored in {res.seconds:.2f} s "
+            f"({res.n_chunks * ctx_size / res.seconds:.2f} tokens per second)")
+        return res

@@ -1,0 +1,196 @@
+"""`llamapy bench`: the reference benchmark's tests and table. pp<N>: a prompt of N random tokens in
+batches; tg<N>: N tokens generated one at a time from an empty cache. Each test is run once to warm up,
+then `reps` times from an empty cache; tokens per second as mean ± sample standard deviation."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import time
+from dataclasses import dataclass, field
+from typing import TextIO
+
+import numpy as np
+
+from .errors import LlamapyError
+
+
+@dataclass
+class BenchResult:
+    model_filename: str
+    model_type: str
+    model_size: int
+    model_n_params: int
+    n_batch: int
+    n_ubatch: int
+    n_threads: int
+    n_prompt: int
+    n_gen: int
+    test_time: str
+    samples_ns: list[int] = field(default_factory=list)
+
+    @property
+    def test(self) -> str:
+        if self.n_prompt and not self.n_gen:
+            return f"pp{self.n_prompt}"
+        if self.n_gen and not self.n_prompt:
+            return f"tg{self.n_gen}"
+        return f"pp{self.n_prompt}+tg{self.n_gen}"
+
+    def samples_ts(self) -> list[float]:
+        n = self.n_prompt + self.n_gen
+        return [1e9 * n / t for t in self.samples_ns]
+
+    def avg_ts(self) -> float:
+        ts = self.samples_ts()
+        return sum(ts) / len(ts)
+
+    def stdev_ts(self) -> float:
+        return _stdev(self.samples_ts())
+
+
+def _stdev(v: list[float]) -> float:
+    if len(v) <= 1:
+        return 0.0
+    mean = sum(v) / len(v)
+    sq = sum(x * x for x in v)
+    var = sq / (len(v) - 1) - mean * mean * len(v) / (len(v) - 1)
+    return math.sqrt(max(var, 0.0))
+
+
+def cpu_info() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def run_bench(model: str | None, n_prompt: int = 512, n_gen: int = 128, n_threads: int | None = None,
+              reps: int = 5, n_batch: int = 2048, n_ubatch: int = 512, seed: int = 0) -> list[BenchResult]:
+    """Run the pp and tg tests (a count of 0 skips one) and return their timings."""
+    from .llama import Llama
+
+    if reps < 1:
+        raise LlamapyError(f"-r {reps}: at least one repetition")
+    if n_prompt < 0 or n_gen < 0:
+        raise LlamapyError("-p and -n can't be negative")
+    if n_batch < 1 or n_ubatch < 1:
+        raise LlamapyError("-b and -ub must be at least 1")
+    rng = np.random.default_rng(seed)
+    results = []
+    for n_p, n_g in ((n_prompt, 0), (0, n_gen)):
+        if n_p == 0 and n_g == 0:
+            continue
+        with Llama(model, n_ctx=max(n_p + n_g, 1), n_threads=n_threads, n_batch=min(n_batch, n_ubatch)) as llm:
+            bos = llm.tokenizer.bos_id if llm.tokenizer.add_bos else None
+            res = BenchResult(
+                model_filename=llm.model_path, model_type=llm.desc, model_size=llm.model_size,
+                model_n_params=llm.n_params, n_batch=n_batch, n_ubatch=n_ubatch, n_threads=llm.n_threads,
+                n_prompt=n_p, n_gen=n_g, test_time=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            )
+
+            def prompt():
+                toks = rng.integers(0, llm.n_vocab, size=n_p).tolist()
+                if bos is not None:
+                    toks[0] = bos
+                for i in range(0, n_p, n_batch):
+                    llm.eval(toks[i:i + n_batch])
+
+            def gen(n):
+                tok = bos if bos is not None else int(rng.integers(llm.n_vocab))
+                for _ in range(n):
+                    llm.eval([tok])
+                    tok = int(rng.integers(llm.n_vocab))
+
+            if n_p:
+                prompt()  # warm-up
+            if n_g:
+                gen(1)
+            for _ in range(reps):
+                llm.kv_clear()
+                t0 = time.perf_counter_ns()
+                if n_p:
+                    prompt()
+                if n_g:
+                    gen(n_g)
+                res.samples_ns.append(time.perf_counter_ns() - t0)
+            results.append(res)
+    return results
+
+
+def _size(n: int) -> str:
+    return f"{n / 2**20:.2f} MiB" if n < 2**30 else f"{n / 2**30:.2f} GiB"
+
+
+def _params(n: int) -> str:
+    return f"{n / 1e6:.2f} M" if n < 1e9 else f"{n / 1e9:.2f} B"
+
+
+def markdown_header() -> str:
+    cols = [("model", -30), ("size", 10), ("params", 10), ("backend", -10), ("threads", 7), ("test", 13), ("t/s", 20)]
+    head = "|" + "".join(f" {name:>{w}} |" if w > 0 else f" {name:<{-w}} |" for name, w in cols)
+    rule = "|" + "".join(f" {'-' * (abs(w) - 1)}{':' if w > 0 else '-'} |" for _, w in cols)
+    return head + "\n" + rule
+
+
+def markdown_row(r: BenchResult) -> str:
+    ts = f"{r.avg_ts():.2f} ± {r.stdev_ts():.2f}"
+    return (f"| {r.model_type:<30} | {_size(r.model_size):>10} | {_params(r.model_n_params):>10} | {'CPU':<10} "
+            f"| {r.n_threads:>7} | {r.test:>13} | {ts:>20} |")
+
+
+def json_record(r: BenchResult) -> dict:
+    """The reference's JSON fields (GPU-only ones at their CPU values)."""
+    from . import __version__
+    from .native import kernels_active
+
+    avg_ns = int(sum(r.samples_ns) / len(r.samples_ns))
+    return {
+        "build_commit": f"llamapy-{__version__}", "build_number": 0, "cpu_info": cpu_info(), "gpu_info": "",
+        "backends": "CPU", "model_filename": r.model_filename, "model_type": r.model_type,
+        "model_size": r.model_size, "model_n_params": r.model_n_params, "n_batch": r.n_batch,
+        "n_ubatch": r.n_ubatch, "n_threads": r.n_threads, "cpu_mask": "0x0", "cpu_strict": False, "poll": 50,
+        "type_k": "f16", "type_v": "f16", "n_gpu_layers": 0, "split_mode": "layer", "main_gpu": 0,
+        "no_kv_offload": False, "flash_attn": False, "tensor_split": "0.00", "use_mmap": True,
+        "embeddings": False, "n_prompt": r.n_prompt, "n_gen": r.n_gen, "test_time": r.test_time,
+        "avg_ns": avg_ns, "stddev_ns": int(_stdev([float(x) for x in r.samples_ns])),
+        "avg_ts": r.avg_ts(), "stddev_ts": r.stdev_ts(),
+        "samples_ns": list(r.samples_ns), "samples_ts": r.samples_ts(), "kernels": kernels_active(),
+    }
+
+
+def bench(model: str | None = None, n_prompt: int = 512, n_gen: int = 128, threads: int | None = None,
+          reps: int = 5, output: str = "md", n_batch: int = 2048, n_ubatch: int = 512,
+          out: TextIO | None = None) -> list[BenchResult]:
+    """Run the benchmark and print its table (md) or records (json) to `out` (stdout)."""
+    import sys
+
+    from . import __version__
+    from .native import kernels_active
+
+    if output not in ("md", "json", "jsonl"):
+        raise LlamapyError(f"-o {output}: use md, json or jsonl")
+    out = out or sys.stdout
+    if output == "md":
+        print(markdown_header(), file=out, flush=True)
+    results = []
+    # one test at a time, so each row appears as soon as it is measured
+    for n_p, n_g in ((n_prompt, 0), (0, n_gen)):
+        if n_p == 0 and n_g == 0:
+            continue
+        (r,) = run_bench(model, n_p, n_g, threads, reps, n_batch, n_ubatch)
+        results.append(r)
+        if output == "md":
+            print(markdown_row(r), file=out, flush=True)
+        elif output == "jsonl":
+            print(json.dumps(json_record(r)), file=out, flush=True)
+    if output == "md":
+        print(f"\nbuild: llamapy {__version__} ({kernels_active()}, {os.cpu_count()} cpus)", file=out)
+    elif output == "json":
+        print(json.dumps([json_record(r) for r in results], indent=2), file=out)
+    return results
