@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import mmap
 import os
+import re
 import struct
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,6 +30,7 @@ from .gguf_constants import (
 )
 
 MAX_ARRAY_DEPTH = 4
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 INT64_MAX = (1 << 63) - 1
 
 
@@ -90,7 +92,9 @@ class _Cursor:
         self.what = "header"
 
     def fail(self, msg: str):
-        raise GGUFError(f"{self.path}: {msg}")
+        # names come from the file: escape control characters so the message stays one line
+        msg = _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", f"{self.path}: {msg}")
+        raise GGUFError(msg)
 
     def need(self, n: int):
         if n < 0 or self.pos + n > self.size:

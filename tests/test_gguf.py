@@ -209,3 +209,11 @@ def test_small_file_never_allocates_much(tmp_path):
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
     assert peak < 4 * 2**20
+
+
+def test_names_with_control_characters_stay_on_one_line(tmp_path):
+    path = tmp_path / "nl.gguf"
+    path.write_bytes(gguf(kvs=[kv("evil\nkey", 77, b"\0" * 8)]))
+    with pytest.raises(GGUFError, match=r"metadata 'evil\\x0akey': unknown value type 77") as ei:
+        GGUFReader(path)
+    assert "\n" not in str(ei.value)
