@@ -124,16 +124,58 @@ static inline float dot_f16_four(int n, const uint16_t *a, const uint16_t *b, in
     return (float)sum;
 }
 
+/* Batch steps: each score and each output summed as dot_f16_chain sums it; four of them at a time so
+   the chains of dependent multiply-adds overlap. */
 static void attn_scores_f16(int hd, int n, const uint16_t *q, const uint16_t *k, int64_t stride, float *s,
                             int single) {
-    for (int j = 0; j < n; j++)
-        s[j] = single ? dot_f16_four(hd, k + j * stride, q, 0) : dot_f16_chain(hd, k + j * stride, q);
+    int j = 0;
+    if (!single && hd % 8 == 0 && hd <= 256) {
+        __m256 qv[32];
+        for (int l = 0; l < hd / 8; l++) qv[l] = load_f16(q + 8 * l);
+        for (; j + 4 <= n; j += 4) {
+            const uint16_t *k0 = k + j * stride, *k1 = k0 + stride, *k2 = k1 + stride, *k3 = k2 + stride;
+            __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+            for (int l = 0; l < hd / 8; l++) {
+                a0 = _mm256_fmadd_ps(load_f16(k0 + 8 * l), qv[l], a0);
+                a1 = _mm256_fmadd_ps(load_f16(k1 + 8 * l), qv[l], a1);
+                a2 = _mm256_fmadd_ps(load_f16(k2 + 8 * l), qv[l], a2);
+                a3 = _mm256_fmadd_ps(load_f16(k3 + 8 * l), qv[l], a3);
+            }
+            s[j] = hsum(a0), s[j + 1] = hsum(a1), s[j + 2] = hsum(a2), s[j + 3] = hsum(a3);
+        }
+    }
+    for (; j < n; j++) s[j] = single ? dot_f16_four(hd, k + j * stride, q, 0) : dot_f16_chain(hd, k + j * stride, q);
 }
 
 /* the cached positions padded to a multiple of 32 as the reference pads its KV view (zeros add nothing) */
 static void attn_values_f16(int hd, int n, const uint16_t *p, const uint16_t *v, int64_t stride, float *out,
                             int single) {
-    for (int d = 0; d < hd; d++)
+    int d = 0;
+    if (!single) {
+        int n8 = n / 8 * 8;
+        uint16_t tail[8] = {0};
+        for (int i = n8; i < n; i++) tail[i - n8] = p[i];
+        for (; d + 4 <= hd; d += 4) {
+            const uint16_t *v0 = v + d * stride, *v1 = v0 + stride, *v2 = v1 + stride, *v3 = v2 + stride;
+            __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+            for (int l = 0; l < n8; l += 8) {
+                const __m256 pl = load_f16(p + l);
+                a0 = _mm256_fmadd_ps(load_f16(v0 + l), pl, a0);
+                a1 = _mm256_fmadd_ps(load_f16(v1 + l), pl, a1);
+                a2 = _mm256_fmadd_ps(load_f16(v2 + l), pl, a2);
+                a3 = _mm256_fmadd_ps(load_f16(v3 + l), pl, a3);
+            }
+            if (n8 < n) {
+                const __m256 pl = load_f16(tail);
+                a0 = _mm256_fmadd_ps(load_f16_part(v0 + n8, n - n8), pl, a0);
+                a1 = _mm256_fmadd_ps(load_f16_part(v1 + n8, n - n8), pl, a1);
+                a2 = _mm256_fmadd_ps(load_f16_part(v2 + n8, n - n8), pl, a2);
+                a3 = _mm256_fmadd_ps(load_f16_part(v3 + n8, n - n8), pl, a3);
+            }
+            out[d] = hsum(a0), out[d + 1] = hsum(a1), out[d + 2] = hsum(a2), out[d + 3] = hsum(a3);
+        }
+    }
+    for (; d < hd; d++)
         out[d] = single ? dot_f16_four(n, v + d * stride, p, 1) : dot_f16_chain(n, v + d * stride, p);
 }
 
@@ -175,26 +217,5 @@ void lp_engine_kernels_avx2(lp_engine_kernels *k) {
     k->rope = rope;
 }
 #else
-/* as the reference is compiled: x0's products fused, x1's rounded first
-   (x[r] = fma(x0, c, -(x1 s)), x[r+1] = fma(x0, s, x1 c)) */
-static void rope(int hd, const float *cs, float *x, int r0, int r1) {
-    int r = r0;
-    if (hd % 8 == 0)
-        for (; r + 8 <= r1 && r % hd + 8 <= hd; r += 8) {
-            const __m256 v = _mm256_loadu_ps(x + r), t = _mm256_loadu_ps(cs + r % hd);
-            const __m256 c = _mm256_moveldup_ps(t), s = _mm256_movehdup_ps(t);
-            const __m256 x0 = _mm256_moveldup_ps(v), x1 = _mm256_movehdup_ps(v);
-            /* even lanes: x0 c - (x1 s); odd lanes: x0 s + (x1 c) */
-            const __m256 a = _mm256_blend_ps(c, s, 0xaa), b = _mm256_blend_ps(s, c, 0xaa);
-            _mm256_storeu_ps(x + r, _mm256_fmaddsub_ps(x0, a, _mm256_mul_ps(x1, b)));
-        }
-    for (; r < r1; r += 2) {
-        int i0 = r % hd;
-        float c = cs[i0], s = cs[i0 + 1], x0 = x[r], x1 = x[r + 1];
-        x[r] = fmaf(x0, c, -(x1 * s));
-        x[r + 1] = fmaf(x0, s, x1 * c);
-    }
-}
-
 void lp_engine_kernels_avx2(lp_engine_kernels *k) { (void)k; }
 #endif

@@ -66,7 +66,12 @@ static inline __m256 dot_ss(__m256i x, __m256i y) {
             (void)summs;                                                                                \
             for (int i = 0; i < RM; i++)                                                                \
                 for (int j = 0; j < RN; j++) acc[i][j] = _mm256_setzero_ps(), summs[i][j] = 0.0f;      \
-            for (int b = 0; b < nb; b++) { BODY }                                                       \
+            for (int b = 0; b < nb; b++) {                                                              \
+                if (RN == 1)                                                                            \
+                    for (int i = 0; i < RM; i++)                                                        \
+                        _mm_prefetch(w + (size_t)(r + i + 2 * RM) * wrow + (size_t)b * wrow / nb, _MM_HINT_T0); \
+                BODY                                                                                    \
+            }                                                                                           \
             for (int i = 0; i < RM; i++)                                                                \
                 for (int j = 0; j < RN; j++) out[(size_t)(c + j) * os + r + i] = FINISH;               \
         }
