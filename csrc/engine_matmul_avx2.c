@@ -54,146 +54,182 @@ static inline __m256 dot_ss(__m256i x, __m256i y) {
     return dot_us(_mm256_sign_epi8(x, x), _mm256_sign_epi8(y, x));
 }
 
-/* ---- per format: the weight block as bytes the way the reference feeds them to its dot ---------- */
+/* ---- per format: the bytes the reference feeds its dot product, and the block's scales ------------ */
 
-/* every format below: RM rows x RN columns of outputs, each summed in the reference's order.
-   W(r, b) is block b of weight row r, X(c, b) block b of activation column c. */
-#define TILE_LOOP(RM, RN, BODY, FINISH)                                                               \
-    for (int r = 0; r + RM <= nr; r += RM)                                                              \
-        for (int c = 0; c + RN <= nc; c += RN) {                                                        \
-            __m256 acc[RM][RN];                                                                         \
-            float summs[RM][RN];                                                                        \
-            (void)summs;                                                                                \
-            for (int i = 0; i < RM; i++)                                                                \
-                for (int j = 0; j < RN; j++) acc[i][j] = _mm256_setzero_ps(), summs[i][j] = 0.0f;      \
-            for (int b = 0; b < nb; b++) {                                                              \
-                if (RN == 1)                                                                            \
-                    for (int i = 0; i < RM; i++)                                                        \
-                        _mm_prefetch(w + (size_t)(r + i + 2 * RM) * wrow + (size_t)b * wrow / nb, _MM_HINT_T0); \
-                BODY                                                                                    \
-            }                                                                                           \
-            for (int i = 0; i < RM; i++)                                                                \
-                for (int j = 0; j < RN; j++) out[(size_t)(c + j) * os + r + i] = FINISH;               \
+enum { F_Q4_0, F_Q4_1, F_Q5_0, F_Q5_1, F_Q8_0 };
+static const int W_SIZE[] = {18, 20, 22, 24, 34};
+
+static inline int has_min(int f) { return f == F_Q4_1 || f == F_Q5_1; }   /* x = q d + m, dotted with Q8_1 */
+static inline int x_size(int f) { return has_min(f) ? 36 : 34; }           /* the activation block */
+static inline int x_qs(int f) { return has_min(f) ? 4 : 2; }
+
+static inline __attribute__((always_inline)) __m256i w_bytes(int f, const char *blk) {
+    switch (f) {
+    case F_Q4_0: return _mm256_sub_epi8(nibbles32((const uint8_t *)blk + 2), _mm256_set1_epi8(8));
+    case F_Q4_1: return nibbles32((const uint8_t *)blk + 4);
+    case F_Q5_0: /* nibble | 0xf0 where the fifth bit is clear: value - 16 */
+        return _mm256_or_si256(nibbles32((const uint8_t *)blk + 6),
+                               _mm256_andnot_si256(bits32((const uint8_t *)blk + 2), _mm256_set1_epi8((char)0xf0)));
+    case F_Q5_1:
+        return _mm256_or_si256(nibbles32((const uint8_t *)blk + 8),
+                               _mm256_and_si256(bits32((const uint8_t *)blk + 4), _mm256_set1_epi8(0x10)));
+    default: return _mm256_loadu_si256((const __m256i *)(blk + 2));
+    }
+}
+
+/* unsigned weights (with a minimum) take maddubs directly; signed ones move their sign onto x */
+static inline __attribute__((always_inline)) __m256 w_dot(int f, __m256i qw, __m256i qx) {
+    return has_min(f) ? dot_us(qw, qx) : dot_ss(qw, qx);
+}
+
+/* the fp16 pair at the start of a block (d and m, or d and s) as 2 floats in lanes 2k, 2k+1 of a
+   4-block gather: [d0, m0, d1, m1, ...] */
+static inline __m256 scales4(const char *b0, const char *b1, const char *b2, const char *b3) {
+    int32_t v0, v1, v2, v3;
+    memcpy(&v0, b0, 4), memcpy(&v1, b1, 4), memcpy(&v2, b2, 4), memcpy(&v3, b3, 4);
+    return _mm256_cvtph_ps(_mm_setr_epi32(v0, v1, v2, v3));
+}
+
+/* ---- tiles: every output summed in the reference's order; each tile's lanes of the scale products
+   and minimum terms are computed side by side in one vector, each lane its own chain ---------------- */
+
+/* 2 weight rows x 4 activation columns (prompts). out[(c + j) * os + r + i]. */
+static inline __attribute__((always_inline)) void tile_2x4(int f, int nb, const char *w0, const char *w1,
+                                                         size_t wrow, const char *x0, size_t xrow, float *out,
+                                                         size_t os) {
+    (void)wrow;
+    const int ws = W_SIZE[f], xs = x_size(f), xq = x_qs(f);
+    const char *x1 = x0 + xrow, *x2 = x1 + xrow, *x3 = x2 + xrow;
+    __m256 acc[2][4];
+    for (int i = 0; i < 2; i++)
+        for (int j = 0; j < 4; j++) acc[i][j] = _mm256_setzero_ps();
+    __m256 mins = _mm256_setzero_ps();   /* lane 4i + j: the minimum term of output (i, j) */
+    float prod[8] __attribute__((aligned(32)));
+    for (int b = 0; b < nb; b++) {
+        const char *a0 = w0 + (size_t)b * ws, *a1 = w1 + (size_t)b * ws;
+        const char *y0 = x0 + (size_t)b * xs, *y1 = x1 + (size_t)b * xs, *y2 = x2 + (size_t)b * xs,
+                   *y3 = x3 + (size_t)b * xs;
+        /* activation d (and s) of the 4 columns; weight d (and m) of the 2 rows */
+        const __m256 xds = scales4(y0, y1, y2, y3);                                   /* d0 s0 d1 s1 .. */
+        const __m256 xd = _mm256_permutevar8x32_ps(xds, _mm256_setr_epi32(0, 2, 4, 6, 0, 2, 4, 6));
+        const __m256 wdm = scales4(a0, a1, a0, a1);                                    /* dw0 mw0 dw1 mw1 */
+        const __m256 wd = _mm256_permutevar8x32_ps(wdm, _mm256_setr_epi32(0, 0, 0, 0, 2, 2, 2, 2));
+        _mm256_store_ps(prod, _mm256_mul_ps(wd, xd));
+        if (has_min(f)) {
+            const __m256 xsum = _mm256_permutevar8x32_ps(xds, _mm256_setr_epi32(1, 3, 5, 7, 1, 3, 5, 7));
+            const __m256 wm = _mm256_permutevar8x32_ps(wdm, _mm256_setr_epi32(1, 1, 1, 1, 3, 3, 3, 3));
+            mins = _mm256_fmadd_ps(wm, xsum, mins);
         }
-
-#define DEFINE_MM(NAME, WT, XT, BODY_RM_RN, FINISH)                                                   \
-    static void NAME##_tile(int nb, int r0, int nr, int c0, int nc, const char *w, size_t wrow,      \
-                            const char *x, size_t xrow, float *out, size_t os, int RM, int RN) {       \
-        (void)RM;                                                                                       \
-        (void)RN;                                                                                       \
-        w += (size_t)r0 * wrow;                                                                         \
-        x += (size_t)c0 * xrow;                                                                         \
-        out += (size_t)c0 * os + r0;                                                                    \
-        if (RM == 4 && RN == 2) {                                                                       \
-            TILE_LOOP(4, 2, BODY_RM_RN(4, 2), FINISH)                                                   \
-        } else if (RM == 4 && RN == 1) {                                                                \
-            TILE_LOOP(4, 1, BODY_RM_RN(4, 1), FINISH)                                                   \
-        } else if (RM == 1 && RN == 2) {                                                                \
-            TILE_LOOP(1, 2, BODY_RM_RN(1, 2), FINISH)                                                   \
-        } else {                                                                                        \
-            TILE_LOOP(1, 1, BODY_RM_RN(1, 1), FINISH)                                                   \
-        }                                                                                               \
-    }                                                                                                   \
-    static void NAME(int n, int nr, int nc, const void *w, size_t wrow, const void *x, size_t xrow,   \
-                     float *out, size_t os) {                                                           \
-        int nb = n / LP_QK, r4 = nr / 4 * 4, c2 = nc / 2 * 2;                                           \
-        NAME##_tile(nb, 0, r4, 0, c2, w, wrow, x, xrow, out, os, 4, 2);                                 \
-        NAME##_tile(nb, 0, r4, c2, nc - c2, w, wrow, x, xrow, out, os, 4, 1);                           \
-        NAME##_tile(nb, r4, nr - r4, 0, c2, w, wrow, x, xrow, out, os, 1, 2);                           \
-        NAME##_tile(nb, r4, nr - r4, c2, nc - c2, w, wrow, x, xrow, out, os, 1, 1);                     \
+        const __m256i q0 = _mm256_loadu_si256((const __m256i *)(y0 + xq));
+        const __m256i q1 = _mm256_loadu_si256((const __m256i *)(y1 + xq));
+        const __m256i q2 = _mm256_loadu_si256((const __m256i *)(y2 + xq));
+        const __m256i q3 = _mm256_loadu_si256((const __m256i *)(y3 + xq));
+        __m256i qw = w_bytes(f, a0);
+        acc[0][0] = _mm256_fmadd_ps(_mm256_broadcast_ss(&prod[0]), w_dot(f, qw, q0), acc[0][0]);
+        acc[0][1] = _mm256_fmadd_ps(_mm256_broadcast_ss(&prod[1]), w_dot(f, qw, q1), acc[0][1]);
+        acc[0][2] = _mm256_fmadd_ps(_mm256_broadcast_ss(&prod[2]), w_dot(f, qw, q2), acc[0][2]);
+        acc[0][3] = _mm256_fmadd_ps(_mm256_broadcast_ss(&prod[3]), w_dot(f, qw, q3), acc[0][3]);
+        qw = w_bytes(f, a1);
+        acc[1][0] = _mm256_fmadd_ps(_mm256_broadcast_ss(&prod[4]), w_dot(f, qw, q0), acc[1][0]);
+        acc[1][1] = _mm256_fmadd_ps(_mm256_broadcast_ss(&prod[5]), w_dot(f, qw, q1), acc[1][1]);
+        acc[1][2] = _mm256_fmadd_ps(_mm256_broadcast_ss(&prod[6]), w_dot(f, qw, q2), acc[1][2]);
+        acc[1][3] = _mm256_fmadd_ps(_mm256_broadcast_ss(&prod[7]), w_dot(f, qw, q3), acc[1][3]);
     }
+    float m[8];
+    _mm256_storeu_ps(m, mins);
+    for (int i = 0; i < 2; i++)
+        for (int j = 0; j < 4; j++) out[(size_t)j * os + i] = hsum8(acc[i][j]) + (has_min(f) ? m[4 * i + j] : 0.0f);
+}
 
-#define WB(T, i) ((const T *)(w + (size_t)(r + (i)) * wrow) + b)
-#define XB(T, j) ((const T *)(x + (size_t)(c + (j)) * xrow) + b)
-
-/* Q4_0 x Q8_0: (nibble - 8) signed dot, scale d_w * d_x */
-#define Q4_0_BODY(RM, RN)                                                                              \
-    __m256i qx[RM];                                                                                     \
-    float dw[RM];                                                                                       \
-    for (int i = 0; i < RM; i++)                                                                        \
-        qx[i] = _mm256_sub_epi8(nibbles32(WB(lp_block_q4_0, i)->qs), _mm256_set1_epi8(8)),             \
-        dw[i] = h2f(WB(lp_block_q4_0, i)->d);                                                           \
-    for (int j = 0; j < RN; j++) {                                                                      \
-        const lp_block_q8_0 *y = XB(lp_block_q8_0, j);                                                  \
-        const __m256i qy = _mm256_loadu_si256((const __m256i *)y->qs);                                  \
-        const float dy = h2f(y->d);                                                                     \
-        for (int i = 0; i < RM; i++)                                                                    \
-            acc[i][j] = _mm256_fmadd_ps(_mm256_set1_ps(dw[i] * dy), dot_ss(qx[i], qy), acc[i][j]);     \
+/* 4 weight rows x 1 activation column (generation, and the edges of prompts), with the rows ahead
+   prefetched: one column leaves the weights streaming from memory. */
+static inline __attribute__((always_inline)) void tile_4x1(int f, int nb, const char *w0, size_t wrow,
+                                                         const char *x0, float *out) {
+    const int ws = W_SIZE[f], xs = x_size(f), xq = x_qs(f);
+    const char *w1 = w0 + wrow, *w2 = w1 + wrow, *w3 = w2 + wrow;
+    __m256 acc0 = _mm256_setzero_ps(), acc1 = acc0, acc2 = acc0, acc3 = acc0;
+    __m128 mins = _mm_setzero_ps();   /* lane i: the minimum term of row i */
+    float prod[4] __attribute__((aligned(16)));
+    for (int b = 0; b < nb; b++) {
+        const size_t off = (size_t)b * ws;
+        _mm_prefetch(w0 + 8 * wrow + off, _MM_HINT_T0);
+        _mm_prefetch(w1 + 8 * wrow + off, _MM_HINT_T0);
+        _mm_prefetch(w2 + 8 * wrow + off, _MM_HINT_T0);
+        _mm_prefetch(w3 + 8 * wrow + off, _MM_HINT_T0);
+        const char *y = x0 + (size_t)b * xs;
+        const __m256 wdm = scales4(w0 + off, w1 + off, w2 + off, w3 + off);          /* d0 m0 d1 m1 .. */
+        const __m128 wd = _mm256_castps256_ps128(_mm256_permutevar8x32_ps(wdm, _mm256_setr_epi32(0, 2, 4, 6, 0, 0, 0, 0)));
+        uint32_t ydsv;
+        memcpy(&ydsv, y, 4);
+        const __m128 yds = _mm_cvtph_ps(_mm_cvtsi32_si128((int)ydsv));                /* d s - - */
+        _mm_store_ps(prod, _mm_mul_ps(wd, _mm_shuffle_ps(yds, yds, 0x00)));
+        if (has_min(f)) {
+            const __m128 wm = _mm256_castps256_ps128(_mm256_permutevar8x32_ps(wdm, _mm256_setr_epi32(1, 3, 5, 7, 0, 0, 0, 0)));
+            mins = _mm_fmadd_ps(wm, _mm_shuffle_ps(yds, yds, 0x55), mins);
+        }
+        const __m256i q = _mm256_loadu_si256((const __m256i *)(y + xq));
+        acc0 = _mm256_fmadd_ps(_mm256_broadcast_ss(&prod[0]), w_dot(f, w_bytes(f, w0 + off), q), acc0);
+        acc1 = _mm256_fmadd_ps(_mm256_broadcast_ss(&prod[1]), w_dot(f, w_bytes(f, w1 + off), q), acc1);
+        acc2 = _mm256_fmadd_ps(_mm256_broadcast_ss(&prod[2]), w_dot(f, w_bytes(f, w2 + off), q), acc2);
+        acc3 = _mm256_fmadd_ps(_mm256_broadcast_ss(&prod[3]), w_dot(f, w_bytes(f, w3 + off), q), acc3);
     }
-DEFINE_MM(mm_q4_0, lp_block_q4_0, lp_block_q8_0, Q4_0_BODY, hsum8(acc[i][j]))
+    float m[4];
+    _mm_storeu_ps(m, mins);
+    out[0] = hsum8(acc0) + (has_min(f) ? m[0] : 0.0f);
+    out[1] = hsum8(acc1) + (has_min(f) ? m[1] : 0.0f);
+    out[2] = hsum8(acc2) + (has_min(f) ? m[2] : 0.0f);
+    out[3] = hsum8(acc3) + (has_min(f) ? m[3] : 0.0f);
+}
 
-/* Q4_1 x Q8_1: unsigned nibble dot, scale d_w * d_x, plus m_w * s_x fused per block */
-#define Q4_1_BODY(RM, RN)                                                                              \
-    __m256i qx[RM];                                                                                     \
-    float dw[RM], mw[RM];                                                                               \
-    for (int i = 0; i < RM; i++) {                                                                      \
-        const lp_block_q4_1 *blk = WB(lp_block_q4_1, i);                                                \
-        qx[i] = nibbles32(blk->qs), dw[i] = h2f(blk->d), mw[i] = h2f(blk->m);                           \
-    }                                                                                                   \
-    for (int j = 0; j < RN; j++) {                                                                      \
-        const lp_block_q8_1 *y = XB(lp_block_q8_1, j);                                                  \
-        const __m256i qy = _mm256_loadu_si256((const __m256i *)y->qs);                                  \
-        const float dy = h2f(y->d), sy = h2f(y->s);                                                     \
-        for (int i = 0; i < RM; i++) {                                                                  \
-            summs[i][j] = fmaf(mw[i], sy, summs[i][j]);                                                 \
-            acc[i][j] = _mm256_fmadd_ps(_mm256_set1_ps(dw[i] * dy), dot_us(qx[i], qy), acc[i][j]);     \
-        }                                                                                               \
+/* one output: the reference's dot product itself */
+static inline __attribute__((always_inline)) float dot_1x1(int f, int nb, const char *w0, const char *x0) {
+    const int ws = W_SIZE[f], xs = x_size(f), xq = x_qs(f);
+    __m256 acc = _mm256_setzero_ps();
+    float mins = 0.0f;
+    for (int b = 0; b < nb; b++) {
+        const char *a = w0 + (size_t)b * ws, *y = x0 + (size_t)b * xs;
+        uint16_t h[2], g[2];
+        memcpy(h, a, 4), memcpy(g, y, 4);
+        if (has_min(f)) mins = fmaf(h2f(h[1]), h2f(g[1]), mins);
+        const __m256i q = _mm256_loadu_si256((const __m256i *)(y + xq));
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(h2f(h[0]) * h2f(g[0])), w_dot(f, w_bytes(f, a), q), acc);
     }
-DEFINE_MM(mm_q4_1, lp_block_q4_1, lp_block_q8_1, Q4_1_BODY, hsum8(acc[i][j]) + summs[i][j])
+    return hsum8(acc) + mins;
+}
 
-/* Q5_0 x Q8_0: nibble | (missing fifth bit -> 0xf0), i.e. value - 16, signed dot */
-#define Q5_0_BODY(RM, RN)                                                                              \
-    __m256i qx[RM];                                                                                     \
-    float dw[RM];                                                                                       \
-    for (int i = 0; i < RM; i++) {                                                                      \
-        const lp_block_q5_0 *blk = WB(lp_block_q5_0, i);                                                \
-        __m256i hi = _mm256_andnot_si256(bits32(blk->qh), _mm256_set1_epi8((char)0xf0));                \
-        qx[i] = _mm256_or_si256(nibbles32(blk->qs), hi), dw[i] = h2f(blk->d);                           \
-    }                                                                                                   \
-    for (int j = 0; j < RN; j++) {                                                                      \
-        const lp_block_q8_0 *y = XB(lp_block_q8_0, j);                                                  \
-        const __m256i qy = _mm256_loadu_si256((const __m256i *)y->qs);                                  \
-        const float dy = h2f(y->d);                                                                     \
-        for (int i = 0; i < RM; i++)                                                                    \
-            acc[i][j] = _mm256_fmadd_ps(_mm256_set1_ps(dw[i] * dy), dot_ss(qx[i], qy), acc[i][j]);     \
+static inline __attribute__((always_inline)) void mm_any(int f, int n, int nr, int nc, const char *w, size_t wrow,
+                                                       const char *x, size_t xrow, float *out, size_t os) {
+    const int nb = n / LP_QK, r2 = nr / 2 * 2, c4 = nc / 4 * 4, r4 = nr / 4 * 4;
+    /* columns in groups whose activations stay in the L1 cache while every row passes over them */
+    int cb = (int)(16384 / xrow) / 4 * 4;
+    if (cb < 4) cb = 4;
+    for (int c0 = 0; c0 < c4; c0 += cb) {
+        const int c1 = c0 + cb < c4 ? c0 + cb : c4;
+        for (int r = 0; r < r2; r += 2)
+            for (int c = c0; c < c1; c += 4)
+                tile_2x4(f, nb, w + (size_t)r * wrow, w + (size_t)(r + 1) * wrow, wrow, x + (size_t)c * xrow, xrow,
+                         out + (size_t)c * os + r, os);
     }
-DEFINE_MM(mm_q5_0, lp_block_q5_0, lp_block_q8_0, Q5_0_BODY, hsum8(acc[i][j]))
+    for (int c = c4; c < nc; c++) {   /* the last columns: 4 rows at a time */
+        for (int r = 0; r < r4; r += 4)
+            tile_4x1(f, nb, w + (size_t)r * wrow, wrow, x + (size_t)c * xrow, out + (size_t)c * os + r);
+        for (int r = r4; r < nr; r++) out[(size_t)c * os + r] = dot_1x1(f, nb, w + (size_t)r * wrow, x + (size_t)c * xrow);
+    }
+    if (r2 < nr)   /* an odd last row */
+        for (int c = 0; c < c4; c++)
+            out[(size_t)c * os + r2] = dot_1x1(f, nb, w + (size_t)r2 * wrow, x + (size_t)c * xrow);
+}
 
-/* Q5_1 x Q8_1: unsigned 5-bit dot; lanes times (d_w * d_x), minimum fused per block */
-#define Q5_1_BODY(RM, RN)                                                                              \
-    __m256i qx[RM];                                                                                     \
-    float dw[RM], mw[RM];                                                                               \
-    for (int i = 0; i < RM; i++) {                                                                      \
-        const lp_block_q5_1 *blk = WB(lp_block_q5_1, i);                                                \
-        __m256i hi = _mm256_and_si256(bits32(blk->qh), _mm256_set1_epi8(0x10));                         \
-        qx[i] = _mm256_or_si256(nibbles32(blk->qs), hi), dw[i] = h2f(blk->d), mw[i] = h2f(blk->m);      \
-    }                                                                                                   \
-    for (int j = 0; j < RN; j++) {                                                                      \
-        const lp_block_q8_1 *y = XB(lp_block_q8_1, j);                                                  \
-        const __m256i qy = _mm256_loadu_si256((const __m256i *)y->qs);                                  \
-        const float dy = h2f(y->d), sy = h2f(y->s);                                                     \
-        for (int i = 0; i < RM; i++) {                                                                  \
-            summs[i][j] = fmaf(mw[i], sy, summs[i][j]);                                                 \
-            acc[i][j] = _mm256_fmadd_ps(dot_us(qx[i], qy), _mm256_set1_ps(dw[i] * dy), acc[i][j]);     \
-        }                                                                                               \
+#define DEFINE_MM(NAME, F)                                                                              \
+    static void NAME(int n, int nr, int nc, const void *w, size_t wrow, const void *x, size_t xrow,     \
+                     float *out, size_t os) {                                                             \
+        mm_any(F, n, nr, nc, w, wrow, x, xrow, out, os);                                                  \
     }
-DEFINE_MM(mm_q5_1, lp_block_q5_1, lp_block_q8_1, Q5_1_BODY, hsum8(acc[i][j]) + summs[i][j])
-
-/* Q8_0 x Q8_0: signed dot */
-#define Q8_0_BODY(RM, RN)                                                                              \
-    __m256i qx[RM];                                                                                     \
-    float dw[RM];                                                                                       \
-    for (int i = 0; i < RM; i++)                                                                        \
-        qx[i] = _mm256_loadu_si256((const __m256i *)WB(lp_block_q8_0, i)->qs),                          \
-        dw[i] = h2f(WB(lp_block_q8_0, i)->d);                                                           \
-    for (int j = 0; j < RN; j++) {                                                                      \
-        const lp_block_q8_0 *y = XB(lp_block_q8_0, j);                                                  \
-        const __m256i qy = _mm256_loadu_si256((const __m256i *)y->qs);                                  \
-        const float dy = h2f(y->d);                                                                     \
-        for (int i = 0; i < RM; i++)                                                                    \
-            acc[i][j] = _mm256_fmadd_ps(_mm256_set1_ps(dw[i] * dy), dot_ss(qx[i], qy), acc[i][j]);     \
-    }
-DEFINE_MM(mm_q8_0, lp_block_q8_0, lp_block_q8_0, Q8_0_BODY, hsum8(acc[i][j]))
+DEFINE_MM(mm_q4_0, F_Q4_0)
+DEFINE_MM(mm_q4_1, F_Q4_1)
+DEFINE_MM(mm_q5_0, F_Q5_0)
+DEFINE_MM(mm_q5_1, F_Q5_1)
+DEFINE_MM(mm_q8_0, F_Q8_0)
 
 /* ---- activation quantizers -------------------------------------------------------------------- */
 
