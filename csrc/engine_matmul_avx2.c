@@ -93,11 +93,11 @@ static inline __m256 scales4(const char *b0, const char *b1, const char *b2, con
 /* ---- tiles: every output summed in the reference's order; each tile's lanes of the scale products
    and minimum terms are computed side by side in one vector, each lane its own chain ---------------- */
 
-/* 2 weight rows x 4 activation columns (prompts). out[(c + j) * os + r + i]. */
+/* 2 weight rows x 4 activation columns (prompts). out[(c + j) * os + r + i]. xd / xsum: the
+   activation blocks' d and s as floats, block b of column j at [b * xstride + j]. */
 static inline __attribute__((always_inline)) void tile_2x4(int f, int nb, const char *w0, const char *w1,
-                                                         size_t wrow, const char *x0, size_t xrow, float *out,
-                                                         size_t os) {
-    (void)wrow;
+                                                         const char *x0, size_t xrow, const float *xd,
+                                                         const float *xsum, int xstride, float *out, size_t os) {
     const int ws = W_SIZE[f], xs = x_size(f), xq = x_qs(f);
     const char *x1 = x0 + xrow, *x2 = x1 + xrow, *x3 = x2 + xrow;
     __m256 acc[2][4];
@@ -107,23 +107,20 @@ static inline __attribute__((always_inline)) void tile_2x4(int f, int nb, const 
     float prod[8] __attribute__((aligned(32)));
     for (int b = 0; b < nb; b++) {
         const char *a0 = w0 + (size_t)b * ws, *a1 = w1 + (size_t)b * ws;
-        const char *y0 = x0 + (size_t)b * xs, *y1 = x1 + (size_t)b * xs, *y2 = x2 + (size_t)b * xs,
-                   *y3 = x3 + (size_t)b * xs;
-        /* activation d (and s) of the 4 columns; weight d (and m) of the 2 rows */
-        const __m256 xds = scales4(y0, y1, y2, y3);                                   /* d0 s0 d1 s1 .. */
-        const __m256 xd = _mm256_permutevar8x32_ps(xds, _mm256_setr_epi32(0, 2, 4, 6, 0, 2, 4, 6));
-        const __m256 wdm = scales4(a0, a1, a0, a1);                                    /* dw0 mw0 dw1 mw1 */
-        const __m256 wd = _mm256_permutevar8x32_ps(wdm, _mm256_setr_epi32(0, 0, 0, 0, 2, 2, 2, 2));
-        _mm256_store_ps(prod, _mm256_mul_ps(wd, xd));
-        if (has_min(f)) {
-            const __m256 xsum = _mm256_permutevar8x32_ps(xds, _mm256_setr_epi32(1, 3, 5, 7, 1, 3, 5, 7));
-            const __m256 wm = _mm256_permutevar8x32_ps(wdm, _mm256_setr_epi32(1, 1, 1, 1, 3, 3, 3, 3));
-            mins = _mm256_fmadd_ps(wm, xsum, mins);
-        }
-        const __m256i q0 = _mm256_loadu_si256((const __m256i *)(y0 + xq));
-        const __m256i q1 = _mm256_loadu_si256((const __m256i *)(y1 + xq));
-        const __m256i q2 = _mm256_loadu_si256((const __m256i *)(y2 + xq));
-        const __m256i q3 = _mm256_loadu_si256((const __m256i *)(y3 + xq));
+        const size_t xo = (size_t)b * xs + xq;
+        int32_t v0, v1;
+        memcpy(&v0, a0, 4), memcpy(&v1, a1, 4);
+        /* [d0 m0 d0 m0 d1 m1 d1 m1]: even lanes give the rows' d, odd lanes their m, four times each */
+        const __m256 wdm = _mm256_cvtph_ps(_mm_setr_epi32(v0, v0, v1, v1));
+        const __m256 xd4 = _mm256_broadcast_ps((const __m128 *)(xd + (size_t)b * xstride));
+        _mm256_store_ps(prod, _mm256_mul_ps(_mm256_moveldup_ps(wdm), xd4));
+        if (has_min(f))
+            mins = _mm256_fmadd_ps(_mm256_movehdup_ps(wdm),
+                                   _mm256_broadcast_ps((const __m128 *)(xsum + (size_t)b * xstride)), mins);
+        const __m256i q0 = _mm256_loadu_si256((const __m256i *)(x0 + xo));
+        const __m256i q1 = _mm256_loadu_si256((const __m256i *)(x1 + xo));
+        const __m256i q2 = _mm256_loadu_si256((const __m256i *)(x2 + xo));
+        const __m256i q3 = _mm256_loadu_si256((const __m256i *)(x3 + xo));
         __m256i qw = w_bytes(f, a0);
         acc[0][0] = _mm256_fmadd_ps(_mm256_broadcast_ss(&prod[0]), w_dot(f, qw, q0), acc[0][0]);
         acc[0][1] = _mm256_fmadd_ps(_mm256_broadcast_ss(&prod[1]), w_dot(f, qw, q1), acc[0][1]);
@@ -197,18 +194,31 @@ static inline __attribute__((always_inline)) float dot_1x1(int f, int nb, const 
     return hsum8(acc) + mins;
 }
 
+#define MAX_BLOCKS 512    /* rows of up to 16384 values take the tiled path */
+
 static inline __attribute__((always_inline)) void mm_any(int f, int n, int nr, int nc, const char *w, size_t wrow,
                                                        const char *x, size_t xrow, float *out, size_t os) {
-    const int nb = n / LP_QK, r2 = nr / 2 * 2, c4 = nc / 4 * 4, r4 = nr / 4 * 4;
-    /* columns in groups whose activations stay in the L1 cache while every row passes over them */
-    int cb = (int)(16384 / xrow) / 4 * 4;
-    if (cb < 4) cb = 4;
-    for (int c0 = 0; c0 < c4; c0 += cb) {
-        const int c1 = c0 + cb < c4 ? c0 + cb : c4;
-        for (int r = 0; r < r2; r += 2)
-            for (int c = c0; c < c1; c += 4)
-                tile_2x4(f, nb, w + (size_t)r * wrow, w + (size_t)(r + 1) * wrow, wrow, x + (size_t)c * xrow, xrow,
-                         out + (size_t)c * os + r, os);
+    const int nb = n / LP_QK, r2 = nr / 2 * 2, r4 = nr / 4 * 4, xs = x_size(f);
+    int c4 = nc / 4 * 4;
+    if (nb > MAX_BLOCKS) c4 = 0;
+    /* rows in blocks whose weights stay in the L1 cache while 4 columns at a time pass over them */
+    int rb = (int)(16384 / wrow) / 2 * 2;
+    rb = rb < 2 ? 2 : rb;
+    float xd[MAX_BLOCKS * 4], xsum[MAX_BLOCKS * 4];   /* one group of 4 columns' block scales */
+    for (int r0 = 0; r0 < r2; r0 += rb) {
+        const int r1 = r0 + rb < r2 ? r0 + rb : r2;
+        for (int c = 0; c < c4; c += 4) {
+            for (int b = 0; b < nb; b++)
+                for (int j = 0; j < 4; j++) {
+                    uint16_t h[2];
+                    memcpy(h, x + (size_t)(c + j) * xrow + (size_t)b * xs, 4);
+                    xd[4 * b + j] = h2f(h[0]);
+                    xsum[4 * b + j] = h2f(h[1]);
+                }
+            for (int r = r0; r < r1; r += 2)
+                tile_2x4(f, nb, w + (size_t)r * wrow, w + (size_t)(r + 1) * wrow, x + (size_t)c * xrow, xrow, xd,
+                         xsum, 4, out + (size_t)c * os + r, os);
+        }
     }
     for (int c = c4; c < nc; c++) {   /* the last columns: 4 rows at a time */
         for (int r = 0; r < r4; r += 4)
