@@ -18,6 +18,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "lp_core.h"
 #include "lp_engine.h"
@@ -69,6 +70,8 @@ struct lp_engine {
     const int32_t *tokens, *pos, *seq, *out_idx;
     float *logits, *hidden;
 
+    double eval_seconds;         /* total wall time inside lp_engine_eval */
+
     char err[256];
 };
 
@@ -82,6 +85,13 @@ static int fail(lp_engine *e, const char *fmt, ...) {
 
 const char *lp_engine_error(const lp_engine *e) { return e->err; }
 int lp_engine_n_threads(const lp_engine *e) { return lp_pool_size(e->pool); }
+double lp_engine_eval_seconds(const lp_engine *e) { return e->eval_seconds; }
+
+static double now_seconds(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
 
 int64_t lp_engine_kv_bytes(const lp_engine *e) {
     return 2 * (int64_t)e->p.n_layer * e->p.n_seq * e->p.n_ctx * e->kv_dim * (int64_t)sizeof(uint16_t);
@@ -579,7 +589,9 @@ int lp_engine_eval(lp_engine *e, int32_t n_tokens, const int32_t *tokens, const 
     e->logits = logits;
     e->hidden = hidden;
     for (int i = 0; i < e->n_counters; i++) atomic_store_explicit(&e->counters[i], 0, memory_order_relaxed);
+    double t0 = now_seconds();
     lp_pool_run(e->pool, forward_task, e);
+    e->eval_seconds += now_seconds() - t0;
     return 0;
 }
 
@@ -663,4 +675,34 @@ int lp_matmul(int type, int64_t n, int64_t nr, int64_t nc, const void *w, const 
     }
     free(xq);
     return 0;
+}
+
+/* ---- top-k for the sampler ------------------------------------------------------------------------ */
+
+int lp_top_k(const float *x, int64_t n, int32_t k, int32_t *idx) {
+    if (k <= 0 || n <= 0) return 0;
+    if (k > n) k = (int32_t)n;
+    const int fast = lp_kernels_active() == LP_KERNELS_AVX2;
+    /* idx[0..m) sorted: larger values first, equal values by index; once full, only a value above the
+       last one enters (NaN never does), and the scan skips ahead to the next such value */
+    int m = 0;
+    for (int64_t i = 0; i < n; i++) {
+        if (m == k) {
+            const float thr = x[idx[m - 1]];
+            if (fast) {
+                i = lp_find_above_avx2(x, i, n, thr);
+                if (i == n) break;
+            } else if (!(x[i] > thr)) {
+                continue;
+            }
+        }
+        const float v = x[i];
+        int j = m < k ? m++ : m - 1;
+        while (j > 0 && v > x[idx[j - 1]]) {
+            idx[j] = idx[j - 1];
+            j--;
+        }
+        idx[j] = (int32_t)i;
+    }
+    return m;
 }

@@ -46,6 +46,7 @@ lp_engine *lp_engine_new(const lp_engine_params *p);   /* NULL when out of memor
 void lp_engine_free(lp_engine *e);
 const char *lp_engine_error(const lp_engine *e);      /* message of the last failed call */
 int lp_engine_n_threads(const lp_engine *e);
+double lp_engine_eval_seconds(const lp_engine *e);   /* wall time spent inside lp_engine_eval so far */
 int64_t lp_engine_kv_bytes(const lp_engine *e);
 
 /* Point a slot at weight data (not copied; must outlive the engine). ne0 = row length, ne1 = rows
@@ -70,6 +71,34 @@ int lp_engine_kv_copy(lp_engine *e, int32_t src, int32_t dst, int32_t n);
 int lp_matmul(int type, int64_t n, int64_t nr, int64_t nc, const void *w, const float *x, float *out);
 /* x (n floats) quantized to the activation type `type` as the engine does it (active kernels). */
 int lp_quantize_activations(int type, const float *x, void *y, int64_t n);
+
+/* The sampler chain (the reference's, as llamapy/sampling.py spells it out) in one call. */
+typedef struct lp_sampler lp_sampler;
+typedef struct {
+    float temp;
+    int32_t top_k;
+    float top_p, min_p, typical_p;
+    float repeat_penalty;
+    int32_t repeat_last_n;
+    float presence_penalty, frequency_penalty;
+    int32_t mirostat;
+    float mirostat_tau, mirostat_eta;
+    int32_t min_keep;
+} lp_sampler_params;
+lp_sampler *lp_sampler_new(uint32_t seed, int32_t n_vocab);
+void lp_sampler_free(lp_sampler *s);
+void lp_sampler_reset(lp_sampler *s, uint32_t seed, float mu);   /* generator from seed; mirostat's mu */
+float lp_sampler_mu(const lp_sampler *s);
+/* The next token from logits (n_vocab): bias (n_bias id/value pairs) and penalties over hist (n_hist
+ * ids, oldest first) applied first. The final candidates, most likely first, go to cand_ids / cand_p
+ * (up to max_cand; either may be NULL) and their count to *n_cand. */
+int32_t lp_sampler_sample(lp_sampler *s, const lp_sampler_params *p, const float *logits, const int32_t *bias_ids,
+                          const float *bias, int32_t n_bias, const int32_t *hist, int32_t n_hist, int32_t max_cand,
+                          int32_t *cand_ids, float *cand_p, int32_t *n_cand);
+
+/* The indices of the k largest of x[0..n), largest first, equal values in index order (the sampler's
+ * top-k without sorting the whole vocabulary). Returns how many were written: min(k, n). */
+int lp_top_k(const float *x, int64_t n, int32_t k, int32_t *idx);
 /* LP_API_END */
 
 /* ---- internal: the thread pool (csrc/threadpool.c) ---- */
@@ -113,6 +142,9 @@ typedef struct {
     lp_from_float_fn quant[LP_TYPE_COUNT];   /* by activation type */
 } lp_engine_matmul;
 void lp_engine_matmul_avx2(lp_engine_matmul *m);
+
+/* lp_top_k's scan: the first index >= i whose value is > thr (n if none); AVX2 version compares 8 at once */
+int64_t lp_find_above_avx2(const float *x, int64_t i, int64_t n, float thr);
 
 void lp_engine_kernels_scalar(lp_engine_kernels *k);
 void lp_engine_kernels_avx2(lp_engine_kernels *k);   /* overrides what it accelerates */

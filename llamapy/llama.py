@@ -188,6 +188,7 @@ class Llama:
                 raise LlamapyError(f"{self.model_path}: tensor '{name}': {msg}")
 
         self._seq_tokens: list[list[int]] = [[] for _ in range(n_seq_max + 1)]
+        self._one = ffi.new("int32_t[4]")
         self._tokenizer = None
         self._metadata = None
         self.load_time = time.perf_counter() - t0
@@ -261,7 +262,27 @@ class Llama:
     def eval(self, tokens: Sequence[int], seq_id: int = 0) -> np.ndarray:
         """Append tokens to a sequence; the logits (n_vocab,) of the last one."""
         self._check_seq(seq_id)
+        if len(tokens) == 1:
+            return self._eval_one(int(tokens[0]), seq_id)
         return self._append(seq_id, tokens, all_logits=False)[0]
+
+    def _eval_one(self, tok: int, seq_id: int) -> np.ndarray:
+        """One generated token: the step with the least Python around the C call."""
+        from .native import ffi, lib
+
+        toks = self._seq_tokens[seq_id]
+        if len(toks) >= self.n_ctx:
+            raise LlamapyError(f"sequence {seq_id}: {len(toks)} + 1 tokens would pass the context size {self.n_ctx}")
+        if not 0 <= tok < self.n_vocab:
+            raise LlamapyError(f"token id {tok} is outside the vocabulary (0..{self.n_vocab - 1})")
+        p = self._one  # int32_t[4]: token, position, sequence, output index 0
+        p[0], p[1], p[2] = tok, len(toks), seq_id
+        out = np.empty(self.n_vocab, dtype=np.float32)
+        if lib.lp_engine_eval(self._engine, 1, p, p + 1, p + 2, 1, p + 3, ffi.from_buffer("float[]", out),
+                              ffi.NULL) != 0:
+            raise LlamapyError(ffi.string(lib.lp_engine_error(self._engine)).decode())
+        toks.append(tok)
+        return out
 
     def eval_all_logits(self, tokens: Sequence[int], seq_id: int = 0) -> np.ndarray:
         """Append tokens to a sequence; the logits of every one (len(tokens), n_vocab)."""

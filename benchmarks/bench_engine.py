@@ -1,0 +1,111 @@
+"""Engine speed beside the reference: pp/tg tokens per second, decode against the memory roofline, and
+the Python share of each generated token.
+
+    python benchmarks/bench_engine.py [--models default,Q4_K_M,Q4_0] [--threads 2] [-r 3]
+
+`default` is the default model (pp512, tg128); Q4_K_M / Q4_0 are the TinyLlama-shaped random models
+of benchmarks/make_tiny_llama.py (pp128, tg32; made on first use). With LLAMAPY_REF_BENCH naming the
+reference's llama-bench binary, each test runs there too, in the same session, and the table shows
+the ratio next to the issue's target. Timings on a shared machine are noisy: compare ratios.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+
+from llamapy.bench import run_bench  # noqa: E402
+
+# model -> (pp tokens, tg tokens, target ratio pp, target ratio tg)
+TESTS = {"default": (512, 128, 1.8, 1.2), "Q4_K_M": (128, 32, 1.0, 1.1), "Q4_0": (128, 32, 1.0, 1.1)}
+
+
+def model_path(name: str, workdir: str, threads: int) -> str:
+    if name == "default":
+        from llamapy.models import resolve_model
+
+        return resolve_model(None)
+    from make_tiny_llama import make
+
+    return make(workdir, [name], threads)[name]
+
+
+def ref_bench(binary: str, model: str, n_prompt: int, n_gen: int, threads: int, reps: int) -> dict[str, float]:
+    out = subprocess.run([binary, "-m", model, "-p", str(n_prompt), "-n", str(n_gen), "-t", str(threads),
+                          "-r", str(reps), "-o", "json"], capture_output=True, text=True, check=True).stdout
+    return {("pp" if r["n_prompt"] else "tg"): r["avg_ts"] for r in json.loads(out)}
+
+
+def read_bandwidth(threads: int) -> float:
+    """GB/s of summing a 256 MiB array (one thread: numpy's sum), a rough roofline for decode."""
+    a = np.ones(1 << 26, np.float32)
+    best = 0.0
+    for _ in range(3):
+        t0 = time.perf_counter()
+        a.sum()
+        best = max(best, a.nbytes / (time.perf_counter() - t0) / 1e9)
+    return best
+
+
+def python_share(model: str, threads: int, n: int = 64) -> float:
+    """The part of each generated token's time spent outside the C forward step (sampling, bookkeeping)."""
+    from llamapy.generate import generate
+    from llamapy.llama import Llama
+    from llamapy.native import lib
+    from llamapy.sampling import SamplerParams
+
+    with Llama(model, n_ctx=256, n_threads=threads) as llm:
+        prompt = [llm.tokenizer.bos_id or 1, 100, 200, 300]
+        gen = generate(llm, prompt, SamplerParams(seed=1, ignore_eos=True), n_predict=n)
+        next(gen)  # the prompt and the first token
+        c0 = lib.lp_engine_eval_seconds(llm._engine)
+        t0 = time.perf_counter()
+        for _ in gen:
+            pass
+        total = time.perf_counter() - t0
+        c_time = lib.lp_engine_eval_seconds(llm._engine) - c0
+    return (total - c_time) / total
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--models", default="default,Q4_K_M,Q4_0")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("-r", "--reps", type=int, default=3)
+    ap.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "llamapy-bench"))
+    a = ap.parse_args()
+    ref = os.environ.get("LLAMAPY_REF_BENCH")
+    bw = read_bandwidth(a.threads)
+    print(f"read bandwidth (1 thread, numpy): {bw:.1f} GB/s")
+    print("| model | test | llamapy t/s | reference t/s | ratio | target | decode GB/s |")
+    print("|---|---|---:|---:|---:|---:|---:|")
+    for name in [m for m in a.models.split(",") if m]:
+        n_pp, n_tg, t_pp, t_tg = TESTS[name]
+        path = model_path(name, a.workdir, a.threads)
+        ours = {("pp" if r.n_prompt else "tg"): r for r in run_bench(path, n_pp, n_tg, a.threads, a.reps)}
+        theirs = ref_bench(ref, path, n_pp, n_tg, a.threads, a.reps) if ref else {}
+        for kind, target in (("pp", t_pp), ("tg", t_tg)):
+            r = ours[kind]
+            ts = r.avg_ts()
+            rt = theirs.get(kind)
+            gbs = f"{r.model_size * ts / 1e9:.1f}" if kind == "tg" else ""
+            ratio = f"{ts / rt:.2f}x" if rt else "-"
+            print(f"| {r.model_type} | {r.test} | {ts:.1f} ± {r.stdev_ts():.1f} | {rt if rt is None else round(rt, 1)} "
+                  f"| {ratio} | {target}x | {gbs} |", flush=True)
+        if name == "default":
+            print(f"\nPython share of a generated token (sampling and bookkeeping): "
+                  f"{100 * python_share(path, a.threads):.1f}% (target < 3%)\n")
+
+
+if __name__ == "__main__":
+    main()
