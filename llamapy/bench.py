@@ -70,6 +70,23 @@ def cpu_info() -> str:
     return platform.processor() or platform.machine()
 
 
+def _prompt(llm, rng, n: int, n_batch: int, bos: int | None) -> None:
+    """A prompt of n random tokens (BOS first when the model adds one), in batches of n_batch."""
+    toks = rng.integers(0, llm.n_vocab, size=n).tolist()
+    if bos is not None:
+        toks[0] = bos
+    for i in range(0, n, n_batch):
+        llm.eval(toks[i:i + n_batch])
+
+
+def _gen(llm, rng, n: int, bos: int | None) -> None:
+    """n single-token steps of random tokens (the first is BOS when the model adds one)."""
+    tok = bos if bos is not None else int(rng.integers(llm.n_vocab))
+    for _ in range(n):
+        llm.eval([tok])
+        tok = int(rng.integers(llm.n_vocab))
+
+
 def run_bench(model: str | None, n_prompt: int = 512, n_gen: int = 128, n_threads: int | None = None,
               reps: int = 5, n_batch: int = 2048, n_ubatch: int = 512, seed: int = 0) -> list[BenchResult]:
     """Run the pp and tg tests (a count of 0 skips one) and return their timings."""
@@ -94,30 +111,17 @@ def run_bench(model: str | None, n_prompt: int = 512, n_gen: int = 128, n_thread
                 n_prompt=n_p, n_gen=n_g, test_time=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             )
 
-            def prompt():
-                toks = rng.integers(0, llm.n_vocab, size=n_p).tolist()
-                if bos is not None:
-                    toks[0] = bos
-                for i in range(0, n_p, n_batch):
-                    llm.eval(toks[i:i + n_batch])
-
-            def gen(n):
-                tok = bos if bos is not None else int(rng.integers(llm.n_vocab))
-                for _ in range(n):
-                    llm.eval([tok])
-                    tok = int(rng.integers(llm.n_vocab))
-
             if n_p:
-                prompt()  # warm-up
+                _prompt(llm, rng, n_p, n_batch, bos)  # warm-up
             if n_g:
-                gen(1)
+                _gen(llm, rng, 1, bos)
             for _ in range(reps):
                 llm.kv_clear()
                 t0 = time.perf_counter_ns()
                 if n_p:
-                    prompt()
+                    _prompt(llm, rng, n_p, n_batch, bos)
                 if n_g:
-                    gen(n_g)
+                    _gen(llm, rng, n_g, bos)
                 res.samples_ns.append(time.perf_counter_ns() - t0)
             results.append(res)
     return results

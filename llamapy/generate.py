@@ -3,8 +3,8 @@ context (as the reference does) when it fills up."""
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Callable, Iterable, Iterator, Sequence
 
 from .errors import LlamapyError
 from .sampling import Sampler, SamplerParams

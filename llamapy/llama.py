@@ -47,7 +47,7 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 
@@ -168,7 +168,8 @@ class Llama:
         if eng == ffi.NULL:
             kv = 2 * args.n_layer * (n_seq_max + 1) * self.n_ctx * args.kv_dim * 2
             self.close()
-            raise LlamapyError(f"can't allocate the engine (KV cache {kv / 2**20:.0f} MiB for n_ctx {self.n_ctx}); try a smaller -c")
+            raise LlamapyError(f"can't allocate the engine (KV cache {kv / 2**20:.0f} MiB for n_ctx {self.n_ctx}); "
+                               "try a smaller -c")
         self._engine = ffi.gc(eng, lib.lp_engine_free)
         self.n_threads = lib.lp_engine_n_threads(eng)
 
@@ -289,7 +290,8 @@ class Llama:
         self._check_seq(seq_id)
         return self._append(seq_id, tokens, all_logits=True)
 
-    def eval_batch(self, items: Iterable[tuple[int, Sequence[int]]], first_output: int | None = None) -> list[np.ndarray]:
+    def eval_batch(self, items: Iterable[tuple[int, Sequence[int]]],
+                   first_output: int | None = None) -> list[np.ndarray]:
         """Advance several sequences together, one C call per n_batch tokens.
 
         Returns the last-token logits (n_vocab,) of each item, or with `first_output` = k the logits
@@ -306,7 +308,8 @@ class Llama:
                 raise LlamapyError(f"eval_batch: no tokens for sequence {s}")
             if len(self._seq_tokens[s]) + len(t) > self.n_ctx:
                 raise LlamapyError(
-                    f"sequence {s}: {len(self._seq_tokens[s])} + {len(t)} tokens would pass the context size {self.n_ctx}")
+                    f"sequence {s}: {len(self._seq_tokens[s])} + {len(t)} tokens would pass "
+                    f"the context size {self.n_ctx}")
             if t.min() < 0 or t.max() >= self.n_vocab:
                 raise LlamapyError(f"eval_batch: a token id of sequence {s} is outside the vocabulary")
             if first_output is not None and not 0 <= first_output < len(t):

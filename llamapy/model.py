@@ -63,7 +63,7 @@ class ModelArgs:
         return self.n_head_kv * self.head_dim
 
     @classmethod
-    def from_gguf(cls, r: GGUFReader) -> "ModelArgs":
+    def from_gguf(cls, r: GGUFReader) -> ModelArgs:
         """Read the hyperparameters from a GGUF's metadata; refuse other architectures in one line."""
         arch = r.get("general.architecture")
         if arch is None:
@@ -96,7 +96,8 @@ class ModelArgs:
             raise LlamapyError(f"{r.path}: head_count {n_head} / embedding_length {n_embd} must be positive")
         scaling = get("rope.scaling.type", "linear")
         if scaling not in ROPE_SCALING_TYPES:
-            raise LlamapyError(f"{r.path}: rope scaling type '{scaling}' is not supported ({', '.join(ROPE_SCALING_TYPES)})")
+            raise LlamapyError(
+                f"{r.path}: rope scaling type '{scaling}' is not supported ({', '.join(ROPE_SCALING_TYPES)})")
         factor = get("rope.scaling.factor") or get("rope.scale_linear") or 0.0
         args = cls(
             n_vocab=int(n_vocab),
@@ -219,7 +220,8 @@ def check_tensors(r: GGUFReader, a: ModelArgs) -> dict[str, TensorInfo]:
             if t.type != 0:
                 raise LlamapyError(f"{r.path}: tensor '{spec.name}' is {t.type_name}; norms and biases must be F32")
         elif not lib.lp_type_supported(t.type) or lib.lp_vec_dot_type(t.type) < 0:
-            raise LlamapyError(f"{r.path}: tensor '{spec.name}' has type {type_name(t.type)}, which llamapy can't compute with")
+            raise LlamapyError(
+                f"{r.path}: tensor '{spec.name}' has type {type_name(t.type)}, which llamapy can't compute with")
         out[spec.name] = t
     return out
 

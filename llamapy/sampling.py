@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Iterable, Sequence
 
 import numpy as np
 
@@ -260,7 +260,8 @@ class Sampler:
         cp.temp, cp.top_k, cp.top_p, cp.min_p, cp.typical_p = p.temp, p.top_k, p.top_p, p.min_p, p.typical_p
         cp.repeat_penalty, cp.repeat_last_n = p.repeat_penalty, p.repeat_last_n
         cp.presence_penalty, cp.frequency_penalty = p.presence_penalty, p.frequency_penalty
-        cp.mirostat, cp.mirostat_tau, cp.mirostat_eta, cp.min_keep = p.mirostat, p.mirostat_tau, p.mirostat_eta, p.min_keep
+        cp.mirostat, cp.mirostat_tau, cp.mirostat_eta = p.mirostat, p.mirostat_tau, p.mirostat_eta
+        cp.min_keep = p.min_keep
         self._cp = cp
         self._bias_ids = ffi.new("int32_t[]", list(self.bias)) if self.bias else ffi.NULL
         self._bias_vals = ffi.new("float[]", list(self.bias.values())) if self.bias else ffi.NULL

@@ -38,7 +38,8 @@ def test_logits_match_oracle(tmp_path, wtype):
     if not lib.lp_type_supported(int(wtype)):
         pytest.skip(f"no kernels for {wtype.name} in this build")
     k = wtype in K_QUANTS  # rows of 256
-    p = write_random_llama(tmp_path / "m.gguf", wtype=wtype, n_vocab=128, n_embd=256 if k else 64, n_ff=512 if k else 96)
+    p = write_random_llama(tmp_path / "m.gguf", wtype=wtype, n_vocab=128, n_embd=256 if k else 64,
+                           n_ff=512 if k else 96)
     with Llama(p, n_ctx=64, n_threads=2, n_batch=8) as llm:
         got = llm.eval_all_logits(TOKENS)
     args, w, types = rf.load_weights(p)

@@ -11,7 +11,6 @@ from gguf.constants import GGML_QUANT_SIZES
 from gguf.constants import GGMLQuantizationType as T
 from gguf.quants import dequantize
 
-from llamapy.gguf_constants import ValueType
 from llamapy.gguf_writer import GGUFWriter
 
 # byte offsets of the fp16 scale fields (d, and dmin / m where present) inside one block

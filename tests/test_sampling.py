@@ -186,7 +186,8 @@ PARAM_SETS = [
 ]
 
 
-@pytest.mark.parametrize("kw", PARAM_SETS, ids=[",".join(f"{k}={v}" for k, v in p.items()) or "defaults" for p in PARAM_SETS])
+@pytest.mark.parametrize("kw", PARAM_SETS,
+                         ids=[",".join(f"{k}={v}" for k, v in p.items()) or "defaults" for p in PARAM_SETS])
 def test_native_chain_matches_numpy_chain(kw):
     """The C sampler (what generation uses) and the numpy one pick the same tokens, draw for draw."""
     rng = np.random.default_rng(11)

@@ -1,7 +1,7 @@
 """`llamapy run`: llama-cli's text completion (-m -p -n ...); a thin parser over llamapy.run.run()."""
 from __future__ import annotations
 
-from typing import List, Optional
+from typing import Optional
 
 import typer
 
@@ -13,7 +13,8 @@ def register(app: typer.Typer) -> None:
         prompt: Optional[str] = typer.Option(None, "-p", "--prompt", help="Prompt to continue."),
         file: Optional[str] = typer.Option(None, "-f", "--file", help="Read the prompt from a file."),
         n_predict: int = typer.Option(
-            -1, "-n", "--n-predict", "--n_predict", help="Tokens to generate (-1: no limit, -2: until the context is full)."),
+            -1, "-n", "--n-predict", "--n_predict",
+            help="Tokens to generate (-1: no limit, -2: until the context is full)."),
         ctx_size: int = typer.Option(4096, "-c", "--ctx-size", "--ctx_size", help="Context size (0: the model's)."),
         batch_size: int = typer.Option(2048, "-b", "--batch-size", "--batch_size", help="Prompt batch size."),
         threads: Optional[int] = typer.Option(None, "-t", "--threads", help="Threads (default: physical cores)."),
@@ -22,32 +23,38 @@ def register(app: typer.Typer) -> None:
         top_k: int = typer.Option(40, "--top-k", "--top_k", help="Top-k sampling (0: off)."),
         top_p: float = typer.Option(0.95, "--top-p", "--top_p", help="Top-p sampling (1.0: off)."),
         min_p: float = typer.Option(0.05, "--min-p", "--min_p", help="Min-p sampling (0.0: off)."),
-        typical_p: float = typer.Option(1.0, "--typical", "--typical_p", help="Locally typical sampling (1.0: off)."),
-        repeat_penalty: float = typer.Option(1.0, "--repeat-penalty", "--repeat_penalty", help="Repetition penalty (1.0: off)."),
+        typical_p: float = typer.Option(
+            1.0, "--typical", "--typical_p", help="Locally typical sampling (1.0: off)."),
+        repeat_penalty: float = typer.Option(
+            1.0, "--repeat-penalty", "--repeat_penalty", help="Repetition penalty (1.0: off)."),
         repeat_last_n: int = typer.Option(
             64, "--repeat-last-n", "--repeat_last_n", help="Tokens the penalties look back on (-1: the context)."),
         presence_penalty: float = typer.Option(0.0, "--presence-penalty", "--presence_penalty"),
         frequency_penalty: float = typer.Option(0.0, "--frequency-penalty", "--frequency_penalty"),
         mirostat: int = typer.Option(0, "--mirostat", help="Mirostat sampling (0 off, 1, 2)."),
-        mirostat_lr: float = typer.Option(0.1, "--mirostat-lr", "--mirostat_lr", help="Mirostat learning rate (eta)."),
-        mirostat_ent: float = typer.Option(5.0, "--mirostat-ent", "--mirostat_ent", help="Mirostat target entropy (tau)."),
-        logit_bias: Optional[List[str]] = typer.Option(  # noqa: B008
+        mirostat_lr: float = typer.Option(
+            0.1, "--mirostat-lr", "--mirostat_lr", help="Mirostat learning rate (eta)."),
+        mirostat_ent: float = typer.Option(
+            5.0, "--mirostat-ent", "--mirostat_ent", help="Mirostat target entropy (tau)."),
+        logit_bias: Optional[list[str]] = typer.Option(  # noqa: B008
             None, "-l", "--logit-bias", help="TOKEN_ID(+/-)BIAS, e.g. 15043+1 (repeatable)."),
         ignore_eos: bool = typer.Option(False, "--ignore-eos", help="Never stop at end-of-generation tokens."),
         keep: int = typer.Option(0, "--keep", help="Prompt tokens kept when the context shifts (-1: all)."),
-        escape: bool = typer.Option(True, "-e", "--escape", help="Process \\n, \\t, ... in the prompt (default)."),
+        escape: bool = typer.Option(
+            True, "-e", "--escape", help="Process \\n, \\t, ... in the prompt (default)."),
         no_escape: bool = typer.Option(False, "--no-escape", help="Keep backslashes in the prompt as typed."),
         no_display_prompt: bool = typer.Option(False, "--no-display-prompt", help="Don't echo the prompt."),
         verbose_prompt: bool = typer.Option(False, "--verbose-prompt", help="Print the prompt's tokens."),
         color: bool = typer.Option(False, "--color", help="Colour the prompt."),
         special: bool = typer.Option(False, "-sp", "--special", help="Print special tokens."),
         n_gpu_layers: Optional[int] = typer.Option(
-            None, "-ngl", "--gpu-layers", "--n-gpu-layers", "--n_gpu_layers", help="Accepted; llamapy runs on the CPU."),
+            None, "-ngl", "--gpu-layers", "--n-gpu-layers", "--n_gpu_layers",
+            help="Accepted; llamapy runs on the CPU."),
         verbose: bool = typer.Option(False, "--verbose", help="Tracebacks on errors."),
         # interactive mode (llamapy.interactive): any of these hands the run to llama-cli's interactive loop
         interactive: bool = typer.Option(False, "-i", "--interactive", help="Chat: your turn after reverse prompts."),
         interactive_first: bool = typer.Option(False, "-if", "--interactive-first", help="-i, and you type first."),
-        reverse_prompt: Optional[List[str]] = typer.Option(  # noqa: B008
+        reverse_prompt: Optional[list[str]] = typer.Option(  # noqa: B008
             None, "-r", "--reverse-prompt", help="Stop at TEXT (with -i: your turn). Repeatable."),
         in_prefix: str = typer.Option("", "--in-prefix", help="Text before each of your inputs."),
         in_suffix: str = typer.Option("", "--in-suffix", help="Text after each of your inputs."),
