@@ -332,7 +332,20 @@ static void matmul_chunk(const lp_engine *e, const weight *w, int r0, int r1, in
         return;
     }
     lp_vec_dot_fn dot = w->tr->vec_dot;
+    lp_vec_dot_rows_fn dot_rows = w->tr->vec_dot_rows;
     int n = (int)w->ne0;
+    if (dot_rows && n_tok > 1) {
+        /* one weight row decoded once for several activation rows; activations in L1-sized groups */
+        int tb = (int)(16384 / xrb);
+        tb = tb < 4 ? 4 : tb / 4 * 4;
+        for (int t0 = 0; t0 < n_tok; t0 += tb) {
+            int nt = n_tok - t0 < tb ? n_tok - t0 : tb;
+            for (int r = r0; r < r1; r++)
+                dot_rows(n, nt, out + (size_t)t0 * out_stride + r, (size_t)out_stride, wd + (size_t)r * w->row_bytes,
+                         xq + (size_t)t0 * xrb, xrb);
+        }
+        return;
+    }
     for (int t = 0; t < n_tok; t++) {
         const char *xt = xq + (size_t)t * xrb;
         float *ot = out + (size_t)t * out_stride;
@@ -669,6 +682,9 @@ int lp_matmul(int type, int64_t n, int64_t nr, int64_t nc, const void *w, const 
     active_matmul(&m);
     if (m.mm[type]) {
         m.mm[type]((int)n, (int)nr, (int)nc, w, wrow, xq, xrow, out, (size_t)nr);
+    } else if (t->vec_dot_rows && nc > 1) {
+        for (int64_t r = 0; r < nr; r++)
+            t->vec_dot_rows((int)n, (int)nc, out + r, (size_t)nr, (const char *)w + r * wrow, xq, xrow);
     } else {
         for (int64_t c = 0; c < nc; c++)
             for (int64_t r = 0; r < nr; r++) t->vec_dot((int)n, &out[c * nr + r], (const char *)w + r * wrow, xq + c * xrow);
