@@ -242,7 +242,8 @@ def main() -> None:
                 f"{'yes' if r['ok'] and r['rss'] <= budget else 'NO':>13} | {r['size']:10.1f} |")
         if ref_script:
             if "rt" in r:
-                line += f" {r['rt']:11.1f} | {r['rrss']:11.0f} | {r['t'] / r['rt']:9.2f}x | {r.get('same', '-')!s:>10} |"
+                ratio = r["t"] / r["rt"]
+                line += f" {r['rt']:11.1f} | {r['rrss']:11.0f} | {ratio:9.2f}x | {r.get('same', '-')!s:>10} |"
             else:
                 line += " - | - | - | - |"
         print(line)

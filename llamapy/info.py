@@ -8,8 +8,8 @@ from typing import Any
 
 import numpy as np
 
-from .gguf_reader import GGUFReader, GGUFValue
 from .gguf_constants import ValueType
+from .gguf_reader import GGUFReader, GGUFValue
 
 ARRAY_SHOWN = 8
 

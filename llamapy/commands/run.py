@@ -65,7 +65,9 @@ def register(app: typer.Typer) -> None:
         system_prompt: Optional[str] = typer.Option(None, "-sys", "--system-prompt", help="System message (-cnv)."),
         chat_template: Optional[str] = typer.Option(None, "--chat-template", help="Built-in name or Jinja text."),
         chat_template_file: Optional[str] = typer.Option(None, "--chat-template-file", help="Jinja template file."),
-        multiline_input: bool = typer.Option(False, "--multiline-input", "-mli", help="Lines go on until one ends in \\."),
+        multiline_input: bool = typer.Option(
+            False, "--multiline-input", "-mli", help="Lines go on until one ends in \\."
+        ),
         no_context_shift: bool = typer.Option(False, "--no-context-shift", help="Stop when the context is full."),
     ):
         """Generate text from a prompt, as llama-cli does (-i, -r, -ins, -cnv: interactive)."""

@@ -177,7 +177,9 @@ def load_hf(model_dir: Path, *, vocab_dir: Path | None = None, vocab_type: str |
                     if skip_unknown:
                         notes.append(f"skipped unknown tensor '{name}'")
                         continue
-                    raise LlamapyError(f"{part}: can't map tensor '{name}' to llama (use --skip-unknown to leave it out)")
+                    raise LlamapyError(
+                        f"{part}: can't map tensor '{name}' to llama (use --skip-unknown to leave it out)"
+                    )
                 if name.endswith(("q_proj.weight", "q_proj.bias")):
                     t = RowPermutedTensor(t, rotary_permutation(t.shape[0], n_head), t.where)
                 elif name.endswith(("k_proj.weight", "k_proj.bias")):

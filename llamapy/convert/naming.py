@@ -31,7 +31,9 @@ def load_metadata(model_dir: Path, model_name: str | None, total_params: int,
         return Metadata.load(override, model_dir, model_name, total_params)
     except (ValueError, OSError, yaml.YAMLError) as e:
         detail = " ".join(str(e).split())
-        raise LlamapyError(f"{model_dir}: can't read the model card (README.md) or metadata override: {detail}") from None
+        raise LlamapyError(
+            f"{model_dir}: can't read the model card (README.md) or metadata override: {detail}"
+        ) from None
 
 
 def general_kvs(md: Metadata, license_join: bool = True) -> list[KV]:

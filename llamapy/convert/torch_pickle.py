@@ -136,7 +136,9 @@ class _ZipReader:
             raise pickle.UnpicklingError(f"storage '{key}' has no entry '{entry}' in the zip") from None
         need = numel * DTYPES[dtype].itemsize
         if info.file_size < need:
-            raise pickle.UnpicklingError(f"storage '{key}' holds {info.file_size} bytes, its {numel} elements need {need}")
+            raise pickle.UnpicklingError(
+                f"storage '{key}' holds {info.file_size} bytes, its {numel} elements need {need}"
+            )
         s = self._storages.get(entry)
         if s is None:
             s = self._storages[entry] = _Storage(dtype, numel, entry, self)
