@@ -18,6 +18,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <time.h>
 
 #include "lp_core.h"
@@ -31,6 +32,8 @@ typedef struct {
     int64_t ne0, ne1;            /* row length, rows */
     size_t row_bytes;
     const lp_type_traits *tr;
+    void *packed;                /* the first ne1 / pack_rows * pack_rows rows repacked, or NULL */
+    int pack_rows;
 } weight;
 
 typedef struct {
@@ -99,9 +102,20 @@ int64_t lp_engine_kv_bytes(const lp_engine *e) {
 
 /* ---- construction ------------------------------------------------------------------------ */
 
+static void free_packed(weight *w) {
+    free(w->packed);
+    w->packed = NULL;
+}
+
 void lp_engine_free(lp_engine *e) {
     if (!e) return;
     if (e->pool) lp_pool_free(e->pool);
+    free_packed(&e->output);
+    for (int l = 0; e->layers && l < e->p.n_layer; l++) {
+        layer_weights *L = &e->layers[l];
+        weight *ws[] = {&L->q, &L->k, &L->v, &L->o, &L->gate, &L->up, &L->down};
+        for (size_t i = 0; i < sizeof ws / sizeof ws[0]; i++) free_packed(ws[i]);
+    }
     free(e->layers);
     free(e->k_cache);
     free(e->v_cache);
@@ -239,6 +253,12 @@ static int expected_shape(const lp_engine *e, int kind, int64_t *ne0, int64_t *n
     }
 }
 
+/* tell the kernel the (file-backed) pages of [p, p + n) are not needed for now; they fault back in if read */
+static void release_pages(const void *p, size_t n) {
+    const uintptr_t page = 4096, a = ((uintptr_t)p + page - 1) & ~(page - 1), b = ((uintptr_t)p + n) & ~(page - 1);
+    if (b > a) madvise((void *)a, b - a, MADV_DONTNEED);
+}
+
 int lp_engine_set_weight(lp_engine *e, int kind, int layer, const void *data, int type, int64_t ne0, int64_t ne1) {
     weight *w = slot(e, kind, layer);
     int64_t want0, want1;
@@ -270,7 +290,19 @@ int lp_engine_set_weight(lp_engine *e, int kind, int layer, const void *data, in
             if (!e->qbuf[at]) return fail(e, "out of memory for activations of type %s", vt->name);
         }
     }
-    *w = (weight){data, type, ne0, ne1, (size_t)(ne0 / tr->blck_size * tr->type_size), tr};
+    free_packed(w);
+    *w = (weight){data, type, ne0, ne1, (size_t)(ne0 / tr->blck_size * tr->type_size), tr, NULL, 0};
+    int pr = is_matrix ? e->mm.pack_rows[type] : 0;
+    if (pr && ne1 >= pr && ne0 <= 16384) {
+        /* repacked once for the engine's faster product; the file's pages of it are then let go */
+        size_t bytes = (size_t)(ne1 / pr) * (size_t)pr * w->row_bytes;
+        w->packed = malloc(bytes);
+        if (w->packed) {
+            e->mm.pack[type](data, w->row_bytes, w->packed, ne0, ne1);
+            w->pack_rows = pr;
+            release_pages(data, bytes);
+        }
+    }
     return 0;
 }
 
@@ -325,6 +357,17 @@ static void matmul_chunk(const lp_engine *e, const weight *w, int r0, int r1, in
     const char *xq = e->qbuf[w->tr->vec_dot_type];
     size_t xrb = act_row_bytes(w);
     const char *wd = w->data;
+    if (w->packed && r0 % w->pack_rows == 0) {
+        const int pr = w->pack_rows, rows = (int)(w->ne1 / pr * pr);
+        const int r1p = r1 < rows ? (r1 - r0) / pr * pr + r0 : rows;
+        if (r1p > r0) {
+            const size_t group = (size_t)pr * w->row_bytes;
+            e->mm.mm_packed[w->type]((int)w->ne0, r1p - r0, n_tok, (const char *)w->packed + (size_t)(r0 / pr) * group,
+                                     group, xq, xrb, out + r0, (size_t)out_stride);
+            r0 = r1p;
+            if (r0 >= r1) return;
+        }
+    }
     lp_matmul_fn mm = e->mm.mm[w->type];
     if (mm) {
         mm((int)w->ne0, r1 - r0, n_tok, wd + (size_t)r0 * w->row_bytes, w->row_bytes, xq, xrb, out + r0,
@@ -680,7 +723,34 @@ int lp_matmul(int type, int64_t n, int64_t nr, int64_t nc, const void *w, const 
     for (int64_t c = 0; c < nc; c++) lp_quantize_activations(t->vec_dot_type, x + c * n, xq + c * xrow, n);
     lp_engine_matmul m;
     active_matmul(&m);
-    if (m.mm[type]) {
+    const int pr = m.pack_rows[type];
+    if (pr && nr >= pr && n <= 16384) {
+        const int64_t rows = nr / pr * pr;
+        void *packed = malloc((size_t)rows * wrow);
+        if (!packed) {
+            free(xq);
+            return -1;
+        }
+        m.pack[type](w, wrow, packed, n, rows);
+        m.mm_packed[type]((int)n, (int)rows, (int)nc, packed, (size_t)pr * wrow, xq, xrow, out, (size_t)nr);
+        free(packed);
+        if (rows < nr) {   /* the last rows the usual way */
+            float *tmp = malloc(sizeof(float) * (size_t)(nr - rows) * (size_t)(nc ? nc : 1));
+            if (!tmp) {
+                free(xq);
+                return -1;
+            }
+            const char *wr = (const char *)w + rows * wrow;
+            if (m.mm[type]) m.mm[type]((int)n, (int)(nr - rows), (int)nc, wr, wrow, xq, xrow, tmp, (size_t)(nr - rows));
+            else
+                for (int64_t c = 0; c < nc; c++)
+                    for (int64_t r = 0; r < nr - rows; r++)
+                        t->vec_dot((int)n, &tmp[c * (nr - rows) + r], wr + r * wrow, xq + c * xrow);
+            for (int64_t c = 0; c < nc; c++)
+                for (int64_t r = rows; r < nr; r++) out[c * nr + r] = tmp[c * (nr - rows) + (r - rows)];
+            free(tmp);
+        }
+    } else if (m.mm[type]) {
         m.mm[type]((int)n, (int)nr, (int)nc, w, wrow, xq, xrow, out, (size_t)nr);
     } else if (t->vec_dot_rows && nc > 1) {
         for (int64_t r = 0; r < nr; r++)

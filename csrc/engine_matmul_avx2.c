@@ -63,13 +63,14 @@ static inline int has_min(int f) { return f == F_Q4_1 || f == F_Q5_1; }   /* x =
 static inline int x_size(int f) { return has_min(f) ? 36 : 34; }           /* the activation block */
 static inline int x_qs(int f) { return has_min(f) ? 4 : 2; }
 
+/* the weight bytes as unsigned values for maddubs (Q8_0: signed, handled by dot_ss) */
 static inline __attribute__((always_inline)) __m256i w_bytes(int f, const char *blk) {
     switch (f) {
-    case F_Q4_0: return _mm256_sub_epi8(nibbles32((const uint8_t *)blk + 2), _mm256_set1_epi8(8));
+    case F_Q4_0: return nibbles32((const uint8_t *)blk + 2);   /* q; the value is q - 8 */
     case F_Q4_1: return nibbles32((const uint8_t *)blk + 4);
-    case F_Q5_0: /* nibble | 0xf0 where the fifth bit is clear: value - 16 */
+    case F_Q5_0:   /* q with its fifth bit; the value is q - 16 */
         return _mm256_or_si256(nibbles32((const uint8_t *)blk + 6),
-                               _mm256_andnot_si256(bits32((const uint8_t *)blk + 2), _mm256_set1_epi8((char)0xf0)));
+                               _mm256_and_si256(bits32((const uint8_t *)blk + 2), _mm256_set1_epi8(0x10)));
     case F_Q5_1:
         return _mm256_or_si256(nibbles32((const uint8_t *)blk + 8),
                                _mm256_and_si256(bits32((const uint8_t *)blk + 4), _mm256_set1_epi8(0x10)));
@@ -77,9 +78,19 @@ static inline __attribute__((always_inline)) __m256i w_bytes(int f, const char *
     }
 }
 
-/* unsigned weights (with a minimum) take maddubs directly; signed ones move their sign onto x */
-static inline __attribute__((always_inline)) __m256 w_dot(int f, __m256i qw, __m256i qx) {
-    return has_min(f) ? dot_us(qw, qx) : dot_ss(qw, qx);
+/* Q4_0 and Q5_0 are stored with an offset (8, 16): their lanes are dot(q, x) - offset * sum(x), the same
+   integers the reference gets from dot(q - offset, x); the per-lane sums of x, times the offset, are
+   computed once per activation block */
+static inline __attribute__((always_inline)) __m256i x_offset(int f, __m256i qx) {
+    if (f != F_Q4_0 && f != F_Q5_0) return _mm256_setzero_si256();
+    const __m256i sums = _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_set1_epi8(1), qx), _mm256_set1_epi16(1));
+    return _mm256_slli_epi32(sums, f == F_Q4_0 ? 3 : 4);
+}
+
+static inline __attribute__((always_inline)) __m256 w_dot(int f, __m256i qw, __m256i qx, __m256i off) {
+    if (f == F_Q8_0) return dot_ss(qw, qx);
+    const __m256i lanes = _mm256_madd_epi16(_mm256_set1_epi16(1), _mm256_maddubs_epi16(qw, qx));
+    return _mm256_cvtepi32_ps(f == F_Q4_0 || f == F_Q5_0 ? _mm256_sub_epi32(lanes, off) : lanes);
 }
 
 /* the fp16 pair at the start of a block (d and m, or d and s) as 2 floats in lanes 2k, 2k+1 of a
@@ -121,16 +132,17 @@ static inline __attribute__((always_inline)) void tile_2x4(int f, int nb, const 
         const __m256i q1 = _mm256_loadu_si256((const __m256i *)(x1 + xo));
         const __m256i q2 = _mm256_loadu_si256((const __m256i *)(x2 + xo));
         const __m256i q3 = _mm256_loadu_si256((const __m256i *)(x3 + xo));
+        const __m256i o0 = x_offset(f, q0), o1 = x_offset(f, q1), o2 = x_offset(f, q2), o3 = x_offset(f, q3);
         __m256i qw = w_bytes(f, a0);
-        acc[0][0] = _mm256_fmadd_ps(_mm256_broadcast_ss(&prod[0]), w_dot(f, qw, q0), acc[0][0]);
-        acc[0][1] = _mm256_fmadd_ps(_mm256_broadcast_ss(&prod[1]), w_dot(f, qw, q1), acc[0][1]);
-        acc[0][2] = _mm256_fmadd_ps(_mm256_broadcast_ss(&prod[2]), w_dot(f, qw, q2), acc[0][2]);
-        acc[0][3] = _mm256_fmadd_ps(_mm256_broadcast_ss(&prod[3]), w_dot(f, qw, q3), acc[0][3]);
+        acc[0][0] = _mm256_fmadd_ps(_mm256_broadcast_ss(&prod[0]), w_dot(f, qw, q0, o0), acc[0][0]);
+        acc[0][1] = _mm256_fmadd_ps(_mm256_broadcast_ss(&prod[1]), w_dot(f, qw, q1, o1), acc[0][1]);
+        acc[0][2] = _mm256_fmadd_ps(_mm256_broadcast_ss(&prod[2]), w_dot(f, qw, q2, o2), acc[0][2]);
+        acc[0][3] = _mm256_fmadd_ps(_mm256_broadcast_ss(&prod[3]), w_dot(f, qw, q3, o3), acc[0][3]);
         qw = w_bytes(f, a1);
-        acc[1][0] = _mm256_fmadd_ps(_mm256_broadcast_ss(&prod[4]), w_dot(f, qw, q0), acc[1][0]);
-        acc[1][1] = _mm256_fmadd_ps(_mm256_broadcast_ss(&prod[5]), w_dot(f, qw, q1), acc[1][1]);
-        acc[1][2] = _mm256_fmadd_ps(_mm256_broadcast_ss(&prod[6]), w_dot(f, qw, q2), acc[1][2]);
-        acc[1][3] = _mm256_fmadd_ps(_mm256_broadcast_ss(&prod[7]), w_dot(f, qw, q3), acc[1][3]);
+        acc[1][0] = _mm256_fmadd_ps(_mm256_broadcast_ss(&prod[4]), w_dot(f, qw, q0, o0), acc[1][0]);
+        acc[1][1] = _mm256_fmadd_ps(_mm256_broadcast_ss(&prod[5]), w_dot(f, qw, q1, o1), acc[1][1]);
+        acc[1][2] = _mm256_fmadd_ps(_mm256_broadcast_ss(&prod[6]), w_dot(f, qw, q2, o2), acc[1][2]);
+        acc[1][3] = _mm256_fmadd_ps(_mm256_broadcast_ss(&prod[7]), w_dot(f, qw, q3, o3), acc[1][3]);
     }
     float m[8];
     _mm256_storeu_ps(m, mins);
@@ -138,8 +150,8 @@ static inline __attribute__((always_inline)) void tile_2x4(int f, int nb, const 
         for (int j = 0; j < 4; j++) out[(size_t)j * os + i] = hsum8(acc[i][j]) + (has_min(f) ? m[4 * i + j] : 0.0f);
 }
 
-/* 4 weight rows x 1 activation column (generation, and the edges of prompts), with the rows ahead
-   prefetched: one column leaves the weights streaming from memory. */
+/* 4 weight rows x 1 activation column (generation, and the edges of prompts), with the rows three
+   tiles ahead prefetched: one column leaves the weights streaming from memory. */
 static inline __attribute__((always_inline)) void tile_4x1(int f, int nb, const char *w0, size_t wrow,
                                                          const char *x0, float *out) {
     const int ws = W_SIZE[f], xs = x_size(f), xq = x_qs(f);
@@ -149,10 +161,10 @@ static inline __attribute__((always_inline)) void tile_4x1(int f, int nb, const 
     float prod[4] __attribute__((aligned(16)));
     for (int b = 0; b < nb; b++) {
         const size_t off = (size_t)b * ws;
-        _mm_prefetch(w0 + 8 * wrow + off, _MM_HINT_T0);
-        _mm_prefetch(w1 + 8 * wrow + off, _MM_HINT_T0);
-        _mm_prefetch(w2 + 8 * wrow + off, _MM_HINT_T0);
-        _mm_prefetch(w3 + 8 * wrow + off, _MM_HINT_T0);
+        _mm_prefetch(w0 + 12 * wrow + off, _MM_HINT_T0);
+        _mm_prefetch(w1 + 12 * wrow + off, _MM_HINT_T0);
+        _mm_prefetch(w2 + 12 * wrow + off, _MM_HINT_T0);
+        _mm_prefetch(w3 + 12 * wrow + off, _MM_HINT_T0);
         const char *y = x0 + (size_t)b * xs;
         const __m256 wdm = scales4(w0 + off, w1 + off, w2 + off, w3 + off);          /* d0 m0 d1 m1 .. */
         const __m128 wd = _mm256_castps256_ps128(_mm256_permutevar8x32_ps(wdm, _mm256_setr_epi32(0, 2, 4, 6, 0, 0, 0, 0)));
@@ -164,11 +176,11 @@ static inline __attribute__((always_inline)) void tile_4x1(int f, int nb, const 
             const __m128 wm = _mm256_castps256_ps128(_mm256_permutevar8x32_ps(wdm, _mm256_setr_epi32(1, 3, 5, 7, 0, 0, 0, 0)));
             mins = _mm_fmadd_ps(wm, _mm_shuffle_ps(yds, yds, 0x55), mins);
         }
-        const __m256i q = _mm256_loadu_si256((const __m256i *)(y + xq));
-        acc0 = _mm256_fmadd_ps(_mm256_broadcast_ss(&prod[0]), w_dot(f, w_bytes(f, w0 + off), q), acc0);
-        acc1 = _mm256_fmadd_ps(_mm256_broadcast_ss(&prod[1]), w_dot(f, w_bytes(f, w1 + off), q), acc1);
-        acc2 = _mm256_fmadd_ps(_mm256_broadcast_ss(&prod[2]), w_dot(f, w_bytes(f, w2 + off), q), acc2);
-        acc3 = _mm256_fmadd_ps(_mm256_broadcast_ss(&prod[3]), w_dot(f, w_bytes(f, w3 + off), q), acc3);
+        const __m256i q = _mm256_loadu_si256((const __m256i *)(y + xq)), o = x_offset(f, q);
+        acc0 = _mm256_fmadd_ps(_mm256_broadcast_ss(&prod[0]), w_dot(f, w_bytes(f, w0 + off), q, o), acc0);
+        acc1 = _mm256_fmadd_ps(_mm256_broadcast_ss(&prod[1]), w_dot(f, w_bytes(f, w1 + off), q, o), acc1);
+        acc2 = _mm256_fmadd_ps(_mm256_broadcast_ss(&prod[2]), w_dot(f, w_bytes(f, w2 + off), q, o), acc2);
+        acc3 = _mm256_fmadd_ps(_mm256_broadcast_ss(&prod[3]), w_dot(f, w_bytes(f, w3 + off), q, o), acc3);
     }
     float m[4];
     _mm_storeu_ps(m, mins);
@@ -189,7 +201,7 @@ static inline __attribute__((always_inline)) float dot_1x1(int f, int nb, const 
         memcpy(h, a, 4), memcpy(g, y, 4);
         if (has_min(f)) mins = fmaf(h2f(h[1]), h2f(g[1]), mins);
         const __m256i q = _mm256_loadu_si256((const __m256i *)(y + xq));
-        acc = _mm256_fmadd_ps(_mm256_set1_ps(h2f(h[0]) * h2f(g[0])), w_dot(f, w_bytes(f, a), q), acc);
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(h2f(h[0]) * h2f(g[0])), w_dot(f, w_bytes(f, a), q, x_offset(f, q)), acc);
     }
     return hsum8(acc) + mins;
 }
@@ -289,6 +301,92 @@ static void quant_q8_1(const float *x, void *vy, int64_t n) {
     }
 }
 
+/* ---- Q4_0, eight rows interleaved ---------------------------------------------------------------
+ * A group of 8 rows stores, for each block: the 8 fp16 scales, then 4 chunks of 32 bytes; chunk k
+ * holds bytes 4k..4k+3 of each row's 16 quant bytes, row r at bytes 4r..4r+3. The low nibbles of
+ * chunk k are values 4k..4k+3 of the 8 rows, the high nibbles values 16+4k..16+4k+3: one int32 lane
+ * per row. Each row's block dot is then an exact integer and is accumulated as the reference's
+ * repacked Q4_0 kernels do: acc = fma(isum, d_w * d_x, acc), one lane per row. */
+
+#define Q4X8_BLOCK (16 + 128)
+
+static void pack_q4_0x8(const void *src, size_t src_row, void *dst, int64_t n, int64_t rows) {
+    const int64_t nb = n / LP_QK;
+    uint8_t *o = dst;
+    for (int64_t g = 0; g + 8 <= rows; g += 8)
+        for (int64_t b = 0; b < nb; b++, o += Q4X8_BLOCK) {
+            for (int r = 0; r < 8; r++) {
+                const lp_block_q4_0 *blk = (const lp_block_q4_0 *)((const char *)src + (size_t)(g + r) * src_row) + b;
+                memcpy(o + 2 * r, &blk->d, 2);
+                for (int k = 0; k < 4; k++) memcpy(o + 16 + 32 * k + 4 * r, blk->qs + 4 * k, 4);
+            }
+        }
+}
+
+/* 8 rows (a packed group) x NC columns; out[c * os + r]. yoff / yd: per column c and block b at
+   [c * nb + b], the activation block's 8 * sum(q) and scale. */
+static inline __attribute__((always_inline)) void tile_q4x8(int NC, int nb, const uint8_t *w, const char *x0,
+                                                          size_t xrow, const int32_t *yoff, const float *yd,
+                                                          float *out, size_t os) {
+    const __m256i m4 = _mm256_set1_epi8(0x0f), ones = _mm256_set1_epi16(1);
+    __m256 acc[4];
+    for (int c = 0; c < NC; c++) acc[c] = _mm256_setzero_ps();
+    for (int b = 0; b < nb; b++, w += Q4X8_BLOCK) {
+        __m256i lo[4], hi[4];
+        for (int k = 0; k < 4; k++) {
+            const __m256i v = _mm256_loadu_si256((const __m256i *)(w + 16 + 32 * k));
+            lo[k] = _mm256_and_si256(v, m4);
+            hi[k] = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
+        }
+        const __m256 dw = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)w));
+        for (int c = 0; c < NC; c++) {
+            const int32_t *yq = (const int32_t *)(x0 + (size_t)c * xrow + (size_t)b * sizeof(lp_block_q8_0) + 2);
+            __m256i s16 = _mm256_maddubs_epi16(lo[0], _mm256_set1_epi32(yq[0]));
+            s16 = _mm256_add_epi16(s16, _mm256_maddubs_epi16(lo[1], _mm256_set1_epi32(yq[1])));
+            s16 = _mm256_add_epi16(s16, _mm256_maddubs_epi16(lo[2], _mm256_set1_epi32(yq[2])));
+            s16 = _mm256_add_epi16(s16, _mm256_maddubs_epi16(lo[3], _mm256_set1_epi32(yq[3])));
+            s16 = _mm256_add_epi16(s16, _mm256_maddubs_epi16(hi[0], _mm256_set1_epi32(yq[4])));
+            s16 = _mm256_add_epi16(s16, _mm256_maddubs_epi16(hi[1], _mm256_set1_epi32(yq[5])));
+            s16 = _mm256_add_epi16(s16, _mm256_maddubs_epi16(hi[2], _mm256_set1_epi32(yq[6])));
+            s16 = _mm256_add_epi16(s16, _mm256_maddubs_epi16(hi[3], _mm256_set1_epi32(yq[7])));
+            /* |each product pair| <= 2 * 15 * 127: eight fit int16; minus 8 * sum(y) makes q into q - 8 */
+            const __m256i isum = _mm256_sub_epi32(_mm256_madd_epi16(s16, ones), _mm256_set1_epi32(yoff[c * nb + b]));
+            acc[c] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), _mm256_mul_ps(dw, _mm256_set1_ps(yd[c * nb + b])), acc[c]);
+        }
+    }
+    for (int c = 0; c < NC; c++) _mm256_storeu_ps(out + (size_t)c * os, acc[c]);
+}
+
+static void mm_q4_0x8(int n, int nr, int nc, const void *w, size_t wgroup, const void *x, size_t xrow, float *out,
+                      size_t os) {
+    const int nb = n / LP_QK;
+    int32_t yoff[4 * MAX_BLOCKS];
+    float yd[4 * MAX_BLOCKS];
+    for (int c0 = 0; c0 < nc; c0 += 4) {
+        const int NC = nc - c0 < 4 ? nc - c0 : 4;
+        for (int c = 0; c < NC; c++)
+            for (int b = 0; b < nb; b++) {
+                const lp_block_q8_0 *y = (const lp_block_q8_0 *)((const char *)x + (size_t)(c0 + c) * xrow) + b;
+                const __m256i q = _mm256_loadu_si256((const __m256i *)y->qs);
+                const __m256i s = _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_set1_epi8(1), q), _mm256_set1_epi16(1));
+                __m128i s4 = _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256(s, 1));
+                s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, _MM_SHUFFLE(1, 0, 3, 2)));
+                s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, _MM_SHUFFLE(2, 3, 0, 1)));
+                yoff[c * nb + b] = 8 * _mm_cvtsi128_si32(s4);
+                yd[c * nb + b] = h2f(y->d);
+            }
+        const char *xc = (const char *)x + (size_t)c0 * xrow;
+        for (int g = 0; g < nr / 8; g++) {
+            const uint8_t *wg = (const uint8_t *)w + (size_t)g * wgroup;
+            float *o = out + (size_t)c0 * os + 8 * g;
+            if (NC == 4) tile_q4x8(4, nb, wg, xc, xrow, yoff, yd, o, os);
+            else if (NC == 3) tile_q4x8(3, nb, wg, xc, xrow, yoff, yd, o, os);
+            else if (NC == 2) tile_q4x8(2, nb, wg, xc, xrow, yoff, yd, o, os);
+            else tile_q4x8(1, nb, wg, xc, xrow, yoff, yd, o, os);
+        }
+    }
+}
+
 void lp_engine_matmul_avx2(lp_engine_matmul *m) {
     m->mm[LP_TYPE_Q4_0] = mm_q4_0;
     m->mm[LP_TYPE_Q4_1] = mm_q4_1;
@@ -297,6 +395,9 @@ void lp_engine_matmul_avx2(lp_engine_matmul *m) {
     m->mm[LP_TYPE_Q8_0] = mm_q8_0;
     m->quant[LP_TYPE_Q8_0] = quant_q8_0;
     m->quant[LP_TYPE_Q8_1] = quant_q8_1;
+    m->pack_rows[LP_TYPE_Q4_0] = 8;
+    m->pack[LP_TYPE_Q4_0] = pack_q4_0x8;
+    m->mm_packed[LP_TYPE_Q4_0] = mm_q4_0x8;
 }
 #else
 void lp_engine_matmul_avx2(lp_engine_matmul *m) { (void)m; }

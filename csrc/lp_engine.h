@@ -137,9 +137,16 @@ typedef struct {
  * falls back to the lp_traits row kernels. out[c * out_stride + r] = dot(row r of w, column c of x). */
 typedef void (*lp_matmul_fn)(int n, int nr, int nc, const void *w, size_t w_row, const void *x, size_t x_row,
                              float *out, size_t out_stride);
+typedef void (*lp_pack_fn)(const void *src, size_t src_row, void *dst, int64_t n, int64_t rows);
 typedef struct {
     lp_matmul_fn mm[LP_TYPE_COUNT];          /* by weight type */
     lp_from_float_fn quant[LP_TYPE_COUNT];   /* by activation type */
+    /* Weights repacked at load time for a faster product: groups of pack_rows rows interleaved
+     * (same size as the rows they hold). mm_packed takes w at a group and w_row = bytes per group;
+     * nr a multiple of pack_rows. */
+    int pack_rows[LP_TYPE_COUNT];
+    lp_pack_fn pack[LP_TYPE_COUNT];
+    lp_matmul_fn mm_packed[LP_TYPE_COUNT];
 } lp_engine_matmul;
 void lp_engine_matmul_avx2(lp_engine_matmul *m);
 
