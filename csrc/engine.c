@@ -389,6 +389,16 @@ static void matmul_chunk(const lp_engine *e, const weight *w, int r0, int r1, in
         }
         return;
     }
+    if (n_tok == 1) {   /* one column streams the weights: fetch the row after next ahead of time */
+        for (int r = r0; r < r1; r++) {
+            if (r + 2 < r1) {
+                const char *ahead = wd + (size_t)(r + 2) * w->row_bytes;
+                for (size_t off = 0; off < w->row_bytes; off += 64) __builtin_prefetch(ahead + off);
+            }
+            dot(n, &out[r], wd + (size_t)r * w->row_bytes, xq);
+        }
+        return;
+    }
     for (int t = 0; t < n_tok; t++) {
         const char *xt = xq + (size_t)t * xrb;
         float *ot = out + (size_t)t * out_stride;
