@@ -25,6 +25,7 @@
 #include "lp_engine.h"
 
 #define MAX_PHASES_PER_LAYER 8
+#define SMALL_BATCH 4   /* up to this many tokens, every thread normalizes and quantizes all of them itself */
 
 typedef struct {
     const void *data;            /* NULL when the slot is empty */
@@ -61,7 +62,10 @@ struct lp_engine {
     float *att;                  /* (n_batch, q_dim) attention output */
     float *ffa, *ffb;            /* (n_batch, n_ff) gate then silu(gate)*up; up */
     float *rope;                 /* (n_batch, head_dim) cos, sin interleaved */
-    void *qbuf[LP_TYPE_COUNT];   /* (n_batch, row_size(type, max_dim)) activations for each vec_dot type */
+    void *qbuf[LP_TYPE_COUNT];   /* (n_batch, row_size(type, max_dim)) activations for each vec_dot type: */
+    void *qbuf2[LP_TYPE_COUNT];  /* normed inputs in qbuf; attention and SwiGLU outputs in qbuf2 */
+    void **tqbuf;                /* (n_threads, LP_TYPE_COUNT) -> (SMALL_BATCH, row bytes): each thread's own */
+    float *txn;                  /* (n_threads, SMALL_BATCH, n_embd): each thread's normed activations */
     float *scores;               /* (n_threads, n_ctx) */
     uint16_t *p16;               /* (n_threads, max(n_ctx, head_dim)) */
 
@@ -128,7 +132,10 @@ void lp_engine_free(lp_engine *e) {
     free(e->ffa);
     free(e->ffb);
     free(e->rope);
-    for (int t = 0; t < LP_TYPE_COUNT; t++) free(e->qbuf[t]);
+    for (int t = 0; t < LP_TYPE_COUNT; t++) free(e->qbuf[t]), free(e->qbuf2[t]);
+    for (int i = 0; e->tqbuf && i < e->p.n_threads * LP_TYPE_COUNT; i++) free(e->tqbuf[i]);
+    free(e->tqbuf);
+    free(e->txn);
     free(e->scores);
     free(e->p16);
     free(e->counters);
@@ -184,10 +191,12 @@ lp_engine *lp_engine_new(const lp_engine_params *p) {
     e->rope = falloc(nb * p->head_dim);
     e->scores = falloc(nt * p->n_ctx);
     e->p16 = calloc(nt * p16_len, sizeof(uint16_t));
+    e->tqbuf = calloc(nt * LP_TYPE_COUNT, sizeof(void *));
+    e->txn = falloc(nt * SMALL_BATCH * p->n_embd);
     e->n_counters = 2 + MAX_PHASES_PER_LAYER * p->n_layer;
     e->counters = calloc((size_t)e->n_counters, sizeof(atomic_int));
     if (!e->layers || !e->k_cache || !e->v_cache || !e->x || !e->xn || !e->q || !e->kbuf || !e->vbuf ||
-        !e->att || !e->ffa || !e->ffb || !e->rope || !e->scores || !e->p16 || !e->counters) {
+        !e->att || !e->ffa || !e->ffb || !e->rope || !e->scores || !e->p16 || !e->counters || !e->tqbuf || !e->txn) {
         lp_engine_free(e);
         return NULL;
     }
@@ -287,7 +296,12 @@ int lp_engine_set_weight(lp_engine *e, int kind, int layer, const void *data, in
         if (!e->qbuf[at]) {
             size_t rb = (size_t)(e->max_dim / vt->blck_size + 1) * (size_t)vt->type_size;
             e->qbuf[at] = calloc((size_t)e->p.n_batch, rb);
-            if (!e->qbuf[at]) return fail(e, "out of memory for activations of type %s", vt->name);
+            e->qbuf2[at] = calloc((size_t)e->p.n_batch, rb);
+            if (!e->qbuf[at] || !e->qbuf2[at]) return fail(e, "out of memory for activations of type %s", vt->name);
+            for (int i = 0; i < e->p.n_threads; i++) {
+                e->tqbuf[i * LP_TYPE_COUNT + at] = calloc(SMALL_BATCH, rb);
+                if (!e->tqbuf[i * LP_TYPE_COUNT + at]) return fail(e, "out of memory for activations");
+            }
         }
     }
     free_packed(w);
@@ -331,30 +345,40 @@ static inline size_t act_row_bytes(const weight *w) {
     return (size_t)(w->ne0 / vt->blck_size) * (size_t)vt->type_size;
 }
 
-/* quantize rows [t0, t1) of src (stride n) into the activation buffer of w's vec_dot type */
-static void quantize_rows(lp_engine *e, const weight *w, const float *src, int n, int t0, int t1) {
-    int at = w->tr->vec_dot_type;
-    lp_from_float_fn q = e->mm.quant[at] ? e->mm.quant[at] : lp_traits[at].from_float;
-    size_t rb = act_row_bytes(w);
-    char *dst = e->qbuf[at];
-    for (int t = t0; t < t1; t++) q(src + (size_t)t * n, dst + (size_t)t * rb, n);
+static inline lp_from_float_fn act_quantizer(const lp_engine *e, int at) {
+    return e->mm.quant[at] ? e->mm.quant[at] : lp_traits[at].from_float;
 }
 
-/* quantize for several weights, skipping vec_dot types already done */
-static void quantize_for(lp_engine *e, const weight *const *ws, int nw, const float *src, int n, int t0, int t1) {
+/* Which activation buffer a matmul by w reads (slot): thread `slot`'s own (slot >= 0), the shared one for
+   normed inputs (NORMED) or the shared one for attention and SwiGLU outputs (INNER). */
+#define NORMED (-1)
+#define INNER (-2)
+static inline char *act_buf(const lp_engine *e, const weight *w, int slot) {
+    int at = w->tr->vec_dot_type;
+    return slot == NORMED ? e->qbuf[at] : slot == INNER ? e->qbuf2[at] : e->tqbuf[slot * LP_TYPE_COUNT + at];
+}
+
+/* quantize rows [t0, t1) of src (stride n) for several weights (each vec_dot type once) into buffer slot */
+static void quantize_for(lp_engine *e, const weight *const *ws, int nw, const float *src, int n, int t0, int t1,
+                         int slot) {
     int done[8], nd = 0;
     for (int i = 0; i < nw; i++) {
         int vt = ws[i]->tr->vec_dot_type, seen = 0;
         for (int j = 0; j < nd; j++) seen |= done[j] == vt;
         if (seen) continue;
         done[nd++] = vt;
-        quantize_rows(e, ws[i], src, n, t0, t1);
+        lp_from_float_fn q = act_quantizer(e, vt);
+        size_t rb = act_row_bytes(ws[i]);
+        char *dst = act_buf(e, ws[i], slot);
+        for (int t = t0; t < t1; t++) q(src + (size_t)t * n, dst + (size_t)t * rb, n);
     }
 }
 
-/* out[t*out_stride + r] = dot(row r of w, activation t) for r in [r0, r1), t < n_tok */
-static void matmul_chunk(const lp_engine *e, const weight *w, int r0, int r1, int n_tok, float *out, int out_stride) {
-    const char *xq = e->qbuf[w->tr->vec_dot_type];
+/* out[t*out_stride + r] = dot(row r of w, activation t) for r in [r0, r1), t < n_tok; activations from
+   buffer slot (see act_buf) */
+static void matmul_chunk(const lp_engine *e, const weight *w, int r0, int r1, int n_tok, float *out, int out_stride,
+                         int slot) {
+    const char *xq = act_buf(e, w, slot);
     size_t xrb = act_row_bytes(w);
     const char *wd = w->data;
     if (w->packed && r0 % w->pack_rows == 0) {
@@ -456,6 +480,11 @@ static void rope_table(const lp_engine *e, int pos, int magnitude, float *cs) {
     }
 }
 
+/* whether pieces of `len` values (at multiples of len) can be quantized for w on their own */
+static inline int fused_quant(const weight *w, int len) {
+    return len % lp_traits[w->tr->vec_dot_type].blck_size == 0;
+}
+
 static void attention_item(lp_engine *e, int l, int t, int h, int ith) {
     const lp_engine_params *p = &e->p;
     int hd = p->head_dim, g = h / (p->n_head / p->n_head_kv), s = e->seq[t], n_kv = e->pos[t] + 1;
@@ -473,8 +502,14 @@ static void attention_item(lp_engine *e, int l, int t, int h, int ith) {
     float inv = (float)(1.0 / e->kern.softmax_exp(n_kv, sc, max, sc));
     for (int j = 0; j < n_kv; j++) sc[j] *= inv;
     e->kern.f32_to_f16(n_kv, sc, b16);
-    e->kern.attn_values_f16(hd, n_kv, b16, v_at(e, l, s, g * hd), p->n_ctx,
-                            e->att + (size_t)t * e->q_dim + (size_t)h * hd, e->n_tok == 1);
+    float *out = e->att + (size_t)t * e->q_dim + (size_t)h * hd;
+    e->kern.attn_values_f16(hd, n_kv, b16, v_at(e, l, s, g * hd), p->n_ctx, out, e->n_tok == 1);
+    const weight *wo = &e->layers[l].o;
+    if (fused_quant(wo, hd)) {   /* this head's blocks of the output projection's input */
+        const lp_type_traits *vt = &lp_traits[wo->tr->vec_dot_type];
+        char *dst = act_buf(e, wo, INNER) + (size_t)t * act_row_bytes(wo) + (size_t)(h * hd / vt->blck_size) * vt->type_size;
+        act_quantizer(e, wo->tr->vec_dot_type)(out, dst, hd);
+    }
 }
 
 /* ---- the step ---------------------------------------------------------------------------- */
@@ -490,16 +525,24 @@ static inline int take(worker *w, int n_chunks) {
     return c < n_chunks ? c : -1;
 }
 
-static void phase_norm_quant(worker *w, const float *x, const weight *norm, const weight *const *ws, int nw) {
+/* x normalized and quantized for the weights ws: split between the threads into the shared buffers, or
+   (priv) by every thread for all tokens into its own, which saves the barrier after it */
+static void phase_norm_quant(worker *w, const float *x, const weight *norm, const weight *const *ws, int nw, int priv) {
     lp_engine *e = w->e;
     int n = e->p.n_embd;
+    if (priv) {
+        float *xn = e->txn + (size_t)w->ith * SMALL_BATCH * n;
+        for (int t = 0; t < e->n_tok; t++) e->kern.rms_norm(n, x + (size_t)t * n, norm->data, e->p.norm_eps, xn + (size_t)t * n);
+        quantize_for(e, ws, nw, xn, n, 0, e->n_tok, w->ith);
+        return;
+    }
     for (int t = w->ith; t < e->n_tok; t += w->nth) {
         e->kern.rms_norm(n, x + (size_t)t * n, norm->data, e->p.norm_eps, e->xn + (size_t)t * n);
-        quantize_for(e, ws, nw, e->xn, n, t, t + 1);
+        quantize_for(e, ws, nw, e->xn, n, t, t + 1, NORMED);
     }
 }
 
-static void phase_qkv(worker *w, int l) {
+static void phase_qkv(worker *w, int l, int priv) {
     lp_engine *e = w->e;
     layer_weights *L = &e->layers[l];
     int n_tok = e->n_tok, cq = chunk_rows(e->q_dim, w->nth), ck = chunk_rows(e->kv_dim, w->nth);
@@ -508,7 +551,7 @@ static void phase_qkv(worker *w, int l) {
     while ((c = take(w, nq + 2 * nk)) >= 0) {
         if (c < nq) {
             int r0 = c * cq, r1 = r0 + cq < e->q_dim ? r0 + cq : e->q_dim;
-            matmul_chunk(e, &L->q, r0, r1, n_tok, e->q, e->q_dim);
+            matmul_chunk(e, &L->q, r0, r1, n_tok, e->q, e->q_dim, priv ? w->ith : NORMED);
             add_bias(&L->q_b, e->q, e->q_dim, n_tok, r0, r1);
             rope_rows(e, e->q, e->q_dim, n_tok, r0, r1);
             continue;
@@ -516,7 +559,7 @@ static void phase_qkv(worker *w, int l) {
         int is_v = c >= nq + nk, r0 = (c - nq - (is_v ? nk : 0)) * ck;
         int r1 = r0 + ck < e->kv_dim ? r0 + ck : e->kv_dim;
         float *buf = is_v ? e->vbuf : e->kbuf;
-        matmul_chunk(e, is_v ? &L->v : &L->k, r0, r1, n_tok, buf, e->kv_dim);
+        matmul_chunk(e, is_v ? &L->v : &L->k, r0, r1, n_tok, buf, e->kv_dim, priv ? w->ith : NORMED);
         add_bias(is_v ? &L->v_b : &L->k_b, buf, e->kv_dim, n_tok, r0, r1);
         if (!is_v) rope_rows(e, buf, e->kv_dim, n_tok, r0, r1);
         for (int t = 0; t < n_tok; t++) {
@@ -543,7 +586,7 @@ static void phase_matmul_residual(worker *w, const weight *wt, const weight *bia
     int n = e->p.n_embd;
     while ((c = take(w, n_chunks)) >= 0) {
         int r0 = c * cr, r1 = r0 + cr < rows ? r0 + cr : rows;
-        matmul_chunk(e, wt, r0, r1, e->n_tok, tmp, n);
+        matmul_chunk(e, wt, r0, r1, e->n_tok, tmp, n, INNER);
         for (int t = 0; t < e->n_tok; t++) {
             float *xt = e->x + (size_t)t * n, *ot = tmp + (size_t)t * n;
             const float *b = bias->data;
@@ -552,18 +595,31 @@ static void phase_matmul_residual(worker *w, const weight *wt, const weight *bia
     }
 }
 
-static void phase_gate_up(worker *w, int l) {
+/* the rows of ffn_gate/ffn_up, SwiGLU, and the result quantized for ffn_down chunk by chunk */
+static void phase_gate_up(worker *w, int l, int priv) {
     lp_engine *e = w->e;
     layer_weights *L = &e->layers[l];
-    int rows = e->p.n_ff, cr = chunk_rows(rows, w->nth), n_chunks = (rows + cr - 1) / cr, c;
+    int rows = e->p.n_ff, cr = chunk_rows(rows, w->nth), c;
+    {   /* chunks of whole activation blocks of ffn_down's input, each quantized by the thread making it */
+        int bs = (int)lp_traits[L->down.tr->vec_dot_type].blck_size;
+        cr = (cr + bs - 1) / bs * bs;
+    }
+    int n_chunks = (rows + cr - 1) / cr;
     while ((c = take(w, n_chunks)) >= 0) {
         int r0 = c * cr, r1 = r0 + cr < rows ? r0 + cr : rows;
-        matmul_chunk(e, &L->gate, r0, r1, e->n_tok, e->ffa, rows);
-        matmul_chunk(e, &L->up, r0, r1, e->n_tok, e->ffb, rows);
+        matmul_chunk(e, &L->gate, r0, r1, e->n_tok, e->ffa, rows, priv ? w->ith : NORMED);
+        matmul_chunk(e, &L->up, r0, r1, e->n_tok, e->ffb, rows, priv ? w->ith : NORMED);
         add_bias(&L->gate_b, e->ffa, rows, e->n_tok, r0, r1);
         add_bias(&L->up_b, e->ffb, rows, e->n_tok, r0, r1);
         for (int t = 0; t < e->n_tok; t++)
             e->kern.swiglu(r1 - r0, e->ffa + (size_t)t * rows + r0, e->ffb + (size_t)t * rows + r0);
+        {
+            const lp_type_traits *vt = &lp_traits[L->down.tr->vec_dot_type];
+            lp_from_float_fn q = act_quantizer(e, L->down.tr->vec_dot_type);
+            size_t rb = act_row_bytes(&L->down), off = (size_t)(r0 / vt->blck_size) * vt->type_size;
+            char *dst = act_buf(e, &L->down, INNER);
+            for (int t = 0; t < e->n_tok; t++) q(e->ffa + (size_t)t * rows + r0, dst + (size_t)t * rb + off, r1 - r0);
+        }
     }
 }
 
@@ -572,6 +628,8 @@ static void forward_task(void *arg, int ith, int nth) {
     const lp_engine_params *p = &e->p;
     worker w = {e, ith, nth, 0};
     int n = p->n_embd;
+    /* few tokens: each thread normalizes and quantizes them all itself (no barrier after) */
+    const int priv = e->n_tok <= SMALL_BATCH && nth > 1;
 
     for (int t = ith; t < e->n_tok; t += nth) {
         const weight *te = &e->tok_embd;
@@ -584,27 +642,29 @@ static void forward_task(void *arg, int ith, int nth) {
         layer_weights *L = &e->layers[l];
         const weight *qkv[3] = {&L->q, &L->k, &L->v};
         const weight *gu[2] = {&L->gate, &L->up};
-        const weight *o[1] = {&L->o}, *down[1] = {&L->down};
+        const weight *o[1] = {&L->o};
+        /* attention heads and SwiGLU chunks quantize their own output when its blocks allow */
+        const int fuse_o = fused_quant(&L->o, p->head_dim);
 
-        phase_norm_quant(&w, e->x, &L->attn_norm, qkv, 3);
-        lp_pool_barrier(e->pool);
-        phase_qkv(&w, l);
+        phase_norm_quant(&w, e->x, &L->attn_norm, qkv, 3, priv);
+        if (!priv) lp_pool_barrier(e->pool);
+        phase_qkv(&w, l, priv);
         w.phase++;
         lp_pool_barrier(e->pool);
         phase_attention(&w, l);
         w.phase++;
         lp_pool_barrier(e->pool);
-        for (int t = ith; t < e->n_tok; t += nth) quantize_for(e, o, 1, e->att, e->q_dim, t, t + 1);
-        lp_pool_barrier(e->pool);
+        if (!fuse_o) {
+            for (int t = ith; t < e->n_tok; t += nth) quantize_for(e, o, 1, e->att, e->q_dim, t, t + 1, INNER);
+            lp_pool_barrier(e->pool);
+        }
         phase_matmul_residual(&w, &L->o, &L->o_b, e->xn);
         w.phase++;
         lp_pool_barrier(e->pool);
-        phase_norm_quant(&w, e->x, &L->ffn_norm, gu, 2);
-        lp_pool_barrier(e->pool);
-        phase_gate_up(&w, l);
+        phase_norm_quant(&w, e->x, &L->ffn_norm, gu, 2, priv);
+        if (!priv) lp_pool_barrier(e->pool);
+        phase_gate_up(&w, l, priv);
         w.phase++;
-        lp_pool_barrier(e->pool);
-        for (int t = ith; t < e->n_tok; t += nth) quantize_for(e, down, 1, e->ffa, p->n_ff, t, t + 1);
         lp_pool_barrier(e->pool);
         phase_matmul_residual(&w, &L->down, &L->down_b, e->xn);
         w.phase++;
@@ -613,18 +673,19 @@ static void forward_task(void *arg, int ith, int nth) {
 
     /* the wanted tokens: final norm, hidden states, logits */
     const weight *out[1] = {&e->output};
-    for (int i = ith; i < e->n_out; i += nth) {
-        float *xi = e->xn + (size_t)i * n;
+    const int opriv = e->n_out <= SMALL_BATCH && nth > 1;
+    for (int i = opriv ? 0 : ith; i < e->n_out; i += opriv ? 1 : nth) {
+        float *xi = (opriv ? e->txn + (size_t)ith * SMALL_BATCH * n : e->xn) + (size_t)i * n;
         e->kern.rms_norm(n, e->x + (size_t)e->out_idx[i] * n, e->output_norm.data, p->norm_eps, xi);
-        if (e->hidden) memcpy(e->hidden + (size_t)i * n, xi, (size_t)n * sizeof(float));
-        if (e->logits) quantize_for(e, out, 1, e->xn, n, i, i + 1);
+        if (e->hidden && (!opriv || ith == 0)) memcpy(e->hidden + (size_t)i * n, xi, (size_t)n * sizeof(float));
+        if (e->logits) quantize_for(e, out, 1, xi - (size_t)i * n, n, i, i + 1, opriv ? ith : NORMED);
     }
     if (!e->logits) return;
-    lp_pool_barrier(e->pool);
+    if (!opriv) lp_pool_barrier(e->pool);
     int rows = p->n_vocab, cr = chunk_rows(rows, nth), n_chunks = (rows + cr - 1) / cr, c;
     while ((c = take(&w, n_chunks)) >= 0) {
         int r0 = c * cr, r1 = r0 + cr < rows ? r0 + cr : rows;
-        matmul_chunk(e, &e->output, r0, r1, e->n_out, e->logits, rows);
+        matmul_chunk(e, &e->output, r0, r1, e->n_out, e->logits, rows, opriv ? ith : NORMED);
     }
 }
 
