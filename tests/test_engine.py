@@ -80,8 +80,12 @@ def test_batch_equals_single_steps(f32_model):
     np.testing.assert_allclose(single, batch, rtol=0, atol=1e-5 * np.abs(batch).max())
 
 
-def test_quantized_batch_equals_single_steps(tmp_path):
-    p = write_random_llama(tmp_path / "m.gguf", wtype=T.Q4_1, embd_type=T.Q8_0, n_vocab=128)
+@pytest.mark.parametrize("wtype", [T.Q4_1, T.Q4_0, T.Q4_K], ids=lambda t: t.name)
+def test_quantized_batch_equals_single_steps(tmp_path, wtype):
+    """Prompt tiles and single-column kernels (Q4_0: repacked rows; K-quants: multi-row dots) agree."""
+    k = wtype == T.Q4_K
+    p = write_random_llama(tmp_path / "m.gguf", wtype=wtype, embd_type=T.Q8_0, n_vocab=128,
+                           n_embd=256 if k else 64, n_ff=512 if k else 96)
     with Llama(p, n_ctx=64, n_threads=2, n_batch=64) as llm:
         batch = llm.eval_all_logits(TOKENS)
         llm.kv_clear()
