@@ -157,4 +157,81 @@ void lp_engine_kernels_scalar(lp_engine_kernels *k);
 void lp_engine_kernels_avx2(lp_engine_kernels *k);   /* overrides what it accelerates */
 void lp_engine_kernels_neon(lp_engine_kernels *k);
 
+
+#include <stdatomic.h>
+
+/* ---- internal: the engine's state, shared by engine.c (the step), engine_setup.c (construction, weights,
+ * KV cache edits) and engine_ops.c (standalone kernels) ---- */
+#define LP_MAX_PHASES_PER_LAYER 8
+#define LP_SMALL_BATCH 4   /* up to this many tokens, every thread normalizes and quantizes all of them itself */
+
+typedef struct {
+    const void *data;            /* NULL when the slot is empty */
+    int type;
+    int64_t ne0, ne1;            /* row length, rows */
+    size_t row_bytes;
+    const lp_type_traits *tr;
+    void *packed;                /* the first ne1 / pack_rows * pack_rows rows repacked, or NULL */
+    int pack_rows;
+} lp_weight;
+
+typedef struct {
+    lp_weight attn_norm, q, k, v, o, q_b, k_b, v_b, o_b;
+    lp_weight ffn_norm, gate, up, down, gate_b, up_b, down_b;
+} lp_layer_weights;
+
+struct lp_engine {
+    lp_engine_params p;
+    int q_dim, kv_dim, max_dim;
+    lp_weight tok_embd, output_norm, output, rope_freqs;
+    lp_layer_weights *layers;
+    lp_pool *pool;
+    lp_engine_kernels kern;
+    lp_engine_matmul mm;
+    float theta_scale, corr_dims[2];
+
+    uint16_t *k_cache;           /* (layer, seq, pos, kv_dim) fp16 */
+    uint16_t *v_cache;           /* (layer, seq, kv_dim, pos) fp16, transposed */
+
+    float *x;                    /* (n_batch, n_embd) residual stream */
+    float *xn;                   /* (n_batch, n_embd) normed input of a matmul */
+    float *q;                    /* (n_batch, q_dim) */
+    float *kbuf, *vbuf;          /* (n_batch, kv_dim) before they go to the cache */
+    float *att;                  /* (n_batch, q_dim) attention output */
+    float *ffa, *ffb;            /* (n_batch, n_ff) gate then silu(gate)*up; up */
+    float *rope;                 /* (n_batch, head_dim) cos, sin interleaved */
+    void *qbuf[LP_TYPE_COUNT];   /* (n_batch, row_size(type, max_dim)) activations for each vec_dot type: */
+    void *qbuf2[LP_TYPE_COUNT];  /* normed inputs in qbuf; attention and SwiGLU outputs in qbuf2 */
+    void **tqbuf;                /* (n_threads, LP_TYPE_COUNT) -> (LP_SMALL_BATCH, row bytes): each thread's own */
+    float *txn;                  /* (n_threads, LP_SMALL_BATCH, n_embd): each thread's normed activations */
+    float *scores;               /* (n_threads, n_ctx) */
+    uint16_t *p16;               /* (n_threads, max(n_ctx, head_dim)) */
+
+    atomic_int *counters;        /* one chunk counter per dynamic phase of a step */
+    int n_counters;
+
+    /* the step being evaluated */
+    int n_tok, n_out;
+    const int32_t *tokens, *pos, *seq, *out_idx;
+    float *logits, *hidden;
+
+    double eval_seconds;         /* total wall time inside lp_engine_eval */
+
+    char err[256];
+};
+
+int lp_engine_fail(lp_engine *e, const char *fmt, ...);
+const char *lp_engine_missing_weight(const lp_engine *e);
+/* cos/sin of each rotated pair at position pos (scaled by the YaRN magnitude when `magnitude`) */
+void lp_engine_rope_table(const lp_engine *e, int pos, int magnitude, float *cs);
+void lp_engine_active_matmul(lp_engine_matmul *m);   /* the fast paths the active kernels have */
+
+static inline uint16_t *lp_k_at(const lp_engine *e, int l, int s, int pos) {
+    return e->k_cache + (((size_t)l * e->p.n_seq + s) * e->p.n_ctx + pos) * e->kv_dim;
+}
+static inline uint16_t *lp_v_at(const lp_engine *e, int l, int s, int d) {
+    return e->v_cache + (((size_t)l * e->p.n_seq + s) * e->kv_dim + d) * e->p.n_ctx;
+}
+
+
 #endif

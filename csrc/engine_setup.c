@@ -1,0 +1,331 @@
+/* The engine's construction, weights and KV cache edits (the forward step is in engine.c). */
+#include <math.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+
+#include "lp_core.h"
+#include "lp_engine.h"
+
+int lp_engine_fail(lp_engine *e, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(e->err, sizeof e->err, fmt, ap);
+    va_end(ap);
+    return -1;
+}
+
+const char *lp_engine_error(const lp_engine *e) { return e->err; }
+int lp_engine_n_threads(const lp_engine *e) { return lp_pool_size(e->pool); }
+double lp_engine_eval_seconds(const lp_engine *e) { return e->eval_seconds; }
+
+int64_t lp_engine_kv_bytes(const lp_engine *e) {
+    return 2 * (int64_t)e->p.n_layer * e->p.n_seq * e->p.n_ctx * e->kv_dim * (int64_t)sizeof(uint16_t);
+}
+
+/* ---- construction ------------------------------------------------------------------------ */
+
+static void free_packed(lp_weight *w) {
+    free(w->packed);
+    w->packed = NULL;
+}
+
+void lp_engine_free(lp_engine *e) {
+    if (!e) return;
+    if (e->pool) lp_pool_free(e->pool);
+    free_packed(&e->output);
+    for (int l = 0; e->layers && l < e->p.n_layer; l++) {
+        lp_layer_weights *L = &e->layers[l];
+        lp_weight *ws[] = {&L->q, &L->k, &L->v, &L->o, &L->gate, &L->up, &L->down};
+        for (size_t i = 0; i < sizeof ws / sizeof ws[0]; i++) free_packed(ws[i]);
+    }
+    free(e->layers);
+    free(e->k_cache);
+    free(e->v_cache);
+    free(e->x);
+    free(e->xn);
+    free(e->q);
+    free(e->kbuf);
+    free(e->vbuf);
+    free(e->att);
+    free(e->ffa);
+    free(e->ffb);
+    free(e->rope);
+    for (int t = 0; t < LP_TYPE_COUNT; t++) free(e->qbuf[t]), free(e->qbuf2[t]);
+    for (int i = 0; e->tqbuf && i < e->p.n_threads * LP_TYPE_COUNT; i++) free(e->tqbuf[i]);
+    free(e->tqbuf);
+    free(e->txn);
+    free(e->scores);
+    free(e->p16);
+    free(e->counters);
+    free(e);
+}
+
+static float yarn_corr_dim(int n_dims, int n_ctx_orig, float n_rot, float base) {
+    return n_dims * logf(n_ctx_orig / (n_rot * 2 * (float)M_PI)) / (2 * logf(base));
+}
+
+static void *falloc(size_t n) { return calloc(n ? n : 1, sizeof(float)); }
+
+lp_engine *lp_engine_new(const lp_engine_params *p) {
+    if (p->n_vocab < 1 || p->n_embd < 1 || p->n_layer < 1 || p->n_head < 1 || p->n_head_kv < 1 ||
+        p->head_dim < 2 || p->head_dim % 2 || p->n_ff < 1 || p->n_head % p->n_head_kv || p->n_ctx < 1 ||
+        p->n_seq < 1 || p->n_batch < 1)
+        return NULL;
+    lp_engine *e = calloc(1, sizeof *e);
+    if (!e) return NULL;
+    e->p = *p;
+    if (e->p.n_threads < 1) e->p.n_threads = 1;
+    e->q_dim = p->n_head * p->head_dim;
+    e->kv_dim = p->n_head_kv * p->head_dim;
+    e->max_dim = p->n_embd;
+    if (e->q_dim > e->max_dim) e->max_dim = e->q_dim;
+    if (p->n_ff > e->max_dim) e->max_dim = p->n_ff;
+
+    e->theta_scale = powf(p->rope_freq_base, -2.0f / p->head_dim);
+    float start = floorf(yarn_corr_dim(p->head_dim, p->n_ctx_orig, p->yarn_beta_fast, p->rope_freq_base));
+    float end = ceilf(yarn_corr_dim(p->head_dim, p->n_ctx_orig, p->yarn_beta_slow, p->rope_freq_base));
+    e->corr_dims[0] = start > 0 ? start : 0;
+    e->corr_dims[1] = end < p->head_dim - 1 ? end : p->head_dim - 1;
+
+    lp_engine_kernels_scalar(&e->kern);
+    if (lp_kernels_active() == LP_KERNELS_AVX2) lp_engine_kernels_avx2(&e->kern);
+    if (lp_kernels_active() == LP_KERNELS_NEON) lp_engine_kernels_neon(&e->kern);
+    if (lp_kernels_active() == LP_KERNELS_AVX2) lp_engine_matmul_avx2(&e->mm);
+
+    size_t nb = (size_t)p->n_batch, nt = (size_t)e->p.n_threads;
+    size_t kv_elems = (size_t)p->n_layer * p->n_seq * p->n_ctx * e->kv_dim;
+    size_t p16_len = (size_t)(p->n_ctx > p->head_dim ? p->n_ctx : p->head_dim);
+    e->layers = calloc((size_t)p->n_layer, sizeof(lp_layer_weights));
+    e->k_cache = calloc(kv_elems, sizeof(uint16_t));
+    e->v_cache = calloc(kv_elems, sizeof(uint16_t));
+    e->x = falloc(nb * p->n_embd);
+    e->xn = falloc(nb * p->n_embd);
+    e->q = falloc(nb * e->q_dim);
+    e->kbuf = falloc(nb * e->kv_dim);
+    e->vbuf = falloc(nb * e->kv_dim);
+    e->att = falloc(nb * e->q_dim);
+    e->ffa = falloc(nb * p->n_ff);
+    e->ffb = falloc(nb * p->n_ff);
+    e->rope = falloc(nb * p->head_dim);
+    e->scores = falloc(nt * p->n_ctx);
+    e->p16 = calloc(nt * p16_len, sizeof(uint16_t));
+    e->tqbuf = calloc(nt * LP_TYPE_COUNT, sizeof(void *));
+    e->txn = falloc(nt * LP_SMALL_BATCH * p->n_embd);
+    e->n_counters = 2 + LP_MAX_PHASES_PER_LAYER * p->n_layer;
+    e->counters = calloc((size_t)e->n_counters, sizeof(atomic_int));
+    if (!e->layers || !e->k_cache || !e->v_cache || !e->x || !e->xn || !e->q || !e->kbuf || !e->vbuf ||
+        !e->att || !e->ffa || !e->ffb || !e->rope || !e->scores || !e->p16 || !e->counters || !e->tqbuf || !e->txn) {
+        lp_engine_free(e);
+        return NULL;
+    }
+    e->pool = lp_pool_new(e->p.n_threads);
+    if (!e->pool) {
+        lp_engine_free(e);
+        return NULL;
+    }
+    e->p.n_threads = lp_pool_size(e->pool);
+    return e;
+}
+
+static lp_weight *slot(lp_engine *e, int kind, int layer) {
+    switch (kind) {
+    case LP_W_TOKEN_EMBD: return &e->tok_embd;
+    case LP_W_OUTPUT_NORM: return &e->output_norm;
+    case LP_W_OUTPUT: return &e->output;
+    case LP_W_ROPE_FREQS: return &e->rope_freqs;
+    default: break;
+    }
+    if (layer < 0 || layer >= e->p.n_layer) return NULL;
+    lp_layer_weights *L = &e->layers[layer];
+    switch (kind) {
+    case LP_W_ATTN_NORM: return &L->attn_norm;
+    case LP_W_Q: return &L->q;
+    case LP_W_K: return &L->k;
+    case LP_W_V: return &L->v;
+    case LP_W_O: return &L->o;
+    case LP_W_Q_B: return &L->q_b;
+    case LP_W_K_B: return &L->k_b;
+    case LP_W_V_B: return &L->v_b;
+    case LP_W_O_B: return &L->o_b;
+    case LP_W_FFN_NORM: return &L->ffn_norm;
+    case LP_W_GATE: return &L->gate;
+    case LP_W_UP: return &L->up;
+    case LP_W_DOWN: return &L->down;
+    case LP_W_GATE_B: return &L->gate_b;
+    case LP_W_UP_B: return &L->up_b;
+    case LP_W_DOWN_B: return &L->down_b;
+    default: return NULL;
+    }
+}
+
+/* the shape a slot must have: ne0, ne1, and whether it is a matrix the engine multiplies by */
+static int expected_shape(const lp_engine *e, int kind, int64_t *ne0, int64_t *ne1) {
+    const lp_engine_params *p = &e->p;
+    *ne1 = 1;
+    switch (kind) {
+    case LP_W_TOKEN_EMBD: *ne0 = p->n_embd; *ne1 = p->n_vocab; return 0;
+    case LP_W_OUTPUT: *ne0 = p->n_embd; *ne1 = p->n_vocab; return 1;
+    case LP_W_OUTPUT_NORM: case LP_W_ATTN_NORM: case LP_W_FFN_NORM:
+    case LP_W_O_B: case LP_W_DOWN_B: *ne0 = p->n_embd; return 0;
+    case LP_W_ROPE_FREQS: *ne0 = p->head_dim / 2; return 0;
+    case LP_W_Q: *ne0 = p->n_embd; *ne1 = e->q_dim; return 1;
+    case LP_W_K: case LP_W_V: *ne0 = p->n_embd; *ne1 = e->kv_dim; return 1;
+    case LP_W_O: *ne0 = e->q_dim; *ne1 = p->n_embd; return 1;
+    case LP_W_Q_B: *ne0 = e->q_dim; return 0;
+    case LP_W_K_B: case LP_W_V_B: *ne0 = e->kv_dim; return 0;
+    case LP_W_GATE: case LP_W_UP: *ne0 = p->n_embd; *ne1 = p->n_ff; return 1;
+    case LP_W_DOWN: *ne0 = p->n_ff; *ne1 = p->n_embd; return 1;
+    case LP_W_GATE_B: case LP_W_UP_B: *ne0 = p->n_ff; return 0;
+    default: return -1;
+    }
+}
+
+/* tell the kernel the (file-backed) pages of [p, p + n) are not needed for now; they fault back in if read */
+static void release_pages(const void *p, size_t n) {
+    const uintptr_t page = 4096, a = ((uintptr_t)p + page - 1) & ~(page - 1), b = ((uintptr_t)p + n) & ~(page - 1);
+    if (b > a) madvise((void *)a, b - a, MADV_DONTNEED);
+}
+
+int lp_engine_set_weight(lp_engine *e, int kind, int layer, const void *data, int type, int64_t ne0, int64_t ne1) {
+    lp_weight *w = slot(e, kind, layer);
+    int64_t want0, want1;
+    int is_matrix = expected_shape(e, kind, &want0, &want1);
+    if (!w || is_matrix < 0) return lp_engine_fail(e, "weight slot %d (layer %d) does not exist", kind, layer);
+    if (ne0 != want0 || ne1 != want1)
+        return lp_engine_fail(e, "weight slot %d (layer %d): shape [%lld, %lld], expected [%lld, %lld]", kind, layer,
+                    (long long)ne0, (long long)ne1, (long long)want0, (long long)want1);
+    const lp_type_traits *tr = lp_get_traits(type);
+    if (!tr) return lp_engine_fail(e, "weight slot %d (layer %d): tensor type %d is not supported", kind, layer, type);
+    if (!is_matrix && kind != LP_W_TOKEN_EMBD && type != LP_TYPE_F32)
+        return lp_engine_fail(e, "weight slot %d (layer %d): vectors must be F32, not %s", kind, layer, tr->name);
+    if (ne0 % tr->blck_size)
+        return lp_engine_fail(e, "weight slot %d (layer %d): row length %lld is not a multiple of %s's block of %lld", kind,
+                    layer, (long long)ne0, tr->name, (long long)tr->blck_size);
+    if (kind == LP_W_TOKEN_EMBD && !tr->to_float)
+        return lp_engine_fail(e, "token_embd: type %s can't be dequantized", tr->name);
+    if (is_matrix) {
+        const lp_type_traits *vt = lp_get_traits(tr->vec_dot_type);
+        if (!tr->vec_dot || !vt || !vt->from_float)
+            return lp_engine_fail(e, "weight slot %d (layer %d): no dot-product kernel for type %s", kind, layer, tr->name);
+        if (ne0 % vt->blck_size)
+            return lp_engine_fail(e, "weight slot %d (layer %d): row length %lld is not a multiple of %s's block of %lld",
+                        kind, layer, (long long)ne0, vt->name, (long long)vt->blck_size);
+        int at = tr->vec_dot_type;
+        if (!e->qbuf[at]) {
+            size_t rb = (size_t)(e->max_dim / vt->blck_size + 1) * (size_t)vt->type_size;
+            e->qbuf[at] = calloc((size_t)e->p.n_batch, rb);
+            e->qbuf2[at] = calloc((size_t)e->p.n_batch, rb);
+            if (!e->qbuf[at] || !e->qbuf2[at]) return lp_engine_fail(e, "out of memory for activations of type %s", vt->name);
+            for (int i = 0; i < e->p.n_threads; i++) {
+                e->tqbuf[i * LP_TYPE_COUNT + at] = calloc(LP_SMALL_BATCH, rb);
+                if (!e->tqbuf[i * LP_TYPE_COUNT + at]) return lp_engine_fail(e, "out of memory for activations");
+            }
+        }
+    }
+    free_packed(w);
+    *w = (lp_weight){data, type, ne0, ne1, (size_t)(ne0 / tr->blck_size * tr->type_size), tr, NULL, 0};
+    int pr = is_matrix ? e->mm.pack_rows[type] : 0;
+    if (pr && ne1 >= pr && ne0 <= 16384) {
+        /* repacked once for the engine's faster product; the file's pages of it are then let go */
+        size_t bytes = (size_t)(ne1 / pr) * (size_t)pr * w->row_bytes;
+        w->packed = malloc(bytes);
+        if (w->packed) {
+            e->mm.pack[type](data, w->row_bytes, w->packed, ne0, ne1);
+            w->pack_rows = pr;
+            release_pages(data, bytes);
+        }
+    }
+    return 0;
+}
+
+const char *lp_engine_missing_weight(const lp_engine *e) {
+    static char buf[64];
+    if (!e->tok_embd.data) return "token_embd";
+    if (!e->output_norm.data) return "output_norm";
+    if (!e->output.data) return "output";
+    for (int l = 0; l < e->p.n_layer; l++) {
+        const lp_layer_weights *L = &e->layers[l];
+        const char *m = !L->attn_norm.data ? "attn_norm" : !L->q.data ? "attn_q" : !L->k.data ? "attn_k"
+                      : !L->v.data ? "attn_v" : !L->o.data ? "attn_output" : !L->ffn_norm.data ? "ffn_norm"
+                      : !L->gate.data ? "ffn_gate" : !L->up.data ? "ffn_up" : !L->down.data ? "ffn_down" : NULL;
+        if (m) {
+            snprintf(buf, sizeof buf, "blk.%d.%s", l, m);
+            return buf;
+        }
+    }
+    return NULL;
+}
+
+/* cos/sin table of one position: YaRN-corrected angles (plain RoPE when ext_factor is 0), scaled by
+ * the YaRN magnitude when `magnitude` is set (not when re-rotating cached keys) */
+void lp_engine_rope_table(const lp_engine *e, int pos, int magnitude, float *cs) {
+    const lp_engine_params *p = &e->p;
+    const float *ff = e->rope_freqs.data;
+    float theta = (float)pos;
+    for (int i0 = 0; i0 < p->head_dim; i0 += 2) {
+        float theta_extrap = ff ? theta / ff[i0 / 2] : theta;
+        float theta_interp = p->rope_freq_scale * theta_extrap;
+        float th = theta_interp, mscale = p->yarn_attn_factor;
+        if (p->yarn_ext_factor != 0.0f) {
+            float y = (i0 / 2 - e->corr_dims[0]) / fmaxf(0.001f, e->corr_dims[1] - e->corr_dims[0]);
+            float ramp = 1 - fminf(1, fmaxf(0, y));
+            float mix = ramp * p->yarn_ext_factor;
+            th = theta_interp * (1 - mix) + theta_extrap * mix;
+            mscale *= 1.0f + 0.1f * logf(1.0f / p->rope_freq_scale);
+        }
+        if (!magnitude) mscale = 1.0f;
+        cs[i0] = cosf(th) * mscale;
+        cs[i0 + 1] = sinf(th) * mscale;
+        theta *= e->theta_scale;
+    }
+}
+
+/* ---- KV cache edits ---------------------------------------------------------------------- */
+
+int lp_engine_kv_shift(lp_engine *e, int32_t seq, int32_t p0, int32_t p1, int32_t delta) {
+    const lp_engine_params *p = &e->p;
+    if (seq < 0 || seq >= p->n_seq) return lp_engine_fail(e, "kv_shift: no sequence %d", seq);
+    if (p0 < 0 || p1 > p->n_ctx || p0 > p1 || p0 + delta < 0 || p1 + delta > p->n_ctx)
+        return lp_engine_fail(e, "kv_shift: positions [%d, %d) moved by %d leave the context (%d)", p0, p1, delta, p->n_ctx);
+    int n = p1 - p0, hd = p->head_dim;
+    if (n == 0 || delta == 0) return 0;
+    /* the angle is linear in the position, so rotating by the angles of position `delta`
+       moves a cached key from position j to j + delta */
+    float cs[hd];
+    lp_engine_rope_table(e, delta, 0, cs);
+    for (int l = 0; l < p->n_layer; l++) {
+        memmove(lp_k_at(e, l, seq, p0 + delta), lp_k_at(e, l, seq, p0), (size_t)n * e->kv_dim * sizeof(uint16_t));
+        for (int d = 0; d < e->kv_dim; d++) {
+            uint16_t *vd = lp_v_at(e, l, seq, d);
+            memmove(vd + p0 + delta, vd + p0, (size_t)n * sizeof(uint16_t));
+        }
+        for (int j = p0 + delta; j < p1 + delta; j++) {
+            uint16_t *k = lp_k_at(e, l, seq, j);
+            for (int r = 0; r < e->kv_dim; r += 2) {
+                int i0 = r % hd;
+                float x0 = lp_fp16_to_fp32(k[r]), x1 = lp_fp16_to_fp32(k[r + 1]);
+                k[r] = lp_fp32_to_fp16(x0 * cs[i0] - x1 * cs[i0 + 1]);
+                k[r + 1] = lp_fp32_to_fp16(x0 * cs[i0 + 1] + x1 * cs[i0]);
+            }
+        }
+    }
+    return 0;
+}
+
+int lp_engine_kv_copy(lp_engine *e, int32_t src, int32_t dst, int32_t n) {
+    const lp_engine_params *p = &e->p;
+    if (src < 0 || src >= p->n_seq || dst < 0 || dst >= p->n_seq) return lp_engine_fail(e, "kv_copy: no such sequence");
+    if (n < 0 || n > p->n_ctx) return lp_engine_fail(e, "kv_copy: %d positions (context %d)", n, p->n_ctx);
+    if (src == dst || n == 0) return 0;
+    for (int l = 0; l < p->n_layer; l++) {
+        memcpy(lp_k_at(e, l, dst, 0), lp_k_at(e, l, src, 0), (size_t)n * e->kv_dim * sizeof(uint16_t));
+        for (int d = 0; d < e->kv_dim; d++)
+            memcpy(lp_v_at(e, l, dst, d), lp_v_at(e, l, src, d), (size_t)n * sizeof(uint16_t));
+    }
+    return 0;
+}
+
