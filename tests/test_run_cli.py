@@ -120,3 +120,13 @@ def test_bench_table_and_json(default_model, capsys):
     recs = json.loads(out)
     assert len(recs) == 1 and recs[0]["n_prompt"] == 0 and recs[0]["n_gen"] == 3
     assert recs[0]["model_type"] == "llama ?B Q4_1" and len(recs[0]["samples_ts"]) == 1
+
+
+def test_generation_runs_past_the_context_by_shifting(default_model, capsys):
+    """-n 60 with -c 32: the context fills and shifts (half of what follows --keep dropped) and goes on."""
+    args = ("run", "-p", PROMPT, "-n", "60", "-c", "32", "--temp", "0", "--ignore-eos", "--keep", "2")
+    code, out, err = cli(capsys, *args)
+    assert code == 0, err
+    assert out.startswith(PROMPT + " Paris.")
+    assert "eval time =" in err and "/    59 runs" in err  # every generated token but the last was evaluated
+    assert cli(capsys, *args)[1] == out
