@@ -124,14 +124,39 @@ static inline float dot_f16_four(int n, const uint16_t *a, const uint16_t *b, in
     return (float)sum;
 }
 
+/* the single-token reduction of four accumulators: pairs, halves, then two horizontal adds */
+static inline float reduce_four(__m256 s0, __m256 s1, __m256 s2, __m256 s3) {
+    s0 = _mm256_add_ps(s0, s2);
+    s1 = _mm256_add_ps(s1, s3);
+    s0 = _mm256_add_ps(s0, s1);
+    __m128 t = _mm_add_ps(_mm256_castps256_ps128(s0), _mm256_extractf128_ps(s0, 1));
+    t = _mm_hadd_ps(t, t);
+    return _mm_cvtss_f32(_mm_hadd_ps(t, t));
+}
+
 /* Batch steps: each score and each output summed as dot_f16_chain sums it; four of them at a time so
-   the chains of dependent multiply-adds overlap. */
+   the chains of dependent multiply-adds overlap. Single-token steps: as dot_f16_four, with q (or p)
+   converted once instead of per row. */
 static void attn_scores_f16(int hd, int n, const uint16_t *q, const uint16_t *k, int64_t stride, float *s,
                             int single) {
     int j = 0;
-    if (!single && hd % 8 == 0 && hd <= 256) {
+    if (hd % 32 == 0 && hd <= 256) {
         __m256 qv[32];
         for (int l = 0; l < hd / 8; l++) qv[l] = load_f16(q + 8 * l);
+        if (single) {
+            for (; j < n; j++) {
+                const uint16_t *kj = k + j * stride;
+                __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+                for (int l = 0; l < hd / 8; l += 4) {
+                    a0 = _mm256_fmadd_ps(load_f16(kj + 8 * l), qv[l], a0);
+                    a1 = _mm256_fmadd_ps(load_f16(kj + 8 * l + 8), qv[l + 1], a1);
+                    a2 = _mm256_fmadd_ps(load_f16(kj + 8 * l + 16), qv[l + 2], a2);
+                    a3 = _mm256_fmadd_ps(load_f16(kj + 8 * l + 24), qv[l + 3], a3);
+                }
+                s[j] = reduce_four(a0, a1, a2, a3);
+            }
+            return;
+        }
         for (; j + 4 <= n; j += 4) {
             const uint16_t *k0 = k + j * stride, *k1 = k0 + stride, *k2 = k1 + stride, *k3 = k2 + stride;
             __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
@@ -151,32 +176,57 @@ static void attn_scores_f16(int hd, int n, const uint16_t *q, const uint16_t *k,
 static void attn_values_f16(int hd, int n, const uint16_t *p, const uint16_t *v, int64_t stride, float *out,
                             int single) {
     int d = 0;
-    if (!single) {
-        int n8 = n / 8 * 8;
-        uint16_t tail[8] = {0};
-        for (int i = n8; i < n; i++) tail[i - n8] = p[i];
-        for (; d + 4 <= hd; d += 4) {
-            const uint16_t *v0 = v + d * stride, *v1 = v0 + stride, *v2 = v1 + stride, *v3 = v2 + stride;
+    if (single) {
+        /* p as floats once, zero-padded to whole steps of 32 */
+        const int np = (n + 31) / 32 * 32, n8 = n / 8 * 8;
+        float pf[np];
+        for (int i = 0; i < n8; i += 8) _mm256_storeu_ps(pf + i, load_f16(p + i));
+        for (int i = n8; i < np; i++) pf[i] = i < n ? lp_fp16_to_fp32(p[i]) : 0.0f;
+        uint16_t vt[32];
+        for (; d < hd; d++) {
+            const uint16_t *vd = v + d * stride;
             __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
-            for (int l = 0; l < n8; l += 8) {
-                const __m256 pl = load_f16(p + l);
-                a0 = _mm256_fmadd_ps(load_f16(v0 + l), pl, a0);
-                a1 = _mm256_fmadd_ps(load_f16(v1 + l), pl, a1);
-                a2 = _mm256_fmadd_ps(load_f16(v2 + l), pl, a2);
-                a3 = _mm256_fmadd_ps(load_f16(v3 + l), pl, a3);
+            int i = 0;
+            for (; i + 32 <= n; i += 32) {
+                a0 = _mm256_fmadd_ps(load_f16(vd + i), _mm256_loadu_ps(pf + i), a0);
+                a1 = _mm256_fmadd_ps(load_f16(vd + i + 8), _mm256_loadu_ps(pf + i + 8), a1);
+                a2 = _mm256_fmadd_ps(load_f16(vd + i + 16), _mm256_loadu_ps(pf + i + 16), a2);
+                a3 = _mm256_fmadd_ps(load_f16(vd + i + 24), _mm256_loadu_ps(pf + i + 24), a3);
             }
-            if (n8 < n) {
-                const __m256 pl = load_f16(tail);
-                a0 = _mm256_fmadd_ps(load_f16_part(v0 + n8, n - n8), pl, a0);
-                a1 = _mm256_fmadd_ps(load_f16_part(v1 + n8, n - n8), pl, a1);
-                a2 = _mm256_fmadd_ps(load_f16_part(v2 + n8, n - n8), pl, a2);
-                a3 = _mm256_fmadd_ps(load_f16_part(v3 + n8, n - n8), pl, a3);
+            if (i < np) {   /* the last, partial step: V past n read as zeros */
+                for (int k = 0; k < 32; k++) vt[k] = i + k < n ? vd[i + k] : 0;
+                a0 = _mm256_fmadd_ps(load_f16(vt), _mm256_loadu_ps(pf + i), a0);
+                a1 = _mm256_fmadd_ps(load_f16(vt + 8), _mm256_loadu_ps(pf + i + 8), a1);
+                a2 = _mm256_fmadd_ps(load_f16(vt + 16), _mm256_loadu_ps(pf + i + 16), a2);
+                a3 = _mm256_fmadd_ps(load_f16(vt + 24), _mm256_loadu_ps(pf + i + 24), a3);
             }
-            out[d] = hsum(a0), out[d + 1] = hsum(a1), out[d + 2] = hsum(a2), out[d + 3] = hsum(a3);
+            out[d] = reduce_four(a0, a1, a2, a3);
         }
+        return;
     }
-    for (; d < hd; d++)
-        out[d] = single ? dot_f16_four(n, v + d * stride, p, 1) : dot_f16_chain(n, v + d * stride, p);
+    int n8 = n / 8 * 8;
+    uint16_t tail[8] = {0};
+    for (int i = n8; i < n; i++) tail[i - n8] = p[i];
+    for (; d + 4 <= hd; d += 4) {
+        const uint16_t *v0 = v + d * stride, *v1 = v0 + stride, *v2 = v1 + stride, *v3 = v2 + stride;
+        __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+        for (int l = 0; l < n8; l += 8) {
+            const __m256 pl = load_f16(p + l);
+            a0 = _mm256_fmadd_ps(load_f16(v0 + l), pl, a0);
+            a1 = _mm256_fmadd_ps(load_f16(v1 + l), pl, a1);
+            a2 = _mm256_fmadd_ps(load_f16(v2 + l), pl, a2);
+            a3 = _mm256_fmadd_ps(load_f16(v3 + l), pl, a3);
+        }
+        if (n8 < n) {
+            const __m256 pl = load_f16(tail);
+            a0 = _mm256_fmadd_ps(load_f16_part(v0 + n8, n - n8), pl, a0);
+            a1 = _mm256_fmadd_ps(load_f16_part(v1 + n8, n - n8), pl, a1);
+            a2 = _mm256_fmadd_ps(load_f16_part(v2 + n8, n - n8), pl, a2);
+            a3 = _mm256_fmadd_ps(load_f16_part(v3 + n8, n - n8), pl, a3);
+        }
+        out[d] = hsum(a0), out[d + 1] = hsum(a1), out[d + 2] = hsum(a2), out[d + 3] = hsum(a3);
+    }
+    for (; d < hd; d++) out[d] = dot_f16_chain(n, v + d * stride, p);
 }
 
 static void f32_to_f16(int n, const float *x, uint16_t *y) {
