@@ -182,25 +182,21 @@ static void attn_values_f16(int hd, int n, const uint16_t *p, const uint16_t *v,
         float pf[np];
         for (int i = 0; i < n8; i += 8) _mm256_storeu_ps(pf + i, load_f16(p + i));
         for (int i = n8; i < np; i++) pf[i] = i < n ? lp_fp16_to_fp32(p[i]) : 0.0f;
-        uint16_t vt[32];
+        const int i_last = n / 32 * 32;
         for (; d < hd; d++) {
             const uint16_t *vd = v + d * stride;
-            __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
-            int i = 0;
-            for (; i + 32 <= n; i += 32) {
-                a0 = _mm256_fmadd_ps(load_f16(vd + i), _mm256_loadu_ps(pf + i), a0);
-                a1 = _mm256_fmadd_ps(load_f16(vd + i + 8), _mm256_loadu_ps(pf + i + 8), a1);
-                a2 = _mm256_fmadd_ps(load_f16(vd + i + 16), _mm256_loadu_ps(pf + i + 16), a2);
-                a3 = _mm256_fmadd_ps(load_f16(vd + i + 24), _mm256_loadu_ps(pf + i + 24), a3);
+            __m256 a[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+            for (int i = 0; i < i_last; i += 32)
+                for (int k = 0; k < 4; k++)
+                    a[k] = _mm256_fmadd_ps(load_f16(vd + i + 8 * k), _mm256_loadu_ps(pf + i + 8 * k), a[k]);
+            /* the last, partial step: whole chunks of 8, the one holding position n - 1 zero-padded, the
+               chunks past it add only zeros and are left out */
+            for (int k = 0; k < 4 && i_last + 8 * k < n; k++) {
+                const int at = i_last + 8 * k;
+                a[k] = _mm256_fmadd_ps(at + 8 <= n ? load_f16(vd + at) : load_f16_part(vd + at, n - at),
+                                       _mm256_loadu_ps(pf + at), a[k]);
             }
-            if (i < np) {   /* the last, partial step: V past n read as zeros */
-                for (int k = 0; k < 32; k++) vt[k] = i + k < n ? vd[i + k] : 0;
-                a0 = _mm256_fmadd_ps(load_f16(vt), _mm256_loadu_ps(pf + i), a0);
-                a1 = _mm256_fmadd_ps(load_f16(vt + 8), _mm256_loadu_ps(pf + i + 8), a1);
-                a2 = _mm256_fmadd_ps(load_f16(vt + 16), _mm256_loadu_ps(pf + i + 16), a2);
-                a3 = _mm256_fmadd_ps(load_f16(vt + 24), _mm256_loadu_ps(pf + i + 24), a3);
-            }
-            out[d] = reduce_four(a0, a1, a2, a3);
+            out[d] = reduce_four(a[0], a[1], a[2], a[3]);
         }
         return;
     }
