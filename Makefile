@@ -34,7 +34,7 @@ test: install build
 	$(PY) -m pytest -q tests
 
 bench: install build
-	$(PY) benchmarks/run_all.py
+	$(PY) benchmarks/bench_engine.py
 
 bench-quantize: install build
 	$(PY) benchmarks/bench_quantize.py
