@@ -16,63 +16,11 @@ import sys
 import tempfile
 import time
 
-import numpy as np
-
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 
-from llamapy.gguf_constants import TensorType as T
-from llamapy.gguf_writer import GGUFWriter
-
-# TinyLlama-1.1B
-DIM, N_LAYER, N_HEAD, N_HEAD_KV, FFN, VOCAB = 2048, 22, 32, 4, 5632, 32000
-
-
-def tensor_shapes() -> list[tuple[str, tuple[int, ...]]]:
-    """Tensors in GGML order (row length first)."""
-    kv = DIM * N_HEAD_KV // N_HEAD
-    shapes = [("token_embd.weight", (DIM, VOCAB))]
-    for i in range(N_LAYER):
-        shapes += [(f"blk.{i}.attn_norm.weight", (DIM,)), (f"blk.{i}.attn_q.weight", (DIM, DIM)),
-                   (f"blk.{i}.attn_k.weight", (DIM, kv)), (f"blk.{i}.attn_v.weight", (DIM, kv)),
-                   (f"blk.{i}.attn_output.weight", (DIM, DIM)), (f"blk.{i}.ffn_norm.weight", (DIM,)),
-                   (f"blk.{i}.ffn_gate.weight", (DIM, FFN)), (f"blk.{i}.ffn_up.weight", (DIM, FFN)),
-                   (f"blk.{i}.ffn_down.weight", (FFN, DIM))]
-    return shapes + [("output_norm.weight", (DIM,)), ("output.weight", (DIM, VOCAB))]
-
-
-def write_f16_model(path: str) -> None:
-    """Random gaussian weights (std 0.02), F16 matrices and F32 norms; written tensor by tensor."""
-    rng = np.random.default_rng(0)
-    pool = (0.02 * rng.standard_normal(1 << 24)).astype(np.float16)  # tiled with random offsets: fast, not periodic
-    shapes = tensor_shapes()
-    with GGUFWriter(path) as w:
-        w.add("general.architecture", "llama")
-        w.add("general.name", "tinyllama-shaped random")
-        w.add("llama.context_length", 2048)
-        w.add("llama.embedding_length", DIM)
-        w.add("llama.block_count", N_LAYER)
-        w.add("llama.feed_forward_length", FFN)
-        w.add("llama.rope.dimension_count", DIM // N_HEAD)
-        w.add("llama.attention.head_count", N_HEAD)
-        w.add("llama.attention.head_count_kv", N_HEAD_KV)
-        w.add("llama.attention.layer_norm_rms_epsilon", 1e-5)
-        w.add("general.file_type", 1)
-        for name, shape in shapes:
-            w.add_tensor_info(name, shape, T.F32 if len(shape) == 1 else T.F16)
-        w.write_header()
-        for name, shape in shapes:
-            n = int(np.prod(shape))
-            if len(shape) == 1:
-                w.write_tensor_data(name, np.ones(n, np.float32))
-                continue
-            parts, left = [], n
-            while left:
-                k = min(left, len(pool) // 2)
-                start = int(rng.integers(0, len(pool) - k))
-                parts.append(pool[start:start + k])
-                left -= k
-            w.write_tensor_data(name, np.concatenate(parts))
+from make_tiny_llama import write_f16_model  # the same TinyLlama-shaped F16 file the engine benchmark uses
 
 
 def run_measured(cmd: list[str]) -> tuple[float, float, int]:
