@@ -26,3 +26,18 @@ def default_model() -> str:
     if p is None:
         pytest.skip(f"default model not installed: {DEFAULT_MODEL_INSTALL}")
     return p
+
+
+@pytest.fixture(scope="session")
+def spm_model(tmp_path_factory):
+    """A tiny SentencePiece tokenizer.model, trained once for the convert tests."""
+    from test_convert_util import train_spm
+
+    return train_spm(tmp_path_factory.mktemp("spm") / "tokenizer.model")
+
+
+@pytest.fixture(scope="session")
+def vocab_n(spm_model):
+    from test_convert_util import spm_size
+
+    return spm_size(spm_model)

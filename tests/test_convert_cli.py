@@ -14,15 +14,9 @@ from test_convert_util import (
     rounded,
     save_meta,
     spm_size,
-    train_spm,
 )
 
 from llamapy.gguf_reader import GGUFReader
-
-
-@pytest.fixture(scope="module")
-def spm_model(tmp_path_factory):
-    return train_spm(tmp_path_factory.mktemp("spm") / "tokenizer.model")
 
 
 def llamapy(*args, cwd=None, timeout=120):

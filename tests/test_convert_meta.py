@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from test_convert_util import (
     TINY,
+    TOKENS,
     forward_gguf,
     forward_meta,
     gguf_f32_tensors,
@@ -15,25 +16,11 @@ from test_convert_util import (
     meta_weights,
     rounded,
     save_meta,
-    spm_size,
-    train_spm,
 )
 
 from llamapy.convert import convert
 from llamapy.errors import LlamapyError
 from llamapy.gguf_reader import GGUFReader
-
-TOKENS = [1, 5, 17, 33, 90, 100, 7, 250, 3, 44, 61, 200]
-
-
-@pytest.fixture(scope="module")
-def spm_model(tmp_path_factory):
-    return train_spm(tmp_path_factory.mktemp("spm") / "tokenizer.model")
-
-
-@pytest.fixture(scope="module")
-def vocab_n(spm_model):
-    return spm_size(spm_model)
 
 
 @pytest.fixture(scope="module")

@@ -20,18 +20,12 @@ from test_convert_util import (
     save_hf,
     save_meta,
     spm_size,
-    train_spm,
 )
 
 from llamapy.convert import convert
 from llamapy.convert.safetensors_io import read_header
 from llamapy.convert.torch_pickle import load_torch_file
 from llamapy.errors import LlamapyError
-
-
-@pytest.fixture(scope="module")
-def spm_model(tmp_path_factory):
-    return train_spm(tmp_path_factory.mktemp("spm") / "tokenizer.model")
 
 
 def leftovers(d) -> list[str]:

@@ -301,3 +301,7 @@ def forward_gguf(path, tokens):
                                                             kv["llama.attention.head_count"]),
                    kv["llama.attention.layer_norm_rms_epsilon"], kv.get("llama.rope.freq_base", 10000.0),
                    _rope_pairs)
+
+
+# token ids the logit comparisons feed through both forwards
+TOKENS = [1, 5, 17, 33, 90, 100, 7, 250, 3, 44, 61, 200]
