@@ -363,9 +363,18 @@ def spawn(default_model, *args):
 
 
 def finish(pexpect, child) -> str:
-    """Ctrl-D at the prompt: the session must end by itself with status 0 and print the timing summary."""
-    child.sendeof()
-    child.expect(pexpect.EOF)
+    """Ctrl-D at the prompt: the session must end by itself with status 0 and print the timing summary.
+
+    A Ctrl-D typed ahead, before the prompt's line editor has taken the terminal, can be lost in the mode
+    switch (as in any readline program), so it is typed again while the session is still alive."""
+    for _ in range(12):
+        child.sendeof()
+        if child.expect([pexpect.EOF, pexpect.TIMEOUT], timeout=10) == 0:
+            break
+        if not child.isalive():
+            break
+    else:
+        raise AssertionError(f"Ctrl-D did not end the session: {child.before[-300:]!r}")
     child.close()
     assert child.exitstatus == 0, child.before
     return child.before
