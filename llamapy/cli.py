@@ -1,7 +1,7 @@
 """The `llamapy` command: a thin Typer app; each verb lives in llamapy/commands/<verb>.py.
 
-Each command module defines `register(app)`; heavy imports happen inside the commands, so
-`llamapy --help` stays instant.
+Each command module defines `register(app)`; heavy imports happen inside the commands, and only the
+verb being run is registered, so `llamapy --help` is quick and a run reaches its first token sooner.
 """
 from __future__ import annotations
 
@@ -15,15 +15,6 @@ from .errors import LlamapyError
 
 COMMANDS = ["info", "quantize", "tokenize", "run", "chat", "perplexity", "bench", "convert", "serve"]
 
-app = typer.Typer(
-    name="llamapy",
-    help="The llama.cpp toolchain in Python: convert, quantize, run, chat, serve.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-    context_settings={"help_option_names": ["-h", "--help"]},
-)
-
 
 def _version(value: bool):
     if value:
@@ -33,27 +24,51 @@ def _version(value: bool):
         raise typer.Exit()
 
 
-@app.callback()
 def _root(
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Version and kernels."),
 ):
     pass
 
 
-for _name in COMMANDS:
-    try:
-        _mod = importlib.import_module(f".commands.{_name}", __package__)
-    except ModuleNotFoundError as _e:
-        if _e.name != f"{__package__}.commands.{_name}":
-            raise
-        continue
-    _mod.register(app)
+def make_app(verbs: list[str] = COMMANDS) -> typer.Typer:
+    """The Typer app with the given verbs registered."""
+    app = typer.Typer(
+        name="llamapy",
+        help="The llama.cpp toolchain in Python: convert, quantize, run, chat, serve.",
+        no_args_is_help=True,
+        add_completion=False,
+        pretty_exceptions_enable=False,
+        context_settings={"help_option_names": ["-h", "--help"]},
+    )
+    app.callback()(_root)
+    for name in verbs:
+        try:
+            mod = importlib.import_module(f".commands.{name}", __package__)
+        except ModuleNotFoundError as e:
+            if e.name != f"{__package__}.commands.{name}":
+                raise
+            continue
+        mod.register(app)
+    return app
+
+
+def __getattr__(name: str):
+    if name == "app":   # `llamapy.cli.app`: every verb
+        return make_app()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _verbs_for(args: list[str]) -> list[str]:
+    """Only the verb being run is set up (some build their help text, which costs time to the first
+    token); the top-level help, an unknown verb or none at all get every verb."""
+    return [args[0]] if args and args[0] in COMMANDS else COMMANDS
 
 
 def main(argv: list[str] | None = None) -> None:
-    verbose = "--verbose" in (argv if argv is not None else sys.argv)
+    args = list(argv if argv is not None else sys.argv[1:])
+    verbose = "--verbose" in args
     try:
-        app(args=argv, prog_name="llamapy")
+        make_app(_verbs_for(args))(args=args, prog_name="llamapy")
     except LlamapyError as e:
         if verbose:
             raise
