@@ -42,8 +42,10 @@ from collections.abc import Iterable
 import numpy as np
 
 from . import tokenizer_bpe as bpe
+from . import tokenizer_bpe_merges as bpe_merges
 from . import tokenizer_spm as spm
 from .errors import LlamapyError
+from .gcpause import without_gc
 from .tokenizer_bpe import TokenizerWarning
 from .tokenizer_cxx import unordered_map_order
 
@@ -111,6 +113,7 @@ class Tokenizer:
                 return cls(r.get, getattr(r, "path", str(reader_or_path)), native)
         return cls(reader_or_path.get, getattr(reader_or_path, "path", "GGUF"), native)
 
+    @without_gc
     def __init__(self, get, where: str = "GGUF", native: bool = True):
         """`get(key, default)` reads GGUF metadata (GGUFReader.get); prefer `from_gguf`."""
         self._native = native
@@ -243,6 +246,7 @@ class Tokenizer:
         if not self.attrs[i] & ATTR_CONTROL:
             self.attrs[i] = ATTR_CONTROL
 
+    @without_gc
     def _merger(self):
         """Build the merge machinery (native library and Python fallback) on first use."""
         if self._merger_ready:
@@ -254,13 +258,7 @@ class Tokenizer:
                 if self._native else None
             self._spm = spm.SPMEncoder(merger, self._fast, spm.word_splitter(self.tokens))
         else:
-            ranks = bpe.parse_merges(self.merges)
-            native, guard = None, None
-            if self._native:
-                ordered = sorted(ranks, key=ranks.__getitem__)
-                native, guard = bpe.build_native(self.token_to_id, ordered, self._ignore_merges)
-            self._bpe = bpe.BPEMerger(self.token_to_id, ranks, self._ignore_merges, native, guard)
-            self._fast = native
+            self._bpe = bpe_merges.BPEMerger(self.token_to_id, self.merges, self._ignore_merges, self._native)
         self._merger_ready = True
 
     def _model_attr_fixes(self, get):
@@ -357,7 +355,7 @@ class Tokenizer:
     def fast(self) -> bool:
         """Whether merges run in the native library (sentencepiece / tokenizers) for this vocabulary."""
         self._merger()
-        return self._fast is not None
+        return (self._bpe.native if self.model == "gpt2" else self._fast) is not None
 
     @property
     def nl_id(self) -> int | None:

@@ -15,17 +15,12 @@ with every class spelled out from one code-point table instead of `\\p{..}` and 
   * in collapsed mode the reference's ASCII tables leave `~` out of \\p{S}, so the collapsed symbol class
     does too.
 
-Merges of words not yet in the word cache run in the `tokenizers` library's BPE model (Rust) when it
-gives the reference's ids (`build_native` says when: then both pick the lowest-rank pair, leftmost
-first, and skip stale pairs the same way). Otherwise, and for text carrying invalid UTF-8, `BPEMerger`
-does it in Python exactly as the reference does.
+The merges of the pre-tokenized words are in tokenizer_bpe_merges.
 """
 from __future__ import annotations
 
 import bisect
 import functools
-import heapq
-import itertools
 import re
 import warnings
 
@@ -56,10 +51,8 @@ def unicode_version() -> str:
     return _unicodedata().unidata_version
 
 
-@functools.cache
-def category_ranges() -> dict[str, tuple[tuple[int, int], ...]]:
-    """Inclusive code-point ranges of each major category (L, N, P, S, M, Z, C) in the database."""
-    ud = _unicodedata()
+def scan_category_ranges(ud) -> dict[str, tuple[tuple[int, int], ...]]:
+    """Inclusive code-point ranges of each major category (L, N, P, S, M, Z, C) in database `ud`."""
     out: dict[str, list[tuple[int, int]]] = {k: [] for k in "LNPSMZC"}
     for lo, hi in _SCAN_LIMITS:
         cats = list(map(ud.category, map(chr, range(lo, hi))))
@@ -72,6 +65,18 @@ def category_ranges() -> dict[str, tuple[tuple[int, int], ...]]:
                 start, prev = i, k
         out[prev].append((start, hi - 1))
     return {k: tuple(v) for k, v in out.items()}
+
+
+@functools.cache
+def category_ranges() -> dict[str, tuple[tuple[int, int], ...]]:
+    """scan_category_ranges of the database in use: from the table of llamapy/unicode_categories.py when it
+    was made from the same Unicode version, else by scanning."""
+    from . import unicode_categories
+
+    ud = _unicodedata()
+    if ud.unidata_version == unicode_categories.VERSION:
+        return unicode_categories.ranges(_SCAN_LIMITS)
+    return scan_category_ranges(ud)
 
 
 def _esc(c: int) -> str:
@@ -447,153 +452,3 @@ def clean_spaces(b: bytes) -> bytes:
                 out.pop()
         out.append(x)
     return bytes(out)
-
-
-# -- merges -------------------------------------------------------------------------------------------
-
-def parse_merges(merges) -> dict[tuple[str, str], int]:
-    """Merge ranks from `tokenizer.ggml.merges` ("left right", split at the first space after the first
-    character); a pair listed twice keeps its first rank, as in the reference."""
-    pairs = [m.split(" ", 1) for m in merges]
-    if any(len(p) != 2 or not p[0] for p in pairs):  # a left part starting with a space, or no space
-        pairs = []
-        for m in merges:
-            pos = m.find(" ", 1)
-            pairs.append((m[:pos], m[pos + 1 :]) if pos >= 0 else ("", ""))
-    n = len(pairs)
-    return dict(zip(map(tuple, reversed(pairs)), range(n - 1, -1, -1)))
-
-
-class BPEMerger:
-    """Byte-level BPE over pre-tokenized words, with a cache of the words seen.
-
-    A word's merges run in the `tokenizers` library's BPE model when `build_native` gave one (and the
-    word has no character the guard singles out), else in `_word`: the reference's merge loop in
-    Python (lowest rank first, then leftmost; a final symbol that is not a token is written as the
-    tokens of its single bytes, when they exist).
-    """
-
-    CACHE_MAX = 200_000
-
-    def __init__(self, token_to_id: dict[str, int], ranks: dict[tuple[str, str], int], ignore_merges: bool,
-                 native=None, guard: re.Pattern | None = None):
-        self.token_to_id = token_to_id
-        self.ranks = ranks
-        self.ignore_merges = ignore_merges
-        self.native = native
-        self.guard = guard
-        self.cache: dict[str, tuple[int, ...]] = {}
-
-    def encode_words(self, words: list[str]) -> list[int]:
-        """Token ids of pre-tokenized words (plain text, valid UTF-8)."""
-        cache = self.cache
-        missing = [w for w in set(words) if w not in cache]
-        if missing:
-            if len(cache) + len(missing) > self.CACHE_MAX:
-                self.cache = cache = {}  # a new dict: other threads keep reading the old one
-                missing = list(set(words))
-            native, guard = self.native, self.guard
-            for w in missing:
-                bc = to_byte_chars(w.encode("utf-8"))
-                if native is not None and (guard is None or not guard.search(w)):
-                    cache[w] = tuple(t.id for t in native.tokenize(bc))
-                else:
-                    cache[w] = self._word(bc)
-        return list(itertools.chain.from_iterable(map(cache.__getitem__, words)))
-
-    def _word(self, w: str) -> tuple[int, ...]:
-        vocab = self.token_to_id
-        if self.ignore_merges and w in vocab:
-            return (vocab[w],)
-        sym = list(w)  # "" once merged into its left neighbour
-        n = len(sym)
-        nxt = list(range(1, n + 1))
-        nxt[-1] = -1
-        prv = list(range(-1, n - 1))
-        ranks = self.ranks
-        heap = []
-        for i in range(n - 1):
-            r = ranks.get((sym[i], sym[i + 1]))
-            if r is not None:
-                heap.append((r, i, i + 1, sym[i] + sym[i + 1]))
-        heapq.heapify(heap)
-        while heap:
-            _, left, right, text = heapq.heappop(heap)
-            ls, rs = sym[left], sym[right]
-            if not ls or not rs or ls + rs != text:
-                continue
-            sym[left] = text
-            sym[right] = ""
-            nx = nxt[right]
-            nxt[left] = nx
-            if nx >= 0:
-                prv[nx] = left
-            p = prv[left]
-            if p >= 0:
-                r = ranks.get((sym[p], text))
-                if r is not None:
-                    heapq.heappush(heap, (r, p, left, sym[p] + text))
-            if nx >= 0:
-                r = ranks.get((text, sym[nx]))
-                if r is not None:
-                    heapq.heappush(heap, (r, left, nx, text + sym[nx]))
-        out = []
-        for s in sym:
-            if not s:
-                continue
-            t = vocab.get(s)
-            if t is not None:
-                out.append(t)
-                continue
-            for byte in s.encode("utf-8", "surrogatepass"):
-                t = vocab.get(bytes([byte]).decode("utf-8", "surrogateescape"))
-                if t is not None:
-                    out.append(t)
-        return tuple(out)
-
-
-# bytes that never occur in UTF-8 text: a vocabulary may leave their characters out
-_NOT_IN_UTF8 = frozenset([0xC0, 0xC1, *range(0xF5, 0x100)])
-
-
-def build_native(token_to_id: dict[str, int], merges: list[tuple[str, str]], ignore_merges: bool):
-    """A `tokenizers` BPE model that gives the reference's ids for this vocabulary, or None when it
-    can't; with it, a pattern matching the words that must still go through the Python merge loop.
-
-    The library skips a character that has no token, letting its neighbours merge; the reference
-    keeps it in place (it blocks merges, then writes nothing). So every byte character must be a
-    token, except bytes that UTF-8 text never holds and ASCII or lead bytes (text holding characters
-    made with those goes the Python way); and every merge's parts and result must be tokens (the
-    library refuses others).
-    """
-    missing = [b for b in range(256) if BYTE_CHARS[b] not in token_to_id and b not in _NOT_IN_UTF8]
-    guard_ranges = []  # the characters whose UTF-8 holds a missing byte
-    for b in missing:
-        if b < 0x80:
-            guard_ranges.append((b, b))
-        elif b < 0xC0:
-            return None, None  # a continuation byte: too many characters to single out
-        else:
-            bits, shift = (0x1F, 6) if b < 0xE0 else (0x0F, 12) if b < 0xF0 else (0x07, 18)
-            lo = (b & bits) << shift
-            guard_ranges.append((lo, lo + (1 << shift) - 1))
-    # (the library itself refuses merges whose parts or result are not tokens)
-    vocab = token_to_id
-    if not _is_plain("".join(vocab)):
-        vocab = {t: i for t, i in token_to_id.items() if _is_plain(t)}
-    try:
-        from tokenizers import models
-
-        model = models.BPE(vocab=vocab, merges=merges, ignore_merges=ignore_merges, fuse_unk=False)
-    except Exception:  # noqa: BLE001 - any refusal by the library means: use the Python merger
-        return None, None
-    guard = re.compile("[" + _cls(guard_ranges) + "]") if guard_ranges else None
-    return model, guard
-
-
-def _is_plain(t: str) -> bool:
-    try:
-        t.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True

@@ -12,6 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from llamapy import tokenizer_bpe as bpe
+from llamapy import tokenizer_bpe_merges as bpe_merges
 from llamapy.gguf_writer import GGUFWriter
 from llamapy.tokenizer import TYPE_CONTROL, TYPE_NORMAL, Tokenizer, TokenizerWarning
 
@@ -90,6 +91,15 @@ def test_category_ranges_tile_the_scanned_code_points():
     assert rows[0][0] == 0
     for (_, a), (b, _) in itertools.pairwise(rows):
         assert b == a + 1 or (a, b) == (bpe._SCAN_LIMITS[0][1] - 1, bpe._SCAN_LIMITS[1][0])
+
+
+def test_category_table_is_the_database():
+    """llamapy/unicode_categories.py (read at start instead of scanning) holds exactly the database's runs."""
+    from llamapy import unicode_categories
+
+    ud = bpe._unicodedata()
+    assert unicode_categories.VERSION == ud.unidata_version
+    assert unicode_categories.ranges(bpe._SCAN_LIMITS) == bpe.scan_category_ranges(ud)
 
 
 # -- pre-tokenizer splits (expected pieces follow the reference's expressions by hand) ----------------------
@@ -239,9 +249,34 @@ def test_ignore_merges_for_llama3(tmp_path):
 
 
 def test_duplicate_merge_keeps_its_first_rank():
-    ranks = bpe.parse_merges(["a b", "c d", "a b"])
+    ranks = bpe_merges.parse_merges(["a b", "c d", "a b"])
     assert ranks == {("a", "b"): 0, ("c", "d"): 1}
-    assert bpe.parse_merges([" a b"]) == {(" a", "b"): 0}  # split at the first space after the first character
+    assert bpe_merges.parse_merges([" a b"]) == {(" a", "b"): 0}  # split at the first space after the first character
+
+
+@pytest.mark.parametrize("merges", [["a b", "c d", "a b", "ab cd"], [" a b", "a b", "ab c d", "x"], ["a\x01 b", "a b c"]])
+def test_joined_ranks_are_parse_merges(merges):
+    """The ranks keyed by joined strings hold exactly the pairs of parse_merges, with the same ranks."""
+    joined, sep = bpe_merges.joined_ranks(merges)
+    pairs = bpe_merges.parse_merges(merges)
+    assert joined == {a + sep + b: r for (a, b), r in pairs.items()}
+    assert (sep == " ") == (merges[0] == "a b")  # the merge strings themselves only when each has one space
+
+
+def test_library_model_is_built_after_enough_words(tmp_path, trained):
+    """Short prompts merge in Python (the library's model costs more to build than they take); past
+    NATIVE_AFTER distinct words the model is built and used, with the same ids."""
+    tokens, merges = trained
+    path = write_bpe_gguf(tmp_path / "v.gguf", tokens, merges, pre="llama-bpe")
+    tok = Tokenizer.from_gguf(path)
+    short = tok.encode("Hello world", add_special=False)
+    assert tok._bpe._native is None and tok._bpe._want_native
+    words = " ".join(f"w{i}x" for i in range(bpe_merges.BPEMerger.NATIVE_AFTER + 1))
+    ids = tok.encode(words, add_special=False)
+    assert tok._bpe._native is not None
+    slow = Tokenizer.from_gguf(path, native=False)
+    assert ids == slow.encode(words, add_special=False) and short == slow.encode("Hello world", add_special=False)
+    assert slow._bpe.native is None and not slow.fast
 
 
 def test_missing_or_unknown_pre_tokenizer_warns(tmp_path, trained):
