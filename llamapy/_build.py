@@ -1,6 +1,6 @@
 """cffi out-of-line API build of `llamapy._native` from csrc/.
 
-The cdef is the text of csrc/llamapy.h between the LP_API markers, so the C header and the Python
+The cdef is the text of every csrc/*.h between its LP_API markers, so the C header and the Python
 binding can't drift apart. Every csrc/*.c file is compiled; instruction-set files select their own
 target with `#pragma GCC target`, so one build runs on any CPU of the architecture and the kernels
 are picked at run time (see csrc/dispatch.c).

@@ -217,3 +217,39 @@ def test_names_with_control_characters_stay_on_one_line(tmp_path):
     with pytest.raises(GGUFError, match=r"metadata 'evil\\x0akey': unknown value type 77") as ei:
         GGUFReader(path)
     assert "\n" not in str(ei.value)
+
+
+STRINGS = ["", "a", "é中🦙", "\udcff\udce4\udcb8", "x" * 300, "tab\tnew\nline", "Ġhello"]
+
+
+def _string_array(items: list[str]) -> bytes:
+    raw = [s.encode("utf-8", "surrogateescape") for s in items]
+    return b"".join(struct.pack("<Q", len(b)) + b for b in raw)
+
+
+@pytest.mark.parametrize("items", [STRINGS, [], ["with\0nul", "b"], ["\udce4\udcb8", "\udcadx"]],
+                         ids=["mixed", "empty", "nul", "split-utf8"])
+def test_string_arrays_read_in_c_equal_the_python_loop(monkeypatch, items):
+    """The C walker (a vocabulary at C speed) gives the Python loop's strings and end offset, or steps aside."""
+    from llamapy import gguf_reader
+
+    buf = b"junk" + _string_array(items) + b"tail"
+    fast = gguf_reader._Cursor(buf, len(buf), "t")
+    fast.pos = 4
+    got = fast.strings(len(items))
+    assert got == items and fast.pos == len(buf) - 4
+    native = gguf_reader._native_strings(buf, len(buf), 4, len(items))
+    assert native == (None if any("\0" in s for s in items) else (len(buf) - 4, items))
+    monkeypatch.setattr(gguf_reader, "_native_strings", lambda *a: None)
+    slow = gguf_reader._Cursor(buf, len(buf), "t")
+    slow.pos = 4
+    assert slow.strings(len(items)) == items and slow.pos == fast.pos
+
+
+def test_string_array_running_past_the_end_is_refused_by_both_paths(monkeypatch):
+    from llamapy import gguf_reader
+
+    buf = _string_array(STRINGS)[:-3]
+    assert gguf_reader._native_strings(buf, len(buf), 0, len(STRINGS)) is None
+    with pytest.raises(GGUFError, match="runs past end of file"):
+        gguf_reader._Cursor(buf, len(buf), "t").strings(len(STRINGS))
