@@ -5,10 +5,41 @@ new type there is known here without a second table to keep in sync.
 """
 from __future__ import annotations
 
+import importlib.util
+import os
+import sys
 from enum import IntEnum
 
 import numpy as np
-from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
+
+
+def _gguf_constants():
+    """The `gguf` package's constants module. Importing `gguf.constants` runs the package's __init__, which
+    also loads its reader, writer, vocabulary (sentencepiece) and metadata (yaml) modules: ~60 ms at every
+    start of a command, none of it needed to read a model. So unless the package is already imported, the
+    module's own file is loaded by itself, under a private name; its enums are IntEnums, which compare and
+    hash as the package's do."""
+    name = "llamapy._gguf_constants"
+    if name in sys.modules:
+        return sys.modules[name]
+    if "gguf" not in sys.modules:
+        try:
+            spec = importlib.util.find_spec("gguf")
+            path = os.path.join(spec.submodule_search_locations[0], "constants.py")
+            cspec = importlib.util.spec_from_file_location(name, path)
+            mod = importlib.util.module_from_spec(cspec)
+            sys.modules[name] = mod  # pickle finds the enums' module by name
+            cspec.loader.exec_module(mod)
+            return mod
+        except Exception:  # noqa: BLE001 - any surprise (a new layout of the package): the plain import
+            sys.modules.pop(name, None)
+    from gguf import constants
+
+    return constants
+
+
+_gc = _gguf_constants()
+GGML_QUANT_SIZES, GGMLQuantizationType = _gc.GGML_QUANT_SIZES, _gc.GGMLQuantizationType
 
 GGUF_MAGIC = b"GGUF"
 GGUF_VERSIONS = (2, 3)
