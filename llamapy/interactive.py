@@ -32,6 +32,7 @@ from typing import TextIO
 
 from .chat_templates import ChatTemplate
 from .errors import LlamapyError
+from .escapes import process_escapes_text as process_escapes
 
 DEFAULT_SYSTEM_MESSAGE = "You are a helpful assistant"
 INSTRUCT_PREFIX = "\n\n### Instruction:\n\n"
@@ -45,34 +46,6 @@ COLORS = {
     "error": "\x1b[1m\x1b[31m",
     "reset": "\x1b[0m",
 }
-
-
-def process_escapes(s: str) -> str:
-    """llama.cpp's `-e` processing: \\n \\r \\t \\' \\" \\\\ and \\xHH; anything else is kept as written."""
-    simple = {"n": "\n", "r": "\r", "t": "\t", "'": "'", '"': '"', "\\": "\\"}
-    out: list[str] = []
-    i, n = 0, len(s)
-    while i < n:
-        c = s[i]
-        if c != "\\" or i + 1 >= n:
-            out.append(c)
-            i += 1
-            continue
-        nxt = s[i + 1]
-        if nxt in simple:
-            out.append(simple[nxt])
-            i += 2
-        elif nxt == "x" and i + 3 < n and _is_hex(s[i + 2 : i + 4]):
-            out.append(chr(int(s[i + 2 : i + 4], 16)))
-            i += 4
-        else:
-            out.append("\\" + nxt)
-            i += 2
-    return "".join(out)
-
-
-def _is_hex(s: str) -> bool:
-    return len(s) == 2 and all(ch in "0123456789abcdefABCDEF" for ch in s)
 
 
 @dataclass

@@ -81,8 +81,8 @@ def run(
     err: TextIO | None = None,
 ) -> int:
     """Generate a continuation of the prompt; returns the number of tokens generated."""
+    from .escapes import process_escapes_text as process_escapes
     from .generate import Timings, eog_ids_of, generate
-    from .interactive import process_escapes
     from .llama import Llama
     from .sampling import Sampler
     from .tokenizer import StreamDecoder

@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 
 from llamapy.chat_templates import ChatTemplate
-from llamapy.interactive import InteractiveOptions, process_escapes, run_interactive
+from llamapy.escapes import process_escapes_text
+from llamapy.interactive import InteractiveOptions, run_interactive
 
 # -- a scripted model ---------------------------------------------------------------------------------------------
 
@@ -205,8 +206,10 @@ def test_no_escape_keeps_backslashes():
 
 
 def test_process_escapes():
-    assert process_escapes(r"a\nb\tc\\d\'e\"f\x41\q\x4") == "a\nb\tc\\d'e\"fA\\q\\x4"
-    assert process_escapes("end\\") == "end\\"
+    assert process_escapes_text(r"a\nb\tc\\d\'e\"f\x41\q\x4") == "a\nb\tc\\d'e\"fA\\q\\x4"
+    assert process_escapes_text("end\\") == "end\\"
+    # \xHH writes a byte, as the reference's std::string does: three of them make one Chinese character
+    assert process_escapes_text(r"\xe4\xb8\xad文") == "中文"
 
 
 def test_multiline_and_slash():

@@ -252,7 +252,7 @@ def test_cli_stdin_file_and_errors(cli, tmp_path):
 
 
 def test_process_escapes():
-    from llamapy.commands.tokenize import process_escapes
+    from llamapy.escapes import process_escapes
 
     assert process_escapes(rb"a\nb\t\\\'\"") == b"a\nb\t\\'\""
     assert process_escapes(b"\\x41\\x4g\\q\\") == b"A\\x4g\\q\\"
