@@ -9,6 +9,7 @@ candidates' probabilities), so a seed picks the same token from the same logits.
 from __future__ import annotations
 
 import math
+import os
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -75,7 +76,7 @@ class MT19937:
 def resolve_seed(seed: int) -> int:
     """The seed to use: the given one, or a random one for -1 (as the reference)."""
     if seed < 0 or seed == DEFAULT_SEED:
-        return int(time.time_ns() & 0xFFFFFFFF) ^ int.from_bytes(np.random.bytes(4), "little")
+        return int(time.time_ns() & 0xFFFFFFFF) ^ int.from_bytes(os.urandom(4), "little")
     return seed & 0xFFFFFFFF
 
 
