@@ -35,6 +35,7 @@ choice changes nothing but `eot_id` itself.
 from __future__ import annotations
 
 import codecs
+import itertools
 import os
 import warnings
 from collections.abc import Iterable
@@ -129,15 +130,17 @@ class Tokenizer:
         self.where = where
         n = len(tokens)
         self.n_vocab: int = n
-        self.tokens: list[str] = [t if t else f"[EMPTY_{i}]" for i, t in enumerate(tokens)]
+        self.tokens: list[str] = list(tokens)
+        if "" in self.tokens:
+            self.tokens = [t if t else f"[EMPTY_{i}]" for i, t in enumerate(tokens)]
         scores = get("tokenizer.ggml.scores")
         scores = [] if scores is None else np.asarray(scores, dtype=np.float32)[:n].tolist()
         self.scores: list[float] = scores + [0.0] * (n - len(scores))
         types = get("tokenizer.ggml.token_type")
         types = [] if types is None else np.asarray(types, dtype=np.int64)[:n].tolist()
         self.types: list[int] = types + [TYPE_NORMAL] * (n - len(types))
-        self.attrs: list[int] = [_TYPE_ATTR.get(t, 0) for t in self.types]
-        self.token_to_id: dict[str, int] = {t: i for i, t in enumerate(self.tokens)}
+        self.attrs: list[int] = list(map(_TYPE_ATTR.get, self.types, itertools.repeat(0)))
+        self.token_to_id: dict[str, int] = dict(zip(self.tokens, range(n)))
 
         sp = self.model == "llama"
         ids = dict.fromkeys(["bos", "eos", "eot", "eom", "unk", "sep", "pad", "mask", "fim_pre", "fim_suf",
@@ -235,9 +238,8 @@ class Tokenizer:
         self.mask_id: int | None = ids["mask"]
 
         # special tokens, longest text first (ties: lower id first)
-        self.special_ids: list[int] = sorted(
-            (i for i in range(n) if self.attrs[i] & _SPECIAL_ATTRS), key=lambda i: -len(self.tokens[i])
-        )
+        special = np.flatnonzero(np.asarray(self.attrs) & _SPECIAL_ATTRS).tolist()
+        self.special_ids: list[int] = sorted(special, key=lambda i: -len(self.tokens[i]))
         self._pieces: list[bytes | None] = [None] * n
         self._piece_attrs = list(self.attrs)  # token_to_piece uses the attributes as they are now
         self._model_attr_fixes(get)

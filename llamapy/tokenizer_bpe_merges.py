@@ -31,12 +31,12 @@ def parse_merges(merges) -> dict[tuple[str, str], int]:
 
 
 def joined_ranks(merges: list[str]) -> tuple[dict[str, int], str]:
-    """parse_merges keyed by `left + sep + right`. When every merge holds exactly one space, and not
-    first, sep is that space and the keys are the merge strings themselves: no splitting (most of
-    the cost of loading the ranks). Otherwise sep is a character no merge holds."""
+    """parse_merges keyed by `left + sep + right`. When every merge holds exactly one space, sep is that space
+    and the keys are the merge strings themselves: no splitting (most of the cost of loading the ranks; a
+    merge starting with its space has an empty left part either way, which no pair of symbols matches).
+    Otherwise sep is a character no merge holds."""
     n = len(merges)
-    if all(map(str.__contains__, merges, repeat(" "))) and not any(map(str.startswith, merges, repeat(" "))) \
-            and sum(map(str.count, merges, repeat(" "))) == n:
+    if all(map(str.__contains__, merges, repeat(" "))) and " ".join(merges).count(" ") == 2 * n - 1:
         return dict(zip(reversed(merges), range(n - 1, -1, -1))), " "
     text = "".join(merges)
     sep = next(chr(c) for c in itertools.count(1) if chr(c) not in text)
