@@ -74,9 +74,15 @@ def category_ranges() -> dict[str, tuple[tuple[int, int], ...]]:
     from . import unicode_categories
 
     ud = _unicodedata()
-    if ud.unidata_version == unicode_categories.VERSION:
-        return unicode_categories.ranges(_SCAN_LIMITS)
-    return scan_category_ranges(ud)
+    if ud.unidata_version != unicode_categories.VERSION:
+        return scan_category_ranges(ud)
+    out: dict[str, list[tuple[int, int]]] = {k: [] for k in "LNPSMZC"}
+    for (_, end), runs in zip(_SCAN_LIMITS, unicode_categories.RUNS):
+        items = runs.split()  # "<category><first code point, hex>"
+        starts = [int(item[1:], 16) for item in items] + [end]
+        for item, lo, nxt in zip(items, starts, starts[1:]):
+            out[item[0]].append((lo, nxt - 1))
+    return {k: tuple(v) for k, v in out.items()}
 
 
 def _esc(c: int) -> str:

@@ -155,14 +155,3 @@ RUNS = (
         "Ce0000 Me0100 Ce01f0 "
     ),
 )
-
-
-def ranges(windows) -> dict[str, tuple[tuple[int, int], ...]]:
-    """Inclusive ranges of each major category; windows: the (start, end) the runs were made over."""
-    out: dict[str, list[tuple[int, int]]] = {k: [] for k in "LNPSMZC"}
-    for (_, end), runs in zip(windows, RUNS):
-        items = runs.split()
-        for i, item in enumerate(items):
-            nxt = int(items[i + 1][1:], 16) if i + 1 < len(items) else end
-            out[item[0]].append((int(item[1:], 16), nxt - 1))
-    return {k: tuple(v) for k, v in out.items()}

@@ -37,19 +37,7 @@ def main() -> None:
         runs = " ".join(f"{k}{lo:x}" for lo, k in rows if wlo <= lo < whi)
         lines = textwrap.wrap(runs, 100)
         parts.append("    (\n" + "\n".join(f'        "{ln} "' for ln in lines) + "\n    ),\n")
-    text = HEADER.format(version=ud.unidata_version) + "".join(parts) + ''')
-
-
-def ranges(windows) -> dict[str, tuple[tuple[int, int], ...]]:
-    """Inclusive ranges of each major category; windows: the (start, end) the runs were made over."""
-    out: dict[str, list[tuple[int, int]]] = {k: [] for k in "LNPSMZC"}
-    for (_, end), runs in zip(windows, RUNS):
-        items = runs.split()
-        for i, item in enumerate(items):
-            nxt = int(items[i + 1][1:], 16) if i + 1 < len(items) else end
-            out[item[0]].append((int(item[1:], 16), nxt - 1))
-    return {k: tuple(v) for k, v in out.items()}
-'''
+    text = HEADER.format(version=ud.unidata_version) + "".join(parts) + ")\n"
     with atomic_write(os.path.join(ROOT, "llamapy", "unicode_categories.py"), "w") as f:
         f.write(text)
 
