@@ -1,18 +1,20 @@
-"""Engine speed beside the reference: pp/tg tokens per second, decode against the memory roofline, and
-the Python share of each generated token.
+"""Engine speed beside the reference: pp/tg tokens per second, decode against the memory roofline, the time
+to the first token and the Python share of each generated token.
 
     python benchmarks/bench_engine.py [--models default,Q4_K_M,Q4_0] [--threads 2] [-r 3]
 
-`default` is the default model (pp512, tg128); Q4_K_M / Q4_0 are the TinyLlama-shaped random models
-of benchmarks/make_tiny_llama.py (pp128, tg32; made on first use). With LLAMAPY_REF_BENCH naming the
+`default` is the default model (pp512, tg128, time to first token); Q4_K_M / Q4_0 are the TinyLlama-shaped
+random models of benchmarks/make_tiny_llama.py (pp128, tg32; made on first use). With LLAMAPY_REF_BENCH naming the
 reference's llama-bench binary, each test runs there too, in the same session, and the table shows
-the ratio next to the issue's target. Timings on a shared machine are noisy: compare ratios.
+the ratio next to the issue's target (the time to first token uses the llama-cli beside it, or
+LLAMAPY_REF_CLI). Timings on a shared machine are noisy: compare ratios.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -84,6 +86,61 @@ def python_share(model: str, threads: int, n: int = 64) -> float:
     return (total - c_time) / total
 
 
+PROMPT = "The capital of France is"
+
+# load, tokenize, prompt and first token in a fresh interpreter (the page cache is warm after the first run)
+TTFT_SCRIPT = """
+import sys, time
+t0 = time.perf_counter()
+from llamapy.generate import generate
+from llamapy.llama import Llama
+from llamapy.sampling import SamplerParams
+t1 = time.perf_counter()
+llm = Llama(sys.argv[1], n_threads=int(sys.argv[2]))
+next(generate(llm, llm.tokenizer.encode(sys.argv[3]), SamplerParams(temp=0), n_predict=1))
+print(time.perf_counter() - t1)
+"""
+
+
+# an installed package has its bytecode compiled: let the warm-up run write it even where the environment
+# says not to
+ENV = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+
+
+def _wall(cmd: list[str]) -> tuple[float, str]:
+    t0 = time.perf_counter()
+    r = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True, check=True, env=ENV)
+    return time.perf_counter() - t0, r.stderr
+
+
+def time_to_first_token(model: str, threads: int, reps: int,
+                        ref_cli: str | None) -> list[tuple[str, float, float | None]]:
+    """Median ms to the first token after loading (warm page cache), two ways: inside the program (load the
+    model, tokenize, evaluate the prompt, sample; the reference's own load + prompt eval timings) and the whole
+    command, from starting it to its exit after one token (`run -n 1` against `llama-cli -n 1`)."""
+    exe = os.path.join(os.path.dirname(sys.executable), "llamapy")
+    ours_cmd = [exe] if os.path.exists(exe) else [sys.executable, "-m", "llamapy"]
+    ours_cmd += ["run", "-m", model, "-p", PROMPT, "-n", "1", "--temp", "0", "-t", str(threads)]
+    ref_cmd = [ref_cli, "-m", model, "-p", PROMPT, "-n", "1", "--temp", "0", "-t", str(threads), "-no-cnv"]
+    inner, whole, ref_inner, ref_whole = [], [], [], []
+    for _ in range(reps + 1):  # the first run warms the page cache
+        out = subprocess.run([sys.executable, "-c", TTFT_SCRIPT, model, str(threads), PROMPT], capture_output=True,
+                             text=True, check=True, env=ENV).stdout
+        inner.append(float(out.split()[-1]))
+        whole.append(_wall(ours_cmd)[0])
+        if ref_cli:
+            t, err = _wall(ref_cmd)
+            ref_whole.append(t)
+            ms = [float(m) for m in re.findall(r"(?:load time|prompt eval time) =\s*([0-9.]+) ms", err)]
+            ref_inner.append(sum(ms) / 1e3)
+
+    def med(xs):
+        return 1e3 * float(np.median(xs[1:])) if xs else None
+
+    return [("load + prompt + first token, in the program", med(inner), med(ref_inner)),
+            ("whole command, start to exit after 1 token", med(whole), med(ref_whole))]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", default="default,Q4_K_M,Q4_0")
@@ -110,6 +167,15 @@ def main() -> None:
             print(f"| {r.model_type} | {r.test} | {ts:.1f} ± {r.stdev_ts():.1f} | {rt if rt is None else round(rt, 1)} "
                   f"| {ratio} | {target}x | {gbs} |", flush=True)
         if name == "default":
+            ref_cli = os.environ.get("LLAMAPY_REF_CLI") or (os.path.join(os.path.dirname(ref), "llama-cli")
+                                                            if ref else None)
+            ref_cli = ref_cli if ref_cli and os.path.exists(ref_cli) else None
+            print("\n| time to first token (warm page cache) | llamapy ms | reference ms | ratio (time) | target |")
+            print("|---|---:|---:|---:|---:|")
+            for what, ours_ms, ref_ms in time_to_first_token(path, a.threads, a.reps, ref_cli):
+                ratio = f"{ours_ms / ref_ms:.2f}x" if ref_ms else "-"
+                ref_txt = f"{ref_ms:.0f}" if ref_ms else "-"
+                print(f"| {what} | {ours_ms:.0f} | {ref_txt} | {ratio} | <= 1.0x |", flush=True)
             print(f"\nPython share of a generated token (sampling and bookkeeping): "
                   f"{100 * python_share(path, a.threads):.1f}% (target < 3%)\n")
 
