@@ -10,7 +10,10 @@
 
 void lp_engine_active_matmul(lp_engine_matmul *m) {
     memset(m, 0, sizeof *m);
-    if (lp_kernels_active() == LP_KERNELS_AVX2) lp_engine_matmul_avx2(m);
+    if (lp_kernels_active() == LP_KERNELS_AVX2) {
+        lp_engine_matmul_avx2(m);
+        lp_engine_matmul_kquants_avx2(m);
+    }
 }
 
 int lp_quantize_activations(int type, const float *x, void *y, int64_t n) {

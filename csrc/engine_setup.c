@@ -94,7 +94,7 @@ lp_engine *lp_engine_new(const lp_engine_params *p) {
     lp_engine_kernels_scalar(&e->kern);
     if (lp_kernels_active() == LP_KERNELS_AVX2) lp_engine_kernels_avx2(&e->kern);
     if (lp_kernels_active() == LP_KERNELS_NEON) lp_engine_kernels_neon(&e->kern);
-    if (lp_kernels_active() == LP_KERNELS_AVX2) lp_engine_matmul_avx2(&e->mm);
+    lp_engine_active_matmul(&e->mm);
 
     size_t nb = (size_t)p->n_batch, nt = (size_t)e->p.n_threads;
     size_t kv_elems = (size_t)p->n_layer * p->n_seq * p->n_ctx * e->kv_dim;

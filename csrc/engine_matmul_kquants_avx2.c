@@ -1,0 +1,311 @@
+/* AVX2 matrix products for K-quant weights (Q4_K, Q5_K, Q6_K) repacked at load time.
+ *
+ * Layout: groups of GROUP rows with their blocks interleaved (block i of the group's row r at i * GROUP + r),
+ * the same bytes as the rows they hold. A single-column product (decode) then reads the weights as one
+ * sequential stream, which the hardware prefetcher follows, where GROUP separate rows read side by side
+ * are GROUP short streams it does not; on top of that, while a group is summed, the group PF_GROUPS ahead is
+ * prefetched, one block step of it per block step.
+ *
+ * Tiles: R weight rows x C activation columns, GROUP x 1 for one column, 1 x 4 for more. Each output is
+ * bitwise what the format's own vec_dot (quants_kquants_avx2.c) gives for that row and column: the same int32
+ * lanes per block, the same fused multiply-adds per lane in block order, the same horizontal sums. A tile
+ * only shares work between its rows (the activation's loads, block-sum pairs and Q6_K's offset products)
+ * and between its columns (the weights' unpacked quants and scales).
+ */
+#include "lp_core.h"
+#include "lp_engine.h"
+
+#if defined(__x86_64__) || defined(__i386__)
+#pragma GCC target("avx2,fma,f16c")
+#include <immintrin.h>
+#include <math.h>
+#include <string.h>
+
+#include "lp_kquants.h"
+
+#define GROUP 4       /* rows per packed group (the decode tile) */
+#define COLS 4        /* activation columns per tile when there are several */
+#define PF_GROUPS 1   /* prefetch distance, in groups */
+
+#define INLINE static inline __attribute__((always_inline))
+
+static inline float h2f(uint16_t h) { return _cvtsh_ss(h); }
+static inline __m256i loadu(const void *p) { return _mm256_loadu_si256((const __m256i *)p); }
+
+/* the horizontal sums of the row kernels, step for step */
+static inline float hsum_ps(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+static inline float hsum_ps128(__m128 s) {
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+static inline int hsum_epi32x4(__m128i v) {
+    v = _mm_add_epi32(v, _mm_shuffle_epi32(v, _MM_SHUFFLE(1, 0, 3, 2)));
+    v = _mm_add_epi32(v, _mm_shuffle_epi32(v, _MM_SHUFFLE(2, 3, 0, 1)));
+    return _mm_cvtsi128_si32(v);
+}
+
+/* What a tile prefetches: at block step i, the lines starting in [pf + i * step, pf + (i + 1) * step) below
+ * end. pf NULL: nothing. */
+typedef struct {
+    const char *pf, *end;
+    size_t step;
+} ahead;
+
+INLINE void prefetch_step(const ahead *a, int i) {
+    if (!a->pf) return;
+    const char *lo = a->pf + (size_t)i * a->step, *hi = lo + a->step;
+    if (hi > a->end) hi = a->end;
+    for (uintptr_t p = ((uintptr_t)lo + 63) & ~(uintptr_t)63; p < (uintptr_t)hi; p += 64) __builtin_prefetch((const void *)p);
+}
+
+/* Where a tile reads: block i of weight row r at w + r * rs + i * bs; activation column c at x + c * xs;
+ * out[c * os + r]. */
+typedef struct {
+    const char *w;
+    size_t rs, bs;
+    const char *x;
+    size_t xs;
+    float *out;
+    size_t os;
+} tile_at;
+
+static inline const lp_block_q8_K *act(const tile_at *t, int c, int i) {
+    return (const lp_block_q8_K *)(t->x + (size_t)c * t->xs) + i;
+}
+
+/* ---- Q4_K and Q5_K ----------------------------------------------------------------------------- */
+
+/* 8 scales (bytes 0..7) then 8 mins (bytes 8..15) of a Q4_K / Q5_K block from its 12 scale bytes */
+static inline __m128i k4_scales_mins(const uint8_t *b) {
+    const __m128i v = _mm_loadu_si128((const __m128i *)b);   /* 4 bytes past the scales: the block's quants */
+    __m128i lo = _mm_shuffle_epi32(v, _MM_SHUFFLE(2, 1, 2, 0));
+    lo = _mm_and_si128(_mm_srlv_epi32(lo, _mm_setr_epi32(0, 0, 0, 4)),
+                       _mm_setr_epi32(0x3f3f3f3f, 0x0f0f0f0f, 0x3f3f3f3f, 0x0f0f0f0f));
+    const __m128i hi = _mm_srli_epi32(_mm_shuffle_epi32(v, _MM_SHUFFLE(1, 1, 0, 0)), 2);
+    return _mm_or_si128(lo, _mm_and_si128(hi, _mm_setr_epi32(0, 0x30303030, 0, 0x30303030)));
+}
+
+/* R rows x C columns of Q4_K, or Q5_K when has_qh: per block, sumi = Σ_j scale_j * (q_j . y_j) in 8 int32
+ * lanes into acc with one fma; the mins' 4 lanes into accm with one fma (Q4_K) or summed to one int and
+ * added with fmaf (Q5_K) */
+INLINE void k4_tile(const int R, const int C, int nb, const int has_qh, const tile_at *t, const ahead *pf) {
+    const __m256i m4 = _mm256_set1_epi8(0xF), m1 = _mm256_set1_epi8(1);
+    const int qs_at = has_qh ? 48 : 16;   /* d, dmin, 12 scale bytes; then Q5_K's qh; then qs */
+    __m256 acc[GROUP][COLS];
+    __m128 accm[GROUP][COLS];
+    float summs[GROUP][COLS];
+    for (int r = 0; r < R; r++)
+        for (int c = 0; c < C; c++) {
+            acc[r][c] = _mm256_setzero_ps();
+            accm[r][c] = _mm_setzero_ps();
+            summs[r][c] = 0;
+        }
+    for (int i = 0; i < nb; i++) {
+        prefetch_step(pf, i);
+        const uint8_t *xb[GROUP];
+        __m256i sc[GROUP], sumi[GROUP][COLS];
+        __m128i bpairs[COLS];
+        for (int c = 0; c < C; c++) {
+            const __m256i bsum = loadu(act(t, c, i)->bsums);
+            bpairs[c] = _mm_hadd_epi16(_mm256_castsi256_si128(bsum), _mm256_extracti128_si256(bsum, 1));
+        }
+        for (int r = 0; r < R; r++) {
+            xb[r] = (const uint8_t *)t->w + (size_t)r * t->rs + (size_t)i * t->bs;
+            const __m256i sm16 = _mm256_cvtepu8_epi16(k4_scales_mins(xb[r] + 4));   /* [8 scales | 8 mins] */
+            sc[r] = _mm256_permute2x128_si256(sm16, sm16, 0x00);
+            const __m128i mins = _mm256_extracti128_si256(sm16, 1);
+            const float mx = h2f(((const uint16_t *)xb[r])[1]);
+            for (int c = 0; c < C; c++) {
+                const __m128i pm = _mm_madd_epi16(mins, bpairs[c]);
+                const float dmin = -act(t, c, i)->d * mx;
+                if (has_qh) summs[r][c] = fmaf(dmin, (float)hsum_epi32x4(pm), summs[r][c]);
+                else accm[r][c] = _mm_fmadd_ps(_mm_set1_ps(dmin), _mm_cvtepi32_ps(pm), accm[r][c]);
+                sumi[r][c] = _mm256_setzero_si256();
+            }
+        }
+        for (int k = 0; k < 4; k++) {   /* sub-blocks 2k (low nibbles) and 2k + 1 (high nibbles) */
+            __m256i y0[COLS], y1[COLS];
+            for (int c = 0; c < C; c++) {
+                y0[c] = loadu(act(t, c, i)->qs + 64 * k);
+                y1[c] = loadu(act(t, c, i)->qs + 64 * k + 32);
+            }
+            const __m256i pick0 = _mm256_set1_epi16((short)(0x0101 * 4 * k + 0x0100));         /* int16 2k */
+            const __m256i pick1 = _mm256_set1_epi16((short)(0x0101 * (4 * k + 2) + 0x0100));   /* int16 2k + 1 */
+            for (int r = 0; r < R; r++) {
+                const __m256i bits = loadu(xb[r] + qs_at + 32 * k);
+                __m256i ql = _mm256_and_si256(bits, m4), qh = _mm256_and_si256(_mm256_srli_epi16(bits, 4), m4);
+                if (has_qh) {
+                    const __m256i hb = loadu(xb[r] + 16);
+                    ql = _mm256_or_si256(ql, _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hb, 2 * k), m1), 4));
+                    qh = _mm256_or_si256(qh,
+                                         _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hb, 2 * k + 1), m1), 4));
+                }
+                const __m256i s0 = _mm256_shuffle_epi8(sc[r], pick0), s1 = _mm256_shuffle_epi8(sc[r], pick1);
+                for (int c = 0; c < C; c++) {
+                    const __m256i p0 = _mm256_madd_epi16(_mm256_maddubs_epi16(ql, y0[c]), s0);
+                    const __m256i p1 = _mm256_madd_epi16(_mm256_maddubs_epi16(qh, y1[c]), s1);
+                    sumi[r][c] = _mm256_add_epi32(sumi[r][c], _mm256_add_epi32(p0, p1));
+                }
+            }
+        }
+        for (int r = 0; r < R; r++) {
+            const float dx = h2f(((const uint16_t *)xb[r])[0]);
+            for (int c = 0; c < C; c++)
+                acc[r][c] = _mm256_fmadd_ps(_mm256_set1_ps(act(t, c, i)->d * dx), _mm256_cvtepi32_ps(sumi[r][c]),
+                                            acc[r][c]);
+        }
+    }
+    for (int r = 0; r < R; r++)
+        for (int c = 0; c < C; c++)
+            t->out[(size_t)c * t->os + r] = hsum_ps(acc[r][c]) + (has_qh ? summs[r][c] : hsum_ps128(accm[r][c]));
+}
+
+/* ---- Q6_K ---------------------------------------------------------------------------------------- */
+
+/* the pshufb mask taking int16 2p of the low lane to all of it and int16 2p + 1 of the high lane to all of it */
+static inline __m256i part_pick(int p) {
+    const short a = (short)(0x0100 * (4 * p + 1) + 4 * p), b = (short)(0x0100 * (4 * p + 3) + 4 * p + 2);
+    return _mm256_setr_epi16(a, a, a, a, a, a, a, a, b, b, b, b, b, b, b, b);
+}
+
+/* R rows x C columns of Q6_K: per block, sumi = Σ_part scales . ((q . y) - (32 . y)) in 8 int32 lanes into
+ * acc with one fma */
+INLINE void q6_tile(const int R, const int C, int nb, const tile_at *t, const ahead *pf) {
+    const __m256i m4 = _mm256_set1_epi8(0xF), m30 = _mm256_set1_epi8(0x30), m32 = _mm256_set1_epi8(32);
+    __m256 acc[GROUP][COLS];
+    for (int r = 0; r < R; r++)
+        for (int c = 0; c < C; c++) acc[r][c] = _mm256_setzero_ps();
+    for (int i = 0; i < nb; i++) {
+        prefetch_step(pf, i);
+        const lp_block_q6_K *xb[GROUP];
+        __m256i sc16[GROUP], sumi[GROUP][COLS];
+        for (int r = 0; r < R; r++) {
+            xb[r] = (const lp_block_q6_K *)(t->w + (size_t)r * t->rs + (size_t)i * t->bs);
+            sc16[r] = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)xb[r]->scales));
+            for (int c = 0; c < C; c++) sumi[r][c] = _mm256_setzero_si256();
+        }
+        for (int h = 0; h < 2; h++) {
+            /* parts p and p + 2 of half h come from the same 32 bytes of ql; their high bits are bits 2p, 2p + 1
+             * and 2p + 4, 2p + 5 of qh */
+            for (int p = 0; p < 2; p++) {
+                __m256i va[COLS], vb[COLS], oa[COLS], ob[COLS];
+                for (int c = 0; c < C; c++) {
+                    va[c] = loadu(act(t, c, i)->qs + 128 * h + 32 * p);
+                    vb[c] = loadu(act(t, c, i)->qs + 128 * h + 32 * (p + 2));
+                    oa[c] = _mm256_maddubs_epi16(m32, va[c]);
+                    ob[c] = _mm256_maddubs_epi16(m32, vb[c]);
+                }
+                for (int r = 0; r < R; r++) {
+                    const __m256i half = h ? _mm256_permute2x128_si256(sc16[r], sc16[r], 0x11)
+                                           : _mm256_permute2x128_si256(sc16[r], sc16[r], 0x00);
+                    const __m256i sa = _mm256_shuffle_epi8(half, part_pick(p));
+                    const __m256i sb = _mm256_shuffle_epi8(half, part_pick(p + 2));
+                    const __m256i l = loadu(xb[r]->ql + 64 * h + 32 * p), hb = loadu(xb[r]->qh + 32 * h);
+                    const __m256i ha = p ? _mm256_slli_epi16(hb, 2) : _mm256_slli_epi16(hb, 4);
+                    const __m256i hc = p ? _mm256_srli_epi16(hb, 2) : hb;
+                    const __m256i qa = _mm256_or_si256(_mm256_and_si256(l, m4), _mm256_and_si256(ha, m30));
+                    const __m256i qb = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l, 4), m4),
+                                                       _mm256_and_si256(hc, m30));
+                    for (int c = 0; c < C; c++) {
+                        const __m256i pa = _mm256_sub_epi16(_mm256_maddubs_epi16(qa, va[c]), oa[c]);
+                        const __m256i pb = _mm256_sub_epi16(_mm256_maddubs_epi16(qb, vb[c]), ob[c]);
+                        sumi[r][c] = _mm256_add_epi32(sumi[r][c], _mm256_madd_epi16(pa, sa));
+                        sumi[r][c] = _mm256_add_epi32(sumi[r][c], _mm256_madd_epi16(pb, sb));
+                    }
+                }
+            }
+        }
+        for (int r = 0; r < R; r++) {
+            const float dx = h2f(xb[r]->d);
+            for (int c = 0; c < C; c++)
+                acc[r][c] = _mm256_fmadd_ps(_mm256_set1_ps(act(t, c, i)->d * dx), _mm256_cvtepi32_ps(sumi[r][c]),
+                                            acc[r][c]);
+        }
+    }
+    for (int r = 0; r < R; r++)
+        for (int c = 0; c < C; c++) t->out[(size_t)c * t->os + r] = hsum_ps(acc[r][c]);
+}
+
+/* ---- packing and the products ---------------------------------------------------------------------- */
+
+enum { K_Q4, K_Q5, K_Q6 };
+static const size_t BLOCK[] = {sizeof(lp_block_q4_K), sizeof(lp_block_q5_K), sizeof(lp_block_q6_K)};
+
+/* rows [0, rows / GROUP * GROUP) of src into groups of GROUP rows, block i of the group's row r at i * GROUP + r */
+static void pack_groups(const void *src, size_t src_row, void *dst, int64_t n, int64_t rows) {
+    const int64_t nb = n / LP_QK_K;
+    const size_t bsz = src_row / (size_t)nb;
+    char *o = dst;
+    for (int64_t g = 0; g + GROUP <= rows; g += GROUP)
+        for (int64_t i = 0; i < nb; i++)
+            for (int r = 0; r < GROUP; r++, o += bsz) memcpy(o, (const char *)src + (size_t)(g + r) * src_row + (size_t)i * bsz, bsz);
+}
+
+INLINE void tile(const int kind, const int R, const int C, int nb, const tile_at *t, const ahead *pf) {
+    if (kind == K_Q6) q6_tile(R, C, nb, t, pf);
+    else k4_tile(R, C, nb, kind == K_Q5, t, pf);
+}
+
+/* the engine's mm_packed: w at a group, wgroup bytes per group, nr a multiple of GROUP */
+INLINE void mm_groups(const int kind, int n, int nr, int nc, const void *w, size_t wgroup, const void *x,
+                      size_t x_row, float *out, size_t os) {
+    const int nb = n / LP_QK_K, ng = nr / GROUP;
+    const size_t bsz = BLOCK[kind];
+    const char *wg = w, *end = wg + (size_t)ng * wgroup;
+    if (nc == 1) {
+        for (int g = 0; g < ng; g++) {
+            const char *t0 = wg + (size_t)g * wgroup, *pf = t0 + (size_t)PF_GROUPS * wgroup;
+            const tile_at t = {t0, bsz, GROUP * bsz, x, x_row, out + (size_t)g * GROUP, os};
+            const ahead a = {pf < end ? pf : NULL, end, GROUP * bsz};
+            tile(kind, GROUP, 1, nb, &t, &a);
+        }
+        return;
+    }
+    /* one weight row decoded once for COLS columns; the columns in L1-sized groups, as the row kernels go */
+    const ahead none = {NULL, NULL, 0};
+    for (int c0 = 0; c0 < nc; c0 += COLS) {
+        const int C = nc - c0 < COLS ? nc - c0 : COLS;
+        for (int g = 0; g < ng; g++)
+            for (int r = 0; r < GROUP; r++) {
+                const tile_at t = {wg + (size_t)g * wgroup + (size_t)r * bsz, bsz, GROUP * bsz,
+                                   (const char *)x + (size_t)c0 * x_row, x_row, out + (size_t)c0 * os + g * GROUP + r, os};
+                if (C == 4) tile(kind, 1, 4, nb, &t, &none);
+                else if (C == 3) tile(kind, 1, 3, nb, &t, &none);
+                else if (C == 2) tile(kind, 1, 2, nb, &t, &none);
+                else tile(kind, 1, 1, nb, &t, &none);
+            }
+    }
+}
+
+static void mm_q4_K(int n, int nr, int nc, const void *w, size_t wg, const void *x, size_t xr, float *out, size_t os) {
+    mm_groups(K_Q4, n, nr, nc, w, wg, x, xr, out, os);
+}
+
+static void mm_q5_K(int n, int nr, int nc, const void *w, size_t wg, const void *x, size_t xr, float *out, size_t os) {
+    mm_groups(K_Q5, n, nr, nc, w, wg, x, xr, out, os);
+}
+
+static void mm_q6_K(int n, int nr, int nc, const void *w, size_t wg, const void *x, size_t xr, float *out, size_t os) {
+    mm_groups(K_Q6, n, nr, nc, w, wg, x, xr, out, os);
+}
+
+void lp_engine_matmul_kquants_avx2(lp_engine_matmul *m) {
+    const int types[] = {LP_TYPE_Q4_K, LP_TYPE_Q5_K, LP_TYPE_Q6_K};
+    const lp_matmul_fn fns[] = {mm_q4_K, mm_q5_K, mm_q6_K};
+    for (int k = 0; k < 3; k++) {
+        m->pack_rows[types[k]] = GROUP;
+        m->pack[types[k]] = pack_groups;
+        m->mm_packed[types[k]] = fns[k];
+    }
+}
+#else
+void lp_engine_matmul_kquants_avx2(lp_engine_matmul *m) { (void)m; }
+#endif
