@@ -26,6 +26,7 @@
 #define GROUP 4       /* rows per packed group (the decode tile) */
 #define COLS 4        /* activation columns per tile when there are several */
 #define PF_GROUPS 1   /* prefetch distance, in groups */
+_Static_assert(GROUP == 4, "q4_decode is written for 4 rows");
 
 #define INLINE static inline __attribute__((always_inline))
 
@@ -168,6 +169,73 @@ INLINE void k4_tile(const int R, const int C, int nb, const int has_qh, const ti
             t->out[(size_t)c * t->os + r] = hsum_ps(acc[r][c]) + (has_qh ? summs[r][c] : hsum_ps128(accm[r][c]));
 }
 
+/* k4_scales_mins of two blocks at once: [8 scales, 8 mins of the block at lo | those of the block at hi] */
+static inline __m256i k4_scales_mins2(const uint8_t *lo, const uint8_t *hi) {
+    const __m256i v = _mm256_loadu2_m128i((const __m128i *)hi, (const __m128i *)lo);
+    __m256i a = _mm256_shuffle_epi32(v, _MM_SHUFFLE(2, 1, 2, 0));
+    a = _mm256_and_si256(_mm256_srlv_epi32(a, _mm256_setr_epi32(0, 0, 0, 4, 0, 0, 0, 4)),
+                         _mm256_setr_epi32(0x3f3f3f3f, 0x0f0f0f0f, 0x3f3f3f3f, 0x0f0f0f0f, 0x3f3f3f3f, 0x0f0f0f0f,
+                                           0x3f3f3f3f, 0x0f0f0f0f));
+    const __m256i b = _mm256_srli_epi32(_mm256_shuffle_epi32(v, _MM_SHUFFLE(1, 1, 0, 0)), 2);
+    return _mm256_or_si256(a, _mm256_and_si256(b, _mm256_setr_epi32(0, 0x30303030, 0, 0x30303030, 0, 0x30303030, 0,
+                                                                     0x30303030)));
+}
+
+/* k4_tile(GROUP = 4, 1, ...) of Q4_K, the decode tile: the same sums, with the rows' scales and mins decoded two
+ * at a time, the mins' lanes of two rows in one register, and the 4 rows' block scales converted together */
+INLINE void q4_decode(int nb, const tile_at *t, const ahead *pf) {
+    const __m256i m4 = _mm256_set1_epi8(0xF), zero = _mm256_setzero_si256();
+    __m256 acc[4], accm[2];   /* accm[p]: [the mins' 4 lanes of row 2p | of row 2p + 1] */
+    for (int r = 0; r < 4; r++) acc[r] = _mm256_setzero_ps();
+    accm[0] = accm[1] = _mm256_setzero_ps();
+    for (int i = 0; i < nb; i++) {
+        prefetch_step(pf, i);
+        const lp_block_q8_K *y = act(t, 0, i);
+        const uint8_t *xb[4];
+        uint32_t dm[4];
+        for (int r = 0; r < 4; r++) {
+            xb[r] = (const uint8_t *)t->w + (size_t)r * t->rs + (size_t)i * t->bs;
+            memcpy(&dm[r], xb[r], 4);
+        }
+        /* [y.d * d_r, -y.d * dmin_r] for r = 0..3: the products the row kernel forms one by one */
+        const __m256 f = _mm256_mul_ps(_mm256_cvtph_ps(_mm_setr_epi32((int)dm[0], (int)dm[1], (int)dm[2], (int)dm[3])),
+                                       _mm256_setr_ps(y->d, -y->d, y->d, -y->d, y->d, -y->d, y->d, -y->d));
+        const __m256i bsum = loadu(y->bsums);
+        const __m128i bp = _mm_hadd_epi16(_mm256_castsi256_si128(bsum), _mm256_extracti128_si256(bsum, 1));
+        const __m256i bp2 = _mm256_set_m128i(bp, bp);
+        __m256i sc[4], sumi[4];
+        for (int p = 0; p < 2; p++) {
+            const __m256i sm = k4_scales_mins2(xb[2 * p] + 4, xb[2 * p + 1] + 4);
+            const __m256i s16 = _mm256_unpacklo_epi8(sm, zero), pm = _mm256_madd_epi16(_mm256_unpackhi_epi8(sm, zero), bp2);
+            sc[2 * p] = _mm256_permute2x128_si256(s16, s16, 0x00);
+            sc[2 * p + 1] = _mm256_permute2x128_si256(s16, s16, 0x11);
+            const __m256 dmin = _mm256_permutevar8x32_ps(f, _mm256_setr_epi32(4 * p + 1, 4 * p + 1, 4 * p + 1, 4 * p + 1,
+                                                                             4 * p + 3, 4 * p + 3, 4 * p + 3, 4 * p + 3));
+            accm[p] = _mm256_fmadd_ps(dmin, _mm256_cvtepi32_ps(pm), accm[p]);
+        }
+        for (int r = 0; r < 4; r++) sumi[r] = _mm256_setzero_si256();
+        for (int k = 0; k < 4; k++) {
+            const __m256i y0 = loadu(y->qs + 64 * k), y1 = loadu(y->qs + 64 * k + 32);
+            const __m256i pick0 = _mm256_set1_epi16((short)(0x0101 * 4 * k + 0x0100));
+            const __m256i pick1 = _mm256_set1_epi16((short)(0x0101 * (4 * k + 2) + 0x0100));
+            for (int r = 0; r < 4; r++) {
+                const __m256i bits = loadu(xb[r] + 16 + 32 * k);
+                const __m256i ql = _mm256_and_si256(bits, m4), qh = _mm256_and_si256(_mm256_srli_epi16(bits, 4), m4);
+                const __m256i p0 = _mm256_madd_epi16(_mm256_maddubs_epi16(ql, y0), _mm256_shuffle_epi8(sc[r], pick0));
+                const __m256i p1 = _mm256_madd_epi16(_mm256_maddubs_epi16(qh, y1), _mm256_shuffle_epi8(sc[r], pick1));
+                sumi[r] = _mm256_add_epi32(sumi[r], _mm256_add_epi32(p0, p1));
+            }
+        }
+        for (int r = 0; r < 4; r++)
+            acc[r] = _mm256_fmadd_ps(_mm256_permutevar8x32_ps(f, _mm256_set1_epi32(2 * r)), _mm256_cvtepi32_ps(sumi[r]),
+                                     acc[r]);
+    }
+    for (int r = 0; r < 4; r++) {
+        const __m128 mins = r % 2 ? _mm256_extractf128_ps(accm[r / 2], 1) : _mm256_castps256_ps128(accm[r / 2]);
+        t->out[r] = hsum_ps(acc[r]) + hsum_ps128(mins);
+    }
+}
+
 /* ---- Q6_K ---------------------------------------------------------------------------------------- */
 
 /* the pshufb mask taking int16 2p of the low lane to all of it and int16 2p + 1 of the high lane to all of it */
@@ -254,6 +322,23 @@ INLINE void tile(const int kind, const int R, const int C, int nb, const tile_at
     else k4_tile(R, C, nb, kind == K_Q5, t, pf);
 }
 
+/* a group x 1 column */
+INLINE void decode(const int kind, int nb, const tile_at *t, const ahead *pf) {
+    if (kind == K_Q4) {
+        q4_decode(nb, t, pf);
+    } else if (kind == K_Q6) {
+        q6_tile(GROUP, 1, nb, t, pf);
+    } else {   /* Q5_K: a row at a time (4 rows' fifth bits leave too few registers, and measure slower) */
+        const ahead none = {NULL, NULL, 0};
+        for (int r = 0; r < GROUP; r++) {
+            tile_at u = *t;
+            u.w += (size_t)r * t->rs;
+            u.out += r;
+            k4_tile(1, 1, nb, 1, &u, r ? &none : pf);
+        }
+    }
+}
+
 /* the engine's mm_packed: w at a group, wgroup bytes per group, nr a multiple of GROUP */
 INLINE void mm_groups(const int kind, int n, int nr, int nc, const void *w, size_t wgroup, const void *x,
                       size_t x_row, float *out, size_t os) {
@@ -265,7 +350,7 @@ INLINE void mm_groups(const int kind, int n, int nr, int nc, const void *w, size
             const char *t0 = wg + (size_t)g * wgroup, *pf = t0 + (size_t)PF_GROUPS * wgroup;
             const tile_at t = {t0, bsz, GROUP * bsz, x, x_row, out + (size_t)g * GROUP, os};
             const ahead a = {pf < end ? pf : NULL, end, GROUP * bsz};
-            tile(kind, GROUP, 1, nb, &t, &a);
+            decode(kind, nb, &t, &a);
         }
         return;
     }
