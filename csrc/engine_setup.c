@@ -190,6 +190,22 @@ static void release_pages(const void *p, size_t n) {
     if (b > a) madvise((void *)a, b - a, MADV_DONTNEED);
 }
 
+/* w->packed filled from w->data, its groups split between the pool's threads (a group takes as many bytes packed as unpacked) */
+typedef struct {
+    const lp_engine *e;
+    const lp_weight *w;
+} pack_job;
+
+static void pack_task(void *arg, int ith, int nth) {
+    const pack_job *j = arg;
+    const lp_weight *w = j->w;
+    const int64_t groups = w->ne1 / w->pack_rows, g0 = groups * ith / nth, g1 = groups * (ith + 1) / nth;
+    const size_t group = (size_t)w->pack_rows * w->row_bytes;
+    if (g1 > g0)
+        j->e->mm.pack[w->type]((const char *)w->data + (size_t)g0 * group, w->row_bytes, (char *)w->packed + (size_t)g0 * group,
+                               w->ne0, (g1 - g0) * w->pack_rows);
+}
+
 int lp_engine_set_weight(lp_engine *e, int kind, int layer, const void *data, int type, int64_t ne0, int64_t ne1) {
     lp_weight *w = slot(e, kind, layer);
     int64_t want0, want1;
@@ -234,8 +250,9 @@ int lp_engine_set_weight(lp_engine *e, int kind, int layer, const void *data, in
         size_t bytes = (size_t)(ne1 / pr) * (size_t)pr * w->row_bytes;
         w->packed = malloc(bytes);
         if (w->packed) {
-            e->mm.pack[type](data, w->row_bytes, w->packed, ne0, ne1);
             w->pack_rows = pr;
+            pack_job job = {e, w};
+            lp_pool_run(e->pool, pack_task, &job);
             release_pages(data, bytes);
         }
     }
