@@ -6,11 +6,11 @@
  * are GROUP short streams it does not; on top of that, while a group is summed, the group PF_GROUPS ahead is
  * prefetched, one block step of it per block step.
  *
- * Tiles: R weight rows x C activation columns, GROUP x 1 for one column, 1 x 4 for more. Each output is
+ * Tiles: R weight rows x C activation columns. One column: a group at once for Q4_K and Q6_K, sharing the
+ * activation's loads, block-sum pairs and Q6_K's offset products between the rows; a row at a time for Q5_K.
+ * Several columns: a row x COLS columns, the row's quants and scales unpacked once for them. Each output is
  * bitwise what the format's own vec_dot (quants_kquants_avx2.c) gives for that row and column: the same int32
- * lanes per block, the same fused multiply-adds per lane in block order, the same horizontal sums. A tile
- * only shares work between its rows (the activation's loads, block-sum pairs and Q6_K's offset products)
- * and between its columns (the weights' unpacked quants and scales).
+ * lanes per block, the same fused multiply-adds per lane in block order, the same horizontal sums.
  */
 #include "lp_core.h"
 #include "lp_engine.h"
@@ -354,7 +354,7 @@ INLINE void mm_groups(const int kind, int n, int nr, int nc, const void *w, size
         }
         return;
     }
-    /* one weight row decoded once for COLS columns; the columns in L1-sized groups, as the row kernels go */
+    /* COLS columns at a time, each weight row's quants and scales unpacked once for them */
     const ahead none = {NULL, NULL, 0};
     for (int c0 = 0; c0 < nc; c0 += COLS) {
         const int C = nc - c0 < COLS ? nc - c0 : COLS;
