@@ -302,6 +302,53 @@ INLINE void q6_tile(const int R, const int C, int nb, const tile_at *t, const ah
         for (int c = 0; c < C; c++) t->out[(size_t)c * t->os + r] = hsum_ps(acc[r][c]);
 }
 
+/* q6_tile(GROUP = 4, 1, ...), the decode tile: the activation's offset products formed once per block, then a
+ * row at a time as the row kernel goes (each half's 4 parts unpacked together), the rows' block scales converted
+ * together */
+INLINE void q6_decode(int nb, const tile_at *t, const ahead *pf) {
+    const __m256i m4 = _mm256_set1_epi8(0xF), m30 = _mm256_set1_epi8(0x30), m32 = _mm256_set1_epi8(32);
+    __m256 acc[4];
+    for (int r = 0; r < 4; r++) acc[r] = _mm256_setzero_ps();
+    for (int i = 0; i < nb; i++) {
+        prefetch_step(pf, i);
+        const lp_block_q8_K *y = act(t, 0, i);
+        __m256i off[8];   /* 32 . y of each part */
+        for (int p = 0; p < 8; p++) off[p] = _mm256_maddubs_epi16(m32, loadu(y->qs + 32 * p));
+        const lp_block_q6_K *xb[4];
+        uint16_t dh[4];
+        for (int r = 0; r < 4; r++) {
+            xb[r] = (const lp_block_q6_K *)(t->w + (size_t)r * t->rs + (size_t)i * t->bs);
+            dh[r] = xb[r]->d;
+        }
+        /* y.d * d_r for r = 0..3 */
+        const __m128 d = _mm_mul_ps(_mm_cvtph_ps(_mm_loadl_epi64((const __m128i *)dh)), _mm_set1_ps(y->d));
+        for (int r = 0; r < 4; r++) {
+            const __m256i sc16 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)xb[r]->scales));
+            __m256i sumi = _mm256_setzero_si256();
+            for (int h = 0; h < 2; h++) {
+                const __m256i half = h ? _mm256_permute2x128_si256(sc16, sc16, 0x11)
+                                       : _mm256_permute2x128_si256(sc16, sc16, 0x00);
+                const __m256i l0 = loadu(xb[r]->ql + 64 * h), l1 = loadu(xb[r]->ql + 64 * h + 32);
+                const __m256i hb = loadu(xb[r]->qh + 32 * h);
+                const __m256i q[4] = {
+                    _mm256_or_si256(_mm256_and_si256(l0, m4), _mm256_and_si256(_mm256_slli_epi16(hb, 4), m30)),
+                    _mm256_or_si256(_mm256_and_si256(l1, m4), _mm256_and_si256(_mm256_slli_epi16(hb, 2), m30)),
+                    _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), m4), _mm256_and_si256(hb, m30)),
+                    _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), m4),
+                                    _mm256_and_si256(_mm256_srli_epi16(hb, 2), m30))};
+                for (int p = 0; p < 4; p++) {
+                    const __m256i v = loadu(y->qs + 128 * h + 32 * p);
+                    const __m256i prod = _mm256_sub_epi16(_mm256_maddubs_epi16(q[p], v), off[4 * h + p]);
+                    sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(prod, _mm256_shuffle_epi8(half, part_pick(p))));
+                }
+            }
+            acc[r] = _mm256_fmadd_ps(_mm256_broadcastss_ps(_mm_permutevar_ps(d, _mm_set1_epi32(r))),
+                                     _mm256_cvtepi32_ps(sumi), acc[r]);
+        }
+    }
+    for (int r = 0; r < 4; r++) t->out[r] = hsum_ps(acc[r]);
+}
+
 /* ---- packing and the products ---------------------------------------------------------------------- */
 
 enum { K_Q4, K_Q5, K_Q6 };
@@ -327,7 +374,7 @@ INLINE void decode(const int kind, int nb, const tile_at *t, const ahead *pf) {
     if (kind == K_Q4) {
         q4_decode(nb, t, pf);
     } else if (kind == K_Q6) {
-        q6_tile(GROUP, 1, nb, t, pf);
+        q6_decode(nb, t, pf);
     } else {   /* Q5_K: a row at a time (4 rows' fifth bits leave too few registers, and measure slower) */
         const ahead none = {NULL, NULL, 0};
         for (int r = 0; r < GROUP; r++) {
