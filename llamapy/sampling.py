@@ -53,9 +53,12 @@ class MT19937:
     """std::mt19937 with std::generate_canonical<double, 53> and std::discrete_distribution (libstdc++)."""
 
     def __init__(self, seed: int):
-        self._rs = np.random.RandomState(seed & 0xFFFFFFFF)
+        self._seed = seed & 0xFFFFFFFF
+        self._rs = None  # made on the first draw: numpy.random costs ~15 ms to import, and the C chain draws itself
 
     def next_u32(self) -> int:
+        if self._rs is None:
+            self._rs = np.random.RandomState(self._seed)
         return int(self._rs.randint(0, 2**32, dtype=np.uint64))
 
     def canonical(self) -> float:
