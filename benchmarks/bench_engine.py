@@ -49,21 +49,11 @@ def ref_bench(binary: str, model: str, n_prompt: int, n_gen: int, threads: int, 
 
 
 def read_bandwidth(threads: int) -> float:
-    """GB/s of `threads` threads each OR-reducing its own 128 MiB array at once (numpy lets go of the GIL;
-    the reduction is cheaper than the memory): the roofline decode is measured against."""
-    import threading
+    """GB/s of `threads` threads each streaming over its own 256 MiB at once (in C, best of 5 passes): the
+    roofline decode is measured against."""
+    from llamapy.native import lib
 
-    arrays = [np.ones(1 << 25, np.float32) for _ in range(threads)]
-    best = 0.0
-    for _ in range(3):
-        ts = [threading.Thread(target=np.bitwise_or.reduce, args=(a.view(np.uint64),)) for a in arrays]
-        t0 = time.perf_counter()
-        for t in ts:
-            t.start()
-        for t in ts:
-            t.join()
-        best = max(best, sum(a.nbytes for a in arrays) / (time.perf_counter() - t0) / 1e9)
-    return best
+    return lib.lp_read_bandwidth(threads, 256 << 20, 5)
 
 
 def python_share(model: str, threads: int, n: int = 64) -> float:

@@ -122,6 +122,15 @@ def test_bench_table_and_json(default_model, capsys):
     assert recs[0]["model_type"] == "llama ?B Q4_1" and len(recs[0]["samples_ts"]) == 1
 
 
+def test_read_bandwidth_measure():
+    """The roofline's bandwidth (benchmarks/bench_engine.py): a positive rate, and -1 for arguments it refuses."""
+    from llamapy.native import lib
+
+    assert lib.lp_read_bandwidth(2, 1 << 20, 2) > 0.1
+    assert lib.lp_read_bandwidth(0, 1 << 20, 2) == -1 and lib.lp_read_bandwidth(1, 1 << 20, 0) == -1
+    assert lib.lp_read_bandwidth(1, 100, 1) == -1
+
+
 def test_generation_runs_past_the_context_by_shifting(default_model, capsys):
     """-n 60 with -c 32: the context fills and shifts (half of what follows --keep dropped) and goes on."""
     args = ("run", "-p", PROMPT, "-n", "60", "-c", "32", "--temp", "0", "--ignore-eos", "--keep", "2")
