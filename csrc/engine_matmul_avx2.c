@@ -327,11 +327,17 @@ static void pack_q4_0x8(const void *src, size_t src_row, void *dst, int64_t n, i
    [c * nb + b], the activation block's 8 * sum(q) and scale. */
 static inline __attribute__((always_inline)) void tile_q4x8(int NC, int nb, const uint8_t *w, const char *x0,
                                                           size_t xrow, const int32_t *yoff, const float *yd,
-                                                          float *out, size_t os) {
+                                                          float *out, size_t os, const char *pf,
+                                                          const char *pf_end) {
     const __m256i m4 = _mm256_set1_epi8(0x0f), ones = _mm256_set1_epi16(1);
     __m256 acc[4];
     for (int c = 0; c < NC; c++) acc[c] = _mm256_setzero_ps();
     for (int b = 0; b < nb; b++, w += Q4X8_BLOCK) {
+        if (pf) {   /* the next group, a block's bytes of it per block: one steady stream ahead */
+            const char *lo = pf + (size_t)b * Q4X8_BLOCK, *hi = lo + Q4X8_BLOCK < pf_end ? lo + Q4X8_BLOCK : pf_end;
+            for (uintptr_t p = ((uintptr_t)lo + 63) & ~(uintptr_t)63; p < (uintptr_t)hi; p += 64)
+                _mm_prefetch((const char *)p, _MM_HINT_T0);
+        }
         __m256i lo[4], hi[4];
         for (int k = 0; k < 4; k++) {
             const __m256i v = _mm256_loadu_si256((const __m256i *)(w + 16 + 32 * k));
@@ -376,13 +382,15 @@ static void mm_q4_0x8(int n, int nr, int nc, const void *w, size_t wgroup, const
                 yd[c * nb + b] = h2f(y->d);
             }
         const char *xc = (const char *)x + (size_t)c0 * xrow;
+        const char *end = (const char *)w + (size_t)(nr / 8) * wgroup;
         for (int g = 0; g < nr / 8; g++) {
             const uint8_t *wg = (const uint8_t *)w + (size_t)g * wgroup;
             float *o = out + (size_t)c0 * os + 8 * g;
-            if (NC == 4) tile_q4x8(4, nb, wg, xc, xrow, yoff, yd, o, os);
-            else if (NC == 3) tile_q4x8(3, nb, wg, xc, xrow, yoff, yd, o, os);
-            else if (NC == 2) tile_q4x8(2, nb, wg, xc, xrow, yoff, yd, o, os);
-            else tile_q4x8(1, nb, wg, xc, xrow, yoff, yd, o, os);
+            const char *pf = nc == 1 && g + 1 < nr / 8 ? (const char *)wg + wgroup : NULL;   /* decode streams */
+            if (NC == 4) tile_q4x8(4, nb, wg, xc, xrow, yoff, yd, o, os, NULL, NULL);
+            else if (NC == 3) tile_q4x8(3, nb, wg, xc, xrow, yoff, yd, o, os, NULL, NULL);
+            else if (NC == 2) tile_q4x8(2, nb, wg, xc, xrow, yoff, yd, o, os, NULL, NULL);
+            else tile_q4x8(1, nb, wg, xc, xrow, yoff, yd, o, os, pf, end);
         }
     }
 }
