@@ -159,12 +159,15 @@ static inline __attribute__((always_inline)) void tile_4x1(int f, int nb, const 
     __m256 acc0 = _mm256_setzero_ps(), acc1 = acc0, acc2 = acc0, acc3 = acc0;
     __m128 mins = _mm_setzero_ps();   /* lane i: the minimum term of row i */
     float prod[4] __attribute__((aligned(16)));
+    /* the 4 rows are contiguous, and so are the tiles after them: the rows three tiles ahead are fetched
+       as one steady stream, 4 blocks' bytes of it per block */
+    const char *pf = w0 + 12 * wrow;
+    const size_t step = 4 * (size_t)ws;
     for (int b = 0; b < nb; b++) {
         const size_t off = (size_t)b * ws;
-        _mm_prefetch(w0 + 12 * wrow + off, _MM_HINT_T0);
-        _mm_prefetch(w1 + 12 * wrow + off, _MM_HINT_T0);
-        _mm_prefetch(w2 + 12 * wrow + off, _MM_HINT_T0);
-        _mm_prefetch(w3 + 12 * wrow + off, _MM_HINT_T0);
+        for (uintptr_t p = ((uintptr_t)(pf + b * step) + 63) & ~(uintptr_t)63; p < (uintptr_t)(pf + (b + 1) * step);
+             p += 64)
+            _mm_prefetch((const char *)p, _MM_HINT_T0);
         const char *y = x0 + (size_t)b * xs;
         const __m256 wdm = scales4(w0 + off, w1 + off, w2 + off, w3 + off);          /* d0 m0 d1 m1 .. */
         const __m128 wd = _mm256_castps256_ps128(_mm256_permutevar8x32_ps(wdm, _mm256_setr_epi32(0, 2, 4, 6, 0, 0, 0, 0)));
