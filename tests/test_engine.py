@@ -203,42 +203,13 @@ def test_embed(f32_model):
     np.testing.assert_allclose(after, before, atol=1e-5 * np.abs(before).max())
 
 
-@pytest.mark.parametrize("wtype", [T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1, T.Q8_0], ids=lambda t: t.name)
-def test_fast_matmul_matches_row_kernels(wtype):
-    """The engine's tiled matmul against the format's own dot product, every tile shape and edge."""
+def _matmul_and_row_dots(wtype, n: int, nr: int, nc: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """lp_matmul of a random (nr, n) weight by nc random columns, and the same outputs from lp_vec_dot row by row."""
     from test_engine_models import random_tensor
 
     from llamapy.native import ffi
 
-    rng = np.random.default_rng(int(wtype))
-    n, nr, nc = 256, 11, 5
-    w = np.ascontiguousarray(random_tensor(rng, nr, n, wtype, 0.05))
-    x = (rng.standard_normal((nc, n)) * np.where(rng.random((nc, n)) < 0.02, 50, 1)).astype(np.float32)
-    out = np.zeros((nc, nr), np.float32)
-    assert lib.lp_matmul(int(wtype), n, nr, nc, ffi.from_buffer(w), ffi.from_buffer("float[]", x),
-                         ffi.from_buffer("float[]", out)) == 0
-    vt = lib.lp_vec_dot_type(int(wtype))
-    want = np.zeros_like(out)
-    q = np.zeros(lib.lp_row_size(vt, n), np.uint8)
-    s = ffi.new("float *")
-    for c in range(nc):
-        lib.lp_quantize_activations(vt, ffi.from_buffer("float[]", x[c]), ffi.from_buffer(q), n)
-        for r in range(nr):
-            lib.lp_vec_dot(int(wtype), n, ffi.from_buffer(w[r]), ffi.from_buffer(q), s)
-            want[c, r] = s[0]
-    np.testing.assert_allclose(out, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
-
-
-@pytest.mark.parametrize("wtype", K_QUANTS, ids=lambda t: t.name)
-@pytest.mark.parametrize("nc", [1, 3, 6])
-def test_kquant_matmul_is_the_row_dot(wtype, nc):
-    """K-quant products (decode tiles for one column, multi-row dots for more) give bitwise each row's vec_dot."""
-    from test_engine_models import random_tensor
-
-    from llamapy.native import ffi
-
-    rng = np.random.default_rng(int(wtype) * 10 + nc)
-    n, nr = 768, 13   # 3 blocks a row; tiles of rows and a tail
+    rng = np.random.default_rng(seed)
     w = np.ascontiguousarray(random_tensor(rng, nr, n, wtype, 0.05))
     x = (rng.standard_normal((nc, n)) * np.where(rng.random((nc, n)) < 0.02, 50, 1)).astype(np.float32)
     out = np.zeros((nc, nr), np.float32)
@@ -254,6 +225,21 @@ def test_kquant_matmul_is_the_row_dot(wtype, nc):
             assert lib.lp_vec_dot(int(wtype), n, ffi.from_buffer(w[r]), ffi.from_buffer(q), s) == 0
             want[c, r] = s[0]
     assert np.all(np.isfinite(want)) and np.abs(want).max() > 0
+    return out, want
+
+
+@pytest.mark.parametrize("wtype", [T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1, T.Q8_0], ids=lambda t: t.name)
+def test_fast_matmul_matches_row_kernels(wtype):
+    """The engine's tiled matmul against the format's own dot product, every tile shape and edge."""
+    out, want = _matmul_and_row_dots(wtype, 256, 11, 5, int(wtype))
+    np.testing.assert_allclose(out, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
+
+
+@pytest.mark.parametrize("wtype", K_QUANTS, ids=lambda t: t.name)
+@pytest.mark.parametrize("nc", [1, 3, 6])
+def test_kquant_matmul_is_the_row_dot(wtype, nc):
+    """K-quant products (decode tiles for one column, multi-row dots for more) give bitwise each row's vec_dot."""
+    out, want = _matmul_and_row_dots(wtype, 768, 13, nc, int(wtype) * 10 + nc)  # 3 blocks a row; tiles and a tail
     np.testing.assert_array_equal(out.view(np.uint32), want.view(np.uint32))
 
 
