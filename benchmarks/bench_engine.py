@@ -154,7 +154,8 @@ def main() -> None:
             rt = theirs.get(kind)
             gbs = f"{r.model_size * ts / 1e9:.1f} ({100 * r.model_size * ts / 1e9 / bw:.0f}%)" if kind == "tg" else ""
             ratio = f"{ts / rt:.2f}x" if rt else "-"
-            print(f"| {r.model_type} | {r.test} | {ts:.1f} ± {r.stdev_ts():.1f} | {rt if rt is None else round(rt, 1)} "
+            ref_ts = "-" if rt is None else round(rt, 1)
+            print(f"| {r.model_type} | {r.test} | {ts:.1f} ± {r.stdev_ts():.1f} | {ref_ts} "
                   f"| {ratio} | {target}x | {gbs} |", flush=True)
         if name == "default":
             ref_cli = os.environ.get("LLAMAPY_REF_CLI") or (os.path.join(os.path.dirname(ref), "llama-cli")
