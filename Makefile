@@ -43,7 +43,7 @@ bench-tokenize: install build
 	$(PY) benchmarks/bench_tokenize.py
 
 lint: install
-	$(VENV)/bin/ruff check llamapy tests benchmarks
+	$(VENV)/bin/ruff check llamapy tests benchmarks tools
 
 clean:
 	rm -rf build $(VENV) llamapy/_native*.so llamapy/_native.c *.egg-info
