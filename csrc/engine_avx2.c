@@ -5,14 +5,9 @@
 #if defined(__x86_64__) || defined(__i386__)
 #pragma GCC target("avx2,fma,f16c")
 #include <immintrin.h>
+#define LP_AVX2_HELPERS
+#include "lp_avx2.h"
 #include <math.h>
-
-static inline float hsum(__m256 v) {
-    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    s = _mm_add_ss(s, _mm_movehdup_ps(s));
-    return _mm_cvtss_f32(s);
-}
 
 static inline __m256 load_f16(const uint16_t *p) { return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p)); }
 
@@ -84,7 +79,7 @@ static double softmax_exp(int n, const float *x, float max, float *y) {
             _mm256_storeu_ps(buf, v);
             for (int k = 0; i + k < n; k++) y[i + k] = buf[k];
         }
-        sum += hsum(v);
+        sum += hsum_ps(v);
     }
     return sum;
 }
@@ -101,7 +96,7 @@ static inline __m256 load_f16_part(const uint16_t *p, int n) {
 static inline float dot_f16_chain(int n, const uint16_t *a, const uint16_t *b) {
     __m256 acc = _mm256_setzero_ps();
     for (int l = 0; l < n; l += 8) acc = _mm256_fmadd_ps(load_f16_part(a + l, n - l), load_f16_part(b + l, n - l), acc);
-    return hsum(acc);
+    return hsum_ps(acc);
 }
 
 /* the reference's F16 dot of a single token: four accumulators over chunks of 32, added pairwise,
@@ -166,7 +161,7 @@ static void attn_scores_f16(int hd, int n, const uint16_t *q, const uint16_t *k,
                 a2 = _mm256_fmadd_ps(load_f16(k2 + 8 * l), qv[l], a2);
                 a3 = _mm256_fmadd_ps(load_f16(k3 + 8 * l), qv[l], a3);
             }
-            s[j] = hsum(a0), s[j + 1] = hsum(a1), s[j + 2] = hsum(a2), s[j + 3] = hsum(a3);
+            s[j] = hsum_ps(a0), s[j + 1] = hsum_ps(a1), s[j + 2] = hsum_ps(a2), s[j + 3] = hsum_ps(a3);
         }
     }
     for (; j < n; j++) s[j] = single ? dot_f16_four(hd, k + j * stride, q, 0) : dot_f16_chain(hd, k + j * stride, q);
@@ -220,7 +215,7 @@ static void attn_values_f16(int hd, int n, const uint16_t *p, const uint16_t *v,
             a2 = _mm256_fmadd_ps(load_f16_part(v2 + n8, n - n8), pl, a2);
             a3 = _mm256_fmadd_ps(load_f16_part(v3 + n8, n - n8), pl, a3);
         }
-        out[d] = hsum(a0), out[d + 1] = hsum(a1), out[d + 2] = hsum(a2), out[d + 3] = hsum(a3);
+        out[d] = hsum_ps(a0), out[d + 1] = hsum_ps(a1), out[d + 2] = hsum_ps(a2), out[d + 3] = hsum_ps(a3);
     }
     for (; d < hd; d++) out[d] = dot_f16_chain(n, v + d * stride, p);
 }

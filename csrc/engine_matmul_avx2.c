@@ -13,20 +13,12 @@
 #if defined(__x86_64__) || defined(__i386__)
 #pragma GCC target("avx2,fma,f16c")
 #include <immintrin.h>
+#define LP_AVX2_HELPERS
+#include "lp_avx2.h"
 #include <math.h>
 #include <string.h>
 
 #include "lp_quants_legacy.h"
-
-static inline float h2f(uint16_t h) { return _cvtsh_ss(h); }
-
-/* the reference's horizontal sum: high half + low half, then pairs, then the last two */
-static inline float hsum8(__m256 x) {
-    __m128 r = _mm_add_ps(_mm256_extractf128_ps(x, 1), _mm256_castps256_ps128(x));
-    r = _mm_add_ps(r, _mm_movehl_ps(r, r));
-    r = _mm_add_ss(r, _mm_movehdup_ps(r));
-    return _mm_cvtss_f32(r);
-}
 
 static inline __m256i nibbles32(const uint8_t *qs) {
     const __m128i b = _mm_loadu_si128((const __m128i *)qs);
@@ -147,7 +139,7 @@ static inline __attribute__((always_inline)) void tile_2x4(int f, int nb, const 
     float m[8];
     _mm256_storeu_ps(m, mins);
     for (int i = 0; i < 2; i++)
-        for (int j = 0; j < 4; j++) out[(size_t)j * os + i] = hsum8(acc[i][j]) + (has_min(f) ? m[4 * i + j] : 0.0f);
+        for (int j = 0; j < 4; j++) out[(size_t)j * os + i] = hsum_ps(acc[i][j]) + (has_min(f) ? m[4 * i + j] : 0.0f);
 }
 
 /* 4 weight rows x 1 activation column (generation, and the edges of prompts), with the rows three
@@ -187,10 +179,10 @@ static inline __attribute__((always_inline)) void tile_4x1(int f, int nb, const 
     }
     float m[4];
     _mm_storeu_ps(m, mins);
-    out[0] = hsum8(acc0) + (has_min(f) ? m[0] : 0.0f);
-    out[1] = hsum8(acc1) + (has_min(f) ? m[1] : 0.0f);
-    out[2] = hsum8(acc2) + (has_min(f) ? m[2] : 0.0f);
-    out[3] = hsum8(acc3) + (has_min(f) ? m[3] : 0.0f);
+    out[0] = hsum_ps(acc0) + (has_min(f) ? m[0] : 0.0f);
+    out[1] = hsum_ps(acc1) + (has_min(f) ? m[1] : 0.0f);
+    out[2] = hsum_ps(acc2) + (has_min(f) ? m[2] : 0.0f);
+    out[3] = hsum_ps(acc3) + (has_min(f) ? m[3] : 0.0f);
 }
 
 /* one output: the reference's dot product itself */
@@ -206,7 +198,7 @@ static inline __attribute__((always_inline)) float dot_1x1(int f, int nb, const 
         const __m256i q = _mm256_loadu_si256((const __m256i *)(y + xq));
         acc = _mm256_fmadd_ps(_mm256_set1_ps(h2f(h[0]) * h2f(g[0])), w_dot(f, w_bytes(f, a), q, x_offset(f, q)), acc);
     }
-    return hsum8(acc) + mins;
+    return hsum_ps(acc) + mins;
 }
 
 #define MAX_BLOCKS 512    /* rows of up to 16384 values take the tiled path */

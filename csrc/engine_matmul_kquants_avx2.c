@@ -18,6 +18,8 @@
 #if defined(__x86_64__) || defined(__i386__)
 #pragma GCC target("avx2,fma,f16c")
 #include <immintrin.h>
+#define LP_AVX2_HELPERS
+#include "lp_avx2.h"
 #include <math.h>
 #include <string.h>
 
@@ -29,29 +31,6 @@
 _Static_assert(GROUP == 4, "q4_decode is written for 4 rows");
 
 #define INLINE static inline __attribute__((always_inline))
-
-static inline float h2f(uint16_t h) { return _cvtsh_ss(h); }
-static inline __m256i loadu(const void *p) { return _mm256_loadu_si256((const __m256i *)p); }
-
-/* the horizontal sums of the row kernels, step for step */
-static inline float hsum_ps(__m256 v) {
-    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    s = _mm_add_ss(s, _mm_movehdup_ps(s));
-    return _mm_cvtss_f32(s);
-}
-
-static inline float hsum_ps128(__m128 s) {
-    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    s = _mm_add_ss(s, _mm_movehdup_ps(s));
-    return _mm_cvtss_f32(s);
-}
-
-static inline int hsum_epi32x4(__m128i v) {
-    v = _mm_add_epi32(v, _mm_shuffle_epi32(v, _MM_SHUFFLE(1, 0, 3, 2)));
-    v = _mm_add_epi32(v, _mm_shuffle_epi32(v, _MM_SHUFFLE(2, 3, 0, 1)));
-    return _mm_cvtsi128_si32(v);
-}
 
 /* What a tile prefetches: at block step i, the lines starting in [pf + i * step, pf + (i + 1) * step) below
  * end. pf NULL: nothing. */
@@ -83,16 +62,6 @@ static inline const lp_block_q8_K *act(const tile_at *t, int c, int i) {
 }
 
 /* ---- Q4_K and Q5_K ----------------------------------------------------------------------------- */
-
-/* 8 scales (bytes 0..7) then 8 mins (bytes 8..15) of a Q4_K / Q5_K block from its 12 scale bytes */
-static inline __m128i k4_scales_mins(const uint8_t *b) {
-    const __m128i v = _mm_loadu_si128((const __m128i *)b);   /* 4 bytes past the scales: the block's quants */
-    __m128i lo = _mm_shuffle_epi32(v, _MM_SHUFFLE(2, 1, 2, 0));
-    lo = _mm_and_si128(_mm_srlv_epi32(lo, _mm_setr_epi32(0, 0, 0, 4)),
-                       _mm_setr_epi32(0x3f3f3f3f, 0x0f0f0f0f, 0x3f3f3f3f, 0x0f0f0f0f));
-    const __m128i hi = _mm_srli_epi32(_mm_shuffle_epi32(v, _MM_SHUFFLE(1, 1, 0, 0)), 2);
-    return _mm_or_si128(lo, _mm_and_si128(hi, _mm_setr_epi32(0, 0x30303030, 0, 0x30303030)));
-}
 
 /* R rows x C columns of Q4_K, or Q5_K when has_qh: per block, sumi = Σ_j scale_j * (q_j . y_j) in 8 int32
  * lanes into acc with one fma; the mins' 4 lanes into accm with one fma (Q4_K) or summed to one int and

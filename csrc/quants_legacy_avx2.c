@@ -7,23 +7,16 @@
 #if defined(__x86_64__) || defined(__i386__)
 #pragma GCC target("avx2,fma,f16c")
 #include <immintrin.h>
+#define LP_AVX2_HELPERS
+#include "lp_avx2.h"
 #include <math.h>
 #include <string.h>
 
 #include "lp_quants_legacy.h"
 
-static inline float h2f(uint16_t h) { return _cvtsh_ss(h); }
-
 static inline uint16_t f2h(float f) {
     /* the hardware keeps NaN payloads where the reference's software conversion does not */
     return isnan(f) ? lp_fp32_to_fp16(f) : (uint16_t)_cvtss_sh(f, 0);
-}
-
-static inline float hsum_ps(__m256 v) {
-    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    s = _mm_add_ss(s, _mm_movehdup_ps(s));
-    return _mm_cvtss_f32(s);
 }
 
 static inline int hsum_epi32(__m256i v) {

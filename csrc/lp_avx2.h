@@ -1,0 +1,51 @@
+/* Small AVX2 helpers of the AVX2 kernel files (quants_*_avx2.c, engine_*avx2.c).
+ *
+ * Every header of csrc/ is also included by the cffi module, which is not compiled for AVX2: the helpers exist only
+ * where a file has selected the AVX2 target (#pragma GCC target) and defines LP_AVX2_HELPERS before including
+ * this header.
+ */
+#ifndef LP_AVX2_H
+#define LP_AVX2_H
+
+#if defined(LP_AVX2_HELPERS)
+#include <immintrin.h>
+#include <stdint.h>
+
+static inline float h2f(uint16_t h) { return _cvtsh_ss(h); }
+
+static inline __m256i loadu(const void *p) { return _mm256_loadu_si256((const __m256i *)p); }
+
+/* the reference's horizontal sums: high half + low half, then pairs, then the last two */
+static inline float hsum_ps(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+static inline float hsum_ps128(__m128 s) {
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+static inline int hsum_epi32x4(__m128i v) {
+    v = _mm_add_epi32(v, _mm_shuffle_epi32(v, _MM_SHUFFLE(1, 0, 3, 2)));
+    v = _mm_add_epi32(v, _mm_shuffle_epi32(v, _MM_SHUFFLE(2, 3, 0, 1)));
+    return _mm_cvtsi128_si32(v);
+}
+
+/* 8 scales (bytes 0..7) then 8 mins (bytes 8..15) of a Q4_K / Q5_K block from its 12 scale bytes at b.
+ * dwords a, c, e = bytes 0-3, 4-7, 8-11 (the 4 bytes read past them are the block's first quants):
+ * [a & 0x3f.., (e & 0x0f..) | ((a >> 6) & 3..) << 4, c & 0x3f.., ((e >> 4) & 0x0f..) | ((c >> 6) & 3..) << 4] */
+static inline __m128i k4_scales_mins(const uint8_t *b) {
+    const __m128i v = _mm_loadu_si128((const __m128i *)b);
+    __m128i lo = _mm_shuffle_epi32(v, _MM_SHUFFLE(2, 1, 2, 0)); /* a, e, c, e */
+    lo = _mm_and_si128(_mm_srlv_epi32(lo, _mm_setr_epi32(0, 0, 0, 4)),
+                       _mm_setr_epi32(0x3f3f3f3f, 0x0f0f0f0f, 0x3f3f3f3f, 0x0f0f0f0f));
+    const __m128i hi = _mm_srli_epi32(_mm_shuffle_epi32(v, _MM_SHUFFLE(1, 1, 0, 0)), 2); /* a, a, c, c */
+    return _mm_or_si128(lo, _mm_and_si128(hi, _mm_setr_epi32(0, 0x30303030, 0, 0x30303030)));
+}
+#endif
+
+#endif
