@@ -291,32 +291,30 @@ static inline __attribute__((always_inline)) void k4_fit_xg(int G, const float *
     }
 }
 
-static void quantize_row_q4_K(const float *x, void *vy, int64_t k) {
-    lp_block_q4_K *y = vy;
+/* Q4_K (nmax 15, rmin -1, 20 steps) and Q5_K (31, -0.5, 15) rows: blocks fitted two at a time, then finished */
+static inline __attribute__((always_inline)) void quantize_row_k4(const float *x, char *y, size_t ysize, int64_t k,
+                                                                  int nmax, float rmin, int nstep, int q5) {
     float scales[16], mins[16];
     uint8_t L[2 * LP_QK_K];
     const int64_t nb = k / LP_QK_K;
     for (int64_t i = 0; i < nb; i += 2, x += 2 * LP_QK_K) {
         const int G = nb - i >= 2 ? 2 : 1;
-        if (G == 2) k4_fit_xg(2, x, 15, -1.f, 20, scales, mins, L);
-        else k4_fit_xg(1, x, 15, -1.f, 20, scales, mins, L);
-        for (int g = 0; g < G; g++)
-            lp_q4_K_finish(x + LP_QK_K * g, scales + 8 * g, mins + 8 * g, L + LP_QK_K * g, &y[i + g]);
+        if (G == 2) k4_fit_xg(2, x, nmax, rmin, nstep, scales, mins, L);
+        else k4_fit_xg(1, x, nmax, rmin, nstep, scales, mins, L);
+        for (int g = 0; g < G; g++) {
+            void *out = y + (size_t)(i + g) * ysize;
+            if (q5) lp_q5_K_finish(x + LP_QK_K * g, scales + 8 * g, mins + 8 * g, L + LP_QK_K * g, out);
+            else lp_q4_K_finish(x + LP_QK_K * g, scales + 8 * g, mins + 8 * g, L + LP_QK_K * g, out);
+        }
     }
 }
 
+static void quantize_row_q4_K(const float *x, void *vy, int64_t k) {
+    quantize_row_k4(x, vy, sizeof(lp_block_q4_K), k, 15, -1.f, 20, 0);
+}
+
 static void quantize_row_q5_K(const float *x, void *vy, int64_t k) {
-    lp_block_q5_K *y = vy;
-    float scales[16], mins[16];
-    uint8_t L[2 * LP_QK_K];
-    const int64_t nb = k / LP_QK_K;
-    for (int64_t i = 0; i < nb; i += 2, x += 2 * LP_QK_K) {
-        const int G = nb - i >= 2 ? 2 : 1;
-        if (G == 2) k4_fit_xg(2, x, 31, -0.5f, 15, scales, mins, L);
-        else k4_fit_xg(1, x, 31, -0.5f, 15, scales, mins, L);
-        for (int g = 0; g < G; g++)
-            lp_q5_K_finish(x + LP_QK_K * g, scales + 8 * g, mins + 8 * g, L + LP_QK_K * g, &y[i + g]);
-    }
+    quantize_row_k4(x, vy, sizeof(lp_block_q5_K), k, 31, -0.5f, 15, 1);
 }
 
 static void quantize_row_q6_K(const float *x, void *vy, int64_t k) {
