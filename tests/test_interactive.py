@@ -441,38 +441,18 @@ def test_tty_instruct_mode(default_model):
     finish(pexpect, child)
 
 
-def test_piped_stdin_no_color_and_chinese(default_model):
+def run_piped(model: str, *args: str, input: str):
+    """`llamapy run -m model --temp 0 args`, its stdin a pipe holding `input`."""
     import subprocess
 
+    return subprocess.run([sys.executable, "-m", "llamapy", "run", "-m", model, "--temp", "0", *args], check=False,
+                          input=input, capture_output=True, encoding="utf-8", cwd=ROOT, timeout=300)
+
+
+def test_piped_stdin_no_color_and_chinese(default_model):
     prompt = "对话记录。\n用户：你好！\n助手：你好！有什么可以帮你？\n用户："
-    r = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "llamapy",
-            "run",
-            "-m",
-            default_model,
-            "--temp",
-            "0",
-            "-c",
-            "512",
-            "-n",
-            "16",
-            "--color",
-            "-i",
-            "-r",
-            "用户：",
-            "-p",
-            prompt,
-        ],
-        check=False,
-        input="请介绍一下你自己。\n",
-        capture_output=True,
-        encoding="utf-8",
-        cwd=ROOT,
-        timeout=300,
-    )
+    r = run_piped(default_model, "-c", "512", "-n", "16", "--color", "-i", "-r", "用户：", "-p", prompt,
+                  input="请介绍一下你自己。\n")
     assert r.returncode == 0, r.stderr
     assert "\x1b[" not in r.stdout  # not a terminal: no color codes even with --color
     assert r.stdout.startswith(prompt)  # every character whole, although byte-level tokens split them
@@ -482,37 +462,10 @@ def test_piped_stdin_no_color_and_chinese(default_model):
 
 def test_context_shift_keeps_a_long_session_going(default_model):
     import re
-    import subprocess
 
     # 100 tokens through a 64-token context: the context shifts (keeping the prompt) instead of failing
-    r = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "llamapy",
-            "run",
-            "-m",
-            default_model,
-            "--temp",
-            "0",
-            "-c",
-            "64",
-            "-n",
-            "100",
-            "--ignore-eos",
-            "--keep",
-            "-1",
-            "-i",
-            "-p",
-            "Once upon a time",
-        ],
-        check=False,
-        input="",
-        capture_output=True,
-        encoding="utf-8",
-        cwd=ROOT,
-        timeout=300,
-    )
+    r = run_piped(default_model, "-c", "64", "-n", "100", "--ignore-eos", "--keep", "-1", "-i", "-p",
+                  "Once upon a time", input="")
     assert r.returncode == 0, r.stderr
     assert r.stdout.startswith("Once upon a time")
     assert re.search(r"eval time = .* /\s+100 runs", r.stderr), r.stderr
