@@ -248,11 +248,13 @@ class Tokenizer:
         if not self.attrs[i] & ATTR_CONTROL:
             self.attrs[i] = ATTR_CONTROL
 
-    @without_gc
     def _merger(self):
         """Build the merge machinery (native library and Python fallback) on first use."""
-        if self._merger_ready:
-            return
+        if not self._merger_ready:
+            self._build_merger()
+
+    @without_gc
+    def _build_merger(self):
         if self.model == "llama":
             merger = spm.SPMMerger(self._bytes_to_id, self.scores, self._spm_byte_ids, self.unk_id)
             unk = [i for i, t in enumerate(self.types) if t == TYPE_UNKNOWN]
