@@ -34,7 +34,7 @@ TESTS = {"default": (512, 128, 1.8, 1.2), "Q4_K_M": (128, 32, 1.0, 1.1), "Q4_0":
 
 def model_path(name: str, workdir: str, threads: int) -> str:
     if name == "default":
-        from llamapy.models import resolve_model
+        from llamapy.store.locate import resolve_model
 
         return resolve_model(None)
     from make_tiny_llama import make
@@ -51,19 +51,19 @@ def ref_bench(binary: str, model: str, n_prompt: int, n_gen: int, threads: int, 
 def read_bandwidth(threads: int) -> float:
     """GB/s of `threads` threads each streaming over its own 256 MiB at once (in C, best of 5 passes): the
     roofline decode is measured against."""
-    from llamapy.native import lib
+    from llamapy.engine.native import lib
 
     return lib.lp_read_bandwidth(threads, 256 << 20, 5)
 
 
 def python_share(model: str, threads: int, n: int = 64) -> float:
     """The part of each generated token's time spent outside the C forward step (sampling, bookkeeping)."""
-    from llamapy.generate import generate
-    from llamapy.llama import Llama
-    from llamapy.native import lib
-    from llamapy.sampling import SamplerParams
+    from llamapy.engine.engine import Engine
+    from llamapy.engine.native import lib
+    from llamapy.generation.generate import generate
+    from llamapy.generation.sampling import SamplerParams
 
-    with Llama(model, n_ctx=256, n_threads=threads) as llm:
+    with Engine(model, n_ctx=256, n_threads=threads) as llm:
         prompt = [llm.tokenizer.bos_id or 1, 100, 200, 300]
         gen = generate(llm, prompt, SamplerParams(seed=1, ignore_eos=True), n_predict=n)
         next(gen)  # the prompt and the first token
@@ -82,11 +82,11 @@ PROMPT = "The capital of France is"
 TTFT_SCRIPT = """
 import sys, time
 t0 = time.perf_counter()
-from llamapy.generate import generate
-from llamapy.llama import Llama
-from llamapy.sampling import SamplerParams
+from llamapy.generation.generate import generate
+from llamapy.engine.engine import Engine
+from llamapy.generation.sampling import SamplerParams
 t1 = time.perf_counter()
-llm = Llama(sys.argv[1], n_threads=int(sys.argv[2]))
+llm = Engine(sys.argv[1], n_threads=int(sys.argv[2]))
 next(generate(llm, llm.tokenizer.encode(sys.argv[3]), SamplerParams(temp=0), n_predict=1))
 print(time.perf_counter() - t1)
 """

@@ -26,8 +26,8 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from llamapy.models import default_model_path
-from llamapy.tokenizer import Tokenizer
+from llamapy.store.locate import default_model_path
+from llamapy.tokenizer.core import Tokenizer
 
 TARGET_MBS = 1.0
 
@@ -86,7 +86,7 @@ class LibraryOnly:
     """
 
     def __init__(self, tok: Tokenizer):
-        from llamapy import tokenizer_bpe as bpe
+        from llamapy.tokenizer import bpe as bpe
 
         tok.encode("warm up")
         self.name = "library" if tok.fast else None
@@ -163,7 +163,7 @@ def main(argv=None) -> int:
                   f"{nbytes / warm_cpu / 1e6:9.2f} | {nbytes / cold_wall / 1e6:9.2f} | {len(ids):8d} | {same:<4} |")
     print(f"target: >= {TARGET_MBS:.1f} MB/s cold on the default path; slowest here: {worst:.2f} MB/s "
           f"({'ok' if worst >= TARGET_MBS else 'BELOW TARGET'})")
-    print("python* = the native library declined this vocabulary (see llamapy/tokenizer_*.py)")
+    print("python* = the native library declined this vocabulary (see llamapy/tokenizer/*.py)")
     print("library = the library alone (tokenizers' whole pipeline / sentencepiece on the whole text), "
           "for comparison")
     return 0

@@ -19,9 +19,9 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from llamapy.gguf_constants import TensorType as T  # noqa: E402
-from llamapy.gguf_constants import ValueType  # noqa: E402
-from llamapy.gguf_writer import GGUFWriter  # noqa: E402
+from llamapy.ggufio.constants import TensorType as T  # noqa: E402
+from llamapy.ggufio.constants import ValueType  # noqa: E402
+from llamapy.ggufio.writer import GGUFWriter  # noqa: E402
 
 DIM, N_LAYER, N_HEAD, N_HEAD_KV, FFN, VOCAB, CTX = 2048, 22, 32, 4, 5632, 32000, 2048
 

@@ -90,7 +90,7 @@ def _gen(llm, rng, n: int, bos: int | None) -> None:
 def run_bench(model: str | None, n_prompt: int = 512, n_gen: int = 128, n_threads: int | None = None,
               reps: int = 5, n_batch: int = 2048, n_ubatch: int = 512, seed: int = 0) -> list[BenchResult]:
     """Run the pp and tg tests (a count of 0 skips one) and return their timings."""
-    from .llama import Llama
+    from .engine.engine import Engine
 
     if reps < 1:
         raise LlamapyError(f"-r {reps}: at least one repetition")
@@ -103,7 +103,7 @@ def run_bench(model: str | None, n_prompt: int = 512, n_gen: int = 128, n_thread
     for n_p, n_g in ((n_prompt, 0), (0, n_gen)):
         if n_p == 0 and n_g == 0:
             continue
-        with Llama(model, n_ctx=max(n_p + n_g, 1), n_threads=n_threads, n_batch=min(n_batch, n_ubatch)) as llm:
+        with Engine(model, n_ctx=max(n_p + n_g, 1), n_threads=n_threads, n_batch=min(n_batch, n_ubatch)) as llm:
             bos = llm.tokenizer.bos_id if llm.tokenizer.add_bos else None
             res = BenchResult(
                 model_filename=llm.model_path, model_type=llm.desc, model_size=llm.model_size,
@@ -151,7 +151,7 @@ def markdown_row(r: BenchResult) -> str:
 def json_record(r: BenchResult) -> dict:
     """The reference's JSON fields (GPU-only ones at their CPU values)."""
     from . import __version__
-    from .native import kernels_active
+    from .engine.native import kernels_active
 
     avg_ns = int(sum(r.samples_ns) / len(r.samples_ns))
     return {
@@ -175,7 +175,7 @@ def bench(model: str | None = None, n_prompt: int = 512, n_gen: int = 128, threa
     import sys
 
     from . import __version__
-    from .native import kernels_active
+    from .engine.native import kernels_active
 
     if output not in ("md", "json", "jsonl"):
         raise LlamapyError(f"-o {output}: use md, json or jsonl")

@@ -8,8 +8,8 @@ from typing import Any
 
 import numpy as np
 
-from .gguf_constants import ValueType
-from .gguf_reader import GGUFReader, GGUFValue
+from .ggufio.constants import ValueType
+from .ggufio.reader import GGUFReader, GGUFValue
 
 ARRAY_SHOWN = 8
 
@@ -54,7 +54,7 @@ def summarize(path: str, with_tensors: bool = True) -> dict:
 
 def system_info() -> dict:
     from . import __version__
-    from .native import kernels_active, kernels_best
+    from .engine.native import kernels_active, kernels_best
 
     return {
         "llamapy": __version__,

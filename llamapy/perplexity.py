@@ -98,7 +98,7 @@ def run_perplexity(model: str | None, file: str, ctx_size: int = 512, batch_size
     """The `llamapy perplexity` command: running values and the final estimate on stdout, logs on stderr."""
     import sys
 
-    from .llama import Llama
+    from .engine.engine import Engine
 
     out = out or sys.stdout
     err = err or sys.stderr
@@ -120,7 +120,7 @@ def run_perplexity(model: str | None, file: str, ctx_size: int = 512, batch_size
     if n_gpu_layers:
         log(f"llamapy runs on the CPU: -ngl {n_gpu_layers} is ignored")
     n_seq = max(1, batch_size // ctx_size)
-    with Llama(model, n_ctx=ctx_size, n_threads=threads, n_batch=min(batch_size, n_seq * ctx_size, 512),
+    with Engine(model, n_ctx=ctx_size, n_threads=threads, n_batch=min(batch_size, n_seq * ctx_size, 512),
                n_seq_max=n_seq) as llm:
         if ctx_size > llm.args.n_ctx_train:
             log(f"perplexity: model was trained on only {llm.args.n_ctx_train} context tokens ({ctx_size} specified)")

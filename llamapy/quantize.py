@@ -20,9 +20,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from .errors import LlamapyError
-from .gguf_constants import KEY_FILE_TYPE, KEY_QUANT_VERSION, TYPE_SIZES, TensorType, ValueType
-from .gguf_constants import type_name as _type_name
-from .gguf_reader import GGUFReader, TensorInfo
+from .ggufio.constants import KEY_FILE_TYPE, KEY_QUANT_VERSION, TYPE_SIZES, TensorType, ValueType
+from .ggufio.constants import type_name as _type_name
+from .ggufio.reader import GGUFReader, TensorInfo
 
 T = TensorType
 QUANT_VERSION = 2  # GGML_QNT_VERSION
@@ -417,7 +417,7 @@ def plan(reader: GGUFReader, params: QuantizeParams) -> list[TensorPlan]:
 
 def _can_read(t: int) -> bool:
     """Whether the C core converts rows of type `t` to float32 (what requantizing needs)."""
-    from .native import ffi, lib
+    from .engine.native import ffi, lib
 
     blck, size = TYPE_SIZES[int(t)]
     src, dst = np.zeros(size, np.uint8), np.zeros(blck, np.float32)
@@ -426,7 +426,7 @@ def _can_read(t: int) -> bool:
 
 def _can_write(t: int) -> bool:
     """Whether the C core has the reference quantizer of type `t`."""
-    from .native import ffi, lib
+    from .engine.native import ffi, lib
 
     blck, size = TYPE_SIZES[int(t)]
     src, dst = np.zeros(blck, np.float32), np.zeros(size, np.uint8)
@@ -454,7 +454,7 @@ class _Scratch(threading.local):
 def _convert_chunks(src, src_type: int, dst: np.ndarray, dst_type: int, n: int, n_rows: int,
                     pool: ThreadPoolExecutor | None, on_rows: Callable[[int], None] | None = None) -> None:
     """Rows [0, n_rows) of `src` (bytes of src_type) -> `dst` (uint8, rows x row_bytes of dst_type)."""
-    from .native import ffi, lib
+    from .engine.native import ffi, lib
 
     src_row = n // blck_size(src_type) * TYPE_SIZES[src_type][1]
     dst_row = dst.shape[1] if n_rows else 0
@@ -563,7 +563,7 @@ def quantize_file(inp: str | os.PathLike, out: str | os.PathLike, ftype: int, n_
 
 def _write(reader: GGUFReader, plans: list[TensorPlan], out: str, out_ftype: int, mm: mmap.mmap,
            pool: ThreadPoolExecutor, total: int, progress: ProgressFn | None) -> QuantizeResult:
-    from .gguf_writer import GGUFWriter
+    from .ggufio.writer import GGUFWriter
 
     alignment = reader.alignment
     page = mmap.PAGESIZE

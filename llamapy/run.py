@@ -7,7 +7,7 @@ import time
 from typing import TextIO
 
 from .errors import LlamapyError
-from .sampling import SamplerParams
+from .generation.sampling import SamplerParams
 
 ANSI_PROMPT = "\x1b[33m"  # the reference colours the prompt yellow
 ANSI_RESET = "\x1b[0m"
@@ -81,11 +81,11 @@ def run(
     err: TextIO | None = None,
 ) -> int:
     """Generate a continuation of the prompt; returns the number of tokens generated."""
-    from .escapes import process_escapes_text as process_escapes
-    from .generate import Timings, eog_ids_of, generate
-    from .llama import Llama
-    from .sampling import Sampler
-    from .tokenizer import StreamDecoder
+    from .engine.engine import Engine
+    from .generation.generate import Timings, eog_ids_of, generate
+    from .generation.sampling import Sampler
+    from .tokenizer.core import StreamDecoder
+    from .util.escapes import process_escapes_text as process_escapes
 
     out = out or sys.stdout
     err = err or sys.stderr
@@ -107,7 +107,7 @@ def run(
         log(f"llamapy runs on the CPU: -ngl {n_gpu_layers} is ignored")
 
     t0 = time.perf_counter()
-    llm = Llama(model, n_ctx=ctx_size, n_threads=threads, n_batch=min(batch_size, 512))
+    llm = Engine(model, n_ctx=ctx_size, n_threads=threads, n_batch=min(batch_size, 512))
     timings = Timings(load_ms=1000 * (time.perf_counter() - t0))
     try:
         log(f"llama_model_load: {llm.model_path}: {llm.desc}, {llm.n_params / 1e6:.2f} M params, "

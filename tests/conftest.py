@@ -20,7 +20,7 @@ def shared_path(*parts: str) -> Path:
 
 @pytest.fixture(scope="session")
 def default_model() -> str:
-    from llamapy.models import DEFAULT_MODEL_INSTALL, default_model_path
+    from llamapy.store.locate import DEFAULT_MODEL_INSTALL, default_model_path
 
     p = default_model_path()
     if p is None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from llamapy.chat_templates import BUILTIN_TEMPLATES, ChatTemplate, detect_builtin
+from llamapy.chat.templates import BUILTIN_TEMPLATES, ChatTemplate, detect_builtin
 from llamapy.errors import LlamapyError
 
 CONVO = [
@@ -237,7 +237,7 @@ def test_for_model_choices(tmp_path):
 
 
 def test_default_model_template(default_model):
-    from llamapy.gguf_reader import GGUFReader
+    from llamapy.ggufio.reader import GGUFReader
 
     with GGUFReader(default_model) as r:
         meta = {
@@ -274,7 +274,7 @@ def test_history_stability():
     tpl = ChatTemplate.from_source(gemma_like)
     assert tpl.family == "gemma" and not tpl.history_is_stable()
 
-    from llamapy.interactive import chat_template_for_session
+    from llamapy.chat.interactive import chat_template_for_session
 
     chosen = chat_template_for_session(tpl)
     assert chosen.name == "gemma" and not chosen.is_jinja and "re-renders earlier turns" in chosen.note

@@ -16,7 +16,7 @@ from test_convert_util import (
     spm_size,
 )
 
-from llamapy.gguf_reader import GGUFReader
+from llamapy.ggufio.reader import GGUFReader
 
 
 def llamapy(*args, cwd=None, timeout=120):
@@ -72,7 +72,7 @@ def test_errors_are_one_line(tmp_path, weights, spm_model):
 
 def test_quantized_output_runs(tmp_path, weights, spm_model):
     """--outtype q8_0 and q4_k_m straight from the checkpoint; the engine runs both."""
-    from llamapy.llama import Llama
+    from llamapy.engine.engine import Engine
 
     d = save_meta(tmp_path / "m", weights, meta_params(), dtype="bf16")
     shutil.copy(spm_model, d / "tokenizer.model")
@@ -81,7 +81,7 @@ def test_quantized_output_runs(tmp_path, weights, spm_model):
     for t in ("q8_0", "q4_k_m"):
         r = llamapy("convert", str(d), "--outtype", t, "--outfile", str(tmp_path / f"{t}.gguf"))
         assert r.returncode == 0, r.stderr
-        with Llama(str(tmp_path / f"{t}.gguf"), n_ctx=32, n_threads=1) as llm:
+        with Engine(str(tmp_path / f"{t}.gguf"), n_ctx=32, n_threads=1) as llm:
             got = llm.eval_all_logits(tokens)
             assert llm.tokenizer.encode("the quick fox", add_special=True)[0] == 1
         # quantization error, not a wrong model: the logits stay close to the checkpoint's

@@ -21,7 +21,7 @@ from test_convert_util import (
 
 from llamapy.convert import convert
 from llamapy.errors import LlamapyError
-from llamapy.gguf_reader import GGUFReader
+from llamapy.ggufio.reader import GGUFReader
 
 
 @pytest.fixture(scope="module")
@@ -79,12 +79,12 @@ def test_logits_match_hf_forward(tmp_path, hf_w, spm_model, vocab_n):
 
 
 def test_engine_runs_converted_hf_model(tmp_path, hf_w, spm_model, vocab_n):
-    from llamapy.llama import Llama
+    from llamapy.engine.engine import Engine
 
     d = make(tmp_path / "m", hf_w, spm_model, vocab_n, fmt="bin", dtype="f16")
     res = convert(d, tmp_path / "o.gguf", "f16")
     ref = forward_hf(rounded(hf_w, "f16"), TOKENS)
-    with Llama(str(res.path), n_ctx=64, n_threads=1) as llm:
+    with Engine(str(res.path), n_ctx=64, n_threads=1) as llm:
         got = llm.eval_all_logits(TOKENS)
     assert np.abs(got - ref).max() < 1e-2 * np.abs(ref).max()
     assert np.array_equal(got.argmax(-1), ref.argmax(-1))
@@ -255,7 +255,7 @@ def test_half_conversions_match_the_reference_numpy_rounding():
     """F16/BF16 rows go through the C core's kernels; they must round exactly as the reference converter's
     numpy does (nearest even; overflow to inf; subnormals), and widen exactly."""
     from llamapy.convert.outtype import f32_to_half, rows_to_f32
-    from llamapy.gguf_constants import TensorType
+    from llamapy.ggufio.constants import TensorType
 
     rng = np.random.default_rng(5)
     bits = rng.integers(0, 2**32, 200_000, dtype=np.uint64).astype(np.uint32)

@@ -20,7 +20,7 @@ from test_convert_util import (
 
 from llamapy.convert import convert
 from llamapy.errors import LlamapyError
-from llamapy.gguf_reader import GGUFReader
+from llamapy.ggufio.reader import GGUFReader
 
 
 @pytest.fixture(scope="module")
@@ -225,12 +225,12 @@ def test_logits_match_meta_forward(tmp_path, weights, spm_model):
 
 def test_engine_runs_converted_meta_model(tmp_path, weights, spm_model):
     """llamapy's engine on the converted file gives the Meta forward's logits (F16 KV cache: ~1e-3)."""
-    from llamapy.llama import Llama
+    from llamapy.engine.engine import Engine
 
     d = make(tmp_path, "m", weights, spm_model, n_shards=2, dtype="bf16")
     res = convert(d, tmp_path / "o.gguf", "f32")
     ref = forward_meta(rounded(weights, "bf16"), TOKENS)
-    with Llama(str(res.path), n_ctx=64, n_threads=1) as llm:
+    with Engine(str(res.path), n_ctx=64, n_threads=1) as llm:
         got = llm.eval_all_logits(TOKENS)
     assert np.abs(got - ref).max() < 1e-2 * np.abs(ref).max()
     assert np.array_equal(got.argmax(-1), ref.argmax(-1))
@@ -267,7 +267,7 @@ def test_converted_tokenizer_encodes_like_sentencepiece(tmp_path, weights, spm_m
     import sentencepiece as spm
     from test_convert_util import corpus
 
-    from llamapy.tokenizer import Tokenizer
+    from llamapy.tokenizer.core import Tokenizer
 
     d = make(tmp_path, "m", weights, spm_model)
     tk = Tokenizer.from_gguf(str(convert(d, tmp_path / "o.gguf", "q8_0").path))

@@ -10,7 +10,7 @@ import pytest
 from test_convert_util import hf_permute
 
 from llamapy.convert import convert
-from llamapy.gguf_reader import GGUFReader
+from llamapy.ggufio.reader import GGUFReader
 
 HF_NAMES = {"token_embd.weight": "model.embed_tokens.weight", "output_norm.weight": "model.norm.weight",
             "output.weight": "lm_head.weight"}
@@ -25,7 +25,7 @@ SMOLLM_PRE = {"type": "Sequence", "pretokenizers": [
 
 def dequantized(t) -> np.ndarray:
     """A tensor of the default model as float32 in numpy order."""
-    from llamapy.native import ffi, lib
+    from llamapy.engine.native import ffi, lib
 
     out = np.empty(t.n_elements, dtype=np.float32)
     raw = np.ascontiguousarray(t.raw)
@@ -137,7 +137,7 @@ def test_tokenizer_comes_back(exported, converted):
 
 
 def test_converted_tokenizes_like_the_original(default_model, converted):
-    from llamapy.tokenizer import Tokenizer
+    from llamapy.tokenizer.core import Tokenizer
 
     a, b = Tokenizer.from_gguf(default_model), Tokenizer.from_gguf(converted.path)
     text = "Hello world! 12345 <|im_start|>user\nCafé naïve — 🦙 llamas\t\tgo"

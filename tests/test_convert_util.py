@@ -271,7 +271,7 @@ def forward_hf(w: dict, tokens, hp: dict = TINY):
 
 def gguf_f32_tensors(path) -> dict:
     """Every tensor of a GGUF file with F32/F16/BF16 data, as float32 arrays in numpy order."""
-    from llamapy.gguf_reader import GGUFReader
+    from llamapy.ggufio.reader import GGUFReader
 
     out = {}
     with GGUFReader(path) as r:
@@ -285,7 +285,7 @@ def gguf_f32_tensors(path) -> dict:
 
 def forward_gguf(path, tokens):
     """Logits of a F32/F16/BF16 llama GGUF in GGUF's conventions (q/k rows already in pair order)."""
-    from llamapy.gguf_reader import GGUFReader
+    from llamapy.ggufio.reader import GGUFReader
 
     with GGUFReader(path) as r:
         kv = {k: r.get(k) for k in r.kv}

@@ -1,4 +1,4 @@
-"""The C engine against the numpy oracle (llamapy.reference_forward) on tiny random models, and the
+"""The C engine against the numpy oracle (llamapy.engine.reference) on tiny random models, and the
 engine's own invariants: batches = single steps, sequences independent, KV cache edits, bad input."""
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ import pytest
 from gguf.constants import GGMLQuantizationType as T
 from test_engine_models import write_random_llama
 
-from llamapy import reference_forward as rf
+from llamapy.engine import reference as rf
+from llamapy.engine.engine import Engine
+from llamapy.engine.native import kernels_best, lib, set_kernels
 from llamapy.errors import LlamapyError
-from llamapy.llama import Llama
-from llamapy.native import kernels_best, lib, set_kernels
 
 TOKENS = [1, 5, 7, 9, 11, 3, 2, 8, 40, 41, 50, 60, 70, 80, 90, 95, 100, 120, 3, 4]
 K_QUANTS = (T.Q2_K, T.Q3_K, T.Q4_K, T.Q5_K, T.Q6_K)
@@ -40,7 +40,7 @@ def test_logits_match_oracle(tmp_path, wtype):
     k = wtype in K_QUANTS  # rows of 256
     p = write_random_llama(tmp_path / "m.gguf", wtype=wtype, n_vocab=128, n_embd=256 if k else 64,
                            n_ff=512 if k else 96)
-    with Llama(p, n_ctx=64, n_threads=2, n_batch=8) as llm:
+    with Engine(p, n_ctx=64, n_threads=2, n_batch=8) as llm:
         got = llm.eval_all_logits(TOKENS)
     args, w, types = rf.load_weights(p)
     want = rf.forward(args, w, TOKENS, types)
@@ -54,7 +54,7 @@ def test_logits_match_oracle(tmp_path, wtype):
 ], ids=["biases", "rope_freqs", "untied", "linear", "yarn", "mqa", "mha", "freq_base"])
 def test_model_variants_match_oracle(tmp_path, kwargs):
     p = write_random_llama(tmp_path / "m.gguf", wtype=T.F32, n_vocab=128, **kwargs)
-    with Llama(p, n_ctx=64, n_threads=2) as llm:
+    with Engine(p, n_ctx=64, n_threads=2) as llm:
         got = llm.eval_all_logits(TOKENS)
     args, w, types = rf.load_weights(p)
     ext = 1.0 if kwargs.get("rope_scaling", ("",))[0] == "yarn" else 0.0
@@ -73,7 +73,7 @@ def test_oracle_notices_a_wrong_model(tmp_path):
 
 
 def test_batch_equals_single_steps(f32_model):
-    with Llama(f32_model, n_ctx=64, n_threads=2, n_batch=7) as llm:
+    with Engine(f32_model, n_ctx=64, n_threads=2, n_batch=7) as llm:
         batch = llm.eval_all_logits(TOKENS)
         llm.kv_clear()
         single = np.stack([llm.eval([t]) for t in TOKENS])
@@ -86,7 +86,7 @@ def test_quantized_batch_equals_single_steps(tmp_path, wtype):
     k = wtype == T.Q4_K
     p = write_random_llama(tmp_path / "m.gguf", wtype=wtype, embd_type=T.Q8_0, n_vocab=128,
                            n_embd=256 if k else 64, n_ff=512 if k else 96)
-    with Llama(p, n_ctx=64, n_threads=2, n_batch=64) as llm:
+    with Engine(p, n_ctx=64, n_threads=2, n_batch=64) as llm:
         batch = llm.eval_all_logits(TOKENS)
         llm.kv_clear()
         single = np.stack([llm.eval([t]) for t in TOKENS])
@@ -96,7 +96,7 @@ def test_quantized_batch_equals_single_steps(tmp_path, wtype):
 def test_threads_do_not_change_results(f32_model):
     outs = []
     for n in (1, 2, 3):
-        with Llama(f32_model, n_ctx=64, n_threads=n) as llm:
+        with Engine(f32_model, n_ctx=64, n_threads=n) as llm:
             assert llm.n_threads == n
             outs.append(llm.eval_all_logits(TOKENS))
     assert all((o == outs[0]).all() for o in outs)
@@ -106,12 +106,12 @@ def test_scalar_kernels_agree(tmp_path):
     if kernels_best() == "scalar":
         pytest.skip("only scalar kernels on this CPU")
     p = write_random_llama(tmp_path / "m.gguf", wtype=T.Q4_0, embd_type=T.Q8_0, n_vocab=128)
-    with Llama(p, n_ctx=64) as llm:
+    with Engine(p, n_ctx=64) as llm:
         fast = llm.eval_all_logits(TOKENS)
     level = lib.lp_kernels_active()
     try:
         set_kernels("scalar")
-        with Llama(p, n_ctx=64) as llm:
+        with Engine(p, n_ctx=64) as llm:
             slow = llm.eval_all_logits(TOKENS)
     finally:
         lib.lp_kernels_set(level)
@@ -120,7 +120,7 @@ def test_scalar_kernels_agree(tmp_path):
 
 def test_sequences_are_independent(f32_model):
     a, b = TOKENS[:9], TOKENS[5:17]
-    with Llama(f32_model, n_ctx=32, n_seq_max=3, n_batch=8) as llm:
+    with Engine(f32_model, n_ctx=32, n_seq_max=3, n_batch=8) as llm:
         alone_a = llm.eval(a)
         llm.kv_clear()
         alone_b = llm.eval(b, seq_id=1)
@@ -134,7 +134,7 @@ def test_sequences_are_independent(f32_model):
 
 
 def test_eval_batch_first_output(f32_model):
-    with Llama(f32_model, n_ctx=32, n_seq_max=2, n_batch=5) as llm:
+    with Engine(f32_model, n_ctx=32, n_seq_max=2, n_batch=5) as llm:
         all_a = llm.eval_all_logits(TOKENS[:10])
         llm.kv_clear()
         outs = llm.eval_batch([(1, TOKENS[10:16]), (0, TOKENS[:10])], first_output=4)
@@ -143,7 +143,7 @@ def test_eval_batch_first_output(f32_model):
 
 
 def test_prefix_truncate_and_copy(f32_model):
-    with Llama(f32_model, n_ctx=32, n_seq_max=2) as llm:
+    with Engine(f32_model, n_ctx=32, n_seq_max=2) as llm:
         fresh = llm.eval(TOKENS[:6] + [99, 98])
         llm.kv_clear()
         llm.eval(TOKENS[:10])
@@ -162,7 +162,7 @@ def test_context_shift_rerotates_keys(tmp_path):
     """With one layer a cached key depends on its token and position only, so after a shift the cache
     must equal a fresh evaluation of the kept tokens at their new positions."""
     p = write_random_llama(tmp_path / "m.gguf", wtype=T.F32, n_layer=1, n_vocab=128)
-    with Llama(p, n_ctx=16) as llm:
+    with Engine(p, n_ctx=16) as llm:
         llm.eval(TOKENS[:12])
         llm.context_shift(0, 2, 5)
         assert llm.tokens(0) == TOKENS[:2] + TOKENS[7:12]
@@ -176,7 +176,7 @@ def test_context_shift_rerotates_keys(tmp_path):
 
 
 def test_context_limit(f32_model):
-    with Llama(f32_model, n_ctx=8) as llm:
+    with Engine(f32_model, n_ctx=8) as llm:
         llm.eval(TOKENS[:8])
         with pytest.raises(LlamapyError, match="context size 8"):
             llm.eval([1])
@@ -187,7 +187,7 @@ def test_context_limit(f32_model):
 
 
 def test_embed(f32_model):
-    with Llama(f32_model, n_ctx=32, embeddings=True) as llm:
+    with Engine(f32_model, n_ctx=32, embeddings=True) as llm:
         llm.eval(TOKENS[:4])
         h = llm.hidden_states(TOKENS[:6])
         v = llm.embed(TOKENS[:6])
@@ -207,7 +207,7 @@ def _matmul_and_row_dots(wtype, n: int, nr: int, nc: int, seed: int) -> tuple[np
     """lp_matmul of a random (nr, n) weight by nc random columns, and the same outputs from lp_vec_dot row by row."""
     from test_engine_models import random_tensor
 
-    from llamapy.native import ffi
+    from llamapy.engine.native import ffi
 
     rng = np.random.default_rng(seed)
     w = np.ascontiguousarray(random_tensor(rng, nr, n, wtype, 0.05))
@@ -248,22 +248,22 @@ def test_kquant_matmul_is_the_row_dot(wtype, nc):
 def test_other_architecture(tmp_path):
     p = write_random_llama(tmp_path / "m.gguf", extra_kv={"general.architecture": "qwen2"})
     with pytest.raises(LlamapyError, match="architecture 'qwen2' is not supported"):
-        Llama(p)
+        Engine(p)
 
 
 def test_missing_tensor(tmp_path):
     p = write_random_llama(tmp_path / "m.gguf", drop=("blk.1.ffn_up.weight",))
     with pytest.raises(LlamapyError, match="tensor 'blk.1.ffn_up.weight' is missing"):
-        Llama(p)
+        Engine(p)
 
 
 def test_shape_that_does_not_fit(tmp_path):
     p = write_random_llama(tmp_path / "m.gguf", reshape={"blk.0.attn_k.weight": (64, 48)})
     with pytest.raises(LlamapyError, match=r"'blk.0.attn_k.weight' has shape \[64, 48\], expected \[64, 32\]"):
-        Llama(p)
+        Engine(p)
 
 
 def test_inconsistent_heads(tmp_path):
     p = write_random_llama(tmp_path / "m.gguf", extra_kv={"llama.attention.head_count_kv": 3})
     with pytest.raises(LlamapyError, match="not a multiple of head_count_kv 3"):
-        Llama(p)
+        Engine(p)

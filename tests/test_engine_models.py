@@ -11,7 +11,7 @@ from gguf.constants import GGML_QUANT_SIZES
 from gguf.constants import GGMLQuantizationType as T
 from gguf.quants import dequantize
 
-from llamapy.gguf_writer import GGUFWriter
+from llamapy.ggufio.writer import GGUFWriter
 
 # byte offsets of the fp16 scale fields (d, and dmin / m where present) inside one block
 SCALE_FIELDS = {
@@ -136,8 +136,8 @@ def write_random_llama(
 
 
 def test_random_model_reads_back(tmp_path):
-    from llamapy.gguf_reader import GGUFReader
-    from llamapy.model import ModelArgs, check_tensors
+    from llamapy.ggufio.reader import GGUFReader
+    from llamapy.model_args import ModelArgs, check_tensors
 
     p = write_random_llama(tmp_path / "m.gguf", wtype=T.Q4_0, n_embd=64)
     with GGUFReader(p) as r:
@@ -147,7 +147,7 @@ def test_random_model_reads_back(tmp_path):
         w = dequantize(np.array(t.raw), T.Q4_0)
         assert w.shape == (32, 64) and 0.05 < w.std() < 0.3
         if check_tensors.__module__:  # the shapes the hyperparameters call for
-            from llamapy.native import lib
+            from llamapy.engine.native import lib
 
             if lib.lp_type_supported(int(T.Q4_0)):
                 assert set(check_tensors(r, args)) >= {"token_embd.weight", "blk.1.ffn_down.weight"}

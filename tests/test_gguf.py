@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 from llamapy.errors import GGUFError, LlamapyError
-from llamapy.gguf_constants import TensorType, ValueType
-from llamapy.gguf_reader import GGUFReader, GGUFValue
-from llamapy.gguf_writer import GGUFWriter
+from llamapy.ggufio.constants import TensorType, ValueType
+from llamapy.ggufio.reader import GGUFReader, GGUFValue
+from llamapy.ggufio.writer import GGUFWriter
 
 SCALARS = [
     (ValueType.UINT8, 250),
@@ -231,7 +231,7 @@ def _string_array(items: list[str]) -> bytes:
                          ids=["mixed", "empty", "nul", "split-utf8"])
 def test_string_arrays_read_in_c_equal_the_python_loop(monkeypatch, items):
     """The C walker (a vocabulary at C speed) gives the Python loop's strings and end offset, or steps aside."""
-    from llamapy import gguf_reader
+    from llamapy.ggufio import reader as gguf_reader
 
     buf = b"junk" + _string_array(items) + b"tail"
     fast = gguf_reader._Cursor(buf, len(buf), "t")
@@ -247,7 +247,7 @@ def test_string_arrays_read_in_c_equal_the_python_loop(monkeypatch, items):
 
 
 def test_string_array_running_past_the_end_is_refused_by_both_paths(monkeypatch):
-    from llamapy import gguf_reader
+    from llamapy.ggufio import reader as gguf_reader
 
     buf = _string_array(STRINGS)[:-3]
     assert gguf_reader._native_strings(buf, len(buf), 0, len(STRINGS)) is None

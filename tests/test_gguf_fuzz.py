@@ -6,9 +6,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from llamapy.errors import GGUFError
-from llamapy.gguf_constants import TensorType, ValueType
-from llamapy.gguf_reader import GGUFReader
-from llamapy.gguf_writer import GGUFWriter
+from llamapy.ggufio.constants import TensorType, ValueType
+from llamapy.ggufio.reader import GGUFReader
+from llamapy.ggufio.writer import GGUFWriter
 
 
 def _seed_file(tmp_path_factory) -> bytes:

@@ -16,9 +16,9 @@ import sys
 import numpy as np
 import pytest
 
-from llamapy.chat_templates import ChatTemplate
-from llamapy.escapes import process_escapes_text
-from llamapy.interactive import InteractiveOptions, run_interactive
+from llamapy.chat.interactive import InteractiveOptions, run_interactive
+from llamapy.chat.templates import ChatTemplate
+from llamapy.util.escapes import process_escapes_text
 
 # -- a scripted model ---------------------------------------------------------------------------------------------
 

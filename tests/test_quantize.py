@@ -11,9 +11,9 @@ from llamapy import quantize as Q
 from llamapy import quants
 from llamapy.cli import main
 from llamapy.errors import LlamapyError
-from llamapy.gguf_constants import TensorType as T
-from llamapy.gguf_reader import GGUFReader
-from llamapy.gguf_writer import GGUFWriter
+from llamapy.ggufio.constants import TensorType as T
+from llamapy.ggufio.reader import GGUFReader
+from llamapy.ggufio.writer import GGUFWriter
 
 # ../shared/testdata/quant: file -> (type given to the reference quantizer, --pure)
 REFERENCE_FILES = {

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from conftest import shared_path
 
-from llamapy.native import ffi, kernels_best, lib, set_kernels
+from llamapy.engine.native import ffi, kernels_best, lib, set_kernels
 from llamapy.quants import kquants as K
 
 TYPES = {
@@ -114,7 +114,7 @@ def random_rows(rows: int = 8, n: int = 1024, seed: int = 7) -> np.ndarray:
 # -- byte-exact against the reference quantizer -------------------------------------------------------------
 def reference_tensors(name: str):
     """(weights (rows, n), the reference's bytes) for every tensor the reference quantized to this type."""
-    from llamapy.gguf_reader import GGUFReader
+    from llamapy.ggufio.reader import GGUFReader
 
     src = GGUFReader(shared_path("testdata", "quant", "src.gguf"))
     quant = GGUFReader(shared_path("testdata", "quant", f"{REFERENCE_FILES[name]}.gguf"))

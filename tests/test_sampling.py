@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from llamapy.errors import LlamapyError
-from llamapy.sampling import (
+from llamapy.generation.sampling import (
     MT19937,
     Candidates,
     Sampler,

@@ -71,10 +71,10 @@ def server(default_model):
 @pytest.fixture(scope="session")
 def ref(default_model):
     """The engine in this process: greedy continuations to compare the server with."""
-    from llamapy.chat_templates import ChatTemplate
-    from llamapy.llama import Llama
+    from llamapy.chat.templates import ChatTemplate
+    from llamapy.engine.engine import Engine
 
-    llm = Llama(default_model, n_ctx=1024, n_threads=1)
+    llm = Engine(default_model, n_ctx=1024, n_threads=1)
     llm.template = ChatTemplate.for_model(llm.metadata)
     yield llm
     llm.close()

@@ -20,7 +20,7 @@ import pytest
 pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
 
-from llamapy.chat_templates import ChatTemplate
+from llamapy.chat.templates import ChatTemplate
 from llamapy.server.app import create_app
 from llamapy.server.common import ServerState
 from llamapy.server.scheduler import DoneEvent, GenRequest, Job, Scheduler

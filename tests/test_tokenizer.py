@@ -11,8 +11,8 @@ import pytest
 from conftest import shared_path
 
 from llamapy.errors import LlamapyError
-from llamapy.tokenizer import ATTR_CONTROL, TYPE_CONTROL, StreamDecoder, Tokenizer
-from llamapy.tokenizer_cxx import unordered_map_order
+from llamapy.tokenizer.core import ATTR_CONTROL, TYPE_CONTROL, StreamDecoder, Tokenizer
+from llamapy.tokenizer.cxx_order import unordered_map_order
 
 SEPARATOR = "\n__ggml_vocab_test__\n"
 
@@ -252,7 +252,7 @@ def test_cli_stdin_file_and_errors(cli, tmp_path):
 
 
 def test_process_escapes():
-    from llamapy.escapes import process_escapes
+    from llamapy.util.escapes import process_escapes
 
     assert process_escapes(rb"a\nb\t\\\'\"") == b"a\nb\t\\'\""
     assert process_escapes(b"\\x41\\x4g\\q\\") == b"A\\x4g\\q\\"

@@ -11,10 +11,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from llamapy import tokenizer_bpe as bpe
-from llamapy import tokenizer_bpe_merges as bpe_merges
-from llamapy.gguf_writer import GGUFWriter
-from llamapy.tokenizer import TYPE_CONTROL, TYPE_NORMAL, Tokenizer, TokenizerWarning
+from llamapy.ggufio.writer import GGUFWriter
+from llamapy.tokenizer import bpe as bpe
+from llamapy.tokenizer import bpe_merges as bpe_merges
+from llamapy.tokenizer.core import TYPE_CONTROL, TYPE_NORMAL, Tokenizer, TokenizerWarning
 
 CORPUS = [
     "Hello world, this is a test. The quick brown fox jumps over the lazy dog 1234567890! It's ok, we'll see.",
@@ -94,8 +94,8 @@ def test_category_ranges_tile_the_scanned_code_points():
 
 
 def test_category_table_is_the_database():
-    """llamapy/unicode_categories.py (read at start instead of scanning) holds exactly the database's runs."""
-    from llamapy import unicode_categories
+    """llamapy/tokenizer/unicode_categories.py (read at start instead of scanning) holds exactly the database's runs."""
+    from llamapy.tokenizer import unicode_categories
 
     ud = bpe._unicodedata()
     assert unicode_categories.VERSION == ud.unidata_version

@@ -10,10 +10,10 @@ from conftest import shared_path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from llamapy import tokenizer_spm as spm
-from llamapy.gguf_reader import GGUFReader
-from llamapy.gguf_writer import GGUFWriter
-from llamapy.tokenizer import (
+from llamapy.ggufio.reader import GGUFReader
+from llamapy.ggufio.writer import GGUFWriter
+from llamapy.tokenizer import spm as spm
+from llamapy.tokenizer.core import (
     TYPE_BYTE,
     TYPE_CONTROL,
     TYPE_NORMAL,

@@ -1,4 +1,4 @@
-"""Write llamapy/unicode_categories.py: the major category runs of the installed Unicode database.
+"""Write llamapy/tokenizer/unicode_categories.py: the major category runs of the installed Unicode database.
 
     python tools/gen_unicode_categories.py
 
@@ -14,11 +14,11 @@ import textwrap
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from llamapy import tokenizer_bpe as bpe  # noqa: E402
-from llamapy.fileio import atomic_write  # noqa: E402
+from llamapy.tokenizer import bpe as bpe  # noqa: E402
+from llamapy.util.fileio import atomic_write  # noqa: E402
 
 HEADER = '''"""The major Unicode category (L, N, P, S, M, Z, C) of every code point the pre-tokenizers scan, as runs:
-"<category><first code point, hex>" for each window of tokenizer_bpe._SCAN_LIMITS. Written by
+"<category><first code point, hex>" for each window of bpe._SCAN_LIMITS. Written by
 tools/gen_unicode_categories.py from the Unicode {version} database; reading it takes a millisecond where
 scanning the database takes ~60 ms at every start (time to first token)."""
 from __future__ import annotations
@@ -38,7 +38,7 @@ def main() -> None:
         lines = textwrap.wrap(runs, 100)
         parts.append("    (\n" + "\n".join(f'        "{ln} "' for ln in lines) + "\n    ),\n")
     text = HEADER.format(version=ud.unidata_version) + "".join(parts) + ")\n"
-    with atomic_write(os.path.join(ROOT, "llamapy", "unicode_categories.py"), "w") as f:
+    with atomic_write(os.path.join(ROOT, "llamapy", "tokenizer", "unicode_categories.py"), "w") as f:
         f.write(text)
 
 

@@ -85,7 +85,7 @@ def register(app: typer.Typer) -> None:
         """Chat with a model in the terminal, through its chat template (llama-cli -cnv).
 
         Ctrl-C interrupts the answer; Ctrl-C at the prompt or Ctrl-D ends the session."""
-        from ..interactive import start
+        from ..chat.interactive import start
 
         conversation = cnv and not no_cnv
         status = start(

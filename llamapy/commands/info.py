@@ -17,7 +17,7 @@ def register(app: typer.Typer) -> None:
         from rich.console import Console
 
         from ..info import print_info, summarize, system_info, to_json
-        from ..models import resolve_model
+        from ..store.locate import resolve_model
 
         if system:
             si = system_info()

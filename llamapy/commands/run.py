@@ -51,7 +51,7 @@ def register(app: typer.Typer) -> None:
             None, "-ngl", "--gpu-layers", "--n-gpu-layers", "--n_gpu_layers",
             help="Accepted; llamapy runs on the CPU."),
         verbose: bool = typer.Option(False, "--verbose", help="Tracebacks on errors."),
-        # interactive mode (llamapy.interactive): any of these hands the run to llama-cli's interactive loop
+        # interactive mode (llamapy.chat.interactive): any of these hands the run to llama-cli's interactive loop
         interactive: bool = typer.Option(False, "-i", "--interactive", help="Chat: your turn after reverse prompts."),
         interactive_first: bool = typer.Option(False, "-if", "--interactive-first", help="-i, and you type first."),
         reverse_prompt: Optional[list[str]] = typer.Option(  # noqa: B008
@@ -72,7 +72,7 @@ def register(app: typer.Typer) -> None:
     ):
         """Generate text from a prompt, as llama-cli does (-i, -r, -ins, -cnv: interactive)."""
         if interactive or interactive_first or instruct or (conversation and not no_conversation) or reverse_prompt:
-            from ..interactive import start
+            from ..chat.interactive import start
             from ..run import parse_logit_bias
 
             raise typer.Exit(start(

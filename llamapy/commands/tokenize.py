@@ -5,14 +5,14 @@ import sys
 
 import typer
 
-from ..escapes import process_escapes
+from ..util.escapes import process_escapes
 
 
 def tokenize_report(*, model: str | None, prompt: bytes, ids: bool = False, no_bos: bool = False,
                     no_escape: bool = False, no_parse_special: bool = False, show_count: bool = False) -> bytes:
     """What the reference's tokenize example prints for this prompt, as bytes."""
-    from ..models import resolve_model
-    from ..tokenizer import Tokenizer
+    from ..store.locate import resolve_model
+    from ..tokenizer.core import Tokenizer
 
     tok = Tokenizer.from_gguf(resolve_model(model))
     if not no_escape:
@@ -67,7 +67,7 @@ def register(app: typer.Typer) -> None:
         else:
             text = None
         if text is None:
-            from ..models import resolve_model
+            from ..store.locate import resolve_model
 
             model = resolve_model(model)  # a missing model fails before stdin is read, as in the reference
             text = sys.stdin.buffer.read()

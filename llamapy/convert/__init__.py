@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import LlamapyError
-from ..gguf_constants import ValueType
+from ..ggufio.constants import ValueType
 from .hf import is_hf_dir, load_hf
 from .meta import is_meta_dir, load_meta
 from .naming import default_filename, fill_template, general_kvs, load_metadata, params_size_label

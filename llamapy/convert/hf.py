@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import LlamapyError
-from ..gguf_constants import ValueType
+from ..ggufio.constants import ValueType
 from .lazy import ArrayTensor, LazyTensor, RowPermutedTensor, rotary_permutation
 from .safetensors_io import load_safetensors
 from .source import FILE_TYPE, ModelSource, dedup, find_first

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import LlamapyError
-from ..gguf_constants import ValueType
+from ..ggufio.constants import ValueType
 from .lazy import ConcatTensor, LazyTensor
 from .source import FILE_TYPE, ModelSource, dedup, find_first
 from .tensor_names import META_SKIP, meta_to_gguf

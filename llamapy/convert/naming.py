@@ -13,7 +13,7 @@ from gguf.metadata import Metadata
 from gguf.utility import naming_convention, size_label
 
 from ..errors import LlamapyError
-from ..gguf_constants import ValueType
+from ..ggufio.constants import ValueType
 
 KV = tuple
 

@@ -14,7 +14,7 @@ import numpy as np
 from gguf.constants import LlamaFileType
 
 from ..errors import LlamapyError
-from ..gguf_constants import TYPE_SIZES, TensorType
+from ..ggufio.constants import TYPE_SIZES, TensorType
 from .lazy import to_f32
 
 PLAIN = {
@@ -99,7 +99,7 @@ def rows_to_f32(rows: np.ndarray, src_dtype: str) -> np.ndarray:
     t = _HALF_TYPES.get(src_dtype)
     if t is None:
         return to_f32(rows, src_dtype)
-    from ..native import ffi, lib
+    from ..engine.native import ffi, lib
 
     src = np.ascontiguousarray(rows)
     out = np.empty(src.shape, dtype=np.float32)
@@ -111,7 +111,7 @@ def rows_to_f32(rows: np.ndarray, src_dtype: str) -> np.ndarray:
 def f32_to_half(x: np.ndarray, ttype: int) -> np.ndarray:
     """float32 -> F16 or BF16 bits with the C core's row kernels: round to nearest even, as the reference
     converter's numpy conversion (NaN payloads aside)."""
-    from ..native import ffi, lib
+    from ..engine.native import ffi, lib
 
     src = np.ascontiguousarray(x, dtype=np.float32)
     out = np.empty(src.shape, dtype=np.uint16)

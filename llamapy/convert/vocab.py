@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import LlamapyError
-from ..gguf_constants import ValueType
+from ..ggufio.constants import ValueType
 
 # token types (GGUF / llama.cpp)
 NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6

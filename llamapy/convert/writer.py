@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import LlamapyError
-from ..gguf_constants import TYPE_SIZES, TensorType, ValueType, type_name
-from ..gguf_writer import GGUFWriter
+from ..ggufio.constants import TYPE_SIZES, TensorType, ValueType, type_name
+from ..ggufio.writer import GGUFWriter
 from .lazy import LazyTensor
 from .outtype import OutType, encode_rows, plain_tensor_type
 from .source import FILE_TYPE
@@ -50,7 +50,7 @@ def plan_tensors(tensors: list[tuple[str, LazyTensor]], outtype: OutType, kvs: l
     """
     if not outtype.is_mix:
         return [PlannedTensor(n, t, plain_tensor_type(outtype, n, t.shape)) for n, t in tensors]
-    from ..gguf_reader import TensorInfo
+    from ..ggufio.reader import TensorInfo
     from ..quantize import QuantizeParams, plan
 
     f32 = int(TensorType.F32)

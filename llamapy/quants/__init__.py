@@ -13,7 +13,7 @@ import importlib
 import numpy as np
 
 from ..errors import LlamapyError
-from ..gguf_constants import TensorType, type_name
+from ..ggufio.constants import TensorType, type_name
 
 # type id -> (module, function suffix)
 _FORMATS: dict[int, tuple[str, str]] = {

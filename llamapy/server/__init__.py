@@ -34,7 +34,7 @@ def is_loopback(host: str) -> bool:
 def slot_context(model_path: str, n_ctx: int, n_parallel: int) -> int:
     """Positions per slot: -c split over the slots (-c 0: the model's training context)."""
     if n_ctx == 0:
-        from ..gguf_reader import GGUFReader
+        from ..ggufio.reader import GGUFReader
 
         with GGUFReader(model_path) as r:
             arch = r.get("general.architecture", "llama")
@@ -53,9 +53,9 @@ def build_state(model_path: str | None = None, n_ctx: int = 4096, n_parallel: in
     import os
 
     from .. import __version__
-    from ..chat_templates import ChatTemplate
-    from ..llama import Llama
-    from ..models import resolve_model
+    from ..chat.templates import ChatTemplate
+    from ..engine.engine import Engine
+    from ..store.locate import resolve_model
     from .backend import EngineBackend
     from .common import ServerState
     from .scheduler import Scheduler
@@ -63,7 +63,7 @@ def build_state(model_path: str | None = None, n_ctx: int = 4096, n_parallel: in
     if n_parallel < 1:
         raise LlamapyError(f"-np {n_parallel}: need at least one slot")
     path = resolve_model(model_path)
-    llm = Llama(model_path=path, n_ctx=slot_context(path, n_ctx, n_parallel), n_threads=n_threads,
+    llm = Engine(model_path=path, n_ctx=slot_context(path, n_ctx, n_parallel), n_threads=n_threads,
                 n_batch=n_batch, n_seq_max=n_parallel, embeddings=True)
     backend = EngineBackend(llm, n_batch=n_batch)
     template = ChatTemplate.for_model(llm.metadata, name=chat_template, file=chat_template_file)

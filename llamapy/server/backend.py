@@ -1,4 +1,4 @@
-"""The model as the server sees it: `llamapy.llama.Llama` behind the small interface the scheduler uses.
+"""The model as the server sees it: `llamapy.engine.engine.Engine` behind the small interface the scheduler uses.
 
 Only the engine thread calls eval_batch / cache_tokens / truncate / embed / make_sampler.
 tokenize / detokenize / piece are pure reads of the vocabulary and are called from any thread.
@@ -12,7 +12,7 @@ import numpy as np
 
 
 class EngineBackend:
-    """Adapter over a loaded `Llama` (n_seq_max slots, each with n_ctx positions)."""
+    """Adapter over a loaded `Engine` (n_seq_max slots, each with n_ctx positions)."""
 
     def __init__(self, llm: Any, n_batch: int = 512):
         self.llm = llm
@@ -45,7 +45,7 @@ class EngineBackend:
         return np.asarray(self.llm.embed(tokens), dtype=np.float32)
 
     def make_sampler(self, params: dict[str, Any]) -> Any:
-        from ..sampling import Sampler, SamplerParams
+        from ..generation.sampling import Sampler, SamplerParams
 
         return Sampler(SamplerParams(**params), self.n_vocab, eog_ids=sorted(self._eog))
 
@@ -73,7 +73,7 @@ class EngineBackend:
     def meta(self) -> dict[str, Any]:
         """llama-server's model `meta`: vocab_type, n_vocab, n_ctx_train, n_embd, n_params, size."""
         if self._meta is None:
-            from ..gguf_reader import GGUFReader
+            from ..ggufio.reader import GGUFReader
 
             path = self.llm.model_path
             n_params, size = getattr(self.llm, "n_params", None), getattr(self.llm, "model_size", None)

@@ -2,7 +2,7 @@
 
 CONTRACT (implemented by the engine; chat and server code against exactly this):
 
-    llm = Llama(model_path=None, n_ctx=0, n_threads=None, n_batch=512, n_seq_max=1, embeddings=False)
+    llm = Engine(model_path=None, n_ctx=0, n_threads=None, n_batch=512, n_seq_max=1, embeddings=False)
         model_path None -> the default model; n_ctx 0 -> the model's training context;
         n_threads None -> physical cores; n_seq_max: how many independent sequences (server slots)
         share the KV cache (each sequence gets its own n_ctx positions).
@@ -29,7 +29,7 @@ CONTRACT (implemented by the engine; chat and server code against exactly this):
         L2-normalised final hidden states; uses a scratch sequence, leaves others untouched.
     llm.close() / context manager
 
-Sampling lives in llamapy.sampling:
+Sampling lives in llamapy.generation.sampling:
     SamplerParams(temp=0.8, top_k=40, top_p=0.95, min_p=0.05, typical_p=1.0, repeat_penalty=1.0,
                   repeat_last_n=64, presence_penalty=0.0, frequency_penalty=0.0, mirostat=0,
                   mirostat_tau=5.0, mirostat_eta=0.1, seed=-1, logit_bias={}, ignore_eos=False, n_probs=0)
@@ -37,7 +37,7 @@ Sampling lives in llamapy.sampling:
     tok = sampler.sample(logits, history)      history: recent token ids (for penalties)
     sampler.last_probs -> list[(token_id, prob)] of the top n_probs candidates of the last sample (logprobs)
 
-Generation helper in llamapy.generate:
+Generation helper in llamapy.generation.generate:
     generate(llm, prompt_tokens, params, n_predict=-1, seq_id=0, reuse_prefix=True) -> Iterator[int]
         evaluates the prompt (reusing a matching prefix already in that sequence's cache), then samples
         and yields token ids until an end-of-generation token (not yielded) or n_predict tokens;
@@ -51,10 +51,10 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
-from .errors import LlamapyError
-from .gguf_constants import ValueType
-from .gguf_reader import GGUFReader
-from .model import ModelArgs, check_tensors, model_desc
+from ..errors import LlamapyError
+from ..ggufio.constants import ValueType
+from ..ggufio.reader import GGUFReader
+from ..model_args import ModelArgs, check_tensors, model_desc
 
 # GGUF tensor name suffix -> engine weight slot (see csrc/lp_engine.h)
 _LAYER_SLOTS = {
@@ -108,7 +108,7 @@ def _ptr(arr: np.ndarray, ctype: str):
     return ffi.cast(ctype, arr.ctypes.data) if arr is not None else ffi.NULL
 
 
-class Llama:
+class Engine:
     """A loaded model with its KV cache and thread pool; see the module docstring for the contract."""
 
     def __init__(
@@ -120,7 +120,7 @@ class Llama:
         n_seq_max: int = 1,
         embeddings: bool = False,
     ):
-        from .models import resolve_model
+        from ..store.locate import resolve_model
         from .native import ffi, lib
 
         t0 = time.perf_counter()
@@ -198,7 +198,7 @@ class Llama:
     @property
     def tokenizer(self):
         if self._tokenizer is None:
-            from .tokenizer import Tokenizer
+            from ..tokenizer.core import Tokenizer
 
             self._tokenizer = Tokenizer.from_gguf(self._reader)
         return self._tokenizer

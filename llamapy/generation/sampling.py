@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .errors import LlamapyError
+from ..errors import LlamapyError
 
 DEFAULT_SEED = 0xFFFFFFFF  # the reference's "pick a random seed"
 MIROSTAT_M = 100
@@ -144,7 +144,7 @@ def apply_penalties(c: Candidates, history: Sequence[int], last_n: int, repeat: 
 
 def top_k_indices(logits: np.ndarray, k: int) -> np.ndarray:
     """Indices of the k largest logits, largest first (equal ones by index), without sorting them all."""
-    from .native import ffi, lib
+    from ..engine.native import ffi, lib
 
     x = np.ascontiguousarray(logits, dtype=np.float32)
     idx = np.empty(min(k, len(x)), dtype=np.int32)
@@ -252,7 +252,7 @@ class Sampler:
             self._init_native()
 
     def _init_native(self) -> None:
-        from .native import ffi, lib
+        from ..engine.native import ffi, lib
 
         p = self.params
         c = lib.lp_sampler_new(self.seed, self.n_vocab)
@@ -281,7 +281,7 @@ class Sampler:
     def mu(self) -> float:
         """Mirostat's current target surprise."""
         if self._c is not None:
-            from .native import lib
+            from ..engine.native import lib
 
             return float(lib.lp_sampler_mu(self._c))
         return self._mu
@@ -291,7 +291,7 @@ class Sampler:
         self.rng = MT19937(self.seed)
         self._mu = _f32(2.0 * self.params.mirostat_tau)
         if self._c is not None:
-            from .native import lib
+            from ..engine.native import lib
 
             lib.lp_sampler_reset(self._c, self.seed, self._mu)
 
@@ -337,7 +337,7 @@ class Sampler:
         return self._sample_numpy(logits, history)
 
     def _sample_native(self, logits: np.ndarray, history: Sequence[int]) -> int:
-        from .native import ffi, lib
+        from ..engine.native import ffi, lib
 
         p = self.params
         hist, n_hist = ffi.NULL, 0

@@ -1,5 +1,5 @@
 """The major Unicode category (L, N, P, S, M, Z, C) of every code point the pre-tokenizers scan, as runs:
-"<category><first code point, hex>" for each window of tokenizer_bpe._SCAN_LIMITS. Written by
+"<category><first code point, hex>" for each window of bpe._SCAN_LIMITS. Written by
 tools/gen_unicode_categories.py from the Unicode 15.1.0 database; reading it takes a millisecond where
 scanning the database takes ~60 ms at every start (time to first token)."""
 from __future__ import annotations

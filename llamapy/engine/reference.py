@@ -15,8 +15,8 @@ import numpy as np
 from gguf.constants import GGMLQuantizationType as T
 from gguf.quants import dequantize
 
-from .gguf_reader import GGUFReader
-from .model import ModelArgs, check_tensors
+from ..ggufio.reader import GGUFReader
+from ..model_args import ModelArgs, check_tensors
 
 # the activation format each weight type is dotted with (ggml's vec_dot_type)
 VEC_DOT_TYPE = {

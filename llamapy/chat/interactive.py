@@ -1,4 +1,4 @@
-"""Interactive generation: llama-cli's `-i`, `-r`, `-ins` and `-cnv` loop over `llamapy.llama.Llama`.
+"""Interactive generation: llama-cli's `-i`, `-r`, `-ins` and `-cnv` loop over `llamapy.engine.engine.Engine`.
 
 The loop follows examples/main/main.cpp step for step, so the tutorials' command lines behave as they do
 with llama-cli:
@@ -30,9 +30,9 @@ import time
 from dataclasses import dataclass, field
 from typing import TextIO
 
-from .chat_templates import ChatTemplate
-from .errors import LlamapyError
-from .escapes import process_escapes_text as process_escapes
+from ..errors import LlamapyError
+from ..util.escapes import process_escapes_text as process_escapes
+from .templates import ChatTemplate
 
 DEFAULT_SYSTEM_MESSAGE = "You are a helpful assistant"
 INSTRUCT_PREFIX = "\n\n### Instruction:\n\n"
@@ -499,10 +499,10 @@ def run_interactive(
     """Run llama-cli's interactive loop until the user leaves (Ctrl-D, Ctrl-C at the prompt, end of input)
     or, without -i, until a reverse prompt, an end-of-generation token or n_predict tokens.
 
-    `sampler` has `sample(logits, history) -> token id` (llamapy.sampling.Sampler). Returns the exit status.
+    `sampler` has `sample(logits, history) -> token id` (llamapy.generation.sampling.Sampler). Returns the exit status.
     """
     con = _Console(stdout or sys.stdout, stdin or sys.stdin, stderr or sys.stderr, opts.color)
-    from .generate import Timings
+    from ..generation.generate import Timings
 
     timings = Timings(load_ms=t_load_ms)
     session = _Session(llm, sampler, opts, con, timings)
@@ -569,12 +569,12 @@ def start(
 ) -> int:
     """Load a model and run the interactive loop: what `llamapy chat` and `llamapy run -i/-r/-ins/-cnv` call.
 
-    `sampling` holds llamapy.sampling.SamplerParams fields. In conversation mode the chat template is the
+    `sampling` holds llamapy.generation.sampling.SamplerParams fields. In conversation mode the chat template is the
     one named (or read from a file), else the model's, else chatml with a note. Returns the exit status."""
-    from .generate import eog_ids_of
-    from .llama import Llama
-    from .run import read_prompt
-    from .sampling import Sampler, SamplerParams
+    from ..engine.engine import Engine
+    from ..generation.generate import eog_ids_of
+    from ..generation.sampling import Sampler, SamplerParams
+    from ..run import read_prompt
 
     if chat_template and chat_template_file:
         raise LlamapyError("give --chat-template or --chat-template-file, not both")
@@ -608,7 +608,7 @@ def start(
     err = sys.stderr
     if n_gpu_layers:
         err.write(f"llamapy runs on the CPU: -ngl {n_gpu_layers} is ignored\n")
-    with Llama(model, n_ctx=ctx_size, n_threads=threads, n_batch=min(batch_size, 512)) as llm:
+    with Engine(model, n_ctx=ctx_size, n_threads=threads, n_batch=min(batch_size, 512)) as llm:
         err.write(f"llama_model_load: {llm.model_path}: {llm.desc}\n")
         err.write(f"llama_context: n_ctx = {llm.n_ctx}, n_threads = {llm.n_threads}\n")
         if opts.conversation:

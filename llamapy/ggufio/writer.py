@@ -18,9 +18,9 @@ from typing import Any
 
 import numpy as np
 
-from .errors import LlamapyError
-from .fileio import atomic_write
-from .gguf_constants import (
+from ..errors import LlamapyError
+from ..util.fileio import atomic_write
+from .constants import (
     GGUF_DEFAULT_ALIGNMENT,
     GGUF_MAGIC,
     KEY_ALIGNMENT,
@@ -29,7 +29,7 @@ from .gguf_constants import (
     ValueType,
     type_name,
 )
-from .gguf_reader import GGUFValue
+from .reader import GGUFValue
 
 
 def _infer_type(value: Any) -> tuple[ValueType, ValueType | None]:

@@ -6,7 +6,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
-from .errors import LlamapyError
+from ..errors import LlamapyError
 from .sampling import Sampler, SamplerParams
 
 

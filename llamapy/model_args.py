@@ -8,8 +8,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from .errors import LlamapyError
-from .gguf_constants import type_name
-from .gguf_reader import GGUFReader, TensorInfo
+from .ggufio.constants import type_name
+from .ggufio.reader import GGUFReader, TensorInfo
 
 ARCH = "llama"
 ROPE_SCALING_TYPES = ("none", "linear", "yarn")
@@ -199,7 +199,7 @@ def _shape_hint(spec: TensorSpec, a: ModelArgs) -> str:
 def check_tensors(r: GGUFReader, a: ModelArgs) -> dict[str, TensorInfo]:
     """The model's tensors by name, after checking each is present (when required) and of the right
     shape and type; one line naming the first problem otherwise."""
-    from .native import lib
+    from .engine.native import lib
 
     out: dict[str, TensorInfo] = {}
     for spec in tensor_specs(a):

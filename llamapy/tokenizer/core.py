@@ -6,9 +6,9 @@
 
 Two vocabulary types are supported, as `tokenizer.ggml.model` names them:
   * `llama`: SentencePiece-style BPE over scores with byte fallback (LLaMA 1/2, Chinese-LLaMA/Alpaca);
-    see tokenizer_spm.py.
+    see spm.py.
   * `gpt2`: byte-level BPE over merges, pre-split by the regex stages `tokenizer.ggml.pre` names;
-    see tokenizer_bpe.py.
+    see bpe.py.
 
 What is shared follows the reference's vocabulary loader: its default special ids and add-BOS/EOS
 flags per type, the metadata that overrides them, EOT/EOM/FIM tokens found by their text, the
@@ -42,13 +42,11 @@ from collections.abc import Iterable
 
 import numpy as np
 
-from . import tokenizer_bpe as bpe
-from . import tokenizer_bpe_merges as bpe_merges
-from . import tokenizer_spm as spm
-from .errors import LlamapyError
-from .gcpause import without_gc
-from .tokenizer_bpe import TokenizerWarning
-from .tokenizer_cxx import unordered_map_order
+from ..errors import LlamapyError
+from ..util.gcpause import without_gc
+from . import bpe, bpe_merges, spm
+from .bpe import TokenizerWarning
+from .cxx_order import unordered_map_order
 
 # GGUF token types (tokenizer.ggml.token_type)
 TYPE_UNDEFINED, TYPE_NORMAL, TYPE_UNKNOWN, TYPE_CONTROL, TYPE_USER_DEFINED, TYPE_UNUSED, TYPE_BYTE = range(7)
@@ -108,7 +106,7 @@ class Tokenizer:
         native=False keeps every merge in Python (the libraries are used by default where they agree).
         """
         if isinstance(reader_or_path, (str, os.PathLike)):
-            from .gguf_reader import GGUFReader
+            from ..ggufio.reader import GGUFReader
 
             with GGUFReader(reader_or_path) as r:
                 return cls(r.get, getattr(r, "path", str(reader_or_path)), native)

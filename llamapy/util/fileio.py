@@ -5,7 +5,7 @@ import os
 import tempfile
 from contextlib import contextmanager
 
-from .errors import LlamapyError
+from ..errors import LlamapyError
 
 
 @contextmanager

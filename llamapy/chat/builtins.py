@@ -1,5 +1,5 @@
 """llama.cpp's built-in chat formats (src/llama-chat.cpp), name for name, and its detection of which
-format a Jinja template is. Used through `llamapy.chat_templates.ChatTemplate`.
+format a Jinja template is. Used through `llamapy.chat.templates.ChatTemplate`.
 
 Each renderer takes plain messages ({"role", "content": str}) and whether to end with the assistant's
 generation prompt; "alpaca" is llamapy's addition for the old instruction tutorials.

@@ -69,7 +69,7 @@ def scan_category_ranges(ud) -> dict[str, tuple[tuple[int, int], ...]]:
 
 @functools.cache
 def category_ranges() -> dict[str, tuple[tuple[int, int], ...]]:
-    """scan_category_ranges of the database in use: from the table of llamapy/unicode_categories.py when it
+    """scan_category_ranges of the database in use: from the table of llamapy/tokenizer/unicode_categories.py when it
     was made from the same Unicode version, else by scanning."""
     from . import unicode_categories
 

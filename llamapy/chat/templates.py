@@ -20,8 +20,8 @@ import json
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from .chat_builtins import ALIASES, BUILTIN_TEMPLATES, BUILTINS, DEFAULT_TEMPLATE, detect_builtin, strip_ascii
-from .errors import LlamapyError
+from ..errors import LlamapyError
+from .builtins import ALIASES, BUILTIN_TEMPLATES, BUILTINS, DEFAULT_TEMPLATE, detect_builtin, strip_ascii
 
 Message = dict
 __all__ = ["BUILTIN_TEMPLATES", "DEFAULT_TEMPLATE", "ChatTemplate", "detect_builtin", "normalize_messages"]

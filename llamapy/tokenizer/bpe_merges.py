@@ -14,7 +14,7 @@ import itertools
 import re
 from itertools import repeat
 
-from .tokenizer_bpe import BYTE_CHARS, _cls, to_byte_chars
+from .bpe import BYTE_CHARS, _cls, to_byte_chars
 
 
 def parse_merges(merges) -> dict[tuple[str, str], int]:
