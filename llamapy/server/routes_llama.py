@@ -209,7 +209,7 @@ def register(router: APIRouter, state: ServerState) -> None:
     @router.post("/apply-template")
     async def apply_template(request: Request):
         req = validate(ApplyTemplateRequest, await read_json(request))
-        return {"prompt": chat_prompt(state, req.messages)}
+        return {"prompt": await asyncio.to_thread(chat_prompt, state, req.messages)}
 
     async def embedding(request: Request):
         data = await run_embeddings(state, request, oai=False)

@@ -129,7 +129,7 @@ def register(router: APIRouter, state: ServerState) -> None:
             text = req.prompt
         else:
             msgs = ([ChatMessage(role="system", content=req.system)] if req.system else [])
-            text = chat_prompt(state, [*msgs, ChatMessage(role="user", content=req.prompt)])
+            text = await asyncio.to_thread(chat_prompt, state, [*msgs, ChatMessage(role="user", content=req.prompt)])
         return await run(request, req, text, chat=False, with_context=True, context=req.context)
 
     @router.post("/api/chat")
@@ -142,7 +142,8 @@ def register(router: APIRouter, state: ServerState) -> None:
             return JSONResponse({"model": state.model_name(req.model), "created_at": _now(),
                                  "message": {"role": "assistant", "content": ""}, "done": True,
                                  "done_reason": "load"})
-        return await run(request, req, chat_prompt(state, req.messages), chat=True, with_context=False)
+        return await run(request, req, await asyncio.to_thread(chat_prompt, state, req.messages), chat=True,
+                         with_context=False)
 
     @router.post("/api/embed")
     async def embed_(request: Request):

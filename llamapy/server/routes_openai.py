@@ -161,7 +161,7 @@ def register(router: APIRouter, state: ServerState) -> None:
             raise bad_request(f"response_format '{fmt}' is not supported (only 'text')", "response_format")
         if req.top_logprobs and not req.logprobs:
             raise bad_request("top_logprobs requires logprobs to be true", "top_logprobs")
-        text = chat_prompt(state, req.messages)
+        text = await asyncio.to_thread(chat_prompt, state, req.messages)
         prompt = await asyncio.to_thread(b.tokenize, text, add_special=True, parse_special=True)
         top_n = req.top_logprobs or 0
         n_probs = req.n_probs if req.n_probs else (max(1, top_n) if req.logprobs else 0)
