@@ -88,10 +88,11 @@ def uvicorn_config(app, host: str, port: int, verbose: bool = False, read_timeou
     idle keep-alive connections close after 5 s, and open connections stay below the descriptor limit."""
     import uvicorn
 
-    from .connections import connection_cap, guarded_protocol
+    from .connections import BACKLOG, connection_cap, guarded_protocol
 
     protocol = guarded_protocol(read_timeout, timeout, connection_cap(max_connections))
-    return uvicorn.Config(app, host=host, port=port, http=protocol, log_level="info" if verbose else "warning",
+    return uvicorn.Config(app, host=host, port=port, http=protocol, backlog=BACKLOG,
+                          log_level="info" if verbose else "warning",
                           access_log=verbose, timeout_graceful_shutdown=3, timeout_keep_alive=5,
                           server_header=False)
 

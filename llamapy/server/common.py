@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from starlette.requests import Request
-from starlette.responses import StreamingResponse
+from starlette.responses import Response, StreamingResponse
 
 from ..errors import LlamapyError
 from .errors import APIError, bad_request
@@ -56,8 +56,19 @@ class ServerState:
 
 
 async def read_json(request: Request) -> Any:
-    """The request body parsed as JSON (the size limit is enforced by the middleware as it is read)."""
-    return parse_json(await request.body())
+    """The request body parsed as JSON (the size limit is enforced by the middleware as it is read); a large
+    body is parsed off the event loop, so other requests (/health) are answered meanwhile."""
+    body = await request.body()
+    return parse_json(body) if len(body) < OFF_LOOP_BYTES else await asyncio.to_thread(parse_json, body)
+
+
+OFF_LOOP_BYTES = 64 << 10
+
+
+async def json_off_loop(data: Any) -> Response:
+    """A JSON response serialized off the event loop (a /tokenize answer can hold a million ids)."""
+    body = await asyncio.to_thread(json.dumps, data, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+    return Response(body, media_type="application/json")
 
 
 def new_id(prefix: str) -> str:

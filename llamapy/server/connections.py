@@ -25,13 +25,26 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 log = logging.getLogger("llamapy.server")
 
 FD_RESERVE = 64  # descriptors kept for the model file, the event loop, threads and logs
+BACKLOG = 128  # the listen queue, and how many connections asyncio accepts in one go before any is handled
 
 
 def connection_cap(wanted: int | None = None) -> int:
-    """Connections that may be open at once: below the soft RLIMIT_NOFILE by FD_RESERVE (and `wanted`)."""
+    """Connections that may be open at once: below the soft RLIMIT_NOFILE by FD_RESERVE and one accept
+    burst (BACKLOG), so accept() never runs out of descriptors (and at most `wanted`)."""
     soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
-    cap = max(8, soft - FD_RESERVE) if soft != resource.RLIM_INFINITY else 65536
+    cap = max(8, soft - FD_RESERVE - BACKLOG) if soft != resource.RLIM_INFINITY else 65536
     return min(cap, wanted) if wanted else cap
+
+
+_last_warning = [0.0]
+
+
+def _warn_now_and_then(msg: str) -> None:
+    """A warning at most every 10 s: a flood of connections must not become a flood of log lines."""
+    now = time.monotonic()
+    if now - _last_warning[0] >= 10:
+        _last_warning[0] = now
+        log.warning(msg)
 
 
 def guarded_protocol(read_timeout: float, write_timeout: float, max_connections: int) -> type[H11Protocol]:
@@ -45,7 +58,7 @@ def guarded_protocol(read_timeout: float, write_timeout: float, max_connections:
                 self._make_room()
             super().connection_made(transport)
             if len(self.connections) > max_connections:
-                log.warning("too many open connections (%d): closing a new one", max_connections)
+                _warn_now_and_then(f"too many open connections ({max_connections}): closing new ones")
                 transport.abort()
                 return
             self._start_reading()
@@ -54,8 +67,8 @@ def guarded_protocol(read_timeout: float, write_timeout: float, max_connections:
             reading = [c for c in self.connections if getattr(c, "_reading_since", None) is not None]
             if reading:
                 oldest = min(reading, key=lambda c: c._reading_since)
-                log.warning("too many open connections (%d): closing the oldest one still sending its request",
-                            max_connections)
+                _warn_now_and_then(f"too many open connections ({max_connections}): closing the oldest ones "
+                                   "still sending their request")
                 oldest._close()
 
         def _start_reading(self) -> None:

@@ -17,6 +17,7 @@ from .common import (
     check_unsupported,
     completion_stops,
     gen_request,
+    json_off_loop,
     n_predict_of,
     read_json,
     sampler_settings,
@@ -190,7 +191,7 @@ def register(router: APIRouter, state: ServerState) -> None:
             raise APIError(400, "content must be a string or a list of token ids and strings", "content")
         toks = await asyncio.to_thread(tokenize_mixed, b, req.content, req.add_special, "content")
         if not req.with_pieces:
-            return {"tokens": toks}
+            return await json_off_loop({"tokens": toks})
         out = []
         for t in toks:
             piece = b.piece(t, special=True)
