@@ -13,6 +13,9 @@ import typer
 
 from . import __version__
 from .errors import LlamapyError
+from .util.safe_text import printable
+
+ERROR_LIMIT = 1000  # characters of an error line: a name from a file can be a megabyte long
 
 COMMANDS = ["info", "quantize", "tokenize", "run", "chat", "perplexity", "bench", "convert", "serve"]
 
@@ -72,7 +75,7 @@ def _run(args: list[str]) -> None:
     except LlamapyError as e:
         if verbose:
             raise
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {printable(str(e), ERROR_LIMIT)}", file=sys.stderr)
         sys.exit(1)
     except KeyboardInterrupt:
         print("", file=sys.stderr)

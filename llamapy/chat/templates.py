@@ -19,6 +19,7 @@ The built-ins follow llama.cpp's `llama_chat_apply_template` (src/llama-chat.cpp
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from dataclasses import dataclass, field
@@ -261,10 +262,15 @@ class ChatTemplate:
 
         from .sandbox import render_bounded
 
+        # a long conversation gets more time: 1 budget per million characters of input (its cost, bounded)
+        size = sum(len(m["content"]) + 64 for m in msgs)
+        limits = self.limits
+        if size > 1_000_000:
+            limits = dataclasses.replace(limits, seconds=limits.seconds * size / 1_000_000)
         try:
             return render_bounded(
                 self._compiled,
-                self.limits,
+                limits,
                 messages=msgs,
                 add_generation_prompt=add_generation_prompt,
                 bos_token=self.bos_token,

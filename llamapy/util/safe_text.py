@@ -36,6 +36,15 @@ def printable(s: object, limit: int | None = None, keep_newlines: bool = False) 
     return out
 
 
+_JSON_TABLE = {c: f"\\u{c:04x}" for c in _UNSAFE if c >= 0x7F}  # JSON escapes C0 itself
+
+
+def json_escape_unsafe(js: str) -> str:
+    """JSON text (from json.dumps(ensure_ascii=False)) with DEL, C1, bidi and surrogate characters written
+    as \\u escapes: the same JSON value, safe to print."""
+    return js.translate(_JSON_TABLE)
+
+
 def markup_safe(s: object, limit: int | None = None) -> str:
     """printable(s), with Rich markup escaped: for a string that goes into console.print()."""
     from rich.markup import escape
