@@ -85,9 +85,10 @@ def register(app: typer.Typer) -> None:
 
         from ..quantize import default_threads, parse_tensor_type, quantize_file
         from ..util.safe_text import markup_safe, printable
+        from ..util.threads import sane_threads
 
         inp, out, opt, n_threads = _parse_positionals(args)
-        n_threads = n_threads if n_threads and n_threads > 0 else default_threads()
+        n_threads = sane_threads(n_threads) if n_threads and n_threads > 0 else default_threads()
         opts = {
             "allow_requantize": allow_requantize,
             "quantize_output_tensor": not leave_output_tensor,
