@@ -76,3 +76,17 @@ def test_ordinary_templates_render_large_conversations(default_model):
     msgs += [{"role": "user" if i % 2 == 0 else "assistant", "content": f"message {i}"} for i in range(20000)]
     out = tpl.render(msgs)
     assert out.count("<|im_start|>") == 20002 and "message 19999" in out  # every message and the prompt
+
+
+def test_chat_command_refuses_a_spinning_template_in_one_line(default_model):
+    import subprocess
+    import sys
+
+    src = "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}"
+    t0 = time.monotonic()
+    r = subprocess.run([sys.executable, "-m", "llamapy", "chat", "-m", default_model, "--chat-template", src],
+                       input="hi\n", capture_output=True, text=True, timeout=60, check=False)
+    assert time.monotonic() - t0 < 20
+    assert r.returncode == 1
+    assert r.stderr.strip().splitlines()[-1] == "error: chat template (--chat-template) refused: it takes longer than 1 s"
+    assert "Traceback" not in r.stderr
