@@ -24,7 +24,7 @@ from llamapy.server.scheduler import Scheduler
 class GuardedApp:
     """The toy model behind the app and uvicorn configuration `llamapy serve` uses."""
 
-    def __init__(self, api_key=None, cors_origins=(), read_timeout=30.0, max_connections=None):
+    def __init__(self, api_key=None, cors_origins=(), read_timeout=30.0, max_connections=None, write_timeout=600.0):
         import uvicorn
 
         be = ToyBackend(n_slots=2, n_ctx=128, n_batch=16)
@@ -32,7 +32,8 @@ class GuardedApp:
                             model_id="toy", model_path=__file__, api_key=api_key)
         self.port = _free_port()
         app = create_app(state, loopback_only=True, cors_origins=cors_origins)
-        cfg = uvicorn_config(app, "127.0.0.1", self.port, read_timeout=read_timeout, max_connections=max_connections)
+        cfg = uvicorn_config(app, "127.0.0.1", self.port, read_timeout=read_timeout, timeout=write_timeout,
+                             max_connections=max_connections)
         self.server = uvicorn.Server(cfg)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
         self.thread.start()
@@ -190,4 +191,29 @@ def test_connections_past_the_cap_close_the_oldest_slow_ones():
     finally:
         for s in socks:
             s.close()
+        app.close()
+
+
+def test_a_client_that_stops_reading_is_dropped_after_the_write_timeout():
+    app = GuardedApp(write_timeout=1.0)
+    try:
+        body = b'{"content": "' + b"a" * (3 << 20) + b'"}'  # the toy tokenizer: one id per byte, ~9 MB of JSON back
+        s = socket.socket()
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # a client that reads nothing
+        s.connect(("127.0.0.1", app.port))
+        s.sendall(b"POST /tokenize HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                  b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+        time.sleep(2.5)  # the answer stalls in the socket buffers; the server gives up after 1 s of that
+        s.settimeout(5)
+        got = 0
+        try:
+            while chunk := s.recv(1 << 16):
+                got += len(chunk)
+        except ConnectionResetError:
+            pass
+        s.close()
+        assert 0 < got < 3 * (3 << 20)  # cut short: a whole answer has 3 MB of ids, each "97,"
+        with httpx.Client(base_url=app.url, timeout=5) as c:
+            assert c.get("/health").status_code == 200
+    finally:
         app.close()
