@@ -18,6 +18,8 @@ import pytest
 pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
 
+from test_server import browser  # noqa: E402,F401 - the headless Chromium fixture
+
 TRAP = """{% for m in messages %}
 {% if m.content == 'loop' %}{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}
 {% elif m.content == 'double' %}{% set ns = namespace(s='x') %}{% for i in range(36) %}{% set ns.s = ns.s + ns.s %}{% endfor %}{{ ns.s|length }}
@@ -211,3 +213,26 @@ def test_a_template_over_budget_on_the_sample_conversation_stops_the_start(tmp_p
     assert out.returncode == 1 and time.monotonic() - t0 < 30
     assert out.stderr.strip() == f"error: chat template ({tpl}) refused: it takes longer than 1 s", out.stderr
     assert json.dumps(out.stderr).count("\\n") == 1  # one line
+
+
+def test_chat_page_works_without_a_key(server, request):
+    """The page is same-origin: the Host and Origin guards of a key-less server let it through."""
+    import shutil
+
+    if not (shutil.which("chromium") and shutil.which("chromedriver")):
+        pytest.skip("chromium and chromedriver are not installed (Debian: apt-get install chromium chromium-driver)")
+    wd = request.getfixturevalue("browser")
+    wd.cmd("POST", "/url", {"url": server + "/"})
+    wd.js("localStorage.removeItem('llamapy.api-key'); localStorage.setItem('llamapy.max-tokens', '4')")
+    wd.cmd("POST", "/refresh", {})
+    wd.cmd("POST", f"/element/{wd.find('#input')}/value", {"text": "Say hi."})
+    wd.cmd("POST", f"/element/{wd.find('#send')}/click", {})
+    status = ""
+    for _ in range(600):
+        status = wd.js("return document.getElementById('status').textContent")
+        if status.startswith("done") or status == "error":
+            break
+        time.sleep(0.1)
+    assert status.startswith("done"), status
+    msgs = wd.js("return Array.from(document.querySelectorAll('.msg')).map(e => e.className)")
+    assert msgs == ["msg user", "msg assistant"]
