@@ -143,3 +143,27 @@ def test_run_conversation_prints_the_template_example_escaped(default_model):
     assert r.returncode == 0, r.stderr
     assert_clean(r.stderr)
     assert "\\x1b]0;pwned\\x07" in r.stderr.decode()
+
+
+def test_convert_notes_and_errors_show_tensor_names_escaped_and_cut(tmp_path, spm_model, vocab_n):
+    import shutil
+
+    from test_convert_util import hf_config, meta_to_hf, meta_weights, save_hf
+
+    w = meta_to_hf(meta_weights(vocab_n, seed=3))
+    long_name = "model.evil\x1b]0;pwned\x07\x1b[2J" + "x" * 10**6
+    w[long_name] = np.zeros(4, dtype=np.float32)
+    d = tmp_path / "m"
+    save_hf(d, w, hf_config(vocab_n))
+    shutil.copy(spm_model, d / "tokenizer.model")
+    r = llamapy("convert", str(d), "--outfile", str(tmp_path / "o.gguf"))
+    assert r.returncode == 1
+    err = r.stderr.decode()
+    assert err.startswith("error: ") and err.count("\n") == 1 and len(err) < 1100, err[:300]
+    assert "\\x1b]0;pwned\\x07" in err
+    assert_clean(r.stderr)
+    r = llamapy("convert", str(d), "--outfile", str(tmp_path / "o.gguf"), "--skip-unknown")
+    assert r.returncode == 0, r.stderr[-500:]
+    assert_clean(r.stderr)
+    note = [ln for ln in r.stderr.decode().splitlines() if "skipped unknown tensor" in ln]
+    assert len(note) == 1 and len(note[0]) <= 1000 and "\\x1b[2J" in note[0]
