@@ -14,6 +14,7 @@ import socket
 import sys
 
 from ..errors import LlamapyError
+from ..util.safe_text import printable
 
 log = logging.getLogger("llamapy.server")
 
@@ -119,11 +120,11 @@ def serve(host: str = "127.0.0.1", port: int = 8080, verbose: bool = False, read
         sock.close()
         raise
     b = state.backend
-    print(f"llamapy serve: {state.model_path}", file=sys.stderr)
-    print(f"  {b.n_slots} slot(s) x {b.n_ctx} positions, chat template: {state.template.describe()}",
+    print(f"llamapy serve: {printable(state.model_path)}", file=sys.stderr)
+    print(f"  {b.n_slots} slot(s) x {b.n_ctx} positions, chat template: {printable(state.template.describe())}",
           file=sys.stderr)
     if state.template.note:
-        print(f"  note: {state.template.note}", file=sys.stderr)
+        print(f"  note: {printable(state.template.note)}", file=sys.stderr)
     app = create_app(state, loopback_only=is_loopback(host), cors_origins=tuple(cors_origins))
     config = uvicorn_config(app, host, port, verbose, read_timeout=read_timeout, timeout=timeout)
 
