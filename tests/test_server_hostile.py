@@ -167,7 +167,7 @@ def test_slow_sockets_past_the_descriptor_limit_leave_the_server_reachable(serve
         t0 = time.monotonic()
         with httpx.Client(timeout=5) as c:
             assert c.get(server + "/health").status_code == 200
-        assert time.monotonic() - t0 < 1.0
+        assert time.monotonic() - t0 < 3.0  # (unreachable before: accept() failed with EMFILE and nothing timed out)
         # the slow ones are closed (made room for others, or past the 1 s read timeout)
         s = socks[0]
         s.settimeout(5)

@@ -15,7 +15,7 @@ from starlette.responses import Response, StreamingResponse
 from ..errors import LlamapyError
 from .errors import APIError, bad_request
 from .scheduler import DoneEvent, ErrorEvent, GenRequest, Job, Scheduler, TokenEvent
-from .schemas import Sampling, parse_json, stop_list
+from .schemas import M, Sampling, parse_json, stop_list, validate
 
 DEFAULTS = {  # llama-server's defaults for a request that leaves a field out
     "temperature": 0.8,
@@ -63,6 +63,14 @@ async def read_json(request: Request) -> Any:
 
 
 OFF_LOOP_BYTES = 64 << 10
+
+
+async def read_request(request: Request, model: type[M]) -> M:
+    """The body parsed and validated as `model`; a large one (75,000 chat messages) off the event loop."""
+    body = await request.body()
+    if len(body) < OFF_LOOP_BYTES:
+        return validate(model, parse_json(body))
+    return await asyncio.to_thread(lambda: validate(model, parse_json(body)))
 
 
 async def json_off_loop(data: Any) -> Response:

@@ -20,6 +20,7 @@ from .common import (
     json_off_loop,
     n_predict_of,
     read_json,
+    read_request,
     sampler_settings,
     sse,
     tokenize_mixed,
@@ -209,7 +210,7 @@ def register(router: APIRouter, state: ServerState) -> None:
 
     @router.post("/apply-template")
     async def apply_template(request: Request):
-        req = validate(ApplyTemplateRequest, await read_json(request))
+        req = await read_request(request, ApplyTemplateRequest)
         return {"prompt": await asyncio.to_thread(chat_prompt, state, req.messages)}
 
     async def embedding(request: Request):

@@ -25,6 +25,7 @@ from .common import (
     n_predict_of,
     ndjson,
     read_json,
+    read_request,
 )
 from .embeddings import embed
 from .errors import APIError, bad_request
@@ -135,7 +136,7 @@ def register(router: APIRouter, state: ServerState) -> None:
     @router.post("/api/chat")
     async def chat(request: Request):
         refuse_generation()
-        req = validate(OllamaChatRequest, await read_json(request))
+        req = await read_request(request, OllamaChatRequest)
         if req.tools:
             raise bad_request("tools are not supported by llamapy serve", "tools")
         if not req.messages:

@@ -23,6 +23,7 @@ from .common import (
     n_predict_of,
     new_id,
     read_json,
+    read_request,
     sse,
     tokenize_prompts,
 )
@@ -150,7 +151,7 @@ def register(router: APIRouter, state: ServerState) -> None:
 
     async def chat_completions(request: Request):
         _refuse_generation()
-        req = validate(ChatRequest, await read_json(request))
+        req = await read_request(request, ChatRequest)
         check_unsupported(req)
         if (req.n or 1) != 1:
             raise bad_request("only one choice is supported (n = 1)", "n")
