@@ -9,10 +9,12 @@ import pytest
 from test_convert_util import (
     TINY,
     TOKENS,
+    assert_engine_matches,
     forward_gguf,
     forward_hf,
     gguf_f32_tensors,
     hf_config,
+    kv_of,
     meta_to_hf,
     meta_weights,
     rounded,
@@ -39,11 +41,6 @@ def make(d, w, spm_model, n, fmt="safetensors", n_parts=1, dtype="f32", tokenize
     if tokenizer:
         shutil.copy(spm_model, d / "tokenizer.model")
     return d
-
-
-def kv_of(path) -> dict:
-    with GGUFReader(path) as r:
-        return {k: r.get(k) for k in r.kv}
 
 
 @pytest.mark.parametrize("fmt,n_parts,dtype", [("safetensors", 1, "f32"), ("safetensors", 3, "bf16"),
@@ -79,15 +76,9 @@ def test_logits_match_hf_forward(tmp_path, hf_w, spm_model, vocab_n):
 
 
 def test_engine_runs_converted_hf_model(tmp_path, hf_w, spm_model, vocab_n):
-    from llamapy.engine.engine import Engine
-
     d = make(tmp_path / "m", hf_w, spm_model, vocab_n, fmt="bin", dtype="f16")
     res = convert(d, tmp_path / "o.gguf", "f16")
-    ref = forward_hf(rounded(hf_w, "f16"), TOKENS)
-    with Engine(str(res.path), n_ctx=64, n_threads=1) as llm:
-        got = llm.eval_all_logits(TOKENS)
-    assert np.abs(got - ref).max() < 1e-2 * np.abs(ref).max()
-    assert np.array_equal(got.argmax(-1), ref.argmax(-1))
+    assert_engine_matches(res.path, forward_hf(rounded(hf_w, "f16"), TOKENS))
 
 
 def test_hyperparameters(tmp_path, hf_w, spm_model, vocab_n):

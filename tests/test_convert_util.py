@@ -269,6 +269,14 @@ def forward_hf(w: dict, tokens, hp: dict = TINY):
                    hp["n_heads"], hp["n_kv_heads"], hp["norm_eps"], hp["rope_theta"], _rope_half)
 
 
+def kv_of(path) -> dict:
+    """A GGUF file's metadata as plain values."""
+    from llamapy.ggufio.reader import GGUFReader
+
+    with GGUFReader(path) as r:
+        return {k: r.get(k) for k in r.kv}
+
+
 def gguf_f32_tensors(path) -> dict:
     """Every tensor of a GGUF file with F32/F16/BF16 data, as float32 arrays in numpy order."""
     from llamapy.ggufio.reader import GGUFReader
@@ -285,10 +293,8 @@ def gguf_f32_tensors(path) -> dict:
 
 def forward_gguf(path, tokens):
     """Logits of a F32/F16/BF16 llama GGUF in GGUF's conventions (q/k rows already in pair order)."""
-    from llamapy.ggufio.reader import GGUFReader
 
-    with GGUFReader(path) as r:
-        kv = {k: r.get(k) for k in r.kv}
+    kv = kv_of(path)
     w = gguf_f32_tensors(path)
     n = kv["llama.block_count"]
     layers = [{k: w[f"blk.{i}.{g}.weight"] for k, g in (
@@ -305,3 +311,14 @@ def forward_gguf(path, tokens):
 
 # token ids the logit comparisons feed through both forwards
 TOKENS = [1, 5, 17, 33, 90, 100, 7, 250, 3, 44, 61, 200]
+
+
+def assert_engine_matches(path, ref: np.ndarray) -> None:
+    """llamapy's engine on a converted file gives the reference forward's logits `ref` on TOKENS
+    (F16 KV cache: ~1e-3), with the same argmax at every position."""
+    from llamapy.engine.engine import Engine
+
+    with Engine(str(path), n_ctx=64, n_threads=1) as llm:
+        got = llm.eval_all_logits(TOKENS)
+    assert np.abs(got - ref).max() < 1e-2 * np.abs(ref).max()
+    assert np.array_equal(got.argmax(-1), ref.argmax(-1))
