@@ -27,6 +27,7 @@ TEST_SIZE = 32 * 128
 
 HAS_AVX2 = bool(lib.lp_cpu_has_avx2())
 needs_avx2 = pytest.mark.skipif(not HAS_AVX2, reason="this CPU has no AVX2+FMA+F16C")
+LEVELS = ["scalar"] + (["avx2"] if HAS_AVX2 else [])  # the kernel levels this CPU runs
 
 
 # -- the C kernels (blocks are independent: a matrix is quantized as one long row) --------------------
@@ -71,6 +72,15 @@ def kernels():
     before = lib.lp_kernels_active()
     yield set_kernels
     assert lib.lp_kernels_set(before) == 0
+
+
+@pytest.fixture(params=["scalar", "avx2"])
+def level(request, kernels):
+    """Each kernel level in turn, switched on for the test (avx2 skipped on a CPU without it)."""
+    if request.param == "avx2" and not HAS_AVX2:
+        pytest.skip("this CPU has no AVX2+FMA+F16C")
+    kernels(request.param)
+    return request.param
 
 
 # -- deterministic and awkward inputs ------------------------------------------------------------
@@ -163,7 +173,7 @@ def test_numpy_matches_reference_files(name):
 def test_dequantize_reference_bytes_numpy_equals_c(name, kernels):
     _, x, ref = reference_tensors(name)[0]
     want = np_dequantize(name, ref, x.shape[1])
-    for level in ["scalar"] + (["avx2"] if HAS_AVX2 else []):
+    for level in LEVELS:
         kernels(level)
         np.testing.assert_array_equal(c_dequantize(TYPES[name], ref, x.shape[1]), want, err_msg=level)
 
@@ -172,10 +182,9 @@ def test_dequantize_reference_bytes_numpy_equals_c(name, kernels):
 @pytest.mark.parametrize("name", list(ALL_TYPES))
 def test_quantizers_agree(name, kernels):
     t = ALL_TYPES[name]
-    levels = ["scalar"] + (["avx2"] if HAS_AVX2 else [])
     for x in [awkward_rows(), random_rows(), cosine_data(0.0), cosine_data(0.5, 768)]:
         want = np_quantize(name, x)
-        for level in levels:
+        for level in LEVELS:
             kernels(level)
             np.testing.assert_array_equal(c_quantize(t, x, ref=True), want, err_msg=f"{level} reference")
             np.testing.assert_array_equal(c_quantize(t, x), want, err_msg=f"{level} active")
@@ -196,7 +205,7 @@ def test_dequantize_numpy_equals_c_on_any_bytes(name, kernels):
         width = 4 if name in ("q2_k", "q4_k", "q5_k") else 2
         blocks[:, offset : offset + width] = scales[:, : width // 2].astype(np.float16).view(np.uint8)
     want = np_dequantize(name, q, n)
-    for level in ["scalar"] + (["avx2"] if HAS_AVX2 else []):
+    for level in LEVELS:
         kernels(level)
         np.testing.assert_array_equal(c_dequantize(ALL_TYPES[name], q, n), want, err_msg=level)
 
@@ -208,12 +217,8 @@ def reference_rmse(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.sqrt(np.sum(d * d)) / d.size)
 
 
-@pytest.mark.parametrize("level", ["scalar", "avx2"])
 @pytest.mark.parametrize("name", list(TYPES))
-def test_round_trip_error(name, level, kernels):
-    if level == "avx2" and not HAS_AVX2:
-        pytest.skip("this CPU has no AVX2+FMA+F16C")
-    kernels(level)
+def test_round_trip_error(name, level):
     x = cosine_data(0.0)
     y = c_dequantize(TYPES[name], c_quantize(TYPES[name], x), TEST_SIZE)
     assert reference_rmse(x, y) < MAX_RMSE[name]
@@ -230,12 +235,8 @@ def test_simd_quantizer_vs_scalar_reference(name, kernels):
     assert reference_rmse(fast, ref) < MAX_REFERENCE_ERROR
 
 
-@pytest.mark.parametrize("level", ["scalar", "avx2"])
 @pytest.mark.parametrize("name", list(TYPES))
-def test_dot_product_error(name, level, kernels):
-    if level == "avx2" and not HAS_AVX2:
-        pytest.skip("this CPU has no AVX2+FMA+F16C")
-    kernels(level)
+def test_dot_product_error(name, level):
     x, y = cosine_data(0.0), cosine_data(1.0)
     qx = c_quantize(TYPES[name], x)
     qy = c_quantize(lib.LP_TYPE_Q8_K, y)
@@ -257,7 +258,6 @@ def dot_cases():
 def test_vec_dot_is_dot_of_dequantized(name, kernels):
     """Each level's vec_dot equals the float64 dot of the dequantized rows, up to float32 accumulation."""
     t = ALL_TYPES[name]
-    levels = ["scalar"] + (["avx2"] if HAS_AVX2 else [])
     for wx, ay in dot_cases():
         qx, qy = np_quantize(name, wx), K.quantize_q8_k(ay)
         dx, dy = (
@@ -267,7 +267,7 @@ def test_vec_dot_is_dot_of_dequantized(name, kernels):
         for r in range(len(wx)):
             want = float(np.dot(dx[r], dy[r]))
             scale = float(np.dot(np.abs(dx[r]), np.abs(dy[r]))) + 1e-30
-            for level in levels:
+            for level in LEVELS:
                 kernels(level)
                 got = c_vec_dot(t, qx[r], qy[r], 512)
                 assert abs(got - want) <= 2e-6 * scale, f"{level} row {r}: {got} vs {want}"
@@ -300,7 +300,7 @@ def test_vec_dot_rows_is_vec_dot_per_row(name, kernels):
     stride = qy.shape[1] + 8  # rows not packed: the stride is honoured
     ys = np.zeros((9, stride), np.uint8)
     ys[:, : qy.shape[1]] = qy
-    for level in ["scalar"] + (["avx2"] if HAS_AVX2 else []):
+    for level in LEVELS:
         kernels(level)
         want = np.array([c_vec_dot(t, qx, ys[j, : qy.shape[1]], n) for j in range(9)], dtype=np.float32)
         for nrc in (1, 4, 5, 9):
