@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import ctypes
+
 import numpy as np
 import pytest
+import ref_ggml
 from conftest import shared_path
 
 from llamapy.engine.native import ffi, kernels_best, lib, set_kernels
@@ -320,88 +323,19 @@ def test_vec_dot_rows_is_vec_dot_per_row(name, kernels):
             np.testing.assert_array_equal(got, want[:nrc], err_msg=f"{level} nrc={nrc}")
 
 
-def reference_ggml_cpu():
-    """The reference's CPU backend through ctypes: LLAMAPY_REF_GGML names the folder of its libggml-cpu.so."""
-    import ctypes
-    import os
-
-    folder = os.environ.get("LLAMAPY_REF_GGML")
-    if not folder:
-        pytest.skip(
-            "set LLAMAPY_REF_GGML to a reference build's lib folder (libggml-base.so, libggml-cpu.so)"
-        )
-    base = ctypes.CDLL(os.path.join(folder, "libggml-base.so"), mode=ctypes.RTLD_GLOBAL)
-    cpu = ctypes.CDLL(os.path.join(folder, "libggml-cpu.so"), mode=ctypes.RTLD_GLOBAL)
-
-    class InitParams(ctypes.Structure):  # struct ggml_init_params; ggml_init fills the fp16 table
-        _fields_ = [
-            ("mem_size", ctypes.c_size_t),
-            ("mem_buffer", ctypes.c_void_p),
-            ("no_alloc", ctypes.c_bool),
-        ]
-
-    class BaseTraits(ctypes.Structure):  # struct ggml_type_traits
-        _fields_ = [
-            ("type_name", ctypes.c_char_p),
-            ("blck_size", ctypes.c_int64),
-            ("blck_size_interleave", ctypes.c_int64),
-            ("type_size", ctypes.c_size_t),
-            ("is_quantized", ctypes.c_bool),
-            ("to_float", ctypes.c_void_p),
-            ("from_float_ref", ctypes.c_void_p),
-        ]
-
-    base.ggml_init.restype = ctypes.c_void_p
-    base.ggml_init.argtypes = [InitParams]
-    base.ggml_init(InitParams(1024, None, True))
-    base.ggml_get_type_traits.restype = ctypes.POINTER(BaseTraits)
-    base.ggml_quantize_chunk.restype = ctypes.c_size_t
-    base.ggml_quantize_chunk.argtypes = [
-        ctypes.c_int,
-        ctypes.c_void_p,
-        ctypes.c_void_p,
-        ctypes.c_int64,
-        ctypes.c_int64,
-        ctypes.c_int64,
-        ctypes.c_void_p,
-    ]
-    cpu.ggml_cpu_init()
-
-    class Traits(ctypes.Structure):  # struct ggml_type_traits_cpu
-        _fields_ = [
-            ("from_float", ctypes.c_void_p),
-            ("vec_dot", ctypes.c_void_p),
-            ("vec_dot_type", ctypes.c_int),
-            ("nrows", ctypes.c_int64),
-        ]
-
-    cpu.ggml_get_type_traits_cpu.restype = ctypes.POINTER(Traits)
-    return ctypes, base, cpu
-
-
 @needs_avx2
 def test_avx2_bitwise_equals_reference_library(kernels):
     """With a reference build at hand: quantized bytes, dot products and dequantized floats are its own."""
-    ctypes, base, cpu = reference_ggml_cpu()
-    vec_dot_t = ctypes.CFUNCTYPE(
-        None,
-        ctypes.c_int,
-        ctypes.POINTER(ctypes.c_float),
-        ctypes.c_size_t,
-        ctypes.c_void_p,
-        ctypes.c_size_t,
-        ctypes.c_void_p,
-        ctypes.c_size_t,
-        ctypes.c_int,
-    )
-    from_float_t = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64)
+    ref = ref_ggml.load()
+    if ref is None:
+        pytest.skip(f"set {ref_ggml.ENV} to a reference build's lib folder (libggml-base.so, libggml-cpu.so)")
     kernels("avx2")
     rng = np.random.default_rng(0)
     n = 4096
     a = (rng.standard_normal((16, n)) * rng.uniform(0.1, 5, (16, 1))).astype(np.float32)
     qa = c_quantize(lib.LP_TYPE_Q8_K, a)
     ref_qa = np.zeros_like(qa)
-    ref_quant = from_float_t(cpu.ggml_get_type_traits_cpu(lib.LP_TYPE_Q8_K).contents.from_float)
+    ref_quant = ref.from_float(lib.LP_TYPE_Q8_K)
     for r in range(len(a)):
         ref_quant(a[r].ctypes.data, ref_qa[r].ctypes.data, n)
     np.testing.assert_array_equal(qa, ref_qa)
@@ -409,18 +343,16 @@ def test_avx2_bitwise_equals_reference_library(kernels):
     for name, t in TYPES.items():
         w = (rng.standard_normal((16, n)) * rng.uniform(0.01, 1, (16, 1))).astype(np.float32)
         qw = c_quantize(t, w)
-        ref_dot = vec_dot_t(cpu.ggml_get_type_traits_cpu(t).contents.vec_dot)
+        ref_dot = ref.vec_dot(t)
         for r in range(len(w)):
             ref_dot(n, ctypes.byref(out), 0, qw[r].ctypes.data, 0, qa[r].ctypes.data, 0, 1)
             assert c_vec_dot(t, qw[r], qa[r], n) == out.value, f"{name} row {r}"
         for x in (w, awkward_rows()):
             ref_q = np.zeros((len(x), lib.lp_row_size(t, x.shape[1])), np.uint8)
-            base.ggml_quantize_chunk(t, x.ctypes.data, ref_q.ctypes.data, 0, len(x), x.shape[1], None)
+            ref.quantize_chunk(t, x.ctypes.data, ref_q.ctypes.data, 0, len(x), x.shape[1])
             np.testing.assert_array_equal(c_quantize(t, x), ref_q, err_msg=f"{name} quantize")
         ref_deq = np.zeros_like(w)
-        from_float_t(base.ggml_get_type_traits(t).contents.to_float)(
-            qw.ctypes.data, ref_deq.ctypes.data, w.size
-        )
+        ref.to_float(t)(qw.ctypes.data, ref_deq.ctypes.data, w.size)
         np.testing.assert_array_equal(
             c_dequantize(t, qw, n).view(np.uint32), ref_deq.view(np.uint32), err_msg=name
         )
