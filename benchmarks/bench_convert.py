@@ -26,6 +26,9 @@ import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+
+from bench_util import REF_COLUMNS, print_table, ref_cells, run_measured, same_bytes, warm  # noqa: E402
 
 DIM, N_LAYER, N_HEAD, N_HEAD_KV, FFN, VOCAB = 2048, 22, 32, 4, 5632, 32000
 MIB = 1 << 20
@@ -153,37 +156,6 @@ def write_inputs(workdir: str) -> tuple[str, str]:
     return meta, hf
 
 
-def run_measured(cmd: list[str], env=None) -> tuple[float, float, int]:
-    """Run a command; its wall time in seconds, peak RSS in MiB and exit status."""
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
-    err = proc.stderr.read().decode(errors="replace")
-    _, status, usage = os.wait4(proc.pid, 0)
-    wall = time.perf_counter() - t0
-    proc.stderr.close()
-    code = os.waitstatus_to_exitcode(status)
-    if code != 0:
-        print(f"  command failed ({code}): {' '.join(cmd)}\n{err[-2000:]}", file=sys.stderr)
-    return wall, usage.ru_maxrss / 1024, code
-
-
-def same_bytes(a: str, b: str) -> bool:
-    with open(a, "rb") as f1, open(b, "rb") as f2:
-        while True:
-            b1, b2 = f1.read(1 << 24), f2.read(1 << 24)
-            if b1 != b2:
-                return False
-            if not b1:
-                return True
-
-
-def warm(d: str) -> None:
-    for name in sorted(os.listdir(d)):
-        with open(os.path.join(d, name), "rb") as f:
-            while f.read(1 << 24):
-                pass
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "llamapy-bench-convert"))
@@ -233,20 +205,14 @@ def main() -> None:
           f"memory budget {budget:.0f} MiB), {a.threads} threads\n")
     head = "| input | outtype | llamapy s | peak RSS MiB | within budget | output MiB |"
     if ref_script:
-        head += " reference s | ref RSS MiB | time ratio | same bytes |"
-    print(head)
-    print("|" + "|".join("---" for _ in range(head.count("|") - 1)) + "|")
+        head += REF_COLUMNS
+    lines = []
     for r in rows:
         name = "Meta .pth x2" if r["layout"] == "meta" else "HF safetensors"
         line = (f"| {name} | {r['type']} | {r['t']:9.1f} | {r['rss']:12.0f} | "
                 f"{'yes' if r['ok'] and r['rss'] <= budget else 'NO':>13} | {r['size']:10.1f} |")
-        if ref_script:
-            if "rt" in r:
-                ratio = r["t"] / r["rt"]
-                line += f" {r['rt']:11.1f} | {r['rrss']:11.0f} | {ratio:9.2f}x | {r.get('same', '-')!s:>10} |"
-            else:
-                line += " - | - | - | - |"
-        print(line)
+        lines.append(line + (ref_cells(r) if ref_script else ""))
+    print_table(head, lines)
 
 
 if __name__ == "__main__":
