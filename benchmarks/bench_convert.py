@@ -28,7 +28,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 
-from bench_util import REF_COLUMNS, print_table, ref_cells, run_measured, same_bytes, warm  # noqa: E402
+from bench_util import REF_COLUMNS, measure, print_table, ref_cells, warm  # noqa: E402
 
 DIM, N_LAYER, N_HEAD, N_HEAD_KV, FFN, VOCAB = 2048, 22, 32, 4, 5632, 32000
 MIB = 1 << 20
@@ -186,20 +186,11 @@ def main() -> None:
                    "--threads", str(a.threads)]
             if layout == "meta":
                 cmd.append("--pad-vocab")
-            secs, rss, code = run_measured(cmd)
-            row = {"layout": layout, "type": t, "t": secs, "rss": rss, "ok": code == 0,
-                   "size": os.path.getsize(out) / MIB if code == 0 else float("nan")}
+            ref_out = os.path.join(a.workdir, f"ref-{layout}-{t}.gguf")
+            ref_cmd = None
             if ref_script and layout == "hf" and t in ("f16", "q8_0", "bf16", "f32"):
-                ref_out = os.path.join(a.workdir, f"ref-{layout}-{t}.gguf")
-                rt, rrss, rcode = run_measured([ref_python, ref_script, src, "--outtype", t, "--outfile", ref_out])
-                row.update(rt=rt, rrss=rrss)
-                if code == 0 and rcode == 0:
-                    row["same"] = same_bytes(out, ref_out)
-                if os.path.exists(ref_out):
-                    os.unlink(ref_out)
-            if os.path.exists(out):
-                os.unlink(out)
-            rows.append(row)
+                ref_cmd = [ref_python, ref_script, src, "--outtype", t, "--outfile", ref_out]
+            rows.append({"layout": layout, "type": t, **measure(cmd, out, ref_cmd, ref_out)})
 
     print(f"\nconvert a TinyLlama-1.1B-shaped BF16 checkpoint (largest tensor {largest:.0f} MiB, "
           f"memory budget {budget:.0f} MiB), {a.threads} threads\n")

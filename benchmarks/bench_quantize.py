@@ -19,7 +19,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 
-from bench_util import REF_COLUMNS, print_table, ref_cells, run_measured, same_bytes, warm
+from bench_util import REF_COLUMNS, measure, print_table, ref_cells, warm
 from make_tiny_llama import write_f16_model  # the same TinyLlama-shaped F16 file the engine benchmark uses
 
 
@@ -45,20 +45,10 @@ def main() -> None:
     rows = []
     for qtype in a.types.split(","):
         out = os.path.join(a.workdir, f"out-{qtype}.gguf")
-        t, rss, code = run_measured(llamapy + [src, out, qtype, str(a.threads)])
-        size = os.path.getsize(out) / 2**20 if code == 0 else float("nan")
-        row = {"type": qtype, "t": t, "rss": rss, "size": size, "ok": code == 0}
-        if ref:
-            ref_out = os.path.join(a.workdir, f"ref-{qtype}.gguf")
-            rt, rrss, rcode = run_measured([ref, src, ref_out, qtype, str(a.threads)])
-            row.update(rt=rt, rrss=rrss, rok=rcode == 0)
-            if code == 0 and rcode == 0:
-                row["same"] = same_bytes(out, ref_out)
-            if not a.keep and os.path.exists(ref_out):
-                os.unlink(ref_out)
-        if not a.keep and os.path.exists(out):
-            os.unlink(out)
-        rows.append(row)
+        ref_out = os.path.join(a.workdir, f"ref-{qtype}.gguf")
+        ref_cmd = [ref, src, ref_out, qtype, str(a.threads)] if ref else None
+        rows.append({"type": qtype, **measure(llamapy + [src, out, qtype, str(a.threads)], out, ref_cmd, ref_out,
+                                              keep=a.keep)})
 
     print(f"\nquantize a TinyLlama-1.1B-shaped F16 file ({os.path.getsize(src) / 2**30:.2f} GiB), "
           f"{a.threads} threads\n")

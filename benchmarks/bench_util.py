@@ -32,6 +32,24 @@ def same_bytes(a: str, b: str) -> bool:
                 return True
 
 
+def measure(cmd: list[str], out: str, ref_cmd: list[str] | None = None, ref_out: str = "",
+            keep: bool = False) -> dict:
+    """Run our command (which writes `out`) and, when given, the reference's (which writes `ref_out`).
+    A result row: t, rss, ok, size (MiB), and the reference's rt, rrss, rok and whether its file has our
+    bytes (same). The files are removed unless `keep`."""
+    t, rss, code = run_measured(cmd)
+    row = {"t": t, "rss": rss, "ok": code == 0, "size": os.path.getsize(out) / 2**20 if code == 0 else float("nan")}
+    if ref_cmd:
+        rt, rrss, rcode = run_measured(ref_cmd)
+        row.update(rt=rt, rrss=rrss, rok=rcode == 0)
+        if code == 0 and rcode == 0:
+            row["same"] = same_bytes(out, ref_out)
+    for path in (out, ref_out):
+        if not keep and path and os.path.exists(path):
+            os.unlink(path)
+    return row
+
+
 def warm(path: str) -> None:
     """Read a file (every file of a directory) once, so the timed commands start from a warm page cache."""
     paths = [os.path.join(path, n) for n in sorted(os.listdir(path))] if os.path.isdir(path) else [path]
