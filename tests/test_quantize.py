@@ -12,7 +12,7 @@ from llamapy import quants
 from llamapy.cli import main
 from llamapy.errors import LlamapyError
 from llamapy.ggufio.constants import TensorType as T
-from llamapy.ggufio.reader import GGUFReader
+from llamapy.ggufio.reader import GGUFReader, TensorInfo
 from llamapy.ggufio.writer import GGUFWriter
 from llamapy.quants import plan as P
 
@@ -135,7 +135,6 @@ def test_legacy_mix_puts_the_output_in_q6_k_unless_pure(tmp_path):
 
 def test_plan_is_a_function_of_names_shapes_and_hyperparameters(model576):
     """The planner needs no file: names, shapes and types plus ModelArgs give the file's plan."""
-    from llamapy.ggufio.reader import TensorInfo
     from llamapy.model_args import ModelArgs
 
     with GGUFReader(model576) as r:
@@ -145,6 +144,30 @@ def test_plan_is_a_function_of_names_shapes_and_hyperparameters(model576):
     got = P.plan(tensors, args, Q.QuantizeParams(ftype=Q.F.MOSTLY_Q4_K_M))
     assert [(p.info.name, p.new_type) for p in got] == want
     assert T.Q8_0 in {t for _, t in want} and T.Q4_K in {t for _, t in want}
+
+
+def test_quantize_reads_the_hyperparameters_of_any_architecture(tmp_path):
+    """Quantize rewrites files the engine would refuse: other architectures, per-layer arrays (layer 0 counts)."""
+    from llamapy.model_args import ModelArgs
+
+    path = tmp_path / "q.gguf"
+    with GGUFWriter(path) as w:
+        w.add("general.architecture", "qwen2")
+        w.add("qwen2.block_count", 80)
+        w.add("qwen2.attention.head_count", 64)
+        w.add("qwen2.attention.head_count_kv", np.array([8] * 80, dtype=np.uint32))
+        w.write_header()
+    with GGUFReader(path) as r:
+        args = ModelArgs.from_gguf(r, strict=False)
+        assert (args.arch, args.n_layer, args.n_head, args.n_head_kv, args.n_expert) == ("qwen2", 80, 64, 8, 0)
+        with pytest.raises(LlamapyError, match="architecture 'qwen2' is not supported"):
+            ModelArgs.from_gguf(r)
+    # an 80-layer GQA model gets the 70B rule: attn_v of Q3_K_S goes to Q5_K
+    tensors = {"blk.0.attn_v.weight": TensorInfo("blk.0.attn_v.weight", (8192, 1024), int(T.F32), 0, 0)}
+    got = P.plan(tensors, args, Q.QuantizeParams(ftype=Q.F.MOSTLY_Q3_K_S))
+    assert got[0].new_type == T.Q5_K
+    assert P.plan(tensors, ModelArgs(1, 8192, 80, 64, 1, n_head_kv=64), Q.QuantizeParams(ftype=Q.F.MOSTLY_Q3_K_S)
+                  )[0].new_type == T.Q3_K
 
 
 def test_file_type_table_names_numbers_and_labels():
