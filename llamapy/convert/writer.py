@@ -49,9 +49,8 @@ class PlannedTensor:
         return self.src.n_elements // blck * size
 
 
-def plan_tensors(tensors: list[tuple[str, LazyTensor]], outtype: OutType, args: ModelArgs | None = None
-                 ) -> list[PlannedTensor]:
-    """Each tensor's GGUF type (and, for quantize types, the output order).
+def plan_tensors(tensors: list[tuple[str, LazyTensor]], outtype: OutType, args: ModelArgs) -> list[PlannedTensor]:
+    """Each tensor's GGUF type (and, for quantize types, the output order); `args`: the model's hyperparameters.
 
     Plain types follow the reference converter's rules. A quantize type is planned exactly as
     `llamapy quantize` plans a file this converter wrote as F32: the quantizer's tensor order, counters
