@@ -30,6 +30,9 @@ sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 
 from bench_util import REF_COLUMNS, measure, print_table, ref_cells, warm  # noqa: E402
 
+sys.path.insert(0, os.path.join(ROOT, "tests"))
+from test_convert_util import meta_hf_name, to_hf  # noqa: E402  (the tests' Meta -> Hugging Face export)
+
 DIM, N_LAYER, N_HEAD, N_HEAD_KV, FFN, VOCAB = 2048, 22, 32, 4, 5632, 32000
 MIB = 1 << 20
 
@@ -46,22 +49,6 @@ def meta_shapes() -> list[tuple[str, tuple[int, ...]]]:
                    (p + "feed_forward.w3.weight", (FFN, DIM)), (p + "attention_norm.weight", (DIM,)),
                    (p + "ffn_norm.weight", (DIM,))]
     return shapes
-
-
-HF_NAMES = {"attention.wq": "self_attn.q_proj", "attention.wk": "self_attn.k_proj",
-            "attention.wv": "self_attn.v_proj", "attention.wo": "self_attn.o_proj",
-            "feed_forward.w1": "mlp.gate_proj", "feed_forward.w2": "mlp.down_proj",
-            "feed_forward.w3": "mlp.up_proj", "attention_norm": "input_layernorm",
-            "ffn_norm": "post_attention_layernorm"}
-
-
-def hf_name(name: str) -> str:
-    glob = {"tok_embeddings.weight": "model.embed_tokens.weight", "norm.weight": "model.norm.weight",
-            "output.weight": "lm_head.weight"}
-    if name in glob:
-        return glob[name]
-    _, i, rest = name.split(".", 2)
-    return f"model.layers.{i}.{HF_NAMES[rest.rsplit('.', 1)[0]]}.weight"
 
 
 class Weights:
@@ -135,16 +122,8 @@ def write_inputs(workdir: str) -> tuple[str, str]:
         json.dump({"dim": DIM, "n_layers": N_LAYER, "n_heads": N_HEAD, "n_kv_heads": N_HEAD_KV, "multiple_of": 256,
                    "norm_eps": 1e-5, "vocab_size": -1}, f)
 
-    def hf_permute(t, heads):  # Meta's q/k rows -> Hugging Face's rotate-half rows
-        return t.reshape(heads, t.shape[0] // heads // 2, 2, t.shape[1]).transpose(1, 2).reshape(t.shape)
-
-    sd = {}
-    for name, t in full.items():
-        if name.endswith("wq.weight"):
-            t = hf_permute(t, N_HEAD)
-        elif name.endswith("wk.weight"):
-            t = hf_permute(t, N_HEAD_KV)
-        sd[hf_name(name)] = t.contiguous()
+    sd = to_hf(full, meta_hf_name, N_HEAD, N_HEAD_KV, "wq.weight", "wk.weight")
+    sd = {name: t.contiguous() for name, t in sd.items()}
     save_file(sd, os.path.join(hf, "model.safetensors"), metadata={"format": "pt"})
     with open(os.path.join(hf, "config.json"), "w") as f:
         json.dump({"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": DIM,

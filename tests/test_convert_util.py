@@ -136,26 +136,34 @@ META_TO_HF = {"attention.wq": "self_attn.q_proj", "attention.wk": "self_attn.k_p
               "ffn_norm": "post_attention_layernorm"}
 
 
-def meta_to_hf(w: dict, hp: dict = TINY) -> dict:
+META_TOP_TO_HF = {"tok_embeddings.weight": "model.embed_tokens.weight", "norm.weight": "model.norm.weight",
+                  "output.weight": "lm_head.weight"}
+
+
+def meta_hf_name(name: str) -> str:
+    """A Meta tensor's Hugging Face name."""
+    if name in META_TOP_TO_HF:
+        return META_TOP_TO_HF[name]
+    _, i, rest = name.split(".", 2)
+    return f"model.layers.{i}.{META_TO_HF[rest.rsplit('.', 1)[0]]}.weight"
+
+
+def to_hf(tensors: dict, hf_name, n_heads: int, n_kv_heads: int, q: str, k: str) -> dict:
+    """Tensors under their Hugging Face names (`hf_name`), the rows of those ending in `q` / `k` in
+    rotate-half order. numpy arrays or torch tensors alike."""
     out = {}
-    for name, a in w.items():
-        if name == "rope.freqs":
-            continue
-        if name == "tok_embeddings.weight":
-            out["model.embed_tokens.weight"] = a
-        elif name == "norm.weight":
-            out["model.norm.weight"] = a
-        elif name == "output.weight":
-            out["lm_head.weight"] = a
-        else:
-            _, i, rest = name.split(".", 2)
-            base = rest.rsplit(".", 1)[0]
-            if base == "attention.wq":
-                a = hf_permute(a, hp["n_heads"])
-            elif base == "attention.wk":
-                a = hf_permute(a, hp["n_kv_heads"])
-            out[f"model.layers.{i}.{META_TO_HF[base]}.weight"] = a
+    for name, a in tensors.items():
+        if name.endswith(q):
+            a = hf_permute(a, n_heads)
+        elif name.endswith(k):
+            a = hf_permute(a, n_kv_heads)
+        out[hf_name(name)] = a
     return out
+
+
+def meta_to_hf(w: dict, hp: dict = TINY) -> dict:
+    w = {n: a for n, a in w.items() if n != "rope.freqs"}
+    return to_hf(w, meta_hf_name, hp["n_heads"], hp["n_kv_heads"], "attention.wq.weight", "attention.wk.weight")
 
 
 def hf_config(n_vocab: int, hp: dict = TINY, arch: str = "LlamaForCausalLM", **extra) -> dict:
