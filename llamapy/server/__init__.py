@@ -35,10 +35,10 @@ def slot_context(model_path: str, n_ctx: int, n_parallel: int) -> int:
     """Positions per slot: -c split over the slots (-c 0: the model's training context)."""
     if n_ctx == 0:
         from ..ggufio.reader import GGUFReader
+        from ..model_args import ModelArgs
 
         with GGUFReader(model_path) as r:
-            arch = r.get("general.architecture", "llama")
-            n_ctx = int(r.get(f"{arch}.context_length", 4096))
+            n_ctx = ModelArgs.from_gguf(r, strict=False).n_ctx_train or 4096
     per_slot = n_ctx // n_parallel
     if per_slot < 8:
         raise LlamapyError(f"-c {n_ctx} over {n_parallel} slots leaves {per_slot} positions per slot; raise -c")
