@@ -151,3 +151,12 @@ def test_parse_file_errors_name_the_file(tmp_path):
     p.write_text("FROM m\nNOPE\n", encoding="utf-8")
     with pytest.raises(LlamapyError, match=r"Modelfile: line 2: unknown instruction"):
         parse_file(p)
+
+
+def test_control_characters_in_errors_are_escaped():
+    with pytest.raises(LlamapyError) as e:
+        parse("FROM m\n\x1b[2Jbad x\n")
+    assert "\x1b" not in str(e.value) and "\\x1b[2Jbad" in str(e.value)
+    with pytest.raises(LlamapyError) as e:
+        parse("FROM m\nPARAMETER seed \x07x\n")
+    assert "\x07" not in str(e.value) and "\\x07x" in str(e.value)

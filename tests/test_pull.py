@@ -263,3 +263,10 @@ def test_parse_ref_and_pick():
     assert pick_gguf(files, "iq4_xs", "r").path == "m-IQ4_XS.gguf"
     assert pick_gguf(files, "Q4_XS", "r").path == "m-Q4_XS.gguf"  # not the IQ4_XS file
     assert pick_gguf(files, None, "r").path == "m-Q4_K_M.gguf"
+
+
+def test_file_names_from_the_hub_are_escaped_in_errors(hub):
+    hub.repos["me/evil"] = {"evil\x1b[2J.Q8_0.gguf": fake_gguf(100, 10)}
+    with pytest.raises(LlamapyError) as e:
+        pull("hf.co/me/evil:Q2_K")
+    assert "\x1b" not in str(e.value) and "evil\\x1b[2J.Q8_0.gguf" in str(e.value)

@@ -266,3 +266,24 @@ def test_two_processes_creating_and_removing_never_corrupt_the_store(store, tiny
     assert sorted(str(e.name) for e in store.entries()) == ["shared:1", "shared:2"]
     for e in store.entries():
         assert json.loads(json.dumps(e.manifest))["layers"][0]["mediaType"] == MEDIA_MODEL
+
+
+def test_settings_for_a_model_argument(store, tiny_gguf):
+    from llamapy.store.models import settings_for
+
+    create_model("chat", parse(f"FROM {tiny_gguf}\nSYSTEM Be brief.\nPARAMETER num_ctx 256\n"))
+    s = settings_for("chat")
+    assert s.system == "Be brief." and s.parameters == {"num_ctx": 256} and str(s.name) == "chat:latest"
+    assert settings_for(tiny_gguf) is None and settings_for("unknown") is None and settings_for(None) is None
+
+
+def test_a_shown_modelfile_builds_the_same_model(store, tiny_gguf):
+    from llamapy.store.models import render_modelfile
+
+    create_model("orig", parse(MODELFILE.format(src=tiny_gguf)))
+    before = blob_names(store)
+    create_model("again", parse(render_modelfile(model_settings("orig"))))  # FROM the blob itself
+    assert blob_names(store) == before
+    a, b = model_settings("orig"), model_settings("again")
+    assert (a.model_path, a.template, a.system, a.parameters, a.messages, a.licenses) == \
+        (b.model_path, b.template, b.system, b.parameters, b.messages, b.licenses)

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import contextlib
 
+from ..store.text import printable  # noqa: F401 - the verbs print model text through it
+
 
 @contextlib.contextmanager
 def byte_progress(console, description: str):
@@ -18,9 +20,3 @@ def byte_progress(console, description: str):
             bar.update(task, completed=done, total=total)
         yield update
 
-
-def printable(text: str) -> str:
-    """Text from a model's files with control characters (other than newline and tab) shown as escapes,
-    so nothing reaches the terminal as a control sequence."""
-    return "".join(c if c in "\n\t" or (c >= " " and c != "\x7f" and not 0x80 <= ord(c) < 0xA0)
-                   else f"\\x{ord(c):02x}" for c in text)

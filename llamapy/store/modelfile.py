@@ -11,6 +11,7 @@ import re
 from dataclasses import dataclass, field
 
 from ..errors import LlamapyError
+from .text import one_line
 
 INSTRUCTIONS = ("from", "parameter", "template", "system", "adapter", "message", "license")
 ROLES = ("system", "user", "assistant", "tool")
@@ -56,7 +57,7 @@ def parse_parameter(name: str, value: str) -> object:
     key = name.lower()
     kind = PARAMETER_TYPES.get(key)
     if kind is None:
-        raise LlamapyError(f"unknown parameter '{name}' (allowed: {', '.join(sorted(PARAMETER_TYPES))})")
+        raise LlamapyError(f"unknown parameter '{one_line(name)}' (allowed: {', '.join(sorted(PARAMETER_TYPES))})")
     try:
         if kind is int:
             return int(value, 10)
@@ -68,7 +69,7 @@ def parse_parameter(name: str, value: str) -> object:
         if kind is bool:
             return _BOOLS[value.lower()]
     except (ValueError, KeyError):
-        raise LlamapyError(f"parameter {key}: '{value}' is not {_TYPE_WORDS[kind]}") from None
+        raise LlamapyError(f"parameter {key}: '{one_line(value)}' is not {_TYPE_WORDS[kind]}") from None
     return value
 
 
@@ -120,7 +121,7 @@ def _read_value(text: str, pos: int, lineno: int) -> tuple[str, int, int]:
         rest = text[end + 3: nl if nl >= 0 else len(text)]
         if rest.strip():
             raise LlamapyError(f"line {lineno + value.count(chr(10))}: unexpected text after the closing \"\"\": "
-                               f"{rest.strip()!r}")
+                               f"{one_line(rest.strip())!r}")
         return value, (nl + 1 if nl >= 0 else len(text)), value.count("\n") + 1
     nl = text.find("\n", pos)
     line = text[pos: nl if nl >= 0 else len(text)].rstrip("\r").strip()
@@ -132,7 +133,8 @@ def _read_value(text: str, pos: int, lineno: int) -> tuple[str, int, int]:
         if i >= len(line):
             raise LlamapyError(f'line {lineno}: unterminated " string')
         if line[i + 1:].strip():
-            raise LlamapyError(f"line {lineno}: unexpected text after the closing \": {line[i + 1:].strip()!r}")
+            extra = one_line(line[i + 1:].strip())
+            raise LlamapyError(f"line {lineno}: unexpected text after the closing \": {extra!r}")
         return _unquote(line[1:i]), nxt, 1
     return line, nxt, 1
 
@@ -157,7 +159,7 @@ def parse(text: str, base_dir: str = ".") -> Modelfile:
         word = m.group(0)
         instr = word.lower()
         if instr not in INSTRUCTIONS:
-            raise LlamapyError(f"line {lineno}: unknown instruction '{word}' (allowed: "
+            raise LlamapyError(f"line {lineno}: unknown instruction '{one_line(word)}' (allowed: "
                                f"{', '.join(i.upper() for i in INSTRUCTIONS)})")
         vpos = start + len(word)
         while vpos < line_end and text[vpos] in " \t":
@@ -175,7 +177,7 @@ def parse(text: str, base_dir: str = ".") -> Modelfile:
             value, pos, used = _read_value(text, vpos, lineno)
             if instr == "parameter":
                 if value == "":
-                    raise LlamapyError(f"line {lineno}: PARAMETER {key} needs a value")
+                    raise LlamapyError(f"line {lineno}: PARAMETER {one_line(key)} needs a value")
                 try:
                     v = parse_parameter(key, value)
                 except LlamapyError as e:
@@ -187,7 +189,8 @@ def parse(text: str, base_dir: str = ".") -> Modelfile:
             else:
                 role = key.lower()
                 if role not in ROLES:
-                    raise LlamapyError(f"line {lineno}: MESSAGE role '{key}' is not one of {', '.join(ROLES)}")
+                    raise LlamapyError(f"line {lineno}: MESSAGE role '{one_line(key)}' is not one of "
+                                       f"{', '.join(ROLES)}")
                 mf.messages.append(Message(role, value))
         else:
             value, pos, used = _read_value(text, vpos, lineno)

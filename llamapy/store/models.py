@@ -11,14 +11,12 @@ from ..errors import LlamapyError
 from .modelfile import Message, Modelfile, format_parameter_value, quote
 from .store import (
     MEDIA_ADAPTER,
-    MEDIA_CONFIG,
     MEDIA_LICENSE,
     MEDIA_MESSAGES,
     MEDIA_MODEL,
     MEDIA_PARAMS,
     MEDIA_SYSTEM,
     MEDIA_TEMPLATE,
-    Layer,
     ModelName,
     ProgressFn,
     StagedBlob,
@@ -83,7 +81,7 @@ def _source_gguf(mf: Modelfile, store: Store, log: Log) -> tuple[str | None, str
     p = mf.from_path
     if os.path.isdir(p):
         from ..convert import convert
-        tmp = store._tmp_path()
+        tmp = store.new_tmp()
         log(f"converting {p} to GGUF")
         try:
             convert(p, tmp, log=log)
@@ -114,13 +112,16 @@ def _quantize(src: str, qtype: str, store: Store, log: Log, progress: ProgressFn
     if ft not in (LlamaFtype.ALL_F32, LlamaFtype.MOSTLY_F16, LlamaFtype.MOSTLY_BF16):
         raise LlamapyError("quantization is only supported for F16, BF16 and F32 models (this one is already "
                            "quantized)")
-    tmp = store._tmp_path()
+    tmp = store.new_tmp()
     log(f"quantizing to {opt.name}")
 
-    def bar(_name: str, done: int, total: int, _acc=[0]):  # noqa: B006 - a running total across calls
-        _acc[0] += done
+    so_far = 0
+
+    def bar(_name: str, done: int, total: int):  # quantize_file reports elements done per call
+        nonlocal so_far
+        so_far += done
         if progress:
-            progress(_acc[0], total)
+            progress(so_far, total)
     try:
         quantize_file(src, tmp, opt.ftype, progress=bar)
     except BaseException:
@@ -189,15 +190,7 @@ def create_model(name: str, mf: Modelfile, *, quantize: str | None = None, store
         config = store.stage_bytes(json.dumps({"model_format": "gguf"}).encode())
         staged.append(config)
 
-        with store.lock():
-            for b in [config] + [b for _, b in layers]:
-                store.commit(b)
-            old = store.find(target)
-            if old is not None and old != target:
-                os.unlink(store.manifest_path(old))
-            store.write_manifest(target, Layer(MEDIA_CONFIG, config.digest, config.size),
-                                 [Layer(mt, b.digest, b.size) for mt, b in layers])
-            store._gc()
+        store.put_model(target, config, layers)
     finally:
         for b in staged:
             store.discard(b)
@@ -212,15 +205,7 @@ def import_blob(name: str, staged: StagedBlob, store: Store) -> ModelName:
     target = parse_name(name)
     config = store.stage_bytes(json.dumps({"model_format": "gguf"}).encode())
     try:
-        with store.lock():
-            store.commit(staged)
-            store.commit(config)
-            old = store.find(target)
-            if old is not None and old != target:
-                os.unlink(store.manifest_path(old))
-            store.write_manifest(target, Layer(MEDIA_CONFIG, config.digest, config.size),
-                                 [Layer(MEDIA_MODEL, staged.digest, staged.size)])
-            store._gc()
+        store.put_model(target, config, [(MEDIA_MODEL, staged)])
     finally:
         store.discard(staged)
         store.discard(config)
@@ -300,3 +285,14 @@ def format_table(rows: list[list[str]]) -> str:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     return "\n".join("".join(c.ljust(w + 4) if i < len(r) - 1 else c for i, (c, w) in enumerate(zip(r, widths)))
                      for r in rows)
+
+
+def settings_for(model: str | None, store: Store | None = None) -> ModelSettings | None:
+    """The stored settings behind a `-m` value: a model's when `model` names one in the store (and is not an
+    existing path, which wins as in resolve_model), else None."""
+    from .store import is_name
+
+    if not model or os.path.exists(model) or not is_name(model):
+        return None
+    store = store or Store()
+    return model_settings(model, store) if store.find(model) is not None else None

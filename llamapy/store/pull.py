@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from .. import __version__
 from ..errors import LlamapyError
 from .store import ModelName, ProgressFn, StagedBlob, Store
+from .text import one_line
 
 HF_DEFAULT_ENDPOINT = "https://huggingface.co"
 MODELSCOPE_DEFAULT_DOMAIN = "www.modelscope.cn"
@@ -55,6 +56,14 @@ class RemoteFile:
     size: int | None
     sha256: str | None
     url: str
+
+    def __post_init__(self):  # the hub's word, checked: a size is a count, a sha256 is 64 hex digits
+        if not isinstance(self.size, int) or isinstance(self.size, bool) or self.size < 0:
+            self.size = None
+        if not (isinstance(self.sha256, str) and re.fullmatch(r"[0-9a-fA-F]{64}", self.sha256)):
+            self.sha256 = None
+        else:
+            self.sha256 = self.sha256.lower()
 
 
 def parse_ref(text: str) -> PullRef:
@@ -144,7 +153,7 @@ def list_files(ref: PullRef) -> list[RemoteFile]:
                     f"modelscope.cn/{ref.repo}")
     if not isinstance(doc, dict) or doc.get("Code", 200) != 200 or not isinstance(doc.get("Data"), dict):
         msg = doc.get("Message") if isinstance(doc, dict) else None
-        raise LlamapyError(f"modelscope.cn/{ref.repo}: {msg or 'no file list'}")
+        raise LlamapyError(f"modelscope.cn/{ref.repo}: {one_line(str(msg or 'no file list'))}")
     out = []
     for f in doc["Data"].get("Files") or []:
         if f.get("Type", "blob") != "blob" or not isinstance(f.get("Path"), str):
@@ -172,12 +181,12 @@ def pick_gguf(files: list[RemoteFile], quant: str | None, repo: str) -> RemoteFi
     if not hits and quant is None:
         hits = ggufs
     if not hits:
-        names = ", ".join(os.path.basename(f.path) for f in ggufs[:12]) + (", ..." if len(ggufs) > 12 else "")
+        names = ", ".join(one_line(os.path.basename(f.path)) for f in ggufs[:12]) + (", ..." if len(ggufs) > 12 else "")
         raise LlamapyError(f"{repo}: no GGUF file for '{quant}' (the repository has: {names})")
     whole = [f for f in hits if not _SPLIT.search(f.path)]
     if not whole:
-        raise LlamapyError(f"{repo}: {os.path.basename(hits[0].path)} is split into parts; split GGUF files are not "
-                           "supported yet")
+        part = one_line(os.path.basename(hits[0].path))
+        raise LlamapyError(f"{repo}: {part} is split into parts; split GGUF files are not supported yet")
     return whole[0]
 
 
@@ -190,7 +199,8 @@ def download(f: RemoteFile, hub: str, store: Store, *, progress: ProgressFn | No
     """Stream `f` into the store's folder (resuming a partial file left by an earlier pull), verify its
     sha256, and return it staged for commit. A mismatch removes the partial file."""
     say = log or (lambda _m: None)
-    store._ensure()
+    label = one_line(f.path)
+    store.ensure()
     key = f.sha256 or hashlib.sha256(f.url.encode()).hexdigest()
     partial = os.path.join(store.blobs, f".pull-{key}.partial")
     fd = os.open(partial, os.O_RDWR | os.O_CREAT, 0o644)
@@ -201,7 +211,7 @@ def download(f: RemoteFile, hub: str, store: Store, *, progress: ProgressFn | No
         except ImportError:
             pass
         except BlockingIOError:
-            raise LlamapyError(f"{f.path}: another llamapy pull is downloading this file") from None
+            raise LlamapyError(f"{label}: another llamapy pull is downloading this file") from None
         h = hashlib.sha256()
         have = 0
         with open(partial, "rb") as old:  # the bytes an earlier pull left
@@ -212,7 +222,7 @@ def download(f: RemoteFile, hub: str, store: Store, *, progress: ProgressFn | No
             os.ftruncate(fd, 0)
             h, have = hashlib.sha256(), 0
         if have:
-            say(f"resuming {f.path} at {have} bytes")
+            say(f"resuming {label} at {have} bytes")
         failures = 0
         etag = None
         while f.size is None or have < f.size:
@@ -224,7 +234,7 @@ def download(f: RemoteFile, hub: str, store: Store, *, progress: ProgressFn | No
                         os.ftruncate(fd, 0)  # the server sent the whole file again
                         h, have = hashlib.sha256(), 0
                     if r.status == 206 and not (r.headers.get("Content-Range") or "").startswith(f"bytes {have}-"):
-                        raise LlamapyError(f"{f.path}: the server answered another range than asked")
+                        raise LlamapyError(f"{label}: the server answered another range than asked")
                     total = _length(r, have) if f.size is None else f.size
                     os.lseek(fd, have, os.SEEK_SET)
                     while True:
@@ -250,30 +260,30 @@ def download(f: RemoteFile, hub: str, store: Store, *, progress: ProgressFn | No
                     os.ftruncate(fd, 0)
                     h, have = hashlib.sha256(), 0
                     continue
-                raise _http_error(e, f.path, hub) from None
+                raise _http_error(e, label, hub) from None
             except (_Cut, urllib.error.URLError, OSError, http.client.HTTPException) as e:
                 failures += 1
                 if failures > retries:
                     reason = getattr(e, "reason", None) or type(e).__name__
-                    raise LlamapyError(f"{f.path}: download interrupted at {have} of {f.size} bytes ({reason}); run "
+                    raise LlamapyError(f"{label}: download interrupted at {have} of {f.size} bytes ({reason}); run "
                                        "the same pull again to resume") from None
                 say(f"connection lost at {have} bytes; resuming")
         if f.size is not None and have > f.size:
             _discard(fd, partial)
-            raise LlamapyError(f"{f.path}: the server sent more bytes than the hub lists; nothing stored")
+            raise LlamapyError(f"{label}: the server sent more bytes than the hub lists; nothing stored")
         hexd = h.hexdigest()
         expect = f.sha256 or etag
         if expect is None:
-            say(f"note: the hub lists no sha256 for {f.path}; only its size was checked")
+            say(f"note: the hub lists no sha256 for {label}; only its size was checked")
         elif hexd != expect.lower():
             _discard(fd, partial)
-            raise LlamapyError(f"{f.path}: sha256 mismatch (the hub lists {expect}, the download is {hexd}); "
+            raise LlamapyError(f"{label}: sha256 mismatch (the hub lists {expect}, the download is {hexd}); "
                                "nothing stored")
         os.lseek(fd, 0, os.SEEK_SET)
         if os.read(fd, 4) != b"GGUF":
             _discard(fd, partial)
-            raise LlamapyError(f"{f.path}: the download is not a GGUF file; nothing stored")
-        staged = StagedBlob(f"sha256:{hexd}", have, store._tmp_path())
+            raise LlamapyError(f"{label}: the download is not a GGUF file; nothing stored")
+        staged = StagedBlob(f"sha256:{hexd}", have, store.new_tmp())
         os.replace(partial, staged.tmp)  # the lock goes with the file; a new pull gets a new partial file
         return staged
     finally:
@@ -312,6 +322,6 @@ def pull(ref_text: str, *, store: Store | None = None, progress: ProgressFn | No
     parse_name(name)  # a repository name the store can't hold fails before anything is fetched
     files = list_files(ref)
     f = pick_gguf(files, ref.quant, ref.repo)
-    say(f"pulling {f.path}" + (f" ({f.size} bytes)" if f.size else ""))
+    say(f"pulling {one_line(f.path)}" + (f" ({f.size} bytes)" if f.size else ""))
     staged = download(f, ref.hub, store, progress=progress, retries=retries, log=say)
     return import_blob(name, staged, store)

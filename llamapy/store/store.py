@@ -181,7 +181,7 @@ class Store:
         self.manifests = os.path.join(self.root, "manifests")
 
     # -- the lock -------------------------------------------------------------------------------------
-    def _ensure(self) -> None:
+    def ensure(self) -> None:
         try:
             os.makedirs(self.blobs, exist_ok=True)
             os.makedirs(self.manifests, exist_ok=True)
@@ -192,7 +192,7 @@ class Store:
     @contextlib.contextmanager
     def lock(self) -> Iterator[None]:
         """Hold the store's exclusive lock (one writer at a time, across processes)."""
-        self._ensure()
+        self.ensure()
         fd = os.open(os.path.join(self.root, ".lock"), os.O_RDWR | os.O_CREAT, 0o644)
         try:
             try:
@@ -212,8 +212,9 @@ class Store:
             raise LlamapyError(f"'{digest}' is not a sha256 digest")
         return os.path.join(self.blobs, f"sha256-{hexd}")
 
-    def _tmp_path(self) -> str:
-        self._ensure()
+    def new_tmp(self) -> str:
+        """A new empty file beside the blobs, for data on its way in (garbage collection leaves it alone)."""
+        self.ensure()
         fd, p = tempfile.mkstemp(prefix=".llamapy-", suffix=".part", dir=self.blobs)
         os.close(fd)
         return p
@@ -223,11 +224,11 @@ class Store:
         """Bring a file next to the blobs, hashed (sha256) as it is stored: `mode` "link" hard-links it
         when the file system allows and copies it otherwise, "copy" copies, "move" renames (for files the
         store made itself). A blob already stored is not copied again. Call commit() under the lock."""
-        self._ensure()
+        self.ensure()
         if mode == "move" and os.path.dirname(os.path.abspath(path)) != self.blobs:
             raise LlamapyError(f"{path}: only files made in the store can be moved into it")
         if mode == "link":
-            tmp = self._tmp_path()
+            tmp = self.new_tmp()
             os.unlink(tmp)
             try:
                 os.link(path, tmp)
@@ -244,7 +245,7 @@ class Store:
         return self._verify_staged(path, expect_sha256, progress)
 
     def _copy_in(self, path: str, hexd: str, progress: ProgressFn | None) -> str:
-        tmp = self._tmp_path()
+        tmp = self.new_tmp()
         try:
             with open(tmp, "wb") as out:
                 got, _ = _copy_hashing(path, out, progress)
@@ -272,7 +273,7 @@ class Store:
 
     def stage_bytes(self, data: bytes) -> StagedBlob:
         digest = "sha256:" + hashlib.sha256(data).hexdigest()
-        tmp = self._tmp_path()
+        tmp = self.new_tmp()
         try:
             with open(tmp, "wb") as f:
                 f.write(data)
@@ -317,6 +318,19 @@ class Store:
         os.makedirs(os.path.dirname(path), exist_ok=True)
         with atomic_write(path, "w") as f:
             json.dump(doc, f, indent=None, separators=(",", ":"))
+
+    def put_model(self, name: ModelName, config: StagedBlob, layers: list[tuple[str, StagedBlob]]) -> None:
+        """Commit the staged blobs and write `name`'s manifest, replacing a model of that name (in any case),
+        then remove the blobs nothing uses any more: one step under the lock."""
+        with self.lock():
+            for b in [config] + [b for _, b in layers]:
+                self.commit(b)
+            old = self.find(name)
+            if old is not None and old != name:
+                os.unlink(self.manifest_path(old))
+            self.write_manifest(name, Layer(MEDIA_CONFIG, config.digest, config.size),
+                                [Layer(mt, b.digest, b.size) for mt, b in layers])
+            self.gc_locked()
 
     def _iter_manifests(self) -> Iterator[tuple[ModelName, str]]:
         if not os.path.isdir(self.manifests):
@@ -397,7 +411,7 @@ class Store:
                 with contextlib.suppress(OSError):
                     os.rmdir(d)
                 d = os.path.dirname(d)
-            self._gc()
+            self.gc_locked()
         return stored
 
     def copy(self, src: str, dst: str) -> tuple[ModelName, ModelName]:
@@ -416,9 +430,9 @@ class Store:
 
     def gc(self) -> list[str]:
         with self.lock():
-            return self._gc()
+            return self.gc_locked()
 
-    def _gc(self) -> list[str]:
+    def gc_locked(self) -> list[str]:
         """Remove blobs no manifest references (hold the lock). Staged temp files are left alone."""
         used = set()
         for _, p in self._iter_manifests():
