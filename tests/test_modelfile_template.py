@@ -69,6 +69,8 @@ def test_fields_find_json_named_struct_keys():
     msg = {"role": "assistant", "content": "", "tool_calls": [{"function": {"name": "f", "arguments": {"x": 1}}}]}
     t = "{{ .Role }}:{{ range .ToolCalls }}{{ .Function.Name }}({{ json .Function.Arguments }}){{ end }}"
     assert render(t, msg) == 'assistant:f({"x":1})'
+    # a map prints as JSON (Ollama's tools and arguments have String methods that marshal them)
+    assert render("{{ range .ToolCalls }}{{ .Function.Arguments }}{{ end }}", msg) == '{"x":1}'
 
 
 @pytest.mark.parametrize("src, where, what", [
@@ -245,3 +247,83 @@ def test_identifiers_as_ollama_collects_them():
     assert sorted(set(identifiers(Template(MISTRAL).root))) == ["Content", "Messages", "Prompt", "Response", "Role",
                                                                 "System"]
     assert "Messages" not in identifiers(Template("{{ $.Messages }}").root)  # variables are not fields
+
+
+LLAMA31 = """{{- if or .System .Tools }}<|start_header_id|>system<|end_header_id|>
+{{- if .System }}
+
+{{ .System }}
+{{- end }}
+{{- if .Tools }}
+
+Cutting Knowledge Date: December 2023
+
+When you receive a tool call response, use the output to format an answer to the orginal user question.
+
+You are a helpful assistant with tool calling capabilities.
+{{- end }}<|eot_id|>
+{{- end }}
+{{- range $i, $_ := .Messages }}
+{{- $last := eq (len (slice $.Messages $i)) 1 }}
+{{- if eq .Role "user" }}<|start_header_id|>user<|end_header_id|>
+{{- if and $.Tools $last }}
+
+Given the following functions, please respond with a JSON for a function call with its proper arguments that best answers the given prompt.
+
+Respond in the format {"name": function name, "parameters": dictionary of argument name and its value}. Do not use variables.
+
+{{ range $.Tools }}
+{{- . }}
+{{ end }}
+{{ .Content }}<|eot_id|>
+{{- else }}
+
+{{ .Content }}<|eot_id|>
+{{- end }}{{ if $last }}<|start_header_id|>assistant<|end_header_id|>
+
+{{ end }}
+{{- else if eq .Role "assistant" }}<|start_header_id|>assistant<|end_header_id|>
+{{- if .ToolCalls }}
+
+{{ range .ToolCalls }}
+{"name": "{{ .Function.Name }}", "parameters": {{ .Function.Arguments }}}{{ end }}
+{{- else }}
+
+{{ .Content }}
+{{- end }}{{ if not $last }}<|eot_id|>{{ end }}
+{{- else if eq .Role "tool" }}<|start_header_id|>ipython<|end_header_id|>
+
+{{ .Content }}<|eot_id|>{{ if $last }}<|start_header_id|>assistant<|end_header_id|>
+
+{{ end }}
+{{- end }}
+{{- end }}"""
+
+TOOLS = [{"type": "function", "function": {"name": "get_weather", "description": "Get the weather", "parameters": {
+    "type": "object", "required": ["city"], "properties": {"city": {"type": "string", "description": "The city"}}}}}]
+TOOL_JSON = ('{"type":"function","function":{"name":"get_weather","description":"Get the weather","parameters":'
+             '{"type":"object","required":["city"],"properties":{"city":{"type":"string","description":"The city"}}}}}')
+LLAMA31_SYSTEM = ("<|start_header_id|>system<|end_header_id|>\n\nCutting Knowledge Date: December 2023\n\nWhen you receive "
+                  "a tool call response, use the output to format an answer to the orginal user question.\n\nYou are a "
+                  "helpful assistant with tool calling capabilities.<|eot_id|>")
+
+
+def test_llama31_tools_and_tool_calls():
+    ask = [{"role": "user", "content": "Weather in Paris?"}]
+    assert execute(LLAMA31, ask, tools=TOOLS) == (
+        LLAMA31_SYSTEM + "<|start_header_id|>user<|end_header_id|>\n\nGiven the following functions, please respond with "
+        "a JSON for a function call with its proper arguments that best answers the given prompt.\n\nRespond in the "
+        'format {"name": function name, "parameters": dictionary of argument name and its value}. Do not use '
+        "variables.\n\n" + TOOL_JSON + "\n\nWeather in Paris?<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n")
+    chat = ask + [{"role": "assistant", "content": "", "tool_calls": [
+        {"function": {"name": "get_weather", "arguments": {"city": "Paris"}}}]}, {"role": "tool", "content": "22C"}]
+    assert execute(LLAMA31, chat, tools=TOOLS) == (
+        LLAMA31_SYSTEM + "<|start_header_id|>user<|end_header_id|>\n\nWeather in Paris?<|eot_id|>"
+        '<|start_header_id|>assistant<|end_header_id|>\n\n\n{"name": "get_weather", "parameters": {"city":"Paris"}}'
+        "<|eot_id|><|start_header_id|>ipython<|end_header_id|>\n\n22C<|eot_id|>"
+        "<|start_header_id|>assistant<|end_header_id|>\n\n")
+    # without tools, a system message: once, from .System (the range skips the system role)
+    assert execute(LLAMA31, [{"role": "system", "content": "S"}] + ask) == (
+        "<|start_header_id|>system<|end_header_id|>\n\nS<|eot_id|>"
+        "<|start_header_id|>user<|end_header_id|>\n\nWeather in Paris?<|eot_id|>"
+        "<|start_header_id|>assistant<|end_header_id|>\n\n")

@@ -50,7 +50,8 @@ def _go_float(f: float) -> str:
 
 
 def go_str(v) -> str:
-    """A value as {{ . }} prints it (Go's fmt %v)."""
+    """A value as {{ . }} prints it (Go's fmt %v). Maps print as JSON, as Ollama's tools and tool-call arguments
+    do (their String methods), which are the maps templates print."""
     if v is None or v is _MISSING:
         return "<no value>"
     if isinstance(v, str):
@@ -61,11 +62,10 @@ def go_str(v) -> str:
         return str(v)
     if isinstance(v, float):
         return _go_float(v)
+    if isinstance(v, dict) or (isinstance(v, (list, tuple)) and any(isinstance(x, dict) for x in v)):
+        return go_json(v)
     if isinstance(v, (list, tuple)):
         return "[" + " ".join(_go_inner(x) for x in v) + "]"
-    if isinstance(v, dict):
-        return "map[" + " ".join(f"{_go_inner(k)}:{_go_inner(x)}" for k, x in sorted(v.items(), key=lambda kv:
-                                                                                     str(kv[0]))) + "]"
     return str(v)
 
 
@@ -75,7 +75,10 @@ def _go_inner(v) -> str:
 
 def go_json(v) -> str:
     """Go's json.Marshal: compact, HTML characters escaped (<, >, & as \\u003c ...), U+2028/9 escaped."""
-    s = _json.dumps(v, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    try:
+        s = _json.dumps(v, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    except (TypeError, ValueError) as e:
+        raise TemplateError(f"template: error calling json: {e}") from None
     return (s.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
             .replace("\u2028", "\\u2028").replace("\u2029", "\\u2029"))
 
