@@ -4,6 +4,8 @@ from __future__ import annotations
 import time
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from llamapy.store.gotemplate import Template, TemplateError, go_json, go_printf, identifiers
 from llamapy.store.prompt import chat_messages, chat_prompt, collate, execute, generate_messages, uses_messages
@@ -327,3 +329,27 @@ def test_llama31_tools_and_tool_calls():
         "<|start_header_id|>system<|end_header_id|>\n\nS<|eot_id|>"
         "<|start_header_id|>user<|end_header_id|>\n\nWeather in Paris?<|eot_id|>"
         "<|start_header_id|>assistant<|end_header_id|>\n\n")
+
+
+PIECES = ["{{", "}}", "{{- ", " -}}", "if", "else", "end", "range", "with", "break", "continue", " ", ".", ".Messages",
+          ".Role", "$", "$i", "$x", ":=", "=", ",", "(", ")", "|", '"s"', "`r`", "'c'", "1", "-2", "3.5", "0x1F", "eq",
+          "len", "index", "slice", "printf", '"%d %s %v"', "json", "and", "or", "not", "nil", "true", "/*", "*/", "\n",
+          "text", "999999999", "{{ range 999999999 }}", "{{ end }}"]
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.sampled_from(PIECES), max_size=40))
+def test_any_template_text_parses_or_fails_cleanly_and_renders_within_bounds(pieces):
+    src = "".join(pieces)
+    try:
+        t = Template(src)
+    except TemplateError as e:
+        assert "\n" not in str(e) and str(e).startswith("template: ")
+        return
+    try:
+        out = t.render({"Messages": [{"role": "user", "content": "hi"}], "System": "S"}, max_steps=5000,
+                       max_output=10_000)
+    except TemplateError as e:
+        assert "\n" not in str(e)
+        return
+    assert isinstance(out, str) and len(out) <= 10_000

@@ -270,3 +270,16 @@ def test_file_names_from_the_hub_are_escaped_in_errors(hub):
     with pytest.raises(LlamapyError) as e:
         pull("hf.co/me/evil:Q2_K")
     assert "\x1b" not in str(e.value) and "evil\\x1b[2J.Q8_0.gguf" in str(e.value)
+
+
+def test_more_bytes_than_listed_or_not_a_gguf_is_refused(hub):
+    hub.repos["me/tiny-GGUF"] = dict(QUANTS)
+    hub.lie["tiny.Q8_0.gguf"] = QUANTS["tiny.Q8_0.gguf"] + b"extra"
+    with pytest.raises(LlamapyError, match="more bytes than the hub lists; nothing stored"):
+        pull("hf.co/me/tiny-GGUF:Q8_0")
+    html = b"<html>" + bytes(1000)
+    hub.repos["me/page"] = {"x.Q8_0.gguf": html}  # the listing's sha256 is the page's own: only the magic is wrong
+    with pytest.raises(LlamapyError, match="not a GGUF file; nothing stored"):
+        pull("hf.co/me/page:Q8_0")
+    store = Store()
+    assert store.entries() == [] and os.listdir(store.blobs) == []
