@@ -287,3 +287,13 @@ def test_a_shown_modelfile_builds_the_same_model(store, tiny_gguf):
     a, b = model_settings("orig"), model_settings("again")
     assert (a.model_path, a.template, a.system, a.parameters, a.messages, a.licenses) == \
         (b.model_path, b.template, b.system, b.parameters, b.messages, b.licenses)
+
+
+def test_a_linked_source_keeps_its_mode(store, tmp_path):
+    src = make_model(tmp_path / "private.gguf", dim=64, n_head=4, n_head_kv=2, ffn=128, vocab=32)
+    os.chmod(src, 0o600)
+    path = model_settings(str(create_model("private", parse(f"FROM {src}\n")))).model_path
+    assert os.stat(path).st_ino == os.stat(src).st_ino and (os.stat(src).st_mode & 0o777) == 0o600
+    copied = store.stage_bytes(b"x")
+    store.commit(copied)
+    assert os.stat(store.blob_path(copied.digest)).st_mode & 0o777 == 0o644

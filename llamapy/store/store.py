@@ -161,6 +161,7 @@ class StagedBlob:
     size: int
     tmp: str | None  # None: the blob was already in the store
     source: str | None = None  # where to copy it from again if it is removed before commit()
+    linked: bool = False  # tmp is a hard link to the user's file (whose mode is left alone)
 
 
 @dataclass
@@ -235,7 +236,9 @@ class Store:
             except OSError:
                 mode = "copy"
             else:
-                return self._verify_staged(tmp, expect_sha256, progress)
+                staged = self._verify_staged(tmp, expect_sha256, progress)
+                staged.linked = True
+                return staged
         if mode == "copy":
             hexd, size = sha256_file(path, progress)
             self._check(hexd, expect_sha256)
@@ -289,7 +292,8 @@ class Store:
             if os.path.exists(dst):
                 _unlink(staged.tmp)
             else:
-                os.chmod(staged.tmp, 0o644)
+                if not staged.linked:
+                    os.chmod(staged.tmp, 0o644)  # mkstemp made it 0600
                 os.replace(staged.tmp, dst)
             staged.tmp = None
         elif not os.path.exists(dst):
