@@ -193,6 +193,11 @@ def test_quantize_into_the_store(store, tiny_gguf, tmp_path):
         assert file_ftype(r) == LlamaFtype.MOSTLY_Q8_0
     with pytest.raises(LlamapyError, match="only supported for F16, BF16 and F32"):
         create_model("again", parse("FROM tiny:q8_0\n"), quantize="Q4_0")
+    # a stored F32 model quantized under a new name keeps its settings
+    create_model("tiny:f32", parse(f"FROM {tiny_gguf}\nSYSTEM kept\nPARAMETER seed 3\n"))
+    create_model("tiny:q8-from-store", parse("FROM tiny:f32\n"), quantize="Q8_0")
+    s = model_settings("tiny:q8-from-store")
+    assert s.system == "kept" and s.parameters == {"seed": 3} and sha256(s.model_path) == sha256(path)
     with pytest.raises(LlamapyError, match="unknown quantization type 'Q9'"):
         create_model("bad", parse(f"FROM {tiny_gguf}\n"), quantize="Q9")
     assert not [f for f in os.listdir(store.blobs) if f.endswith(".part")]

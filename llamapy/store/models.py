@@ -153,7 +153,7 @@ def create_model(name: str, mf: Modelfile, *, quantize: str | None = None, store
         staged.append(model_blob)
 
         base_layers = {}
-        if base is not None and not quantize:
+        if base is not None:
             for la in base.get("layers", []):
                 base_layers.setdefault(la["mediaType"], []).append(la)
         params = {}
