@@ -152,16 +152,13 @@ def create_model(name: str, mf: Modelfile, *, quantize: str | None = None, store
         tmp_src = None
         staged.append(model_blob)
 
-        base_layers = {}
-        if base is not None:
-            for la in base.get("layers", []):
-                base_layers.setdefault(la["mediaType"], []).append(la)
+        base_layers: dict[str, list[dict]] = {}  # FROM a stored model: what the Modelfile does not set is kept
+        for la in (base or {}).get("layers", []):
+            base_layers.setdefault(la["mediaType"], []).append(la)
         params = {}
-        if base is not None:
-            for la in base.get("layers", []):
-                if la["mediaType"] == MEDIA_PARAMS:
-                    params = json.loads(store.read_text(la["digest"]))
-        params.update(mf.parameters)
+        for la in base_layers.get(MEDIA_PARAMS, []):
+            params = json.loads(store.read_text(la["digest"]))
+        params.update(mf.parameters)  # per name: a Modelfile's stop list replaces the base's
 
         layers: list[tuple[str, StagedBlob]] = [(MEDIA_MODEL, model_blob)]
 
