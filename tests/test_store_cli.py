@@ -97,7 +97,7 @@ def test_create_list_show_cp_rm(models, tiny, tmp_path, capsys):
 
     assert cli("show", "llama3-zh-inst") == 0
     summary = capsys.readouterr().out
-    assert "architecture      llama" in summary and "temperature" in summary
+    assert "architecture      llama" in summary and "quantization      F32" in summary and "temperature" in summary
 
     assert cli("cp", "llama3-zh-inst", "me/zh:v1") == 0
     assert capsys.readouterr().out.strip() == "copied 'llama3-zh-inst:latest' to 'me/zh:v1'"
@@ -143,6 +143,11 @@ def test_a_stored_name_runs_in_other_verbs(models, default_model, tmp_path, caps
     by_name = capsys.readouterr().out
     assert cli("tokenize", "-m", default_model, "-p", "Hello world", "--ids") == 0
     assert by_name == capsys.readouterr().out and by_name.strip()
+    from llamapy.engine.engine import Engine
+    from llamapy.store.store import Store
+
+    with Engine("smol", n_ctx=16) as llm:  # what run, chat, bench, perplexity and serve open
+        assert llm.model_path == Store().model_path("smol")
 
 
 @pytest.mark.parametrize("n, text", [(0, "0 B"), (999, "999 B"), (1000, "1 KB"), (1500, "1.5 KB"),

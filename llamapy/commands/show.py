@@ -51,7 +51,12 @@ def register(app: typer.Typer) -> None:
         if d is not None:
             md = d["metadata"]
             arch = md.get("general.architecture")
+            from ..quantize import LlamaFtype
+
+            ftypes = {v: k.removeprefix("MOSTLY_").removeprefix("ALL_") for k, v in vars(LlamaFtype).items()
+                      if k.isupper()}
             facts = [("architecture", arch), ("parameters", f"{d['n_params'] / 1e6:.1f}M"),
+                     ("quantization", ftypes.get(md.get("general.file_type"))),
                      ("context length", md.get(f"{arch}.context_length")), ("embedding length",
                                                                             md.get(f"{arch}.embedding_length"))]
             lines += [f"    {k:<18}{printable(str(v))}" for k, v in facts if v is not None]
