@@ -6,7 +6,7 @@ import typer
 def register(app: typer.Typer) -> None:
     @app.command("create")
     def create(
-        name: str = typer.Argument(..., help="The model's name: [namespace/]model[:tag]."),
+        name: str = typer.Argument(..., help="The model's name, e.g. llama3-zh-inst or user/model:tag."),
         file: str = typer.Option("Modelfile", "-f", "--file", help="The Modelfile (default: ./Modelfile)."),
         quantize: str | None = typer.Option(None, "-q", "--quantize", metavar="TYPE",
                                             help="Quantize the FROM model (F16/F32) to TYPE, e.g. Q4_K_M."),

@@ -9,8 +9,10 @@ def register(app: typer.Typer) -> None:
         ref: str = typer.Argument(..., metavar="hf.co/USER/REPO[:QUANT]",
                                   help="A GGUF repository: hf.co/..., huggingface.co/... or modelscope.cn/..."),
     ):
-        """Download a GGUF from Hugging Face (HF_ENDPOINT for a mirror, HF_TOKEN for gated models) or ModelScope
-        into the local store, resumable and checked against the hub's sha256; then `-m hf.co/USER/REPO:QUANT`."""
+        """Download a GGUF from Hugging Face or ModelScope into the local store.
+
+        Resumable and checked against the hub's sha256; then use it with -m hf.co/USER/REPO:QUANT.
+        HF_ENDPOINT names a mirror (e.g. https://hf-mirror.com); HF_TOKEN opens gated models."""
         from rich.console import Console
 
         from ..store.pull import pull as pull_model
