@@ -4,6 +4,8 @@ from __future__ import annotations
 import os
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from llamapy.errors import LlamapyError
 from llamapy.store.modelfile import PARAMETER_TYPES, Message, parse, parse_file, quote, resolve_from
@@ -160,3 +162,16 @@ def test_control_characters_in_errors_are_escaped():
     with pytest.raises(LlamapyError) as e:
         parse("FROM m\nPARAMETER seed \x07x\n")
     assert "\x07" not in str(e.value) and "\\x07x" in str(e.value)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.sampled_from(["FROM", "from", "PARAMETER", "TEMPLATE", "SYSTEM", "MESSAGE", "LICENSE", "ADAPTER",
+                                 "stop", "temperature", "num_ctx", "user", " ", "\t", "\n", "\r\n", "#", '"', '"""',
+                                 "\\", "x", "0.5", "12", "true", "./m.gguf", "D:\\m.gguf", "\x1b", "é"]), max_size=30))
+def test_any_text_parses_or_fails_with_one_line(pieces):
+    try:
+        mf = parse("".join(pieces))
+    except LlamapyError as e:
+        assert "\n" not in str(e) and "\x1b" not in str(e)
+        return
+    assert mf.from_ is not None
