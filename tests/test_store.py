@@ -170,6 +170,7 @@ def test_gc_leaves_files_being_staged_alone(store, tiny_gguf):
     ("FROM {missing}\n", "no such file or folder"),
     ("FROM {notgguf}\n", "not a GGUF file"),
     ("FROM nosuchmodel\n", "model 'nosuchmodel' not found"),
+    ("FROM \x1b[2J\n", r"FROM \\x1b\[2J: neither a file nor a model name"),
     ("FROM {tiny}\nADAPTER ./lora.gguf\n", r"ADAPTER \(LoRA\) is not supported yet"),
 ])
 def test_create_errors_leave_nothing_behind(store, tiny_gguf, tmp_path, text, message):

@@ -23,6 +23,7 @@ from .store import (
     Store,
     parse_name,
 )
+from .text import one_line
 
 Log = Callable[[str], None]
 
@@ -75,7 +76,7 @@ def _source_gguf(mf: Modelfile, store: Store, log: Log) -> tuple[str | None, str
     if mf.from_path is None:
         from .store import is_name
         if not is_name(mf.from_):
-            raise LlamapyError(f"FROM {mf.from_}: neither a file nor a model name")
+            raise LlamapyError(f"FROM {one_line(mf.from_)}: neither a file nor a model name")
         _, doc, _ = store.read_manifest(mf.from_)
         return store.model_path(mf.from_), None, doc
     p = mf.from_path
@@ -91,10 +92,10 @@ def _source_gguf(mf: Modelfile, store: Store, log: Log) -> tuple[str | None, str
             raise
         return tmp, tmp, None
     if not os.path.exists(p):
-        raise LlamapyError(f"FROM {mf.from_}: no such file or folder")
+        raise LlamapyError(f"FROM {one_line(mf.from_)}: no such file or folder")
     if not _is_gguf(p):
-        raise LlamapyError(f"FROM {mf.from_}: not a GGUF file (FROM takes a GGUF file, a Hugging Face or Meta "
-                           "model folder, or a model name)")
+        raise LlamapyError(f"FROM {one_line(mf.from_)}: not a GGUF file (FROM takes a GGUF file, a Hugging Face or "
+                           "Meta model folder, or a model name)")
     return p, None, None
 
 
