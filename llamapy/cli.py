@@ -14,7 +14,8 @@ import typer
 from . import __version__
 from .errors import LlamapyError
 
-COMMANDS = ["info", "quantize", "tokenize", "run", "chat", "perplexity", "bench", "convert", "serve"]
+COMMANDS = ["info", "quantize", "tokenize", "run", "chat", "perplexity", "bench", "convert", "serve",
+            "create", "list", "show", "rm", "cp", "pull"]
 
 
 def _version(value: bool):
