@@ -183,8 +183,9 @@ def test_create_errors_leave_nothing_behind(store, tiny_gguf, tmp_path, text, me
 
 
 def test_quantize_into_the_store(store, tiny_gguf, tmp_path):
+    from llamapy.ggufio.filetypes import LlamaFtype
     from llamapy.ggufio.reader import GGUFReader
-    from llamapy.quantize import LlamaFtype, file_ftype, quantize_file
+    from llamapy.quantize import file_ftype, quantize_file
 
     quantize_file(tiny_gguf, tmp_path / "direct.gguf", LlamaFtype.MOSTLY_Q8_0)
     create_model("tiny:q8_0", parse(f"FROM {tiny_gguf}\n"), quantize="q8_0")

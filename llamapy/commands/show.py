@@ -51,12 +51,10 @@ def register(app: typer.Typer) -> None:
         if d is not None:
             md = d["metadata"]
             arch = md.get("general.architecture")
-            from ..quantize import LlamaFtype
+            from ..ggufio.filetypes import ftype_name
 
-            ftypes = {v: k.removeprefix("MOSTLY_").removeprefix("ALL_") for k, v in vars(LlamaFtype).items()
-                      if k.isupper()}
             facts = [("architecture", arch), ("parameters", f"{d['n_params'] / 1e6:.1f}M"),
-                     ("quantization", ftypes.get(md.get("general.file_type"))),
+                     ("quantization", _ftype_name(ftype_name, md.get("general.file_type"))),
                      ("context length", md.get(f"{arch}.context_length")), ("embedding length",
                                                                             md.get(f"{arch}.embedding_length"))]
             lines += [f"    {k:<18}{printable(str(v))}" for k, v in facts if v is not None]
@@ -67,3 +65,11 @@ def register(app: typer.Typer) -> None:
         if s.licenses:
             lines += ["", "  License", "    " + s.licenses[0].splitlines()[0]]
         return "\n".join(printable(ln) for ln in lines)
+
+
+def _ftype_name(name_of, ftype) -> str | None:
+    """The file type's short name (Q4_K_M), None when the file names none or one this table lacks."""
+    try:
+        return name_of(int(ftype)) if ftype is not None else None
+    except (KeyError, TypeError, ValueError):
+        return None

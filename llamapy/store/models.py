@@ -100,8 +100,9 @@ def _source_gguf(mf: Modelfile, store: Store, log: Log) -> tuple[str | None, str
 
 
 def _quantize(src: str, qtype: str, store: Store, log: Log, progress: ProgressFn | None) -> str:
+    from ..ggufio.filetypes import LlamaFtype
     from ..ggufio.reader import GGUFReader
-    from ..quantize import LlamaFtype, file_ftype, parse_ftype, quantize_file
+    from ..quantize import file_ftype, parse_ftype, quantize_file
 
     opt = parse_ftype(qtype)
     if opt is None or opt.name == "COPY":
