@@ -26,6 +26,12 @@ import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+
+from bench_util import REF_COLUMNS, measure, print_table, ref_cells, warm  # noqa: E402
+
+sys.path.insert(0, os.path.join(ROOT, "tests"))
+from test_convert_util import meta_hf_name, to_hf  # noqa: E402  (the tests' Meta -> Hugging Face export)
 
 DIM, N_LAYER, N_HEAD, N_HEAD_KV, FFN, VOCAB = 2048, 22, 32, 4, 5632, 32000
 MIB = 1 << 20
@@ -43,22 +49,6 @@ def meta_shapes() -> list[tuple[str, tuple[int, ...]]]:
                    (p + "feed_forward.w3.weight", (FFN, DIM)), (p + "attention_norm.weight", (DIM,)),
                    (p + "ffn_norm.weight", (DIM,))]
     return shapes
-
-
-HF_NAMES = {"attention.wq": "self_attn.q_proj", "attention.wk": "self_attn.k_proj",
-            "attention.wv": "self_attn.v_proj", "attention.wo": "self_attn.o_proj",
-            "feed_forward.w1": "mlp.gate_proj", "feed_forward.w2": "mlp.down_proj",
-            "feed_forward.w3": "mlp.up_proj", "attention_norm": "input_layernorm",
-            "ffn_norm": "post_attention_layernorm"}
-
-
-def hf_name(name: str) -> str:
-    glob = {"tok_embeddings.weight": "model.embed_tokens.weight", "norm.weight": "model.norm.weight",
-            "output.weight": "lm_head.weight"}
-    if name in glob:
-        return glob[name]
-    _, i, rest = name.split(".", 2)
-    return f"model.layers.{i}.{HF_NAMES[rest.rsplit('.', 1)[0]]}.weight"
 
 
 class Weights:
@@ -132,16 +122,8 @@ def write_inputs(workdir: str) -> tuple[str, str]:
         json.dump({"dim": DIM, "n_layers": N_LAYER, "n_heads": N_HEAD, "n_kv_heads": N_HEAD_KV, "multiple_of": 256,
                    "norm_eps": 1e-5, "vocab_size": -1}, f)
 
-    def hf_permute(t, heads):  # Meta's q/k rows -> Hugging Face's rotate-half rows
-        return t.reshape(heads, t.shape[0] // heads // 2, 2, t.shape[1]).transpose(1, 2).reshape(t.shape)
-
-    sd = {}
-    for name, t in full.items():
-        if name.endswith("wq.weight"):
-            t = hf_permute(t, N_HEAD)
-        elif name.endswith("wk.weight"):
-            t = hf_permute(t, N_HEAD_KV)
-        sd[hf_name(name)] = t.contiguous()
+    sd = to_hf(full, meta_hf_name, N_HEAD, N_HEAD_KV, "wq.weight", "wk.weight")
+    sd = {name: t.contiguous() for name, t in sd.items()}
     save_file(sd, os.path.join(hf, "model.safetensors"), metadata={"format": "pt"})
     with open(os.path.join(hf, "config.json"), "w") as f:
         json.dump({"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": DIM,
@@ -151,37 +133,6 @@ def write_inputs(workdir: str) -> tuple[str, str]:
                    "torch_dtype": "bfloat16"}, f)
     print(f"  done in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
     return meta, hf
-
-
-def run_measured(cmd: list[str], env=None) -> tuple[float, float, int]:
-    """Run a command; its wall time in seconds, peak RSS in MiB and exit status."""
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
-    err = proc.stderr.read().decode(errors="replace")
-    _, status, usage = os.wait4(proc.pid, 0)
-    wall = time.perf_counter() - t0
-    proc.stderr.close()
-    code = os.waitstatus_to_exitcode(status)
-    if code != 0:
-        print(f"  command failed ({code}): {' '.join(cmd)}\n{err[-2000:]}", file=sys.stderr)
-    return wall, usage.ru_maxrss / 1024, code
-
-
-def same_bytes(a: str, b: str) -> bool:
-    with open(a, "rb") as f1, open(b, "rb") as f2:
-        while True:
-            b1, b2 = f1.read(1 << 24), f2.read(1 << 24)
-            if b1 != b2:
-                return False
-            if not b1:
-                return True
-
-
-def warm(d: str) -> None:
-    for name in sorted(os.listdir(d)):
-        with open(os.path.join(d, name), "rb") as f:
-            while f.read(1 << 24):
-                pass
 
 
 def main() -> None:
@@ -214,39 +165,24 @@ def main() -> None:
                    "--threads", str(a.threads)]
             if layout == "meta":
                 cmd.append("--pad-vocab")
-            secs, rss, code = run_measured(cmd)
-            row = {"layout": layout, "type": t, "t": secs, "rss": rss, "ok": code == 0,
-                   "size": os.path.getsize(out) / MIB if code == 0 else float("nan")}
+            ref_out = os.path.join(a.workdir, f"ref-{layout}-{t}.gguf")
+            ref_cmd = None
             if ref_script and layout == "hf" and t in ("f16", "q8_0", "bf16", "f32"):
-                ref_out = os.path.join(a.workdir, f"ref-{layout}-{t}.gguf")
-                rt, rrss, rcode = run_measured([ref_python, ref_script, src, "--outtype", t, "--outfile", ref_out])
-                row.update(rt=rt, rrss=rrss)
-                if code == 0 and rcode == 0:
-                    row["same"] = same_bytes(out, ref_out)
-                if os.path.exists(ref_out):
-                    os.unlink(ref_out)
-            if os.path.exists(out):
-                os.unlink(out)
-            rows.append(row)
+                ref_cmd = [ref_python, ref_script, src, "--outtype", t, "--outfile", ref_out]
+            rows.append({"layout": layout, "type": t, **measure(cmd, out, ref_cmd, ref_out)})
 
     print(f"\nconvert a TinyLlama-1.1B-shaped BF16 checkpoint (largest tensor {largest:.0f} MiB, "
           f"memory budget {budget:.0f} MiB), {a.threads} threads\n")
     head = "| input | outtype | llamapy s | peak RSS MiB | within budget | output MiB |"
     if ref_script:
-        head += " reference s | ref RSS MiB | time ratio | same bytes |"
-    print(head)
-    print("|" + "|".join("---" for _ in range(head.count("|") - 1)) + "|")
+        head += REF_COLUMNS
+    lines = []
     for r in rows:
         name = "Meta .pth x2" if r["layout"] == "meta" else "HF safetensors"
         line = (f"| {name} | {r['type']} | {r['t']:9.1f} | {r['rss']:12.0f} | "
                 f"{'yes' if r['ok'] and r['rss'] <= budget else 'NO':>13} | {r['size']:10.1f} |")
-        if ref_script:
-            if "rt" in r:
-                ratio = r["t"] / r["rt"]
-                line += f" {r['rt']:11.1f} | {r['rrss']:11.0f} | {ratio:9.2f}x | {r.get('same', '-')!s:>10} |"
-            else:
-                line += " - | - | - | - |"
-        print(line)
+        lines.append(line + (ref_cells(r) if ref_script else ""))
+    print_table(head, lines)
 
 
 if __name__ == "__main__":

@@ -103,43 +103,11 @@ def reference_table(repeat: int) -> None:
     """Ours against the reference's kernels, called through ctypes on long rows."""
     import ctypes
 
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests"))
+    from ref_ggml import RefGGML
+
     folder = os.environ["LLAMAPY_REF_GGML"]
-    base = ctypes.CDLL(os.path.join(folder, "libggml-base.so"), mode=ctypes.RTLD_GLOBAL)
-    cpu = ctypes.CDLL(os.path.join(folder, "libggml-cpu.so"), mode=ctypes.RTLD_GLOBAL)
-    cpu.ggml_cpu_init()
-
-    class Traits(ctypes.Structure):  # struct ggml_type_traits_cpu
-        _fields_ = [
-            ("from_float", ctypes.c_void_p),
-            ("vec_dot", ctypes.c_void_p),
-            ("vec_dot_type", ctypes.c_int),
-            ("nrows", ctypes.c_int64),
-        ]
-
-    cpu.ggml_get_type_traits_cpu.restype = ctypes.POINTER(Traits)
-    c_int64, c_void_p, c_size_t = ctypes.c_int64, ctypes.c_void_p, ctypes.c_size_t
-    base.ggml_quantize_chunk.restype = c_size_t
-    base.ggml_quantize_chunk.argtypes = [
-        ctypes.c_int,
-        c_void_p,
-        c_void_p,
-        c_int64,
-        c_int64,
-        c_int64,
-        c_void_p,
-    ]
-    vec_dot_t = ctypes.CFUNCTYPE(
-        None,
-        ctypes.c_int,
-        ctypes.POINTER(ctypes.c_float),
-        c_size_t,
-        c_void_p,
-        c_size_t,
-        c_void_p,
-        c_size_t,
-        ctypes.c_int,
-    )
-    from_float_t = ctypes.CFUNCTYPE(None, c_void_p, c_void_p, c_int64)
+    ref = RefGGML(folder)
 
     n, nq = 256 * 4096, 256 * 32
     rng = np.random.default_rng(0)
@@ -147,7 +115,7 @@ def reference_table(repeat: int) -> None:
     ab, wb = ffi.from_buffer("float[]", a), ffi.from_buffer("float[]", w)
     qa = np.zeros(lib.lp_row_size(lib.LP_TYPE_Q8_K, n), np.uint8)
     qab = ffi.from_buffer(qa)
-    ref_q8 = from_float_t(cpu.ggml_get_type_traits_cpu(lib.LP_TYPE_Q8_K).contents.from_float)
+    ref_q8 = ref.from_float(lib.LP_TYPE_Q8_K)
     ours = best_of(functools.partial(lib.lp_quantize_row, lib.LP_TYPE_Q8_K, ab, qab, n), repeat, 3)
     theirs = best_of(functools.partial(ref_q8, a.ctypes.data, qa.ctypes.data, n), repeat, 3)
     blocks = n // 256
@@ -162,7 +130,7 @@ def reference_table(repeat: int) -> None:
         q = np.zeros(lib.lp_row_size(t, n), np.uint8)
         qb = ffi.from_buffer(q)
         lib.lp_quantize_row(t, wb, qb, n)
-        ref_dot = vec_dot_t(cpu.ggml_get_type_traits_cpu(t).contents.vec_dot)
+        ref_dot = ref.vec_dot(t)
         d_ours = best_of(functools.partial(lib.lp_vec_dot, t, n, qb, qab, s), repeat, 5) / blocks
         d_ref = (
             best_of(
@@ -174,7 +142,7 @@ def reference_table(repeat: int) -> None:
         )
         q_ours = best_of(functools.partial(lib.lp_quantize_row, t, wb, qb, nq), 3, 1) / (nq // 256)
         q_ref = best_of(
-            functools.partial(base.ggml_quantize_chunk, t, w.ctypes.data, q.ctypes.data, 0, 1, nq, None), 3, 1
+            functools.partial(ref.quantize_chunk, t, w.ctypes.data, q.ctypes.data, 0, 1, nq), 3, 1
         ) / (nq // 256)
         print(
             f"{name:6} {d_ours * 1e9:9.1f} {d_ref * 1e9:8.1f} {d_ref / d_ours:5.2f}x "

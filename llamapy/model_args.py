@@ -1,5 +1,6 @@
-"""A llama-architecture model's hyperparameters (`ModelArgs`, from GGUF metadata) and the check that
-a GGUF's tensors are the ones those hyperparameters call for, with the shapes they call for.
+"""A llama-architecture model's hyperparameters (`ModelArgs`, from GGUF metadata, Meta's params.json or a
+Hugging Face config.json) and the check that a GGUF's tensors are the ones those hyperparameters call
+for, with the shapes they call for.
 """
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from .errors import LlamapyError
-from .ggufio.constants import type_name
+from .ggufio.constants import KEY_ARCH, KEY_FILE_TYPE, type_name
+from .ggufio.filetypes import ftype_label
 from .ggufio.reader import GGUFReader, TensorInfo
 
 ARCH = "llama"
@@ -17,12 +19,24 @@ ROPE_SCALING_TYPES = ("none", "linear", "yarn")
 # the reference's names for model sizes it recognises by layer count (llama_model_type_name)
 _SIZE_BY_LAYERS = {16: "1B", 22: "1B", 26: "3B", 28: "3B", 36: "8B", 40: "13B", 48: "34B", 60: "30B"}
 
-# general.file_type -> the name the reference prints (llama_model_ftype_name)
-FILE_TYPE_NAMES = {
-    0: "all F32", 1: "F16", 2: "Q4_0", 3: "Q4_1", 7: "Q8_0", 8: "Q5_0", 9: "Q5_1",
-    10: "Q2_K - Medium", 11: "Q3_K - Small", 12: "Q3_K - Medium", 13: "Q3_K - Large",
-    14: "Q4_K - Small", 15: "Q4_K - Medium", 16: "Q5_K - Small", 17: "Q5_K - Medium", 18: "Q6_K",
-    21: "Q2_K - Small", 25: "IQ4_NL - 4.5 bpw", 32: "BF16",
+
+def hf_find(cfg: dict, keys: tuple[str, ...], optional: bool = False, where: str = ""):
+    """The first of `keys` a Hugging Face config sets (the reference converter's find_hparam)."""
+    for k in keys:
+        if k in cfg:
+            return cfg[k]
+    if optional:
+        return None
+    raise LlamapyError(f"{where}: none of {', '.join(keys)} is set")
+
+
+# config.json keys the reference converter reads each hyperparameter from, first found wins
+HF_KEYS = {
+    "n_layer": ("n_layers", "num_hidden_layers", "n_layer", "num_layers"),
+    "n_embd": ("hidden_size", "n_embd"),
+    "n_head": ("num_attention_heads", "n_head"),
+    "n_ctx": ("max_position_embeddings", "n_ctx"),
+    "n_ff": ("intermediate_size", "n_inner"),
 }
 
 
@@ -45,6 +59,8 @@ class ModelArgs:
     rope_attn_factor: float = 1.0
     n_ctx_orig_yarn: int = 0    # 0 -> n_ctx_train
     pooling_type: int = -1      # -1 unspecified, 0 none, 1 mean, 2 cls, 3 last
+    n_expert: int = 0
+    arch: str = ARCH
 
     def __post_init__(self):
         if self.n_head_kv == 0:
@@ -63,9 +79,15 @@ class ModelArgs:
         return self.n_head_kv * self.head_dim
 
     @classmethod
-    def from_gguf(cls, r: GGUFReader) -> ModelArgs:
-        """Read the hyperparameters from a GGUF's metadata; refuse other architectures in one line."""
-        arch = r.get("general.architecture")
+    def from_gguf(cls, r: GGUFReader, strict: bool = True) -> ModelArgs:
+        """Read the hyperparameters from a GGUF's metadata; refuse other architectures in one line.
+
+        With `strict` False, any architecture is read and nothing is checked: what a missing key leaves
+        is 0, and a per-layer array gives its first layer's value (as the reference quantizer reads
+        a file it only rewrites)."""
+        if not strict:
+            return cls._from_any_gguf(r)
+        arch = r.get(KEY_ARCH)
         if arch is None:
             raise LlamapyError(f"{r.path}: no general.architecture in the metadata; not a model GGUF")
         if arch != ARCH:
@@ -125,6 +147,56 @@ class ModelArgs:
             raise LlamapyError(f"{r.path}: rope.dimension_count {n_rot} must equal the head size {args.head_dim}")
         return args
 
+    @classmethod
+    def _from_any_gguf(cls, r: GGUFReader) -> ModelArgs:
+        arch = r.architecture or ARCH
+
+        def get(key: str, default: int = 0) -> int:
+            v = r.get(f"{arch}.{key}", default)
+            if isinstance(v, np.ndarray):
+                v = int(v[0]) if len(v) else default
+            return int(v or 0)
+
+        n_head = get("attention.head_count")
+        return cls(n_vocab=get("vocab_size"), n_embd=get("embedding_length"), n_layer=get("block_count"),
+                   n_head=n_head, n_ff=get("feed_forward_length"), n_head_kv=get("attention.head_count_kv", n_head),
+                   n_ctx_train=get("context_length"), n_expert=get("expert_count"), arch=arch)
+
+    @classmethod
+    def from_meta_params(cls, cfg: dict, *, n_vocab: int, n_ff: int, n_ctx: int) -> ModelArgs:
+        """From Meta's params.json (dim, n_layers, n_heads, n_kv_heads, norm_eps, rope_theta); the values it
+        leaves out come from the checkpoint (vocabulary, FFN size) and the converter (context length)."""
+        n_head = cfg["n_heads"]
+        rope_theta = cfg.get("rope_theta")
+        return cls(n_vocab=n_vocab, n_embd=cfg["dim"], n_layer=cfg["n_layers"], n_head=n_head, n_ff=n_ff,
+                   n_head_kv=cfg.get("n_kv_heads") or n_head, n_ctx_train=n_ctx, norm_eps=cfg["norm_eps"],
+                   rope_freq_base=rope_theta if rope_theta is not None else 10000.0)
+
+    @classmethod
+    def from_hf_config(cls, cfg: dict, *, where: str, n_vocab: int = 0, n_ctx: int | None = None) -> ModelArgs:
+        """From a Hugging Face config.json, reading each value from the keys the reference converter does.
+        What the config leaves out stays 0 (or the default); `n_ctx` overrides its context length."""
+        n_layer = hf_find(cfg, HF_KEYS["n_layer"], where=where)
+        n_head = hf_find(cfg, HF_KEYS["n_head"], where=where)
+        if n_ctx is None:
+            n_ctx = hf_find(cfg, HF_KEYS["n_ctx"], optional=True)
+        rope = cfg.get("rope_scaling")
+        factor = rope.get("factor") if isinstance(rope, dict) and rope.get("type") == "linear" else None
+        eps, theta = cfg.get("rms_norm_eps"), cfg.get("rope_theta")
+        return cls(
+            n_vocab=n_vocab,
+            n_embd=hf_find(cfg, HF_KEYS["n_embd"], optional=True) or 0,
+            n_layer=n_layer,
+            n_head=n_head,
+            n_ff=hf_find(cfg, HF_KEYS["n_ff"], optional=True) or 0,
+            n_head_kv=cfg.get("num_key_value_heads") or 0,
+            head_dim=cfg.get("head_dim") or 0,
+            n_ctx_train=n_ctx if n_ctx is not None else 0,
+            norm_eps=eps if eps is not None else 1e-5,
+            rope_freq_base=theta if theta is not None else 10000.0,
+            rope_freq_scale=1.0 / factor if isinstance(factor, (int, float)) and factor else 1.0,
+        )
+
     def check(self, where: str = "model") -> None:
         """Refuse hyperparameters that contradict each other."""
         for name in ("n_vocab", "n_embd", "n_layer", "n_head", "n_ff", "n_head_kv", "head_dim", "n_ctx_train"):
@@ -154,6 +226,13 @@ class TensorSpec:
     vector: bool = False  # norm weights and biases: F32 vectors
 
 
+def _matmuls(prefix: str, dims: tuple[tuple[str, int, int], ...]) -> list[TensorSpec]:
+    """Each (name, n_in, n_out) as a weight (n_in, n_out), then each one's optional bias (n_out,)."""
+    weights = [TensorSpec(f"{prefix}{name}.weight", (n_in, n_out)) for name, n_in, n_out in dims]
+    return weights + [TensorSpec(f"{prefix}{name}.bias", (n_out,), required=False, vector=True)
+                      for name, _, n_out in dims]
+
+
 def tensor_specs(a: ModelArgs) -> list[TensorSpec]:
     """Every tensor a llama model may have, with the shape (GGML order) its hyperparameters give."""
     specs = [
@@ -164,24 +243,11 @@ def tensor_specs(a: ModelArgs) -> list[TensorSpec]:
     ]
     for i in range(a.n_layer):
         b = f"blk.{i}."
-        specs += [
-            TensorSpec(b + "attn_norm.weight", (a.n_embd,), vector=True),
-            TensorSpec(b + "attn_q.weight", (a.n_embd, a.q_dim)),
-            TensorSpec(b + "attn_k.weight", (a.n_embd, a.kv_dim)),
-            TensorSpec(b + "attn_v.weight", (a.n_embd, a.kv_dim)),
-            TensorSpec(b + "attn_output.weight", (a.q_dim, a.n_embd)),
-            TensorSpec(b + "attn_q.bias", (a.q_dim,), required=False, vector=True),
-            TensorSpec(b + "attn_k.bias", (a.kv_dim,), required=False, vector=True),
-            TensorSpec(b + "attn_v.bias", (a.kv_dim,), required=False, vector=True),
-            TensorSpec(b + "attn_output.bias", (a.n_embd,), required=False, vector=True),
-            TensorSpec(b + "ffn_norm.weight", (a.n_embd,), vector=True),
-            TensorSpec(b + "ffn_gate.weight", (a.n_embd, a.n_ff)),
-            TensorSpec(b + "ffn_up.weight", (a.n_embd, a.n_ff)),
-            TensorSpec(b + "ffn_down.weight", (a.n_ff, a.n_embd)),
-            TensorSpec(b + "ffn_gate.bias", (a.n_ff,), required=False, vector=True),
-            TensorSpec(b + "ffn_up.bias", (a.n_ff,), required=False, vector=True),
-            TensorSpec(b + "ffn_down.bias", (a.n_embd,), required=False, vector=True),
-        ]
+        attn = (("attn_q", a.n_embd, a.q_dim), ("attn_k", a.n_embd, a.kv_dim), ("attn_v", a.n_embd, a.kv_dim),
+                ("attn_output", a.q_dim, a.n_embd))
+        ffn = (("ffn_gate", a.n_embd, a.n_ff), ("ffn_up", a.n_embd, a.n_ff), ("ffn_down", a.n_ff, a.n_embd))
+        specs += [TensorSpec(b + "attn_norm.weight", (a.n_embd,), vector=True), *_matmuls(b, attn),
+                  TensorSpec(b + "ffn_norm.weight", (a.n_embd,), vector=True), *_matmuls(b, ffn)]
     return specs
 
 
@@ -228,6 +294,4 @@ def check_tensors(r: GGUFReader, a: ModelArgs) -> dict[str, TensorInfo]:
 
 def model_desc(r: GGUFReader, a: ModelArgs) -> str:
     """The reference's one-line model description: architecture, size, file type."""
-    ft = r.get("general.file_type")
-    ftype = FILE_TYPE_NAMES.get(int(ft), f"file type {ft}") if ft is not None else "unknown file type"
-    return f"{ARCH} {a.size_label()} {ftype}"
+    return f"{ARCH} {a.size_label()} {ftype_label(r.get(KEY_FILE_TYPE))}"

@@ -7,7 +7,7 @@ import time
 from typing import TextIO
 
 from .errors import LlamapyError
-from .generation.sampling import SamplerParams
+from .generation.params import SamplerParams
 
 ANSI_PROMPT = "\x1b[33m"  # the reference colours the prompt yellow
 ANSI_RESET = "\x1b[0m"
@@ -27,26 +27,6 @@ def read_prompt(prompt: str | None, file: str | None) -> str:
     return prompt or ""
 
 
-def parse_logit_bias(items: list[str] | None) -> dict[int, float]:
-    """`TOKEN_ID(+/-)BIAS` strings (`15043+1`, `2-inf`) as a dict."""
-    out: dict[int, float] = {}
-    for item in items or []:
-        s = item.strip()
-        for i in range(1, len(s)):
-            if s[i] in "+-" and s[:i].strip().lstrip("-").isdigit():
-                try:
-                    bias = float(s[i + 1:])
-                except ValueError:
-                    break
-                out[int(s[:i])] = bias if s[i] == "+" else -bias
-                break
-        else:
-            raise LlamapyError(f"--logit-bias '{item}': expected TOKEN_ID(+/-)BIAS, like 15043+1")
-        if int(s[:i]) not in out:
-            raise LlamapyError(f"--logit-bias '{item}': expected TOKEN_ID(+/-)BIAS, like 15043+1")
-    return out
-
-
 def run(
     model: str | None = None,
     prompt: str | None = None,
@@ -55,35 +35,23 @@ def run(
     ctx_size: int = 4096,
     batch_size: int = 2048,
     threads: int | None = None,
-    seed: int = -1,
-    temp: float = 0.8,
-    top_k: int = 40,
-    top_p: float = 0.95,
-    min_p: float = 0.05,
-    typical_p: float = 1.0,
-    repeat_penalty: float = 1.0,
-    repeat_last_n: int = 64,
-    presence_penalty: float = 0.0,
-    frequency_penalty: float = 0.0,
-    mirostat: int = 0,
-    mirostat_lr: float = 0.1,
-    mirostat_ent: float = 5.0,
-    logit_bias: list[str] | None = None,
-    ignore_eos: bool = False,
     keep: int = 0,
+    ctx_shift: bool = True,
     escape: bool = True,
     display_prompt: bool = True,
     verbose_prompt: bool = False,
     color: bool = False,
     special: bool = False,
     n_gpu_layers: int | None = None,
+    sampling: SamplerParams | None = None,
     out: TextIO | None = None,
     err: TextIO | None = None,
 ) -> int:
     """Generate a continuation of the prompt; returns the number of tokens generated."""
     from .engine.engine import Engine
-    from .generation.generate import Timings, eog_ids_of, generate
+    from .generation.generate import eog_ids_of, steps
     from .generation.sampling import Sampler
+    from .generation.sequence import Sequence, Timings
     from .tokenizer.core import StreamDecoder
     from .util.escapes import process_escapes_text as process_escapes
 
@@ -99,7 +67,7 @@ def run(
         raise LlamapyError(f"-c {ctx_size}: the context size can't be negative")
     if batch_size < 1:
         raise LlamapyError(f"-b {batch_size}: the batch size must be at least 1")
-    bias = parse_logit_bias(logit_bias)
+    params = sampling if sampling is not None else SamplerParams()
     text = read_prompt(prompt, file)
     if escape:
         text = process_escapes(text)
@@ -139,21 +107,10 @@ def run(
                 log(f"main: static prompt based on n_keep: '{kept.decode('utf-8', 'replace')}'")
             log()
 
-        params = SamplerParams(
-            temp=temp, top_k=top_k, top_p=top_p, min_p=min_p, typical_p=typical_p,
-            repeat_penalty=repeat_penalty, repeat_last_n=repeat_last_n, presence_penalty=presence_penalty,
-            frequency_penalty=frequency_penalty, mirostat=mirostat, mirostat_tau=mirostat_ent,
-            mirostat_eta=mirostat_lr, seed=seed, logit_bias=bias, ignore_eos=ignore_eos,
-        )
         eog = eog_ids_of(llm)
         sampler = Sampler(params, llm.n_vocab, eog_ids=eog)
         log(f"sampler seed: {sampler.seed}")
-        log("sampler params: \n"
-            f"\trepeat_last_n = {repeat_last_n}, repeat_penalty = {repeat_penalty:.3f}, "
-            f"frequency_penalty = {frequency_penalty:.3f}, presence_penalty = {presence_penalty:.3f}\n"
-            f"\ttop_k = {top_k}, top_p = {top_p:.3f}, min_p = {min_p:.3f}, typical_p = {typical_p:.3f}, "
-            f"temp = {temp:.3f}\n"
-            f"\tmirostat = {mirostat}, mirostat_lr = {mirostat_lr:.3f}, mirostat_ent = {mirostat_ent:.3f}")
+        log("sampler params: \n" + params.describe())
         log(f"generate: n_ctx = {llm.n_ctx}, n_batch = {batch_size}, n_predict = {n_predict}, n_keep = {n_keep}")
         log()
 
@@ -164,19 +121,21 @@ def run(
             out.write((ANSI_PROMPT if use_color else "") + shown + (ANSI_RESET if use_color else ""))
             out.flush()
 
-        dec = StreamDecoder(tok, special=special)
+        eog_set = frozenset(eog)
+        seq = Sequence(sampler, llm.n_ctx, is_eog=eog_set.__contains__,
+                       piece=lambda t: tok.token_to_piece(t, special), n_predict=n_predict, n_keep=n_keep,
+                       ctx_shift=ctx_shift, ignore_eos=params.ignore_eos, timings=timings)
         n_gen = 0
-        gen = generate(llm, ids, params, n_predict=n_predict, n_keep=n_keep, eog_ids=eog, sampler=sampler,
-                       timings=timings)
         try:
-            for t in gen:
-                piece = dec.add_token(t)
-                if piece:
-                    out.write(piece)
+            for step in steps(llm, seq, ids):
+                if step.stop == "eog":
+                    break
+                if step.text:
+                    out.write(step.text)
                     out.flush()
                 n_gen += 1
         finally:
-            tail = dec.finalize()
+            tail = seq.flush()
             if tail:
                 out.write(tail)
             if timings.stop_reason == "eog":

@@ -9,10 +9,12 @@ import pytest
 from test_convert_util import (
     TINY,
     TOKENS,
+    assert_engine_matches,
     forward_gguf,
     forward_hf,
     gguf_f32_tensors,
     hf_config,
+    kv_of,
     meta_to_hf,
     meta_weights,
     rounded,
@@ -39,11 +41,6 @@ def make(d, w, spm_model, n, fmt="safetensors", n_parts=1, dtype="f32", tokenize
     if tokenizer:
         shutil.copy(spm_model, d / "tokenizer.model")
     return d
-
-
-def kv_of(path) -> dict:
-    with GGUFReader(path) as r:
-        return {k: r.get(k) for k in r.kv}
 
 
 @pytest.mark.parametrize("fmt,n_parts,dtype", [("safetensors", 1, "f32"), ("safetensors", 3, "bf16"),
@@ -79,15 +76,9 @@ def test_logits_match_hf_forward(tmp_path, hf_w, spm_model, vocab_n):
 
 
 def test_engine_runs_converted_hf_model(tmp_path, hf_w, spm_model, vocab_n):
-    from llamapy.engine.engine import Engine
-
     d = make(tmp_path / "m", hf_w, spm_model, vocab_n, fmt="bin", dtype="f16")
     res = convert(d, tmp_path / "o.gguf", "f16")
-    ref = forward_hf(rounded(hf_w, "f16"), TOKENS)
-    with Engine(str(res.path), n_ctx=64, n_threads=1) as llm:
-        got = llm.eval_all_logits(TOKENS)
-    assert np.abs(got - ref).max() < 1e-2 * np.abs(ref).max()
-    assert np.array_equal(got.argmax(-1), ref.argmax(-1))
+    assert_engine_matches(res.path, forward_hf(rounded(hf_w, "f16"), TOKENS))
 
 
 def test_hyperparameters(tmp_path, hf_w, spm_model, vocab_n):
@@ -286,3 +277,26 @@ def test_model_card_metadata(tmp_path, hf_w, spm_model, vocab_n):
     (d / "README.md").write_text("---\nlicense: [unclosed\n---\n")
     with pytest.raises(LlamapyError, match=r"can't read the model card \(README.md\)"):
         convert(d, tmp_path / "x.gguf", "f16")
+
+
+def test_model_args_from_config_params_and_gguf_agree(tmp_path, hf_w, spm_model, vocab_n):
+    """The same hyperparameters from config.json, Meta's params.json and the converted file."""
+    from test_convert_util import meta_params
+
+    from llamapy.model_args import ModelArgs
+
+    fields = ("n_vocab", "n_embd", "n_layer", "n_head", "n_head_kv", "head_dim", "n_ff", "n_ctx_train")
+    hf = ModelArgs.from_hf_config(hf_config(vocab_n), where="config.json", n_vocab=vocab_n)
+    meta = ModelArgs.from_meta_params(meta_params(), n_vocab=vocab_n, n_ff=TINY["ffn"], n_ctx=256)
+    d = make(tmp_path / "m", hf_w, spm_model, vocab_n)
+    with GGUFReader(convert(d, tmp_path / "o.gguf", "f32").path) as r:
+        gguf = ModelArgs.from_gguf(r)
+    want = (vocab_n, 64, 2, 4, 2, 16, 96, 256)
+    for args in (hf, meta, gguf):
+        assert tuple(getattr(args, f) for f in fields) == want
+        assert args.norm_eps == pytest.approx(1e-5) and args.rope_freq_base == 10000.0
+    # the reference converter's other spellings of the keys; a missing one is named
+    alt = ModelArgs.from_hf_config({"n_layer": 3, "n_head": 2, "n_embd": 8, "n_inner": 12, "n_ctx": 32}, where="c")
+    assert (alt.n_layer, alt.n_head, alt.n_head_kv, alt.head_dim, alt.n_ff, alt.n_ctx_train) == (3, 2, 2, 4, 12, 32)
+    with pytest.raises(LlamapyError, match="c: none of num_attention_heads, n_head is set"):
+        ModelArgs.from_hf_config({"num_hidden_layers": 2}, where="c")

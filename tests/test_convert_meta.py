@@ -9,9 +9,11 @@ import pytest
 from test_convert_util import (
     TINY,
     TOKENS,
+    assert_engine_matches,
     forward_gguf,
     forward_meta,
     gguf_f32_tensors,
+    kv_of,
     meta_params,
     meta_weights,
     rounded,
@@ -35,11 +37,6 @@ def make(root, name, w, spm_model, n_shards=1, dtype="bf16", params=None, tokeni
     elif tokenizer_in == "dir":
         shutil.copy(spm_model, d / "tokenizer.model")
     return d
-
-
-def kv_of(path) -> dict:
-    with GGUFReader(path) as r:
-        return {k: r.get(k) for k in r.kv}
 
 
 def test_one_and_two_shards_give_identical_bytes(tmp_path, weights, spm_model):
@@ -224,16 +221,10 @@ def test_logits_match_meta_forward(tmp_path, weights, spm_model):
 
 
 def test_engine_runs_converted_meta_model(tmp_path, weights, spm_model):
-    """llamapy's engine on the converted file gives the Meta forward's logits (F16 KV cache: ~1e-3)."""
-    from llamapy.engine.engine import Engine
-
+    """llamapy's engine on the converted file gives the Meta forward's logits."""
     d = make(tmp_path, "m", weights, spm_model, n_shards=2, dtype="bf16")
     res = convert(d, tmp_path / "o.gguf", "f32")
-    ref = forward_meta(rounded(weights, "bf16"), TOKENS)
-    with Engine(str(res.path), n_ctx=64, n_threads=1) as llm:
-        got = llm.eval_all_logits(TOKENS)
-    assert np.abs(got - ref).max() < 1e-2 * np.abs(ref).max()
-    assert np.array_equal(got.argmax(-1), ref.argmax(-1))
+    assert_engine_matches(res.path, forward_meta(rounded(weights, "bf16"), TOKENS))
 
 
 def test_vocab_only_needs_no_weights(tmp_path, weights, spm_model, vocab_n):

@@ -7,7 +7,7 @@ import json
 
 import numpy as np
 import pytest
-from test_convert_util import hf_permute
+from test_convert_util import to_hf
 
 from llamapy.convert import convert
 from llamapy.ggufio.reader import GGUFReader
@@ -51,13 +51,7 @@ def exported(default_model, tmp_path_factory):
         kv = {k: r.get(k) for k in r.kv}
         tensors = {name: dequantized(t) for name, t in r.tensors.items()}
     n_head, n_kv = kv["llama.attention.head_count"], kv["llama.attention.head_count_kv"]
-    hf = {}
-    for name, a in tensors.items():
-        if name.endswith("attn_q.weight"):
-            a = hf_permute(a, n_head)
-        elif name.endswith("attn_k.weight"):
-            a = hf_permute(a, n_kv)
-        hf[hf_name(name)] = a
+    hf = to_hf(tensors, hf_name, n_head, n_kv, "attn_q.weight", "attn_k.weight")
     save_file(hf, str(d / "model.safetensors"), metadata={"format": "pt"})
     del hf
 

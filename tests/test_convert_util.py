@@ -136,26 +136,34 @@ META_TO_HF = {"attention.wq": "self_attn.q_proj", "attention.wk": "self_attn.k_p
               "ffn_norm": "post_attention_layernorm"}
 
 
-def meta_to_hf(w: dict, hp: dict = TINY) -> dict:
+META_TOP_TO_HF = {"tok_embeddings.weight": "model.embed_tokens.weight", "norm.weight": "model.norm.weight",
+                  "output.weight": "lm_head.weight"}
+
+
+def meta_hf_name(name: str) -> str:
+    """A Meta tensor's Hugging Face name."""
+    if name in META_TOP_TO_HF:
+        return META_TOP_TO_HF[name]
+    _, i, rest = name.split(".", 2)
+    return f"model.layers.{i}.{META_TO_HF[rest.rsplit('.', 1)[0]]}.weight"
+
+
+def to_hf(tensors: dict, hf_name, n_heads: int, n_kv_heads: int, q: str, k: str) -> dict:
+    """Tensors under their Hugging Face names (`hf_name`), the rows of those ending in `q` / `k` in
+    rotate-half order. numpy arrays or torch tensors alike."""
     out = {}
-    for name, a in w.items():
-        if name == "rope.freqs":
-            continue
-        if name == "tok_embeddings.weight":
-            out["model.embed_tokens.weight"] = a
-        elif name == "norm.weight":
-            out["model.norm.weight"] = a
-        elif name == "output.weight":
-            out["lm_head.weight"] = a
-        else:
-            _, i, rest = name.split(".", 2)
-            base = rest.rsplit(".", 1)[0]
-            if base == "attention.wq":
-                a = hf_permute(a, hp["n_heads"])
-            elif base == "attention.wk":
-                a = hf_permute(a, hp["n_kv_heads"])
-            out[f"model.layers.{i}.{META_TO_HF[base]}.weight"] = a
+    for name, a in tensors.items():
+        if name.endswith(q):
+            a = hf_permute(a, n_heads)
+        elif name.endswith(k):
+            a = hf_permute(a, n_kv_heads)
+        out[hf_name(name)] = a
     return out
+
+
+def meta_to_hf(w: dict, hp: dict = TINY) -> dict:
+    w = {n: a for n, a in w.items() if n != "rope.freqs"}
+    return to_hf(w, meta_hf_name, hp["n_heads"], hp["n_kv_heads"], "attention.wq.weight", "attention.wk.weight")
 
 
 def hf_config(n_vocab: int, hp: dict = TINY, arch: str = "LlamaForCausalLM", **extra) -> dict:
@@ -269,6 +277,14 @@ def forward_hf(w: dict, tokens, hp: dict = TINY):
                    hp["n_heads"], hp["n_kv_heads"], hp["norm_eps"], hp["rope_theta"], _rope_half)
 
 
+def kv_of(path) -> dict:
+    """A GGUF file's metadata as plain values."""
+    from llamapy.ggufio.reader import GGUFReader
+
+    with GGUFReader(path) as r:
+        return {k: r.get(k) for k in r.kv}
+
+
 def gguf_f32_tensors(path) -> dict:
     """Every tensor of a GGUF file with F32/F16/BF16 data, as float32 arrays in numpy order."""
     from llamapy.ggufio.reader import GGUFReader
@@ -285,10 +301,8 @@ def gguf_f32_tensors(path) -> dict:
 
 def forward_gguf(path, tokens):
     """Logits of a F32/F16/BF16 llama GGUF in GGUF's conventions (q/k rows already in pair order)."""
-    from llamapy.ggufio.reader import GGUFReader
 
-    with GGUFReader(path) as r:
-        kv = {k: r.get(k) for k in r.kv}
+    kv = kv_of(path)
     w = gguf_f32_tensors(path)
     n = kv["llama.block_count"]
     layers = [{k: w[f"blk.{i}.{g}.weight"] for k, g in (
@@ -305,3 +319,14 @@ def forward_gguf(path, tokens):
 
 # token ids the logit comparisons feed through both forwards
 TOKENS = [1, 5, 17, 33, 90, 100, 7, 250, 3, 44, 61, 200]
+
+
+def assert_engine_matches(path, ref: np.ndarray) -> None:
+    """llamapy's engine on a converted file gives the reference forward's logits `ref` on TOKENS
+    (F16 KV cache: ~1e-3), with the same argmax at every position."""
+    from llamapy.engine.engine import Engine
+
+    with Engine(str(path), n_ctx=64, n_threads=1) as llm:
+        got = llm.eval_all_logits(TOKENS)
+    assert np.abs(got - ref).max() < 1e-2 * np.abs(ref).max()
+    assert np.array_equal(got.argmax(-1), ref.argmax(-1))

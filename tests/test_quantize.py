@@ -12,8 +12,9 @@ from llamapy import quants
 from llamapy.cli import main
 from llamapy.errors import LlamapyError
 from llamapy.ggufio.constants import TensorType as T
-from llamapy.ggufio.reader import GGUFReader
+from llamapy.ggufio.reader import GGUFReader, TensorInfo
 from llamapy.ggufio.writer import GGUFWriter
+from llamapy.quants import plan as P
 
 # ../shared/testdata/quant: file -> (type given to the reference quantizer, --pure)
 REFERENCE_FILES = {
@@ -84,7 +85,7 @@ def model576(tmp_path_factory):
 
 def planned(path, type_name, **opts) -> dict[str, str]:
     with GGUFReader(path) as r:
-        ps = Q.plan(r, Q.QuantizeParams(ftype=Q.parse_ftype(type_name).ftype, **opts))
+        ps = Q.plan_file(r, Q.QuantizeParams(ftype=Q.parse_ftype(type_name).ftype, **opts))
         return {p.info.name: T(p.new_type).name for p in ps if not p.info.name.endswith("norm.weight")}
 
 
@@ -132,18 +133,67 @@ def test_legacy_mix_puts_the_output_in_q6_k_unless_pure(tmp_path):
     assert per_layer(t, "attn_v") == ["Q4_K", "Q4_K"]  # n_gqa = 4
 
 
+def test_plan_is_a_function_of_names_shapes_and_hyperparameters(model576):
+    """The planner needs no file: names, shapes and types plus ModelArgs give the file's plan."""
+    from llamapy.model_args import ModelArgs
+
+    with GGUFReader(model576) as r:
+        want = [(p.info.name, p.new_type) for p in Q.plan_file(r, Q.QuantizeParams(ftype=Q.F.MOSTLY_Q4_K_M))]
+        tensors = {n: TensorInfo(n, t.shape, t.type, 0, 0) for n, t in r.tensors.items()}
+    args = ModelArgs(n_vocab=64, n_embd=576, n_layer=2, n_head=9, n_ff=1536, n_head_kv=3)
+    got = P.plan(tensors, args, Q.QuantizeParams(ftype=Q.F.MOSTLY_Q4_K_M))
+    assert [(p.info.name, p.new_type) for p in got] == want
+    assert T.Q8_0 in {t for _, t in want} and T.Q4_K in {t for _, t in want}
+
+
+def test_quantize_reads_the_hyperparameters_of_any_architecture(tmp_path):
+    """Quantize rewrites files the engine would refuse: other architectures, per-layer arrays (layer 0 counts)."""
+    from llamapy.model_args import ModelArgs
+
+    path = tmp_path / "q.gguf"
+    with GGUFWriter(path) as w:
+        w.add("general.architecture", "qwen2")
+        w.add("qwen2.block_count", 80)
+        w.add("qwen2.attention.head_count", 64)
+        w.add("qwen2.attention.head_count_kv", np.array([8] * 80, dtype=np.uint32))
+        w.write_header()
+    with GGUFReader(path) as r:
+        args = ModelArgs.from_gguf(r, strict=False)
+        assert (args.arch, args.n_layer, args.n_head, args.n_head_kv, args.n_expert) == ("qwen2", 80, 64, 8, 0)
+        with pytest.raises(LlamapyError, match="architecture 'qwen2' is not supported"):
+            ModelArgs.from_gguf(r)
+    # an 80-layer GQA model gets the 70B rule: attn_v of Q3_K_S goes to Q5_K
+    tensors = {"blk.0.attn_v.weight": TensorInfo("blk.0.attn_v.weight", (8192, 1024), int(T.F32), 0, 0)}
+    got = P.plan(tensors, args, Q.QuantizeParams(ftype=Q.F.MOSTLY_Q3_K_S))
+    assert got[0].new_type == T.Q5_K
+    assert P.plan(tensors, ModelArgs(1, 8192, 80, 64, 1, n_head_kv=64), Q.QuantizeParams(ftype=Q.F.MOSTLY_Q3_K_S)
+                  )[0].new_type == T.Q3_K
+
+
+def test_file_type_table_names_numbers_and_labels():
+    from llamapy.ggufio.filetypes import ftype_label, options_help, parse_ftype
+
+    assert parse_ftype("15").name == "Q4_K"  # a number names the first option with that file type
+    assert parse_ftype(" q4_k_m ").ftype == 15 and parse_ftype("copy").ftype == 0
+    assert parse_ftype("21") is None and parse_ftype("Q9_K") is None  # Q2_K_S: read, not written
+    assert ftype_label(15) == "Q4_K - Medium" and ftype_label(21) == "Q2_K - Small"
+    assert ftype_label(0) == "all F32" and ftype_label(99) == "file type 99"
+    assert ftype_label(None) == "unknown file type"
+    assert "Q2_K_S" not in options_help() and "12  or  Q3_K    : alias for Q3_K_M" in options_help()
+
+
 def test_use_more_bits_pattern():
-    assert [i for i in range(32) if Q.use_more_bits(i, 32)] == [0, 1, 2, 3, 6, 9, 12, 15, 18, 21, 24, 27, 28, 29,
+    assert [i for i in range(32) if P.use_more_bits(i, 32)] == [0, 1, 2, 3, 6, 9, 12, 15, 18, 21, 24, 27, 28, 29,
                                                                 30, 31]
-    assert Q.tensor_type_for("blk.6.ffn_down.weight", (11008, 4096), Q.F.MOSTLY_Q4_K_M, 32) == T.Q6_K
-    assert Q.tensor_type_for("blk.7.ffn_down.weight", (11008, 4096), Q.F.MOSTLY_Q4_K_M, 32) == T.Q4_K
-    assert Q.tensor_type_for("blk.1.attn_v.weight", (4096, 4096), Q.F.MOSTLY_Q3_K_M, 32) == T.Q5_K
-    assert Q.tensor_type_for("blk.2.attn_v.weight", (4096, 4096), Q.F.MOSTLY_Q3_K_M, 32) == T.Q4_K
+    assert P.tensor_type_for("blk.6.ffn_down.weight", (11008, 4096), Q.F.MOSTLY_Q4_K_M, 32) == T.Q6_K
+    assert P.tensor_type_for("blk.7.ffn_down.weight", (11008, 4096), Q.F.MOSTLY_Q4_K_M, 32) == T.Q4_K
+    assert P.tensor_type_for("blk.1.attn_v.weight", (4096, 4096), Q.F.MOSTLY_Q3_K_M, 32) == T.Q5_K
+    assert P.tensor_type_for("blk.2.attn_v.weight", (4096, 4096), Q.F.MOSTLY_Q3_K_M, 32) == T.Q4_K
 
 
 def test_reference_tensor_order():
     names = ["output.weight", "blk.10.attn_q.weight", "blk.2.ffn_up.weight", "token_embd.weight", "blk.2.attn_k.weight"]
-    assert Q.reference_order(names) == ["output.weight", "token_embd.weight", "blk.2.attn_k.weight",
+    assert P.reference_order(names) == ["output.weight", "token_embd.weight", "blk.2.attn_k.weight",
                                         "blk.2.ffn_up.weight", "blk.10.attn_q.weight"]
 
 

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import ctypes
+
 import numpy as np
 import pytest
+import ref_ggml
 from conftest import shared_path
 
 from llamapy.engine.native import ffi, kernels_best, lib, set_kernels
@@ -27,6 +30,7 @@ TEST_SIZE = 32 * 128
 
 HAS_AVX2 = bool(lib.lp_cpu_has_avx2())
 needs_avx2 = pytest.mark.skipif(not HAS_AVX2, reason="this CPU has no AVX2+FMA+F16C")
+LEVELS = ["scalar"] + (["avx2"] if HAS_AVX2 else [])  # the kernel levels this CPU runs
 
 
 # -- the C kernels (blocks are independent: a matrix is quantized as one long row) --------------------
@@ -71,6 +75,15 @@ def kernels():
     before = lib.lp_kernels_active()
     yield set_kernels
     assert lib.lp_kernels_set(before) == 0
+
+
+@pytest.fixture(params=["scalar", "avx2"])
+def level(request, kernels):
+    """Each kernel level in turn, switched on for the test (avx2 skipped on a CPU without it)."""
+    if request.param == "avx2" and not HAS_AVX2:
+        pytest.skip("this CPU has no AVX2+FMA+F16C")
+    kernels(request.param)
+    return request.param
 
 
 # -- deterministic and awkward inputs ------------------------------------------------------------
@@ -163,7 +176,7 @@ def test_numpy_matches_reference_files(name):
 def test_dequantize_reference_bytes_numpy_equals_c(name, kernels):
     _, x, ref = reference_tensors(name)[0]
     want = np_dequantize(name, ref, x.shape[1])
-    for level in ["scalar"] + (["avx2"] if HAS_AVX2 else []):
+    for level in LEVELS:
         kernels(level)
         np.testing.assert_array_equal(c_dequantize(TYPES[name], ref, x.shape[1]), want, err_msg=level)
 
@@ -172,10 +185,9 @@ def test_dequantize_reference_bytes_numpy_equals_c(name, kernels):
 @pytest.mark.parametrize("name", list(ALL_TYPES))
 def test_quantizers_agree(name, kernels):
     t = ALL_TYPES[name]
-    levels = ["scalar"] + (["avx2"] if HAS_AVX2 else [])
     for x in [awkward_rows(), random_rows(), cosine_data(0.0), cosine_data(0.5, 768)]:
         want = np_quantize(name, x)
-        for level in levels:
+        for level in LEVELS:
             kernels(level)
             np.testing.assert_array_equal(c_quantize(t, x, ref=True), want, err_msg=f"{level} reference")
             np.testing.assert_array_equal(c_quantize(t, x), want, err_msg=f"{level} active")
@@ -196,7 +208,7 @@ def test_dequantize_numpy_equals_c_on_any_bytes(name, kernels):
         width = 4 if name in ("q2_k", "q4_k", "q5_k") else 2
         blocks[:, offset : offset + width] = scales[:, : width // 2].astype(np.float16).view(np.uint8)
     want = np_dequantize(name, q, n)
-    for level in ["scalar"] + (["avx2"] if HAS_AVX2 else []):
+    for level in LEVELS:
         kernels(level)
         np.testing.assert_array_equal(c_dequantize(ALL_TYPES[name], q, n), want, err_msg=level)
 
@@ -208,12 +220,8 @@ def reference_rmse(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.sqrt(np.sum(d * d)) / d.size)
 
 
-@pytest.mark.parametrize("level", ["scalar", "avx2"])
 @pytest.mark.parametrize("name", list(TYPES))
-def test_round_trip_error(name, level, kernels):
-    if level == "avx2" and not HAS_AVX2:
-        pytest.skip("this CPU has no AVX2+FMA+F16C")
-    kernels(level)
+def test_round_trip_error(name, level):
     x = cosine_data(0.0)
     y = c_dequantize(TYPES[name], c_quantize(TYPES[name], x), TEST_SIZE)
     assert reference_rmse(x, y) < MAX_RMSE[name]
@@ -230,12 +238,8 @@ def test_simd_quantizer_vs_scalar_reference(name, kernels):
     assert reference_rmse(fast, ref) < MAX_REFERENCE_ERROR
 
 
-@pytest.mark.parametrize("level", ["scalar", "avx2"])
 @pytest.mark.parametrize("name", list(TYPES))
-def test_dot_product_error(name, level, kernels):
-    if level == "avx2" and not HAS_AVX2:
-        pytest.skip("this CPU has no AVX2+FMA+F16C")
-    kernels(level)
+def test_dot_product_error(name, level):
     x, y = cosine_data(0.0), cosine_data(1.0)
     qx = c_quantize(TYPES[name], x)
     qy = c_quantize(lib.LP_TYPE_Q8_K, y)
@@ -257,7 +261,6 @@ def dot_cases():
 def test_vec_dot_is_dot_of_dequantized(name, kernels):
     """Each level's vec_dot equals the float64 dot of the dequantized rows, up to float32 accumulation."""
     t = ALL_TYPES[name]
-    levels = ["scalar"] + (["avx2"] if HAS_AVX2 else [])
     for wx, ay in dot_cases():
         qx, qy = np_quantize(name, wx), K.quantize_q8_k(ay)
         dx, dy = (
@@ -267,7 +270,7 @@ def test_vec_dot_is_dot_of_dequantized(name, kernels):
         for r in range(len(wx)):
             want = float(np.dot(dx[r], dy[r]))
             scale = float(np.dot(np.abs(dx[r]), np.abs(dy[r]))) + 1e-30
-            for level in levels:
+            for level in LEVELS:
                 kernels(level)
                 got = c_vec_dot(t, qx[r], qy[r], 512)
                 assert abs(got - want) <= 2e-6 * scale, f"{level} row {r}: {got} vs {want}"
@@ -300,7 +303,7 @@ def test_vec_dot_rows_is_vec_dot_per_row(name, kernels):
     stride = qy.shape[1] + 8  # rows not packed: the stride is honoured
     ys = np.zeros((9, stride), np.uint8)
     ys[:, : qy.shape[1]] = qy
-    for level in ["scalar"] + (["avx2"] if HAS_AVX2 else []):
+    for level in LEVELS:
         kernels(level)
         want = np.array([c_vec_dot(t, qx, ys[j, : qy.shape[1]], n) for j in range(9)], dtype=np.float32)
         for nrc in (1, 4, 5, 9):
@@ -320,88 +323,19 @@ def test_vec_dot_rows_is_vec_dot_per_row(name, kernels):
             np.testing.assert_array_equal(got, want[:nrc], err_msg=f"{level} nrc={nrc}")
 
 
-def reference_ggml_cpu():
-    """The reference's CPU backend through ctypes: LLAMAPY_REF_GGML names the folder of its libggml-cpu.so."""
-    import ctypes
-    import os
-
-    folder = os.environ.get("LLAMAPY_REF_GGML")
-    if not folder:
-        pytest.skip(
-            "set LLAMAPY_REF_GGML to a reference build's lib folder (libggml-base.so, libggml-cpu.so)"
-        )
-    base = ctypes.CDLL(os.path.join(folder, "libggml-base.so"), mode=ctypes.RTLD_GLOBAL)
-    cpu = ctypes.CDLL(os.path.join(folder, "libggml-cpu.so"), mode=ctypes.RTLD_GLOBAL)
-
-    class InitParams(ctypes.Structure):  # struct ggml_init_params; ggml_init fills the fp16 table
-        _fields_ = [
-            ("mem_size", ctypes.c_size_t),
-            ("mem_buffer", ctypes.c_void_p),
-            ("no_alloc", ctypes.c_bool),
-        ]
-
-    class BaseTraits(ctypes.Structure):  # struct ggml_type_traits
-        _fields_ = [
-            ("type_name", ctypes.c_char_p),
-            ("blck_size", ctypes.c_int64),
-            ("blck_size_interleave", ctypes.c_int64),
-            ("type_size", ctypes.c_size_t),
-            ("is_quantized", ctypes.c_bool),
-            ("to_float", ctypes.c_void_p),
-            ("from_float_ref", ctypes.c_void_p),
-        ]
-
-    base.ggml_init.restype = ctypes.c_void_p
-    base.ggml_init.argtypes = [InitParams]
-    base.ggml_init(InitParams(1024, None, True))
-    base.ggml_get_type_traits.restype = ctypes.POINTER(BaseTraits)
-    base.ggml_quantize_chunk.restype = ctypes.c_size_t
-    base.ggml_quantize_chunk.argtypes = [
-        ctypes.c_int,
-        ctypes.c_void_p,
-        ctypes.c_void_p,
-        ctypes.c_int64,
-        ctypes.c_int64,
-        ctypes.c_int64,
-        ctypes.c_void_p,
-    ]
-    cpu.ggml_cpu_init()
-
-    class Traits(ctypes.Structure):  # struct ggml_type_traits_cpu
-        _fields_ = [
-            ("from_float", ctypes.c_void_p),
-            ("vec_dot", ctypes.c_void_p),
-            ("vec_dot_type", ctypes.c_int),
-            ("nrows", ctypes.c_int64),
-        ]
-
-    cpu.ggml_get_type_traits_cpu.restype = ctypes.POINTER(Traits)
-    return ctypes, base, cpu
-
-
 @needs_avx2
 def test_avx2_bitwise_equals_reference_library(kernels):
     """With a reference build at hand: quantized bytes, dot products and dequantized floats are its own."""
-    ctypes, base, cpu = reference_ggml_cpu()
-    vec_dot_t = ctypes.CFUNCTYPE(
-        None,
-        ctypes.c_int,
-        ctypes.POINTER(ctypes.c_float),
-        ctypes.c_size_t,
-        ctypes.c_void_p,
-        ctypes.c_size_t,
-        ctypes.c_void_p,
-        ctypes.c_size_t,
-        ctypes.c_int,
-    )
-    from_float_t = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64)
+    ref = ref_ggml.load()
+    if ref is None:
+        pytest.skip(f"set {ref_ggml.ENV} to a reference build's lib folder (libggml-base.so, libggml-cpu.so)")
     kernels("avx2")
     rng = np.random.default_rng(0)
     n = 4096
     a = (rng.standard_normal((16, n)) * rng.uniform(0.1, 5, (16, 1))).astype(np.float32)
     qa = c_quantize(lib.LP_TYPE_Q8_K, a)
     ref_qa = np.zeros_like(qa)
-    ref_quant = from_float_t(cpu.ggml_get_type_traits_cpu(lib.LP_TYPE_Q8_K).contents.from_float)
+    ref_quant = ref.from_float(lib.LP_TYPE_Q8_K)
     for r in range(len(a)):
         ref_quant(a[r].ctypes.data, ref_qa[r].ctypes.data, n)
     np.testing.assert_array_equal(qa, ref_qa)
@@ -409,18 +343,16 @@ def test_avx2_bitwise_equals_reference_library(kernels):
     for name, t in TYPES.items():
         w = (rng.standard_normal((16, n)) * rng.uniform(0.01, 1, (16, 1))).astype(np.float32)
         qw = c_quantize(t, w)
-        ref_dot = vec_dot_t(cpu.ggml_get_type_traits_cpu(t).contents.vec_dot)
+        ref_dot = ref.vec_dot(t)
         for r in range(len(w)):
             ref_dot(n, ctypes.byref(out), 0, qw[r].ctypes.data, 0, qa[r].ctypes.data, 0, 1)
             assert c_vec_dot(t, qw[r], qa[r], n) == out.value, f"{name} row {r}"
         for x in (w, awkward_rows()):
             ref_q = np.zeros((len(x), lib.lp_row_size(t, x.shape[1])), np.uint8)
-            base.ggml_quantize_chunk(t, x.ctypes.data, ref_q.ctypes.data, 0, len(x), x.shape[1], None)
+            ref.quantize_chunk(t, x.ctypes.data, ref_q.ctypes.data, 0, len(x), x.shape[1])
             np.testing.assert_array_equal(c_quantize(t, x), ref_q, err_msg=f"{name} quantize")
         ref_deq = np.zeros_like(w)
-        from_float_t(base.ggml_get_type_traits(t).contents.to_float)(
-            qw.ctypes.data, ref_deq.ctypes.data, w.size
-        )
+        ref.to_float(t)(qw.ctypes.data, ref_deq.ctypes.data, w.size)
         np.testing.assert_array_equal(
             c_dequantize(t, qw, n).view(np.uint32), ref_deq.view(np.uint32), err_msg=name
         )

@@ -21,10 +21,11 @@ pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
 
 from llamapy.chat.templates import ChatTemplate
+from llamapy.generation.params import SamplerParams
+from llamapy.generation.text import TextStream, partial_stop_start
 from llamapy.server.app import create_app
 from llamapy.server.common import ServerState
 from llamapy.server.scheduler import DoneEvent, GenRequest, Job, Scheduler
-from llamapy.server.text import TextStream, partial_stop_start
 
 EOS = 256
 ALPHABET = "abcdefghijklmnopqrstuvwxyz"
@@ -78,7 +79,7 @@ class ToyBackend:
         return v / np.linalg.norm(v)
 
     def make_sampler(self, params):
-        ignore_eos = params.get("ignore_eos", False)
+        ignore_eos = params.ignore_eos
 
         class Greedy:
             def sample(self, logits, history):
@@ -175,7 +176,7 @@ def test_scheduler_drops_cancelled_jobs_and_refuses_past_the_queue_limit():
     sched = Scheduler(be, max_queue=1)
     loop = asyncio.new_event_loop()
     q: asyncio.Queue = asyncio.Queue()
-    a = Job(loop, q, 0, gen=GenRequest(prompt=[1], n_predict=-1, ignore_eos=True), stream=True)
+    a = Job(loop, q, 0, gen=GenRequest(prompt=[1], n_predict=-1, sampling=SamplerParams(ignore_eos=True)), stream=True)
     b = Job(loop, q, 1, gen=GenRequest(prompt=[2], n_predict=3))
     sched.submit([a, b])  # one runs, one waits
     from llamapy.server.errors import APIError
@@ -200,7 +201,8 @@ def test_generation_stops_when_the_slot_context_is_full():
     sched = Scheduler(be)
     loop = asyncio.new_event_loop()
     q: asyncio.Queue = asyncio.Queue()
-    job = Job(loop, q, 0, gen=GenRequest(prompt=list(b"0123456789"), n_predict=100, ignore_eos=True))
+    job = Job(loop, q, 0, gen=GenRequest(prompt=list(b"0123456789"), n_predict=100,
+                                             sampling=SamplerParams(ignore_eos=True)))
     sched.submit([job])
     while not job.finished:
         sched.step()

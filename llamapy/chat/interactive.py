@@ -22,15 +22,15 @@ Generated text goes to stdout; messages and timings go to stderr. Colors only wh
 from __future__ import annotations
 
 import codecs
-import collections
 import signal
 import sys
 import threading
-import time
 from dataclasses import dataclass, field
 from typing import TextIO
 
 from ..errors import LlamapyError
+from ..generation.params import SamplerParams
+from ..generation.sequence import ReversePrompts, Sequence, Timings
 from ..util.escapes import process_escapes_text as process_escapes
 from ..util.safe_text import printable
 from .templates import ChatTemplate
@@ -39,7 +39,6 @@ DEFAULT_SYSTEM_MESSAGE = "You are a helpful assistant"
 INSTRUCT_PREFIX = "\n\n### Instruction:\n\n"
 INSTRUCT_SUFFIX = "\n\n### Response:\n\n"
 INSTRUCT_REVERSE_PROMPT = "### Instruction:\n\n"
-N_PREV = 32  # tokens of recent text searched for reverse prompts
 
 COLORS = {
     "prompt": "\x1b[33m",
@@ -275,7 +274,8 @@ class _Session:
 
     # -- the loop --------------------------------------------------------------------------------------------------
     def run(self) -> None:
-        o, con, llm, t = self.opts, self.con, self.llm, self.t
+        """main.cpp's loop: the generation core samples, shifts and times; this decides whose turn it is."""
+        o, con, llm = self.opts, self.con, self.llm
         embd_inp = self.initial_tokens()
         n_prompt = len(embd_inp)
         if o.verbose_prompt:
@@ -283,11 +283,11 @@ class _Session:
             for tid in embd_inp:
                 con.info(f"{tid:6d} -> '{self.piece(tid, True).decode('utf-8', errors='replace')}'")
         self.announce()
-        antiprompt_ids = set()
-        for r in self.antiprompts:
-            ids = self.encode(r, add_special=False, parse_special=True)
-            if len(ids) == 1:
-                antiprompt_ids.add(ids[0])
+        seq = Sequence(self.sampler, llm.n_ctx, is_eog=self.tok.is_eog, n_predict=o.n_predict, n_keep=self.n_keep,
+                       ctx_shift=o.ctx_shift, timings=self.t)
+        seq.n_past = llm.n_past(0)
+        rp = ReversePrompts(self.antiprompts, lambda r: self.encode(r, add_special=False, parse_special=True),
+                            lambda t: self.piece(t, True))
 
         n_ctx = llm.n_ctx
         self.is_interacting = self.interactive_first
@@ -295,12 +295,9 @@ class _Session:
         is_antiprompt = False
         input_echo = True
         display = o.display_prompt
-        n_past = llm.n_past(0)
         n_remain = o.n_predict
         n_consumed = 0
         embd: list[int] = []
-        prev: collections.deque[int] = collections.deque(maxlen=N_PREV)  # for reverse prompts
-        history: list[int] = []  # for the repetition penalties; cleared when the user takes over
         logits = None
         assistant: list[bytes] = []
 
@@ -313,36 +310,21 @@ class _Session:
                     con.set_display("error")
                     con.write(f"<<input too long: skipped {skipped} token{'s' if skipped != 1 else ''}>>")
                     con.set_display("reset")
-                if n_past + len(embd) >= n_ctx:
-                    if not o.ctx_shift or o.n_predict == -2:
-                        con.info("\ncontext full: stopping (use --keep with context shift to continue)")
+                shift = seq.shift_for(len(embd))
+                if shift is not None:
+                    if shift[1] == 0:
+                        con.info("\ncontext full: stopping (use --keep with context shift to continue)"
+                                 if not o.ctx_shift or o.n_predict == -2 else
+                                 "\ncontext full and nothing left to discard: stopping (lower --keep)")
                         break
-                    n_discard = (n_past - self.n_keep) // 2
-                    if n_discard <= 0:
-                        con.info("\ncontext full and nothing left to discard: stopping (lower --keep)")
-                        break
-                    llm.context_shift(0, self.n_keep, n_discard)
-                    n_past -= n_discard
-                t0 = time.perf_counter()
-                logits = llm.eval(embd, seq_id=0)
-                dt = time.perf_counter() - t0
-                if len(embd) > 1:
-                    t.prompt_ms += 1e3 * dt
-                    t.n_prompt += len(embd)
-                else:
-                    t.eval_ms += 1e3 * dt
-                    t.n_eval += 1
-                n_past += len(embd)
+                    llm.context_shift(0, *shift)
+                logits = seq.eval(llm, 0, embd, prompt=len(embd) > 1)
             embd = []
 
             sampled = len(embd_inp) <= n_consumed and not self.is_interacting
             if sampled:
-                t0 = time.perf_counter()
-                tid = int(self.sampler.sample(logits, history))
-                t.sample_ms += 1e3 * (time.perf_counter() - t0)
-                t.n_sample += 1
-                history.append(tid)
-                prev.append(tid)
+                tid = seq.sample(logits)
+                rp.add(tid)
                 embd.append(tid)
                 input_echo = True
                 n_remain -= 1
@@ -350,8 +332,8 @@ class _Session:
                 while len(embd_inp) > n_consumed:
                     tid = embd_inp[n_consumed]
                     embd.append(tid)
-                    history.append(tid)
-                    prev.append(tid)
+                    seq.add_input([tid])
+                    rp.add(tid)
                     n_consumed += 1
                     if len(embd) >= o.n_batch:
                         break
@@ -364,27 +346,17 @@ class _Session:
                 display = True
 
             if len(embd_inp) <= n_consumed:
-                if self.antiprompts:
-                    last_output = self.recent_text(prev)
-                    is_antiprompt = False
-                    pad = 0 if self.interactive else 2
-                    for r in self.antiprompts:
-                        if r in last_output[max(0, len(last_output) - len(r) - pad) :]:
-                            is_antiprompt = True
-                            break
-                    if not is_antiprompt and prev and prev[-1] in antiprompt_ids:
-                        is_antiprompt = True
+                if rp.prompts:
+                    is_antiprompt = rp.found(pad=0 if self.interactive else 2)
                     if is_antiprompt and self.interactive:
                         self.is_interacting = True
 
                 # an end-of-generation token just sampled, or ending the prompt (not one we queued ourselves)
                 ends_prompt = bool(embd) and n_consumed == n_prompt
-                if (sampled or ends_prompt) and self.tok.is_eog(embd[-1]):
+                if (sampled or ends_prompt) and seq.is_eog(embd[-1]):
                     if self.interactive:
                         if self.antiprompts:
-                            embd_inp += self.encode(
-                                self.antiprompts[0], add_special=False, parse_special=True
-                            )
+                            embd_inp += self.encode(self.antiprompts[0], add_special=False, parse_special=True)
                             is_antiprompt = True
                         if self.format_chat:
                             self.chat_add("assistant", self._text(assistant), False)
@@ -394,7 +366,7 @@ class _Session:
                 elif self.format_chat and sampled:
                     assistant.append(self.piece(embd[0], False))
 
-                if n_past > 0 and self.is_interacting:
+                if seq.n_past > 0 and self.is_interacting:
                     if self.format_chat and assistant:  # interrupted mid-answer: keep what was said
                         self.chat_add("assistant", self._text(assistant), False)
                         assistant = []
@@ -407,15 +379,12 @@ class _Session:
                         n_remain = o.n_predict
                     input_echo = False
 
-                if n_past > 0:
+                if seq.n_past > 0:
                     if self.is_interacting:  # llama.cpp resets its sampler chain at each turn
-                        history.clear()
-                        reset = getattr(self.sampler, "reset", None)
-                        if reset is not None:
-                            reset()
+                        seq.new_turn()
                     self.is_interacting = False
 
-            if embd and self.tok.is_eog(embd[-1]) and not self.interactive:
+            if embd and seq.is_eog(embd[-1]) and not self.interactive:
                 con.write(" [end of text]\n")
                 break
             if self.interactive and n_remain <= 0 and o.n_predict >= 0:
@@ -504,8 +473,6 @@ def run_interactive(
     `sampler` has `sample(logits, history) -> token id` (llamapy.generation.sampling.Sampler). Returns the exit status.
     """
     con = _Console(stdout or sys.stdout, stdin or sys.stdin, stderr or sys.stderr, opts.color)
-    from ..generation.generate import Timings
-
     timings = Timings(load_ms=t_load_ms)
     session = _Session(llm, sampler, opts, con, timings)
     in_main = threading.current_thread() is threading.main_thread()
@@ -543,7 +510,7 @@ def start(
     model: str | None,
     prompt: str | None,
     file: str | None,
-    sampling: dict,
+    sampling: SamplerParams,
     system_prompt: str | None = None,
     interactive: bool = False,
     interactive_first: bool = False,
@@ -571,11 +538,11 @@ def start(
 ) -> int:
     """Load a model and run the interactive loop: what `llamapy chat` and `llamapy run -i/-r/-ins/-cnv` call.
 
-    `sampling` holds llamapy.generation.sampling.SamplerParams fields. In conversation mode the chat template is the
-    one named (or read from a file), else the model's, else chatml with a note. Returns the exit status."""
+    In conversation mode the chat template is the one named (or read from a file), else the model's, else
+    chatml with a note. Returns the exit status."""
     from ..engine.engine import Engine
     from ..generation.generate import eog_ids_of
-    from ..generation.sampling import Sampler, SamplerParams
+    from ..generation.sampling import Sampler
     from ..run import read_prompt
 
     if chat_template and chat_template_file:
@@ -606,7 +573,6 @@ def start(
         special=special,
         verbose_prompt=verbose_prompt,
     )
-    params = SamplerParams(**sampling)
     err = sys.stderr
     if n_gpu_layers:
         err.write(f"llamapy runs on the CPU: -ngl {n_gpu_layers} is ignored\n")
@@ -617,6 +583,6 @@ def start(
             opts.chat_template = chat_template_for_session(
                 ChatTemplate.for_model(llm.metadata, name=chat_template, file=chat_template_file)
             )
-        sampler = Sampler(params, llm.n_vocab, eog_ids=eog_ids_of(llm))
+        sampler = Sampler(sampling, llm.n_vocab, eog_ids=eog_ids_of(llm))
         err.write(f"sampler seed: {sampler.seed}\n")
         return run_interactive(llm, sampler, opts, t_load_ms=1e3 * getattr(llm, "load_time", 0.0))

@@ -5,10 +5,12 @@ from typing import Optional
 import typer
 
 from ..errors import LlamapyError
+from .options import CONTEXT_SHIFT, SAMPLING, sampler_params, with_options
 
 
 def register(app: typer.Typer) -> None:
     @app.command("serve", context_settings={"help_option_names": ["-h", "--help"]})
+    @with_options(SAMPLING, [CONTEXT_SHIFT])
     def serve(
         model: Optional[str] = typer.Option(None, "-m", "--model", help="GGUF model (default: the default model)."),
         host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on."),
@@ -46,8 +48,11 @@ def register(app: typer.Typer) -> None:
         jinja: bool = typer.Option(False, "--jinja", hidden=True),
         flash_attn: bool = typer.Option(False, "-fa", "--flash-attn", hidden=True),
         cont_batching: bool = typer.Option(False, "-cb", "--cont-batching", hidden=True),
+        **opts,
     ):
-        """Serve the model over HTTP: llama-server's API, OpenAI's /v1 and Ollama's /api, and a chat page."""
+        """Serve the model over HTTP: llama-server's API, OpenAI's /v1 and Ollama's /api, and a chat page.
+
+        The sampling options set the defaults of requests that don't give their own."""
         import sys
 
         from ..server import serve as run_server
@@ -69,10 +74,13 @@ def register(app: typer.Typer) -> None:
             raise LlamapyError("--timeout and --read-timeout must be positive numbers of seconds")
         if max_body < 1024:
             raise LlamapyError("--max-body must be at least 1024 bytes")
+        sampling = sampler_params(opts)
+        sampling.check()
         run_server(
             host=host, port=port, verbose=verbose, timeout=timeout, read_timeout=read_timeout,
             cors_origins=tuple(cors_origin or ()), model_path=model, n_ctx=ctx_size, n_parallel=parallel,
             n_threads=threads, n_batch=batch_size, api_key=api_key, alias=alias, chat_template=chat_template,
             chat_template_file=chat_template_file,
             embedding=embedding, n_predict=n_predict, max_queue=max_queue, max_body=max_body,
+            sampling=sampling, ctx_shift=opts["context_shift"],
         )

@@ -16,13 +16,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import LlamapyError
-from ..ggufio.constants import ValueType
+from ..ggufio.constants import KEY_FILE_TYPE, KEY_QUANT_VERSION, QUANT_VERSION, ValueType
 from .hf import is_hf_dir, load_hf
 from .meta import is_meta_dir, load_meta
 from .naming import default_filename, fill_template, general_kvs, load_metadata, params_size_label
 from .outtype import OutType, parse_outtype, resolve_auto
-from .source import FILE_TYPE, ModelSource
-from .writer import QUANT_VERSION, fill_file_type, kv_list, plan_tensors, write_gguf
+from .source import ModelSource
+from .writer import fill_file_type, kv_list, plan_tensors, write_gguf
 
 
 @dataclass
@@ -86,11 +86,11 @@ def _metadata(src: ModelSource, general: list[tuple], ot: OutType) -> list[tuple
     if ot.is_mix:
         # what `llamapy quantize` makes of this converter's F32 file: its metadata, with the
         # quantization version and file type moved to the end
-        arch = [kv for kv in src.arch_kvs if kv[0] != FILE_TYPE]
+        arch = [kv for kv in src.arch_kvs if kv[0] != KEY_FILE_TYPE]
         return kv_list("llama", general, hf, arch, src.vocab_kvs, quant_version=False) + [
-            ("general.quantization_version", QUANT_VERSION, ValueType.UINT32, None),
-            (FILE_TYPE, ot.file_type, ValueType.UINT32, None)]
-    has_file_type = any(k == FILE_TYPE for k, *_ in src.arch_kvs)
+            (KEY_QUANT_VERSION, QUANT_VERSION, ValueType.UINT32, None),
+            (KEY_FILE_TYPE, ot.file_type, ValueType.UINT32, None)]
+    has_file_type = any(k == KEY_FILE_TYPE for k, *_ in src.arch_kvs)
     arch = fill_file_type(src.arch_kvs, ot.file_type) if has_file_type else src.arch_kvs
     return kv_list("llama", general, hf, arch, src.vocab_kvs, quant_version=hf)
 
@@ -150,7 +150,7 @@ def convert(
         raise LlamapyError(f"{out}: the output would overwrite the input; choose another --outfile")
 
     kvs = _metadata(src, general_kvs(md), ot)
-    planned = [] if vocab_only else plan_tensors(src.tensors, ot, kvs, n_threads)
+    planned = [] if vocab_only else plan_tensors(src.tensors, ot, src.args)
     seconds = write_gguf(out, kvs, planned, n_threads=n_threads, progress=progress,
                          log=log if verbose else None)
     return ConvertResult(out, ot.label, len(planned), out.stat().st_size, seconds, list(src.notes))

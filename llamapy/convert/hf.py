@@ -13,11 +13,12 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import LlamapyError
-from ..ggufio.constants import ValueType
+from ..ggufio.constants import KEY_FILE_TYPE, ValueType
+from ..model_args import HF_KEYS, ModelArgs, hf_find
 from ..util.jsonio import load_json_bounded
 from .lazy import ArrayTensor, LazyTensor, RowPermutedTensor, rotary_permutation
 from .safetensors_io import load_safetensors
-from .source import FILE_TYPE, ModelSource, dedup, find_first
+from .source import ModelSource, dedup, find_first
 from .tensor_names import HF_SKIP_SUFFIXES, hf_to_gguf
 from .torch_pickle import load_torch_file
 from .vocab import Vocab, bpe_kind, bpe_vocab, special_vocab, spm_vocab_hf
@@ -45,15 +46,6 @@ def read_config(d: Path) -> dict:
             f"{path}: architecture {arch!r} is not supported; supported: {', '.join(SUPPORTED_ARCHITECTURES[:2])}"
         )
     return cfg
-
-
-def _find(cfg: dict, keys: tuple[str, ...], optional: bool = False, where: str = ""):
-    for k in keys:
-        if k in cfg:
-            return cfg[k]
-    if optional:
-        return None
-    raise LlamapyError(f"{where}: none of {', '.join(keys)} is set")
 
 
 def part_paths(d: Path) -> tuple[list[Path], str]:
@@ -135,6 +127,42 @@ def find_hf_vocab(model_dir: Path, vocab_dir: Path | None, vocab_type: str | Non
     raise AssertionError("unreachable")
 
 
+def hf_arch_kvs(a: ModelArgs, cfg: dict, ctx_given: bool) -> list[tuple]:
+    """The llama.* metadata the reference writes for a Hugging Face model: each key when config.json
+    sets it (the context length also when --ctx gives it), in the reference's order."""
+    def has(*keys: str) -> bool:
+        return hf_find(cfg, keys, optional=True) is not None
+
+    kvs: list[tuple] = [("llama.block_count", a.n_layer, U32, None)]
+    if ctx_given or has(*HF_KEYS["n_ctx"]):
+        kvs.append(("llama.context_length", a.n_ctx_train, U32, None))
+    if has(*HF_KEYS["n_embd"]):
+        kvs.append(("llama.embedding_length", a.n_embd, U32, None))
+    if has(*HF_KEYS["n_ff"]):
+        kvs.append(("llama.feed_forward_length", a.n_ff, U32, None))
+    kvs.append(("llama.attention.head_count", a.n_head, U32, None))
+    if has("num_key_value_heads"):
+        kvs.append(("llama.attention.head_count_kv", a.n_head_kv, U32, None))
+    if has("rope_theta"):
+        kvs.append(("llama.rope.freq_base", a.rope_freq_base, F32, None))
+    if has("rms_norm_eps"):
+        kvs.append(("llama.attention.layer_norm_rms_epsilon", a.norm_eps, F32, None))
+    eps = hf_find(cfg, ("layer_norm_eps", "layer_norm_epsilon", "norm_epsilon"), optional=True)
+    if eps is not None:
+        kvs.append(("llama.attention.layer_norm_epsilon", eps, F32, None))
+    if has("head_dim"):
+        kvs.append(("llama.attention.key_length", a.head_dim, U32, None))
+        kvs.append(("llama.attention.value_length", a.head_dim, U32, None))
+    kvs.append((KEY_FILE_TYPE, None, U32, None))
+    kvs.append(("llama.vocab_size", a.n_vocab, U32, None))
+    kvs.append(("llama.rope.dimension_count", a.head_dim, U32, None))
+    rope = cfg.get("rope_scaling")
+    if isinstance(rope, dict) and "factor" in rope and rope.get("type") == "linear":
+        kvs.append(("llama.rope.scaling.type", "linear", STR, None))
+        kvs.append(("llama.rope.scaling.factor", rope["factor"], F32, None))
+    return kvs
+
+
 def load_hf(model_dir: Path, *, vocab_dir: Path | None = None, vocab_type: str | None = None,
             ctx: int | None = None, pad_vocab: bool = False, vocab_only: bool = False,
             skip_unknown: bool = False) -> ModelSource:
@@ -142,12 +170,7 @@ def load_hf(model_dir: Path, *, vocab_dir: Path | None = None, vocab_type: str |
     del pad_vocab  # the reference pads a short tokenizer to config.json's vocab_size by itself
     cfg_path = model_dir / "config.json"
     cfg = read_config(model_dir)
-    where = str(cfg_path)
-    n_layer = _find(cfg, ("n_layers", "num_hidden_layers", "n_layer", "num_layers"), where=where)
-    n_embd = _find(cfg, ("hidden_size", "n_embd"), optional=True)
-    n_head = _find(cfg, ("num_attention_heads", "n_head"), where=where)
-    n_head_kv = cfg.get("num_key_value_heads")
-    head_dim = cfg.get("head_dim")
+    args = ModelArgs.from_hf_config(cfg, where=str(cfg_path), n_ctx=ctx)
     notes: list[str] = []
 
     tensors: list[tuple[str, LazyTensor]] = []
@@ -159,8 +182,7 @@ def load_hf(model_dir: Path, *, vocab_dir: Path | None = None, vocab_type: str |
         found: dict[str, Path] = {}
         rope = cfg.get("rope_scaling") or {}
         if isinstance(rope, dict) and str(rope.get("rope_type", "")).lower() == "llama3":
-            hd = head_dim or n_embd // n_head
-            tensors.append(("rope_freqs.weight", ArrayTensor(llama3_rope_factors(cfg, rope, hd), "F32",
+            tensors.append(("rope_freqs.weight", ArrayTensor(llama3_rope_factors(cfg, rope, args.head_dim), "F32",
                                                              "rope_freqs (generated)")))
         for part in inputs:
             items = load_safetensors(str(part)) if kind == "safetensors" else load_torch_file(str(part))
@@ -181,9 +203,9 @@ def load_hf(model_dir: Path, *, vocab_dir: Path | None = None, vocab_type: str |
                         f"{part}: can't map tensor '{name}' to llama (use --skip-unknown to leave it out)"
                     )
                 if name.endswith(("q_proj.weight", "q_proj.bias")):
-                    t = RowPermutedTensor(t, rotary_permutation(t.shape[0], n_head), t.where)
+                    t = RowPermutedTensor(t, rotary_permutation(t.shape[0], args.n_head), t.where)
                 elif name.endswith(("k_proj.weight", "k_proj.bias")):
-                    t = RowPermutedTensor(t, rotary_permutation(t.shape[0], n_head_kv or n_head), t.where)
+                    t = RowPermutedTensor(t, rotary_permutation(t.shape[0], args.n_head_kv), t.where)
                 if new == "token_embd.weight":
                     embd_rows = t.shape[0]
                 tensors.append((new, t))
@@ -205,35 +227,8 @@ def load_hf(model_dir: Path, *, vocab_dir: Path | None = None, vocab_type: str |
         raise LlamapyError(f"vocab size mismatch: the model has {vocab_size} tokens but {vocab.source} has "
                            f"{len(vocab)}")
 
-    n_ctx = ctx if ctx is not None else _find(cfg, ("max_position_embeddings", "n_ctx"), optional=True)
-    kvs: list[tuple] = [("llama.block_count", n_layer, U32, None)]
-    if n_ctx is not None:
-        kvs.append(("llama.context_length", n_ctx, U32, None))
-    if n_embd is not None:
-        kvs.append(("llama.embedding_length", n_embd, U32, None))
-    n_ff = _find(cfg, ("intermediate_size", "n_inner"), optional=True)
-    if n_ff is not None:
-        kvs.append(("llama.feed_forward_length", n_ff, U32, None))
-    kvs.append(("llama.attention.head_count", n_head, U32, None))
-    if n_head_kv is not None:
-        kvs.append(("llama.attention.head_count_kv", n_head_kv, U32, None))
-    if cfg.get("rope_theta") is not None:
-        kvs.append(("llama.rope.freq_base", cfg["rope_theta"], F32, None))
-    if cfg.get("rms_norm_eps") is not None:
-        kvs.append(("llama.attention.layer_norm_rms_epsilon", cfg["rms_norm_eps"], F32, None))
-    eps = _find(cfg, ("layer_norm_eps", "layer_norm_epsilon", "norm_epsilon"), optional=True)
-    if eps is not None:
-        kvs.append(("llama.attention.layer_norm_epsilon", eps, F32, None))
-    if head_dim is not None:
-        kvs.append(("llama.attention.key_length", head_dim, U32, None))
-        kvs.append(("llama.attention.value_length", head_dim, U32, None))
-    kvs.append((FILE_TYPE, None, U32, None))
-    kvs.append(("llama.vocab_size", vocab_size, U32, None))
-    kvs.append(("llama.rope.dimension_count", head_dim if head_dim is not None else n_embd // n_head, U32, None))
-    rope = cfg.get("rope_scaling")
-    if isinstance(rope, dict) and "factor" in rope and rope.get("type") == "linear":
-        kvs.append(("llama.rope.scaling.type", "linear", STR, None))
-        kvs.append(("llama.rope.scaling.factor", rope["factor"], F32, None))
+    args.n_vocab = vocab_size
+    kvs = hf_arch_kvs(args, cfg, ctx_given=ctx is not None)
 
     sv = special_vocab(tok_dir, len(vocab) if vocab.model == "llama" else None, load_merges=vocab.model == "gpt2")
     notes.extend(sv.notes)
@@ -258,6 +253,7 @@ def load_hf(model_dir: Path, *, vocab_dir: Path | None = None, vocab_type: str |
     return ModelSource(
         layout="hf",
         model_dir=model_dir,
+        args=args,
         tensors=tensors,
         arch_kvs=kvs,
         vocab=vocab,

@@ -9,33 +9,20 @@ norm_eps / rope_theta unless --ctx gives it. Meta's q/k rows are already in GGUF
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import LlamapyError
-from ..ggufio.constants import ValueType
+from ..ggufio.constants import KEY_FILE_TYPE, ValueType
+from ..model_args import ModelArgs
 from ..util.jsonio import load_json_bounded
 from .lazy import ConcatTensor, LazyTensor
-from .source import FILE_TYPE, ModelSource, dedup, find_first
+from .source import ModelSource, dedup, find_first
 from .tensor_names import META_SKIP, meta_to_gguf
 from .torch_pickle import load_torch_file
 from .vocab import Vocab, bpe_vocab, special_vocab, spm_vocab_legacy
 
 U32, F32 = ValueType.UINT32, ValueType.FLOAT32
 _SHARD_RE = re.compile(r"consolidated\.(\d+)\.pth$")
-
-
-@dataclass
-class MetaParams:
-    n_vocab: int
-    n_embd: int
-    n_layer: int
-    n_ctx: int
-    n_ff: int
-    n_head: int
-    n_head_kv: int
-    norm_eps: float
-    rope_theta: float | None
 
 
 def is_meta_dir(d: Path) -> bool:
@@ -107,7 +94,9 @@ def guess_ctx(norm_eps: float, rope_theta: float | None) -> int:
     return 2048
 
 
-def read_params(path: Path, tensors: dict[str, LazyTensor], ctx: int | None, notes: list[str]) -> MetaParams:
+def read_params(path: Path, tensors: dict[str, LazyTensor], ctx: int | None,
+                notes: list[str]) -> tuple[ModelArgs, dict]:
+    """params.json's hyperparameters (blanks filled from the checkpoint), and the file's own values."""
     try:
         cfg = load_json_bounded(path.read_text(encoding="utf-8"))
     except ValueError as e:
@@ -130,37 +119,28 @@ def read_params(path: Path, tensors: dict[str, LazyTensor], ctx: int | None, not
     w1 = tensors.get("layers.0.feed_forward.w1.weight")
     if w1 is None:
         raise LlamapyError(f"{path.parent}: the checkpoint has no layers.0.feed_forward.w1.weight")
-    rope_theta = cfg.get("rope_theta")
-    n_head = cfg["n_heads"]
-    return MetaParams(
-        n_vocab=rows,
-        n_embd=cfg["dim"],
-        n_layer=cfg["n_layers"],
-        n_ctx=ctx if ctx is not None else guess_ctx(cfg["norm_eps"], rope_theta),
-        n_ff=w1.shape[0],
-        n_head=n_head,
-        n_head_kv=cfg.get("n_kv_heads") or n_head,
-        norm_eps=cfg["norm_eps"],
-        rope_theta=rope_theta,
-    )
+    n_ctx = ctx if ctx is not None else guess_ctx(cfg["norm_eps"], cfg.get("rope_theta"))
+    return ModelArgs.from_meta_params(cfg, n_vocab=rows, n_ff=w1.shape[0], n_ctx=n_ctx), cfg
 
 
-def arch_kvs(p: MetaParams, with_file_type: bool = True) -> list[tuple]:
+def arch_kvs(a: ModelArgs, rope_theta: bool, with_file_type: bool = True) -> list[tuple]:
+    """The llama.* metadata the reference writes for a Meta checkpoint (rope.freq_base when params.json
+    has rope_theta)."""
     out = [
-        ("llama.vocab_size", p.n_vocab, U32, None),
-        ("llama.context_length", p.n_ctx, U32, None),
-        ("llama.embedding_length", p.n_embd, U32, None),
-        ("llama.block_count", p.n_layer, U32, None),
-        ("llama.feed_forward_length", p.n_ff, U32, None),
-        ("llama.rope.dimension_count", p.n_embd // p.n_head, U32, None),
-        ("llama.attention.head_count", p.n_head, U32, None),
-        ("llama.attention.head_count_kv", p.n_head_kv, U32, None),
-        ("llama.attention.layer_norm_rms_epsilon", p.norm_eps, F32, None),
+        ("llama.vocab_size", a.n_vocab, U32, None),
+        ("llama.context_length", a.n_ctx_train, U32, None),
+        ("llama.embedding_length", a.n_embd, U32, None),
+        ("llama.block_count", a.n_layer, U32, None),
+        ("llama.feed_forward_length", a.n_ff, U32, None),
+        ("llama.rope.dimension_count", a.head_dim, U32, None),
+        ("llama.attention.head_count", a.n_head, U32, None),
+        ("llama.attention.head_count_kv", a.n_head_kv, U32, None),
+        ("llama.attention.layer_norm_rms_epsilon", a.norm_eps, F32, None),
     ]
-    if p.rope_theta is not None:
-        out.append(("llama.rope.freq_base", p.rope_theta, F32, None))
+    if rope_theta:
+        out.append(("llama.rope.freq_base", a.rope_freq_base, F32, None))
     if with_file_type:
-        out.append((FILE_TYPE, None, U32, None))
+        out.append((KEY_FILE_TYPE, None, U32, None))
     return out
 
 
@@ -199,9 +179,11 @@ def load_meta(model_dir: Path, *, vocab_dir: Path | None = None, vocab_type: str
     if not vocab_only or pad_vocab:
         paths = shard_paths(model_dir)
         tensors = merge_shards([load_torch_file(str(p)) for p in paths], paths)
-        params = read_params(params_path, tensors, ctx, notes)
-    if vocab_only and not pad_vocab:
-        params = MetaParams(len(vocab), 1, 1, 1, 1, 1, 1, 1e-5, None)
+        params, cfg = read_params(params_path, tensors, ctx, notes)
+        rope_theta = cfg.get("rope_theta") is not None
+    if vocab_only and not pad_vocab:  # placeholders: only the vocabulary is written
+        params = ModelArgs(n_vocab=len(vocab), n_embd=1, n_layer=1, n_head=1, n_ff=1, n_ctx_train=1)
+        rope_theta = False
 
     n_vocab_tok = len(vocab)
     if params.n_vocab != n_vocab_tok:
@@ -255,7 +237,8 @@ def load_meta(model_dir: Path, *, vocab_dir: Path | None = None, vocab_type: str
         layout="meta",
         model_dir=model_dir,
         tensors=out,
-        arch_kvs=arch_kvs(params, with_file_type=not (vocab_only and not pad_vocab)),
+        args=params,
+        arch_kvs=arch_kvs(params, rope_theta, with_file_type=not (vocab_only and not pad_vocab)),
         vocab=vocab,
         vocab_kvs=vocab.token_kvs() + sv.kvs(),
         param_count=param_count,

@@ -36,39 +36,33 @@ def load_metadata(model_dir: Path, model_name: str | None, total_params: int,
         ) from None
 
 
+# general.* strings the reference writes when they are set, in its order; each is the Metadata attribute
+# named by the key's tail with dots as underscores (general.source.repo_url -> source_repo_url)
+_IDENTITY_KEYS = ("general.author", "general.version", "general.organization", "general.finetune",
+                  "general.basename", "general.description", "general.quantized_by", "general.size_label")
+_LINK_KEYS = ("general.license.name", "general.license.link", "general.url", "general.doi", "general.uuid",
+              "general.repo_url", "general.source.url", "general.source.doi", "general.source.uuid",
+              "general.source.repo_url")
+
+
+def _strings_set(md: Metadata, keys: tuple[str, ...]) -> list[KV]:
+    out = []
+    for key in keys:
+        value = getattr(md, key.removeprefix("general.").replace(".", "_"))
+        if value is not None:
+            out.append((key, value, ValueType.STRING, None))
+    return out
+
+
 def general_kvs(md: Metadata, license_join: bool = True) -> list[KV]:
     """general.name ... general.languages in the reference's order."""
     s = ValueType.STRING
     out: list[KV] = [("general.name", md.name, s, None)]
-    for key, value in (
-        ("general.author", md.author),
-        ("general.version", md.version),
-        ("general.organization", md.organization),
-        ("general.finetune", md.finetune),
-        ("general.basename", md.basename),
-        ("general.description", md.description),
-        ("general.quantized_by", md.quantized_by),
-        ("general.size_label", md.size_label),
-    ):
-        if value is not None:
-            out.append((key, value, s, None))
+    out += _strings_set(md, _IDENTITY_KEYS)
     if md.license is not None:
         lic = ",".join(md.license) if isinstance(md.license, list) and license_join else md.license
         out.append(("general.license", lic, s, None))
-    for key, value in (
-        ("general.license.name", md.license_name),
-        ("general.license.link", md.license_link),
-        ("general.url", md.url),
-        ("general.doi", md.doi),
-        ("general.uuid", md.uuid),
-        ("general.repo_url", md.repo_url),
-        ("general.source.url", md.source_url),
-        ("general.source.doi", md.source_doi),
-        ("general.source.uuid", md.source_uuid),
-        ("general.source.repo_url", md.source_repo_url),
-    ):
-        if value is not None:
-            out.append((key, value, s, None))
+    out += _strings_set(md, _LINK_KEYS)
     for group, entries in (("base_model", md.base_models), ("dataset", md.datasets)):
         if entries is None:
             continue

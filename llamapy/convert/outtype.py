@@ -11,18 +11,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from gguf.constants import LlamaFileType
 
 from ..errors import LlamapyError
 from ..ggufio.constants import TYPE_SIZES, TensorType
+from ..ggufio.filetypes import QUANT_OPTIONS, ftype_name, parse_ftype
 from .lazy import to_f32
 
-PLAIN = {
-    "f32": (LlamaFileType.ALL_F32, TensorType.F32),
-    "f16": (LlamaFileType.MOSTLY_F16, TensorType.F16),
-    "bf16": (LlamaFileType.MOSTLY_BF16, TensorType.BF16),
-    "q8_0": (LlamaFileType.MOSTLY_Q8_0, TensorType.Q8_0),
-}
+# the types the reference converter writes itself: name -> file type (ftype, the type weights get)
+PLAIN = {o.name.lower(): o for o in QUANT_OPTIONS if o.name in ("F32", "F16", "BF16", "Q8_0")}
 ALIASES = {
     "fp32": "f32", "float32": "f32", "float": "f32", "0": "f32",
     "fp16": "f16", "float16": "f16", "half": "f16", "1": "f16",
@@ -33,7 +29,7 @@ ALIASES = {
 @dataclass(frozen=True)
 class OutType:
     name: str  # "f16", "q4_k_m", "auto"
-    file_type: int | None  # general.file_type (LlamaFileType); None until "auto" is resolved
+    file_type: int | None  # general.file_type (LLAMA_FTYPE); None until "auto" is resolved
     base: int | None  # the GGUF type of "mostly X" weights for plain types; None for quantizer mixes
 
     @property
@@ -41,7 +37,7 @@ class OutType:
         """The type as written in file names: F16, BF16, Q8_0, Q4_K_M."""
         if self.base is None and self.name != "auto":
             return self.name.upper()  # a quantize type as named on the command line (Q4_K_M)
-        return LlamaFileType(self.file_type).name.partition("_")[2]
+        return ftype_name(self.file_type)
 
     @property
     def is_mix(self) -> bool:
@@ -51,17 +47,14 @@ class OutType:
 def parse_outtype(text: str) -> OutType:
     """An --outtype value, any case: f32 f16 bf16 q8_0 auto, a quantize type (q4_k_m, q4_0, ...), or the
     old numeric form 0 (f32) / 1 (f16)."""
-    from ..quantize import DEFAULT_TYPE, QUANT_OPTIONS, parse_ftype
-
     s = str(text).strip().lower()
     s = ALIASES.get(s, s)
     if s == "auto":
         return OutType("auto", None, None)
     if s in PLAIN:
-        ft, tt = PLAIN[s]
-        return OutType(s, int(ft), int(tt))
+        return OutType(s, int(PLAIN[s].ftype), int(PLAIN[s].tensor_type))
     opt = parse_ftype(s) if not s.lstrip("+-").isdigit() else None
-    if opt is not None and opt.ftype in DEFAULT_TYPE and opt.name != "COPY":
+    if opt is not None and opt.name != "COPY":
         return OutType(s, int(opt.ftype), None)
     mixes = [o.name.lower() for o in QUANT_OPTIONS if o.name.lower() not in PLAIN and o.name != "COPY"]
     raise LlamapyError(

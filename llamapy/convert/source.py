@@ -5,17 +5,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import LlamapyError
+from ..model_args import ModelArgs
 from .lazy import LazyTensor
 from .vocab import Vocab
 
-KV = tuple  # (key, value, ValueType, element ValueType | None)
-FILE_TYPE = "general.file_type"  # placeholder in arch_kvs: its value is set once the output type is known
+KV = tuple  # (key, value, ValueType, element ValueType | None); general.file_type's value is None in arch_kvs
+# until the output type is known
 
 
 @dataclass
 class ModelSource:
     layout: str  # "meta" or "hf"
     model_dir: Path
+    args: ModelArgs  # the hyperparameters, as the metadata states them
     tensors: list[tuple[str, LazyTensor]]  # GGUF names, in the order the reference writes them
     arch_kvs: list[KV]  # llama.* (and the general.file_type slot) in the reference's order
     vocab: Vocab | None

@@ -14,14 +14,23 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import LlamapyError
-from ..ggufio.constants import TYPE_SIZES, TensorType, ValueType, type_name
+from ..ggufio.constants import (
+    KEY_ARCH,
+    KEY_FILE_TYPE,
+    KEY_QUANT_VERSION,
+    KEY_TYPE,
+    QUANT_VERSION,
+    TYPE_SIZES,
+    TensorType,
+    ValueType,
+    type_name,
+)
 from ..ggufio.writer import GGUFWriter
+from ..model_args import ModelArgs
 from .lazy import LazyTensor
 from .outtype import OutType, encode_rows, plain_tensor_type
-from .source import FILE_TYPE
 
 CHUNK_BYTES = 64 * 1024 * 1024  # float32 bytes of source rows converted at once
-QUANT_VERSION = 2
 
 
 @dataclass
@@ -40,9 +49,8 @@ class PlannedTensor:
         return self.src.n_elements // blck * size
 
 
-def plan_tensors(tensors: list[tuple[str, LazyTensor]], outtype: OutType, kvs: list[tuple] | None = None,
-                 n_threads: int | None = None) -> list[PlannedTensor]:
-    """Each tensor's GGUF type (and, for quantize types, the output order).
+def plan_tensors(tensors: list[tuple[str, LazyTensor]], outtype: OutType, args: ModelArgs) -> list[PlannedTensor]:
+    """Each tensor's GGUF type (and, for quantize types, the output order); `args`: the model's hyperparameters.
 
     Plain types follow the reference converter's rules. A quantize type is planned exactly as
     `llamapy quantize` plans a file this converter wrote as F32: the quantizer's tensor order, counters
@@ -51,35 +59,18 @@ def plan_tensors(tensors: list[tuple[str, LazyTensor]], outtype: OutType, kvs: l
     if not outtype.is_mix:
         return [PlannedTensor(n, t, plain_tensor_type(outtype, n, t.shape)) for n, t in tensors]
     from ..ggufio.reader import TensorInfo
-    from ..quantize import QuantizeParams, plan
+    from ..quantize import QuantizeParams, check_convertible
+    from ..quants.plan import plan
 
     f32 = int(TensorType.F32)
-    view = _PlanView(
-        {n: TensorInfo(n, tuple(reversed(t.shape)) or (1,), f32, 0, t.n_elements * 4) for n, t in tensors},
-        {k: v for k, v, _vt, _st in (kvs or [])},
-    )
+    as_f32 = {n: TensorInfo(n, tuple(reversed(t.shape)) or (1,), f32, 0, t.n_elements * 4) for n, t in tensors}
     by_name = dict(tensors)
-    plans = plan(view, QuantizeParams(ftype=outtype.file_type, n_threads=n_threads))
+    plans = plan(as_f32, args, QuantizeParams(ftype=outtype.file_type), check=check_convertible)
     return [PlannedTensor(p.info.name, by_name[p.info.name], p.new_type) for p in plans]
 
 
-class _PlanView:
-    """The parts of a GGUFReader the quantizer's planner reads, for a file not yet written."""
-
-    def __init__(self, tensors: dict, kv: dict):
-        self.tensors = tensors
-        self._kv = kv
-
-    @property
-    def architecture(self) -> str | None:
-        return self._kv.get("general.architecture")
-
-    def get(self, key: str, default=None):
-        return self._kv.get(key, default)
-
-
 def fill_file_type(kvs: list[tuple], file_type: int) -> list[tuple]:
-    return [(k, file_type, vt, st) if k == FILE_TYPE else (k, v, vt, st) for k, v, vt, st in kvs]
+    return [(k, file_type, vt, st) if k == KEY_FILE_TYPE else (k, v, vt, st) for k, v, vt, st in kvs]
 
 
 def encode_tensor(p: PlannedTensor, n_threads: int | None = None) -> np.ndarray:
@@ -166,10 +157,10 @@ def kv_list(arch: str, general: list[tuple], layout_type: bool, arch_kvs: list[t
             quant_version: bool) -> list[tuple]:
     """The full metadata in the reference's order."""
     s = ValueType.STRING
-    out = [("general.architecture", arch, s, None)]
+    out = [(KEY_ARCH, arch, s, None)]
     if layout_type:
-        out.append(("general.type", "model", s, None))
+        out.append((KEY_TYPE, "model", s, None))
     out += general + arch_kvs + vocab_kvs
     if quant_version:
-        out.append(("general.quantization_version", QUANT_VERSION, ValueType.UINT32, None))
+        out.append((KEY_QUANT_VERSION, QUANT_VERSION, ValueType.UINT32, None))
     return out

@@ -29,19 +29,17 @@ CONTRACT (implemented by the engine; chat and server code against exactly this):
         L2-normalised final hidden states; uses a scratch sequence, leaves others untouched.
     llm.close() / context manager
 
-Sampling lives in llamapy.generation.sampling:
-    SamplerParams(temp=0.8, top_k=40, top_p=0.95, min_p=0.05, typical_p=1.0, repeat_penalty=1.0,
-                  repeat_last_n=64, presence_penalty=0.0, frequency_penalty=0.0, mirostat=0,
-                  mirostat_tau=5.0, mirostat_eta=0.1, seed=-1, logit_bias={}, ignore_eos=False, n_probs=0)
+Sampling lives in llamapy.generation (settings: params.SamplerParams, with the reference's defaults):
     sampler = Sampler(params, llm.n_vocab, eog_ids=...)
     tok = sampler.sample(logits, history)      history: recent token ids (for penalties)
     sampler.last_probs -> list[(token_id, prob)] of the top n_probs candidates of the last sample (logprobs)
 
-Generation helper in llamapy.generation.generate:
+Generation: one core per sequence, llamapy.generation.sequence.Sequence (prefix reuse, context shift,
+stop rules, streaming text), and its pull driver llamapy.generation.generate:
     generate(llm, prompt_tokens, params, n_predict=-1, seq_id=0, reuse_prefix=True) -> Iterator[int]
         evaluates the prompt (reusing a matching prefix already in that sequence's cache), then samples
         and yields token ids until an end-of-generation token (not yielded) or n_predict tokens;
-        context shift when the context fills and n_predict allows it. Timings in generate.Timings.
+        context shift when the context fills and n_predict allows it.
 """
 from __future__ import annotations
 

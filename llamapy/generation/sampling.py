@@ -12,41 +12,14 @@ import math
 import os
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
 
 import numpy as np
 
 from ..errors import LlamapyError
+from .params import SamplerParams
 
 DEFAULT_SEED = 0xFFFFFFFF  # the reference's "pick a random seed"
 MIROSTAT_M = 100
-
-
-@dataclass
-class SamplerParams:
-    temp: float = 0.8
-    top_k: int = 40
-    top_p: float = 0.95
-    min_p: float = 0.05
-    typical_p: float = 1.0
-    repeat_penalty: float = 1.0
-    repeat_last_n: int = 64           # -1: the whole history
-    presence_penalty: float = 0.0
-    frequency_penalty: float = 0.0
-    mirostat: int = 0
-    mirostat_tau: float = 5.0
-    mirostat_eta: float = 0.1
-    seed: int = -1                    # -1: random
-    logit_bias: dict = field(default_factory=dict)   # token id -> bias (float('-inf') bans it)
-    ignore_eos: bool = False
-    n_probs: int = 0
-    min_keep: int = 0
-
-    def check(self) -> None:
-        if self.mirostat not in (0, 1, 2):
-            raise LlamapyError(f"--mirostat {self.mirostat}: use 0, 1 or 2")
-        if self.repeat_last_n < -1:
-            raise LlamapyError(f"--repeat-last-n {self.repeat_last_n}: use -1 (whole context) or more")
 
 
 class MT19937:

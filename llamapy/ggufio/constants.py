@@ -113,4 +113,7 @@ KEY_ARCH = "general.architecture"
 KEY_ALIGNMENT = "general.alignment"
 KEY_NAME = "general.name"
 KEY_FILE_TYPE = "general.file_type"
+KEY_TYPE = "general.type"
 KEY_QUANT_VERSION = "general.quantization_version"
+
+QUANT_VERSION = 2  # GGML_QNT_VERSION: the value of general.quantization_version in a quantized file

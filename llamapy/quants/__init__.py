@@ -4,7 +4,8 @@
     x2 = dequantize(ttype, data, n)  # uint8 (rows, row_bytes) -> float32 (rows, n)
 
 Readable and slow: the oracle the C kernels are tested against, byte for byte. Legacy formats live in
-`legacy`, K-quants in `kquants` (imported only when a K-quant type is asked for).
+`legacy`, K-quants in `kquants` (imported only when a K-quant type is asked for). Which type each
+tensor of a model gets (llama-quantize's mixes) is `plan`.
 """
 from __future__ import annotations
 

@@ -85,6 +85,15 @@ def _first_absmax(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.abs(mx), mx
 
 
+def _fit_sub_blocks(xb: np.ndarray, make, nmax: int):
+    """Blocks (B, 256) as 16 sub-blocks of 16 fitted by `make` at `nmax`: scales (B, 16), levels (B, 16, 16),
+    and each block's largest |scale| with its signed value (Q3_K and Q6_K)."""
+    B = len(xb)
+    scales, L = make(xb.reshape(B * 16, 16), nmax)
+    scales, L = scales.reshape(B, 16), L.reshape(B, 16, 16)
+    return (scales, L, *_first_absmax(scales))
+
+
 def _running_max(a: np.ndarray) -> np.ndarray:
     """max(0, a...) over the last axis, as `if (a > m) m = a` from m = 0."""
     m = np.max(a, axis=-1)
@@ -248,9 +257,7 @@ def quantize_q3_k(x: np.ndarray) -> np.ndarray:
     xb, rows = _to_blocks(x)
     B = len(xb)
     with np.errstate(all="ignore"):
-        scales, L = _make_q3(xb.reshape(B * 16, 16), 4)
-        scales, L = scales.reshape(B, 16), L.reshape(B, 16, 16)
-        _, max_scale = _first_absmax(scales)
+        scales, L, _, max_scale = _fit_sub_blocks(xb, _make_q3, 4)
         nz = max_scale != 0
         iscale = F32(-32) / max_scale
         l8 = (
@@ -376,9 +383,7 @@ def quantize_q6_k(x: np.ndarray) -> np.ndarray:
     xb, rows = _to_blocks(x)
     B = len(xb)
     with np.errstate(all="ignore"):
-        scales, L = _make_qx(xb.reshape(B * 16, 16), 32)
-        scales, L = scales.reshape(B, 16), L.reshape(B, 16, 16)
-        max_abs, max_scale = _first_absmax(scales)
+        scales, L, max_abs, max_scale = _fit_sub_blocks(xb, _make_qx, 32)
         zero = max_abs < GROUP_MAX_EPS
         iscale = F32(-128) / max_scale
         d = _fp16_bits(F32(1) / iscale)

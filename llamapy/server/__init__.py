@@ -36,10 +36,10 @@ def slot_context(model_path: str, n_ctx: int, n_parallel: int) -> int:
     """Positions per slot: -c split over the slots (-c 0: the model's training context)."""
     if n_ctx == 0:
         from ..ggufio.reader import GGUFReader
+        from ..model_args import ModelArgs
 
         with GGUFReader(model_path) as r:
-            arch = r.get("general.architecture", "llama")
-            n_ctx = int(r.get(f"{arch}.context_length", 4096))
+            n_ctx = ModelArgs.from_gguf(r, strict=False).n_ctx_train or 4096
     per_slot = n_ctx // n_parallel
     if per_slot < 8:
         raise LlamapyError(f"-c {n_ctx} over {n_parallel} slots leaves {per_slot} positions per slot; raise -c")
@@ -49,13 +49,16 @@ def slot_context(model_path: str, n_ctx: int, n_parallel: int) -> int:
 def build_state(model_path: str | None = None, n_ctx: int = 4096, n_parallel: int = 1, n_threads: int | None = None,
                 n_batch: int = 512, api_key: str | None = None, alias: str | None = None,
                 chat_template: str | None = None, chat_template_file: str | None = None, embedding: bool = False,
-                n_predict: int = -1, max_queue: int = 32, max_body: int = 4 << 20):
-    """Load the model and everything the app needs (no sockets yet)."""
+                n_predict: int = -1, max_queue: int = 32, max_body: int = 4 << 20, sampling=None,
+                ctx_shift: bool = True):
+    """Load the model and everything the app needs (no sockets yet). `sampling`: the SamplerParams a
+    request's missing sampling fields take; `ctx_shift`: a slot whose context fills shifts it and goes on."""
     import os
 
     from .. import __version__
     from ..chat.templates import ChatTemplate
     from ..engine.engine import Engine
+    from ..generation.params import SamplerParams
     from ..store.locate import resolve_model
     from .backend import EngineBackend
     from .common import ServerState
@@ -70,7 +73,7 @@ def build_state(model_path: str | None = None, n_ctx: int = 4096, n_parallel: in
     template = ChatTemplate.for_model(llm.metadata, name=chat_template, file=chat_template_file)
     return ServerState(
         backend=backend,
-        scheduler=Scheduler(backend, max_queue=max_queue),
+        scheduler=Scheduler(backend, max_queue=max_queue, ctx_shift=ctx_shift),
         template=template,
         model_id=alias or (model_path if model_path else os.path.basename(path)),
         model_path=path,
@@ -78,6 +81,7 @@ def build_state(model_path: str | None = None, n_ctx: int = 4096, n_parallel: in
         max_body=max_body,
         embedding_only=embedding,
         default_n_predict=n_predict,
+        sampling=sampling if sampling is not None else SamplerParams(),
         fingerprint=f"llamapy-{__version__}",
     )
 

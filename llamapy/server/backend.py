@@ -1,6 +1,6 @@
 """The model as the server sees it: `llamapy.engine.engine.Engine` behind the small interface the scheduler uses.
 
-Only the engine thread calls eval_batch / cache_tokens / truncate / embed / make_sampler.
+Only the engine thread calls eval_batch / cache_tokens / truncate / context_shift / embed / make_sampler.
 tokenize / detokenize / piece are pure reads of the vocabulary and are called from any thread.
 """
 from __future__ import annotations
@@ -9,6 +9,8 @@ import os
 from typing import Any
 
 import numpy as np
+
+from ..generation.params import SamplerParams
 
 
 class EngineBackend:
@@ -26,6 +28,7 @@ class EngineBackend:
         self.n_embd = int(llm.n_embd)
         self._pieces: dict[tuple[int, bool], bytes] = {}
         self._eog = frozenset(int(t) for t in getattr(self.tok, "eog_ids", ()))
+        self.add_bos = bool(getattr(self.tok, "add_bos", False))  # a context shift keeps the BOS
         self._meta: dict[str, Any] | None = None
 
     # --- engine thread -----------------------------------------------------------------------------
@@ -44,10 +47,13 @@ class EngineBackend:
     def embed(self, tokens: list[int]) -> np.ndarray:
         return np.asarray(self.llm.embed(tokens), dtype=np.float32)
 
-    def make_sampler(self, params: dict[str, Any]) -> Any:
-        from ..generation.sampling import Sampler, SamplerParams
+    def context_shift(self, seq: int, n_keep: int, n_discard: int) -> None:
+        self.llm.context_shift(seq, n_keep, n_discard)
 
-        return Sampler(SamplerParams(**params), self.n_vocab, eog_ids=sorted(self._eog))
+    def make_sampler(self, params: SamplerParams) -> Any:
+        from ..generation.sampling import Sampler
+
+        return Sampler(params, self.n_vocab, eog_ids=sorted(self._eog))
 
     # --- vocabulary (any thread) ---------------------------------------------------------------------
     def is_eog(self, token: int) -> bool:

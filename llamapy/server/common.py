@@ -6,31 +6,35 @@ import json
 import time
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from ..errors import LlamapyError
+from ..generation.params import SamplerParams
 from .errors import APIError, bad_request
 from .scheduler import DoneEvent, ErrorEvent, GenRequest, Job, Scheduler, TokenEvent
 from .schemas import M, Sampling, parse_json, stop_list, validate
 
-DEFAULTS = {  # llama-server's defaults for a request that leaves a field out
-    "temperature": 0.8,
-    "top_k": 40,
-    "top_p": 0.95,
-    "min_p": 0.05,
-    "typical_p": 1.0,
-    "repeat_penalty": 1.0,
-    "repeat_last_n": 64,
-    "presence_penalty": 0.0,
-    "frequency_penalty": 0.0,
-    "mirostat": 0,
-    "mirostat_tau": 5.0,
-    "mirostat_eta": 0.1,
-    "seed": -1,
+# a request's sampling field -> the SamplerParams field it sets (llama-server's, OpenAI's and Ollama's
+# `options` use the same names); a field the request leaves out keeps the server's default (serve --temp ...)
+REQUEST_FIELDS = {
+    "temperature": "temp",
+    "top_k": "top_k",
+    "top_p": "top_p",
+    "min_p": "min_p",
+    "typical_p": "typical_p",
+    "repeat_penalty": "repeat_penalty",
+    "repeat_last_n": "repeat_last_n",
+    "presence_penalty": "presence_penalty",
+    "frequency_penalty": "frequency_penalty",
+    "mirostat": "mirostat",
+    "mirostat_tau": "mirostat_tau",
+    "mirostat_eta": "mirostat_eta",
+    "seed": "seed",
+    "ignore_eos": "ignore_eos",
 }
 
 
@@ -47,6 +51,7 @@ class ServerState:
     max_body: int = 4 << 20
     embedding_only: bool = False
     default_n_predict: int = -1
+    sampling: SamplerParams = field(default_factory=SamplerParams)  # what a request's missing fields get
     created: int = field(default_factory=lambda: int(time.time()))
     fingerprint: str = ""
 
@@ -173,18 +178,15 @@ def parse_logit_bias(backend, raw: Any) -> dict[int, float]:
     return out
 
 
-def sampler_settings(state: ServerState, m: Sampling | Any, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
-    """SamplerParams keywords from a request's sampling fields (None -> llama-server's default)."""
-    v = {k: getattr(m, k, None) for k in DEFAULTS}
-    if overrides:
-        v.update({k: x for k, x in overrides.items() if x is not None})
-    p = {k: (DEFAULTS[k] if v[k] is None else v[k]) for k in DEFAULTS}
-    seed = p.pop("seed")
-    p["temp"] = p.pop("temperature")
-    p["top_k"] = max(p["top_k"], 0)
-    if p["repeat_last_n"] == -1:
-        p["repeat_last_n"] = state.backend.n_ctx
-    p["seed"] = -1 if seed < 0 else seed & 0xFFFFFFFF
+def sampler_settings(state: ServerState, m: Sampling | Any) -> SamplerParams:
+    """The SamplerParams of a request: its sampling fields (REQUEST_FIELDS) over the server's defaults."""
+    given = {f: v for k, f in REQUEST_FIELDS.items() if (v := getattr(m, k, None)) is not None}
+    p = replace(state.sampling, **given)
+    p.top_k = max(p.top_k, 0)
+    if p.repeat_last_n == -1:
+        p.repeat_last_n = state.backend.n_ctx
+    p.seed = -1 if p.seed < 0 else p.seed & 0xFFFFFFFF
+    p.ignore_eos = bool(p.ignore_eos)
     return p
 
 
@@ -203,8 +205,7 @@ def n_predict_of(state: ServerState, *values: int | None) -> int:
 
 
 def gen_request(state: ServerState, m: Any, prompt: list[int], *, n_predict: int, stop: list[str],
-                n_probs: int = 0, cache_prompt: bool | None = None, id_slot: int | None = None,
-                sampling_overrides: dict[str, Any] | None = None) -> GenRequest:
+                n_probs: int = 0, cache_prompt: bool | None = None, id_slot: int | None = None) -> GenRequest:
     """A GenRequest after the checks every endpoint makes: the prompt fits the slot's context."""
     n_ctx = state.backend.n_ctx
     if not prompt:
@@ -213,14 +214,14 @@ def gen_request(state: ServerState, m: Any, prompt: list[int], *, n_predict: int
         raise bad_request(
             f"the prompt has {len(prompt)} tokens; the context of a slot holds {n_ctx} "
             "(start the server with a larger -c or fewer -np)", "prompt")
-    params = sampler_settings(state, m, sampling_overrides)
-    params["logit_bias"] = parse_logit_bias(state.backend, getattr(m, "logit_bias", None))
-    ignore_eos = bool(getattr(m, "ignore_eos", None))
-    params["ignore_eos"] = ignore_eos
+    params = sampler_settings(state, m)
+    raw_bias = getattr(m, "logit_bias", None)
+    if raw_bias is not None:
+        params.logit_bias = parse_logit_bias(state.backend, raw_bias)
     return GenRequest(
         prompt=prompt, sampling=params, n_predict=n_predict, stop=stop, n_probs=n_probs,
         cache_prompt=True if cache_prompt is None else cache_prompt,
-        id_slot=-1 if id_slot is None else id_slot, ignore_eos=ignore_eos,
+        id_slot=-1 if id_slot is None else id_slot, n_keep=int(getattr(state.backend, "add_bos", False)),
     )
 
 

@@ -61,25 +61,25 @@ def generation_settings(state: ServerState, req: CompletionRequest | None, gen: 
         "n_ctx": state.backend.n_ctx,
         "n_predict": n_predict,
         "model": state.model_id,
-        "seed": p["seed"] if p["seed"] >= 0 else 0xFFFFFFFF,
-        "temperature": p["temp"],
-        "top_k": p["top_k"],
-        "top_p": p["top_p"],
-        "min_p": p["min_p"],
-        "typical_p": p["typical_p"],
-        "repeat_last_n": p["repeat_last_n"],
-        "repeat_penalty": p["repeat_penalty"],
-        "presence_penalty": p["presence_penalty"],
-        "frequency_penalty": p["frequency_penalty"],
-        "mirostat": p["mirostat"],
-        "mirostat_tau": p["mirostat_tau"],
-        "mirostat_eta": p["mirostat_eta"],
+        "seed": p.seed if p.seed >= 0 else 0xFFFFFFFF,
+        "temperature": p.temp,
+        "top_k": p.top_k,
+        "top_p": p.top_p,
+        "min_p": p.min_p,
+        "typical_p": p.typical_p,
+        "repeat_last_n": p.repeat_last_n,
+        "repeat_penalty": p.repeat_penalty,
+        "presence_penalty": p.presence_penalty,
+        "frequency_penalty": p.frequency_penalty,
+        "mirostat": p.mirostat,
+        "mirostat_tau": p.mirostat_tau,
+        "mirostat_eta": p.mirostat_eta,
         "stop": gen.stop if gen is not None else [],
         "max_tokens": n_predict,
         "n_keep": 0,
-        "ignore_eos": bool(p.get("ignore_eos", False)),
+        "ignore_eos": p.ignore_eos,
         "stream": bool(req.stream) if req is not None and req.stream is not None else False,
-        "logit_bias": [{"token": t, "bias": finite(b)} for t, b in p.get("logit_bias", {}).items()],
+        "logit_bias": [{"token": t, "bias": finite(b)} for t, b in p.logit_bias.items()],
         "n_probs": gen.n_probs if gen is not None else 0,
         "samplers": ["penalties", "top_k", "typ_p", "top_p", "min_p", "temperature"],
     }
@@ -125,10 +125,11 @@ def register(router: APIRouter, state: ServerState) -> None:
         """llama-server's slot monitor: what each slot is doing and how much of its context is cached."""
         out = []
         for s in state.scheduler.slots:
-            job = s.job
+            job, seq = s.job, s.seq
             out.append({"id": s.id, "n_ctx": b.n_ctx, "is_processing": job is not None,
-                        "n_prompt_tokens": s.n_prompt if job else 0,
-                        "next_token": {"has_next_token": job is not None, "n_decoded": len(s.generated)}})
+                        "n_prompt_tokens": seq.n_prompt if job and seq else 0,
+                        "next_token": {"has_next_token": job is not None,
+                                       "n_decoded": len(seq.generated) if seq else 0}})
         return out
 
     @router.get("/props")

