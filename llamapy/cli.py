@@ -13,6 +13,9 @@ import typer
 
 from . import __version__
 from .errors import LlamapyError
+from .util.safe_text import printable
+
+ERROR_LIMIT = 1000  # characters of an error line: a name from a file can be a megabyte long
 
 COMMANDS = ["info", "quantize", "tokenize", "run", "chat", "perplexity", "bench", "convert", "serve",
             "create", "list", "show", "rm", "cp", "pull"]
@@ -70,16 +73,55 @@ def _run(args: list[str]) -> None:
     verbose = "--verbose" in args
     try:
         make_app(_verbs_for(args))(args=args, prog_name="llamapy")
+        sys.stdout.flush()  # a closed pipe shows here, while the handlers below still apply
     except LlamapyError as e:
         if verbose:
             raise
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {printable(str(e), ERROR_LIMIT)}", file=sys.stderr)
+        sys.exit(1)
+    except OverflowError as e:  # a number too large for the C core (-t, -c, --top-k ... beyond int32)
+        if verbose:
+            raise
+        print(f"error: a number on the command line is out of range ({printable(str(e), 200)})", file=sys.stderr)
         sys.exit(1)
     except KeyboardInterrupt:
         print("", file=sys.stderr)
         sys.exit(130)
     except BrokenPipeError:
+        _quiet_closed_stdout()
         sys.exit(0)
+    except SystemExit as e:
+        # click ends a command whose output pipe closed (EPIPE) with status 1, its streams wrapped to stay
+        # quiet; a closed pipe is the reader being done (`| head`): status 0, as for every other verb
+        if e.code == 1 and type(sys.stdout).__name__ == "PacifyFlushWrapper":
+            _quiet_closed_stdout()
+            sys.exit(0)
+        raise
+
+
+def _quiet_closed_stdout() -> None:
+    """The reader of stdout is gone (`| head`): point stdout at /dev/null so the flush at exit can't fail
+    again (what Python's documentation recommends for SIGPIPE)."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):
+        pass
+
+
+def _end_on_signal(signum, frame) -> None:
+    """SIGTERM and SIGHUP end the command as SIGINT does: through an exception in the main thread, so
+    partial files are removed and files closed on the way out (exit status 128 + the signal)."""
+    raise SystemExit(128 + signum)
+
+
+def install_signal_handlers() -> None:
+    import signal
+
+    for sig in (signal.SIGTERM, getattr(signal, "SIGHUP", None)):
+        if sig is not None and signal.getsignal(sig) in (signal.SIG_DFL, None):
+            signal.signal(sig, _end_on_signal)
 
 
 def _exit_now(code) -> None:
@@ -102,6 +144,7 @@ def main(argv: list[str] | None = None) -> None:
     if argv is not None:
         _run(list(argv))
         return
+    install_signal_handlers()
     try:
         _run(sys.argv[1:])
     except SystemExit as e:

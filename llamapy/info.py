@@ -10,6 +10,7 @@ import numpy as np
 
 from .ggufio.constants import ValueType
 from .ggufio.reader import GGUFReader, GGUFValue
+from .util.safe_text import json_escape_unsafe, printable, rich_text
 
 ARRAY_SHOWN = 8
 
@@ -68,20 +69,24 @@ def system_info() -> dict:
 def _fmt_value(v: Any) -> str:
     if isinstance(v, dict) and "length" in v:
         head = ", ".join(repr(x) for x in v["head"])
-        return f"[{head}, ...] ({v['length']} x {v['type'].split()[-1]})"
+        return printable(f"[{head}, ...] ({v['length']} x {v['type'].split()[-1]})")
     s = repr(v) if isinstance(v, str) else str(v)
-    return s if len(s) <= 100 else s[:97] + "..."
+    return printable(s if len(s) <= 100 else s[:97] + "...")
 
 
 def print_info(info: dict, console) -> None:
+    """The tables `llamapy info` prints. Keys, values and names are the file's data: shown as Text (never
+    Rich markup), with control and bidi characters escaped."""
     from rich.table import Table
+    from rich.text import Text
 
-    console.print(f"[bold]{info['file']}[/]: GGUF v{info['version']}, {info['file_size']:,} bytes")
+    console.print(Text.assemble((printable(info["file"]), "bold"), f": GGUF v{info['version']}, "
+                                f"{info['file_size']:,} bytes"))
     meta = Table(title="metadata", show_header=True, header_style="bold")
     meta.add_column("key")
     meta.add_column("value", overflow="fold")
     for k, v in info["metadata"].items():
-        meta.add_row(k, _fmt_value(v))
+        meta.add_row(rich_text(k, 200), Text(_fmt_value(v)))
     console.print(meta)
     if "tensors" in info:
         tt = Table(title="tensors", show_header=True, header_style="bold")
@@ -90,7 +95,7 @@ def print_info(info: dict, console) -> None:
         tt.add_column("type")
         tt.add_column("bytes", justify="right")
         for t in info["tensors"]:
-            tt.add_row(t["name"], " x ".join(map(str, t["shape"])), t["type"], f"{t['bytes']:,}")
+            tt.add_row(rich_text(t["name"], 200), " x ".join(map(str, t["shape"])), t["type"], f"{t['bytes']:,}")
         console.print(tt)
     types = ", ".join(f"{k} x{v}" for k, v in info["tensor_types"].items())
     console.print(
@@ -100,4 +105,6 @@ def print_info(info: dict, console) -> None:
 
 
 def to_json(info: dict) -> str:
-    return json.dumps(info, indent=2, ensure_ascii=False, default=str)
+    """JSON text with non-ASCII kept, but C1 controls, bidi overrides and lone surrogates as \\u escapes
+    (JSON itself only escapes C0), so the JSON is safe on a terminal and the same data."""
+    return json_escape_unsafe(json.dumps(info, indent=2, ensure_ascii=False, default=str))

@@ -32,6 +32,7 @@ from ..errors import LlamapyError
 from ..generation.params import SamplerParams
 from ..generation.sequence import ReversePrompts, Sequence, Timings
 from ..util.escapes import process_escapes_text as process_escapes
+from ..util.safe_text import printable
 from .templates import ChatTemplate
 
 DEFAULT_SYSTEM_MESSAGE = "You are a helpful assistant"
@@ -240,7 +241,8 @@ class _Session:
             if self.format_chat:
                 if self.tpl.note:
                     info(f"note: {self.tpl.note}")
-                info(f"chat template: {self.tpl.describe()}; example:\n{self.tpl.example()}")
+                info(printable(f"chat template: {self.tpl.describe()}; example:\n{self.tpl.example()}",
+                               keep_newlines=True))
             else:
                 info("in-prefix/in-suffix given: the chat template is not used")
         if self.interactive:

@@ -6,7 +6,10 @@ trained on. Three sources, in the order `ChatTemplate.for_model` tries them:
 1. a name or Jinja text given by the user (`--chat-template`), or a file (`--chat-template-file`);
 2. the model's own `tokenizer.chat_template`, rendered by Jinja in an `ImmutableSandboxedEnvironment`:
    a template is data from a downloaded file, so it may not reach Python internals (`__globals__`,
-   `__subclasses__`, ...) or mutate its inputs; such a template is refused with a one-line error;
+   `__subclasses__`, ...) or mutate its inputs; such a template is refused with a one-line error.
+   Each render is also bounded in time, steps and size (chat/sandbox.py: 1 s by default, or
+   LLAMAPY_TEMPLATE_TIMEOUT seconds); a template past its budget is refused with one line, when the
+   model loads if a sample conversation already goes past it;
 3. chatml, llama.cpp's fallback, with a note saying so.
 
 The built-ins follow llama.cpp's `llama_chat_apply_template` (src/llama-chat.cpp) name for name, so
@@ -16,12 +19,15 @@ The built-ins follow llama.cpp's `llama_chat_apply_template` (src/llama-chat.cpp
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import os
 from dataclasses import dataclass, field
 from datetime import datetime
 
 from ..errors import LlamapyError
 from .builtins import ALIASES, BUILTIN_TEMPLATES, BUILTINS, DEFAULT_TEMPLATE, detect_builtin, strip_ascii
+from .sandbox import TemplateBudgetError, TemplateLimits
 
 Message = dict
 __all__ = ["BUILTIN_TEMPLATES", "DEFAULT_TEMPLATE", "ChatTemplate", "detect_builtin", "normalize_messages"]
@@ -29,12 +35,27 @@ __all__ = ["BUILTIN_TEMPLATES", "DEFAULT_TEMPLATE", "ChatTemplate", "detect_buil
 # -- Jinja -----------------------------------------------------------------------------------------------
 
 
-def _jinja_env():
-    """A sandboxed environment with what Hugging Face chat templates expect (trim/lstrip blocks, tojson...)."""
-    from jinja2.ext import loopcontrols
-    from jinja2.sandbox import ImmutableSandboxedEnvironment
+def default_limits() -> TemplateLimits:
+    """The render budget: 1 s, or LLAMAPY_TEMPLATE_TIMEOUT seconds."""
+    try:
+        seconds = float(os.environ.get("LLAMAPY_TEMPLATE_TIMEOUT", "1"))
+    except ValueError:
+        raise LlamapyError("LLAMAPY_TEMPLATE_TIMEOUT must be a number of seconds") from None
+    return TemplateLimits(seconds=seconds if seconds > 0 else 1.0)
 
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[loopcontrols])
+
+class TemplateTooCostly(LlamapyError):
+    """A chat template that went over its render budget (time, steps, size or recursion)."""
+
+
+def _jinja_env():
+    """A sandboxed, budgeted environment with what Hugging Face chat templates expect (trim/lstrip blocks,
+    tojson...)."""
+    from jinja2.ext import loopcontrols
+
+    from .sandbox import BoundedEnvironment
+
+    env = BoundedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[loopcontrols])
 
     def tojson(x, ensure_ascii=False, indent=None, separators=None, sort_keys=False):
         return json.dumps(
@@ -92,6 +113,7 @@ class ChatTemplate:
     bos_token: str = ""
     eos_token: str = ""
     note: str | None = None  # what the user should be told about how this template was chosen
+    limits: TemplateLimits = field(default_factory=default_limits)  # a Jinja render's budget
     _compiled: object = field(default=None, repr=False)
     _system_ok: bool | None = field(default=None, repr=False)
 
@@ -116,6 +138,8 @@ class ChatTemplate:
             compiled = _jinja_env().from_string(jinja_text)
         except TemplateError as e:
             raise LlamapyError(f"chat template ({name}) does not parse: {e}") from None
+        except (TemplateBudgetError, RecursionError, OverflowError, MemoryError) as e:
+            raise TemplateTooCostly(f"chat template ({name}) refused: {_costly(e)}") from None
         return cls(
             name=name,
             family=detect_builtin(jinja_text),
@@ -145,12 +169,12 @@ class ChatTemplate:
         GGUF's tokenizer.chat_template, else chatml with a note saying so."""
         bos, eos = _special_texts(metadata)
         if file:
-            return cls.from_file(file, bos_token=bos, eos_token=eos)
+            return cls.from_file(file, bos_token=bos, eos_token=eos).probed()
         if name:
             if name in BUILTINS or name in ALIASES:
                 return cls.from_name(name)
             if "{{" in name or "{%" in name:
-                return cls.from_source(name, bos_token=bos, eos_token=eos, name="--chat-template")
+                return cls.from_source(name, bos_token=bos, eos_token=eos, name="--chat-template").probed()
             raise LlamapyError(
                 f"unknown chat template '{name}': give a built-in ({', '.join(BUILTIN_TEMPLATES)}), "
                 "Jinja text, or --chat-template-file"
@@ -159,10 +183,24 @@ class ChatTemplate:
         if isinstance(src, str) and src.strip():
             if src.strip() in BUILTINS or src.strip() in ALIASES:
                 return cls.from_name(src.strip())
-            return cls.from_source(src, bos_token=bos, eos_token=eos, name="gguf")
+            return cls.from_source(src, bos_token=bos, eos_token=eos, name="gguf").probed()
         tpl = cls.from_name(DEFAULT_TEMPLATE)
         tpl.note = f"the model has no chat template (tokenizer.chat_template); using the built-in '{DEFAULT_TEMPLATE}'"
         return tpl
+
+    def probed(self) -> ChatTemplate:
+        """This template, after rendering a sample conversation: one that goes over its budget already
+        there is refused now (TemplateTooCostly), when the model loads, rather than on each request.
+        Other failures (a template that rejects a system message, ...) are left for the request."""
+        if self.is_jinja:
+            try:
+                self.example()
+                _ = self.supports_system_role
+            except TemplateTooCostly:
+                raise
+            except LlamapyError:
+                pass
+        return self
 
     # -- use ---------------------------------------------------------------------------------------------------
     @property
@@ -192,6 +230,8 @@ class ChatTemplate:
                 out = self._render_jinja(
                     [{"role": "system", "content": needle}, {"role": "user", "content": "u"}], False
                 )
+            except TemplateTooCostly:
+                raise
             except LlamapyError:
                 out = ""
             self._system_ok = needle in out
@@ -220,14 +260,25 @@ class ChatTemplate:
         from jinja2 import TemplateError
         from jinja2.exceptions import SecurityError
 
+        from .sandbox import render_bounded
+
+        # a long conversation gets more time: 1 budget per million characters of input (its cost, bounded)
+        size = sum(len(m["content"]) + 64 for m in msgs)
+        limits = self.limits
+        if size > 1_000_000:
+            limits = dataclasses.replace(limits, seconds=limits.seconds * size / 1_000_000)
         try:
-            return self._compiled.render(
+            return render_bounded(
+                self._compiled,
+                limits,
                 messages=msgs,
                 add_generation_prompt=add_generation_prompt,
                 bos_token=self.bos_token,
                 eos_token=self.eos_token,
                 **extra,
             )
+        except (TemplateBudgetError, RecursionError, OverflowError, MemoryError) as e:
+            raise TemplateTooCostly(f"chat template ({self.name}) refused: {_costly(e)}") from None
         except SecurityError as e:
             raise LlamapyError(
                 f"chat template ({self.name}) refused: it tried something unsafe ({e})"
@@ -288,6 +339,17 @@ class ChatTemplate:
             return f"Jinja template from {self.name}{fam}"
         alias = f" (= {self.family})" if self.family != self.name else ""
         return f"built-in '{self.name}'{alias}: {BUILTINS[self.family].describe}"
+
+
+def _costly(e: BaseException) -> str:
+    """Why a render went over its budget, in a few words."""
+    if isinstance(e, RecursionError):
+        return "it recurses too deeply"
+    if isinstance(e, MemoryError):
+        return "it needs more memory than there is"
+    if isinstance(e, OverflowError):
+        return f"a value is too large ({str(e).split('. ')[0]})"
+    return str(e)
 
 
 def _merge_system(msgs: list[Message]) -> list[Message]:

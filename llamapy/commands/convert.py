@@ -41,6 +41,7 @@ def register(app: typer.Typer) -> None:
 
         from ..convert import convert as run_convert
         from ..errors import LlamapyError
+        from ..util.safe_text import printable
 
         del concurrency, use_temp_file, no_lazy  # accepted for the reference's command lines; streaming makes them moot
         if big_endian:
@@ -52,8 +53,8 @@ def register(app: typer.Typer) -> None:
                 raise LlamapyError(f"output type {ftype} conflicts with --outtype {outtype}")
             outtype = outtype or ftype
 
-        def log(msg: str) -> None:
-            print(msg, file=sys.stderr)
+        def log(msg: str) -> None:  # notes name tensors and files from the model: escaped and bounded
+            print(printable(msg, 1000), file=sys.stderr)
 
         res = run_convert(
             model, outfile, outtype, vocab_dir=vocab_dir, vocab_type=vocab_type, vocab_only=vocab_only,

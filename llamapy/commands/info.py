@@ -5,6 +5,19 @@ from typing import Optional
 import typer
 
 
+def _PipeConsole():
+    """A Rich console whose closed output pipe (`| head`) ends the command quietly with status 0 (Rich's
+    own handling exits with status 1)."""
+    from rich.console import Console
+
+    class PipeConsole(Console):
+        def on_broken_pipe(self) -> None:
+            self.quiet = True
+            raise BrokenPipeError
+
+    return PipeConsole()
+
+
 def register(app: typer.Typer) -> None:
     @app.command("info")
     def info(
@@ -14,8 +27,6 @@ def register(app: typer.Typer) -> None:
         system: bool = typer.Option(False, "--system", help="Show the build and the active kernels."),
     ):
         """Show a GGUF file's metadata, tensors and totals."""
-        from rich.console import Console
-
         from ..info import print_info, summarize, system_info, to_json
         from ..store.locate import resolve_model
 
@@ -32,4 +43,4 @@ def register(app: typer.Typer) -> None:
         if json_out:
             typer.echo(to_json(d))
         else:
-            print_info(d, Console())
+            print_info(d, _PipeConsole())

@@ -84,9 +84,11 @@ def register(app: typer.Typer) -> None:
         )
 
         from ..quantize import default_threads, parse_tensor_type, quantize_file
+        from ..util.safe_text import markup_safe, printable
+        from ..util.threads import sane_threads
 
         inp, out, opt, n_threads = _parse_positionals(args)
-        n_threads = n_threads if n_threads and n_threads > 0 else default_threads()
+        n_threads = sane_threads(n_threads) if n_threads and n_threads > 0 else default_threads()
         opts = {
             "allow_requantize": allow_requantize,
             "quantize_output_tensor": not leave_output_tensor,
@@ -96,18 +98,19 @@ def register(app: typer.Typer) -> None:
             "token_embedding_type": parse_tensor_type(token_embedding_type) if token_embedding_type else None,
         }
         err = Console(stderr=True)
-        err.print(f"quantizing '{inp}' to '{out}' as {opt.name} using {n_threads} threads", highlight=False)
+        err.print(f"quantizing '{markup_safe(inp)}' to '{markup_safe(out)}' as {opt.name} using {n_threads} threads",
+                  highlight=False)
         t0 = time.time()
         with Progress(TextColumn("{task.description:<32}"), BarColumn(), TaskProgressColumn(),
                       TimeElapsedColumn(), TimeRemainingColumn(), console=err, transient=True) as bar:
             task = bar.add_task("reading", total=None)
 
             def progress(name: str, done: int, total: int):
-                bar.update(task, description=name[:32], advance=done, total=total)
+                bar.update(task, description=markup_safe(name, 32), advance=done, total=total)
 
             r = quantize_file(inp, out, opt.ftype, n_threads, progress=progress, **opts)
         mib = 1024 * 1024
         typer.echo(f"model size = {r.size_in / mib:10.2f} MiB")
         typer.echo(f"quant size = {r.size_out / mib:10.2f} MiB ({r.n_quantized} of {r.n_tensors} tensors "
                    f"converted, {time.time() - t0:.1f} s)")
-        typer.echo(f"wrote {out}")
+        typer.echo(f"wrote {printable(out)}")

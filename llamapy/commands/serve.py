@@ -36,6 +36,13 @@ def register(app: typer.Typer) -> None:
                                        help="Embeddings only (completion endpoints answer 501)."),
         max_queue: int = typer.Option(32, "--max-queue", help="Requests that may wait for a slot before 503."),
         max_body: int = typer.Option(4 << 20, "--max-body", help="Largest request body in bytes (413 above)."),
+        timeout: float = typer.Option(600, "-to", "--timeout",
+                                      help="Drop a client that reads nothing of the answer for this many seconds."),
+        read_timeout: float = typer.Option(30, "--read-timeout",
+                                           help="Seconds a request's headers and body may take to arrive."),
+        cors_origin: Optional[list[str]] = typer.Option(None, "--cors-origin",
+                                                        help="Web origin allowed to call a server without "
+                                                             "--api-key (repeatable)."),
         verbose: bool = typer.Option(False, "-v", "--verbose", help="Log every request."),
         n_gpu_layers: Optional[int] = typer.Option(None, "-ngl", "--n-gpu-layers", "--gpu-layers", hidden=True),
         jinja: bool = typer.Option(False, "--jinja", hidden=True),
@@ -63,12 +70,15 @@ def register(app: typer.Typer) -> None:
         for name, v in (("port", port), ("--max-queue", max_queue)):
             if v < 0:
                 raise LlamapyError(f"{name} must be >= 0")
+        if not (timeout > 0 and read_timeout > 0):
+            raise LlamapyError("--timeout and --read-timeout must be positive numbers of seconds")
         if max_body < 1024:
             raise LlamapyError("--max-body must be at least 1024 bytes")
         sampling = sampler_params(opts)
         sampling.check()
         run_server(
-            host=host, port=port, verbose=verbose, model_path=model, n_ctx=ctx_size, n_parallel=parallel,
+            host=host, port=port, verbose=verbose, timeout=timeout, read_timeout=read_timeout,
+            cors_origins=tuple(cors_origin or ()), model_path=model, n_ctx=ctx_size, n_parallel=parallel,
             n_threads=threads, n_batch=batch_size, api_key=api_key, alias=alias, chat_template=chat_template,
             chat_template_file=chat_template_file,
             embedding=embedding, n_predict=n_predict, max_queue=max_queue, max_body=max_body,

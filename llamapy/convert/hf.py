@@ -7,7 +7,6 @@ order (parts sorted by name, safetensors keys sorted), so the output matches it 
 """
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
@@ -16,6 +15,7 @@ import numpy as np
 from ..errors import LlamapyError
 from ..ggufio.constants import KEY_FILE_TYPE, ValueType
 from ..model_args import HF_KEYS, ModelArgs, hf_find
+from ..util.jsonio import load_json_bounded
 from .lazy import ArrayTensor, LazyTensor, RowPermutedTensor, rotary_permutation
 from .safetensors_io import load_safetensors
 from .source import ModelSource, dedup, find_first
@@ -34,7 +34,7 @@ def is_hf_dir(d: Path) -> bool:
 def read_config(d: Path) -> dict:
     path = d / "config.json"
     try:
-        cfg = json.loads(path.read_text(encoding="utf-8"))
+        cfg = load_json_bounded(path.read_text(encoding="utf-8"))
     except ValueError as e:
         raise LlamapyError(f"{path}: not valid JSON ({e})") from None
     if not isinstance(cfg, dict):
@@ -66,7 +66,7 @@ def _check_index(d: Path, kind: str, found: dict[str, Path]):
     if not index.is_file():
         return
     try:
-        weight_map = json.loads(index.read_text(encoding="utf-8")).get("weight_map")
+        weight_map = load_json_bounded(index.read_text(encoding="utf-8")).get("weight_map")
     except ValueError as e:
         raise LlamapyError(f"{index}: not valid JSON ({e})") from None
     if not isinstance(weight_map, dict):
@@ -244,7 +244,7 @@ def load_hf(model_dir: Path, *, vocab_dir: Path | None = None, vocab_type: str |
         vocab_kvs += code.kvs()
     tc_path = tok_dir / "tokenizer_config.json"
     if tc_path.is_file():
-        tc = json.loads(tc_path.read_text(encoding="utf-8"))
+        tc = load_json_bounded(tc_path.read_text(encoding="utf-8"), tc_path)
         if "add_prefix_space" in tc:
             vocab_kvs.append(("tokenizer.ggml.add_space_prefix", bool(tc["add_prefix_space"]), BOOL, None))
     if vocab_size == 49152 and not any(k[0] == "tokenizer.ggml.add_bos_token" for k in vocab_kvs):

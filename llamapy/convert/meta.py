@@ -8,13 +8,13 @@ norm_eps / rope_theta unless --ctx gives it. Meta's q/k rows are already in GGUF
 """
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 
 from ..errors import LlamapyError
 from ..ggufio.constants import KEY_FILE_TYPE, ValueType
 from ..model_args import ModelArgs
+from ..util.jsonio import load_json_bounded
 from .lazy import ConcatTensor, LazyTensor
 from .source import ModelSource, dedup, find_first
 from .tensor_names import META_SKIP, meta_to_gguf
@@ -98,7 +98,7 @@ def read_params(path: Path, tensors: dict[str, LazyTensor], ctx: int | None,
                 notes: list[str]) -> tuple[ModelArgs, dict]:
     """params.json's hyperparameters (blanks filled from the checkpoint), and the file's own values."""
     try:
-        cfg = json.loads(path.read_text(encoding="utf-8"))
+        cfg = load_json_bounded(path.read_text(encoding="utf-8"))
     except ValueError as e:
         raise LlamapyError(f"{path}: not valid JSON ({e})") from None
     if cfg.get("moe"):

@@ -29,7 +29,7 @@ def load_metadata(model_dir: Path, model_name: str | None, total_params: int,
 
     try:
         return Metadata.load(override, model_dir, model_name, total_params)
-    except (ValueError, OSError, yaml.YAMLError) as e:
+    except (ValueError, OSError, RecursionError, yaml.YAMLError) as e:  # RecursionError: nested absurdly deep
         detail = " ".join(str(e).split())
         raise LlamapyError(
             f"{model_dir}: can't read the model card (README.md) or metadata override: {detail}"

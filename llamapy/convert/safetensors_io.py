@@ -7,13 +7,13 @@ equal shape x dtype size, and no two tensors overlap.
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 import struct
 from itertools import pairwise
 
 from ..errors import LlamapyError
+from ..util.jsonio import load_json_bounded
 from .lazy import DTYPES, FileTensor
 
 MAX_HEADER = 100 * 1024 * 1024  # the safetensors library's own limit
@@ -40,7 +40,7 @@ def read_header(path: str) -> tuple[int, dict]:
     except OSError as e:
         raise LlamapyError(f"{name}: can't read: {e.strerror}") from None
     try:
-        header = json.loads(raw.decode("utf-8"))
+        header = load_json_bounded(raw.decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as e:
         raise LlamapyError(f"{name}: header is not valid JSON ({e})") from None
     if not isinstance(header, dict):

@@ -10,7 +10,6 @@
 """
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass, field
 from hashlib import sha256
@@ -21,6 +20,7 @@ import numpy as np
 
 from ..errors import LlamapyError
 from ..ggufio.constants import ValueType
+from ..util.jsonio import load_json_bounded
 
 # token types (GGUF / llama.cpp)
 NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
@@ -140,7 +140,7 @@ class Vocab:
 def _load_json(path: Path) -> Any:
     try:
         with open(path, encoding="utf-8") as f:
-            return json.load(f)
+            return load_json_bounded(f.read())
     except ValueError as e:
         raise LlamapyError(f"{path}: not valid JSON ({e})") from None
     except OSError as e:

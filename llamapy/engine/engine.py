@@ -53,6 +53,7 @@ from ..errors import LlamapyError
 from ..ggufio.constants import ValueType
 from ..ggufio.reader import GGUFReader
 from ..model_args import ModelArgs, check_tensors, model_desc
+from ..util.threads import sane_threads
 
 # GGUF tensor name suffix -> engine weight slot (see csrc/lp_engine.h)
 _LAYER_SLOTS = {
@@ -151,7 +152,7 @@ class Engine:
         p.n_vocab, p.n_embd, p.n_layer = args.n_vocab, args.n_embd, args.n_layer
         p.n_head, p.n_head_kv, p.head_dim, p.n_ff = args.n_head, args.n_head_kv, args.head_dim, args.n_ff
         p.n_ctx, p.n_seq, p.n_batch = self.n_ctx, n_seq_max + 1, self.n_batch
-        p.n_threads = n_threads if n_threads and n_threads > 0 else physical_cores()
+        p.n_threads = sane_threads(n_threads) if n_threads and n_threads > 0 else physical_cores()
         p.norm_eps = args.norm_eps
         p.attn_scale = 0.0
         p.rope_freq_base = args.rope_freq_base

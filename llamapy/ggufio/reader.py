@@ -2,7 +2,10 @@
 
 Every count, length and offset is checked against the bytes that are really there before anything is
 allocated, so a malformed or hostile file is refused with one line naming the file and the problem
-(`GGUFError`), never a crash, a hang or a large allocation.
+(`GGUFError`), never a crash, a hang or a large allocation. Keys, tensor names and string values must
+be UTF-8, as the format says. Elements of string arrays (vocabularies) may hold other bytes: byte-level
+vocabularies store raw bytes there and llama.cpp reads them as such; they are kept as surrogate escapes,
+byte for byte, and escaped wherever they are shown.
 """
 from __future__ import annotations
 
@@ -118,11 +121,12 @@ class _Cursor:
         if n > self.size - self.pos:
             self.fail(f"{self.what}: string length {n} runs past end of file (size {self.size})")
         raw = bytes(self.buf[self.pos : self.pos + n])
-        self.pos += n
         try:
-            return raw.decode("utf-8")
-        except UnicodeDecodeError:
-            return raw.decode("utf-8", errors="surrogateescape")
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as e:  # GGUF strings are UTF-8: a key, a name or a value that isn't is refused
+            self.fail(f"{self.what}: string at offset {self.pos} is not valid UTF-8 (byte {e.start} of {n})")
+        self.pos += n
+        return text
 
     def strings(self, n: int) -> list[str]:
         """n strings in a row (vocabularies hold 10^5 of them: read in C when possible)."""

@@ -14,6 +14,7 @@ import socket
 import sys
 
 from ..errors import LlamapyError
+from ..util.safe_text import printable
 
 log = logging.getLogger("llamapy.server")
 
@@ -85,8 +86,26 @@ def build_state(model_path: str | None = None, n_ctx: int = 4096, n_parallel: in
     )
 
 
-def serve(host: str = "127.0.0.1", port: int = 8080, verbose: bool = False, **kwargs) -> None:
-    """Load the model and answer HTTP requests until interrupted (kwargs: see build_state)."""
+def uvicorn_config(app, host: str, port: int, verbose: bool = False, read_timeout: float = 30.0,
+                   timeout: float = 600.0, max_connections: int | None = None):
+    """uvicorn's Config for `app`, with the connection guards of server/connections.py: a request must
+    arrive within read_timeout seconds, a client that reads nothing for `timeout` seconds is dropped,
+    idle keep-alive connections close after 5 s, and open connections stay below the descriptor limit."""
+    import uvicorn
+
+    from .connections import BACKLOG, connection_cap, guarded_protocol
+
+    protocol = guarded_protocol(read_timeout, timeout, connection_cap(max_connections))
+    return uvicorn.Config(app, host=host, port=port, http=protocol, backlog=BACKLOG,
+                          log_level="info" if verbose else "warning",
+                          access_log=verbose, timeout_graceful_shutdown=3, timeout_keep_alive=5,
+                          server_header=False)
+
+
+def serve(host: str = "127.0.0.1", port: int = 8080, verbose: bool = False, read_timeout: float = 30.0,
+          timeout: float = 600.0, cors_origins: tuple[str, ...] = (), **kwargs) -> None:
+    """Load the model and answer HTTP requests until interrupted (kwargs: see build_state; the others:
+    see uvicorn_config and app.Guard)."""
     try:
         import uvicorn
 
@@ -105,13 +124,13 @@ def serve(host: str = "127.0.0.1", port: int = 8080, verbose: bool = False, **kw
         sock.close()
         raise
     b = state.backend
-    print(f"llamapy serve: {state.model_path}", file=sys.stderr)
-    print(f"  {b.n_slots} slot(s) x {b.n_ctx} positions, chat template: {state.template.describe()}",
+    print(f"llamapy serve: {printable(state.model_path)}", file=sys.stderr)
+    print(f"  {b.n_slots} slot(s) x {b.n_ctx} positions, chat template: {printable(state.template.describe())}",
           file=sys.stderr)
     if state.template.note:
-        print(f"  note: {state.template.note}", file=sys.stderr)
-    config = uvicorn.Config(create_app(state), host=host, port=port, log_level="info" if verbose else "warning",
-                            access_log=verbose, timeout_graceful_shutdown=3, server_header=False)
+        print(f"  note: {printable(state.template.note)}", file=sys.stderr)
+    app = create_app(state, loopback_only=is_loopback(host), cors_origins=tuple(cors_origins))
+    config = uvicorn_config(app, host, port, verbose, read_timeout=read_timeout, timeout=timeout)
 
     class Server(uvicorn.Server):
         async def startup(self, sockets=None):

@@ -1,8 +1,18 @@
 """The ASGI application: routes of the three APIs, the chat page, and the guards in front of them.
 
 Guards (a plain ASGI middleware, so streams are never buffered):
+- Host: a server on a loopback address without an API key answers only requests whose Host is a
+  loopback name (localhost, 127.x.x.x, [::1]); anything else is a web page that rebound a DNS name to
+  127.0.0.1 to reach it (403).
+- Origin (CORS): with an API key, any origin may call (llama-server's behaviour: the key protects; the
+  OPTIONS preflight is answered without it). Without a key, only the page's own origin and the origins
+  given with --cors-origin; a request from any other origin is refused (403), so a web page the user
+  visits can't make the server generate.
 - API key: with --api-key, every path but /health and the chat page needs `Authorization: Bearer KEY`,
   compared in constant time; a miss is a 401 in OpenAI's error format.
+- Content-Type: a POST body is JSON; a request that says it is something else (a form, text/plain: what a
+  browser can send cross-site without asking) is refused with 415. Clients that send no Content-Type
+  (scripts posting raw bytes) are accepted.
 - Body size: a declared Content-Length over the limit is refused before reading; a chunked body is
   counted as it arrives and refused when it passes the limit (413).
 Every error is the same JSON shape (errors.APIError): 400 for malformed JSON, wrong types and
@@ -12,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import ipaddress
 import logging
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -19,10 +30,11 @@ from pathlib import Path
 from fastapi import APIRouter, FastAPI
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from ..util.safe_text import printable
 from . import routes_llama, routes_ollama, routes_openai
 from .common import ServerState
 from .errors import APIError
@@ -34,18 +46,48 @@ WEB_PAGE = Path(__file__).resolve().parent.parent / "web" / "index.html"
 
 
 class Guard:
-    """API-key check and request-body size limit, in front of the whole app."""
+    """Host, origin, API-key, content-type and body-size checks, in front of the whole app (see above)."""
 
-    def __init__(self, app: ASGIApp, api_key: str | None, max_body: int):
+    def __init__(self, app: ASGIApp, api_key: str | None, max_body: int, loopback_only: bool = False,
+                 cors_origins: tuple[str, ...] = ()):
         self.app = app
         self.key_digest = hashlib.sha256(api_key.encode()).digest() if api_key else None
         self.max_body = max_body
+        self.check_host = loopback_only and api_key is None
+        self.cors_origins = frozenset(o.rstrip("/").lower() for o in cors_origins)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
+        host = (_header(scope, b"host") or b"").decode("latin-1")
+        if self.check_host and host and not is_loopback_host(host):
+            err = APIError(403, "this server only answers requests addressed to localhost (start it with "
+                                "--api-key to serve other names)")
+            return await err.response()(scope, receive, send)
+        origin = (_header(scope, b"origin") or b"").decode("latin-1")
+        cors: list[tuple[bytes, bytes]] = []
+        if origin and not _same_origin(origin, host, scope):
+            if self.key_digest is None and origin.rstrip("/").lower() not in self.cors_origins:
+                err = APIError(403, f"requests from the origin {printable(origin, 100)} are not allowed "
+                                    "(use --cors-origin, or --api-key)")
+                return await err.response()(scope, receive, send)
+            cors = [(b"access-control-allow-origin", origin.encode("latin-1")), (b"vary", b"Origin")]
+            if self.key_digest is not None:
+                cors.append((b"access-control-allow-credentials", b"true"))
+            if scope["method"] == "OPTIONS":  # the preflight: answered without the key, as llama-server does
+                return await Response(status_code=204, headers={
+                    "Access-Control-Allow-Methods": "GET, POST, OPTIONS",
+                    "Access-Control-Allow-Headers": "Authorization, Content-Type",
+                    "Access-Control-Max-Age": "600",
+                } | {k.decode(): v.decode("latin-1") for k, v in cors})(scope, receive, send)
+            send = _with_headers(send, cors)
         if self.key_digest is not None and scope["path"] not in PUBLIC_PATHS and not self._authorized(scope):
             err = APIError(401, "invalid or missing API key: send 'Authorization: Bearer <key>'")
+            return await err.response()(scope, receive, send)
+        ctype = _header(scope, b"content-type")
+        if scope["method"] in ("POST", "PUT", "PATCH") and ctype is not None and not _is_json(ctype):
+            err = APIError(415, f"the request body must be JSON (Content-Type: application/json), not "
+                                f"{printable(ctype.decode('latin-1'), 80)}")
             return await err.response()(scope, receive, send)
         length = _header(scope, b"content-length")
         if length is not None:
@@ -77,6 +119,38 @@ class Guard:
         return counted
 
 
+def is_loopback_host(host: str) -> bool:
+    """Whether a Host header names this machine: localhost, 127.x.x.x or [::1], with or without a port."""
+    name = host.strip().lower()
+    if name.startswith("["):
+        name = name[1:].partition("]")[0]
+    elif name.count(":") == 1:
+        name = name.partition(":")[0]
+    if name in ("localhost", "localhost."):
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
+def _same_origin(origin: str, host: str, scope: Scope) -> bool:
+    return bool(host) and origin.lower() == f"{scope.get('scheme', 'http')}://{host}".lower()
+
+
+def _is_json(ctype: bytes) -> bool:
+    return ctype.split(b";", 1)[0].strip().lower() == b"application/json"
+
+
+def _with_headers(send: Send, extra: list[tuple[bytes, bytes]]) -> Send:
+    async def sending(msg: Message) -> None:
+        if msg["type"] == "http.response.start":
+            msg = {**msg, "headers": [*msg.get("headers", []), *extra]}
+        await send(msg)
+
+    return sending
+
+
 def _header(scope: Scope, name: bytes) -> bytes | None:
     for k, v in scope["headers"]:
         if k == name:
@@ -88,8 +162,9 @@ def _too_large(limit: int) -> APIError:
     return APIError(413, f"the request body is larger than the server's limit of {limit} bytes")
 
 
-def create_app(state: ServerState) -> FastAPI:
-    """The FastAPI app for `state` (the scheduler is started and stopped with the app's lifespan)."""
+def create_app(state: ServerState, loopback_only: bool = False, cors_origins: tuple[str, ...] = ()) -> FastAPI:
+    """The FastAPI app for `state` (the scheduler is started and stopped with the app's lifespan);
+    loopback_only: the server listens on a loopback address (Host is checked when there is no key)."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -114,6 +189,14 @@ def create_app(state: ServerState) -> FastAPI:
     async def _validation_error(request: Request, exc: RequestValidationError) -> Response:
         return APIError(400, f"invalid request: {exc.errors()[0].get('msg', 'bad value')}").response()
 
+    @app.exception_handler(ClientDisconnect)
+    async def _gone(request: Request, exc: ClientDisconnect) -> Response:
+        return Response(status_code=499)  # the client left (or was cut for being slow) before its body was in
+
+    @app.exception_handler(OverflowError)
+    async def _overflow(request: Request, exc: OverflowError) -> Response:
+        return APIError(400, "a number in the request is out of range").response()
+
     @app.exception_handler(Exception)
     async def _internal(request: Request, exc: Exception) -> Response:
         log.exception("unhandled error on %s", request.url.path)
@@ -133,5 +216,6 @@ def create_app(state: ServerState) -> FastAPI:
     routes_openai.register(router, state)
     routes_ollama.register(router, state)
     app.include_router(router)
-    app.add_middleware(Guard, api_key=state.api_key, max_body=state.max_body)
+    app.add_middleware(Guard, api_key=state.api_key, max_body=state.max_body, loopback_only=loopback_only,
+                       cors_origins=tuple(cors_origins))
     return app

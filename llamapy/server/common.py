@@ -10,13 +10,13 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from starlette.requests import Request
-from starlette.responses import StreamingResponse
+from starlette.responses import Response, StreamingResponse
 
 from ..errors import LlamapyError
 from ..generation.params import SamplerParams
 from .errors import APIError, bad_request
 from .scheduler import DoneEvent, ErrorEvent, GenRequest, Job, Scheduler, TokenEvent
-from .schemas import Sampling, parse_json, stop_list
+from .schemas import M, Sampling, parse_json, stop_list, validate
 
 # a request's sampling field -> the SamplerParams field it sets (llama-server's, OpenAI's and Ollama's
 # `options` use the same names); a field the request leaves out keeps the server's default (serve --temp ...)
@@ -61,8 +61,27 @@ class ServerState:
 
 
 async def read_json(request: Request) -> Any:
-    """The request body parsed as JSON (the size limit is enforced by the middleware as it is read)."""
-    return parse_json(await request.body())
+    """The request body parsed as JSON (the size limit is enforced by the middleware as it is read); a large
+    body is parsed off the event loop, so other requests (/health) are answered meanwhile."""
+    body = await request.body()
+    return parse_json(body) if len(body) < OFF_LOOP_BYTES else await asyncio.to_thread(parse_json, body)
+
+
+OFF_LOOP_BYTES = 64 << 10
+
+
+async def read_request(request: Request, model: type[M]) -> M:
+    """The body parsed and validated as `model`; a large one (75,000 chat messages) off the event loop."""
+    body = await request.body()
+    if len(body) < OFF_LOOP_BYTES:
+        return validate(model, parse_json(body))
+    return await asyncio.to_thread(lambda: validate(model, parse_json(body)))
+
+
+async def json_off_loop(data: Any) -> Response:
+    """A JSON response serialized off the event loop (a /tokenize answer can hold a million ids)."""
+    body = await asyncio.to_thread(json.dumps, data, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+    return Response(body, media_type="application/json")
 
 
 def new_id(prefix: str) -> str:

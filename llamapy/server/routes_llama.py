@@ -17,8 +17,10 @@ from .common import (
     check_unsupported,
     completion_stops,
     gen_request,
+    json_off_loop,
     n_predict_of,
     read_json,
+    read_request,
     sampler_settings,
     sse,
     tokenize_mixed,
@@ -191,7 +193,7 @@ def register(router: APIRouter, state: ServerState) -> None:
             raise APIError(400, "content must be a string or a list of token ids and strings", "content")
         toks = await asyncio.to_thread(tokenize_mixed, b, req.content, req.add_special, "content")
         if not req.with_pieces:
-            return {"tokens": toks}
+            return await json_off_loop({"tokens": toks})
         out = []
         for t in toks:
             piece = b.piece(t, special=True)
@@ -209,8 +211,8 @@ def register(router: APIRouter, state: ServerState) -> None:
 
     @router.post("/apply-template")
     async def apply_template(request: Request):
-        req = validate(ApplyTemplateRequest, await read_json(request))
-        return {"prompt": chat_prompt(state, req.messages)}
+        req = await read_request(request, ApplyTemplateRequest)
+        return {"prompt": await asyncio.to_thread(chat_prompt, state, req.messages)}
 
     async def embedding(request: Request):
         data = await run_embeddings(state, request, oai=False)

@@ -25,6 +25,7 @@ from .common import (
     n_predict_of,
     ndjson,
     read_json,
+    read_request,
 )
 from .embeddings import embed
 from .errors import APIError, bad_request
@@ -129,20 +130,21 @@ def register(router: APIRouter, state: ServerState) -> None:
             text = req.prompt
         else:
             msgs = ([ChatMessage(role="system", content=req.system)] if req.system else [])
-            text = chat_prompt(state, [*msgs, ChatMessage(role="user", content=req.prompt)])
+            text = await asyncio.to_thread(chat_prompt, state, [*msgs, ChatMessage(role="user", content=req.prompt)])
         return await run(request, req, text, chat=False, with_context=True, context=req.context)
 
     @router.post("/api/chat")
     async def chat(request: Request):
         refuse_generation()
-        req = validate(OllamaChatRequest, await read_json(request))
+        req = await read_request(request, OllamaChatRequest)
         if req.tools:
             raise bad_request("tools are not supported by llamapy serve", "tools")
         if not req.messages:
             return JSONResponse({"model": state.model_name(req.model), "created_at": _now(),
                                  "message": {"role": "assistant", "content": ""}, "done": True,
                                  "done_reason": "load"})
-        return await run(request, req, chat_prompt(state, req.messages), chat=True, with_context=False)
+        return await run(request, req, await asyncio.to_thread(chat_prompt, state, req.messages), chat=True,
+                         with_context=False)
 
     @router.post("/api/embed")
     async def embed_(request: Request):

@@ -23,6 +23,7 @@ from .common import (
     n_predict_of,
     new_id,
     read_json,
+    read_request,
     sse,
     tokenize_prompts,
 )
@@ -150,7 +151,7 @@ def register(router: APIRouter, state: ServerState) -> None:
 
     async def chat_completions(request: Request):
         _refuse_generation()
-        req = validate(ChatRequest, await read_json(request))
+        req = await read_request(request, ChatRequest)
         check_unsupported(req)
         if (req.n or 1) != 1:
             raise bad_request("only one choice is supported (n = 1)", "n")
@@ -161,7 +162,7 @@ def register(router: APIRouter, state: ServerState) -> None:
             raise bad_request(f"response_format '{fmt}' is not supported (only 'text')", "response_format")
         if req.top_logprobs and not req.logprobs:
             raise bad_request("top_logprobs requires logprobs to be true", "top_logprobs")
-        text = chat_prompt(state, req.messages)
+        text = await asyncio.to_thread(chat_prompt, state, req.messages)
         prompt = await asyncio.to_thread(b.tokenize, text, add_special=True, parse_special=True)
         top_n = req.top_logprobs or 0
         n_probs = req.n_probs if req.n_probs else (max(1, top_n) if req.logprobs else 0)

@@ -212,11 +212,27 @@ def validate(model: type[M], data: Any) -> M:
     if not isinstance(data, dict):
         raise bad_request(f"the request body must be a JSON object, not {_json_type(data)}")
     try:
-        return model.model_validate(data)
+        m = model.model_validate(data)
     except ValidationError as e:
         err = e.errors(include_url=False)[0]
         loc = ".".join(str(p) for p in err["loc"] if not _is_union_tag(p))
         raise APIError(400, f"{loc}: {err['msg']}" if loc else err["msg"], param=loc or None) from None
+    _check_int32(m, "")
+    return m
+
+
+INT32_MAX = 2**31 - 1
+UNBOUNDED_INTS = frozenset({"seed", "n_predict", "max_tokens", "max_completion_tokens", "num_predict"})
+
+
+def _check_int32(m: BaseModel, prefix: str) -> None:
+    """Integer fields are C ints in the engine: one beyond int32 is a 400 naming it, not an OverflowError
+    (token limits and seeds have their own, wider ranges)."""
+    for name, v in m:
+        if isinstance(v, BaseModel):
+            _check_int32(v, f"{prefix}{name}.")
+        elif isinstance(v, int) and not isinstance(v, bool) and abs(v) > INT32_MAX and name not in UNBOUNDED_INTS:
+            raise APIError(400, f"{prefix}{name}: {v} is out of range (at most {INT32_MAX})", param=prefix + name)
 
 
 def _is_union_tag(p: Any) -> bool:
