@@ -8,6 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ..errors import LlamapyError
+from ..util.jsonio import load_json_bounded
 from .modelfile import Message, Modelfile, format_parameter_value, quote
 from .store import (
     MEDIA_ADAPTER,
@@ -54,9 +55,10 @@ def model_settings(name: str, store: Store | None = None) -> ModelSettings:
             elif mt == MEDIA_SYSTEM:
                 s.system = store.read_text(la["digest"])
             elif mt == MEDIA_PARAMS:
-                s.parameters = json.loads(store.read_text(la["digest"]))
+                s.parameters = load_json_bounded(store.read_text(la["digest"]))
             elif mt == MEDIA_MESSAGES:
-                s.messages = [Message(m["role"], m["content"]) for m in json.loads(store.read_text(la["digest"]))]
+                stored = load_json_bounded(store.read_text(la["digest"]))
+                s.messages = [Message(m["role"], m["content"]) for m in stored]
             elif mt == MEDIA_LICENSE:
                 s.licenses.append(store.read_text(la["digest"]))
             elif mt == MEDIA_ADAPTER:
@@ -159,7 +161,7 @@ def create_model(name: str, mf: Modelfile, *, quantize: str | None = None, store
             base_layers.setdefault(la["mediaType"], []).append(la)
         params = {}
         for la in base_layers.get(MEDIA_PARAMS, []):
-            params = json.loads(store.read_text(la["digest"]))
+            params = load_json_bounded(store.read_text(la["digest"]))
         params.update(mf.parameters)  # per name: a Modelfile's stop list replaces the base's
 
         layers: list[tuple[str, StagedBlob]] = [(MEDIA_MODEL, model_blob)]

@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import http.client
-import json
 import os
 import re
 import urllib.error
@@ -24,6 +23,7 @@ from dataclasses import dataclass
 
 from .. import __version__
 from ..errors import LlamapyError
+from ..util.jsonio import load_json_bounded
 from .store import ModelName, ProgressFn, StagedBlob, Store
 from .text import one_line
 
@@ -127,7 +127,7 @@ def _get_json(url: str, hub: str, what: str):
         hint = " (set HF_ENDPOINT for a mirror)" if hub == "hf" else ""
         raise LlamapyError(f"{what}: can't reach {urllib.parse.urlsplit(url).netloc}: {reason}{hint}") from None
     try:
-        return json.loads(body)
+        return load_json_bounded(body)
     except ValueError:
         raise LlamapyError(f"{what}: the hub's answer is not JSON") from None
 

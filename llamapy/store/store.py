@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 
 from ..errors import LlamapyError
 from ..util.fileio import atomic_write
+from ..util.jsonio import load_json_bounded
 
 MEDIA_MODEL = "application/vnd.ollama.image.model"
 MEDIA_TEMPLATE = "application/vnd.ollama.image.template"
@@ -369,7 +370,7 @@ class Store:
         try:
             with open(path, "rb") as f:
                 raw = f.read()
-            return stored, json.loads(raw), raw
+            return stored, load_json_bounded(raw), raw
         except (OSError, ValueError) as e:
             raise LlamapyError(f"{path}: unreadable manifest ({e})") from None
 
@@ -380,7 +381,7 @@ class Store:
             try:
                 with open(p, "rb") as f:
                     raw = f.read()
-                doc = json.loads(raw)
+                doc = load_json_bounded(raw)
                 mtime = os.stat(p).st_mtime
             except (OSError, ValueError):
                 continue  # removed meanwhile, or not a manifest
@@ -442,7 +443,7 @@ class Store:
         for _, p in self._iter_manifests():
             try:
                 with open(p, "rb") as f:
-                    doc = json.load(f)
+                    doc = load_json_bounded(f.read())
             except (OSError, ValueError):
                 continue
             for la in [doc.get("config", {}), *doc.get("layers", [])]:
