@@ -124,9 +124,10 @@ class GrammarMatcher:
 
     def apply(self, logits: np.ndarray) -> np.ndarray:
         """Set the logits of disallowed tokens to -inf, in place (logits past n_vocab too); returns logits."""
-        m = self.mask()
+        words = self.bitmask()
         n = min(len(logits), self.n_vocab)
-        logits[:n][~m[:n]] = -np.inf
+        banned = np.unpackbits((~words).view(np.uint8), count=n, bitorder="little").view(bool)
+        np.copyto(logits[:n], -np.inf, where=banned)
         logits[n:] = -np.inf
         return logits
 
