@@ -8,7 +8,7 @@ from collections import OrderedDict
 import numpy as np
 
 from ..tokenizer.core import Tokenizer
-from . import gbnf
+from . import gbnf, lark
 from .gbnf import GrammarError
 from .vocab import Vocabulary
 
@@ -45,7 +45,10 @@ def _with_big_stack(fn):
             box.append((False, e))
 
     with _stack_lock:
-        old = threading.stack_size(COMPILE_STACK)
+        try:
+            old = threading.stack_size(COMPILE_STACK)
+        except (ValueError, RuntimeError):  # a platform that refuses the size: the usual stack it is
+            return fn()
         try:
             t = threading.Thread(target=run, name="grammar-compile")
             t.start()
@@ -183,8 +186,8 @@ def _compile(vocab: Vocabulary, kind: str, text: str) -> CompiledGrammar:
     if kind == "gbnf":
         if text.lstrip().startswith("%llguidance"):
             return CompiledGrammar(vocab, LLMatcher.grammar_from_lark(text), "grammar")
-        lark = gbnf.to_lark(gbnf.parse(text))
-        return CompiledGrammar(vocab, LLMatcher.grammar_from_lark(lark), "grammar")
+        text = lark.to_lark(gbnf.parse(text))
+        return CompiledGrammar(vocab, LLMatcher.grammar_from_lark(text), "grammar")
     if kind == "json_schema":
         try:
             grammar = LLMatcher.grammar_from_json_schema(text, overrides={"whitespace_pattern": JSON_WHITESPACE})

@@ -1,0 +1,413 @@
+"""GBNF rules (gbnf.Grammar) as an llguidance Lark grammar, with as many lexemes as keep llama.cpp's language.
+
+Rules that use only characters and no recursion (strings, numbers, whitespace) could each be one lexeme, which
+keeps the mask fast; but a lexeme is matched greedily: where text could end it or continue it, it continues.
+So a rule becomes a lexeme only where that cannot change what the grammar accepts: nothing that may follow it
+could also continue it (`num ::= [0-9]+ ws` before "\n" with `ws ::= [ \t\n]*` stays a rule), no other lexeme
+that may start at the same place shares its first character (`identifier` beside "return"), and its regex stays
+small. The analysis over-approximates (when unsure, characters stay single lexemes: slower masks, same
+language); one case it does not follow is two lexemes whose split starts inside one alternative list of a
+lexeme-free rule and meets again later, which a grammar written to be read left to right does not have.
+"""
+from __future__ import annotations
+
+import json
+
+from .gbnf import ANY, CHAR, CHAR_NOT, REF, Element, Grammar, GrammarError
+
+MAX_LEXEME = 500  # symbols in one lexeme's regex, its rules written out
+MAX_PASSES = 64  # rounds of the grammar analyses (nullable, first and follow sets) before giving up
+
+
+def _cp(v: int) -> str:
+    return f"\\x{{{v:x}}}"
+
+
+def _lexeme(e: Element) -> str:
+    if e.kind == ANY:
+        return "/(?s:.)/"
+    if e.kind == CHAR and len(e.ranges) == 1 and e.ranges[0][0] == e.ranges[0][1] and 0x20 <= e.ranges[0][0] < 0x7F:
+        return json.dumps(chr(e.ranges[0][0]))
+    body = "".join(_cp(lo) if lo == hi else f"{_cp(lo)}-{_cp(hi)}" for lo, hi in e.ranges if lo <= hi)
+    if e.kind == CHAR_NOT:
+        return f"/[^{body}]/" if body else "/(?s:.)/"
+    if not body:
+        return "/[^\\x{0}-\\x{10ffff}]/"  # matches nothing, as an empty set does in llama.cpp
+    return f"/[{body}]/"
+
+
+def _terminal_rules(g: Grammar) -> set[int]:
+    """Rules that can be one lexeme: made of characters and other such rules, without recursion (the
+    generated `S*` rules count, as a regex `(S)*`), and never followed by a character that could also
+    continue them (a lexeme is matched greedily); root stays a nonterminal."""
+    term: set[int] = set()
+    rules = [i for i in range(len(g.rules)) if i != g.root and g.rules[i] is not None][::-1]
+
+    def step(i: int) -> bool:
+        if i in term:
+            return False
+        body = [g.star[i]] if i in g.star else g.rules[i]
+        if all(e.kind != REF or e.rule in term for alt in body for e in alt):
+            term.add(i)
+            return True
+        return False
+
+    try:
+        _fixpoint(step, rules)
+        _drop_large_lexemes(g, term)
+        if term:
+            _drop_greedy_conflicts(g, term)
+    except _TooComplex:
+        term.clear()  # no answer in time: every character its own lexeme (slower masks, same language)
+    return term
+
+
+def _drop_large_lexemes(g: Grammar, term: set[int]):
+    """A lexeme is one regex, with the rules it uses written out: past MAX_LEXEME symbols (`("a"{2000}){2000}`)
+    the matcher's lexer would take long to build, so such rules stay nonterminals."""
+    size: dict[int, int] = {}
+    for r in list(term):
+        stack = [(r, False)]
+        while stack:  # post-order, without recursion
+            i, ready = stack.pop()
+            if i in size:
+                continue
+            body = [g.star[i]] if i in g.star else g.rules[i]
+            refs = [e.rule for alt in body for e in alt if e.kind == REF]
+            if not ready:
+                stack.append((i, True))
+                stack.extend((j, False) for j in refs if j not in size)
+                continue
+            size[i] = sum(len(alt) + 1 for alt in body) + sum(size.get(j, MAX_LEXEME + 1) for j in refs)
+            size[i] = min(size[i], MAX_LEXEME + 1)
+    term.difference_update([i for i in term if size[i] > MAX_LEXEME])
+    while True:
+        gone = [i for i in term for alt in ([g.star[i]] if i in g.star else g.rules[i])
+                if any(e.kind == REF and e.rule not in term for e in alt)]
+        if not gone:
+            return
+        term.difference_update(gone)
+
+
+# character sets: tuples of disjoint, sorted (lo, hi) code point ranges
+_ALL = ((0, 0x10FFFF),)
+
+
+def _norm(ranges) -> tuple[tuple[int, int], ...]:
+    out: list[list[int]] = []
+    for lo, hi in sorted(r for r in ranges if r[0] <= r[1]):
+        if out and lo <= out[-1][1] + 1:
+            out[-1][1] = max(out[-1][1], hi)
+        else:
+            out.append([lo, hi])
+    return tuple((lo, hi) for lo, hi in out)
+
+
+def _charset(e: Element) -> tuple[tuple[int, int], ...]:
+    if e.kind == ANY:
+        return _ALL
+    r = _norm(e.ranges)
+    if e.kind == CHAR:
+        return r
+    out, prev = [], 0
+    for lo, hi in r:
+        if lo > prev:
+            out.append((prev, lo - 1))
+        prev = hi + 1
+    if prev <= 0x10FFFF:
+        out.append((prev, 0x10FFFF))
+    return tuple(out)
+
+
+def _meets(a, b) -> bool:
+    i = j = 0
+    while i < len(a) and j < len(b):
+        if a[i][1] < b[j][0]:
+            i += 1
+        elif b[j][1] < a[i][0]:
+            j += 1
+        else:
+            return True
+    return False
+
+
+def _drop_greedy_conflicts(g: Grammar, term: set[int]):
+    """Turn back into nonterminals the lexeme rules that some use follows with a character that could also
+    extend the lexeme (`num ::= [0-9]+ ws` then "\n", with `ws ::= [ \t\n]*`): a lexer would take it."""
+    n = len(g.rules)
+    nullable = [False] * n
+    first: list[tuple] = [()] * n
+    rules = [i for i in range(n) if g.rules[i] is not None]
+
+    def step_first(i: int) -> bool:
+        changed = False
+        for alt in g.rules[i]:
+            f, nul = _seq_first(alt, nullable, first)
+            f = _norm(first[i] + f)
+            if f != first[i] or (nul and not nullable[i]):
+                first[i], nullable[i] = f, nullable[i] or nul
+                changed = True
+        return changed
+
+    follow: list[tuple] = [()] * n
+
+    def step_follow(i: int) -> bool:
+        changed = False
+        for alt in g.rules[i]:
+            for k, e in enumerate(alt):
+                if e.kind != REF:
+                    continue
+                f, nul = _seq_first(alt[k + 1 :], nullable, first)
+                f = _norm(follow[e.rule] + f + (follow[i] if nul else ()))
+                if f != follow[e.rule]:
+                    follow[e.rule] = f
+                    changed = True
+        return changed
+
+    _fixpoint(step_first, rules[::-1])
+    _fixpoint(step_follow, rules)
+    memo: dict[int, tuple] = {}
+
+    def ext(i: int) -> tuple:
+        """Characters that can come right after a complete match of rule i and still continue it."""
+        if i not in memo:
+            memo[i] = ()  # the rules here have no recursion
+            alts = [g.star[i]] if i in g.star else g.rules[i] or []
+            out: tuple = ()
+            for alt in alts:
+                out += _seq_ext(alt, nullable, first, ext)
+            if i in g.star or nullable[i]:
+                out += first[i]
+            elif len(alts) > 1:
+                for a in alts:  # one alternative complete, another one going on
+                    fa, na = _seq_first(a, nullable, first)
+                    for b in alts:
+                        if b is not a and (na or _meets(fa, _seq_first(b, nullable, first)[0])):
+                            out += _seq_chars(b, g)
+            memo[i] = _norm(out)
+        return memo[i]
+
+    def single(i: int) -> bool:  # every match is one character: such a lexeme never has to choose an end
+        if i in g.star or nullable[i]:
+            return False
+        return all(len(a) == 1 and (a[0].kind != REF or single(a[0].rule)) for a in g.rules[i] or [])
+
+    for _ in range(MAX_PASSES):
+        changed = False
+        for i, alts in enumerate(g.rules):
+            if i in term:
+                continue
+            for alt in alts or ():
+                for k, e in enumerate(alt):
+                    if e.kind != REF or e.rule not in term:
+                        continue
+                    f, nul = _seq_first(alt[k + 1 :], nullable, first)
+                    if nul:
+                        f = f + follow[i]
+                    if _meets(ext(e.rule), _norm(f)):
+                        term.discard(e.rule)
+                        changed = True
+        # a lexeme that can start where another lexeme starts, sharing a first character: a lexer would take
+        # the longer (`identifier` over "return"), so it is parsed character by character instead
+        ctx, lf = _competitors(g, term, nullable, first)
+        for t in term.intersection(ctx):
+            if not single(t) and any(k != t and _meets(first[t], cs) for k, cs in ctx[t]):
+                term.discard(t)
+                changed = True
+        # two different lexemes that may start at one place with a common character split the parse in two
+        # (`identifier` and "return" both read "r"); past that place the lexemes of each side may meet in ways
+        # this analysis does not follow, so a rule that starts such a split keeps no lexemes inside it
+        for r, alts in enumerate(g.rules):
+            if r in term or alts is None or r not in ctx:
+                continue
+            own: set = set()
+            for alt in alts:
+                for e in alt:
+                    if e.kind != REF:
+                        own.add((-1, _charset(e)))
+                        break
+                    if e.rule in term:
+                        own.add((e.rule, first[e.rule]))
+                    if not nullable[e.rule]:
+                        break
+            others = ctx[r] | lf[r]
+            if any(k1 != k2 or c1 != c2 for k1, c1 in own for k2, c2 in others if _meets(c1, c2)):
+                inside = _closure(g, r) & term
+                if inside:
+                    term.difference_update(inside)
+                    changed = True
+        while True:  # a lexeme made with a rule that is no longer one is no longer one either
+            gone = [i for i in term for alt in ([g.star[i]] if i in g.star else g.rules[i])
+                    if any(e.kind == REF and e.rule not in term for e in alt)]
+            if not gone:
+                break
+            term.difference_update(gone)
+        if not changed:
+            return
+    raise _TooComplex
+
+
+def _fixpoint(step, order) -> None:
+    """Run step(i) -> changed over the rules in `order` until nothing changes (bounded)."""
+    for _ in range(MAX_PASSES):
+        changed = False
+        for i in order:
+            changed |= step(i)
+        if not changed:
+            return
+    raise _TooComplex
+
+
+class _TooComplex(Exception):
+    pass
+
+
+def _competitors(g: Grammar, term: set[int], nullable, first) -> tuple[dict[int, set], list[set]]:
+    """For each rule used by the nonterminal rules: the lexemes that may start at the same place as it, as
+    (lexeme rule, or -1 for a single character; its first characters); and each nonterminal's first lexemes."""
+    n = len(g.rules)
+    nts = [i for i in range(n) if i not in term and g.rules[i] is not None]
+    lf: list[set] = [set() for _ in range(n)]  # lexemes that can start a nonterminal rule
+    lfol: list[set] = [set() for _ in range(n)]  # lexemes that can follow a rule
+    lext: list[set] = [set() for _ in range(n)]  # lexemes that can go on after a complete nonterminal rule
+    ctx: list[set] = [set() for _ in range(n)]
+
+    def lf_seq(seq) -> tuple[set, bool]:
+        out: set = set()
+        for e in seq:
+            if e.kind != REF:
+                out.add((-1, _charset(e)))
+                return out, False
+            if e.rule in term:
+                out.add((e.rule, first[e.rule]))
+            else:
+                out |= lf[e.rule]
+            if not nullable[e.rule]:
+                return out, False
+        return out, True
+
+    def lext_seq(seq) -> set:
+        out: set = set()
+        for e in reversed(seq):
+            if e.kind != REF:
+                break
+            if e.rule not in term:
+                out |= lext[e.rule]
+            if not nullable[e.rule]:
+                break
+            out |= lf_seq([e])[0]
+        return out
+
+    def grow(target: set, more: set) -> bool:
+        k = len(target)
+        target |= more
+        return len(target) != k
+
+    def step_lf(i):
+        return any([grow(lf[i], lf_seq(alt)[0]) for alt in g.rules[i]])
+
+    def step_lext(i):
+        return any([grow(lext[i], lext_seq(alt)) for alt in g.rules[i]])
+
+    def step_follow_ctx(i):
+        changed = False
+        for alt in g.rules[i]:
+            for k, e in enumerate(alt):
+                if e.kind != REF:
+                    continue
+                rest, nul = lf_seq(alt[k + 1 :])
+                changed |= grow(lfol[e.rule], rest | (lfol[i] if nul else set()))
+                here, nul = lf_seq(alt[k:])
+                more = here | (lfol[i] if nul else set())
+                if lf_seq(alt[:k])[1]:
+                    more = more | ctx[i] | lf[i]
+                else:
+                    more = more | lext_seq(alt[:k])
+                changed |= grow(ctx[e.rule], more)
+        return changed
+
+    try:
+        _fixpoint(step_lf, nts[::-1])
+        _fixpoint(step_lext, nts[::-1])
+        _fixpoint(step_follow_ctx, nts)
+    except _TooComplex:
+        return {t: {(-2, _ALL)} for t in range(n)}, lf  # unknown: every lexeme may compete
+    return {i: ctx[i] for i in range(n)}, lf
+
+
+def _closure(g: Grammar, r: int) -> set[int]:
+    """The rules that rule r uses, directly or not (r included)."""
+    seen = {r}
+    todo = [r]
+    while todo:
+        i = todo.pop()
+        for alt in ([g.star[i]] if i in g.star else []) + (g.rules[i] or []):
+            for e in alt:
+                if e.kind == REF and e.rule not in seen:
+                    seen.add(e.rule)
+                    todo.append(e.rule)
+    return seen
+
+
+def _seq_first(seq, nullable, first) -> tuple[tuple, bool]:
+    out: tuple = ()
+    for e in seq:
+        if e.kind != REF:
+            return out + _charset(e), False
+        out += first[e.rule]
+        if not nullable[e.rule]:
+            return out, False
+    return out, True
+
+
+def _seq_ext(seq, nullable, first, ext) -> tuple:
+    """After a complete match of seq: the last non-empty element may go on, or a later (nullable) one start."""
+    out: tuple = ()
+    for e in reversed(seq):
+        if e.kind != REF:
+            break
+        out += ext(e.rule)
+        if not nullable[e.rule]:
+            break
+        out += first[e.rule]  # matched empty: an element before it ended the match, and this one may start
+    return out
+
+
+def _seq_chars(seq, g: Grammar) -> tuple:
+    """Every character that can appear in seq (an over-estimate)."""
+    out: tuple = ()
+    todo, seen = list(seq), set()
+    while todo:
+        e = todo.pop()
+        if e.kind != REF:
+            out += _charset(e)
+        elif e.rule not in seen:
+            seen.add(e.rule)
+            for alt in g.rules[e.rule] or ():
+                todo.extend(alt)
+    return _norm(out)
+
+
+def to_lark(g: Grammar) -> str:
+    """The rules as an llguidance Lark grammar. Rules without recursion that use only characters become
+    lexemes (T<n>), as llguidance's own GBNF converter does; the rest stay nonterminals (r<n>)."""
+    try:
+        term = _terminal_rules(g)
+    except RecursionError:
+        raise GrammarError("grammar: rules nested too deep (a chain of thousands of rules)") from None
+
+    def sym(e: Element) -> str:
+        if e.kind != REF:
+            return _lexeme(e)
+        return f"T{e.rule}" if e.rule in term else f"r{e.rule}"
+
+    lines = ["%llguidance {}", f"start: r{g.root}"]
+    for i, alts in enumerate(g.rules):
+        if alts is None:
+            continue
+        if i in g.star:  # as `(S)*`, which the parser repeats without the right recursion of `S' ::= S S' |`
+            body = "(" + (" ".join(map(sym, g.star[i])) or '""') + ")*"
+        else:
+            body = " | ".join(" ".join(map(sym, alt)) or '""' for alt in alts)
+        lines.append(f"{'T' if i in term else 'r'}{i}: {body}")
+    return "\n".join(lines) + "\n"
