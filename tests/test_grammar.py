@@ -223,6 +223,8 @@ def test_huge_and_deep_grammars_end_in_bounded_time(tok):
                            "undefined rule identifier 'r40000'"),
         "nested parentheses": ("root ::= " + "(" * 5000 + '"a"' + ")" * 5000, "parentheses nested deeper"),
         "one long literal": ('root ::= "' + "ab" * 600_000 + '"', "too large"),
+        "30,000 rules": ("root ::= r0\n" + "".join(f'r{i} ::= "x" r{i + 1} | "y"\n' for i in range(30000))
+                         + 'r30000 ::= "z"\n', "30002 rules"),
         "deeply nested rules": (f"root ::= r{n}\n" + "".join(f'r{i + 1} ::= r{i} "x" | "y"\n' for i in range(n))
                                 + 'r0 ::= "z"\n', None),
         "nested repetitions": ('root ::= ((("a"{2000}){2000}){10})', None),
@@ -387,3 +389,84 @@ def test_refused_token_ends_the_matcher(tok):
     m.accept(bad)
     assert m.is_done() and m.error and "\n" not in m.error
     assert not m.mask().any()
+
+
+# -- the lexeme analysis keeps llama.cpp's language ----------------------------------------------------------
+TRICKY = [
+    'root ::= [0-9]+ [0-9]',
+    'root ::= ("a" | "ab") "b"',
+    'root ::= x "b"\nx ::= "a"+ | "ab"',
+    'root ::= w (" " w)* " "?\nw ::= [a-z]+',
+    'root ::= (num "x"?)+\nnum ::= [0-9]+',
+    'root ::= kw | id\nkw ::= "if" | "in"\nid ::= [a-z] [a-z0-9]*',
+    'root ::= s ws "," ws s\ns ::= "\\"" [^"]* "\\""\nws ::= [ ]*',
+    'root ::= a a\na ::= "x" | "xx"',
+    'root ::= ("ab"? "a")*',
+    'root ::= t "\\n"\nt ::= [a-z]+ ws\nws ::= [ \\t\\n]*',
+]
+
+
+def random_grammar(rng) -> str:
+    """A small random GBNF grammar over "a" and "b" (it may be refused: left recursion, no end)."""
+    names = ["root", "x", "y"]
+
+    def item(depth: int) -> str:
+        r = rng.random()
+        if r < 0.3:
+            s = str(rng.choice(['"a"', '"b"', '"ab"', '"ba"', "[ab]", "[^b]", '"aa"']))
+        elif r < 0.5:
+            s = str(rng.choice(names[1:]))
+        elif r < 0.6 and depth < 2:
+            s = "(" + alts(depth + 1) + ")"
+        else:
+            s = str(rng.choice(['"a"', '"b"', "[ab]"]))
+        return s + str(rng.choice(["", "", "", "*", "+", "?", "{1,2}", "{0,2}"]))
+
+    def alts(depth: int) -> str:
+        return " | ".join(" ".join(item(depth) for _ in range(rng.integers(1, 4))) for _ in range(rng.integers(1, 3)))
+
+    return "\n".join(f"{n} ::= {alts(0)}" for n in names)
+
+
+def sample_strings(lark_text: str, rng, n: int) -> list[str]:
+    """Random strings of a grammar, drawn byte by byte from its matcher (stopping at random where it may)."""
+    out = []
+    c = compile_gbnf(lark_text, BYTES)
+    for _ in range(n):
+        m, s = c.matcher(), []
+        for _ in range(12):
+            if m.is_accepting() and rng.random() < 0.3:
+                break
+            allowed = [b for b in m.allowed_ids().tolist() if b < 256]
+            if not allowed:
+                break
+            b = int(rng.choice(allowed))
+            m.accept(b)
+            s.append(b)
+        if m.is_accepting():
+            out.append(bytes(s).decode("utf-8"))
+    return out
+
+
+def test_lexemes_keep_llama_cpp_language():
+    """Every string the character-by-character grammar (llama.cpp's language) produces, the grammar with lexemes
+    accepts, and the other way round: on tricky grammars and on random ones."""
+    from llamapy.grammar import lark
+
+    rng = np.random.default_rng(0)
+    grammars = list(TRICKY)
+    while len(grammars) < 60:
+        grammars.append(random_grammar(rng))
+    checked = 0
+    for text in grammars:
+        try:
+            g = gbnf.parse(text)
+        except GrammarError:
+            continue
+        exact, fast = lark.to_lark(g, lexemes=False), lark.to_lark(g)
+        for s in sample_strings(exact, rng, 12):
+            assert accepts(fast, s), f"{text!r} with lexemes rejects {s!r}"
+            checked += 1
+        for s in sample_strings(fast, rng, 6):
+            assert accepts(exact, s), f"{text!r} with lexemes accepts {s!r}"
+    assert checked > 300

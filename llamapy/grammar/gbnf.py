@@ -328,13 +328,14 @@ def _check_left_recursion(g: Grammar):
                 todo.append(j)
     if done == n:
         return
-    # a rule on a cycle: walk forward inside what is left until a rule comes back
+    # a rule on a cycle: each rule left has a rule left that leads to it; walking back must come round
     left = {i for i in range(n) if indeg[i] > 0}
-    i = next(iter(left))
-    seen: dict[int, int] = {}
+    back: dict[int, int] = {j: i for i in left for j in edges[i] if j in left}
+    i = min(left)
+    seen: set[int] = set()
     while i not in seen:
-        seen[i] = len(seen)
-        i = next(j for j in edges[i] if j in left)
+        seen.add(i)
+        i = back[i]
     raise GrammarError(f"grammar: left recursion in rule '{_base(g.names[i])}' (llama.cpp refuses left recursion)")
 
 

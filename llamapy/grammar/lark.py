@@ -3,11 +3,12 @@
 Rules that use only characters and no recursion (strings, numbers, whitespace) could each be one lexeme, which
 keeps the mask fast; but a lexeme is matched greedily: where text could end it or continue it, it continues.
 So a rule becomes a lexeme only where that cannot change what the grammar accepts: nothing that may follow it
-could also continue it (`num ::= [0-9]+ ws` before "\n" with `ws ::= [ \t\n]*` stays a rule), no other lexeme
-that may start at the same place shares its first character (`identifier` beside "return"), and its regex stays
-small. The analysis over-approximates (when unsure, characters stay single lexemes: slower masks, same
-language); one case it does not follow is two lexemes whose split starts inside one alternative list of a
-lexeme-free rule and meets again later, which a grammar written to be read left to right does not have.
+could also continue it (`num ::= [0-9]+ ws` before "\n" with `ws ::= [ \t\n]*` stays a rule: what may extend
+a lexeme comes from its automaton), no other lexeme that may start at the same place shares its first
+character (`identifier` beside "return"), it is not inside or after a rule whose alternatives split the parse
+in two at their first character, and its regex stays small. When unsure, characters stay single lexemes: slower masks,
+the same language. The tests hold the result to the one-lexeme-per-character grammar on tricky and random
+grammars.
 """
 from __future__ import annotations
 
@@ -16,6 +17,9 @@ import json
 from .gbnf import ANY, CHAR, CHAR_NOT, REF, Element, Grammar, GrammarError
 
 MAX_LEXEME = 500  # symbols in one lexeme's regex, its rules written out
+MAX_DFA = 2000  # automaton states explored to find what may extend a lexeme
+MAX_RULES = 20_000  # the matcher numbers its symbols in 16 bits, lexemes and helper symbols included
+MAX_WORK = 5_000_000  # steps of the split analysis before giving up
 MAX_PASSES = 64  # rounds of the grammar analyses (nullable, first and follow sets) before giving up
 
 
@@ -166,25 +170,18 @@ def _drop_greedy_conflicts(g: Grammar, term: set[int]):
 
     _fixpoint(step_first, rules[::-1])
     _fixpoint(step_follow, rules)
+    occ: list[list] = [[] for _ in range(n)]  # rule -> where it is used: (rule, alternative, position)
+    for i, alts in enumerate(g.rules):
+        for alt in alts or ():
+            for k, e in enumerate(alt):
+                if e.kind == REF:
+                    occ[e.rule].append((i, alt, k))
+    budget = [MAX_WORK]
     memo: dict[int, tuple] = {}
 
     def ext(i: int) -> tuple:
-        """Characters that can come right after a complete match of rule i and still continue it."""
         if i not in memo:
-            memo[i] = ()  # the rules here have no recursion
-            alts = [g.star[i]] if i in g.star else g.rules[i] or []
-            out: tuple = ()
-            for alt in alts:
-                out += _seq_ext(alt, nullable, first, ext)
-            if i in g.star or nullable[i]:
-                out += first[i]
-            elif len(alts) > 1:
-                for a in alts:  # one alternative complete, another one going on
-                    fa, na = _seq_first(a, nullable, first)
-                    for b in alts:
-                        if b is not a and (na or _meets(fa, _seq_first(b, nullable, first)[0])):
-                            out += _seq_chars(b, g)
-            memo[i] = _norm(out)
+            memo[i] = _extensions(g, i)
         return memo[i]
 
     def single(i: int) -> bool:  # every match is one character: such a lexeme never has to choose an end
@@ -211,7 +208,7 @@ def _drop_greedy_conflicts(g: Grammar, term: set[int]):
         # the longer (`identifier` over "return"), so it is parsed character by character instead
         ctx, lf = _competitors(g, term, nullable, first)
         for t in term.intersection(ctx):
-            if not single(t) and any(k != t and _meets(first[t], cs) for k, cs in ctx[t]):
+            if not single(t) and any(k != t and _meets(first[t], cs) for k, cs, _ in ctx[t]):
                 term.discard(t)
                 changed = True
         # two different lexemes that may start at one place with a common character split the parse in two
@@ -221,18 +218,18 @@ def _drop_greedy_conflicts(g: Grammar, term: set[int]):
             if r in term or alts is None or r not in ctx:
                 continue
             own: set = set()
-            for alt in alts:
+            for j, alt in enumerate(alts):
                 for e in alt:
                     if e.kind != REF:
-                        own.add((-1, _charset(e)))
+                        own.add((-1, _charset(e), (r, j)))
                         break
                     if e.rule in term:
-                        own.add((e.rule, first[e.rule]))
+                        own.add((e.rule, first[e.rule], (r, j)))
                     if not nullable[e.rule]:
                         break
-            others = ctx[r] | lf[r]
-            if any(k1 != k2 or c1 != c2 for k1, c1 in own for k2, c2 in others if _meets(c1, c2)):
-                inside = _closure(g, r) & term
+            # entries differ by the place they are written in too: the same "b" in two alternatives splits
+            if any(a != b for a in own for b in ctx[r] | lf[r] | own if _meets(a[1], b[1])):
+                inside = _after(g, r, nullable, occ, budget) & term
                 if inside:
                     term.difference_update(inside)
                     changed = True
@@ -245,6 +242,77 @@ def _drop_greedy_conflicts(g: Grammar, term: set[int]):
         if not changed:
             return
     raise _TooComplex
+
+
+def _extensions(g: Grammar, r: int) -> tuple:
+    """The characters that can come right after a complete match of lexeme rule r and still lead to a longer
+    match: exactly, from the rule's automaton (an NFA, determinized as far as MAX_DFA states; past that, every
+    character, which keeps the rule from being a lexeme where anything follows it)."""
+    eps: list[list[int]] = []
+    edges: list[list[tuple]] = []
+
+    def new() -> int:
+        eps.append([])
+        edges.append([])
+        return len(eps) - 1
+
+    def seq(elements) -> tuple[int, int]:
+        s = cur = new()
+        for e in elements:
+            if e.kind == REF:
+                a, b = rule(e.rule)
+                eps[cur].append(a)
+                cur = b
+            else:
+                nxt = new()
+                edges[cur].append((_charset(e), nxt))
+                cur = nxt
+        return s, cur
+
+    def rule(i: int) -> tuple[int, int]:
+        s, e = new(), new()
+        if i in g.star:
+            a, b = seq(g.star[i])
+            eps[s] += [a, e]
+            eps[b] += [a, e]
+        else:
+            for alt in g.rules[i]:
+                a, b = seq(alt)
+                eps[s].append(a)
+                eps[b].append(e)
+        return s, e
+
+    start, final = rule(r)
+    points = sorted({p for es in edges for cs, _ in es for lo, hi in cs for p in (lo, hi + 1)})
+    classes = [(lo, hi - 1) for lo, hi in zip(points, points[1:])]
+
+    def closure(states) -> frozenset:
+        seen, todo = set(states), list(states)
+        while todo:
+            for t in eps[todo.pop()]:
+                if t not in seen:
+                    seen.add(t)
+                    todo.append(t)
+        return frozenset(seen)
+
+    out: list = []
+    first = closure([start])
+    seen_sets, todo = {first}, [first]
+    while todo:
+        if len(seen_sets) > MAX_DFA:
+            return _ALL
+        S = todo.pop()
+        for k in classes:
+            nxt = [t for q in S for cs, t in edges[q] if _meets(cs, (k,))]
+            if not nxt:
+                continue
+            if final in S:
+                out.append(k)
+            T = closure(nxt)
+            if T not in seen_sets:
+                seen_sets.add(T)
+                todo.append(T)
+    return _norm(out)
 
 
 def _fixpoint(step, order) -> None:
@@ -264,7 +332,8 @@ class _TooComplex(Exception):
 
 def _competitors(g: Grammar, term: set[int], nullable, first) -> tuple[dict[int, set], list[set]]:
     """For each rule used by the nonterminal rules: the lexemes that may start at the same place as it, as
-    (lexeme rule, or -1 for a single character; its first characters); and each nonterminal's first lexemes."""
+    (lexeme rule, or -1 for a single character; its first characters; the (rule, alternative) it is written in);
+    and each nonterminal's first lexemes."""
     n = len(g.rules)
     nts = [i for i in range(n) if i not in term and g.rules[i] is not None]
     lf: list[set] = [set() for _ in range(n)]  # lexemes that can start a nonterminal rule
@@ -272,21 +341,21 @@ def _competitors(g: Grammar, term: set[int], nullable, first) -> tuple[dict[int,
     lext: list[set] = [set() for _ in range(n)]  # lexemes that can go on after a complete nonterminal rule
     ctx: list[set] = [set() for _ in range(n)]
 
-    def lf_seq(seq) -> tuple[set, bool]:
+    def lf_seq(seq, owner) -> tuple[set, bool]:
         out: set = set()
         for e in seq:
             if e.kind != REF:
-                out.add((-1, _charset(e)))
+                out.add((-1, _charset(e), owner))
                 return out, False
             if e.rule in term:
-                out.add((e.rule, first[e.rule]))
+                out.add((e.rule, first[e.rule], owner))
             else:
                 out |= lf[e.rule]
             if not nullable[e.rule]:
                 return out, False
         return out, True
 
-    def lext_seq(seq) -> set:
+    def lext_seq(seq, owner) -> set:
         out: set = set()
         for e in reversed(seq):
             if e.kind != REF:
@@ -295,7 +364,7 @@ def _competitors(g: Grammar, term: set[int], nullable, first) -> tuple[dict[int,
                 out |= lext[e.rule]
             if not nullable[e.rule]:
                 break
-            out |= lf_seq([e])[0]
+            out |= lf_seq([e], owner)[0]
         return out
 
     def grow(target: set, more: set) -> bool:
@@ -304,25 +373,25 @@ def _competitors(g: Grammar, term: set[int], nullable, first) -> tuple[dict[int,
         return len(target) != k
 
     def step_lf(i):
-        return any([grow(lf[i], lf_seq(alt)[0]) for alt in g.rules[i]])
+        return any([grow(lf[i], lf_seq(alt, (i, j))[0]) for j, alt in enumerate(g.rules[i])])
 
     def step_lext(i):
-        return any([grow(lext[i], lext_seq(alt)) for alt in g.rules[i]])
+        return any([grow(lext[i], lext_seq(alt, (i, j))) for j, alt in enumerate(g.rules[i])])
 
     def step_follow_ctx(i):
         changed = False
-        for alt in g.rules[i]:
+        for j, alt in enumerate(g.rules[i]):
             for k, e in enumerate(alt):
                 if e.kind != REF:
                     continue
-                rest, nul = lf_seq(alt[k + 1 :])
+                rest, nul = lf_seq(alt[k + 1 :], (i, j))
                 changed |= grow(lfol[e.rule], rest | (lfol[i] if nul else set()))
-                here, nul = lf_seq(alt[k:])
+                here, nul = lf_seq(alt[k:], (i, j))
                 more = here | (lfol[i] if nul else set())
-                if lf_seq(alt[:k])[1]:
+                if lf_seq(alt[:k], (i, j))[1]:
                     more = more | ctx[i] | lf[i]
                 else:
-                    more = more | lext_seq(alt[:k])
+                    more = more | lext_seq(alt[:k], (i, j))
                 changed |= grow(ctx[e.rule], more)
         return changed
 
@@ -331,14 +400,36 @@ def _competitors(g: Grammar, term: set[int], nullable, first) -> tuple[dict[int,
         _fixpoint(step_lext, nts[::-1])
         _fixpoint(step_follow_ctx, nts)
     except _TooComplex:
-        return {t: {(-2, _ALL)} for t in range(n)}, lf  # unknown: every lexeme may compete
+        return {t: {(-2, _ALL, None)} for t in range(n)}, lf  # unknown: every lexeme may compete
     return {i: ctx[i] for i in range(n)}, lf
 
 
-def _closure(g: Grammar, r: int) -> set[int]:
-    """The rules that rule r uses, directly or not (r included)."""
+def _after(g: Grammar, r: int, nullable, occ, budget: list[int]) -> set[int]:
+    """The rules used inside rule r or after it: a split at r's start may run on past r's end."""
+    roots: set[int] = set()
     seen = {r}
     todo = [r]
+    while todo:
+        x = todo.pop()
+        roots.add(x)
+        for i, alt, k in occ[x]:
+            rest = alt[k + 1 :]
+            budget[0] -= len(rest) + 1
+            roots.update(f.rule for f in rest if f.kind == REF)
+            if all(f.kind == REF and nullable[f.rule] for f in rest) and i not in seen:
+                seen.add(i)
+                todo.append(i)
+    out = _closure(g, roots)
+    budget[0] -= len(out)
+    if budget[0] < 0:
+        raise _TooComplex
+    return out
+
+
+def _closure(g: Grammar, roots) -> set[int]:
+    """The rules that the given rules use, directly or not (themselves included)."""
+    seen = set(roots)
+    todo = list(roots)
     while todo:
         i = todo.pop()
         for alt in ([g.star[i]] if i in g.star else []) + (g.rules[i] or []):
@@ -360,39 +451,15 @@ def _seq_first(seq, nullable, first) -> tuple[tuple, bool]:
     return out, True
 
 
-def _seq_ext(seq, nullable, first, ext) -> tuple:
-    """After a complete match of seq: the last non-empty element may go on, or a later (nullable) one start."""
-    out: tuple = ()
-    for e in reversed(seq):
-        if e.kind != REF:
-            break
-        out += ext(e.rule)
-        if not nullable[e.rule]:
-            break
-        out += first[e.rule]  # matched empty: an element before it ended the match, and this one may start
-    return out
-
-
-def _seq_chars(seq, g: Grammar) -> tuple:
-    """Every character that can appear in seq (an over-estimate)."""
-    out: tuple = ()
-    todo, seen = list(seq), set()
-    while todo:
-        e = todo.pop()
-        if e.kind != REF:
-            out += _charset(e)
-        elif e.rule not in seen:
-            seen.add(e.rule)
-            for alt in g.rules[e.rule] or ():
-                todo.extend(alt)
-    return _norm(out)
-
-
-def to_lark(g: Grammar) -> str:
-    """The rules as an llguidance Lark grammar. Rules without recursion that use only characters become
-    lexemes (T<n>), as llguidance's own GBNF converter does; the rest stay nonterminals (r<n>)."""
+def to_lark(g: Grammar, lexemes: bool = True) -> str:
+    """The rules as an llguidance Lark grammar. Rules that can safely be lexemes become lexemes (T<n>); the rest
+    stay nonterminals (r<n>). lexemes=False makes every character its own lexeme: llama.cpp's language with no
+    analysis at all (the slow reference the tests compare the analysis with)."""
+    n_rules = sum(alts is not None for alts in g.rules)
+    if n_rules > MAX_RULES:
+        raise GrammarError(f"grammar: {n_rules} rules once repetitions are rewritten (the matcher takes {MAX_RULES})")
     try:
-        term = _terminal_rules(g)
+        term = _terminal_rules(g) if lexemes else set()
     except RecursionError:
         raise GrammarError("grammar: rules nested too deep (a chain of thousands of rules)") from None
 
