@@ -191,7 +191,9 @@ BAD_GRAMMARS = [
     ('root ::= root "a" | "a"', "left recursion in rule 'root'"),
     ('root ::= x\nx ::= y? x "a" | "b"\ny ::= "c"', "left recursion in rule 'x'"),
     ('root ::= "a" x\nx ::= "b" x', "rule 'x' can never match"),
-    ('root ::= <[1234]>', "token references"),
+    ('root ::= "a" <[12', "line 1, column 14: expecting '>'"),
+    ('root ::= <[x]>', "line 1, column 10: expecting a token id in <[...]>"),
+    ('root ::= "a" <no-such-token>', "<no-such-token> is not one token of this model"),
     ("", 'does not contain a "root" rule'),
 ]
 
@@ -239,6 +241,23 @@ def test_huge_and_deep_grammars_end_in_bounded_time(tok):
                 compile_gbnf(text, tok)
             assert error in str(e.value) and "\n" not in str(e.value), what
         assert time.perf_counter() - t0 < 20, what
+
+
+def test_token_references(tok):
+    """llama.cpp's token elements: <[id]>, <text> (one token of the model), and !<...> (any token but that one)."""
+    im_start, im_end = tok.find_token("<|im_start|>"), tok.find_token("<|im_end|>")
+    m = compile_gbnf('root ::= <|im_start|> "x" <[' + str(im_end) + ']>', tok).matcher()
+    assert m.allowed_ids().tolist() == [im_start]
+    m.accept(im_start)
+    x = tok.encode("x", add_special=False)[0]
+    assert m.mask()[x] and not m.mask()[im_start]
+    m.accept(x)
+    assert m.allowed_ids().tolist() == [im_end]
+    m = compile_gbnf("root ::= !<[5]> !<[5]>", tok).matcher()
+    mask = m.mask()
+    assert not mask[5] and mask.sum() >= tok.n_vocab - 3
+    m.accept(7)
+    assert not m.mask()[5] and m.mask()[6]
 
 
 def test_lark_text_passes_through(tok):

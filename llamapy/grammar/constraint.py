@@ -186,7 +186,7 @@ def _compile(vocab: Vocabulary, kind: str, text: str) -> CompiledGrammar:
     if kind == "gbnf":
         if text.lstrip().startswith("%llguidance"):
             return CompiledGrammar(vocab, LLMatcher.grammar_from_lark(text), "grammar")
-        text = lark.to_lark(gbnf.parse(text))
+        text = lark.to_lark(gbnf.parse(text), token_id=vocab.token_id)
         return CompiledGrammar(vocab, LLMatcher.grammar_from_lark(text), "grammar")
     if kind == "json_schema":
         try:

@@ -28,15 +28,18 @@ class GrammarError(LlamapyError):
 
 # element kinds
 CHAR, CHAR_NOT, ANY, REF = "char", "char_not", "any", "ref"
+TOKEN, TOKEN_NOT = "token", "token_not"  # <[id]> or <text> (one token of the model), and !<...>: any other token
 
 
 @dataclass
 class Element:
-    """One symbol of an alternative: a character set (ranges of code points), any character, or a rule."""
+    """One symbol of an alternative: a character set (ranges of code points), any character, a rule, or a token
+    (rule holds its id; text its vocabulary text when the grammar names it so, resolved with the model)."""
 
     kind: str
     ranges: tuple[tuple[int, int], ...] = ()
     rule: int = -1
+    text: str = ""
 
 
 @dataclass
@@ -252,8 +255,21 @@ class _Parser:
                 if hi != -1 and hi < lo:
                     self.fail(brace, f"the repetition {{{lo},{hi}}} has its maximum below its minimum")
                 self.repeat(out, last_start, lo, hi, name, brace)
-            elif c == "<" or c == "!":
-                self.fail(pos, "token references (<...>) are not supported")
+            elif c == "<" or (c == "!" and self.at(pos + 1) == "<"):
+                last_start = len(out)
+                kind = TOKEN_NOT if c == "!" else TOKEN
+                start = pos + (c == "!")
+                end = text.find(">", start)
+                if end < 0:
+                    self.fail(start, "expecting '>'")
+                inner = text[start + 1 : end]
+                if inner.startswith("[") and inner.endswith("]"):
+                    if not inner[1:-1].isdigit() or not inner[1:-1].isascii():
+                        self.fail(start, "expecting a token id in <[...]>")
+                    out.append(Element(kind, rule=int(inner[1:-1])))
+                else:
+                    out.append(Element(kind, text=text[start : end + 1]))
+                pos = self.space(end + 1, nested)
             else:
                 break
         return pos

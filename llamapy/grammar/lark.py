@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 
-from .gbnf import ANY, CHAR, CHAR_NOT, REF, Element, Grammar, GrammarError
+from .gbnf import ANY, CHAR, CHAR_NOT, REF, TOKEN, TOKEN_NOT, Element, Grammar, GrammarError
 
 MAX_LEXEME = 500  # symbols in one lexeme's regex, its rules written out
 MAX_DFA = 2000  # automaton states explored to find what may extend a lexeme
@@ -51,7 +51,7 @@ def _terminal_rules(g: Grammar) -> set[int]:
         if i in term:
             return False
         body = [g.star[i]] if i in g.star else g.rules[i]
-        if all(e.kind != REF or e.rule in term for alt in body for e in alt):
+        if all((e.kind != REF or e.rule in term) and e.kind not in _TOKENS for alt in body for e in alt):
             term.add(i)
             return True
         return False
@@ -93,6 +93,8 @@ def _drop_large_lexemes(g: Grammar, term: set[int]):
         term.difference_update(gone)
 
 
+_TOKENS = (TOKEN, TOKEN_NOT)
+
 # character sets: tuples of disjoint, sorted (lo, hi) code point ranges
 _ALL = ((0, 0x10FFFF),)
 
@@ -108,7 +110,7 @@ def _norm(ranges) -> tuple[tuple[int, int], ...]:
 
 
 def _charset(e: Element) -> tuple[tuple[int, int], ...]:
-    if e.kind == ANY:
+    if e.kind in (ANY, TOKEN, TOKEN_NOT):  # a token may start with anything
         return _ALL
     r = _norm(e.ranges)
     if e.kind == CHAR:
@@ -451,10 +453,11 @@ def _seq_first(seq, nullable, first) -> tuple[tuple, bool]:
     return out, True
 
 
-def to_lark(g: Grammar, lexemes: bool = True) -> str:
+def to_lark(g: Grammar, lexemes: bool = True, token_id=None) -> str:
     """The rules as an llguidance Lark grammar. Rules that can safely be lexemes become lexemes (T<n>); the rest
     stay nonterminals (r<n>). lexemes=False makes every character its own lexeme: llama.cpp's language with no
-    analysis at all (the slow reference the tests compare the analysis with)."""
+    analysis at all (the slow reference the tests compare the analysis with). token_id(text) gives the id of a
+    token the grammar names by its text (<think>), or None."""
     n_rules = sum(alts is not None for alts in g.rules)
     if n_rules > MAX_RULES:
         raise GrammarError(f"grammar: {n_rules} rules once repetitions are rewritten (the matcher takes {MAX_RULES})")
@@ -464,6 +467,13 @@ def to_lark(g: Grammar, lexemes: bool = True) -> str:
         raise GrammarError("grammar: rules nested too deep (a chain of thousands of rules)") from None
 
     def sym(e: Element) -> str:
+        if e.kind in _TOKENS:
+            tid = e.rule
+            if e.text:
+                tid = token_id(e.text) if token_id else None
+                if tid is None:
+                    raise GrammarError(f"grammar: {e.text} is not one token of this model")
+            return f"<[^{tid}]>" if e.kind == TOKEN_NOT else f"<[{tid}]>"
         if e.kind != REF:
             return _lexeme(e)
         return f"T{e.rule}" if e.rule in term else f"r{e.rule}"

@@ -60,6 +60,10 @@ class Vocabulary:
         self.ll = llguidance.LLTokenizer(_Wrapper(tok, tokens, eos), n_vocab=self.n_vocab, eos_token=eog or None)
         self.cache = None  # the compiled grammars of this vocabulary (constraint.GrammarCache), made on first use
 
+    def token_id(self, text: str) -> int | None:
+        """The id of the token whose text is `text` (a GBNF <text> reference), or None."""
+        return self.tokenizer.find_token(text)
+
     @classmethod
     def for_tokenizer(cls, tok: Tokenizer, n_vocab: int | None = None) -> Vocabulary:
         """The vocabulary of `tok`, built on first use and kept while the tokenizer lives."""
