@@ -8,3 +8,20 @@ __version__ = "0.1.0"
 # quarter of the CPU time of `llamapy run -n 1`. (No effect when numpy was imported first; set the variable
 # to choose otherwise.)
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+# llama-cpp-python's API (`from llamapy import Llama`), imported on first use so `import llamapy` and the
+# command line stay fast
+_API_NAMES = ("Llama", "LlamaState", "LlamaCache", "LlamaRAMCache", "LogitsProcessorList", "StoppingCriteriaList",
+              "LLAMA_DEFAULT_SEED", "llama_types")
+
+
+def __getattr__(name: str):
+    if name in _API_NAMES:
+        from . import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'llamapy' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted([*globals(), *_API_NAMES])
