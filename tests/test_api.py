@@ -184,7 +184,7 @@ def test_chat_completion_and_its_stream(llm):
     # each call below starts from an empty cache: a prompt whose prefix is reused has its last token
     # evaluated alone, which rounds differently from a batch and can flip a near tie (as in llama.cpp)
     llm.reset()
-    out = llm.create_chat_completion(messages=msgs, temperature=0, max_tokens=40)
+    out = llm.create_chat_completion(messages=msgs, temperature=0, max_tokens=24)
     conforms(out, T.CreateChatCompletionResponse)
     msg = out["choices"][0]["message"]
     assert msg["role"] == "assistant" and msg["content"].strip()
@@ -192,12 +192,12 @@ def test_chat_completion_and_its_stream(llm):
     rendered = ("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
                 "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n")
     llm.reset()
-    plain = llm(rendered, max_tokens=40, temperature=0, stop=["<|im_end|>"])
+    plain = llm(rendered, max_tokens=24, temperature=0, stop=["<|im_end|>"])
     assert plain["choices"][0]["text"] == msg["content"]
     assert plain["usage"] == out["usage"]
     assert out["id"].startswith("chatcmpl-") and out["object"] == "chat.completion"
     llm.reset()
-    chunks = list(llm.create_chat_completion(messages=msgs, temperature=0, max_tokens=40, stream=True))
+    chunks = list(llm.create_chat_completion(messages=msgs, temperature=0, max_tokens=24, stream=True))
     for c in chunks:
         conforms(c, T.CreateChatCompletionStreamResponse)
     assert chunks[0]["choices"][0]["delta"] == {"role": "assistant"}
@@ -207,7 +207,7 @@ def test_chat_completion_and_its_stream(llm):
     # the end of turn is not in the text, and response_format text is the default
     assert "<|im_end|>" not in msg["content"]
     llm.reset()
-    same = llm.create_chat_completion(messages=msgs, temperature=0, max_tokens=40, response_format={"type": "text"})
+    same = llm.create_chat_completion(messages=msgs, temperature=0, max_tokens=24, response_format={"type": "text"})
     assert same["choices"][0]["message"]["content"] == msg["content"]
 
 
@@ -475,8 +475,6 @@ def test_bad_input_gets_a_clear_error(llm, default_model):
         Llama(default_model, draft_model=object(), verbose=False)
     with pytest.raises(ValueError, match="n_ctx"):
         Llama(default_model, n_ctx=-5, verbose=False)
-    with pytest.raises(NotImplementedError, match="from_pretrained"):
-        Llama.from_pretrained("org/repo", "*q4_0.gguf")
     # still usable after all that
     assert llm("The capital of France is", max_tokens=2, temperature=0)["usage"]["completion_tokens"] == 2
 

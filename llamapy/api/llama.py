@@ -17,6 +17,7 @@ object usable.
 from __future__ import annotations
 
 import math
+import os
 import sys
 import threading
 import time
@@ -371,11 +372,55 @@ class Llama:
     def from_pretrained(cls, repo_id: str, filename: str | None, additional_files: list[str] | None = None,
                         local_dir: str | None = None, local_dir_use_symlinks: bool | Literal["auto"] = "auto",
                         cache_dir: str | None = None, **kwargs: Any) -> Llama:
-        """Download a GGUF from the Hugging Face Hub and load it: not supported yet (download the file and
-        pass model_path)."""
-        raise NotImplementedError(
-            f"Llama.from_pretrained({repo_id!r}): downloading models is not supported yet; "
-            "download the GGUF file and pass it as model_path")
+        """Download a GGUF from the Hugging Face Hub into llamapy's model store (once) and load it.
+
+        filename: the file's name, or a glob (`*q8_0.gguf`) matching exactly one file of the repository.
+        HF_ENDPOINT (a mirror) and HF_TOKEN are honoured. The file goes to llamapy's store (as `llamapy pull`
+        does, named hf.co/REPO:FILE-STEM), not to local_dir / cache_dir, which are accepted and ignored.
+        additional_files (split GGUFs) are not supported yet. kwargs: the Llama arguments."""
+        import fnmatch
+        import re
+
+        from ..store.models import import_blob
+        from ..store.pull import download, list_files, parse_ref
+        from ..store.store import Store
+
+        if not isinstance(repo_id, str) or not isinstance(filename, str):
+            raise TypeError("from_pretrained: repo_id and filename must be strings")
+        if additional_files:
+            raise _not_yet("additional_files", "split GGUF files")
+        verbose = bool(kwargs.get("verbose", True))
+        try:
+            ref = parse_ref(f"hf.co/{repo_id}")
+            files = list_files(ref)
+            names = [f.path for f in files]
+            matches = [f for f in files if fnmatch.fnmatchcase(f.path, filename)
+                       or fnmatch.fnmatchcase(os.path.basename(f.path), filename)]
+            if not matches:  # "*q8_0.gguf" for a file named ...Q8_0.gguf
+                low = filename.lower()
+                matches = [f for f in files if fnmatch.fnmatchcase(os.path.basename(f.path).lower(), low)]
+            if not matches:
+                raise ValueError(f"No file found in {repo_id} that matches {filename!r} "
+                                 f"(files: {', '.join(names[:20])})")
+            if len(matches) > 1:
+                raise ValueError(f"Multiple files found in {repo_id} matching {filename!r}: "
+                                 f"{', '.join(f.path for f in matches[:20])}")
+            f = matches[0]
+            stem = os.path.basename(f.path)
+            stem = stem[:-5] if stem.lower().endswith(".gguf") else stem
+            tag = re.sub(r"[^A-Za-z0-9_.-]", "_", stem).lstrip(".-")[:80] or "latest"
+            name = f"hf.co/{ref.repo}:{tag}"
+            store = Store()
+            if store.find(name) is None:
+                def say(msg: str) -> None:
+                    if verbose:
+                        print(f"llamapy: {msg}", file=sys.stderr)
+
+                import_blob(name, download(f, ref.hub, store, log=say), store)
+            path = store.model_path(name)
+        except LlamapyError as e:
+            raise ValueError(f"from_pretrained({repo_id!r}, {filename!r}): {e}") from None
+        return cls(model_path=path, **kwargs)
 
     def close(self) -> None:
         """Free the model, its KV cache and thread pool now; the object can't be used afterwards."""
