@@ -154,6 +154,22 @@ def test_streaming_gives_the_same_text_in_chunks(llm):
     assert len({c["id"] for c in chunks}) == 1
 
 
+def test_seeds(llm, default_model):
+    from llamapy import Llama
+
+    def sample(m, **kw):
+        m.reset()  # each from an empty cache: the same evaluation every time
+        return m(PLANETS, max_tokens=12, **kw)["choices"][0]["text"]
+
+    a = sample(llm, seed=1234)
+    assert sample(llm, seed=1234) == a
+    others = {sample(llm, seed=s) for s in (1, 2, 3)}
+    assert len(others | {a}) > 1  # sampling at temperature 0.8 depends on the seed
+    with Llama(default_model, n_ctx=128, seed=1234, verbose=False) as m:  # the object's seed, for every call
+        assert sample(m) == a
+        assert sample(m) == a
+
+
 def test_logprobs_of_generated_and_echoed_tokens(llm):
     out = llm("The capital of France is", max_tokens=6, temperature=0, logprobs=3)
     conforms(out, T.CreateCompletionResponse)

@@ -29,6 +29,8 @@ def test_from_pretrained_downloads_once_and_loads(smol_repo):
     from llamapy.store.locate import resolve_model
 
     assert resolve_model("hf.co/me/smol-GGUF:smol-135m.Q4_1") == m.model_path
+    with Llama("hf.co/me/smol-GGUF:smol-135m.Q4_1", n_ctx=64, verbose=False) as named:  # a store name works
+        assert named.model_path == m.model_path
 
 
 def test_from_pretrained_errors(smol_repo):
