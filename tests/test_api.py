@@ -125,6 +125,13 @@ def test_readme_completion_with_stop_and_echo(llm):
         assert rest.startswith("\n") or rest.startswith("Q:")
 
 
+def test_suffix_without_fim_tokens_is_appended(llm):
+    assert llm._tok.fim_pre_id is None  # SmolLM2 has no fill-in-the-middle tokens
+    out = llm("def add(a, b):", suffix="\n# end", max_tokens=4, temperature=0)
+    plain = llm("def add(a, b):", max_tokens=4, temperature=0)
+    assert out["choices"][0]["text"] == plain["choices"][0]["text"] + "\n# end"
+
+
 def test_greedy_completion_equals_llamapy_run(llm, default_model):
     from llamapy.generation.params import SamplerParams
     from llamapy.run import run

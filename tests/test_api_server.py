@@ -112,3 +112,5 @@ def test_bad_options_get_one_line(tmp_path):
     assert r.returncode == 1 and "no such model file" in r.stderr and len(r.stderr.splitlines()) == 1
     r = subprocess.run([sys.executable, "-m", "llamapy.server", "--port", "99999"], capture_output=True, text=True)
     assert r.returncode == 1 and "port" in r.stderr
+    r = subprocess.run([sys.executable, "-m", "llamapy.server", "--n_ctx", "big"], capture_output=True, text=True)
+    assert r.returncode == 2 and "--n_ctx" in r.stderr and len(r.stderr.splitlines()) == 1

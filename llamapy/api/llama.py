@@ -106,6 +106,7 @@ class BaseLlamaCache:
 
     @property
     def cache_size(self) -> int:
+        """Bytes the cached states hold."""
         raise NotImplementedError
 
     def __getitem__(self, key: Sequence[int]) -> LlamaState:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import typing
 from typing import Any
 
 from ..errors import LlamapyError
@@ -28,9 +29,16 @@ IGNORED_WITH_VALUE = ("n_gpu_layers", "split_mode", "main_gpu", "tensor_split", 
                       "seed")
 
 
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> typing.NoReturn:
+        """A bad option: one line on stderr, exit status 2."""
+        print(f"error: {message} (see python -m llamapy.server --help)", file=sys.stderr)
+        sys.exit(2)
+
+
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m llamapy.server",
-                                description="llama-cpp-python's server options, served by llamapy serve")
+    p = _Parser(prog="python -m llamapy.server",
+                description="llama-cpp-python's server options, served by llamapy serve")
 
     def opt(name: str, **kw: Any) -> None:
         flags = [f"--{name}"] + ([f"--{name.replace('_', '-')}"] if "_" in name else [])
