@@ -216,6 +216,9 @@ class Llama:
     and YaRN overrides (rope_scaling_type, rope_freq_base, rope_freq_scale, yarn_*) and kv_overrides: the
     engine reads these from the GGUF, and a non-default value gets a warning.
     Not supported yet (ValueError): type_k / type_v other than f16, lora_path, draft_model, tokenizer.
+
+    One call at a time: a second thread waits for the call in progress (see the module docstring about
+    streams). `close()` or a `with` block frees the model now; a closed Llama raises RuntimeError.
     """
 
     def __init__(
@@ -355,6 +358,7 @@ class Llama:
                 self._n_ctx, self._n_vocab, self._n_embd = self._eng.n_ctx, self._eng.n_vocab, self._eng.n_embd
                 self._model_pooling = self._eng.args.pooling_type
                 self._raw_meta = self._eng.metadata
+                self.n_threads = self._eng.n_threads
         except LlamapyError as e:
             raise ValueError(f"Failed to load model from file: {path}: {e}") from None
         self._closed = False
