@@ -355,6 +355,10 @@ def test_logits_all_keeps_every_row(default_model, llm):
         llm.reset()
         llm.eval(ids)
         np.testing.assert_array_equal(m.scores[-1], llm.scores[-1])
+        out = m("The capital of France is", max_tokens=3, temperature=0, logprobs=1, echo=True)
+        n = out["usage"]["total_tokens"] - 1  # the last token sampled is not evaluated
+        assert m.n_tokens == n and m.scores.shape == (n, m.n_vocab())
+        np.testing.assert_array_equal(m.scores[len(ids) - 1], llm.scores[-1])
 
 
 def test_ram_cache(llm):
@@ -479,6 +483,8 @@ def test_bad_input_gets_a_clear_error(llm, default_model):
         llm("x", stop=5)
     with pytest.raises(ValueError, match="logit_bias"):
         llm("x", logit_bias={10**9: 1.0})
+    with pytest.raises(TypeError, match="logit_bias"):
+        llm("x", logit_bias={5: "high"})
     with pytest.raises(ValueError, match="grammar.*not supported yet"):
         llm("x", grammar="root ::= 'a'")
     with pytest.raises(ValueError, match="response_format.*not supported yet"):

@@ -703,7 +703,7 @@ class Llama:
         for k, v in bias.items():
             tok = _int("logit_bias key", int(k) if isinstance(k, str) and k.lstrip("-").isdigit() else k,
                        0, self._n_vocab - 1)
-            out[tok] = float(v) if v != -math.inf else -math.inf
+            out[tok] = _float(f"logit_bias[{tok}]", v)
         return out
 
     def sample(self, top_k: int = 40, top_p: float = 0.95, min_p: float = 0.05, typical_p: float = 1.0,
@@ -790,6 +790,10 @@ class Llama:
                 rows = eng.eval_all_logits(todo, 0)
                 seq.evaluated(len(todo))
                 prompt_rows.append(rows)
+                if self._logits_all:
+                    if self._scores_buf is None:
+                        self._scores_buf = np.zeros((self._n_ctx, self._n_vocab), dtype=np.single)
+                    self._scores_buf[seq.n_past - len(todo):seq.n_past] = rows
                 logits = rows[-1]
                 self._last_logits = logits
             else:
