@@ -518,6 +518,19 @@ def test_gpu_arguments_are_accepted_and_rope_overrides_warn(default_model):
         Llama(default_model, n_ctx=64, rope_freq_base=20000.0, verbose=False).close()
 
 
+def test_pickle_loads_the_model_again(default_model):
+    import pickle
+
+    from llamapy import Llama
+
+    with Llama(default_model, n_ctx=96, seed=7, verbose=False) as m:
+        text = m("Hello", max_tokens=4)["choices"][0]["text"]
+        copy = pickle.loads(pickle.dumps(m))
+    with copy:
+        assert copy.n_ctx() == 96 and copy.n_tokens == 0
+        assert copy("Hello", max_tokens=4)["choices"][0]["text"] == text
+
+
 def test_close_and_vocab_only(default_model):
     from llamapy import Llama
 

@@ -272,6 +272,7 @@ class Llama:
         **kwargs: Any,
     ) -> None:
         """Load the model (see the class docstring for which arguments have an effect)."""
+        self._init_args = {k: v for k, v in locals().items() if k not in ("self", "kwargs")} | kwargs
         self._eng: Any = None
         self._closed = True
         if not isinstance(model_path, str) or not model_path:
@@ -438,6 +439,13 @@ class Llama:
             if getattr(self, "_reader", None) is not None:
                 self._reader.close()
                 self._reader = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickled as its arguments: unpickling loads the model again (the KV cache starts empty)."""
+        return dict(self._init_args)
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(**state)  # type: ignore[misc]
 
     def __enter__(self) -> Llama:
         return self
