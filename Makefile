@@ -44,6 +44,7 @@ bench-tokenize: install build
 
 lint: install
 	$(VENV)/bin/ruff check llamapy tests benchmarks tools
+	$(VENV)/bin/mypy --strict --follow-imports=silent llamapy/api llamapy/server/__main__.py
 
 clean:
 	rm -rf build $(VENV) llamapy/_native*.so llamapy/_native.c *.egg-info
