@@ -49,7 +49,7 @@ def build_state(model_path: str | None = None, n_ctx: int = 4096, n_parallel: in
                 n_batch: int = 512, api_key: str | None = None, alias: str | None = None,
                 chat_template: str | None = None, chat_template_file: str | None = None, embedding: bool = False,
                 n_predict: int = -1, max_queue: int = 32, max_body: int = 4 << 20, sampling=None,
-                ctx_shift: bool = True):
+                ctx_shift: bool = True, load=None, endpoints: dict | None = None):
     """Load the model and everything the app needs (no sockets yet). `sampling`: the SamplerParams a
     request's missing sampling fields take; `ctx_shift`: a slot whose context fills shifts it and goes on."""
     import os
@@ -67,7 +67,7 @@ def build_state(model_path: str | None = None, n_ctx: int = 4096, n_parallel: in
         raise LlamapyError(f"-np {n_parallel}: need at least one slot")
     path = resolve_model(model_path)
     llm = Engine(model_path=path, n_ctx=slot_context(path, n_ctx, n_parallel), n_threads=n_threads,
-                n_batch=n_batch, n_seq_max=n_parallel, embeddings=True)
+                n_batch=n_batch, n_seq_max=n_parallel, embeddings=True, load=load)
     backend = EngineBackend(llm, n_batch=n_batch)
     template = ChatTemplate.for_model(llm.metadata, name=chat_template, file=chat_template_file)
     return ServerState(
@@ -82,10 +82,12 @@ def build_state(model_path: str | None = None, n_ctx: int = 4096, n_parallel: in
         default_n_predict=n_predict,
         sampling=sampling if sampling is not None else SamplerParams(),
         fingerprint=f"llamapy-{__version__}",
+        **(endpoints or {}),
     )
 
 
-def serve(host: str = "127.0.0.1", port: int = 8080, verbose: bool = False, **kwargs) -> None:
+def serve(host: str = "127.0.0.1", port: int = 8080, verbose: bool = False, ssl_keyfile: str | None = None,
+          ssl_certfile: str | None = None, **kwargs) -> None:
     """Load the model and answer HTTP requests until interrupted (kwargs: see build_state)."""
     try:
         import uvicorn
@@ -111,7 +113,8 @@ def serve(host: str = "127.0.0.1", port: int = 8080, verbose: bool = False, **kw
     if state.template.note:
         print(f"  note: {state.template.note}", file=sys.stderr)
     config = uvicorn.Config(create_app(state), host=host, port=port, log_level="info" if verbose else "warning",
-                            access_log=verbose, timeout_graceful_shutdown=3, server_header=False)
+                            access_log=verbose, timeout_graceful_shutdown=3, server_header=False,
+                            ssl_keyfile=ssl_keyfile, ssl_certfile=ssl_certfile)
 
     class Server(uvicorn.Server):
         async def startup(self, sockets=None):
@@ -119,7 +122,8 @@ def serve(host: str = "127.0.0.1", port: int = 8080, verbose: bool = False, **kw
             if self.started:
                 bound = self.servers[0].sockets[0].getsockname() if self.servers else (host, port)
                 shown = bound[0] if ":" not in bound[0] else f"[{bound[0]}]"
-                print(f"  listening on http://{shown}:{bound[1]} (chat page at /, OpenAI API at /v1, "
+                scheme = "https" if ssl_certfile else "http"
+                print(f"  listening on {scheme}://{shown}:{bound[1]} (chat page at /, OpenAI API at /v1, "
                       "Ollama API at /api)", file=sys.stderr, flush=True)
 
     try:

@@ -5,7 +5,7 @@ import asyncio
 from typing import Any
 
 from fastapi import APIRouter, Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, PlainTextResponse
 
 from .. import __version__
 from .common import (
@@ -74,7 +74,7 @@ def generation_settings(state: ServerState, req: CompletionRequest | None, gen: 
         "mirostat_eta": p.mirostat_eta,
         "stop": gen.stop if gen is not None else [],
         "max_tokens": n_predict,
-        "n_keep": 0,
+        "n_keep": state.n_keep,
         "ignore_eos": p.ignore_eos,
         "stream": bool(req.stream) if req is not None and req.stream is not None else False,
         "logit_bias": [{"token": t, "bias": finite(b)} for t, b in p.logit_bias.items()],
@@ -121,6 +121,8 @@ def register(router: APIRouter, state: ServerState) -> None:
     @router.get("/slots")
     async def slots():
         """llama-server's slot monitor: what each slot is doing and how much of its context is cached."""
+        if not state.slots_enabled:
+            raise APIError(501, "This server does not support slots endpoint. Start it with `--slots`")
         out = []
         for s in state.scheduler.slots:
             job, seq = s.job, s.seq
@@ -143,6 +145,28 @@ def register(router: APIRouter, state: ServerState) -> None:
             "chat_template": tpl.source if getattr(tpl, "source", None) else tpl.name,
             "build_info": f"llamapy-{__version__}",
         }
+
+    @router.get("/metrics")
+    async def metrics():
+        if not state.metrics_enabled or state.metrics is None:
+            raise APIError(501, "This server does not support metrics endpoint. Start it with `--metrics`")
+        text = state.metrics.render(state.scheduler, b)
+        return PlainTextResponse(text, media_type="text/plain; version=0.0.4",
+                                 headers={"Process-Start-Time-Unix": str(state.metrics.t_start)})
+
+    @router.post("/props")
+    async def set_props(request: Request):
+        if not state.props_writable:
+            raise APIError(501, "This server does not support changing global properties. Start it with `--props`")
+        await read_json(request)  # the reference changes nothing yet either: it checks the body and says success
+        return {"success": True}
+
+    async def rerank(request: Request):
+        raise APIError(501, "This server does not support reranking. Start it with `--reranking` and without "
+                            "`--embedding`")
+
+    for path in ("/rerank", "/reranking", "/v1/rerank", "/v1/reranking"):
+        router.add_api_route(path, rerank, methods=["POST"])
 
     async def completion(request: Request):
         if state.embedding_only:

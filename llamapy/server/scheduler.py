@@ -183,6 +183,7 @@ class Scheduler:
         self.thread: threading.Thread | None = None
         self.n_steps = 0
         self.n_busy_total = 0
+        self.on_finish: list = []  # callables given each GenResult (the server's metrics)
 
     # --- called from the event loop -------------------------------------------------------------
     def submit(self, jobs: list[Job]) -> None:
@@ -395,6 +396,8 @@ class Scheduler:
             t_gen_ms=(now - t_prompt_done) * 1e3,
         )
         job.emit(DoneEvent(job.index, result))
+        for f in self.on_finish:
+            f(result)
         self._release(s)
 
     def _fail(self, s: Slot, err: APIError) -> None:
