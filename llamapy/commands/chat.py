@@ -20,6 +20,7 @@ def register(app: typer.Typer) -> None:
         ),
         cnv: bool = typer.Option(True, "-cnv", "--conversation", help="Conversation mode (the default here)."),
         interactive: bool = typer.Option(True, "-i", "--interactive", hidden=True),
+        interactive_first: bool = typer.Option(False, "-if", "--interactive-first", hidden=True),
         **opts,
     ):
         """Chat with a model in the terminal, through its chat template (llama-cli -cnv).
@@ -30,7 +31,7 @@ def register(app: typer.Typer) -> None:
 
         conversation = cnv and not no_cnv
         raise typer.Exit(start(
-            prompt=prompt_of(prompt, opts), interactive=True, interactive_first=not conversation,
+            prompt=prompt_of(prompt, opts), interactive=True, interactive_first=interactive_first or not conversation,
             conversation=conversation,
             **interactive_options(opts), **session_options(opts),
         ))

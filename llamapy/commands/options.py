@@ -74,14 +74,19 @@ class Opt:
         default = self.value_default()
         kind = self.type if self.type is not None else type(default)
         extra = {}
+        if kind not in (bool, Optional[bool]):
+            text = str(kind)
+            extra["metavar"] = "A B" if "tuple" in text else "N" if ("int" in text or "float" in text) else "S"
         if self.callback is not None:
             extra.update(callback=self.callback, is_eager=True, expose_value=False)
-        help = self.help if self.note is None or self.note in self.help else f"{self.help} ({self.note})".lstrip()
+        help = self.help if self.note is None else f"{self.help} ({self.note})"
+        if env and self.env:
+            help += f" (env: {self.env})"
         return inspect.Parameter(self.name, inspect.Parameter.KEYWORD_ONLY, annotation=kind,
                                  default=typer.Option(default, *self.flags, help=help, hidden=self.hidden,
-                                                      rich_help_panel=self.panel, min=self.min, max=self.max,
-                                                      envvar=self.env if env else None,
-                                                      show_envvar=env and self.env is not None, **extra))
+                                                      rich_help_panel=self.panel,
+                                                      envvar=self.env if env else None, show_envvar=False,
+                                                      **extra))
 
 
 def _s(name: str, flags: tuple[str, ...], help: str, field: str | None = None, **kw) -> Opt:
@@ -167,16 +172,16 @@ def _c(name, flags, help, type, default, **kw) -> Opt:
 COMMON: list[Opt] = [
     _c("model", ("-m", "--model"), "GGUF model (default: the default model).", Optional[str], None,
        env="LLAMA_ARG_MODEL"),
-    _c("ctx_size", ("-c", "--ctx-size", "--ctx_size", "--n_ctx"), "Context size (0: the model's).", int, 4096,
+    _c("ctx_size", ("-c", "--ctx-size", "--n_ctx"), "Context size (0: the model's).", int, 4096,
        env="LLAMA_ARG_CTX_SIZE"),
     _c("n_predict", ("-n", "--predict", "--n-predict", "--n_predict"),
        "Tokens to generate (-1: no limit, -2: until the context is full).", int, -1, env="LLAMA_ARG_N_PREDICT"),
     _c("batch_size", ("-b", "--batch-size", "--batch_size"), "Logical batch: prompt tokens handed over at once.",
        int, 2048, env="LLAMA_ARG_BATCH"),
-    _c("ubatch_size", ("-ub", "--ubatch-size", "--ubatch_size"), "Physical batch: tokens per forward step.", int, 512,
+    _c("ubatch_size", ("-ub", "--ubatch-size"), "Physical batch: tokens per forward step.", int, 512,
        min=1, env="LLAMA_ARG_UBATCH"),
-    _c("threads", ("-t", "--threads", "--n_threads"), "Threads (default, -1: physical cores).", Optional[int], None, min=-1,
-       env="LLAMA_ARG_THREADS"),
+    _c("threads", ("-t", "--threads", "--n_threads"), "Threads (default, -1: physical cores).", Optional[int], None,
+       min=-1, env="LLAMA_ARG_THREADS"),
     _n("threads_batch", ("-tb", "--threads-batch"), "Threads for prompt batches.", ONE_POOL, Optional[int], _C),
     _c("cpu_mask", ("-C", "--cpu-mask"), "CPU affinity mask in hex (the threads run on these CPUs).",
        Optional[str], None),
@@ -519,9 +524,18 @@ def _all_flags(cmd) -> list[str]:
     return [f for p in cmd.params for f in (*getattr(p, "opts", ()), *getattr(p, "secondary_opts", ()))]
 
 
+def _dashes(token: str) -> str:
+    return token.replace("_", "-")
+
+
 class LlamaCommand(TyperCommand):
     """A Typer command that parses as llama.cpp does: `-fa` is the option -fa or unknown, never `-f a`;
-    an unknown option or a bad value is one line on stderr and exit status 2."""
+    an unknown option or a bad value is one line on stderr and exit status 2. The old underscore spellings
+    (--ctx_size, --top_k) are the dashed ones."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.context_settings.setdefault("token_normalize_func", _dashes)
 
     def make_parser(self, ctx):
         parser = super().make_parser(ctx)
@@ -544,10 +558,16 @@ class LlamaCommand(TyperCommand):
             _fail(f"unknown option '{e.option_name}'{hint}")
         except _cx.UsageError as e:
             _fail(_one_line(e))
-        for o in (*COMMON, *SERVER):
+        for o in (*COMMON, *SERVER, *SAMPLING):
             v = ctx.params.get(o.name)
-            if o.choices and v is not None and v not in o.choices:
+            if v is None or v is True or v is False:
+                continue
+            if o.choices and v not in o.choices:
                 _fail(f"invalid value for '{o.flags[-1]}': '{v}' is not one of {', '.join(o.choices)}")
+            if (o.min is not None and v < o.min) or (o.max is not None and v > o.max):
+                allowed = (f"from {o.min:g} to {o.max:g}" if o.min is not None and o.max is not None
+                           else f">= {o.min:g}" if o.min is not None else f"<= {o.max:g}")
+                _fail(f"invalid value for '{' / '.join(o.flags)}': {v} (allowed: {allowed})")
         return rest
 
 

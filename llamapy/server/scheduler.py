@@ -395,10 +395,10 @@ class Scheduler:
             t_prompt_ms=(t_prompt_done - s.t_start) * 1e3,
             t_gen_ms=(now - t_prompt_done) * 1e3,
         )
-        job.emit(DoneEvent(job.index, result))
         for f in self.on_finish:
             f(result)
-        self._release(s)
+        self._release(s)  # before the answer goes out: a client that reads /slots or /metrics next sees it free
+        job.emit(DoneEvent(job.index, result))
 
     def _fail(self, s: Slot, err: APIError) -> None:
         if s.job is not None and not s.job.finished:
