@@ -18,16 +18,17 @@ import difflib
 import inspect
 import sys
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from typing import Any, Optional
 
 import typer
-from typer.core import TyperCommand
+from typer.core import TyperCommand, TyperOption
 
 try:  # typer >= 0.22 parses with its own copy of click
     from typer._click import exceptions as _cx
+    from typer._click import types as _types
 except ImportError:  # pragma: no cover - older typer
     from click import exceptions as _cx
+    from click import types as _types
 
 from ..errors import LlamapyError
 from ..generation.params import SamplerParams
@@ -43,50 +44,58 @@ NO_DOWNLOAD = "llamapy doesn't download models yet; ignored (give -m a local GGU
 ONE_POOL = "llamapy has one thread pool for prompts and generation (set by -t/-C/--prio); ignored"
 
 
-@dataclass(frozen=True)
 class Opt:
     """One option: the keyword the command gets, its spellings, help, type and default, the SamplerParams
     field it sets (its default is then that field's), the variable llama-server reads it from, and, for an
-    option llamapy accepts without acting on it, the one-line note saying why."""
+    option llamapy accepts without acting on it, the one-line note saying why.
 
-    name: str
-    flags: tuple[str, ...]
-    help: str = ""
-    type: Any = None
-    default: Any = _NO_DEFAULT
-    field: str | None = None
-    hidden: bool = False
-    panel: str | None = None  # a --help section of its own
-    env: str | None = None
-    note: str | None = None
-    quiet: tuple = ()  # values that need no note (-ctk f16: the cache type llamapy has)
-    choices: tuple[str, ...] = ()
-    min: float | None = None
-    max: float | None = None
-    callback: Callable | None = None
+    A plain class, not a dataclass: a dataclass compiles its methods when the module loads, which every
+    command start would pay for."""
+
+    __slots__ = ("name", "flags", "help", "type", "default", "field", "hidden", "panel", "env", "note", "quiet",
+                 "choices", "min", "max", "callback")
+
+    def __init__(self, name: str, flags: tuple[str, ...], help: str = "", type: Any = None,
+                 default: Any = _NO_DEFAULT, field: str | None = None, hidden: bool = False,
+                 panel: str | None = None, env: str | None = None, note: str | None = None, quiet: tuple = (),
+                 choices: tuple[str, ...] = (), min: float | None = None, max: float | None = None,
+                 callback: Callable | None = None):
+        self.name, self.flags, self.help, self.type, self.default = name, flags, help, type, default
+        self.field, self.hidden, self.panel, self.env, self.note = field, hidden, panel, env, note
+        self.quiet, self.choices, self.min, self.max, self.callback = quiet, choices, min, max, callback
 
     def value_default(self) -> Any:
         if self.default is not _NO_DEFAULT:
             return self.default
         return _SAMPLER_DEFAULTS[self.field]
 
-    def parameter(self, env: bool = False) -> inspect.Parameter:
+    def click_option(self, env: bool = False):
+        """The option as a click parameter, built directly (typer's signature path costs ~0.3 ms an option,
+        which a table of 170 options would add to every start)."""
         default = self.value_default()
         kind = self.type if self.type is not None else type(default)
-        extra = {}
-        if kind not in (bool, Optional[bool]):
-            text = str(kind)
-            extra["metavar"] = "A B" if "tuple" in text else "N" if ("int" in text or "float" in text) else "S"
-        if self.callback is not None:
-            extra.update(callback=self.callback, is_eager=True, expose_value=False)
+        text = str(kind)
         help = self.help if self.note is None else f"{self.help} ({self.note})"
         if env and self.env:
             help += f" (env: {self.env})"
-        return inspect.Parameter(self.name, inspect.Parameter.KEYWORD_ONLY, annotation=kind,
-                                 default=typer.Option(default, *self.flags, help=help, hidden=self.hidden,
-                                                      rich_help_panel=self.panel,
-                                                      envvar=self.env if env else None, show_envvar=False,
-                                                      **extra))
+        kw: dict[str, Any] = dict(param_decls=[self.name, *self.flags], help=help, hidden=self.hidden,
+                                  rich_help_panel=self.panel, envvar=self.env if env else None)
+        if kind is bool:
+            kw.update(is_flag=True, default=default, show_default=default is True and "/" in self.flags[0])
+        elif "list" in text:
+            kw.update(multiple=True, type=_types.STRING, default=None, metavar="S")
+        elif "tuple" in text:
+            kw.update(nargs=2, type=_types.STRING, default=None, metavar="A B")
+        elif "int" in text:
+            kw.update(type=_types.INT, default=default, metavar="N", show_default=default is not None)
+        elif "float" in text:
+            kw.update(type=_types.FLOAT, default=default, metavar="N", show_default=default is not None)
+        else:
+            kw.update(type=_types.STRING, default=default, metavar="S", show_default=bool(default))
+        if self.callback is not None:
+            fn = self.callback
+            kw.update(callback=lambda ctx, param, value: fn(value), is_eager=True, expose_value=False)
+        return TyperOption(**kw)
 
 
 def _s(name: str, flags: tuple[str, ...], help: str, field: str | None = None, **kw) -> Opt:
@@ -413,19 +422,20 @@ _RUN_DRAFT = [o for o in SERVER if o.name in ("draft_max", "draft_min", "draft_p
 
 
 def with_options(*tables: list[Opt], env: bool = False, skip: tuple[str, ...] = ()) -> Callable:
-    """Add the tables' options to a Typer command function (it takes them as **opts); `env`: read the
-    LLAMA_ARG_* variables as llama-server does; `skip`: names the command declares itself."""
+    """Give a Typer command (class LlamaCommand) the tables' options; its function takes them as **opts.
+    `env`: read the LLAMA_ARG_* variables as llama-server does; `skip`: names the command declares itself."""
     def deco(func: Callable) -> Callable:
         sig = inspect.signature(func)
         own = [p for p in sig.parameters.values() if p.kind is not inspect.Parameter.VAR_KEYWORD]
+        func.__signature__ = sig.replace(parameters=own)  # typer must not see **opts
         taken = {p.name for p in own} | set(skip)
-        extra, seen = [], set()
+        chosen, seen = [], set()
         for table in tables:
             for o in table:
                 if o.name not in taken and o.name not in seen:
                     seen.add(o.name)
-                    extra.append(o.parameter(env))
-        func.__signature__ = sig.replace(parameters=own + extra)
+                    chosen.append(o)
+        func.__llama_options__ = (chosen, env)  # copied onto typer's wrapper by functools.update_wrapper
         return func
     return deco
 
@@ -536,6 +546,8 @@ class LlamaCommand(TyperCommand):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.context_settings.setdefault("token_normalize_func", _dashes)
+        chosen, env = getattr(self.callback, "__llama_options__", ((), False))
+        self.params.extend(o.click_option(env) for o in chosen)
 
     def make_parser(self, ctx):
         parser = super().make_parser(ctx)

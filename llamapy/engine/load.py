@@ -2,10 +2,7 @@
 sets (RoPE overrides, --override-kv, --mlock, --no-mmap, -ub), applied as the reference applies them."""
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import sys
-from dataclasses import dataclass, field
 
 from ..errors import LlamapyError
 
@@ -13,24 +10,36 @@ YARN_BETA_FAST = 32.0
 YARN_BETA_SLOW = 1.0
 
 
-@dataclass
 class LoadOptions:
     """llama_context_params' RoPE fields and llama_model_params' loading switches, with the reference's
-    "not set" values: 0 for the base and scale (the model's), -1 for the YaRN mix (from the scaling type)."""
+    "not set" values: 0 for the base and scale (the model's), -1 for the YaRN mix (from the scaling type).
+    (A plain class: a dataclass compiles its methods at import, a cost every run would pay.)"""
 
-    n_ubatch: int | None = None          # most tokens per forward step (None: the caller's n_batch)
-    rope_scaling: str | None = None      # none, linear, yarn; None: the model's
-    rope_freq_base: float = 0.0
-    rope_freq_scale: float = 0.0
-    yarn_orig_ctx: int = 0
-    yarn_ext_factor: float = -1.0
-    yarn_attn_factor: float = 1.0
-    yarn_beta_slow: float = YARN_BETA_SLOW
-    yarn_beta_fast: float = YARN_BETA_FAST
-    override_kv: dict = field(default_factory=dict)   # key -> GGUFValue
-    mlock: bool = False
-    mmap: bool = True
-    pooling: str | None = None  # embeddings: mean, cls, last (None: the model's)
+    __slots__ = ("n_ubatch", "rope_scaling", "rope_freq_base", "rope_freq_scale", "yarn_orig_ctx",
+                 "yarn_ext_factor", "yarn_attn_factor", "yarn_beta_slow", "yarn_beta_fast", "override_kv", "mlock",
+                 "mmap", "pooling")
+
+    def __init__(self, *, n_ubatch: int | None = None, rope_scaling: str | None = None, rope_freq_base: float = 0.0,
+                 rope_freq_scale: float = 0.0, yarn_orig_ctx: int = 0, yarn_ext_factor: float = -1.0,
+                 yarn_attn_factor: float = 1.0, yarn_beta_slow: float = YARN_BETA_SLOW,
+                 yarn_beta_fast: float = YARN_BETA_FAST, override_kv: dict | None = None, mlock: bool = False,
+                 mmap: bool = True, pooling: str | None = None):
+        self.n_ubatch = n_ubatch                # most tokens per forward step (None: the caller's n_batch)
+        self.rope_scaling = rope_scaling        # none, linear, yarn; None: the model's
+        self.rope_freq_base = rope_freq_base
+        self.rope_freq_scale = rope_freq_scale
+        self.yarn_orig_ctx = yarn_orig_ctx
+        self.yarn_ext_factor = yarn_ext_factor
+        self.yarn_attn_factor = yarn_attn_factor
+        self.yarn_beta_slow = yarn_beta_slow
+        self.yarn_beta_fast = yarn_beta_fast
+        self.override_kv = override_kv or {}    # key -> GGUFValue
+        self.mlock = mlock
+        self.mmap = mmap
+        self.pooling = pooling                  # embeddings: mean, cls, last (None: the model's)
+
+    def __repr__(self) -> str:
+        return "LoadOptions(" + ", ".join(f"{k}={getattr(self, k)!r}" for k in self.__slots__) + ")"
 
 
 def ubatch(batch_size: int, load: LoadOptions | None) -> int:
@@ -52,15 +61,14 @@ def apply_pooling(args, pooling: str | None, where: str) -> None:
     args.pooling_type = POOLING_TYPES[pooling]
 
 
-@dataclass
 class RopeParams:
-    freq_base: float
-    freq_scale: float
-    ext_factor: float
-    attn_factor: float
-    beta_fast: float
-    beta_slow: float
-    n_ctx_orig: int
+    """The RoPE settings a context runs with."""
+
+    __slots__ = ("freq_base", "freq_scale", "ext_factor", "attn_factor", "beta_fast", "beta_slow", "n_ctx_orig")
+
+    def __init__(self, **kw):
+        for k in self.__slots__:
+            setattr(self, k, kw[k])
 
 
 def rope_params(args, load: LoadOptions) -> RopeParams:
@@ -133,9 +141,16 @@ def apply_overrides(reader, overrides: dict) -> None:
         reader.kv[key] = value
 
 
+def _libc():
+    import ctypes
+    import ctypes.util
+
+    return ctypes, ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+
+
 def mlock(address: int, size: int) -> bool:
     """Lock [address, address + size) in RAM; a warning (and False) when the system refuses."""
-    libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+    ctypes, libc = _libc()
     if libc.mlock(ctypes.c_void_p(address), ctypes.c_size_t(size)) == 0:
         return True
     import os
@@ -147,5 +162,5 @@ def mlock(address: int, size: int) -> bool:
 
 
 def munlock(address: int, size: int) -> None:
-    libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+    ctypes, libc = _libc()
     libc.munlock(ctypes.c_void_p(address), ctypes.c_size_t(size))
