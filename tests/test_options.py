@@ -304,6 +304,29 @@ LLAMA_SERVER = [
     (('--fim-qwen-7b-default',), 0, None),
 ]
 
+# llama-perplexity's own options; llama-bench's and llama-quantize's (their own parsers, not arg.cpp)
+LLAMA_PERPLEXITY_OWN = [
+    (("--chunks",), 1), (("--perplexity", "--all-logits"), 0), (("--hellaswag",), 0), (("--hellaswag-tasks",), 1),
+    (("--winogrande",), 0), (("--winogrande-tasks",), 1), (("--multiple-choice",), 0),
+    (("--multiple-choice-tasks",), 1), (("--kl-divergence",), 0), (("--save-all-logits", "--kl-divergence-base"), 1),
+    (("--ppl-stride",), 1), (("--ppl-output-type",), 1), (("-f", "--file"), 1), (("-c", "--ctx-size"), 1),
+]
+LLAMA_BENCH = [
+    (("-m", "--model"), 1), (("-p", "--n-prompt"), 1), (("-n", "--n-gen"), 1), (("-pg",), 1),
+    (("-b", "--batch-size"), 1), (("-ub", "--ubatch-size"), 1), (("-ctk", "--cache-type-k"), 1),
+    (("-ctv", "--cache-type-v"), 1), (("-t", "--threads"), 1), (("-C", "--cpu-mask"), 1), (("--cpu-strict",), 1),
+    (("--poll",), 1), (("-ngl", "--n-gpu-layers"), 1), (("-sm", "--split-mode"), 1), (("-mg", "--main-gpu"), 1),
+    (("-nkvo", "--no-kv-offload"), 1), (("-fa", "--flash-attn"), 1), (("-mmp", "--mmap"), 1), (("--numa",), 1),
+    (("-embd", "--embeddings"), 1), (("-ts", "--tensor-split"), 1), (("-r", "--repetitions"), 1), (("--prio",), 1),
+    (("--delay",), 1), (("-o", "--output"), 1), (("-oe", "--output-err"), 1), (("-v", "--verbose"), 0),
+    (("--progress",), 0),
+]
+LLAMA_QUANTIZE = [
+    (("--allow-requantize",), 0), (("--leave-output-tensor",), 0), (("--pure",), 0), (("--imatrix",), 1),
+    (("--include-weights",), 1), (("--exclude-weights",), 1), (("--output-tensor-type",), 1),
+    (("--token-embedding-type",), 1), (("--keep-split",), 0), (("--override-kv",), 1),
+]
+
 # an option another change brings (llama-server's -to/--timeout comes with the server's connection settings)
 ELSEWHERE = {"--timeout"}
 
@@ -352,6 +375,17 @@ def test_serve_accepts_every_llama_server_option():
     share, missing = coverage("serve", LLAMA_SERVER)
     assert [m for m in missing if not set(m) & ELSEWHERE] == [], missing
     assert share >= 0.99
+
+
+@pytest.mark.parametrize("verb,ref", [("perplexity", LLAMA_PERPLEXITY_OWN), ("bench", LLAMA_BENCH),
+                                       ("quantize", LLAMA_QUANTIZE)])
+def test_perplexity_bench_quantize_accept_their_options(verb, ref):
+    assert coverage(verb, ref)[1] == []
+
+
+def test_perplexity_accepts_the_common_options():
+    share, missing = coverage("perplexity", LLAMA_CLI[:LLAMA_CLI.index((("--samplers",), 1))])
+    assert missing == [], missing
 
 
 def test_serve_reads_llama_servers_variables():

@@ -416,9 +416,27 @@ SERVER: list[Opt] = [
                 "--fim-qwen-1.5b-default", "--fim-qwen-3b-default", "--fim-qwen-7b-default")),
 ]
 
-# the options of llama-cli's command line that llamapy's run and chat leave to another table
-_RUN_DRAFT = [o for o in SERVER if o.name in ("draft_max", "draft_min", "draft_p_min", "ctx_size_draft",
-                                              "device_draft", "n_gpu_layers_draft", "model_draft")]
+_P = "Perplexity"
+
+# llama-perplexity's own
+PERPLEXITY: list[Opt] = [
+    _c("chunks", ("--chunks",), "Chunks to score (-1: all).", int, -1, min=-1, panel=_P),
+    _n("all_logits", ("--perplexity", "--all-logits"), "Score every token of each chunk's second half.",
+       "that is what perplexity always does here", bool, _P),
+    *(_n(name, (flag,), what, NOT_YET, kind, _P) for name, flag, what, kind in (
+        ("hellaswag", "--hellaswag", "HellaSwag score.", bool),
+        ("hellaswag_tasks", "--hellaswag-tasks", "HellaSwag tasks.", Optional[int]),
+        ("winogrande", "--winogrande", "Winogrande score.", bool),
+        ("winogrande_tasks", "--winogrande-tasks", "Winogrande tasks.", Optional[int]),
+        ("multiple_choice", "--multiple-choice", "Multiple-choice score.", bool),
+        ("multiple_choice_tasks", "--multiple-choice-tasks", "Multiple-choice tasks.", Optional[int]),
+        ("kl_divergence", "--kl-divergence", "KL divergence to saved logits.", bool),
+        ("ppl_stride", "--ppl-stride", "Stride of the perplexity windows.", Optional[int]),
+        ("ppl_output_type", "--ppl-output-type", "Output type <0|1>.", Optional[int]),
+    )),
+    _n("kl_divergence_base", ("--save-all-logits", "--kl-divergence-base"), "File of saved logits.", NOT_YET,
+       panel=_P),
+]
 
 
 def with_options(*tables: list[Opt], env: bool = False, skip: tuple[str, ...] = ()) -> Callable:
