@@ -160,3 +160,55 @@ def test_serve_refuses_at_start_in_one_line(default_model, args, words):
                          capture_output=True, text=True, timeout=120)
     assert out.returncode != 0 and words in out.stderr, out.stderr
     assert "Traceback" not in out.stderr
+
+
+def sse_chunks(text: str) -> list[dict]:
+    import json
+
+    return [json.loads(line[6:]) for line in text.splitlines() if line.startswith("data: ") and line != "data: [DONE]"]
+
+
+def test_stream_chunks_carry_timings_and_probs(default_model):
+    with client(default_model) as c:
+        r = c.post("/completion", json={"prompt": "The capital of France is", "n_predict": 5, "temperature": 0,
+                                        "stream": True, "timings_per_token": True, "n_probs": 2})
+        chunks = sse_chunks(r.text)
+        tokens = [ch for ch in chunks if not ch["stop"]]
+        assert len(tokens) == 5
+        for i, ch in enumerate(tokens):
+            assert ch["timings"]["predicted_n"] == i + 1 and ch["timings"]["prompt_n"] == 5
+            assert len(ch["completion_probabilities"]) == 1
+            assert len(ch["completion_probabilities"][0]["top_logprobs"]) == 2
+        r = c.post("/v1/completions", json={"prompt": "The capital of France is", "max_tokens": 4, "temperature": 0,
+                                            "stream": True, "logprobs": 2})
+        parts = [ch for ch in sse_chunks(r.text) if ch["choices"] and ch["choices"][0]["finish_reason"] is None]
+        assert len(parts) == 4 and all(p["choices"][0]["logprobs"] is not None for p in parts)
+        r = c.post("/completion", json={"prompt": "Hi", "n_predict": 2, "stream": True})
+        assert all("timings" not in ch for ch in sse_chunks(r.text) if not ch["stop"])
+
+
+def test_infill_needs_fim_tokens_and_lays_them_out(default_model):
+    from llamapy.engine.load import LoadOptions, parse_override_kv
+
+    with client(default_model) as c:
+        r = c.post("/infill", json={"input_prefix": "def f(", "input_suffix": ")"})
+        assert r.status_code == 501
+        assert r.json()["error"]["message"] == ("Infill is not supported by this model: prefix token is missing. "
+                                                "suffix token is missing. middle token is missing. ")
+    ids = {"fim_pre": 3, "fim_suf": 4, "fim_mid": 6}
+    load = LoadOptions(override_kv=parse_override_kv([f"tokenizer.ggml.{k}_token_id=int:{v}" for k, v in ids.items()]))
+    state = build_state(model_path=default_model, n_ctx=512, load=load)
+    with TestClient(create_app(state)) as c:
+        b = state.backend
+        assert (b.tok.fim_pre_id, b.tok.fim_suf_id, b.tok.fim_mid_id) == (3, 4, 6)
+        assert b.tok.fim_rep_id is None and b.tok.fim_sep_id is None and not b.add_bos
+        assert c.post("/infill", json={"input_suffix": ")"}).json()["error"]["message"] == '"input_prefix" is required'
+        r = c.post("/infill", json={"input_prefix": "def add(a, b", "input_suffix": "\n", "prompt": "):",
+                                    "n_predict": 2, "temperature": 0})
+        assert r.status_code == 200, r.text
+        want = [3] + b.tokenize("def add(a, b", False, False) + b.tokenize("):", False, False) + [4] \
+            + b.tokenize("\n", False, False) + [6]
+        assert r.json()["tokens_evaluated"] == len(want)
+        from llamapy.server.infill import format_infill
+
+        assert format_infill(b, "def add(a, b", "\n", [], "):", 2) == want

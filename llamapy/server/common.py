@@ -219,6 +219,7 @@ def gen_request(state: ServerState, m: Any, prompt: list[int], *, n_predict: int
         prompt=prompt, sampling=params, n_predict=n_predict, stop=stop, n_probs=n_probs,
         cache_prompt=True if cache_prompt is None else cache_prompt,
         id_slot=-1 if id_slot is None else id_slot, n_keep=keep_of(state, prompt),
+        timings_per_token=bool(getattr(m, "timings_per_token", None)),
     )
 
 

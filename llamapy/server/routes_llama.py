@@ -26,6 +26,7 @@ from .common import (
 )
 from .embeddings import run_embeddings
 from .errors import APIError
+from .infill import check_body, fim_ids, format_infill
 from .scheduler import DoneEvent, GenResult, TokenEvent
 from .schemas import (
     ApplyTemplateRequest,
@@ -174,6 +175,25 @@ def register(router: APIRouter, state: ServerState) -> None:
         req = validate(CompletionRequest, await read_json(request))
         check_unsupported(req)
         prompts = await asyncio.to_thread(tokenize_prompts, b, req.prompt)
+        return await complete(request, req, prompts)
+
+    async def infill(request: Request):
+        """llama-server's /infill: fill in between input_prefix and input_suffix with the model's FIM tokens."""
+        if state.embedding_only:
+            raise APIError(501, "this server was started with --embedding: completions are off")
+        fim_ids(b.tok)
+        data = await read_json(request)
+        prefix, suffix, extra, prompt = check_body(data)
+        req = validate(CompletionRequest, {k: v for k, v in data.items() if k not in (
+            "input_prefix", "input_suffix", "input_extra", "prompt")})
+        check_unsupported(req)
+        n_predict = n_predict_of(state, req.n_predict, req.max_tokens)
+        ids = await asyncio.to_thread(format_infill, b, prefix, suffix, extra, prompt, n_predict)
+        return await complete(request, req, [ids])
+
+    router.add_api_route("/infill", infill, methods=["POST"])
+
+    async def complete(request: Request, req: CompletionRequest, prompts: list[list[int]]):
         n_predict = n_predict_of(state, req.n_predict, req.max_tokens)
         stops = completion_stops(state, req.stop, chat=False)
         gens = [gen_request(state, req, p, n_predict=n_predict, stop=stops, n_probs=req.n_probs or 0,
@@ -197,6 +217,8 @@ def register(router: APIRouter, state: ServerState) -> None:
                                  "tokens_evaluated": len(gens[ev.index].prompt)}
                         if ev.probs is not None:
                             chunk["completion_probabilities"] = [probs_json(b, ev.probs)]
+                        if ev.timings is not None:
+                            chunk["timings"] = ev.timings
                         yield sse(chunk)
                     elif isinstance(ev, DoneEvent):
                         yield sse(completion_json(state, req, gens[ev.index], ev.result, True) | {"index": ev.index})

@@ -58,6 +58,7 @@ class GenRequest:
     cache_prompt: bool = True
     id_slot: int = -1
     n_keep: int = 0  # positions a context shift keeps (the BOS)
+    timings_per_token: bool = False  # each streamed token carries the timings so far
 
 
 @dataclass
@@ -66,6 +67,7 @@ class TokenEvent:
     text: str
     token: int
     probs: dict[str, Any] | None  # {"id", "logprob", "top": [(id, logprob), ...]} when n_probs > 0
+    timings: dict[str, float] | None = None  # with timings_per_token: the slot's timings so far
 
 
 @dataclass
@@ -90,17 +92,21 @@ class GenResult:
 
     def timings(self) -> dict[str, float]:
         """llama-server's `timings` object."""
-        pn, pm, gn, gm = self.n_prompt_eval, self.t_prompt_ms, self.n_decoded, self.t_gen_ms
-        return {
-            "prompt_n": pn,
-            "prompt_ms": pm,
-            "prompt_per_token_ms": pm / pn if pn else 0.0,
-            "prompt_per_second": 1e3 * pn / pm if pm > 0 else 0.0,
-            "predicted_n": gn,
-            "predicted_ms": gm,
-            "predicted_per_token_ms": gm / gn if gn else 0.0,
-            "predicted_per_second": 1e3 * gn / gm if gm > 0 else 0.0,
-        }
+        return timings_of(self.n_prompt_eval, self.t_prompt_ms, self.n_decoded, self.t_gen_ms)
+
+
+def timings_of(pn: int, pm: float, gn: int, gm: float) -> dict[str, float]:
+    """llama-server's `timings`: prompt and predicted token counts, milliseconds and rates."""
+    return {
+        "prompt_n": pn,
+        "prompt_ms": pm,
+        "prompt_per_token_ms": pm / pn if pn else 0.0,
+        "prompt_per_second": 1e3 * pn / pm if pm > 0 else 0.0,
+        "predicted_n": gn,
+        "predicted_ms": gm,
+        "predicted_per_token_ms": gm / gn if gn else 0.0,
+        "predicted_per_second": 1e3 * gn / gm if gm > 0 else 0.0,
+    }
 
 
 @dataclass
@@ -364,7 +370,13 @@ class Scheduler:
             self._finish(s, "eos")
             return
         if job.stream and (step.text or step.stop != "word"):
-            job.emit(TokenEvent(job.index, step.text, tok, probs))
+            timings = None
+            if req.timings_per_token:
+                now = time.perf_counter()
+                t_done = s.t_prompt_done or now
+                timings = timings_of(s.n_prompt_eval, (t_done - s.t_start) * 1e3, len(s.seq.generated),
+                                     (now - t_done) * 1e3)
+            job.emit(TokenEvent(job.index, step.text, tok, probs, timings))
         if step.stop:
             self._finish(s, STOP_TYPES[step.stop], truncated=step.truncated)
             return
