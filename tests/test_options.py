@@ -645,3 +645,26 @@ def test_cpu_affinity_and_priority(default_model):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip().endswith("[0] 5")
+
+
+@pytest.mark.parametrize("verb,ref", [("run", LLAMA_CLI), ("serve", LLAMA_SERVER)])
+def test_every_multi_letter_short_spelling_sets_its_own_option(verb, ref):
+    """`-xy V` sets the option whose spellings include -xy, never a one-letter option with the rest glued on."""
+    cmd = command(verb)
+    owner = {f: p.name for p in cmd.params for f in getattr(p, "opts", ())}
+    checked = 0
+    for flags, nargs, *_ in ref:
+        for f in flags:
+            if f.startswith("--") or len(f) <= 2 or f in ELSEWHERE or f not in owner:
+                continue
+            value = {0: [], 1: ["7"], 2: ["7", "8"]}[nargs]
+            name = owner[f]
+            if name in ("list_devices", "version"):
+                continue  # they act at once (print and exit)
+            if f in ("-sm",):
+                value = ["row"]
+            params = cmd.make_context(verb, [f, *value]).params
+            default = cmd.make_context(verb, []).params[name]
+            assert params[name] != default, f
+            checked += 1
+    assert checked > 30

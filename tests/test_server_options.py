@@ -77,6 +77,18 @@ def test_endpoints_switched_off_answer_501_with_the_references_words(default_mod
             r = c.request(method, path, json={})
             assert r.status_code == 501 and words in r.json()["error"]["message"], path
         props = c.get("/props").json()
+        # the field names of llama-server's slot_params::to_json
+        ref_fields = {
+            "n_predict", "seed", "temperature", "dynatemp_range", "dynatemp_exponent", "top_k", "top_p", "min_p",
+            "xtc_probability", "xtc_threshold", "typical_p", "repeat_last_n", "repeat_penalty", "presence_penalty",
+            "frequency_penalty", "dry_multiplier", "dry_base", "dry_allowed_length", "dry_penalty_last_n",
+            "dry_sequence_breakers", "mirostat", "mirostat_tau", "mirostat_eta", "stop", "max_tokens", "n_keep",
+            "n_discard", "ignore_eos", "stream", "logit_bias", "n_probs", "min_keep", "grammar",
+            "grammar_trigger_words", "grammar_trigger_tokens", "preserved_tokens", "chat_format", "samplers",
+            "speculative.n_max", "speculative.n_min", "speculative.p_min", "timings_per_token",
+            "post_sampling_probs", "lora",
+        }
+        assert ref_fields <= set(props["default_generation_settings"]["params"])
         assert props["default_generation_settings"]["params"]["seed"] == 0xFFFFFFFF
         assert props["default_generation_settings"]["params"]["n_keep"] == 0
 
