@@ -471,6 +471,9 @@ def cli(capsys, *args: str) -> tuple[int, str, str]:
     (("--override-kv", "a.b=wrong:1"), "type 'wrong' is not one of int, float, bool, str"),
     (("--override-kv", "nokey"), "expected KEY=TYPE:VALUE"),
     (("-C", "zz"), "-C zz: expected a non-zero hex mask"),
+    (("--samplers", "xyz"), "'--samplers': 'xyz' is not a sampler (use ';'-separated names: dry, top_k"),
+    (("--samplers", "top_k;bogus"), "'bogus' is not a sampler"),
+    (("--sampling-seq", "kz"), "'--sampling-seq': 'z' is not a sampler letter"),
 ])
 def test_bad_input_is_one_line(default_model, capsys, args, expect):
     code, out, err = cli(capsys, "run", "-p", "x", *args) if args != ("-n",) else cli(capsys, "run", "-p", "x", "-n")

@@ -588,6 +588,10 @@ class LlamaCommand(TyperCommand):
             _fail(f"unknown option '{e.option_name}'{hint}")
         except _cx.UsageError as e:
             _fail(_one_line(e))
+        for name, check in _VALUE_CHECKS.items():
+            v = ctx.params.get(name)
+            if v is not None:
+                check(v)
         for o in (*COMMON, *SERVER, *SAMPLING):
             v = ctx.params.get(o.name)
             if v is None or v is True or v is False:
@@ -599,6 +603,29 @@ class LlamaCommand(TyperCommand):
                            else f">= {o.min:g}" if o.min is not None else f"<= {o.max:g}")
                 _fail(f"invalid value for '{' / '.join(o.flags)}': {v} (allowed: {allowed})")
         return rest
+
+
+# llama.cpp's sampler names (common_sampler_types_from_names, with the alternative spellings) and letters
+SAMPLER_NAMES = ("dry", "top_k", "top_p", "typ_p", "min_p", "temperature", "xtc", "infill", "penalties")
+SAMPLER_ALT_NAMES = ("top-k", "top-p", "nucleus", "typical-p", "typical", "typ-p", "typ", "min-p", "temp")
+SAMPLER_CHARS = "dkypmtxie"
+
+
+def _check_samplers(v: str) -> None:
+    bad = [n for n in v.split(";") if n and n not in SAMPLER_NAMES + SAMPLER_ALT_NAMES]
+    if bad or not v.strip(";"):
+        _fail(f"invalid value for '--samplers': '{bad[0] if bad else v}' is not a sampler "
+              f"(use ';'-separated names: {', '.join(SAMPLER_NAMES)})")
+
+
+def _check_sampling_seq(v: str) -> None:
+    bad = [c for c in v if c not in SAMPLER_CHARS]
+    if bad or not v:
+        _fail(f"invalid value for '--sampling-seq': '{bad[0] if bad else v}' is not a sampler letter "
+              f"(use letters of {SAMPLER_CHARS})")
+
+
+_VALUE_CHECKS = {"samplers": _check_samplers, "sampling_seq": _check_sampling_seq}
 
 
 def _one_line(e) -> str:
