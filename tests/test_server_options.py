@@ -224,3 +224,24 @@ def test_infill_needs_fim_tokens_and_lays_them_out(default_model):
         from llamapy.server.infill import format_infill
 
         assert format_infill(b, "def add(a, b", "\n", [], "):", 2) == want
+
+
+def test_post_sampling_probs_are_the_chains_candidates(default_model):
+    with client(default_model) as c:
+        r = c.post("/completion", json={"prompt": "The capital of France is", "n_predict": 3, "temperature": 0,
+                                        "n_probs": 3, "post_sampling_probs": True}).json()
+        assert r["generation_settings"]["post_sampling_probs"] is True
+        for e in r["completion_probabilities"]:  # greedy: the chosen token has it all
+            assert "logprob" not in e and e["prob"] == 1.0
+            assert e["top_probs"][0]["id"] == e["id"] and e["top_probs"][0]["prob"] == 1.0
+        r = c.post("/completion", json={"prompt": "Once upon a time", "n_predict": 8, "temperature": 1.0,
+                                        "top_k": 5, "top_p": 1.0, "min_p": 0.0, "seed": 7, "n_probs": 2, "post_sampling_probs": True,
+                                        "stream": True})
+        entries = [ch["completion_probabilities"][0] for ch in sse_chunks(r.text) if not ch["stop"]]
+        assert len(entries) == 8
+        for e in entries:
+            top = [t["prob"] for t in e["top_probs"]]
+            assert len(top) == 2 and top == sorted(top, reverse=True) and sum(top) <= 1.0 + 1e-6
+            assert 0.0 < e["prob"] <= top[0]  # the drawn token was a candidate, no likelier than the first
+        plain = c.post("/completion", json={"prompt": "Hi", "n_predict": 1, "n_probs": 2}).json()
+        assert "logprob" in plain["completion_probabilities"][0]

@@ -212,6 +212,9 @@ def gen_request(state: ServerState, m: Any, prompt: list[int], *, n_predict: int
             f"the context of a slot holds {n_ctx} "
             "(start the server with a larger -c or fewer -np)", "prompt")
     params = sampler_settings(state, m)
+    post = bool(getattr(m, "post_sampling_probs", None)) and n_probs > 0
+    if post:  # the sampler reports every candidate left after its chain (usually a few)
+        params.n_probs = state.backend.n_vocab
     raw_bias = getattr(m, "logit_bias", None)
     if raw_bias is not None:
         params.logit_bias = parse_logit_bias(state.backend, raw_bias)
@@ -219,7 +222,7 @@ def gen_request(state: ServerState, m: Any, prompt: list[int], *, n_predict: int
         prompt=prompt, sampling=params, n_predict=n_predict, stop=stop, n_probs=n_probs,
         cache_prompt=True if cache_prompt is None else cache_prompt,
         id_slot=-1 if id_slot is None else id_slot, n_keep=keep_of(state, prompt),
-        timings_per_token=bool(getattr(m, "timings_per_token", None)),
+        timings_per_token=bool(getattr(m, "timings_per_token", None)), post_sampling_probs=post,
     )
 
 

@@ -44,7 +44,13 @@ def piece_json(backend, tok: int) -> dict[str, Any]:
 
 
 def probs_json(backend, p: dict[str, Any]) -> dict[str, Any]:
-    """One entry of llama-server's `completion_probabilities`."""
+    """One entry of llama-server's `completion_probabilities` (`prob`/`top_probs` with post_sampling_probs)."""
+    if p.get("post"):
+        return {
+            **piece_json(backend, p["id"]),
+            "prob": p["prob"],
+            "top_probs": [{**piece_json(backend, t), "prob": pr} for t, pr in p["top"]],
+        }
     return {
         **piece_json(backend, p["id"]),
         "logprob": finite(p["logprob"]),
@@ -102,7 +108,7 @@ def generation_settings(state: ServerState, req: CompletionRequest | None, gen: 
         "speculative.n_min": 5,
         "speculative.p_min": 0.9,
         "timings_per_token": bool(gen.timings_per_token) if gen is not None else False,
-        "post_sampling_probs": False,
+        "post_sampling_probs": bool(gen.post_sampling_probs) if gen is not None else False,
         "lora": [],
     }
 

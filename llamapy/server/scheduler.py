@@ -59,6 +59,7 @@ class GenRequest:
     id_slot: int = -1
     n_keep: int = 0  # positions a context shift keeps (the BOS)
     timings_per_token: bool = False  # each streamed token carries the timings so far
+    post_sampling_probs: bool = False  # n_probs as the sampler chain left them (probabilities, not logprobs)
 
 
 @dataclass
@@ -363,7 +364,14 @@ class Scheduler:
         job, req = s.job, s.job.gen
         step = s.seq.feed(logits)
         tok = step.token
-        probs = token_probs(logits, tok, req.n_probs) if req.n_probs > 0 else None
+        if req.n_probs <= 0:
+            probs = None
+        elif req.post_sampling_probs:  # the candidates the chain kept, most likely first (its sampler keeps all)
+            cands = s.seq.sampler.last_probs
+            p_tok = next((p for t, p in cands if t == tok), 0.0)
+            probs = {"id": tok, "prob": p_tok, "top": cands[:req.n_probs], "post": True}
+        else:
+            probs = token_probs(logits, tok, req.n_probs)
         if probs is not None:
             s.probs.append(probs)
         if step.stop == "eog":

@@ -67,6 +67,7 @@ class CompletionRequest(Sampling):
     cache_prompt: Optional[bool] = None
     return_tokens: Optional[bool] = None
     id_slot: Optional[Annotated[int, Field(ge=-1)]] = None
+    post_sampling_probs: Optional[bool] = None  # n_probs after the sampler chain, as probabilities
 
 
 class OAICompletionRequest(Sampling):
