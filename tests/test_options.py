@@ -12,6 +12,7 @@ import tempfile
 import numpy as np
 import pytest
 import typer
+from gguf.constants import GGMLQuantizationType as T
 from test_engine_models import write_random_llama
 
 from llamapy.cli import main, make_app
@@ -671,3 +672,25 @@ def test_every_multi_letter_short_spelling_sets_its_own_option(verb, ref):
             assert params[name] != default, f
             checked += 1
     assert checked > 30
+
+
+@pytest.mark.parametrize("wtype", [T.F32, T.F16, T.Q4_0, T.Q4_K], ids=lambda t: t.name)
+def test_check_tensors_finds_invalid_values(tmp_path, wtype):
+    from llamapy.ggufio.reader import GGUFReader
+
+    path = write_random_llama(tmp_path / "m.gguf", wtype=wtype, n_embd=256, n_ff=256, seed=6)
+    with Engine(path, n_ctx=32, load=LoadOptions(check_tensors=True)):
+        pass  # a sound model loads
+    with GGUFReader(path) as r:
+        t = r.tensors["blk.1.ffn_up.weight"]
+        offset = t.offset
+    # an infinite value in the first element (F32/F16) or the first block's fp16 scale (d at byte 0)
+    bad = {T.F32: np.float32(np.inf).tobytes(), T.F16: np.float16(np.inf).tobytes()}.get(
+        wtype, np.float16(np.inf).tobytes())
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        f.write(bad)
+    with Engine(path, n_ctx=32):
+        pass  # without the check it loads
+    with pytest.raises(LlamapyError, match="tensor 'blk.1.ffn_up.weight' has invalid data"):
+        Engine(path, n_ctx=32, load=LoadOptions(check_tensors=True))

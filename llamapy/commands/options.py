@@ -256,8 +256,7 @@ COMMON: list[Opt] = [
     _n("main_gpu", ("-mg", "--main-gpu"), "The main GPU.", ON_CPU, Optional[int], _G, env="LLAMA_ARG_MAIN_GPU"),
     _n("no_kv_offload", ("-nkvo", "--no-kv-offload"), "Keep the KV cache off the GPU.", ON_CPU, bool, _G,
        env="LLAMA_ARG_NO_KV_OFFLOAD"),
-    _n("check_tensors", ("--check-tensors",), "Check tensor data for invalid values.",
-       "shapes, types and offsets are always checked at load; values are not scanned", bool, _C),
+    _c("check_tensors", ("--check-tensors",), "Check the weights for NaN and infinite values at load.", bool, False),
     _c("override_kv", ("--override-kv",), "KEY=TYPE:VALUE (int, float, bool, str) replaces a metadata value "
        "(repeatable).", Optional[list[str]], None),
     _n("lora", ("--lora",), "LoRA adapter (repeatable).", NOT_YET, Optional[list[str]], _C),
@@ -517,6 +516,7 @@ def load_options(opts: Mapping[str, Any]):
         yarn_attn_factor=opts["yarn_attn_factor"], yarn_beta_slow=opts["yarn_beta_slow"],
         yarn_beta_fast=opts["yarn_beta_fast"], override_kv=parse_override_kv(opts["override_kv"]),
         mlock=opts["mlock"], mmap=not opts["no_mmap"], pooling=opts.get("pooling"),
+        check_tensors=opts["check_tensors"],
     )
 
 

@@ -59,6 +59,7 @@ from .load import (
     LoadOptions,
     apply_overrides,
     apply_pooling,
+    check_tensor_values,
     mlock,
     munlock,
     rope_params,
@@ -145,6 +146,8 @@ class Engine:
             self.args = args = ModelArgs.from_gguf(r)
             tensors = check_tensors(r, args)
             apply_pooling(args, load.pooling, self.model_path)
+            if load.check_tensors:
+                check_tensor_values(r, tensors)
         except BaseException:
             self.close()
             raise

@@ -17,13 +17,13 @@ class LoadOptions:
 
     __slots__ = ("n_ubatch", "rope_scaling", "rope_freq_base", "rope_freq_scale", "yarn_orig_ctx",
                  "yarn_ext_factor", "yarn_attn_factor", "yarn_beta_slow", "yarn_beta_fast", "override_kv", "mlock",
-                 "mmap", "pooling")
+                 "mmap", "pooling", "check_tensors")
 
     def __init__(self, *, n_ubatch: int | None = None, rope_scaling: str | None = None, rope_freq_base: float = 0.0,
                  rope_freq_scale: float = 0.0, yarn_orig_ctx: int = 0, yarn_ext_factor: float = -1.0,
                  yarn_attn_factor: float = 1.0, yarn_beta_slow: float = YARN_BETA_SLOW,
                  yarn_beta_fast: float = YARN_BETA_FAST, override_kv: dict | None = None, mlock: bool = False,
-                 mmap: bool = True, pooling: str | None = None):
+                 mmap: bool = True, pooling: str | None = None, check_tensors: bool = False):
         self.n_ubatch = n_ubatch                # most tokens per forward step (None: the caller's n_batch)
         self.rope_scaling = rope_scaling        # none, linear, yarn; None: the model's
         self.rope_freq_base = rope_freq_base
@@ -37,6 +37,7 @@ class LoadOptions:
         self.mlock = mlock
         self.mmap = mmap
         self.pooling = pooling                  # embeddings: mean, cls, last (None: the model's)
+        self.check_tensors = check_tensors      # scan the weights for NaN / infinite values at load
 
     def __repr__(self) -> str:
         return "LoadOptions(" + ", ".join(f"{k}={getattr(self, k)!r}" for k in self.__slots__) + ")"
@@ -139,6 +140,40 @@ def apply_overrides(reader, overrides: dict) -> None:
             raise LlamapyError(f"--override-kv {key}: the model's value is a {kind(old.type)}, "
                                f"not a {kind(value.type)}")
         reader.kv[key] = value
+
+
+# byte offsets of the fp16 scales in one block of each type whose scales ggml_validate_row_data checks
+# (TQ1_0 and TQ2_0 keep theirs at the end of the block; IQ1_M's packed scale is not checked here)
+_SCALES = {2: (0,), 3: (0, 2), 6: (0,), 7: (0, 2), 8: (0,), 10: (80, 82), 11: (108,), 12: (0, 2), 13: (0, 2),
+           14: (208,), 16: (0,), 17: (0,), 18: (0,), 19: (0,), 20: (0,), 21: (0,), 22: (0,), 23: (0,), 34: (52,),
+           35: (64,)}
+
+
+def check_tensor_values(reader, tensors: dict) -> None:
+    """--check-tensors: every float weight finite, every block scale of a quantized one finite (and, as the
+    reference checks, no NaN in bf16); the first bad tensor is named."""
+    import numpy as np
+
+    from ..ggufio.constants import TYPE_SIZES
+
+    for name, t in tensors.items():
+        raw = np.frombuffer(reader._mmap, dtype=np.uint8, count=t.nbytes, offset=t.offset)
+        if t.type == 0:      # F32
+            ok = np.isfinite(raw.view(np.float32)).all()
+        elif t.type == 1:    # F16
+            ok = np.isfinite(raw.view(np.float16)).all()
+        elif t.type == 30:   # BF16: exponent all ones is inf or NaN
+            ok = not ((raw.view(np.uint16) & 0x7F80) == 0x7F80).any()
+        elif t.type in _SCALES:
+            blocks = raw.reshape(-1, TYPE_SIZES[t.type][1])
+            ok = all(np.isfinite(np.ascontiguousarray(blocks[:, o:o + 2]).view(np.float16)).all()
+                     for o in _SCALES[t.type])
+        elif t.type == 15:   # Q8_K: a float32 scale first
+            ok = np.isfinite(np.ascontiguousarray(raw.reshape(-1, TYPE_SIZES[15][1])[:, :4]).view(np.float32)).all()
+        else:
+            ok = True
+        if not ok:
+            raise LlamapyError(f"tensor '{name}' has invalid data (NaN or infinite values)")
 
 
 def _libc():
