@@ -533,6 +533,7 @@ def start(
     special: bool = False,
     verbose_prompt: bool = False,
     load=None,
+    log: TextIO | None = None,
 ) -> int:
     """Load a model and run the interactive loop: what `llamapy chat` and `llamapy run -i/-r/-ins/-cnv` call.
 
@@ -572,7 +573,7 @@ def start(
         special=special,
         verbose_prompt=verbose_prompt,
     )
-    err = sys.stderr
+    err = log or sys.stderr  # the load lines; --log-disable / --log-file choose where they go
     with Engine(model, n_ctx=ctx_size, n_threads=threads, n_batch=ubatch(batch_size, load), load=load) as llm:
         err.write(f"llama_model_load: {llm.model_path}: {llm.desc}\n")
         err.write(f"llama_context: n_ctx = {llm.n_ctx}, n_threads = {llm.n_threads}\n")

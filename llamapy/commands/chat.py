@@ -27,11 +27,11 @@ def register(app: typer.Typer) -> None:
 
         Ctrl-C interrupts the answer; Ctrl-C at the prompt or Ctrl-D ends the session."""
         from ..chat.interactive import start
-        from .run import interactive_options, prompt_of, session_options
+        from .run import interactive_options, log_stream, prompt_of, session_options
 
         conversation = cnv and not no_cnv
         raise typer.Exit(start(
             prompt=prompt_of(prompt, opts), interactive=True, interactive_first=interactive_first or not conversation,
             conversation=conversation,
-            **interactive_options(opts), **session_options(opts),
+            **interactive_options(opts), **session_options(opts), log=log_stream(opts),
         ))

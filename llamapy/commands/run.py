@@ -106,7 +106,7 @@ def register(app: typer.Typer) -> None:
 
             raise typer.Exit(start(
                 prompt=prompt, interactive=interactive, interactive_first=interactive_first, instruct=instruct,
-                conversation=conversation, **interactive_options(opts), **session_options(opts),
+                conversation=conversation, **interactive_options(opts), **session_options(opts), log=log_stream(opts),
             ))
         from ..run import run as run_fn
 
