@@ -245,3 +245,21 @@ def test_post_sampling_probs_are_the_chains_candidates(default_model):
             assert 0.0 < e["prob"] <= top[0]  # the drawn token was a candidate, no likelier than the first
         plain = c.post("/completion", json={"prompt": "Hi", "n_predict": 1, "n_probs": 2}).json()
         assert "logprob" in plain["completion_probabilities"][0]
+
+
+def test_threads_http_and_keep(default_model):
+    import anyio.to_thread
+
+    from llamapy.server.common import keep_of
+
+    with client(default_model, threads_http=3, n_keep=2) as c:
+        tokens = c.portal.call(lambda: anyio.to_thread.current_default_thread_limiter().total_tokens)
+        assert tokens == 3
+    st = build_state(model_path=default_model, n_ctx=256, endpoints={"n_keep": 2})
+    bos = int(st.backend.add_bos)
+    assert keep_of(st, list(range(10))) == bos + 2
+    st.n_keep = -1
+    assert keep_of(st, list(range(10))) == 10
+    st.n_keep = 50
+    assert keep_of(st, list(range(10))) == 10
+    st.backend.llm.close()
