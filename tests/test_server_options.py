@@ -224,6 +224,18 @@ def test_infill_needs_fim_tokens_and_lays_them_out(default_model):
         from llamapy.server.infill import format_infill
 
         assert format_infill(b, "def add(a, b", "\n", [], "):", 2) == want
+        # --spm-infill: suffix first, then prefix and prompt
+        spm = [4] + b.tokenize("\n", False, False) + [3] + b.tokenize("def add(a, b", False, False) \
+            + b.tokenize("):", False, False) + [6]
+        assert format_infill(b, "def add(a, b", "\n", [], "):", 2, spm=True) == spm
+        # extra files, with no file separator token, go first after the reference's snippet marker
+        # (they take the context the batch leaves: a slot of 512 positions, batches of 64)
+        from types import SimpleNamespace
+
+        small = SimpleNamespace(tok=b.tok, tokenize=b.tokenize, n_batch=64, n_ctx=512, add_bos=False)
+        got = format_infill(small, "x", "y", [{"filename": "a.py", "text": "import os"}], "", 2)
+        snippet = b.tokenize("\n\n--- snippet ---\n\n", False, False) + b.tokenize("import os", False, False)
+        assert got == snippet + [3] + b.tokenize("x", False, False) + [4] + b.tokenize("y", False, False) + [6]
 
 
 def test_post_sampling_probs_are_the_chains_candidates(default_model):

@@ -78,5 +78,6 @@ def register(app: typer.Typer) -> None:
                 metrics_enabled=opts["metrics"], slots_enabled=opts["slots"] and not
                 _env_flag("LLAMA_ARG_NO_ENDPOINT_SLOTS"), props_writable=opts["props"], webui=not opts["no_webui"],
                 static_path=opts["path"], threads_http=opts["threads_http"], n_keep=opts["keep"],
+                spm_infill=opts["spm_infill"],
             ),
         )

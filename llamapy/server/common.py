@@ -61,6 +61,7 @@ class ServerState:
     static_path: str | None = None  # --path: static files at /
     threads_http: int = -1         # --threads-http: worker threads for blocking work (-1: the default)
     n_keep: int = 0                # --keep: the default of a request's n_keep
+    spm_infill: bool = False       # --spm-infill: /infill lays out suffix, prefix, middle
     metrics: Any = None            # metrics.Metrics, counting from the start
 
     def model_name(self, requested: str | None) -> str:

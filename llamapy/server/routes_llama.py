@@ -217,7 +217,7 @@ def register(router: APIRouter, state: ServerState) -> None:
             "input_prefix", "input_suffix", "input_extra", "prompt")})
         check_unsupported(req)
         n_predict = n_predict_of(state, req.n_predict, req.max_tokens)
-        ids = await asyncio.to_thread(format_infill, b, prefix, suffix, extra, prompt, n_predict)
+        ids = await asyncio.to_thread(format_infill, b, prefix, suffix, extra, prompt, n_predict, state.spm_infill)
         return await complete(request, req, [ids])
 
     router.add_api_route("/infill", infill, methods=["POST"])
