@@ -94,7 +94,7 @@ def perplexity(
 
 def run_perplexity(model: str | None, file: str, ctx_size: int = 512, batch_size: int = 2048, chunks: int = -1,
                    threads: int | None = None, n_gpu_layers: int | None = None, out: TextIO | None = None,
-                   err: TextIO | None = None) -> PerplexityResult:
+                   err: TextIO | None = None, load=None) -> PerplexityResult:
     """The `llamapy perplexity` command: running values and the final estimate on stdout, logs on stderr."""
     import sys
 
@@ -120,8 +120,9 @@ def run_perplexity(model: str | None, file: str, ctx_size: int = 512, batch_size
     if n_gpu_layers:
         log(f"llamapy runs on the CPU: -ngl {n_gpu_layers} is ignored")
     n_seq = max(1, batch_size // ctx_size)
-    with Engine(model, n_ctx=ctx_size, n_threads=threads, n_batch=min(batch_size, n_seq * ctx_size, 512),
-               n_seq_max=n_seq) as llm:
+    n_ubatch = load.n_ubatch if load is not None and load.n_ubatch else 512
+    with Engine(model, n_ctx=ctx_size, n_threads=threads, n_batch=min(batch_size, n_seq * ctx_size, n_ubatch),
+                n_seq_max=n_seq, load=load) as llm:
         if ctx_size > llm.args.n_ctx_train:
             log(f"perplexity: model was trained on only {llm.args.n_ctx_train} context tokens ({ctx_size} specified)")
         log(f"perplexity: {llm.model_path}: {llm.desc}, {llm.n_threads} threads")

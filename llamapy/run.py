@@ -42,13 +42,15 @@ def run(
     verbose_prompt: bool = False,
     color: bool = False,
     special: bool = False,
-    n_gpu_layers: int | None = None,
     sampling: SamplerParams | None = None,
+    load=None,
+    perf: bool = True,
     out: TextIO | None = None,
     err: TextIO | None = None,
 ) -> int:
     """Generate a continuation of the prompt; returns the number of tokens generated."""
     from .engine.engine import Engine
+    from .engine.load import ubatch
     from .generation.generate import eog_ids_of, steps
     from .generation.sampling import Sampler
     from .generation.sequence import Sequence, Timings
@@ -71,11 +73,9 @@ def run(
     text = read_prompt(prompt, file)
     if escape:
         text = process_escapes(text)
-    if n_gpu_layers:
-        log(f"llamapy runs on the CPU: -ngl {n_gpu_layers} is ignored")
 
     t0 = time.perf_counter()
-    llm = Engine(model, n_ctx=ctx_size, n_threads=threads, n_batch=min(batch_size, 512))
+    llm = Engine(model, n_ctx=ctx_size, n_threads=threads, n_batch=ubatch(batch_size, load), load=load)
     timings = Timings(load_ms=1000 * (time.perf_counter() - t0))
     try:
         log(f"llama_model_load: {llm.model_path}: {llm.desc}, {llm.n_params / 1e6:.2f} M params, "
@@ -142,7 +142,7 @@ def run(
                 out.write(" [end of text]\n")
             out.write("\n\n")
             out.flush()
-            for line in timings.lines():
+            for line in timings.lines() if perf else ():
                 log(f"llama_perf: {line}")
         return n_gen
     finally:

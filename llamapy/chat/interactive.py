@@ -534,13 +534,15 @@ def start(
     display_prompt: bool = True,
     special: bool = False,
     verbose_prompt: bool = False,
-    n_gpu_layers: int | None = None,
+    load=None,
+    log: TextIO | None = None,
 ) -> int:
     """Load a model and run the interactive loop: what `llamapy chat` and `llamapy run -i/-r/-ins/-cnv` call.
 
     In conversation mode the chat template is the one named (or read from a file), else the model's, else
     chatml with a note. Returns the exit status."""
     from ..engine.engine import Engine
+    from ..engine.load import ubatch
     from ..generation.generate import eog_ids_of
     from ..generation.sampling import Sampler
     from ..run import read_prompt
@@ -573,10 +575,8 @@ def start(
         special=special,
         verbose_prompt=verbose_prompt,
     )
-    err = sys.stderr
-    if n_gpu_layers:
-        err.write(f"llamapy runs on the CPU: -ngl {n_gpu_layers} is ignored\n")
-    with Engine(model, n_ctx=ctx_size, n_threads=threads, n_batch=min(batch_size, 512)) as llm:
+    err = log or sys.stderr  # the load lines; --log-disable / --log-file choose where they go
+    with Engine(model, n_ctx=ctx_size, n_threads=threads, n_batch=ubatch(batch_size, load), load=load) as llm:
         err.write(f"llama_model_load: {llm.model_path}: {llm.desc}\n")
         err.write(f"llama_context: n_ctx = {llm.n_ctx}, n_threads = {llm.n_threads}\n")
         if opts.conversation:

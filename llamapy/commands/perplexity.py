@@ -5,23 +5,44 @@ from typing import Optional
 
 import typer
 
+from .options import COMMON, PERPLEXITY, LlamaCommand, Opt, with_options
+
+# llama-perplexity's defaults where they differ from llama-cli's
+_OWN = [Opt("ctx_size", ("-c", "--ctx-size", "--n_ctx"), "Tokens per chunk.", int, 512, panel="Common"),
+        Opt("file", ("-f", "--file"), "Text file to score.", str, None, panel="Perplexity")]
+_IGNORED = [o for o in COMMON if o.name in ("n_predict", "keep", "special", "chat_template", "chat_template_file",
+                                           "jinja", "reasoning_format")]
+_NONE = "no effect on perplexity; ignored"
+_NOTED = [Opt(name, flags, help, kind, False if kind is bool else None, panel="Perplexity", note=note)
+          for name, flags, help, kind, note in (
+              ("prompt", ("-p", "--prompt"), "Prompt.", Optional[str], "perplexity scores the -f file; ignored"),
+              ("binary_file", ("-bf", "--binary-file"), "Prompt file.", Optional[str],
+               "perplexity scores the -f file; ignored"),
+              ("escape", ("-e", "--escape"), "Process escapes.", bool, "the -f file is scored as it is"),
+              ("no_escape", ("--no-escape",), "Keep escapes.", bool, "the -f file is scored as it is"),
+              ("verbose_prompt", ("--verbose-prompt",), "Print the prompt's tokens.", bool, _NONE),
+              ("n_predict", ("-n", "--predict", "--n-predict"), "Tokens to generate.", Optional[int], _NONE),
+              ("keep", ("--keep",), "Tokens kept on a context shift.", Optional[int], _NONE),
+              ("parallel", ("-np", "--parallel"), "Parallel sequences.", Optional[int],
+               "perplexity scores -b / -c chunks at once; ignored"),
+          )]
+TABLES = (_OWN, PERPLEXITY, _NOTED, [o for o in COMMON if o not in _IGNORED])
+
 
 def register(app: typer.Typer) -> None:
-    @app.command("perplexity", context_settings={"help_option_names": ["-h", "--help"]})
-    def perplexity(
-        model: Optional[str] = typer.Option(None, "-m", "--model", help="GGUF model (default: the default model)."),
-        file: str = typer.Option(..., "-f", "--file", help="Text file to score."),
-        ctx_size: int = typer.Option(512, "-c", "--ctx-size", "--ctx_size", help="Tokens per chunk."),
-        batch_size: int = typer.Option(
-            2048, "-b", "--batch-size", "--batch_size", help="Tokens per batch (b / c chunks at once)."),
-        chunks: int = typer.Option(-1, "--chunks", help="Chunks to score (-1: all)."),
-        threads: Optional[int] = typer.Option(None, "-t", "--threads", help="Threads (default: physical cores)."),
-        n_gpu_layers: Optional[int] = typer.Option(
-            None, "-ngl", "--gpu-layers", "--n-gpu-layers", help="Accepted; llamapy runs on the CPU."),
-        verbose: bool = typer.Option(False, "--verbose", help="Tracebacks on errors."),
-    ):
+    @app.command("perplexity", cls=LlamaCommand, context_settings={"help_option_names": ["-h", "--help", "--usage"]})
+    @with_options(*TABLES)
+    def perplexity(**opts):
         """Perplexity of a text, the reference's way (second half of each chunk scored)."""
+        from ..errors import LlamapyError
         from ..perplexity import run_perplexity
+        from .options import announce, apply_process_options, load_options
+        from .run import log_stream
 
-        run_perplexity(model=model, file=file, ctx_size=ctx_size, batch_size=batch_size, chunks=chunks,
-                       threads=threads, n_gpu_layers=n_gpu_layers)
+        if not opts["file"]:
+            raise LlamapyError("perplexity needs a text file: -f FILE")
+        announce(opts, *TABLES)
+        apply_process_options(opts)
+        run_perplexity(model=opts["model"], file=opts["file"], ctx_size=opts["ctx_size"],
+                       batch_size=opts["batch_size"], chunks=opts["chunks"], threads=opts["threads"],
+                       err=log_stream(opts), load=load_options(opts))

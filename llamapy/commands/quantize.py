@@ -1,8 +1,11 @@
 from __future__ import annotations
 
 import os
+from typing import Optional
 
 import typer
+
+from .options import NOT_YET, LlamaCommand, Opt, with_options
 
 USAGE = "llamapy quantize [options] IN.gguf [OUT.gguf] TYPE [NTHREADS]"
 
@@ -47,6 +50,21 @@ def _parse_positionals(args: list[str]):
     return inp, out, opt, n_threads
 
 
+_Q = "llama-quantize (accepted, not supported yet)"
+
+# llama-quantize's options llamapy takes without acting on them yet
+QUANTIZE_NOTED: list[Opt] = [
+    Opt("imatrix", ("--imatrix",), "Importance matrix file.", Optional[str], None, panel=_Q, note=NOT_YET),
+    Opt("include_weights", ("--include-weights",), "Tensors the importance matrix applies to (repeatable).",
+        Optional[list[str]], None, panel=_Q, note=NOT_YET),
+    Opt("exclude_weights", ("--exclude-weights",), "Tensors it doesn't apply to (repeatable).", Optional[list[str]],
+        None, panel=_Q, note=NOT_YET),
+    Opt("keep_split", ("--keep-split",), "Write the same shards as the input.", bool, False, panel=_Q, note=NOT_YET),
+    Opt("override_kv", ("--override-kv",), "KEY=TYPE:VALUE written into the output's metadata (repeatable).",
+        Optional[list[str]], None, panel=_Q, note=NOT_YET),
+]
+
+
 def register(app: typer.Typer) -> None:
     @app.command(
         "quantize",
@@ -56,7 +74,9 @@ def register(app: typer.Typer) -> None:
               "(bits per weight of the main type; mixes keep output.weight in Q6_K):\n\n"
               "\b\n" + _types_table()),
         context_settings={"allow_interspersed_args": True},
+        cls=LlamaCommand,
     )
+    @with_options(QUANTIZE_NOTED)
     def quantize(
         args: list[str] = typer.Argument(..., metavar="IN.gguf [OUT.gguf] TYPE [NTHREADS]",  # noqa: B008
                                          show_default=False),
@@ -70,6 +90,7 @@ def register(app: typer.Typer) -> None:
         token_embedding_type: str | None = typer.Option(None, "--token-embedding-type", metavar="GGML_TYPE",
                                                            help="Type of token_embd.weight."),
         verbose: bool = typer.Option(False, "--verbose", help="Tracebacks on errors."),
+        **noted,
     ):
         import time
 
@@ -86,7 +107,9 @@ def register(app: typer.Typer) -> None:
         from ..quantize import default_threads, parse_tensor_type, quantize_file
         from ..util.safe_text import markup_safe, printable
         from ..util.threads import sane_threads
+        from .options import announce
 
+        announce(noted, QUANTIZE_NOTED)
         inp, out, opt, n_threads = _parse_positionals(args)
         n_threads = sane_threads(n_threads) if n_threads and n_threads > 0 else default_threads()
         opts = {

@@ -54,6 +54,17 @@ from ..ggufio.constants import ValueType
 from ..ggufio.reader import GGUFReader
 from ..model_args import ModelArgs, check_tensors, model_desc
 from ..util.threads import sane_threads
+from .load import (
+    YARN_BETA_FAST,
+    YARN_BETA_SLOW,
+    LoadOptions,
+    apply_overrides,
+    apply_pooling,
+    check_tensor_values,
+    mlock,
+    munlock,
+    rope_params,
+)
 
 # GGUF tensor name suffix -> engine weight slot (see csrc/lp_engine.h)
 _LAYER_SLOTS = {
@@ -70,8 +81,7 @@ _GLOBAL_SLOTS = {
 }
 
 # YaRN settings the reference never reads from GGUF (every YaRN model uses these)
-YARN_BETA_FAST = 32.0
-YARN_BETA_SLOW = 1.0
+__all__ = ["Engine", "LoadOptions", "YARN_BETA_FAST", "YARN_BETA_SLOW", "physical_cores"]
 
 
 def physical_cores() -> int:
@@ -118,6 +128,7 @@ class Engine:
         n_batch: int = 512,
         n_seq_max: int = 1,
         embeddings: bool = False,
+        load: LoadOptions | None = None,
     ):
         from ..store.locate import resolve_model
         from .native import ffi, lib
@@ -128,9 +139,16 @@ class Engine:
         self.model_path = resolve_model(model_path)
         self._reader = GGUFReader(self.model_path)
         r = self._reader
+        load = load or LoadOptions()
+        self._locked = None
+        self._weights = None
         try:
+            apply_overrides(r, load.override_kv)
             self.args = args = ModelArgs.from_gguf(r)
             tensors = check_tensors(r, args)
+            apply_pooling(args, load.pooling, self.model_path)
+            if load.check_tensors:
+                check_tensor_values(r, tensors)
         except BaseException:
             self.close()
             raise
@@ -138,7 +156,7 @@ class Engine:
             self.close()
             raise LlamapyError(f"n_ctx {n_ctx}, n_batch {n_batch}, n_seq_max {n_seq_max}: out of range")
         self.n_ctx = n_ctx or args.n_ctx_train
-        self.n_batch = min(n_batch, self.n_ctx * n_seq_max)
+        self.n_batch = min(n_batch, load.n_ubatch or n_batch, self.n_ctx * n_seq_max)
         self.n_seq_max = n_seq_max
         self.n_vocab = args.n_vocab
         self.n_embd = args.n_embd
@@ -155,13 +173,11 @@ class Engine:
         p.n_threads = sane_threads(n_threads) if n_threads and n_threads > 0 else physical_cores()
         p.norm_eps = args.norm_eps
         p.attn_scale = 0.0
-        p.rope_freq_base = args.rope_freq_base
-        scaling = args.rope_scaling
-        p.rope_freq_scale = 1.0 if scaling == "none" else args.rope_freq_scale
-        p.yarn_ext_factor = 1.0 if scaling == "yarn" else 0.0
-        p.yarn_attn_factor = args.rope_attn_factor
-        p.yarn_beta_fast, p.yarn_beta_slow = YARN_BETA_FAST, YARN_BETA_SLOW
-        p.n_ctx_orig = args.n_ctx_orig_yarn
+        self.rope = rope = rope_params(args, load)
+        p.rope_freq_base, p.rope_freq_scale = rope.freq_base, rope.freq_scale
+        p.yarn_ext_factor, p.yarn_attn_factor = rope.ext_factor, rope.attn_factor
+        p.yarn_beta_fast, p.yarn_beta_slow = rope.beta_fast, rope.beta_slow
+        p.n_ctx_orig = rope.n_ctx_orig
         self.rope_freq_scale = p.rope_freq_scale
         eng = lib.lp_engine_new(p)
         if eng == ffi.NULL:
@@ -172,7 +188,17 @@ class Engine:
         self._engine = ffi.gc(eng, lib.lp_engine_free)
         self.n_threads = lib.lp_engine_n_threads(eng)
 
-        self._base = ffi.from_buffer(r._mmap)  # char[] over the whole file, alive as long as we are
+        if load.mmap:
+            self._base = ffi.from_buffer(r._mmap)  # char[] over the whole file, alive as long as we are
+        else:  # --no-mmap: the file read into memory of our own
+            self._weights = bytearray(r.size)
+            with open(self.model_path, "rb") as f:
+                f.readinto(memoryview(self._weights))
+            self._base = ffi.from_buffer(self._weights)
+        if load.mlock:
+            addr = int(ffi.cast("uintptr_t", self._base))
+            if mlock(addr, len(self._base)):
+                self._locked = (addr, len(self._base))
         if "output.weight" not in tensors:
             tensors = dict(tensors, **{"output.weight": tensors["token_embd.weight"]})
         for name, t in tensors.items():
@@ -435,7 +461,11 @@ class Engine:
             eng, self._engine = self._engine, None
             ffi.gc(eng, None)  # free it now, not again at garbage collection
             lib.lp_engine_free(eng)
+        if getattr(self, "_locked", None):
+            munlock(*self._locked)
+            self._locked = None
         self._base = None
+        self._weights = None
         if self._reader is not None:
             self._reader.close()
             self._reader = None

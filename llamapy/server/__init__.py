@@ -50,7 +50,7 @@ def build_state(model_path: str | None = None, n_ctx: int = 4096, n_parallel: in
                 n_batch: int = 512, api_key: str | None = None, alias: str | None = None,
                 chat_template: str | None = None, chat_template_file: str | None = None, embedding: bool = False,
                 n_predict: int = -1, max_queue: int = 32, max_body: int = 4 << 20, sampling=None,
-                ctx_shift: bool = True):
+                ctx_shift: bool = True, load=None, endpoints: dict | None = None):
     """Load the model and everything the app needs (no sockets yet). `sampling`: the SamplerParams a
     request's missing sampling fields take; `ctx_shift`: a slot whose context fills shifts it and goes on."""
     import os
@@ -68,7 +68,7 @@ def build_state(model_path: str | None = None, n_ctx: int = 4096, n_parallel: in
         raise LlamapyError(f"-np {n_parallel}: need at least one slot")
     path = resolve_model(model_path)
     llm = Engine(model_path=path, n_ctx=slot_context(path, n_ctx, n_parallel), n_threads=n_threads,
-                n_batch=n_batch, n_seq_max=n_parallel, embeddings=True)
+                n_batch=n_batch, n_seq_max=n_parallel, embeddings=True, load=load)
     backend = EngineBackend(llm, n_batch=n_batch)
     template = ChatTemplate.for_model(llm.metadata, name=chat_template, file=chat_template_file)
     return ServerState(
@@ -83,11 +83,13 @@ def build_state(model_path: str | None = None, n_ctx: int = 4096, n_parallel: in
         default_n_predict=n_predict,
         sampling=sampling if sampling is not None else SamplerParams(),
         fingerprint=f"llamapy-{__version__}",
+        **(endpoints or {}),
     )
 
 
 def uvicorn_config(app, host: str, port: int, verbose: bool = False, read_timeout: float = 30.0,
-                   timeout: float = 600.0, max_connections: int | None = None):
+                   timeout: float = 600.0, max_connections: int | None = None, ssl_keyfile: str | None = None,
+                   ssl_certfile: str | None = None):
     """uvicorn's Config for `app`, with the connection guards of server/connections.py: a request must
     arrive within read_timeout seconds, a client that reads nothing for `timeout` seconds is dropped,
     idle keep-alive connections close after 5 s, and open connections stay below the descriptor limit."""
@@ -99,11 +101,12 @@ def uvicorn_config(app, host: str, port: int, verbose: bool = False, read_timeou
     return uvicorn.Config(app, host=host, port=port, http=protocol, backlog=BACKLOG,
                           log_level="info" if verbose else "warning",
                           access_log=verbose, timeout_graceful_shutdown=3, timeout_keep_alive=5,
-                          server_header=False)
+                          server_header=False, ssl_keyfile=ssl_keyfile, ssl_certfile=ssl_certfile)
 
 
 def serve(host: str = "127.0.0.1", port: int = 8080, verbose: bool = False, read_timeout: float = 30.0,
-          timeout: float = 600.0, cors_origins: tuple[str, ...] = (), **kwargs) -> None:
+          timeout: float = 600.0, cors_origins: tuple[str, ...] = (), ssl_keyfile: str | None = None,
+          ssl_certfile: str | None = None, **kwargs) -> None:
     """Load the model and answer HTTP requests until interrupted (kwargs: see build_state; the others:
     see uvicorn_config and app.Guard)."""
     try:
@@ -130,7 +133,8 @@ def serve(host: str = "127.0.0.1", port: int = 8080, verbose: bool = False, read
     if state.template.note:
         print(f"  note: {printable(state.template.note)}", file=sys.stderr)
     app = create_app(state, loopback_only=is_loopback(host), cors_origins=tuple(cors_origins))
-    config = uvicorn_config(app, host, port, verbose, read_timeout=read_timeout, timeout=timeout)
+    config = uvicorn_config(app, host, port, verbose, read_timeout=read_timeout, timeout=timeout,
+                            ssl_keyfile=ssl_keyfile, ssl_certfile=ssl_certfile)
 
     class Server(uvicorn.Server):
         async def startup(self, sockets=None):
@@ -138,7 +142,8 @@ def serve(host: str = "127.0.0.1", port: int = 8080, verbose: bool = False, read
             if self.started:
                 bound = self.servers[0].sockets[0].getsockname() if self.servers else (host, port)
                 shown = bound[0] if ":" not in bound[0] else f"[{bound[0]}]"
-                print(f"  listening on http://{shown}:{bound[1]} (chat page at /, OpenAI API at /v1, "
+                scheme = "https" if ssl_certfile else "http"
+                print(f"  listening on {scheme}://{shown}:{bound[1]} (chat page at /, OpenAI API at /v1, "
                       "Ollama API at /api)", file=sys.stderr, flush=True)
 
     try:

@@ -41,7 +41,7 @@ from .errors import APIError
 
 log = logging.getLogger("llamapy.server")
 
-PUBLIC_PATHS = frozenset({"/health", "/", "/index.html"})
+PUBLIC_PATHS = frozenset({"/health", "/models", "/", "/index.html"})
 WEB_PAGE = Path(__file__).resolve().parent.parent / "web" / "index.html"
 
 
@@ -168,6 +168,15 @@ def create_app(state: ServerState, loopback_only: bool = False, cors_origins: tu
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
+        if state.threads_http > 0:  # --threads-http: the pool that runs blocking work (tokenizing, templates)
+            import anyio.to_thread
+
+            anyio.to_thread.current_default_thread_limiter().total_tokens = state.threads_http
+        if state.metrics_enabled:
+            from .metrics import Metrics
+
+            state.metrics = Metrics()
+            state.scheduler.on_finish.append(state.metrics.record)
         state.scheduler.start()
         try:
             yield
@@ -204,18 +213,23 @@ def create_app(state: ServerState, loopback_only: bool = False, cors_origins: tu
 
     router = APIRouter()
 
-    @router.get("/", response_class=HTMLResponse)
-    @router.get("/index.html", response_class=HTMLResponse)
-    async def index():
-        return HTMLResponse(WEB_PAGE.read_text(encoding="utf-8"), headers={
-            "Content-Security-Policy": "default-src 'self'; script-src 'unsafe-inline'; style-src 'unsafe-inline'",
-            "X-Content-Type-Options": "nosniff",
-        })
+    if state.webui and not state.static_path:
+        @router.get("/", response_class=HTMLResponse)
+        @router.get("/index.html", response_class=HTMLResponse)
+        async def index():
+            return HTMLResponse(WEB_PAGE.read_text(encoding="utf-8"), headers={
+                "Content-Security-Policy": "default-src 'self'; script-src 'unsafe-inline'; style-src 'unsafe-inline'",
+                "X-Content-Type-Options": "nosniff",
+            })
 
     routes_llama.register(router, state)
     routes_openai.register(router, state)
     routes_ollama.register(router, state)
     app.include_router(router)
+    if state.static_path and state.webui:  # --path: a folder's files at /, after every API route
+        from starlette.staticfiles import StaticFiles
+
+        app.mount("/", StaticFiles(directory=state.static_path, html=True), name="static")
     app.add_middleware(Guard, api_key=state.api_key, max_body=state.max_body, loopback_only=loopback_only,
                        cors_origins=tuple(cors_origins))
     return app

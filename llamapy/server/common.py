@@ -54,6 +54,15 @@ class ServerState:
     sampling: SamplerParams = field(default_factory=SamplerParams)  # what a request's missing fields get
     created: int = field(default_factory=lambda: int(time.time()))
     fingerprint: str = ""
+    metrics_enabled: bool = False  # --metrics: /metrics answers
+    slots_enabled: bool = True     # --no-slots: /slots answers 501
+    props_writable: bool = False   # --props: POST /props changes settings
+    webui: bool = True             # --no-webui: no chat page at /
+    static_path: str | None = None  # --path: static files at /
+    threads_http: int = -1         # --threads-http: worker threads for blocking work (-1: the default)
+    n_keep: int = 0                # --keep: the default of a request's n_keep
+    spm_infill: bool = False       # --spm-infill: /infill lays out suffix, prefix, middle
+    metrics: Any = None            # metrics.Metrics, counting from the start
 
     def model_name(self, requested: str | None) -> str:
         """The `model` a response reports: the name the client asked for (any name is accepted), else ours."""
@@ -204,6 +213,13 @@ def n_predict_of(state: ServerState, *values: int | None) -> int:
     return cap if cap >= 0 and (n < 0 or n > cap) else n
 
 
+def keep_of(state: ServerState, prompt: list[int]) -> int:
+    """Positions a context shift keeps: the BOS, and --keep prompt tokens after it (-1: the whole prompt)."""
+    bos = int(getattr(state.backend, "add_bos", False))
+    keep = len(prompt) if state.n_keep < 0 else bos + state.n_keep
+    return min(max(keep, bos), len(prompt))
+
+
 def gen_request(state: ServerState, m: Any, prompt: list[int], *, n_predict: int, stop: list[str],
                 n_probs: int = 0, cache_prompt: bool | None = None, id_slot: int | None = None) -> GenRequest:
     """A GenRequest after the checks every endpoint makes: the prompt fits the slot's context."""
@@ -212,16 +228,21 @@ def gen_request(state: ServerState, m: Any, prompt: list[int], *, n_predict: int
         raise bad_request("the prompt is empty (no tokens)", "prompt")
     if len(prompt) >= n_ctx:
         raise bad_request(
-            f"the prompt has {len(prompt)} tokens; the context of a slot holds {n_ctx} "
+            f"the request exceeds the available context size: the prompt has {len(prompt)} tokens; "
+            f"the context of a slot holds {n_ctx} "
             "(start the server with a larger -c or fewer -np)", "prompt")
     params = sampler_settings(state, m)
+    post = bool(getattr(m, "post_sampling_probs", None)) and n_probs > 0
+    if post:  # the sampler reports every candidate left after its chain (usually a few)
+        params.n_probs = state.backend.n_vocab
     raw_bias = getattr(m, "logit_bias", None)
     if raw_bias is not None:
         params.logit_bias = parse_logit_bias(state.backend, raw_bias)
     return GenRequest(
         prompt=prompt, sampling=params, n_predict=n_predict, stop=stop, n_probs=n_probs,
         cache_prompt=True if cache_prompt is None else cache_prompt,
-        id_slot=-1 if id_slot is None else id_slot, n_keep=int(getattr(state.backend, "add_bos", False)),
+        id_slot=-1 if id_slot is None else id_slot, n_keep=keep_of(state, prompt),
+        timings_per_token=bool(getattr(m, "timings_per_token", None)), post_sampling_probs=post,
     )
 
 

@@ -5,7 +5,7 @@ import asyncio
 from typing import Any
 
 from fastapi import APIRouter, Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, PlainTextResponse
 
 from .. import __version__
 from .common import (
@@ -28,6 +28,7 @@ from .common import (
 )
 from .embeddings import run_embeddings
 from .errors import APIError
+from .infill import check_body, fim_ids, format_infill
 from .scheduler import DoneEvent, GenResult, TokenEvent
 from .schemas import (
     ApplyTemplateRequest,
@@ -45,7 +46,13 @@ def piece_json(backend, tok: int) -> dict[str, Any]:
 
 
 def probs_json(backend, p: dict[str, Any]) -> dict[str, Any]:
-    """One entry of llama-server's `completion_probabilities`."""
+    """One entry of llama-server's `completion_probabilities` (`prob`/`top_probs` with post_sampling_probs)."""
+    if p.get("post"):
+        return {
+            **piece_json(backend, p["id"]),
+            "prob": p["prob"],
+            "top_probs": [{**piece_json(backend, t), "prob": pr} for t, pr in p["top"]],
+        }
     return {
         **piece_json(backend, p["id"]),
         "logprob": finite(p["logprob"]),
@@ -76,12 +83,35 @@ def generation_settings(state: ServerState, req: CompletionRequest | None, gen: 
         "mirostat_eta": p.mirostat_eta,
         "stop": gen.stop if gen is not None else [],
         "max_tokens": n_predict,
-        "n_keep": 0,
+        "n_keep": state.n_keep,
         "ignore_eos": p.ignore_eos,
         "stream": bool(req.stream) if req is not None and req.stream is not None else False,
         "logit_bias": [{"token": t, "bias": finite(b)} for t, b in p.logit_bias.items()],
         "n_probs": gen.n_probs if gen is not None else 0,
+        "min_keep": p.min_keep,
         "samplers": ["penalties", "top_k", "typ_p", "top_p", "min_p", "temperature"],
+        # the reference's other fields; the samplers llamapy doesn't run yet show their "off" values
+        "dynatemp_range": getattr(p, "dynatemp_range", 0.0),
+        "dynatemp_exponent": getattr(p, "dynatemp_exponent", 1.0),
+        "xtc_probability": getattr(p, "xtc_probability", 0.0),
+        "xtc_threshold": getattr(p, "xtc_threshold", 0.1),
+        "dry_multiplier": getattr(p, "dry_multiplier", 0.0),
+        "dry_base": getattr(p, "dry_base", 1.75),
+        "dry_allowed_length": getattr(p, "dry_allowed_length", 2),
+        "dry_penalty_last_n": getattr(p, "dry_penalty_last_n", -1),
+        "dry_sequence_breakers": list(getattr(p, "dry_sequence_breakers", ["\n", ":", "\"", "*"])),
+        "n_discard": 0,
+        "grammar": "",
+        "grammar_trigger_words": [],
+        "grammar_trigger_tokens": [],
+        "preserved_tokens": [],
+        "chat_format": "Content-only",
+        "speculative.n_max": 16,
+        "speculative.n_min": 5,
+        "speculative.p_min": 0.9,
+        "timings_per_token": bool(gen.timings_per_token) if gen is not None else False,
+        "post_sampling_probs": bool(gen.post_sampling_probs) if gen is not None else False,
+        "lora": [],
     }
 
 
@@ -123,6 +153,8 @@ def register(router: APIRouter, state: ServerState) -> None:
     @router.get("/slots")
     async def slots():
         """llama-server's slot monitor: what each slot is doing and how much of its context is cached."""
+        if not state.slots_enabled:
+            raise APIError(501, "This server does not support slots endpoint. Start it with `--slots`")
         out = []
         for s in state.scheduler.slots:
             job, seq = s.job, s.seq
@@ -146,12 +178,53 @@ def register(router: APIRouter, state: ServerState) -> None:
             "build_info": f"llamapy-{__version__}",
         }
 
+    @router.get("/metrics")
+    async def metrics():
+        if not state.metrics_enabled or state.metrics is None:
+            raise APIError(501, "This server does not support metrics endpoint. Start it with `--metrics`")
+        text = state.metrics.render(state.scheduler, b)
+        return PlainTextResponse(text, media_type="text/plain; version=0.0.4",
+                                 headers={"Process-Start-Time-Unix": str(state.metrics.t_start)})
+
+    @router.post("/props")
+    async def set_props(request: Request):
+        if not state.props_writable:
+            raise APIError(501, "This server does not support changing global properties. Start it with `--props`")
+        await read_json(request)  # the reference changes nothing yet either: it checks the body and says success
+        return {"success": True}
+
+    async def rerank(request: Request):
+        raise APIError(501, "This server does not support reranking. Start it with `--reranking` and without "
+                            "`--embedding`")
+
+    for path in ("/rerank", "/reranking", "/v1/rerank", "/v1/reranking"):
+        router.add_api_route(path, rerank, methods=["POST"])
+
     async def completion(request: Request):
         if state.embedding_only:
             raise APIError(501, "this server was started with --embedding: completions are off")
         req = validate(CompletionRequest, await read_json(request))
         check_unsupported(req)
         prompts = await asyncio.to_thread(tokenize_prompts, b, req.prompt)
+        return await complete(request, req, prompts)
+
+    async def infill(request: Request):
+        """llama-server's /infill: fill in between input_prefix and input_suffix with the model's FIM tokens."""
+        if state.embedding_only:
+            raise APIError(501, "this server was started with --embedding: completions are off")
+        fim_ids(b.tok)
+        data = await read_json(request)
+        prefix, suffix, extra, prompt = check_body(data)
+        req = validate(CompletionRequest, {k: v for k, v in data.items() if k not in (
+            "input_prefix", "input_suffix", "input_extra", "prompt")})
+        check_unsupported(req)
+        n_predict = n_predict_of(state, req.n_predict, req.max_tokens)
+        ids = await asyncio.to_thread(format_infill, b, prefix, suffix, extra, prompt, n_predict, state.spm_infill)
+        return await complete(request, req, [ids])
+
+    router.add_api_route("/infill", infill, methods=["POST"])
+
+    async def complete(request: Request, req: CompletionRequest, prompts: list[list[int]]):
         n_predict = n_predict_of(state, req.n_predict, req.max_tokens)
         stops = completion_stops(state, req.stop, chat=False)
         gens = [gen_request(state, req, p, n_predict=n_predict, stop=stops, n_probs=req.n_probs or 0,
@@ -175,6 +248,8 @@ def register(router: APIRouter, state: ServerState) -> None:
                                  "tokens_evaluated": len(gens[ev.index].prompt)}
                         if ev.probs is not None:
                             chunk["completion_probabilities"] = [probs_json(b, ev.probs)]
+                        if ev.timings is not None:
+                            chunk["timings"] = ev.timings
                         yield sse(chunk)
                     elif isinstance(ev, DoneEvent):
                         yield sse(completion_json(state, req, gens[ev.index], ev.result, True) | {"index": ev.index})

@@ -132,8 +132,9 @@ def register(router: APIRouter, state: ServerState) -> None:
                             continue
                         lp = completion_logprobs(b, [ev.probs], top_n, offsets[ev.index]) if ev.probs else None
                         offsets[ev.index] += len(ev.text)
-                        yield sse({**head, "choices": [{"text": ev.text, "index": ev.index, "logprobs": lp,
-                                                        "finish_reason": None}]})
+                        part = {**head, "choices": [{"text": ev.text, "index": ev.index, "logprobs": lp,
+                                                     "finish_reason": None}]}
+                        yield sse(part | ({"timings": ev.timings} if ev.timings is not None else {}))
                     elif isinstance(ev, DoneEvent):
                         done.append(ev.result)
                         last = {**head, "choices": [{"text": "", "index": ev.index, "logprobs": None,
@@ -194,7 +195,8 @@ def register(router: APIRouter, state: ServerState) -> None:
                     if isinstance(ev, TokenEvent):
                         if ev.text or ev.probs is not None:
                             lp = chat_logprobs(b, [ev.probs], top_n) if ev.probs else None
-                            yield sse(chunk({"content": ev.text}, logprobs=lp))
+                            part = chunk({"content": ev.text}, logprobs=lp)
+                            yield sse(part | ({"timings": ev.timings} if ev.timings is not None else {}))
                     elif isinstance(ev, DoneEvent):
                         r = ev.result
                         last = chunk({}, r.finish_reason)

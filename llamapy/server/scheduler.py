@@ -58,6 +58,8 @@ class GenRequest:
     cache_prompt: bool = True
     id_slot: int = -1
     n_keep: int = 0  # positions a context shift keeps (the BOS)
+    timings_per_token: bool = False  # each streamed token carries the timings so far
+    post_sampling_probs: bool = False  # n_probs as the sampler chain left them (probabilities, not logprobs)
 
 
 @dataclass
@@ -66,6 +68,7 @@ class TokenEvent:
     text: str
     token: int
     probs: dict[str, Any] | None  # {"id", "logprob", "top": [(id, logprob), ...]} when n_probs > 0
+    timings: dict[str, float] | None = None  # with timings_per_token: the slot's timings so far
 
 
 @dataclass
@@ -90,17 +93,21 @@ class GenResult:
 
     def timings(self) -> dict[str, float]:
         """llama-server's `timings` object."""
-        pn, pm, gn, gm = self.n_prompt_eval, self.t_prompt_ms, self.n_decoded, self.t_gen_ms
-        return {
-            "prompt_n": pn,
-            "prompt_ms": pm,
-            "prompt_per_token_ms": pm / pn if pn else 0.0,
-            "prompt_per_second": 1e3 * pn / pm if pm > 0 else 0.0,
-            "predicted_n": gn,
-            "predicted_ms": gm,
-            "predicted_per_token_ms": gm / gn if gn else 0.0,
-            "predicted_per_second": 1e3 * gn / gm if gm > 0 else 0.0,
-        }
+        return timings_of(self.n_prompt_eval, self.t_prompt_ms, self.n_decoded, self.t_gen_ms)
+
+
+def timings_of(pn: int, pm: float, gn: int, gm: float) -> dict[str, float]:
+    """llama-server's `timings`: prompt and predicted token counts, milliseconds and rates."""
+    return {
+        "prompt_n": pn,
+        "prompt_ms": pm,
+        "prompt_per_token_ms": pm / pn if pn else 0.0,
+        "prompt_per_second": 1e3 * pn / pm if pm > 0 else 0.0,
+        "predicted_n": gn,
+        "predicted_ms": gm,
+        "predicted_per_token_ms": gm / gn if gn else 0.0,
+        "predicted_per_second": 1e3 * gn / gm if gm > 0 else 0.0,
+    }
 
 
 @dataclass
@@ -183,6 +190,7 @@ class Scheduler:
         self.thread: threading.Thread | None = None
         self.n_steps = 0
         self.n_busy_total = 0
+        self.on_finish: list = []  # callables given each GenResult (the server's metrics)
 
     # --- called from the event loop -------------------------------------------------------------
     def submit(self, jobs: list[Job]) -> None:
@@ -356,14 +364,27 @@ class Scheduler:
         job, req = s.job, s.job.gen
         step = s.seq.feed(logits)
         tok = step.token
-        probs = token_probs(logits, tok, req.n_probs) if req.n_probs > 0 else None
+        if req.n_probs <= 0:
+            probs = None
+        elif req.post_sampling_probs:  # the candidates the chain kept, most likely first (its sampler keeps all)
+            cands = s.seq.sampler.last_probs
+            p_tok = next((p for t, p in cands if t == tok), 0.0)
+            probs = {"id": tok, "prob": p_tok, "top": cands[:req.n_probs], "post": True}
+        else:
+            probs = token_probs(logits, tok, req.n_probs)
         if probs is not None:
             s.probs.append(probs)
         if step.stop == "eog":
             self._finish(s, "eos")
             return
         if job.stream and (step.text or step.stop != "word"):
-            job.emit(TokenEvent(job.index, step.text, tok, probs))
+            timings = None
+            if req.timings_per_token:
+                now = time.perf_counter()
+                t_done = s.t_prompt_done or now
+                timings = timings_of(s.n_prompt_eval, (t_done - s.t_start) * 1e3, len(s.seq.generated),
+                                     (now - t_done) * 1e3)
+            job.emit(TokenEvent(job.index, step.text, tok, probs, timings))
         if step.stop:
             self._finish(s, STOP_TYPES[step.stop], truncated=step.truncated)
             return
@@ -394,8 +415,10 @@ class Scheduler:
             t_prompt_ms=(t_prompt_done - s.t_start) * 1e3,
             t_gen_ms=(now - t_prompt_done) * 1e3,
         )
+        for f in self.on_finish:
+            f(result)
+        self._release(s)  # before the answer goes out: a client that reads /slots or /metrics next sees it free
         job.emit(DoneEvent(job.index, result))
-        self._release(s)
 
     def _fail(self, s: Slot, err: APIError) -> None:
         if s.job is not None and not s.job.finished:

@@ -52,6 +52,7 @@ class Sampling(Strict):
     stop: Stop = None
     stream: Optional[bool] = None
     n_probs: Optional[Annotated[int, Field(ge=0, le=100)]] = None
+    timings_per_token: Optional[bool] = None  # streamed chunks carry `timings`
     n_predict: Optional[Annotated[int, Field(ge=-2)]] = None  # -1: until end of text or context
     max_tokens: Optional[Annotated[int, Field(ge=-1)]] = None
     grammar: Optional[str] = None
@@ -66,6 +67,7 @@ class CompletionRequest(Sampling):
     cache_prompt: Optional[bool] = None
     return_tokens: Optional[bool] = None
     id_slot: Optional[Annotated[int, Field(ge=-1)]] = None
+    post_sampling_probs: Optional[bool] = None  # n_probs after the sampler chain, as probabilities
 
 
 class OAICompletionRequest(Sampling):
