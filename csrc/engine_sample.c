@@ -12,7 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "lp_engine.h"
+#include "llamapy.h"
 
 #define MT_N 624
 #define MT_M 397

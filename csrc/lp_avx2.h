@@ -1,13 +1,11 @@
 /* Small AVX2 helpers of the AVX2 kernel files (quants_*_avx2.c, engine_*avx2.c).
  *
- * Every header of csrc/ is also included by the cffi module, which is not compiled for AVX2: the helpers exist only
- * where a file has selected the AVX2 target (#pragma GCC target) and defines LP_AVX2_HELPERS before including
- * this header.
+ * Include it only in a file's x86 section, after the file has selected the AVX2 target
+ * (#pragma GCC target("avx2,fma,f16c")): the helpers are AVX2 code.
  */
 #ifndef LP_AVX2_H
 #define LP_AVX2_H
 
-#if defined(LP_AVX2_HELPERS)
 #include <immintrin.h>
 #include <stdint.h>
 
@@ -46,6 +44,5 @@ static inline __m128i k4_scales_mins(const uint8_t *b) {
     const __m128i hi = _mm_srli_epi32(_mm_shuffle_epi32(v, _MM_SHUFFLE(1, 1, 0, 0)), 2); /* a, a, c, c */
     return _mm_or_si128(lo, _mm_and_si128(hi, _mm_setr_epi32(0, 0x30303030, 0, 0x30303030)));
 }
-#endif
 
 #endif

@@ -10,12 +10,6 @@
 
 #include "lp_core.h"
 
-/* LP_API_BEGIN */
-/* s[j] = dot(x, row j of y) for j < nrc, y rows y_stride bytes apart (the vec_dot_type of `type`):
- * the multi-row kernel where the type has one, else one vec_dot per row. -1 for a type without vec_dot. */
-int lp_vec_dot_rows(int type, int64_t n, int nrc, const void *x, const void *y, int64_t y_stride, float *s);
-/* LP_API_END */
-
 #define LP_QK_K 256
 #define LP_K_SCALE_SIZE 12
 
