@@ -1,4 +1,4 @@
-/* CPU detection and the run-time choice of kernels. */
+/* CPU detection, the run-time choice of kernels, and the public row API that dispatches to them. */
 #include <string.h>
 
 #include "lp_core.h"
@@ -137,5 +137,16 @@ int lp_vec_dot(int type, int64_t n, const void *x, const void *y, float *s) {
     const lp_type_traits *t = lp_get_traits(type);
     if (!t || !t->vec_dot || n % t->blck_size || n > 0x7fffffff) return -1;
     t->vec_dot((int)n, s, x, y);
+    return 0;
+}
+
+int lp_vec_dot_rows(int type, int64_t n, int nrc, const void *x, const void *y, int64_t y_stride, float *s) {
+    const lp_type_traits *t = lp_get_traits(type);
+    if (!t || !t->vec_dot || n % t->blck_size || n > 0x7fffffff || nrc < 0 || y_stride < 0) return -1;
+    if (t->vec_dot_rows) {
+        t->vec_dot_rows((int)n, nrc, s, 1, x, y, (size_t)y_stride);
+    } else {
+        for (int j = 0; j < nrc; j++) t->vec_dot((int)n, &s[j], x, (const char *)y + j * y_stride);
+    }
     return 0;
 }

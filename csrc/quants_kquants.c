@@ -642,17 +642,6 @@ static void vec_dot_q8_K_q8_K(int n, float *s, const void *vx, const void *vy) {
     *s = sumf;
 }
 
-int lp_vec_dot_rows(int type, int64_t n, int nrc, const void *x, const void *y, int64_t y_stride, float *s) {
-    const lp_type_traits *t = lp_get_traits(type);
-    if (!t || !t->vec_dot || n % t->blck_size || n > 0x7fffffff || nrc < 0 || y_stride < 0) return -1;
-    if (t->vec_dot_rows) {
-        t->vec_dot_rows((int)n, nrc, s, 1, x, y, (size_t)y_stride);
-    } else {
-        for (int j = 0; j < nrc; j++) t->vec_dot((int)n, &s[j], x, (const char *)y + j * y_stride);
-    }
-    return 0;
-}
-
 void lp_register_kquants_scalar(lp_type_traits *t) {
     static const struct {
         int type;
