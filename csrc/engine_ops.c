@@ -8,9 +8,9 @@
 
 /* ---- the matrix product on its own (tests, benchmarks) ----------------------------------------- */
 
-void lp_engine_active_matmul(lp_engine_matmul *m) {
+void lp_engine_matmul_init(lp_engine_matmul *m, int level) {
     memset(m, 0, sizeof *m);
-    if (lp_kernels_active() == LP_KERNELS_AVX2) {
+    if (level == LP_KERNELS_AVX2) {
         lp_engine_matmul_avx2(m);
         lp_engine_matmul_kquants_avx2(m);
     }
@@ -20,7 +20,7 @@ int lp_quantize_activations(int type, const float *x, void *y, int64_t n) {
     const lp_type_traits *t = lp_get_traits(type);
     if (!t || !t->from_float || n % t->blck_size) return -1;
     lp_engine_matmul m;
-    lp_engine_active_matmul(&m);
+    lp_engine_matmul_init(&m, lp_kernels_active());
     (m.quant[type] ? m.quant[type] : t->from_float)(x, y, n);
     return 0;
 }
@@ -35,7 +35,7 @@ int lp_matmul(int type, int64_t n, int64_t nr, int64_t nc, const void *w, const 
     if (!xq) return -1;
     for (int64_t c = 0; c < nc; c++) lp_quantize_activations(t->vec_dot_type, x + c * n, xq + c * xrow, n);
     lp_engine_matmul m;
-    lp_engine_active_matmul(&m);
+    lp_engine_matmul_init(&m, lp_kernels_active());
     const int pr = m.pack_rows[type];
     if (pr && nr >= pr && n <= 16384) {
         const int64_t rows = nr / pr * pr;

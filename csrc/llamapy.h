@@ -41,7 +41,7 @@ int lp_cpu_has_avx2(void);          /* AVX2 + FMA + F16C all present */
 int lp_cpu_has_neon(void);
 int lp_kernels_best(void);          /* the best level this CPU runs */
 int lp_kernels_active(void);        /* the level in use */
-int lp_kernels_set(int level);      /* 0 on success, -1 if this CPU can't run that level */
+int lp_kernels_set(int level);      /* 0 on success, -1 if this CPU can't run that level; any thread, any time */
 const char *lp_kernels_name(int level);
 
 /* Per-type facts and row kernels; all return 0 on success, -1 for a type without that kernel. */
@@ -66,7 +66,8 @@ int lp_vec_dot_rows(int type, int64_t n, int nrc, const void *x, const void *y, 
  * different positions; each sequence owns n_ctx KV positions and a token at position p attends to
  * positions 0..p of its own sequence. The KV cache is F16: K as (layer, seq, pos, n_head_kv*head_dim),
  * V transposed as (layer, seq, n_head_kv*head_dim, pos), the layout the reference uses without flash
- * attention. */
+ * attention. An engine runs the kernels that were active when it was created (lp_kernels_set
+ * changes only engines created after it). */
 typedef struct lp_engine lp_engine;
 
 /* Hyperparameters and context settings; Python fills every field. */

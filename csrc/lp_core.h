@@ -1,8 +1,8 @@
 /* llamapy C core internals: the kernel table, its registration hooks and fp16 conversion.
  *
- * Every quant format registers its kernels in lp_traits[] through the lp_register_* hooks below, each
+ * Every quant format registers its kernels in the kernel table through the lp_register_* hooks below, each
  * defined in the file that owns those kernels: a scalar reference first, then the instruction-set versions
- * the CPU supports (see dispatch.c).
+ * the level has (see dispatch.c).
  */
 #ifndef LP_CORE_H
 #define LP_CORE_H
@@ -31,8 +31,10 @@ typedef struct {
     lp_vec_dot_rows_fn vec_dot_rows;   /* optional (NULL: loop over vec_dot): decodes x once for all rows */
 } lp_type_traits;
 
-/* The table in use; filled once by lp_kernels_set() / the first call that needs it. */
-extern lp_type_traits lp_traits[LP_TYPE_COUNT];
+/* The active kernel table (LP_TYPE_COUNT entries, read-only, valid for good; see dispatch.c) and, when
+ * level is not NULL, its level: one consistent read for callers that need both. */
+const lp_type_traits *lp_kernels_table(int *level);
+/* The active kernels of one type; NULL for a type without them. */
 const lp_type_traits *lp_get_traits(int type);
 
 /* Registration hooks, each defined in the file that owns those kernels.

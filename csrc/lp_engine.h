@@ -34,7 +34,7 @@ typedef struct {
 } lp_engine_kernels;
 
 /* Matrix products with a fast path for some weight types, and their activation quantizers; a NULL entry
- * falls back to the lp_traits row kernels. out[c * out_stride + r] = dot(row r of w, column c of x). */
+ * falls back to the row kernels of the kernel table. out[c * out_stride + r] = dot(row r of w, column c of x). */
 typedef void (*lp_matmul_fn)(int n, int nr, int nc, const void *w, size_t w_row, const void *x, size_t x_row,
                              float *out, size_t out_stride);
 typedef void (*lp_pack_fn)(const void *src, size_t src_row, void *dst, int64_t n, int64_t rows);
@@ -83,6 +83,8 @@ struct lp_engine {
     lp_weight tok_embd, output_norm, output, rope_freqs;
     lp_layer_weights *layers;
     lp_pool *pool;
+    /* the kernels of the level active at creation, all from that one level (lp_kernels_set leaves them be) */
+    const lp_type_traits *traits;   /* (LP_TYPE_COUNT) the kernel table */
     lp_engine_kernels kern;
     lp_engine_matmul mm;
     float theta_scale, corr_dims[2];
@@ -121,7 +123,7 @@ int lp_engine_fail(lp_engine *e, const char *fmt, ...);
 const char *lp_engine_missing_weight(const lp_engine *e);
 /* cos/sin of each rotated pair at position pos (scaled by the YaRN magnitude when `magnitude`) */
 void lp_engine_rope_table(const lp_engine *e, int pos, int magnitude, float *cs);
-void lp_engine_active_matmul(lp_engine_matmul *m);   /* the fast paths the active kernels have */
+void lp_engine_matmul_init(lp_engine_matmul *m, int level);   /* the fast paths kernel level `level` has */
 
 static inline uint16_t *lp_k_at(const lp_engine *e, int l, int s, int pos) {
     return e->k_cache + (((size_t)l * e->p.n_seq + s) * e->p.n_ctx + pos) * e->kv_dim;
