@@ -247,17 +247,6 @@ static void rope(int hd, const float *cs, float *x, int r0, int r1) {
     }
 }
 
-int64_t lp_find_above_avx2(const float *x, int64_t i, int64_t n, float thr) {
-    const __m256 t = _mm256_set1_ps(thr);
-    for (; i + 8 <= n; i += 8) {
-        int mask = _mm256_movemask_ps(_mm256_cmp_ps(_mm256_loadu_ps(x + i), t, _CMP_GT_OQ));
-        if (mask) return i + __builtin_ctz((unsigned)mask);
-    }
-    for (; i < n; i++)
-        if (x[i] > thr) return i;
-    return n;
-}
-
 void lp_engine_kernels_avx2(lp_engine_kernels *k) {
     k->rms_norm = rms_norm;
     k->swiglu = swiglu;
@@ -268,11 +257,5 @@ void lp_engine_kernels_avx2(lp_engine_kernels *k) {
     k->rope = rope;
 }
 #else
-int64_t lp_find_above_avx2(const float *x, int64_t i, int64_t n, float thr) {   /* never called off x86 */
-    for (; i < n; i++)
-        if (x[i] > thr) return i;
-    return n;
-}
-
 void lp_engine_kernels_avx2(lp_engine_kernels *k) { (void)k; }
 #endif

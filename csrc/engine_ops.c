@@ -1,12 +1,10 @@
-/* The engine's kernels on their own, for tests, benchmarks and the sampler: the matrix product with
- * the engine's activation quantizers and fast paths, and top-k. */
+/* The engine's matrix product on its own, for tests and benchmarks: with the engine's activation
+ * quantizers and fast paths. */
 #include <stdlib.h>
 #include <string.h>
 
 #include "lp_core.h"
 #include "lp_engine.h"
-
-/* ---- the matrix product on its own (tests, benchmarks) ----------------------------------------- */
 
 void lp_engine_matmul_init(lp_engine_matmul *m, int level) {
     memset(m, 0, sizeof *m);
@@ -74,34 +72,4 @@ int lp_matmul(int type, int64_t n, int64_t nr, int64_t nc, const void *w, const 
     }
     free(xq);
     return 0;
-}
-
-/* ---- top-k for the sampler ------------------------------------------------------------------------ */
-
-int lp_top_k(const float *x, int64_t n, int32_t k, int32_t *idx) {
-    if (k <= 0 || n <= 0) return 0;
-    if (k > n) k = (int32_t)n;
-    const int fast = lp_kernels_active() == LP_KERNELS_AVX2;
-    /* idx[0..m) sorted: larger values first, equal values by index; once full, only a value above the
-       last one enters (NaN never does), and the scan skips ahead to the next such value */
-    int m = 0;
-    for (int64_t i = 0; i < n; i++) {
-        if (m == k) {
-            const float thr = x[idx[m - 1]];
-            if (fast) {
-                i = lp_find_above_avx2(x, i, n, thr);
-                if (i == n) break;
-            } else if (!(x[i] > thr)) {
-                continue;
-            }
-        }
-        const float v = x[i];
-        int j = m < k ? m++ : m - 1;
-        while (j > 0 && v > x[idx[j - 1]]) {
-            idx[j] = idx[j - 1];
-            j--;
-        }
-        idx[j] = (int32_t)i;
-    }
-    return m;
 }

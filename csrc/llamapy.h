@@ -123,7 +123,7 @@ int lp_matmul(int type, int64_t n, int64_t nr, int64_t nc, const void *w, const 
 /* x (n floats) quantized to the activation type `type` as the engine does it (active kernels). */
 int lp_quantize_activations(int type, const float *x, void *y, int64_t n);
 
-/* ---- the sampler chain (engine_sample.c): the reference's, as llamapy/sampling.py spells it out ---- */
+/* ---- the sampler chain (sampler.c): the reference's, as llamapy/sampling.py spells it out ---- */
 typedef struct lp_sampler lp_sampler;
 typedef struct {
     float temp;

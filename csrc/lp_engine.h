@@ -51,9 +51,6 @@ typedef struct {
 void lp_engine_matmul_avx2(lp_engine_matmul *m);
 void lp_engine_matmul_kquants_avx2(lp_engine_matmul *m);   /* packed Q4_K, Q5_K, Q6_K */
 
-/* lp_top_k's scan: the first index >= i whose value is > thr (n if none); AVX2 version compares 8 at once */
-int64_t lp_find_above_avx2(const float *x, int64_t i, int64_t n, float thr);
-
 void lp_engine_kernels_scalar(lp_engine_kernels *k);
 void lp_engine_kernels_avx2(lp_engine_kernels *k);   /* overrides what it accelerates */
 void lp_engine_kernels_neon(lp_engine_kernels *k);
