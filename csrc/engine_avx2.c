@@ -8,8 +8,6 @@
 #include "lp_avx2.h"
 #include <math.h>
 
-static inline __m256 load_f16(const uint16_t *p) { return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p)); }
-
 /* exp(x), the reference's vector algorithm: x = n ln2 + b with n = round(x / ln2) (by the 1.5 * 2^23
  * shift), 2^n built in the exponent bits, exp(b) - 1 as a degree-5 polynomial; |n| > 126 scaled in two
  * steps so results near the float range's ends come out right (0 for -inf, inf above ~88.4). */

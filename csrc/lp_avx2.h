@@ -1,4 +1,4 @@
-/* Small AVX2 helpers of the AVX2 kernel files (quants_*_avx2.c, engine_*avx2.c).
+/* Small AVX2 helpers shared by the AVX2 kernel files (quants_*_avx2*.c, engine_*avx2.c).
  *
  * Include it only in a file's x86 section, after the file has selected the AVX2 target
  * (#pragma GCC target("avx2,fma,f16c")): the helpers are AVX2 code.
@@ -12,6 +12,9 @@
 static inline float h2f(uint16_t h) { return _cvtsh_ss(h); }
 
 static inline __m256i loadu(const void *p) { return _mm256_loadu_si256((const __m256i *)p); }
+
+/* 8 fp16 values as floats */
+static inline __m256 load_f16(const uint16_t *p) { return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p)); }
 
 /* the reference's horizontal sums: high half + low half, then pairs, then the last two */
 static inline float hsum_ps(__m256 v) {
@@ -31,6 +34,34 @@ static inline int hsum_epi32x4(__m128i v) {
     v = _mm_add_epi32(v, _mm_shuffle_epi32(v, _MM_SHUFFLE(1, 0, 3, 2)));
     v = _mm_add_epi32(v, _mm_shuffle_epi32(v, _MM_SHUFFLE(2, 3, 0, 1)));
     return _mm_cvtsi128_si32(v);
+}
+
+static inline int hsum_epi32(__m256i v) {
+    return hsum_epi32x4(_mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1)));
+}
+
+/* the largest (smallest) of 8 floats: high half against low half, then pairs, then the last two */
+static inline float hmax_ps(__m256 v) {
+    __m128 m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+    m = _mm_max_ss(m, _mm_movehdup_ps(m));
+    return _mm_cvtss_f32(m);
+}
+
+static inline float hmin_ps(__m256 v) {
+    __m128 m = _mm_min_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    m = _mm_min_ps(m, _mm_movehl_ps(m, m));
+    m = _mm_min_ss(m, _mm_movehdup_ps(m));
+    return _mm_cvtss_f32(m);
+}
+
+/* For the formats whose 256 values come in 2 halves h of 128, each in 4 parts p of 32 covering the groups
+ * of 16 8h + 2p and 8h + 2p + 1 (Q2_K, Q3_K, Q6_K): the pshufb mask taking int16 2p of the low 128-bit lane
+ * to all of it and int16 2p + 1 of the high lane to all of it, which turns the groups' 8 int16 scales of a
+ * half (in both lanes) into the multipliers _mm256_madd_epi16 wants for part p. */
+static inline __m256i part_pick(int p) {
+    const short a = (short)(0x0100 * (4 * p + 1) + 4 * p), b = (short)(0x0100 * (4 * p + 3) + 4 * p + 2);
+    return _mm256_setr_epi16(a, a, a, a, a, a, a, a, b, b, b, b, b, b, b, b);
 }
 
 /* 8 scales (bytes 0..7) then 8 mins (bytes 8..15) of a Q4_K / Q5_K block from its 12 scale bytes at b.

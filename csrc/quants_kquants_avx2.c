@@ -29,13 +29,7 @@ static inline float block_signed_absmax(const float *x, float *amax) {
         vmax = _mm256_max_ps(vmax, v);
         vmin = _mm256_min_ps(vmin, v);
     }
-    __m128 m = _mm_max_ps(_mm256_castps256_ps128(vmax), _mm256_extractf128_ps(vmax, 1));
-    m = _mm_max_ps(m, _mm_movehl_ps(m, m));
-    m = _mm_max_ss(m, _mm_movehdup_ps(m));
-    __m128 k = _mm_min_ps(_mm256_castps256_ps128(vmin), _mm256_extractf128_ps(vmin, 1));
-    k = _mm_min_ps(k, _mm_movehl_ps(k, k));
-    k = _mm_min_ss(k, _mm_movehdup_ps(k));
-    const float mx = _mm_cvtss_f32(m), mn = _mm_cvtss_f32(k);
+    const float mx = hmax_ps(vmax), mn = hmin_ps(vmin);
     if (mx > -mn) { *amax = mx; return mx; }
     if (-mn > mx) { *amax = -mn; return mn; }
     *amax = mx; /* both +a and -a occur (or all zero): the first one decides the sign */
@@ -116,19 +110,7 @@ static void vec_dot_q8_K_q8_K(int n, float *s, const void *vx, const void *vy) {
 
 /* A block's values come in 2 halves h of 128, each in 4 parts p of 32; part (h, p) covers the groups
  * 8h + 2p and 8h + 2p + 1. group_scales() returns, for each part, the int16 vector
- * [scale of group 8h+2p x 8 | scale of group 8h+2p+1 x 8] that _mm256_madd_epi16 wants. */
-/* the pshufb mask taking int16 2p of the low lane to all of it and int16 2p + 1 of the high lane to all of it */
-static inline __m256i part_pick(int p) {
-    return _mm256_setr_epi16((short)(0x0100 * (4 * p + 1) + 4 * p), (short)(0x0100 * (4 * p + 1) + 4 * p),
-                             (short)(0x0100 * (4 * p + 1) + 4 * p), (short)(0x0100 * (4 * p + 1) + 4 * p),
-                             (short)(0x0100 * (4 * p + 1) + 4 * p), (short)(0x0100 * (4 * p + 1) + 4 * p),
-                             (short)(0x0100 * (4 * p + 1) + 4 * p), (short)(0x0100 * (4 * p + 1) + 4 * p),
-                             (short)(0x0100 * (4 * p + 3) + 4 * p + 2), (short)(0x0100 * (4 * p + 3) + 4 * p + 2),
-                             (short)(0x0100 * (4 * p + 3) + 4 * p + 2), (short)(0x0100 * (4 * p + 3) + 4 * p + 2),
-                             (short)(0x0100 * (4 * p + 3) + 4 * p + 2), (short)(0x0100 * (4 * p + 3) + 4 * p + 2),
-                             (short)(0x0100 * (4 * p + 3) + 4 * p + 2), (short)(0x0100 * (4 * p + 3) + 4 * p + 2));
-}
-
+ * [scale of group 8h+2p x 8 | scale of group 8h+2p+1 x 8] that _mm256_madd_epi16 wants (see part_pick). */
 static inline void group_scales(__m128i sc8, int is_signed, __m256i out[8]) {
     const __m256i sc16 = is_signed ? _mm256_cvtepi8_epi16(sc8) : _mm256_cvtepu8_epi16(sc8);
     const __m256i lo = _mm256_permute2x128_si256(sc16, sc16, 0x00);

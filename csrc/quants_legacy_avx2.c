@@ -18,20 +18,6 @@ static inline uint16_t f2h(float f) {
     return isnan(f) ? lp_fp32_to_fp16(f) : (uint16_t)_cvtss_sh(f, 0);
 }
 
-static inline int hsum_epi32(__m256i v) {
-    __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
-    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, _MM_SHUFFLE(1, 0, 3, 2)));
-    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, _MM_SHUFFLE(2, 3, 0, 1)));
-    return _mm_cvtsi128_si32(s);
-}
-
-static inline float hmax_ps(__m256 v) {
-    __m128 m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    m = _mm_max_ps(m, _mm_movehl_ps(m, m));
-    m = _mm_max_ss(m, _mm_movehdup_ps(m));
-    return _mm_cvtss_f32(m);
-}
-
 /* roundf (halves away from zero), from truncation: exact, unlike the round-to-even instruction */
 static inline __m256 round_half_away(__m256 v) {
     const __m256 sign = _mm256_set1_ps(-0.0f);
