@@ -413,52 +413,75 @@ void lp_q4_K_finish(const float *x, const float *scales, const float *mins, uint
         for (int l = 0; l < 32; l++) y->qs[j / 2 + l] = (uint8_t)(L[j + l] | (L[j + l + 32] << 4));
 }
 
-static void quantize_row_q4_K_ref(const float *x, void *vy, int64_t k) {
-    lp_block_q4_K *y = vy;
+/* Q4_K (nmax 15, rmin -1, 20 steps) and Q5_K (31, -0.5, 15) rows */
+static void quantize_row_k4_ref(const float *x, char *y, size_t ysize, int64_t k, int nmax, float rmin, int nstep,
+                                int q5) {
     uint8_t L[LP_QK_K];
     float scales[8], mins[8];
     for (int64_t i = 0; i < k / LP_QK_K; i++, x += LP_QK_K) {
-        k4_fit(x, 15, -1.f, 20, scales, mins, L);
-        lp_q4_K_finish(x, scales, mins, L, &y[i]);
+        k4_fit(x, nmax, rmin, nstep, scales, mins, L);
+        void *out = y + (size_t)i * ysize;
+        if (q5) lp_q5_K_finish(x, scales, mins, L, out);
+        else lp_q4_K_finish(x, scales, mins, L, out);
     }
+}
+
+static void quantize_row_q4_K_ref(const float *x, void *vy, int64_t k) {
+    quantize_row_k4_ref(x, vy, sizeof(lp_block_q4_K), k, 15, -1.f, 20, 0);
+}
+
+/* The 256 values of a Q4_K block, or of a Q5_K block with its fifth bits qh */
+static void k4_dequant(const uint8_t *scales, const uint8_t *qs, const uint8_t *qh, uint16_t d16, uint16_t dmin16,
+                       float *y) {
+    const float d = lp_fp16_to_fp32(d16), min = lp_fp16_to_fp32(dmin16);
+    for (int j = 0; j < 8; j++) {
+        uint8_t sc, m;
+        lp_k4_scale_min(j, scales, &sc, &m);
+        const float d1 = d * sc, m1 = min * m;
+        const uint8_t *q = qs + 32 * (j / 2);
+        const int shift = 4 * (j % 2);
+        for (int l = 0; l < 32; l++) {
+            int v = (q[l] >> shift) & 0xF;
+            if (qh) v += ((qh[l] >> j) & 1) << 4;
+            *y++ = d1 * v - m1;
+        }
+    }
+}
+
+/* A Q4_K block (qh NULL) or Q5_K block dotted with a Q8_K block */
+static float k4_dot(const uint8_t *scales, const uint8_t *qs, const uint8_t *qh, uint16_t d16, uint16_t dmin16,
+                    const lp_block_q8_K *yb) {
+    uint8_t sm[16];
+    lp_k4_unpack_scales(scales, sm);
+    int isum = 0, summs = 0;
+    for (int j = 0; j < 8; j++) {
+        const uint8_t *q = qs + 32 * (j / 2);
+        const int8_t *q8 = yb->qs + 32 * j;
+        const int shift = 4 * (j % 2);
+        int sub = 0;
+        for (int l = 0; l < 32; l++) {
+            int v = (q[l] >> shift) & 0xF;
+            if (qh) v |= ((qh[l] >> j) & 1) << 4;
+            sub += v * q8[l];
+        }
+        isum += sm[j] * sub;
+        summs += sm[8 + j] * (yb->bsums[2 * j] + yb->bsums[2 * j + 1]);
+    }
+    const float d = yb->d * lp_fp16_to_fp32(d16);
+    const float dmin = yb->d * lp_fp16_to_fp32(dmin16);
+    return d * isum - dmin * summs;
 }
 
 static void dequantize_row_q4_K(const void *vx, float *y, int64_t k) {
     const lp_block_q4_K *x = vx;
-    for (int64_t i = 0; i < k / LP_QK_K; i++) {
-        const float d = lp_fp16_to_fp32(x[i].d), min = lp_fp16_to_fp32(x[i].dmin);
-        for (int j = 0; j < 8; j++) {
-            uint8_t sc, m;
-            lp_k4_scale_min(j, x[i].scales, &sc, &m);
-            const float d1 = d * sc, m1 = min * m;
-            const uint8_t *q = x[i].qs + 32 * (j / 2);
-            const int shift = 4 * (j % 2);
-            for (int l = 0; l < 32; l++) *y++ = d1 * ((q[l] >> shift) & 0xF) - m1;
-        }
-    }
+    for (int64_t i = 0; i < k / LP_QK_K; i++, y += LP_QK_K) k4_dequant(x[i].scales, x[i].qs, NULL, x[i].d, x[i].dmin, y);
 }
 
 static void vec_dot_q4_K_q8_K(int n, float *s, const void *vx, const void *vy) {
     const lp_block_q4_K *x = vx;
     const lp_block_q8_K *y = vy;
     float sumf = 0;
-    for (int i = 0; i < n / LP_QK_K; i++) {
-        uint8_t sm[16];
-        lp_k4_unpack_scales(x[i].scales, sm);
-        int isum = 0, summs = 0;
-        for (int j = 0; j < 8; j++) {
-            const uint8_t *q = x[i].qs + 32 * (j / 2);
-            const int8_t *q8 = y[i].qs + 32 * j;
-            const int shift = 4 * (j % 2);
-            int sub = 0;
-            for (int l = 0; l < 32; l++) sub += ((q[l] >> shift) & 0xF) * q8[l];
-            isum += sm[j] * sub;
-            summs += sm[8 + j] * (y[i].bsums[2 * j] + y[i].bsums[2 * j + 1]);
-        }
-        const float d = y[i].d * lp_fp16_to_fp32(x[i].d);
-        const float dmin = y[i].d * lp_fp16_to_fp32(x[i].dmin);
-        sumf += d * isum - dmin * summs;
-    }
+    for (int i = 0; i < n / LP_QK_K; i++) sumf += k4_dot(x[i].scales, x[i].qs, NULL, x[i].d, x[i].dmin, &y[i]);
     *s = sumf;
 }
 
@@ -476,51 +499,19 @@ void lp_q5_K_finish(const float *x, const float *scales, const float *mins, uint
 }
 
 static void quantize_row_q5_K_ref(const float *x, void *vy, int64_t k) {
-    lp_block_q5_K *y = vy;
-    uint8_t L[LP_QK_K];
-    float scales[8], mins[8];
-    for (int64_t i = 0; i < k / LP_QK_K; i++, x += LP_QK_K) {
-        k4_fit(x, 31, -0.5f, 15, scales, mins, L);
-        lp_q5_K_finish(x, scales, mins, L, &y[i]);
-    }
+    quantize_row_k4_ref(x, vy, sizeof(lp_block_q5_K), k, 31, -0.5f, 15, 1);
 }
 
 static void dequantize_row_q5_K(const void *vx, float *y, int64_t k) {
     const lp_block_q5_K *x = vx;
-    for (int64_t i = 0; i < k / LP_QK_K; i++) {
-        const float d = lp_fp16_to_fp32(x[i].d), min = lp_fp16_to_fp32(x[i].dmin);
-        for (int j = 0; j < 8; j++) {
-            uint8_t sc, m;
-            lp_k4_scale_min(j, x[i].scales, &sc, &m);
-            const float d1 = d * sc, m1 = min * m;
-            const uint8_t *q = x[i].qs + 32 * (j / 2);
-            const int shift = 4 * (j % 2);
-            for (int l = 0; l < 32; l++) *y++ = d1 * (((q[l] >> shift) & 0xF) + (((x[i].qh[l] >> j) & 1) << 4)) - m1;
-        }
-    }
+    for (int64_t i = 0; i < k / LP_QK_K; i++, y += LP_QK_K) k4_dequant(x[i].scales, x[i].qs, x[i].qh, x[i].d, x[i].dmin, y);
 }
 
 static void vec_dot_q5_K_q8_K(int n, float *s, const void *vx, const void *vy) {
     const lp_block_q5_K *x = vx;
     const lp_block_q8_K *y = vy;
     float sumf = 0;
-    for (int i = 0; i < n / LP_QK_K; i++) {
-        uint8_t sm[16];
-        lp_k4_unpack_scales(x[i].scales, sm);
-        int isum = 0, summs = 0;
-        for (int j = 0; j < 8; j++) {
-            const uint8_t *q = x[i].qs + 32 * (j / 2);
-            const int8_t *q8 = y[i].qs + 32 * j;
-            const int shift = 4 * (j % 2);
-            int sub = 0;
-            for (int l = 0; l < 32; l++) sub += (((q[l] >> shift) & 0xF) | (((x[i].qh[l] >> j) & 1) << 4)) * q8[l];
-            isum += sm[j] * sub;
-            summs += sm[8 + j] * (y[i].bsums[2 * j] + y[i].bsums[2 * j + 1]);
-        }
-        const float d = y[i].d * lp_fp16_to_fp32(x[i].d);
-        const float dmin = y[i].d * lp_fp16_to_fp32(x[i].dmin);
-        sumf += d * isum - dmin * summs;
-    }
+    for (int i = 0; i < n / LP_QK_K; i++) sumf += k4_dot(x[i].scales, x[i].qs, x[i].qh, x[i].d, x[i].dmin, &y[i]);
     *s = sumf;
 }
 
