@@ -16,7 +16,7 @@
 /* x = d * (scales[j] & 15) * q - dmin * (scales[j] >> 4), 16 sub-blocks of 16, q in 0..3 */
 typedef struct {
     uint8_t scales[LP_QK_K / 16];   /* low nibble: scale, high nibble: min */
-    uint8_t qs[LP_QK_K / 4];        /* 2-bit quants, 4 per byte (see the packing in the scalar file) */
+    uint8_t qs[LP_QK_K / 4];        /* 2-bit quants, 4 per byte (packed as quants_kquants_quantize.c does) */
     uint16_t d;                     /* fp16 super-scale of the scales */
     uint16_t dmin;                  /* fp16 super-scale of the mins */
 } lp_block_q2_K;
@@ -91,6 +91,14 @@ static inline void lp_q3_unpack_scales(const uint8_t *q, int8_t out[16]) {
         out[j] = (int8_t)((lo | (hi << 4)) - 32);
     }
 }
+
+/* The scalar reference quantizers (quants_kquants_quantize.c): the bytes the reference writes. */
+void lp_quantize_row_q2_K_ref(const float *x, void *y, int64_t n);
+void lp_quantize_row_q3_K_ref(const float *x, void *y, int64_t n);
+void lp_quantize_row_q4_K_ref(const float *x, void *y, int64_t n);
+void lp_quantize_row_q5_K_ref(const float *x, void *y, int64_t n);
+void lp_quantize_row_q6_K_ref(const float *x, void *y, int64_t n);
+void lp_quantize_row_q8_K_ref(const float *x, void *y, int64_t n);
 
 /* The second half of each reference quantizer, shared by the scalar and SIMD versions (which differ only
  * in how they fit the sub-blocks): from the per-sub-block fits (scales, mins, quants L as the fits left

@@ -4,8 +4,8 @@
  * grids). Here lane j of every vector fits sub-block j: the scalar fit's float operations, in its order,
  * element by element (x[i] holds element i of 8 sub-blocks), with branches turned into lane masks and
  * rounding done by the reference's magic-number trick, garbage included. The second half (scales,
- * final quants, packing) is the scalar file's lp_qN_K_finish. Built with -ffp-contract=off: a fused
- * multiply-add would change the bytes.
+ * final quants, packing) is lp_qN_K_finish of quants_kquants_quantize.c. Built with -ffp-contract=off:
+ * a fused multiply-add would change the bytes.
  */
 #if defined(__x86_64__) || defined(__i386__)
 #pragma GCC target("avx2,fma,f16c")
@@ -43,7 +43,7 @@ static inline void untranspose8_i32(const __m256i *L, int n, int32_t *out) {
         for (int i = 0; i < n; i++) out[n * j + i] = t[8 * i + j];
 }
 
-/* make_qkx2_quants of the scalar file on G groups of 8 lanes (G = 1 or 2: two independent groups hide
+/* make_qkx2_quants of the scalar quantizers on G groups of 8 lanes (G = 1 or 2: two independent groups hide
  * the latency of the running sums): group g's element i is x[g*n + i]; scale, -min and quants L per lane */
 static inline __attribute__((always_inline)) void make_qkx2_xg(int G, int n, int nmax, const __m256 *x,
                                                                 const __m256 *w, __m256i *L, __m256 *scale_out,
@@ -163,7 +163,7 @@ static inline void qx_sums(int n, int nmax, const __m256 *x, __m256 iscale, __m2
     *suml2 = b;
 }
 
-/* make_qx_quants (weights x^2) of the scalar file on 8 lanes; L[i] offset by nmax (0 in all-zero lanes) */
+/* make_qx_quants (weights x^2) of the scalar quantizers on 8 lanes; L[i] offset by nmax (0 in all-zero lanes) */
 static __m256 make_qx_x8(int n, int nmax, const __m256 *x, __m256i *L) {
     const __m256 zero = _mm256_setzero_ps();
     __m256 is_zero;
@@ -192,7 +192,7 @@ static __m256 make_qx_x8(int n, int nmax, const __m256 *x, __m256i *L) {
     return sel(is_zero, zero, scale);
 }
 
-/* make_q3_quants of the scalar file on 8 lanes; L[i] offset by nmax (0 in all-zero lanes) */
+/* make_q3_quants of the scalar quantizers on 8 lanes; L[i] offset by nmax (0 in all-zero lanes) */
 static __m256 make_q3_x8(int n, int nmax, const __m256 *x, __m256i *L) {
     const __m256 zero = _mm256_setzero_ps();
     __m256 is_zero;
