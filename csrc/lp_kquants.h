@@ -112,4 +112,23 @@ void lp_q6_K_finish(const float *x, const float *scales, int8_t *L, lp_block_q6_
 /* The AVX2 weight quantizers (same bytes as the reference), registered by lp_register_kquants_avx2. */
 void lp_register_kquants_avx2_quantizers(lp_type_traits *t);
 
+/* ---- the SIMD files' multi-row dots (vec_dot_rows) ---- */
+
+/* Activation row j of y, rows by bytes apart */
+static inline const lp_block_q8_K *lp_q8_K_row(const void *y, size_t by, int j) {
+    return (const lp_block_q8_K *)((const char *)y + (size_t)j * by);
+}
+
+/* A weight row x against LP_ROWS4 activation rows: s[t * bs] for t < 4, each bitwise what vec_dot gives */
+#define LP_ROWS4 4
+typedef void (*lp_rows4_fn)(int n, const void *x, float *s, size_t bs, const void *y, size_t by);
+
+/* vec_dot_rows from a 4-row kernel and vec_dot: the rows 4 at a time, the last nrc % 4 one at a time */
+static inline void lp_vec_dot_rows_by4(lp_rows4_fn rows4, lp_vec_dot_fn dot, int n, int nrc, float *s, size_t bs,
+                                       const void *x, const void *y, size_t by) {
+    int j = 0;
+    for (; j + LP_ROWS4 <= nrc; j += LP_ROWS4) rows4(n, x, s + j * bs, bs, lp_q8_K_row(y, by, j), by);
+    for (; j < nrc; j++) dot(n, s + j * bs, x, lp_q8_K_row(y, by, j));
+}
+
 #endif

@@ -311,15 +311,149 @@ static void vec_dot_q5_K_q8_K(int n, float *s, const void *vx, const void *vy) {
     *s = hsum_ps(acc) + summs;
 }
 
+/* ---- Q6_K ------------------------------------------------------------------------------------ */
+
+/* the 4 parts of 32 quants (0..63 unsigned) of half h of a Q6_K block */
+static inline void q6_half(const lp_block_q6_K *b, int h, __m256i q[4]) {
+    const __m256i m4 = _mm256_set1_epi8(0xF), m30 = _mm256_set1_epi8(0x30);
+    const __m256i l0 = loadu(b->ql + 64 * h), l1 = loadu(b->ql + 64 * h + 32), hb = loadu(b->qh + 32 * h);
+    q[0] = _mm256_or_si256(_mm256_and_si256(l0, m4), _mm256_and_si256(_mm256_slli_epi16(hb, 4), m30));
+    q[1] = _mm256_or_si256(_mm256_and_si256(l1, m4), _mm256_and_si256(_mm256_slli_epi16(hb, 2), m30));
+    q[2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), m4), _mm256_and_si256(hb, m30));
+    q[3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), m4),
+                           _mm256_and_si256(_mm256_srli_epi16(hb, 2), m30));
+}
+
+static void vec_dot_q6_K_q8_K(int n, float *s, const void *vx, const void *vy) {
+    const lp_block_q6_K *x = vx;
+    const lp_block_q8_K *y = vy;
+    __m256 acc = _mm256_setzero_ps();
+    for (int i = 0; i < n / LP_QK_K; i++) {
+        const float d = y[i].d * h2f(x[i].d);
+        const __m128i sc8 = _mm_loadu_si128((const __m128i *)x[i].scales);
+        __m256i sc[8];
+        group_scales(sc8, 1, sc);
+        const __m256i m32 = _mm256_set1_epi8(32);
+        __m256i sumi = _mm256_setzero_si256();
+        const int8_t *q8 = y[i].qs;
+        for (int h = 0; h < 2; h++) {
+            __m256i q[4];
+            q6_half(&x[i], h, q);
+            for (int p = 0; p < 4; p++, q8 += 32) {
+                const __m256i v = loadu(q8);
+                const __m256i prod = _mm256_sub_epi16(_mm256_maddubs_epi16(q[p], v), _mm256_maddubs_epi16(m32, v));
+                sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(prod, sc[4 * h + p]));
+            }
+        }
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc);
+    }
+    *s = hsum_ps(acc);
+}
+
 /* ---- one weight row against 4 activation rows (prompt processing) ----------------------------
  *
  * The weight quants and scales are decoded once per block for 4 activation rows. Each row's int32 sums
  * and float steps are the single-row kernel's, so the results are bitwise those of vec_dot. */
 
-#define ROWS 4
+#define ROWS LP_ROWS4
 
-static inline const lp_block_q8_K *act_row(const void *vy, size_t by, int j) {
-    return (const lp_block_q8_K *)((const char *)vy + (size_t)j * by);
+enum { G16_Q2, G16_Q3, G16_Q6 };
+
+/* Q2_K, Q3_K or Q6_K (f, a constant) against 4 activation rows. Per part of 32 values: the unsigned quants q,
+ * the offset subtracted from each value (Q3_K: 4 where the high bit is clear; Q6_K: 32; Q2_K: none, its
+ * mins are summed through the block sums), then q . y - offset . y scaled by the groups' scales. */
+static inline __attribute__((always_inline)) void g16_rows4(const int f, int n, const void *vx, float *s, size_t bs,
+                                                            const void *vy, size_t by) {
+    const size_t xbs = f == G16_Q2 ? sizeof(lp_block_q2_K) : f == G16_Q3 ? sizeof(lp_block_q3_K)
+                                                                   : sizeof(lp_block_q6_K);
+    const __m256i m3 = _mm256_set1_epi8(3), m1 = _mm256_set1_epi8(1), m32 = _mm256_set1_epi8(32);
+    const __m128i m4 = _mm_set1_epi8(0xF);
+    const lp_block_q8_K *y[ROWS];
+    __m256 acc[ROWS];
+    for (int t = 0; t < ROWS; t++) {
+        y[t] = lp_q8_K_row(vy, by, t);
+        acc[t] = _mm256_setzero_ps();
+    }
+    for (int i = 0; i < n / LP_QK_K; i++) {
+        const uint8_t *xb = (const uint8_t *)vx + (size_t)i * xbs;
+        const lp_block_q2_K *b2 = (const lp_block_q2_K *)xb;
+        const lp_block_q3_K *b3 = (const lp_block_q3_K *)xb;
+        const lp_block_q6_K *b6 = (const lp_block_q6_K *)xb;
+        __m256i sc16, hm = _mm256_setzero_si256();
+        __m128i mins8 = _mm_setzero_si128();
+        if (f == G16_Q2) {
+            const __m128i sb = _mm_loadu_si128((const __m128i *)b2->scales);
+            sc16 = _mm256_cvtepu8_epi16(_mm_and_si128(sb, m4));
+            mins8 = _mm_and_si128(_mm_srli_epi16(sb, 4), m4);
+        } else if (f == G16_Q3) {
+            sc16 = _mm256_cvtepi8_epi16(q3_scales(b3->scales));
+            hm = loadu(b3->hmask);
+        } else {
+            sc16 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)b6->scales));
+        }
+        __m256i sumi[ROWS];
+        for (int t = 0; t < ROWS; t++) sumi[t] = _mm256_setzero_si256();
+        for (int h = 0; h < 2; h++) {
+            __m256i bits = _mm256_setzero_si256(), q6[4];
+            if (f == G16_Q6) q6_half(b6, h, q6);
+            else bits = loadu((f == G16_Q2 ? b2->qs : b3->qs) + 32 * h);
+            const __m256i half = h ? _mm256_permute2x128_si256(sc16, sc16, 0x11)
+                                   : _mm256_permute2x128_si256(sc16, sc16, 0x00);
+            for (int p = 0; p < 4; p++) {
+                __m256i q, off = m32;
+                if (f == G16_Q6) {
+                    q = q6[p];
+                } else {
+                    q = _mm256_and_si256(_mm256_srli_epi16(bits, 2 * p), m3);
+                    if (f == G16_Q3) {
+                        const __m256i hbit = _mm256_and_si256(_mm256_srli_epi16(hm, 4 * h + p), m1);
+                        off = _mm256_slli_epi16(_mm256_xor_si256(hbit, m1), 2);
+                    }
+                }
+                const __m256i scp = _mm256_shuffle_epi8(half, part_pick(p));
+                for (int t = 0; t < ROWS; t++) {
+                    const __m256i v = loadu(y[t][i].qs + 128 * h + 32 * p);
+                    __m256i prod = _mm256_maddubs_epi16(q, v);
+                    if (f != G16_Q2) prod = _mm256_sub_epi16(prod, _mm256_maddubs_epi16(off, v));
+                    sumi[t] = _mm256_add_epi32(sumi[t], _mm256_madd_epi16(prod, scp));
+                }
+            }
+        }
+        const float dx = h2f(f == G16_Q2 ? b2->d : f == G16_Q3 ? b3->d : b6->d);
+        const float mx = f == G16_Q2 ? h2f(b2->dmin) : 0.0f;
+        for (int t = 0; t < ROWS; t++) {
+            if (f == G16_Q2) {
+                const __m256i summs = scaled_bsums(mins8, 0, y[t][i].bsums);
+                acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(-y[t][i].d * mx), _mm256_cvtepi32_ps(summs), acc[t]);
+            }
+            acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(y[t][i].d * dx), _mm256_cvtepi32_ps(sumi[t]), acc[t]);
+        }
+    }
+    for (int t = 0; t < ROWS; t++) s[t * bs] = hsum_ps(acc[t]);
+}
+
+static void q2_rows4(int n, const void *x, float *s, size_t bs, const void *y, size_t by) {
+    g16_rows4(G16_Q2, n, x, s, bs, y, by);
+}
+
+static void q3_rows4(int n, const void *x, float *s, size_t bs, const void *y, size_t by) {
+    g16_rows4(G16_Q3, n, x, s, bs, y, by);
+}
+
+static void q6_rows4(int n, const void *x, float *s, size_t bs, const void *y, size_t by) {
+    g16_rows4(G16_Q6, n, x, s, bs, y, by);
+}
+
+static void vec_dot_rows_q2_K(int n, int nrc, float *s, size_t bs, const void *vx, const void *vy, size_t by) {
+    lp_vec_dot_rows_by4(q2_rows4, vec_dot_q2_K_q8_K, n, nrc, s, bs, vx, vy, by);
+}
+
+static void vec_dot_rows_q3_K(int n, int nrc, float *s, size_t bs, const void *vx, const void *vy, size_t by) {
+    lp_vec_dot_rows_by4(q3_rows4, vec_dot_q3_K_q8_K, n, nrc, s, bs, vx, vy, by);
+}
+
+static void vec_dot_rows_q6_K(int n, int nrc, float *s, size_t bs, const void *vx, const void *vy, size_t by) {
+    lp_vec_dot_rows_by4(q6_rows4, vec_dot_q6_K_q8_K, n, nrc, s, bs, vx, vy, by);
 }
 
 /* Q4_K (qh NULL) and Q5_K rows */
@@ -327,7 +461,7 @@ static inline void k4_rows4(int nb, const uint8_t *xb, size_t xbs, int has_qh, f
                             size_t by) {
     const __m256i m4 = _mm256_set1_epi8(0xF), m1 = _mm256_set1_epi8(1);
     const lp_block_q8_K *y[ROWS];
-    for (int t = 0; t < ROWS; t++) y[t] = act_row(vy, by, t);
+    for (int t = 0; t < ROWS; t++) y[t] = lp_q8_K_row(vy, by, t);
     __m256 acc[ROWS];
     __m128 accm[ROWS]; /* Q4_K: the mins' 4 lanes */
     float summs[ROWS]; /* Q5_K: the mins' scalar sum */
@@ -375,18 +509,20 @@ static inline void k4_rows4(int nb, const uint8_t *xb, size_t xbs, int has_qh, f
     for (int t = 0; t < ROWS; t++) s[t * bs] = hsum_ps(acc[t]) + (has_qh ? summs[t] : hsum_ps128(accm[t]));
 }
 
+static void q4_rows4(int n, const void *x, float *s, size_t bs, const void *y, size_t by) {
+    k4_rows4(n / LP_QK_K, x, sizeof(lp_block_q4_K), 0, s, bs, y, by);
+}
+
+static void q5_rows4(int n, const void *x, float *s, size_t bs, const void *y, size_t by) {
+    k4_rows4(n / LP_QK_K, x, sizeof(lp_block_q5_K), 1, s, bs, y, by);
+}
+
 static void vec_dot_rows_q4_K(int n, int nrc, float *s, size_t bs, const void *vx, const void *vy, size_t by) {
-    int j = 0;
-    for (; j + ROWS <= nrc; j += ROWS)
-        k4_rows4(n / LP_QK_K, vx, sizeof(lp_block_q4_K), 0, s + j * bs, bs, act_row(vy, by, j), by);
-    for (; j < nrc; j++) vec_dot_q4_K_q8_K(n, s + j * bs, vx, act_row(vy, by, j));
+    lp_vec_dot_rows_by4(q4_rows4, vec_dot_q4_K_q8_K, n, nrc, s, bs, vx, vy, by);
 }
 
 static void vec_dot_rows_q5_K(int n, int nrc, float *s, size_t bs, const void *vx, const void *vy, size_t by) {
-    int j = 0;
-    for (; j + ROWS <= nrc; j += ROWS)
-        k4_rows4(n / LP_QK_K, vx, sizeof(lp_block_q5_K), 1, s + j * bs, bs, act_row(vy, by, j), by);
-    for (; j < nrc; j++) vec_dot_q5_K_q8_K(n, s + j * bs, vx, act_row(vy, by, j));
+    lp_vec_dot_rows_by4(q5_rows4, vec_dot_q5_K_q8_K, n, nrc, s, bs, vx, vy, by);
 }
 
 static inline void store_affine32(float *y, __m256i q8bytes, float d1, float m1) {
@@ -430,174 +566,6 @@ static void dequantize_row_q5_K(const void *vx, float *y, int64_t k) {
             store_affine32(y + 32 * j, _mm256_or_si256(lo, h), d * sm[j], min * sm[8 + j]);
         }
     }
-}
-
-/* ---- Q6_K ------------------------------------------------------------------------------------ */
-
-/* the 4 parts of 32 quants (0..63 unsigned) of half h of a Q6_K block */
-static inline void q6_half(const lp_block_q6_K *b, int h, __m256i q[4]) {
-    const __m256i m4 = _mm256_set1_epi8(0xF), m30 = _mm256_set1_epi8(0x30);
-    const __m256i l0 = loadu(b->ql + 64 * h), l1 = loadu(b->ql + 64 * h + 32), hb = loadu(b->qh + 32 * h);
-    q[0] = _mm256_or_si256(_mm256_and_si256(l0, m4), _mm256_and_si256(_mm256_slli_epi16(hb, 4), m30));
-    q[1] = _mm256_or_si256(_mm256_and_si256(l1, m4), _mm256_and_si256(_mm256_slli_epi16(hb, 2), m30));
-    q[2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), m4), _mm256_and_si256(hb, m30));
-    q[3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), m4),
-                           _mm256_and_si256(_mm256_srli_epi16(hb, 2), m30));
-}
-
-static void vec_dot_q6_K_q8_K(int n, float *s, const void *vx, const void *vy) {
-    const lp_block_q6_K *x = vx;
-    const lp_block_q8_K *y = vy;
-    __m256 acc = _mm256_setzero_ps();
-    for (int i = 0; i < n / LP_QK_K; i++) {
-        const float d = y[i].d * h2f(x[i].d);
-        const __m128i sc8 = _mm_loadu_si128((const __m128i *)x[i].scales);
-        __m256i sc[8];
-        group_scales(sc8, 1, sc);
-        const __m256i m32 = _mm256_set1_epi8(32);
-        __m256i sumi = _mm256_setzero_si256();
-        const int8_t *q8 = y[i].qs;
-        for (int h = 0; h < 2; h++) {
-            __m256i q[4];
-            q6_half(&x[i], h, q);
-            for (int p = 0; p < 4; p++, q8 += 32) {
-                const __m256i v = loadu(q8);
-                const __m256i prod = _mm256_sub_epi16(_mm256_maddubs_epi16(q[p], v), _mm256_maddubs_epi16(m32, v));
-                sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(prod, sc[4 * h + p]));
-            }
-        }
-        acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc);
-    }
-    *s = hsum_ps(acc);
-}
-
-/* Q2_K against 4 activation rows */
-static void q2_rows4(int n, const lp_block_q2_K *x, float *s, size_t bs, const void *vy, size_t by) {
-    const __m256i m3 = _mm256_set1_epi8(3);
-    const __m128i m4 = _mm_set1_epi8(0xF);
-    const lp_block_q8_K *y[ROWS];
-    __m256 acc[ROWS];
-    for (int t = 0; t < ROWS; t++) {
-        y[t] = act_row(vy, by, t);
-        acc[t] = _mm256_setzero_ps();
-    }
-    for (int i = 0; i < n / LP_QK_K; i++) {
-        const __m128i sb = _mm_loadu_si128((const __m128i *)x[i].scales);
-        const __m256i sc16 = _mm256_cvtepu8_epi16(_mm_and_si128(sb, m4));
-        const __m128i mins8 = _mm_and_si128(_mm_srli_epi16(sb, 4), m4);
-        __m256i sumi[ROWS];
-        for (int t = 0; t < ROWS; t++) sumi[t] = _mm256_setzero_si256();
-        for (int h = 0; h < 2; h++) {
-            const __m256i bits = loadu(x[i].qs + 32 * h);
-            const __m256i half = h ? _mm256_permute2x128_si256(sc16, sc16, 0x11)
-                                   : _mm256_permute2x128_si256(sc16, sc16, 0x00);
-            for (int p = 0; p < 4; p++) {
-                const __m256i q = _mm256_and_si256(_mm256_srli_epi16(bits, 2 * p), m3);
-                const __m256i scp = _mm256_shuffle_epi8(half, part_pick(p));
-                for (int t = 0; t < ROWS; t++) {
-                    const __m256i prod = _mm256_maddubs_epi16(q, loadu(y[t][i].qs + 128 * h + 32 * p));
-                    sumi[t] = _mm256_add_epi32(sumi[t], _mm256_madd_epi16(prod, scp));
-                }
-            }
-        }
-        const float dx = h2f(x[i].d), mx = h2f(x[i].dmin);
-        for (int t = 0; t < ROWS; t++) {
-            const __m256i summs = scaled_bsums(mins8, 0, y[t][i].bsums);
-            acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(-y[t][i].d * mx), _mm256_cvtepi32_ps(summs), acc[t]);
-            acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(y[t][i].d * dx), _mm256_cvtepi32_ps(sumi[t]), acc[t]);
-        }
-    }
-    for (int t = 0; t < ROWS; t++) s[t * bs] = hsum_ps(acc[t]);
-}
-
-static void vec_dot_rows_q2_K(int n, int nrc, float *s, size_t bs, const void *vx, const void *vy, size_t by) {
-    int j = 0;
-    for (; j + ROWS <= nrc; j += ROWS) q2_rows4(n, vx, s + j * bs, bs, act_row(vy, by, j), by);
-    for (; j < nrc; j++) vec_dot_q2_K_q8_K(n, s + j * bs, vx, act_row(vy, by, j));
-}
-
-/* Q3_K against 4 activation rows */
-static void q3_rows4(int n, const lp_block_q3_K *x, float *s, size_t bs, const void *vy, size_t by) {
-    const __m256i m3 = _mm256_set1_epi8(3), m1 = _mm256_set1_epi8(1);
-    const lp_block_q8_K *y[ROWS];
-    __m256 acc[ROWS];
-    for (int t = 0; t < ROWS; t++) {
-        y[t] = act_row(vy, by, t);
-        acc[t] = _mm256_setzero_ps();
-    }
-    for (int i = 0; i < n / LP_QK_K; i++) {
-        const __m128i sc8 = q3_scales(x[i].scales);
-        const __m256i sc16 = _mm256_cvtepi8_epi16(sc8);
-        const __m256i hm = loadu(x[i].hmask);
-        __m256i sumi[ROWS];
-        for (int t = 0; t < ROWS; t++) sumi[t] = _mm256_setzero_si256();
-        for (int h = 0; h < 2; h++) {
-            const __m256i bits = loadu(x[i].qs + 32 * h);
-            const __m256i half = h ? _mm256_permute2x128_si256(sc16, sc16, 0x11)
-                                   : _mm256_permute2x128_si256(sc16, sc16, 0x00);
-            for (int p = 0; p < 4; p++) {
-                const __m256i lo = _mm256_and_si256(_mm256_srli_epi16(bits, 2 * p), m3);
-                const __m256i clear = _mm256_xor_si256(_mm256_and_si256(_mm256_srli_epi16(hm, 4 * h + p), m1), m1);
-                const __m256i off = _mm256_slli_epi16(clear, 2);
-                const __m256i scp = _mm256_shuffle_epi8(half, part_pick(p));
-                for (int t = 0; t < ROWS; t++) {
-                    const __m256i q8 = loadu(y[t][i].qs + 128 * h + 32 * p);
-                    const __m256i prod = _mm256_sub_epi16(_mm256_maddubs_epi16(lo, q8), _mm256_maddubs_epi16(off, q8));
-                    sumi[t] = _mm256_add_epi32(sumi[t], _mm256_madd_epi16(prod, scp));
-                }
-            }
-        }
-        const float dx = h2f(x[i].d);
-        for (int t = 0; t < ROWS; t++)
-            acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(y[t][i].d * dx), _mm256_cvtepi32_ps(sumi[t]), acc[t]);
-    }
-    for (int t = 0; t < ROWS; t++) s[t * bs] = hsum_ps(acc[t]);
-}
-
-static void vec_dot_rows_q3_K(int n, int nrc, float *s, size_t bs, const void *vx, const void *vy, size_t by) {
-    int j = 0;
-    for (; j + ROWS <= nrc; j += ROWS) q3_rows4(n, vx, s + j * bs, bs, act_row(vy, by, j), by);
-    for (; j < nrc; j++) vec_dot_q3_K_q8_K(n, s + j * bs, vx, act_row(vy, by, j));
-}
-
-static void q6_rows4(int n, const lp_block_q6_K *x, float *s, size_t bs, const void *vy, size_t by) {
-    const lp_block_q8_K *y[ROWS];
-    __m256 acc[ROWS];
-    for (int t = 0; t < ROWS; t++) {
-        y[t] = act_row(vy, by, t);
-        acc[t] = _mm256_setzero_ps();
-    }
-    for (int i = 0; i < n / LP_QK_K; i++) {
-        const __m128i sc8 = _mm_loadu_si128((const __m128i *)x[i].scales);
-        const __m256i sc16 = _mm256_cvtepi8_epi16(sc8);
-        const __m256i m32 = _mm256_set1_epi8(32);
-        __m256i sumi[ROWS];
-        for (int t = 0; t < ROWS; t++) sumi[t] = _mm256_setzero_si256();
-        for (int h = 0; h < 2; h++) {
-            __m256i q[4];
-            q6_half(&x[i], h, q);
-            const __m256i half = h ? _mm256_permute2x128_si256(sc16, sc16, 0x11)
-                                   : _mm256_permute2x128_si256(sc16, sc16, 0x00);
-            for (int p = 0; p < 4; p++) {
-                const __m256i scp = _mm256_shuffle_epi8(half, part_pick(p));
-                for (int t = 0; t < ROWS; t++) {
-                    const __m256i v = loadu(y[t][i].qs + 128 * h + 32 * p);
-                    const __m256i prod = _mm256_sub_epi16(_mm256_maddubs_epi16(q[p], v), _mm256_maddubs_epi16(m32, v));
-                    sumi[t] = _mm256_add_epi32(sumi[t], _mm256_madd_epi16(prod, scp));
-                }
-            }
-        }
-        const float dx = h2f(x[i].d);
-        for (int t = 0; t < ROWS; t++)
-            acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(y[t][i].d * dx), _mm256_cvtepi32_ps(sumi[t]), acc[t]);
-    }
-    for (int t = 0; t < ROWS; t++) s[t * bs] = hsum_ps(acc[t]);
-}
-
-static void vec_dot_rows_q6_K(int n, int nrc, float *s, size_t bs, const void *vx, const void *vy, size_t by) {
-    int j = 0;
-    for (; j + ROWS <= nrc; j += ROWS) q6_rows4(n, vx, s + j * bs, bs, act_row(vy, by, j), by);
-    for (; j < nrc; j++) vec_dot_q6_K_q8_K(n, s + j * bs, vx, act_row(vy, by, j));
 }
 
 static void dequantize_row_q6_K(const void *vx, float *y, int64_t k) {
