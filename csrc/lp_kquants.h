@@ -109,8 +109,10 @@ void lp_q4_K_finish(const float *x, const float *scales, const float *mins, uint
 void lp_q5_K_finish(const float *x, const float *scales, const float *mins, uint8_t *L, lp_block_q5_K *y);
 void lp_q6_K_finish(const float *x, const float *scales, int8_t *L, lp_block_q6_K *y);
 
-/* The AVX2 weight quantizers (same bytes as the reference), registered by lp_register_kquants_avx2. */
+/* Parts of the AVX2 kernels registered by lp_register_kquants_avx2: the weight quantizers (same bytes as the
+ * reference; quants_kquants_avx2_fit.c) and the Q4_K / Q5_K kernels (quants_kquants_avx2_k4.c). */
 void lp_register_kquants_avx2_quantizers(lp_type_traits *t);
+void lp_register_kquants_avx2_k4(lp_type_traits *t);
 
 /* ---- the SIMD files' multi-row dots (vec_dot_rows) ---- */
 
