@@ -38,7 +38,7 @@ const lp_type_traits *lp_kernels_table(int *level);
 const lp_type_traits *lp_get_traits(int type);
 
 /* Registration hooks, each defined in the file that owns those kernels.
- * The scalar ones fill every field; the SIMD ones override what they accelerate. */
+ * The scalar ones fill every field; the SIMD ones override what they accelerate (lp_override). */
 void lp_register_float_scalar(lp_type_traits *t);   /* F32, F16, BF16 */
 void lp_register_float_avx2(lp_type_traits *t);
 void lp_register_float_neon(lp_type_traits *t);
@@ -48,6 +48,15 @@ void lp_register_legacy_neon(lp_type_traits *t);
 void lp_register_kquants_scalar(lp_type_traits *t); /* Q2_K..Q6_K, Q8_K */
 void lp_register_kquants_avx2(lp_type_traits *t);
 void lp_register_kquants_neon(lp_type_traits *t);
+
+/* A SIMD file's kernels of one type: each one not NULL replaces the table's. */
+static inline void lp_override(lp_type_traits *t, lp_to_float_fn to_float, lp_from_float_fn from_float,
+                               lp_vec_dot_fn vec_dot, lp_vec_dot_rows_fn vec_dot_rows) {
+    if (to_float) t->to_float = to_float;
+    if (from_float) t->from_float = from_float;
+    if (vec_dot) t->vec_dot = vec_dot;
+    if (vec_dot_rows) t->vec_dot_rows = vec_dot_rows;
+}
 
 /* fp16 / bf16 conversion (scalar, IEEE round-to-nearest-even, as the reference) */
 float lp_fp16_to_fp32(uint16_t h);

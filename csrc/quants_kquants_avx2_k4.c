@@ -194,11 +194,7 @@ static void dequantize_row_q5_K(const void *vx, float *y, int64_t k) {
 }
 
 void lp_register_kquants_avx2_k4(lp_type_traits *t) {
-    t[LP_TYPE_Q4_K].to_float = dequantize_row_q4_K;
-    t[LP_TYPE_Q4_K].vec_dot = vec_dot_q4_K_q8_K;
-    t[LP_TYPE_Q4_K].vec_dot_rows = vec_dot_rows_q4_K;
-    t[LP_TYPE_Q5_K].to_float = dequantize_row_q5_K;
-    t[LP_TYPE_Q5_K].vec_dot = vec_dot_q5_K_q8_K;
-    t[LP_TYPE_Q5_K].vec_dot_rows = vec_dot_rows_q5_K;
+    lp_override(&t[LP_TYPE_Q4_K], dequantize_row_q4_K, NULL, vec_dot_q4_K_q8_K, vec_dot_rows_q4_K);
+    lp_override(&t[LP_TYPE_Q5_K], dequantize_row_q5_K, NULL, vec_dot_q5_K_q8_K, vec_dot_rows_q5_K);
 }
 #endif
