@@ -90,9 +90,9 @@ static float make_qkx2_quants(int n, int nmax, const float *x, const float *w, u
     return scale;
 }
 
-/* Symmetric fit x ~ scale * (L - nmax), L in 0..2*nmax-1, weights x^2: the scale from the largest
- * magnitude, then 18 nearby grids, keeping the best weighted least-squares scale. */
-static float make_qx_quants(int n, int nmax, const float *x, int8_t *L) {
+/* The start of the symmetric fits: the signed value of the first x of largest magnitude, or 0 (with L
+ * cleared) when that magnitude is below GROUP_MAX_EPS. */
+static float symmetric_max(int n, const float *x, int8_t *L) {
     float max = 0, amax = 0;
     for (int i = 0; i < n; i++) {
         float ax = fabsf(x[i]);
@@ -102,27 +102,38 @@ static float make_qx_quants(int n, int nmax, const float *x, int8_t *L) {
         for (int i = 0; i < n; i++) L[i] = 0;
         return 0.f;
     }
-    float iscale = -nmax / max;
-    float sumlx = 0, suml2 = 0;
+    return max;
+}
+
+/* One grid of the symmetric fits: l = nearest(iscale * x) clamped to -nmax..nmax-1 (stored in L plus
+ * offset, unless L is NULL), and Σ w x l, Σ w l² with weights w = x^2. */
+static void symmetric_grid(int n, int nmax, const float *x, float iscale, int8_t *L, int offset, float *sumlx,
+                           float *suml2) {
+    float slx = 0, sl2 = 0;
     for (int i = 0; i < n; i++) {
         int l = imax(-nmax, imin(nmax - 1, nearest_int(iscale * x[i])));
-        L[i] = (int8_t)(l + nmax);
+        if (L) L[i] = (int8_t)(l + offset);
         float w = x[i] * x[i];
-        sumlx += w * x[i] * l;
-        suml2 += w * l * l;
+        slx += w * x[i] * l;
+        sl2 += w * l * l;
     }
+    *sumlx = slx;
+    *suml2 = sl2;
+}
+
+/* Symmetric fit x ~ scale * (L - nmax), L in 0..2*nmax-1, weights x^2: the scale from the largest
+ * magnitude, then 18 nearby grids, keeping the best weighted least-squares scale. */
+static float make_qx_quants(int n, int nmax, const float *x, int8_t *L) {
+    const float max = symmetric_max(n, x, L);
+    if (max == 0) return 0.f;
+    float sumlx, suml2;
+    symmetric_grid(n, nmax, x, -nmax / max, L, nmax, &sumlx, &suml2);
     float scale = suml2 ? sumlx / suml2 : 0.0f;
     float best = scale * sumlx;
     for (int is = -9; is <= 9; is++) {
         if (is == 0) continue;
-        iscale = -(nmax + 0.1f * is) / max;
-        sumlx = suml2 = 0;
-        for (int i = 0; i < n; i++) {
-            int l = imax(-nmax, imin(nmax - 1, nearest_int(iscale * x[i])));
-            float w = x[i] * x[i];
-            sumlx += w * x[i] * l;
-            suml2 += w * l * l;
-        }
+        const float iscale = -(nmax + 0.1f * is) / max;
+        symmetric_grid(n, nmax, x, iscale, NULL, 0, &sumlx, &suml2);
         if (suml2 > 0 && sumlx * sumlx > best * suml2) {
             for (int i = 0; i < n; i++)
                 L[i] = (int8_t)(nmax + imax(-nmax, imin(nmax - 1, nearest_int(iscale * x[i]))));
@@ -136,24 +147,10 @@ static float make_qx_quants(int n, int nmax, const float *x, int8_t *L) {
 /* Symmetric fit for Q3_K: start from the largest magnitude, then move single quants while that
  * improves the weighted (x^2) least-squares fit, for up to 5 passes. L is left offset by nmax. */
 static float make_q3_quants(int n, int nmax, const float *x, int8_t *L) {
-    float max = 0, amax = 0;
-    for (int i = 0; i < n; i++) {
-        float ax = fabsf(x[i]);
-        if (ax > amax) { amax = ax; max = x[i]; }
-    }
-    if (amax < GROUP_MAX_EPS) {
-        for (int i = 0; i < n; i++) L[i] = 0;
-        return 0.f;
-    }
-    float iscale = -nmax / max;
-    float sumlx = 0, suml2 = 0;
-    for (int i = 0; i < n; i++) {
-        int l = imax(-nmax, imin(nmax - 1, nearest_int(iscale * x[i])));
-        L[i] = (int8_t)l;
-        float w = x[i] * x[i];
-        sumlx += w * x[i] * l;
-        suml2 += w * l * l;
-    }
+    const float max = symmetric_max(n, x, L);
+    if (max == 0) return 0.f;
+    float sumlx, suml2;
+    symmetric_grid(n, nmax, x, -nmax / max, L, 0, &sumlx, &suml2);
     for (int itry = 0; itry < 5; itry++) {
         int n_changed = 0;
         for (int i = 0; i < n; i++) {
