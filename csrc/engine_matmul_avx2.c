@@ -249,20 +249,6 @@ DEFINE_MM(mm_q8_0, F_Q8_0)
 
 /* ---- activation quantizers -------------------------------------------------------------------- */
 
-/* 32 floats -> 32 int8 rounded to nearest even after scaling by id; returns their sum */
-static inline int q8_block(const float *x, float id, int8_t *qs) {
-    const __m256 mul = _mm256_set1_ps(id);
-    __m256i q[4];
-    for (int k = 0; k < 4; k++)
-        q[k] = _mm256_cvtps_epi32(_mm256_round_ps(_mm256_mul_ps(_mm256_loadu_ps(x + 8 * k), mul),
-                                                  _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
-    const int sum = hsum_epi32(_mm256_add_epi32(_mm256_add_epi32(q[0], q[1]), _mm256_add_epi32(q[2], q[3])));
-    __m256i p = _mm256_packs_epi16(_mm256_packs_epi32(q[0], q[1]), _mm256_packs_epi32(q[2], q[3]));
-    p = _mm256_permutevar8x32_epi32(p, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
-    _mm256_storeu_si256((__m256i *)qs, p);
-    return sum;
-}
-
 static inline float block_amax(const float *x) {
     const __m256 sign = _mm256_set1_ps(-0.0f);
     __m256 m = _mm256_andnot_ps(sign, _mm256_loadu_ps(x));
@@ -278,7 +264,7 @@ static void quant_q8_0(const float *x, void *vy, int64_t n) {
     for (int64_t i = 0; i < n / LP_QK; i++, x += LP_QK) {
         const float amax = block_amax(x);
         y[i].d = lp_fp32_to_fp16(amax / 127.f);
-        q8_block(x, amax != 0.0f ? 127.f / amax : 0.0f, y[i].qs);
+        q8_block32(x, amax != 0.0f ? 127.f / amax : 0.0f, 0, y[i].qs);
     }
 }
 
@@ -287,7 +273,7 @@ static void quant_q8_1(const float *x, void *vy, int64_t n) {
     for (int64_t i = 0; i < n / LP_QK; i++, x += LP_QK) {
         const float amax = block_amax(x), d = amax / 127.f;
         y[i].d = lp_fp32_to_fp16(d);
-        const int sum = q8_block(x, amax != 0.0f ? 127.f / amax : 0.0f, y[i].qs);
+        const int sum = q8_block32(x, amax != 0.0f ? 127.f / amax : 0.0f, 0, y[i].qs);
         y[i].s = lp_fp32_to_fp16(d * (float)sum);
     }
 }

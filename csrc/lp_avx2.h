@@ -55,6 +55,34 @@ static inline float hmin_ps(__m256 v) {
     return _mm_cvtss_f32(m);
 }
 
+/* roundf (halves away from zero), from truncation: exact, unlike the round-to-even instruction */
+static inline __m256 round_half_away(__m256 v) {
+    const __m256 sign = _mm256_set1_ps(-0.0f);
+    const __m256 t = _mm256_round_ps(v, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC);
+    const __m256 frac = _mm256_andnot_ps(sign, _mm256_sub_ps(v, t));
+    const __m256 up = _mm256_cmp_ps(frac, _mm256_set1_ps(0.5f), _CMP_GE_OQ);
+    const __m256 one = _mm256_or_ps(_mm256_set1_ps(1.0f), _mm256_and_ps(v, sign));
+    return _mm256_add_ps(t, _mm256_and_ps(up, one));
+}
+
+/* 32 floats times id -> 32 int8 at qs, rounded halves away from zero as roundf (away) or to nearest even;
+ * returns their sum. The Q8_0 / Q8_1 activation blocks. */
+static inline int q8_block32(const float *x, float id, int away, int8_t *qs) {
+    const __m256 vid = _mm256_set1_ps(id);
+    __m256i q[4];
+    for (int k = 0; k < 4; k++) {
+        const __m256 v = _mm256_mul_ps(_mm256_loadu_ps(x + 8 * k), vid);
+        q[k] = _mm256_cvtps_epi32(away ? round_half_away(v)
+                                       : _mm256_round_ps(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+    }
+    const int sum = hsum_epi32(_mm256_add_epi32(_mm256_add_epi32(q[0], q[1]), _mm256_add_epi32(q[2], q[3])));
+    /* packs work per 128-bit lane: the permute puts the four groups of 4 back in order */
+    __m256i p = _mm256_packs_epi16(_mm256_packs_epi32(q[0], q[1]), _mm256_packs_epi32(q[2], q[3]));
+    p = _mm256_permutevar8x32_epi32(p, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+    _mm256_storeu_si256((__m256i *)qs, p);
+    return sum;
+}
+
 /* For the formats whose 256 values come in 2 halves h of 128, each in 4 parts p of 32 covering the groups
  * of 16 8h + 2p and 8h + 2p + 1 (Q2_K, Q3_K, Q6_K): the pshufb mask taking int16 2p of the low 128-bit lane
  * to all of it and int16 2p + 1 of the high lane to all of it, which turns the groups' 8 int16 scales of a

@@ -18,30 +18,6 @@ static inline uint16_t f2h(float f) {
     return isnan(f) ? lp_fp32_to_fp16(f) : (uint16_t)_cvtss_sh(f, 0);
 }
 
-/* roundf (halves away from zero), from truncation: exact, unlike the round-to-even instruction */
-static inline __m256 round_half_away(__m256 v) {
-    const __m256 sign = _mm256_set1_ps(-0.0f);
-    const __m256 t = _mm256_round_ps(v, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC);
-    const __m256 frac = _mm256_andnot_ps(sign, _mm256_sub_ps(v, t));
-    const __m256 up = _mm256_cmp_ps(frac, _mm256_set1_ps(0.5f), _CMP_GE_OQ);
-    const __m256 one = _mm256_or_ps(_mm256_set1_ps(1.0f), _mm256_and_ps(v, sign));
-    return _mm256_add_ps(t, _mm256_and_ps(up, one));
-}
-
-/* 32 floats of a block -> 32 int8 (rounded like roundf); returns their sum */
-static inline int quantize_block_q8(const float *x, float id, int8_t *qs) {
-    const __m256 vid = _mm256_set1_ps(id);
-    __m256i q[4];
-    for (int k = 0; k < 4; k++)
-        q[k] = _mm256_cvtps_epi32(round_half_away(_mm256_mul_ps(_mm256_loadu_ps(x + 8 * k), vid)));
-    const int sum = hsum_epi32(_mm256_add_epi32(_mm256_add_epi32(q[0], q[1]), _mm256_add_epi32(q[2], q[3])));
-    /* packs work per 128-bit lane: the permute puts the four groups of 4 back in order */
-    __m256i p = _mm256_packs_epi16(_mm256_packs_epi32(q[0], q[1]), _mm256_packs_epi32(q[2], q[3]));
-    p = _mm256_permutevar8x32_epi32(p, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
-    _mm256_storeu_si256((__m256i *)qs, p);
-    return sum;
-}
-
 static inline float block_absmax(const float *x) {
     const __m256 sign = _mm256_set1_ps(-0.0f);
     __m256 m = _mm256_andnot_ps(sign, _mm256_loadu_ps(x));
@@ -56,7 +32,7 @@ static void quantize_row_q8_0(const float *x, void *vy, int64_t n) {
         const float d = amax / 127;
         const float id = d ? 1.0f / d : 0.0f;
         y[i].d = f2h(d);
-        quantize_block_q8(x, id, y[i].qs);
+        q8_block32(x, id, 1, y[i].qs);
     }
 }
 
@@ -67,7 +43,7 @@ static void quantize_row_q8_1(const float *x, void *vy, int64_t n) {
         const float d = amax / 127;
         const float id = d ? 1.0f / d : 0.0f;
         y[i].d = f2h(d);
-        const int sum = quantize_block_q8(x, id, y[i].qs);
+        const int sum = q8_block32(x, id, 1, y[i].qs);
         y[i].s = f2h(sum * d);
     }
 }
