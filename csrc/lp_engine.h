@@ -1,6 +1,6 @@
 /* The inference engine's internals: its state, shared by engine.c (the step), engine_setup.c (construction,
- * weights, KV cache edits) and engine_ops.c (standalone kernels), and the tables of its kernels. The public
- * engine API is in llamapy.h.
+ * weights, KV cache edits) and engine_ops.c (the matrix product on its own), and the tables of its kernels.
+ * The public engine API is in llamapy.h.
  */
 #ifndef LP_ENGINE_H
 #define LP_ENGINE_H
