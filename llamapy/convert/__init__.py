@@ -87,12 +87,12 @@ def _metadata(src: ModelSource, general: list[tuple], ot: OutType) -> list[tuple
         # what `llamapy quantize` makes of this converter's F32 file: its metadata, with the
         # quantization version and file type moved to the end
         arch = [kv for kv in src.arch_kvs if kv[0] != KEY_FILE_TYPE]
-        return kv_list("llama", general, hf, arch, src.vocab_kvs, quant_version=False) + [
+        return kv_list(src.args.arch, general, hf, arch, src.vocab_kvs, quant_version=False) + [
             (KEY_QUANT_VERSION, QUANT_VERSION, ValueType.UINT32, None),
             (KEY_FILE_TYPE, ot.file_type, ValueType.UINT32, None)]
     has_file_type = any(k == KEY_FILE_TYPE for k, *_ in src.arch_kvs)
     arch = fill_file_type(src.arch_kvs, ot.file_type) if has_file_type else src.arch_kvs
-    return kv_list("llama", general, hf, arch, src.vocab_kvs, quant_version=hf)
+    return kv_list(src.args.arch, general, hf, arch, src.vocab_kvs, quant_version=hf)
 
 
 def convert(

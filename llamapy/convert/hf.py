@@ -1,8 +1,10 @@
 """The Hugging Face layout: `config.json` + `model*.safetensors` or `pytorch_model*.bin` + a tokenizer.
 
 Supported architectures: LlamaForCausalLM and MistralForCausalLM (TinyLlama, SmolLM, Chinese-LLaMA /
-Alpaca and the like are llama). Hugging Face stores q/k rows in rotate-half order; they are permuted
-into GGUF's interleaved-pair order as they stream. Tensors are walked in the reference converter's
+Alpaca and the like are llama), MixtralForCausalLM, Qwen2/Qwen3 (dense and MoE), Gemma 2/3 (text) and
+Phi-3 (see hf_archs.py). Hugging Face stores llama's q/k rows in rotate-half order; they are permuted
+into GGUF's interleaved-pair order as they stream. Per-expert weights are stacked into one 3-D tensor
+per layer and kind, written where the reference writes it (when the layer's last expert weight is read). Tensors are walked in the reference converter's
 order (parts sorted by name, safetensors keys sorted), so the output matches it tensor for tensor.
 """
 from __future__ import annotations
@@ -16,14 +18,14 @@ import numpy as np
 from ..errors import LlamapyError
 from ..ggufio.constants import KEY_FILE_TYPE, ValueType
 from ..model_args import HF_KEYS, ModelArgs, hf_find
-from .lazy import ArrayTensor, LazyTensor, RowPermutedTensor, rotary_permutation
+from .hf_archs import ARCHS, SUPPORTED_ARCHITECTURES, HFArch, arch_kvs
+from .lazy import ArrayTensor, LazyTensor, PlusOneTensor, RowPermutedTensor, StackedTensor, rotary_permutation
 from .safetensors_io import load_safetensors
 from .source import ModelSource, dedup, find_first
-from .tensor_names import HF_SKIP_SUFFIXES, hf_to_gguf
+from .tensor_names import HF_EXPERT_RE, HF_EXPERTS, HF_SKIP_SUFFIXES, hf_to_gguf
 from .torch_pickle import load_torch_file
 from .vocab import Vocab, bpe_kind, bpe_vocab, special_vocab, spm_vocab_hf
 
-SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM", "LLaMAForCausalLM")
 U32, F32, STR, BOOL = ValueType.UINT32, ValueType.FLOAT32, ValueType.STRING, ValueType.BOOL
 
 
@@ -41,9 +43,9 @@ def read_config(d: Path) -> dict:
         raise LlamapyError(f"{path}: expected a JSON object")
     archs = cfg.get("architectures") or []
     arch = archs[0] if archs else None
-    if arch not in SUPPORTED_ARCHITECTURES:
+    if arch not in ARCHS:
         raise LlamapyError(
-            f"{path}: architecture {arch!r} is not supported; supported: {', '.join(SUPPORTED_ARCHITECTURES[:2])}"
+            f"{path}: architecture {arch!r} is not supported; supported: {', '.join(SUPPORTED_ARCHITECTURES)}"
         )
     return cfg
 
@@ -150,6 +152,9 @@ def hf_arch_kvs(a: ModelArgs, cfg: dict, ctx_given: bool) -> list[tuple]:
     eps = hf_find(cfg, ("layer_norm_eps", "layer_norm_epsilon", "norm_epsilon"), optional=True)
     if eps is not None:
         kvs.append(("llama.attention.layer_norm_epsilon", eps, F32, None))
+    for key, name in (("expert_count", "num_local_experts"), ("expert_used_count", "num_experts_per_tok")):
+        if cfg.get(name) is not None:  # Mixtral
+            kvs.append((f"llama.{key}", cfg[name], U32, None))
     if has("head_dim"):
         kvs.append(("llama.attention.key_length", a.head_dim, U32, None))
         kvs.append(("llama.attention.value_length", a.head_dim, U32, None))
@@ -170,7 +175,12 @@ def load_hf(model_dir: Path, *, vocab_dir: Path | None = None, vocab_type: str |
     del pad_vocab  # the reference pads a short tokenizer to config.json's vocab_size by itself
     cfg_path = model_dir / "config.json"
     cfg = read_config(model_dir)
+    spec: HFArch = ARCHS[cfg["architectures"][0]]
     args = ModelArgs.from_hf_config(cfg, where=str(cfg_path), n_ctx=ctx)
+    args.arch = spec.gguf
+    if not args.n_head_kv:
+        args.n_head_kv = args.n_head
+    args.n_expert = int(cfg.get("num_local_experts") or cfg.get("num_experts") or 0)
     notes: list[str] = []
 
     tensors: list[tuple[str, LazyTensor]] = []
@@ -181,9 +191,11 @@ def load_hf(model_dir: Path, *, vocab_dir: Path | None = None, vocab_type: str |
         inputs, kind = part_paths(model_dir)
         found: dict[str, Path] = {}
         rope = cfg.get("rope_scaling") or {}
-        if isinstance(rope, dict) and str(rope.get("rope_type", "")).lower() == "llama3":
+        if spec.gguf == "llama" and isinstance(rope, dict) and str(rope.get("rope_type", "")).lower() == "llama3":
             tensors.append(("rope_freqs.weight", ArrayTensor(llama3_rope_factors(cfg, rope, args.head_dim), "F32",
                                                              "rope_freqs (generated)")))
+        expert_re = HF_EXPERT_RE.get(spec.experts) if spec.experts else None
+        pending: dict[int, dict[tuple[str, int], LazyTensor]] = {}
         for part in inputs:
             items = load_safetensors(str(part)) if kind == "safetensors" else load_torch_file(str(part))
             for name, t in items.items():
@@ -192,23 +204,33 @@ def load_hf(model_dir: Path, *, vocab_dir: Path | None = None, vocab_type: str |
                 found[name] = part
                 if first_dtype is None:
                     first_dtype = t.dtype
-                if name.endswith(HF_SKIP_SUFFIXES):
+                if name.endswith(HF_SKIP_SUFFIXES) or (spec.skip_lm_head and name == "lm_head.weight"):
                     continue
-                new = hf_to_gguf(name)
+                m = expert_re.match(name) if expert_re is not None else None
+                if m is not None:
+                    tensors.extend(_expert_tensors(pending, m, t, args.n_expert, str(part)))
+                    continue
+                new = hf_to_gguf(name, spec.extras)
                 if new is None:
                     if skip_unknown:
                         notes.append(f"skipped unknown tensor '{name}'")
                         continue
                     raise LlamapyError(
-                        f"{part}: can't map tensor '{name}' to llama (use --skip-unknown to leave it out)"
+                        f"{part}: can't map tensor '{name}' to {spec.gguf} (use --skip-unknown to leave it out)"
                     )
-                if name.endswith(("q_proj.weight", "q_proj.bias")):
+                if spec.permute_qk and name.endswith(("q_proj.weight", "q_proj.bias")):
                     t = RowPermutedTensor(t, rotary_permutation(t.shape[0], args.n_head), t.where)
-                elif name.endswith(("k_proj.weight", "k_proj.bias")):
+                elif spec.permute_qk and name.endswith(("k_proj.weight", "k_proj.bias")):
                     t = RowPermutedTensor(t, rotary_permutation(t.shape[0], args.n_head_kv), t.where)
+                if spec.norm_plus_one and name.endswith("norm.weight"):
+                    t = PlusOneTensor(t, t.where)
                 if new == "token_embd.weight":
                     embd_rows = t.shape[0]
                 tensors.append((new, t))
+        left = sorted(n for d in pending.values() for n in d)
+        if left:
+            raise LlamapyError(f"{model_dir}: incomplete experts: layer {left[0][1]} lacks some of the "
+                               f"{args.n_expert} experts' weights")
         _check_index(model_dir, kind, found)
         if embd_rows is None:
             raise LlamapyError(f"{model_dir}: the weights have no model.embed_tokens.weight")
@@ -219,6 +241,8 @@ def load_hf(model_dir: Path, *, vocab_dir: Path | None = None, vocab_type: str |
     elif embd_rows is not None and embd_rows != vocab_size:
         raise LlamapyError(f"{cfg_path}: vocab_size is {vocab_size} but model.embed_tokens.weight has "
                            f"{embd_rows} rows")
+    if vocab_type is None:
+        vocab_type = {"spm": "spm", "phi3": "spm", "bpe": "bpe"}.get(spec.vocab)
     vocab, tok_dir = find_hf_vocab(model_dir, vocab_dir, vocab_type, vocab_size)
     notes.extend(vocab.notes)
     if vocab_size is None:
@@ -228,27 +252,22 @@ def load_hf(model_dir: Path, *, vocab_dir: Path | None = None, vocab_type: str |
                            f"{len(vocab)}")
 
     args.n_vocab = vocab_size
-    kvs = hf_arch_kvs(args, cfg, ctx_given=ctx is not None)
+    if spec.gguf == "llama":
+        kvs = hf_arch_kvs(args, cfg, ctx_given=ctx is not None)
+    else:
+        kvs = arch_kvs(cfg["architectures"][0], cfg, str(cfg_path))
+        if ctx is not None:
+            kvs = [(k, ctx, *rest) if k.endswith(".context_length") else (k, v, *rest) for k, v, *rest in kvs]
 
     sv = special_vocab(tok_dir, len(vocab) if vocab.model == "llama" else None, load_merges=vocab.model == "gpt2")
     notes.extend(sv.notes)
     if vocab.model == "gpt2" and not sv.merges:
         notes.append(f"{tok_dir}: no merges found; the tokenizer may not work")
     vocab_kvs = vocab.token_kvs() + sv.kvs()
-    if vocab_size == 32016:  # CodeLlama's infill tokens
-        code = special_vocab(tok_dir, None, load_merges=False, types=("prefix", "suffix", "middle", "eot"))
-        for typ, tid in zip(("prefix", "suffix", "middle", "eot"), (32007, 32008, 32009, 32010)):
-            code.set_id(typ, tid, None)
-        code.add.clear()
-        code.chat_template = None
-        vocab_kvs += code.kvs()
-    tc_path = tok_dir / "tokenizer_config.json"
-    if tc_path.is_file():
-        tc = json.loads(tc_path.read_text(encoding="utf-8"))
-        if "add_prefix_space" in tc:
-            vocab_kvs.append(("tokenizer.ggml.add_space_prefix", bool(tc["add_prefix_space"]), BOOL, None))
-    if vocab_size == 49152 and not any(k[0] == "tokenizer.ggml.add_bos_token" for k in vocab_kvs):
-        vocab_kvs.append(("tokenizer.ggml.add_bos_token", False, BOOL, None))  # as the reference (granite)
+    if spec.gguf == "llama":
+        vocab_kvs += _llama_vocab_extras(tok_dir, vocab_size, vocab_kvs)
+    elif spec.vocab == "spm":
+        vocab_kvs.append(("tokenizer.ggml.add_space_prefix", False, BOOL, None))  # as the reference (Gemma)
 
     return ModelSource(
         layout="hf",
@@ -264,3 +283,44 @@ def load_hf(model_dir: Path, *, vocab_dir: Path | None = None, vocab_type: str |
         inputs=inputs,
         notes=notes,
     )
+
+
+def _expert_tensors(pending: dict, m, t: LazyTensor, n_expert: int, where: str) -> list[tuple[str, LazyTensor]]:
+    """Collect one expert's weight; once a layer has all of them, its stacked tensors in the reference's order."""
+    bid, xid, kind = int(m.group(1)), int(m.group(2)), m.group(3)
+    if not 0 <= xid < n_expert:
+        raise LlamapyError(f"{where}: expert {xid} of layer {bid} is beyond the {n_expert} experts config.json has")
+    layer = pending.setdefault(bid, {})
+    layer[(kind, xid)] = t
+    table = next(tab for tab in HF_EXPERTS.values() if kind in tab)
+    if len(layer) < n_expert * len(table):
+        return []
+    del pending[bid]
+    out = []
+    for k, gguf in table.items():
+        if any((k, x) not in layer for x in range(n_expert)):
+            raise LlamapyError(f"{where}: layer {bid} lacks some experts' {k} weights")
+        out.append((f"blk.{bid}.{gguf}.weight",
+                    StackedTensor([layer[(k, x)] for x in range(n_expert)], f"{where}: blk.{bid}.{gguf}")))
+    return out
+
+
+def _llama_vocab_extras(tok_dir: Path, vocab_size: int, before: list[tuple]) -> list[tuple]:
+    """What the reference's llama class adds after the vocabulary (`before`)."""
+    vocab_kvs: list[tuple] = []
+    if vocab_size == 32016:  # CodeLlama's infill tokens
+        code = special_vocab(tok_dir, None, load_merges=False, types=("prefix", "suffix", "middle", "eot"))
+        for typ, tid in zip(("prefix", "suffix", "middle", "eot"), (32007, 32008, 32009, 32010)):
+            code.set_id(typ, tid, None)
+        code.add.clear()
+        code.chat_template = None
+        vocab_kvs += code.kvs()
+    tc_path = tok_dir / "tokenizer_config.json"
+    if tc_path.is_file():
+        tc = json.loads(tc_path.read_text(encoding="utf-8"))
+        if "add_prefix_space" in tc:
+            vocab_kvs.append(("tokenizer.ggml.add_space_prefix", bool(tc["add_prefix_space"]), BOOL, None))
+    if vocab_size == 49152 and not any(k[0] == "tokenizer.ggml.add_bos_token" for k in before + vocab_kvs):
+        vocab_kvs.append(("tokenizer.ggml.add_bos_token", False, BOOL, None))  # as the reference (granite)
+
+    return vocab_kvs
