@@ -68,7 +68,11 @@ def _identity(src: ModelSource, model_name: str | None, override: Path | None, v
         if md.name is None:
             md.name = src.model_dir.name
         if md.size_label is None and total > 0:
-            md.size_label = params_size_label(total)
+            exps = [t for n, t in src.tensors if "_exps." in n]
+            shared = total - sum(t.n_elements for t in exps)
+            expert_params = sum(t.n_elements // t.shape[-3] for t in exps)
+            n_expert = sum(t.shape[-3] for t in exps) // len(exps) if exps else 0
+            md.size_label = params_size_label(total, shared, expert_params, n_expert)
         return md, md.size_label
     md = load_metadata(src.model_dir, model_name, 0, override)
     if md.name is None:
