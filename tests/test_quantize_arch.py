@@ -24,7 +24,7 @@ IN_REFERENCE = ("qwen2", "qwen2moe", "mixtral", "gemma2", "phi3")  # architectur
 
 
 @pytest.fixture
-def f32_model(tmp_path, spm_model, vocab_n, qwen_pre, request):
+def f32_model(tmp_path, spm_model, vocab_n, qwen_pre, request):  # noqa: F811
     kind = request.param
     d, _ = make(tmp_path / kind, kind, spm_model, vocab_n)
     return kind, d, convert(d, tmp_path / "f32.gguf", "f32").path

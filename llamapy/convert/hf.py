@@ -5,7 +5,8 @@ Alpaca and the like are llama), MixtralForCausalLM, Qwen2/Qwen3 (dense and MoE),
 Phi-3 (see hf_archs.py). Hugging Face stores llama's q/k rows in rotate-half order; they are permuted
 into GGUF's interleaved-pair order as they stream. Per-expert weights are stacked into one 3-D tensor
 per layer and kind, written where the reference writes it (when the layer's last expert weight is read).
-Tensors are walked in the reference converter's order (parts sorted by name, safetensors keys sorted), so the output matches it tensor for tensor.
+Tensors are walked in the reference converter's order (parts sorted by name, safetensors keys sorted),
+so the output matches it tensor for tensor.
 """
 from __future__ import annotations
 
