@@ -42,6 +42,8 @@ CONFIGS = {
     "qwen3moe": lambda n: _cfg("Qwen3MoeForCausalLM", n, head_dim=HD, num_experts=N_EXP, num_experts_per_tok=2,
                                moe_intermediate_size=MOE_FF),
     "mixtral": lambda n: _cfg("MixtralForCausalLM", n, num_local_experts=N_EXP, num_experts_per_tok=2),
+    # 8 experts: llama-quantize gives attn_v/attn_k/attn_output more bits for these
+    "mixtral8": lambda n: _cfg("MixtralForCausalLM", n, num_local_experts=8, num_experts_per_tok=2),
     "gemma2": lambda n: _cfg("Gemma2ForCausalLM", n, head_dim=HD, attn_logit_softcapping=50.0,
                              final_logit_softcapping=30.0, sliding_window=128, tie_word_embeddings=True),
     "gemma3": lambda n: _cfg("Gemma3ForCausalLM", n, head_dim=HD, sliding_window=128, tie_word_embeddings=True,
@@ -57,6 +59,7 @@ def weights(kind: str, n_vocab: int, seed: int = 0) -> dict:
     def r(*shape):
         return (rng.standard_normal(shape) * 0.1).astype(np.float32)
 
+    n_exp = 8 if kind == "mixtral8" else N_EXP
     hd = HD if kind in ("qwen3", "qwen3moe", "gemma2", "gemma3") else H // NH
     w = {"model.embed_tokens.weight": r(n_vocab, H), "model.norm.weight": r(H)}
     if not kind.startswith("gemma"):
@@ -98,9 +101,9 @@ def weights(kind: str, n_vocab: int, seed: int = 0) -> dict:
             w[p + "mlp.shared_expert.gate_proj.weight"] = r(SH_FF, H)
             w[p + "mlp.shared_expert.up_proj.weight"] = r(SH_FF, H)
             w[p + "mlp.shared_expert.down_proj.weight"] = r(H, SH_FF)
-        if kind == "mixtral":
-            w[p + "block_sparse_moe.gate.weight"] = r(N_EXP, H)
-            for x in range(N_EXP):
+        if kind.startswith("mixtral"):
+            w[p + "block_sparse_moe.gate.weight"] = r(n_exp, H)
+            for x in range(n_exp):
                 w[p + f"block_sparse_moe.experts.{x}.w1.weight"] = r(FF, H)
                 w[p + f"block_sparse_moe.experts.{x}.w2.weight"] = r(H, FF)
                 w[p + f"block_sparse_moe.experts.{x}.w3.weight"] = r(FF, H)
@@ -174,7 +177,8 @@ BLOCK_TENSORS = {
                "post_ffw_norm", "ffn_gate", "ffn_up", "ffn_down"],
     "phi3": ["attn_qkv", "ffn_norm", "ffn_up", "ffn_down"],
 }
-ARCH_NAME = {"mixtral": "llama"}
+BLOCK_TENSORS["mixtral8"] = BLOCK_TENSORS["mixtral"]
+ARCH_NAME = {"mixtral": "llama", "mixtral8": "llama"}
 
 
 @pytest.mark.parametrize("kind", list(CONFIGS))

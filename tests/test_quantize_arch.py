@@ -20,7 +20,7 @@ from llamapy.quantize import quantize_file
 
 REF = os.environ.get("LLAMAPY_REF_QUANTIZE")
 MIXES = ["Q4_K_M", "Q2_K", "Q3_K_M", "Q5_K_M", "Q4_0"]
-IN_REFERENCE = ("qwen2", "qwen2moe", "mixtral", "gemma2", "phi3")  # architectures llama-quantize loads
+IN_REFERENCE = ("qwen2", "qwen2moe", "mixtral", "mixtral8", "gemma2", "phi3")  # architectures llama-quantize loads
 
 
 @pytest.fixture
