@@ -318,3 +318,36 @@ def test_bpe_models_byte_identical_to_the_reference_converter(tmp_path, kind, ou
 
     assert plain(kv_of(ours)) == plain(kv_of(ref))
     assert ours.read_bytes() == ref.read_bytes()
+
+
+def phi3_with_added_tokens(d, spm_model, n_spm):
+    """Phi-3 as shipped: vocab_size past the SentencePiece model, chat tokens added by the tokenizer configs."""
+    n = n_spm + 8
+    save_hf(d, weights("phi3", n), CONFIGS["phi3"](n))
+    shutil.copy(spm_model, d / "tokenizer.model")
+    names = ["<|endoftext|>", "<|assistant|>", "<|placeholder1|>", "<|system|>", "<|end|>", "<|user|>"]
+    (d / "added_tokens.json").write_text(json.dumps({t: n_spm + i for i, t in enumerate(names)}))
+    (d / "tokenizer_config.json").write_text(json.dumps({
+        "tokenizer_class": "LlamaTokenizer", "bos_token": "<s>", "eos_token": "<|endoftext|>",
+        "added_tokens_decoder": {str(n_spm + i): {"content": t, "special": t in ("<|endoftext|>", "<|end|>")}
+                                 for i, t in enumerate(names)}}))
+    (d / "tokenizer.json").write_text(json.dumps({"added_tokens": [
+        {"id": n_spm + 1, "content": "<|assistant|>", "special": True}]}))
+    return d, n_spm
+
+
+def test_phi3_added_tokens_as_the_reference(tmp_path, spm_model, vocab_n):
+    d, n_spm = phi3_with_added_tokens(tmp_path / "phi3", spm_model, vocab_n)
+    kv = kv_of(convert(d, tmp_path / "out.gguf", "f32").path)
+    toks, types, scores = kv["tokenizer.ggml.tokens"], kv["tokenizer.ggml.token_type"], kv["tokenizer.ggml.scores"]
+    assert len(toks) == n_spm + 8 and toks[n_spm + 7] == f"[PAD{n_spm + 7}]" and scores[n_spm + 7] == -10000.0
+    assert types[n_spm + 7] == 5  # unused
+    # special in tokenizer_config -> control; tokenizer.json's entry wins for <|assistant|>; others user-defined
+    assert [types[n_spm + i] for i in range(6)] == [3, 3, 4, 4, 3, 4]
+    assert toks[n_spm + 4] == "<|end|>" and scores[n_spm + 4] == -1000.0
+
+
+def test_phi3_added_tokens_byte_identical_to_the_reference(tmp_path, spm_model, vocab_n):
+    d, _ = phi3_with_added_tokens(tmp_path / "phi3", spm_model, vocab_n)
+    ref = ref_convert(d, tmp_path / "ref.gguf", "f16")
+    assert convert(d, tmp_path / "ours.gguf", "f16").path.read_bytes() == ref.read_bytes()

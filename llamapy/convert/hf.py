@@ -25,7 +25,7 @@ from .safetensors_io import load_safetensors
 from .source import ModelSource, dedup, find_first
 from .tensor_names import HF_EXPERT_RE, HF_EXPERTS, HF_SKIP_SUFFIXES, hf_to_gguf
 from .torch_pickle import load_torch_file
-from .vocab import Vocab, bpe_kind, bpe_vocab, special_vocab, spm_vocab_hf
+from .vocab import Vocab, bpe_kind, bpe_vocab, special_vocab, spm_vocab_hf, spm_vocab_phi3
 
 U32, F32, STR, BOOL = ValueType.UINT32, ValueType.FLOAT32, ValueType.STRING, ValueType.BOOL
 
@@ -105,8 +105,16 @@ def llama3_rope_factors(cfg: dict, rope: dict, head_dim: int) -> np.ndarray:
     return np.array(out, dtype=np.float32)
 
 
+def _tokenizer_class(d: Path) -> str | None:
+    tc = d / "tokenizer_config.json"
+    try:
+        return json.loads(tc.read_text(encoding="utf-8")).get("tokenizer_class") if tc.is_file() else None
+    except (ValueError, AttributeError):
+        raise LlamapyError(f"{tc}: not a JSON object") from None
+
+
 def find_hf_vocab(model_dir: Path, vocab_dir: Path | None, vocab_type: str | None,
-                  vocab_size: int | None) -> tuple[Vocab, Path]:
+                  vocab_size: int | None, phi3: bool = False) -> tuple[Vocab, Path]:
     """The tokenizer the reference would pick: tokenizer.model (SentencePiece), else tokenizer.json (BPE)."""
     dirs = dedup(([vocab_dir] if vocab_dir is not None else []) + [model_dir])
     spm_paths = [d / "tokenizer.model" for d in dirs]
@@ -114,7 +122,7 @@ def find_hf_vocab(model_dir: Path, vocab_dir: Path | None, vocab_type: str | Non
     if vocab_type in (None, "spm"):
         for p in spm_paths:
             if p.is_file():
-                return spm_vocab_hf(p, p.parent, vocab_size), p.parent
+                return (spm_vocab_phi3 if phi3 else spm_vocab_hf)(p, p.parent, vocab_size), p.parent
         if vocab_type == "spm":
             find_first(spm_paths, "tokenizer.model")
     for p in bpe_paths:
@@ -244,7 +252,10 @@ def load_hf(model_dir: Path, *, vocab_dir: Path | None = None, vocab_type: str |
                            f"{embd_rows} rows")
     if vocab_type is None:
         vocab_type = {"spm": "spm", "phi3": "spm", "bpe": "bpe"}.get(spec.vocab)
-    vocab, tok_dir = find_hf_vocab(model_dir, vocab_dir, vocab_type, vocab_size)
+        if spec.vocab == "phi3" and _tokenizer_class(vocab_dir or model_dir) == "GPT2Tokenizer":
+            vocab_type = "bpe"
+    vocab, tok_dir = find_hf_vocab(model_dir, vocab_dir, vocab_type, vocab_size,
+                                   phi3=spec.vocab == "phi3" and vocab_type == "spm")
     notes.extend(vocab.notes)
     if vocab_size is None:
         vocab_size = len(vocab)
