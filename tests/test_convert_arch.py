@@ -351,3 +351,30 @@ def test_phi3_added_tokens_byte_identical_to_the_reference(tmp_path, spm_model, 
     d, _ = phi3_with_added_tokens(tmp_path / "phi3", spm_model, vocab_n)
     ref = ref_convert(d, tmp_path / "ref.gguf", "f16")
     assert convert(d, tmp_path / "ours.gguf", "f16").path.read_bytes() == ref.read_bytes()
+
+
+def phi3_long_rope(d, spm_model, n_vocab):
+    half = H // NH // 2
+    cfg = CONFIGS["phi3"](n_vocab)
+    cfg.update(max_position_embeddings=1024, rope_scaling={
+        "type": "longrope", "long_factor": [1.0 + i / 4 for i in range(half)],
+        "short_factor": [1.0 + i / 16 for i in range(half)]})
+    save_hf(d, weights("phi3", n_vocab), cfg)
+    shutil.copy(spm_model, d / "tokenizer.model")
+    return d
+
+
+def test_phi3_long_rope_factors(tmp_path, spm_model, vocab_n):
+    out = convert(phi3_long_rope(tmp_path / "phi3", spm_model, vocab_n), tmp_path / "out.gguf", "f16").path
+    kv = kv_of(out)
+    assert list(kv)[1] == "phi3.rope.scaling.attn_factor"  # where the reference puts it
+    assert kv["phi3.rope.scaling.attn_factor"] == pytest.approx(np.sqrt(1 + np.log(4) / np.log(256)), rel=1e-6)
+    t = gguf_f32_tensors(out)
+    np.testing.assert_array_equal(t["rope_factors_long.weight"], [1.0, 1.25, 1.5, 1.75, 2.0, 2.25, 2.5, 2.75])
+    assert list(GGUFReader(out).tensors)[:2] == ["rope_factors_long.weight", "rope_factors_short.weight"]
+
+
+def test_phi3_long_rope_byte_identical_to_the_reference(tmp_path, spm_model, vocab_n):
+    d = phi3_long_rope(tmp_path / "phi3", spm_model, vocab_n)
+    ref = ref_convert(d, tmp_path / "ref.gguf", "q8_0")
+    assert convert(d, tmp_path / "ours.gguf", "q8_0").path.read_bytes() == ref.read_bytes()

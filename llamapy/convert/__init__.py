@@ -87,6 +87,11 @@ def _identity(src: ModelSource, model_name: str | None, override: Path | None, v
 def _metadata(src: ModelSource, general: list[tuple], ot: OutType) -> list[tuple]:
     """All key/values in the order the reference writes them."""
     hf = src.layout == "hf"
+    kvs = _all_kvs(src, general, ot, hf)
+    return kvs[:1] + src.early_kvs + kvs[1:]
+
+
+def _all_kvs(src: ModelSource, general: list[tuple], ot: OutType, hf: bool) -> list[tuple]:
     if ot.is_mix:
         # what `llamapy quantize` makes of this converter's F32 file: its metadata, with the
         # quantization version and file type moved to the end

@@ -191,6 +191,7 @@ def load_hf(model_dir: Path, *, vocab_dir: Path | None = None, vocab_type: str |
         args.n_head_kv = args.n_head
     args.n_expert = int(cfg.get("num_local_experts") or cfg.get("num_experts") or 0)
     notes: list[str] = []
+    early: list[tuple] = []
 
     tensors: list[tuple[str, LazyTensor]] = []
     inputs: list[Path] = []
@@ -203,6 +204,9 @@ def load_hf(model_dir: Path, *, vocab_dir: Path | None = None, vocab_type: str |
         if spec.gguf == "llama" and isinstance(rope, dict) and str(rope.get("rope_type", "")).lower() == "llama3":
             tensors.append(("rope_freqs.weight", ArrayTensor(llama3_rope_factors(cfg, rope, args.head_dim), "F32",
                                                              "rope_freqs (generated)")))
+        if spec.gguf == "phi3":
+            early, extra = phi3_rope_factors(cfg, str(cfg_path))
+            tensors.extend(extra)
         expert_re = HF_EXPERT_RE.get(spec.experts) if spec.experts else None
         pending: dict[int, dict[tuple[str, int], LazyTensor]] = {}
         for part in inputs:
@@ -294,7 +298,38 @@ def load_hf(model_dir: Path, *, vocab_dir: Path | None = None, vocab_type: str |
         default_outtype="f16",
         inputs=inputs,
         notes=notes,
+        early_kvs=early,
     )
+
+
+def phi3_rope_factors(cfg: dict, where: str) -> tuple[list[tuple], list[tuple[str, LazyTensor]]]:
+    """Phi-3's long-context RoPE: the attention factor (metadata) and the long/short frequency factors
+    (rope_factors_long/short.weight), as the reference computes them; nothing without rope_scaling."""
+    rope = cfg.get("rope_scaling")
+    if rope is None:
+        return [], []
+    n_embd, n_head = cfg.get("hidden_size") or cfg.get("n_embd"), cfg.get("num_attention_heads") or cfg.get("n_head")
+    n_ctx = cfg.get("n_positions") or cfg.get("max_position_embeddings")
+    orig = cfg.get("original_max_position_embeddings")
+    kind = str(rope.get("type", "")).lower() if isinstance(rope, dict) else ""
+    if not kind:
+        raise LlamapyError(f"{where}: rope_scaling has no type")
+    scale = n_ctx / orig
+    if kind in ("su", "longrope"):
+        attn_factor = math.sqrt(1 + math.log(scale) / math.log(orig)) if scale > 1.0 else 1.0
+    elif kind == "yarn":
+        attn_factor = 0.1 * math.log(scale) + 1.0 if scale > 1.0 else 1.0
+    else:
+        raise LlamapyError(f"{where}: Phi-3 rope scaling type '{kind}' is not supported (su, longrope, yarn)")
+    long_f, short_f = rope.get("long_factor"), rope.get("short_factor")
+    if long_f is None or short_f is None:
+        raise LlamapyError(f"{where}: rope_scaling needs long_factor and short_factor")
+    half = n_embd // n_head / 2
+    if len(long_f) != len(short_f) or len(long_f) != half:
+        raise LlamapyError(f"{where}: rope_scaling long_factor and short_factor must each have {half:g} values")
+    kvs = [("phi3.rope.scaling.attn_factor", attn_factor, F32, None)]
+    return kvs, [(f"rope_factors_{n}.weight", ArrayTensor(np.array(f, dtype=np.float32), "F32", f"rope {n} factors"))
+                 for n, f in (("long", long_f), ("short", short_f))]
 
 
 def _expert_tensors(pending: dict, m, t: LazyTensor, n_expert: int, where: str) -> list[tuple[str, LazyTensor]]:
