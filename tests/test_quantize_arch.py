@@ -20,6 +20,8 @@ from llamapy.quantize import quantize_file
 
 REF = os.environ.get("LLAMAPY_REF_QUANTIZE")
 MIXES = ["Q4_K_M", "Q2_K", "Q3_K_M", "Q5_K_M", "Q4_0"]
+if REF:  # every K-quant mix and the legacy types when the reference is there to compare with
+    MIXES += ["Q3_K_S", "Q3_K_L", "Q4_K_S", "Q5_K_S", "Q6_K", "Q4_1", "Q5_0", "Q5_1", "IQ4_NL"]  # (q8_0 is a plain --outtype)
 IN_REFERENCE = ("qwen2", "qwen2moe", "mixtral", "mixtral8", "gemma2", "phi3")  # architectures llama-quantize loads
 
 
