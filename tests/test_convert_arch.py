@@ -378,3 +378,43 @@ def test_phi3_long_rope_byte_identical_to_the_reference(tmp_path, spm_model, voc
     d = phi3_long_rope(tmp_path / "phi3", spm_model, vocab_n)
     ref = ref_convert(d, tmp_path / "ref.gguf", "q8_0")
     assert convert(d, tmp_path / "ours.gguf", "q8_0").path.read_bytes() == ref.read_bytes()
+
+
+def _variant(d, kind, spm_model, n_vocab, dtype="f32", drop=(), **cfg_extra):
+    w = {n: a for n, a in weights(kind, n_vocab).items() if n not in drop}
+    cfg = CONFIGS[kind](n_vocab)
+    cfg.update(cfg_extra)
+    save_hf(d, w, cfg, dtype=dtype)
+    shutil.copy(spm_model, d / "tokenizer.model")
+    return d
+
+
+VARIANTS = {
+    # Qwen2.5's small models tie the output to the embeddings and ship no lm_head
+    "qwen2-tied": lambda d, s, n: _variant(d, "qwen2", s, n, drop=("lm_head.weight",), tie_word_embeddings=True),
+    "qwen2-yarn": lambda d, s, n: _variant(d, "qwen2", s, n, rope_scaling={
+        "type": "yarn", "factor": 4.0, "original_max_position_embeddings": 64}),
+    # Gemma's norms + 1 computed in float16 for a float16 checkpoint
+    "gemma2-f16": lambda d, s, n: _variant(d, "gemma2", s, n, dtype="f16"),
+    "gemma2-bf16": lambda d, s, n: _variant(d, "gemma2", s, n, dtype="bf16"),
+}
+
+
+@pytest.mark.parametrize("outtype", ["f32", "f16"])
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_variants_byte_identical_to_the_reference_converter(tmp_path, variant, outtype, spm_model, vocab_n):
+    d = VARIANTS[variant](tmp_path / variant, spm_model, vocab_n)
+    ref = ref_convert(d, tmp_path / "ref.gguf", outtype)
+    assert convert(d, tmp_path / "ours.gguf", outtype).path.read_bytes() == ref.read_bytes()
+
+
+def test_variant_metadata(tmp_path, spm_model, vocab_n):
+    kv = kv_of(convert(VARIANTS["qwen2-yarn"](tmp_path / "y", spm_model, vocab_n), tmp_path / "y.gguf", "f32").path)
+    assert (kv["qwen2.rope.scaling.type"], kv["qwen2.rope.scaling.factor"]) == ("yarn", 4.0)
+    assert kv["qwen2.rope.scaling.original_context_length"] == 64
+    out = convert(VARIANTS["qwen2-tied"](tmp_path / "t", spm_model, vocab_n), tmp_path / "t.gguf", "f32").path
+    assert "output.weight" not in GGUFReader(out).tensors
+    t = gguf_f32_tensors(convert(VARIANTS["gemma2-f16"](tmp_path / "g", spm_model, vocab_n), tmp_path / "g.gguf",
+                                 "f32").path)
+    w = weights("gemma2", vocab_n)["model.norm.weight"].astype(np.float16)
+    np.testing.assert_array_equal(t["output_norm.weight"], (w + np.float16(1)).astype(np.float32))

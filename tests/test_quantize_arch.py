@@ -11,7 +11,7 @@ import os
 import subprocess
 
 import pytest
-from test_convert_arch import CONFIGS, make, qwen_pre  # noqa: F401 - qwen_pre is a fixture
+from test_convert_arch import CONFIGS, VARIANTS, make, qwen_pre  # noqa: F401 - qwen_pre is a fixture
 
 from llamapy.convert import convert
 from llamapy.ggufio.filetypes import parse_ftype
@@ -22,18 +22,21 @@ REF = os.environ.get("LLAMAPY_REF_QUANTIZE")
 MIXES = ["Q4_K_M", "Q2_K", "Q3_K_M", "Q5_K_M", "Q4_0"]
 if REF:  # every K-quant mix and the legacy types when the reference is there to compare with
     MIXES += ["Q3_K_S", "Q3_K_L", "Q4_K_S", "Q5_K_S", "Q6_K", "Q4_1", "Q5_0", "Q5_1", "IQ4_NL"]  # (q8_0 is a plain --outtype)
-IN_REFERENCE = ("qwen2", "qwen2moe", "mixtral", "mixtral8", "gemma2", "phi3")  # architectures llama-quantize loads
+IN_REFERENCE = ("qwen2", "qwen2-tied", "qwen2moe", "mixtral", "mixtral8", "gemma2", "phi3")  # architectures llama-quantize loads
 
 
 @pytest.fixture
 def f32_model(tmp_path, spm_model, vocab_n, qwen_pre, request):  # noqa: F811
     kind = request.param
-    d, _ = make(tmp_path / kind, kind, spm_model, vocab_n)
+    if kind in VARIANTS:
+        d = VARIANTS[kind](tmp_path / kind, spm_model, vocab_n)
+    else:
+        d, _ = make(tmp_path / kind, kind, spm_model, vocab_n)
     return kind, d, convert(d, tmp_path / "f32.gguf", "f32").path
 
 
 @pytest.mark.parametrize("mix", MIXES)
-@pytest.mark.parametrize("f32_model", list(CONFIGS), indirect=True)
+@pytest.mark.parametrize("f32_model", [*CONFIGS, "qwen2-tied"], indirect=True)
 def test_quantize_equals_convert_straight_to_the_mix(tmp_path, f32_model, mix):
     kind, d, f32 = f32_model
     q = tmp_path / "q.gguf"
