@@ -418,3 +418,31 @@ def test_variant_metadata(tmp_path, spm_model, vocab_n):
                                  "f32").path)
     w = weights("gemma2", vocab_n)["model.norm.weight"].astype(np.float16)
     np.testing.assert_array_equal(t["output_norm.weight"], (w + np.float16(1)).astype(np.float32))
+
+
+def test_gemma3_multimodal_checkpoint_gives_its_text_model(tmp_path, spm_model, vocab_n):
+    """Gemma3ForConditionalGeneration: text_config, language_model.* tensors, vision tensors left out, and the
+    embedding rows past the tokenizer's vocabulary dropped; the same file as the text-only checkpoint."""
+    text, w = make(tmp_path / "text", "gemma3", spm_model, vocab_n)
+    cfg = CONFIGS["gemma3"](vocab_n)
+    text_cfg = {k: v for k, v in cfg.items() if k not in ("architectures", "vocab_size")}
+    mm = {"language_model." + n: a for n, a in w.items()}
+    mm["language_model.model.embed_tokens.weight"] = np.concatenate(
+        [w["model.embed_tokens.weight"], np.ones((8, H), np.float32)])
+    mm["vision_tower.vision_model.post_layernorm.weight"] = np.ones(8, np.float32)
+    mm["multi_modal_projector.mm_input_projection_weight"] = np.ones((8, H), np.float32)
+    d = tmp_path / "gemma-3-mm"
+    save_hf(d, mm, {"architectures": ["Gemma3ForConditionalGeneration"], "text_config": text_cfg,
+                    "vision_config": {"hidden_size": 8}, "bos_token_id": 1, "eos_token_id": 2})
+    shutil.copy(spm_model, d / "tokenizer.model")
+    ours = convert(d, tmp_path / "mm.gguf", "f16").path
+    plain = convert(text, tmp_path / "text.gguf", "f16").path
+    r, p = GGUFReader(ours), GGUFReader(plain)
+    assert list(r.tensors) == list(p.tensors)
+    assert r.tensors["token_embd.weight"].shape == (H, vocab_n)
+    strip = {"general.name", "general.size_label"}
+    assert {k: v for k, v in kv_of(ours).items() if k not in strip}.keys() == \
+        {k: v for k, v in kv_of(plain).items() if k not in strip}.keys()
+    a, b = gguf_f32_tensors(ours), gguf_f32_tensors(plain)
+    for n in a:
+        np.testing.assert_array_equal(a[n], b[n])

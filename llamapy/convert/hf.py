@@ -20,7 +20,15 @@ from ..errors import LlamapyError
 from ..ggufio.constants import KEY_FILE_TYPE, ValueType
 from ..model_args import HF_KEYS, ModelArgs, hf_find
 from .hf_archs import ARCHS, SUPPORTED_ARCHITECTURES, HFArch, arch_kvs
-from .lazy import ArrayTensor, LazyTensor, PlusOneTensor, RowPermutedTensor, StackedTensor, rotary_permutation
+from .lazy import (
+    ArrayTensor,
+    FirstRowsTensor,
+    LazyTensor,
+    PlusOneTensor,
+    RowPermutedTensor,
+    StackedTensor,
+    rotary_permutation,
+)
 from .safetensors_io import load_safetensors
 from .source import ModelSource, dedup, find_first
 from .tensor_names import HF_EXPERT_RE, HF_EXPERTS, HF_SKIP_SUFFIXES, hf_to_gguf
@@ -185,6 +193,8 @@ def load_hf(model_dir: Path, *, vocab_dir: Path | None = None, vocab_type: str |
     cfg_path = model_dir / "config.json"
     cfg = read_config(model_dir)
     spec: HFArch = ARCHS[cfg["architectures"][0]]
+    if spec.text_part and isinstance(cfg.get("text_config"), dict):
+        cfg = {**cfg, **cfg["text_config"]}
     args = ModelArgs.from_hf_config(cfg, where=str(cfg_path), n_ctx=ctx)
     args.arch = spec.gguf
     if not args.n_head_kv:
@@ -219,6 +229,10 @@ def load_hf(model_dir: Path, *, vocab_dir: Path | None = None, vocab_type: str |
                     first_dtype = t.dtype
                 if name.endswith(HF_SKIP_SUFFIXES) or (spec.skip_lm_head and name == "lm_head.weight"):
                     continue
+                if spec.text_part:
+                    if name.startswith(_VISION_PREFIXES):
+                        continue
+                    name = name.replace("language_model.", "")
                 m = expert_re.match(name) if expert_re is not None else None
                 if m is not None:
                     tensors.extend(_expert_tensors(pending, m, t, args.n_expert, str(part)))
@@ -249,9 +263,11 @@ def load_hf(model_dir: Path, *, vocab_dir: Path | None = None, vocab_type: str |
             raise LlamapyError(f"{model_dir}: the weights have no model.embed_tokens.weight")
 
     vocab_size = cfg.get("vocab_size")
-    if vocab_size is None:
+    trim_embd = spec.gguf == "gemma3"  # the reference cuts the embeddings to the vocabulary it reads
+    if vocab_size is None and not trim_embd:
         vocab_size = embd_rows
-    elif embd_rows is not None and embd_rows != vocab_size:
+    elif (vocab_size is not None and embd_rows is not None and embd_rows != vocab_size
+          and not (trim_embd and embd_rows > vocab_size)):
         raise LlamapyError(f"{cfg_path}: vocab_size is {vocab_size} but model.embed_tokens.weight has "
                            f"{embd_rows} rows")
     if vocab_type is None:
@@ -263,6 +279,11 @@ def load_hf(model_dir: Path, *, vocab_dir: Path | None = None, vocab_type: str |
     notes.extend(vocab.notes)
     if vocab_size is None:
         vocab_size = len(vocab)
+    if trim_embd and embd_rows is not None:
+        if embd_rows < len(vocab):
+            raise LlamapyError(f"{model_dir}: the embeddings have {embd_rows} rows for {len(vocab)} tokens")
+        tensors = [(n, FirstRowsTensor(t, len(vocab), t.where) if n == "token_embd.weight" and embd_rows > len(vocab)
+                    else t) for n, t in tensors]
     if len(vocab) != vocab_size:
         raise LlamapyError(f"vocab size mismatch: the model has {vocab_size} tokens but {vocab.source} has "
                            f"{len(vocab)}")
@@ -300,6 +321,9 @@ def load_hf(model_dir: Path, *, vocab_dir: Path | None = None, vocab_type: str |
         notes=notes,
         early_kvs=early,
     )
+
+
+_VISION_PREFIXES = ("vision_tower.", "multi_modal_projector.", "multimodal_projector.", "vision_model.")
 
 
 def phi3_rope_factors(cfg: dict, where: str) -> tuple[list[tuple], list[tuple[str, LazyTensor]]]:

@@ -2,8 +2,10 @@
 and the `<arch>.*` metadata the reference converter writes for it, read from config.json directly.
 
 Qwen2, Qwen2-MoE, Mixtral (llama with experts), Gemma 2 and Phi-3 follow the reference converter of
-early 2025 key for key; Qwen3, Qwen3-MoE and Gemma 3 (text) are newer than it and follow what later
-llama.cpp converters write (`qwen3.*` / `qwen3moe.*` / `gemma3.*`, q/k norms).
+early 2025 key for key; Qwen3, Qwen3-MoE and Gemma 3 are newer than it and follow what later llama.cpp
+converters write (`qwen3.*` / `qwen3moe.*` / `gemma3.*`, q/k norms; of a multimodal Gemma 3 checkpoint,
+the text model: `text_config` over the top-level config, `language_model.` tensors, vision tensors left
+out, embedding rows past the vocabulary dropped).
 """
 from __future__ import annotations
 
@@ -24,6 +26,7 @@ class HFArch:
     norm_plus_one: bool = False  # Gemma: norm weights stored as offsets from 1
     skip_lm_head: bool = False  # Gemma: tied embeddings; a stray lm_head is dropped
     vocab: str = "llama"  # how the reference reads the tokenizer: llama, spm-or-bpe, bpe, spm, phi3
+    text_part: bool = False  # a multimodal checkpoint: text_config and the language_model.* tensors only
 
 
 ARCHS = {
@@ -38,6 +41,8 @@ ARCHS = {
     "Gemma2ForCausalLM": HFArch("gemma2", ("gemma",), norm_plus_one=True, skip_lm_head=True, vocab="spm"),
     "Gemma3ForCausalLM": HFArch("gemma3", ("gemma", "qk_norm"), norm_plus_one=True, skip_lm_head=True,
                                 vocab="spm"),
+    "Gemma3ForConditionalGeneration": HFArch("gemma3", ("gemma", "qk_norm"), norm_plus_one=True, skip_lm_head=True,
+                                             vocab="spm", text_part=True),
     "Phi3ForCausalLM": HFArch("phi3", ("phi3",), vocab="phi3"),
 }
 SUPPORTED_ARCHITECTURES = tuple(a for a in ARCHS if a != "LLaMAForCausalLM")

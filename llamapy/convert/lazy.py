@@ -239,3 +239,16 @@ class PlusOneTensor(LazyTensor):
         if self.dtype == "F16":
             return (x.view(np.float16) + np.float16(1)).view(x.dtype)
         return to_f32(x, self.base.dtype) + np.float32(1)
+
+
+class FirstRowsTensor(LazyTensor):
+    """The first `n` rows of a tensor (Gemma 3's embedding rows past the vocabulary are dropped)."""
+
+    def __init__(self, base: LazyTensor, n: int, where: str):
+        self.base = base
+        self.shape = (n, *base.shape[1:])
+        self.dtype = base.dtype
+        self.where = where
+
+    def rows(self, r0: int, r1: int) -> np.ndarray:
+        return self.base.rows(r0, min(r1, self.shape[0]))
