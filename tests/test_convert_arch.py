@@ -446,3 +446,18 @@ def test_gemma3_multimodal_checkpoint_gives_its_text_model(tmp_path, spm_model, 
     a, b = gguf_f32_tensors(ours), gguf_f32_tensors(plain)
     for n in a:
         np.testing.assert_array_equal(a[n], b[n])
+
+
+@pytest.mark.parametrize("change,message", [
+    ({"architectures": {"Qwen2ForCausalLM": 1}}, "architecture None is not supported"),
+    ({"architectures": [["Qwen2ForCausalLM"]]}, r"architecture \['Qwen2ForCausalLM'\] is not supported"),
+    ({"sliding_window": "big"}, "sliding_window = 'big' is not a valid count"),
+    ({"attn_logit_softcapping": True}, "attn_logit_softcapping = True is not a valid number"),
+])
+def test_bad_configs_are_one_line_errors(tmp_path, spm_model, vocab_n, change, message):
+    d, _ = make(tmp_path / "g", "gemma2", spm_model, vocab_n)
+    cfg = CONFIGS["gemma2"](vocab_n)
+    cfg.update(change)
+    (d / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(LlamapyError, match=message):
+        convert(d, tmp_path / "out.gguf", "f32")

@@ -51,8 +51,8 @@ def read_config(d: Path) -> dict:
     if not isinstance(cfg, dict):
         raise LlamapyError(f"{path}: expected a JSON object")
     archs = cfg.get("architectures") or []
-    arch = archs[0] if archs else None
-    if arch not in ARCHS:
+    arch = archs[0] if isinstance(archs, list) and archs else None
+    if not isinstance(arch, str) or arch not in ARCHS:
         raise LlamapyError(
             f"{path}: architecture {arch!r} is not supported; supported: {', '.join(SUPPORTED_ARCHITECTURES)}"
         )
@@ -199,7 +199,10 @@ def load_hf(model_dir: Path, *, vocab_dir: Path | None = None, vocab_type: str |
     args.arch = spec.gguf
     if not args.n_head_kv:
         args.n_head_kv = args.n_head
-    args.n_expert = int(cfg.get("num_local_experts") or cfg.get("num_experts") or 0)
+    n_expert = cfg.get("num_local_experts") or cfg.get("num_experts") or 0
+    if not isinstance(n_expert, int) or isinstance(n_expert, bool) or n_expert < 0:
+        raise LlamapyError(f"{cfg_path}: the expert count {n_expert!r} is not a count")
+    args.n_expert = n_expert
     notes: list[str] = []
     early: list[tuple] = []
 

@@ -100,6 +100,19 @@ def _yarn(arch: str, cfg: dict) -> list[tuple]:
 
 def arch_kvs(hf_arch: str, cfg: dict, where: str) -> list[tuple]:
     """`<arch>.*` metadata for a non-llama architecture, in the reference's order (file type left None)."""
+    kvs = _arch_kvs(hf_arch, cfg, where)
+    for key, value, vt, _ in kvs:
+        if value is None:
+            continue
+        ok = (isinstance(value, int) and not isinstance(value, bool) and value >= 0 if vt == U32
+              else isinstance(value, (int, float)) and not isinstance(value, bool) if vt == F32 else True)
+        if not ok:
+            raise LlamapyError(f"{where}: {key.split('.', 1)[1]} = {value!r} is not a valid "
+                               f"{'count' if vt == U32 else 'number'}")
+    return kvs
+
+
+def _arch_kvs(hf_arch: str, cfg: dict, where: str) -> list[tuple]:
     spec = ARCHS[hf_arch]
     a = spec.gguf
     n_layer = _need(cfg, where, "num_hidden_layers", "n_layer")
