@@ -279,3 +279,23 @@ def test_history_stability():
     chosen = chat_template_for_session(tpl)
     assert chosen.name == "gemma" and not chosen.is_jinja and "re-renders earlier turns" in chosen.note
     assert chat_template_for_session(ChatTemplate.from_source(smollm_like)).is_jinja
+
+
+# the chat templates these families' tokenizer_config.json ship (abridged to their distinguishing lines)
+QWEN25 = ("{%- if messages[0]['role'] == 'system' %}{{- '<|im_start|>system\\n' + messages[0]['content'] + "
+          "'<|im_end|>\\n' }}{%- else %}{{- '<|im_start|>system\\nYou are Qwen, created by Alibaba Cloud. You are "
+          "a helpful assistant.<|im_end|>\\n' }}{%- endif %}{%- for message in messages %}{{- '<|im_start|>' + "
+          "message.role + '\\n' + message.content + '<|im_end|>' + '\\n' }}{%- endfor %}")
+GEMMA2 = ("{{ bos_token }}{% for message in messages %}{% if (message['role'] == 'assistant') %}"
+          "{% set role = 'model' %}{% else %}{% set role = message['role'] %}{% endif %}{{ '<start_of_turn>' + "
+          "role + '\\n' + message['content'] | trim + '<end_of_turn>\\n' }}{% endfor %}"
+          "{% if add_generation_prompt %}{{'<start_of_turn>model\\n'}}{% endif %}")
+PHI3 = ("{% for message in messages %}{% if message['role'] == 'system' %}{{'<|system|>\\n' + message['content'] + "
+        "'<|end|>\\n'}}{% elif message['role'] == 'user' %}{{'<|user|>\\n' + message['content'] + '<|end|>\\n'}}"
+        "{% elif message['role'] == 'assistant' %}{{'<|assistant|>\\n' + message['content'] + '<|end|>\\n'}}"
+        "{% endif %}{% endfor %}{% if add_generation_prompt %}{{ '<|assistant|>\\n' }}{% endif %}")
+
+
+@pytest.mark.parametrize("source,family", [(QWEN25, "chatml"), (GEMMA2, "gemma"), (PHI3, "phi3")])
+def test_model_families_templates_are_detected(source, family):
+    assert detect_builtin(source) == family

@@ -68,7 +68,11 @@ def _identity(src: ModelSource, model_name: str | None, override: Path | None, v
         if md.name is None:
             md.name = src.model_dir.name
         if md.size_label is None and total > 0:
-            md.size_label = params_size_label(total)
+            exps = [t for n, t in src.tensors if "_exps." in n]
+            shared = total - sum(t.n_elements for t in exps)
+            expert_params = sum(t.n_elements // t.shape[-3] for t in exps)
+            n_expert = sum(t.shape[-3] for t in exps) // len(exps) if exps else 0
+            md.size_label = params_size_label(total, shared, expert_params, n_expert)
         return md, md.size_label
     md = load_metadata(src.model_dir, model_name, 0, override)
     if md.name is None:
@@ -83,16 +87,21 @@ def _identity(src: ModelSource, model_name: str | None, override: Path | None, v
 def _metadata(src: ModelSource, general: list[tuple], ot: OutType) -> list[tuple]:
     """All key/values in the order the reference writes them."""
     hf = src.layout == "hf"
+    kvs = _all_kvs(src, general, ot, hf)
+    return kvs[:1] + src.early_kvs + kvs[1:]
+
+
+def _all_kvs(src: ModelSource, general: list[tuple], ot: OutType, hf: bool) -> list[tuple]:
     if ot.is_mix:
         # what `llamapy quantize` makes of this converter's F32 file: its metadata, with the
         # quantization version and file type moved to the end
         arch = [kv for kv in src.arch_kvs if kv[0] != KEY_FILE_TYPE]
-        return kv_list("llama", general, hf, arch, src.vocab_kvs, quant_version=False) + [
+        return kv_list(src.args.arch, general, hf, arch, src.vocab_kvs, quant_version=False) + [
             (KEY_QUANT_VERSION, QUANT_VERSION, ValueType.UINT32, None),
             (KEY_FILE_TYPE, ot.file_type, ValueType.UINT32, None)]
     has_file_type = any(k == KEY_FILE_TYPE for k, *_ in src.arch_kvs)
     arch = fill_file_type(src.arch_kvs, ot.file_type) if has_file_type else src.arch_kvs
-    return kv_list("llama", general, hf, arch, src.vocab_kvs, quant_version=hf)
+    return kv_list(src.args.arch, general, hf, arch, src.vocab_kvs, quant_version=hf)
 
 
 def convert(

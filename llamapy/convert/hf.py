@@ -1,9 +1,12 @@
 """The Hugging Face layout: `config.json` + `model*.safetensors` or `pytorch_model*.bin` + a tokenizer.
 
 Supported architectures: LlamaForCausalLM and MistralForCausalLM (TinyLlama, SmolLM, Chinese-LLaMA /
-Alpaca and the like are llama). Hugging Face stores q/k rows in rotate-half order; they are permuted
-into GGUF's interleaved-pair order as they stream. Tensors are walked in the reference converter's
-order (parts sorted by name, safetensors keys sorted), so the output matches it tensor for tensor.
+Alpaca and the like are llama), MixtralForCausalLM, Qwen2/Qwen3 (dense and MoE), Gemma 2/3 (text) and
+Phi-3 (see hf_archs.py). Hugging Face stores llama's q/k rows in rotate-half order; they are permuted
+into GGUF's interleaved-pair order as they stream. Per-expert weights are stacked into one 3-D tensor
+per layer and kind, written where the reference writes it (when the layer's last expert weight is read).
+Tensors are walked in the reference converter's order (parts sorted by name, safetensors keys sorted),
+so the output matches it tensor for tensor.
 """
 from __future__ import annotations
 
@@ -16,14 +19,22 @@ from ..errors import LlamapyError
 from ..ggufio.constants import KEY_FILE_TYPE, ValueType
 from ..model_args import HF_KEYS, ModelArgs, hf_find
 from ..util.jsonio import load_json_bounded
-from .lazy import ArrayTensor, LazyTensor, RowPermutedTensor, rotary_permutation
+from .hf_archs import ARCHS, SUPPORTED_ARCHITECTURES, HFArch, arch_kvs
+from .lazy import (
+    ArrayTensor,
+    FirstRowsTensor,
+    LazyTensor,
+    PlusOneTensor,
+    RowPermutedTensor,
+    StackedTensor,
+    rotary_permutation,
+)
 from .safetensors_io import load_safetensors
 from .source import ModelSource, dedup, find_first
-from .tensor_names import HF_SKIP_SUFFIXES, hf_to_gguf
+from .tensor_names import HF_EXPERT_RE, HF_EXPERTS, HF_SKIP_SUFFIXES, hf_to_gguf
 from .torch_pickle import load_torch_file
-from .vocab import Vocab, bpe_kind, bpe_vocab, special_vocab, spm_vocab_hf
+from .vocab import Vocab, bpe_kind, bpe_vocab, special_vocab, spm_vocab_hf, spm_vocab_phi3
 
-SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM", "LLaMAForCausalLM")
 U32, F32, STR, BOOL = ValueType.UINT32, ValueType.FLOAT32, ValueType.STRING, ValueType.BOOL
 
 
@@ -40,10 +51,10 @@ def read_config(d: Path) -> dict:
     if not isinstance(cfg, dict):
         raise LlamapyError(f"{path}: expected a JSON object")
     archs = cfg.get("architectures") or []
-    arch = archs[0] if archs else None
-    if arch not in SUPPORTED_ARCHITECTURES:
+    arch = archs[0] if isinstance(archs, list) and archs else None
+    if not isinstance(arch, str) or arch not in ARCHS:
         raise LlamapyError(
-            f"{path}: architecture {arch!r} is not supported; supported: {', '.join(SUPPORTED_ARCHITECTURES[:2])}"
+            f"{path}: architecture {arch!r} is not supported; supported: {', '.join(SUPPORTED_ARCHITECTURES)}"
         )
     return cfg
 
@@ -102,8 +113,16 @@ def llama3_rope_factors(cfg: dict, rope: dict, head_dim: int) -> np.ndarray:
     return np.array(out, dtype=np.float32)
 
 
+def _tokenizer_class(d: Path) -> str | None:
+    tc = d / "tokenizer_config.json"
+    try:
+        return load_json_bounded(tc.read_text(encoding="utf-8")).get("tokenizer_class") if tc.is_file() else None
+    except (ValueError, AttributeError):
+        raise LlamapyError(f"{tc}: not a JSON object") from None
+
+
 def find_hf_vocab(model_dir: Path, vocab_dir: Path | None, vocab_type: str | None,
-                  vocab_size: int | None) -> tuple[Vocab, Path]:
+                  vocab_size: int | None, phi3: bool = False) -> tuple[Vocab, Path]:
     """The tokenizer the reference would pick: tokenizer.model (SentencePiece), else tokenizer.json (BPE)."""
     dirs = dedup(([vocab_dir] if vocab_dir is not None else []) + [model_dir])
     spm_paths = [d / "tokenizer.model" for d in dirs]
@@ -111,7 +130,7 @@ def find_hf_vocab(model_dir: Path, vocab_dir: Path | None, vocab_type: str | Non
     if vocab_type in (None, "spm"):
         for p in spm_paths:
             if p.is_file():
-                return spm_vocab_hf(p, p.parent, vocab_size), p.parent
+                return (spm_vocab_phi3 if phi3 else spm_vocab_hf)(p, p.parent, vocab_size), p.parent
         if vocab_type == "spm":
             find_first(spm_paths, "tokenizer.model")
     for p in bpe_paths:
@@ -150,6 +169,9 @@ def hf_arch_kvs(a: ModelArgs, cfg: dict, ctx_given: bool) -> list[tuple]:
     eps = hf_find(cfg, ("layer_norm_eps", "layer_norm_epsilon", "norm_epsilon"), optional=True)
     if eps is not None:
         kvs.append(("llama.attention.layer_norm_epsilon", eps, F32, None))
+    for key, name in (("expert_count", "num_local_experts"), ("expert_used_count", "num_experts_per_tok")):
+        if cfg.get(name) is not None:  # Mixtral
+            kvs.append((f"llama.{key}", cfg[name], U32, None))
     if has("head_dim"):
         kvs.append(("llama.attention.key_length", a.head_dim, U32, None))
         kvs.append(("llama.attention.value_length", a.head_dim, U32, None))
@@ -170,8 +192,19 @@ def load_hf(model_dir: Path, *, vocab_dir: Path | None = None, vocab_type: str |
     del pad_vocab  # the reference pads a short tokenizer to config.json's vocab_size by itself
     cfg_path = model_dir / "config.json"
     cfg = read_config(model_dir)
+    spec: HFArch = ARCHS[cfg["architectures"][0]]
+    if spec.text_part and isinstance(cfg.get("text_config"), dict):
+        cfg = {**cfg, **cfg["text_config"]}
     args = ModelArgs.from_hf_config(cfg, where=str(cfg_path), n_ctx=ctx)
+    args.arch = spec.gguf
+    if not args.n_head_kv:
+        args.n_head_kv = args.n_head
+    n_expert = cfg.get("num_local_experts") or cfg.get("num_experts") or 0
+    if not isinstance(n_expert, int) or isinstance(n_expert, bool) or n_expert < 0:
+        raise LlamapyError(f"{cfg_path}: the expert count {n_expert!r} is not a count")
+    args.n_expert = n_expert
     notes: list[str] = []
+    early: list[tuple] = []
 
     tensors: list[tuple[str, LazyTensor]] = []
     inputs: list[Path] = []
@@ -181,9 +214,14 @@ def load_hf(model_dir: Path, *, vocab_dir: Path | None = None, vocab_type: str |
         inputs, kind = part_paths(model_dir)
         found: dict[str, Path] = {}
         rope = cfg.get("rope_scaling") or {}
-        if isinstance(rope, dict) and str(rope.get("rope_type", "")).lower() == "llama3":
+        if spec.gguf == "llama" and isinstance(rope, dict) and str(rope.get("rope_type", "")).lower() == "llama3":
             tensors.append(("rope_freqs.weight", ArrayTensor(llama3_rope_factors(cfg, rope, args.head_dim), "F32",
                                                              "rope_freqs (generated)")))
+        if spec.gguf == "phi3":
+            early, extra = phi3_rope_factors(cfg, str(cfg_path))
+            tensors.extend(extra)
+        expert_re = HF_EXPERT_RE.get(spec.experts) if spec.experts else None
+        pending: dict[int, dict[tuple[str, int], LazyTensor]] = {}
         for part in inputs:
             items = load_safetensors(str(part)) if kind == "safetensors" else load_torch_file(str(part))
             for name, t in items.items():
@@ -192,63 +230,84 @@ def load_hf(model_dir: Path, *, vocab_dir: Path | None = None, vocab_type: str |
                 found[name] = part
                 if first_dtype is None:
                     first_dtype = t.dtype
-                if name.endswith(HF_SKIP_SUFFIXES):
+                if name.endswith(HF_SKIP_SUFFIXES) or (spec.skip_lm_head and name == "lm_head.weight"):
                     continue
-                new = hf_to_gguf(name)
+                if spec.text_part:
+                    if name.startswith(_VISION_PREFIXES):
+                        continue
+                    name = name.replace("language_model.", "")
+                m = expert_re.match(name) if expert_re is not None else None
+                if m is not None:
+                    tensors.extend(_expert_tensors(pending, m, t, args.n_expert, str(part)))
+                    continue
+                new = hf_to_gguf(name, spec.extras)
                 if new is None:
                     if skip_unknown:
                         notes.append(f"skipped unknown tensor '{name}'")
                         continue
                     raise LlamapyError(
-                        f"{part}: can't map tensor '{name}' to llama (use --skip-unknown to leave it out)"
+                        f"{part}: can't map tensor '{name}' to {spec.gguf} (use --skip-unknown to leave it out)"
                     )
-                if name.endswith(("q_proj.weight", "q_proj.bias")):
+                if spec.permute_qk and name.endswith(("q_proj.weight", "q_proj.bias")):
                     t = RowPermutedTensor(t, rotary_permutation(t.shape[0], args.n_head), t.where)
-                elif name.endswith(("k_proj.weight", "k_proj.bias")):
+                elif spec.permute_qk and name.endswith(("k_proj.weight", "k_proj.bias")):
                     t = RowPermutedTensor(t, rotary_permutation(t.shape[0], args.n_head_kv), t.where)
+                if spec.norm_plus_one and name.endswith("norm.weight"):
+                    t = PlusOneTensor(t, t.where)
                 if new == "token_embd.weight":
                     embd_rows = t.shape[0]
                 tensors.append((new, t))
+        left = sorted(n for d in pending.values() for n in d)
+        if left:
+            raise LlamapyError(f"{model_dir}: incomplete experts: layer {left[0][1]} lacks some of the "
+                               f"{args.n_expert} experts' weights")
         _check_index(model_dir, kind, found)
         if embd_rows is None:
             raise LlamapyError(f"{model_dir}: the weights have no model.embed_tokens.weight")
 
     vocab_size = cfg.get("vocab_size")
-    if vocab_size is None:
+    trim_embd = spec.gguf == "gemma3"  # the reference cuts the embeddings to the vocabulary it reads
+    if vocab_size is None and not trim_embd:
         vocab_size = embd_rows
-    elif embd_rows is not None and embd_rows != vocab_size:
+    elif (vocab_size is not None and embd_rows is not None and embd_rows != vocab_size
+          and not (trim_embd and embd_rows > vocab_size)):
         raise LlamapyError(f"{cfg_path}: vocab_size is {vocab_size} but model.embed_tokens.weight has "
                            f"{embd_rows} rows")
-    vocab, tok_dir = find_hf_vocab(model_dir, vocab_dir, vocab_type, vocab_size)
+    if vocab_type is None:
+        vocab_type = {"spm": "spm", "phi3": "spm", "bpe": "bpe"}.get(spec.vocab)
+        if spec.vocab == "phi3" and _tokenizer_class(vocab_dir or model_dir) == "GPT2Tokenizer":
+            vocab_type = "bpe"
+    vocab, tok_dir = find_hf_vocab(model_dir, vocab_dir, vocab_type, vocab_size,
+                                   phi3=spec.vocab == "phi3" and vocab_type == "spm")
     notes.extend(vocab.notes)
     if vocab_size is None:
         vocab_size = len(vocab)
+    if trim_embd and embd_rows is not None:
+        if embd_rows < len(vocab):
+            raise LlamapyError(f"{model_dir}: the embeddings have {embd_rows} rows for {len(vocab)} tokens")
+        tensors = [(n, FirstRowsTensor(t, len(vocab), t.where) if n == "token_embd.weight" and embd_rows > len(vocab)
+                    else t) for n, t in tensors]
     if len(vocab) != vocab_size:
         raise LlamapyError(f"vocab size mismatch: the model has {vocab_size} tokens but {vocab.source} has "
                            f"{len(vocab)}")
 
     args.n_vocab = vocab_size
-    kvs = hf_arch_kvs(args, cfg, ctx_given=ctx is not None)
+    if spec.gguf == "llama":
+        kvs = hf_arch_kvs(args, cfg, ctx_given=ctx is not None)
+    else:
+        kvs = arch_kvs(cfg["architectures"][0], cfg, str(cfg_path))
+        if ctx is not None:
+            kvs = [(k, ctx, *rest) if k.endswith(".context_length") else (k, v, *rest) for k, v, *rest in kvs]
 
     sv = special_vocab(tok_dir, len(vocab) if vocab.model == "llama" else None, load_merges=vocab.model == "gpt2")
     notes.extend(sv.notes)
     if vocab.model == "gpt2" and not sv.merges:
         notes.append(f"{tok_dir}: no merges found; the tokenizer may not work")
     vocab_kvs = vocab.token_kvs() + sv.kvs()
-    if vocab_size == 32016:  # CodeLlama's infill tokens
-        code = special_vocab(tok_dir, None, load_merges=False, types=("prefix", "suffix", "middle", "eot"))
-        for typ, tid in zip(("prefix", "suffix", "middle", "eot"), (32007, 32008, 32009, 32010)):
-            code.set_id(typ, tid, None)
-        code.add.clear()
-        code.chat_template = None
-        vocab_kvs += code.kvs()
-    tc_path = tok_dir / "tokenizer_config.json"
-    if tc_path.is_file():
-        tc = load_json_bounded(tc_path.read_text(encoding="utf-8"), tc_path)
-        if "add_prefix_space" in tc:
-            vocab_kvs.append(("tokenizer.ggml.add_space_prefix", bool(tc["add_prefix_space"]), BOOL, None))
-    if vocab_size == 49152 and not any(k[0] == "tokenizer.ggml.add_bos_token" for k in vocab_kvs):
-        vocab_kvs.append(("tokenizer.ggml.add_bos_token", False, BOOL, None))  # as the reference (granite)
+    if spec.gguf == "llama":
+        vocab_kvs += _llama_vocab_extras(tok_dir, vocab_size, vocab_kvs)
+    elif spec.vocab == "spm":
+        vocab_kvs.append(("tokenizer.ggml.add_space_prefix", False, BOOL, None))  # as the reference (Gemma)
 
     return ModelSource(
         layout="hf",
@@ -263,4 +322,79 @@ def load_hf(model_dir: Path, *, vocab_dir: Path | None = None, vocab_type: str |
         default_outtype="f16",
         inputs=inputs,
         notes=notes,
+        early_kvs=early,
     )
+
+
+_VISION_PREFIXES = ("vision_tower.", "multi_modal_projector.", "multimodal_projector.", "vision_model.")
+
+
+def phi3_rope_factors(cfg: dict, where: str) -> tuple[list[tuple], list[tuple[str, LazyTensor]]]:
+    """Phi-3's long-context RoPE: the attention factor (metadata) and the long/short frequency factors
+    (rope_factors_long/short.weight), as the reference computes them; nothing without rope_scaling."""
+    rope = cfg.get("rope_scaling")
+    if rope is None:
+        return [], []
+    n_embd, n_head = cfg.get("hidden_size") or cfg.get("n_embd"), cfg.get("num_attention_heads") or cfg.get("n_head")
+    n_ctx = cfg.get("n_positions") or cfg.get("max_position_embeddings")
+    orig = cfg.get("original_max_position_embeddings")
+    kind = str(rope.get("type", "")).lower() if isinstance(rope, dict) else ""
+    if not kind:
+        raise LlamapyError(f"{where}: rope_scaling has no type")
+    scale = n_ctx / orig
+    if kind in ("su", "longrope"):
+        attn_factor = math.sqrt(1 + math.log(scale) / math.log(orig)) if scale > 1.0 else 1.0
+    elif kind == "yarn":
+        attn_factor = 0.1 * math.log(scale) + 1.0 if scale > 1.0 else 1.0
+    else:
+        raise LlamapyError(f"{where}: Phi-3 rope scaling type '{kind}' is not supported (su, longrope, yarn)")
+    long_f, short_f = rope.get("long_factor"), rope.get("short_factor")
+    if long_f is None or short_f is None:
+        raise LlamapyError(f"{where}: rope_scaling needs long_factor and short_factor")
+    half = n_embd // n_head / 2
+    if len(long_f) != len(short_f) or len(long_f) != half:
+        raise LlamapyError(f"{where}: rope_scaling long_factor and short_factor must each have {half:g} values")
+    kvs = [("phi3.rope.scaling.attn_factor", attn_factor, F32, None)]
+    return kvs, [(f"rope_factors_{n}.weight", ArrayTensor(np.array(f, dtype=np.float32), "F32", f"rope {n} factors"))
+                 for n, f in (("long", long_f), ("short", short_f))]
+
+
+def _expert_tensors(pending: dict, m, t: LazyTensor, n_expert: int, where: str) -> list[tuple[str, LazyTensor]]:
+    """Collect one expert's weight; once a layer has all of them, its stacked tensors in the reference's order."""
+    bid, xid, kind = int(m.group(1)), int(m.group(2)), m.group(3)
+    if not 0 <= xid < n_expert:
+        raise LlamapyError(f"{where}: expert {xid} of layer {bid} is beyond the {n_expert} experts config.json has")
+    layer = pending.setdefault(bid, {})
+    layer[(kind, xid)] = t
+    table = next(tab for tab in HF_EXPERTS.values() if kind in tab)
+    if len(layer) < n_expert * len(table):
+        return []
+    del pending[bid]
+    out = []
+    for k, gguf in table.items():
+        if any((k, x) not in layer for x in range(n_expert)):
+            raise LlamapyError(f"{where}: layer {bid} lacks some experts' {k} weights")
+        out.append((f"blk.{bid}.{gguf}.weight",
+                    StackedTensor([layer[(k, x)] for x in range(n_expert)], f"{where}: blk.{bid}.{gguf}")))
+    return out
+
+
+def _llama_vocab_extras(tok_dir: Path, vocab_size: int, before: list[tuple]) -> list[tuple]:
+    """What the reference's llama class adds after the vocabulary (`before`)."""
+    vocab_kvs: list[tuple] = []
+    if vocab_size == 32016:  # CodeLlama's infill tokens
+        code = special_vocab(tok_dir, None, load_merges=False, types=("prefix", "suffix", "middle", "eot"))
+        for typ, tid in zip(("prefix", "suffix", "middle", "eot"), (32007, 32008, 32009, 32010)):
+            code.set_id(typ, tid, None)
+        code.add.clear()
+        code.chat_template = None
+        vocab_kvs += code.kvs()
+    tc_path = tok_dir / "tokenizer_config.json"
+    if tc_path.is_file():
+        tc = load_json_bounded(tc_path.read_text(encoding="utf-8"), tc_path)
+        if "add_prefix_space" in tc:
+            vocab_kvs.append(("tokenizer.ggml.add_space_prefix", bool(tc["add_prefix_space"]), BOOL, None))
+    if vocab_size == 49152 and not any(k[0] == "tokenizer.ggml.add_bos_token" for k in before + vocab_kvs):
+        vocab_kvs.append(("tokenizer.ggml.add_bos_token", False, BOOL, None))  # as the reference (granite)
+
+    return vocab_kvs

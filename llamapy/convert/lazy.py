@@ -201,3 +201,54 @@ def to_f32(a: np.ndarray, dtype: str) -> np.ndarray:
     if dtype in ("F16", "F64"):
         return a.astype(np.float32)
     raise LlamapyError(f"tensor of type {dtype} can't be converted to floating point weights")
+
+
+class StackedTensor(LazyTensor):
+    """Equal-shaped tensors stacked along a new first axis (per-expert weights merged into one 3-D tensor)."""
+
+    def __init__(self, parts: Sequence[LazyTensor], where: str):
+        shapes = {p.shape for p in parts}
+        if len(shapes) != 1:
+            raise LlamapyError(f"{where}: the experts' tensors differ in shape ({', '.join(map(str, shapes))})")
+        dtypes = {p.dtype for p in parts}
+        self.parts = list(parts)
+        # the reference widens anything but F16/F32 to F32 before stacking; mixed F16/F32 stacks as F32
+        self.dtype = parts[0].dtype if len(dtypes) == 1 else "F32"
+        self.shape = (len(parts), *parts[0].shape)
+        self.where = where
+
+    def rows(self, r0: int, r1: int) -> np.ndarray:
+        out = [p.read() for p in self.parts[r0:r1]]
+        if self.dtype == "F32":
+            out = [to_f32(a, p.dtype) for a, p in zip(out, self.parts[r0:r1])]
+        return np.stack(out, axis=0)
+
+
+class PlusOneTensor(LazyTensor):
+    """x + 1 (Gemma's norm weights are stored as offsets from 1), computed as the reference does: in
+    float16 for an F16 source, otherwise in float32."""
+
+    def __init__(self, base: LazyTensor, where: str):
+        self.base = base
+        self.shape = base.shape
+        self.dtype = "F16" if base.dtype == "F16" else "F32"
+        self.where = where
+
+    def rows(self, r0: int, r1: int) -> np.ndarray:
+        x = self.base.rows(r0, r1)
+        if self.dtype == "F16":
+            return (x.view(np.float16) + np.float16(1)).view(x.dtype)
+        return to_f32(x, self.base.dtype) + np.float32(1)
+
+
+class FirstRowsTensor(LazyTensor):
+    """The first `n` rows of a tensor (Gemma 3's embedding rows past the vocabulary are dropped)."""
+
+    def __init__(self, base: LazyTensor, n: int, where: str):
+        self.base = base
+        self.shape = (n, *base.shape[1:])
+        self.dtype = base.dtype
+        self.where = where
+
+    def rows(self, r0: int, r1: int) -> np.ndarray:
+        return self.base.rows(r0, min(r1, self.shape[0]))

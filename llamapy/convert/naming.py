@@ -78,8 +78,9 @@ def general_kvs(md: Metadata, license_join: bool = True) -> list[KV]:
     return out
 
 
-def params_size_label(total: int, shared: int | None = None) -> str:
-    return size_label(total, total if shared is None else shared, 0, 0)
+def params_size_label(total: int, shared: int | None = None, expert_params: int = 0, n_expert: int = 0) -> str:
+    """'7B', or '8x7B'-style for mixtures of experts (as gguf's size_label)."""
+    return size_label(total, total if shared is None else shared, expert_params, n_expert)
 
 
 def default_filename(md: Metadata, label: str | None, output_type: str | None, vocab_only: bool = False) -> str:

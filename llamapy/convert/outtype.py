@@ -68,8 +68,9 @@ def resolve_auto(first_dtype: str) -> OutType:
 
 
 def keeps_f32(gguf_name: str, n_dims: int) -> bool:
-    """1-D tensors, norms and non-weights (biases) are always written as F32."""
-    return n_dims <= 1 or gguf_name.endswith("_norm.weight") or not gguf_name.endswith(".weight")
+    """1-D tensors, norms, expert routers and non-weights (biases) are always written as F32."""
+    return (n_dims <= 1 or gguf_name.endswith(("_norm.weight", ".ffn_gate_inp.weight"))
+            or not gguf_name.endswith(".weight"))
 
 
 def plain_tensor_type(outtype: OutType, gguf_name: str, shape: tuple[int, ...]) -> int:

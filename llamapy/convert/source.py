@@ -27,6 +27,8 @@ class ModelSource:
     default_outtype: str  # when --outtype is not given
     inputs: list[Path] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    early_kvs: list[KV] = field(default_factory=list)  # written right after general.architecture (Phi-3's
+    # rope attn_factor, which the reference adds while it generates tensors, before the other metadata)
 
 
 def find_first(paths: list[Path], what: str) -> Path:

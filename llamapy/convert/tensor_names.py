@@ -39,6 +39,33 @@ HF_BLOCK = {
     "input_layernorm": "attn_norm",
     "post_attention_layernorm": "ffn_norm",
 }
+# the other architectures' block tensors, added to HF_BLOCK for that architecture
+HF_BLOCK_EXTRA = {
+    "qk_norm": {"self_attn.q_norm": "attn_q_norm", "self_attn.k_norm": "attn_k_norm"},
+    "mixtral": {"block_sparse_moe.gate": "ffn_gate_inp"},
+    "qwen_moe": {
+        "mlp.gate": "ffn_gate_inp",
+        "mlp.shared_expert_gate": "ffn_gate_inp_shexp",
+        "mlp.shared_expert.gate_proj": "ffn_gate_shexp",
+        "mlp.shared_expert.up_proj": "ffn_up_shexp",
+        "mlp.shared_expert.down_proj": "ffn_down_shexp",
+    },
+    "gemma": {  # Gemma 2/3: a norm after attention and one each side of the feed-forward
+        "post_attention_layernorm": "post_attention_norm",
+        "pre_feedforward_layernorm": "ffn_norm",
+        "post_feedforward_layernorm": "post_ffw_norm",
+    },
+    "phi3": {"self_attn.qkv_proj": "attn_qkv", "mlp.gate_up_proj": "ffn_up"},
+}
+# merged expert tensors: the per-expert weight's name -> GGUF name of the stacked tensor
+HF_EXPERTS = {
+    "mixtral": {"w1": "ffn_gate_exps", "w2": "ffn_down_exps", "w3": "ffn_up_exps"},
+    "qwen_moe": {"down_proj": "ffn_down_exps", "gate_proj": "ffn_gate_exps", "up_proj": "ffn_up_exps"},
+}
+HF_EXPERT_RE = {
+    "mixtral": re.compile(r"model\.layers\.(\d+)\.block_sparse_moe\.experts\.(\d+)\.(w[123])\.weight$"),
+    "qwen_moe": re.compile(r"model\.layers\.(\d+)\.mlp\.experts\.(\d+)\.(down_proj|gate_proj|up_proj)\.weight$"),
+}
 # tensors the reference converter drops: buffers, not weights
 HF_SKIP_SUFFIXES = (".attention.masked_bias", ".attention.bias", ".rotary_emb.inv_freq")
 
@@ -62,9 +89,15 @@ def meta_to_gguf(name: str) -> str | None:
     return _map(name, META_GLOBAL, META_BLOCK, _META_BLOCK_RE)
 
 
-def hf_to_gguf(name: str) -> str | None:
-    """GGUF name of a Hugging Face llama tensor; None if unknown."""
-    return _map(name, HF_GLOBAL, HF_BLOCK, _HF_BLOCK_RE)
+def hf_to_gguf(name: str, extras: tuple[str, ...] = ()) -> str | None:
+    """GGUF name of a Hugging Face tensor; None if unknown. `extras`: HF_BLOCK_EXTRA tables of the
+    architecture, which take precedence over the llama names."""
+    block = HF_BLOCK
+    if extras:
+        block = dict(HF_BLOCK)
+        for e in extras:
+            block.update(HF_BLOCK_EXTRA[e])
+    return _map(name, HF_GLOBAL, block, _HF_BLOCK_RE)
 
 
 def block_id(gguf_name: str) -> int | None:

@@ -257,6 +257,43 @@ def spm_vocab_hf(path: Path, model_dir: Path, vocab_size: int | None) -> Vocab:
     return Vocab("llama", tokens, types, scores, pre="default", source=str(path), notes=notes)
 
 
+def spm_vocab_phi3(path: Path, model_dir: Path, vocab_size: int | None) -> Vocab:
+    """SentencePiece vocab as the reference's Phi-3 class builds it: like spm_vocab_hf, but added tokens are
+    control tokens only when marked special (no look-alike test, no U+2581 rewriting), and tokenizer.json's
+    added_tokens are applied last."""
+    pieces, piece_scores, piece_types = read_spm(path)
+    n = vocab_size if vocab_size is not None else len(pieces)
+    if len(pieces) > n:
+        raise LlamapyError(
+            f"{path} has {len(pieces)} tokens but the model's vocab_size is {n}: the tokenizer doesn't belong to "
+            f"this model"
+        )
+    tokens = [f"[PAD{i}]" for i in range(n)]
+    scores = [-10000.0] * n
+    types = [UNUSED] * n
+    tokens[: len(pieces)] = pieces
+    scores[: len(pieces)] = piece_scores
+    types[: len(pieces)] = piece_types
+    notes = []
+    added = _json_if_file(model_dir / "added_tokens.json") or {}
+    for tok, tid in added.items():
+        if not isinstance(tid, int) or not 0 <= tid < n:
+            notes.append(f"added token {tok!r} id {tid} is out of range (vocab size {n}), ignored")
+            continue
+        tokens[tid], scores[tid], types[tid] = tok, -1000.0, USER_DEFINED
+    tc = _json_if_file(model_dir / "tokenizer_config.json") or {}
+    tj = _json_if_file(model_dir / "tokenizer.json") or {}
+    entries = [(int(sid), d, "tokenizer_config.json") for sid, d in (tc.get("added_tokens_decoder") or {}).items()]
+    entries += [(int(d["id"]), d, "tokenizer.json") for d in (tj.get("added_tokens") or [])]
+    for tid, data, where in entries:
+        tok = data["content"]
+        if not 0 <= tid < n:
+            raise LlamapyError(f"{model_dir / where}: added token {tok!r} has id {tid}, outside the vocab of {n}")
+        tokens[tid], scores[tid] = tok, -1000.0
+        types[tid] = CONTROL if data.get("special") else USER_DEFINED
+    return Vocab("llama", tokens, types, scores, pre="default", source=str(path), notes=notes)
+
+
 # -- byte-level BPE ------------------------------------------------------------------------------
 def _tokenizer_json(path: Path) -> dict:
     tj = _load_json(path)

@@ -38,9 +38,12 @@ class PlannedTensor:
     name: str
     src: LazyTensor
     ttype: int
+    shape: tuple[int, ...] | None = None  # GGML order, when not the source's (the quantizer drops trailing 1s)
 
     @property
     def ggml_shape(self) -> tuple[int, ...]:
+        if self.shape is not None:
+            return self.shape
         return tuple(reversed(self.src.shape)) if self.src.shape else (1,)
 
     @property
@@ -66,7 +69,7 @@ def plan_tensors(tensors: list[tuple[str, LazyTensor]], outtype: OutType, args: 
     as_f32 = {n: TensorInfo(n, tuple(reversed(t.shape)) or (1,), f32, 0, t.n_elements * 4) for n, t in tensors}
     by_name = dict(tensors)
     plans = plan(as_f32, args, QuantizeParams(ftype=outtype.file_type), check=check_convertible)
-    return [PlannedTensor(p.info.name, by_name[p.info.name], p.new_type) for p in plans]
+    return [PlannedTensor(p.info.name, by_name[p.info.name], p.new_type, p.shape) for p in plans]
 
 
 def fill_file_type(kvs: list[tuple], file_type: int) -> list[tuple]:
