@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from llamapy.store.gotemplate import TemplateError
-from llamapy.store.prompt import collate, execute, parse_template, vars_of
+from llamapy.store.prompt import chat_prompt, collate, execute, parse_template, vars_of
 
 DATA = Path(__file__).parent / "data" / "ollama_templates"
 CHATS = {
@@ -153,3 +153,44 @@ def test_message_fields_are_empty_not_missing():
                   [{"role": "user", "content": "x"}])
     assert out == "[||]"
     assert execute("{{ if .Think }}T{{ end }}{{ .Prompt }}", [{"role": "user", "content": "x"}], think=True) == "Tx"
+
+
+# -- Ollama's chat prompt tests: dropping what does not fit -------------------------------------------
+SPACED = ("\n{{- if .System }}{{ .System }} {{ end }}\n{{- if .Prompt }}{{ .Prompt }} {{ end }}\n"
+          "{{- if .Response }}{{ .Response }} {{ end }}")
+HARRY = [{"role": "user", "content": "You're a test, Harry!"}, {"role": "assistant", "content": "I-I'm a what?"},
+         {"role": "user", "content": "A test. And a thumping good one at that, I'd wager."}]
+LIVED = {"role": "system", "content": "You are the Test Who Lived."}
+CHAT_PROMPT = [
+    ("messages", 64, HARRY,
+     "You're a test, Harry! I-I'm a what? A test. And a thumping good one at that, I'd wager. "),
+    ("truncate messages", 1, HARRY, "A test. And a thumping good one at that, I'd wager. "),
+    ("message with system prompt", 2048, [LIVED] + HARRY,
+     "You are the Test Who Lived. You're a test, Harry! I-I'm a what? A test. And a thumping good one at that, "
+     "I'd wager. "),
+    ("out of order system", 2048, HARRY[:2] + [LIVED] + HARRY[2:],
+     "You're a test, Harry! I-I'm a what? You are the Test Who Lived. A test. And a thumping good one at that, "
+     "I'd wager. "),
+    ("no truncate with limit exceeded", None, HARRY,
+     "You're a test, Harry! I-I'm a what? A test. And a thumping good one at that, I'd wager. "),
+]
+
+
+@pytest.mark.parametrize("name, limit, msgs, want", CHAT_PROMPT)
+def test_chat_prompt_as_ollama(name, limit, msgs, want):
+    assert chat_prompt(SPACED, msgs, num_ctx=limit, count_tokens=lambda s: len(s.split())) == want
+
+
+def test_chat_prompt_keeps_a_dropped_system_message():
+    msgs = [LIVED] + HARRY
+    got = chat_prompt(SPACED, msgs, num_ctx=12, count_tokens=lambda s: len(s.split()))
+    assert got == "You are the Test Who Lived. A test. And a thumping good one at that, I'd wager. "
+
+
+@pytest.mark.parametrize("limit, most", [(2048, 1), (5, 5)])
+def test_chat_prompt_counts_tokens_at_most_once_per_message(limit, most):
+    calls = []
+    msgs = [{"role": r, "content": f"{r} {i}"} for i in range(1, 3) for r in ("user", "assistant")]
+    msgs.append({"role": "user", "content": "message 3"})
+    chat_prompt(SPACED, msgs, num_ctx=limit, count_tokens=lambda s: calls.append(s) or len(s.split()))
+    assert 1 <= len(calls) <= most

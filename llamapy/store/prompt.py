@@ -105,22 +105,19 @@ def execute(template: Template | str, messages: Iterable = (), *, tools: list | 
 
 def chat_prompt(template: Template | str, messages: list, *, tools: list | None = None, num_ctx: int | None = None,
                 count_tokens: Callable[[str], int] | None = None) -> str:
-    """Ollama's chatPrompt: the last message always, and as many earlier ones as fit in `num_ctx` tokens
-    (counted by `count_tokens`), with every earlier system message kept."""
+    """Ollama's chatPrompt: the oldest messages dropped until the prompt fits in `num_ctx` tokens (counted by
+    `count_tokens`), keeping the system messages among the dropped ones and always the last message. Without
+    `num_ctx` and `count_tokens` nothing is dropped."""
     t = _template(template)
     msgs = [_as_message(m) for m in messages]
-    n = len(msgs) - 1
-    system: list[dict] = []
+    start, system = 0, []
     if num_ctx is not None and count_tokens is not None:
-        for i in range(n - 1, -1, -1):
+        for i in range(len(msgs)):
             system = [m for m in msgs[:i] if m["role"] == "system"]
-            if count_tokens(execute(t, system + msgs[i:], tools=tools)) > num_ctx:
+            if count_tokens(execute(t, system + msgs[i:], tools=tools)) <= num_ctx or i == len(msgs) - 1:
+                start = i
                 break
-            n = i
-    else:
-        n = 0
-        system = []
-    return execute(t, system + msgs[n:], tools=tools)
+    return execute(t, system + msgs[start:], tools=tools)
 
 
 def chat_messages(request: list, *, model_system: str | None = None, model_messages: Iterable = ()) -> list[dict]:
