@@ -192,7 +192,10 @@ def test_cli_chat_in_a_terminal(models, tmp_path, default_model):
     child.sendline("/show system")
     child.expect_exact("You are a helpful assistant.")
     child.expect_exact(">>> ")
-    child.sendline("/bye")
+    child.sendintr()  # Ctrl-C at the prompt: a hint, not the end
+    child.expect_exact("Use Ctrl + d or /bye to exit.")
+    child.expect_exact(">>> ")
+    child.sendeof()
     child.expect(pexpect.EOF)
     child.close()
     assert child.exitstatus == 0

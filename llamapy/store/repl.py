@@ -14,8 +14,9 @@ In the chat: `\"\"\"` starts and ends a message of several lines; `/set paramete
 """
 from __future__ import annotations
 
+import contextlib
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TextIO
 
@@ -118,6 +119,7 @@ class OllamaChat:
         self.options = run_options(dict(settings.parameters))
         self._engine_factory = engine_factory
         self.llm = None
+        self._llm_ctx = 0
         self.last_prompt = ""                   # the prompt text of the last generation
         self.stop_reason = ""
 
@@ -149,10 +151,11 @@ class OllamaChat:
     # -- the engine ---------------------------------------------------------------------------------------------
     def engine(self):
         o = self.options
-        if self.llm is not None and self.llm.n_ctx != o.n_ctx:
+        if self.llm is not None and self._llm_ctx != o.n_ctx:  # /set parameter num_ctx: a new context
             self.llm.close()
             self.llm = None
         if self.llm is None:
+            self._llm_ctx = o.n_ctx
             if self._engine_factory is not None:
                 self.llm = self._engine_factory(self.settings.model_path, o)
             else:
@@ -262,32 +265,44 @@ class OllamaChat:
         return f"Unknown command '/show {printable(what)}'. Type /? for help"
 
 
-def _lines(inp: TextIO) -> Iterator[str]:
-    for line in inp:
-        yield line.rstrip("\n").rstrip("\r")
-
-
 def repl(chat: OllamaChat, inp: TextIO, out: TextIO, err: TextIO, *, tty: bool = False) -> None:
-    """The `>>> ` loop over the lines of `inp` until /bye or the end of input (prompts shown only on a tty)."""
+    """The `>>> ` loop over the lines of `inp` until /bye or the end of input. On a terminal the lines are
+    read with line editing and history (Python's input()), the prompt `>>> ` (`... ` inside a triple-quoted message),
+    and Ctrl-C drops the line being typed or stops the answer being written."""
     def say(text: str = "") -> None:
         out.write(text + "\n")
         out.flush()
 
-    def prompt(alt: bool) -> None:
-        if tty:
-            out.write("... " if alt else ">>> ")
-            out.flush()
-
     buf: list[str] = []
     multiline = ""  # "", "prompt" or "system"
-    prompt(False)
-    for line in _lines(inp):
+    if tty:
+        with contextlib.suppress(ImportError):
+            import readline  # noqa: F401 - input() gets line editing and history
+
+    def read() -> str | None:
+        if tty:
+            try:
+                return input("... " if multiline else ">>> ")
+            except EOFError:
+                return None
+        line = inp.readline()
+        return line.rstrip("\n").rstrip("\r") if line else None
+
+    while True:
+        try:
+            line = read()
+        except KeyboardInterrupt:
+            if not buf:
+                say("\nUse Ctrl + d or /bye to exit.")
+            buf, multiline = [], ""
+            continue
+        if line is None:
+            break
         send = False
         if multiline:
             before, ended = (line[:-3], True) if line.endswith('"""') else (line, False)
             buf.append(before)
             if not ended:
-                prompt(True)
                 continue
             if multiline == "system":
                 chat.set_system("\n".join(buf))
@@ -303,7 +318,6 @@ def repl(chat: OllamaChat, inp: TextIO, out: TextIO, err: TextIO, *, tty: bool =
             else:
                 buf.append(rest)
                 multiline = "prompt"
-                prompt(True)
                 continue
         elif line.startswith(("/exit", "/bye")):
             return
@@ -335,7 +349,6 @@ def repl(chat: OllamaChat, inp: TextIO, out: TextIO, err: TextIO, *, tty: bool =
                             say("Set system message.")
                         else:
                             buf, multiline = [text], "system"
-                            prompt(True)
                             continue
                     else:
                         chat.set_system(text)
@@ -361,10 +374,12 @@ def repl(chat: OllamaChat, inp: TextIO, out: TextIO, err: TextIO, *, tty: bool =
         if send:
             text = "\n".join(buf)
             buf = []
-            chat.ask(text)
+            try:
+                chat.ask(text)
+            except KeyboardInterrupt:  # the answer stops; the question is not kept
+                pass
             say()
             say()
-        prompt(False)
     if tty:
         say()
 
