@@ -125,3 +125,24 @@ def test_utf16_files_with_a_byte_order_mark(tmp_path, encoding):
     p.write_bytes(bom + "FROM bob\nPARAMETER seed 1\nPARAMETER num_ctx 4096\n\tSYSTEM 你好👋\n".encode(encoding))
     mf = parse_file(p)
     assert (mf.from_, mf.parameters, mf.system) == ("bob", {"seed": 1, "num_ctx": 4096}, "你好👋")
+
+
+@pytest.mark.parametrize("text", [
+    "\nFROM foo\nLICENSE MIT\nPARAMETER seed 1\nPARAMETER stop x\nTEMPLATE template1\n"
+    "MESSAGE system You are a file parser. Always parse things.\nMESSAGE user Hey there!\n"
+    "MESSAGE assistant Hello, I want to parse all the things!\n",
+    '\nFROM foo\nLICENSE """\nVery long and boring legal text.\nBlah blah blah.\n"Oh look, a quote!"\n"""\n\n'
+    'PARAMETER top_p 0.5\nTEMPLATE template1\nMESSAGE system """\nYou are a store greeter. Always respond with '
+    '"Hello!".\n"""\nMESSAGE user Hey there!\n',
+    '\nFROM foo\nSYSTEM ""\n',
+])
+def test_a_shown_modelfile_parses_back_to_the_same(text):
+    from llamapy.store.models import ModelSettings, render_modelfile
+    from llamapy.store.store import parse_name
+
+    mf = parse(text)
+    shown = render_modelfile(ModelSettings(parse_name("x"), "foo", mf.template, mf.system, mf.parameters,
+                                           mf.messages, mf.licenses))
+    back = parse(shown)
+    assert (back.template, back.system, back.parameters, back.messages, back.licenses) == (
+        mf.template, mf.system, mf.parameters, mf.messages, mf.licenses)
