@@ -386,14 +386,15 @@ def repl(chat: OllamaChat, inp: TextIO, out: TextIO, err: TextIO, *, tty: bool =
 
 def run_stored(name: str, prompt: str | None, *, inp: TextIO | None = None, out: TextIO | None = None,
                err: TextIO | None = None, verbose: bool = False) -> int:
-    """`llamapy run NAME [PROMPT...]`: one answer when there is a prompt or stdin is not a terminal (stdin
-    then goes first in the prompt), else the chat. Returns the exit status."""
+    """`llamapy run NAME [PROMPT...]`: the chat when stdin and stdout are terminals and no prompt is given,
+    else one answer (piped stdin goes first in the prompt; no prompt at all only loads the model).
+    Returns the exit status."""
     from .models import model_settings
 
     inp, out, err = inp or sys.stdin, out or sys.stdout, err or sys.stderr
     chat = OllamaChat(model_settings(name), out=out)
     try:
-        interactive = prompt is None and inp.isatty()
+        interactive = prompt is None and inp.isatty() and out.isatty()  # as Ollama: both ends a terminal
         if not inp.isatty():
             piped = inp.read()
             prompt = " ".join(p for p in (piped, prompt) if p)
@@ -407,7 +408,7 @@ def run_stored(name: str, prompt: str | None, *, inp: TextIO | None = None, out:
             out.write("\n\n")
             out.flush()
             return 0
-        repl(chat, inp, out, err, tty=out.isatty())
+        repl(chat, inp, out, err, tty=True)
         return 0
     finally:
         chat.close()
