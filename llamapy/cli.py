@@ -72,6 +72,10 @@ def _verbs_for(args: list[str]) -> list[str]:
 def _run(args: list[str]) -> None:
     verbose = "--verbose" in args
     try:
+        if args[:1] == ["run"] and len(args) > 1 and not args[1].startswith("-"):  # `run NAME`: as `ollama run`
+            from .store.repl import run_cli
+
+            sys.exit(run_cli(args[1:]))
         make_app(_verbs_for(args))(args=args, prog_name="llamapy")
         sys.stdout.flush()  # a closed pipe shows here, while the handlers below still apply
     except LlamapyError as e:

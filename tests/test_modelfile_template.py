@@ -246,9 +246,12 @@ def test_chat_prompt_drops_the_oldest_messages_that_do_not_fit():
 
 
 def test_identifiers_as_ollama_collects_them():
-    assert sorted(set(identifiers(Template(MISTRAL).root))) == ["Content", "Messages", "Prompt", "Response", "Role",
-                                                                "System"]
-    assert "Messages" not in identifiers(Template("{{ $.Messages }}").root)  # variables are not fields
+    # variables count with their fields, as in Ollama (`$.Messages` gives "$" and "Messages")
+    assert sorted(set(identifiers(Template(MISTRAL).root))) == ["$", "$index", "Content", "Messages", "Prompt",
+                                                                "Response", "Role", "System"]
+    assert identifiers(Template("{{ $.Messages }}").root) == ["$", "Messages"]
+    # but not the variables a pipeline declares
+    assert identifiers(Template("{{ range $i, $m := .L }}{{ end }}").root) == ["L"]
 
 
 LLAMA31 = """{{- if or .System .Tools }}<|start_header_id|>system<|end_header_id|>

@@ -253,7 +253,8 @@ FUNCS = {
     "js": lambda *a: _js(_go_print(*a)),
     "urlquery": lambda *a: urllib.parse.quote_plus(_go_print(*a)),
     "json": go_json,
-    "currentDate": lambda: datetime.date.today().isoformat(),
+    "currentDate": lambda *fmt: datetime.date.today().isoformat(),  # Ollama ignores a format argument
+    "yesterdayDate": lambda *fmt: (datetime.date.today() - datetime.timedelta(days=1)).isoformat(),
     "and": None,  # evaluated lazily
     "or": None,
 }

@@ -91,7 +91,7 @@ def _lookup(d: dict, name: str):
     lower = name[:1].lower() + name[1:]
     if lower in d:
         return d[lower]
-    snake = re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
+    snake = re.sub(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])", "_", name).lower()  # ToolCallID: tool_call_id
     return d.get(snake)
 
 
@@ -252,8 +252,9 @@ class Template:
 
 # -- tree queries Ollama makes --------------------------------------------------------------------------
 def identifiers(nodes: list) -> list[str]:
-    """The field names a template uses (Ollama's template.Identifiers: fields in actions and in the
-    conditions of if/range/with, inside parentheses too; not `$.X` variables)."""
+    """The names a template uses (Ollama's template.Identifiers: fields and variables with their fields, as
+    `$`, `Messages` for `$.Messages`, in actions and in the conditions of if/range/with, inside parentheses
+    too; not the variables a pipeline declares)."""
     out: list[str] = []
 
     def pipe(p: Pipe):
@@ -264,6 +265,8 @@ def identifiers(nodes: list) -> list[str]:
     def arg(a):
         if isinstance(a, Field):
             out.extend(a.idents)
+        elif isinstance(a, Var):
+            out.extend([a.name, *a.idents])
         elif isinstance(a, Pipe):
             pipe(a)
 

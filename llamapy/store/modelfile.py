@@ -188,6 +188,8 @@ def parse(text: str, base_dir: str = ".") -> Modelfile:
                     mf.parameters[key.lower()] = v
             else:
                 role = key.lower()
+                if not value and vpos >= line_end:  # `MESSAGE system` and nothing more ("""""" is empty content)
+                    raise LlamapyError(f"line {lineno}: MESSAGE {one_line(key)} needs its content")
                 if role not in ROLES:
                     raise LlamapyError(f"line {lineno}: MESSAGE role '{one_line(key)}' is not one of "
                                        f"{', '.join(ROLES)}")
@@ -217,12 +219,14 @@ def parse_file(path: str | os.PathLike) -> Modelfile:
     """Read and parse a Modelfile; relative paths in it resolve against its folder."""
     path = os.fspath(path)
     try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
+        with open(path, "rb") as f:
+            data = f.read()
+        # UTF-16 with its byte order mark, as Ollama reads it; else UTF-8
+        text = data.decode("utf-16") if data[:2] in (b"\xff\xfe", b"\xfe\xff") else data.decode("utf-8")
     except FileNotFoundError:
         raise LlamapyError(f"{path}: no such Modelfile") from None
     except UnicodeDecodeError:
-        raise LlamapyError(f"{path}: not UTF-8 text") from None
+        raise LlamapyError(f"{path}: not UTF-8 (or UTF-16 with a byte order mark) text") from None
     except OSError as e:
         raise LlamapyError(f"{path}: can't read: {e.strerror}") from None
     try:

@@ -10,6 +10,11 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 
 from .gotemplate import Template, cut_after_response, identifiers
+from .gotemplate_parse import Action, Command, Field, Pipe
+
+# the fields every message has in Ollama's templates (empty unless set), by their JSON names
+_MESSAGE_FIELDS = {"content": "", "thinking": "", "images": None, "tool_calls": None, "tool_name": "",
+                   "tool_call_id": ""}
 
 
 def _as_message(m) -> dict:
@@ -17,20 +22,40 @@ def _as_message(m) -> dict:
         d = dict(m)
     else:  # a Modelfile Message or any object with role/content
         d = {"role": m.role, "content": m.content}
-    d.setdefault("content", "")
+    for k, v in _MESSAGE_FIELDS.items():
+        if d.get(k) is None:
+            d[k] = v
     return d
 
 
+def vars_of(template: Template) -> list[str]:
+    """Ollama's Template.Vars: the names the template uses, lower-cased, sorted, each once."""
+    return sorted({name.lower() for name in identifiers(template.root)})
+
+
+def parse_template(text: str) -> Template:
+    """A Modelfile TEMPLATE as Ollama parses it: one that uses neither `.Messages` nor `.Response` gets a
+    `{{ .Response }}` added at its end (so a legacy chat's earlier answers show)."""
+    t = Template(text)
+    if not {"messages", "response"} & set(vars_of(t)):
+        t.root.append(Action(Pipe([Command([Field(["Response"], len(text))], len(text))], [], False, len(text))))
+    return t
+
+
+def _template(template: Template | str) -> Template:
+    return template if isinstance(template, Template) else parse_template(template)
+
+
 def collate(messages: Iterable) -> tuple[str, list[dict]]:
-    """Ollama's collate: consecutive messages of one role merged (joined by a blank line); returns the
-    system messages joined the same way, and the merged list."""
+    """Ollama's collate: consecutive messages of one role (other than tool) merged, joined by a blank line;
+    returns the system messages joined the same way, and the merged list."""
     system: list[str] = []
     out: list[dict] = []
     for m in messages:
         m = _as_message(m)
         if m["role"] == "system":
             system.append(m["content"])
-        if out and out[-1]["role"] == m["role"]:
+        if out and out[-1]["role"] == m["role"] and m["role"] != "tool":  # tool results keep their own names
             out[-1]["content"] += "\n\n" + m["content"]
         else:
             out.append(m)
@@ -39,21 +64,24 @@ def collate(messages: Iterable) -> tuple[str, list[dict]]:
 
 def uses_messages(template: Template) -> bool:
     """Whether a template takes the whole chat (`.Messages`) rather than one turn at a time."""
-    return "messages" in {name.lower() for name in identifiers(template.root)}
+    return "messages" in vars_of(template)
 
 
 def execute(template: Template | str, messages: Iterable = (), *, tools: list | None = None, prompt: str = "",
-            suffix: str = "", force_legacy: bool = False) -> str:
-    """The prompt text for `messages` (dicts with role and content) as Ollama's template.Execute builds it."""
-    t = template if isinstance(template, Template) else Template(template)
+            suffix: str = "", think: bool = False, think_level: str = "", think_set: bool = False,
+            force_legacy: bool = False) -> str:
+    """The prompt text for `messages` (dicts with role and content) as Ollama's template.Execute builds it.
+    A template given as text is parsed as a Modelfile TEMPLATE (`parse_template`)."""
+    t = _template(template)
     system, msgs = collate(messages)
+    thinking = {"Think": think, "ThinkLevel": think_level, "IsThinkSet": think_set}
     if prompt and suffix:
-        return t.render({"Prompt": prompt, "Suffix": suffix, "Response": ""})
+        return t.render({"Prompt": prompt, "Suffix": suffix, "Response": "", **thinking})
     if not force_legacy and uses_messages(t):
-        return t.render({"System": system, "Messages": msgs, "Tools": tools, "Response": ""})
+        return t.render({"System": system, "Messages": msgs, "Tools": tools, "Response": "", **thinking})
 
     out: list[str] = []
-    turn = {"System": "", "Prompt": "", "Response": ""}
+    turn = {"System": "", "Prompt": "", "Response": "", **thinking}
 
     def render_turn():
         out.append(t.render(dict(turn)))
@@ -77,22 +105,19 @@ def execute(template: Template | str, messages: Iterable = (), *, tools: list | 
 
 def chat_prompt(template: Template | str, messages: list, *, tools: list | None = None, num_ctx: int | None = None,
                 count_tokens: Callable[[str], int] | None = None) -> str:
-    """Ollama's chatPrompt: the last message always, and as many earlier ones as fit in `num_ctx` tokens
-    (counted by `count_tokens`), with every earlier system message kept."""
-    t = template if isinstance(template, Template) else Template(template)
+    """Ollama's chatPrompt: the oldest messages dropped until the prompt fits in `num_ctx` tokens (counted by
+    `count_tokens`), keeping the system messages among the dropped ones and always the last message. Without
+    `num_ctx` and `count_tokens` nothing is dropped."""
+    t = _template(template)
     msgs = [_as_message(m) for m in messages]
-    n = len(msgs) - 1
-    system: list[dict] = []
+    start, system = 0, []
     if num_ctx is not None and count_tokens is not None:
-        for i in range(n - 1, -1, -1):
+        for i in range(len(msgs)):
             system = [m for m in msgs[:i] if m["role"] == "system"]
-            if count_tokens(execute(t, system + msgs[i:], tools=tools)) > num_ctx:
+            if count_tokens(execute(t, system + msgs[i:], tools=tools)) <= num_ctx or i == len(msgs) - 1:
+                start = i
                 break
-            n = i
-    else:
-        n = 0
-        system = []
-    return execute(t, system + msgs[n:], tools=tools)
+    return execute(t, system + msgs[start:], tools=tools)
 
 
 def chat_messages(request: list, *, model_system: str | None = None, model_messages: Iterable = ()) -> list[dict]:
