@@ -1,4 +1,4 @@
-/* lp_read_bandwidth: see lp_bench.h. A plain XOR reduction (the compiler vectorizes it) keeps far ahead of
+/* lp_read_bandwidth: see llamapy.h. A plain XOR reduction (the compiler vectorizes it) keeps far ahead of
  * memory, so the time is the memory's. */
 #include <pthread.h>
 #include <stdint.h>
@@ -6,7 +6,7 @@
 #include <string.h>
 #include <time.h>
 
-#include "lp_bench.h"
+#include "llamapy.h"
 
 typedef struct {
     pthread_mutex_t lock;

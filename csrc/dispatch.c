@@ -1,5 +1,6 @@
-/* CPU detection and the run-time choice of kernels. */
-#include <string.h>
+/* CPU detection, the run-time choice of kernels, and the public row API that dispatches to them. */
+#include <pthread.h>
+#include <stdatomic.h>
 
 #include "lp_core.h"
 
@@ -7,9 +8,6 @@
 #include <cpuid.h>
 #define LP_X86 1
 #endif
-
-lp_type_traits lp_traits[LP_TYPE_COUNT];
-static int lp_active = -1;
 
 int lp_cpu_has_avx2(void) {
 #ifdef LP_X86
@@ -51,12 +49,26 @@ const char *lp_kernels_name(int level) {
     }
 }
 
-int lp_kernels_set(int level) {
-    if (level == LP_KERNELS_AVX2 && !lp_cpu_has_avx2()) return -1;
-    if (level == LP_KERNELS_NEON && !lp_cpu_has_neon()) return -1;
-    if (level < 0 || level > LP_KERNELS_NEON) return -1;
-    lp_type_traits t[LP_TYPE_COUNT];
-    memset(t, 0, sizeof t);
+/* ---- the kernel tables ----
+ *
+ * One table per level, filled the first time that level is chosen and never written again: readers need no
+ * lock, and a table pointer stays valid for the life of the process. Switching levels only changes which
+ * table is active (an atomic store, after the table is complete). The first use picks the best level, once
+ * (pthread_once), whichever thread gets there first.
+ *
+ * So lp_kernels_set() may be called at any time from any thread. An engine keeps the table and kernels of
+ * the level active when it was created (lp_engine_new), so a switch never changes an engine, running or not;
+ * a row-API call that races with a switch runs either level's kernels. */
+
+#define LP_LEVELS (LP_KERNELS_NEON + 1)
+
+static lp_type_traits tables[LP_LEVELS][LP_TYPE_COUNT];
+static int built[LP_LEVELS];                                   /* under build_lock */
+static pthread_mutex_t build_lock = PTHREAD_MUTEX_INITIALIZER;
+static atomic_int active = -1;
+static pthread_once_t first_use = PTHREAD_ONCE_INIT;
+
+static void fill_table(int level, lp_type_traits *t) {
     lp_register_float_scalar(t);
     lp_register_legacy_scalar(t);
     lp_register_kquants_scalar(t);
@@ -69,24 +81,46 @@ int lp_kernels_set(int level) {
         lp_register_legacy_neon(t);
         lp_register_kquants_neon(t);
     }
-    memcpy(lp_traits, t, sizeof t);
-    lp_active = level;
+}
+
+static void activate(int level) {
+    pthread_mutex_lock(&build_lock);
+    if (!built[level]) {
+        fill_table(level, tables[level]);
+        built[level] = 1;
+    }
+    atomic_store_explicit(&active, level, memory_order_release);
+    pthread_mutex_unlock(&build_lock);
+}
+
+static void activate_best(void) { activate(lp_kernels_best()); }
+
+int lp_kernels_set(int level) {
+    if (level == LP_KERNELS_AVX2 && !lp_cpu_has_avx2()) return -1;
+    if (level == LP_KERNELS_NEON && !lp_cpu_has_neon()) return -1;
+    if (level < 0 || level > LP_KERNELS_NEON) return -1;
+    pthread_once(&first_use, activate_best);   /* first, so that a later first use can't undo this choice */
+    activate(level);
     return 0;
 }
 
-static void lp_ensure_init(void) {
-    if (lp_active < 0) lp_kernels_set(lp_kernels_best());
+const lp_type_traits *lp_kernels_table(int *level) {
+    pthread_once(&first_use, activate_best);
+    const int l = atomic_load_explicit(&active, memory_order_acquire);
+    if (level) *level = l;
+    return tables[l];
 }
 
 int lp_kernels_active(void) {
-    lp_ensure_init();
-    return lp_active;
+    int level;
+    lp_kernels_table(&level);
+    return level;
 }
 
 const lp_type_traits *lp_get_traits(int type) {
-    lp_ensure_init();
-    if (type < 0 || type >= LP_TYPE_COUNT || lp_traits[type].blck_size == 0) return NULL;
-    return &lp_traits[type];
+    const lp_type_traits *t = lp_kernels_table(NULL);
+    if (type < 0 || type >= LP_TYPE_COUNT || t[type].blck_size == 0) return NULL;
+    return &t[type];
 }
 
 int lp_type_supported(int type) { return lp_get_traits(type) != NULL; }
@@ -137,5 +171,16 @@ int lp_vec_dot(int type, int64_t n, const void *x, const void *y, float *s) {
     const lp_type_traits *t = lp_get_traits(type);
     if (!t || !t->vec_dot || n % t->blck_size || n > 0x7fffffff) return -1;
     t->vec_dot((int)n, s, x, y);
+    return 0;
+}
+
+int lp_vec_dot_rows(int type, int64_t n, int nrc, const void *x, const void *y, int64_t y_stride, float *s) {
+    const lp_type_traits *t = lp_get_traits(type);
+    if (!t || !t->vec_dot || n % t->blck_size || n > 0x7fffffff || nrc < 0 || y_stride < 0) return -1;
+    if (t->vec_dot_rows) {
+        t->vec_dot_rows((int)n, nrc, s, 1, x, y, (size_t)y_stride);
+    } else {
+        for (int j = 0; j < nrc; j++) t->vec_dot((int)n, &s[j], x, (const char *)y + j * y_stride);
+    }
     return 0;
 }

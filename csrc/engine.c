@@ -31,13 +31,13 @@ static double now_seconds(void) {
 
 /* ---- the pieces of a step ---------------------------------------------------------------- */
 
-static inline size_t act_row_bytes(const lp_weight *w) {
-    const lp_type_traits *vt = &lp_traits[w->tr->vec_dot_type];
+static inline size_t act_row_bytes(const lp_engine *e, const lp_weight *w) {
+    const lp_type_traits *vt = &e->traits[w->tr->vec_dot_type];
     return (size_t)(w->ne0 / vt->blck_size) * (size_t)vt->type_size;
 }
 
 static inline lp_from_float_fn act_quantizer(const lp_engine *e, int at) {
-    return e->mm.quant[at] ? e->mm.quant[at] : lp_traits[at].from_float;
+    return e->mm.quant[at] ? e->mm.quant[at] : e->traits[at].from_float;
 }
 
 /* Which activation buffer a matmul by w reads (slot): thread `slot`'s own (slot >= 0), the shared one for
@@ -59,7 +59,7 @@ static void quantize_for(lp_engine *e, const lp_weight *const *ws, int nw, const
         if (seen) continue;
         done[nd++] = vt;
         lp_from_float_fn q = act_quantizer(e, vt);
-        size_t rb = act_row_bytes(ws[i]);
+        size_t rb = act_row_bytes(e, ws[i]);
         char *dst = act_buf(e, ws[i], slot);
         for (int t = t0; t < t1; t++) q(src + (size_t)t * n, dst + (size_t)t * rb, n);
     }
@@ -70,7 +70,7 @@ static void quantize_for(lp_engine *e, const lp_weight *const *ws, int nw, const
 static void matmul_chunk(const lp_engine *e, const lp_weight *w, int r0, int r1, int n_tok, float *out, int out_stride,
                          int slot) {
     const char *xq = act_buf(e, w, slot);
-    size_t xrb = act_row_bytes(w);
+    size_t xrb = act_row_bytes(e, w);
     const char *wd = w->data;
     if (w->packed && r0 % w->pack_rows == 0) {
         const int pr = w->pack_rows, rows = (int)(w->ne1 / pr * pr);
@@ -141,8 +141,8 @@ static void rope_rows(const lp_engine *e, float *x, int stride, int n_tok, int r
 }
 
 /* whether pieces of `len` values (at multiples of len) can be quantized for w on their own */
-static inline int fused_quant(const lp_weight *w, int len) {
-    return len % lp_traits[w->tr->vec_dot_type].blck_size == 0;
+static inline int fused_quant(const lp_engine *e, const lp_weight *w, int len) {
+    return len % e->traits[w->tr->vec_dot_type].blck_size == 0;
 }
 
 static void attention_item(lp_engine *e, int l, int t, int h, int ith) {
@@ -165,9 +165,9 @@ static void attention_item(lp_engine *e, int l, int t, int h, int ith) {
     float *out = e->att + (size_t)t * e->q_dim + (size_t)h * hd;
     e->kern.attn_values_f16(hd, n_kv, b16, lp_v_at(e, l, s, g * hd), p->n_ctx, out, e->n_tok == 1);
     const lp_weight *wo = &e->layers[l].o;
-    if (fused_quant(wo, hd)) {   /* this head's blocks of the output projection's input */
-        const lp_type_traits *vt = &lp_traits[wo->tr->vec_dot_type];
-        char *dst = act_buf(e, wo, INNER) + (size_t)t * act_row_bytes(wo) + (size_t)(h * hd / vt->blck_size) * vt->type_size;
+    if (fused_quant(e, wo, hd)) {   /* this head's blocks of the output projection's input */
+        const lp_type_traits *vt = &e->traits[wo->tr->vec_dot_type];
+        char *dst = act_buf(e, wo, INNER) + (size_t)t * act_row_bytes(e, wo) + (size_t)(h * hd / vt->blck_size) * vt->type_size;
         act_quantizer(e, wo->tr->vec_dot_type)(out, dst, hd);
     }
 }
@@ -261,7 +261,7 @@ static void phase_gate_up(worker *w, int l, int priv) {
     lp_layer_weights *L = &e->layers[l];
     int rows = e->p.n_ff, cr = chunk_rows(rows, w->nth), c;
     {   /* chunks of whole activation blocks of ffn_down's input, each quantized by the thread making it */
-        int bs = (int)lp_traits[L->down.tr->vec_dot_type].blck_size;
+        int bs = (int)e->traits[L->down.tr->vec_dot_type].blck_size;
         cr = (cr + bs - 1) / bs * bs;
     }
     int n_chunks = (rows + cr - 1) / cr;
@@ -274,9 +274,9 @@ static void phase_gate_up(worker *w, int l, int priv) {
         for (int t = 0; t < e->n_tok; t++)
             e->kern.swiglu(r1 - r0, e->ffa + (size_t)t * rows + r0, e->ffb + (size_t)t * rows + r0);
         {
-            const lp_type_traits *vt = &lp_traits[L->down.tr->vec_dot_type];
+            const lp_type_traits *vt = &e->traits[L->down.tr->vec_dot_type];
             lp_from_float_fn q = act_quantizer(e, L->down.tr->vec_dot_type);
-            size_t rb = act_row_bytes(&L->down), off = (size_t)(r0 / vt->blck_size) * vt->type_size;
+            size_t rb = act_row_bytes(e, &L->down), off = (size_t)(r0 / vt->blck_size) * vt->type_size;
             char *dst = act_buf(e, &L->down, INNER);
             for (int t = 0; t < e->n_tok; t++) q(e->ffa + (size_t)t * rows + r0, dst + (size_t)t * rb + off, r1 - r0);
         }
@@ -304,7 +304,7 @@ static void forward_task(void *arg, int ith, int nth) {
         const lp_weight *gu[2] = {&L->gate, &L->up};
         const lp_weight *o[1] = {&L->o};
         /* attention heads and SwiGLU chunks quantize their own output when its blocks allow */
-        const int fuse_o = fused_quant(&L->o, p->head_dim);
+        const int fuse_o = fused_quant(e, &L->o, p->head_dim);
 
         phase_norm_quant(&w, e->x, &L->attn_norm, qkv, 3, priv);
         if (!priv) lp_pool_barrier(e->pool);

@@ -5,11 +5,8 @@
 #if defined(__x86_64__) || defined(__i386__)
 #pragma GCC target("avx2,fma,f16c")
 #include <immintrin.h>
-#define LP_AVX2_HELPERS
 #include "lp_avx2.h"
 #include <math.h>
-
-static inline __m256 load_f16(const uint16_t *p) { return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p)); }
 
 /* exp(x), the reference's vector algorithm: x = n ln2 + b with n = round(x / ln2) (by the 1.5 * 2^23
  * shift), 2^n built in the exponent bits, exp(b) - 1 as a degree-5 polynomial; |n| > 126 scaled in two
@@ -248,17 +245,6 @@ static void rope(int hd, const float *cs, float *x, int r0, int r1) {
     }
 }
 
-int64_t lp_find_above_avx2(const float *x, int64_t i, int64_t n, float thr) {
-    const __m256 t = _mm256_set1_ps(thr);
-    for (; i + 8 <= n; i += 8) {
-        int mask = _mm256_movemask_ps(_mm256_cmp_ps(_mm256_loadu_ps(x + i), t, _CMP_GT_OQ));
-        if (mask) return i + __builtin_ctz((unsigned)mask);
-    }
-    for (; i < n; i++)
-        if (x[i] > thr) return i;
-    return n;
-}
-
 void lp_engine_kernels_avx2(lp_engine_kernels *k) {
     k->rms_norm = rms_norm;
     k->swiglu = swiglu;
@@ -269,11 +255,5 @@ void lp_engine_kernels_avx2(lp_engine_kernels *k) {
     k->rope = rope;
 }
 #else
-int64_t lp_find_above_avx2(const float *x, int64_t i, int64_t n, float thr) {   /* never called off x86 */
-    for (; i < n; i++)
-        if (x[i] > thr) return i;
-    return n;
-}
-
 void lp_engine_kernels_avx2(lp_engine_kernels *k) { (void)k; }
 #endif

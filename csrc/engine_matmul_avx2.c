@@ -13,7 +13,6 @@
 #if defined(__x86_64__) || defined(__i386__)
 #pragma GCC target("avx2,fma,f16c")
 #include <immintrin.h>
-#define LP_AVX2_HELPERS
 #include "lp_avx2.h"
 #include <math.h>
 #include <string.h>
@@ -250,23 +249,6 @@ DEFINE_MM(mm_q8_0, F_Q8_0)
 
 /* ---- activation quantizers -------------------------------------------------------------------- */
 
-/* 32 floats -> 32 int8 rounded to nearest even after scaling by id; returns their sum */
-static inline int q8_block(const float *x, float id, int8_t *qs) {
-    const __m256 mul = _mm256_set1_ps(id);
-    __m256i q[4];
-    for (int k = 0; k < 4; k++)
-        q[k] = _mm256_cvtps_epi32(_mm256_round_ps(_mm256_mul_ps(_mm256_loadu_ps(x + 8 * k), mul),
-                                                  _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
-    __m256i s = _mm256_add_epi32(_mm256_add_epi32(q[0], q[1]), _mm256_add_epi32(q[2], q[3]));
-    __m128i s4 = _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256(s, 1));
-    s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, _MM_SHUFFLE(1, 0, 3, 2)));
-    s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, _MM_SHUFFLE(2, 3, 0, 1)));
-    __m256i p = _mm256_packs_epi16(_mm256_packs_epi32(q[0], q[1]), _mm256_packs_epi32(q[2], q[3]));
-    p = _mm256_permutevar8x32_epi32(p, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
-    _mm256_storeu_si256((__m256i *)qs, p);
-    return _mm_cvtsi128_si32(s4);
-}
-
 static inline float block_amax(const float *x) {
     const __m256 sign = _mm256_set1_ps(-0.0f);
     __m256 m = _mm256_andnot_ps(sign, _mm256_loadu_ps(x));
@@ -282,7 +264,7 @@ static void quant_q8_0(const float *x, void *vy, int64_t n) {
     for (int64_t i = 0; i < n / LP_QK; i++, x += LP_QK) {
         const float amax = block_amax(x);
         y[i].d = lp_fp32_to_fp16(amax / 127.f);
-        q8_block(x, amax != 0.0f ? 127.f / amax : 0.0f, y[i].qs);
+        q8_block32(x, amax != 0.0f ? 127.f / amax : 0.0f, 0, y[i].qs);
     }
 }
 
@@ -291,7 +273,7 @@ static void quant_q8_1(const float *x, void *vy, int64_t n) {
     for (int64_t i = 0; i < n / LP_QK; i++, x += LP_QK) {
         const float amax = block_amax(x), d = amax / 127.f;
         y[i].d = lp_fp32_to_fp16(d);
-        const int sum = q8_block(x, amax != 0.0f ? 127.f / amax : 0.0f, y[i].qs);
+        const int sum = q8_block32(x, amax != 0.0f ? 127.f / amax : 0.0f, 0, y[i].qs);
         y[i].s = lp_fp32_to_fp16(d * (float)sum);
     }
 }

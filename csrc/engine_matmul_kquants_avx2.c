@@ -18,7 +18,6 @@
 #if defined(__x86_64__) || defined(__i386__)
 #pragma GCC target("avx2,fma,f16c")
 #include <immintrin.h>
-#define LP_AVX2_HELPERS
 #include "lp_avx2.h"
 #include <math.h>
 #include <string.h>
@@ -206,12 +205,6 @@ INLINE void q4_decode(int nb, const tile_at *t, const ahead *pf) {
 }
 
 /* ---- Q6_K ---------------------------------------------------------------------------------------- */
-
-/* the pshufb mask taking int16 2p of the low lane to all of it and int16 2p + 1 of the high lane to all of it */
-static inline __m256i part_pick(int p) {
-    const short a = (short)(0x0100 * (4 * p + 1) + 4 * p), b = (short)(0x0100 * (4 * p + 3) + 4 * p + 2);
-    return _mm256_setr_epi16(a, a, a, a, a, a, a, a, b, b, b, b, b, b, b, b);
-}
 
 /* R rows x C columns of Q6_K: per block, sumi = Σ_part scales . ((q . y) - (32 . y)) in 8 int32 lanes into
  * acc with one fma */

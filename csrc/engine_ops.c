@@ -1,16 +1,14 @@
-/* The engine's kernels on their own, for tests, benchmarks and the sampler: the matrix product with
- * the engine's activation quantizers and fast paths, and top-k. */
+/* The engine's matrix product on its own, for tests and benchmarks: with the engine's activation
+ * quantizers and fast paths. */
 #include <stdlib.h>
 #include <string.h>
 
 #include "lp_core.h"
 #include "lp_engine.h"
 
-/* ---- the matrix product on its own (tests, benchmarks) ----------------------------------------- */
-
-void lp_engine_active_matmul(lp_engine_matmul *m) {
+void lp_engine_matmul_init(lp_engine_matmul *m, int level) {
     memset(m, 0, sizeof *m);
-    if (lp_kernels_active() == LP_KERNELS_AVX2) {
+    if (level == LP_KERNELS_AVX2) {
         lp_engine_matmul_avx2(m);
         lp_engine_matmul_kquants_avx2(m);
     }
@@ -20,7 +18,7 @@ int lp_quantize_activations(int type, const float *x, void *y, int64_t n) {
     const lp_type_traits *t = lp_get_traits(type);
     if (!t || !t->from_float || n % t->blck_size) return -1;
     lp_engine_matmul m;
-    lp_engine_active_matmul(&m);
+    lp_engine_matmul_init(&m, lp_kernels_active());
     (m.quant[type] ? m.quant[type] : t->from_float)(x, y, n);
     return 0;
 }
@@ -35,7 +33,7 @@ int lp_matmul(int type, int64_t n, int64_t nr, int64_t nc, const void *w, const 
     if (!xq) return -1;
     for (int64_t c = 0; c < nc; c++) lp_quantize_activations(t->vec_dot_type, x + c * n, xq + c * xrow, n);
     lp_engine_matmul m;
-    lp_engine_active_matmul(&m);
+    lp_engine_matmul_init(&m, lp_kernels_active());
     const int pr = m.pack_rows[type];
     if (pr && nr >= pr && n <= 16384) {
         const int64_t rows = nr / pr * pr;
@@ -74,34 +72,4 @@ int lp_matmul(int type, int64_t n, int64_t nr, int64_t nc, const void *w, const 
     }
     free(xq);
     return 0;
-}
-
-/* ---- top-k for the sampler ------------------------------------------------------------------------ */
-
-int lp_top_k(const float *x, int64_t n, int32_t k, int32_t *idx) {
-    if (k <= 0 || n <= 0) return 0;
-    if (k > n) k = (int32_t)n;
-    const int fast = lp_kernels_active() == LP_KERNELS_AVX2;
-    /* idx[0..m) sorted: larger values first, equal values by index; once full, only a value above the
-       last one enters (NaN never does), and the scan skips ahead to the next such value */
-    int m = 0;
-    for (int64_t i = 0; i < n; i++) {
-        if (m == k) {
-            const float thr = x[idx[m - 1]];
-            if (fast) {
-                i = lp_find_above_avx2(x, i, n, thr);
-                if (i == n) break;
-            } else if (!(x[i] > thr)) {
-                continue;
-            }
-        }
-        const float v = x[i];
-        int j = m < k ? m++ : m - 1;
-        while (j > 0 && v > x[idx[j - 1]]) {
-            idx[j] = idx[j - 1];
-            j--;
-        }
-        idx[j] = (int32_t)i;
-    }
-    return m;
 }

@@ -28,6 +28,12 @@ int64_t lp_engine_kv_bytes(const lp_engine *e) {
 
 /* ---- construction ------------------------------------------------------------------------ */
 
+/* the engine's kernels of a type (from the table of its level); NULL for a type without them */
+static const lp_type_traits *engine_traits(const lp_engine *e, int type) {
+    if (type < 0 || type >= LP_TYPE_COUNT || e->traits[type].blck_size == 0) return NULL;
+    return &e->traits[type];
+}
+
 static void free_packed(lp_weight *w) {
     free(w->packed);
     w->packed = NULL;
@@ -91,10 +97,12 @@ lp_engine *lp_engine_new(const lp_engine_params *p) {
     e->corr_dims[0] = start > 0 ? start : 0;
     e->corr_dims[1] = end < p->head_dim - 1 ? end : p->head_dim - 1;
 
+    int level;
+    e->traits = lp_kernels_table(&level);
     lp_engine_kernels_scalar(&e->kern);
-    if (lp_kernels_active() == LP_KERNELS_AVX2) lp_engine_kernels_avx2(&e->kern);
-    if (lp_kernels_active() == LP_KERNELS_NEON) lp_engine_kernels_neon(&e->kern);
-    lp_engine_active_matmul(&e->mm);
+    if (level == LP_KERNELS_AVX2) lp_engine_kernels_avx2(&e->kern);
+    if (level == LP_KERNELS_NEON) lp_engine_kernels_neon(&e->kern);
+    lp_engine_matmul_init(&e->mm, level);
 
     size_t nb = (size_t)p->n_batch, nt = (size_t)e->p.n_threads;
     size_t kv_elems = (size_t)p->n_layer * p->n_seq * p->n_ctx * e->kv_dim;
@@ -214,7 +222,7 @@ int lp_engine_set_weight(lp_engine *e, int kind, int layer, const void *data, in
     if (ne0 != want0 || ne1 != want1)
         return lp_engine_fail(e, "weight slot %d (layer %d): shape [%lld, %lld], expected [%lld, %lld]", kind, layer,
                     (long long)ne0, (long long)ne1, (long long)want0, (long long)want1);
-    const lp_type_traits *tr = lp_get_traits(type);
+    const lp_type_traits *tr = engine_traits(e, type);
     if (!tr) return lp_engine_fail(e, "weight slot %d (layer %d): tensor type %d is not supported", kind, layer, type);
     if (!is_matrix && kind != LP_W_TOKEN_EMBD && type != LP_TYPE_F32)
         return lp_engine_fail(e, "weight slot %d (layer %d): vectors must be F32, not %s", kind, layer, tr->name);
@@ -224,7 +232,7 @@ int lp_engine_set_weight(lp_engine *e, int kind, int layer, const void *data, in
     if (kind == LP_W_TOKEN_EMBD && !tr->to_float)
         return lp_engine_fail(e, "token_embd: type %s can't be dequantized", tr->name);
     if (is_matrix) {
-        const lp_type_traits *vt = lp_get_traits(tr->vec_dot_type);
+        const lp_type_traits *vt = engine_traits(e, tr->vec_dot_type);
         if (!tr->vec_dot || !vt || !vt->from_float)
             return lp_engine_fail(e, "weight slot %d (layer %d): no dot-product kernel for type %s", kind, layer, tr->name);
         if (ne0 % vt->blck_size)

@@ -1,7 +1,7 @@
-/* GGUF string arrays: see lp_gguf.h. */
+/* GGUF string arrays: see llamapy.h. */
 #include <string.h>
 
-#include "lp_gguf.h"
+#include "llamapy.h"
 
 static uint64_t load_u64le(const uint8_t *p) {
     uint64_t v = 0;

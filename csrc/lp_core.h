@@ -1,8 +1,8 @@
-/* llamapy C core: tensor types, CPU feature detection and the kernel table.
+/* llamapy C core internals: the kernel table, its registration hooks and fp16 conversion.
  *
- * Every quant format registers its kernels in lp_traits[] (see lp_quants.h for the registration
- * functions): a scalar reference first, then the instruction-set versions the CPU supports.
- * Text between the LP_API markers is also the cffi cdef: plain C types only.
+ * Every quant format registers its kernels in the kernel table through the lp_register_* hooks below, each
+ * defined in the file that owns those kernels: a scalar reference first, then the instruction-set versions
+ * the level has (see dispatch.c).
  */
 #ifndef LP_CORE_H
 #define LP_CORE_H
@@ -10,49 +10,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-/* LP_API_BEGIN */
-/* Tensor types: the same ids as GGML / GGUF. */
-enum lp_type {
-    LP_TYPE_F32 = 0,
-    LP_TYPE_F16 = 1,
-    LP_TYPE_Q4_0 = 2,
-    LP_TYPE_Q4_1 = 3,
-    LP_TYPE_Q5_0 = 6,
-    LP_TYPE_Q5_1 = 7,
-    LP_TYPE_Q8_0 = 8,
-    LP_TYPE_Q8_1 = 9,
-    LP_TYPE_Q2_K = 10,
-    LP_TYPE_Q3_K = 11,
-    LP_TYPE_Q4_K = 12,
-    LP_TYPE_Q5_K = 13,
-    LP_TYPE_Q6_K = 14,
-    LP_TYPE_Q8_K = 15,
-    LP_TYPE_IQ4_NL = 20,
-    LP_TYPE_BF16 = 30,
-    LP_TYPE_COUNT = 40
-};
-
-/* Kernel levels: LP_KERNELS_SCALAR always works; the others only where the CPU has them. */
-enum lp_kernels { LP_KERNELS_SCALAR = 0, LP_KERNELS_AVX2 = 1, LP_KERNELS_NEON = 2 };
-
-int lp_cpu_has_avx2(void);          /* AVX2 + FMA + F16C all present */
-int lp_cpu_has_neon(void);
-int lp_kernels_best(void);          /* the best level this CPU runs */
-int lp_kernels_active(void);        /* the level in use */
-int lp_kernels_set(int level);      /* 0 on success, -1 if this CPU can't run that level */
-const char *lp_kernels_name(int level);
-
-/* Per-type facts and row kernels; all return 0 on success, -1 for a type without that kernel. */
-int lp_type_supported(int type);
-int64_t lp_blck_size(int type);
-int64_t lp_type_size(int type);
-int64_t lp_row_size(int type, int64_t n);          /* bytes of a row of n values; -1 if n % blck */
-int lp_vec_dot_type(int type);                      /* the activation type `type` is dotted with */
-int lp_quantize_row_ref(int type, const float *x, void *y, int64_t n);   /* scalar, byte-exact */
-int lp_quantize_row(int type, const float *x, void *y, int64_t n);       /* active kernels */
-int lp_dequantize_row(int type, const void *x, float *y, int64_t n);     /* active kernels */
-int lp_vec_dot(int type, int64_t n, const void *x, const void *y, float *s); /* y: vec_dot_type */
-/* LP_API_END */
+#include "llamapy.h"
 
 typedef void (*lp_to_float_fn)(const void *x, float *y, int64_t n);
 typedef void (*lp_from_float_fn)(const float *x, void *y, int64_t n);
@@ -73,12 +31,14 @@ typedef struct {
     lp_vec_dot_rows_fn vec_dot_rows;   /* optional (NULL: loop over vec_dot): decodes x once for all rows */
 } lp_type_traits;
 
-/* The table in use; filled once by lp_kernels_set() / the first call that needs it. */
-extern lp_type_traits lp_traits[LP_TYPE_COUNT];
+/* The active kernel table (LP_TYPE_COUNT entries, read-only, valid for good; see dispatch.c) and, when
+ * level is not NULL, its level: one consistent read for callers that need both. */
+const lp_type_traits *lp_kernels_table(int *level);
+/* The active kernels of one type; NULL for a type without them. */
 const lp_type_traits *lp_get_traits(int type);
 
 /* Registration hooks, each defined in the file that owns those kernels.
- * The scalar ones fill every field; the SIMD ones override what they accelerate. */
+ * The scalar ones fill every field; the SIMD ones override what they accelerate (lp_override). */
 void lp_register_float_scalar(lp_type_traits *t);   /* F32, F16, BF16 */
 void lp_register_float_avx2(lp_type_traits *t);
 void lp_register_float_neon(lp_type_traits *t);
@@ -88,6 +48,15 @@ void lp_register_legacy_neon(lp_type_traits *t);
 void lp_register_kquants_scalar(lp_type_traits *t); /* Q2_K..Q6_K, Q8_K */
 void lp_register_kquants_avx2(lp_type_traits *t);
 void lp_register_kquants_neon(lp_type_traits *t);
+
+/* A SIMD file's kernels of one type: each one not NULL replaces the table's. */
+static inline void lp_override(lp_type_traits *t, lp_to_float_fn to_float, lp_from_float_fn from_float,
+                               lp_vec_dot_fn vec_dot, lp_vec_dot_rows_fn vec_dot_rows) {
+    if (to_float) t->to_float = to_float;
+    if (from_float) t->from_float = from_float;
+    if (vec_dot) t->vec_dot = vec_dot;
+    if (vec_dot_rows) t->vec_dot_rows = vec_dot_rows;
+}
 
 /* fp16 / bf16 conversion (scalar, IEEE round-to-nearest-even, as the reference) */
 float lp_fp16_to_fp32(uint16_t h);

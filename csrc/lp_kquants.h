@@ -10,19 +10,13 @@
 
 #include "lp_core.h"
 
-/* LP_API_BEGIN */
-/* s[j] = dot(x, row j of y) for j < nrc, y rows y_stride bytes apart (the vec_dot_type of `type`):
- * the multi-row kernel where the type has one, else one vec_dot per row. -1 for a type without vec_dot. */
-int lp_vec_dot_rows(int type, int64_t n, int nrc, const void *x, const void *y, int64_t y_stride, float *s);
-/* LP_API_END */
-
 #define LP_QK_K 256
 #define LP_K_SCALE_SIZE 12
 
 /* x = d * (scales[j] & 15) * q - dmin * (scales[j] >> 4), 16 sub-blocks of 16, q in 0..3 */
 typedef struct {
     uint8_t scales[LP_QK_K / 16];   /* low nibble: scale, high nibble: min */
-    uint8_t qs[LP_QK_K / 4];        /* 2-bit quants, 4 per byte (see the packing in the scalar file) */
+    uint8_t qs[LP_QK_K / 4];        /* 2-bit quants, 4 per byte (packed as quants_kquants_quantize.c does) */
     uint16_t d;                     /* fp16 super-scale of the scales */
     uint16_t dmin;                  /* fp16 super-scale of the mins */
 } lp_block_q2_K;
@@ -98,6 +92,14 @@ static inline void lp_q3_unpack_scales(const uint8_t *q, int8_t out[16]) {
     }
 }
 
+/* The scalar reference quantizers (quants_kquants_quantize.c): the bytes the reference writes. */
+void lp_quantize_row_q2_K_ref(const float *x, void *y, int64_t n);
+void lp_quantize_row_q3_K_ref(const float *x, void *y, int64_t n);
+void lp_quantize_row_q4_K_ref(const float *x, void *y, int64_t n);
+void lp_quantize_row_q5_K_ref(const float *x, void *y, int64_t n);
+void lp_quantize_row_q6_K_ref(const float *x, void *y, int64_t n);
+void lp_quantize_row_q8_K_ref(const float *x, void *y, int64_t n);
+
 /* The second half of each reference quantizer, shared by the scalar and SIMD versions (which differ only
  * in how they fit the sub-blocks): from the per-sub-block fits (scales, mins, quants L as the fits left
  * them) of the 256 values x to the finished block. L is overwritten with the final quants. */
@@ -107,7 +109,28 @@ void lp_q4_K_finish(const float *x, const float *scales, const float *mins, uint
 void lp_q5_K_finish(const float *x, const float *scales, const float *mins, uint8_t *L, lp_block_q5_K *y);
 void lp_q6_K_finish(const float *x, const float *scales, int8_t *L, lp_block_q6_K *y);
 
-/* The AVX2 weight quantizers (same bytes as the reference), registered by lp_register_kquants_avx2. */
+/* Parts of the AVX2 kernels registered by lp_register_kquants_avx2: the weight quantizers (same bytes as the
+ * reference; quants_kquants_avx2_fit.c) and the Q4_K / Q5_K kernels (quants_kquants_avx2_k4.c). */
 void lp_register_kquants_avx2_quantizers(lp_type_traits *t);
+void lp_register_kquants_avx2_k4(lp_type_traits *t);
+
+/* ---- the SIMD files' multi-row dots (vec_dot_rows) ---- */
+
+/* Activation row j of y, rows by bytes apart */
+static inline const lp_block_q8_K *lp_q8_K_row(const void *y, size_t by, int j) {
+    return (const lp_block_q8_K *)((const char *)y + (size_t)j * by);
+}
+
+/* A weight row x against LP_ROWS4 activation rows: s[t * bs] for t < 4, each bitwise what vec_dot gives */
+#define LP_ROWS4 4
+typedef void (*lp_rows4_fn)(int n, const void *x, float *s, size_t bs, const void *y, size_t by);
+
+/* vec_dot_rows from a 4-row kernel and vec_dot: the rows 4 at a time, the last nrc % 4 one at a time */
+static inline void lp_vec_dot_rows_by4(lp_rows4_fn rows4, lp_vec_dot_fn dot, int n, int nrc, float *s, size_t bs,
+                                       const void *x, const void *y, size_t by) {
+    int j = 0;
+    for (; j + LP_ROWS4 <= nrc; j += LP_ROWS4) rows4(n, x, s + j * bs, bs, lp_q8_K_row(y, by, j), by);
+    for (; j < nrc; j++) dot(n, s + j * bs, x, lp_q8_K_row(y, by, j));
+}
 
 #endif

@@ -1,7 +1,7 @@
 /* Block layouts of the legacy formats (Q4_0 Q4_1 Q5_0 Q5_1 Q8_0 Q8_1) and IQ4_NL: byte-for-byte the
  * GGML blocks. Every block holds 32 values; `d` (and `m`, `s`) are fp16 bit patterns.
  *
- * Nothing here is part of the cffi API: Python sees the blocks as bytes, through lp_core.h.
+ * Nothing here is part of the cffi API: Python sees the blocks as bytes, through llamapy.h.
  */
 #ifndef LP_QUANTS_LEGACY_H
 #define LP_QUANTS_LEGACY_H

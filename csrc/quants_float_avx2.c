@@ -6,13 +6,10 @@
 #if defined(__x86_64__) || defined(__i386__)
 #pragma GCC target("avx2,fma,f16c")
 #include <immintrin.h>
-#define LP_AVX2_HELPERS
 #include "lp_avx2.h"
 #include <string.h>
 
 #include "lp_core.h"
-
-static inline __m256 load_f16(const uint16_t *p) { return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p)); }
 
 static inline __m256 load_bf16(const uint16_t *p) {
     return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)p)), 16));
@@ -100,13 +97,9 @@ static void bf16_vec_dot(int n, float *s, const void *vx, const void *vy) {
 }
 
 void lp_register_float_avx2(lp_type_traits *t) {
-    t[LP_TYPE_F32].vec_dot = f32_vec_dot;
-    t[LP_TYPE_F16].to_float = f16_to_float;
-    t[LP_TYPE_F16].from_float = f16_from_float;
-    t[LP_TYPE_F16].vec_dot = f16_vec_dot;
-    t[LP_TYPE_BF16].to_float = bf16_to_float;
-    t[LP_TYPE_BF16].from_float = bf16_from_float;
-    t[LP_TYPE_BF16].vec_dot = bf16_vec_dot;
+    lp_override(&t[LP_TYPE_F32], NULL, NULL, f32_vec_dot, NULL);
+    lp_override(&t[LP_TYPE_F16], f16_to_float, f16_from_float, f16_vec_dot, NULL);
+    lp_override(&t[LP_TYPE_BF16], bf16_to_float, bf16_from_float, bf16_vec_dot, NULL);
 }
 
 #else

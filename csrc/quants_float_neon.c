@@ -87,13 +87,9 @@ static void bf16_vec_dot(int n, float *s, const void *vx, const void *vy) {
 }
 
 void lp_register_float_neon(lp_type_traits *t) {
-    t[LP_TYPE_F32].vec_dot = f32_vec_dot;
-    t[LP_TYPE_F16].to_float = f16_to_float;
-    t[LP_TYPE_F16].from_float = f16_from_float;
-    t[LP_TYPE_F16].vec_dot = f16_vec_dot;
-    t[LP_TYPE_BF16].to_float = bf16_to_float;
-    t[LP_TYPE_BF16].from_float = bf16_from_float;
-    t[LP_TYPE_BF16].vec_dot = bf16_vec_dot;
+    lp_override(&t[LP_TYPE_F32], NULL, NULL, f32_vec_dot, NULL);
+    lp_override(&t[LP_TYPE_F16], f16_to_float, f16_from_float, f16_vec_dot, NULL);
+    lp_override(&t[LP_TYPE_BF16], bf16_to_float, bf16_from_float, bf16_vec_dot, NULL);
 }
 
 #else

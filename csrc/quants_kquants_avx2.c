@@ -1,5 +1,6 @@
-/* K-quants Q2_K..Q6_K and Q8_K: AVX2+FMA+F16C kernels (the weight quantizers are in
- * quants_kquants_avx2_fit.c).
+/* K-quants Q2_K..Q6_K and Q8_K: AVX2+FMA+F16C kernels of Q8_K and of the formats of 16 groups of 16
+ * (Q2_K, Q3_K, Q6_K); those of Q4_K and Q5_K are in quants_kquants_avx2_k4.c, the weight quantizers in
+ * quants_kquants_avx2_fit.c.
  *
  * The Q8_K activation quantizer writes exactly the scalar reference's bytes (the reference uses its scalar
  * one on x86 too); the dequantizers give exactly the scalar floats (multiply, then subtract: nothing fused).
@@ -12,7 +13,6 @@
 #if defined(__x86_64__) || defined(__i386__)
 #pragma GCC target("avx2,fma,f16c")
 #include <immintrin.h>
-#define LP_AVX2_HELPERS
 #include "lp_avx2.h"
 #include <math.h>
 #include <string.h>
@@ -30,13 +30,7 @@ static inline float block_signed_absmax(const float *x, float *amax) {
         vmax = _mm256_max_ps(vmax, v);
         vmin = _mm256_min_ps(vmin, v);
     }
-    __m128 m = _mm_max_ps(_mm256_castps256_ps128(vmax), _mm256_extractf128_ps(vmax, 1));
-    m = _mm_max_ps(m, _mm_movehl_ps(m, m));
-    m = _mm_max_ss(m, _mm_movehdup_ps(m));
-    __m128 k = _mm_min_ps(_mm256_castps256_ps128(vmin), _mm256_extractf128_ps(vmin, 1));
-    k = _mm_min_ps(k, _mm_movehl_ps(k, k));
-    k = _mm_min_ss(k, _mm_movehdup_ps(k));
-    const float mx = _mm_cvtss_f32(m), mn = _mm_cvtss_f32(k);
+    const float mx = hmax_ps(vmax), mn = hmin_ps(vmin);
     if (mx > -mn) { *amax = mx; return mx; }
     if (-mn > mx) { *amax = -mn; return mn; }
     *amax = mx; /* both +a and -a occur (or all zero): the first one decides the sign */
@@ -117,19 +111,7 @@ static void vec_dot_q8_K_q8_K(int n, float *s, const void *vx, const void *vy) {
 
 /* A block's values come in 2 halves h of 128, each in 4 parts p of 32; part (h, p) covers the groups
  * 8h + 2p and 8h + 2p + 1. group_scales() returns, for each part, the int16 vector
- * [scale of group 8h+2p x 8 | scale of group 8h+2p+1 x 8] that _mm256_madd_epi16 wants. */
-/* the pshufb mask taking int16 2p of the low lane to all of it and int16 2p + 1 of the high lane to all of it */
-static inline __m256i part_pick(int p) {
-    return _mm256_setr_epi16((short)(0x0100 * (4 * p + 1) + 4 * p), (short)(0x0100 * (4 * p + 1) + 4 * p),
-                             (short)(0x0100 * (4 * p + 1) + 4 * p), (short)(0x0100 * (4 * p + 1) + 4 * p),
-                             (short)(0x0100 * (4 * p + 1) + 4 * p), (short)(0x0100 * (4 * p + 1) + 4 * p),
-                             (short)(0x0100 * (4 * p + 1) + 4 * p), (short)(0x0100 * (4 * p + 1) + 4 * p),
-                             (short)(0x0100 * (4 * p + 3) + 4 * p + 2), (short)(0x0100 * (4 * p + 3) + 4 * p + 2),
-                             (short)(0x0100 * (4 * p + 3) + 4 * p + 2), (short)(0x0100 * (4 * p + 3) + 4 * p + 2),
-                             (short)(0x0100 * (4 * p + 3) + 4 * p + 2), (short)(0x0100 * (4 * p + 3) + 4 * p + 2),
-                             (short)(0x0100 * (4 * p + 3) + 4 * p + 2), (short)(0x0100 * (4 * p + 3) + 4 * p + 2));
-}
-
+ * [scale of group 8h+2p x 8 | scale of group 8h+2p+1 x 8] that _mm256_madd_epi16 wants (see part_pick). */
 static inline void group_scales(__m128i sc8, int is_signed, __m256i out[8]) {
     const __m256i sc16 = is_signed ? _mm256_cvtepi8_epi16(sc8) : _mm256_cvtepu8_epi16(sc8);
     const __m256i lo = _mm256_permute2x128_si256(sc16, sc16, 0x00);
@@ -263,194 +245,6 @@ static void dequantize_row_q3_K(const void *vx, float *y, int64_t k) {
     }
 }
 
-/* ---- Q4_K and Q5_K --------------------------------------------------------------------------- */
-
-/* Σ min_j * (bsum 2j + bsum 2j+1) of a Q4_K / Q5_K block as 4 int32 lanes; mins = the 8 mins as int16 */
-static inline __m128i k4_mins_dot(__m128i mins, const int16_t *bsums) {
-    const __m256i bs = loadu(bsums);
-    return _mm_madd_epi16(mins, _mm_hadd_epi16(_mm256_castsi256_si128(bs), _mm256_extracti128_si256(bs, 1)));
-}
-
-/* one Q4_K / Q5_K block: acc += d * Σ_j scale_j * (q_j . q8_j) (8 int32 lanes); returns the mins' lanes */
-static inline __m128i k4_block(const uint8_t *scales, const lp_block_q8_K *yb, float d, const __m256i q[8],
-                               __m256 *acc) {
-    const __m256i sm16 = _mm256_cvtepu8_epi16(k4_scales_mins(scales)); /* [8 scales | 8 mins] */
-    const __m256i sc = _mm256_permute2x128_si256(sm16, sm16, 0x00);
-    __m256i sumi = _mm256_setzero_si256();
-    for (int j = 0; j < 8; j++) {
-        const __m256i pick = _mm256_set1_epi16((short)(0x0100 * (2 * j + 1) + 2 * j)); /* int16 j everywhere */
-        const __m256i p = _mm256_maddubs_epi16(q[j], loadu(yb->qs + 32 * j));
-        sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(p, _mm256_shuffle_epi8(sc, pick)));
-    }
-    *acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), *acc);
-    return k4_mins_dot(_mm256_extracti128_si256(sm16, 1), yb->bsums);
-}
-
-static void vec_dot_q4_K_q8_K(int n, float *s, const void *vx, const void *vy) {
-    const lp_block_q4_K *x = vx;
-    const lp_block_q8_K *y = vy;
-    const __m256i m4 = _mm256_set1_epi8(0xF);
-    __m256 acc = _mm256_setzero_ps();
-    __m128 accm = _mm_setzero_ps();
-    for (int i = 0; i < n / LP_QK_K; i++) {
-        __m256i q[8];
-        for (int c = 0; c < 4; c++) {
-            const __m256i bits = loadu(x[i].qs + 32 * c);
-            q[2 * c] = _mm256_and_si256(bits, m4);
-            q[2 * c + 1] = _mm256_and_si256(_mm256_srli_epi16(bits, 4), m4);
-        }
-        const float dmin = -y[i].d * h2f(x[i].dmin);
-        const __m128i pm = k4_block(x[i].scales, &y[i], y[i].d * h2f(x[i].d), q, &acc);
-        accm = _mm_fmadd_ps(_mm_set1_ps(dmin), _mm_cvtepi32_ps(pm), accm);
-    }
-    *s = hsum_ps(acc) + hsum_ps128(accm);
-}
-
-static void vec_dot_q5_K_q8_K(int n, float *s, const void *vx, const void *vy) {
-    const lp_block_q5_K *x = vx;
-    const lp_block_q8_K *y = vy;
-    const __m256i m4 = _mm256_set1_epi8(0xF), m1 = _mm256_set1_epi8(1);
-    __m256 acc = _mm256_setzero_ps();
-    float summs = 0;
-    for (int i = 0; i < n / LP_QK_K; i++) {
-        __m256i q[8];
-        const __m256i hb = loadu(x[i].qh);
-        for (int c = 0; c < 4; c++) {
-            const __m256i bits = loadu(x[i].qs + 32 * c);
-            const __m256i h0 = _mm256_and_si256(_mm256_srli_epi16(hb, 2 * c), m1);
-            const __m256i h1 = _mm256_and_si256(_mm256_srli_epi16(hb, 2 * c + 1), m1);
-            q[2 * c] = _mm256_or_si256(_mm256_and_si256(bits, m4), _mm256_slli_epi16(h0, 4));
-            q[2 * c + 1] =
-                _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(bits, 4), m4), _mm256_slli_epi16(h1, 4));
-        }
-        const float dmin = -y[i].d * h2f(x[i].dmin);
-        const __m128i pm = k4_block(x[i].scales, &y[i], y[i].d * h2f(x[i].d), q, &acc);
-        summs = fmaf(dmin, (float)hsum_epi32x4(pm), summs);
-    }
-    *s = hsum_ps(acc) + summs;
-}
-
-/* ---- one weight row against 4 activation rows (prompt processing) ----------------------------
- *
- * The weight quants and scales are decoded once per block for 4 activation rows. Each row's int32 sums
- * and float steps are the single-row kernel's, so the results are bitwise those of vec_dot. */
-
-#define ROWS 4
-
-static inline const lp_block_q8_K *act_row(const void *vy, size_t by, int j) {
-    return (const lp_block_q8_K *)((const char *)vy + (size_t)j * by);
-}
-
-/* Q4_K (qh NULL) and Q5_K rows */
-static inline void k4_rows4(int nb, const uint8_t *xb, size_t xbs, int has_qh, float *s, size_t bs, const void *vy,
-                            size_t by) {
-    const __m256i m4 = _mm256_set1_epi8(0xF), m1 = _mm256_set1_epi8(1);
-    const lp_block_q8_K *y[ROWS];
-    for (int t = 0; t < ROWS; t++) y[t] = act_row(vy, by, t);
-    __m256 acc[ROWS];
-    __m128 accm[ROWS]; /* Q4_K: the mins' 4 lanes */
-    float summs[ROWS]; /* Q5_K: the mins' scalar sum */
-    for (int t = 0; t < ROWS; t++) {
-        acc[t] = _mm256_setzero_ps();
-        accm[t] = _mm_setzero_ps();
-        summs[t] = 0;
-    }
-    for (int i = 0; i < nb; i++, xb += xbs) {
-        /* Q4_K and Q5_K start alike: d, dmin, 12 scale bytes; then Q5_K's qh; then qs */
-        const uint16_t *dd = (const uint16_t *)xb;
-        const uint8_t *qs = xb + 16 + (has_qh ? 32 : 0);
-        const __m256i sm16 = _mm256_cvtepu8_epi16(k4_scales_mins(xb + 4));
-        const __m128i mins = _mm256_extracti128_si256(sm16, 1);
-        const __m256i sc = _mm256_permute2x128_si256(sm16, sm16, 0x00);
-        const __m256i hb = has_qh ? loadu(xb + 16) : _mm256_setzero_si256();
-        __m256i sumi[ROWS];
-        for (int t = 0; t < ROWS; t++) sumi[t] = _mm256_setzero_si256();
-        for (int c = 0; c < 4; c++) {
-            const __m256i bits = loadu(qs + 32 * c);
-            __m256i ql = _mm256_and_si256(bits, m4), qh = _mm256_and_si256(_mm256_srli_epi16(bits, 4), m4);
-            if (has_qh) {
-                const __m256i h0 = _mm256_and_si256(_mm256_srli_epi16(hb, 2 * c), m1);
-                const __m256i h1 = _mm256_and_si256(_mm256_srli_epi16(hb, 2 * c + 1), m1);
-                ql = _mm256_or_si256(ql, _mm256_slli_epi16(h0, 4));
-                qh = _mm256_or_si256(qh, _mm256_slli_epi16(h1, 4));
-            }
-            const __m256i s0 = _mm256_shuffle_epi8(sc, _mm256_set1_epi16((short)(0x0101 * 4 * c + 0x0100)));
-            const __m256i s1 = _mm256_shuffle_epi8(sc, _mm256_set1_epi16((short)(0x0101 * (4 * c + 2) + 0x0100)));
-            for (int t = 0; t < ROWS; t++) {
-                const __m256i p0 = _mm256_madd_epi16(_mm256_maddubs_epi16(ql, loadu(y[t][i].qs + 64 * c)), s0);
-                const __m256i p1 = _mm256_madd_epi16(_mm256_maddubs_epi16(qh, loadu(y[t][i].qs + 64 * c + 32)), s1);
-                sumi[t] = _mm256_add_epi32(sumi[t], _mm256_add_epi32(p0, p1));
-            }
-        }
-        const float dx = h2f(dd[0]), mx = h2f(dd[1]);
-        for (int t = 0; t < ROWS; t++) {
-            const __m128i pm = k4_mins_dot(mins, y[t][i].bsums);
-            const float dmin = -y[t][i].d * mx;
-            acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(y[t][i].d * dx), _mm256_cvtepi32_ps(sumi[t]), acc[t]);
-            if (has_qh) summs[t] = fmaf(dmin, (float)hsum_epi32x4(pm), summs[t]);
-            else accm[t] = _mm_fmadd_ps(_mm_set1_ps(dmin), _mm_cvtepi32_ps(pm), accm[t]);
-        }
-    }
-    for (int t = 0; t < ROWS; t++) s[t * bs] = hsum_ps(acc[t]) + (has_qh ? summs[t] : hsum_ps128(accm[t]));
-}
-
-static void vec_dot_rows_q4_K(int n, int nrc, float *s, size_t bs, const void *vx, const void *vy, size_t by) {
-    int j = 0;
-    for (; j + ROWS <= nrc; j += ROWS)
-        k4_rows4(n / LP_QK_K, vx, sizeof(lp_block_q4_K), 0, s + j * bs, bs, act_row(vy, by, j), by);
-    for (; j < nrc; j++) vec_dot_q4_K_q8_K(n, s + j * bs, vx, act_row(vy, by, j));
-}
-
-static void vec_dot_rows_q5_K(int n, int nrc, float *s, size_t bs, const void *vx, const void *vy, size_t by) {
-    int j = 0;
-    for (; j + ROWS <= nrc; j += ROWS)
-        k4_rows4(n / LP_QK_K, vx, sizeof(lp_block_q5_K), 1, s + j * bs, bs, act_row(vy, by, j), by);
-    for (; j < nrc; j++) vec_dot_q5_K_q8_K(n, s + j * bs, vx, act_row(vy, by, j));
-}
-
-static inline void store_affine32(float *y, __m256i q8bytes, float d1, float m1) {
-    const __m256 vd = _mm256_set1_ps(d1), vm = _mm256_set1_ps(m1);
-    const __m128i lo = _mm256_castsi256_si128(q8bytes), hi = _mm256_extracti128_si256(q8bytes, 1);
-    const __m128i part[4] = {lo, _mm_srli_si128(lo, 8), hi, _mm_srli_si128(hi, 8)};
-    for (int u = 0; u < 4; u++) {
-        const __m256 q = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(part[u]));
-        _mm256_storeu_ps(y + 8 * u, _mm256_sub_ps(_mm256_mul_ps(vd, q), vm));
-    }
-}
-
-static void dequantize_row_q4_K(const void *vx, float *y, int64_t k) {
-    const lp_block_q4_K *x = vx;
-    const __m256i m4 = _mm256_set1_epi8(0xF);
-    for (int64_t i = 0; i < k / LP_QK_K; i++, y += LP_QK_K) {
-        const float d = h2f(x[i].d), min = h2f(x[i].dmin);
-        uint8_t sm[16];
-        _mm_storeu_si128((__m128i *)sm, k4_scales_mins(x[i].scales));
-        for (int c = 0; c < 4; c++) {
-            const __m256i bits = loadu(x[i].qs + 32 * c);
-            store_affine32(y + 64 * c, _mm256_and_si256(bits, m4), d * sm[2 * c], min * sm[8 + 2 * c]);
-            store_affine32(y + 64 * c + 32, _mm256_and_si256(_mm256_srli_epi16(bits, 4), m4), d * sm[2 * c + 1],
-                           min * sm[9 + 2 * c]);
-        }
-    }
-}
-
-static void dequantize_row_q5_K(const void *vx, float *y, int64_t k) {
-    const lp_block_q5_K *x = vx;
-    const __m256i m4 = _mm256_set1_epi8(0xF), m1 = _mm256_set1_epi8(1);
-    for (int64_t i = 0; i < k / LP_QK_K; i++, y += LP_QK_K) {
-        const float d = h2f(x[i].d), min = h2f(x[i].dmin);
-        uint8_t sm[16];
-        _mm_storeu_si128((__m128i *)sm, k4_scales_mins(x[i].scales));
-        const __m256i hb = loadu(x[i].qh);
-        for (int j = 0; j < 8; j++) {
-            const __m256i bits = loadu(x[i].qs + 32 * (j / 2));
-            const __m256i lo = _mm256_and_si256(j % 2 ? _mm256_srli_epi16(bits, 4) : bits, m4);
-            const __m256i h = _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hb, j), m1), 4);
-            store_affine32(y + 32 * j, _mm256_or_si256(lo, h), d * sm[j], min * sm[8 + j]);
-        }
-    }
-}
-
 /* ---- Q6_K ------------------------------------------------------------------------------------ */
 
 /* the 4 parts of 32 quants (0..63 unsigned) of half h of a Q6_K block */
@@ -490,133 +284,110 @@ static void vec_dot_q6_K_q8_K(int n, float *s, const void *vx, const void *vy) {
     *s = hsum_ps(acc);
 }
 
-/* Q2_K against 4 activation rows */
-static void q2_rows4(int n, const lp_block_q2_K *x, float *s, size_t bs, const void *vy, size_t by) {
-    const __m256i m3 = _mm256_set1_epi8(3);
+/* ---- one weight row against 4 activation rows (prompt processing) ----------------------------
+ *
+ * The weight quants and scales are decoded once per block for 4 activation rows. Each row's int32 sums
+ * and float steps are the single-row kernel's, so the results are bitwise those of vec_dot. */
+
+#define ROWS LP_ROWS4
+
+enum { G16_Q2, G16_Q3, G16_Q6 };
+
+/* Q2_K, Q3_K or Q6_K (f, a constant) against 4 activation rows. Per part of 32 values: the unsigned quants q,
+ * the offset subtracted from each value (Q3_K: 4 where the high bit is clear; Q6_K: 32; Q2_K: none, its
+ * mins are summed through the block sums), then q . y - offset . y scaled by the groups' scales. */
+static inline __attribute__((always_inline)) void g16_rows4(const int f, int n, const void *vx, float *s, size_t bs,
+                                                            const void *vy, size_t by) {
+    const size_t xbs = f == G16_Q2 ? sizeof(lp_block_q2_K) : f == G16_Q3 ? sizeof(lp_block_q3_K)
+                                                                   : sizeof(lp_block_q6_K);
+    const __m256i m3 = _mm256_set1_epi8(3), m1 = _mm256_set1_epi8(1), m32 = _mm256_set1_epi8(32);
     const __m128i m4 = _mm_set1_epi8(0xF);
     const lp_block_q8_K *y[ROWS];
     __m256 acc[ROWS];
     for (int t = 0; t < ROWS; t++) {
-        y[t] = act_row(vy, by, t);
+        y[t] = lp_q8_K_row(vy, by, t);
         acc[t] = _mm256_setzero_ps();
     }
     for (int i = 0; i < n / LP_QK_K; i++) {
-        const __m128i sb = _mm_loadu_si128((const __m128i *)x[i].scales);
-        const __m256i sc16 = _mm256_cvtepu8_epi16(_mm_and_si128(sb, m4));
-        const __m128i mins8 = _mm_and_si128(_mm_srli_epi16(sb, 4), m4);
+        const uint8_t *xb = (const uint8_t *)vx + (size_t)i * xbs;
+        const lp_block_q2_K *b2 = (const lp_block_q2_K *)xb;
+        const lp_block_q3_K *b3 = (const lp_block_q3_K *)xb;
+        const lp_block_q6_K *b6 = (const lp_block_q6_K *)xb;
+        __m256i sc16, hm = _mm256_setzero_si256();
+        __m128i mins8 = _mm_setzero_si128();
+        if (f == G16_Q2) {
+            const __m128i sb = _mm_loadu_si128((const __m128i *)b2->scales);
+            sc16 = _mm256_cvtepu8_epi16(_mm_and_si128(sb, m4));
+            mins8 = _mm_and_si128(_mm_srli_epi16(sb, 4), m4);
+        } else if (f == G16_Q3) {
+            sc16 = _mm256_cvtepi8_epi16(q3_scales(b3->scales));
+            hm = loadu(b3->hmask);
+        } else {
+            sc16 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)b6->scales));
+        }
         __m256i sumi[ROWS];
         for (int t = 0; t < ROWS; t++) sumi[t] = _mm256_setzero_si256();
         for (int h = 0; h < 2; h++) {
-            const __m256i bits = loadu(x[i].qs + 32 * h);
+            __m256i bits = _mm256_setzero_si256(), q6[4];
+            if (f == G16_Q6) q6_half(b6, h, q6);
+            else bits = loadu((f == G16_Q2 ? b2->qs : b3->qs) + 32 * h);
             const __m256i half = h ? _mm256_permute2x128_si256(sc16, sc16, 0x11)
                                    : _mm256_permute2x128_si256(sc16, sc16, 0x00);
             for (int p = 0; p < 4; p++) {
-                const __m256i q = _mm256_and_si256(_mm256_srli_epi16(bits, 2 * p), m3);
-                const __m256i scp = _mm256_shuffle_epi8(half, part_pick(p));
-                for (int t = 0; t < ROWS; t++) {
-                    const __m256i prod = _mm256_maddubs_epi16(q, loadu(y[t][i].qs + 128 * h + 32 * p));
-                    sumi[t] = _mm256_add_epi32(sumi[t], _mm256_madd_epi16(prod, scp));
+                __m256i q, off = m32;
+                if (f == G16_Q6) {
+                    q = q6[p];
+                } else {
+                    q = _mm256_and_si256(_mm256_srli_epi16(bits, 2 * p), m3);
+                    if (f == G16_Q3) {
+                        const __m256i hbit = _mm256_and_si256(_mm256_srli_epi16(hm, 4 * h + p), m1);
+                        off = _mm256_slli_epi16(_mm256_xor_si256(hbit, m1), 2);
+                    }
                 }
-            }
-        }
-        const float dx = h2f(x[i].d), mx = h2f(x[i].dmin);
-        for (int t = 0; t < ROWS; t++) {
-            const __m256i summs = scaled_bsums(mins8, 0, y[t][i].bsums);
-            acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(-y[t][i].d * mx), _mm256_cvtepi32_ps(summs), acc[t]);
-            acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(y[t][i].d * dx), _mm256_cvtepi32_ps(sumi[t]), acc[t]);
-        }
-    }
-    for (int t = 0; t < ROWS; t++) s[t * bs] = hsum_ps(acc[t]);
-}
-
-static void vec_dot_rows_q2_K(int n, int nrc, float *s, size_t bs, const void *vx, const void *vy, size_t by) {
-    int j = 0;
-    for (; j + ROWS <= nrc; j += ROWS) q2_rows4(n, vx, s + j * bs, bs, act_row(vy, by, j), by);
-    for (; j < nrc; j++) vec_dot_q2_K_q8_K(n, s + j * bs, vx, act_row(vy, by, j));
-}
-
-/* Q3_K against 4 activation rows */
-static void q3_rows4(int n, const lp_block_q3_K *x, float *s, size_t bs, const void *vy, size_t by) {
-    const __m256i m3 = _mm256_set1_epi8(3), m1 = _mm256_set1_epi8(1);
-    const lp_block_q8_K *y[ROWS];
-    __m256 acc[ROWS];
-    for (int t = 0; t < ROWS; t++) {
-        y[t] = act_row(vy, by, t);
-        acc[t] = _mm256_setzero_ps();
-    }
-    for (int i = 0; i < n / LP_QK_K; i++) {
-        const __m128i sc8 = q3_scales(x[i].scales);
-        const __m256i sc16 = _mm256_cvtepi8_epi16(sc8);
-        const __m256i hm = loadu(x[i].hmask);
-        __m256i sumi[ROWS];
-        for (int t = 0; t < ROWS; t++) sumi[t] = _mm256_setzero_si256();
-        for (int h = 0; h < 2; h++) {
-            const __m256i bits = loadu(x[i].qs + 32 * h);
-            const __m256i half = h ? _mm256_permute2x128_si256(sc16, sc16, 0x11)
-                                   : _mm256_permute2x128_si256(sc16, sc16, 0x00);
-            for (int p = 0; p < 4; p++) {
-                const __m256i lo = _mm256_and_si256(_mm256_srli_epi16(bits, 2 * p), m3);
-                const __m256i clear = _mm256_xor_si256(_mm256_and_si256(_mm256_srli_epi16(hm, 4 * h + p), m1), m1);
-                const __m256i off = _mm256_slli_epi16(clear, 2);
-                const __m256i scp = _mm256_shuffle_epi8(half, part_pick(p));
-                for (int t = 0; t < ROWS; t++) {
-                    const __m256i q8 = loadu(y[t][i].qs + 128 * h + 32 * p);
-                    const __m256i prod = _mm256_sub_epi16(_mm256_maddubs_epi16(lo, q8), _mm256_maddubs_epi16(off, q8));
-                    sumi[t] = _mm256_add_epi32(sumi[t], _mm256_madd_epi16(prod, scp));
-                }
-            }
-        }
-        const float dx = h2f(x[i].d);
-        for (int t = 0; t < ROWS; t++)
-            acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(y[t][i].d * dx), _mm256_cvtepi32_ps(sumi[t]), acc[t]);
-    }
-    for (int t = 0; t < ROWS; t++) s[t * bs] = hsum_ps(acc[t]);
-}
-
-static void vec_dot_rows_q3_K(int n, int nrc, float *s, size_t bs, const void *vx, const void *vy, size_t by) {
-    int j = 0;
-    for (; j + ROWS <= nrc; j += ROWS) q3_rows4(n, vx, s + j * bs, bs, act_row(vy, by, j), by);
-    for (; j < nrc; j++) vec_dot_q3_K_q8_K(n, s + j * bs, vx, act_row(vy, by, j));
-}
-
-static void q6_rows4(int n, const lp_block_q6_K *x, float *s, size_t bs, const void *vy, size_t by) {
-    const lp_block_q8_K *y[ROWS];
-    __m256 acc[ROWS];
-    for (int t = 0; t < ROWS; t++) {
-        y[t] = act_row(vy, by, t);
-        acc[t] = _mm256_setzero_ps();
-    }
-    for (int i = 0; i < n / LP_QK_K; i++) {
-        const __m128i sc8 = _mm_loadu_si128((const __m128i *)x[i].scales);
-        const __m256i sc16 = _mm256_cvtepi8_epi16(sc8);
-        const __m256i m32 = _mm256_set1_epi8(32);
-        __m256i sumi[ROWS];
-        for (int t = 0; t < ROWS; t++) sumi[t] = _mm256_setzero_si256();
-        for (int h = 0; h < 2; h++) {
-            __m256i q[4];
-            q6_half(&x[i], h, q);
-            const __m256i half = h ? _mm256_permute2x128_si256(sc16, sc16, 0x11)
-                                   : _mm256_permute2x128_si256(sc16, sc16, 0x00);
-            for (int p = 0; p < 4; p++) {
                 const __m256i scp = _mm256_shuffle_epi8(half, part_pick(p));
                 for (int t = 0; t < ROWS; t++) {
                     const __m256i v = loadu(y[t][i].qs + 128 * h + 32 * p);
-                    const __m256i prod = _mm256_sub_epi16(_mm256_maddubs_epi16(q[p], v), _mm256_maddubs_epi16(m32, v));
+                    __m256i prod = _mm256_maddubs_epi16(q, v);
+                    if (f != G16_Q2) prod = _mm256_sub_epi16(prod, _mm256_maddubs_epi16(off, v));
                     sumi[t] = _mm256_add_epi32(sumi[t], _mm256_madd_epi16(prod, scp));
                 }
             }
         }
-        const float dx = h2f(x[i].d);
-        for (int t = 0; t < ROWS; t++)
+        const float dx = h2f(f == G16_Q2 ? b2->d : f == G16_Q3 ? b3->d : b6->d);
+        const float mx = f == G16_Q2 ? h2f(b2->dmin) : 0.0f;
+        for (int t = 0; t < ROWS; t++) {
+            if (f == G16_Q2) {
+                const __m256i summs = scaled_bsums(mins8, 0, y[t][i].bsums);
+                acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(-y[t][i].d * mx), _mm256_cvtepi32_ps(summs), acc[t]);
+            }
             acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(y[t][i].d * dx), _mm256_cvtepi32_ps(sumi[t]), acc[t]);
+        }
     }
     for (int t = 0; t < ROWS; t++) s[t * bs] = hsum_ps(acc[t]);
 }
 
+static void q2_rows4(int n, const void *x, float *s, size_t bs, const void *y, size_t by) {
+    g16_rows4(G16_Q2, n, x, s, bs, y, by);
+}
+
+static void q3_rows4(int n, const void *x, float *s, size_t bs, const void *y, size_t by) {
+    g16_rows4(G16_Q3, n, x, s, bs, y, by);
+}
+
+static void q6_rows4(int n, const void *x, float *s, size_t bs, const void *y, size_t by) {
+    g16_rows4(G16_Q6, n, x, s, bs, y, by);
+}
+
+static void vec_dot_rows_q2_K(int n, int nrc, float *s, size_t bs, const void *vx, const void *vy, size_t by) {
+    lp_vec_dot_rows_by4(q2_rows4, vec_dot_q2_K_q8_K, n, nrc, s, bs, vx, vy, by);
+}
+
+static void vec_dot_rows_q3_K(int n, int nrc, float *s, size_t bs, const void *vx, const void *vy, size_t by) {
+    lp_vec_dot_rows_by4(q3_rows4, vec_dot_q3_K_q8_K, n, nrc, s, bs, vx, vy, by);
+}
+
 static void vec_dot_rows_q6_K(int n, int nrc, float *s, size_t bs, const void *vx, const void *vy, size_t by) {
-    int j = 0;
-    for (; j + ROWS <= nrc; j += ROWS) q6_rows4(n, vx, s + j * bs, bs, act_row(vy, by, j), by);
-    for (; j < nrc; j++) vec_dot_q6_K_q8_K(n, s + j * bs, vx, act_row(vy, by, j));
+    lp_vec_dot_rows_by4(q6_rows4, vec_dot_q6_K_q8_K, n, nrc, s, bs, vx, vy, by);
 }
 
 static void dequantize_row_q6_K(const void *vx, float *y, int64_t k) {
@@ -643,24 +414,11 @@ static void dequantize_row_q6_K(const void *vx, float *y, int64_t k) {
 
 void lp_register_kquants_avx2(lp_type_traits *t) {
     lp_register_kquants_avx2_quantizers(t);
-    t[LP_TYPE_Q2_K].to_float = dequantize_row_q2_K;
-    t[LP_TYPE_Q2_K].vec_dot = vec_dot_q2_K_q8_K;
-    t[LP_TYPE_Q2_K].vec_dot_rows = vec_dot_rows_q2_K;
-    t[LP_TYPE_Q3_K].to_float = dequantize_row_q3_K;
-    t[LP_TYPE_Q3_K].vec_dot = vec_dot_q3_K_q8_K;
-    t[LP_TYPE_Q3_K].vec_dot_rows = vec_dot_rows_q3_K;
-    t[LP_TYPE_Q4_K].to_float = dequantize_row_q4_K;
-    t[LP_TYPE_Q4_K].vec_dot = vec_dot_q4_K_q8_K;
-    t[LP_TYPE_Q4_K].vec_dot_rows = vec_dot_rows_q4_K;
-    t[LP_TYPE_Q5_K].to_float = dequantize_row_q5_K;
-    t[LP_TYPE_Q5_K].vec_dot = vec_dot_q5_K_q8_K;
-    t[LP_TYPE_Q5_K].vec_dot_rows = vec_dot_rows_q5_K;
-    t[LP_TYPE_Q6_K].to_float = dequantize_row_q6_K;
-    t[LP_TYPE_Q6_K].vec_dot = vec_dot_q6_K_q8_K;
-    t[LP_TYPE_Q6_K].vec_dot_rows = vec_dot_rows_q6_K;
-    t[LP_TYPE_Q8_K].to_float = dequantize_row_q8_K;
-    t[LP_TYPE_Q8_K].from_float = quantize_row_q8_K;
-    t[LP_TYPE_Q8_K].vec_dot = vec_dot_q8_K_q8_K;
+    lp_register_kquants_avx2_k4(t);
+    lp_override(&t[LP_TYPE_Q2_K], dequantize_row_q2_K, NULL, vec_dot_q2_K_q8_K, vec_dot_rows_q2_K);
+    lp_override(&t[LP_TYPE_Q3_K], dequantize_row_q3_K, NULL, vec_dot_q3_K_q8_K, vec_dot_rows_q3_K);
+    lp_override(&t[LP_TYPE_Q6_K], dequantize_row_q6_K, NULL, vec_dot_q6_K_q8_K, vec_dot_rows_q6_K);
+    lp_override(&t[LP_TYPE_Q8_K], dequantize_row_q8_K, quantize_row_q8_K, vec_dot_q8_K_q8_K, NULL);
 }
 
 #else

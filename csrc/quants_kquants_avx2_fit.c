@@ -4,8 +4,8 @@
  * grids). Here lane j of every vector fits sub-block j: the scalar fit's float operations, in its order,
  * element by element (x[i] holds element i of 8 sub-blocks), with branches turned into lane masks and
  * rounding done by the reference's magic-number trick, garbage included. The second half (scales,
- * final quants, packing) is the scalar file's lp_qN_K_finish. Built with -ffp-contract=off: a fused
- * multiply-add would change the bytes.
+ * final quants, packing) is lp_qN_K_finish of quants_kquants_quantize.c. Built with -ffp-contract=off:
+ * a fused multiply-add would change the bytes.
  */
 #if defined(__x86_64__) || defined(__i386__)
 #pragma GCC target("avx2,fma,f16c")
@@ -43,7 +43,7 @@ static inline void untranspose8_i32(const __m256i *L, int n, int32_t *out) {
         for (int i = 0; i < n; i++) out[n * j + i] = t[8 * i + j];
 }
 
-/* make_qkx2_quants of the scalar file on G groups of 8 lanes (G = 1 or 2: two independent groups hide
+/* make_qkx2_quants of the scalar quantizers on G groups of 8 lanes (G = 1 or 2: two independent groups hide
  * the latency of the running sums): group g's element i is x[g*n + i]; scale, -min and quants L per lane */
 static inline __attribute__((always_inline)) void make_qkx2_xg(int G, int n, int nmax, const __m256 *x,
                                                                 const __m256 *w, __m256i *L, __m256 *scale_out,
@@ -163,7 +163,7 @@ static inline void qx_sums(int n, int nmax, const __m256 *x, __m256 iscale, __m2
     *suml2 = b;
 }
 
-/* make_qx_quants (weights x^2) of the scalar file on 8 lanes; L[i] offset by nmax (0 in all-zero lanes) */
+/* make_qx_quants (weights x^2) of the scalar quantizers on 8 lanes; L[i] offset by nmax (0 in all-zero lanes) */
 static __m256 make_qx_x8(int n, int nmax, const __m256 *x, __m256i *L) {
     const __m256 zero = _mm256_setzero_ps();
     __m256 is_zero;
@@ -192,7 +192,7 @@ static __m256 make_qx_x8(int n, int nmax, const __m256 *x, __m256i *L) {
     return sel(is_zero, zero, scale);
 }
 
-/* make_q3_quants of the scalar file on 8 lanes; L[i] offset by nmax (0 in all-zero lanes) */
+/* make_q3_quants of the scalar quantizers on 8 lanes; L[i] offset by nmax (0 in all-zero lanes) */
 static __m256 make_q3_x8(int n, int nmax, const __m256 *x, __m256i *L) {
     const __m256 zero = _mm256_setzero_ps();
     __m256 is_zero;
@@ -251,8 +251,10 @@ static void quantize_row_q2_K(const float *x, void *vy, int64_t k) {
     }
 }
 
-static void quantize_row_q3_K(const float *x, void *vy, int64_t k) {
-    lp_block_q3_K *y = vy;
+/* Q3_K (make_q3_quants, nmax 4) and Q6_K (make_qx_quants, nmax 32) rows: the 16 signed sub-block fits of a
+ * block, 8 at a time, then finished */
+static inline __attribute__((always_inline)) void quantize_row_signed16(const float *x, char *y, size_t ysize,
+                                                                        int64_t k, int q6) {
     float scales[16];
     int32_t L32[LP_QK_K];
     int8_t L[LP_QK_K];
@@ -261,12 +263,18 @@ static void quantize_row_q3_K(const float *x, void *vy, int64_t k) {
             __m256 xt[16];
             __m256i Lv[16];
             transpose8(x + 128 * half, 16, xt);
-            _mm256_storeu_ps(scales + 8 * half, make_q3_x8(16, 4, xt, Lv));
+            _mm256_storeu_ps(scales + 8 * half, q6 ? make_qx_x8(16, 32, xt, Lv) : make_q3_x8(16, 4, xt, Lv));
             untranspose8_i32(Lv, 16, L32 + 128 * half);
         }
         for (int j = 0; j < LP_QK_K; j++) L[j] = (int8_t)L32[j];
-        lp_q3_K_finish(x, scales, L, &y[i]);
+        void *out = y + (size_t)i * ysize;
+        if (q6) lp_q6_K_finish(x, scales, L, out);
+        else lp_q3_K_finish(x, scales, L, out);
     }
+}
+
+static void quantize_row_q3_K(const float *x, void *vy, int64_t k) {
+    quantize_row_signed16(x, vy, sizeof(lp_block_q3_K), k, 0);
 }
 
 /* the Q4_K / Q5_K fits of G consecutive blocks: weights av_x + |x| with av_x = sqrt(Σx²/32) per sub-block */
@@ -318,21 +326,7 @@ static void quantize_row_q5_K(const float *x, void *vy, int64_t k) {
 }
 
 static void quantize_row_q6_K(const float *x, void *vy, int64_t k) {
-    lp_block_q6_K *y = vy;
-    float scales[16];
-    int32_t L32[LP_QK_K];
-    int8_t L[LP_QK_K];
-    for (int64_t i = 0; i < k / LP_QK_K; i++, x += LP_QK_K) {
-        for (int half = 0; half < 2; half++) {
-            __m256 xt[16];
-            __m256i Lv[16];
-            transpose8(x + 128 * half, 16, xt);
-            _mm256_storeu_ps(scales + 8 * half, make_qx_x8(16, 32, xt, Lv));
-            untranspose8_i32(Lv, 16, L32 + 128 * half);
-        }
-        for (int j = 0; j < LP_QK_K; j++) L[j] = (int8_t)L32[j];
-        lp_q6_K_finish(x, scales, L, &y[i]);
-    }
+    quantize_row_signed16(x, vy, sizeof(lp_block_q6_K), k, 1);
 }
 
 void lp_register_kquants_avx2_quantizers(lp_type_traits *t) {

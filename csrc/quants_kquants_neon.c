@@ -309,19 +309,12 @@ static void dequantize_row_q6_K(const void *vx, float *y, int64_t k) {
 }
 
 void lp_register_kquants_neon(lp_type_traits *t) {
-    t[LP_TYPE_Q2_K].to_float = dequantize_row_q2_K;
-    t[LP_TYPE_Q2_K].vec_dot = vec_dot_q2_K_q8_K;
-    t[LP_TYPE_Q3_K].to_float = dequantize_row_q3_K;
-    t[LP_TYPE_Q3_K].vec_dot = vec_dot_q3_K_q8_K;
-    t[LP_TYPE_Q4_K].to_float = dequantize_row_q4_K;
-    t[LP_TYPE_Q4_K].vec_dot = vec_dot_q4_K_q8_K;
-    t[LP_TYPE_Q5_K].to_float = dequantize_row_q5_K;
-    t[LP_TYPE_Q5_K].vec_dot = vec_dot_q5_K_q8_K;
-    t[LP_TYPE_Q6_K].to_float = dequantize_row_q6_K;
-    t[LP_TYPE_Q6_K].vec_dot = vec_dot_q6_K_q8_K;
-    t[LP_TYPE_Q8_K].to_float = dequantize_row_q8_K;
-    t[LP_TYPE_Q8_K].from_float = quantize_row_q8_K;
-    t[LP_TYPE_Q8_K].vec_dot = vec_dot_q8_K_q8_K;
+    lp_override(&t[LP_TYPE_Q2_K], dequantize_row_q2_K, NULL, vec_dot_q2_K_q8_K, NULL);
+    lp_override(&t[LP_TYPE_Q3_K], dequantize_row_q3_K, NULL, vec_dot_q3_K_q8_K, NULL);
+    lp_override(&t[LP_TYPE_Q4_K], dequantize_row_q4_K, NULL, vec_dot_q4_K_q8_K, NULL);
+    lp_override(&t[LP_TYPE_Q5_K], dequantize_row_q5_K, NULL, vec_dot_q5_K_q8_K, NULL);
+    lp_override(&t[LP_TYPE_Q6_K], dequantize_row_q6_K, NULL, vec_dot_q6_K_q8_K, NULL);
+    lp_override(&t[LP_TYPE_Q8_K], dequantize_row_q8_K, quantize_row_q8_K, vec_dot_q8_K_q8_K, NULL);
 }
 
 #else

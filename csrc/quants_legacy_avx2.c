@@ -7,7 +7,6 @@
 #if defined(__x86_64__) || defined(__i386__)
 #pragma GCC target("avx2,fma,f16c")
 #include <immintrin.h>
-#define LP_AVX2_HELPERS
 #include "lp_avx2.h"
 #include <math.h>
 #include <string.h>
@@ -17,44 +16,6 @@
 static inline uint16_t f2h(float f) {
     /* the hardware keeps NaN payloads where the reference's software conversion does not */
     return isnan(f) ? lp_fp32_to_fp16(f) : (uint16_t)_cvtss_sh(f, 0);
-}
-
-static inline int hsum_epi32(__m256i v) {
-    __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
-    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, _MM_SHUFFLE(1, 0, 3, 2)));
-    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, _MM_SHUFFLE(2, 3, 0, 1)));
-    return _mm_cvtsi128_si32(s);
-}
-
-static inline float hmax_ps(__m256 v) {
-    __m128 m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    m = _mm_max_ps(m, _mm_movehl_ps(m, m));
-    m = _mm_max_ss(m, _mm_movehdup_ps(m));
-    return _mm_cvtss_f32(m);
-}
-
-/* roundf (halves away from zero), from truncation: exact, unlike the round-to-even instruction */
-static inline __m256 round_half_away(__m256 v) {
-    const __m256 sign = _mm256_set1_ps(-0.0f);
-    const __m256 t = _mm256_round_ps(v, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC);
-    const __m256 frac = _mm256_andnot_ps(sign, _mm256_sub_ps(v, t));
-    const __m256 up = _mm256_cmp_ps(frac, _mm256_set1_ps(0.5f), _CMP_GE_OQ);
-    const __m256 one = _mm256_or_ps(_mm256_set1_ps(1.0f), _mm256_and_ps(v, sign));
-    return _mm256_add_ps(t, _mm256_and_ps(up, one));
-}
-
-/* 32 floats of a block -> 32 int8 (rounded like roundf); returns their sum */
-static inline int quantize_block_q8(const float *x, float id, int8_t *qs) {
-    const __m256 vid = _mm256_set1_ps(id);
-    __m256i q[4];
-    for (int k = 0; k < 4; k++)
-        q[k] = _mm256_cvtps_epi32(round_half_away(_mm256_mul_ps(_mm256_loadu_ps(x + 8 * k), vid)));
-    const int sum = hsum_epi32(_mm256_add_epi32(_mm256_add_epi32(q[0], q[1]), _mm256_add_epi32(q[2], q[3])));
-    /* packs work per 128-bit lane: the permute puts the four groups of 4 back in order */
-    __m256i p = _mm256_packs_epi16(_mm256_packs_epi32(q[0], q[1]), _mm256_packs_epi32(q[2], q[3]));
-    p = _mm256_permutevar8x32_epi32(p, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
-    _mm256_storeu_si256((__m256i *)qs, p);
-    return sum;
 }
 
 static inline float block_absmax(const float *x) {
@@ -71,7 +32,7 @@ static void quantize_row_q8_0(const float *x, void *vy, int64_t n) {
         const float d = amax / 127;
         const float id = d ? 1.0f / d : 0.0f;
         y[i].d = f2h(d);
-        quantize_block_q8(x, id, y[i].qs);
+        q8_block32(x, id, 1, y[i].qs);
     }
 }
 
@@ -82,7 +43,7 @@ static void quantize_row_q8_1(const float *x, void *vy, int64_t n) {
         const float d = amax / 127;
         const float id = d ? 1.0f / d : 0.0f;
         y[i].d = f2h(d);
-        const int sum = quantize_block_q8(x, id, y[i].qs);
+        const int sum = q8_block32(x, id, 1, y[i].qs);
         y[i].s = f2h(sum * d);
     }
 }
@@ -287,20 +248,13 @@ static void vec_dot_iq4_nl_q8_0(int n, float *s, const void *vx, const void *vy)
 }
 
 void lp_register_legacy_avx2(lp_type_traits *t) {
-    t[LP_TYPE_Q4_0].to_float = dequantize_row_q4_0;
-    t[LP_TYPE_Q4_0].vec_dot = vec_dot_q4_0_q8_0;
-    t[LP_TYPE_Q4_1].to_float = dequantize_row_q4_1;
-    t[LP_TYPE_Q4_1].vec_dot = vec_dot_q4_1_q8_1;
-    t[LP_TYPE_Q5_0].to_float = dequantize_row_q5_0;
-    t[LP_TYPE_Q5_0].vec_dot = vec_dot_q5_0_q8_0;
-    t[LP_TYPE_Q5_1].to_float = dequantize_row_q5_1;
-    t[LP_TYPE_Q5_1].vec_dot = vec_dot_q5_1_q8_1;
-    t[LP_TYPE_Q8_0].to_float = dequantize_row_q8_0;
-    t[LP_TYPE_Q8_0].from_float = quantize_row_q8_0;
-    t[LP_TYPE_Q8_0].vec_dot = vec_dot_q8_0_q8_0;
-    t[LP_TYPE_Q8_1].from_float = quantize_row_q8_1;
-    t[LP_TYPE_IQ4_NL].to_float = dequantize_row_iq4_nl;
-    t[LP_TYPE_IQ4_NL].vec_dot = vec_dot_iq4_nl_q8_0;
+    lp_override(&t[LP_TYPE_Q4_0], dequantize_row_q4_0, NULL, vec_dot_q4_0_q8_0, NULL);
+    lp_override(&t[LP_TYPE_Q4_1], dequantize_row_q4_1, NULL, vec_dot_q4_1_q8_1, NULL);
+    lp_override(&t[LP_TYPE_Q5_0], dequantize_row_q5_0, NULL, vec_dot_q5_0_q8_0, NULL);
+    lp_override(&t[LP_TYPE_Q5_1], dequantize_row_q5_1, NULL, vec_dot_q5_1_q8_1, NULL);
+    lp_override(&t[LP_TYPE_Q8_0], dequantize_row_q8_0, quantize_row_q8_0, vec_dot_q8_0_q8_0, NULL);
+    lp_override(&t[LP_TYPE_Q8_1], NULL, quantize_row_q8_1, NULL, NULL);
+    lp_override(&t[LP_TYPE_IQ4_NL], dequantize_row_iq4_nl, NULL, vec_dot_iq4_nl_q8_0, NULL);
 }
 
 #else

@@ -222,20 +222,13 @@ static void vec_dot_iq4_nl_q8_0(int n, float *s, const void *vx, const void *vy)
 }
 
 void lp_register_legacy_neon(lp_type_traits *t) {
-    t[LP_TYPE_Q4_0].to_float = dequantize_row_q4_0;
-    t[LP_TYPE_Q4_0].vec_dot = vec_dot_q4_0_q8_0;
-    t[LP_TYPE_Q4_1].to_float = dequantize_row_q4_1;
-    t[LP_TYPE_Q4_1].vec_dot = vec_dot_q4_1_q8_1;
-    t[LP_TYPE_Q5_0].to_float = dequantize_row_q5_0;
-    t[LP_TYPE_Q5_0].vec_dot = vec_dot_q5_0_q8_0;
-    t[LP_TYPE_Q5_1].to_float = dequantize_row_q5_1;
-    t[LP_TYPE_Q5_1].vec_dot = vec_dot_q5_1_q8_1;
-    t[LP_TYPE_Q8_0].to_float = dequantize_row_q8_0;
-    t[LP_TYPE_Q8_0].from_float = quantize_row_q8_0;
-    t[LP_TYPE_Q8_0].vec_dot = vec_dot_q8_0_q8_0;
-    t[LP_TYPE_Q8_1].from_float = quantize_row_q8_1;
-    t[LP_TYPE_IQ4_NL].to_float = dequantize_row_iq4_nl;
-    t[LP_TYPE_IQ4_NL].vec_dot = vec_dot_iq4_nl_q8_0;
+    lp_override(&t[LP_TYPE_Q4_0], dequantize_row_q4_0, NULL, vec_dot_q4_0_q8_0, NULL);
+    lp_override(&t[LP_TYPE_Q4_1], dequantize_row_q4_1, NULL, vec_dot_q4_1_q8_1, NULL);
+    lp_override(&t[LP_TYPE_Q5_0], dequantize_row_q5_0, NULL, vec_dot_q5_0_q8_0, NULL);
+    lp_override(&t[LP_TYPE_Q5_1], dequantize_row_q5_1, NULL, vec_dot_q5_1_q8_1, NULL);
+    lp_override(&t[LP_TYPE_Q8_0], dequantize_row_q8_0, quantize_row_q8_0, vec_dot_q8_0_q8_0, NULL);
+    lp_override(&t[LP_TYPE_Q8_1], NULL, quantize_row_q8_1, NULL, NULL);
+    lp_override(&t[LP_TYPE_IQ4_NL], dequantize_row_iq4_nl, NULL, vec_dot_iq4_nl_q8_0, NULL);
 }
 
 #else

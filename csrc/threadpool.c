@@ -7,7 +7,7 @@
 #include <stdatomic.h>
 #include <stdlib.h>
 
-#include "lp_engine.h"
+#include "lp_pool.h"
 
 #define SPIN_BEFORE_YIELD 2000   /* pause instructions before sched_yield() in a barrier */
 #define SPIN_BEFORE_SLEEP 20000  /* polls of an idle worker before it sleeps */

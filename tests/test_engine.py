@@ -118,6 +118,23 @@ def test_scalar_kernels_agree(tmp_path):
     assert rel_err(fast, slow) < 1e-3
 
 
+def test_engine_keeps_its_kernels_across_a_switch(tmp_path):
+    """An engine runs the kernels active when it was created: lp_kernels_set changes only later engines."""
+    if kernels_best() == "scalar":
+        pytest.skip("only scalar kernels on this CPU")
+    p = write_random_llama(tmp_path / "m.gguf", wtype=T.Q2_K, n_vocab=128, n_embd=256, n_ff=512)
+    level = lib.lp_kernels_active()
+    with Llama(p, n_ctx=64, n_batch=8) as llm:
+        before = llm.eval_all_logits(TOKENS)
+        try:
+            set_kernels("scalar")
+            llm.kv_clear()
+            after = llm.eval_all_logits(TOKENS)
+        finally:
+            lib.lp_kernels_set(level)
+    assert (after == before).all()
+
+
 def test_sequences_are_independent(f32_model):
     a, b = TOKENS[:9], TOKENS[5:17]
     with Engine(f32_model, n_ctx=32, n_seq_max=3, n_batch=8) as llm:

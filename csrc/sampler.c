@@ -12,7 +12,11 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "lp_engine.h"
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#endif
+
+#include "llamapy.h"
 
 #define MT_N 624
 #define MT_M 397
@@ -117,6 +121,58 @@ static void softmax(cands *c) {
 
 static void truncate_to(cands *c, int m) {
     if (m < c->n) c->n = m;
+}
+
+/* ---- top-k ----------------------------------------------------------------------------------- */
+
+/* the first index >= i whose value is > thr (n if none): with AVX2, 8 compared at once. The one AVX2
+ * function of this file, so it selects the target itself; it runs only when the AVX2 kernels are active. */
+#if defined(__x86_64__) || defined(__i386__)
+__attribute__((target("avx2,fma,f16c"))) static int64_t find_above_avx2(const float *x, int64_t i, int64_t n,
+                                                                         float thr) {
+    const __m256 t = _mm256_set1_ps(thr);
+    for (; i + 8 <= n; i += 8) {
+        int mask = _mm256_movemask_ps(_mm256_cmp_ps(_mm256_loadu_ps(x + i), t, _CMP_GT_OQ));
+        if (mask) return i + __builtin_ctz((unsigned)mask);
+    }
+    for (; i < n; i++)
+        if (x[i] > thr) return i;
+    return n;
+}
+#else
+static int64_t find_above_avx2(const float *x, int64_t i, int64_t n, float thr) {   /* never called off x86 */
+    for (; i < n; i++)
+        if (x[i] > thr) return i;
+    return n;
+}
+#endif
+
+int lp_top_k(const float *x, int64_t n, int32_t k, int32_t *idx) {
+    if (k <= 0 || n <= 0) return 0;
+    if (k > n) k = (int32_t)n;
+    const int fast = lp_kernels_active() == LP_KERNELS_AVX2;
+    /* idx[0..m) sorted: larger values first, equal values by index; once full, only a value above the
+       last one enters (NaN never does), and the scan skips ahead to the next such value */
+    int m = 0;
+    for (int64_t i = 0; i < n; i++) {
+        if (m == k) {
+            const float thr = x[idx[m - 1]];
+            if (fast) {
+                i = find_above_avx2(x, i, n, thr);
+                if (i == n) break;
+            } else if (!(x[i] > thr)) {
+                continue;
+            }
+        }
+        const float v = x[i];
+        int j = m < k ? m++ : m - 1;
+        while (j > 0 && v > x[idx[j - 1]]) {
+            idx[j] = idx[j - 1];
+            j--;
+        }
+        idx[j] = (int32_t)i;
+    }
+    return m;
 }
 
 /* ---- the chain ------------------------------------------------------------------------------- */

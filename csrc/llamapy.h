@@ -1,0 +1,171 @@
+/* llamapy's public C API: the one header Python binds to.
+ *
+ * Everything between the LP_API markers is also the cffi cdef (llamapy/_build.py reads it from here), so
+ * it holds plain C types only: no includes, macros or internal structs there. The internals (kernel table,
+ * engine state, thread pool, block layouts) are in the lp_*.h headers, which only the C files include.
+ */
+#ifndef LLAMAPY_H
+#define LLAMAPY_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* LP_API_BEGIN */
+/* ---- tensor types and kernels (dispatch.c) ---- */
+
+/* Tensor types: the same ids as GGML / GGUF. */
+enum lp_type {
+    LP_TYPE_F32 = 0,
+    LP_TYPE_F16 = 1,
+    LP_TYPE_Q4_0 = 2,
+    LP_TYPE_Q4_1 = 3,
+    LP_TYPE_Q5_0 = 6,
+    LP_TYPE_Q5_1 = 7,
+    LP_TYPE_Q8_0 = 8,
+    LP_TYPE_Q8_1 = 9,
+    LP_TYPE_Q2_K = 10,
+    LP_TYPE_Q3_K = 11,
+    LP_TYPE_Q4_K = 12,
+    LP_TYPE_Q5_K = 13,
+    LP_TYPE_Q6_K = 14,
+    LP_TYPE_Q8_K = 15,
+    LP_TYPE_IQ4_NL = 20,
+    LP_TYPE_BF16 = 30,
+    LP_TYPE_COUNT = 40
+};
+
+/* Kernel levels: LP_KERNELS_SCALAR always works; the others only where the CPU has them. */
+enum lp_kernels { LP_KERNELS_SCALAR = 0, LP_KERNELS_AVX2 = 1, LP_KERNELS_NEON = 2 };
+
+int lp_cpu_has_avx2(void);          /* AVX2 + FMA + F16C all present */
+int lp_cpu_has_neon(void);
+int lp_kernels_best(void);          /* the best level this CPU runs */
+int lp_kernels_active(void);        /* the level in use */
+int lp_kernels_set(int level);      /* 0 on success, -1 if this CPU can't run that level; any thread, any time */
+const char *lp_kernels_name(int level);
+
+/* Per-type facts and row kernels; all return 0 on success, -1 for a type without that kernel. */
+int lp_type_supported(int type);
+int64_t lp_blck_size(int type);
+int64_t lp_type_size(int type);
+int64_t lp_row_size(int type, int64_t n);          /* bytes of a row of n values; -1 if n % blck */
+int lp_vec_dot_type(int type);                      /* the activation type `type` is dotted with */
+int lp_quantize_row_ref(int type, const float *x, void *y, int64_t n);   /* scalar, byte-exact */
+int lp_quantize_row(int type, const float *x, void *y, int64_t n);       /* active kernels */
+int lp_dequantize_row(int type, const void *x, float *y, int64_t n);     /* active kernels */
+int lp_vec_dot(int type, int64_t n, const void *x, const void *y, float *s); /* y: vec_dot_type */
+/* s[j] = dot(x, row j of y) for j < nrc, y rows y_stride bytes apart (the vec_dot_type of `type`):
+ * the multi-row kernel where the type has one, else one vec_dot per row. -1 for a type without vec_dot. */
+int lp_vec_dot_rows(int type, int64_t n, int nrc, const void *x, const void *y, int64_t y_stride, float *s);
+
+/* ---- the inference engine (engine*.c) ----
+ *
+ * One C call per forward step of a llama-architecture model. Python maps the GGUF, fills an
+ * lp_engine_params, creates the engine once (KV cache, scratch buffers, thread pool), hands it a pointer
+ * to every weight, then calls lp_engine_eval() once per batch of tokens. The batch may mix sequences at
+ * different positions; each sequence owns n_ctx KV positions and a token at position p attends to
+ * positions 0..p of its own sequence. The KV cache is F16: K as (layer, seq, pos, n_head_kv*head_dim),
+ * V transposed as (layer, seq, n_head_kv*head_dim, pos), the layout the reference uses without flash
+ * attention. An engine runs the kernels that were active when it was created (lp_kernels_set
+ * changes only engines created after it). */
+typedef struct lp_engine lp_engine;
+
+/* Hyperparameters and context settings; Python fills every field. */
+typedef struct {
+    int32_t n_vocab, n_embd, n_layer, n_head, n_head_kv, head_dim, n_ff;
+    int32_t n_ctx;            /* KV positions per sequence */
+    int32_t n_seq;            /* independent sequences sharing the engine */
+    int32_t n_batch;          /* most tokens one lp_engine_eval() call takes */
+    int32_t n_threads;
+    float norm_eps;           /* RMSNorm epsilon */
+    float attn_scale;         /* scale of q.k; 0 -> 1/sqrt(head_dim) */
+    float rope_freq_base, rope_freq_scale;
+    float yarn_ext_factor, yarn_attn_factor, yarn_beta_fast, yarn_beta_slow;
+    int32_t n_ctx_orig;       /* training context YaRN corrects from */
+} lp_engine_params;
+
+/* Weight slots; "layer" is ignored for the global ones. */
+enum lp_weight_kind {
+    LP_W_TOKEN_EMBD = 0, LP_W_OUTPUT_NORM = 1, LP_W_OUTPUT = 2, LP_W_ROPE_FREQS = 3,
+    LP_W_ATTN_NORM = 10, LP_W_Q = 11, LP_W_K = 12, LP_W_V = 13, LP_W_O = 14,
+    LP_W_Q_B = 15, LP_W_K_B = 16, LP_W_V_B = 17, LP_W_O_B = 18,
+    LP_W_FFN_NORM = 20, LP_W_GATE = 21, LP_W_UP = 22, LP_W_DOWN = 23,
+    LP_W_GATE_B = 24, LP_W_UP_B = 25, LP_W_DOWN_B = 26
+};
+
+lp_engine *lp_engine_new(const lp_engine_params *p);   /* NULL when out of memory or params invalid */
+void lp_engine_free(lp_engine *e);
+const char *lp_engine_error(const lp_engine *e);      /* message of the last failed call */
+int lp_engine_n_threads(const lp_engine *e);
+double lp_engine_eval_seconds(const lp_engine *e);   /* wall time spent inside lp_engine_eval so far */
+int64_t lp_engine_kv_bytes(const lp_engine *e);
+
+/* Point a slot at weight data (not copied; must outlive the engine). ne0 = row length, ne1 = rows
+ * (1 for vectors). Returns 0, or -1 for a slot, type or shape that does not fit (see lp_engine_error). */
+int lp_engine_set_weight(lp_engine *e, int kind, int layer, const void *data, int type, int64_t ne0, int64_t ne1);
+
+/* One forward step. tokens/pos/seq: n_tokens entries each. out_idx: the n_out batch indices whose
+ * results are wanted. logits (n_out, n_vocab) and hidden (n_out, n_embd; the final-normed hidden
+ * states) may each be NULL. Returns 0, or -1 with lp_engine_error() set (nothing is evaluated). */
+int lp_engine_eval(lp_engine *e, int32_t n_tokens, const int32_t *tokens, const int32_t *pos,
+                   const int32_t *seq, int32_t n_out, const int32_t *out_idx, float *logits, float *hidden);
+
+/* Move the KV entries of positions [p0, p1) of a sequence by delta positions (K re-rotated);
+ * what was at the destination is overwritten. */
+int lp_engine_kv_shift(lp_engine *e, int32_t seq, int32_t p0, int32_t p1, int32_t delta);
+/* Copy positions [0, n) of sequence src to sequence dst. */
+int lp_engine_kv_copy(lp_engine *e, int32_t src, int32_t dst, int32_t n);
+
+/* The engine's matrix product with the active kernels, for tests and benchmarks: x (nc, n) float
+ * activations are quantized as the engine quantizes them, then out[c * nr + r] = dot(row r of w, x_c).
+ * Returns 0, or -1 for a type without kernels or n not a multiple of its blocks. */
+int lp_matmul(int type, int64_t n, int64_t nr, int64_t nc, const void *w, const float *x, float *out);
+/* x (n floats) quantized to the activation type `type` as the engine does it (active kernels). */
+int lp_quantize_activations(int type, const float *x, void *y, int64_t n);
+
+/* ---- the sampler chain (sampler.c): the reference's, as llamapy/sampling.py spells it out ---- */
+typedef struct lp_sampler lp_sampler;
+typedef struct {
+    float temp;
+    int32_t top_k;
+    float top_p, min_p, typical_p;
+    float repeat_penalty;
+    int32_t repeat_last_n;
+    float presence_penalty, frequency_penalty;
+    int32_t mirostat;
+    float mirostat_tau, mirostat_eta;
+    int32_t min_keep;
+} lp_sampler_params;
+lp_sampler *lp_sampler_new(uint32_t seed, int32_t n_vocab);
+void lp_sampler_free(lp_sampler *s);
+void lp_sampler_reset(lp_sampler *s, uint32_t seed, float mu);   /* generator from seed; mirostat's mu */
+float lp_sampler_mu(const lp_sampler *s);
+/* The next token from logits (n_vocab): bias (n_bias id/value pairs) and penalties over hist (n_hist
+ * ids, oldest first) applied first. The final candidates, most likely first, go to cand_ids / cand_p
+ * (up to max_cand; either may be NULL) and their count to *n_cand. */
+int32_t lp_sampler_sample(lp_sampler *s, const lp_sampler_params *p, const float *logits, const int32_t *bias_ids,
+                          const float *bias, int32_t n_bias, const int32_t *hist, int32_t n_hist, int32_t max_cand,
+                          int32_t *cand_ids, float *cand_p, int32_t *n_cand);
+
+/* The indices of the k largest of x[0..n), largest first, equal values in index order (the sampler's
+ * top-k without sorting the whole vocabulary). Returns how many were written: min(k, n). */
+int lp_top_k(const float *x, int64_t n, int32_t k, int32_t *idx);
+
+/* ---- GGUF metadata (gguf_strings.c): a vocabulary is 10^5 length-prefixed strings, too many for a
+ * Python loop at every start ---- */
+
+/* Walk n GGUF strings (a little-endian u64 length, then the bytes) starting at buf[pos], within size bytes.
+ * out NULL: returns the offset just past them and sets *total to their bytes, or -1 if a length runs
+ * past size. With out (cap bytes, *total + n needed): also copies each string followed by a 0 byte; returns
+ * -1 if they don't fit, -2 if a string holds a 0 byte itself (the caller then splits them its own way). */
+int64_t lp_gguf_strings(const uint8_t *buf, uint64_t size, uint64_t pos, uint64_t n, uint8_t *out, uint64_t cap,
+                        uint64_t *total);
+
+/* ---- machine measurements for the benchmarks (bandwidth.c) ---- */
+
+/* Read bandwidth in GB/s: n_threads threads each stream over their own `bytes` (first touched by that thread)
+ * at the same time, best of `reps` passes; the roofline decode is measured against. -1 on failure. */
+double lp_read_bandwidth(int n_threads, size_t bytes, int reps);
+/* LP_API_END */
+
+#endif
