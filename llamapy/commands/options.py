@@ -15,7 +15,7 @@ from typing import Any, Optional
 import typer
 
 from ..errors import LlamapyError
-from ..generation.params import SamplerParams
+from ..generation.params import SamplerParams, samplers_from_letters, samplers_from_names
 
 _SAMPLER_DEFAULTS = {f.name: f.default for f in dataclasses.fields(SamplerParams)
                      if f.default is not dataclasses.MISSING}
@@ -70,7 +70,26 @@ SAMPLING: list[Opt] = [
     _s("logit_bias", ("-l", "--logit-bias"), "TOKEN_ID(+/-)BIAS, e.g. 15043+1 (repeatable).",
        type=Optional[list[str]], default=None),
     _s("ignore_eos", ("--ignore-eos",), "Never stop at end-of-generation tokens."),
+    _s("dry_multiplier", ("--dry-multiplier",), "DRY repetition penalty multiplier (0.0: off)."),
+    _s("dry_base", ("--dry-base",), "DRY penalty base (values below 1.0 keep the default)."),
+    _s("dry_allowed_length", ("--dry-allowed-length",), "Repeats longer than this get the DRY penalty."),
+    _s("dry_penalty_last_n", ("--dry-penalty-last-n",), "Tokens DRY looks back on (0: off, -1: the context)."),
+    _s("dry_sequence_breaker", ("--dry-sequence-breaker",),
+       "DRY sequence breaker, replacing the defaults ('\\n', ':', '\"', '*'); 'none' for none (repeatable).",
+       "dry_sequence_breakers", type=Optional[list[str]], default=None),
+    _s("xtc_probability", ("--xtc-probability",), "XTC: chance of excluding the top choices (0.0: off)."),
+    _s("xtc_threshold", ("--xtc-threshold",), "XTC: probability a top choice has (above 0.5: off)."),
+    _s("dynatemp_range", ("--dynatemp-range",), "Dynamic temperature range (0.0: off)."),
+    _s("dynatemp_exponent", ("--dynatemp-exp",), "Dynamic temperature exponent."),
+    _s("top_n_sigma", ("--top-nsigma",),
+       "Top-n-sigma sampling (-1.0: off; on, the chain is top-k, temperature, top-n-sigma)."),
+    _s("samplers", ("--samplers",), "The chain's samplers in order, separated by ';' "
+       "(default: penalties;dry;top_k;typ_p;top_p;min_p;xtc;temperature).", type=Optional[str], default=None),
+    _s("sampling_seq", ("--sampling-seq", "--sampler-seq"), "The chain's samplers as letters (default: edkypmxt).",
+       "samplers", type=Optional[str], default=None),
 ]
+
+_PARSED = ("logit_bias", "dry_sequence_breaker", "samplers", "sampling_seq")  # sampler_params reads these itself
 
 CONTEXT_SHIFT = Opt("context_shift", ("--context-shift/--no-context-shift",),
                     "When the context fills: keep --keep tokens, drop half the rest and go on (or stop).",
@@ -141,6 +160,19 @@ def parse_logit_bias(items: list[str] | None) -> dict[int, float]:
 
 def sampler_params(opts: Mapping[str, Any]) -> SamplerParams:
     """The SamplerParams that parsed SAMPLING options ask for."""
-    kw = {o.field: opts[o.name] for o in SAMPLING}
+    kw = {o.field: opts[o.name] for o in SAMPLING if o.name not in _PARSED}
     kw["logit_bias"] = parse_logit_bias(opts["logit_bias"])
+    if kw["dry_base"] < 1.0:  # as the reference: ignored
+        kw["dry_base"] = _SAMPLER_DEFAULTS["dry_base"]
+    if opts.get("dry_sequence_breaker"):
+        breakers: list[str] = []
+        for b in opts["dry_sequence_breaker"]:
+            breakers = [] if b == "none" else [*breakers, b]
+        kw["dry_sequence_breakers"] = breakers
+    if opts.get("samplers") is not None and opts.get("sampling_seq") is not None:
+        raise LlamapyError("give one of --samplers and --sampling-seq")
+    if opts.get("samplers") is not None:
+        kw["samplers"] = samplers_from_names(opts["samplers"])
+    elif opts.get("sampling_seq") is not None:
+        kw["samplers"] = samplers_from_letters(opts["sampling_seq"])
     return SamplerParams(**kw)
