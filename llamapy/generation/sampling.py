@@ -109,7 +109,7 @@ def apply_penalties(c: Candidates, history: Sequence[int], last_n: int, repeat: 
     if not recent:
         return
     toks, counts = np.unique(np.asarray(recent, dtype=np.int64), return_counts=True)
-    pos = np.full(len(c), -1, dtype=np.int64)
+    pos = np.full(int(c.id.max()) + 1 if len(c) else 0, -1, dtype=np.int64)  # token -> its candidate
     pos[c.id] = np.arange(len(c))
     ok = (toks >= 0) & (toks < len(pos))
     toks, counts = toks[ok], counts[ok]
