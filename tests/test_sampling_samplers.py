@@ -242,3 +242,24 @@ def test_cli_rejects_unknown_samplers_in_one_line(capsys):
         assert e.value.code != 0
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and allowed in err and "Traceback" not in err
+
+
+def test_dry_breakers_from_the_vocabulary(default_model):
+    """A token holding a breaker breaks alone; a token ending in a breaker's start breaks when the rest
+    of the breaker's tokens follow it."""
+    from llamapy.generation.sampling import dry_breaker_sequences
+    from llamapy.tokenizer.core import Tokenizer
+
+    tok = Tokenizer.from_gguf(default_model)
+    seqs = dry_breaker_sequences(tok, ["\n", "ing the"])
+    singles = {s[0] for s in seqs if len(s) == 1}
+    texts = [tok.token_to_piece(i, True) for i in range(tok.n_vocab)]
+    assert singles == {i for i, w in enumerate(texts) if b"\n" in w or b"ing the" in w}
+    ing = tok.encode("ing", add_special=False)
+    assert len(ing) == 1
+    assert [ing[0], *tok.encode(" the", add_special=False)] in seqs
+    for s in seqs:
+        if len(s) > 1:  # the head's text ends with the start of "ing the", the tail spells the rest
+            head = texts[s[0]]
+            rest = b"".join(texts[t] for t in s[1:])
+            assert any(head.endswith(b"ing the"[:k]) and b"ing the"[k:] == rest for k in range(1, 8)), s

@@ -262,10 +262,15 @@ MAX_BREAKER_CHARS = 40  # a sequence breaker is cut to this many bytes
 MAX_BREAKER_TAIL = 20   # and its tokenized tail to this many tokens
 
 
-def dry_breaker_sequences(tokenizer, breakers: Sequence[str]) -> list[list[int]]:
-    """The token sequences (text order) that break a DRY repeat, as the reference finds them: every token
-    whose text holds a breaker, alone; and every token whose text ends with the start of a breaker,
-    followed by the tokens of the breaker's rest."""
+_TEXTS: dict = {}
+
+
+def _token_texts(tokenizer) -> list[bytes]:
+    """Every token's text as the reference detokenizes it alone (special tokens spelled out); kept per
+    tokenizer."""
+    hit = _TEXTS.get(id(tokenizer))
+    if hit is not None and hit[0] is tokenizer:
+        return hit[1]
     from ..tokenizer import bpe
 
     words = []
@@ -277,6 +282,15 @@ def dry_breaker_sequences(tokenizer, breakers: Sequence[str]) -> list[list[int]]
         if clean:
             w = bpe.clean_spaces(w)
         words.append(w)
+    _TEXTS[id(tokenizer)] = (tokenizer, words)
+    return words
+
+
+def dry_breaker_sequences(tokenizer, breakers: Sequence[str]) -> list[list[int]]:
+    """The token sequences (text order) that break a DRY repeat, as the reference finds them: every token
+    whose text holds a breaker, alone; and every token whose text ends with the start of a breaker,
+    followed by the tokens of the breaker's rest."""
+    words = _token_texts(tokenizer)
     out: list[list[int]] = []
     for text in breakers:
         br = text.encode("utf-8", "surrogateescape")[:MAX_BREAKER_CHARS]
