@@ -556,8 +556,12 @@ def test_sampler_order_and_dry_fields_reach_the_chain(server):
         assert only_k.status_code == 200 and only_k.json()["content"] == greedy
         only_k = c.post("/completion", json={**base, "temperature": 5, "seed": 3, "samplers": ["top_k"], "top_k": 1})
         assert only_k.json()["content"] == greedy
+        assert only_k.json()["generation_settings"]["samplers"] == ["top_k"]
         # DRY steers greedy decoding off a repeating pattern
         rep = {"prompt": "1, 2, 3, 1, 2, 3, 1, 2, 3, 1, 2", "n_predict": 8, "temperature": 0, "cache_prompt": False}
         plain = c.post("/completion", json=rep).json()["content"]
         dry = c.post("/completion", json={**rep, "dry_multiplier": 3.0, "dry_sequence_breakers": ["none"]})
         assert dry.status_code == 200 and dry.json()["content"] != plain
+        settings = dry.json()["generation_settings"]
+        assert settings["dry_multiplier"] == 3.0 and settings["dry_sequence_breakers"] == ["none"]
+        assert settings["samplers"] == ["penalties", "dry", "top_k", "typ_p", "top_p", "min_p", "xtc", "temperature"]

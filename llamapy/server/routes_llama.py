@@ -69,6 +69,15 @@ def generation_settings(state: ServerState, req: CompletionRequest | None, gen: 
         "repeat_penalty": p.repeat_penalty,
         "presence_penalty": p.presence_penalty,
         "frequency_penalty": p.frequency_penalty,
+        "dynatemp_range": p.dynatemp_range,
+        "dynatemp_exponent": p.dynatemp_exponent,
+        "xtc_probability": p.xtc_probability,
+        "xtc_threshold": p.xtc_threshold,
+        "dry_multiplier": p.dry_multiplier,
+        "dry_base": p.dry_base,
+        "dry_allowed_length": p.dry_allowed_length,
+        "dry_penalty_last_n": p.dry_penalty_last_n,
+        "dry_sequence_breakers": list(p.dry_sequence_breakers),
         "mirostat": p.mirostat,
         "mirostat_tau": p.mirostat_tau,
         "mirostat_eta": p.mirostat_eta,
@@ -79,7 +88,7 @@ def generation_settings(state: ServerState, req: CompletionRequest | None, gen: 
         "stream": bool(req.stream) if req is not None and req.stream is not None else False,
         "logit_bias": [{"token": t, "bias": finite(b)} for t, b in p.logit_bias.items()],
         "n_probs": gen.n_probs if gen is not None else 0,
-        "samplers": ["penalties", "top_k", "typ_p", "top_p", "min_p", "temperature"],
+        "samplers": list(p.samplers),
     }
 
 
