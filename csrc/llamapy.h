@@ -125,24 +125,41 @@ int lp_quantize_activations(int type, const float *x, void *y, int64_t n);
 
 /* ---- the sampler chain (sampler.c): the reference's, as llamapy/sampling.py spells it out ---- */
 typedef struct lp_sampler lp_sampler;
+/* The steps a chain may run, in any order (the reference's --samplers). */
+enum lp_sampler_kind {
+    LP_SAMPLER_PENALTIES = 0, LP_SAMPLER_DRY = 1, LP_SAMPLER_TOP_K = 2, LP_SAMPLER_TYPICAL_P = 3,
+    LP_SAMPLER_TOP_P = 4, LP_SAMPLER_MIN_P = 5, LP_SAMPLER_XTC = 6, LP_SAMPLER_TEMPERATURE = 7
+};
 typedef struct {
     float temp;
     int32_t top_k;
     float top_p, min_p, typical_p;
     float repeat_penalty;
-    int32_t repeat_last_n;
+    int32_t repeat_last_n;              /* -1: the whole history given */
     float presence_penalty, frequency_penalty;
     int32_t mirostat;
     float mirostat_tau, mirostat_eta;
     int32_t min_keep;
+    float dry_multiplier, dry_base;
+    int32_t dry_allowed_length, dry_penalty_last_n;   /* last_n -1: the whole history given */
+    float xtc_probability, xtc_threshold;
+    float dynatemp_range, dynatemp_exponent;
+    float top_n_sigma;                  /* >= 0: the chain is top-k -> temperature -> top-n-sigma */
+    int32_t n_samplers;                 /* the steps of the chain (mirostat 0, no top-n-sigma), in order */
+    int32_t samplers[16];
 } lp_sampler_params;
 lp_sampler *lp_sampler_new(uint32_t seed, int32_t n_vocab);
 void lp_sampler_free(lp_sampler *s);
-void lp_sampler_reset(lp_sampler *s, uint32_t seed, float mu);   /* generator from seed; mirostat's mu */
+/* The generators (the draw's and XTC's, both from seed) start over; mirostat's mu is set. */
+void lp_sampler_reset(lp_sampler *s, uint32_t seed, float mu);
 float lp_sampler_mu(const lp_sampler *s);
-/* The next token from logits (n_vocab): bias (n_bias id/value pairs) and penalties over hist (n_hist
- * ids, oldest first) applied first. The final candidates, most likely first, go to cand_ids / cand_p
- * (up to max_cand; either may be NULL) and their count to *n_cand. */
+/* DRY's sequence breakers as token sequences in text order: seqs holds, one after another, a length n >= 1
+ * and n token ids. Replaces any set before. 0, or -1 when out of memory or the layout is bad. */
+int lp_sampler_set_dry_breakers(lp_sampler *s, const int32_t *seqs, int32_t n_ints);
+/* The next token from logits (n_vocab): bias (n_bias id/value pairs) first, then the chain; penalties and
+ * DRY look back on hist (n_hist ids, oldest first; each takes its own last_n of them). The final
+ * candidates, most likely first, go to cand_ids / cand_p (up to max_cand; either may be NULL) and their
+ * count to *n_cand. */
 int32_t lp_sampler_sample(lp_sampler *s, const lp_sampler_params *p, const float *logits, const int32_t *bias_ids,
                           const float *bias, int32_t n_bias, const int32_t *hist, int32_t n_hist, int32_t max_cand,
                           int32_t *cand_ids, float *cand_p, int32_t *n_cand);

@@ -2,10 +2,14 @@
  * (which mirrors the reference and is the readable version the tests hold this one to). It exists so a
  * generated token costs one C call to sample instead of a few dozen numpy operations on cold caches.
  *
- * Chain (mirostat 0): logit bias -> penalties -> top-k -> typical -> top-p -> min-p -> temperature ->
- * softmax -> draw. Mirostat 1/2: logit bias -> temperature -> softmax -> mirostat -> draw.
+ * Chain (mirostat 0): logit bias -> the steps in the order asked (by default penalties -> DRY -> top-k ->
+ * typical -> top-p -> min-p -> XTC -> temperature, dynamic or not) -> softmax -> draw. With top-n-sigma:
+ * logit bias -> top-k -> temperature -> top-n-sigma -> draw. Mirostat 1/2: logit bias -> temperature ->
+ * softmax -> mirostat -> draw.
  * The draw: std::mt19937 and libstdc++'s std::discrete_distribution (generate_canonical<double, 53>
  * from two 32-bit draws, lower_bound on the normalised cumulative sums; nothing drawn for one weight).
+ * XTC has a std::mt19937 of its own, seeded alike, and draws std::uniform_real_distribution<float>(0, 1)
+ * (generate_canonical<float, 24>: one 32-bit draw) each time it runs on two or more candidates.
  */
 #include <math.h>
 #include <stdint.h>
@@ -21,33 +25,44 @@
 #define MT_N 624
 #define MT_M 397
 
+typedef struct {
+    uint32_t v[MT_N];
+    int i;
+} mt19937;
+
 struct lp_sampler {
-    uint32_t mt[MT_N];
-    int mti;
+    mt19937 rng, xtc_rng;           /* the draw's, XTC's */
     float mu;
     int32_t n_vocab;
     int32_t *id, *tmp_id, *order;   /* (n_vocab) candidate ids, scratch, sort order */
     float *logit, *p, *work;        /* (n_vocab) */
     int32_t *count;                 /* (n_vocab) penalty counts, zeroed after use */
+    /* DRY */
+    int32_t *dry_max;               /* (n_vocab) longest repeat a token would extend, -1: none */
+    int32_t *dry_touched, *dry_rep; /* (dry_cap) tokens with dry_max set; repeat counts */
+    int32_t dry_cap;
+    int32_t *brk, n_brk;            /* breakers: [len, ids...]..., sorted by head */
+    int32_t *brk_start, *brk_count; /* (n_vocab) a head's first breaker (offset into brk) and how many */
+    uint8_t *brk_single;            /* (n_vocab) the token alone is a breaker */
 };
 
 /* ---- std::mt19937 ---------------------------------------------------------------------------- */
 
-static void mt_seed(lp_sampler *s, uint32_t seed) {
-    s->mt[0] = seed;
-    for (int i = 1; i < MT_N; i++) s->mt[i] = 1812433253u * (s->mt[i - 1] ^ (s->mt[i - 1] >> 30)) + (uint32_t)i;
-    s->mti = MT_N;
+static void mt_seed(mt19937 *m, uint32_t seed) {
+    m->v[0] = seed;
+    for (int i = 1; i < MT_N; i++) m->v[i] = 1812433253u * (m->v[i - 1] ^ (m->v[i - 1] >> 30)) + (uint32_t)i;
+    m->i = MT_N;
 }
 
-static uint32_t mt_next(lp_sampler *s) {
-    if (s->mti >= MT_N) {
+static uint32_t mt_next(mt19937 *m) {
+    if (m->i >= MT_N) {
         for (int i = 0; i < MT_N; i++) {
-            uint32_t y = (s->mt[i] & 0x80000000u) | (s->mt[(i + 1) % MT_N] & 0x7fffffffu);
-            s->mt[i] = s->mt[(i + MT_M) % MT_N] ^ (y >> 1) ^ ((y & 1u) ? 0x9908b0dfu : 0u);
+            uint32_t y = (m->v[i] & 0x80000000u) | (m->v[(i + 1) % MT_N] & 0x7fffffffu);
+            m->v[i] = m->v[(i + MT_M) % MT_N] ^ (y >> 1) ^ ((y & 1u) ? 0x9908b0dfu : 0u);
         }
-        s->mti = 0;
+        m->i = 0;
     }
-    uint32_t y = s->mt[s->mti++];
+    uint32_t y = m->v[m->i++];
     y ^= y >> 11;
     y ^= (y << 7) & 0x9d2c5680u;
     y ^= (y << 15) & 0xefc60000u;
@@ -55,12 +70,18 @@ static uint32_t mt_next(lp_sampler *s) {
     return y;
 }
 
+/* libstdc++ uniform_real_distribution<float>(0, 1) */
+static float uniform_float(mt19937 *m) {
+    float u = (float)mt_next(m) / 4294967296.0f;
+    return u >= 1.0f ? nextafterf(1.0f, 0.0f) : u;
+}
+
 /* libstdc++ discrete_distribution over p[0..n) */
-static int draw(lp_sampler *s, const float *p, int n) {
+static int draw(mt19937 *m, const float *p, int n) {
     if (n < 2) return 0;
     double sum = 0;
     for (int i = 0; i < n; i++) sum += (double)p[i];
-    double lo = (double)mt_next(s), hi = (double)mt_next(s);
+    double lo = (double)mt_next(m), hi = (double)mt_next(m);
     double u = (lo + hi * 4294967296.0) / 18446744073709551616.0;
     if (u >= 1.0) u = nextafter(1.0, 0.0);
     double cum = 0;
@@ -177,23 +198,204 @@ int lp_top_k(const float *x, int64_t n, int32_t k, int32_t *idx) {
 
 /* ---- the chain ------------------------------------------------------------------------------- */
 
-static void penalties(lp_sampler *s, float *lg, const int32_t *hist, int n_hist, const lp_sampler_params *p) {
-    if (p->repeat_last_n == 0 || n_hist == 0 ||
-        (p->repeat_penalty == 1.0f && p->frequency_penalty == 0.0f && p->presence_penalty == 0.0f))
+/* The candidates start as the whole vocabulary in order with its logits in `lg` (c->full); the steps that
+ * only change some logits (penalties, DRY) work there, top-k picks from there, and any other step first
+ * copies them to the candidate arrays (materialize). */
+static void materialize(cands *c, const float *lg) {
+    lp_sampler *s = c->s;
+    for (int i = 0; i < s->n_vocab; i++) s->id[i] = i, s->logit[i] = lg[i];
+    c->n = s->n_vocab;
+    c->sorted = 0;
+}
+
+/* the history a step looks back on: its last last_n (-1: all) of hist */
+static int window(const int32_t **h, int n_hist, int32_t last_n) {
+    if (last_n >= 0 && n_hist > last_n) {
+        *h += n_hist - last_n;
+        return last_n;
+    }
+    return n_hist;
+}
+
+/* full: lg holds every token's logit (candidate i is token i); else the candidates */
+static void penalties(cands *c, float *lg, int full, const int32_t *hist, int n_hist, const lp_sampler_params *p) {
+    if (p->repeat_last_n == 0 || (p->repeat_penalty == 1.0f && p->frequency_penalty == 0.0f && p->presence_penalty == 0.0f))
         return;
+    lp_sampler *s = c->s;
+    c->sorted = 0;
     const int32_t *h = hist;
-    int nh = n_hist;
-    if (p->repeat_last_n > 0 && nh > p->repeat_last_n) h += nh - p->repeat_last_n, nh = p->repeat_last_n;
+    const int nh = window(&h, n_hist, p->repeat_last_n);
     for (int i = 0; i < nh; i++)
         if (h[i] >= 0 && h[i] < s->n_vocab) s->count[h[i]]++;
-    for (int i = 0; i < nh; i++) {
-        int t = h[i];
-        if (t < 0 || t >= s->n_vocab || s->count[t] == 0) continue;
-        float l = lg[t];
-        l = l <= 0 ? l * p->repeat_penalty : l / p->repeat_penalty;
-        lg[t] = l - ((float)s->count[t] * p->frequency_penalty + p->presence_penalty);
-        s->count[t] = 0;   /* each token once */
+    if (full) {
+        for (int i = 0; i < nh; i++) {
+            int t = h[i];
+            if (t < 0 || t >= s->n_vocab || s->count[t] == 0) continue;
+            float l = lg[t];
+            l = l <= 0 ? l * p->repeat_penalty : l / p->repeat_penalty;
+            lg[t] = l - ((float)s->count[t] * p->frequency_penalty + p->presence_penalty);
+            s->count[t] = 0;   /* each token once */
+        }
+        return;
     }
+    for (int i = 0; i < c->n; i++) {
+        int k = s->count[s->id[i]];
+        if (k == 0) continue;
+        float l = s->logit[i];
+        l = l <= 0 ? l * p->repeat_penalty : l / p->repeat_penalty;
+        s->logit[i] = l - ((float)k * p->frequency_penalty + p->presence_penalty);
+    }
+    for (int i = 0; i < nh; i++)
+        if (h[i] >= 0 && h[i] < s->n_vocab) s->count[h[i]] = 0;
+}
+
+/* ---- DRY ------------------------------------------------------------------------------------- */
+
+static int dry_grow(lp_sampler *s, int n) {
+    if (n <= s->dry_cap) return 0;
+    int32_t *t = realloc(s->dry_touched, (size_t)n * sizeof(int32_t));
+    if (!t) return -1;
+    s->dry_touched = t;
+    int32_t *r = realloc(s->dry_rep, (size_t)n * sizeof(int32_t));
+    if (!r) return -1;
+    s->dry_rep = r;
+    s->dry_cap = n;
+    return 0;
+}
+
+int lp_sampler_set_dry_breakers(lp_sampler *s, const int32_t *seqs, int32_t n_ints) {
+    const int nv = s->n_vocab;
+    int n_seq = 0;
+    for (int i = 0; i < n_ints; i += 1 + seqs[i]) {
+        if (seqs[i] < 1 || i + 1 + seqs[i] > n_ints) return -1;
+        for (int j = 1; j <= seqs[i]; j++)
+            if (seqs[i + j] < 0 || seqs[i + j] >= nv) return -1;
+        n_seq++;
+    }
+    free(s->brk), free(s->brk_start), free(s->brk_count), free(s->brk_single);
+    s->brk = NULL, s->brk_start = s->brk_count = NULL, s->brk_single = NULL, s->n_brk = 0;
+    if (n_seq == 0) return 0;
+    s->brk = malloc((size_t)n_ints * sizeof(int32_t));
+    s->brk_start = malloc((size_t)nv * sizeof(int32_t));
+    s->brk_count = calloc((size_t)nv, sizeof(int32_t));
+    s->brk_single = calloc((size_t)nv, 1);
+    if (!s->brk || !s->brk_start || !s->brk_count || !s->brk_single) return -1;
+    /* counting sort by head: brk_start[t] = where head t's breakers go */
+    for (int i = 0; i < n_ints; i += 1 + seqs[i]) s->brk_count[seqs[i + 1]] += 1 + seqs[i];
+    int off = 0;
+    for (int t = 0; t < nv; t++) s->brk_start[t] = off, off += s->brk_count[t];
+    for (int t = 0; t < nv; t++) s->brk_count[t] = 0;
+    for (int i = 0; i < n_ints; i += 1 + seqs[i]) {
+        int head = seqs[i + 1], at = s->brk_start[head] + s->brk_count[head];
+        memcpy(s->brk + at, seqs + i, (size_t)(1 + seqs[i]) * sizeof(int32_t));
+        s->brk_count[head] += 1 + seqs[i];
+        if (seqs[i] == 1) s->brk_single[head] = 1;
+    }
+    for (int t = 0; t < nv; t++) {   /* brk_count: now the number of breakers of the head */
+        int m = 0;
+        for (int at = s->brk_start[t]; at < s->brk_start[t] + s->brk_count[t]; at += 1 + s->brk[at]) m++;
+        s->brk_count[t] = m;
+    }
+    s->n_brk = n_seq;
+    return 0;
+}
+
+/* Sets dry_max for the tokens that would extend a repeat of allowed_length or more and returns how many
+ * (in dry_touched); -1 when the reference stops before penalizing (too short a history, a breaker too
+ * close to the end), -2 when out of memory. The reference's steps, from the end of the history. */
+static int dry_scan(lp_sampler *s, const int32_t *hist, int n_hist, const lp_sampler_params *p) {
+    const int32_t *h = hist;
+    const int n = window(&h, n_hist, p->dry_penalty_last_n);
+#define RAT(i) h[n - 1 - (i)]
+    if (n <= p->dry_allowed_length) return -1;
+    if (dry_grow(s, n) < 0) return -2;
+    /* 1: a sequence breaker limits how far back a repeat may reach */
+    int rep_limit = n;
+    for (int i = 0; i < n && s->n_brk; i++) {
+        int t = RAT(i);
+        if (t < 0 || t >= s->n_vocab || s->brk_count[t] == 0) continue;
+        int longest = -1;
+        for (int k = 0, at = s->brk_start[t]; k < s->brk_count[t]; k++, at += 1 + s->brk[at]) {
+            int tail = s->brk[at] - 1;
+            if (tail > longest && tail <= i) {
+                int match = 1;
+                for (int o = 0; o < tail && match; o++) match = s->brk[at + 2 + o] == RAT(i - o - 1);
+                if (match) longest = tail;
+            }
+        }
+        if (longest >= 0) {
+            rep_limit = i - longest;
+            break;
+        }
+    }
+    if (rep_limit < p->dry_allowed_length) return -1;
+    /* 2: rep[last - k] = how many tokens before position k from the end repeat the end (Z-algorithm) */
+    int32_t *rep = s->dry_rep;
+    memset(rep, 0, (size_t)n * sizeof(int32_t));
+    const int last = n - 1;
+    int rt = 0, lt = 0;
+    for (int k = 1; k < n; k++) {
+        if (k > rt) {
+            int m = 0;
+            while (m + k < n && RAT(m) == RAT(m + k)) m++;
+            rep[last - k] = m < rep_limit ? m : rep_limit;
+            if (m > 0) lt = k, rt = k + m - 1;
+        } else {
+            int pk = k - lt, right = rt - k + 1;
+            if (rep[last - pk] < right) {
+                int m = rep[last - pk];
+                rep[last - k] = m < rep_limit ? m : rep_limit;
+            } else {
+                int i = rt + 1;
+                while (i < n && RAT(i) == RAT(i - k)) i++;
+                int m = i - k;
+                rep[last - k] = m < rep_limit ? m : rep_limit;
+                lt = k, rt = i - 1;
+            }
+        }
+    }
+    /* 3: the token after each repeat would extend it */
+    int n_touched = 0;
+    for (int i = 0; i < n - 1; i++) {
+        int len = rep[i];
+        if (len < p->dry_allowed_length) continue;
+        int t = RAT(n - 2 - i);
+        if (t < 0 || t >= s->n_vocab) continue;
+        if (s->dry_max[t] < 0) s->dry_touched[n_touched++] = t;
+        if (s->dry_max[t] < len) s->dry_max[t] = len;
+    }
+#undef RAT
+    return n_touched;
+}
+
+static float dry_penalty(const lp_sampler_params *p, int len) {
+    int max_exponent = 0;
+    if (p->dry_base > 1.000001f) max_exponent = (int)(88.7228391f / logf(p->dry_base));
+    int e = len - p->dry_allowed_length;
+    if (max_exponent > 0 && e > max_exponent) e = max_exponent;
+    return (float)((double)p->dry_multiplier * pow((double)p->dry_base, (double)e));
+}
+
+static int dry(cands *c, float *lg, int full, const int32_t *hist, int n_hist, const lp_sampler_params *p) {
+    if (p->dry_multiplier == 0.0f || p->dry_base < 1.0f || p->dry_penalty_last_n == 0) return 0;
+    lp_sampler *s = c->s;
+    int m = dry_scan(s, hist, n_hist, p);
+    if (m == -2) return -1;
+    if (m == -1) return 0;
+    c->sorted = 0;   /* as the reference, once it gets to penalizing */
+    if (full) {
+        for (int k = 0; k < m; k++) {
+            int t = s->dry_touched[k];
+            if (!s->brk_single || !s->brk_single[t]) lg[t] -= dry_penalty(p, s->dry_max[t]);
+        }
+    } else {
+        for (int i = 0; i < c->n; i++) {
+            int t = s->id[i];
+            if (s->dry_max[t] >= 0 && !(s->brk_single && s->brk_single[t])) s->logit[i] -= dry_penalty(p, s->dry_max[t]);
+        }
+    }
+    for (int k = 0; k < m; k++) s->dry_max[s->dry_touched[k]] = -1;
+    return 0;
 }
 
 static void typical(cands *c, float typ, int min_keep) {
@@ -279,6 +481,82 @@ static void temperature(cands *c, float temp) {
     for (int i = 0; i < c->n; i++) s->logit[i] = s->logit[i] / temp;
 }
 
+/* the reference's temp-ext: with range > 0 the temperature follows the candidates' normalised entropy */
+static void temperature_ext(cands *c, float temp, float range, float exponent) {
+    if (range <= 0.0f) {
+        temperature(c, temp);
+        return;
+    }
+    if (c->n <= 1) return;
+    const float min_temp = temp - range > 0.0f ? temp - range : 0.0f, max_temp = temp + range;
+    const float max_entropy = -logf(1.0f / (float)c->n);
+    softmax(c);
+    lp_sampler *s = c->s;
+    float entropy = 0.0f;
+    for (int i = 0; i < c->n; i++)
+        if (s->p[i] > 0.0f) entropy -= s->p[i] * logf(s->p[i]);
+    const float norm = entropy / max_entropy;
+    temperature(c, min_temp + (max_temp - min_temp) * powf(norm, exponent));
+    /* (the reference then recomputes the probabilities; every later step recomputes them again) */
+}
+
+/* XTC: with probability xtc_probability, drop every candidate but the least likely of those at or above
+ * the threshold */
+static void xtc(cands *c, const lp_sampler_params *p) {
+    if (p->xtc_probability <= 0.0f || p->xtc_threshold > 0.5f || c->n < 2) return;
+    lp_sampler *s = c->s;
+    if (uniform_float(&s->xtc_rng) > p->xtc_probability) return;
+    softmax(c);
+    int last = 0;
+    for (int i = 0; i < c->n && s->p[i] >= p->xtc_threshold; i++) last = i;
+    if (c->n - last >= (p->min_keep > 0 ? p->min_keep : 0) && last > 0) {
+        memmove(s->id, s->id + last, (size_t)(c->n - last) * sizeof(int32_t));
+        memmove(s->logit, s->logit + last, (size_t)(c->n - last) * sizeof(float));
+        memmove(s->p, s->p + last, (size_t)(c->n - last) * sizeof(float));
+        c->n -= last;
+    }
+}
+
+static void top_n_sigma(cands *c, float nsig) {
+    lp_sampler *s = c->s;
+    float mx = s->logit[0], sum = 0.0f;
+    for (int i = 0; i < c->n; i++) {
+        if (s->logit[i] > mx) mx = s->logit[i];
+        sum += s->logit[i];
+    }
+    const float mean = sum / (float)c->n;
+    float acc = 0.0f;
+    for (int i = 0; i < c->n; i++) {
+        double d = (double)(s->logit[i] - mean);
+        acc = (float)((double)acc + d * d);
+    }
+    const float sd = sqrtf(acc / (float)c->n), lim = mx - nsig * sd;
+    for (int i = 0; i < c->n; i++)
+        if (s->logit[i] < lim) s->logit[i] = -INFINITY;
+    softmax(c);
+}
+
+/* top-k of candidates that are no longer the whole vocabulary */
+static void top_k_cands(cands *c, int k) {
+    if (k <= 0 || k > c->n) k = c->n;
+    if (c->sorted) {
+        truncate_to(c, k);
+        return;
+    }
+    if (k == c->n) {
+        sort_cands(c);
+        return;
+    }
+    lp_sampler *s = c->s;
+    int32_t *idx = s->order;
+    int m = lp_top_k(s->logit, c->n, k, idx);
+    for (int i = 0; i < m; i++) s->work[i] = s->logit[idx[i]], s->tmp_id[i] = s->id[idx[i]];
+    memcpy(s->logit, s->work, (size_t)m * sizeof(float));
+    memcpy(s->id, s->tmp_id, (size_t)m * sizeof(int32_t));
+    c->n = m;
+    c->sorted = 1;
+}
+
 lp_sampler *lp_sampler_new(uint32_t seed, int32_t n_vocab) {
     if (n_vocab < 1) return NULL;
     lp_sampler *s = calloc(1, sizeof *s);
@@ -292,22 +570,27 @@ lp_sampler *lp_sampler_new(uint32_t seed, int32_t n_vocab) {
     s->p = malloc(n * sizeof(float));
     s->work = malloc(2 * n * sizeof(float));
     s->count = calloc(n, sizeof(int32_t));
-    if (!s->id || !s->tmp_id || !s->order || !s->logit || !s->p || !s->work || !s->count) {
+    s->dry_max = malloc(n * sizeof(int32_t));
+    if (!s->id || !s->tmp_id || !s->order || !s->logit || !s->p || !s->work || !s->count || !s->dry_max) {
         lp_sampler_free(s);
         return NULL;
     }
-    mt_seed(s, seed);
+    for (size_t i = 0; i < n; i++) s->dry_max[i] = -1;
+    lp_sampler_reset(s, seed, 0.0f);
     return s;
 }
 
 void lp_sampler_free(lp_sampler *s) {
     if (!s) return;
     free(s->id), free(s->tmp_id), free(s->order), free(s->logit), free(s->p), free(s->work), free(s->count);
+    free(s->dry_max), free(s->dry_touched), free(s->dry_rep);
+    free(s->brk), free(s->brk_start), free(s->brk_count), free(s->brk_single);
     free(s);
 }
 
 void lp_sampler_reset(lp_sampler *s, uint32_t seed, float mu) {
-    mt_seed(s, seed);
+    mt_seed(&s->rng, seed);
+    mt_seed(&s->xtc_rng, seed);
     s->mu = mu;
 }
 
@@ -317,33 +600,68 @@ int32_t lp_sampler_sample(lp_sampler *s, const lp_sampler_params *p, const float
                           const float *bias, int32_t n_bias, const int32_t *hist, int32_t n_hist, int32_t max_cand,
                           int32_t *cand_ids, float *cand_p, int32_t *n_cand) {
     const int n = s->n_vocab;
+    float *w = s->p;   /* scratch while the candidates are the whole vocabulary: their adjusted logits */
     const float *lg = logits;
-    int penalize = p->mirostat == 0 && p->repeat_last_n != 0 && n_hist > 0 &&
-                   (p->repeat_penalty != 1.0f || p->frequency_penalty != 0.0f || p->presence_penalty != 0.0f);
-    if (n_bias > 0 || penalize) {
-        float *w = s->p;   /* scratch: the adjusted logits */
+    if (n_bias > 0) {
         memcpy(w, logits, (size_t)n * sizeof(float));
         for (int i = 0; i < n_bias; i++)
             if (bias_ids[i] >= 0 && bias_ids[i] < n) w[bias_ids[i]] += bias[i];
-        if (penalize) penalties(s, w, hist, n_hist, p);
         lg = w;
     }
-    cands c = {s, 0, 0};
-    if (p->mirostat == 0 && p->top_k > 0 && p->top_k < n) {
-        c.n = lp_top_k(lg, n, p->top_k, s->id);
-        for (int i = 0; i < c.n; i++) s->logit[i] = lg[s->id[i]];
-        c.sorted = 1;
+    cands c = {s, n, 0};
+    int full = 1;
+    if (p->mirostat == 0 && p->top_n_sigma >= 0.0f) {
+        full = 0;
+        if (p->top_k > 0 && p->top_k < n) {
+            c.n = lp_top_k(lg, n, p->top_k, s->id);
+            for (int i = 0; i < c.n; i++) s->logit[i] = lg[s->id[i]];
+            c.sorted = 1;
+        } else {
+            materialize(&c, lg);
+            sort_cands(&c);
+        }
+        temperature(&c, p->temp);
+        top_n_sigma(&c, p->top_n_sigma);
+    } else if (p->mirostat == 0) {
+        for (int k = 0; k < p->n_samplers && k < 16; k++) {
+            const int kind = p->samplers[k];
+            if (kind == LP_SAMPLER_PENALTIES || kind == LP_SAMPLER_DRY) {
+                if (full && lg != w) {
+                    memcpy(w, logits, (size_t)n * sizeof(float));
+                    lg = w;
+                }
+                if (kind == LP_SAMPLER_PENALTIES) penalties(&c, w, full, hist, n_hist, p);
+                else if (dry(&c, w, full, hist, n_hist, p) < 0) return -1;
+                continue;
+            }
+            if (kind == LP_SAMPLER_TOP_K && full) {
+                full = 0;
+                if (p->top_k > 0 && p->top_k < n) {
+                    c.n = lp_top_k(lg, n, p->top_k, s->id);
+                    for (int i = 0; i < c.n; i++) s->logit[i] = lg[s->id[i]];
+                    c.sorted = 1;
+                } else {
+                    materialize(&c, lg);
+                    sort_cands(&c);   /* top-k of everything */
+                }
+                continue;
+            }
+            if (full) materialize(&c, lg), full = 0;
+            switch (kind) {
+            case LP_SAMPLER_TOP_K: top_k_cands(&c, p->top_k); break;
+            case LP_SAMPLER_TYPICAL_P: typical(&c, p->typical_p, p->min_keep); break;
+            case LP_SAMPLER_TOP_P: top_p(&c, p->top_p, p->min_keep); break;
+            case LP_SAMPLER_MIN_P: min_p(&c, p->min_p, p->min_keep); break;
+            case LP_SAMPLER_XTC: xtc(&c, p); break;
+            case LP_SAMPLER_TEMPERATURE: temperature_ext(&c, p->temp, p->dynatemp_range, p->dynatemp_exponent); break;
+            default: return -1;
+            }
+        }
+        if (full) materialize(&c, lg);
     } else {
-        for (int i = 0; i < n; i++) s->id[i] = i, s->logit[i] = lg[i];
-        c.n = n;
-        if (p->mirostat == 0) sort_cands(&c);   /* top-k of everything */
+        materialize(&c, lg);
+        temperature(&c, p->temp);
     }
-    if (p->mirostat == 0) {
-        typical(&c, p->typical_p, p->min_keep);
-        top_p(&c, p->top_p, p->min_keep);
-        min_p(&c, p->min_p, p->min_keep);
-    }
-    temperature(&c, p->temp);
     softmax(&c);
     if (p->mirostat == 1) {   /* in float, as the reference */
         int m = c.n - 1 < 99 ? c.n - 1 : 99;
@@ -368,7 +686,7 @@ int32_t lp_sampler_sample(lp_sampler *s, const lp_sampler_params *p, const float
         truncate_to(&c, m < 1 ? 1 : m);
         softmax(&c);
     }
-    int idx = draw(s, s->p, c.n);
+    int idx = draw(&s->rng, s->p, c.n);
     if (p->mirostat) s->mu = s->mu - p->mirostat_eta * (-log2f(s->p[idx]) - p->mirostat_tau);
     int m = c.n < max_cand ? c.n : max_cand;
     for (int i = 0; i < m; i++) {

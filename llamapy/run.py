@@ -108,7 +108,7 @@ def run(
             log()
 
         eog = eog_ids_of(llm)
-        sampler = Sampler(params, llm.n_vocab, eog_ids=eog)
+        sampler = Sampler(params, llm.n_vocab, eog_ids=eog, tokenizer=llm.tokenizer)
         log(f"sampler seed: {sampler.seed}")
         log("sampler params: \n" + params.describe())
         log(f"generate: n_ctx = {llm.n_ctx}, n_batch = {batch_size}, n_predict = {n_predict}, n_keep = {n_keep}")

@@ -412,6 +412,10 @@ def test_bad_requests_are_400_or_413(server):
             ("/completion", {"prompt": "word " * 600}),  # more tokens than a slot's context
             ("/api/generate", {"prompt": "x", "options": {"num_predict": 1.5}}),
             ("/detokenize", {"tokens": [-5]}),
+            ("/completion", {"prompt": "x", "samplers": ["top_k", "xyz"]}),
+            ("/completion", {"prompt": "x", "samplers": "kq"}),
+            ("/completion", {"prompt": "x", "dry_sequence_breakers": []}),
+            ("/completion", {"prompt": "x", "dry_penalty_last_n": -2}),
         ]
         for path, body in bad:
             r = c.post(path, json=body)
@@ -541,3 +545,23 @@ def test_chat_page_streams_a_reply(server, ref, browser):
                      "length" if "token limit" in status else "stop")
     assert f"{n + ('token limit' not in status)} tokens" in status
     assert wd.js("return document.getElementById('model').textContent") == "smol"
+
+
+def test_sampler_order_and_dry_fields_reach_the_chain(server):
+    with client(server) as c:
+        base = {"prompt": "The capital of France is", "n_predict": 8, "cache_prompt": False}
+        greedy = c.post("/completion", json={**base, "temperature": 0}).json()["content"]
+        # a chain of top-k alone with k = 1 is greedy whatever the temperature and seed
+        only_k = c.post("/completion", json={**base, "temperature": 5, "seed": 3, "samplers": "k", "top_k": 1})
+        assert only_k.status_code == 200 and only_k.json()["content"] == greedy
+        only_k = c.post("/completion", json={**base, "temperature": 5, "seed": 3, "samplers": ["top_k"], "top_k": 1})
+        assert only_k.json()["content"] == greedy
+        assert only_k.json()["generation_settings"]["samplers"] == ["top_k"]
+        # DRY steers greedy decoding off a repeating pattern
+        rep = {"prompt": "1, 2, 3, 1, 2, 3, 1, 2, 3, 1, 2", "n_predict": 8, "temperature": 0, "cache_prompt": False}
+        plain = c.post("/completion", json=rep).json()["content"]
+        dry = c.post("/completion", json={**rep, "dry_multiplier": 3.0, "dry_sequence_breakers": ["none"]})
+        assert dry.status_code == 200 and dry.json()["content"] != plain
+        settings = dry.json()["generation_settings"]
+        assert settings["dry_multiplier"] == 3.0 and settings["dry_sequence_breakers"] == ["none"]
+        assert settings["samplers"] == ["penalties", "dry", "top_k", "typ_p", "top_p", "min_p", "xtc", "temperature"]

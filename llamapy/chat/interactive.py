@@ -583,6 +583,6 @@ def start(
             opts.chat_template = chat_template_for_session(
                 ChatTemplate.for_model(llm.metadata, name=chat_template, file=chat_template_file)
             )
-        sampler = Sampler(sampling, llm.n_vocab, eog_ids=eog_ids_of(llm))
+        sampler = Sampler(sampling, llm.n_vocab, eog_ids=eog_ids_of(llm), tokenizer=llm.tokenizer)
         err.write(f"sampler seed: {sampler.seed}\n")
         return run_interactive(llm, sampler, opts, t_load_ms=1e3 * getattr(llm, "load_time", 0.0))

@@ -31,7 +31,7 @@ except ImportError:  # pragma: no cover - older typer
     from click import types as _types
 
 from ..errors import LlamapyError
-from ..generation.params import SamplerParams
+from ..generation.params import SamplerParams, samplers_from_letters, samplers_from_names
 
 _SAMPLER_DEFAULTS = {f.name: f.default for f in dataclasses.fields(SamplerParams)
                      if f.default is not dataclasses.MISSING}
@@ -143,25 +143,29 @@ SAMPLING: list[Opt] = [
     _s("logit_bias", ("-l", "--logit-bias"), "TOKEN_ID(+/-)BIAS, e.g. 15043+1 (repeatable).",
        type=Optional[list[str]], default=None),
     _s("ignore_eos", ("--ignore-eos",), "Never stop at end-of-generation tokens."),
-    # recognised; the samplers themselves come with their own change (then `note` goes and `field` is set)
-    _n("samplers", ("--samplers",), "Samplers in order, ';'-separated (dry;top_k;typ_p;top_p;min_p;xtc;temperature).",
-       NOT_YET),
-    _n("sampling_seq", ("--sampling-seq", "--sampler-seq"), "Samplers in order as letters (edkypmxt).", NOT_YET),
-    _n("top_nsigma", ("--top-nsigma",), "Top-n-sigma sampling (-1: off).", NOT_YET, Optional[float]),
-    _n("xtc_probability", ("--xtc-probability",), "XTC probability (0.0: off).", NOT_YET, Optional[float]),
-    _n("xtc_threshold", ("--xtc-threshold",), "XTC threshold.", NOT_YET, Optional[float]),
-    _n("dry_multiplier", ("--dry-multiplier",), "DRY multiplier (0.0: off).", NOT_YET, Optional[float]),
-    _n("dry_base", ("--dry-base",), "DRY base.", NOT_YET, Optional[float]),
-    _n("dry_allowed_length", ("--dry-allowed-length",), "DRY allowed length.", NOT_YET, Optional[int]),
-    _n("dry_penalty_last_n", ("--dry-penalty-last-n",), "DRY look-back (-1: the context).", NOT_YET, Optional[int]),
-    _n("dry_sequence_breaker", ("--dry-sequence-breaker",), "DRY sequence breaker (repeatable).", NOT_YET,
-       Optional[list[str]]),
-    _n("dynatemp_range", ("--dynatemp-range",), "Dynamic temperature range (0.0: off).", NOT_YET, Optional[float]),
-    _n("dynatemp_exp", ("--dynatemp-exp",), "Dynamic temperature exponent.", NOT_YET, Optional[float]),
+    _s("dry_multiplier", ("--dry-multiplier",), "DRY repetition penalty multiplier (0.0: off)."),
+    _s("dry_base", ("--dry-base",), "DRY penalty base (values below 1.0 keep the default)."),
+    _s("dry_allowed_length", ("--dry-allowed-length",), "Repeats longer than this get the DRY penalty."),
+    _s("dry_penalty_last_n", ("--dry-penalty-last-n",), "Tokens DRY looks back on (0: off, -1: the context)."),
+    _s("dry_sequence_breaker", ("--dry-sequence-breaker",),
+       "DRY sequence breaker, replacing the defaults ('\\n', ':', '\"', '*'); 'none' for none (repeatable).",
+       "dry_sequence_breakers", type=Optional[list[str]], default=None),
+    _s("xtc_probability", ("--xtc-probability",), "XTC: chance of excluding the top choices (0.0: off)."),
+    _s("xtc_threshold", ("--xtc-threshold",), "XTC: probability a top choice has (above 0.5: off)."),
+    _s("dynatemp_range", ("--dynatemp-range",), "Dynamic temperature range (0.0: off)."),
+    _s("dynatemp_exponent", ("--dynatemp-exp",), "Dynamic temperature exponent."),
+    _s("top_n_sigma", ("--top-nsigma",),
+       "Top-n-sigma sampling (-1.0: off; on, the chain is top-k, temperature, top-n-sigma)."),
+    _s("samplers", ("--samplers",), "The chain's samplers in order, separated by ';' "
+       "(default: penalties;dry;top_k;typ_p;top_p;min_p;xtc;temperature).", type=Optional[str], default=None),
+    _s("sampling_seq", ("--sampling-seq", "--sampler-seq"), "The chain's samplers as letters (default: edkypmxt).",
+       "samplers", type=Optional[str], default=None),
     _n("grammar", ("--grammar",), "BNF-like grammar constraining generation.", NOT_YET),
     _n("grammar_file", ("--grammar-file",), "Grammar file.", NOT_YET),
     _n("json_schema", ("-j", "--json-schema"), "JSON schema constraining generation.", NOT_YET),
 ]
+
+_PARSED = ("logit_bias", "dry_sequence_breaker", "samplers", "sampling_seq")  # sampler_params reads these itself
 
 CONTEXT_SHIFT = Opt("context_shift", ("--context-shift/--no-context-shift",),
                     "When the context fills: keep --keep tokens, drop half the rest and go on (or stop).",
@@ -503,8 +507,21 @@ def parse_logit_bias(items: list[str] | None) -> dict[int, float]:
 
 def sampler_params(opts: Mapping[str, Any]) -> SamplerParams:
     """The SamplerParams that parsed SAMPLING options ask for."""
-    kw = {o.field: opts[o.name] for o in SAMPLING if o.field is not None}
+    kw = {o.field: opts[o.name] for o in SAMPLING if o.field is not None and o.name not in _PARSED}
     kw["logit_bias"] = parse_logit_bias(opts["logit_bias"])
+    if kw["dry_base"] < 1.0:  # as the reference: ignored
+        kw["dry_base"] = _SAMPLER_DEFAULTS["dry_base"]
+    if opts.get("dry_sequence_breaker"):
+        breakers: list[str] = []
+        for b in opts["dry_sequence_breaker"]:
+            breakers = [] if b == "none" else [*breakers, b]
+        kw["dry_sequence_breakers"] = breakers
+    if opts.get("samplers") is not None and opts.get("sampling_seq") is not None:
+        raise LlamapyError("give one of --samplers and --sampling-seq")
+    if opts.get("samplers") is not None:
+        kw["samplers"] = samplers_from_names(opts["samplers"])
+    elif opts.get("sampling_seq") is not None:
+        kw["samplers"] = samplers_from_letters(opts["sampling_seq"])
     return SamplerParams(**kw)
 
 
@@ -612,24 +629,25 @@ class LlamaCommand(TyperCommand):
         return rest
 
 
-# llama.cpp's sampler names (common_sampler_types_from_names, with the alternative spellings) and letters
-SAMPLER_NAMES = ("dry", "top_k", "top_p", "typ_p", "min_p", "temperature", "xtc", "infill", "penalties")
-SAMPLER_ALT_NAMES = ("top-k", "top-p", "nucleus", "typical-p", "typical", "typ-p", "typ", "min-p", "temp")
-SAMPLER_CHARS = "dkypmtxie"
-
-
 def _check_samplers(v: str) -> None:
-    bad = [n for n in v.split(";") if n and n not in SAMPLER_NAMES + SAMPLER_ALT_NAMES]
+    """--samplers names as generation.params reads them (the one parser), refused in one line."""
+    from ..generation.params import SAMPLER_ALIASES, SAMPLER_NAMES
+
+    bad = [n for n in v.split(";") if n and n not in SAMPLER_NAMES and n not in SAMPLER_ALIASES]
     if bad or not v.strip(";"):
-        _fail(f"invalid value for '--samplers': '{bad[0] if bad else v}' is not a sampler "
-              f"(use ';'-separated names: {', '.join(SAMPLER_NAMES)})")
+        names = [n for n in SAMPLER_NAMES if n != "penalties"] + ["penalties"]
+        _fail(f"invalid value for '--samplers': '{bad[0] if bad else v}' is not a sampler (use ';'-separated "
+              f"names: {', '.join(names)}; the default order is {';'.join(SAMPLER_NAMES)})")
 
 
 def _check_sampling_seq(v: str) -> None:
-    bad = [c for c in v if c not in SAMPLER_CHARS]
+    from ..generation.params import SAMPLER_LETTERS
+
+    letters = "".join(SAMPLER_LETTERS)
+    bad = [c for c in v if c not in SAMPLER_LETTERS]
     if bad or not v:
         _fail(f"invalid value for '--sampling-seq': '{bad[0] if bad else v}' is not a sampler letter "
-              f"(use letters of {SAMPLER_CHARS})")
+              f"(use letters of {letters})")
 
 
 _VALUE_CHECKS = {"samplers": _check_samplers, "sampling_seq": _check_sampling_seq}

@@ -52,7 +52,7 @@ def generate(
         raise LlamapyError(f"prompt is too long ({len(prompt)} tokens, context {llm.n_ctx})")
     eog = frozenset(int(i) for i in (eog_ids if eog_ids is not None else eog_ids_of(llm)))
     if sampler is None:
-        sampler = Sampler(params, llm.n_vocab, eog_ids=eog)
+        sampler = Sampler(params, llm.n_vocab, eog_ids=eog, tokenizer=llm.tokenizer)
     seq = GenSequence(sampler, llm.n_ctx, is_eog=eog.__contains__, n_predict=n_predict, n_keep=n_keep,
                       ctx_shift=ctx_shift, ignore_eos=params.ignore_eos, constraint=constraint, timings=timings)
     for step in steps(llm, seq, prompt, seq_id, reuse_prefix, on_context_shift):

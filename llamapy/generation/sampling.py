@@ -1,9 +1,11 @@
 """Token sampling: the reference's sampler chain, step for step.
 
-Default chain (mirostat 0): logit bias -> penalties -> top-k -> typical -> top-p -> min-p ->
-temperature -> draw. Mirostat 1/2: logit bias -> temperature -> mirostat. The draw uses the same
-generator as the reference (std::mt19937 seeded with the seed, std::discrete_distribution over the
-candidates' probabilities), so a seed picks the same token from the same logits.
+Chain (mirostat 0): logit bias -> the steps in `SamplerParams.samplers` order (by default penalties ->
+DRY -> top-k -> typical -> top-p -> min-p -> XTC -> temperature, dynamic when dynatemp_range > 0) -> draw.
+With top_n_sigma >= 0: logit bias -> top-k -> temperature -> top-n-sigma -> draw. Mirostat 1/2: logit
+bias -> temperature -> mirostat. The draw uses the same generator as the reference (std::mt19937 seeded
+with the seed, std::discrete_distribution over the candidates' probabilities), and XTC a second one
+seeded alike (std::uniform_real_distribution<float>), so a seed picks the same token from the same logits.
 `temp <= 0` keeps only the most likely token: greedy.
 """
 from __future__ import annotations
@@ -16,7 +18,7 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 
 from ..errors import LlamapyError
-from .params import SamplerParams
+from .params import SAMPLER_NAMES, SamplerParams
 
 DEFAULT_SEED = 0xFFFFFFFF  # the reference's "pick a random seed"
 MIROSTAT_M = 100
@@ -39,6 +41,11 @@ class MT19937:
         hi = self.next_u32()
         v = (lo + hi * 2.0**32) / 2.0**64
         return v if v < 1.0 else math.nextafter(1.0, 0.0)
+
+    def canonical_float(self) -> float:
+        """std::uniform_real_distribution<float>(0, 1): one draw, in float."""
+        v = np.float32(self.next_u32()) / np.float32(2.0**32)
+        return float(v if v < 1.0 else np.nextafter(np.float32(1.0), np.float32(0.0)))
 
     def discrete(self, probs: np.ndarray) -> int:
         if len(probs) < 2:  # libstdc++ keeps no table for fewer than two weights and draws nothing
@@ -102,7 +109,7 @@ def apply_penalties(c: Candidates, history: Sequence[int], last_n: int, repeat: 
     if not recent:
         return
     toks, counts = np.unique(np.asarray(recent, dtype=np.int64), return_counts=True)
-    pos = np.full(len(c), -1, dtype=np.int64)
+    pos = np.full(int(c.id.max()) + 1 if len(c) else 0, -1, dtype=np.int64)  # token -> its candidate
     pos[c.id] = np.arange(len(c))
     ok = (toks >= 0) & (toks < len(pos))
     toks, counts = toks[ok], counts[ok]
@@ -131,8 +138,7 @@ def apply_top_k(c: Candidates, k: int) -> None:
     k = min(k, len(c))
     if not c.sorted:
         if k < len(c):
-            part = np.argpartition(-c.logit, k - 1)[:k]
-            c.keep(part[np.argsort(-c.logit[part], kind="stable")])
+            c.keep(top_k_indices(c.logit, k))  # equal logits by position, as the C chain
         else:
             c.keep(np.argsort(-c.logit, kind="stable"))
         c.sorted = True
@@ -196,6 +202,188 @@ def apply_temp(c: Candidates, temp: float) -> None:
     c.logit = (c.logit / np.float32(temp)).astype(np.float32)
 
 
+def apply_temp_ext(c: Candidates, temp: float, delta: float, exponent: float) -> None:
+    """Temperature; with delta > 0, between temp - delta and temp + delta as the candidates' normalised
+    entropy (to the power `exponent`) says."""
+    if delta <= 0:
+        apply_temp(c, temp)
+        return
+    if len(c) <= 1:
+        return
+    min_t, max_t = max(np.float32(0), np.float32(temp) - np.float32(delta)), np.float32(temp) + np.float32(delta)
+    max_entropy = -np.float32(math.log(np.float32(1) / np.float32(len(c))))
+    c.softmax()
+    entropy = np.float32(0)
+    for pi in c.p:  # in float, in order
+        if pi > 0:
+            entropy = np.float32(entropy - np.float32(pi * np.float32(math.log(pi))))
+    norm = np.float32(entropy / max_entropy)
+    apply_temp(c, float(np.float32(min_t + np.float32((max_t - min_t) * np.float32(norm ** np.float32(exponent))))))
+
+
+def apply_xtc(c: Candidates, probability: float, threshold: float, min_keep: int, rng: MT19937) -> None:
+    """Exclude the top choices: with the given probability (one draw from `rng` whenever it runs on two or
+    more candidates), drop all candidates at or above the threshold but the least likely of them."""
+    if probability <= 0 or threshold > 0.5 or len(c) < 2:
+        return
+    if rng.canonical_float() > np.float32(probability):
+        return
+    c.softmax()
+    last = 0
+    for i in range(len(c)):
+        if c.p[i] >= np.float32(threshold):
+            last = i
+        else:
+            break
+    if len(c) - last >= max(min_keep, 0) and last > 0:
+        c.keep(slice(last, None))
+
+
+def apply_top_n_sigma(c: Candidates, n: float) -> None:
+    """Keep the logits within n standard deviations of the largest."""
+    mx = c.logit.max()
+    total = np.float32(0)
+    for v in c.logit:
+        total = np.float32(total + v)
+    mean = np.float32(total / np.float32(len(c)))
+    acc = np.float32(0)
+    for v in c.logit:
+        d = float(np.float32(v - mean))
+        acc = np.float32(float(acc) + d * d)
+    sd = np.float32(math.sqrt(np.float32(acc / np.float32(len(c)))))
+    lim = np.float32(mx - np.float32(np.float32(n) * sd))
+    c.logit = np.where(c.logit < lim, np.float32(-np.inf), c.logit).astype(np.float32)
+    c.softmax()
+
+
+# ---- DRY ("don't repeat yourself") ---------------------------------------------------------------
+
+MAX_BREAKER_CHARS = 40  # a sequence breaker is cut to this many bytes
+MAX_BREAKER_TAIL = 20   # and its tokenized tail to this many tokens
+
+
+_TEXTS: dict = {}
+
+
+def _token_texts(tokenizer) -> list[bytes]:
+    """Every token's text as the reference detokenizes it alone (special tokens spelled out); kept per
+    tokenizer."""
+    hit = _TEXTS.get(id(tokenizer))
+    if hit is not None and hit[0] is tokenizer:
+        return hit[1]
+    from ..tokenizer import bpe
+
+    words = []
+    clean = tokenizer.model == "gpt2" and tokenizer.pre not in bpe.NO_CLEAN_SPACES
+    for i in range(tokenizer.n_vocab):
+        w = tokenizer.token_to_piece(i, True)
+        if tokenizer.add_space_prefix and w.startswith(b" "):
+            w = w[1:]
+        if clean:
+            w = bpe.clean_spaces(w)
+        words.append(w)
+    _TEXTS[id(tokenizer)] = (tokenizer, words)
+    return words
+
+
+def dry_breaker_sequences(tokenizer, breakers: Sequence[str]) -> list[list[int]]:
+    """The token sequences (text order) that break a DRY repeat, as the reference finds them: every token
+    whose text holds a breaker, alone; and every token whose text ends with the start of a breaker,
+    followed by the tokens of the breaker's rest."""
+    words = _token_texts(tokenizer)
+    out: list[list[int]] = []
+    for text in breakers:
+        br = text.encode("utf-8", "surrogateescape")[:MAX_BREAKER_CHARS]
+        if not br:
+            continue
+        tails: dict[int, list[tuple[int, ...]]] = {}
+        for tok, w in enumerate(words):
+            if br in w:
+                seqs = tails.setdefault(tok, [])
+                if () not in seqs:
+                    seqs.append(())
+                continue
+            pos = w.find(br[:1])
+            while pos >= 0:
+                n = min(len(br), len(w) - pos)
+                if w[pos:pos + n] == br[:n]:
+                    rest = br[n:].decode("utf-8", "surrogateescape")
+                    tail = tuple(tokenizer.encode(rest, add_special=False, parse_special=False)[:MAX_BREAKER_TAIL])
+                    seqs = tails.setdefault(tok, [])
+                    if tail not in seqs:
+                        seqs.append(tail)
+                pos = w.find(br[:1], pos + 1)
+        for tok, seqs in tails.items():
+            out.extend([tok, *t] for t in seqs)
+    return out
+
+
+def apply_dry(c: Candidates, history: Sequence[int], p: SamplerParams, breakers: Sequence[Sequence[int]]) -> None:
+    """DRY: a token that would extend a repeat of the history longer than dry_allowed_length loses
+    multiplier * base ** (length - allowed length) from its logit; a sequence breaker ends repeats."""
+    if not p.dry_enabled():
+        return
+    last_n = p.dry_penalty_last_n
+    h = list(history)[-last_n:] if last_n > 0 else list(history)
+    n = len(h)
+    if n <= p.dry_allowed_length:
+        return
+
+    def rat(i: int) -> int:  # i tokens back from the end
+        return h[n - 1 - i]
+
+    by_head: dict[int, list[tuple[int, ...]]] = {}
+    for seq in breakers:
+        by_head.setdefault(int(seq[0]), []).append(tuple(int(t) for t in seq[1:]))
+    # a breaker too close to the end limits how long a repeat may be
+    rep_limit = n
+    for i in range(n):
+        longest = -1
+        for tail in by_head.get(rat(i), ()):
+            if longest < len(tail) <= i and all(tail[o] == rat(i - o - 1) for o in range(len(tail))):
+                longest = len(tail)
+        if longest >= 0:
+            rep_limit = i - longest
+            break
+    if rep_limit < p.dry_allowed_length:
+        return
+    # rep[k]: how many tokens ending k back from the end repeat the end of the history (plainly, not Z-boxes)
+    longest_rep: dict[int, int] = {}
+    for k in range(1, n):
+        m = 0
+        while m + k < n and rat(m) == rat(m + k):
+            m += 1
+        m = min(m, rep_limit)
+        if m >= p.dry_allowed_length:
+            tok = rat(k - 1)  # the token that followed the repeat
+            longest_rep[tok] = max(longest_rep.get(tok, -1), m)
+    c.sorted = False
+    max_exp = 0
+    base = np.float32(p.dry_base)
+    if base > np.float32(1.000001):
+        max_exp = int(np.float32(88.7228391) / np.float32(math.log(base)))
+    for i, tok in enumerate(c.id.tolist()):
+        if tok not in longest_rep or () in by_head.get(tok, ()):
+            continue
+        e = longest_rep[tok] - p.dry_allowed_length
+        if max_exp > 0 and e > max_exp:
+            e = max_exp
+        pen = np.float32(float(np.float32(p.dry_multiplier)) * math.pow(float(base), e))
+        c.logit[i] = np.float32(c.logit[i] - pen)
+
+
+_BREAKERS: dict = {}
+
+
+def _cached_breakers(tokenizer, texts: tuple[str, ...]) -> list[list[int]]:
+    """dry_breaker_sequences, computed once per tokenizer and breaker list (it reads the whole vocabulary)."""
+    key = (id(tokenizer), texts)
+    hit = _BREAKERS.get(key)
+    if hit is None or hit[0] is not tokenizer:
+        hit = _BREAKERS[key] = (tokenizer, dry_breaker_sequences(tokenizer, texts))
+    return hit[1]
+
+
 def _f32(x: float) -> float:
     """x rounded to float32 (the reference samples in float)."""
     return float(np.float32(x))
@@ -204,16 +392,25 @@ def _f32(x: float) -> float:
 class Sampler:
     """Picks the next token from logits; holds the generator and mirostat state of one sequence.
 
-    The chain runs in C (csrc/engine_sample.c, one call per token); `native=False` runs the same steps in
+    The chain runs in C (csrc/sampler.c, one call per token); `native=False` runs the same steps in
     numpy below, the readable version the C one is tested against.
+    DRY's sequence breakers are texts; `tokenizer` turns them into token sequences (without one they are
+    none), or `dry_breakers` gives the token sequences themselves.
     """
 
-    def __init__(self, params: SamplerParams, n_vocab: int, eog_ids: Iterable[int] = (), native: bool = True):
+    def __init__(self, params: SamplerParams, n_vocab: int, eog_ids: Iterable[int] = (), native: bool = True,
+                 tokenizer=None, dry_breakers: Sequence[Sequence[int]] | None = None):
         params.check()
         self.params = params
         self.n_vocab = n_vocab
         self.seed = resolve_seed(params.seed)
         self.rng = MT19937(self.seed)
+        self.xtc_rng = MT19937(self.seed)
+        if dry_breakers is None:
+            dry_breakers = []
+            if params.dry_enabled() and tokenizer is not None and params.dry_sequence_breakers:
+                dry_breakers = _cached_breakers(tokenizer, tuple(params.dry_sequence_breakers))
+        self.dry_breakers = [list(map(int, b)) for b in dry_breakers if len(b)]
         self._mu = _f32(2.0 * params.mirostat_tau)
         self.bias = {int(t): float(b) for t, b in params.logit_bias.items()}
         if params.ignore_eos:
@@ -239,12 +436,30 @@ class Sampler:
         cp.presence_penalty, cp.frequency_penalty = p.presence_penalty, p.frequency_penalty
         cp.mirostat, cp.mirostat_tau, cp.mirostat_eta = p.mirostat, p.mirostat_tau, p.mirostat_eta
         cp.min_keep = p.min_keep
+        cp.dry_multiplier, cp.dry_base = p.dry_multiplier, p.dry_base
+        cp.dry_allowed_length, cp.dry_penalty_last_n = p.dry_allowed_length, p.dry_penalty_last_n
+        cp.xtc_probability, cp.xtc_threshold = p.xtc_probability, p.xtc_threshold
+        cp.dynatemp_range, cp.dynatemp_exponent = p.dynatemp_range, p.dynatemp_exponent
+        cp.top_n_sigma = p.top_n_sigma
+        cp.n_samplers = len(p.samplers)
+        for i, name in enumerate(p.samplers):
+            cp.samplers[i] = SAMPLER_NAMES.index(name)
         self._cp = cp
+        if self.dry_breakers:
+            flat = [v for b in self.dry_breakers for v in (len(b), *b)]
+            if lib.lp_sampler_set_dry_breakers(self._c, ffi.new("int32_t[]", flat), len(flat)) != 0:
+                raise LlamapyError("DRY sequence breakers: a token id out of the vocabulary, or out of memory")
         self._bias_ids = ffi.new("int32_t[]", list(self.bias)) if self.bias else ffi.NULL
         self._bias_vals = ffi.new("float[]", list(self.bias.values())) if self.bias else ffi.NULL
-        self._hist = ffi.new("int32_t[]", max(1, p.repeat_last_n if p.repeat_last_n > 0 else 1))
-        self._penalize = p.mirostat == 0 and p.repeat_last_n != 0 and (
+        # the history the chain looks back on (-1: all it is given)
+        uses = p.mirostat == 0 and p.top_n_sigma < 0
+        pen = uses and "penalties" in p.samplers and p.repeat_last_n != 0 and (
             p.repeat_penalty != 1.0 or p.frequency_penalty != 0.0 or p.presence_penalty != 0.0)
+        dry = uses and "dry" in p.samplers and p.dry_enabled()
+        wins = ([p.repeat_last_n] if pen else []) + ([p.dry_penalty_last_n] if dry else [])
+        self._penalize = bool(wins)
+        self._hist_n = -1 if -1 in wins else max(wins, default=0)
+        self._hist = ffi.new("int32_t[]", max(1, self._hist_n))
         self._n_keep_probs = max(1, p.n_probs)
         self._cand_ids = ffi.new("int32_t[]", self._n_keep_probs)
         self._cand_p = ffi.new("float[]", self._n_keep_probs)
@@ -262,6 +477,7 @@ class Sampler:
     def reset(self) -> None:
         """Start over: the generator from its seed, mirostat's mu from 2 * tau."""
         self.rng = MT19937(self.seed)
+        self.xtc_rng = MT19937(self.seed)
         self._mu = _f32(2.0 * self.params.mirostat_tau)
         if self._c is not None:
             from ..engine.native import lib
@@ -269,35 +485,38 @@ class Sampler:
             lib.lp_sampler_reset(self._c, self.seed, self._mu)
 
     def candidates(self, logits: np.ndarray, history: Sequence[int] = ()) -> Candidates:
-        """The candidates left after every step of the chain but the draw (softmaxed)."""
+        """The candidates left after every step of the chain but the draw (softmaxed). XTC, when it runs,
+        draws from its generator."""
         p = self.params
         if len(logits) != self.n_vocab:
             raise LlamapyError(f"sampler: {len(logits)} logits, expected {self.n_vocab}")
-        if p.mirostat == 0 and 0 < p.top_k < len(logits):
-            # top-k first on the whole vocabulary (in C), after the bias and penalties that precede it
-            lg = np.asarray(logits, dtype=np.float32)
-            penalize = p.repeat_last_n != 0 and len(history) > 0 and (
-                p.repeat_penalty != 1.0 or p.frequency_penalty != 0.0 or p.presence_penalty != 0.0)
-            if self.bias or penalize:
-                full = Candidates(lg)
-                apply_logit_bias(full, self.bias)
-                apply_penalties(full, history, p.repeat_last_n, p.repeat_penalty, p.frequency_penalty,
-                                p.presence_penalty)
-                lg = full.logit
-            idx = top_k_indices(lg, p.top_k)
-            c = Candidates(lg[idx], ids=idx, sorted=True)
+        c = Candidates(logits)
+        apply_logit_bias(c, self.bias)
+        if p.mirostat != 0:
+            apply_temp(c, p.temp)
+        elif p.top_n_sigma >= 0:
+            apply_top_k(c, p.top_k)
+            apply_temp(c, p.temp)
+            apply_top_n_sigma(c, p.top_n_sigma)
         else:
-            c = Candidates(logits)
-            apply_logit_bias(c, self.bias)
-            if p.mirostat == 0:
-                apply_penalties(c, history, p.repeat_last_n, p.repeat_penalty, p.frequency_penalty,
-                                p.presence_penalty)
-                apply_top_k(c, p.top_k)
-        if p.mirostat == 0:
-            apply_typical(c, p.typical_p, p.min_keep)
-            apply_top_p(c, p.top_p, p.min_keep)
-            apply_min_p(c, p.min_p, p.min_keep)
-        apply_temp(c, p.temp)
+            for name in p.samplers:
+                if name == "penalties":
+                    apply_penalties(c, history, p.repeat_last_n, p.repeat_penalty, p.frequency_penalty,
+                                    p.presence_penalty)
+                elif name == "dry":
+                    apply_dry(c, history, p, self.dry_breakers)
+                elif name == "top_k":
+                    apply_top_k(c, p.top_k)
+                elif name == "typ_p":
+                    apply_typical(c, p.typical_p, p.min_keep)
+                elif name == "top_p":
+                    apply_top_p(c, p.top_p, p.min_keep)
+                elif name == "min_p":
+                    apply_min_p(c, p.min_p, p.min_keep)
+                elif name == "xtc":
+                    apply_xtc(c, p.xtc_probability, p.xtc_threshold, p.min_keep, self.xtc_rng)
+                elif name == "temperature":
+                    apply_temp_ext(c, p.temp, p.dynatemp_range, p.dynatemp_exponent)
         c.softmax()
         return c
 
@@ -315,8 +534,8 @@ class Sampler:
         p = self.params
         hist, n_hist = ffi.NULL, 0
         if self._penalize and len(history):
-            recent = list(history[-p.repeat_last_n:]) if p.repeat_last_n > 0 else list(history)
-            if p.repeat_last_n < 0:
+            recent = list(history[-self._hist_n:]) if self._hist_n > 0 else list(history)
+            if self._hist_n < 0:
                 hist = ffi.new("int32_t[]", recent)
             else:
                 hist = self._hist
@@ -326,6 +545,8 @@ class Sampler:
         tok = lib.lp_sampler_sample(self._c, self._cp, ffi.from_buffer("float[]", np.ascontiguousarray(x)),
                                     self._bias_ids, self._bias_vals, len(self.bias), hist, n_hist,
                                     self._n_keep_probs, self._cand_ids, self._cand_p, self._n_cand)
+        if tok < 0:
+            raise LlamapyError("sampler: out of memory")
         if p.n_probs > 0:
             self.last_probs = [(int(self._cand_ids[i]), float(self._cand_p[i])) for i in range(self._n_cand[0])]
         return int(tok)

@@ -135,8 +135,8 @@ class Sequence:
         self.cap_unlimited = cap_unlimited
         self.timings = timings if timings is not None else Timings()
         params = getattr(sampler, "params", None)
-        last_n = params.repeat_last_n if params is not None else -1
-        self.last_n = n_ctx if last_n < 0 else last_n  # history the penalties see
+        # history the penalties and DRY see
+        self.last_n = params.history_window(n_ctx) if params is not None else n_ctx
         self.n_past = 0            # positions the cache holds (as this sequence knows it)
         self.n_prompt = 0
         self.n_reused = 0

@@ -53,7 +53,7 @@ class EngineBackend:
     def make_sampler(self, params: SamplerParams) -> Any:
         from ..generation.sampling import Sampler
 
-        return Sampler(params, self.n_vocab, eog_ids=sorted(self._eog))
+        return Sampler(params, self.n_vocab, eog_ids=sorted(self._eog), tokenizer=self.tok)
 
     # --- vocabulary (any thread) ---------------------------------------------------------------------
     def is_eog(self, token: int) -> bool:

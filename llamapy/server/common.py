@@ -13,7 +13,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from ..errors import LlamapyError
-from ..generation.params import SamplerParams
+from ..generation.params import SamplerParams, samplers_from_letters, samplers_from_names
 from .errors import APIError, bad_request
 from .scheduler import DoneEvent, ErrorEvent, GenRequest, Job, Scheduler, TokenEvent
 from .schemas import M, Sampling, parse_json, stop_list, validate
@@ -35,6 +35,16 @@ REQUEST_FIELDS = {
     "mirostat_eta": "mirostat_eta",
     "seed": "seed",
     "ignore_eos": "ignore_eos",
+    "dry_multiplier": "dry_multiplier",
+    "dry_base": "dry_base",
+    "dry_allowed_length": "dry_allowed_length",
+    "dry_penalty_last_n": "dry_penalty_last_n",
+    "dry_sequence_breakers": "dry_sequence_breakers",
+    "xtc_probability": "xtc_probability",
+    "xtc_threshold": "xtc_threshold",
+    "dynatemp_range": "dynatemp_range",
+    "dynatemp_exponent": "dynatemp_exponent",
+    "samplers": "samplers",  # a list of names, or a string of letters
 }
 
 
@@ -194,6 +204,22 @@ def sampler_settings(state: ServerState, m: Sampling | Any) -> SamplerParams:
     p.top_k = max(p.top_k, 0)
     if p.repeat_last_n == -1:
         p.repeat_last_n = state.backend.n_ctx
+    if p.dry_penalty_last_n == -1:
+        p.dry_penalty_last_n = state.backend.n_ctx
+    if p.dry_base < 1.0:
+        p.dry_base = state.sampling.dry_base
+    if "dry_sequence_breakers" in given and not p.dry_sequence_breakers:
+        raise bad_request("dry_sequence_breakers must be a non-empty array of strings", "dry_sequence_breakers")
+    if isinstance(p.samplers, str):
+        try:
+            p.samplers = samplers_from_letters(p.samplers)
+        except LlamapyError as e:
+            raise bad_request(str(e).replace("--sampling-seq", "samplers"), "samplers") from None
+    elif "samplers" in given:
+        try:
+            p.samplers = samplers_from_names(";".join(p.samplers), aliases=False)
+        except LlamapyError as e:
+            raise bad_request(str(e).replace("--samplers", "samplers"), "samplers") from None
     p.seed = -1 if p.seed < 0 else p.seed & 0xFFFFFFFF
     p.ignore_eos = bool(p.ignore_eos)
     return p

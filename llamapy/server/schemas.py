@@ -48,6 +48,16 @@ class Sampling(Strict):
     mirostat_eta: Optional[NonNegFloat] = None
     seed: Optional[Seed] = None
     ignore_eos: Optional[bool] = None
+    dry_multiplier: Optional[NonNegFloat] = None  # 0: off
+    dry_base: Optional[Float] = None  # below 1: the server's
+    dry_allowed_length: Optional[Annotated[int, Field(ge=0)]] = None
+    dry_penalty_last_n: Optional[Annotated[int, Field(ge=-1)]] = None  # -1: the whole context
+    dry_sequence_breakers: Optional[list[str]] = None
+    xtc_probability: Optional[Prob] = None
+    xtc_threshold: Optional[Float] = None  # above 0.5: off
+    dynatemp_range: Optional[NonNegFloat] = None
+    dynatemp_exponent: Optional[Float] = None
+    samplers: Union[list[str], str, None] = None  # names in order, or their letters
     logit_bias: Any = None  # llama-server: [[id|text, bias|false], ...]; OpenAI: {"id": bias}
     stop: Stop = None
     stream: Optional[bool] = None
