@@ -105,6 +105,12 @@ RUN_CHAT: list[Opt] = [
         Optional[str], None),
     Opt("chat_template_file", ("--chat-template-file",), "Jinja template file.", Optional[str], None),
     Opt("multiline_input", ("--multiline-input", "-mli"), "Lines go on until one ends in \\.", bool, False),
+    Opt("grammar", ("--grammar",), "GBNF grammar the output must follow, e.g. 'root ::= \"yes\" | \"no\"'.",
+        Optional[str], None, panel="Grammar"),
+    Opt("grammar_file", ("--grammar-file",), "Read the GBNF grammar from a file.", Optional[str], None,
+        panel="Grammar"),
+    Opt("json_schema", ("-j", "--json-schema"), "JSON schema the output must follow (JSON text).",
+        Optional[str], None, panel="Grammar"),
 ]
 
 

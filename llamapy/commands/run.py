@@ -18,6 +18,7 @@ def session_options(opts: dict) -> dict:
         escape=opts["escape"] and not opts["no_escape"], display_prompt=not opts["no_display_prompt"],
         verbose_prompt=opts["verbose_prompt"], color=opts["color"], special=opts["special"],
         n_gpu_layers=opts["n_gpu_layers"], sampling=sampler_params(opts),
+        grammar=opts["grammar"], grammar_file=opts["grammar_file"], json_schema=opts["json_schema"],
     )
 
 

@@ -14,13 +14,14 @@ from .common import (
     ServerState,
     chat_prompt,
     check_token_ids,
-    check_unsupported,
     completion_stops,
     gen_request,
+    grammar_spec,
     json_off_loop,
     n_predict_of,
     read_json,
     read_request,
+    request_grammar,
     sampler_settings,
     sse,
     tokenize_mixed,
@@ -150,12 +151,12 @@ def register(router: APIRouter, state: ServerState) -> None:
         if state.embedding_only:
             raise APIError(501, "this server was started with --embedding: completions are off")
         req = validate(CompletionRequest, await read_json(request))
-        check_unsupported(req)
+        grammar = await request_grammar(state, grammar_spec(req))
         prompts = await asyncio.to_thread(tokenize_prompts, b, req.prompt)
         n_predict = n_predict_of(state, req.n_predict, req.max_tokens)
         stops = completion_stops(state, req.stop, chat=False)
         gens = [gen_request(state, req, p, n_predict=n_predict, stop=stops, n_probs=req.n_probs or 0,
-                            cache_prompt=req.cache_prompt, id_slot=req.id_slot) for p in prompts]
+                            cache_prompt=req.cache_prompt, id_slot=req.id_slot, grammar=grammar) for p in prompts]
         stream = bool(req.stream)
         run = Run(state, gens, stream=stream)
         if not stream:
