@@ -177,6 +177,26 @@ def test_gbnf_output_is_one_of_the_alternatives(llm):
         assert text in ("yes", "no", "maybe so") and why in ("grammar", "eog")
 
 
+def test_chat_answers_each_follow_the_grammar_restarted_at_each_turn(llm):
+    import io
+    import re
+
+    from llamapy.chat.interactive import InteractiveOptions, run_interactive
+    from llamapy.chat.templates import ChatTemplate
+    from llamapy.grammar import compile_gbnf
+
+    g = compile_gbnf('root ::= "yes" | "no"', llm.tokenizer)
+    opts = InteractiveOptions(conversation=True, chat_template=ChatTemplate.for_model(llm.metadata), grammar=g)
+    out = io.StringIO()
+    llm.kv_clear(0)
+    sampler = Sampler(SamplerParams(temp=0.9, seed=3), llm.n_vocab, eog_ids=sorted(llm.tokenizer.eog_ids))
+    status = run_interactive(llm, sampler, opts, stdin=io.StringIO("Is fire hot?\nIs ice hot?\nIs the sea wet?\n"),
+                             stdout=out, stderr=io.StringIO())
+    answers = re.findall(r"> (.*)\n", out.getvalue())
+    assert status == 0 and len(answers) == 4 and answers[3] == "", out.getvalue()  # the last: end of input
+    assert all(a in ("yes", "no") for a in answers[:3]), answers
+
+
 def _run(*args):
     return subprocess.run([sys.executable, "-m", "llamapy", "run", *args], capture_output=True, text=True,
                           timeout=120)
