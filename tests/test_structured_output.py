@@ -100,6 +100,29 @@ def test_core_no_token_possible_stops_clearly():
     assert seq.feed(LOGITS).stop == "no_token"
 
 
+class Checks(Allow):
+    """An Allow that can check one token (the core then samples first, as llama.cpp)."""
+
+    def allows(self, tok):
+        self.calls.append(("allows", tok))
+        return tok in self.allowed
+
+
+def test_core_samples_first_and_masks_only_a_refused_token():
+    c = Checks({7, 3})
+    seq = _seq(c)
+    seq.start([1])
+    assert seq.feed(LOGITS).token == 7 and c.calls == [("allows", 7)]  # allowed: no mask computed
+    c = Checks({2, 3})
+    seq = _seq(c)
+    seq.start([1])
+    assert seq.feed(LOGITS).token == 2 and c.calls == [("allows", 7), "apply"]
+    c = Checks({7})
+    seq = _seq(c, ignore_eos=True)  # the sampler never picks 7 first; the mask leaves only 7: no token
+    seq.start([1])
+    assert seq.feed(LOGITS).stop == "no_token"
+
+
 def test_core_new_turn_restarts_the_constraint():
     c = Allow({3}, n=5)
     seq = _seq(c)
@@ -166,6 +189,29 @@ def test_every_constrained_output_validates(i, llm):
         text, why = constrained(llm, g, "Here is some JSON data:\n", temp, seed)
         assert why in ("grammar", "eog"), (why, text)
         jsonschema.validate(json.loads(text), SCHEMAS[i])
+
+
+class MaskOnly:
+    """A matcher without `allows`: every token goes through the mask."""
+
+    def __init__(self, m):
+        self.m = m
+        self.mask, self.accept, self.is_done = m.mask, m.accept, m.is_done
+
+
+def test_greedy_is_the_same_whether_the_token_is_checked_or_masked(llm):
+    from llamapy.generation.generate import eog_ids_of, steps
+    from llamapy.grammar import compile_json_schema
+
+    g = compile_json_schema(SCHEMAS[0], llm.tokenizer)
+    eog = frozenset(eog_ids_of(llm))
+    outs = []
+    for c in (g.matcher(), MaskOnly(g.matcher())):
+        seq = Sequence(Sampler(SamplerParams(temp=0.0), llm.n_vocab, eog_ids=eog), llm.n_ctx, is_eog=eog.__contains__,
+                       n_predict=100, constraint=c)
+        list(steps(llm, seq, llm.tokenizer.encode("Some JSON:", add_special=True)))
+        outs.append(seq.generated)
+    assert outs[0] == outs[1] and len(outs[0]) > 5
 
 
 def test_gbnf_output_is_one_of_the_alternatives(llm):

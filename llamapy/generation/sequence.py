@@ -33,8 +33,10 @@ from .text import TextStream
 class Constraint(Protocol):
     """What the core asks of a constraint (a grammar, a JSON schema): allowed tokens, and what was chosen.
 
-    Two optional methods are used when present: `apply(logits)` (set the logits of disallowed tokens to
-    -inf in place: cheaper than building `mask()`) and `reset()` (back to the start, at a new turn).
+    Optional methods, used when present: `allows(token)` (whether one token may come next: the core then
+    samples first and masks only when the token is refused, as llama.cpp does), `apply(logits)` (set the
+    logits of disallowed tokens to -inf in place: cheaper than building `mask()`) and `reset()` (back to the
+    start, at a new turn).
     The end-of-generation tokens are the constraint's to allow, as llama.cpp's grammar does: only once the
     constrained text is complete."""
 
@@ -218,25 +220,36 @@ class Sequence:
         the sampler may pick (then nothing is sampled). The caller's logits are left as they are."""
         t0 = time.perf_counter()
         c = self.constraint
-        if c is not None:
-            logits = np.array(logits, dtype=np.float32)  # a copy: the caller may still read the raw logits
-            apply = getattr(c, "apply", None)
-            if apply is not None:
-                apply(logits)
-            else:
-                allowed = c.mask()
-                if allowed is not None:
-                    n = min(len(allowed), len(logits))
-                    logits[:n][~np.asarray(allowed[:n], dtype=bool)] = -np.inf
-                    logits[n:] = -np.inf
         hist = self.history[-self.last_n:] if self.last_n > 0 else ()
-        tok = int(self.sampler.sample(logits, hist))
+        tok = -1
+        allows = getattr(c, "allows", None)
+        if allows is not None:
+            # llama.cpp's order (common_sampler_sample): sample first, and mask and sample again only when the
+            # grammar refuses the token; most tokens pass, and checking one costs far less than a mask
+            t = int(self.sampler.sample(logits, hist))
+            if allows(t) and not self._banned(t):
+                tok = t
+        if tok < 0:
+            if c is not None:
+                logits = np.array(logits, dtype=np.float32)  # a copy: the caller may still read the raw logits
+                apply = getattr(c, "apply", None)
+                if apply is not None:
+                    apply(logits)
+                else:
+                    allowed = c.mask()
+                    if allowed is not None:
+                        n = min(len(allowed), len(logits))
+                        logits[:n][~np.asarray(allowed[:n], dtype=bool)] = -np.inf
+                        logits[n:] = -np.inf
+            tok = int(self.sampler.sample(logits, hist))
+            if c is not None and (not logits[tok] > -np.inf or self._banned(tok)):
+                # every allowed token is masked or banned by the sampler (ignore_eos, a -inf bias): the sampler
+                # had only -inf to choose from
+                self.timings.sample_ms += 1e3 * (time.perf_counter() - t0)
+                self.timings.n_sample += 1
+                return -1
         self.timings.sample_ms += 1e3 * (time.perf_counter() - t0)
         self.timings.n_sample += 1
-        if c is not None and (not logits[tok] > -np.inf or self._banned(tok)):
-            # every allowed token is masked or banned by the sampler (ignore_eos, a -inf bias): the sampler
-            # had only -inf to choose from
-            return -1
         self.history.append(tok)
         self.generated.append(tok)
         if c is not None:
