@@ -45,15 +45,22 @@ def run(
     sampling: SamplerParams | None = None,
     load=None,
     perf: bool = True,
+    grammar: str | None = None,
+    grammar_file: str | None = None,
+    json_schema: str | None = None,
     out: TextIO | None = None,
     err: TextIO | None = None,
 ) -> int:
-    """Generate a continuation of the prompt; returns the number of tokens generated."""
+    """Generate a continuation of the prompt; returns the number of tokens generated.
+
+    grammar (GBNF text), grammar_file (its file) or json_schema (JSON text): what the output must follow
+    (llama-cli's --grammar, --grammar-file, -j); the generation ends where the grammar is complete."""
     from .engine.engine import Engine
     from .engine.load import ubatch
     from .generation.generate import eog_ids_of, steps
     from .generation.sampling import Sampler
     from .generation.sequence import Sequence, Timings
+    from .grammar.options import check_options, grammar_from_options
     from .tokenizer.core import StreamDecoder
     from .util.escapes import process_escapes_text as process_escapes
 
@@ -69,6 +76,7 @@ def run(
         raise LlamapyError(f"-c {ctx_size}: the context size can't be negative")
     if batch_size < 1:
         raise LlamapyError(f"-b {batch_size}: the batch size must be at least 1")
+    check_options(grammar, grammar_file, json_schema)
     params = sampling if sampling is not None else SamplerParams()
     text = read_prompt(prompt, file)
     if escape:
@@ -85,6 +93,8 @@ def run(
         if llm.n_ctx > llm.args.n_ctx_train:
             log(f"warning: model was trained on only {llm.args.n_ctx_train} context tokens ({llm.n_ctx} specified)")
         tok = llm.tokenizer
+        compiled = grammar_from_options(tok, llm.n_vocab, grammar=grammar, grammar_file=grammar_file,
+                                        json_schema=json_schema)
         ids = tok.encode(text, add_special=True, parse_special=True)
         if not ids:
             if tok.add_bos and tok.bos_id is not None:
@@ -124,7 +134,8 @@ def run(
         eog_set = frozenset(eog)
         seq = Sequence(sampler, llm.n_ctx, is_eog=eog_set.__contains__,
                        piece=lambda t: tok.token_to_piece(t, special), n_predict=n_predict, n_keep=n_keep,
-                       ctx_shift=ctx_shift, ignore_eos=params.ignore_eos, timings=timings)
+                       ctx_shift=ctx_shift, ignore_eos=params.ignore_eos, timings=timings,
+                       constraint=compiled.matcher() if compiled is not None else None)
         n_gen = 0
         try:
             for step in steps(llm, seq, ids):
@@ -138,10 +149,12 @@ def run(
             tail = seq.flush()
             if tail:
                 out.write(tail)
-            if timings.stop_reason == "eog":
+            if timings.stop_reason in ("eog", "grammar"):  # llama-cli samples the end token a complete grammar allows
                 out.write(" [end of text]\n")
             out.write("\n\n")
             out.flush()
+            if timings.stop_reason == "no_token":
+                log("the grammar allows no token the sampler may pick (is the end token banned?): stopped")
             for line in timings.lines() if perf else ():
                 log(f"llama_perf: {line}")
         return n_gen

@@ -26,7 +26,7 @@ import signal
 import sys
 import threading
 from dataclasses import dataclass, field
-from typing import TextIO
+from typing import Any, TextIO
 
 from ..errors import LlamapyError
 from ..generation.params import SamplerParams
@@ -73,6 +73,7 @@ class InteractiveOptions:
     display_prompt: bool = True
     special: bool = False  # print special tokens' text
     verbose_prompt: bool = False
+    grammar: Any = None  # a compiled grammar (llamapy.grammar) each answer follows; restarted at each turn
 
 
 class _Quit(Exception):
@@ -284,7 +285,8 @@ class _Session:
                 con.info(f"{tid:6d} -> '{self.piece(tid, True).decode('utf-8', errors='replace')}'")
         self.announce()
         seq = Sequence(self.sampler, llm.n_ctx, is_eog=self.tok.is_eog, n_predict=o.n_predict, n_keep=self.n_keep,
-                       ctx_shift=o.ctx_shift, timings=self.t)
+                       ctx_shift=o.ctx_shift, timings=self.t,
+                       constraint=o.grammar.matcher() if o.grammar is not None else None)
         seq.n_past = llm.n_past(0)
         rp = ReversePrompts(self.antiprompts, lambda r: self.encode(r, add_special=False, parse_special=True),
                             lambda t: self.piece(t, True))
@@ -322,8 +324,12 @@ class _Session:
             embd = []
 
             sampled = len(embd_inp) <= n_consumed and not self.is_interacting
-            if sampled:
-                tid = seq.sample(logits)
+            if sampled and (tid := seq.sample(logits)) < 0:  # the grammar allows no token the sampler may pick
+                con.info("\nthe grammar allows no further token")
+                if not self.interactive:
+                    break
+                self.is_interacting, sampled = True, False
+            elif sampled:
                 rp.add(tid)
                 embd.append(tid)
                 input_echo = True
@@ -536,6 +542,9 @@ def start(
     verbose_prompt: bool = False,
     load=None,
     log: TextIO | None = None,
+    grammar: str | None = None,
+    grammar_file: str | None = None,
+    json_schema: str | None = None,
 ) -> int:
     """Load a model and run the interactive loop: what `llamapy chat` and `llamapy run -i/-r/-ins/-cnv` call.
 
@@ -545,6 +554,7 @@ def start(
     from ..engine.load import ubatch
     from ..generation.generate import eog_ids_of
     from ..generation.sampling import Sampler
+    from ..grammar.options import check_options, grammar_from_options
     from ..run import read_prompt
 
     if chat_template and chat_template_file:
@@ -553,6 +563,7 @@ def start(
         raise LlamapyError(f"-n {n_predict}: use -1 (no limit), -2 (until the context is full) or a count")
     if batch_size < 1:
         raise LlamapyError(f"-b {batch_size}: the batch size must be at least 1")
+    check_options(grammar, grammar_file, json_schema)
     opts = InteractiveOptions(
         prompt=read_prompt(prompt, file),
         interactive=interactive,
@@ -583,6 +594,8 @@ def start(
             opts.chat_template = chat_template_for_session(
                 ChatTemplate.for_model(llm.metadata, name=chat_template, file=chat_template_file)
             )
+        opts.grammar = grammar_from_options(llm.tokenizer, llm.n_vocab, grammar=grammar, grammar_file=grammar_file,
+                                            json_schema=json_schema)
         sampler = Sampler(sampling, llm.n_vocab, eog_ids=eog_ids_of(llm), tokenizer=llm.tokenizer)
         err.write(f"sampler seed: {sampler.seed}\n")
         return run_interactive(llm, sampler, opts, t_load_ms=1e3 * getattr(llm, "load_time", 0.0))

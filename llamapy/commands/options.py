@@ -160,9 +160,6 @@ SAMPLING: list[Opt] = [
        "(default: penalties;dry;top_k;typ_p;top_p;min_p;xtc;temperature).", type=Optional[str], default=None),
     _s("sampling_seq", ("--sampling-seq", "--sampler-seq"), "The chain's samplers as letters (default: edkypmxt).",
        "samplers", type=Optional[str], default=None),
-    _n("grammar", ("--grammar",), "BNF-like grammar constraining generation.", NOT_YET),
-    _n("grammar_file", ("--grammar-file",), "Grammar file.", NOT_YET),
-    _n("json_schema", ("-j", "--json-schema"), "JSON schema constraining generation.", NOT_YET),
 ]
 
 _PARSED = ("logit_bias", "dry_sequence_breaker", "samplers", "sampling_seq")  # sampler_params reads these itself
@@ -337,6 +334,12 @@ RUN_CHAT: list[Opt] = [
     _c("in_suffix", ("--in-suffix",), "Text after each of your inputs.", str, "", panel=_X),
     _c("in_prefix_bos", ("--in-prefix-bos",), "Start each of your inputs with BOS.", bool, False, panel=_X),
     _c("multiline_input", ("-mli", "--multiline-input"), "Lines go on until one ends in \\.", bool, False, panel=_X),
+    _c("grammar", ("--grammar",), "GBNF grammar the output must follow, e.g. 'root ::= \"yes\" | \"no\"'.",
+       Optional[str], None, panel="Grammar"),
+    _c("grammar_file", ("--grammar-file",), "Read the GBNF grammar from a file.", Optional[str], None,
+       panel="Grammar"),
+    _c("json_schema", ("-j", "--json-schema"), "JSON schema the output must follow (JSON text).",
+       Optional[str], None, panel="Grammar"),
     _n("grp_attn_n", ("-gan", "--grp-attn-n"), "Group-attention factor.", NOT_YET, Optional[int], _X),
     _n("grp_attn_w", ("-gaw", "--grp-attn-w"), "Group-attention width.", NOT_YET, Optional[int], _X),
     _n("simple_io", ("--simple-io",), "Basic console input and output.",
@@ -346,6 +349,8 @@ RUN_CHAT: list[Opt] = [
 ]
 
 _S = "Server"
+SERVER_GRAMMAR = ("a server-wide default grammar is not supported yet; give grammar or json_schema in each "
+                  "request (response_format, Ollama's format)")
 _D = "Speculative decoding and presets (accepted, not supported yet)"
 
 # llama-server's own
@@ -402,6 +407,9 @@ SERVER: list[Opt] = [
        env="LLAMA_ARG_ENDPOINT_SLOTS"),
     _c("props", ("--props",), "Allow changing settings through POST /props.", bool, False, panel=_S,
        env="LLAMA_ARG_ENDPOINT_PROPS"),
+    _n("grammar", ("--grammar",), "Default GBNF grammar of requests.", SERVER_GRAMMAR, panel=_S),
+    _n("grammar_file", ("--grammar-file",), "Default GBNF grammar file of requests.", SERVER_GRAMMAR, panel=_S),
+    _n("json_schema", ("-j", "--json-schema"), "Default JSON schema of requests.", SERVER_GRAMMAR, panel=_S),
     _n("slot_save_path", ("--slot-save-path",), "Folder slots are saved to.", NOT_YET, panel=_S),
     _n("slot_prompt_similarity", ("-sps", "--slot-prompt-similarity"), "Prompt similarity a slot needs to be reused.",
        "a request takes the slot with the longest common prefix", Optional[float], _S),

@@ -67,6 +67,7 @@ def session_options(opts: dict) -> dict:
         escape=opts["escape"] and not opts["no_escape"], display_prompt=not opts["no_display_prompt"],
         verbose_prompt=opts["verbose_prompt"], color=opts["color"], special=opts["special"],
         sampling=sampler_params(opts), load=load_options(opts),
+        grammar=opts["grammar"], grammar_file=opts["grammar_file"], json_schema=opts["json_schema"],
     )
 
 

@@ -31,7 +31,14 @@ from .text import TextStream
 
 
 class Constraint(Protocol):
-    """What the core asks of a constraint (a grammar, a JSON schema): allowed tokens, and what was chosen."""
+    """What the core asks of a constraint (a grammar, a JSON schema): allowed tokens, and what was chosen.
+
+    Optional methods, used when present: `allows(token)` (whether one token may come next: the core then
+    samples first and masks only when the token is refused, as llama.cpp does), `apply(logits)` (set the
+    logits of disallowed tokens to -inf in place: cheaper than building `mask()`) and `reset()` (back to the
+    start, at a new turn).
+    The end-of-generation tokens are the constraint's to allow, as llama.cpp's grammar does: only once the
+    constrained text is complete."""
 
     def mask(self) -> np.ndarray | None:
         """Allowed next tokens, a bool array of shape (n_vocab,); None: any."""
@@ -56,7 +63,7 @@ class Timings:
     n_sample: int = 0
     n_reused: int = 0          # prompt tokens found already in the cache
     n_shifts: int = 0          # context shifts
-    stop_reason: str = ""      # the last Step.stop: "eog", "limit", "context", "word", "grammar"
+    stop_reason: str = ""      # the last Step.stop: "eog", "limit", "context", "word", "grammar", "no_token"
 
     def lines(self) -> list[str]:
         """The summary, formatted like the reference's perf print."""
@@ -83,7 +90,9 @@ class Step:
     text: generated text that may be shown now (whole characters, stop strings cut, held-back text not yet).
     stop: "" (going on), "eog" (an end-of-generation token, `token`; no text), "limit" (the token budget),
       "context" (the context is full and can't shift), "word" (a stop string, `stop_word`), "grammar"
-      (the constraint is done).
+      (the constraint is complete: llama.cpp samples its end-of-generation token there, which is all the
+      grammar then allows), "no_token" (the constraint allows no token the sampler may pick, e.g. only an
+      end token under ignore_eos; `token` is -1 and nothing was sampled).
     truncated: stopped by the context, not by the text or the budget asked for.
     shift: (n_keep, n_discard) to apply to the cache before evaluating `token`.
     """
@@ -166,9 +175,10 @@ class Sequence:
     def new_turn(self) -> None:
         """Forget the penalty history and restart the sampler (the reference does so at each user turn)."""
         self.history.clear()
-        reset = getattr(self.sampler, "reset", None)
-        if reset is not None:
-            reset()
+        for part in (self.sampler, self.constraint):  # llama.cpp's sampler reset restarts the grammar too
+            reset = getattr(part, "reset", None)
+            if reset is not None:
+                reset()
 
     def evaluated(self, n: int, ms: float | None = None, prompt: bool = False) -> None:
         """n tokens were evaluated into the cache (taking ms, when the caller timed it)."""
@@ -206,25 +216,55 @@ class Sequence:
     # -- one token -----------------------------------------------------------------------------------------
     def sample(self, logits: np.ndarray) -> int:
         """The next token from the logits of the last evaluated position (constraint mask, penalties,
-        sampler chain); it joins the history and the constraint."""
+        sampler chain); it joins the history and the constraint. -1 when the constraint allows no token
+        the sampler may pick (then nothing is sampled). The caller's logits are left as they are."""
         t0 = time.perf_counter()
-        if self.constraint is not None:
-            allowed = self.constraint.mask()
-            if allowed is not None:
-                logits = np.where(allowed, logits, np.float32(-np.inf)).astype(np.float32)
+        c = self.constraint
         hist = self.history[-self.last_n:] if self.last_n > 0 else ()
-        tok = int(self.sampler.sample(logits, hist))
+        tok = -1
+        allows = getattr(c, "allows", None)
+        if allows is not None:
+            # llama.cpp's order (common_sampler_sample): sample first, and mask and sample again only when the
+            # grammar refuses the token; most tokens pass, and checking one costs far less than a mask
+            t = int(self.sampler.sample(logits, hist))
+            if allows(t) and not self._banned(t):
+                tok = t
+        if tok < 0:
+            if c is not None:
+                logits = np.array(logits, dtype=np.float32)  # a copy: the caller may still read the raw logits
+                apply = getattr(c, "apply", None)
+                if apply is not None:
+                    apply(logits)
+                else:
+                    allowed = c.mask()
+                    if allowed is not None:
+                        n = min(len(allowed), len(logits))
+                        logits[:n][~np.asarray(allowed[:n], dtype=bool)] = -np.inf
+                        logits[n:] = -np.inf
+            tok = int(self.sampler.sample(logits, hist))
+            if c is not None and (not logits[tok] > -np.inf or self._banned(tok)):
+                # every allowed token is masked or banned by the sampler (ignore_eos, a -inf bias): the sampler
+                # had only -inf to choose from
+                self.timings.sample_ms += 1e3 * (time.perf_counter() - t0)
+                self.timings.n_sample += 1
+                return -1
         self.timings.sample_ms += 1e3 * (time.perf_counter() - t0)
         self.timings.n_sample += 1
         self.history.append(tok)
         self.generated.append(tok)
-        if self.constraint is not None:
-            self.constraint.accept(tok)
+        if c is not None:
+            c.accept(tok)
         return tok
+
+    def _banned(self, tok: int) -> bool:
+        bias = getattr(self.sampler, "bias", None)
+        return bool(bias) and bias.get(tok, 0.0) == -np.inf
 
     def feed(self, logits: np.ndarray) -> Step:
         """Sample from the logits and apply the stop rules (see Step)."""
         tok = self.sample(logits)
+        if tok < 0:
+            return self._stop(Step(tok), "no_token")
         if self.is_eog(tok) and not self.ignore_eos:
             return self._stop(Step(tok), "eog")
         step = Step(tok, self.text.add(tok) if self.text is not None else "")

@@ -78,7 +78,7 @@ class CompiledGrammar:
 
     def matcher(self) -> GrammarMatcher:
         """A matcher at the start of the grammar (a copy of the compiled one: microseconds)."""
-        return GrammarMatcher(self._template.deep_copy(), self.vocab.n_vocab, self.what)
+        return GrammarMatcher(self._template.deep_copy(), self.vocab.n_vocab, self.what, self._template)
 
 
 class GrammarMatcher:
@@ -88,12 +88,15 @@ class GrammarMatcher:
       mask() -> bool array (n_vocab,)   tokens allowed next (all False: nothing can follow; the core ends)
       accept(token) -> None             advance with the sampled token
       is_done() -> bool                 the grammar is complete and allows nothing more, or no token can follow
+      reset() -> None                   back to the start of the grammar (a new turn of a chat)
+      allows(token) -> bool             one token checked without computing a mask (the core tries it first)
     Cheaper forms of mask(): bitmask() (int32 words, token i allowed iff words[i >> 5] >> (i & 31) & 1),
     allowed_ids() (sorted token ids), apply(logits) (disallowed logits set to -inf in place).
     """
 
-    def __init__(self, m, n_vocab: int, what: str):
+    def __init__(self, m, n_vocab: int, what: str, template=None):
         self._m = m
+        self._template = template
         self.n_vocab = n_vocab
         self.what = what
         self._words = np.zeros((n_vocab + 31) // 32, dtype=np.int32)
@@ -133,6 +136,18 @@ class GrammarMatcher:
         np.copyto(logits[:n], -np.inf, where=banned)
         logits[n:] = -np.inf
         return logits
+
+    def allows(self, token: int) -> bool:
+        """Whether the grammar accepts `token` next (under a microsecond: no mask is computed)."""
+        return not self._m.is_error() and self._m.validate_tokens([int(token)]) == 1
+
+    def reset(self) -> None:
+        """Back to the start of the grammar (llama-cli restarts it at each turn of an interactive session)."""
+        self._m = self._template.deep_copy() if self._template is not None else self._m
+        if self._template is None:
+            self._m.reset()
+        self._fresh = self._empty = False
+        self.error = None
 
     def accept(self, token: int) -> None:
         """Advance with the sampled token. A token the grammar does not allow ends the matcher (is_done)."""

@@ -225,9 +225,95 @@ def sampler_settings(state: ServerState, m: Sampling | Any) -> SamplerParams:
     return p
 
 
-def check_unsupported(m: Any) -> None:
-    if getattr(m, "grammar", None) or getattr(m, "json_schema", None) is not None:
-        raise APIError(400, "grammar and json_schema constrained sampling are not supported by llamapy", "grammar")
+# --- constrained output: grammar, json_schema, response_format, Ollama's format ----------------------------
+
+
+@dataclass(frozen=True)
+class GrammarSpec:
+    """What a request asks its output to follow: kind "gbnf" (GBNF text), "json_schema" (a schema) or
+    "json_object" (any JSON object); `param` names the request field, for a 400."""
+
+    kind: str
+    value: Any
+    param: str
+
+
+def _schema(value: Any, param: str) -> GrammarSpec:
+    if not isinstance(value, (dict, bool)):
+        raise bad_request(f"{param}: a JSON schema must be an object", param)
+    return GrammarSpec("json_schema", value, param)
+
+
+def grammar_spec(m: Any, response_format: dict[str, Any] | None = None) -> GrammarSpec | None:
+    """llama-server's `grammar` and `json_schema` (the grammar wins when both are given, as there) and
+    OpenAI's `response_format` (json_object, or json_schema with its `schema`), or None."""
+    grammar, schema = getattr(m, "grammar", None), getattr(m, "json_schema", None)
+    fmt = None
+    if response_format is not None:
+        kind = response_format.get("type", "text")
+        if kind == "json_object":  # llama-server also takes a `schema` here
+            given = response_format.get("schema")
+            fmt = GrammarSpec("json_object", None, "response_format") if given is None else \
+                _schema(given, "response_format.schema")
+        elif kind == "json_schema":
+            wrapper = response_format.get("json_schema")
+            if not isinstance(wrapper, dict):
+                raise bad_request("response_format.json_schema must be an object {\"name\", \"schema\", \"strict\"}",
+                                  "response_format")
+            given = wrapper.get("schema")
+            fmt = GrammarSpec("json_object", None, "response_format") if given is None else \
+                _schema(given, "response_format.json_schema.schema")
+        elif kind not in ("text", None):
+            raise bad_request(f"response_format type must be one of \"text\", \"json_object\" or \"json_schema\", "
+                              f"not {json.dumps(kind)[:80]}", "response_format")
+    if fmt is not None:
+        if grammar:
+            raise bad_request("give response_format or grammar, not both", "grammar")
+        return fmt
+    if grammar:
+        return GrammarSpec("gbnf", grammar, "grammar")
+    if schema is not None:
+        return _schema(schema, "json_schema")
+    return None
+
+
+def ollama_format_spec(fmt: Any) -> GrammarSpec | None:
+    """Ollama's `format`: "json" (any JSON object) or a JSON schema object."""
+    if fmt is None or fmt == "":
+        return None
+    if fmt == "json":
+        return GrammarSpec("json_object", None, "format")
+    if isinstance(fmt, dict):
+        return GrammarSpec("json_schema", fmt, "format")
+    raise bad_request('format must be "json" or a JSON schema object', "format")
+
+
+def compile_spec(backend, spec: GrammarSpec):
+    """The spec compiled for the model's vocabulary (llamapy.grammar caches it by content), its first mask
+    computed here so that the engine thread never builds lexer tables; a GrammarError is a 400."""
+    from ..grammar import GrammarError, Vocabulary, compile_gbnf, compile_json_object, compile_json_schema
+
+    vocab = Vocabulary.for_tokenizer(backend.tok, backend.n_vocab)
+    try:
+        if spec.kind == "gbnf":
+            g = compile_gbnf(spec.value, vocab)
+        elif spec.kind == "json_schema":
+            g = compile_json_schema(spec.value, vocab)
+        else:
+            g = compile_json_object(vocab)
+    except GrammarError as e:
+        raise bad_request(str(e), spec.param) from None
+    g.matcher().bitmask()
+    return g
+
+
+async def request_grammar(state: ServerState, spec: GrammarSpec | None):
+    """The compiled grammar of a request (None: unconstrained), compiled off the event loop."""
+    if spec is None:
+        return None
+    if state.embedding_only:
+        raise APIError(501, "this server was started with --embedding: completions are off")
+    return await asyncio.to_thread(compile_spec, state.backend, spec)
 
 
 def n_predict_of(state: ServerState, *values: int | None) -> int:
@@ -247,8 +333,10 @@ def keep_of(state: ServerState, prompt: list[int]) -> int:
 
 
 def gen_request(state: ServerState, m: Any, prompt: list[int], *, n_predict: int, stop: list[str],
-                n_probs: int = 0, cache_prompt: bool | None = None, id_slot: int | None = None) -> GenRequest:
-    """A GenRequest after the checks every endpoint makes: the prompt fits the slot's context."""
+                n_probs: int = 0, cache_prompt: bool | None = None, id_slot: int | None = None,
+                grammar: Any = None) -> GenRequest:
+    """A GenRequest after the checks every endpoint makes: the prompt fits the slot's context.
+    grammar: a compiled grammar (request_grammar) the output follows; each job gets its own matcher."""
     n_ctx = state.backend.n_ctx
     if not prompt:
         raise bad_request("the prompt is empty (no tokens)", "prompt")
@@ -269,6 +357,7 @@ def gen_request(state: ServerState, m: Any, prompt: list[int], *, n_predict: int
         cache_prompt=True if cache_prompt is None else cache_prompt,
         id_slot=-1 if id_slot is None else id_slot, n_keep=keep_of(state, prompt),
         timings_per_token=bool(getattr(m, "timings_per_token", None)), post_sampling_probs=post,
+        grammar=grammar,
     )
 
 

@@ -14,13 +14,14 @@ from .common import (
     ServerState,
     chat_prompt,
     check_token_ids,
-    check_unsupported,
     completion_stops,
     gen_request,
+    grammar_spec,
     json_off_loop,
     n_predict_of,
     read_json,
     read_request,
+    request_grammar,
     sampler_settings,
     sse,
     tokenize_mixed,
@@ -203,9 +204,9 @@ def register(router: APIRouter, state: ServerState) -> None:
         if state.embedding_only:
             raise APIError(501, "this server was started with --embedding: completions are off")
         req = validate(CompletionRequest, await read_json(request))
-        check_unsupported(req)
+        grammar = await request_grammar(state, grammar_spec(req))
         prompts = await asyncio.to_thread(tokenize_prompts, b, req.prompt)
-        return await complete(request, req, prompts)
+        return await complete(request, req, prompts, grammar)
 
     async def infill(request: Request):
         """llama-server's /infill: fill in between input_prefix and input_suffix with the model's FIM tokens."""
@@ -216,18 +217,18 @@ def register(router: APIRouter, state: ServerState) -> None:
         prefix, suffix, extra, prompt = check_body(data)
         req = validate(CompletionRequest, {k: v for k, v in data.items() if k not in (
             "input_prefix", "input_suffix", "input_extra", "prompt")})
-        check_unsupported(req)
+        grammar = await request_grammar(state, grammar_spec(req))
         n_predict = n_predict_of(state, req.n_predict, req.max_tokens)
         ids = await asyncio.to_thread(format_infill, b, prefix, suffix, extra, prompt, n_predict, state.spm_infill)
-        return await complete(request, req, [ids])
+        return await complete(request, req, [ids], grammar)
 
     router.add_api_route("/infill", infill, methods=["POST"])
 
-    async def complete(request: Request, req: CompletionRequest, prompts: list[list[int]]):
+    async def complete(request: Request, req: CompletionRequest, prompts: list[list[int]], grammar=None):
         n_predict = n_predict_of(state, req.n_predict, req.max_tokens)
         stops = completion_stops(state, req.stop, chat=False)
         gens = [gen_request(state, req, p, n_predict=n_predict, stop=stops, n_probs=req.n_probs or 0,
-                            cache_prompt=req.cache_prompt, id_slot=req.id_slot) for p in prompts]
+                            cache_prompt=req.cache_prompt, id_slot=req.id_slot, grammar=grammar) for p in prompts]
         stream = bool(req.stream)
         run = Run(state, gens, stream=stream)
         if not stream:

@@ -24,8 +24,10 @@ from .common import (
     gen_request,
     n_predict_of,
     ndjson,
+    ollama_format_spec,
     read_json,
     read_request,
+    request_grammar,
 )
 from .embeddings import embed
 from .errors import APIError, bad_request
@@ -85,11 +87,11 @@ def register(router: APIRouter, state: ServerState) -> None:
     async def run(request: Request, req: Any, prompt_text: str, chat: bool, with_context: bool,
                   context: list[int] | None = None):
         o, n_predict, stop = options(req.options)
-        if req.format not in (None, ""):
-            raise bad_request("format (constrained JSON output) is not supported by llamapy", "format")
+        grammar = await request_grammar(state, ollama_format_spec(req.format))
         prompt = check_token_ids(context, b.n_vocab, "context") if context else []
         prompt = prompt + await asyncio.to_thread(b.tokenize, prompt_text, add_special=not prompt, parse_special=True)
-        gen = gen_request(state, o, prompt, n_predict=n_predict, stop=completion_stops(state, stop, chat=True))
+        gen = gen_request(state, o, prompt, n_predict=n_predict, stop=completion_stops(state, stop, chat=True),
+                          grammar=grammar)
         model = state.model_name(req.model)
         t0 = asyncio.get_running_loop().time()
         job = Run(state, [gen], stream=req.stream)

@@ -17,13 +17,14 @@ from .common import (
     RunStream,
     ServerState,
     chat_prompt,
-    check_unsupported,
     completion_stops,
     gen_request,
+    grammar_spec,
     n_predict_of,
     new_id,
     read_json,
     read_request,
+    request_grammar,
     sse,
     tokenize_prompts,
 )
@@ -98,19 +99,19 @@ def register(router: APIRouter, state: ServerState) -> None:
     async def completions(request: Request):
         _refuse_generation()
         req = validate(OAICompletionRequest, await read_json(request))
-        check_unsupported(req)
         if (req.n or 1) != 1 or (req.best_of or 1) != 1:
             raise bad_request("only one choice per prompt is supported (n = 1, best_of = 1)", "n")
         if req.echo:
             raise bad_request("echo is not supported", "echo")
         if req.suffix:
             raise bad_request("suffix is not supported", "suffix")
+        grammar = await request_grammar(state, grammar_spec(req))
         prompts = await asyncio.to_thread(tokenize_prompts, b, req.prompt)
         top_n = req.logprobs or 0
         n_probs = req.n_probs if req.n_probs else (max(1, top_n) if req.logprobs is not None else 0)
         gens = [gen_request(state, req, p, n_predict=n_predict_of(state, req.n_predict, req.max_tokens),
                             stop=completion_stops(state, req.stop, chat=False), n_probs=n_probs,
-                            cache_prompt=req.cache_prompt) for p in prompts]
+                            cache_prompt=req.cache_prompt, grammar=grammar) for p in prompts]
         cid, created, model = new_id("cmpl"), int(time.time()), state.model_name(req.model)
         head = {"id": cid, "object": "text_completion", "created": created, "model": model,
                 "system_fingerprint": state.fingerprint}
@@ -153,16 +154,13 @@ def register(router: APIRouter, state: ServerState) -> None:
     async def chat_completions(request: Request):
         _refuse_generation()
         req = await read_request(request, ChatRequest)
-        check_unsupported(req)
         if (req.n or 1) != 1:
             raise bad_request("only one choice is supported (n = 1)", "n")
         if req.tools:
             raise bad_request("tools are not supported by llamapy serve", "tools")
-        fmt = (req.response_format or {}).get("type", "text")
-        if fmt != "text":
-            raise bad_request(f"response_format '{fmt}' is not supported (only 'text')", "response_format")
         if req.top_logprobs and not req.logprobs:
             raise bad_request("top_logprobs requires logprobs to be true", "top_logprobs")
+        grammar = await request_grammar(state, grammar_spec(req, req.response_format))
         text = await asyncio.to_thread(chat_prompt, state, req.messages)
         prompt = await asyncio.to_thread(b.tokenize, text, add_special=True, parse_special=True)
         top_n = req.top_logprobs or 0
@@ -170,7 +168,7 @@ def register(router: APIRouter, state: ServerState) -> None:
         gen = gen_request(state, req, prompt,
                           n_predict=n_predict_of(state, req.n_predict, req.max_completion_tokens, req.max_tokens),
                           stop=completion_stops(state, req.stop, chat=True), n_probs=n_probs,
-                          cache_prompt=req.cache_prompt)
+                          cache_prompt=req.cache_prompt, grammar=grammar)
         cid, created, model = new_id("chatcmpl"), int(time.time()), state.model_name(req.model)
         run = Run(state, [gen], stream=bool(req.stream))
         if not req.stream:

@@ -60,6 +60,7 @@ class GenRequest:
     n_keep: int = 0  # positions a context shift keeps (the BOS)
     timings_per_token: bool = False  # each streamed token carries the timings so far
     post_sampling_probs: bool = False  # n_probs as the sampler chain left them (probabilities, not logprobs)
+    grammar: Any = None  # a compiled grammar (llamapy.grammar): the slot's Sequence gets a matcher of it
 
 
 @dataclass
@@ -161,7 +162,10 @@ class Slot:
         self.t_start = self.t_prompt_done = 0.0
 
 
-STOP_TYPES = {"eog": "eos", "grammar": "eos", "word": "word", "limit": "limit", "context": "limit"}
+# a complete grammar is "eos": llama-server samples the end token that is all the grammar then allows; so is a
+# grammar that allows no token the sampler may pick (only the end token, banned by ignore_eos or a bias)
+STOP_TYPES = {"eog": "eos", "grammar": "eos", "no_token": "eos", "word": "word", "limit": "limit",
+              "context": "limit"}
 
 
 def token_probs(logits: np.ndarray, token: int, n: int) -> dict[str, Any]:
@@ -334,7 +338,7 @@ class Scheduler:
         s.seq = Sequence(self.backend.make_sampler(req.sampling), self.backend.n_ctx, is_eog=self.backend.is_eog,
                          piece=self.backend.piece, n_predict=req.n_predict, n_keep=req.n_keep,
                          ctx_shift=self.ctx_shift, stop=req.stop, ignore_eos=req.sampling.ignore_eos,
-                         cap_unlimited=True)
+                         cap_unlimited=True, constraint=req.grammar.matcher() if req.grammar is not None else None)
         s.pending = s.seq.start(req.prompt, self.backend.cache_tokens(s.id) if req.cache_prompt else ())
         self.backend.truncate(s.id, s.seq.n_past)
         s.n_prompt_eval = len(s.pending)
@@ -363,6 +367,9 @@ class Scheduler:
     def _sample(self, s: Slot, logits: np.ndarray) -> None:
         job, req = s.job, s.job.gen
         step = s.seq.feed(logits)
+        if step.stop == "no_token":  # nothing was sampled
+            self._finish(s, STOP_TYPES[step.stop])
+            return
         tok = step.token
         if req.n_probs <= 0:
             probs = None
