@@ -124,7 +124,7 @@ def test_engine_keeps_its_kernels_across_a_switch(tmp_path):
         pytest.skip("only scalar kernels on this CPU")
     p = write_random_llama(tmp_path / "m.gguf", wtype=T.Q2_K, n_vocab=128, n_embd=256, n_ff=512)
     level = lib.lp_kernels_active()
-    with Llama(p, n_ctx=64, n_batch=8) as llm:
+    with Engine(p, n_ctx=64, n_batch=8) as llm:
         before = llm.eval_all_logits(TOKENS)
         try:
             set_kernels("scalar")
