@@ -1,4 +1,5 @@
-/* The forward pass of a llama-architecture model, one call per batch of tokens.
+/* The forward pass of a llama-architecture model, one call per batch of tokens; its relatives (Qwen, Gemma,
+ * Phi-3) differ by the traits in p.arch and the optional weights they set, not by a step of their own.
  *
  * Every thread of the pool runs forward_task(): the same walk through the layers, meeting at
  * barriers between the phases of a layer. Matrix products split their rows into chunks that
@@ -11,6 +12,11 @@
  *   x += wo att
  *   xn = rmsnorm(x) * ffn_norm                           -> quantized for w_gate/w_up
  *   x += w_down (silu(w_gate xn) * w_up xn)
+ *
+ * Traits: biases after wq/wk/wv; q and k RMS-normed per head before RoPE (q_norm, k_norm); NEOX RoPE
+ * (pairs i, i + head_dim/2); scores soft-capped; sliding-window layers (with their own RoPE base);
+ * the outputs of wo and w_down RMS-normed before the residual add (post_attn_norm, post_ffn_norm);
+ * GELU(tanh) instead of SiLU; embeddings scaled; logits soft-capped.
  */
 #include <math.h>
 #include <stdarg.h>
@@ -134,10 +140,32 @@ static void add_bias(const lp_weight *b, float *out, int stride, int n_tok, int 
         for (int r = r0; r < r1; r++) out[(size_t)t * stride + r] += bd[r];
 }
 
-/* rotate the pairs (2i, 2i+1) of rows [r0, r1) (even r0) with each token's cos/sin table */
-static void rope_rows(const lp_engine *e, float *x, int stride, int n_tok, int r0, int r1) {
-    for (int t = 0; t < n_tok; t++)
-        e->kern.rope(e->p.head_dim, e->rope + (size_t)t * e->p.head_dim, x + (size_t)t * stride, r0, r1);
+/* the cos/sin tables of layer l's RoPE, one per token */
+static inline const float *rope_of(const lp_engine *e, int l) {
+    return e->has_swa_rope && lp_layer_is_swa(e, l) ? e->rope_swa : e->rope;
+}
+
+/* rows [r0, r1) (even r0; whole heads for NEOX RoPE or per-head norms) of q or k after the matmul: bias,
+   per-head RMSNorm, RoPE with each token's table */
+static void qk_epilogue(const lp_engine *e, int l, const lp_weight *bias, const lp_weight *norm, float *x, int stride,
+                        int n_tok, int r0, int r1) {
+    const int hd = e->p.head_dim;
+    const float *cs = rope_of(e, l);
+    add_bias(bias, x, stride, n_tok, r0, r1);
+    for (int t = 0; t < n_tok; t++) {
+        float *xt = x + (size_t)t * stride;
+        if (norm->data)
+            for (int h0 = r0; h0 < r1; h0 += hd) e->kern.rms_norm(hd, xt + h0, norm->data, e->p.norm_eps, xt + h0);
+        lp_engine_rope_heads(e, cs + (size_t)t * hd, xt, r0, r1);
+    }
+}
+
+/* chunk rows of q or k: whole heads when a step works on heads */
+static int qk_chunk_rows(const lp_engine *e, int rows, int nth) {
+    const lp_layer_weights *L0 = &e->layers[0];
+    int c = chunk_rows(rows, nth), hd = e->p.head_dim;
+    if (e->p.arch.rope_neox || L0->q_norm.data || L0->k_norm.data) c = (c + hd - 1) / hd * hd;
+    return c;
 }
 
 /* whether pieces of `len` values (at multiples of len) can be quantized for w on their own */
@@ -151,19 +179,24 @@ static void attention_item(lp_engine *e, int l, int t, int h, int ith) {
     float *sc = e->scores + (size_t)ith * p->n_ctx;
     uint16_t *b16 = e->p16 + (size_t)ith * (p->n_ctx > hd ? p->n_ctx : hd);
     float scale = p->attn_scale != 0.0f ? p->attn_scale : 1.0f / sqrtf((float)hd);
+    /* a sliding-window layer sees the last n_swa positions only */
+    int j0 = lp_layer_is_swa(e, l) && n_kv > p->arch.n_swa ? n_kv - p->arch.n_swa : 0;
+    n_kv -= j0;
 
     e->kern.f32_to_f16(hd, e->q + (size_t)t * e->q_dim + (size_t)h * hd, b16);
-    e->kern.attn_scores_f16(hd, n_kv, b16, lp_k_at(e, l, s, 0) + (size_t)g * hd, e->kv_dim, sc, e->n_tok == 1);
+    e->kern.attn_scores_f16(hd, n_kv, b16, lp_k_at(e, l, s, j0) + (size_t)g * hd, e->kv_dim, sc, e->n_tok == 1);
     float max = -INFINITY;
+    const float cap = p->arch.attn_softcap;
     for (int j = 0; j < n_kv; j++) {
         sc[j] *= scale;
+        if (cap != 0.0f) sc[j] = cap * tanhf(sc[j] / cap);
         if (sc[j] > max) max = sc[j];
     }
     float inv = (float)(1.0 / e->kern.softmax_exp(n_kv, sc, max, sc));
     for (int j = 0; j < n_kv; j++) sc[j] *= inv;
     e->kern.f32_to_f16(n_kv, sc, b16);
     float *out = e->att + (size_t)t * e->q_dim + (size_t)h * hd;
-    e->kern.attn_values_f16(hd, n_kv, b16, lp_v_at(e, l, s, g * hd), p->n_ctx, out, e->n_tok == 1);
+    e->kern.attn_values_f16(hd, n_kv, b16, lp_v_at(e, l, s, g * hd) + j0, p->n_ctx, out, e->n_tok == 1);
     const lp_weight *wo = &e->layers[l].o;
     if (fused_quant(e, wo, hd)) {   /* this head's blocks of the output projection's input */
         const lp_type_traits *vt = &e->traits[wo->tr->vec_dot_type];
@@ -205,23 +238,24 @@ static void phase_norm_quant(worker *w, const float *x, const lp_weight *norm, c
 static void phase_qkv(worker *w, int l, int priv) {
     lp_engine *e = w->e;
     lp_layer_weights *L = &e->layers[l];
-    int n_tok = e->n_tok, cq = chunk_rows(e->q_dim, w->nth), ck = chunk_rows(e->kv_dim, w->nth);
+    int n_tok = e->n_tok, cq = qk_chunk_rows(e, e->q_dim, w->nth), ck = qk_chunk_rows(e, e->kv_dim, w->nth);
     int nq = (e->q_dim + cq - 1) / cq, nk = (e->kv_dim + ck - 1) / ck;
     int c;
     while ((c = take(w, nq + 2 * nk)) >= 0) {
         if (c < nq) {
             int r0 = c * cq, r1 = r0 + cq < e->q_dim ? r0 + cq : e->q_dim;
             matmul_chunk(e, &L->q, r0, r1, n_tok, e->q, e->q_dim, priv ? w->ith : NORMED);
-            add_bias(&L->q_b, e->q, e->q_dim, n_tok, r0, r1);
-            rope_rows(e, e->q, e->q_dim, n_tok, r0, r1);
+            qk_epilogue(e, l, &L->q_b, &L->q_norm, e->q, e->q_dim, n_tok, r0, r1);
             continue;
         }
         int is_v = c >= nq + nk, r0 = (c - nq - (is_v ? nk : 0)) * ck;
         int r1 = r0 + ck < e->kv_dim ? r0 + ck : e->kv_dim;
         float *buf = is_v ? e->vbuf : e->kbuf;
         matmul_chunk(e, is_v ? &L->v : &L->k, r0, r1, n_tok, buf, e->kv_dim, priv ? w->ith : NORMED);
-        add_bias(is_v ? &L->v_b : &L->k_b, buf, e->kv_dim, n_tok, r0, r1);
-        if (!is_v) rope_rows(e, buf, e->kv_dim, n_tok, r0, r1);
+        if (is_v)
+            add_bias(&L->v_b, buf, e->kv_dim, n_tok, r0, r1);
+        else
+            qk_epilogue(e, l, &L->k_b, &L->k_norm, buf, e->kv_dim, n_tok, r0, r1);
         for (int t = 0; t < n_tok; t++) {
             const float *src = buf + (size_t)t * e->kv_dim;
             if (!is_v) {
@@ -239,19 +273,43 @@ static void phase_attention(worker *w, int l) {
     while ((c = take(w, n_items)) >= 0) attention_item(e, l, c / e->p.n_head, c % e->p.n_head, w->ith);
 }
 
-/* out rows of w, added into the residual stream x (plus bias) */
-static void phase_matmul_residual(worker *w, const lp_weight *wt, const lp_weight *bias, float *tmp) {
+/* out rows of w, added into the residual stream x (plus bias); with a post-norm only into tmp (plus bias) */
+static void phase_matmul_residual(worker *w, const lp_weight *wt, const lp_weight *bias, float *tmp, int post_norm) {
     lp_engine *e = w->e;
     int rows = (int)wt->ne1, cr = chunk_rows(rows, w->nth), n_chunks = (rows + cr - 1) / cr, c;
     int n = e->p.n_embd;
     while ((c = take(w, n_chunks)) >= 0) {
         int r0 = c * cr, r1 = r0 + cr < rows ? r0 + cr : rows;
         matmul_chunk(e, wt, r0, r1, e->n_tok, tmp, n, INNER);
+        if (post_norm) {
+            add_bias(bias, tmp, n, e->n_tok, r0, r1);
+            continue;
+        }
         for (int t = 0; t < e->n_tok; t++) {
             float *xt = e->x + (size_t)t * n, *ot = tmp + (size_t)t * n;
             const float *b = bias->data;
             for (int r = r0; r < r1; r++) xt[r] += b ? ot[r] + b[r] : ot[r];
         }
+    }
+}
+
+/* x += rmsnorm(tmp) * norm, the tokens split between the threads */
+static void phase_post_norm_add(worker *w, const lp_weight *norm, float *tmp) {
+    lp_engine *e = w->e;
+    int n = e->p.n_embd;
+    for (int t = w->ith; t < e->n_tok; t += w->nth) {
+        float *xt = e->x + (size_t)t * n, *ot = tmp + (size_t)t * n;
+        e->kern.rms_norm(n, ot, norm->data, e->p.norm_eps, ot);
+        for (int r = 0; r < n; r++) xt[r] += ot[r];
+    }
+}
+
+/* a[i] = gelu(a[i]) * b[i], GELU's tanh approximation */
+static void geglu(int n, float *a, const float *b) {
+    const float c = 0.7978845608028654f;   /* sqrt(2 / pi) */
+    for (int i = 0; i < n; i++) {
+        float x = a[i];
+        a[i] = 0.5f * x * (1.0f + tanhf(c * (x + 0.044715f * x * x * x))) * b[i];
     }
 }
 
@@ -272,7 +330,7 @@ static void phase_gate_up(worker *w, int l, int priv) {
         add_bias(&L->gate_b, e->ffa, rows, e->n_tok, r0, r1);
         add_bias(&L->up_b, e->ffb, rows, e->n_tok, r0, r1);
         for (int t = 0; t < e->n_tok; t++)
-            e->kern.swiglu(r1 - r0, e->ffa + (size_t)t * rows + r0, e->ffb + (size_t)t * rows + r0);
+            (e->p.arch.act_gelu ? geglu : e->kern.swiglu)(r1 - r0, e->ffa + (size_t)t * rows + r0, e->ffb + (size_t)t * rows + r0);
         {
             const lp_type_traits *vt = &e->traits[L->down.tr->vec_dot_type];
             lp_from_float_fn q = act_quantizer(e, L->down.tr->vec_dot_type);
@@ -293,8 +351,12 @@ static void forward_task(void *arg, int ith, int nth) {
 
     for (int t = ith; t < e->n_tok; t += nth) {
         const lp_weight *te = &e->tok_embd;
-        te->tr->to_float((const char *)te->data + (size_t)e->tokens[t] * te->row_bytes, e->x + (size_t)t * n, n);
-        lp_engine_rope_table(e, e->pos[t], 1, e->rope + (size_t)t * p->head_dim);
+        float *xt = e->x + (size_t)t * n;
+        te->tr->to_float((const char *)te->data + (size_t)e->tokens[t] * te->row_bytes, xt, n);
+        if (p->arch.embd_scale != 0.0f)
+            for (int i = 0; i < n; i++) xt[i] *= p->arch.embd_scale;
+        lp_engine_rope_table(e, e->pos[t], 1, 0, e->rope + (size_t)t * p->head_dim);
+        if (e->has_swa_rope) lp_engine_rope_table(e, e->pos[t], 1, 1, e->rope_swa + (size_t)t * p->head_dim);
     }
     lp_pool_barrier(e->pool);
 
@@ -318,17 +380,25 @@ static void forward_task(void *arg, int ith, int nth) {
             for (int t = ith; t < e->n_tok; t += nth) quantize_for(e, o, 1, e->att, e->q_dim, t, t + 1, INNER);
             lp_pool_barrier(e->pool);
         }
-        phase_matmul_residual(&w, &L->o, &L->o_b, e->xn);
+        phase_matmul_residual(&w, &L->o, &L->o_b, e->xn, L->post_attn_norm.data != NULL);
         w.phase++;
         lp_pool_barrier(e->pool);
+        if (L->post_attn_norm.data) {
+            phase_post_norm_add(&w, &L->post_attn_norm, e->xn);
+            lp_pool_barrier(e->pool);
+        }
         phase_norm_quant(&w, e->x, &L->ffn_norm, gu, 2, priv);
         if (!priv) lp_pool_barrier(e->pool);
         phase_gate_up(&w, l, priv);
         w.phase++;
         lp_pool_barrier(e->pool);
-        phase_matmul_residual(&w, &L->down, &L->down_b, e->xn);
+        phase_matmul_residual(&w, &L->down, &L->down_b, e->xn, L->post_ffn_norm.data != NULL);
         w.phase++;
         lp_pool_barrier(e->pool);
+        if (L->post_ffn_norm.data) {
+            phase_post_norm_add(&w, &L->post_ffn_norm, e->xn);
+            lp_pool_barrier(e->pool);
+        }
     }
 
     /* the wanted tokens: final norm, hidden states, logits */
@@ -346,6 +416,13 @@ static void forward_task(void *arg, int ith, int nth) {
     while ((c = take(&w, n_chunks)) >= 0) {
         int r0 = c * cr, r1 = r0 + cr < rows ? r0 + cr : rows;
         matmul_chunk(e, &e->output, r0, r1, e->n_out, e->logits, rows, opriv ? ith : NORMED);
+        const float cap = p->arch.final_softcap;
+        if (cap != 0.0f)
+            for (int i = 0; i < e->n_out; i++)
+                for (int r = r0; r < r1; r++) {
+                    float *v = &e->logits[(size_t)i * rows + r];
+                    *v = cap * tanhf(*v / cap);
+                }
     }
 }
 

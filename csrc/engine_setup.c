@@ -60,6 +60,7 @@ void lp_engine_free(lp_engine *e) {
     free(e->ffa);
     free(e->ffb);
     free(e->rope);
+    free(e->rope_swa);
     for (int t = 0; t < LP_TYPE_COUNT; t++) free(e->qbuf[t]), free(e->qbuf2[t]);
     for (int i = 0; e->tqbuf && i < e->p.n_threads * LP_TYPE_COUNT; i++) free(e->tqbuf[i]);
     free(e->tqbuf);
@@ -92,6 +93,11 @@ lp_engine *lp_engine_new(const lp_engine_params *p) {
     if (p->n_ff > e->max_dim) e->max_dim = p->n_ff;
 
     e->theta_scale = powf(p->rope_freq_base, -2.0f / p->head_dim);
+    {
+        const float base_swa = p->arch.rope_freq_base_swa > 0 ? p->arch.rope_freq_base_swa : p->rope_freq_base;
+        e->theta_scale_swa = powf(base_swa, -2.0f / p->head_dim);
+        e->has_swa_rope = p->arch.n_swa > 0 && p->arch.rope_freq_base_swa > 0;
+    }
     float start = floorf(yarn_corr_dim(p->head_dim, p->n_ctx_orig, p->yarn_beta_fast, p->rope_freq_base));
     float end = ceilf(yarn_corr_dim(p->head_dim, p->n_ctx_orig, p->yarn_beta_slow, p->rope_freq_base));
     e->corr_dims[0] = start > 0 ? start : 0;
@@ -119,6 +125,7 @@ lp_engine *lp_engine_new(const lp_engine_params *p) {
     e->ffa = falloc(nb * p->n_ff);
     e->ffb = falloc(nb * p->n_ff);
     e->rope = falloc(nb * p->head_dim);
+    e->rope_swa = falloc(nb * p->head_dim);
     e->scores = falloc(nt * p->n_ctx);
     e->p16 = calloc(nt * p16_len, sizeof(uint16_t));
     e->tqbuf = calloc(nt * LP_TYPE_COUNT, sizeof(void *));
@@ -126,7 +133,7 @@ lp_engine *lp_engine_new(const lp_engine_params *p) {
     e->n_counters = 2 + LP_MAX_PHASES_PER_LAYER * p->n_layer;
     e->counters = calloc((size_t)e->n_counters, sizeof(atomic_int));
     if (!e->layers || !e->k_cache || !e->v_cache || !e->x || !e->xn || !e->q || !e->kbuf || !e->vbuf ||
-        !e->att || !e->ffa || !e->ffb || !e->rope || !e->scores || !e->p16 || !e->counters || !e->tqbuf || !e->txn) {
+        !e->att || !e->ffa || !e->ffb || !e->rope || !e->rope_swa || !e->scores || !e->p16 || !e->counters || !e->tqbuf || !e->txn) {
         lp_engine_free(e);
         return NULL;
     }
@@ -166,6 +173,10 @@ static lp_weight *slot(lp_engine *e, int kind, int layer) {
     case LP_W_GATE_B: return &L->gate_b;
     case LP_W_UP_B: return &L->up_b;
     case LP_W_DOWN_B: return &L->down_b;
+    case LP_W_Q_NORM: return &L->q_norm;
+    case LP_W_K_NORM: return &L->k_norm;
+    case LP_W_POST_ATTN_NORM: return &L->post_attn_norm;
+    case LP_W_POST_FFN_NORM: return &L->post_ffn_norm;
     default: return NULL;
     }
 }
@@ -177,9 +188,10 @@ static int expected_shape(const lp_engine *e, int kind, int64_t *ne0, int64_t *n
     switch (kind) {
     case LP_W_TOKEN_EMBD: *ne0 = p->n_embd; *ne1 = p->n_vocab; return 0;
     case LP_W_OUTPUT: *ne0 = p->n_embd; *ne1 = p->n_vocab; return 1;
-    case LP_W_OUTPUT_NORM: case LP_W_ATTN_NORM: case LP_W_FFN_NORM:
+    case LP_W_OUTPUT_NORM: case LP_W_ATTN_NORM: case LP_W_FFN_NORM: case LP_W_POST_ATTN_NORM: case LP_W_POST_FFN_NORM:
     case LP_W_O_B: case LP_W_DOWN_B: *ne0 = p->n_embd; return 0;
     case LP_W_ROPE_FREQS: *ne0 = p->head_dim / 2; return 0;
+    case LP_W_Q_NORM: case LP_W_K_NORM: *ne0 = p->head_dim; return 0;
     case LP_W_Q: *ne0 = p->n_embd; *ne1 = e->q_dim; return 1;
     case LP_W_K: case LP_W_V: *ne0 = p->n_embd; *ne1 = e->kv_dim; return 1;
     case LP_W_O: *ne0 = e->q_dim; *ne1 = p->n_embd; return 1;
@@ -287,25 +299,43 @@ const char *lp_engine_missing_weight(const lp_engine *e) {
 
 /* cos/sin table of one position: YaRN-corrected angles (plain RoPE when ext_factor is 0), scaled by
  * the YaRN magnitude when `magnitude` is set (not when re-rotating cached keys) */
-void lp_engine_rope_table(const lp_engine *e, int pos, int magnitude, float *cs) {
+void lp_engine_rope_table(const lp_engine *e, int pos, int magnitude, int local, float *cs) {
     const lp_engine_params *p = &e->p;
     const float *ff = e->rope_freqs.data;
+    const float freq_scale = local ? 1.0f : p->rope_freq_scale, ext_factor = local ? 0.0f : p->yarn_ext_factor;
+    const float theta_scale = local ? e->theta_scale_swa : e->theta_scale;
     float theta = (float)pos;
     for (int i0 = 0; i0 < p->head_dim; i0 += 2) {
         float theta_extrap = ff ? theta / ff[i0 / 2] : theta;
-        float theta_interp = p->rope_freq_scale * theta_extrap;
-        float th = theta_interp, mscale = p->yarn_attn_factor;
-        if (p->yarn_ext_factor != 0.0f) {
+        float theta_interp = freq_scale * theta_extrap;
+        float th = theta_interp, mscale = local ? 1.0f : p->yarn_attn_factor;
+        if (ext_factor != 0.0f) {
             float y = (i0 / 2 - e->corr_dims[0]) / fmaxf(0.001f, e->corr_dims[1] - e->corr_dims[0]);
             float ramp = 1 - fminf(1, fmaxf(0, y));
-            float mix = ramp * p->yarn_ext_factor;
+            float mix = ramp * ext_factor;
             th = theta_interp * (1 - mix) + theta_extrap * mix;
             mscale *= 1.0f + 0.1f * logf(1.0f / p->rope_freq_scale);
         }
         if (!magnitude) mscale = 1.0f;
         cs[i0] = cosf(th) * mscale;
         cs[i0 + 1] = sinf(th) * mscale;
-        theta *= e->theta_scale;
+        theta *= theta_scale;
+    }
+}
+
+void lp_engine_rope_heads(const lp_engine *e, const float *cs, float *x, int r0, int r1) {
+    const int hd = e->p.head_dim;
+    if (!e->p.arch.rope_neox) {
+        e->kern.rope(hd, cs, x, r0, r1);
+        return;
+    }
+    for (int h0 = r0 / hd * hd; h0 < r1; h0 += hd) {   /* NEOX: whole heads, pair i with i + hd/2 */
+        float *xh = x + h0;
+        for (int i = 0; i < hd / 2; i++) {
+            float c = cs[2 * i], s = cs[2 * i + 1], x0 = xh[i], x1 = xh[i + hd / 2];
+            xh[i] = x0 * c - x1 * s;
+            xh[i + hd / 2] = x0 * s + x1 * c;
+        }
     }
 }
 
@@ -320,9 +350,11 @@ int lp_engine_kv_shift(lp_engine *e, int32_t seq, int32_t p0, int32_t p1, int32_
     if (n == 0 || delta == 0) return 0;
     /* the angle is linear in the position, so rotating by the angles of position `delta`
        moves a cached key from position j to j + delta */
-    float cs[hd];
-    lp_engine_rope_table(e, delta, 0, cs);
+    float cs[hd], cs_swa[hd], kf[hd];
+    lp_engine_rope_table(e, delta, 0, 0, cs);
+    lp_engine_rope_table(e, delta, 0, 1, cs_swa);
     for (int l = 0; l < p->n_layer; l++) {
+        const float *c = e->has_swa_rope && lp_layer_is_swa(e, l) ? cs_swa : cs;
         memmove(lp_k_at(e, l, seq, p0 + delta), lp_k_at(e, l, seq, p0), (size_t)n * e->kv_dim * sizeof(uint16_t));
         for (int d = 0; d < e->kv_dim; d++) {
             uint16_t *vd = lp_v_at(e, l, seq, d);
@@ -330,11 +362,19 @@ int lp_engine_kv_shift(lp_engine *e, int32_t seq, int32_t p0, int32_t p1, int32_
         }
         for (int j = p0 + delta; j < p1 + delta; j++) {
             uint16_t *k = lp_k_at(e, l, seq, j);
-            for (int r = 0; r < e->kv_dim; r += 2) {
-                int i0 = r % hd;
-                float x0 = lp_fp16_to_fp32(k[r]), x1 = lp_fp16_to_fp32(k[r + 1]);
-                k[r] = lp_fp32_to_fp16(x0 * cs[i0] - x1 * cs[i0 + 1]);
-                k[r + 1] = lp_fp32_to_fp16(x0 * cs[i0 + 1] + x1 * cs[i0]);
+            if (!p->arch.rope_neox) {
+                for (int r = 0; r < e->kv_dim; r += 2) {
+                    int i0 = r % hd;
+                    float x0 = lp_fp16_to_fp32(k[r]), x1 = lp_fp16_to_fp32(k[r + 1]);
+                    k[r] = lp_fp32_to_fp16(x0 * c[i0] - x1 * c[i0 + 1]);
+                    k[r + 1] = lp_fp32_to_fp16(x0 * c[i0 + 1] + x1 * c[i0]);
+                }
+                continue;
+            }
+            for (int h0 = 0; h0 < e->kv_dim; h0 += hd) {
+                for (int i = 0; i < hd; i++) kf[i] = lp_fp16_to_fp32(k[h0 + i]);
+                lp_engine_rope_heads(e, c, kf, 0, hd);
+                for (int i = 0; i < hd; i++) k[h0 + i] = lp_fp32_to_fp16(kf[i]);
             }
         }
     }

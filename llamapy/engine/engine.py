@@ -61,8 +61,14 @@ _LAYER_SLOTS = {
     "attn_k.bias": "LP_W_K_B", "attn_v.bias": "LP_W_V_B", "attn_output.bias": "LP_W_O_B",
     "ffn_norm.weight": "LP_W_FFN_NORM", "ffn_gate.weight": "LP_W_GATE", "ffn_up.weight": "LP_W_UP",
     "ffn_down.weight": "LP_W_DOWN", "ffn_gate.bias": "LP_W_GATE_B", "ffn_up.bias": "LP_W_UP_B",
-    "ffn_down.bias": "LP_W_DOWN_B",
+    "ffn_down.bias": "LP_W_DOWN_B", "attn_q_norm.weight": "LP_W_Q_NORM", "attn_k_norm.weight": "LP_W_K_NORM",
+    "post_attention_norm.weight": "LP_W_POST_ATTN_NORM", "post_ffw_norm.weight": "LP_W_POST_FFN_NORM",
 }
+# fused tensors: the slots their consecutive row ranges go to (rows of each, from the model's dimensions)
+_FUSED_SLOTS = {
+    "attn_qkv.weight": (("LP_W_Q", "q_dim"), ("LP_W_K", "kv_dim"), ("LP_W_V", "kv_dim")),
+}
+_FUSED_FFN_SLOTS = (("LP_W_GATE", "n_ff"), ("LP_W_UP", "n_ff"))
 _GLOBAL_SLOTS = {
     "token_embd.weight": "LP_W_TOKEN_EMBD", "output_norm.weight": "LP_W_OUTPUT_NORM",
     "output.weight": "LP_W_OUTPUT", "rope_freqs.weight": "LP_W_ROPE_FREQS",
@@ -153,7 +159,6 @@ class Engine:
         p.n_ctx, p.n_seq, p.n_batch = self.n_ctx, n_seq_max + 1, self.n_batch
         p.n_threads = n_threads if n_threads and n_threads > 0 else physical_cores()
         p.norm_eps = args.norm_eps
-        p.attn_scale = 0.0
         p.rope_freq_base = args.rope_freq_base
         scaling = args.rope_scaling
         p.rope_freq_scale = 1.0 if scaling == "none" else args.rope_freq_scale
@@ -161,6 +166,16 @@ class Engine:
         p.yarn_attn_factor = args.rope_attn_factor
         p.yarn_beta_fast, p.yarn_beta_slow = YARN_BETA_FAST, YARN_BETA_SLOW
         p.n_ctx_orig = args.n_ctx_orig_yarn
+        p.attn_scale = args.attn_scale
+        a = p.arch
+        a.rope_neox = int(args.rope_neox)
+        a.act_gelu = int(args.act == "gelu")
+        a.embd_scale = args.n_embd ** 0.5 if args.embd_scaled else 0.0
+        a.attn_softcap = args.attn_softcap
+        a.final_softcap = args.final_softcap
+        a.n_swa = args.n_swa
+        a.swa_pattern = args.swa_pattern
+        a.rope_freq_base_swa = args.rope_freq_base_swa
         self.rope_freq_scale = p.rope_freq_scale
         eng = lib.lp_engine_new(p)
         if eng == ffi.NULL:
@@ -176,15 +191,26 @@ class Engine:
             tensors = dict(tensors, **{"output.weight": tensors["token_embd.weight"]})
         for name, t in tensors.items():
             if name in _GLOBAL_SLOTS:
-                kind, layer = getattr(lib, _GLOBAL_SLOTS[name]), -1
+                parts = [(_GLOBAL_SLOTS[name], -1, 0, t.n_rows)]
             else:
                 _, i, suffix = name.split(".", 2)
-                kind, layer = getattr(lib, _LAYER_SLOTS[suffix]), int(i)
-            ne1 = t.n_rows
-            if lib.lp_engine_set_weight(eng, kind, layer, self._base + t.offset, t.type, t.shape[0], ne1) != 0:
-                msg = ffi.string(lib.lp_engine_error(eng)).decode()
-                self.close()
-                raise LlamapyError(f"{self.model_path}: tensor '{name}': {msg}")
+                split = _FUSED_SLOTS.get(suffix) or (
+                    _FUSED_FFN_SLOTS if suffix == "ffn_up.weight" and args.fused_gate_up else None)
+                if split is None:
+                    parts = [(_LAYER_SLOTS[suffix], int(i), 0, t.n_rows)]
+                else:  # a fused tensor: each slot points at its rows
+                    parts, row = [], 0
+                    for slot_name, dim in split:
+                        rows = getattr(args, dim)
+                        parts.append((slot_name, int(i), row, rows))
+                        row += rows
+            row_bytes = t.nbytes // t.n_rows
+            for slot_name, layer, row, rows in parts:
+                data = self._base + t.offset + row * row_bytes
+                if lib.lp_engine_set_weight(eng, getattr(lib, slot_name), layer, data, t.type, t.shape[0], rows) != 0:
+                    msg = ffi.string(lib.lp_engine_error(eng)).decode()
+                    self.close()
+                    raise LlamapyError(f"{self.model_path}: tensor '{name}': {msg}")
 
         self._seq_tokens: list[list[int]] = [[] for _ in range(n_seq_max + 1)]
         self._one = ffi.new("int32_t[4]")
