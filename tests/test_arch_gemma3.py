@@ -5,10 +5,11 @@ its logits on a 64-token text against transformers running the same dequantized 
 generation against transformers' greedy continuation. Loading the model into transformers takes a
 while, so everything that needs it shares one module fixture.
 
-Tolerance: llamapy computes with the Q4_K/Q6_K/Q8_0 weights as they are (activations rounded to Q8_K /
-Q8_0 blocks, F16 KV cache), transformers with the weights dequantized to float32; the logits (spread ~15)
-agree to 4% of the largest |logit| at every position, and the most likely next token agrees at
-least 90% of the time.
+Tolerances: the numpy reference forward without rounding agrees with transformers to 1e-3 (max abs logit
+difference; logits up to ~30; measured 1e-4), which checks the traits on the real model. The engine, like
+llama.cpp, rounds each matmul input to Q8_K / Q8_0 blocks and keeps the KV cache in F16, which moves the
+logits by up to ~12% of the largest one over 18 layers; so against transformers it is held to the next-token
+distributions: mean KL divergence < 0.05 nats, the most likely token the same at >= 90% of positions.
 """
 from __future__ import annotations
 
@@ -59,7 +60,8 @@ def test_reads_as_gemma3(llm):
 def test_tokenizer_matches_transformers(gemma, llm):
     _, tok, _ = gemma
     for text in TOKENIZE + [TEXT]:
-        assert llm.tokenizer.encode(text) == tok(text)["input_ids"], text
+        # transformers parses special tokens in the text, as llama-tokenize does with --parse-special
+        assert llm.tokenizer.encode(text, parse_special=True) == tok(text)["input_ids"], text
         ids = llm.tokenizer.encode(text, add_special=False)
         assert llm.tokenizer.decode(ids) == tok.decode(ids), text
 
@@ -74,9 +76,21 @@ def test_logits_match_transformers(gemma, llm):
         want = model(torch.tensor([ids])).logits[0].numpy()
     llm.kv_clear()
     got = llm.eval_all_logits(ids)
-    scale = np.abs(want).max(axis=1)
-    assert (np.abs(got - want).max(axis=1) / scale).max() < 0.04
+
+    def log_softmax(x):
+        x = x.astype(np.float64) - x.max(axis=1, keepdims=True)
+        return x - np.log(np.exp(x).sum(axis=1, keepdims=True))
+
+    lp, lq = log_softmax(want), log_softmax(got)
+    kl = (np.exp(lp) * (lp - lq)).sum(axis=1)
+    assert kl.mean() < 0.05, kl.mean()
     assert (got.argmax(axis=1) == want.argmax(axis=1)).mean() >= 0.9
+
+    from llamapy.engine import reference as rf
+
+    args, w, types = rf.load_weights(gemma[0])
+    exact = rf.forward(args, w, ids[:16], types, kv_f16=False, act_round=False)
+    assert np.abs(exact - want[:16]).max() < 1e-3
 
 
 def test_greedy_generation_follows_transformers(gemma, llm):
