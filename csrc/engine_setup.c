@@ -45,7 +45,8 @@ void lp_engine_free(lp_engine *e) {
     free_packed(&e->output);
     for (int l = 0; e->layers && l < e->p.n_layer; l++) {
         lp_layer_weights *L = &e->layers[l];
-        lp_weight *ws[] = {&L->q, &L->k, &L->v, &L->o, &L->gate, &L->up, &L->down};
+        lp_weight *ws[] = {&L->q, &L->k, &L->v, &L->o, &L->gate, &L->up, &L->down, &L->gate_exps, &L->up_exps,
+                           &L->down_exps, &L->gate_shexp, &L->up_shexp, &L->down_shexp};
         for (size_t i = 0; i < sizeof ws / sizeof ws[0]; i++) free_packed(ws[i]);
     }
     free(e->layers);
@@ -61,7 +62,17 @@ void lp_engine_free(lp_engine *e) {
     free(e->ffb);
     free(e->rope);
     free(e->rope_swa);
-    for (int t = 0; t < LP_TYPE_COUNT; t++) free(e->qbuf[t]), free(e->qbuf2[t]);
+    for (int t = 0; t < LP_TYPE_COUNT; t++) free(e->qbuf[t]), free(e->qbuf2[t]), free(e->moe_xq[t]), free(e->moe_hq[t]);
+    free(e->moe_sel);
+    free(e->moe_w);
+    free(e->moe_pair);
+    free(e->moe_cnt);
+    free(e->moe_off);
+    free(e->moe_tok);
+    free(e->moe_a);
+    free(e->moe_b);
+    free(e->moe_o);
+    free(e->trow);
     for (int i = 0; e->tqbuf && i < e->p.n_threads * LP_TYPE_COUNT; i++) free(e->tqbuf[i]);
     free(e->tqbuf);
     free(e->txn);
@@ -91,6 +102,13 @@ lp_engine *lp_engine_new(const lp_engine_params *p) {
     e->max_dim = p->n_embd;
     if (e->q_dim > e->max_dim) e->max_dim = e->q_dim;
     if (p->n_ff > e->max_dim) e->max_dim = p->n_ff;
+    if (p->arch.n_ff_exp > e->max_dim) e->max_dim = p->arch.n_ff_exp;
+    if (p->arch.n_ff_shexp > e->max_dim) e->max_dim = p->arch.n_ff_shexp;
+    if (p->arch.n_expert < 0 || (p->arch.n_expert > 0 && (p->arch.n_expert_used < 1 || p->arch.n_expert_used > p->arch.n_expert ||
+                                                          p->arch.n_ff_exp < 1))) {
+        free(e);
+        return NULL;
+    }
 
     e->theta_scale = powf(p->rope_freq_base, -2.0f / p->head_dim);
     {
@@ -130,6 +148,26 @@ lp_engine *lp_engine_new(const lp_engine_params *p) {
     e->p16 = calloc(nt * p16_len, sizeof(uint16_t));
     e->tqbuf = calloc(nt * LP_TYPE_COUNT, sizeof(void *));
     e->txn = falloc(nt * LP_SMALL_BATCH * p->n_embd);
+    if (p->arch.n_expert > 0) {
+        const size_t k = (size_t)p->arch.n_expert_used, pairs = nb * (k + 1);
+        const size_t ffw = (size_t)(p->arch.n_ff_exp > p->arch.n_ff_shexp ? p->arch.n_ff_exp : p->arch.n_ff_shexp);
+        e->n_groups = p->arch.n_expert + 1;
+        e->moe_sel = calloc(nb * k, sizeof(int));
+        e->moe_w = falloc(pairs);
+        e->moe_pair = calloc(pairs, sizeof(int));
+        e->moe_cnt = calloc((size_t)e->n_groups, sizeof(int));
+        e->moe_off = calloc((size_t)e->n_groups, sizeof(int));
+        e->moe_tok = calloc(pairs, sizeof(int));
+        e->moe_a = falloc(pairs * ffw);
+        e->moe_b = falloc(pairs * ffw);
+        e->moe_o = falloc(pairs * p->n_embd);
+        e->trow = falloc(nt * p->n_embd);
+        if (!e->moe_sel || !e->moe_w || !e->moe_pair || !e->moe_cnt || !e->moe_off || !e->moe_tok || !e->moe_a ||
+            !e->moe_b || !e->moe_o || !e->trow) {
+            lp_engine_free(e);
+            return NULL;
+        }
+    }
     e->n_counters = 2 + LP_MAX_PHASES_PER_LAYER * p->n_layer;
     e->counters = calloc((size_t)e->n_counters, sizeof(atomic_int));
     if (!e->layers || !e->k_cache || !e->v_cache || !e->x || !e->xn || !e->q || !e->kbuf || !e->vbuf ||
@@ -177,6 +215,14 @@ static lp_weight *slot(lp_engine *e, int kind, int layer) {
     case LP_W_K_NORM: return &L->k_norm;
     case LP_W_POST_ATTN_NORM: return &L->post_attn_norm;
     case LP_W_POST_FFN_NORM: return &L->post_ffn_norm;
+    case LP_W_GATE_INP: return &L->gate_inp;
+    case LP_W_GATE_EXPS: return &L->gate_exps;
+    case LP_W_UP_EXPS: return &L->up_exps;
+    case LP_W_DOWN_EXPS: return &L->down_exps;
+    case LP_W_GATE_INP_SHEXP: return &L->gate_inp_shexp;
+    case LP_W_GATE_SHEXP: return &L->gate_shexp;
+    case LP_W_UP_SHEXP: return &L->up_shexp;
+    case LP_W_DOWN_SHEXP: return &L->down_shexp;
     default: return NULL;
     }
 }
@@ -192,6 +238,18 @@ static int expected_shape(const lp_engine *e, int kind, int64_t *ne0, int64_t *n
     case LP_W_O_B: case LP_W_DOWN_B: *ne0 = p->n_embd; return 0;
     case LP_W_ROPE_FREQS: *ne0 = p->head_dim / 2; return 0;
     case LP_W_Q_NORM: case LP_W_K_NORM: *ne0 = p->head_dim; return 0;
+    default: break;
+    }
+    const lp_arch_traits *a = &p->arch;
+    if (kind >= LP_W_GATE_INP && kind <= LP_W_DOWN_SHEXP && a->n_expert < 1) return -1;
+    if (kind >= LP_W_GATE_SHEXP && kind <= LP_W_DOWN_SHEXP && a->n_ff_shexp < 1) return -1;
+    switch (kind) {
+    case LP_W_GATE_INP: *ne0 = p->n_embd; *ne1 = a->n_expert; return 0;
+    case LP_W_GATE_EXPS: case LP_W_UP_EXPS: *ne0 = p->n_embd; *ne1 = (int64_t)a->n_ff_exp * a->n_expert; return 1;
+    case LP_W_DOWN_EXPS: *ne0 = a->n_ff_exp; *ne1 = (int64_t)p->n_embd * a->n_expert; return 1;
+    case LP_W_GATE_INP_SHEXP: *ne0 = p->n_embd; return 0;
+    case LP_W_GATE_SHEXP: case LP_W_UP_SHEXP: *ne0 = p->n_embd; *ne1 = a->n_ff_shexp; return 1;
+    case LP_W_DOWN_SHEXP: *ne0 = a->n_ff_shexp; *ne1 = p->n_embd; return 1;
     case LP_W_Q: *ne0 = p->n_embd; *ne1 = e->q_dim; return 1;
     case LP_W_K: case LP_W_V: *ne0 = p->n_embd; *ne1 = e->kv_dim; return 1;
     case LP_W_O: *ne0 = e->q_dim; *ne1 = p->n_embd; return 1;
@@ -236,12 +294,12 @@ int lp_engine_set_weight(lp_engine *e, int kind, int layer, const void *data, in
                     (long long)ne0, (long long)ne1, (long long)want0, (long long)want1);
     const lp_type_traits *tr = engine_traits(e, type);
     if (!tr) return lp_engine_fail(e, "weight slot %d (layer %d): tensor type %d is not supported", kind, layer, type);
-    if (!is_matrix && kind != LP_W_TOKEN_EMBD && type != LP_TYPE_F32)
+    if (!is_matrix && kind != LP_W_TOKEN_EMBD && kind != LP_W_GATE_INP && type != LP_TYPE_F32)
         return lp_engine_fail(e, "weight slot %d (layer %d): vectors must be F32, not %s", kind, layer, tr->name);
     if (ne0 % tr->blck_size)
         return lp_engine_fail(e, "weight slot %d (layer %d): row length %lld is not a multiple of %s's block of %lld", kind,
                     layer, (long long)ne0, tr->name, (long long)tr->blck_size);
-    if (kind == LP_W_TOKEN_EMBD && !tr->to_float)
+    if ((kind == LP_W_TOKEN_EMBD || kind == LP_W_GATE_INP) && !tr->to_float)
         return lp_engine_fail(e, "token_embd: type %s can't be dequantized", tr->name);
     if (is_matrix) {
         const lp_type_traits *vt = engine_traits(e, tr->vec_dot_type);
@@ -259,6 +317,15 @@ int lp_engine_set_weight(lp_engine *e, int kind, int layer, const void *data, in
             for (int i = 0; i < e->p.n_threads; i++) {
                 e->tqbuf[i * LP_TYPE_COUNT + at] = calloc(LP_SMALL_BATCH, rb);
                 if (!e->tqbuf[i * LP_TYPE_COUNT + at]) return lp_engine_fail(e, "out of memory for activations");
+            }
+        }
+        if (kind >= LP_W_GATE_EXPS && kind <= LP_W_DOWN_SHEXP && kind != LP_W_GATE_INP_SHEXP) {
+            /* gathered activations of the (token, expert) pairs */
+            void **buf = kind == LP_W_DOWN_EXPS || kind == LP_W_DOWN_SHEXP ? &e->moe_hq[at] : &e->moe_xq[at];
+            if (!*buf) {
+                size_t rb = (size_t)(e->max_dim / vt->blck_size + 1) * (size_t)vt->type_size;
+                *buf = calloc((size_t)e->p.n_batch * (size_t)(e->p.arch.n_expert_used + 1), rb);
+                if (!*buf) return lp_engine_fail(e, "out of memory for expert activations");
             }
         }
     }
@@ -287,8 +354,16 @@ const char *lp_engine_missing_weight(const lp_engine *e) {
     for (int l = 0; l < e->p.n_layer; l++) {
         const lp_layer_weights *L = &e->layers[l];
         const char *m = !L->attn_norm.data ? "attn_norm" : !L->q.data ? "attn_q" : !L->k.data ? "attn_k"
-                      : !L->v.data ? "attn_v" : !L->o.data ? "attn_output" : !L->ffn_norm.data ? "ffn_norm"
-                      : !L->gate.data ? "ffn_gate" : !L->up.data ? "ffn_up" : !L->down.data ? "ffn_down" : NULL;
+                      : !L->v.data ? "attn_v" : !L->o.data ? "attn_output" : !L->ffn_norm.data ? "ffn_norm" : NULL;
+        if (!m && e->p.arch.n_expert > 0)
+            m = !L->gate_inp.data ? "ffn_gate_inp" : !L->gate_exps.data ? "ffn_gate_exps" : !L->up_exps.data ? "ffn_up_exps"
+              : !L->down_exps.data ? "ffn_down_exps"
+              : e->p.arch.n_ff_shexp > 0 && !L->gate_inp_shexp.data ? "ffn_gate_inp_shexp"
+              : e->p.arch.n_ff_shexp > 0 && !L->gate_shexp.data ? "ffn_gate_shexp"
+              : e->p.arch.n_ff_shexp > 0 && !L->up_shexp.data ? "ffn_up_shexp"
+              : e->p.arch.n_ff_shexp > 0 && !L->down_shexp.data ? "ffn_down_shexp" : NULL;
+        else if (!m)
+            m = !L->gate.data ? "ffn_gate" : !L->up.data ? "ffn_up" : !L->down.data ? "ffn_down" : NULL;
         if (m) {
             snprintf(buf, sizeof buf, "blk.%d.%s", l, m);
             return buf;

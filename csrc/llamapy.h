@@ -81,6 +81,11 @@ typedef struct {
     int32_t n_swa;            /* sliding window: a local layer's token at p sees positions > p - n_swa (0: none) */
     int32_t swa_pattern;      /* layer l is global when (l + 1) % swa_pattern == 0, else local (0: all local) */
     float rope_freq_base_swa; /* > 0: the local layers rotate with this base, scale 1, no YaRN (else as the others) */
+    /* mixture of experts (n_expert > 0): the FFN is the n_expert_used experts of highest router softmax,
+     * weighted by those probabilities (renormalized to sum 1 when expert_weights_norm), plus, when its
+     * weights are set, a shared expert weighted by sigmoid(ffn_gate_inp_shexp . x) */
+    int32_t n_expert, n_expert_used, expert_weights_norm;
+    int32_t n_ff_exp, n_ff_shexp;   /* FFN length of each expert and of the shared one */
 } lp_arch_traits;
 
 /* Hyperparameters and context settings; Python fills every field. */
@@ -105,7 +110,10 @@ enum lp_weight_kind {
     LP_W_Q_B = 15, LP_W_K_B = 16, LP_W_V_B = 17, LP_W_O_B = 18,
     LP_W_FFN_NORM = 20, LP_W_GATE = 21, LP_W_UP = 22, LP_W_DOWN = 23,
     LP_W_GATE_B = 24, LP_W_UP_B = 25, LP_W_DOWN_B = 26,
-    LP_W_Q_NORM = 30, LP_W_K_NORM = 31, LP_W_POST_ATTN_NORM = 32, LP_W_POST_FFN_NORM = 33
+    LP_W_Q_NORM = 30, LP_W_K_NORM = 31, LP_W_POST_ATTN_NORM = 32, LP_W_POST_FFN_NORM = 33,
+    /* experts: ne1 = rows of one expert x n_expert (the GGUF's 3-d tensors, experts one after the other) */
+    LP_W_GATE_INP = 40, LP_W_GATE_EXPS = 41, LP_W_UP_EXPS = 42, LP_W_DOWN_EXPS = 43,
+    LP_W_GATE_INP_SHEXP = 44, LP_W_GATE_SHEXP = 45, LP_W_UP_SHEXP = 46, LP_W_DOWN_SHEXP = 47
 };
 
 lp_engine *lp_engine_new(const lp_engine_params *p);   /* NULL when out of memory or params invalid */

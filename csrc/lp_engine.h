@@ -73,6 +73,8 @@ typedef struct {
     lp_weight attn_norm, q, k, v, o, q_b, k_b, v_b, o_b;
     lp_weight ffn_norm, gate, up, down, gate_b, up_b, down_b;
     lp_weight q_norm, k_norm, post_attn_norm, post_ffn_norm;   /* (head_dim), (n_embd); optional */
+    lp_weight gate_inp, gate_exps, up_exps, down_exps;          /* experts (n_expert > 0) */
+    lp_weight gate_inp_shexp, gate_shexp, up_shexp, down_shexp; /* the shared expert, optional */
 } lp_layer_weights;
 
 struct lp_engine {
@@ -106,6 +108,19 @@ struct lp_engine {
     float *txn;                  /* (n_threads, LP_SMALL_BATCH, n_embd): each thread's normed activations */
     float *scores;               /* (n_threads, n_ctx) */
     uint16_t *p16;               /* (n_threads, max(n_ctx, head_dim)) */
+
+    /* mixture of experts: the (token, expert) pairs of a step grouped by expert (the shared expert last) */
+    int n_groups;                /* n_expert + 1 */
+    int *moe_sel;                /* (n_batch, n_expert_used) chosen experts */
+    float *moe_w;                /* (n_batch, n_expert_used + 1) their weights; the shared expert's last */
+    int *moe_pair;               /* (n_batch, n_expert_used + 1) the pair of each choice */
+    int *moe_cnt, *moe_off;      /* (n_groups) pairs of each group, first pair */
+    int *moe_tok;                /* (pairs) the token of each pair */
+    void *moe_xq[LP_TYPE_COUNT]; /* (pairs, row bytes of n_embd) gathered normed activations */
+    void *moe_hq[LP_TYPE_COUNT]; /* (pairs, row bytes of the FFN length) activated, for down */
+    float *moe_a, *moe_b;        /* (pairs, ffn length) gate, up */
+    float *moe_o;                /* (pairs, n_embd) expert outputs */
+    float *trow;                 /* (n_threads, n_embd) a dequantized router row */
 
     atomic_int *counters;        /* one chunk counter per dynamic phase of a step */
     int n_counters;

@@ -29,6 +29,8 @@ ARCH_TRAITS: dict[str, dict] = {
     "gemma3": {"rope_neox": True, "qk_norm": True, "post_norms": True, "act": "gelu", "embd_scaled": True,
                "swa_pattern": 6, "rope_freq_base_swa": 10000.0},
     "phi3": {"rope_neox": True},
+    "qwen2moe": {"rope_neox": True},
+    "qwen3moe": {"rope_neox": True, "qk_norm": True, "expert_weights_norm": True},
 }
 SUPPORTED_ARCHS = tuple(ARCH_TRAITS)
 ROPE_SCALING_TYPES = ("none", "linear", "yarn")
@@ -92,6 +94,11 @@ class ModelArgs:
     rope_freq_base_swa: float = 0.0  # RoPE base of the local layers (0: rope_freq_base)
     fused_qkv: bool = False          # attn_qkv holds q, k, v rows one after the other
     fused_gate_up: bool = False      # ffn_up holds the gate rows, then the up rows
+    # mixture of experts (n_expert > 0): top n_expert_used of the router's softmax, plus a shared expert
+    n_expert_used: int = 0
+    n_ff_exp: int = 0                # FFN length of each expert
+    n_ff_shexp: int = 0              # of the shared expert (0: none)
+    expert_weights_norm: bool = False  # the chosen experts' weights renormalized to sum 1
 
     def __post_init__(self):
         if self.n_head_kv == 0:
@@ -137,8 +144,7 @@ class ModelArgs:
                 v = v.flat[0].item()
             return v
 
-        if get("expert_count", 0):
-            raise LlamapyError(f"{r.path}: mixture-of-experts models ({arch}.expert_count) are not supported yet")
+        n_expert = int(get("expert_count", 0))
         n_vocab = get("vocab_size")
         if n_vocab is None:
             toks = r.get("tokenizer.ggml.tokens")
@@ -158,7 +164,7 @@ class ModelArgs:
             n_embd=n_embd,
             n_layer=int(get("block_count", required=True)),
             n_head=n_head,
-            n_ff=int(get("feed_forward_length", required=True)),
+            n_ff=int(get("feed_forward_length", required=not n_expert) or get("expert_feed_forward_length", 0)),
             n_head_kv=int(get("attention.head_count_kv", n_head)),
             head_dim=int(get("attention.key_length", n_embd // n_head)),
             n_ctx_train=int(get("context_length", required=True)),
@@ -172,6 +178,19 @@ class ModelArgs:
             arch=arch,
             **ARCH_TRAITS[arch],
         )
+        if n_expert:
+            args.n_expert = n_expert
+            args.n_expert_used = int(get("expert_used_count", 0))
+            args.n_ff_exp = int(get("expert_feed_forward_length", args.n_ff))
+            args.n_ff_shexp = int(get("expert_shared_feed_forward_length", 0))
+            if arch == "llama":  # Mixtral
+                args.expert_weights_norm = True
+            args.expert_weights_norm = bool(get("expert_weights_norm", args.expert_weights_norm))
+            if not 1 <= args.n_expert_used <= n_expert or args.n_ff_exp < 1:
+                raise LlamapyError(f"{r.path}: {arch}.expert_used_count {args.n_expert_used} must be 1 to expert_count "
+                                   f"{n_expert}, expert_feed_forward_length {args.n_ff_exp} positive")
+        elif arch.endswith("moe"):
+            raise LlamapyError(f"{r.path}: metadata {arch}.expert_count is missing")
         if arch in ("gemma2", "gemma3"):
             # the 27B models scale queries by n_embd / n_head, the others by the head size
             if args.n_layer in (46, 62):
@@ -298,7 +317,20 @@ def tensor_specs(a: ModelArgs) -> list[TensorSpec]:
         else:
             attn = (("attn_q", a.n_embd, a.q_dim), ("attn_k", a.n_embd, a.kv_dim), ("attn_v", a.n_embd, a.kv_dim),
                     ("attn_output", a.q_dim, a.n_embd))
-        if a.fused_gate_up:
+        if a.n_expert:
+            ffn = ()
+            e, f = a.n_expert, a.n_ff_exp
+            specs += [TensorSpec(b + "ffn_gate_inp.weight", (a.n_embd, e)),
+                      TensorSpec(b + "ffn_gate_exps.weight", (a.n_embd, f, e)),
+                      TensorSpec(b + "ffn_up_exps.weight", (a.n_embd, f, e)),
+                      TensorSpec(b + "ffn_down_exps.weight", (f, a.n_embd, e))]
+            if a.n_ff_shexp:
+                fs = a.n_ff_shexp
+                specs += [TensorSpec(b + "ffn_gate_inp_shexp.weight", (a.n_embd,), vector=True),
+                          TensorSpec(b + "ffn_gate_shexp.weight", (a.n_embd, fs)),
+                          TensorSpec(b + "ffn_up_shexp.weight", (a.n_embd, fs)),
+                          TensorSpec(b + "ffn_down_shexp.weight", (fs, a.n_embd))]
+        elif a.fused_gate_up:
             ffn = (("ffn_up", a.n_embd, 2 * a.n_ff), ("ffn_down", a.n_ff, a.n_embd))
         else:
             ffn = (("ffn_gate", a.n_embd, a.n_ff), ("ffn_up", a.n_embd, a.n_ff), ("ffn_down", a.n_ff, a.n_embd))
@@ -315,6 +347,10 @@ def tensor_specs(a: ModelArgs) -> list[TensorSpec]:
 
 def _shape_hint(spec: TensorSpec, a: ModelArgs) -> str:
     n = spec.name
+    if "_exps" in n or "ffn_gate_inp." in n:
+        return f" (from expert_count {a.n_expert}, expert_feed_forward_length {a.n_ff_exp})"
+    if "shexp" in n:
+        return f" (from expert_shared_feed_forward_length {a.n_ff_shexp})"
     if n.endswith("_norm.weight") and "attn_" in n:
         return f" (from the head size {a.head_dim})"
     if "attn_k" in n or "attn_v" in n or "attn_qkv" in n:

@@ -1,4 +1,5 @@
-"""llama's relatives (Qwen2, Qwen3, Gemma 2, Gemma 3, Phi-3) on the one forward step.
+"""llama's relatives (Qwen2, Qwen3, Gemma 2, Gemma 3, Phi-3, and the mixtures of experts Qwen2-MoE,
+Qwen3-MoE, Mixtral) on the one forward step.
 
 Each check builds a tiny Hugging Face model with random weights in `transformers`, writes its state dict
 as an F32 GGUF with the tensor names and metadata keys llama.cpp's converter uses (`write_hf_gguf`), and
@@ -53,7 +54,20 @@ def _config(tr, arch: str):
         cfg = tr.Phi3Config(**common, rms_norm_eps=1e-5, sliding_window=6, tie_word_embeddings=False,
                             pad_token_id=0, bos_token_id=1, eos_token_id=2)
         return cfg, tr.Phi3ForCausalLM
+    moe = dict(num_experts=8, num_experts_per_tok=2, moe_intermediate_size=32)
+    if arch == "qwen2moe":
+        return tr.Qwen2MoeConfig(**common, **moe, shared_expert_intermediate_size=48, rms_norm_eps=1e-6,
+                                 tie_word_embeddings=False), tr.Qwen2MoeForCausalLM
+    if arch == "qwen3moe":
+        return tr.Qwen3MoeConfig(**common, **moe, head_dim=32, norm_topk_prob=True, rms_norm_eps=1e-6,
+                                 tie_word_embeddings=False), tr.Qwen3MoeForCausalLM
+    if arch == "mixtral":
+        return tr.MixtralConfig(**common, num_local_experts=4, num_experts_per_tok=2, rms_norm_eps=1e-5,
+                                tie_word_embeddings=False), tr.MixtralForCausalLM
     raise AssertionError(arch)
+
+
+GGUF_ARCH = {"mixtral": "llama"}  # test case -> the architecture llama.cpp writes
 
 
 def _randomize(torch, model, arch: str, seed: int) -> None:
@@ -62,8 +76,8 @@ def _randomize(torch, model, arch: str, seed: int) -> None:
     gemma = arch.startswith("gemma")
     with torch.no_grad():
         for name, p in model.named_parameters():
-            if p.dim() == 2:
-                std = 1.0 if "embed" in name else p.shape[1] ** -0.5
+            if p.dim() >= 2:
+                std = 1.0 if "embed" in name else p.shape[-1] ** -0.5
                 p.copy_(torch.randn(p.shape, generator=g) * std)
             elif name.endswith("bias"):
                 p.copy_(torch.randn(p.shape, generator=g) * 0.2)
@@ -77,7 +91,9 @@ _LAYER_NAMES = {
     "self_attn.v_proj": "attn_v", "self_attn.o_proj": "attn_output", "self_attn.qkv_proj": "attn_qkv",
     "self_attn.q_norm": "attn_q_norm", "self_attn.k_norm": "attn_k_norm", "mlp.gate_proj": "ffn_gate",
     "mlp.up_proj": "ffn_up", "mlp.down_proj": "ffn_down", "mlp.gate_up_proj": "ffn_up",
-    "post_attention_layernorm": "ffn_norm",
+    "post_attention_layernorm": "ffn_norm", "mlp.gate": "ffn_gate_inp",
+    "mlp.shared_expert.gate_proj": "ffn_gate_shexp", "mlp.shared_expert.up_proj": "ffn_up_shexp",
+    "mlp.shared_expert.down_proj": "ffn_down_shexp", "mlp.shared_expert_gate": "ffn_gate_inp_shexp",
 }
 _GEMMA_NAMES = {"post_attention_layernorm": "post_attention_norm", "pre_feedforward_layernorm": "ffn_norm",
                 "post_feedforward_layernorm": "post_ffw_norm"}
@@ -108,7 +124,17 @@ def write_hf_gguf(path, model, arch: str) -> str:
             out = "output.weight"
         else:
             _, _, i, rest = name.split(".", 3)
+            if rest == "mlp.experts.gate_up_proj":  # (expert, gate rows then up rows, n_embd)
+                f = a.shape[1] // 2
+                tensors[f"blk.{i}.ffn_gate_exps.weight"] = np.ascontiguousarray(a[:, :f])
+                tensors[f"blk.{i}.ffn_up_exps.weight"] = np.ascontiguousarray(a[:, f:])
+                continue
+            if rest == "mlp.experts.down_proj":
+                tensors[f"blk.{i}.ffn_down_exps.weight"] = np.ascontiguousarray(a)
+                continue
             mod, kind = rest.rsplit(".", 1)
+            if mod == "mlp.shared_expert_gate":
+                a = a.reshape(-1)
             out = f"blk.{i}.{({**_LAYER_NAMES, **_GEMMA_NAMES} if gemma else _LAYER_NAMES)[mod]}.{kind}"
             if arch == "llama" and mod in ("self_attn.q_proj", "self_attn.k_proj"):
                 a = _permute(a, n_head if mod == "self_attn.q_proj" else n_head_kv)
@@ -137,6 +163,14 @@ def write_hf_gguf(path, model, arch: str) -> str:
         w.add(f"{arch}.rope.dimension_count", int(head_dim))
         if getattr(cfg, "sliding_window", None):
             w.add(f"{arch}.attention.sliding_window", int(cfg.sliding_window))
+        n_expert = getattr(cfg, "num_experts", None) or getattr(cfg, "num_local_experts", None)
+        if n_expert:
+            w.add(f"{arch}.expert_count", int(n_expert))
+            w.add(f"{arch}.expert_used_count", int(cfg.num_experts_per_tok))
+            if getattr(cfg, "moe_intermediate_size", None):
+                w.add(f"{arch}.expert_feed_forward_length", int(cfg.moe_intermediate_size))
+            if getattr(cfg, "shared_expert_intermediate_size", None):
+                w.add(f"{arch}.expert_shared_feed_forward_length", int(cfg.shared_expert_intermediate_size))
         if arch == "gemma2":
             w.add(f"{arch}.attn_logit_softcapping", float(cfg.attn_logit_softcapping))
             w.add(f"{arch}.final_logit_softcapping", float(cfg.final_logit_softcapping))
@@ -148,9 +182,10 @@ def write_hf_gguf(path, model, arch: str) -> str:
     return str(path)
 
 
-def _build(hf, tmp_path, arch: str, seed: int = 0):
+def _build(hf, tmp_path, case: str, seed: int = 0):
     torch, tr = hf
-    cfg, cls = _config(tr, arch)
+    cfg, cls = _config(tr, case)
+    arch = GGUF_ARCH.get(case, case)
     cfg._attn_implementation = "eager"
     torch.manual_seed(seed)
     model = cls(cfg).eval()
@@ -161,7 +196,7 @@ def _build(hf, tmp_path, arch: str, seed: int = 0):
     return path, want
 
 
-ARCHS = ["llama", "qwen2", "qwen3", "gemma2", "gemma3", "phi3"]
+ARCHS = ["llama", "qwen2", "qwen3", "gemma2", "gemma3", "phi3", "qwen2moe", "qwen3moe", "mixtral"]
 
 
 def rel_diff(got: np.ndarray, want: np.ndarray) -> float:
@@ -174,7 +209,7 @@ def test_engine_matches_transformers(hf, tmp_path, arch):
     assert np.abs(want).max() > 0.5  # logits that tell models apart
 
     args, w, types = rf.load_weights(path)
-    assert args.arch == arch
+    assert args.arch == GGUF_ARCH.get(arch, arch)
     exact = rf.forward(args, w, TOKENS, types, kv_f16=False, act_round=False)
     assert rel_diff(exact, want) < 1e-5
     rounded = rf.forward(args, w, TOKENS, types)
@@ -236,3 +271,47 @@ def test_unknown_architecture_lists_the_supported(hf, tmp_path):
         Engine(bad, n_ctx=32)
     msg = str(e.value)
     assert "'mamba' is not supported" in msg and "qwen2" in msg and "gemma3" in msg and "\n" not in msg
+
+
+def test_wrong_expert_count_is_named(hf, tmp_path):
+    path, _ = _build(hf, tmp_path, "qwen2moe")
+    bad = _rewrite(path, tmp_path / "bad.gguf", kv={"qwen2moe.expert_count": 4})
+    with pytest.raises(LlamapyError, match=r"tensor 'blk\.0\.ffn_gate_inp\.weight' has shape \[64, 8\], "
+                                           r"expected \[64, 4\] \(from expert_count 4"):
+        Engine(bad, n_ctx=32)
+
+
+
+def test_experts_follow_the_router(hf, tmp_path):
+    """The experts the router does not pick are never read: NaN in their weights changes nothing."""
+    path, _ = _build(hf, tmp_path, "qwen3moe")
+    toks = TOKENS[:3]
+    args, w, types = rf.load_weights(path)
+    trace: dict[str, set] = {}
+    rf.forward(args, w, toks, types, trace=trace)
+    with Engine(path, n_ctx=64, n_threads=2) as llm:
+        want = llm.eval_all_logits(toks)
+
+    from llamapy.ggufio.reader import GGUFReader
+
+    spoiled = tmp_path / "spoiled.gguf"
+    _rewrite(path, spoiled)
+    data = bytearray(spoiled.read_bytes())
+    n_spoiled = 0
+    with GGUFReader(str(spoiled)) as r:
+        for layer in range(args.n_layer):
+            for kind in ("gate", "up", "down"):
+                t = r.tensors[f"blk.{layer}.ffn_{kind}_exps.weight"]
+                per = t.nbytes // args.n_expert
+                for e in set(range(args.n_expert)) - trace[f"blk.{layer}."]:
+                    nan = np.full(per // 4, np.nan, dtype=np.float32).tobytes()
+                    data[t.offset + e * per:t.offset + (e + 1) * per] = nan
+                    n_spoiled += 1
+    assert n_spoiled >= 2 * 3  # at least two experts per layer are left out
+    spoiled.write_bytes(bytes(data))
+    with Engine(str(spoiled), n_ctx=64, n_threads=2) as llm:
+        batch = llm.eval_all_logits(toks)
+        llm.kv_clear()
+        step = np.stack([llm.eval([t]) for t in toks])
+    np.testing.assert_array_equal(batch, want)
+    assert np.isfinite(step).all() and np.abs(step - want).max() < 1e-4

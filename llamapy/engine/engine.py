@@ -63,6 +63,10 @@ _LAYER_SLOTS = {
     "ffn_down.weight": "LP_W_DOWN", "ffn_gate.bias": "LP_W_GATE_B", "ffn_up.bias": "LP_W_UP_B",
     "ffn_down.bias": "LP_W_DOWN_B", "attn_q_norm.weight": "LP_W_Q_NORM", "attn_k_norm.weight": "LP_W_K_NORM",
     "post_attention_norm.weight": "LP_W_POST_ATTN_NORM", "post_ffw_norm.weight": "LP_W_POST_FFN_NORM",
+    "ffn_gate_inp.weight": "LP_W_GATE_INP", "ffn_gate_exps.weight": "LP_W_GATE_EXPS",
+    "ffn_up_exps.weight": "LP_W_UP_EXPS", "ffn_down_exps.weight": "LP_W_DOWN_EXPS",
+    "ffn_gate_inp_shexp.weight": "LP_W_GATE_INP_SHEXP", "ffn_gate_shexp.weight": "LP_W_GATE_SHEXP",
+    "ffn_up_shexp.weight": "LP_W_UP_SHEXP", "ffn_down_shexp.weight": "LP_W_DOWN_SHEXP",
 }
 # fused tensors: the slots their consecutive row ranges go to (rows of each, from the model's dimensions)
 _FUSED_SLOTS = {
@@ -176,6 +180,9 @@ class Engine:
         a.n_swa = args.n_swa
         a.swa_pattern = args.swa_pattern
         a.rope_freq_base_swa = args.rope_freq_base_swa
+        a.n_expert, a.n_expert_used = args.n_expert, args.n_expert_used
+        a.expert_weights_norm = int(args.expert_weights_norm)
+        a.n_ff_exp, a.n_ff_shexp = args.n_ff_exp, args.n_ff_shexp
         self.rope_freq_scale = p.rope_freq_scale
         eng = lib.lp_engine_new(p)
         if eng == ffi.NULL:

@@ -140,17 +140,54 @@ def is_swa_layer(args: ModelArgs, i: int) -> bool:
     return args.n_swa > 0 and (args.swa_pattern <= 0 or (i + 1) % args.swa_pattern != 0)
 
 
+def activate(args: ModelArgs, g: np.ndarray) -> np.ndarray:
+    return gelu_tanh(g) if args.act == "gelu" else g / (1 + np.exp(-g))
+
+
+def moe_ffn(args: ModelArgs, w: dict[str, np.ndarray], b: str, xn: np.ndarray, mm,
+            trace: dict | None = None) -> np.ndarray:
+    """Mixture of experts: each token through the n_expert_used experts of highest router probability,
+    weighted by it (renormalized when expert_weights_norm), plus the shared expert under a sigmoid gate."""
+    f = args.n_ff_exp
+    logits = xn.astype(np.float64) @ w[b + "ffn_gate_inp.weight"].astype(np.float64).T      # (n, n_expert)
+    p = np.exp(logits - logits.max(axis=1, keepdims=True))
+    p = (p / p.sum(axis=1, keepdims=True)).astype(np.float32)
+    sel = np.argsort(-p, axis=1, kind="stable")[:, :args.n_expert_used]
+    wt = np.take_along_axis(p, sel, axis=1)
+    if trace is not None:  # the experts each layer used
+        trace[b] = {int(e) for e in np.unique(sel)}
+    if args.expert_weights_norm:
+        wt = wt / wt.sum(axis=1, keepdims=True)
+    out = np.zeros_like(xn)
+    for e in np.unique(sel):
+        rows = np.nonzero((sel == e).any(axis=1))[0]
+        xe = xn[rows]
+        g = mm(b + "ffn_gate_exps.weight", xe, slice(e * f, (e + 1) * f))
+        u = mm(b + "ffn_up_exps.weight", xe, slice(e * f, (e + 1) * f))
+        d = mm(b + "ffn_down_exps.weight", activate(args, g) * u, slice(e * args.n_embd, (e + 1) * args.n_embd))
+        out[rows] += wt[rows][sel[rows] == e][:, None] * d
+    if args.n_ff_shexp:
+        g = mm(b + "ffn_gate_shexp.weight", xn)
+        u = mm(b + "ffn_up_shexp.weight", xn)
+        d = mm(b + "ffn_down_shexp.weight", activate(args, g) * u)
+        gate = xn.astype(np.float64) @ w[b + "ffn_gate_inp_shexp.weight"].astype(np.float64)
+        out += (1 / (1 + np.exp(-gate)))[:, None].astype(np.float32) * d
+    return out
+
+
 def forward(args: ModelArgs, w: dict[str, np.ndarray], tokens, types: dict[str, int] | None = None,
-            kv_f16: bool = True, act_round: bool = True, yarn_ext_factor: float = 0.0) -> np.ndarray:
-    """Logits (n_tokens, n_vocab) of tokens at positions 0..n-1 of one sequence."""
+            kv_f16: bool = True, act_round: bool = True, yarn_ext_factor: float = 0.0,
+            trace: dict | None = None) -> np.ndarray:
+    """Logits (n_tokens, n_vocab) of tokens at positions 0..n-1 of one sequence; `trace` gets the experts
+    each mixture-of-experts layer picked ("blk.N." -> set)."""
     tokens = np.asarray(tokens)
     n = len(tokens)
     f16 = (lambda a: a.astype(np.float16).astype(np.float32)) if kv_f16 else (lambda a: a)
 
-    def mm(name: str, x: np.ndarray) -> np.ndarray:
+    def mm(name: str, x: np.ndarray, rows: slice = slice(None)) -> np.ndarray:
         if act_round and types is not None:
             x = round_activation(x, VEC_DOT_TYPE[T(types[name])])
-        y = x.astype(np.float64) @ w[name].astype(np.float64).T
+        y = x.astype(np.float64) @ w[name][rows].astype(np.float64).T
         return y.astype(np.float32)
 
     def bias(name: str):
@@ -196,10 +233,12 @@ def forward(args: ModelArgs, w: dict[str, np.ndarray], tokens, types: dict[str, 
         x = x + o
 
         xn = rms_norm(x, w[b + "ffn_norm.weight"], args.norm_eps)
-        g = mm(b + "ffn_gate.weight", xn) + bias(b + "ffn_gate.bias")
-        u = mm(b + "ffn_up.weight", xn) + bias(b + "ffn_up.bias")
-        h = (gelu_tanh(g) if args.act == "gelu" else g / (1 + np.exp(-g))) * u  # (n, n_ff)
-        o = mm(b + "ffn_down.weight", h) + bias(b + "ffn_down.bias")
+        if args.n_expert:
+            o = moe_ffn(args, w, b, xn, mm, trace)
+        else:
+            g = mm(b + "ffn_gate.weight", xn) + bias(b + "ffn_gate.bias")
+            u = mm(b + "ffn_up.weight", xn) + bias(b + "ffn_up.bias")
+            o = mm(b + "ffn_down.weight", activate(args, g) * u) + bias(b + "ffn_down.bias")
         if args.post_norms:
             o = rms_norm(o, w[b + "post_ffw_norm.weight"], args.norm_eps)
         x = x + o
