@@ -182,9 +182,13 @@ def write_hf_gguf(path, model, arch: str) -> str:
     return str(path)
 
 
-def _build(hf, tmp_path, case: str, seed: int = 0):
+def _build(hf, tmp_path, case: str, seed: int = 0, **config):
     torch, tr = hf
     cfg, cls = _config(tr, case)
+    for k, v in config.items():
+        setattr(cfg, k, v)
+    if "num_hidden_layers" in config and hasattr(cfg, "layer_types"):
+        cfg.layer_types = cfg.layer_types[:cfg.num_hidden_layers]
     arch = GGUF_ARCH.get(case, case)
     cfg._attn_implementation = "eager"
     torch.manual_seed(seed)
@@ -315,3 +319,23 @@ def test_experts_follow_the_router(hf, tmp_path):
         step = np.stack([llm.eval([t]) for t in toks])
     np.testing.assert_array_equal(batch, want)
     assert np.isfinite(step).all() and np.abs(step - want).max() < 1e-4
+
+
+@pytest.mark.parametrize("arch", ["qwen3", "gemma3"])
+def test_context_shift_rerotates_by_the_layer_rope(hf, tmp_path, arch):
+    """After dropping positions, the re-rotated keys match the kept tokens evaluated from scratch: NEOX pairs,
+    and for gemma3 the local layers' own RoPE base. One layer, so a cached key depends only on its token
+    and position, and the next token's logits only on the cache."""
+    # a window wider than the text: the kept tokens' keys are all in view
+    path, _ = _build(hf, tmp_path, arch, num_hidden_layers=1, sliding_window=16)
+    with Engine(path, n_ctx=64, n_threads=2) as llm:
+        llm.eval(TOKENS[:10])
+        llm.context_shift(0, 2, 3)
+        got = llm.eval([TOKENS[10]])
+        kept = TOKENS[:2] + TOKENS[5:10] + [TOKENS[10]]
+        llm.kv_clear()
+        want = llm.eval(kept)
+        llm.kv_clear()
+        unshifted = llm.eval(TOKENS[:11])
+    assert rel_diff(got, want) < 2e-3
+    assert rel_diff(unshifted, want) > 1e-2  # the check can tell
