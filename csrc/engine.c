@@ -1,5 +1,6 @@
 /* The forward pass of a llama-architecture model, one call per batch of tokens; its relatives (Qwen, Gemma,
- * Phi-3) differ by the traits in p.arch and the optional weights they set, not by a step of their own.
+ * Phi-3, mixtures of experts) differ by the traits in p.arch and the optional weights they set, not by a
+ * step of their own.
  *
  * Every thread of the pool runs forward_task(): the same walk through the layers, meeting at
  * barriers between the phases of a layer. Matrix products split their rows into chunks that
@@ -16,7 +17,9 @@
  * Traits: biases after wq/wk/wv; q and k RMS-normed per head before RoPE (q_norm, k_norm); NEOX RoPE
  * (pairs i, i + head_dim/2); scores soft-capped; sliding-window layers (with their own RoPE base);
  * the outputs of wo and w_down RMS-normed before the residual add (post_attn_norm, post_ffn_norm);
- * GELU(tanh) instead of SiLU; embeddings scaled; logits soft-capped.
+ * GELU(tanh) instead of SiLU; embeddings scaled; logits soft-capped. Experts (n_expert > 0): the FFN
+ * becomes route (softmax, top-k per token) -> group the (token, expert) pairs by expert -> each chosen
+ * expert's gate/up and down rows for its tokens only -> weighted sum into x (plus the shared expert).
  */
 #include <math.h>
 #include <stdarg.h>
@@ -443,7 +446,7 @@ static void moe_gather(lp_engine *e, int l) {
 }
 
 /* work items of a phase over the groups: chunks of `rows(g)` rows for each group that has pairs */
-static int moe_items(const lp_engine *e, int which, int nth, int *chunk) {
+static int moe_items(const lp_engine *e, int which, const int *chunk) {
     const lp_arch_traits *a = &e->p.arch;
     int n = 0;
     for (int g = 0; g < e->n_groups; g++) {
@@ -451,7 +454,6 @@ static int moe_items(const lp_engine *e, int which, int nth, int *chunk) {
         int rows = which == 2 ? e->p.n_embd : g < a->n_expert ? a->n_ff_exp : a->n_ff_shexp;
         n += (rows + chunk[g] - 1) / chunk[g];
     }
-    (void)nth;
     return n;
 }
 
@@ -484,7 +486,7 @@ static void phase_moe_gate_up(worker *w, int l) {
         int cr = chunk_rows(rows, w->nth), bs = down.data ? (int)e->traits[down.tr->vec_dot_type].blck_size : 1;
         chunk[g] = (cr + bs - 1) / bs * bs;
     }
-    int n_items = moe_items(e, 0, w->nth, chunk), c;
+    int n_items = moe_items(e, 0, chunk), c;
     while ((c = take(w, n_items)) >= 0) {
         int g = -1, r0 = 0, r1 = 0;
         moe_find(e, 0, chunk, c, &g, &r0, &r1);
@@ -513,7 +515,7 @@ static void phase_moe_down(worker *w, int l) {
     const int n = e->p.n_embd;
     int chunk[e->n_groups];
     for (int g = 0; g < e->n_groups; g++) chunk[g] = chunk_rows(n, w->nth);
-    int n_items = moe_items(e, 2, w->nth, chunk), c;
+    int n_items = moe_items(e, 2, chunk), c;
     while ((c = take(w, n_items)) >= 0) {
         int g = -1, r0 = 0, r1 = 0;
         moe_find(e, 2, chunk, c, &g, &r0, &r1);
