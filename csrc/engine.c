@@ -1,4 +1,6 @@
-/* The forward pass of a llama-architecture model, one call per batch of tokens.
+/* The forward pass of a llama-architecture model, one call per batch of tokens; its relatives (Qwen, Gemma,
+ * Phi-3, mixtures of experts) differ by the traits in p.arch and the optional weights they set, not by a
+ * step of their own.
  *
  * Every thread of the pool runs forward_task(): the same walk through the layers, meeting at
  * barriers between the phases of a layer. Matrix products split their rows into chunks that
@@ -11,6 +13,13 @@
  *   x += wo att
  *   xn = rmsnorm(x) * ffn_norm                           -> quantized for w_gate/w_up
  *   x += w_down (silu(w_gate xn) * w_up xn)
+ *
+ * Traits: biases after wq/wk/wv; q and k RMS-normed per head before RoPE (q_norm, k_norm); NEOX RoPE
+ * (pairs i, i + head_dim/2); scores soft-capped; sliding-window layers (with their own RoPE base);
+ * the outputs of wo and w_down RMS-normed before the residual add (post_attn_norm, post_ffn_norm);
+ * GELU(tanh) instead of SiLU; embeddings scaled; logits soft-capped. Experts (n_expert > 0): the FFN
+ * becomes route (softmax, top-k per token) -> group the (token, expert) pairs by expert -> each chosen
+ * expert's gate/up and down rows for its tokens only -> weighted sum into x (plus the shared expert).
  */
 #include <math.h>
 #include <stdarg.h>
@@ -67,9 +76,8 @@ static void quantize_for(lp_engine *e, const lp_weight *const *ws, int nw, const
 
 /* out[t*out_stride + r] = dot(row r of w, activation t) for r in [r0, r1), t < n_tok; activations from
    buffer slot (see act_buf) */
-static void matmul_chunk(const lp_engine *e, const lp_weight *w, int r0, int r1, int n_tok, float *out, int out_stride,
-                         int slot) {
-    const char *xq = act_buf(e, w, slot);
+static void matmul_chunk_x(const lp_engine *e, const lp_weight *w, int r0, int r1, int n_tok, float *out,
+                           int out_stride, const char *xq) {
     size_t xrb = act_row_bytes(e, w);
     const char *wd = w->data;
     if (w->packed && r0 % w->pack_rows == 0) {
@@ -121,6 +129,11 @@ static void matmul_chunk(const lp_engine *e, const lp_weight *w, int r0, int r1,
     }
 }
 
+static void matmul_chunk(const lp_engine *e, const lp_weight *w, int r0, int r1, int n_tok, float *out, int out_stride,
+                         int slot) {
+    matmul_chunk_x(e, w, r0, r1, n_tok, out, out_stride, act_buf(e, w, slot));
+}
+
 static int chunk_rows(int rows, int nth) {
     int c = rows / (nth * 16);
     c = (c + 15) / 16 * 16;
@@ -134,10 +147,32 @@ static void add_bias(const lp_weight *b, float *out, int stride, int n_tok, int 
         for (int r = r0; r < r1; r++) out[(size_t)t * stride + r] += bd[r];
 }
 
-/* rotate the pairs (2i, 2i+1) of rows [r0, r1) (even r0) with each token's cos/sin table */
-static void rope_rows(const lp_engine *e, float *x, int stride, int n_tok, int r0, int r1) {
-    for (int t = 0; t < n_tok; t++)
-        e->kern.rope(e->p.head_dim, e->rope + (size_t)t * e->p.head_dim, x + (size_t)t * stride, r0, r1);
+/* the cos/sin tables of layer l's RoPE, one per token */
+static inline const float *rope_of(const lp_engine *e, int l) {
+    return e->has_swa_rope && lp_layer_is_swa(e, l) ? e->rope_swa : e->rope;
+}
+
+/* rows [r0, r1) (even r0; whole heads for NEOX RoPE or per-head norms) of q or k after the matmul: bias,
+   per-head RMSNorm, RoPE with each token's table */
+static void qk_epilogue(const lp_engine *e, int l, const lp_weight *bias, const lp_weight *norm, float *x, int stride,
+                        int n_tok, int r0, int r1) {
+    const int hd = e->p.head_dim;
+    const float *cs = rope_of(e, l);
+    add_bias(bias, x, stride, n_tok, r0, r1);
+    for (int t = 0; t < n_tok; t++) {
+        float *xt = x + (size_t)t * stride;
+        if (norm->data)
+            for (int h0 = r0; h0 < r1; h0 += hd) e->kern.rms_norm(hd, xt + h0, norm->data, e->p.norm_eps, xt + h0);
+        lp_engine_rope_heads(e, cs + (size_t)t * hd, xt, r0, r1);
+    }
+}
+
+/* chunk rows of q or k: whole heads when a step works on heads */
+static int qk_chunk_rows(const lp_engine *e, int rows, int nth) {
+    const lp_layer_weights *L0 = &e->layers[0];
+    int c = chunk_rows(rows, nth), hd = e->p.head_dim;
+    if (e->p.arch.rope_neox || L0->q_norm.data || L0->k_norm.data) c = (c + hd - 1) / hd * hd;
+    return c;
 }
 
 /* whether pieces of `len` values (at multiples of len) can be quantized for w on their own */
@@ -151,19 +186,24 @@ static void attention_item(lp_engine *e, int l, int t, int h, int ith) {
     float *sc = e->scores + (size_t)ith * p->n_ctx;
     uint16_t *b16 = e->p16 + (size_t)ith * (p->n_ctx > hd ? p->n_ctx : hd);
     float scale = p->attn_scale != 0.0f ? p->attn_scale : 1.0f / sqrtf((float)hd);
+    /* a sliding-window layer sees the last n_swa positions only */
+    int j0 = lp_layer_is_swa(e, l) && n_kv > p->arch.n_swa ? n_kv - p->arch.n_swa : 0;
+    n_kv -= j0;
 
     e->kern.f32_to_f16(hd, e->q + (size_t)t * e->q_dim + (size_t)h * hd, b16);
-    e->kern.attn_scores_f16(hd, n_kv, b16, lp_k_at(e, l, s, 0) + (size_t)g * hd, e->kv_dim, sc, e->n_tok == 1);
+    e->kern.attn_scores_f16(hd, n_kv, b16, lp_k_at(e, l, s, j0) + (size_t)g * hd, e->kv_dim, sc, e->n_tok == 1);
     float max = -INFINITY;
+    const float cap = p->arch.attn_softcap;
     for (int j = 0; j < n_kv; j++) {
         sc[j] *= scale;
+        if (cap != 0.0f) sc[j] = cap * tanhf(sc[j] / cap);
         if (sc[j] > max) max = sc[j];
     }
     float inv = (float)(1.0 / e->kern.softmax_exp(n_kv, sc, max, sc));
     for (int j = 0; j < n_kv; j++) sc[j] *= inv;
     e->kern.f32_to_f16(n_kv, sc, b16);
     float *out = e->att + (size_t)t * e->q_dim + (size_t)h * hd;
-    e->kern.attn_values_f16(hd, n_kv, b16, lp_v_at(e, l, s, g * hd), p->n_ctx, out, e->n_tok == 1);
+    e->kern.attn_values_f16(hd, n_kv, b16, lp_v_at(e, l, s, g * hd) + j0, p->n_ctx, out, e->n_tok == 1);
     const lp_weight *wo = &e->layers[l].o;
     if (fused_quant(e, wo, hd)) {   /* this head's blocks of the output projection's input */
         const lp_type_traits *vt = &e->traits[wo->tr->vec_dot_type];
@@ -205,23 +245,24 @@ static void phase_norm_quant(worker *w, const float *x, const lp_weight *norm, c
 static void phase_qkv(worker *w, int l, int priv) {
     lp_engine *e = w->e;
     lp_layer_weights *L = &e->layers[l];
-    int n_tok = e->n_tok, cq = chunk_rows(e->q_dim, w->nth), ck = chunk_rows(e->kv_dim, w->nth);
+    int n_tok = e->n_tok, cq = qk_chunk_rows(e, e->q_dim, w->nth), ck = qk_chunk_rows(e, e->kv_dim, w->nth);
     int nq = (e->q_dim + cq - 1) / cq, nk = (e->kv_dim + ck - 1) / ck;
     int c;
     while ((c = take(w, nq + 2 * nk)) >= 0) {
         if (c < nq) {
             int r0 = c * cq, r1 = r0 + cq < e->q_dim ? r0 + cq : e->q_dim;
             matmul_chunk(e, &L->q, r0, r1, n_tok, e->q, e->q_dim, priv ? w->ith : NORMED);
-            add_bias(&L->q_b, e->q, e->q_dim, n_tok, r0, r1);
-            rope_rows(e, e->q, e->q_dim, n_tok, r0, r1);
+            qk_epilogue(e, l, &L->q_b, &L->q_norm, e->q, e->q_dim, n_tok, r0, r1);
             continue;
         }
         int is_v = c >= nq + nk, r0 = (c - nq - (is_v ? nk : 0)) * ck;
         int r1 = r0 + ck < e->kv_dim ? r0 + ck : e->kv_dim;
         float *buf = is_v ? e->vbuf : e->kbuf;
         matmul_chunk(e, is_v ? &L->v : &L->k, r0, r1, n_tok, buf, e->kv_dim, priv ? w->ith : NORMED);
-        add_bias(is_v ? &L->v_b : &L->k_b, buf, e->kv_dim, n_tok, r0, r1);
-        if (!is_v) rope_rows(e, buf, e->kv_dim, n_tok, r0, r1);
+        if (is_v)
+            add_bias(&L->v_b, buf, e->kv_dim, n_tok, r0, r1);
+        else
+            qk_epilogue(e, l, &L->k_b, &L->k_norm, buf, e->kv_dim, n_tok, r0, r1);
         for (int t = 0; t < n_tok; t++) {
             const float *src = buf + (size_t)t * e->kv_dim;
             if (!is_v) {
@@ -239,19 +280,43 @@ static void phase_attention(worker *w, int l) {
     while ((c = take(w, n_items)) >= 0) attention_item(e, l, c / e->p.n_head, c % e->p.n_head, w->ith);
 }
 
-/* out rows of w, added into the residual stream x (plus bias) */
-static void phase_matmul_residual(worker *w, const lp_weight *wt, const lp_weight *bias, float *tmp) {
+/* out rows of w, added into the residual stream x (plus bias); with a post-norm only into tmp (plus bias) */
+static void phase_matmul_residual(worker *w, const lp_weight *wt, const lp_weight *bias, float *tmp, int post_norm) {
     lp_engine *e = w->e;
     int rows = (int)wt->ne1, cr = chunk_rows(rows, w->nth), n_chunks = (rows + cr - 1) / cr, c;
     int n = e->p.n_embd;
     while ((c = take(w, n_chunks)) >= 0) {
         int r0 = c * cr, r1 = r0 + cr < rows ? r0 + cr : rows;
         matmul_chunk(e, wt, r0, r1, e->n_tok, tmp, n, INNER);
+        if (post_norm) {
+            add_bias(bias, tmp, n, e->n_tok, r0, r1);
+            continue;
+        }
         for (int t = 0; t < e->n_tok; t++) {
             float *xt = e->x + (size_t)t * n, *ot = tmp + (size_t)t * n;
             const float *b = bias->data;
             for (int r = r0; r < r1; r++) xt[r] += b ? ot[r] + b[r] : ot[r];
         }
+    }
+}
+
+/* x += rmsnorm(tmp) * norm, the tokens split between the threads */
+static void phase_post_norm_add(worker *w, const lp_weight *norm, float *tmp) {
+    lp_engine *e = w->e;
+    int n = e->p.n_embd;
+    for (int t = w->ith; t < e->n_tok; t += w->nth) {
+        float *xt = e->x + (size_t)t * n, *ot = tmp + (size_t)t * n;
+        e->kern.rms_norm(n, ot, norm->data, e->p.norm_eps, ot);
+        for (int r = 0; r < n; r++) xt[r] += ot[r];
+    }
+}
+
+/* a[i] = gelu(a[i]) * b[i], GELU's tanh approximation */
+static void geglu(int n, float *a, const float *b) {
+    const float c = 0.7978845608028654f;   /* sqrt(2 / pi) */
+    for (int i = 0; i < n; i++) {
+        float x = a[i];
+        a[i] = 0.5f * x * (1.0f + tanhf(c * (x + 0.044715f * x * x * x))) * b[i];
     }
 }
 
@@ -272,13 +337,209 @@ static void phase_gate_up(worker *w, int l, int priv) {
         add_bias(&L->gate_b, e->ffa, rows, e->n_tok, r0, r1);
         add_bias(&L->up_b, e->ffb, rows, e->n_tok, r0, r1);
         for (int t = 0; t < e->n_tok; t++)
-            e->kern.swiglu(r1 - r0, e->ffa + (size_t)t * rows + r0, e->ffb + (size_t)t * rows + r0);
+            (e->p.arch.act_gelu ? geglu : e->kern.swiglu)(r1 - r0, e->ffa + (size_t)t * rows + r0, e->ffb + (size_t)t * rows + r0);
         {
             const lp_type_traits *vt = &e->traits[L->down.tr->vec_dot_type];
             lp_from_float_fn q = act_quantizer(e, L->down.tr->vec_dot_type);
             size_t rb = act_row_bytes(e, &L->down), off = (size_t)(r0 / vt->blck_size) * vt->type_size;
             char *dst = act_buf(e, &L->down, INNER);
             for (int t = 0; t < e->n_tok; t++) q(e->ffa + (size_t)t * rows + r0, dst + (size_t)t * rb + off, r1 - r0);
+        }
+    }
+}
+
+/* ---- mixture of experts ----------------------------------------------------------------- */
+
+/* expert g's rows of a 3-d expert tensor as a weight of its own (group n_expert: the shared expert) */
+static lp_weight expert_view(const lp_engine *e, const lp_layer_weights *L, int which, int g) {
+    const lp_weight *w = which == 0 ? (g < e->p.arch.n_expert ? &L->gate_exps : &L->gate_shexp)
+                       : which == 1 ? (g < e->p.arch.n_expert ? &L->up_exps : &L->up_shexp)
+                                    : (g < e->p.arch.n_expert ? &L->down_exps : &L->down_shexp);
+    if (g >= e->p.arch.n_expert) return *w;
+    lp_weight v = *w;
+    const int64_t rows = w->ne1 / e->p.arch.n_expert, r0 = rows * g;
+    v.ne1 = rows;
+    v.data = (const char *)w->data + (size_t)r0 * w->row_bytes;
+    v.packed = NULL;
+    if (w->packed && rows % w->pack_rows == 0 && r0 + rows <= w->ne1 / w->pack_rows * w->pack_rows)
+        v.packed = (char *)w->packed + (size_t)r0 * w->row_bytes;
+    return v;
+}
+
+/* router: each token's experts and weights (the tokens split between the threads) */
+static void phase_route(worker *w, int l) {
+    lp_engine *e = w->e;
+    const lp_layer_weights *L = &e->layers[l];
+    const lp_arch_traits *a = &e->p.arch;
+    const int n = e->p.n_embd, ne = a->n_expert, k = a->n_expert_used;
+    float *row = e->trow + (size_t)w->ith * n, prob[ne];
+    for (int t = w->ith; t < e->n_tok; t += w->nth) {
+        const float *xt = e->xn + (size_t)t * n;
+        float max = -INFINITY;
+        for (int j = 0; j < ne; j++) {
+            L->gate_inp.tr->to_float((const char *)L->gate_inp.data + (size_t)j * L->gate_inp.row_bytes, row, n);
+            double s = 0;
+            for (int i = 0; i < n; i++) s += (double)row[i] * xt[i];
+            prob[j] = (float)s;
+            if (prob[j] > max) max = prob[j];
+        }
+        double sum = 0;
+        for (int j = 0; j < ne; j++) sum += prob[j] = expf(prob[j] - max);
+        for (int j = 0; j < ne; j++) prob[j] = (float)(prob[j] / sum);
+        int *sel = e->moe_sel + (size_t)t * k;
+        float *wt = e->moe_w + (size_t)t * (k + 1), wsum = 0;
+        for (int i = 0; i < k; i++) {   /* the k largest, equal ones in index order */
+            int best = -1;
+            for (int j = 0; j < ne; j++) {
+                int taken = 0;
+                for (int q = 0; q < i; q++) taken |= sel[q] == j;
+                if (!taken && (best < 0 || prob[j] > prob[best])) best = j;
+            }
+            sel[i] = best;
+            wt[i] = prob[best];
+            wsum += prob[best];
+        }
+        if (a->expert_weights_norm)
+            for (int i = 0; i < k; i++) wt[i] /= wsum;
+        if (a->n_ff_shexp > 0) {
+            double s = 0;
+            const float *g = L->gate_inp_shexp.data;
+            for (int i = 0; i < n; i++) s += (double)g[i] * xt[i];
+            wt[k] = 1.0f / (1.0f + expf(-(float)s));
+        }
+    }
+}
+
+/* one thread groups the (token, expert) pairs by expert and gathers their quantized activations */
+static void moe_gather(lp_engine *e, int l) {
+    const lp_layer_weights *L = &e->layers[l];
+    const lp_arch_traits *a = &e->p.arch;
+    const int k = a->n_expert_used, ng = a->n_ff_shexp > 0 ? e->n_groups : e->n_groups - 1;
+    memset(e->moe_cnt, 0, sizeof(int) * (size_t)e->n_groups);
+    for (int t = 0; t < e->n_tok; t++) {
+        for (int i = 0; i < k; i++) e->moe_cnt[e->moe_sel[(size_t)t * k + i]]++;
+        if (ng == e->n_groups) e->moe_cnt[a->n_expert]++;
+    }
+    for (int g = 0, off = 0; g < e->n_groups; off += e->moe_cnt[g], g++) e->moe_off[g] = off;
+    int fill[e->n_groups];
+    memset(fill, 0, sizeof fill);
+    for (int t = 0; t < e->n_tok; t++)
+        for (int i = 0; i <= k; i++) {
+            int g = i < k ? e->moe_sel[(size_t)t * k + i] : a->n_expert;
+            if (i == k && ng != e->n_groups) break;
+            int pr = e->moe_off[g] + fill[g]++;
+            e->moe_tok[pr] = t;
+            e->moe_pair[(size_t)t * (k + 1) + i] = pr;
+        }
+    const lp_weight *ws[4] = {&L->gate_exps, &L->up_exps, &L->gate_shexp, &L->up_shexp};
+    int done[4], nd = 0;
+    for (int i = 0; i < (ng == e->n_groups ? 4 : 2); i++) {
+        int vt = ws[i]->tr->vec_dot_type, seen = 0;
+        for (int j = 0; j < nd; j++) seen |= done[j] == vt;
+        if (seen) continue;
+        done[nd++] = vt;
+        size_t rb = act_row_bytes(e, ws[i]);
+        int pairs = e->moe_off[e->n_groups - 1] + e->moe_cnt[e->n_groups - 1];
+        for (int pr = 0; pr < pairs; pr++)
+            memcpy((char *)e->moe_xq[vt] + (size_t)pr * rb, (const char *)e->qbuf[vt] + (size_t)e->moe_tok[pr] * rb, rb);
+    }
+}
+
+/* work items of a phase over the groups: chunks of `rows(g)` rows for each group that has pairs */
+static int moe_items(const lp_engine *e, int which, const int *chunk) {
+    const lp_arch_traits *a = &e->p.arch;
+    int n = 0;
+    for (int g = 0; g < e->n_groups; g++) {
+        if (!e->moe_cnt[g]) continue;
+        int rows = which == 2 ? e->p.n_embd : g < a->n_expert ? a->n_ff_exp : a->n_ff_shexp;
+        n += (rows + chunk[g] - 1) / chunk[g];
+    }
+    return n;
+}
+
+static void moe_find(const lp_engine *e, int which, const int *chunk, int c, int *g_out, int *r0, int *r1) {
+    const lp_arch_traits *a = &e->p.arch;
+    for (int g = 0; g < e->n_groups; g++) {
+        if (!e->moe_cnt[g]) continue;
+        int rows = which == 2 ? e->p.n_embd : g < a->n_expert ? a->n_ff_exp : a->n_ff_shexp;
+        int nc = (rows + chunk[g] - 1) / chunk[g];
+        if (c < nc) {
+            *g_out = g;
+            *r0 = c * chunk[g];
+            *r1 = *r0 + chunk[g] < rows ? *r0 + chunk[g] : rows;
+            return;
+        }
+        c -= nc;
+    }
+    *g_out = -1;
+}
+
+static void phase_moe_gate_up(worker *w, int l) {
+    lp_engine *e = w->e;
+    const lp_layer_weights *L = &e->layers[l];
+    const lp_arch_traits *a = &e->p.arch;
+    const int ffw = a->n_ff_exp > a->n_ff_shexp ? a->n_ff_exp : a->n_ff_shexp;
+    int chunk[e->n_groups];
+    for (int g = 0; g < e->n_groups; g++) {
+        lp_weight down = expert_view(e, L, 2, g < a->n_expert ? g : a->n_expert);
+        int rows = g < a->n_expert ? a->n_ff_exp : a->n_ff_shexp;
+        int cr = chunk_rows(rows, w->nth), bs = down.data ? (int)e->traits[down.tr->vec_dot_type].blck_size : 1;
+        chunk[g] = (cr + bs - 1) / bs * bs;
+    }
+    int n_items = moe_items(e, 0, chunk), c;
+    while ((c = take(w, n_items)) >= 0) {
+        int g = -1, r0 = 0, r1 = 0;
+        moe_find(e, 0, chunk, c, &g, &r0, &r1);
+        if (g < 0) continue;
+        lp_weight gw = expert_view(e, L, 0, g), uw = expert_view(e, L, 1, g), dw = expert_view(e, L, 2, g);
+        const int off = e->moe_off[g], cnt = e->moe_cnt[g];
+        float *ga = e->moe_a + (size_t)off * ffw, *ub = e->moe_b + (size_t)off * ffw;
+        size_t xrb = act_row_bytes(e, &gw);
+        matmul_chunk_x(e, &gw, r0, r1, cnt, ga, ffw, (const char *)e->moe_xq[gw.tr->vec_dot_type] + (size_t)off * xrb);
+        xrb = act_row_bytes(e, &uw);
+        matmul_chunk_x(e, &uw, r0, r1, cnt, ub, ffw, (const char *)e->moe_xq[uw.tr->vec_dot_type] + (size_t)off * xrb);
+        const lp_type_traits *vt = &e->traits[dw.tr->vec_dot_type];
+        lp_from_float_fn q = act_quantizer(e, dw.tr->vec_dot_type);
+        size_t rb = act_row_bytes(e, &dw), qoff = (size_t)(r0 / vt->blck_size) * vt->type_size;
+        for (int i = 0; i < cnt; i++) {
+            float *gi = ga + (size_t)i * ffw + r0;
+            (a->act_gelu ? geglu : e->kern.swiglu)(r1 - r0, gi, ub + (size_t)i * ffw + r0);
+            q(gi, (char *)e->moe_hq[dw.tr->vec_dot_type] + (size_t)(off + i) * rb + qoff, r1 - r0);
+        }
+    }
+}
+
+static void phase_moe_down(worker *w, int l) {
+    lp_engine *e = w->e;
+    const lp_layer_weights *L = &e->layers[l];
+    const int n = e->p.n_embd;
+    int chunk[e->n_groups];
+    for (int g = 0; g < e->n_groups; g++) chunk[g] = chunk_rows(n, w->nth);
+    int n_items = moe_items(e, 2, chunk), c;
+    while ((c = take(w, n_items)) >= 0) {
+        int g = -1, r0 = 0, r1 = 0;
+        moe_find(e, 2, chunk, c, &g, &r0, &r1);
+        if (g < 0) continue;
+        lp_weight dw = expert_view(e, L, 2, g);
+        const int off = e->moe_off[g];
+        size_t rb = act_row_bytes(e, &dw);
+        matmul_chunk_x(e, &dw, r0, r1, e->moe_cnt[g], e->moe_o + (size_t)off * n, n,
+                       (const char *)e->moe_hq[dw.tr->vec_dot_type] + (size_t)off * rb);
+    }
+}
+
+/* x += (or tmp =, with a post-norm) the weighted sum of each token's expert outputs */
+static void phase_moe_combine(worker *w, float *tmp, int post_norm) {
+    lp_engine *e = w->e;
+    const lp_arch_traits *a = &e->p.arch;
+    const int n = e->p.n_embd, k = a->n_expert_used, kk = a->n_ff_shexp > 0 ? k + 1 : k;
+    for (int t = w->ith; t < e->n_tok; t += w->nth) {
+        float *dst = post_norm ? tmp + (size_t)t * n : e->x + (size_t)t * n;
+        if (post_norm) memset(dst, 0, sizeof(float) * (size_t)n);
+        for (int i = 0; i < kk; i++) {
+            const float wt = e->moe_w[(size_t)t * (k + 1) + i];
+            const float *o = e->moe_o + (size_t)e->moe_pair[(size_t)t * (k + 1) + i] * n;
+            for (int r = 0; r < n; r++) dst[r] += wt * o[r];
         }
     }
 }
@@ -293,8 +554,12 @@ static void forward_task(void *arg, int ith, int nth) {
 
     for (int t = ith; t < e->n_tok; t += nth) {
         const lp_weight *te = &e->tok_embd;
-        te->tr->to_float((const char *)te->data + (size_t)e->tokens[t] * te->row_bytes, e->x + (size_t)t * n, n);
-        lp_engine_rope_table(e, e->pos[t], 1, e->rope + (size_t)t * p->head_dim);
+        float *xt = e->x + (size_t)t * n;
+        te->tr->to_float((const char *)te->data + (size_t)e->tokens[t] * te->row_bytes, xt, n);
+        if (p->arch.embd_scale != 0.0f)
+            for (int i = 0; i < n; i++) xt[i] *= p->arch.embd_scale;
+        lp_engine_rope_table(e, e->pos[t], 1, 0, e->rope + (size_t)t * p->head_dim);
+        if (e->has_swa_rope) lp_engine_rope_table(e, e->pos[t], 1, 1, e->rope_swa + (size_t)t * p->head_dim);
     }
     lp_pool_barrier(e->pool);
 
@@ -318,17 +583,43 @@ static void forward_task(void *arg, int ith, int nth) {
             for (int t = ith; t < e->n_tok; t += nth) quantize_for(e, o, 1, e->att, e->q_dim, t, t + 1, INNER);
             lp_pool_barrier(e->pool);
         }
-        phase_matmul_residual(&w, &L->o, &L->o_b, e->xn);
+        phase_matmul_residual(&w, &L->o, &L->o_b, e->xn, L->post_attn_norm.data != NULL);
         w.phase++;
         lp_pool_barrier(e->pool);
-        phase_norm_quant(&w, e->x, &L->ffn_norm, gu, 2, priv);
-        if (!priv) lp_pool_barrier(e->pool);
-        phase_gate_up(&w, l, priv);
-        w.phase++;
-        lp_pool_barrier(e->pool);
-        phase_matmul_residual(&w, &L->down, &L->down_b, e->xn);
-        w.phase++;
-        lp_pool_barrier(e->pool);
+        if (L->post_attn_norm.data) {
+            phase_post_norm_add(&w, &L->post_attn_norm, e->xn);
+            lp_pool_barrier(e->pool);
+        }
+        if (p->arch.n_expert > 0) {   /* experts: route, group the pairs by expert, run only those rows */
+            const lp_weight *egu[4] = {&L->gate_exps, &L->up_exps, &L->gate_shexp, &L->up_shexp};
+            phase_norm_quant(&w, e->x, &L->ffn_norm, egu, p->arch.n_ff_shexp > 0 ? 4 : 2, 0);
+            lp_pool_barrier(e->pool);
+            phase_route(&w, l);
+            lp_pool_barrier(e->pool);
+            if (ith == 0) moe_gather(e, l);
+            lp_pool_barrier(e->pool);
+            phase_moe_gate_up(&w, l);
+            w.phase++;
+            lp_pool_barrier(e->pool);
+            phase_moe_down(&w, l);
+            w.phase++;
+            lp_pool_barrier(e->pool);
+            phase_moe_combine(&w, e->xn, L->post_ffn_norm.data != NULL);
+            lp_pool_barrier(e->pool);
+        } else {
+            phase_norm_quant(&w, e->x, &L->ffn_norm, gu, 2, priv);
+            if (!priv) lp_pool_barrier(e->pool);
+            phase_gate_up(&w, l, priv);
+            w.phase++;
+            lp_pool_barrier(e->pool);
+            phase_matmul_residual(&w, &L->down, &L->down_b, e->xn, L->post_ffn_norm.data != NULL);
+            w.phase++;
+            lp_pool_barrier(e->pool);
+        }
+        if (L->post_ffn_norm.data) {
+            phase_post_norm_add(&w, &L->post_ffn_norm, e->xn);
+            lp_pool_barrier(e->pool);
+        }
     }
 
     /* the wanted tokens: final norm, hidden states, logits */
@@ -346,6 +637,13 @@ static void forward_task(void *arg, int ith, int nth) {
     while ((c = take(&w, n_chunks)) >= 0) {
         int r0 = c * cr, r1 = r0 + cr < rows ? r0 + cr : rows;
         matmul_chunk(e, &e->output, r0, r1, e->n_out, e->logits, rows, opriv ? ith : NORMED);
+        const float cap = p->arch.final_softcap;
+        if (cap != 0.0f)
+            for (int i = 0; i < e->n_out; i++)
+                for (int r = r0; r < r1; r++) {
+                    float *v = &e->logits[(size_t)i * rows + r];
+                    *v = cap * tanhf(*v / cap);
+                }
     }
 }
 

@@ -45,7 +45,8 @@ void lp_engine_free(lp_engine *e) {
     free_packed(&e->output);
     for (int l = 0; e->layers && l < e->p.n_layer; l++) {
         lp_layer_weights *L = &e->layers[l];
-        lp_weight *ws[] = {&L->q, &L->k, &L->v, &L->o, &L->gate, &L->up, &L->down};
+        lp_weight *ws[] = {&L->q, &L->k, &L->v, &L->o, &L->gate, &L->up, &L->down, &L->gate_exps, &L->up_exps,
+                           &L->down_exps, &L->gate_shexp, &L->up_shexp, &L->down_shexp};
         for (size_t i = 0; i < sizeof ws / sizeof ws[0]; i++) free_packed(ws[i]);
     }
     free(e->layers);
@@ -60,7 +61,18 @@ void lp_engine_free(lp_engine *e) {
     free(e->ffa);
     free(e->ffb);
     free(e->rope);
-    for (int t = 0; t < LP_TYPE_COUNT; t++) free(e->qbuf[t]), free(e->qbuf2[t]);
+    free(e->rope_swa);
+    for (int t = 0; t < LP_TYPE_COUNT; t++) free(e->qbuf[t]), free(e->qbuf2[t]), free(e->moe_xq[t]), free(e->moe_hq[t]);
+    free(e->moe_sel);
+    free(e->moe_w);
+    free(e->moe_pair);
+    free(e->moe_cnt);
+    free(e->moe_off);
+    free(e->moe_tok);
+    free(e->moe_a);
+    free(e->moe_b);
+    free(e->moe_o);
+    free(e->trow);
     for (int i = 0; e->tqbuf && i < e->p.n_threads * LP_TYPE_COUNT; i++) free(e->tqbuf[i]);
     free(e->tqbuf);
     free(e->txn);
@@ -90,8 +102,20 @@ lp_engine *lp_engine_new(const lp_engine_params *p) {
     e->max_dim = p->n_embd;
     if (e->q_dim > e->max_dim) e->max_dim = e->q_dim;
     if (p->n_ff > e->max_dim) e->max_dim = p->n_ff;
+    if (p->arch.n_ff_exp > e->max_dim) e->max_dim = p->arch.n_ff_exp;
+    if (p->arch.n_ff_shexp > e->max_dim) e->max_dim = p->arch.n_ff_shexp;
+    if (p->arch.n_expert < 0 || (p->arch.n_expert > 0 && (p->arch.n_expert_used < 1 || p->arch.n_expert_used > p->arch.n_expert ||
+                                                          p->arch.n_ff_exp < 1))) {
+        free(e);
+        return NULL;
+    }
 
     e->theta_scale = powf(p->rope_freq_base, -2.0f / p->head_dim);
+    {
+        const float base_swa = p->arch.rope_freq_base_swa > 0 ? p->arch.rope_freq_base_swa : p->rope_freq_base;
+        e->theta_scale_swa = powf(base_swa, -2.0f / p->head_dim);
+        e->has_swa_rope = p->arch.n_swa > 0 && p->arch.rope_freq_base_swa > 0;
+    }
     float start = floorf(yarn_corr_dim(p->head_dim, p->n_ctx_orig, p->yarn_beta_fast, p->rope_freq_base));
     float end = ceilf(yarn_corr_dim(p->head_dim, p->n_ctx_orig, p->yarn_beta_slow, p->rope_freq_base));
     e->corr_dims[0] = start > 0 ? start : 0;
@@ -119,14 +143,35 @@ lp_engine *lp_engine_new(const lp_engine_params *p) {
     e->ffa = falloc(nb * p->n_ff);
     e->ffb = falloc(nb * p->n_ff);
     e->rope = falloc(nb * p->head_dim);
+    e->rope_swa = falloc(nb * p->head_dim);
     e->scores = falloc(nt * p->n_ctx);
     e->p16 = calloc(nt * p16_len, sizeof(uint16_t));
     e->tqbuf = calloc(nt * LP_TYPE_COUNT, sizeof(void *));
     e->txn = falloc(nt * LP_SMALL_BATCH * p->n_embd);
+    if (p->arch.n_expert > 0) {
+        const size_t k = (size_t)p->arch.n_expert_used, pairs = nb * (k + 1);
+        const size_t ffw = (size_t)(p->arch.n_ff_exp > p->arch.n_ff_shexp ? p->arch.n_ff_exp : p->arch.n_ff_shexp);
+        e->n_groups = p->arch.n_expert + 1;
+        e->moe_sel = calloc(nb * k, sizeof(int));
+        e->moe_w = falloc(pairs);
+        e->moe_pair = calloc(pairs, sizeof(int));
+        e->moe_cnt = calloc((size_t)e->n_groups, sizeof(int));
+        e->moe_off = calloc((size_t)e->n_groups, sizeof(int));
+        e->moe_tok = calloc(pairs, sizeof(int));
+        e->moe_a = falloc(pairs * ffw);
+        e->moe_b = falloc(pairs * ffw);
+        e->moe_o = falloc(pairs * p->n_embd);
+        e->trow = falloc(nt * p->n_embd);
+        if (!e->moe_sel || !e->moe_w || !e->moe_pair || !e->moe_cnt || !e->moe_off || !e->moe_tok || !e->moe_a ||
+            !e->moe_b || !e->moe_o || !e->trow) {
+            lp_engine_free(e);
+            return NULL;
+        }
+    }
     e->n_counters = 2 + LP_MAX_PHASES_PER_LAYER * p->n_layer;
     e->counters = calloc((size_t)e->n_counters, sizeof(atomic_int));
     if (!e->layers || !e->k_cache || !e->v_cache || !e->x || !e->xn || !e->q || !e->kbuf || !e->vbuf ||
-        !e->att || !e->ffa || !e->ffb || !e->rope || !e->scores || !e->p16 || !e->counters || !e->tqbuf || !e->txn) {
+        !e->att || !e->ffa || !e->ffb || !e->rope || !e->rope_swa || !e->scores || !e->p16 || !e->counters || !e->tqbuf || !e->txn) {
         lp_engine_free(e);
         return NULL;
     }
@@ -166,6 +211,18 @@ static lp_weight *slot(lp_engine *e, int kind, int layer) {
     case LP_W_GATE_B: return &L->gate_b;
     case LP_W_UP_B: return &L->up_b;
     case LP_W_DOWN_B: return &L->down_b;
+    case LP_W_Q_NORM: return &L->q_norm;
+    case LP_W_K_NORM: return &L->k_norm;
+    case LP_W_POST_ATTN_NORM: return &L->post_attn_norm;
+    case LP_W_POST_FFN_NORM: return &L->post_ffn_norm;
+    case LP_W_GATE_INP: return &L->gate_inp;
+    case LP_W_GATE_EXPS: return &L->gate_exps;
+    case LP_W_UP_EXPS: return &L->up_exps;
+    case LP_W_DOWN_EXPS: return &L->down_exps;
+    case LP_W_GATE_INP_SHEXP: return &L->gate_inp_shexp;
+    case LP_W_GATE_SHEXP: return &L->gate_shexp;
+    case LP_W_UP_SHEXP: return &L->up_shexp;
+    case LP_W_DOWN_SHEXP: return &L->down_shexp;
     default: return NULL;
     }
 }
@@ -177,9 +234,22 @@ static int expected_shape(const lp_engine *e, int kind, int64_t *ne0, int64_t *n
     switch (kind) {
     case LP_W_TOKEN_EMBD: *ne0 = p->n_embd; *ne1 = p->n_vocab; return 0;
     case LP_W_OUTPUT: *ne0 = p->n_embd; *ne1 = p->n_vocab; return 1;
-    case LP_W_OUTPUT_NORM: case LP_W_ATTN_NORM: case LP_W_FFN_NORM:
+    case LP_W_OUTPUT_NORM: case LP_W_ATTN_NORM: case LP_W_FFN_NORM: case LP_W_POST_ATTN_NORM: case LP_W_POST_FFN_NORM:
     case LP_W_O_B: case LP_W_DOWN_B: *ne0 = p->n_embd; return 0;
     case LP_W_ROPE_FREQS: *ne0 = p->head_dim / 2; return 0;
+    case LP_W_Q_NORM: case LP_W_K_NORM: *ne0 = p->head_dim; return 0;
+    default: break;
+    }
+    const lp_arch_traits *a = &p->arch;
+    if (kind >= LP_W_GATE_INP && kind <= LP_W_DOWN_SHEXP && a->n_expert < 1) return -1;
+    if (kind >= LP_W_GATE_SHEXP && kind <= LP_W_DOWN_SHEXP && a->n_ff_shexp < 1) return -1;
+    switch (kind) {
+    case LP_W_GATE_INP: *ne0 = p->n_embd; *ne1 = a->n_expert; return 0;
+    case LP_W_GATE_EXPS: case LP_W_UP_EXPS: *ne0 = p->n_embd; *ne1 = (int64_t)a->n_ff_exp * a->n_expert; return 1;
+    case LP_W_DOWN_EXPS: *ne0 = a->n_ff_exp; *ne1 = (int64_t)p->n_embd * a->n_expert; return 1;
+    case LP_W_GATE_INP_SHEXP: *ne0 = p->n_embd; return 0;
+    case LP_W_GATE_SHEXP: case LP_W_UP_SHEXP: *ne0 = p->n_embd; *ne1 = a->n_ff_shexp; return 1;
+    case LP_W_DOWN_SHEXP: *ne0 = a->n_ff_shexp; *ne1 = p->n_embd; return 1;
     case LP_W_Q: *ne0 = p->n_embd; *ne1 = e->q_dim; return 1;
     case LP_W_K: case LP_W_V: *ne0 = p->n_embd; *ne1 = e->kv_dim; return 1;
     case LP_W_O: *ne0 = e->q_dim; *ne1 = p->n_embd; return 1;
@@ -224,12 +294,12 @@ int lp_engine_set_weight(lp_engine *e, int kind, int layer, const void *data, in
                     (long long)ne0, (long long)ne1, (long long)want0, (long long)want1);
     const lp_type_traits *tr = engine_traits(e, type);
     if (!tr) return lp_engine_fail(e, "weight slot %d (layer %d): tensor type %d is not supported", kind, layer, type);
-    if (!is_matrix && kind != LP_W_TOKEN_EMBD && type != LP_TYPE_F32)
+    if (!is_matrix && kind != LP_W_TOKEN_EMBD && kind != LP_W_GATE_INP && type != LP_TYPE_F32)
         return lp_engine_fail(e, "weight slot %d (layer %d): vectors must be F32, not %s", kind, layer, tr->name);
     if (ne0 % tr->blck_size)
         return lp_engine_fail(e, "weight slot %d (layer %d): row length %lld is not a multiple of %s's block of %lld", kind,
                     layer, (long long)ne0, tr->name, (long long)tr->blck_size);
-    if (kind == LP_W_TOKEN_EMBD && !tr->to_float)
+    if ((kind == LP_W_TOKEN_EMBD || kind == LP_W_GATE_INP) && !tr->to_float)
         return lp_engine_fail(e, "token_embd: type %s can't be dequantized", tr->name);
     if (is_matrix) {
         const lp_type_traits *vt = engine_traits(e, tr->vec_dot_type);
@@ -247,6 +317,15 @@ int lp_engine_set_weight(lp_engine *e, int kind, int layer, const void *data, in
             for (int i = 0; i < e->p.n_threads; i++) {
                 e->tqbuf[i * LP_TYPE_COUNT + at] = calloc(LP_SMALL_BATCH, rb);
                 if (!e->tqbuf[i * LP_TYPE_COUNT + at]) return lp_engine_fail(e, "out of memory for activations");
+            }
+        }
+        if (kind >= LP_W_GATE_EXPS && kind <= LP_W_DOWN_SHEXP && kind != LP_W_GATE_INP_SHEXP) {
+            /* gathered activations of the (token, expert) pairs */
+            void **buf = kind == LP_W_DOWN_EXPS || kind == LP_W_DOWN_SHEXP ? &e->moe_hq[at] : &e->moe_xq[at];
+            if (!*buf) {
+                size_t rb = (size_t)(e->max_dim / vt->blck_size + 1) * (size_t)vt->type_size;
+                *buf = calloc((size_t)e->p.n_batch * (size_t)(e->p.arch.n_expert_used + 1), rb);
+                if (!*buf) return lp_engine_fail(e, "out of memory for expert activations");
             }
         }
     }
@@ -275,8 +354,16 @@ const char *lp_engine_missing_weight(const lp_engine *e) {
     for (int l = 0; l < e->p.n_layer; l++) {
         const lp_layer_weights *L = &e->layers[l];
         const char *m = !L->attn_norm.data ? "attn_norm" : !L->q.data ? "attn_q" : !L->k.data ? "attn_k"
-                      : !L->v.data ? "attn_v" : !L->o.data ? "attn_output" : !L->ffn_norm.data ? "ffn_norm"
-                      : !L->gate.data ? "ffn_gate" : !L->up.data ? "ffn_up" : !L->down.data ? "ffn_down" : NULL;
+                      : !L->v.data ? "attn_v" : !L->o.data ? "attn_output" : !L->ffn_norm.data ? "ffn_norm" : NULL;
+        if (!m && e->p.arch.n_expert > 0)
+            m = !L->gate_inp.data ? "ffn_gate_inp" : !L->gate_exps.data ? "ffn_gate_exps" : !L->up_exps.data ? "ffn_up_exps"
+              : !L->down_exps.data ? "ffn_down_exps"
+              : e->p.arch.n_ff_shexp > 0 && !L->gate_inp_shexp.data ? "ffn_gate_inp_shexp"
+              : e->p.arch.n_ff_shexp > 0 && !L->gate_shexp.data ? "ffn_gate_shexp"
+              : e->p.arch.n_ff_shexp > 0 && !L->up_shexp.data ? "ffn_up_shexp"
+              : e->p.arch.n_ff_shexp > 0 && !L->down_shexp.data ? "ffn_down_shexp" : NULL;
+        else if (!m)
+            m = !L->gate.data ? "ffn_gate" : !L->up.data ? "ffn_up" : !L->down.data ? "ffn_down" : NULL;
         if (m) {
             snprintf(buf, sizeof buf, "blk.%d.%s", l, m);
             return buf;
@@ -287,25 +374,43 @@ const char *lp_engine_missing_weight(const lp_engine *e) {
 
 /* cos/sin table of one position: YaRN-corrected angles (plain RoPE when ext_factor is 0), scaled by
  * the YaRN magnitude when `magnitude` is set (not when re-rotating cached keys) */
-void lp_engine_rope_table(const lp_engine *e, int pos, int magnitude, float *cs) {
+void lp_engine_rope_table(const lp_engine *e, int pos, int magnitude, int local, float *cs) {
     const lp_engine_params *p = &e->p;
     const float *ff = e->rope_freqs.data;
+    const float freq_scale = local ? 1.0f : p->rope_freq_scale, ext_factor = local ? 0.0f : p->yarn_ext_factor;
+    const float theta_scale = local ? e->theta_scale_swa : e->theta_scale;
     float theta = (float)pos;
     for (int i0 = 0; i0 < p->head_dim; i0 += 2) {
         float theta_extrap = ff ? theta / ff[i0 / 2] : theta;
-        float theta_interp = p->rope_freq_scale * theta_extrap;
-        float th = theta_interp, mscale = p->yarn_attn_factor;
-        if (p->yarn_ext_factor != 0.0f) {
+        float theta_interp = freq_scale * theta_extrap;
+        float th = theta_interp, mscale = local ? 1.0f : p->yarn_attn_factor;
+        if (ext_factor != 0.0f) {
             float y = (i0 / 2 - e->corr_dims[0]) / fmaxf(0.001f, e->corr_dims[1] - e->corr_dims[0]);
             float ramp = 1 - fminf(1, fmaxf(0, y));
-            float mix = ramp * p->yarn_ext_factor;
+            float mix = ramp * ext_factor;
             th = theta_interp * (1 - mix) + theta_extrap * mix;
             mscale *= 1.0f + 0.1f * logf(1.0f / p->rope_freq_scale);
         }
         if (!magnitude) mscale = 1.0f;
         cs[i0] = cosf(th) * mscale;
         cs[i0 + 1] = sinf(th) * mscale;
-        theta *= e->theta_scale;
+        theta *= theta_scale;
+    }
+}
+
+void lp_engine_rope_heads(const lp_engine *e, const float *cs, float *x, int r0, int r1) {
+    const int hd = e->p.head_dim;
+    if (!e->p.arch.rope_neox) {
+        e->kern.rope(hd, cs, x, r0, r1);
+        return;
+    }
+    for (int h0 = r0 / hd * hd; h0 < r1; h0 += hd) {   /* NEOX: whole heads, pair i with i + hd/2 */
+        float *xh = x + h0;
+        for (int i = 0; i < hd / 2; i++) {
+            float c = cs[2 * i], s = cs[2 * i + 1], x0 = xh[i], x1 = xh[i + hd / 2];
+            xh[i] = x0 * c - x1 * s;
+            xh[i + hd / 2] = x0 * s + x1 * c;
+        }
     }
 }
 
@@ -320,9 +425,11 @@ int lp_engine_kv_shift(lp_engine *e, int32_t seq, int32_t p0, int32_t p1, int32_
     if (n == 0 || delta == 0) return 0;
     /* the angle is linear in the position, so rotating by the angles of position `delta`
        moves a cached key from position j to j + delta */
-    float cs[hd];
-    lp_engine_rope_table(e, delta, 0, cs);
+    float cs[hd], cs_swa[hd], kf[hd];
+    lp_engine_rope_table(e, delta, 0, 0, cs);
+    lp_engine_rope_table(e, delta, 0, 1, cs_swa);
     for (int l = 0; l < p->n_layer; l++) {
+        const float *c = e->has_swa_rope && lp_layer_is_swa(e, l) ? cs_swa : cs;
         memmove(lp_k_at(e, l, seq, p0 + delta), lp_k_at(e, l, seq, p0), (size_t)n * e->kv_dim * sizeof(uint16_t));
         for (int d = 0; d < e->kv_dim; d++) {
             uint16_t *vd = lp_v_at(e, l, seq, d);
@@ -330,11 +437,19 @@ int lp_engine_kv_shift(lp_engine *e, int32_t seq, int32_t p0, int32_t p1, int32_
         }
         for (int j = p0 + delta; j < p1 + delta; j++) {
             uint16_t *k = lp_k_at(e, l, seq, j);
-            for (int r = 0; r < e->kv_dim; r += 2) {
-                int i0 = r % hd;
-                float x0 = lp_fp16_to_fp32(k[r]), x1 = lp_fp16_to_fp32(k[r + 1]);
-                k[r] = lp_fp32_to_fp16(x0 * cs[i0] - x1 * cs[i0 + 1]);
-                k[r + 1] = lp_fp32_to_fp16(x0 * cs[i0 + 1] + x1 * cs[i0]);
+            if (!p->arch.rope_neox) {
+                for (int r = 0; r < e->kv_dim; r += 2) {
+                    int i0 = r % hd;
+                    float x0 = lp_fp16_to_fp32(k[r]), x1 = lp_fp16_to_fp32(k[r + 1]);
+                    k[r] = lp_fp32_to_fp16(x0 * c[i0] - x1 * c[i0 + 1]);
+                    k[r + 1] = lp_fp32_to_fp16(x0 * c[i0 + 1] + x1 * c[i0]);
+                }
+                continue;
+            }
+            for (int h0 = 0; h0 < e->kv_dim; h0 += hd) {
+                for (int i = 0; i < hd; i++) kf[i] = lp_fp16_to_fp32(k[h0 + i]);
+                lp_engine_rope_heads(e, c, kf, 0, hd);
+                for (int i = 0; i < hd; i++) k[h0 + i] = lp_fp32_to_fp16(kf[i]);
             }
         }
     }

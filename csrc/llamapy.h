@@ -60,8 +60,8 @@ int lp_vec_dot_rows(int type, int64_t n, int nrc, const void *x, const void *y, 
 
 /* ---- the inference engine (engine*.c) ----
  *
- * One C call per forward step of a llama-architecture model. Python maps the GGUF, fills an
- * lp_engine_params, creates the engine once (KV cache, scratch buffers, thread pool), hands it a pointer
+ * One C call per forward step of a decoder model: llama, or a relative described by lp_arch_traits.
+ * Python maps the GGUF, fills an lp_engine_params, creates the engine once (KV cache, scratch buffers, thread pool), hands it a pointer
  * to every weight, then calls lp_engine_eval() once per batch of tokens. The batch may mix sequences at
  * different positions; each sequence owns n_ctx KV positions and a token at position p attends to
  * positions 0..p of its own sequence. The KV cache is F16: K as (layer, seq, pos, n_head_kv*head_dim),
@@ -69,6 +69,24 @@ int lp_vec_dot_rows(int type, int64_t n, int nrc, const void *x, const void *y, 
  * attention. An engine runs the kernels that were active when it was created (lp_kernels_set
  * changes only engines created after it). */
 typedef struct lp_engine lp_engine;
+
+/* What sets one architecture's step apart from llama's (all zero: llama). The optional per-layer weights
+ * (biases, q/k norms, post-attention / post-FFN norms) are used when their slot is set. */
+typedef struct {
+    int32_t rope_neox;        /* RoPE rotates the pairs (i, i + head_dim/2) of a head, not (2i, 2i+1) */
+    int32_t act_gelu;         /* FFN: gelu_tanh(gate) * up instead of silu(gate) * up */
+    float embd_scale;         /* token embeddings times this (0 -> 1) */
+    float attn_softcap;       /* q.k scores -> cap * tanh(scores / cap) after scaling (0: none) */
+    float final_softcap;      /* the same for the logits */
+    int32_t n_swa;            /* sliding window: a local layer's token at p sees positions > p - n_swa (0: none) */
+    int32_t swa_pattern;      /* layer l is global when (l + 1) % swa_pattern == 0, else local (0: all local) */
+    float rope_freq_base_swa; /* > 0: the local layers rotate with this base, scale 1, no YaRN (else as the others) */
+    /* mixture of experts (n_expert > 0): the FFN is the n_expert_used experts of highest router softmax,
+     * weighted by those probabilities (renormalized to sum 1 when expert_weights_norm), plus, when its
+     * weights are set, a shared expert weighted by sigmoid(ffn_gate_inp_shexp . x) */
+    int32_t n_expert, n_expert_used, expert_weights_norm;
+    int32_t n_ff_exp, n_ff_shexp;   /* FFN length of each expert and of the shared one */
+} lp_arch_traits;
 
 /* Hyperparameters and context settings; Python fills every field. */
 typedef struct {
@@ -82,6 +100,7 @@ typedef struct {
     float rope_freq_base, rope_freq_scale;
     float yarn_ext_factor, yarn_attn_factor, yarn_beta_fast, yarn_beta_slow;
     int32_t n_ctx_orig;       /* training context YaRN corrects from */
+    lp_arch_traits arch;
 } lp_engine_params;
 
 /* Weight slots; "layer" is ignored for the global ones. */
@@ -90,7 +109,11 @@ enum lp_weight_kind {
     LP_W_ATTN_NORM = 10, LP_W_Q = 11, LP_W_K = 12, LP_W_V = 13, LP_W_O = 14,
     LP_W_Q_B = 15, LP_W_K_B = 16, LP_W_V_B = 17, LP_W_O_B = 18,
     LP_W_FFN_NORM = 20, LP_W_GATE = 21, LP_W_UP = 22, LP_W_DOWN = 23,
-    LP_W_GATE_B = 24, LP_W_UP_B = 25, LP_W_DOWN_B = 26
+    LP_W_GATE_B = 24, LP_W_UP_B = 25, LP_W_DOWN_B = 26,
+    LP_W_Q_NORM = 30, LP_W_K_NORM = 31, LP_W_POST_ATTN_NORM = 32, LP_W_POST_FFN_NORM = 33,
+    /* experts: ne1 = rows of one expert x n_expert (the GGUF's 3-d tensors, experts one after the other) */
+    LP_W_GATE_INP = 40, LP_W_GATE_EXPS = 41, LP_W_UP_EXPS = 42, LP_W_DOWN_EXPS = 43,
+    LP_W_GATE_INP_SHEXP = 44, LP_W_GATE_SHEXP = 45, LP_W_UP_SHEXP = 46, LP_W_DOWN_SHEXP = 47
 };
 
 lp_engine *lp_engine_new(const lp_engine_params *p);   /* NULL when out of memory or params invalid */

@@ -72,6 +72,9 @@ typedef struct {
 typedef struct {
     lp_weight attn_norm, q, k, v, o, q_b, k_b, v_b, o_b;
     lp_weight ffn_norm, gate, up, down, gate_b, up_b, down_b;
+    lp_weight q_norm, k_norm, post_attn_norm, post_ffn_norm;   /* (head_dim), (n_embd); optional */
+    lp_weight gate_inp, gate_exps, up_exps, down_exps;          /* experts (n_expert > 0) */
+    lp_weight gate_inp_shexp, gate_shexp, up_shexp, down_shexp; /* the shared expert, optional */
 } lp_layer_weights;
 
 struct lp_engine {
@@ -85,6 +88,8 @@ struct lp_engine {
     lp_engine_kernels kern;
     lp_engine_matmul mm;
     float theta_scale, corr_dims[2];
+    float theta_scale_swa;       /* of the local (sliding-window) layers' RoPE */
+    int has_swa_rope;            /* local layers rotate with their own base: a second table */
 
     uint16_t *k_cache;           /* (layer, seq, pos, kv_dim) fp16 */
     uint16_t *v_cache;           /* (layer, seq, kv_dim, pos) fp16, transposed */
@@ -96,12 +101,26 @@ struct lp_engine {
     float *att;                  /* (n_batch, q_dim) attention output */
     float *ffa, *ffb;            /* (n_batch, n_ff) gate then silu(gate)*up; up */
     float *rope;                 /* (n_batch, head_dim) cos, sin interleaved */
+    float *rope_swa;             /* (n_batch, head_dim) the same for the local layers when has_swa_rope */
     void *qbuf[LP_TYPE_COUNT];   /* (n_batch, row_size(type, max_dim)) activations for each vec_dot type: */
     void *qbuf2[LP_TYPE_COUNT];  /* normed inputs in qbuf; attention and SwiGLU outputs in qbuf2 */
     void **tqbuf;                /* (n_threads, LP_TYPE_COUNT) -> (LP_SMALL_BATCH, row bytes): each thread's own */
     float *txn;                  /* (n_threads, LP_SMALL_BATCH, n_embd): each thread's normed activations */
     float *scores;               /* (n_threads, n_ctx) */
     uint16_t *p16;               /* (n_threads, max(n_ctx, head_dim)) */
+
+    /* mixture of experts: the (token, expert) pairs of a step grouped by expert (the shared expert last) */
+    int n_groups;                /* n_expert + 1 */
+    int *moe_sel;                /* (n_batch, n_expert_used) chosen experts */
+    float *moe_w;                /* (n_batch, n_expert_used + 1) their weights; the shared expert's last */
+    int *moe_pair;               /* (n_batch, n_expert_used + 1) the pair of each choice */
+    int *moe_cnt, *moe_off;      /* (n_groups) pairs of each group, first pair */
+    int *moe_tok;                /* (pairs) the token of each pair */
+    void *moe_xq[LP_TYPE_COUNT]; /* (pairs, row bytes of n_embd) gathered normed activations */
+    void *moe_hq[LP_TYPE_COUNT]; /* (pairs, row bytes of the FFN length) activated, for down */
+    float *moe_a, *moe_b;        /* (pairs, ffn length) gate, up */
+    float *moe_o;                /* (pairs, n_embd) expert outputs */
+    float *trow;                 /* (n_threads, n_embd) a dequantized router row */
 
     atomic_int *counters;        /* one chunk counter per dynamic phase of a step */
     int n_counters;
@@ -118,8 +137,16 @@ struct lp_engine {
 
 int lp_engine_fail(lp_engine *e, const char *fmt, ...);
 const char *lp_engine_missing_weight(const lp_engine *e);
-/* cos/sin of each rotated pair at position pos (scaled by the YaRN magnitude when `magnitude`) */
-void lp_engine_rope_table(const lp_engine *e, int pos, int magnitude, float *cs);
+/* cos/sin of each rotated pair at position pos (scaled by the YaRN magnitude when `magnitude`); `local`:
+   the RoPE of the sliding-window layers */
+void lp_engine_rope_table(const lp_engine *e, int pos, int magnitude, int local, float *cs);
+/* whether layer l attends through the sliding window */
+static inline int lp_layer_is_swa(const lp_engine *e, int l) {
+    const lp_arch_traits *a = &e->p.arch;
+    return a->n_swa > 0 && (a->swa_pattern <= 0 || (l + 1) % a->swa_pattern != 0);
+}
+/* rotate x (n heads of head_dim values each, laid out head after head) in place by the table cs */
+void lp_engine_rope_heads(const lp_engine *e, const float *cs, float *x, int r0, int r1);
 void lp_engine_matmul_init(lp_engine_matmul *m, int level);   /* the fast paths kernel level `level` has */
 
 static inline uint16_t *lp_k_at(const lp_engine *e, int l, int s, int pos) {

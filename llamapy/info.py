@@ -44,6 +44,7 @@ def summarize(path: str, with_tensors: bool = True) -> dict:
             "n_params": n_params,
             "tensor_bytes": n_bytes,
             "bits_per_weight": round(8 * n_bytes / n_params, 4) if n_params else 0.0,
+            "architecture": arch_traits(r),
         }
         if with_tensors:
             out["tensors"] = [
@@ -51,6 +52,26 @@ def summarize(path: str, with_tensors: bool = True) -> dict:
                 for t in r.tensors.values()
             ]
     return out
+
+
+def arch_traits(r: GGUFReader) -> dict:
+    """How llamapy runs the file's architecture: its traits (what sets it apart from llama), or why not."""
+    from .errors import LlamapyError
+    from .model_args import ARCH_TRAITS, ModelArgs
+
+    name = r.architecture
+    if name not in ARCH_TRAITS:
+        return {"name": name, "supported": False}
+    try:
+        a = ModelArgs.from_gguf(r)
+    except LlamapyError as e:
+        return {"name": name, "supported": False, "error": str(e)}
+    base = ModelArgs(n_vocab=1, n_embd=1, n_layer=1, n_head=1, n_ff=1)
+    traits = {k: getattr(a, k) for k in ("rope_neox", "qk_norm", "post_norms", "act", "embd_scaled", "attn_scale",
+                                          "attn_softcap", "final_softcap", "n_swa", "swa_pattern",
+                                          "rope_freq_base_swa", "fused_qkv", "fused_gate_up")
+              if getattr(a, k) != getattr(base, k)}
+    return {"name": name, "supported": True, "traits": traits}
 
 
 def system_info() -> dict:
@@ -97,6 +118,14 @@ def print_info(info: dict, console) -> None:
         for t in info["tensors"]:
             tt.add_row(rich_text(t["name"], 200), " x ".join(map(str, t["shape"])), t["type"], f"{t['bytes']:,}")
         console.print(tt)
+    arch = info.get("architecture")
+    if arch:
+        if arch["supported"]:
+            traits = ", ".join(f"{k}={v}" for k, v in arch["traits"].items()) or "llama's"
+            console.print(f"architecture {arch['name']}: runs, traits {traits}", markup=False)
+        else:
+            console.print(f"architecture {arch['name']}: llamapy can't run it" +
+                          (f" ({arch['error']})" if "error" in arch else ""), markup=False)
     types = ", ".join(f"{k} x{v}" for k, v in info["tensor_types"].items())
     console.print(
         f"{info['n_tensors']} tensors ({types}); {info['n_params'] / 1e6:.2f}M parameters; "

@@ -1,9 +1,14 @@
-"""A llama-architecture model's hyperparameters (`ModelArgs`, from GGUF metadata, Meta's params.json or a
-Hugging Face config.json) and the check that a GGUF's tensors are the ones those hyperparameters call
-for, with the shapes they call for.
+"""A model's hyperparameters (`ModelArgs`, from GGUF metadata, Meta's params.json or a Hugging Face
+config.json) and the check that a GGUF's tensors are the ones those hyperparameters call for, with the
+shapes they call for.
+
+llama's relatives run on the same forward step; what sets each apart is a set of traits (`ARCH_TRAITS`
+and the metadata read in `ModelArgs.from_gguf`): biases, per-head q/k norms, NEOX RoPE, post-attention
+and post-FFN norms, GELU, scaled embeddings, soft-capping, sliding-window layers, fused tensors.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -14,6 +19,20 @@ from .ggufio.filetypes import ftype_label
 from .ggufio.reader import GGUFReader, TensorInfo
 
 ARCH = "llama"
+
+# the traits of each architecture llamapy runs, beyond what its metadata says (see ModelArgs)
+ARCH_TRAITS: dict[str, dict] = {
+    "llama": {},
+    "qwen2": {"rope_neox": True},
+    "qwen3": {"rope_neox": True, "qk_norm": True},
+    "gemma2": {"rope_neox": True, "post_norms": True, "act": "gelu", "embd_scaled": True, "swa_pattern": 2},
+    "gemma3": {"rope_neox": True, "qk_norm": True, "post_norms": True, "act": "gelu", "embd_scaled": True,
+               "swa_pattern": 6, "rope_freq_base_swa": 10000.0},
+    "phi3": {"rope_neox": True},
+    "qwen2moe": {"rope_neox": True},
+    "qwen3moe": {"rope_neox": True, "qk_norm": True, "expert_weights_norm": True},
+}
+SUPPORTED_ARCHS = tuple(ARCH_TRAITS)
 ROPE_SCALING_TYPES = ("none", "linear", "yarn")
 
 # the reference's names for model sizes it recognises by layer count (llama_model_type_name)
@@ -61,6 +80,25 @@ class ModelArgs:
     pooling_type: int = -1      # -1 unspecified, 0 none, 1 mean, 2 cls, 3 last
     n_expert: int = 0
     arch: str = ARCH
+    # architecture traits (all off: llama)
+    rope_neox: bool = False          # RoPE pairs (i, i + head_dim/2) rather than (2i, 2i+1)
+    qk_norm: bool = False            # attn_q_norm / attn_k_norm: RMSNorm of each head of q and k
+    post_norms: bool = False         # post_attention_norm / post_ffw_norm before each residual add
+    act: str = "silu"                # FFN activation of the gate: silu or gelu (tanh approximation)
+    embd_scaled: bool = False        # token embeddings times sqrt(n_embd)
+    attn_scale: float = 0.0          # scale of q.k; 0 -> 1/sqrt(head_dim)
+    attn_softcap: float = 0.0        # 0: none
+    final_softcap: float = 0.0
+    n_swa: int = 0                   # sliding window of the local layers (0: none)
+    swa_pattern: int = 0             # layer l global when (l + 1) % swa_pattern == 0 (0: all local)
+    rope_freq_base_swa: float = 0.0  # RoPE base of the local layers (0: rope_freq_base)
+    fused_qkv: bool = False          # attn_qkv holds q, k, v rows one after the other
+    fused_gate_up: bool = False      # ffn_up holds the gate rows, then the up rows
+    # mixture of experts (n_expert > 0): top n_expert_used of the router's softmax, plus a shared expert
+    n_expert_used: int = 0
+    n_ff_exp: int = 0                # FFN length of each expert
+    n_ff_shexp: int = 0              # of the shared expert (0: none)
+    expert_weights_norm: bool = False  # the chosen experts' weights renormalized to sum 1
 
     def __post_init__(self):
         if self.n_head_kv == 0:
@@ -90,23 +128,23 @@ class ModelArgs:
         arch = r.get(KEY_ARCH)
         if arch is None:
             raise LlamapyError(f"{r.path}: no general.architecture in the metadata; not a model GGUF")
-        if arch != ARCH:
-            raise LlamapyError(f"{r.path}: architecture '{arch}' is not supported (llamapy runs '{ARCH}' models)")
+        if arch not in ARCH_TRAITS:
+            raise LlamapyError(f"{r.path}: architecture '{arch}' is not supported "
+                               f"(llamapy runs {', '.join(SUPPORTED_ARCHS)})")
 
         def get(key: str, default=None, required: bool = False):
-            v = r.get(f"{ARCH}.{key}")
+            v = r.get(f"{arch}.{key}")
             if v is None:
                 if required:
-                    raise LlamapyError(f"{r.path}: metadata {ARCH}.{key} is missing")
+                    raise LlamapyError(f"{r.path}: metadata {arch}.{key} is missing")
                 return default
             if isinstance(v, np.ndarray):  # per-layer arrays: only uniform ones
                 if v.size == 0 or (v != v.flat[0]).any():
-                    raise LlamapyError(f"{r.path}: {ARCH}.{key} differs between layers, which llamapy doesn't support")
+                    raise LlamapyError(f"{r.path}: {arch}.{key} differs between layers, which llamapy doesn't support")
                 v = v.flat[0].item()
             return v
 
-        if get("expert_count", 0):
-            raise LlamapyError(f"{r.path}: mixture-of-experts llama models ({ARCH}.expert_count) are not supported")
+        n_expert = int(get("expert_count", 0))
         n_vocab = get("vocab_size")
         if n_vocab is None:
             toks = r.get("tokenizer.ggml.tokens")
@@ -126,7 +164,7 @@ class ModelArgs:
             n_embd=n_embd,
             n_layer=int(get("block_count", required=True)),
             n_head=n_head,
-            n_ff=int(get("feed_forward_length", required=True)),
+            n_ff=int(get("feed_forward_length", required=not n_expert) or get("expert_feed_forward_length", 0)),
             n_head_kv=int(get("attention.head_count_kv", n_head)),
             head_dim=int(get("attention.key_length", n_embd // n_head)),
             n_ctx_train=int(get("context_length", required=True)),
@@ -137,7 +175,38 @@ class ModelArgs:
             rope_attn_factor=float(get("rope.scaling.attn_factor", 1.0)),
             n_ctx_orig_yarn=int(get("rope.scaling.original_context_length", 0)),
             pooling_type=int(get("pooling_type", -1)),
+            arch=arch,
+            **ARCH_TRAITS[arch],
         )
+        if n_expert:
+            args.n_expert = n_expert
+            args.n_expert_used = int(get("expert_used_count", 0))
+            args.n_ff_exp = int(get("expert_feed_forward_length", args.n_ff))
+            args.n_ff_shexp = int(get("expert_shared_feed_forward_length", 0))
+            if arch == "llama":  # Mixtral
+                args.expert_weights_norm = True
+            args.expert_weights_norm = bool(get("expert_weights_norm", args.expert_weights_norm))
+            if not 1 <= args.n_expert_used <= n_expert or args.n_ff_exp < 1:
+                raise LlamapyError(f"{r.path}: {arch}.expert_used_count {args.n_expert_used} must be 1 to expert_count "
+                                   f"{n_expert}, expert_feed_forward_length {args.n_ff_exp} positive")
+        elif arch.endswith("moe"):
+            raise LlamapyError(f"{r.path}: metadata {arch}.expert_count is missing")
+        if arch in ("gemma2", "gemma3"):
+            # the 27B models scale queries by n_embd / n_head, the others by the head size
+            if args.n_layer in (46, 62):
+                args.attn_scale = 1.0 / math.sqrt(n_embd / n_head)
+            args.n_swa = int(get("attention.sliding_window", 4096 if arch == "gemma2" else 0))
+            if arch == "gemma2":
+                args.attn_softcap = float(get("attn_logit_softcapping", 50.0))
+                args.final_softcap = float(get("final_logit_softcapping", 30.0))
+            if args.n_swa < 1:
+                raise LlamapyError(f"{r.path}: metadata {arch}.attention.sliding_window is missing")
+        if arch == "phi3":
+            args.n_swa = int(get("attention.sliding_window", 0))
+            args.fused_qkv = "blk.0.attn_qkv.weight" in r.tensors
+            args.fused_gate_up = "blk.0.ffn_gate.weight" not in r.tensors
+            if "rope_factors_long.weight" in r.tensors:
+                raise LlamapyError(f"{r.path}: Phi-3's long-context RoPE (rope_factors_long) is not supported")
         args.check(r.path)
         v_len = get("attention.value_length")
         if v_len is not None and int(v_len) != args.head_dim:
@@ -234,7 +303,7 @@ def _matmuls(prefix: str, dims: tuple[tuple[str, int, int], ...]) -> list[Tensor
 
 
 def tensor_specs(a: ModelArgs) -> list[TensorSpec]:
-    """Every tensor a llama model may have, with the shape (GGML order) its hyperparameters give."""
+    """Every tensor the model may have (by its traits), with the shape (GGML order) its hyperparameters give."""
     specs = [
         TensorSpec("token_embd.weight", (a.n_embd, a.n_vocab)),
         TensorSpec("output_norm.weight", (a.n_embd,), vector=True),
@@ -243,17 +312,48 @@ def tensor_specs(a: ModelArgs) -> list[TensorSpec]:
     ]
     for i in range(a.n_layer):
         b = f"blk.{i}."
-        attn = (("attn_q", a.n_embd, a.q_dim), ("attn_k", a.n_embd, a.kv_dim), ("attn_v", a.n_embd, a.kv_dim),
-                ("attn_output", a.q_dim, a.n_embd))
-        ffn = (("ffn_gate", a.n_embd, a.n_ff), ("ffn_up", a.n_embd, a.n_ff), ("ffn_down", a.n_ff, a.n_embd))
+        if a.fused_qkv:
+            attn = (("attn_qkv", a.n_embd, a.q_dim + 2 * a.kv_dim), ("attn_output", a.q_dim, a.n_embd))
+        else:
+            attn = (("attn_q", a.n_embd, a.q_dim), ("attn_k", a.n_embd, a.kv_dim), ("attn_v", a.n_embd, a.kv_dim),
+                    ("attn_output", a.q_dim, a.n_embd))
+        if a.n_expert:
+            ffn = ()
+            e, f = a.n_expert, a.n_ff_exp
+            specs += [TensorSpec(b + "ffn_gate_inp.weight", (a.n_embd, e)),
+                      TensorSpec(b + "ffn_gate_exps.weight", (a.n_embd, f, e)),
+                      TensorSpec(b + "ffn_up_exps.weight", (a.n_embd, f, e)),
+                      TensorSpec(b + "ffn_down_exps.weight", (f, a.n_embd, e))]
+            if a.n_ff_shexp:
+                fs = a.n_ff_shexp
+                specs += [TensorSpec(b + "ffn_gate_inp_shexp.weight", (a.n_embd,), vector=True),
+                          TensorSpec(b + "ffn_gate_shexp.weight", (a.n_embd, fs)),
+                          TensorSpec(b + "ffn_up_shexp.weight", (a.n_embd, fs)),
+                          TensorSpec(b + "ffn_down_shexp.weight", (fs, a.n_embd))]
+        elif a.fused_gate_up:
+            ffn = (("ffn_up", a.n_embd, 2 * a.n_ff), ("ffn_down", a.n_ff, a.n_embd))
+        else:
+            ffn = (("ffn_gate", a.n_embd, a.n_ff), ("ffn_up", a.n_embd, a.n_ff), ("ffn_down", a.n_ff, a.n_embd))
         specs += [TensorSpec(b + "attn_norm.weight", (a.n_embd,), vector=True), *_matmuls(b, attn),
                   TensorSpec(b + "ffn_norm.weight", (a.n_embd,), vector=True), *_matmuls(b, ffn)]
+        if a.qk_norm:
+            specs += [TensorSpec(b + "attn_q_norm.weight", (a.head_dim,), vector=True),
+                      TensorSpec(b + "attn_k_norm.weight", (a.head_dim,), vector=True)]
+        if a.post_norms:
+            specs += [TensorSpec(b + "post_attention_norm.weight", (a.n_embd,), vector=True),
+                      TensorSpec(b + "post_ffw_norm.weight", (a.n_embd,), vector=True)]
     return specs
 
 
 def _shape_hint(spec: TensorSpec, a: ModelArgs) -> str:
     n = spec.name
-    if "attn_k" in n or "attn_v" in n:
+    if "_exps" in n or "ffn_gate_inp." in n:
+        return f" (from expert_count {a.n_expert}, expert_feed_forward_length {a.n_ff_exp})"
+    if "shexp" in n:
+        return f" (from expert_shared_feed_forward_length {a.n_ff_shexp})"
+    if n.endswith("_norm.weight") and "attn_" in n:
+        return f" (from the head size {a.head_dim})"
+    if "attn_k" in n or "attn_v" in n or "attn_qkv" in n:
         return f" (from head_count_kv {a.n_head_kv} x head size {a.head_dim})"
     if "ffn" in n and "norm" not in n:
         return f" (from feed_forward_length {a.n_ff})"
@@ -294,4 +394,4 @@ def check_tensors(r: GGUFReader, a: ModelArgs) -> dict[str, TensorInfo]:
 
 def model_desc(r: GGUFReader, a: ModelArgs) -> str:
     """The reference's one-line model description: architecture, size, file type."""
-    return f"{ARCH} {a.size_label()} {ftype_label(r.get(KEY_FILE_TYPE))}"
+    return f"{a.arch} {a.size_label()} {ftype_label(r.get(KEY_FILE_TYPE))}"

@@ -263,8 +263,8 @@ def test_kquant_matmul_is_the_row_dot(wtype, nc):
 # ---- bad models ------------------------------------------------------------------------------
 
 def test_other_architecture(tmp_path):
-    p = write_random_llama(tmp_path / "m.gguf", extra_kv={"general.architecture": "qwen2"})
-    with pytest.raises(LlamapyError, match="architecture 'qwen2' is not supported"):
+    p = write_random_llama(tmp_path / "m.gguf", extra_kv={"general.architecture": "rwkv6"})
+    with pytest.raises(LlamapyError, match="architecture 'rwkv6' is not supported"):
         Engine(p)
 
 

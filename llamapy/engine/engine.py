@@ -73,8 +73,18 @@ _LAYER_SLOTS = {
     "attn_k.bias": "LP_W_K_B", "attn_v.bias": "LP_W_V_B", "attn_output.bias": "LP_W_O_B",
     "ffn_norm.weight": "LP_W_FFN_NORM", "ffn_gate.weight": "LP_W_GATE", "ffn_up.weight": "LP_W_UP",
     "ffn_down.weight": "LP_W_DOWN", "ffn_gate.bias": "LP_W_GATE_B", "ffn_up.bias": "LP_W_UP_B",
-    "ffn_down.bias": "LP_W_DOWN_B",
+    "ffn_down.bias": "LP_W_DOWN_B", "attn_q_norm.weight": "LP_W_Q_NORM", "attn_k_norm.weight": "LP_W_K_NORM",
+    "post_attention_norm.weight": "LP_W_POST_ATTN_NORM", "post_ffw_norm.weight": "LP_W_POST_FFN_NORM",
+    "ffn_gate_inp.weight": "LP_W_GATE_INP", "ffn_gate_exps.weight": "LP_W_GATE_EXPS",
+    "ffn_up_exps.weight": "LP_W_UP_EXPS", "ffn_down_exps.weight": "LP_W_DOWN_EXPS",
+    "ffn_gate_inp_shexp.weight": "LP_W_GATE_INP_SHEXP", "ffn_gate_shexp.weight": "LP_W_GATE_SHEXP",
+    "ffn_up_shexp.weight": "LP_W_UP_SHEXP", "ffn_down_shexp.weight": "LP_W_DOWN_SHEXP",
 }
+# fused tensors: the slots their consecutive row ranges go to (rows of each, from the model's dimensions)
+_FUSED_SLOTS = {
+    "attn_qkv.weight": (("LP_W_Q", "q_dim"), ("LP_W_K", "kv_dim"), ("LP_W_V", "kv_dim")),
+}
+_FUSED_FFN_SLOTS = (("LP_W_GATE", "n_ff"), ("LP_W_UP", "n_ff"))
 _GLOBAL_SLOTS = {
     "token_embd.weight": "LP_W_TOKEN_EMBD", "output_norm.weight": "LP_W_OUTPUT_NORM",
     "output.weight": "LP_W_OUTPUT", "rope_freqs.weight": "LP_W_ROPE_FREQS",
@@ -172,12 +182,24 @@ class Engine:
         p.n_ctx, p.n_seq, p.n_batch = self.n_ctx, n_seq_max + 1, self.n_batch
         p.n_threads = sane_threads(n_threads) if n_threads and n_threads > 0 else physical_cores()
         p.norm_eps = args.norm_eps
-        p.attn_scale = 0.0
+        p.attn_scale = args.attn_scale
         self.rope = rope = rope_params(args, load)
         p.rope_freq_base, p.rope_freq_scale = rope.freq_base, rope.freq_scale
         p.yarn_ext_factor, p.yarn_attn_factor = rope.ext_factor, rope.attn_factor
         p.yarn_beta_fast, p.yarn_beta_slow = rope.beta_fast, rope.beta_slow
         p.n_ctx_orig = rope.n_ctx_orig
+        a = p.arch
+        a.rope_neox = int(args.rope_neox)
+        a.act_gelu = int(args.act == "gelu")
+        a.embd_scale = args.n_embd ** 0.5 if args.embd_scaled else 0.0
+        a.attn_softcap = args.attn_softcap
+        a.final_softcap = args.final_softcap
+        a.n_swa = args.n_swa
+        a.swa_pattern = args.swa_pattern
+        a.rope_freq_base_swa = args.rope_freq_base_swa
+        a.n_expert, a.n_expert_used = args.n_expert, args.n_expert_used
+        a.expert_weights_norm = int(args.expert_weights_norm)
+        a.n_ff_exp, a.n_ff_shexp = args.n_ff_exp, args.n_ff_shexp
         self.rope_freq_scale = p.rope_freq_scale
         eng = lib.lp_engine_new(p)
         if eng == ffi.NULL:
@@ -203,15 +225,26 @@ class Engine:
             tensors = dict(tensors, **{"output.weight": tensors["token_embd.weight"]})
         for name, t in tensors.items():
             if name in _GLOBAL_SLOTS:
-                kind, layer = getattr(lib, _GLOBAL_SLOTS[name]), -1
+                parts = [(_GLOBAL_SLOTS[name], -1, 0, t.n_rows)]
             else:
                 _, i, suffix = name.split(".", 2)
-                kind, layer = getattr(lib, _LAYER_SLOTS[suffix]), int(i)
-            ne1 = t.n_rows
-            if lib.lp_engine_set_weight(eng, kind, layer, self._base + t.offset, t.type, t.shape[0], ne1) != 0:
-                msg = ffi.string(lib.lp_engine_error(eng)).decode()
-                self.close()
-                raise LlamapyError(f"{self.model_path}: tensor '{name}': {msg}")
+                split = _FUSED_SLOTS.get(suffix) or (
+                    _FUSED_FFN_SLOTS if suffix == "ffn_up.weight" and args.fused_gate_up else None)
+                if split is None:
+                    parts = [(_LAYER_SLOTS[suffix], int(i), 0, t.n_rows)]
+                else:  # a fused tensor: each slot points at its rows
+                    parts, row = [], 0
+                    for slot_name, dim in split:
+                        rows = getattr(args, dim)
+                        parts.append((slot_name, int(i), row, rows))
+                        row += rows
+            row_bytes = t.nbytes // t.n_rows
+            for slot_name, layer, row, rows in parts:
+                data = self._base + t.offset + row * row_bytes
+                if lib.lp_engine_set_weight(eng, getattr(lib, slot_name), layer, data, t.type, t.shape[0], rows) != 0:
+                    msg = ffi.string(lib.lp_engine_error(eng)).decode()
+                    self.close()
+                    raise LlamapyError(f"{self.model_path}: tensor '{name}': {msg}")
 
         self._seq_tokens: list[list[int]] = [[] for _ in range(n_seq_max + 1)]
         self._one = ffi.new("int32_t[4]")

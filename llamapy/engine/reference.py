@@ -1,4 +1,5 @@
-"""A readable numpy forward pass of a llama model: the oracle the C engine is tested against.
+"""A readable numpy forward pass of a llama model (and its relatives, by the traits in ModelArgs): the
+oracle the C engine is tested against.
 
 Slow and simple: the whole sequence at once, no KV cache, weights dequantized to float32 by the
 `gguf` package's own numpy code (independent of llamapy's kernels). Two switches make it round
@@ -41,6 +42,17 @@ def load_weights(path: str) -> tuple[ModelArgs, dict[str, np.ndarray], dict[str,
     if "output.weight" not in weights:
         weights["output.weight"] = weights["token_embd.weight"]
         types["output.weight"] = types["token_embd.weight"]
+    for i in range(args.n_layer):  # fused tensors split into the separate ones
+        b = f"blk.{i}."
+        if args.fused_qkv:
+            qkv, t = weights.pop(b + "attn_qkv.weight"), types.pop(b + "attn_qkv.weight")
+            q_end, k_end = args.q_dim, args.q_dim + args.kv_dim
+            for name, rows in (("attn_q", qkv[:q_end]), ("attn_k", qkv[q_end:k_end]), ("attn_v", qkv[k_end:])):
+                weights[b + name + ".weight"], types[b + name + ".weight"] = rows, t
+        if args.fused_gate_up:
+            gu, t = weights[b + "ffn_up.weight"], types[b + "ffn_up.weight"]
+            weights[b + "ffn_gate.weight"], weights[b + "ffn_up.weight"] = gu[:args.n_ff], gu[args.n_ff:]
+            types[b + "ffn_gate.weight"] = t
     return args, weights, types
 
 
@@ -81,8 +93,13 @@ def rms_norm(x: np.ndarray, w: np.ndarray, eps: float) -> np.ndarray:
 
 
 def rope_tables(args: ModelArgs, pos: np.ndarray, freq_factors: np.ndarray | None = None,
-                ext_factor: float = 0.0, beta_fast: float = 32.0, beta_slow: float = 1.0):
-    """cos, sin (n_tokens, head_dim // 2) of each position: RoPE with linear / YaRN scaling."""
+                ext_factor: float = 0.0, beta_fast: float = 32.0, beta_slow: float = 1.0, local: bool = False):
+    """cos, sin (n_tokens, head_dim // 2) of each position: RoPE with linear / YaRN scaling; `local`: that
+    of the sliding-window layers (their own base, no scaling)."""
+    if local:
+        args = ModelArgs(**{**args.__dict__, "rope_freq_base": args.rope_freq_base_swa or args.rope_freq_base,
+                            "rope_freq_scale": 1.0, "rope_attn_factor": 1.0})
+        ext_factor = 0.0
     d = args.head_dim
     i = np.arange(d // 2)
     theta_extrap = pos[:, None].astype(np.float64) * args.rope_freq_base ** (-2.0 * i / d)
@@ -102,60 +119,132 @@ def rope_tables(args: ModelArgs, pos: np.ndarray, freq_factors: np.ndarray | Non
     return np.cos(theta) * mscale, np.sin(theta) * mscale
 
 
-def apply_rope(x: np.ndarray, cos: np.ndarray, sin: np.ndarray) -> np.ndarray:
-    """Rotate the adjacent pairs (2i, 2i+1) of every head. x: (n_tokens, n_heads, head_dim)."""
-    x0, x1 = x[..., 0::2], x[..., 1::2]
+def apply_rope(x: np.ndarray, cos: np.ndarray, sin: np.ndarray, neox: bool = False) -> np.ndarray:
+    """Rotate the adjacent pairs (2i, 2i+1) of every head, or with `neox` the pairs (i, i + head_dim/2).
+    x: (n_tokens, n_heads, head_dim)."""
+    h = x.shape[-1] // 2
+    lo, hi = (slice(0, h), slice(h, None)) if neox else (slice(0, None, 2), slice(1, None, 2))
+    x0, x1 = x[..., lo], x[..., hi]
     c, s = cos[:, None, :], sin[:, None, :]
     out = np.empty_like(x)
-    out[..., 0::2] = x0 * c - x1 * s
-    out[..., 1::2] = x0 * s + x1 * c
+    out[..., lo] = x0 * c - x1 * s
+    out[..., hi] = x0 * s + x1 * c
+    return out
+
+
+def gelu_tanh(x: np.ndarray) -> np.ndarray:
+    return (0.5 * x * (1 + np.tanh(np.sqrt(2 / np.pi) * (x + 0.044715 * x ** 3)))).astype(np.float32)
+
+
+def is_swa_layer(args: ModelArgs, i: int) -> bool:
+    return args.n_swa > 0 and (args.swa_pattern <= 0 or (i + 1) % args.swa_pattern != 0)
+
+
+def activate(args: ModelArgs, g: np.ndarray) -> np.ndarray:
+    return gelu_tanh(g) if args.act == "gelu" else g / (1 + np.exp(-g))
+
+
+def moe_ffn(args: ModelArgs, w: dict[str, np.ndarray], b: str, xn: np.ndarray, mm,
+            trace: dict | None = None) -> np.ndarray:
+    """Mixture of experts: each token through the n_expert_used experts of highest router probability,
+    weighted by it (renormalized when expert_weights_norm), plus the shared expert under a sigmoid gate."""
+    f = args.n_ff_exp
+    logits = xn.astype(np.float64) @ w[b + "ffn_gate_inp.weight"].astype(np.float64).T      # (n, n_expert)
+    p = np.exp(logits - logits.max(axis=1, keepdims=True))
+    p = (p / p.sum(axis=1, keepdims=True)).astype(np.float32)
+    sel = np.argsort(-p, axis=1, kind="stable")[:, :args.n_expert_used]
+    wt = np.take_along_axis(p, sel, axis=1)
+    if trace is not None:  # the experts each layer used
+        trace[b] = {int(e) for e in np.unique(sel)}
+    if args.expert_weights_norm:
+        wt = wt / wt.sum(axis=1, keepdims=True)
+    out = np.zeros_like(xn)
+    for e in np.unique(sel):
+        rows = np.nonzero((sel == e).any(axis=1))[0]
+        xe = xn[rows]
+        g = mm(b + "ffn_gate_exps.weight", xe, slice(e * f, (e + 1) * f))
+        u = mm(b + "ffn_up_exps.weight", xe, slice(e * f, (e + 1) * f))
+        d = mm(b + "ffn_down_exps.weight", activate(args, g) * u, slice(e * args.n_embd, (e + 1) * args.n_embd))
+        out[rows] += wt[rows][sel[rows] == e][:, None] * d
+    if args.n_ff_shexp:
+        g = mm(b + "ffn_gate_shexp.weight", xn)
+        u = mm(b + "ffn_up_shexp.weight", xn)
+        d = mm(b + "ffn_down_shexp.weight", activate(args, g) * u)
+        gate = xn.astype(np.float64) @ w[b + "ffn_gate_inp_shexp.weight"].astype(np.float64)
+        out += (1 / (1 + np.exp(-gate)))[:, None].astype(np.float32) * d
     return out
 
 
 def forward(args: ModelArgs, w: dict[str, np.ndarray], tokens, types: dict[str, int] | None = None,
-            kv_f16: bool = True, act_round: bool = True, yarn_ext_factor: float = 0.0) -> np.ndarray:
-    """Logits (n_tokens, n_vocab) of tokens at positions 0..n-1 of one sequence."""
+            kv_f16: bool = True, act_round: bool = True, yarn_ext_factor: float = 0.0,
+            trace: dict | None = None) -> np.ndarray:
+    """Logits (n_tokens, n_vocab) of tokens at positions 0..n-1 of one sequence; `trace` gets the experts
+    each mixture-of-experts layer picked ("blk.N." -> set)."""
     tokens = np.asarray(tokens)
     n = len(tokens)
     f16 = (lambda a: a.astype(np.float16).astype(np.float32)) if kv_f16 else (lambda a: a)
 
-    def mm(name: str, x: np.ndarray) -> np.ndarray:
+    def mm(name: str, x: np.ndarray, rows: slice = slice(None)) -> np.ndarray:
         if act_round and types is not None:
             x = round_activation(x, VEC_DOT_TYPE[T(types[name])])
-        y = x.astype(np.float64) @ w[name].astype(np.float64).T
+        y = x.astype(np.float64) @ w[name][rows].astype(np.float64).T
         return y.astype(np.float32)
 
     def bias(name: str):
         return w.get(name, 0.0)
 
-    cos, sin = rope_tables(args, np.arange(n), w.get("rope_freqs.weight"), ext_factor=yarn_ext_factor)
-    scale = 1.0 / np.sqrt(args.head_dim)
+    pos = np.arange(n)
+    ropes = {local: rope_tables(args, pos, w.get("rope_freqs.weight"), ext_factor=yarn_ext_factor, local=local)
+             for local in (False, True)}
+    scale = args.attn_scale or 1.0 / np.sqrt(args.head_dim)
     group = args.n_head // args.n_head_kv
     causal = np.triu(np.full((n, n), -np.inf, dtype=np.float32), k=1)
+    window = np.where(pos[:, None] - pos[None, :] >= max(args.n_swa, 1), -np.inf, 0).astype(np.float32) + causal
 
     x = w["token_embd.weight"][tokens].astype(np.float32)                   # (n, n_embd)
+    if args.embd_scaled:
+        x = x * np.float32(np.sqrt(args.n_embd))
     for i in range(args.n_layer):
         b = f"blk.{i}."
+        swa = is_swa_layer(args, i)
+        cos, sin = ropes[swa and bool(args.rope_freq_base_swa)]
         xn = rms_norm(x, w[b + "attn_norm.weight"], args.norm_eps)
         q = (mm(b + "attn_q.weight", xn) + bias(b + "attn_q.bias")).reshape(n, args.n_head, args.head_dim)
         k = (mm(b + "attn_k.weight", xn) + bias(b + "attn_k.bias")).reshape(n, args.n_head_kv, args.head_dim)
         v = (mm(b + "attn_v.weight", xn) + bias(b + "attn_v.bias")).reshape(n, args.n_head_kv, args.head_dim)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if args.qk_norm:
+            q = rms_norm(q, w[b + "attn_q_norm.weight"], args.norm_eps)
+            k = rms_norm(k, w[b + "attn_k_norm.weight"], args.norm_eps)
+        q, k = apply_rope(q, cos, sin, args.rope_neox), apply_rope(k, cos, sin, args.rope_neox)
         q, k, v = f16(q), f16(k), f16(v)
         k = np.repeat(k, group, axis=1)                                         # (n, n_head, head_dim)
         v = np.repeat(v, group, axis=1)
         s = np.einsum("qhd,khd->hqk", q.astype(np.float64), k.astype(np.float64)).astype(np.float32)
-        s = s * np.float32(scale) + causal                                      # (n_head, n, n)
+        s = s * np.float32(scale)                                               # (n_head, n, n)
+        if args.attn_softcap:
+            s = (args.attn_softcap * np.tanh(s / args.attn_softcap)).astype(np.float32)
+        s = s + (window if swa else causal)
         p = np.exp(s - s.max(axis=-1, keepdims=True))
         p = f16(p / p.sum(axis=-1, keepdims=True))
         att = np.einsum("hqk,khd->qhd", p.astype(np.float64), v.astype(np.float64)).astype(np.float32)
-        x = x + mm(b + "attn_output.weight", att.reshape(n, args.q_dim)) + bias(b + "attn_output.bias")
+        o = mm(b + "attn_output.weight", att.reshape(n, args.q_dim)) + bias(b + "attn_output.bias")
+        if args.post_norms:
+            o = rms_norm(o, w[b + "post_attention_norm.weight"], args.norm_eps)
+        x = x + o
 
         xn = rms_norm(x, w[b + "ffn_norm.weight"], args.norm_eps)
-        g = mm(b + "ffn_gate.weight", xn) + bias(b + "ffn_gate.bias")
-        u = mm(b + "ffn_up.weight", xn) + bias(b + "ffn_up.bias")
-        h = (g / (1 + np.exp(-g))) * u                                          # (n, n_ff)
-        x = x + mm(b + "ffn_down.weight", h) + bias(b + "ffn_down.bias")
+        if args.n_expert:
+            o = moe_ffn(args, w, b, xn, mm, trace)
+        else:
+            g = mm(b + "ffn_gate.weight", xn) + bias(b + "ffn_gate.bias")
+            u = mm(b + "ffn_up.weight", xn) + bias(b + "ffn_up.bias")
+            o = mm(b + "ffn_down.weight", activate(args, g) * u) + bias(b + "ffn_down.bias")
+        if args.post_norms:
+            o = rms_norm(o, w[b + "post_ffw_norm.weight"], args.norm_eps)
+        x = x + o
 
     xn = rms_norm(x, w["output_norm.weight"], args.norm_eps)
-    return mm("output.weight", xn)                                              # (n, n_vocab)
+    logits = mm("output.weight", xn)                                            # (n, n_vocab)
+    if args.final_softcap:
+        logits = (args.final_softcap * np.tanh(logits / args.final_softcap)).astype(np.float32)
+    return logits
