@@ -532,7 +532,7 @@ def test_rope_overrides_equal_the_models_own_values(tmp_path, scaling):
     want = logits(scaled)
     base = logits(plain)
     assert np.abs(want - base).max() > 1e-3  # the scaling changes the logits at all
-    from llamapy.commands.options import load_options
+    from llamapy.commands.option_values import load_options
 
     opts = parse("run", "--rope-scaling", scaling, "--rope-scale", "4", "--yarn-orig-ctx", "64")
     got = logits(plain, load_options(opts))
@@ -546,7 +546,7 @@ def test_rope_freq_base_and_override_kv(tmp_path):
     plain = write_random_llama(tmp_path / "plain.gguf", seed=4)
     other = write_random_llama(tmp_path / "base.gguf", seed=4, rope_freq_base=50000.0)
     want = logits(other)
-    from llamapy.commands.options import load_options
+    from llamapy.commands.option_values import load_options
 
     np.testing.assert_array_equal(logits(plain, load_options(parse("run", "--rope-freq-base", "50000"))), want)
     np.testing.assert_array_equal(

@@ -60,7 +60,8 @@ def register(app: typer.Typer) -> None:
         import sys
 
         from ..bench import bench as bench_fn
-        from .options import announce, apply_process_options
+        from .option_values import apply_process_options
+        from .options import announce
 
         if n_gpu_layers:
             print(f"llamapy runs on the CPU: -ngl {n_gpu_layers} is ignored", file=sys.stderr)

@@ -36,7 +36,8 @@ def register(app: typer.Typer) -> None:
         """Perplexity of a text, the reference's way (second half of each chunk scored)."""
         from ..errors import LlamapyError
         from ..perplexity import run_perplexity
-        from .options import announce, apply_process_options, load_options
+        from .option_values import apply_process_options, load_options
+        from .options import announce
         from .run import log_stream
 
         if not opts["file"]:

@@ -42,7 +42,8 @@ def register(app: typer.Typer) -> None:
         The sampling options set the defaults of requests that don't give their own."""
         from ..engine.load import ubatch
         from ..server import serve as run_server
-        from .options import announce, apply_process_options, load_options, sampler_params
+        from .option_values import apply_process_options, load_options, sampler_params
+        from .options import announce
 
         announce(opts, *TABLES)
         api_key = opts["api_key"]
