@@ -21,8 +21,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from llamapy.engine.engine import Engine  # noqa: E402
-from llamapy.engine.native import lib  # noqa: E402
 from llamapy.generation.params import SamplerParams  # noqa: E402
+from llamapy.native import lib  # noqa: E402
 from llamapy.run import run  # noqa: E402
 from llamapy.store.locate import resolve_model  # noqa: E402
 

@@ -59,7 +59,7 @@ def ref_bench(binary: str, model: str, n_prompt: int, n_gen: int, threads: int, 
 def read_bandwidth(threads: int) -> float:
     """GB/s of `threads` threads each streaming over its own 256 MiB at once (in C, best of 5 passes): the
     roofline decode is measured against."""
-    from llamapy.engine.native import lib
+    from llamapy.native import lib
 
     return lib.lp_read_bandwidth(threads, 256 << 20, 5)
 
@@ -67,9 +67,9 @@ def read_bandwidth(threads: int) -> float:
 def python_share(model: str, threads: int, n: int = 64) -> float:
     """The part of each generated token's time spent outside the C forward step (sampling, bookkeeping)."""
     from llamapy.engine.engine import Engine
-    from llamapy.engine.native import lib
     from llamapy.generation.generate import generate
     from llamapy.generation.sampling import SamplerParams
+    from llamapy.native import lib
 
     with Engine(model, n_ctx=256, n_threads=threads) as llm:
         prompt = [llm.tokenizer.bos_id or 1, 100, 200, 300]

@@ -27,7 +27,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from llamapy.engine.native import ffi, kernels_best, lib, set_kernels
+from llamapy.native import ffi, kernels_best, lib, set_kernels
 
 TYPES = [
     ("q2_K", lib.LP_TYPE_Q2_K),

@@ -151,7 +151,7 @@ def markdown_row(r: BenchResult) -> str:
 def json_record(r: BenchResult) -> dict:
     """The reference's JSON fields (GPU-only ones at their CPU values)."""
     from . import __version__
-    from .engine.native import kernels_active
+    from .native import kernels_active
 
     avg_ns = int(sum(r.samples_ns) / len(r.samples_ns))
     return {
@@ -175,7 +175,7 @@ def bench(model: str | None = None, n_prompt: int = 512, n_gen: int = 128, threa
     import sys
 
     from . import __version__
-    from .engine.native import kernels_active
+    from .native import kernels_active
 
     if output not in ("md", "json", "jsonl"):
         raise LlamapyError(f"-o {output}: use md, json or jsonl")

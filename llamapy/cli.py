@@ -23,7 +23,7 @@ COMMANDS = ["info", "quantize", "tokenize", "run", "chat", "perplexity", "bench"
 
 def _version(value: bool):
     if value:
-        from .engine.native import kernels_active
+        from .native import kernels_active
 
         typer.echo(f"llamapy {__version__} (kernels: {kernels_active()})")
         raise typer.Exit()

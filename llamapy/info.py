@@ -76,7 +76,7 @@ def arch_traits(r: GGUFReader) -> dict:
 
 def system_info() -> dict:
     from . import __version__
-    from .engine.native import kernels_active, kernels_best
+    from .native import kernels_active, kernels_best
 
     return {
         "llamapy": __version__,

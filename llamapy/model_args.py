@@ -365,7 +365,7 @@ def _shape_hint(spec: TensorSpec, a: ModelArgs) -> str:
 def check_tensors(r: GGUFReader, a: ModelArgs) -> dict[str, TensorInfo]:
     """The model's tensors by name, after checking each is present (when required) and of the right
     shape and type; one line naming the first problem otherwise."""
-    from .engine.native import lib
+    from .native import lib
 
     out: dict[str, TensorInfo] = {}
     for spec in tensor_specs(a):

@@ -82,7 +82,7 @@ def check_convertible(name: str, src_type: int, dst_type: int) -> None:
 
 def _can_read(t: int) -> bool:
     """Whether the C core converts rows of type `t` to float32 (what requantizing needs)."""
-    from .engine.native import ffi, lib
+    from .native import ffi, lib
 
     blck, size = TYPE_SIZES[int(t)]
     src, dst = np.zeros(size, np.uint8), np.zeros(blck, np.float32)
@@ -91,7 +91,7 @@ def _can_read(t: int) -> bool:
 
 def _can_write(t: int) -> bool:
     """Whether the C core has the reference quantizer of type `t`."""
-    from .engine.native import ffi, lib
+    from .native import ffi, lib
 
     blck, size = TYPE_SIZES[int(t)]
     src, dst = np.zeros(blck, np.float32), np.zeros(size, np.uint8)
@@ -119,7 +119,7 @@ class _Scratch(threading.local):
 def _convert_chunks(src, src_type: int, dst: np.ndarray, dst_type: int, n: int, n_rows: int,
                     pool: ThreadPoolExecutor | None, on_rows: Callable[[int], None] | None = None) -> None:
     """Rows [0, n_rows) of `src` (bytes of src_type) -> `dst` (uint8, rows x row_bytes of dst_type)."""
-    from .engine.native import ffi, lib
+    from .native import ffi, lib
 
     src_row = n // blck_size(src_type) * TYPE_SIZES[src_type][1]
     dst_row = dst.shape[1] if n_rows else 0

@@ -25,7 +25,7 @@ SMOLLM_PRE = {"type": "Sequence", "pretokenizers": [
 
 def dequantized(t) -> np.ndarray:
     """A tensor of the default model as float32 in numpy order."""
-    from llamapy.engine.native import ffi, lib
+    from llamapy.native import ffi, lib
 
     out = np.empty(t.n_elements, dtype=np.float32)
     raw = np.ascontiguousarray(t.raw)

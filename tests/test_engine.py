@@ -9,8 +9,8 @@ from test_engine_models import write_random_llama
 
 from llamapy.engine import reference as rf
 from llamapy.engine.engine import Engine
-from llamapy.engine.native import kernels_best, lib, set_kernels
 from llamapy.errors import LlamapyError
+from llamapy.native import kernels_best, lib, set_kernels
 
 TOKENS = [1, 5, 7, 9, 11, 3, 2, 8, 40, 41, 50, 60, 70, 80, 90, 95, 100, 120, 3, 4]
 K_QUANTS = (T.Q2_K, T.Q3_K, T.Q4_K, T.Q5_K, T.Q6_K)
@@ -224,7 +224,7 @@ def _matmul_and_row_dots(wtype, n: int, nr: int, nc: int, seed: int) -> tuple[np
     """lp_matmul of a random (nr, n) weight by nc random columns, and the same outputs from lp_vec_dot row by row."""
     from test_engine_models import random_tensor
 
-    from llamapy.engine.native import ffi
+    from llamapy.native import ffi
 
     rng = np.random.default_rng(seed)
     w = np.ascontiguousarray(random_tensor(rng, nr, n, wtype, 0.05))

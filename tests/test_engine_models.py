@@ -147,7 +147,7 @@ def test_random_model_reads_back(tmp_path):
         w = dequantize(np.array(t.raw), T.Q4_0)
         assert w.shape == (32, 64) and 0.05 < w.std() < 0.3
         if check_tensors.__module__:  # the shapes the hyperparameters call for
-            from llamapy.engine.native import lib
+            from llamapy.native import lib
 
             if lib.lp_type_supported(int(T.Q4_0)):
                 assert set(check_tensors(r, args)) >= {"token_embd.weight", "blk.1.ffn_down.weight"}

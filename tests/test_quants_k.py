@@ -9,7 +9,7 @@ import pytest
 import ref_ggml
 from conftest import shared_path
 
-from llamapy.engine.native import ffi, kernels_best, lib, set_kernels
+from llamapy.native import ffi, kernels_best, lib, set_kernels
 from llamapy.quants import kquants as K
 
 TYPES = {

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from llamapy import quants
-from llamapy.engine.native import ffi, kernels_best, lib, set_kernels
 from llamapy.ggufio.constants import TensorType as T
+from llamapy.native import ffi, kernels_best, lib, set_kernels
 
 TYPES = [T.F32, T.F16, T.BF16, T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1, T.Q8_0, T.Q8_1, T.IQ4_NL]
 BLOCK_TYPES = [T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1, T.Q8_0, T.Q8_1, T.IQ4_NL]

@@ -7,7 +7,7 @@ import pytest
 from conftest import shared_path
 
 from llamapy.cli import main
-from llamapy.engine.native import kernels_active
+from llamapy.native import kernels_active
 
 PROMPT = "The capital of France is"
 
@@ -124,7 +124,7 @@ def test_bench_table_and_json(default_model, capsys):
 
 def test_read_bandwidth_measure():
     """The roofline's bandwidth (benchmarks/bench_engine.py): a positive rate, and -1 for arguments it refuses."""
-    from llamapy.engine.native import lib
+    from llamapy.native import lib
 
     assert lib.lp_read_bandwidth(2, 1 << 20, 2) > 0.1
     assert lib.lp_read_bandwidth(0, 1 << 20, 2) == -1 and lib.lp_read_bandwidth(1, 1 << 20, 0) == -1

@@ -93,7 +93,7 @@ def rows_to_f32(rows: np.ndarray, src_dtype: str) -> np.ndarray:
     t = _HALF_TYPES.get(src_dtype)
     if t is None:
         return to_f32(rows, src_dtype)
-    from ..engine.native import ffi, lib
+    from ..native import ffi, lib
 
     src = np.ascontiguousarray(rows)
     out = np.empty(src.shape, dtype=np.float32)
@@ -105,7 +105,7 @@ def rows_to_f32(rows: np.ndarray, src_dtype: str) -> np.ndarray:
 def f32_to_half(x: np.ndarray, ttype: int) -> np.ndarray:
     """float32 -> F16 or BF16 bits with the C core's row kernels: round to nearest even, as the reference
     converter's numpy conversion (NaN payloads aside)."""
-    from ..engine.native import ffi, lib
+    from ..native import ffi, lib
 
     src = np.ascontiguousarray(x, dtype=np.float32)
     out = np.empty(src.shape, dtype=np.uint16)

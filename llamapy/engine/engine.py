@@ -66,7 +66,7 @@ from .load import (
     rope_params,
 )
 
-# GGUF tensor name suffix -> engine weight slot (see csrc/lp_engine.h)
+# GGUF tensor name suffix -> engine weight slot (see csrc/llamapy.h)
 _LAYER_SLOTS = {
     "attn_norm.weight": "LP_W_ATTN_NORM", "attn_q.weight": "LP_W_Q", "attn_k.weight": "LP_W_K",
     "attn_v.weight": "LP_W_V", "attn_output.weight": "LP_W_O", "attn_q.bias": "LP_W_Q_B",
@@ -122,7 +122,7 @@ def _plain(v):
 
 
 def _ptr(arr: np.ndarray, ctype: str):
-    from .native import ffi
+    from ..native import ffi
 
     return ffi.cast(ctype, arr.ctypes.data) if arr is not None else ffi.NULL
 
@@ -140,8 +140,8 @@ class Engine:
         embeddings: bool = False,
         load: LoadOptions | None = None,
     ):
+        from ..native import ffi, lib
         from ..store.locate import resolve_model
-        from .native import ffi, lib
 
         t0 = time.perf_counter()
         self._engine = None
@@ -280,7 +280,7 @@ class Engine:
     def _run(self, tokens: np.ndarray, pos: np.ndarray, seq: np.ndarray, out_idx: np.ndarray,
              logits: np.ndarray | None, hidden: np.ndarray | None) -> None:
         """One C call: tokens/pos/seq/out_idx int32 arrays; logits/hidden float32 outputs or None."""
-        from .native import ffi, lib
+        from ..native import ffi, lib
 
         rc = lib.lp_engine_eval(
             self._engine, len(tokens), _ptr(tokens, "int32_t *"), _ptr(pos, "int32_t *"), _ptr(seq, "int32_t *"),
@@ -327,7 +327,7 @@ class Engine:
 
     def _eval_one(self, tok: int, seq_id: int) -> np.ndarray:
         """One generated token: the step with the least Python around the C call."""
-        from .native import ffi, lib
+        from ..native import ffi, lib
 
         toks = self._seq_tokens[seq_id]
         if len(toks) >= self.n_ctx:
@@ -430,7 +430,7 @@ class Engine:
 
     def context_shift(self, seq_id: int, n_keep: int, n_discard: int) -> None:
         """Drop positions [n_keep, n_keep + n_discard) of a sequence; later ones move down (K re-rotated)."""
-        from .native import ffi, lib
+        from ..native import ffi, lib
 
         self._check_seq(seq_id)
         toks = self._seq_tokens[seq_id]
@@ -445,7 +445,7 @@ class Engine:
 
     def kv_copy(self, src_seq: int, dst_seq: int, n: int | None = None) -> None:
         """Copy the first n positions (all by default) of one sequence's cache to another."""
-        from .native import ffi, lib
+        from ..native import ffi, lib
 
         self._check_seq(src_seq)
         self._check_seq(dst_seq)
@@ -488,7 +488,7 @@ class Engine:
 
     # -- lifetime ------------------------------------------------------------------------------
     def close(self) -> None:
-        from .native import ffi, lib
+        from ..native import ffi, lib
 
         if self._engine is not None:
             eng, self._engine = self._engine, None

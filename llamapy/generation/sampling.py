@@ -124,7 +124,7 @@ def apply_penalties(c: Candidates, history: Sequence[int], last_n: int, repeat: 
 
 def top_k_indices(logits: np.ndarray, k: int) -> np.ndarray:
     """Indices of the k largest logits, largest first (equal ones by index), without sorting them all."""
-    from ..engine.native import ffi, lib
+    from ..native import ffi, lib
 
     x = np.ascontiguousarray(logits, dtype=np.float32)
     idx = np.empty(min(k, len(x)), dtype=np.int32)
@@ -422,7 +422,7 @@ class Sampler:
             self._init_native()
 
     def _init_native(self) -> None:
-        from ..engine.native import ffi, lib
+        from ..native import ffi, lib
 
         p = self.params
         c = lib.lp_sampler_new(self.seed, self.n_vocab)
@@ -469,7 +469,7 @@ class Sampler:
     def mu(self) -> float:
         """Mirostat's current target surprise."""
         if self._c is not None:
-            from ..engine.native import lib
+            from ..native import lib
 
             return float(lib.lp_sampler_mu(self._c))
         return self._mu
@@ -480,7 +480,7 @@ class Sampler:
         self.xtc_rng = MT19937(self.seed)
         self._mu = _f32(2.0 * self.params.mirostat_tau)
         if self._c is not None:
-            from ..engine.native import lib
+            from ..native import lib
 
             lib.lp_sampler_reset(self._c, self.seed, self._mu)
 
@@ -529,7 +529,7 @@ class Sampler:
         return self._sample_numpy(logits, history)
 
     def _sample_native(self, logits: np.ndarray, history: Sequence[int]) -> int:
-        from ..engine.native import ffi, lib
+        from ..native import ffi, lib
 
         p = self.params
         hist, n_hist = ffi.NULL, 0

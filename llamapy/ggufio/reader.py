@@ -164,7 +164,7 @@ def _native_strings(buf, size: int, pos: int, n: int) -> tuple[int, list[str]] |
     when it can't (the C extension is missing, a length is bad or a string holds a 0 byte): the Python
     loop then reads them and names any fault."""
     try:
-        from ..engine.native import ffi, lib
+        from ..native import ffi, lib
     except LlamapyError:
         return None
     src = ffi.from_buffer(buf)

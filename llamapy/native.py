@@ -1,10 +1,10 @@
 """The compiled C core (`llamapy._native`): `ffi` and `lib`, with a readable error when it is missing."""
 from __future__ import annotations
 
-from ..errors import LlamapyError
+from .errors import LlamapyError
 
 try:
-    from .._native import ffi, lib  # noqa: F401
+    from ._native import ffi, lib  # noqa: F401
 except ImportError as e:  # pragma: no cover - only on a broken install
     raise LlamapyError(
         f"llamapy's C extension is not built ({e}); reinstall with `pip install -e .` (or `make install`)"
