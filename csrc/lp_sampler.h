@@ -37,7 +37,13 @@ typedef struct {
 } cands;
 
 /* the history a step looks back on: its last last_n (-1: all) of hist; *h moves to its start */
-int lp_sampler_window(const int32_t **h, int n_hist, int32_t last_n);
+static inline int lp_sampler_window(const int32_t **h, int n_hist, int32_t last_n) {
+    if (last_n >= 0 && n_hist > last_n) {
+        *h += n_hist - last_n;
+        return last_n;
+    }
+    return n_hist;
+}
 
 /* DRY (sampler_dry.c): penalise tokens that would extend a repeat of the history; full: lg holds every token's
  * logit, else the candidates'. -1 when memory runs out. */

@@ -181,15 +181,6 @@ static void materialize(cands *c, const float *lg) {
     c->sorted = 0;
 }
 
-/* the history a step looks back on: its last last_n (-1: all) of hist */
-int lp_sampler_window(const int32_t **h, int n_hist, int32_t last_n) {
-    if (last_n >= 0 && n_hist > last_n) {
-        *h += n_hist - last_n;
-        return last_n;
-    }
-    return n_hist;
-}
-
 /* full: lg holds every token's logit (candidate i is token i); else the candidates */
 static void penalties(cands *c, float *lg, int full, const int32_t *hist, int n_hist, const lp_sampler_params *p) {
     if (p->repeat_last_n == 0 || (p->repeat_penalty == 1.0f && p->frequency_penalty == 0.0f && p->presence_penalty == 0.0f))
