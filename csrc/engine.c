@@ -31,6 +31,7 @@
 
 #include "lp_core.h"
 #include "lp_engine.h"
+#include "lp_step.h"
 
 static double now_seconds(void) {
     struct timespec ts;
@@ -39,15 +40,6 @@ static double now_seconds(void) {
 }
 
 /* ---- the pieces of a step ---------------------------------------------------------------- */
-
-static inline size_t act_row_bytes(const lp_engine *e, const lp_weight *w) {
-    const lp_type_traits *vt = &e->traits[w->tr->vec_dot_type];
-    return (size_t)(w->ne0 / vt->blck_size) * (size_t)vt->type_size;
-}
-
-static inline lp_from_float_fn act_quantizer(const lp_engine *e, int at) {
-    return e->mm.quant[at] ? e->mm.quant[at] : e->traits[at].from_float;
-}
 
 /* Which activation buffer a matmul by w reads (slot): thread `slot`'s own (slot >= 0), the shared one for
    normed inputs (NORMED) or the shared one for attention and SwiGLU outputs (INNER). */
@@ -76,7 +68,7 @@ static void quantize_for(lp_engine *e, const lp_weight *const *ws, int nw, const
 
 /* out[t*out_stride + r] = dot(row r of w, activation t) for r in [r0, r1), t < n_tok; activations from
    buffer slot (see act_buf) */
-static void matmul_chunk_x(const lp_engine *e, const lp_weight *w, int r0, int r1, int n_tok, float *out,
+void lp_matmul_chunk_x(const lp_engine *e, const lp_weight *w, int r0, int r1, int n_tok, float *out,
                            int out_stride, const char *xq) {
     size_t xrb = act_row_bytes(e, w);
     const char *wd = w->data;
@@ -131,10 +123,10 @@ static void matmul_chunk_x(const lp_engine *e, const lp_weight *w, int r0, int r
 
 static void matmul_chunk(const lp_engine *e, const lp_weight *w, int r0, int r1, int n_tok, float *out, int out_stride,
                          int slot) {
-    matmul_chunk_x(e, w, r0, r1, n_tok, out, out_stride, act_buf(e, w, slot));
+    lp_matmul_chunk_x(e, w, r0, r1, n_tok, out, out_stride, act_buf(e, w, slot));
 }
 
-static int chunk_rows(int rows, int nth) {
+int lp_chunk_rows(int rows, int nth) {
     int c = rows / (nth * 16);
     c = (c + 15) / 16 * 16;
     return c < 16 ? 16 : c;
@@ -170,7 +162,7 @@ static void qk_epilogue(const lp_engine *e, int l, const lp_weight *bias, const 
 /* chunk rows of q or k: whole heads when a step works on heads */
 static int qk_chunk_rows(const lp_engine *e, int rows, int nth) {
     const lp_layer_weights *L0 = &e->layers[0];
-    int c = chunk_rows(rows, nth), hd = e->p.head_dim;
+    int c = lp_chunk_rows(rows, nth), hd = e->p.head_dim;
     if (e->p.arch.rope_neox || L0->q_norm.data || L0->k_norm.data) c = (c + hd - 1) / hd * hd;
     return c;
 }
@@ -213,17 +205,6 @@ static void attention_item(lp_engine *e, int l, int t, int h, int ith) {
 }
 
 /* ---- the step ---------------------------------------------------------------------------- */
-
-typedef struct {
-    lp_engine *e;
-    int ith, nth, phase;
-} worker;
-
-/* next chunk of the current dynamic phase, or -1 when it is exhausted */
-static inline int take(worker *w, int n_chunks) {
-    int c = atomic_fetch_add_explicit(&w->e->counters[w->phase], 1, memory_order_relaxed);
-    return c < n_chunks ? c : -1;
-}
 
 /* x normalized and quantized for the weights ws: split between the threads into the shared buffers, or
    (priv) by every thread for all tokens into its own, which saves the barrier after it */
@@ -283,7 +264,7 @@ static void phase_attention(worker *w, int l) {
 /* out rows of w, added into the residual stream x (plus bias); with a post-norm only into tmp (plus bias) */
 static void phase_matmul_residual(worker *w, const lp_weight *wt, const lp_weight *bias, float *tmp, int post_norm) {
     lp_engine *e = w->e;
-    int rows = (int)wt->ne1, cr = chunk_rows(rows, w->nth), n_chunks = (rows + cr - 1) / cr, c;
+    int rows = (int)wt->ne1, cr = lp_chunk_rows(rows, w->nth), n_chunks = (rows + cr - 1) / cr, c;
     int n = e->p.n_embd;
     while ((c = take(w, n_chunks)) >= 0) {
         int r0 = c * cr, r1 = r0 + cr < rows ? r0 + cr : rows;
@@ -312,19 +293,11 @@ static void phase_post_norm_add(worker *w, const lp_weight *norm, float *tmp) {
 }
 
 /* a[i] = gelu(a[i]) * b[i], GELU's tanh approximation */
-static void geglu(int n, float *a, const float *b) {
-    const float c = 0.7978845608028654f;   /* sqrt(2 / pi) */
-    for (int i = 0; i < n; i++) {
-        float x = a[i];
-        a[i] = 0.5f * x * (1.0f + tanhf(c * (x + 0.044715f * x * x * x))) * b[i];
-    }
-}
-
 /* the rows of ffn_gate/ffn_up, SwiGLU, and the result quantized for ffn_down chunk by chunk */
 static void phase_gate_up(worker *w, int l, int priv) {
     lp_engine *e = w->e;
     lp_layer_weights *L = &e->layers[l];
-    int rows = e->p.n_ff, cr = chunk_rows(rows, w->nth), c;
+    int rows = e->p.n_ff, cr = lp_chunk_rows(rows, w->nth), c;
     {   /* chunks of whole activation blocks of ffn_down's input, each quantized by the thread making it */
         int bs = (int)e->traits[L->down.tr->vec_dot_type].blck_size;
         cr = (cr + bs - 1) / bs * bs;
@@ -337,209 +310,13 @@ static void phase_gate_up(worker *w, int l, int priv) {
         add_bias(&L->gate_b, e->ffa, rows, e->n_tok, r0, r1);
         add_bias(&L->up_b, e->ffb, rows, e->n_tok, r0, r1);
         for (int t = 0; t < e->n_tok; t++)
-            (e->p.arch.act_gelu ? geglu : e->kern.swiglu)(r1 - r0, e->ffa + (size_t)t * rows + r0, e->ffb + (size_t)t * rows + r0);
+            (e->p.arch.act_gelu ? lp_geglu : e->kern.swiglu)(r1 - r0, e->ffa + (size_t)t * rows + r0, e->ffb + (size_t)t * rows + r0);
         {
             const lp_type_traits *vt = &e->traits[L->down.tr->vec_dot_type];
             lp_from_float_fn q = act_quantizer(e, L->down.tr->vec_dot_type);
             size_t rb = act_row_bytes(e, &L->down), off = (size_t)(r0 / vt->blck_size) * vt->type_size;
             char *dst = act_buf(e, &L->down, INNER);
             for (int t = 0; t < e->n_tok; t++) q(e->ffa + (size_t)t * rows + r0, dst + (size_t)t * rb + off, r1 - r0);
-        }
-    }
-}
-
-/* ---- mixture of experts ----------------------------------------------------------------- */
-
-/* expert g's rows of a 3-d expert tensor as a weight of its own (group n_expert: the shared expert) */
-static lp_weight expert_view(const lp_engine *e, const lp_layer_weights *L, int which, int g) {
-    const lp_weight *w = which == 0 ? (g < e->p.arch.n_expert ? &L->gate_exps : &L->gate_shexp)
-                       : which == 1 ? (g < e->p.arch.n_expert ? &L->up_exps : &L->up_shexp)
-                                    : (g < e->p.arch.n_expert ? &L->down_exps : &L->down_shexp);
-    if (g >= e->p.arch.n_expert) return *w;
-    lp_weight v = *w;
-    const int64_t rows = w->ne1 / e->p.arch.n_expert, r0 = rows * g;
-    v.ne1 = rows;
-    v.data = (const char *)w->data + (size_t)r0 * w->row_bytes;
-    v.packed = NULL;
-    if (w->packed && rows % w->pack_rows == 0 && r0 + rows <= w->ne1 / w->pack_rows * w->pack_rows)
-        v.packed = (char *)w->packed + (size_t)r0 * w->row_bytes;
-    return v;
-}
-
-/* router: each token's experts and weights (the tokens split between the threads) */
-static void phase_route(worker *w, int l) {
-    lp_engine *e = w->e;
-    const lp_layer_weights *L = &e->layers[l];
-    const lp_arch_traits *a = &e->p.arch;
-    const int n = e->p.n_embd, ne = a->n_expert, k = a->n_expert_used;
-    float *row = e->trow + (size_t)w->ith * n, prob[ne];
-    for (int t = w->ith; t < e->n_tok; t += w->nth) {
-        const float *xt = e->xn + (size_t)t * n;
-        float max = -INFINITY;
-        for (int j = 0; j < ne; j++) {
-            L->gate_inp.tr->to_float((const char *)L->gate_inp.data + (size_t)j * L->gate_inp.row_bytes, row, n);
-            double s = 0;
-            for (int i = 0; i < n; i++) s += (double)row[i] * xt[i];
-            prob[j] = (float)s;
-            if (prob[j] > max) max = prob[j];
-        }
-        double sum = 0;
-        for (int j = 0; j < ne; j++) sum += prob[j] = expf(prob[j] - max);
-        for (int j = 0; j < ne; j++) prob[j] = (float)(prob[j] / sum);
-        int *sel = e->moe_sel + (size_t)t * k;
-        float *wt = e->moe_w + (size_t)t * (k + 1), wsum = 0;
-        for (int i = 0; i < k; i++) {   /* the k largest, equal ones in index order */
-            int best = -1;
-            for (int j = 0; j < ne; j++) {
-                int taken = 0;
-                for (int q = 0; q < i; q++) taken |= sel[q] == j;
-                if (!taken && (best < 0 || prob[j] > prob[best])) best = j;
-            }
-            sel[i] = best;
-            wt[i] = prob[best];
-            wsum += prob[best];
-        }
-        if (a->expert_weights_norm)
-            for (int i = 0; i < k; i++) wt[i] /= wsum;
-        if (a->n_ff_shexp > 0) {
-            double s = 0;
-            const float *g = L->gate_inp_shexp.data;
-            for (int i = 0; i < n; i++) s += (double)g[i] * xt[i];
-            wt[k] = 1.0f / (1.0f + expf(-(float)s));
-        }
-    }
-}
-
-/* one thread groups the (token, expert) pairs by expert and gathers their quantized activations */
-static void moe_gather(lp_engine *e, int l) {
-    const lp_layer_weights *L = &e->layers[l];
-    const lp_arch_traits *a = &e->p.arch;
-    const int k = a->n_expert_used, ng = a->n_ff_shexp > 0 ? e->n_groups : e->n_groups - 1;
-    memset(e->moe_cnt, 0, sizeof(int) * (size_t)e->n_groups);
-    for (int t = 0; t < e->n_tok; t++) {
-        for (int i = 0; i < k; i++) e->moe_cnt[e->moe_sel[(size_t)t * k + i]]++;
-        if (ng == e->n_groups) e->moe_cnt[a->n_expert]++;
-    }
-    for (int g = 0, off = 0; g < e->n_groups; off += e->moe_cnt[g], g++) e->moe_off[g] = off;
-    int fill[e->n_groups];
-    memset(fill, 0, sizeof fill);
-    for (int t = 0; t < e->n_tok; t++)
-        for (int i = 0; i <= k; i++) {
-            int g = i < k ? e->moe_sel[(size_t)t * k + i] : a->n_expert;
-            if (i == k && ng != e->n_groups) break;
-            int pr = e->moe_off[g] + fill[g]++;
-            e->moe_tok[pr] = t;
-            e->moe_pair[(size_t)t * (k + 1) + i] = pr;
-        }
-    const lp_weight *ws[4] = {&L->gate_exps, &L->up_exps, &L->gate_shexp, &L->up_shexp};
-    int done[4], nd = 0;
-    for (int i = 0; i < (ng == e->n_groups ? 4 : 2); i++) {
-        int vt = ws[i]->tr->vec_dot_type, seen = 0;
-        for (int j = 0; j < nd; j++) seen |= done[j] == vt;
-        if (seen) continue;
-        done[nd++] = vt;
-        size_t rb = act_row_bytes(e, ws[i]);
-        int pairs = e->moe_off[e->n_groups - 1] + e->moe_cnt[e->n_groups - 1];
-        for (int pr = 0; pr < pairs; pr++)
-            memcpy((char *)e->moe_xq[vt] + (size_t)pr * rb, (const char *)e->qbuf[vt] + (size_t)e->moe_tok[pr] * rb, rb);
-    }
-}
-
-/* work items of a phase over the groups: chunks of `rows(g)` rows for each group that has pairs */
-static int moe_items(const lp_engine *e, int which, const int *chunk) {
-    const lp_arch_traits *a = &e->p.arch;
-    int n = 0;
-    for (int g = 0; g < e->n_groups; g++) {
-        if (!e->moe_cnt[g]) continue;
-        int rows = which == 2 ? e->p.n_embd : g < a->n_expert ? a->n_ff_exp : a->n_ff_shexp;
-        n += (rows + chunk[g] - 1) / chunk[g];
-    }
-    return n;
-}
-
-static void moe_find(const lp_engine *e, int which, const int *chunk, int c, int *g_out, int *r0, int *r1) {
-    const lp_arch_traits *a = &e->p.arch;
-    for (int g = 0; g < e->n_groups; g++) {
-        if (!e->moe_cnt[g]) continue;
-        int rows = which == 2 ? e->p.n_embd : g < a->n_expert ? a->n_ff_exp : a->n_ff_shexp;
-        int nc = (rows + chunk[g] - 1) / chunk[g];
-        if (c < nc) {
-            *g_out = g;
-            *r0 = c * chunk[g];
-            *r1 = *r0 + chunk[g] < rows ? *r0 + chunk[g] : rows;
-            return;
-        }
-        c -= nc;
-    }
-    *g_out = -1;
-}
-
-static void phase_moe_gate_up(worker *w, int l) {
-    lp_engine *e = w->e;
-    const lp_layer_weights *L = &e->layers[l];
-    const lp_arch_traits *a = &e->p.arch;
-    const int ffw = a->n_ff_exp > a->n_ff_shexp ? a->n_ff_exp : a->n_ff_shexp;
-    int chunk[e->n_groups];
-    for (int g = 0; g < e->n_groups; g++) {
-        lp_weight down = expert_view(e, L, 2, g < a->n_expert ? g : a->n_expert);
-        int rows = g < a->n_expert ? a->n_ff_exp : a->n_ff_shexp;
-        int cr = chunk_rows(rows, w->nth), bs = down.data ? (int)e->traits[down.tr->vec_dot_type].blck_size : 1;
-        chunk[g] = (cr + bs - 1) / bs * bs;
-    }
-    int n_items = moe_items(e, 0, chunk), c;
-    while ((c = take(w, n_items)) >= 0) {
-        int g = -1, r0 = 0, r1 = 0;
-        moe_find(e, 0, chunk, c, &g, &r0, &r1);
-        if (g < 0) continue;
-        lp_weight gw = expert_view(e, L, 0, g), uw = expert_view(e, L, 1, g), dw = expert_view(e, L, 2, g);
-        const int off = e->moe_off[g], cnt = e->moe_cnt[g];
-        float *ga = e->moe_a + (size_t)off * ffw, *ub = e->moe_b + (size_t)off * ffw;
-        size_t xrb = act_row_bytes(e, &gw);
-        matmul_chunk_x(e, &gw, r0, r1, cnt, ga, ffw, (const char *)e->moe_xq[gw.tr->vec_dot_type] + (size_t)off * xrb);
-        xrb = act_row_bytes(e, &uw);
-        matmul_chunk_x(e, &uw, r0, r1, cnt, ub, ffw, (const char *)e->moe_xq[uw.tr->vec_dot_type] + (size_t)off * xrb);
-        const lp_type_traits *vt = &e->traits[dw.tr->vec_dot_type];
-        lp_from_float_fn q = act_quantizer(e, dw.tr->vec_dot_type);
-        size_t rb = act_row_bytes(e, &dw), qoff = (size_t)(r0 / vt->blck_size) * vt->type_size;
-        for (int i = 0; i < cnt; i++) {
-            float *gi = ga + (size_t)i * ffw + r0;
-            (a->act_gelu ? geglu : e->kern.swiglu)(r1 - r0, gi, ub + (size_t)i * ffw + r0);
-            q(gi, (char *)e->moe_hq[dw.tr->vec_dot_type] + (size_t)(off + i) * rb + qoff, r1 - r0);
-        }
-    }
-}
-
-static void phase_moe_down(worker *w, int l) {
-    lp_engine *e = w->e;
-    const lp_layer_weights *L = &e->layers[l];
-    const int n = e->p.n_embd;
-    int chunk[e->n_groups];
-    for (int g = 0; g < e->n_groups; g++) chunk[g] = chunk_rows(n, w->nth);
-    int n_items = moe_items(e, 2, chunk), c;
-    while ((c = take(w, n_items)) >= 0) {
-        int g = -1, r0 = 0, r1 = 0;
-        moe_find(e, 2, chunk, c, &g, &r0, &r1);
-        if (g < 0) continue;
-        lp_weight dw = expert_view(e, L, 2, g);
-        const int off = e->moe_off[g];
-        size_t rb = act_row_bytes(e, &dw);
-        matmul_chunk_x(e, &dw, r0, r1, e->moe_cnt[g], e->moe_o + (size_t)off * n, n,
-                       (const char *)e->moe_hq[dw.tr->vec_dot_type] + (size_t)off * rb);
-    }
-}
-
-/* x += (or tmp =, with a post-norm) the weighted sum of each token's expert outputs */
-static void phase_moe_combine(worker *w, float *tmp, int post_norm) {
-    lp_engine *e = w->e;
-    const lp_arch_traits *a = &e->p.arch;
-    const int n = e->p.n_embd, k = a->n_expert_used, kk = a->n_ff_shexp > 0 ? k + 1 : k;
-    for (int t = w->ith; t < e->n_tok; t += w->nth) {
-        float *dst = post_norm ? tmp + (size_t)t * n : e->x + (size_t)t * n;
-        if (post_norm) memset(dst, 0, sizeof(float) * (size_t)n);
-        for (int i = 0; i < kk; i++) {
-            const float wt = e->moe_w[(size_t)t * (k + 1) + i];
-            const float *o = e->moe_o + (size_t)e->moe_pair[(size_t)t * (k + 1) + i] * n;
-            for (int r = 0; r < n; r++) dst[r] += wt * o[r];
         }
     }
 }
@@ -594,17 +371,17 @@ static void forward_task(void *arg, int ith, int nth) {
             const lp_weight *egu[4] = {&L->gate_exps, &L->up_exps, &L->gate_shexp, &L->up_shexp};
             phase_norm_quant(&w, e->x, &L->ffn_norm, egu, p->arch.n_ff_shexp > 0 ? 4 : 2, 0);
             lp_pool_barrier(e->pool);
-            phase_route(&w, l);
+            lp_phase_route(&w, l);
             lp_pool_barrier(e->pool);
-            if (ith == 0) moe_gather(e, l);
+            if (ith == 0) lp_moe_gather(e, l);
             lp_pool_barrier(e->pool);
-            phase_moe_gate_up(&w, l);
+            lp_phase_moe_gate_up(&w, l);
             w.phase++;
             lp_pool_barrier(e->pool);
-            phase_moe_down(&w, l);
+            lp_phase_moe_down(&w, l);
             w.phase++;
             lp_pool_barrier(e->pool);
-            phase_moe_combine(&w, e->xn, L->post_ffn_norm.data != NULL);
+            lp_phase_moe_combine(&w, e->xn, L->post_ffn_norm.data != NULL);
             lp_pool_barrier(e->pool);
         } else {
             phase_norm_quant(&w, e->x, &L->ffn_norm, gu, 2, priv);
@@ -633,7 +410,7 @@ static void forward_task(void *arg, int ith, int nth) {
     }
     if (!e->logits) return;
     if (!opriv) lp_pool_barrier(e->pool);
-    int rows = p->n_vocab, cr = chunk_rows(rows, nth), n_chunks = (rows + cr - 1) / cr, c;
+    int rows = p->n_vocab, cr = lp_chunk_rows(rows, nth), n_chunks = (rows + cr - 1) / cr, c;
     while ((c = take(&w, n_chunks)) >= 0) {
         int r0 = c * cr, r1 = r0 + cr < rows ? r0 + cr : rows;
         matmul_chunk(e, &e->output, r0, r1, e->n_out, e->logits, rows, opriv ? ith : NORMED);
