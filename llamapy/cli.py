@@ -73,7 +73,7 @@ def _run(args: list[str]) -> None:
     verbose = "--verbose" in args
     try:
         if args[:1] == ["run"] and len(args) > 1 and not args[1].startswith("-"):  # `run NAME`: as `ollama run`
-            from .store.repl import run_cli
+            from .chat.ollama_repl import run_cli
 
             sys.exit(run_cli(args[1:]))
         make_app(_verbs_for(args))(args=args, prog_name="llamapy")

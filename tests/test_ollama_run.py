@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
+from llamapy.chat.ollama_repl import OllamaChat, repl, run_options
 from llamapy.cli import main
 from llamapy.errors import LlamapyError
 from llamapy.store.modelfile import parse
 from llamapy.store.models import create_model, model_settings
-from llamapy.store.repl import OllamaChat, repl, run_options
 
 ROOT = Path(__file__).resolve().parent.parent
 LLAMA3 = '''FROM {src}

@@ -22,11 +22,11 @@ from typing import TextIO
 
 from ..errors import LlamapyError
 from ..generation.params import SamplerParams
-from .gotemplate import Template
-from .modelfile import PARAMETER_TYPES, parse_parameter
-from .models import ModelSettings, render_modelfile, render_parameters
-from .prompt import chat_messages, chat_prompt, execute, generate_messages, parse_template
-from .text import one_line, printable
+from ..store.gotemplate import Template
+from ..store.modelfile import PARAMETER_TYPES, parse_parameter
+from ..store.models import ModelSettings, render_modelfile, render_parameters
+from ..store.prompt import chat_messages, chat_prompt, execute, generate_messages, parse_template
+from ..store.text import one_line, printable
 
 DEFAULT_TEMPLATE = "{{ .Prompt }}"  # Ollama's, for a model without a TEMPLATE
 # Ollama's api.DefaultOptions (num_ctx: its default without a GPU's memory to size it by)
@@ -389,7 +389,7 @@ def run_stored(name: str, prompt: str | None, *, inp: TextIO | None = None, out:
     """`llamapy run NAME [PROMPT...]`: the chat when stdin and stdout are terminals and no prompt is given,
     else one answer (piped stdin goes first in the prompt; no prompt at all only loads the model).
     Returns the exit status."""
-    from .models import model_settings
+    from ..store.models import model_settings
 
     inp, out, err = inp or sys.stdin, out or sys.stdout, err or sys.stderr
     chat = OllamaChat(model_settings(name), out=out)
@@ -416,7 +416,7 @@ def run_stored(name: str, prompt: str | None, *, inp: TextIO | None = None, out:
 
 def run_cli(args: list[str]) -> int:
     """`llamapy run NAME [PROMPT...] [--verbose]` (the words after `run`): a stored model run as `ollama run`."""
-    from .models import settings_for
+    from ..store.models import settings_for
 
     name, words, verbose = args[0], [], False
     for a in args[1:]:
