@@ -39,11 +39,16 @@ static inline void lp_geglu(int n, float *a, const float *b) {
     }
 }
 
-/* out[t*out_stride + r] = dot(row r of w, activation t) for r in [r0, r1), t < n_tok; activations xq */
+/* out[t*out_stride + r] = dot(row r of w, activation t) for r in [r0, r1), t < n_tok; activations xq
+   (engine_ops.c) */
 void lp_matmul_chunk_x(const lp_engine *e, const lp_weight *w, int r0, int r1, int n_tok, float *out,
                        int out_stride, const char *xq);
 /* rows per chunk of a matrix product split between nth threads */
-int lp_chunk_rows(int rows, int nth);
+static inline int lp_chunk_rows(int rows, int nth) {
+    int c = rows / (nth * 16);
+    c = (c + 15) / 16 * 16;
+    return c < 16 ? 16 : c;
+}
 
 /* mixture of experts (engine_moe.c) */
 void lp_phase_route(worker *w, int l);
