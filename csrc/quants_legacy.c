@@ -41,6 +41,16 @@ static inline void block_minmax(const float *x, int n, float *min_out, float *ma
     *max_out = max;
 }
 
+/* Sum over a Q4 block of (q - off) * y: low nibbles against y[0..15], high nibbles against y[16..31]. */
+static inline int dot_q4_block(const uint8_t *qs, const int8_t *y, int off) {
+    int sumi = 0;
+    for (int j = 0; j < LP_QK / 2; j++) {
+        sumi += ((qs[j] & 0xf) - off) * y[j];
+        sumi += ((qs[j] >> 4) - off) * y[j + LP_QK / 2];
+    }
+    return sumi;
+}
+
 /* ---- Q4_0 -------------------------------------------------------------------------------------- */
 static void quantize_row_q4_0_ref(const float *x, void *vy, int64_t n) {
     lp_block_q4_0 *y = vy;
@@ -72,11 +82,7 @@ static void vec_dot_q4_0_q8_0(int n, float *s, const void *vx, const void *vy) {
     const lp_block_q8_0 *y = vy;
     float sum = 0.0f;
     for (int i = 0; i < n / LP_QK; i++) {
-        int sumi = 0;
-        for (int j = 0; j < LP_QK / 2; j++) {
-            sumi += ((x[i].qs[j] & 0xf) - 8) * y[i].qs[j];
-            sumi += ((x[i].qs[j] >> 4) - 8) * y[i].qs[j + LP_QK / 2];
-        }
+        const int sumi = dot_q4_block(x[i].qs, y[i].qs, 8);
         sum += sumi * (H2F(x[i].d) * H2F(y[i].d));
     }
     *s = sum;
@@ -116,11 +122,7 @@ static void vec_dot_q4_1_q8_1(int n, float *s, const void *vx, const void *vy) {
     const lp_block_q8_1 *y = vy;
     float sum = 0.0f;
     for (int i = 0; i < n / LP_QK; i++) {
-        int sumi = 0;
-        for (int j = 0; j < LP_QK / 2; j++) {
-            sumi += (x[i].qs[j] & 0xf) * y[i].qs[j];
-            sumi += (x[i].qs[j] >> 4) * y[i].qs[j + LP_QK / 2];
-        }
+        const int sumi = dot_q4_block(x[i].qs, y[i].qs, 0);
         sum += (H2F(x[i].d) * H2F(y[i].d)) * sumi + H2F(x[i].m) * H2F(y[i].s);
     }
     *s = sum;
@@ -144,6 +146,15 @@ static inline void unpack_q5(const uint8_t *qs, const uint8_t *qh_bytes, int *q)
         q[j] = (qs[j] & 0xf) | (int)(((qh >> j) & 1) << 4);
         q[j + LP_QK / 2] = (qs[j] >> 4) | (int)(((qh >> (j + LP_QK / 2)) & 1) << 4);
     }
+}
+
+/* Sum over a Q5 block of (q - off) * y. */
+static inline int dot_q5_block(const uint8_t *qs, const uint8_t *qh, const int8_t *y, int off) {
+    int q[LP_QK];
+    unpack_q5(qs, qh, q);
+    int sumi = 0;
+    for (int j = 0; j < LP_QK; j++) sumi += (q[j] - off) * y[j];
+    return sumi;
 }
 
 static void quantize_row_q5_0_ref(const float *x, void *vy, int64_t n) {
@@ -171,12 +182,9 @@ static void dequantize_row_q5_0(const void *vx, float *y, int64_t n) {
 static void vec_dot_q5_0_q8_0(int n, float *s, const void *vx, const void *vy) {
     const lp_block_q5_0 *x = vx;
     const lp_block_q8_0 *y = vy;
-    int q[LP_QK];
     float sum = 0.0f;
     for (int i = 0; i < n / LP_QK; i++) {
-        unpack_q5(x[i].qs, x[i].qh, q);
-        int sumi = 0;
-        for (int j = 0; j < LP_QK; j++) sumi += (q[j] - 16) * y[i].qs[j];
+        const int sumi = dot_q5_block(x[i].qs, x[i].qh, y[i].qs, 16);
         sum += (H2F(x[i].d) * H2F(y[i].d)) * sumi;
     }
     *s = sum;
@@ -210,12 +218,9 @@ static void dequantize_row_q5_1(const void *vx, float *y, int64_t n) {
 static void vec_dot_q5_1_q8_1(int n, float *s, const void *vx, const void *vy) {
     const lp_block_q5_1 *x = vx;
     const lp_block_q8_1 *y = vy;
-    int q[LP_QK];
     float sum = 0.0f;
     for (int i = 0; i < n / LP_QK; i++) {
-        unpack_q5(x[i].qs, x[i].qh, q);
-        int sumi = 0;
-        for (int j = 0; j < LP_QK; j++) sumi += q[j] * y[i].qs[j];
+        const int sumi = dot_q5_block(x[i].qs, x[i].qh, y[i].qs, 0);
         sum += (H2F(x[i].d) * H2F(y[i].d)) * sumi + H2F(x[i].m) * H2F(y[i].s);
     }
     *s = sum;
@@ -300,6 +305,18 @@ static inline int iq4nl_nearest(float v) {
 
 #define IQ4NL_NTRY 7
 
+/* The weighted fit of a block to the levels at inverse scale id: sum w*q*x and sum w*q*q. */
+static inline void iq4nl_fit(const float *x, const float *w, float id, float *sumqx_out, float *sumq2_out) {
+    float sumqx = 0, sumq2 = 0;
+    for (int j = 0; j < LP_QK; j++) {
+        const float q = lp_iq4nl_values[iq4nl_nearest(id * x[j])];
+        sumqx += w[j] * q * x[j];
+        sumq2 += w[j] * q * q;
+    }
+    *sumqx_out = sumqx;
+    *sumq2_out = sumq2;
+}
+
 void lp_quantize_row_iq4_nl_ref(const float *x, void *vy, int64_t n) {
     lp_block_iq4_nl *y = vy;
     uint8_t L[LP_QK];
@@ -317,22 +334,13 @@ void lp_quantize_row_iq4_nl_ref(const float *x, void *vy, int64_t n) {
         if (amax >= 1e-15f) {
             d = -max / lp_iq4nl_values[0];
             float id = 1 / d;
-            float sumqx = 0, sumq2 = 0;
-            for (int j = 0; j < LP_QK; j++) {
-                const float q = lp_iq4nl_values[iq4nl_nearest(id * x[j])];
-                sumqx += w[j] * q * x[j];
-                sumq2 += w[j] * q * q;
-            }
+            float sumqx, sumq2;
+            iq4nl_fit(x, w, id, &sumqx, &sumq2);
             d = sumqx / sumq2;
             float best = d * sumqx;
             for (int itry = -IQ4NL_NTRY; itry <= IQ4NL_NTRY; itry++) {
                 id = (itry + lp_iq4nl_values[0]) / max;
-                sumqx = sumq2 = 0;
-                for (int j = 0; j < LP_QK; j++) {
-                    const float q = lp_iq4nl_values[iq4nl_nearest(id * x[j])];
-                    sumqx += w[j] * q * x[j];
-                    sumq2 += w[j] * q * q;
-                }
+                iq4nl_fit(x, w, id, &sumqx, &sumq2);
                 if (sumq2 > 0 && sumqx * sumqx > best * sumq2) {
                     d = sumqx / sumq2;
                     best = d * sumqx;
