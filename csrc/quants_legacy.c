@@ -227,24 +227,29 @@ static void vec_dot_q5_1_q8_1(int n, float *s, const void *vx, const void *vy) {
 }
 
 /* ---- Q8_0 / Q8_1 --------------------------------------------------------------------------------- */
+/* One Q8 block: the 32 values rounded at scale amax / 127; returns that scale. */
+static inline float quantize_block_q8_ref(const float *x, int8_t *qs) {
+    float amax = 0.0f;
+    for (int j = 0; j < LP_QK; j++) amax = MAX(amax, fabsf(x[j]));
+    const float d = amax / 127;
+    const float id = d ? 1.0f / d : 0.0f;
+    for (int j = 0; j < LP_QK; j++) qs[j] = (int8_t)roundf(x[j] * id);
+    return d;
+}
+
+static inline void dequantize_block_q8(const int8_t *qs, uint16_t dh, float *y) {
+    const float d = H2F(dh);
+    for (int j = 0; j < LP_QK; j++) y[j] = qs[j] * d;
+}
+
 void lp_quantize_row_q8_0_ref(const float *x, void *vy, int64_t n) {
     lp_block_q8_0 *y = vy;
-    for (int64_t i = 0; i < n / LP_QK; i++, x += LP_QK) {
-        float amax = 0.0f;
-        for (int j = 0; j < LP_QK; j++) amax = MAX(amax, fabsf(x[j]));
-        const float d = amax / 127;
-        const float id = d ? 1.0f / d : 0.0f;
-        y[i].d = F2H(d);
-        for (int j = 0; j < LP_QK; j++) y[i].qs[j] = (int8_t)roundf(x[j] * id);
-    }
+    for (int64_t i = 0; i < n / LP_QK; i++, x += LP_QK) y[i].d = F2H(quantize_block_q8_ref(x, y[i].qs));
 }
 
 static void dequantize_row_q8_0(const void *vx, float *y, int64_t n) {
     const lp_block_q8_0 *x = vx;
-    for (int64_t i = 0; i < n / LP_QK; i++, y += LP_QK) {
-        const float d = H2F(x[i].d);
-        for (int j = 0; j < LP_QK; j++) y[j] = x[i].qs[j] * d;
-    }
+    for (int64_t i = 0; i < n / LP_QK; i++, y += LP_QK) dequantize_block_q8(x[i].qs, x[i].d, y);
 }
 
 static void vec_dot_q8_0_q8_0(int n, float *s, const void *vx, const void *vy) {
@@ -262,26 +267,17 @@ static void vec_dot_q8_0_q8_0(int n, float *s, const void *vx, const void *vy) {
 void lp_quantize_row_q8_1_ref(const float *x, void *vy, int64_t n) {
     lp_block_q8_1 *y = vy;
     for (int64_t i = 0; i < n / LP_QK; i++, x += LP_QK) {
-        float amax = 0.0f;
-        for (int j = 0; j < LP_QK; j++) amax = MAX(amax, fabsf(x[j]));
-        const float d = amax / 127;
-        const float id = d ? 1.0f / d : 0.0f;
+        const float d = quantize_block_q8_ref(x, y[i].qs);
         y[i].d = F2H(d);
         int sum = 0;
-        for (int j = 0; j < LP_QK; j++) {
-            y[i].qs[j] = (int8_t)roundf(x[j] * id);
-            sum += y[i].qs[j];
-        }
+        for (int j = 0; j < LP_QK; j++) sum += y[i].qs[j];
         y[i].s = F2H(sum * d);
     }
 }
 
 static void dequantize_row_q8_1(const void *vx, float *y, int64_t n) {
     const lp_block_q8_1 *x = vx;
-    for (int64_t i = 0; i < n / LP_QK; i++, y += LP_QK) {
-        const float d = H2F(x[i].d);
-        for (int j = 0; j < LP_QK; j++) y[j] = x[i].qs[j] * d;
-    }
+    for (int64_t i = 0; i < n / LP_QK; i++, y += LP_QK) dequantize_block_q8(x[i].qs, x[i].d, y);
 }
 
 /* ---- IQ4_NL ---------------------------------------------------------------------------------------
