@@ -31,14 +31,18 @@ static inline float signed_absmax(const float *x, int n) {
     return max;
 }
 
-static inline void block_minmax(const float *x, int n, float *min_out, float *max_out) {
+/* A Q4_1/Q5_1 block's minimum and step d = (max - min) / nmax, both stored as fp16; returns 1 / d (0 if d is 0). */
+static inline float block_min_step(const float *x, int nmax, uint16_t *dh, uint16_t *mh, float *min_out) {
     float min = FLT_MAX, max = -FLT_MAX;
-    for (int j = 0; j < n; j++) {
+    for (int j = 0; j < LP_QK; j++) {
         if (x[j] < min) min = x[j];
         if (x[j] > max) max = x[j];
     }
+    const float d = (max - min) / nmax;
+    *dh = F2H(d);
+    *mh = F2H(min);
     *min_out = min;
-    *max_out = max;
+    return d ? 1.0f / d : 0.0f;
 }
 
 /* Sum over a Q4 block of (q - off) * y: low nibbles against y[0..15], high nibbles against y[16..31]. */
@@ -92,12 +96,8 @@ static void vec_dot_q4_0_q8_0(int n, float *s, const void *vx, const void *vy) {
 static void quantize_row_q4_1_ref(const float *x, void *vy, int64_t n) {
     lp_block_q4_1 *y = vy;
     for (int64_t i = 0; i < n / LP_QK; i++, x += LP_QK) {
-        float min, max;
-        block_minmax(x, LP_QK, &min, &max);
-        const float d = (max - min) / 15;
-        const float id = d ? 1.0f / d : 0.0f;
-        y[i].d = F2H(d);
-        y[i].m = F2H(min);
+        float min;
+        const float id = block_min_step(x, 15, &y[i].d, &y[i].m, &min);
         for (int j = 0; j < LP_QK / 2; j++) {
             const int q0 = MIN(15, (int)((x[j] - min) * id + 0.5f));
             const int q1 = MIN(15, (int)((x[j + LP_QK / 2] - min) * id + 0.5f));
@@ -194,12 +194,8 @@ static void quantize_row_q5_1_ref(const float *x, void *vy, int64_t n) {
     lp_block_q5_1 *y = vy;
     int q[LP_QK];
     for (int64_t i = 0; i < n / LP_QK; i++, x += LP_QK) {
-        float min, max;
-        block_minmax(x, LP_QK, &min, &max);
-        const float d = (max - min) / 31;
-        const float id = d ? 1.0f / d : 0.0f;
-        y[i].d = F2H(d);
-        y[i].m = F2H(min);
+        float min;
+        const float id = block_min_step(x, 31, &y[i].d, &y[i].m, &min);
         for (int j = 0; j < LP_QK; j++) q[j] = (uint8_t)(int)((x[j] - min) * id + 0.5f);
         pack_q5(q, y[i].qs, y[i].qh);
     }
