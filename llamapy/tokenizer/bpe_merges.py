@@ -9,12 +9,12 @@ token of a chat comes sooner, and long texts still run in the library.
 """
 from __future__ import annotations
 
-import heapq
 import itertools
 import re
 from itertools import repeat
 
 from .bpe import BYTE_CHARS, _cls, to_byte_chars
+from .merging import merge_symbols
 
 
 def parse_merges(merges) -> dict[tuple[str, str], int]:
@@ -98,38 +98,8 @@ class BPEMerger:
         vocab = self.token_to_id
         if self.ignore_merges and w in vocab:
             return (vocab[w],)
-        sym = list(w)  # "" once merged into its left neighbour
-        n = len(sym)
-        nxt = list(range(1, n + 1))
-        nxt[-1] = -1
-        prv = list(range(-1, n - 1))
         ranks, sep = self.ranks, self.sep
-        heap = []
-        for i in range(n - 1):
-            r = ranks.get(sym[i] + sep + sym[i + 1])
-            if r is not None:
-                heap.append((r, i, i + 1, sym[i] + sym[i + 1]))
-        heapq.heapify(heap)
-        while heap:
-            _, left, right, text = heapq.heappop(heap)
-            ls, rs = sym[left], sym[right]
-            if not ls or not rs or ls + rs != text:
-                continue
-            sym[left] = text
-            sym[right] = ""
-            nx = nxt[right]
-            nxt[left] = nx
-            if nx >= 0:
-                prv[nx] = left
-            p = prv[left]
-            if p >= 0:
-                r = ranks.get(sym[p] + sep + text)
-                if r is not None:
-                    heapq.heappush(heap, (r, p, left, sym[p] + text))
-            if nx >= 0:
-                r = ranks.get(text + sep + sym[nx])
-                if r is not None:
-                    heapq.heappush(heap, (r, left, nx, text + sym[nx]))
+        sym = merge_symbols(list(w), lambda a, b: ranks.get(a + sep + b))  # "" once merged into its left
         out = []
         for s in sym:
             if not s:

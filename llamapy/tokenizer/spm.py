@@ -19,10 +19,11 @@ repeated ones come from a cache (`word_splitter`, `SPMEncoder`), exact and sever
 """
 from __future__ import annotations
 
-import heapq
 import itertools
 import re
 import struct
+
+from .merging import merge_symbols
 
 BYTE_TOKEN = "<0x{:02X}>"
 
@@ -58,40 +59,14 @@ class SPMMerger:
         vocab = self.token_to_id
         scores = self.scores
         sym = split_chars(text)
-        n = len(sym)
-        if n == 0:
+        if not sym:
             return []
-        nxt = list(range(1, n + 1))
-        nxt[-1] = -1
-        prv = list(range(-1, n - 1))
-        heap = []
-        for i in range(n - 1):
-            t = vocab.get(sym[i] + sym[i + 1])
-            if t is not None:
-                # highest score first, then leftmost
-                heap.append((-scores[t], i, i + 1, len(sym[i]) + len(sym[i + 1])))
-        heapq.heapify(heap)
-        while heap:
-            _, left, right, size = heapq.heappop(heap)
-            ls, rs = sym[left], sym[right]
-            if not ls or not rs or len(ls) + len(rs) != size:
-                continue
-            merged = ls + rs
-            sym[left] = merged
-            sym[right] = b""
-            nx = nxt[right]
-            nxt[left] = nx
-            if nx >= 0:
-                prv[nx] = left
-            p = prv[left]
-            if p >= 0:
-                t = vocab.get(sym[p] + merged)
-                if t is not None:
-                    heapq.heappush(heap, (-scores[t], p, left, len(sym[p]) + len(merged)))
-            if nx >= 0:
-                t = vocab.get(merged + sym[nx])
-                if t is not None:
-                    heapq.heappush(heap, (-scores[t], left, nx, len(merged) + len(sym[nx])))
+
+        def rank(a: bytes, b: bytes) -> float | None:  # highest score first, then leftmost
+            t = vocab.get(a + b)
+            return None if t is None else -scores[t]
+
+        merge_symbols(sym, rank)
         out = []
         for s in sym:
             if not s:

@@ -1,0 +1,47 @@
+"""The symbol merging loop of the SentencePiece and BPE tokenizers (llama.cpp's llm_tokenizer_spm and
+llm_tokenizer_bpe): neighbouring symbols merge, the best-ranked pair first, until no pair ranks."""
+from __future__ import annotations
+
+import heapq
+from collections.abc import Callable
+from typing import Any
+
+
+def merge_symbols(sym: list[Any], rank: Callable[[Any, Any], Any]) -> list[Any]:
+    """Merge neighbours of `sym` (strings or bytes) in place and return it; a symbol merged into its left
+    neighbour becomes empty. rank(a, b): the pair's rank, lowest first (ties: the leftmost pair), or None
+    when the pair does not merge."""
+    n = len(sym)
+    if n == 0:
+        return sym
+    nxt = list(range(1, n + 1))
+    nxt[-1] = -1
+    prv = list(range(-1, n - 1))
+    heap = []
+    for i in range(n - 1):
+        r = rank(sym[i], sym[i + 1])
+        if r is not None:
+            heap.append((r, i, i + 1, len(sym[i]) + len(sym[i + 1])))
+    heapq.heapify(heap)
+    while heap:
+        _, left, right, size = heapq.heappop(heap)
+        ls, rs = sym[left], sym[right]
+        if not ls or not rs or len(ls) + len(rs) != size:  # stale: one side has merged since
+            continue
+        merged = ls + rs
+        sym[left] = merged
+        sym[right] = rs[:0]
+        nx = nxt[right]
+        nxt[left] = nx
+        if nx >= 0:
+            prv[nx] = left
+        p = prv[left]
+        if p >= 0:
+            r = rank(sym[p], merged)
+            if r is not None:
+                heapq.heappush(heap, (r, p, left, len(sym[p]) + len(merged)))
+        if nx >= 0:
+            r = rank(merged, sym[nx])
+            if r is not None:
+                heapq.heappush(heap, (r, left, nx, len(merged) + len(sym[nx])))
+    return sym
