@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import itertools
 import re
+from collections.abc import Iterator
 from itertools import repeat
 
 from .bpe import BYTE_CHARS, _cls, to_byte_chars
-from .merging import merge_symbols
+from .merging import merge_symbols, symbol_ids
 
 
 def parse_merges(merges) -> dict[tuple[str, str], int]:
@@ -100,19 +101,14 @@ class BPEMerger:
             return (vocab[w],)
         ranks, sep = self.ranks, self.sep
         sym = merge_symbols(list(w), lambda a, b: ranks.get(a + sep + b))  # "" once merged into its left
-        out = []
-        for s in sym:
-            if not s:
-                continue
-            t = vocab.get(s)
-            if t is not None:
-                out.append(t)
-                continue
+
+        def byte_ids(s: str) -> Iterator[int]:
             for byte in s.encode("utf-8", "surrogatepass"):
                 t = vocab.get(bytes([byte]).decode("utf-8", "surrogateescape"))
                 if t is not None:
-                    out.append(t)
-        return tuple(out)
+                    yield t
+
+        return tuple(symbol_ids(sym, vocab, byte_ids))
 
 
 # bytes that never occur in UTF-8 text: a vocabulary may leave their characters out

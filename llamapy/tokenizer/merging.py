@@ -3,7 +3,7 @@ llm_tokenizer_bpe): neighbouring symbols merge, the best-ranked pair first, unti
 from __future__ import annotations
 
 import heapq
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 
@@ -45,3 +45,17 @@ def merge_symbols(sym: list[Any], rank: Callable[[Any, Any], Any]) -> list[Any]:
             if r is not None:
                 heapq.heappush(heap, (r, left, nx, len(merged) + len(sym[nx])))
     return sym
+
+
+def symbol_ids(sym: list[Any], vocab: dict[Any, int], fallback: Callable[[Any], Iterable[int]]) -> list[int]:
+    """The token ids of merged symbols: a symbol's own id, else what fallback(symbol) gives (its bytes')."""
+    out: list[int] = []
+    for s in sym:
+        if not s:
+            continue
+        t = vocab.get(s)
+        if t is not None:
+            out.append(t)
+        else:
+            out.extend(fallback(s))
+    return out

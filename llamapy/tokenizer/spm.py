@@ -22,8 +22,9 @@ from __future__ import annotations
 import itertools
 import re
 import struct
+from collections.abc import Iterator
 
-from .merging import merge_symbols
+from .merging import merge_symbols, symbol_ids
 
 BYTE_TOKEN = "<0x{:02X}>"
 
@@ -66,15 +67,7 @@ class SPMMerger:
             t = vocab.get(a + b)
             return None if t is None else -scores[t]
 
-        merge_symbols(sym, rank)
-        out = []
-        for s in sym:
-            if not s:
-                continue
-            t = vocab.get(s)
-            if t is not None:
-                out.append(t)
-                continue
+        def byte_ids(s: bytes) -> Iterator[int]:
             for byte in s:
                 bt = self.byte_ids[byte]
                 if bt is None:
@@ -82,8 +75,9 @@ class SPMMerger:
                     # closest thing to a value
                     bt = self.unk_id
                 if bt is not None:
-                    out.append(bt)
-        return out
+                    yield bt
+
+        return symbol_ids(merge_symbols(sym, rank), vocab, byte_ids)
 
 
 ESCAPED_SPACE = "\u2581"
