@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from itertools import repeat
 
 from .bpe import BYTE_CHARS, _cls, to_byte_chars
-from .merging import merge_symbols, symbol_ids
+from .merging import merge_symbols, symbol_ids, uncached
 
 
 def parse_merges(merges) -> dict[tuple[str, str], int]:
@@ -78,12 +78,8 @@ class BPEMerger:
 
     def encode_words(self, words: list[str]) -> list[int]:
         """Token ids of pre-tokenized words (plain text, valid UTF-8)."""
-        cache = self.cache
-        missing = [w for w in set(words) if w not in cache]
+        cache, missing = uncached(self, words, self.CACHE_MAX)
         if missing:
-            if len(cache) + len(missing) > self.CACHE_MAX:
-                self.cache = cache = {}  # a new dict: other threads keep reading the old one
-                missing = list(set(words))
             self._python_words += len(missing)
             native = self.native if self._python_words > self.NATIVE_AFTER else self._native
             guard = self.guard

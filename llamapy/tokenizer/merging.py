@@ -1,5 +1,6 @@
-"""The symbol merging loop of the SentencePiece and BPE tokenizers (llama.cpp's llm_tokenizer_spm and
-llm_tokenizer_bpe): neighbouring symbols merge, the best-ranked pair first, until no pair ranks."""
+"""What the SentencePiece and BPE tokenizers share (llama.cpp's llm_tokenizer_spm and llm_tokenizer_bpe):
+the symbol merging loop (neighbouring symbols merge, the best-ranked pair first, until no pair ranks), the
+symbols' token ids, and the word cache."""
 from __future__ import annotations
 
 import heapq
@@ -45,6 +46,17 @@ def merge_symbols(sym: list[Any], rank: Callable[[Any, Any], Any]) -> list[Any]:
             if r is not None:
                 heapq.heappush(heap, (r, left, nx, len(merged) + len(sym[nx])))
     return sym
+
+
+def uncached(owner: Any, words: list[str], limit: int) -> tuple[dict[str, Any], list[str]]:
+    """owner.cache (word -> ids) and the words missing from it. When they would not fit in `limit`, the cache
+    starts over as a new dict (other threads keep reading the old one) and every word is missing."""
+    cache: dict[str, Any] = owner.cache
+    missing = [w for w in set(words) if w not in cache]
+    if missing and len(cache) + len(missing) > limit:
+        owner.cache = cache = {}
+        missing = list(set(words))
+    return cache, missing
 
 
 def symbol_ids(sym: list[Any], vocab: dict[Any, int], fallback: Callable[[Any], Iterable[int]]) -> list[int]:

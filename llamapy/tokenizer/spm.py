@@ -24,7 +24,7 @@ import re
 import struct
 from collections.abc import Iterator
 
-from .merging import merge_symbols, symbol_ids
+from .merging import merge_symbols, symbol_ids, uncached
 
 BYTE_TOKEN = "<0x{:02X}>"
 
@@ -111,12 +111,8 @@ class SPMEncoder:
         if self.splitter is None:
             return list(self._encode([text])[0])
         words = self.splitter.findall(text)
-        cache = self.cache
-        missing = [w for w in set(words) if w not in cache]
+        cache, missing = uncached(self, words, self.CACHE_MAX)
         if missing:
-            if len(cache) + len(missing) > self.CACHE_MAX:
-                self.cache = cache = {}  # a new dict: other threads keep reading the old one
-                missing = list(set(words))
             for w, ids in zip(missing, self._encode(missing)):
                 cache[w] = tuple(ids)
         return list(itertools.chain.from_iterable(map(cache.__getitem__, words)))
