@@ -31,14 +31,28 @@ static inline float signed_absmax(const float *x, int n) {
     return max;
 }
 
-static inline void block_minmax(const float *x, int n, float *min_out, float *max_out) {
+/* A Q4_1/Q5_1 block's minimum and step d = (max - min) / nmax, both stored as fp16; returns 1 / d (0 if d is 0). */
+static inline float block_min_step(const float *x, int nmax, uint16_t *dh, uint16_t *mh, float *min_out) {
     float min = FLT_MAX, max = -FLT_MAX;
-    for (int j = 0; j < n; j++) {
+    for (int j = 0; j < LP_QK; j++) {
         if (x[j] < min) min = x[j];
         if (x[j] > max) max = x[j];
     }
+    const float d = (max - min) / nmax;
+    *dh = F2H(d);
+    *mh = F2H(min);
     *min_out = min;
-    *max_out = max;
+    return d ? 1.0f / d : 0.0f;
+}
+
+/* Sum over a Q4 block of (q - off) * y: low nibbles against y[0..15], high nibbles against y[16..31]. */
+static inline int dot_q4_block(const uint8_t *qs, const int8_t *y, int off) {
+    int sumi = 0;
+    for (int j = 0; j < LP_QK / 2; j++) {
+        sumi += ((qs[j] & 0xf) - off) * y[j];
+        sumi += ((qs[j] >> 4) - off) * y[j + LP_QK / 2];
+    }
+    return sumi;
 }
 
 /* ---- Q4_0 -------------------------------------------------------------------------------------- */
@@ -72,11 +86,7 @@ static void vec_dot_q4_0_q8_0(int n, float *s, const void *vx, const void *vy) {
     const lp_block_q8_0 *y = vy;
     float sum = 0.0f;
     for (int i = 0; i < n / LP_QK; i++) {
-        int sumi = 0;
-        for (int j = 0; j < LP_QK / 2; j++) {
-            sumi += ((x[i].qs[j] & 0xf) - 8) * y[i].qs[j];
-            sumi += ((x[i].qs[j] >> 4) - 8) * y[i].qs[j + LP_QK / 2];
-        }
+        const int sumi = dot_q4_block(x[i].qs, y[i].qs, 8);
         sum += sumi * (H2F(x[i].d) * H2F(y[i].d));
     }
     *s = sum;
@@ -86,12 +96,8 @@ static void vec_dot_q4_0_q8_0(int n, float *s, const void *vx, const void *vy) {
 static void quantize_row_q4_1_ref(const float *x, void *vy, int64_t n) {
     lp_block_q4_1 *y = vy;
     for (int64_t i = 0; i < n / LP_QK; i++, x += LP_QK) {
-        float min, max;
-        block_minmax(x, LP_QK, &min, &max);
-        const float d = (max - min) / 15;
-        const float id = d ? 1.0f / d : 0.0f;
-        y[i].d = F2H(d);
-        y[i].m = F2H(min);
+        float min;
+        const float id = block_min_step(x, 15, &y[i].d, &y[i].m, &min);
         for (int j = 0; j < LP_QK / 2; j++) {
             const int q0 = MIN(15, (int)((x[j] - min) * id + 0.5f));
             const int q1 = MIN(15, (int)((x[j + LP_QK / 2] - min) * id + 0.5f));
@@ -116,11 +122,7 @@ static void vec_dot_q4_1_q8_1(int n, float *s, const void *vx, const void *vy) {
     const lp_block_q8_1 *y = vy;
     float sum = 0.0f;
     for (int i = 0; i < n / LP_QK; i++) {
-        int sumi = 0;
-        for (int j = 0; j < LP_QK / 2; j++) {
-            sumi += (x[i].qs[j] & 0xf) * y[i].qs[j];
-            sumi += (x[i].qs[j] >> 4) * y[i].qs[j + LP_QK / 2];
-        }
+        const int sumi = dot_q4_block(x[i].qs, y[i].qs, 0);
         sum += (H2F(x[i].d) * H2F(y[i].d)) * sumi + H2F(x[i].m) * H2F(y[i].s);
     }
     *s = sum;
@@ -144,6 +146,15 @@ static inline void unpack_q5(const uint8_t *qs, const uint8_t *qh_bytes, int *q)
         q[j] = (qs[j] & 0xf) | (int)(((qh >> j) & 1) << 4);
         q[j + LP_QK / 2] = (qs[j] >> 4) | (int)(((qh >> (j + LP_QK / 2)) & 1) << 4);
     }
+}
+
+/* Sum over a Q5 block of (q - off) * y. */
+static inline int dot_q5_block(const uint8_t *qs, const uint8_t *qh, const int8_t *y, int off) {
+    int q[LP_QK];
+    unpack_q5(qs, qh, q);
+    int sumi = 0;
+    for (int j = 0; j < LP_QK; j++) sumi += (q[j] - off) * y[j];
+    return sumi;
 }
 
 static void quantize_row_q5_0_ref(const float *x, void *vy, int64_t n) {
@@ -171,12 +182,9 @@ static void dequantize_row_q5_0(const void *vx, float *y, int64_t n) {
 static void vec_dot_q5_0_q8_0(int n, float *s, const void *vx, const void *vy) {
     const lp_block_q5_0 *x = vx;
     const lp_block_q8_0 *y = vy;
-    int q[LP_QK];
     float sum = 0.0f;
     for (int i = 0; i < n / LP_QK; i++) {
-        unpack_q5(x[i].qs, x[i].qh, q);
-        int sumi = 0;
-        for (int j = 0; j < LP_QK; j++) sumi += (q[j] - 16) * y[i].qs[j];
+        const int sumi = dot_q5_block(x[i].qs, x[i].qh, y[i].qs, 16);
         sum += (H2F(x[i].d) * H2F(y[i].d)) * sumi;
     }
     *s = sum;
@@ -186,12 +194,8 @@ static void quantize_row_q5_1_ref(const float *x, void *vy, int64_t n) {
     lp_block_q5_1 *y = vy;
     int q[LP_QK];
     for (int64_t i = 0; i < n / LP_QK; i++, x += LP_QK) {
-        float min, max;
-        block_minmax(x, LP_QK, &min, &max);
-        const float d = (max - min) / 31;
-        const float id = d ? 1.0f / d : 0.0f;
-        y[i].d = F2H(d);
-        y[i].m = F2H(min);
+        float min;
+        const float id = block_min_step(x, 31, &y[i].d, &y[i].m, &min);
         for (int j = 0; j < LP_QK; j++) q[j] = (uint8_t)(int)((x[j] - min) * id + 0.5f);
         pack_q5(q, y[i].qs, y[i].qh);
     }
@@ -210,36 +214,38 @@ static void dequantize_row_q5_1(const void *vx, float *y, int64_t n) {
 static void vec_dot_q5_1_q8_1(int n, float *s, const void *vx, const void *vy) {
     const lp_block_q5_1 *x = vx;
     const lp_block_q8_1 *y = vy;
-    int q[LP_QK];
     float sum = 0.0f;
     for (int i = 0; i < n / LP_QK; i++) {
-        unpack_q5(x[i].qs, x[i].qh, q);
-        int sumi = 0;
-        for (int j = 0; j < LP_QK; j++) sumi += q[j] * y[i].qs[j];
+        const int sumi = dot_q5_block(x[i].qs, x[i].qh, y[i].qs, 0);
         sum += (H2F(x[i].d) * H2F(y[i].d)) * sumi + H2F(x[i].m) * H2F(y[i].s);
     }
     *s = sum;
 }
 
 /* ---- Q8_0 / Q8_1 --------------------------------------------------------------------------------- */
+/* One Q8 block: the 32 values rounded at scale amax / 127; returns that scale. */
+static inline float quantize_block_q8_ref(const float *x, int8_t *qs) {
+    float amax = 0.0f;
+    for (int j = 0; j < LP_QK; j++) amax = MAX(amax, fabsf(x[j]));
+    const float d = amax / 127;
+    const float id = d ? 1.0f / d : 0.0f;
+    for (int j = 0; j < LP_QK; j++) qs[j] = (int8_t)roundf(x[j] * id);
+    return d;
+}
+
+static inline void dequantize_block_q8(const int8_t *qs, uint16_t dh, float *y) {
+    const float d = H2F(dh);
+    for (int j = 0; j < LP_QK; j++) y[j] = qs[j] * d;
+}
+
 void lp_quantize_row_q8_0_ref(const float *x, void *vy, int64_t n) {
     lp_block_q8_0 *y = vy;
-    for (int64_t i = 0; i < n / LP_QK; i++, x += LP_QK) {
-        float amax = 0.0f;
-        for (int j = 0; j < LP_QK; j++) amax = MAX(amax, fabsf(x[j]));
-        const float d = amax / 127;
-        const float id = d ? 1.0f / d : 0.0f;
-        y[i].d = F2H(d);
-        for (int j = 0; j < LP_QK; j++) y[i].qs[j] = (int8_t)roundf(x[j] * id);
-    }
+    for (int64_t i = 0; i < n / LP_QK; i++, x += LP_QK) y[i].d = F2H(quantize_block_q8_ref(x, y[i].qs));
 }
 
 static void dequantize_row_q8_0(const void *vx, float *y, int64_t n) {
     const lp_block_q8_0 *x = vx;
-    for (int64_t i = 0; i < n / LP_QK; i++, y += LP_QK) {
-        const float d = H2F(x[i].d);
-        for (int j = 0; j < LP_QK; j++) y[j] = x[i].qs[j] * d;
-    }
+    for (int64_t i = 0; i < n / LP_QK; i++, y += LP_QK) dequantize_block_q8(x[i].qs, x[i].d, y);
 }
 
 static void vec_dot_q8_0_q8_0(int n, float *s, const void *vx, const void *vy) {
@@ -257,26 +263,17 @@ static void vec_dot_q8_0_q8_0(int n, float *s, const void *vx, const void *vy) {
 void lp_quantize_row_q8_1_ref(const float *x, void *vy, int64_t n) {
     lp_block_q8_1 *y = vy;
     for (int64_t i = 0; i < n / LP_QK; i++, x += LP_QK) {
-        float amax = 0.0f;
-        for (int j = 0; j < LP_QK; j++) amax = MAX(amax, fabsf(x[j]));
-        const float d = amax / 127;
-        const float id = d ? 1.0f / d : 0.0f;
+        const float d = quantize_block_q8_ref(x, y[i].qs);
         y[i].d = F2H(d);
         int sum = 0;
-        for (int j = 0; j < LP_QK; j++) {
-            y[i].qs[j] = (int8_t)roundf(x[j] * id);
-            sum += y[i].qs[j];
-        }
+        for (int j = 0; j < LP_QK; j++) sum += y[i].qs[j];
         y[i].s = F2H(sum * d);
     }
 }
 
 static void dequantize_row_q8_1(const void *vx, float *y, int64_t n) {
     const lp_block_q8_1 *x = vx;
-    for (int64_t i = 0; i < n / LP_QK; i++, y += LP_QK) {
-        const float d = H2F(x[i].d);
-        for (int j = 0; j < LP_QK; j++) y[j] = x[i].qs[j] * d;
-    }
+    for (int64_t i = 0; i < n / LP_QK; i++, y += LP_QK) dequantize_block_q8(x[i].qs, x[i].d, y);
 }
 
 /* ---- IQ4_NL ---------------------------------------------------------------------------------------
@@ -300,6 +297,18 @@ static inline int iq4nl_nearest(float v) {
 
 #define IQ4NL_NTRY 7
 
+/* The weighted fit of a block to the levels at inverse scale id: sum w*q*x and sum w*q*q. */
+static inline void iq4nl_fit(const float *x, const float *w, float id, float *sumqx_out, float *sumq2_out) {
+    float sumqx = 0, sumq2 = 0;
+    for (int j = 0; j < LP_QK; j++) {
+        const float q = lp_iq4nl_values[iq4nl_nearest(id * x[j])];
+        sumqx += w[j] * q * x[j];
+        sumq2 += w[j] * q * q;
+    }
+    *sumqx_out = sumqx;
+    *sumq2_out = sumq2;
+}
+
 void lp_quantize_row_iq4_nl_ref(const float *x, void *vy, int64_t n) {
     lp_block_iq4_nl *y = vy;
     uint8_t L[LP_QK];
@@ -317,22 +326,13 @@ void lp_quantize_row_iq4_nl_ref(const float *x, void *vy, int64_t n) {
         if (amax >= 1e-15f) {
             d = -max / lp_iq4nl_values[0];
             float id = 1 / d;
-            float sumqx = 0, sumq2 = 0;
-            for (int j = 0; j < LP_QK; j++) {
-                const float q = lp_iq4nl_values[iq4nl_nearest(id * x[j])];
-                sumqx += w[j] * q * x[j];
-                sumq2 += w[j] * q * q;
-            }
+            float sumqx, sumq2;
+            iq4nl_fit(x, w, id, &sumqx, &sumq2);
             d = sumqx / sumq2;
             float best = d * sumqx;
             for (int itry = -IQ4NL_NTRY; itry <= IQ4NL_NTRY; itry++) {
                 id = (itry + lp_iq4nl_values[0]) / max;
-                sumqx = sumq2 = 0;
-                for (int j = 0; j < LP_QK; j++) {
-                    const float q = lp_iq4nl_values[iq4nl_nearest(id * x[j])];
-                    sumqx += w[j] * q * x[j];
-                    sumq2 += w[j] * q * q;
-                }
+                iq4nl_fit(x, w, id, &sumqx, &sumq2);
                 if (sumq2 > 0 && sumqx * sumqx > best * sumq2) {
                     d = sumqx / sumq2;
                     best = d * sumqx;

@@ -25,25 +25,26 @@ static inline float block_absmax(const float *x) {
     return hmax_ps(m);
 }
 
+/* One Q8 block at scale amax / 127: stores the scale and the values; returns the sum of the values. */
+static inline int quantize_block_q8(const float *x, uint16_t *dh, int8_t *qs, float *d_out) {
+    const float d = block_absmax(x) / 127;
+    const float id = d ? 1.0f / d : 0.0f;
+    *dh = f2h(d);
+    *d_out = d;
+    return q8_block32(x, id, 1, qs);
+}
+
 static void quantize_row_q8_0(const float *x, void *vy, int64_t n) {
     lp_block_q8_0 *y = vy;
-    for (int64_t i = 0; i < n / LP_QK; i++, x += LP_QK) {
-        const float amax = block_absmax(x);
-        const float d = amax / 127;
-        const float id = d ? 1.0f / d : 0.0f;
-        y[i].d = f2h(d);
-        q8_block32(x, id, 1, y[i].qs);
-    }
+    float d;
+    for (int64_t i = 0; i < n / LP_QK; i++, x += LP_QK) quantize_block_q8(x, &y[i].d, y[i].qs, &d);
 }
 
 static void quantize_row_q8_1(const float *x, void *vy, int64_t n) {
     lp_block_q8_1 *y = vy;
     for (int64_t i = 0; i < n / LP_QK; i++, x += LP_QK) {
-        const float amax = block_absmax(x);
-        const float d = amax / 127;
-        const float id = d ? 1.0f / d : 0.0f;
-        y[i].d = f2h(d);
-        const int sum = q8_block32(x, id, 1, y[i].qs);
+        float d;
+        const int sum = quantize_block_q8(x, &y[i].d, y[i].qs, &d);
         y[i].s = f2h(sum * d);
     }
 }

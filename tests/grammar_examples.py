@@ -1,9 +1,7 @@
 """llama.cpp's example grammars (its grammars/ folder), as text for the grammar tests."""
 
-JSON = r'''root   ::= object
-value  ::= object | array | string | number | ("true" | "false" | "null") ws
-
-object ::=
+# json.gbnf and json_arr.gbnf share their object, array and string rules
+_VALUES = r'''object ::=
   "{" ws (
             string ":" ws value
     ("," ws string ":" ws value)*
@@ -20,12 +18,19 @@ string ::=
     [^"\\\x7F\x00-\x1F] |
     "\\" (["\\bfnrt] | "u" [0-9a-fA-F]{4}) # escapes
   )* "\"" ws
+'''
 
-number ::= ("-"? ([0-9] | [1-9] [0-9]{0,15})) ("." [0-9]+)? ([eE] [-+]? [0-9] [1-9]{0,15})? ws
-
+_WS = r'''
 # Optional space: by convention, applied in this grammar after literal chars when allowed
 ws ::= | " " | "\n" [ \t]{0,20}
 '''
+
+JSON = r'''root   ::= object
+value  ::= object | array | string | number | ("true" | "false" | "null") ws
+
+''' + _VALUES + r'''
+number ::= ("-"? ([0-9] | [1-9] [0-9]{0,15})) ("." [0-9]+)? ([eE] [-+]? [0-9] [1-9]{0,15})? ws
+''' + _WS
 
 JSON_ARR = r'''# This is the same as json.gbnf but we restrict whitespaces at the end of the root array
 # Useful for generating JSON arrays
@@ -39,29 +44,9 @@ arr  ::=
     (",\n" ws value)*
   )? "]"
 
-object ::=
-  "{" ws (
-            string ":" ws value
-    ("," ws string ":" ws value)*
-  )? "}" ws
-
-array  ::=
-  "[" ws (
-            value
-    ("," ws value)*
-  )? "]" ws
-
-string ::=
-  "\"" (
-    [^"\\\x7F\x00-\x1F] |
-    "\\" (["\\bfnrt] | "u" [0-9a-fA-F]{4}) # escapes
-  )* "\"" ws
-
+''' + _VALUES + r'''
 number ::= ("-"? ([0-9] | [1-9] [0-9]{0,15})) ("." [0-9]+)? ([eE] [-+]? [1-9] [0-9]{0,15})? ws
-
-# Optional space: by convention, applied in this grammar after literal chars when allowed
-ws ::= | " " | "\n" [ \t]{0,20}
-'''
+''' + _WS
 
 LIST = r'''root ::= item+
 

@@ -4,10 +4,8 @@ llama-cpp-python's --config_file allows: llamapy serves the first and says so.""
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
-import time
 
 import pytest
 
@@ -16,18 +14,14 @@ pytest.importorskip("uvicorn")
 openai = pytest.importorskip("openai")
 httpx = pytest.importorskip("httpx")
 
+from serverutil import free_port, wait_for_health  # noqa: E402
+
 KEY = "sk-api-test"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
 def server(default_model, tmp_path_factory):
-    port = _free_port()
+    port = free_port()
     cfg = tmp_path_factory.mktemp("cfg") / "models.json"
     cfg.write_text(json.dumps({"host": "127.0.0.1", "port": port, "models": [
         {"model": default_model, "model_alias": "smol", "n_ctx": 1024, "chat_format": "chatml"},
@@ -35,19 +29,7 @@ def server(default_model, tmp_path_factory):
     proc = subprocess.Popen([sys.executable, "-m", "llamapy.server", "--config_file", str(cfg), "--api_key", KEY,
                              "--n_gpu_layers", "99"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 120
-    while True:
-        if proc.poll() is not None:
-            pytest.fail(f"python -m llamapy.server exited with {proc.returncode}: {proc.stderr.read()}")
-        try:
-            if httpx.get(url + "/health", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        if time.time() > deadline:
-            proc.kill()
-            pytest.fail("the server did not start")
-        time.sleep(0.2)
+    wait_for_health(proc, url, 120, "python -m llamapy.server")
     yield url, proc
     proc.terminate()
     try:

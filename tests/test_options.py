@@ -12,10 +12,11 @@ import tempfile
 import numpy as np
 import pytest
 import typer
+from cliutil import cli
 from gguf.constants import GGMLQuantizationType as T
 from test_engine_models import write_random_llama
 
-from llamapy.cli import main, make_app
+from llamapy.cli import make_app
 from llamapy.commands.options import COMMON, RUN_CHAT, SAMPLING, SERVER
 from llamapy.engine.engine import Engine
 from llamapy.engine.load import LoadOptions, parse_override_kv
@@ -444,16 +445,6 @@ def test_serve_takes_options_from_the_environment(monkeypatch):
     p = parse("serve")
     assert p["ctx_size"] == 1234 and p["parallel"] == 3 and p["flash_attn"] is True
     assert parse("serve", "-c", "99")["ctx_size"] == 99  # the command line wins
-
-
-def cli(capsys, *args: str) -> tuple[int, str, str]:
-    code = 0
-    try:
-        main(list(args))
-    except SystemExit as e:
-        code = e.code or 0
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 @pytest.mark.parametrize("args,expect", [

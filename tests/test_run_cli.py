@@ -4,23 +4,12 @@ from __future__ import annotations
 import json
 
 import pytest
+from cliutil import cli
 from conftest import shared_path
 
-from llamapy.cli import main
 from llamapy.native import kernels_active
 
 PROMPT = "The capital of France is"
-
-
-def cli(capsys, *args: str) -> tuple[int, str, str]:
-    """Run `llamapy ARGS` in this process; (exit status, stdout, stderr)."""
-    code = 0
-    try:
-        main(list(args))
-    except SystemExit as e:
-        code = e.code or 0
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def test_greedy_continues_with_paris(default_model, capsys):

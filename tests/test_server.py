@@ -14,8 +14,6 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -28,45 +26,24 @@ import pytest
 pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
 
+from serverutil import free_port, send_on_chat_page, stop, wait_for_health  # noqa: E402
+
 KEY = "sk-test-4b1d2c9e"
 N_SLOTS = 4
 CTX = 2048  # 512 positions per slot
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="session")
 def server(default_model):
-    port = _free_port()
+    port = free_port()
     cmd = [sys.executable, "-m", "llamapy", "serve", "--port", str(port), "-np", str(N_SLOTS), "-c", str(CTX),
            "--api-key", KEY, "--alias", "smol", "--max-queue", "8",
            "--no-context-shift"]  # test_max_tokens_is_clamped_to_the_context checks the end of a full slot
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 180
-    while True:
-        if proc.poll() is not None:
-            pytest.fail(f"llamapy serve exited with {proc.returncode}: {proc.stderr.read()}")
-        try:
-            if httpx.get(url + "/health", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        if time.time() > deadline:
-            proc.kill()
-            pytest.fail("llamapy serve did not answer /health within 180 s")
-        time.sleep(0.2)
+    wait_for_health(proc, url, 180, "llamapy serve")
     yield url
-    proc.send_signal(signal.SIGINT)
-    try:
-        proc.wait(20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+    stop(proc)
 
 
 @pytest.fixture(scope="session")
@@ -455,7 +432,7 @@ def test_auth(server):
 
 def test_refuses_to_start_without_a_model_or_a_port(server, tmp_path):
     out = subprocess.run([sys.executable, "-m", "llamapy", "serve", "-m", str(tmp_path / "none.gguf"),
-                          "--port", str(_free_port())], capture_output=True, text=True, timeout=60, check=False)
+                          "--port", str(free_port())], capture_output=True, text=True, timeout=60, check=False)
     assert out.returncode == 1
     assert out.stderr.strip().startswith("error:") and "none.gguf" in out.stderr
     port = server.rsplit(":", 1)[1]  # taken by the test server
@@ -505,7 +482,7 @@ class WebDriver:
 def browser():
     if not (shutil.which("chromium") and shutil.which("chromedriver")):
         pytest.skip("chromium and chromedriver are not installed (Debian: apt-get install chromium chromium-driver)")
-    port = _free_port()
+    port = free_port()
     drv = subprocess.Popen(["chromedriver", f"--port={port}", "--allowed-ips=127.0.0.1"],
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     for _ in range(200):
@@ -528,15 +505,7 @@ def test_chat_page_streams_a_reply(server, ref, browser):
     wd.cmd("POST", "/url", {"url": server + "/"})
     wd.js("localStorage.setItem('llamapy.api-key', arguments[0]);"
           "localStorage.setItem('llamapy.temperature', '0'); localStorage.setItem('llamapy.max-tokens', '10')", KEY)
-    wd.cmd("POST", "/refresh", {})
-    wd.cmd("POST", f"/element/{wd.find('#input')}/value", {"text": "Tell me a joke."})
-    wd.cmd("POST", f"/element/{wd.find('#send')}/click", {})
-    status = ""
-    for _ in range(600):
-        status = wd.js("return document.getElementById('status').textContent")
-        if status.startswith("done") or status == "error":
-            break
-        time.sleep(0.1)
+    status = send_on_chat_page(wd, "Tell me a joke.")
     assert status.startswith("done"), status
     msgs = wd.js("return Array.from(document.querySelectorAll('.msg')).map(e => [e.className, e.textContent])")
     assert [m[0] for m in msgs] == ["msg user", "msg assistant"] and msgs[0][1] == "Tell me a joke."

@@ -3,7 +3,6 @@ the connection cap, out-of-range numbers. The same uvicorn configuration as `lla
 from __future__ import annotations
 
 import socket
-import threading
 import time
 
 import httpx
@@ -12,7 +11,8 @@ import pytest
 pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
 
-from test_server_scheduler import KEY, ToyBackend, _free_port
+from serverutil import ThreadedServer, free_port
+from test_server_scheduler import KEY, ToyBackend
 
 from llamapy.chat.templates import ChatTemplate
 from llamapy.server import uvicorn_config
@@ -21,31 +21,17 @@ from llamapy.server.common import ServerState
 from llamapy.server.scheduler import Scheduler
 
 
-class GuardedApp:
+class GuardedApp(ThreadedServer):
     """The toy model behind the app and uvicorn configuration `llamapy serve` uses."""
 
     def __init__(self, api_key=None, cors_origins=(), read_timeout=30.0, max_connections=None, write_timeout=600.0):
-        import uvicorn
-
         be = ToyBackend(n_slots=2, n_ctx=128, n_batch=16)
         state = ServerState(backend=be, scheduler=Scheduler(be, max_queue=4), template=ChatTemplate.from_name("chatml"),
                             model_id="toy", model_path=__file__, api_key=api_key)
-        self.port = _free_port()
+        self.port = free_port()
         app = create_app(state, loopback_only=True, cors_origins=cors_origins)
-        cfg = uvicorn_config(app, "127.0.0.1", self.port, read_timeout=read_timeout, timeout=write_timeout,
-                             max_connections=max_connections)
-        self.server = uvicorn.Server(cfg)
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-        self.thread.start()
-        for _ in range(250):
-            if self.server.started:
-                break
-            time.sleep(0.02)
-        self.url = f"http://127.0.0.1:{self.port}"
-
-    def close(self):
-        self.server.should_exit = True
-        self.thread.join(10)
+        self._serve(uvicorn_config(app, "127.0.0.1", self.port, read_timeout=read_timeout, timeout=write_timeout,
+                                   max_connections=max_connections), tries=250)
 
 
 @pytest.fixture(scope="module")

@@ -18,6 +18,7 @@ import pytest
 pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
 
+from serverutil import free_port, send_on_chat_page, stop, wait_for_health  # noqa: E402
 from test_server import browser  # noqa: E402,F401 - the headless Chromium fixture
 
 TRAP = """{% for m in messages %}
@@ -33,16 +34,10 @@ TRAP = """{% for m in messages %}
 FD_LIMIT = 256
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _start(tmp_path, *extra: str, fd_limit: int | None = None) -> tuple[subprocess.Popen, str]:
     tpl = tmp_path / "trap.jinja"
     tpl.write_text(TRAP)
-    port = _free_port()
+    port = free_port()
 
     def limit():
         if fd_limit:
@@ -53,36 +48,15 @@ def _start(tmp_path, *extra: str, fd_limit: int | None = None) -> tuple[subproce
     log = open(tmp_path / "serve.log", "w+")  # a file, not a pipe nobody reads: a full pipe would block the server
     proc = subprocess.Popen(cmd, stdout=log, stderr=log, text=True, preexec_fn=limit)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 120
-    while True:
-        if proc.poll() is not None:
-            log.seek(0)
-            pytest.fail(f"llamapy serve exited with {proc.returncode}: {log.read()}")
-        try:
-            if httpx.get(url + "/health", timeout=1).status_code == 200:
-                return proc, url
-        except httpx.HTTPError:
-            pass
-        if time.time() > deadline:
-            proc.kill()
-            pytest.fail("llamapy serve did not answer /health within 120 s")
-        time.sleep(0.1)
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    proc.send_signal(signal.SIGINT)
-    try:
-        proc.wait(20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+    wait_for_health(proc, url, 120, "llamapy serve", log=log, pause=0.1)
+    return proc, url
 
 
 @pytest.fixture(scope="module")
 def server(default_model, tmp_path_factory):
     proc, url = _start(tmp_path_factory.mktemp("hostile"), "--read-timeout", "1", fd_limit=FD_LIMIT)
     yield url
-    _stop(proc)
+    stop(proc)
 
 
 class HealthWatch:
@@ -208,7 +182,7 @@ def test_a_template_over_budget_on_the_sample_conversation_stops_the_start(tmp_p
     tpl = tmp_path / "spin.jinja"
     tpl.write_text("{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}")
     t0 = time.monotonic()
-    out = subprocess.run([sys.executable, "-m", "llamapy", "serve", "--port", str(_free_port()),
+    out = subprocess.run([sys.executable, "-m", "llamapy", "serve", "--port", str(free_port()),
                           "--chat-template-file", str(tpl)], capture_output=True, text=True, timeout=60, check=False)
     assert out.returncode == 1 and time.monotonic() - t0 < 30
     assert out.stderr.strip() == f"error: chat template ({tpl}) refused: it takes longer than 1 s", out.stderr
@@ -224,15 +198,7 @@ def test_chat_page_works_without_a_key(server, request):
     wd = request.getfixturevalue("browser")
     wd.cmd("POST", "/url", {"url": server + "/"})
     wd.js("localStorage.removeItem('llamapy.api-key'); localStorage.setItem('llamapy.max-tokens', '4')")
-    wd.cmd("POST", "/refresh", {})
-    wd.cmd("POST", f"/element/{wd.find('#input')}/value", {"text": "Say hi."})
-    wd.cmd("POST", f"/element/{wd.find('#send')}/click", {})
-    status = ""
-    for _ in range(600):
-        status = wd.js("return document.getElementById('status').textContent")
-        if status.startswith("done") or status == "error":
-            break
-        time.sleep(0.1)
+    status = send_on_chat_page(wd, "Say hi.")
     assert status.startswith("done"), status
     msgs = wd.js("return Array.from(document.querySelectorAll('.msg')).map(e => e.className)")
     assert msgs == ["msg user", "msg assistant"]

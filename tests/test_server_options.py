@@ -4,8 +4,6 @@ reference's wording for the same conditions."""
 from __future__ import annotations
 
 import shutil
-import signal
-import socket
 import ssl
 import subprocess
 import sys
@@ -16,6 +14,8 @@ import pytest
 
 pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
+
+from serverutil import free_port, stop  # noqa: E402
 from starlette.testclient import TestClient  # noqa: E402
 
 from llamapy.server import build_state  # noqa: E402
@@ -120,19 +120,13 @@ def test_prompt_too_long_has_the_references_words(default_model):
         assert r.status_code == 400 and "exceeds the available context size" in r.json()["error"]["message"]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command to make a certificate")
 def test_https_with_a_self_signed_certificate(default_model, tmp_path):
     key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
     subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out",
                     str(cert), "-days", "1", "-subj", "/CN=127.0.0.1",
                     "-addext", "subjectAltName=IP:127.0.0.1"], check=True, capture_output=True)
-    port = _free_port()
+    port = free_port()
     trust = ssl.create_default_context(cafile=str(cert))
     proc = subprocess.Popen([sys.executable, "-m", "llamapy", "serve", "--port", str(port), "-c", "256",
                              "--ssl-key-file", str(key), "--ssl-cert-file", str(cert), "--metrics"],
@@ -152,12 +146,7 @@ def test_https_with_a_self_signed_certificate(default_model, tmp_path):
         with pytest.raises(httpx.HTTPError):
             httpx.get(f"http://127.0.0.1:{port}/health", timeout=2)  # plain HTTP is not spoken
     finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop(proc)
 
 
 @pytest.mark.parametrize("args,words", [
@@ -168,7 +157,7 @@ def test_https_with_a_self_signed_certificate(default_model, tmp_path):
     (["--pooling", "bogus"], "is not one of none, mean, cls, last, rank"),
 ])
 def test_serve_refuses_at_start_in_one_line(default_model, args, words):
-    out = subprocess.run([sys.executable, "-m", "llamapy", "serve", "--port", str(_free_port()), *args],
+    out = subprocess.run([sys.executable, "-m", "llamapy", "serve", "--port", str(free_port()), *args],
                          capture_output=True, text=True, timeout=120)
     assert out.returncode != 0 and words in out.stderr, out.stderr
     assert "Traceback" not in out.stderr

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 import threading
 import time
 
@@ -19,6 +18,8 @@ import pytest
 
 pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
+
+from serverutil import ThreadedServer, free_port  # noqa: E402
 
 from llamapy.chat.templates import ChatTemplate
 from llamapy.generation.params import SamplerParams
@@ -216,33 +217,15 @@ def test_generation_stops_when_the_slot_context_is_full():
 # --- the HTTP app on the toy model ------------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class LiveApp:
+class LiveApp(ThreadedServer):
     def __init__(self, backend, **kw):
         import uvicorn
 
         self.backend = backend
         self.state = ServerState(backend=backend, scheduler=Scheduler(backend, max_queue=kw.pop("max_queue", 4)),
                                  template=ChatTemplate.from_name("chatml"), model_id="toy", model_path=__file__, **kw)
-        self.port = _free_port()
-        cfg = uvicorn.Config(create_app(self.state), host="127.0.0.1", port=self.port, log_level="warning")
-        self.server = uvicorn.Server(cfg)
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-        self.thread.start()
-        for _ in range(200):
-            if self.server.started:
-                break
-            time.sleep(0.02)
-        self.url = f"http://127.0.0.1:{self.port}"
-
-    def close(self):
-        self.server.should_exit = True
-        self.thread.join(10)
+        self.port = free_port()
+        self._serve(uvicorn.Config(create_app(self.state), host="127.0.0.1", port=self.port, log_level="warning"))
 
 
 @pytest.fixture(scope="module")

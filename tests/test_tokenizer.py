@@ -45,18 +45,11 @@ def smollm2(default_model):
 
 
 @pytest.mark.parametrize("which", [0, 1], ids=["native", "python"])
-def test_shared_cases_llama_spm(llama_spm, which):
-    tok = llama_spm[which]
+@pytest.mark.parametrize("model,cases", [("llama_spm", "llama-spm.out"), ("smollm2", "smollm2.out")])
+def test_shared_cases(request, model, cases, which):
+    tok = request.getfixturevalue(model)[which]
     assert tok.fast == (which == 0)
-    for text, ids in shared_cases("llama-spm.out"):
-        assert tok.encode(text, add_special=False, parse_special=False) == ids, text
-
-
-@pytest.mark.parametrize("which", [0, 1], ids=["native", "python"])
-def test_shared_cases_smollm2(smollm2, which):
-    tok = smollm2[which]
-    assert tok.fast == (which == 0)
-    for text, ids in shared_cases("smollm2.out"):
+    for text, ids in shared_cases(cases):
         assert tok.encode(text, add_special=False, parse_special=False) == ids, text
 
 

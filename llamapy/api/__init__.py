@@ -2,18 +2,7 @@
 from __future__ import annotations
 
 from . import llama_types
-from .llama import (
-    LLAMA_DEFAULT_SEED,
-    BaseLlamaCache,
-    Llama,
-    LlamaCache,
-    LlamaRAMCache,
-    LlamaState,
-    LogitsProcessor,
-    LogitsProcessorList,
-    StoppingCriteria,
-    StoppingCriteriaList,
-)
+from .llama import *  # noqa: F403 - Llama and its companions, as llama.py lists them in __all__
+from .llama import __all__ as _llama_all
 
-__all__ = ["LLAMA_DEFAULT_SEED", "BaseLlamaCache", "Llama", "LlamaCache", "LlamaRAMCache", "LlamaState",
-           "LogitsProcessor", "LogitsProcessorList", "StoppingCriteria", "StoppingCriteriaList", "llama_types"]
+__all__ = [*_llama_all, "llama_types"]

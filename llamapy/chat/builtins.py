@@ -137,31 +137,24 @@ def _openchat(msgs: list[Message], gen: bool) -> str:
     return "".join(out) + ("GPT4 Correct Assistant:" if gen else "")
 
 
-def _vicuna(orca: bool):
+def _by_role(system: str, user: str, assistant: str, gen_text: str, strip: bool = False):
+    """Formats where each system, user and assistant message is its role's pattern with the content at {}
+    (trimmed with strip); messages of other roles are left out."""
+    patterns = {"system": system, "user": user, "assistant": assistant}
+
     def render(msgs: list[Message], gen: bool) -> str:
-        out = []
-        for m in msgs:
-            if m["role"] == "system":
-                out.append(f"SYSTEM: {m['content']}\n" if orca else m["content"] + "\n\n")
-            elif m["role"] == "user":
-                out.append(f"USER: {m['content']}\n")
-            elif m["role"] == "assistant":
-                out.append(f"ASSISTANT: {m['content']}</s>\n")
-        return "".join(out) + ("ASSISTANT:" if gen else "")
+        out = [patterns[m["role"]].format(strip_ascii(m["content"]) if strip else m["content"])
+               for m in msgs if m["role"] in patterns]
+        return "".join(out) + (gen_text if gen else "")
 
     return render
 
 
-def _deepseek(msgs: list[Message], gen: bool) -> str:
-    out = []
-    for m in msgs:
-        if m["role"] == "system":
-            out.append(m["content"])
-        elif m["role"] == "user":
-            out.append(f"### Instruction:\n{m['content']}\n")
-        elif m["role"] == "assistant":
-            out.append(f"### Response:\n{m['content']}\n<|EOT|>\n")
-    return "".join(out) + ("### Response:\n" if gen else "")
+def _vicuna(orca: bool):
+    return _by_role("SYSTEM: {}\n" if orca else "{}\n\n", "USER: {}\n", "ASSISTANT: {}</s>\n", "ASSISTANT:")
+
+
+_deepseek = _by_role("{}", "### Instruction:\n{}\n", "### Response:\n{}\n<|EOT|>\n", "### Response:\n")
 
 
 def _command_r(msgs: list[Message], gen: bool) -> str:
@@ -202,41 +195,10 @@ def _minicpm(msgs: list[Message], gen: bool) -> str:
     return "".join(out)
 
 
-def _deepseek2(msgs: list[Message], gen: bool) -> str:
-    out = []
-    for m in msgs:
-        if m["role"] == "system":
-            out.append(m["content"] + "\n\n")
-        elif m["role"] == "user":
-            out.append(f"User: {m['content']}\n\n")
-        elif m["role"] == "assistant":
-            out.append(f"Assistant: {m['content']}<｜end▁of▁sentence｜>")
-    return "".join(out) + ("Assistant:" if gen else "")
-
-
-def _deepseek3(msgs: list[Message], gen: bool) -> str:
-    out = []
-    for m in msgs:
-        if m["role"] == "system":
-            out.append(m["content"] + "\n\n")
-        elif m["role"] == "user":
-            out.append("<｜User｜>" + m["content"])
-        elif m["role"] == "assistant":
-            out.append("<｜Assistant｜>" + m["content"] + "<｜end▁of▁sentence｜>")
-    return "".join(out) + ("<｜Assistant｜>" if gen else "")
-
-
-def _exaone3(msgs: list[Message], gen: bool) -> str:
-    out = []
-    for m in msgs:
-        c = strip_ascii(m["content"])
-        if m["role"] == "system":
-            out.append(f"[|system|]{c}[|endofturn|]\n")
-        elif m["role"] == "user":
-            out.append(f"[|user|]{c}\n")
-        elif m["role"] == "assistant":
-            out.append(f"[|assistant|]{c}[|endofturn|]\n")
-    return "".join(out) + ("[|assistant|]" if gen else "")
+_deepseek2 = _by_role("{}\n\n", "User: {}\n\n", "Assistant: {}<｜end▁of▁sentence｜>", "Assistant:")
+_deepseek3 = _by_role("{}\n\n", "<｜User｜>{}", "<｜Assistant｜>{}<｜end▁of▁sentence｜>", "<｜Assistant｜>")
+_exaone3 = _by_role("[|system|]{}[|endofturn|]\n", "[|user|]{}\n", "[|assistant|]{}[|endofturn|]\n", "[|assistant|]",
+                    strip=True)
 
 
 def _rwkv_world(msgs: list[Message], gen: bool) -> str:

@@ -213,9 +213,10 @@ def spm_vocab_legacy(path: Path) -> Vocab:
     return Vocab("llama", tokens, types, scores, source=str(path))
 
 
-def spm_vocab_hf(path: Path, model_dir: Path, vocab_size: int | None) -> Vocab:
-    """SentencePiece vocab as the Hugging Face converter builds it: `vocab_size` slots ([PAD<i>] where the
-    tokenizer has none), then `added_tokens.json` and tokenizer_config.json's added tokens in place."""
+def _spm_slots(path: Path, model_dir: Path, vocab_size: int | None
+               ) -> tuple[list[str], list[float], list[int], list[str]]:
+    """The Hugging Face converters' start of a SentencePiece vocab: `vocab_size` slots ([PAD<i>] where the
+    tokenizer has none) with added_tokens.json's tokens in place; (tokens, scores, types, notes)."""
     pieces, piece_scores, piece_types = read_spm(path)
     n = vocab_size if vocab_size is not None else len(pieces)
     if len(pieces) > n:
@@ -235,9 +236,15 @@ def spm_vocab_hf(path: Path, model_dir: Path, vocab_size: int | None) -> Vocab:
         if not isinstance(tid, int) or not 0 <= tid < n:
             notes.append(f"added token {tok!r} id {tid} is out of range (vocab size {n}), ignored")
             continue
-        tokens[tid] = tok
-        scores[tid] = -1000.0
-        types[tid] = USER_DEFINED
+        tokens[tid], scores[tid], types[tid] = tok, -1000.0, USER_DEFINED
+    return tokens, scores, types, notes
+
+
+def spm_vocab_hf(path: Path, model_dir: Path, vocab_size: int | None) -> Vocab:
+    """SentencePiece vocab as the Hugging Face converter builds it: `vocab_size` slots ([PAD<i>] where the
+    tokenizer has none), then `added_tokens.json` and tokenizer_config.json's added tokens in place."""
+    tokens, scores, types, notes = _spm_slots(path, model_dir, vocab_size)
+    n = len(tokens)
     tc = _json_if_file(model_dir / "tokenizer_config.json") or {}
     for sid, data in (tc.get("added_tokens_decoder") or {}).items():
         tid = int(sid)
@@ -261,26 +268,8 @@ def spm_vocab_phi3(path: Path, model_dir: Path, vocab_size: int | None) -> Vocab
     """SentencePiece vocab as the reference's Phi-3 class builds it: like spm_vocab_hf, but added tokens are
     control tokens only when marked special (no look-alike test, no U+2581 rewriting), and tokenizer.json's
     added_tokens are applied last."""
-    pieces, piece_scores, piece_types = read_spm(path)
-    n = vocab_size if vocab_size is not None else len(pieces)
-    if len(pieces) > n:
-        raise LlamapyError(
-            f"{path} has {len(pieces)} tokens but the model's vocab_size is {n}: the tokenizer doesn't belong to "
-            f"this model"
-        )
-    tokens = [f"[PAD{i}]" for i in range(n)]
-    scores = [-10000.0] * n
-    types = [UNUSED] * n
-    tokens[: len(pieces)] = pieces
-    scores[: len(pieces)] = piece_scores
-    types[: len(pieces)] = piece_types
-    notes = []
-    added = _json_if_file(model_dir / "added_tokens.json") or {}
-    for tok, tid in added.items():
-        if not isinstance(tid, int) or not 0 <= tid < n:
-            notes.append(f"added token {tok!r} id {tid} is out of range (vocab size {n}), ignored")
-            continue
-        tokens[tid], scores[tid], types[tid] = tok, -1000.0, USER_DEFINED
+    tokens, scores, types, notes = _spm_slots(path, model_dir, vocab_size)
+    n = len(tokens)
     tc = _json_if_file(model_dir / "tokenizer_config.json") or {}
     tj = _json_if_file(model_dir / "tokenizer.json") or {}
     entries = [(int(sid), d, "tokenizer_config.json") for sid, d in (tc.get("added_tokens_decoder") or {}).items()]

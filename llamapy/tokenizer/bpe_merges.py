@@ -9,12 +9,13 @@ token of a chat comes sooner, and long texts still run in the library.
 """
 from __future__ import annotations
 
-import heapq
 import itertools
 import re
+from collections.abc import Iterator
 from itertools import repeat
 
 from .bpe import BYTE_CHARS, _cls, to_byte_chars
+from .merging import merge_symbols, symbol_ids, uncached
 
 
 def parse_merges(merges) -> dict[tuple[str, str], int]:
@@ -77,12 +78,8 @@ class BPEMerger:
 
     def encode_words(self, words: list[str]) -> list[int]:
         """Token ids of pre-tokenized words (plain text, valid UTF-8)."""
-        cache = self.cache
-        missing = [w for w in set(words) if w not in cache]
+        cache, missing = uncached(self, words, self.CACHE_MAX)
         if missing:
-            if len(cache) + len(missing) > self.CACHE_MAX:
-                self.cache = cache = {}  # a new dict: other threads keep reading the old one
-                missing = list(set(words))
             self._python_words += len(missing)
             native = self.native if self._python_words > self.NATIVE_AFTER else self._native
             guard = self.guard
@@ -98,51 +95,16 @@ class BPEMerger:
         vocab = self.token_to_id
         if self.ignore_merges and w in vocab:
             return (vocab[w],)
-        sym = list(w)  # "" once merged into its left neighbour
-        n = len(sym)
-        nxt = list(range(1, n + 1))
-        nxt[-1] = -1
-        prv = list(range(-1, n - 1))
         ranks, sep = self.ranks, self.sep
-        heap = []
-        for i in range(n - 1):
-            r = ranks.get(sym[i] + sep + sym[i + 1])
-            if r is not None:
-                heap.append((r, i, i + 1, sym[i] + sym[i + 1]))
-        heapq.heapify(heap)
-        while heap:
-            _, left, right, text = heapq.heappop(heap)
-            ls, rs = sym[left], sym[right]
-            if not ls or not rs or ls + rs != text:
-                continue
-            sym[left] = text
-            sym[right] = ""
-            nx = nxt[right]
-            nxt[left] = nx
-            if nx >= 0:
-                prv[nx] = left
-            p = prv[left]
-            if p >= 0:
-                r = ranks.get(sym[p] + sep + text)
-                if r is not None:
-                    heapq.heappush(heap, (r, p, left, sym[p] + text))
-            if nx >= 0:
-                r = ranks.get(text + sep + sym[nx])
-                if r is not None:
-                    heapq.heappush(heap, (r, left, nx, text + sym[nx]))
-        out = []
-        for s in sym:
-            if not s:
-                continue
-            t = vocab.get(s)
-            if t is not None:
-                out.append(t)
-                continue
+        sym = merge_symbols(list(w), lambda a, b: ranks.get(a + sep + b))  # "" once merged into its left
+
+        def byte_ids(s: str) -> Iterator[int]:
             for byte in s.encode("utf-8", "surrogatepass"):
                 t = vocab.get(bytes([byte]).decode("utf-8", "surrogateescape"))
                 if t is not None:
-                    out.append(t)
-        return tuple(out)
+                    yield t
+
+        return tuple(symbol_ids(sym, vocab, byte_ids))
 
 
 # bytes that never occur in UTF-8 text: a vocabulary may leave their characters out

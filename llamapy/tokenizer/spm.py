@@ -19,10 +19,12 @@ repeated ones come from a cache (`word_splitter`, `SPMEncoder`), exact and sever
 """
 from __future__ import annotations
 
-import heapq
 import itertools
 import re
 import struct
+from collections.abc import Iterator
+
+from .merging import merge_symbols, symbol_ids, uncached
 
 BYTE_TOKEN = "<0x{:02X}>"
 
@@ -58,48 +60,14 @@ class SPMMerger:
         vocab = self.token_to_id
         scores = self.scores
         sym = split_chars(text)
-        n = len(sym)
-        if n == 0:
+        if not sym:
             return []
-        nxt = list(range(1, n + 1))
-        nxt[-1] = -1
-        prv = list(range(-1, n - 1))
-        heap = []
-        for i in range(n - 1):
-            t = vocab.get(sym[i] + sym[i + 1])
-            if t is not None:
-                # highest score first, then leftmost
-                heap.append((-scores[t], i, i + 1, len(sym[i]) + len(sym[i + 1])))
-        heapq.heapify(heap)
-        while heap:
-            _, left, right, size = heapq.heappop(heap)
-            ls, rs = sym[left], sym[right]
-            if not ls or not rs or len(ls) + len(rs) != size:
-                continue
-            merged = ls + rs
-            sym[left] = merged
-            sym[right] = b""
-            nx = nxt[right]
-            nxt[left] = nx
-            if nx >= 0:
-                prv[nx] = left
-            p = prv[left]
-            if p >= 0:
-                t = vocab.get(sym[p] + merged)
-                if t is not None:
-                    heapq.heappush(heap, (-scores[t], p, left, len(sym[p]) + len(merged)))
-            if nx >= 0:
-                t = vocab.get(merged + sym[nx])
-                if t is not None:
-                    heapq.heappush(heap, (-scores[t], left, nx, len(merged) + len(sym[nx])))
-        out = []
-        for s in sym:
-            if not s:
-                continue
-            t = vocab.get(s)
-            if t is not None:
-                out.append(t)
-                continue
+
+        def rank(a: bytes, b: bytes) -> float | None:  # highest score first, then leftmost
+            t = vocab.get(a + b)
+            return None if t is None else -scores[t]
+
+        def byte_ids(s: bytes) -> Iterator[int]:
             for byte in s:
                 bt = self.byte_ids[byte]
                 if bt is None:
@@ -107,8 +75,9 @@ class SPMMerger:
                     # closest thing to a value
                     bt = self.unk_id
                 if bt is not None:
-                    out.append(bt)
-        return out
+                    yield bt
+
+        return symbol_ids(merge_symbols(sym, rank), vocab, byte_ids)
 
 
 ESCAPED_SPACE = "\u2581"
@@ -142,12 +111,8 @@ class SPMEncoder:
         if self.splitter is None:
             return list(self._encode([text])[0])
         words = self.splitter.findall(text)
-        cache = self.cache
-        missing = [w for w in set(words) if w not in cache]
+        cache, missing = uncached(self, words, self.CACHE_MAX)
         if missing:
-            if len(cache) + len(missing) > self.CACHE_MAX:
-                self.cache = cache = {}  # a new dict: other threads keep reading the old one
-                missing = list(set(words))
             for w, ids in zip(missing, self._encode(missing)):
                 cache[w] = tuple(ids)
         return list(itertools.chain.from_iterable(map(cache.__getitem__, words)))
