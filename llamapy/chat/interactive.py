@@ -1,7 +1,6 @@
 """Interactive generation: llama-cli's `-i`, `-r`, `-ins` and `-cnv` loop over `llamapy.engine.engine.Engine`.
 
-The loop follows examples/main/main.cpp step for step, so the tutorials' command lines behave as they do
-with llama-cli:
+The loop follows llama-cli's main loop step for step, so the tutorials' command lines behave as with llama-cli:
 
 - the prompt is evaluated and echoed, then tokens are sampled one at a time and printed;
 - after each token the text of the last 32 tokens (prompt included) is searched for every reverse prompt
