@@ -469,3 +469,14 @@ def test_context_shift_keeps_a_long_session_going(default_model):
     assert r.returncode == 0, r.stderr
     assert r.stdout.startswith("Once upon a time")
     assert re.search(r"eval time = .* /\s+100 runs", r.stderr), r.stderr
+
+
+@pytest.mark.parametrize("verb", [["chat"], ["run", "-i", "-p", "hi"]])
+def test_closed_stdin_is_the_end_of_input(default_model, verb):
+    """`chat` / `run -i` with stdin closed (`0<&-`) end as at Ctrl+D: status 0, no traceback."""
+    import subprocess
+
+    r = subprocess.run([sys.executable, "-m", "llamapy", *verb, "-m", default_model, "-n", "4", "--temp", "0"],
+                       preexec_fn=lambda: os.close(0), capture_output=True, timeout=120, check=False)
+    assert r.returncode == 0, r.stderr.decode(errors="replace")[-2000:]
+    assert b"Traceback" not in r.stderr

@@ -127,7 +127,7 @@ class _Console:
                 return input()
             except EOFError:
                 return None
-        line = self.inp.readline()
+        line = self.inp.readline() if self.inp is not None else None  # None: stdin closed, the end of input
         if not line:
             return None
         return line.removesuffix("\n")
