@@ -181,6 +181,19 @@ static void materialize(cands *c, const float *lg) {
     c->sorted = 0;
 }
 
+/* the candidates: the top k of every token's logits lg, sorted (k <= 0 or >= n_vocab: all of them) */
+static void top_k_from(cands *c, const float *lg, int32_t k) {
+    lp_sampler *s = c->s;
+    if (k > 0 && k < s->n_vocab) {
+        c->n = lp_top_k(lg, s->n_vocab, k, s->id);
+        for (int i = 0; i < c->n; i++) s->logit[i] = lg[s->id[i]];
+        c->sorted = 1;
+    } else {
+        materialize(c, lg);
+        sort_cands(c);
+    }
+}
+
 /* full: lg holds every token's logit (candidate i is token i); else the candidates */
 static void penalties(cands *c, float *lg, int full, const int32_t *hist, int n_hist, const lp_sampler_params *p) {
     if (p->repeat_last_n == 0 || (p->repeat_penalty == 1.0f && p->frequency_penalty == 0.0f && p->presence_penalty == 0.0f))
@@ -427,14 +440,7 @@ int32_t lp_sampler_sample(lp_sampler *s, const lp_sampler_params *p, const float
     int full = 1;
     if (p->mirostat == 0 && p->top_n_sigma >= 0.0f) {
         full = 0;
-        if (p->top_k > 0 && p->top_k < n) {
-            c.n = lp_top_k(lg, n, p->top_k, s->id);
-            for (int i = 0; i < c.n; i++) s->logit[i] = lg[s->id[i]];
-            c.sorted = 1;
-        } else {
-            materialize(&c, lg);
-            sort_cands(&c);
-        }
+        top_k_from(&c, lg, p->top_k);
         temperature(&c, p->temp);
         top_n_sigma(&c, p->top_n_sigma);
     } else if (p->mirostat == 0) {
@@ -451,14 +457,7 @@ int32_t lp_sampler_sample(lp_sampler *s, const lp_sampler_params *p, const float
             }
             if (kind == LP_SAMPLER_TOP_K && full) {
                 full = 0;
-                if (p->top_k > 0 && p->top_k < n) {
-                    c.n = lp_top_k(lg, n, p->top_k, s->id);
-                    for (int i = 0; i < c.n; i++) s->logit[i] = lg[s->id[i]];
-                    c.sorted = 1;
-                } else {
-                    materialize(&c, lg);
-                    sort_cands(&c);   /* top-k of everything */
-                }
+                top_k_from(&c, lg, p->top_k);
                 continue;
             }
             if (full) materialize(&c, lg), full = 0;
