@@ -591,7 +591,7 @@ def test_mlock_refused_is_a_warning(tmp_path):
         os.chmod(path, 0o644)
         code = ("import resource, os\n"
                 "from llamapy.engine.engine import Engine\nfrom llamapy.engine.load import LoadOptions\n"
-                "import llamapy.native, llamapy.tokenizer.core, ctypes.util\n"
+                "import llamapy.native, llamapy.tokenizer.core, llamapy.store.locate, ctypes.util\n"
                 "resource.setrlimit(resource.RLIMIT_MEMLOCK, (0, 0))\n"
                 "os.setuid(65534) if os.getuid() == 0 else None\n"
                 f"e = Engine({path!r}, n_ctx=32, load=LoadOptions(mlock=True))\n"
