@@ -164,7 +164,7 @@ def _generic_messages(messages: list[dict[str, Any]], tools: list[dict[str, Any]
         elif role == "tool":
             resp = {"tool_response": {"content": m.get("content") or ""}
                     | ({"tool_call_id": m["tool_call_id"]} if m.get("tool_call_id") else {})
-                    | ({"tool": m["name"]} if m.get("name") else {})}
+                    | ({"tool": m.get("name") or m.get("tool_name")} if m.get("name") or m.get("tool_name") else {})}
             out.append({"role": "user", "content": json.dumps(resp, ensure_ascii=False)})
         else:
             out.append({k: v for k, v in m.items() if k not in ("tool_calls", "tool_call_id")})
