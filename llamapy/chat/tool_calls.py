@@ -158,7 +158,7 @@ def _generic_messages(messages: list[dict[str, Any]], tools: list[dict[str, Any]
         role = m.get("role")
         if role == "assistant" and m.get("tool_calls"):
             calls = [{"name": c["function"]["name"], "arguments": c["function"]["arguments"]}
-                     | ({"id": c["id"]} if c.get("id") else {}) for c in _history_calls(m)]
+                     for c in _history_calls(m)]  # as the constrained answer has them (no ids)
             body = {"tool_call": calls[0]} if len(calls) == 1 else {"tool_calls": calls}
             out.append({"role": "assistant", "content": json.dumps(body, ensure_ascii=False)})
         elif role == "tool":
