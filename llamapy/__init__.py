@@ -24,8 +24,8 @@ if TYPE_CHECKING:
     from .api import StoppingCriteriaList as StoppingCriteriaList
     from .api import llama_types as llama_types
 
-_API_NAMES = ("Llama", "LlamaGrammar", "LlamaState", "LlamaCache", "LlamaRAMCache", "LogitsProcessorList", "StoppingCriteriaList",
-              "LLAMA_DEFAULT_SEED", "llama_types")
+_API_NAMES = ("Llama", "LlamaGrammar", "LlamaState", "LlamaCache", "LlamaRAMCache", "LogitsProcessorList",
+              "StoppingCriteriaList", "LLAMA_DEFAULT_SEED", "llama_types")
 
 
 def __getattr__(name: str):

@@ -57,8 +57,8 @@ def prompt_of(prompt: str | None, opts: dict) -> str | None:
 def session_options(opts: dict) -> dict:
     """The options as the keywords of llamapy.run.run and llamapy.chat.interactive.start (notes printed,
     process settings applied)."""
-    from .option_values import apply_process_options, load_options, sampler_params
     from ..grammar.options import schema_option
+    from .option_values import apply_process_options, load_options, sampler_params
     from .options import announce
 
     announce(opts, *TABLES)
