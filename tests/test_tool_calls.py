@@ -306,3 +306,22 @@ def test_python_api_grammar_response_format_and_tools(default_model):
         llm.eval(llm.tokenize(b"A number:"))
         t = llm.sample(grammar=g)
         assert llm.detokenize([t]).decode() in [str(i) for i in range(1, 10)]
+
+
+def test_ollama_client_format_and_tools(server):
+    """The `ollama` package's client (when installed) against llamapy serve: format and tools."""
+    ollama = pytest.importorskip("ollama")
+    import jsonschema
+
+    client = ollama.Client(host=server)
+    schema = {"type": "object", "properties": {"name": {"type": "string", "maxLength": 20}}, "required": ["name"],
+              "additionalProperties": False}
+    r = client.chat(model="any", messages=[{"role": "user", "content": "A city, as JSON"}], format=schema,
+                    options={"num_predict": 60})
+    jsonschema.validate(json.loads(r["message"]["content"]), schema)
+    r = client.chat(model="any", messages=[{"role": "user", "content": "Weather in Paris? Use the tool."}],
+                    tools=[WEATHER], options={"num_predict": 120, "temperature": 0})
+    for tc in r.message.tool_calls or []:
+        assert tc.function.name == "get_weather"
+        jsonschema.validate(dict(tc.function.arguments), WEATHER["function"]["parameters"])
+    assert r.message.tool_calls or isinstance(r.message.content, str)
