@@ -485,13 +485,15 @@ def test_bad_input_gets_a_clear_error(llm, default_model):
         llm("x", logit_bias={10**9: 1.0})
     with pytest.raises(TypeError, match="logit_bias"):
         llm("x", logit_bias={5: "high"})
-    with pytest.raises(ValueError, match="grammar.*not supported yet"):
+    with pytest.raises(ValueError, match="grammar: line 1, column 10"):  # GBNF literals take double quotes
         llm("x", grammar="root ::= 'a'")
-    with pytest.raises(ValueError, match="response_format.*not supported yet"):
-        llm.create_chat_completion([{"role": "user", "content": "hi"}], response_format={"type": "json_object"})
-    with pytest.raises(ValueError, match="tools.*not supported yet"):
+    with pytest.raises(TypeError, match="grammar must be a LlamaGrammar"):
+        llm("x", grammar=5)
+    with pytest.raises(ValueError, match="response_format: type must be"):
+        llm.create_chat_completion([{"role": "user", "content": "hi"}], response_format={"type": "yaml"})
+    with pytest.raises(ValueError, match=r"tools\[0\].function.name"):
         llm.create_chat_completion([{"role": "user", "content": "hi"}],
-                                   tools=[{"type": "function", "function": {"name": "f"}}])
+                                   tools=[{"type": "function", "function": {"name": "bad name"}}])
     with pytest.raises(TypeError, match="messages"):
         llm.create_chat_completion(["hi"])
     with pytest.raises(ValueError, match="Model path does not exist"):

@@ -261,12 +261,26 @@ def test_run_json_schema_and_grammar(default_model):
     assert r.returncode == 0 and r.stdout in (" yes [end of text]\n\n\n", " no [end of text]\n\n\n"), r
 
 
+def test_run_json_schema_file(default_model, tmp_path):
+    jsonschema = pytest.importorskip("jsonschema")
+    schema = SCHEMAS[3]
+    (tmp_path / "s.json").write_text(json.dumps(schema))
+    r = _run("-m", default_model, "-p", "Is it ok?", "-n", "40", "--no-display-prompt", "-jf", str(tmp_path / "s.json"))
+    assert r.returncode == 0, r.stderr
+    jsonschema.validate(json.loads(r.stdout.removesuffix(" [end of text]\n\n\n")), schema)
+    (tmp_path / "bad.json").write_text("{bad")
+    r = _run("-m", default_model, "-p", "x", "-jf", str(tmp_path / "bad.json"))
+    assert r.returncode == 1 and "not JSON: line 1, column 2" in r.stderr and "Traceback" not in r.stderr
+
+
 @pytest.mark.parametrize("args,message", [
     (["--grammar", 'root ::= "a" )'], "error: grammar: line 1, column 14: expecting newline or end"),
     (["-j", '{"type": "object",'], "error: JSON schema: not JSON: line 1, column 19"),
     (["-j", '{"type": "array", "uniqueItems": true}'], "uniqueItems"),
     (["--grammar-file", "/no/such/file.gbnf"], "--grammar-file '/no/such/file.gbnf': No such file"),
     (["--grammar", 'root ::= "a"', "-j", "{}"], "give one of --grammar, --grammar-file and -j"),
+    (["-jf", "/no/such/schema.json"], "--json-schema-file '/no/such/schema.json': No such file"),
+    (["-jf", "/no/such/schema.json", "-j", "{}"], "give -j/--json-schema or -jf/--json-schema-file, not both"),
 ])
 def test_run_bad_grammar_is_one_line_and_exit_1(args, message, default_model):
     r = _run("-m", default_model, "-p", "x", "-n", "4", *args)

@@ -19,9 +19,9 @@ from .common import (
     _float,
     _int,
     _log_softmax,
-    _not_yet,
     _stops,
 )
+from .grammar import LlamaGrammar, constraint_of
 
 
 class LlamaCompletion(LlamaBase):
@@ -75,8 +75,11 @@ class LlamaCompletion(LlamaBase):
         """Sample the next token from the last evaluated position's logits (the penalties look back on the
         KV cache's tokens). tfs_z and penalize_nl are accepted and ignored (llama.cpp dropped them)."""
         eng = self._engine()
+        matcher = None
         if grammar is not None:
-            raise _not_yet("grammar", "grammar-constrained sampling")
+            if not isinstance(grammar, LlamaGrammar):
+                raise TypeError("grammar must be a LlamaGrammar")
+            matcher = grammar._matcher(self._tok, self._n_vocab)
         with self._lock:
             if idx is not None and self._logits_all and self._scores_buf is not None:
                 logits = self._scores_buf[_int("idx", idx, 0, max(0, eng.n_past(0) - 1))]
@@ -87,6 +90,8 @@ class LlamaCompletion(LlamaBase):
             ids = eng.tokens(0)
             if logits_processor is not None:
                 logits = np.asarray(logits_processor(np.asarray(ids, dtype=np.intc), logits.copy()), np.single)
+            if matcher is not None:  # the grammar's mask, then the sampler; the grammar advances with the token
+                logits = matcher.apply(np.array(logits, dtype=np.single))
             sampler = self._sampler(temp=temp, top_k=top_k, top_p=top_p, min_p=min_p, typical_p=typical_p,
                                     repeat_penalty=repeat_penalty, frequency_penalty=frequency_penalty,
                                     presence_penalty=presence_penalty, mirostat_mode=mirostat_mode,
@@ -94,7 +99,10 @@ class LlamaCompletion(LlamaBase):
                                     logit_bias=None, fresh=False)
             n = self.last_n_tokens_size
             hist = ids if n < 0 else ids[-n:] if n > 0 else []
-            return int(sampler.sample(logits, hist))
+            token = int(sampler.sample(logits, hist))
+            if matcher is not None:
+                matcher.accept(token)
+            return token
 
     def generate(self, tokens: Sequence[int], top_k: int = 40, top_p: float = 0.95, min_p: float = 0.05,
                  typical_p: float = 1.0, temp: float = 0.80, repeat_penalty: float = 1.0, reset: bool = True,
@@ -110,8 +118,7 @@ class LlamaCompletion(LlamaBase):
         from ..generation.sequence import Sequence as GenSequence
 
         eng = self._engine()
-        if grammar is not None:
-            raise _not_yet("grammar", "grammar-constrained sampling")
+        constraint = constraint_of(grammar, self._tok, self._n_vocab)
         ids = self._check_tokens("tokens", tokens)
         sampler = self._sampler(temp=temp, top_k=top_k, top_p=top_p, min_p=min_p, typical_p=typical_p,
                                 repeat_penalty=repeat_penalty, frequency_penalty=frequency_penalty,
@@ -123,7 +130,7 @@ class LlamaCompletion(LlamaBase):
                 prompt = ids if reset else eng.tokens(0) + ids
             if len(prompt) > self._n_ctx:
                 raise ValueError(f"Requested tokens ({len(prompt)}) exceed context window of {self._n_ctx}")
-            seq = GenSequence(sampler, self._n_ctx, n_predict=-2, ctx_shift=False)
+            seq = GenSequence(sampler, self._n_ctx, n_predict=-2, ctx_shift=False, constraint=constraint)
             for step, _ in self._drive(seq, prompt, True, logits_processor, stopping_criteria):
                 if step.stop == "criteria":
                     return
@@ -216,8 +223,7 @@ class LlamaCompletion(LlamaBase):
         from ..generation.sequence import Sequence as GenSequence
 
         eng = self._engine()
-        if grammar is not None:
-            raise _not_yet("grammar", "grammar-constrained sampling")
+        constraint = constraint_of(grammar, self._tok, self._n_vocab)
         if suffix is not None and not isinstance(suffix, str):
             raise TypeError("suffix must be a string")
         if max_tokens is not None:
@@ -238,7 +244,7 @@ class LlamaCompletion(LlamaBase):
         tok = self._tok
         eog = self._eog
         seq = GenSequence(sampler, self._n_ctx, is_eog=eog.__contains__, piece=lambda t: tok.token_to_piece(t, False),
-                          n_predict=n_predict, ctx_shift=False, stop=stops)
+                          n_predict=n_predict, ctx_shift=False, stop=stops, constraint=constraint)
         prompt_text = prompt if isinstance(prompt, str) else self.detokenize(ids).decode("utf-8", "replace")
         head = {"id": f"cmpl-{uuid.uuid4()}", "object": "text_completion", "created": int(time.time()),
                 "model": model if model is not None else self.model_path}

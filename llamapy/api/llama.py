@@ -22,6 +22,7 @@ from typing import Any, Literal, overload
 import numpy as np
 
 from ..errors import LlamapyError
+from ..grammar import Vocabulary
 from . import llama_types as T
 from .common import CHAT_FORMATS as CHAT_FORMATS  # the server's --chat_format names
 from .common import (
@@ -36,10 +37,10 @@ from .common import (
     StoppingCriteriaList,
     _int,
     _normalized,
-    _not_yet,
     _stops,
 )
 from .completion import LlamaCompletion, _join_completion
+from .grammar import LlamaGrammar
 
 
 class Llama(LlamaCompletion):
@@ -100,8 +101,12 @@ class Llama(LlamaCompletion):
     ) -> T.CreateChatCompletionResponse | Iterator[T.CreateChatCompletionStreamResponse]:
         """Answer a conversation: the messages rendered with the chat template (chat_format, else the model's
         own, else chatml), completed until the template's end of turn. With stream=True, an iterator of
-        chunks (a role delta first, content deltas, then the finish reason). tools, functions, grammar and a
-        JSON response_format are not supported yet (ValueError); response_format {"type": "text"} is."""
+        chunks (a role delta first, content deltas, then the finish reason). grammar: a LlamaGrammar the answer
+        follows. response_format: {"type": "json_object"} (optionally with "schema") or {"type": "json_schema",
+        "json_schema": {"schema": ...}}: JSON that validates. tools / tool_choice (and the older functions /
+        function_call): the model's tool-call format from its chat template; message.tool_calls and
+        finish_reason "tool_calls" when it calls (streamed as delta.tool_calls); with tool_choice "required"
+        or a named function the call's arguments follow the function's parameter schema."""
         self._check_open()
         if self.chat_handler is not None:
             return self.chat_handler(  # type: ignore[no-any-return]
@@ -113,14 +118,30 @@ class Llama(LlamaCompletion):
                 mirostat_tau=mirostat_tau, mirostat_eta=mirostat_eta, model=model,
                 logits_processor=logits_processor, grammar=grammar, logit_bias=logit_bias, logprobs=logprobs,
                 top_logprobs=top_logprobs)
-        if tools or functions:
-            raise _not_yet("tools", "tool and function calling")
+        if functions:
+            tools = [*(tools or []), *({"type": "function", "function": f} for f in functions)]
+            if tool_choice is None and isinstance(function_call, (str, dict)):
+                tool_choice = function_call if isinstance(function_call, str) else \
+                    {"type": "function", "function": function_call}
+        schema: Any = None
         if response_format is not None:
             if not isinstance(response_format, dict):
-                raise TypeError("response_format must be a dict such as {'type': 'text'}")
+                raise TypeError("response_format must be a dict such as {'type': 'json_object'}")
             kind = response_format.get("type", "text")
-            if kind != "text":
-                raise _not_yet("response_format", f"response_format type {kind!r} (JSON-constrained output)")
+            if kind == "json_object":
+                given = response_format.get("schema")
+                schema = given if given is not None else {"type": "object"}
+            elif kind == "json_schema":
+                wrapper = response_format.get("json_schema")
+                if not isinstance(wrapper, dict):
+                    raise ValueError("response_format: json_schema must be a dict {'name', 'schema', 'strict'}")
+                schema = wrapper.get("schema", {"type": "object"})
+            elif kind != "text":
+                raise ValueError(f"response_format: type must be 'text', 'json_object' or 'json_schema', not {kind!r}")
+            if schema is not None and grammar is not None:
+                raise ValueError("give response_format or grammar, not both")
+            if schema is not None:
+                grammar = LlamaGrammar.from_json_schema(schema)
         if not isinstance(messages, list) or not messages:
             raise ValueError("messages must be a non-empty list of {'role': ..., 'content': ...} dicts")
         for m in messages:
@@ -130,20 +151,40 @@ class Llama(LlamaCompletion):
             top_logprobs = _int("top_logprobs", top_logprobs, 0, 20)
         template = self._chat_template()
         msgs = [dict(m, role="system") if m["role"] == "developer" else dict(m) for m in messages]
+        fmt = None
+        extra: dict[str, Any] = {}
+        extra_stops: list[str] = []
+        if tools or tool_choice is not None or any(m["role"] == "tool" or m.get("tool_calls") for m in msgs):
+            if tools and grammar is not None and schema is None:
+                raise ValueError("give tools or grammar, not both")
+            from ..chat.tool_calls import prepare
+
+            try:
+                setup = prepare(getattr(template, "source", None), msgs, tools or [], tool_choice, False, schema)
+            except LlamapyError as e:
+                raise ValueError(str(e)) from None
+            msgs = setup.messages
+            if setup.active:
+                fmt, extra, extra_stops = setup.format, setup.render_kwargs, setup.stops
+                try:
+                    compiled = setup.grammar(Vocabulary.for_tokenizer(self._tok, self._n_vocab))
+                except LlamapyError as e:
+                    raise ValueError(str(e)) from None
+                grammar = compiled if compiled is not None else grammar
         try:
-            text = template.render(msgs, add_generation_prompt=True)
+            text = template.render(msgs, add_generation_prompt=True, **extra)
         except LlamapyError as e:
             raise ValueError(f"messages: {e}") from None
-        stops = _stops(stop) + [s for s in template.stop_strings if s]
+        stops = _stops(stop) + [s for s in template.stop_strings if s] + extra_stops
         ids = self.tokenize(text.encode("utf-8"), add_bos=True, special=True)
         chunks = self._completion(ids, None, max_tokens, temperature, top_p, min_p, typical_p,
                                   (top_logprobs or 0) if logprobs else None, False, stops, frequency_penalty,
                                   presence_penalty, repeat_penalty, top_k, seed, mirostat_mode, mirostat_tau,
                                   mirostat_eta, model, None, logits_processor, grammar, logit_bias, stream)
         if stream:
-            return _chat_chunks(chunks)
+            return _chat_chunks(chunks, fmt)
         with self._lock:
-            return _chat_response(_join_completion(chunks, bool(logprobs)))
+            return _chat_response(_join_completion(chunks, bool(logprobs)), fmt)
 
     def create_chat_completion_openai_v1(self, *args: Any, **kwargs: Any) -> Any:
         """create_chat_completion returning the `openai` package's types (ChatCompletion, or an iterator of
@@ -230,16 +271,30 @@ def _chat_logprobs(lp: T.CompletionLogprobs | None) -> T.ChatCompletionLogprobs 
     return {"content": content, "refusal": None}
 
 
-def _chat_response(c: T.CreateCompletionResponse) -> T.CreateChatCompletionResponse:
+def _chat_response(c: T.CreateCompletionResponse, fmt: str | None = None) -> T.CreateChatCompletionResponse:
     ch = c["choices"][0]
+    message: dict[str, Any] = {"role": "assistant", "content": ch["text"]}
+    finish: Any = ch["finish_reason"]
+    if fmt is not None:
+        from ..chat.tool_parse import parse
+
+        parsed = parse(ch["text"], fmt)
+        message["content"] = parsed.content
+        if parsed.tool_calls:
+            message["content"] = parsed.content or None
+            message["tool_calls"] = [tc.openai() for tc in parsed.tool_calls]
+            finish = "tool_calls" if finish == "stop" else finish
     return {"id": "chat" + c["id"], "object": "chat.completion", "created": c["created"], "model": c["model"],
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": ch["text"]},
-                         "logprobs": _chat_logprobs(ch["logprobs"]), "finish_reason": ch["finish_reason"]}],
+            "choices": [{"index": 0, "message": message,  # type: ignore[typeddict-item]
+                         "logprobs": _chat_logprobs(ch["logprobs"]), "finish_reason": finish}],
             "usage": c["usage"]}
 
 
-def _chat_chunks(chunks: Iterator[T.CreateCompletionStreamResponse]
+def _chat_chunks(chunks: Iterator[T.CreateCompletionStreamResponse], fmt: str | None = None
                  ) -> Iterator[T.CreateChatCompletionStreamResponse]:
+    if fmt is not None:
+        yield from _tool_chunks(chunks, fmt)
+        return
     first = True
     for c in chunks:
         head: dict[str, Any] = {"id": "chat" + c["id"], "model": c["model"], "created": c["created"],
@@ -257,5 +312,33 @@ def _chat_chunks(chunks: Iterator[T.CreateCompletionStreamResponse]
                                         "logprobs": _chat_logprobs(ch["logprobs"]), "finish_reason": None}]}
 
 
-__all__ = ["LLAMA_DEFAULT_SEED", "BaseLlamaCache", "Llama", "LlamaCache", "LlamaRAMCache", "LlamaState",
+def _tool_chunks(chunks: Iterator[T.CreateCompletionStreamResponse], fmt: str
+                 ) -> Iterator[T.CreateChatCompletionStreamResponse]:
+    """Chat chunks of an answer that may call tools: content and delta.tool_calls as they parse."""
+    from ..chat.tool_parse import StreamParser
+
+    parser = StreamParser(fmt)
+    first = True
+    for c in chunks:
+        head: dict[str, Any] = {"id": "chat" + c["id"], "model": c["model"], "created": c["created"],
+                                "object": "chat.completion.chunk"}
+        if first:
+            first = False
+            yield {**head, "choices": [{"index": 0, "delta": {"role": "assistant"}, "logprobs": None,  # type: ignore
+                                        "finish_reason": None}]}
+        ch = c["choices"][0]
+        if ch["finish_reason"] is not None:
+            deltas, parsed = parser.finish()
+        else:
+            deltas, parsed = parser.feed(ch["text"]), None
+        for d in deltas:
+            yield {**head, "choices": [{"index": 0, "delta": d, "logprobs": None,  # type: ignore
+                                        "finish_reason": None}]}
+        if parsed is not None:
+            finish = "tool_calls" if parsed.tool_calls and ch["finish_reason"] == "stop" else ch["finish_reason"]
+            yield {**head, "choices": [{"index": 0, "delta": {}, "logprobs": None,  # type: ignore[typeddict-item]
+                                        "finish_reason": finish}]}
+
+
+__all__ = ["LlamaGrammar", "LLAMA_DEFAULT_SEED", "BaseLlamaCache", "Llama", "LlamaCache", "LlamaRAMCache", "LlamaState",
            "LogitsProcessor", "LogitsProcessorList", "StoppingCriteria", "StoppingCriteriaList"]

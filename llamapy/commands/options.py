@@ -339,6 +339,8 @@ RUN_CHAT: list[Opt] = [
        panel="Grammar"),
     _c("json_schema", ("-j", "--json-schema"), "JSON schema the output must follow (JSON text).",
        Optional[str], None, panel="Grammar"),
+    _c("json_schema_file", ("-jf", "--json-schema-file"), "Read the JSON schema the output must follow from a file.",
+       Optional[str], None, panel="Grammar"),
     _n("grp_attn_n", ("-gan", "--grp-attn-n"), "Group-attention factor.", NOT_YET, Optional[int], _X),
     _n("grp_attn_w", ("-gaw", "--grp-attn-w"), "Group-attention width.", NOT_YET, Optional[int], _X),
     _n("simple_io", ("--simple-io",), "Basic console input and output.",

@@ -57,6 +57,7 @@ def prompt_of(prompt: str | None, opts: dict) -> str | None:
 def session_options(opts: dict) -> dict:
     """The options as the keywords of llamapy.run.run and llamapy.chat.interactive.start (notes printed,
     process settings applied)."""
+    from ..grammar.options import schema_option
     from .option_values import apply_process_options, load_options, sampler_params
     from .options import announce
 
@@ -68,7 +69,8 @@ def session_options(opts: dict) -> dict:
         escape=opts["escape"] and not opts["no_escape"], display_prompt=not opts["no_display_prompt"],
         verbose_prompt=opts["verbose_prompt"], color=opts["color"], special=opts["special"],
         sampling=sampler_params(opts), load=load_options(opts),
-        grammar=opts["grammar"], grammar_file=opts["grammar_file"], json_schema=opts["json_schema"],
+        grammar=opts["grammar"], grammar_file=opts["grammar_file"],
+        json_schema=schema_option(opts["json_schema"], opts["json_schema_file"]),
     )
 
 

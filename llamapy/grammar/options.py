@@ -18,14 +18,29 @@ def check_options(grammar: str | None = None, grammar_file: str | None = None,
         raise LlamapyError(f"give one of --grammar, --grammar-file and -j/--json-schema, not {' and '.join(given)}")
 
 
-def read_grammar_file(path: str) -> str:
+def read_grammar_file(path: str, option: str = "--grammar-file") -> str:
     try:
         with open(path, encoding="utf-8") as f:
             return f.read()
     except UnicodeDecodeError:
-        raise LlamapyError(f"--grammar-file '{path}': not UTF-8 text") from None
+        raise LlamapyError(f"{option} '{path}': not UTF-8 text") from None
     except OSError as e:
-        raise LlamapyError(f"--grammar-file '{path}': {e.strerror}") from None
+        raise LlamapyError(f"{option} '{path}': {e.strerror}") from None
+
+
+def schema_option(json_schema: str | None, json_schema_file: str | None) -> str | None:
+    """-j's text, or -jf's file read (both given: a one-line error)."""
+    if json_schema_file is None:
+        return json_schema
+    if json_schema is not None:
+        raise LlamapyError("give -j/--json-schema or -jf/--json-schema-file, not both")
+    text = read_grammar_file(json_schema_file, "--json-schema-file")
+    try:
+        json.loads(text)
+    except json.JSONDecodeError as e:
+        raise LlamapyError(f"--json-schema-file '{json_schema_file}': not JSON: line {e.lineno}, "
+                           f"column {e.colno}: {e.msg}") from None
+    return text
 
 
 def grammar_from_options(tokenizer, n_vocab: int | None = None, *, grammar: str | None = None,

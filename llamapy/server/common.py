@@ -361,8 +361,9 @@ def gen_request(state: ServerState, m: Any, prompt: list[int], *, n_predict: int
     )
 
 
-def chat_prompt(state: ServerState, messages: list[Any]) -> str:
-    """Messages rendered with the server's chat template (a template error is a 400)."""
+def chat_prompt(state: ServerState, messages: list[Any], **extra: Any) -> str:
+    """Messages rendered with the server's chat template (a template error is a 400); `extra` (tools, ...)
+    goes to a Jinja template."""
     msgs = []
     for msg in messages:
         d = msg.model_dump(exclude_none=True) if hasattr(msg, "model_dump") else dict(msg)
@@ -375,7 +376,7 @@ def chat_prompt(state: ServerState, messages: list[Any]) -> str:
                                       "messages")
         msgs.append(d)
     try:
-        return state.template.render(msgs, add_generation_prompt=True)
+        return state.template.render(msgs, add_generation_prompt=True, **extra)
     except LlamapyError as e:
         raise bad_request(str(e), "messages") from None
 

@@ -14,6 +14,8 @@ from fastapi import APIRouter, Request
 from starlette.responses import JSONResponse
 
 from .. import __version__
+from ..chat.tool_parse import StreamParser
+from ..chat.tool_parse import parse as parse_tool_calls
 from .common import (
     Run,
     RunStream,
@@ -40,6 +42,7 @@ from .schemas import (
     OllamaOptions,
     validate,
 )
+from .tools import messages_of, setup_grammar, tool_setup
 
 
 def _now() -> str:
@@ -85,9 +88,14 @@ def register(router: APIRouter, state: ServerState) -> None:
         return o, n_predict_of(state, o.num_predict), o.stop
 
     async def run(request: Request, req: Any, prompt_text: str, chat: bool, with_context: bool,
-                  context: list[int] | None = None):
+                  context: list[int] | None = None, setup: Any = None):
         o, n_predict, stop = options(req.options)
-        grammar = await request_grammar(state, ollama_format_spec(req.format))
+        fmt = setup.format if setup is not None and setup.active else None
+        grammar = await asyncio.to_thread(setup_grammar, state, setup) if fmt else None
+        if grammar is None:
+            grammar = await request_grammar(state, ollama_format_spec(req.format))
+        if fmt:
+            stop = (list(stop) if isinstance(stop, list) else [stop] if stop else []) + setup.stops
         prompt = check_token_ids(context, b.n_vocab, "context") if context else []
         prompt = prompt + await asyncio.to_thread(b.tokenize, prompt_text, add_special=not prompt, parse_special=True)
         gen = gen_request(state, o, prompt, n_predict=n_predict, stop=completion_stops(state, stop, chat=True),
@@ -100,18 +108,41 @@ def register(router: APIRouter, state: ServerState) -> None:
         def body(text: str) -> Any:
             return {"role": "assistant", "content": text} if chat else text
 
+        def with_calls(r: GenResult, msg: dict[str, Any], parsed: Any) -> dict[str, Any]:
+            if parsed.tool_calls:
+                msg["tool_calls"] = [c.ollama() for c in parsed.tool_calls]
+            return msg
+
         if not req.stream:
             (r,) = await job.results(request)
             ctx = prompt + r.tokens if with_context else None
-            return JSONResponse({"model": model, "created_at": _now(), key: body(r.content), **_final(r, t0, ctx)})
+            out = body(r.content)
+            if fmt:
+                parsed = parse_tool_calls(r.content, fmt)
+                out = with_calls(r, body(parsed.content), parsed)
+            return JSONResponse({"model": model, "created_at": _now(), key: out, **_final(r, t0, ctx)})
+
+        parser = StreamParser(fmt) if fmt else None
 
         async def events():
             try:
                 async for ev in job.events():
                     if isinstance(ev, TokenEvent) and ev.text:
+                        if parser is not None:  # content as it comes; calls once whole (as Ollama sends them)
+                            for d in parser.feed(ev.text):
+                                if d.get("content"):
+                                    yield ndjson({"model": model, "created_at": _now(), key: body(d["content"]),
+                                                  "done": False})
+                            continue
                         yield ndjson({"model": model, "created_at": _now(), key: body(ev.text), "done": False})
                     elif isinstance(ev, DoneEvent):
                         r = ev.result
+                        if parser is not None:
+                            deltas, parsed = parser.finish()
+                            rest = "".join(d.get("content", "") for d in deltas)
+                            if rest or parsed.tool_calls:
+                                yield ndjson({"model": model, "created_at": _now(),
+                                              key: with_calls(r, body(rest), parsed), "done": False})
                         ctx = prompt + r.tokens if with_context else None
                         yield ndjson({"model": model, "created_at": _now(), key: body(""), **_final(r, t0, ctx)})
             except APIError as e:
@@ -139,14 +170,18 @@ def register(router: APIRouter, state: ServerState) -> None:
     async def chat(request: Request):
         refuse_generation()
         req = await read_request(request, OllamaChatRequest)
-        if req.tools:
-            raise bad_request("tools are not supported by llamapy serve", "tools")
         if not req.messages:
             return JSONResponse({"model": state.model_name(req.model), "created_at": _now(),
                                  "message": {"role": "assistant", "content": ""}, "done": True,
                                  "done_reason": "load"})
-        return await run(request, req, await asyncio.to_thread(chat_prompt, state, req.messages), chat=True,
-                         with_context=False)
+        setup = None
+        if req.tools or any(m.role == "tool" or m.tool_calls for m in req.messages):
+            spec = ollama_format_spec(req.format)
+            setup = await asyncio.to_thread(tool_setup, state, messages_of(req), req.tools or [], None, True, spec)
+        msgs = setup.messages if setup is not None else req.messages
+        extra = setup.render_kwargs if setup is not None and setup.active else {}
+        text = await asyncio.to_thread(chat_prompt, state, msgs, **extra)
+        return await run(request, req, text, chat=True, with_context=False, setup=setup)
 
     @router.post("/api/embed")
     async def embed_(request: Request):

@@ -12,6 +12,8 @@ from typing import Any
 from fastapi import APIRouter, Request
 from starlette.responses import JSONResponse
 
+from ..chat.tool_parse import StreamParser
+from ..chat.tool_parse import parse as parse_tool_calls
 from .common import (
     Run,
     RunStream,
@@ -32,6 +34,7 @@ from .embeddings import run_embeddings
 from .errors import APIError, bad_request
 from .scheduler import DoneEvent, GenResult, TokenEvent
 from .schemas import ChatRequest, OAICompletionRequest, finite, validate
+from .tools import messages_of, setup_grammar, tool_setup
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
@@ -156,26 +159,47 @@ def register(router: APIRouter, state: ServerState) -> None:
         req = await read_request(request, ChatRequest)
         if (req.n or 1) != 1:
             raise bad_request("only one choice is supported (n = 1)", "n")
-        if req.tools:
-            raise bad_request("tools are not supported by llamapy serve", "tools")
         if req.top_logprobs and not req.logprobs:
             raise bad_request("top_logprobs requires logprobs to be true", "top_logprobs")
-        grammar = await request_grammar(state, grammar_spec(req, req.response_format))
-        text = await asyncio.to_thread(chat_prompt, state, req.messages)
+        spec = grammar_spec(req, req.response_format)
+        setup = None
+        if req.tools or req.tool_choice not in (None, "none", "auto") \
+                or any(m.role == "tool" or m.tool_calls for m in req.messages):
+            setup = await asyncio.to_thread(tool_setup, state, messages_of(req), req.tools or [], req.tool_choice,
+                                            req.parallel_tool_calls, spec)
+        if setup is not None and setup.active:
+            grammar = await asyncio.to_thread(setup_grammar, state, setup)
+            if grammar is None and spec is not None:  # a native format: "auto" with a response format
+                grammar = await request_grammar(state, spec)
+            text = await asyncio.to_thread(chat_prompt, state, setup.messages, **setup.render_kwargs)
+        else:
+            grammar = await request_grammar(state, spec)
+            msgs = setup.messages if setup is not None else req.messages
+            text = await asyncio.to_thread(chat_prompt, state, msgs)
+        fmt = setup.format if setup is not None and setup.active else None
         prompt = await asyncio.to_thread(b.tokenize, text, add_special=True, parse_special=True)
         top_n = req.top_logprobs or 0
         n_probs = req.n_probs if req.n_probs else (max(1, top_n) if req.logprobs else 0)
+        stops = completion_stops(state, req.stop, chat=True) + (setup.stops if fmt else [])
         gen = gen_request(state, req, prompt,
                           n_predict=n_predict_of(state, req.n_predict, req.max_completion_tokens, req.max_tokens),
-                          stop=completion_stops(state, req.stop, chat=True), n_probs=n_probs,
-                          cache_prompt=req.cache_prompt, grammar=grammar)
+                          stop=stops, n_probs=n_probs, cache_prompt=req.cache_prompt, grammar=grammar)
         cid, created, model = new_id("chatcmpl"), int(time.time()), state.model_name(req.model)
         run = Run(state, [gen], stream=bool(req.stream))
         if not req.stream:
             (r,) = await run.results(request)
-            choice = {"index": 0, "message": {"role": "assistant", "content": r.content},
+            message: dict[str, Any] = {"role": "assistant", "content": r.content}
+            finish = r.finish_reason
+            if fmt is not None:
+                parsed = parse_tool_calls(r.content, fmt)
+                message["content"] = parsed.content
+                if parsed.tool_calls:
+                    message["content"] = parsed.content or None
+                    message["tool_calls"] = [c.openai() for c in parsed.tool_calls]
+                    finish = "tool_calls" if finish == "stop" else finish
+            choice = {"index": 0, "message": message,
                       "logprobs": chat_logprobs(b, r.probs, top_n) if n_probs else None,
-                      "finish_reason": r.finish_reason}
+                      "finish_reason": finish}
             return JSONResponse({"id": cid, "object": "chat.completion", "created": created, "model": model,
                                  "system_fingerprint": state.fingerprint, "choices": [choice],
                                  "usage": usage([r]), "timings": r.timings()})
@@ -186,18 +210,30 @@ def register(router: APIRouter, state: ServerState) -> None:
         def chunk(delta: dict[str, Any], finish: str | None = None, logprobs: Any = None) -> dict[str, Any]:
             return {**head, "choices": [{"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish}]}
 
+        parser = StreamParser(fmt) if fmt is not None else None
+
         async def events():
             yield sse(chunk({"role": "assistant", "content": ""}))
             try:
                 async for ev in run.events():
                     if isinstance(ev, TokenEvent):
-                        if ev.text or ev.probs is not None:
+                        if parser is not None:
+                            for d in parser.feed(ev.text):
+                                yield sse(chunk(d))
+                        elif ev.text or ev.probs is not None:
                             lp = chat_logprobs(b, [ev.probs], top_n) if ev.probs else None
                             part = chunk({"content": ev.text}, logprobs=lp)
                             yield sse(part | ({"timings": ev.timings} if ev.timings is not None else {}))
                     elif isinstance(ev, DoneEvent):
                         r = ev.result
-                        last = chunk({}, r.finish_reason)
+                        finish = r.finish_reason
+                        if parser is not None:
+                            deltas, parsed = parser.finish()
+                            for d in deltas:
+                                yield sse(chunk(d))
+                            if parsed.tool_calls and finish == "stop":
+                                finish = "tool_calls"
+                        last = chunk({}, finish)
                         if not _include_usage(req.stream_options):
                             last["usage"] = usage([r])
                         last["timings"] = r.timings()

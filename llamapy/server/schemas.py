@@ -103,6 +103,9 @@ class ChatMessage(Strict):
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: Union[str, list[TextPart], None] = None
     name: Optional[str] = None
+    tool_calls: Optional[list[dict[str, Any]]] = None  # an assistant's past calls
+    tool_call_id: Optional[str] = None  # a tool message: the call it answers
+    tool_name: Optional[str] = None  # Ollama's name of the tool a tool message answers
 
 
 class ChatRequest(Sampling):
@@ -116,6 +119,7 @@ class ChatRequest(Sampling):
     response_format: Optional[dict[str, Any]] = None
     tools: Optional[list[Any]] = None
     tool_choice: Any = None
+    parallel_tool_calls: Optional[bool] = None
     stream_options: Optional[dict[str, Any]] = None
     user: Optional[str] = None
     cache_prompt: Optional[bool] = None
