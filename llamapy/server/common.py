@@ -324,7 +324,7 @@ async def request_grammar(state: ServerState, spec: GrammarSpec | None):
 def n_predict_of(state: ServerState, *values: int | None) -> int:
     """The first given token limit (n_predict, max_tokens, ...), capped by the server's -n when that is set;
     -1 (and llama-server's -2) mean "until the end of text or of the slot's context"."""
-    n = next((v for v in values if v is not None), state.model_n_predict)
+    n = next((v for v in values if v is not None), getattr(state, "model_n_predict", -1))
     n = -1 if n < 0 else n
     cap = state.default_n_predict
     return cap if cap >= 0 and (n < 0 or n > cap) else n

@@ -100,7 +100,9 @@ def register(router: APIRouter, state: ServerState) -> None:
         body, name = await body_model(request)
         models = state.models
         stored = models.stored_name(name) if models is not None else None
-        if stored is None:
+        if stored is None and models is not None and name.removesuffix(":latest") != state.model_id:
+            raise not_found(name)
+        if stored is None:  # the server's own model (with no store, any name is it, as everywhere)
             tpl = state.template
             b = state.backend
             return {"modelfile": "", "parameters": "", "template": getattr(tpl, "source", None) or tpl.name,
@@ -153,7 +155,9 @@ def register(router: APIRouter, state: ServerState) -> None:
         writable()
         s = store()
         path = _blob_path(s, digest)
-        if os.path.isfile(path):
+        if os.path.isfile(path):  # stored already: the upload is read and dropped
+            async for _ in request.stream():
+                pass
             return Response(status_code=200)
         tmp = await asyncio.to_thread(s.new_tmp)
         h = hashlib.sha256()
