@@ -159,6 +159,7 @@ def test_ps_and_the_ps_command(client, served):
     client.generate(model="alpha", prompt="Hi", keep_alive="10m")
     ps = {m.model: m for m in client.ps().models}
     assert "alpha:latest" in ps
+    assert ps["alpha:latest"].details.quantization_level == "Q4_1"
     left = ps["alpha:latest"].expires_at.timestamp() - time.time()
     assert 500 < left <= 600
     r = subprocess.run([sys.executable, "-m", "llamapy", "ps"], capture_output=True, text=True, cwd=ROOT,
@@ -275,3 +276,32 @@ def test_writes_can_be_turned_off_and_need_the_key(served, tmp_path):
     finally:
         stop(proc)
         log.close()
+
+
+def test_keep_alive_values():
+    import math
+
+    from llamapy.errors import LlamapyError
+    from llamapy.server.manager import default_keep_alive, parse_keep_alive
+
+    assert parse_keep_alive("5m") == 300 and parse_keep_alive("1h30m") == 5400 and parse_keep_alive("1.5s") == 1.5
+    assert parse_keep_alive(30) == 30 and parse_keep_alive("45") == 45 and parse_keep_alive(0) == 0
+    assert parse_keep_alive("500ms") == 0.5 and parse_keep_alive("0s") == 0
+    for forever in (-1, "-1m", "-1", 1e300):
+        assert parse_keep_alive(forever) == math.inf
+    for bad in ("soon", "5 m", "m5", "", "5d", True, None, "nan"):
+        with pytest.raises(LlamapyError):
+            parse_keep_alive(bad)
+    env = dict(os.environ)
+    try:
+        os.environ.pop("LLAMAPY_KEEP_ALIVE", None)
+        os.environ["OLLAMA_KEEP_ALIVE"] = "2m"
+        assert default_keep_alive() == 120
+        os.environ["LLAMAPY_KEEP_ALIVE"] = "-1"
+        assert default_keep_alive() == math.inf
+        os.environ.pop("LLAMAPY_KEEP_ALIVE")
+        os.environ.pop("OLLAMA_KEEP_ALIVE")
+        assert default_keep_alive() == 300
+    finally:
+        os.environ.clear()
+        os.environ.update(env)

@@ -31,6 +31,7 @@ log = logging.getLogger("llamapy.server")
 
 DEFAULT_KEEP_ALIVE = 300.0
 FOREVER = math.inf
+LONGEST = 100 * 365 * 86400.0  # a keep_alive beyond a century is forever
 _UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
 _DURATION = re.compile(r"([0-9]*\.?[0-9]+)(ns|us|µs|ms|s|m|h)")
 
@@ -61,7 +62,7 @@ def parse_keep_alive(value: Any, what: str = "keep_alive") -> float:
             secs *= sign
     if math.isnan(secs):
         raise LlamapyError(f"{what}: not a number")
-    return FOREVER if secs < 0 else secs
+    return FOREVER if secs < 0 or secs > LONGEST else secs
 
 
 def default_keep_alive() -> float:
@@ -84,6 +85,7 @@ class Loaded:
     expires_at: float = FOREVER  # time.time() after which an idle model is unloaded
     keep_alive: float = DEFAULT_KEEP_ALIVE
     pending: int = 0         # requests between picking this model and submitting their jobs
+    details: dict = field(default_factory=dict)  # Ollama's `details` (family, parameter_size, quantization)
     last_used: float = field(default_factory=time.monotonic)
 
     def idle(self) -> bool:
@@ -198,9 +200,12 @@ class ModelManager:
             raise APIError(404, str(e)) from None
         view = model_view(self.base, key, settings, self.n_ctx, self.load_kwargs)
         size = sum(la.get("size", 0) for la in doc.get("layers", []) if la.get("mediaType") == MEDIA_MODEL)
+        from .routes_ollama import _details
+
         view.scheduler.start()
         log.info("loaded %s", key)
-        return Loaded(key, "sha256:" + hashlib.sha256(raw).hexdigest(), settings, view, size)
+        return Loaded(key, "sha256:" + hashlib.sha256(raw).hexdigest(), settings, view, size,
+                      details=_details(view.backend))
 
     async def _make_room(self) -> None:
         """Unload idle models, least recently used first, until one more fits under models_max."""

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
 import os
 import re
 from collections.abc import Callable
@@ -90,7 +89,7 @@ def register(router: APIRouter, state: ServerState) -> None:
             if state.models is not None:
                 for e in store().entries():
                     out.append({"name": str(e.name), "model": str(e.name), "modified_at": _iso(e.modified),
-                                "size": e.size, "digest": hashlib.sha256(json.dumps(e.manifest).encode()).hexdigest(),
+                                "size": e.size, "digest": _manifest_digest(store(), e.name),
                                 "details": {"format": "gguf"}})
             return out
         return {"models": await asyncio.to_thread(listing)}
@@ -140,7 +139,7 @@ def register(router: APIRouter, state: ServerState) -> None:
         for e in (state.models.running() if state.models is not None else []):
             expires = FOREVER_AT if e.expires_at == float("inf") else _iso(e.expires_at)
             out.insert(len(out) - 1, {"name": e.name, "model": e.name, "size": e.size, "digest": e.digest[7:],
-                                      "details": {"format": "gguf"}, "expires_at": expires, "size_vram": 0,
+                                      "details": e.details, "expires_at": expires, "size_vram": 0,
                                       "context_length": e.view.backend.n_ctx})
         return {"models": out}
 
@@ -256,6 +255,15 @@ def register(router: APIRouter, state: ServerState) -> None:
             say("verifying sha256 digest")
             say("writing manifest")
         return await progress_response(work, body.get("stream", True) is not False)
+
+
+def _manifest_digest(store: Any, name: Any) -> str:
+    """The sha256 of a model's manifest (its ID in `llamapy list` is the first 12 digits)."""
+    try:
+        with open(store.manifest_path(name), "rb") as f:
+            return hashlib.sha256(f.read()).hexdigest()
+    except OSError:
+        return ""
 
 
 def _own_details(state: ServerState) -> dict[str, Any]:
