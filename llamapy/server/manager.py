@@ -107,6 +107,7 @@ class ModelManager:
         self.load_kwargs = load_kwargs or {}
         self.loaded: OrderedDict[str, Loaded] = OrderedDict()  # least recently used first
         self._lock = asyncio.Lock()  # one load/unload at a time
+        self._loading: dict[str, asyncio.Future] = {}  # loads under way, by name
         self._reaper: asyncio.Task | None = None
         self._closed = False
 
@@ -149,17 +150,34 @@ class ModelManager:
         if stored is None:
             return self.base, None
         key = str(stored)
-        async with self._lock:
-            entry = self.loaded.get(key)
-            if entry is None:
-                await self._make_room()
-                entry = await asyncio.to_thread(self._load, key)
-                self.loaded[key] = entry
-            self.loaded.move_to_end(key)
-            entry.pending += 1
-            entry.keep_alive = ka
-            entry.expires_at = FOREVER
+        while (entry := self.loaded.get(key)) is None:  # checked and taken with no await between
+            await self._load_shared(key)
+        self.loaded.move_to_end(key)
+        entry.pending += 1
+        entry.keep_alive = ka
+        entry.expires_at = FOREVER
         return entry.view, entry
+
+    async def _load_shared(self, key: str) -> None:
+        """Load `key` (requests for it meanwhile wait for this one load; requests for other loaded models
+        go on)."""
+        fut = self._loading.get(key)
+        if fut is not None:
+            await asyncio.shield(fut)
+            return
+        fut = self._loading[key] = asyncio.get_running_loop().create_future()
+        try:
+            async with self._lock:
+                if key not in self.loaded:
+                    await self._make_room()
+                    self.loaded[key] = await asyncio.to_thread(self._load, key)
+            fut.set_result(None)
+        except BaseException as e:
+            fut.set_exception(e)
+            fut.exception()  # seen: the waiters get it; no "never retrieved" warning when there are none
+            raise
+        finally:
+            del self._loading[key]
 
     def release(self, entry: Loaded | None) -> None:
         """The request is submitted (or failed): the keep-alive clock starts again from now."""
@@ -229,7 +247,9 @@ class ModelManager:
         async with self._lock:
             now = time.time()
             for key, entry in list(self.loaded.items()):
-                if entry.expires_at <= now and entry.idle():
+                if entry.expires_at != FOREVER and not entry.idle():  # still answering: kept from its end
+                    entry.expires_at = max(entry.expires_at, now + entry.keep_alive)
+                elif entry.expires_at <= now:
                     del self.loaded[key]
                     await asyncio.to_thread(self._unload_now, entry)
 
