@@ -305,3 +305,29 @@ def test_keep_alive_values():
     finally:
         os.environ.clear()
         os.environ.update(env)
+
+
+def test_a_slow_upload_outlives_the_read_timeout_but_a_stalled_one_does_not(served):
+    proc, url, log = start_server(served[1], "--read-timeout", "1.5")
+    try:
+        parts = [b"GGUF" + bytes([i]) * 1000 for i in range(8)]
+        digest = "sha256:" + hashlib.sha256(b"".join(parts)).hexdigest()
+
+        def slowly(stall: float = 0.0):
+            for i, p in enumerate(parts):
+                time.sleep(stall if i == 4 else 0.4)  # 8 chunks over ~3 s: twice the read timeout
+                yield p
+
+        r = httpx.post(url + f"/api/blobs/{digest}", content=slowly(), timeout=30)
+        assert r.status_code == 201 and httpx.head(url + f"/api/blobs/{digest}").status_code == 200
+        other = [p[::-1] for p in parts]
+        parts[:] = other
+        digest2 = "sha256:" + hashlib.sha256(b"".join(other)).hexdigest()
+        with pytest.raises(httpx.HTTPError):
+            httpx.post(url + f"/api/blobs/{digest2}", content=slowly(stall=3.0), timeout=30)
+        assert httpx.head(url + f"/api/blobs/{digest2}").status_code == 404
+        blobs = served[1] / "blobs"
+        assert wait_until(lambda: not [f for f in os.listdir(blobs) if f.endswith(".part")], 5)  # nothing half-written
+    finally:
+        stop(proc)
+        log.close()
