@@ -18,7 +18,7 @@ from .util.safe_text import printable
 ERROR_LIMIT = 1000  # characters of an error line: a name from a file can be a megabyte long
 
 COMMANDS = ["info", "quantize", "tokenize", "run", "chat", "perplexity", "bench", "convert", "serve",
-            "create", "list", "show", "rm", "cp", "pull"]
+            "create", "list", "show", "rm", "cp", "pull", "ps"]
 
 
 def _version(value: bool):

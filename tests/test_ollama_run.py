@@ -128,6 +128,19 @@ def test_stop_strings_end_the_answer(models, tmp_path, default_model):
     stopped.close()
 
 
+def test_the_tutorial_modelfile_answers_with_its_system_prompt_and_stops_at_eot_id(models, tmp_path, default_model):
+    """The tutorial's Modelfile (FROM the default model, which is not Llama 3 and knows <|eot_id|> only as text):
+    asked to say a word followed by <|eot_id|>, the answer ends at that stop string, not at a token limit."""
+    tutorial = LLAMA3.replace("PARAMETER num_predict 6\n", "PARAMETER num_predict 40\n")
+    chat = OllamaChat(create("llama3-zh-inst", tutorial.format(src=default_model), tmp_path), out=io.StringIO())
+    chat.set_parameter("temperature", ["0"])  # the tutorial's 0.2, made repeatable
+    got = chat.answer('Say "你好<|eot_id|>"')
+    assert chat.last_prompt == SYS + user('Say "你好<|eot_id|>"') + ASSISTANT
+    assert (chat.stop_reason, chat.stop_word) == ("word", "<|eot_id|>")
+    assert got.strip() == "你好" and "<|eot_id|>" not in chat.out.getvalue()
+    chat.close()
+
+
 def test_the_repl_commands(models, tmp_path, default_model):
     chat = OllamaChat(create("c", CHATML.format(src=default_model, n=4), tmp_path), out=io.StringIO())
     lines = ["/set parameter num_predict 3", "/set parameter stop a b", "/set parameter top_k x",

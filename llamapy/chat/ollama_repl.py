@@ -122,6 +122,7 @@ class OllamaChat:
         self._llm_ctx = 0
         self.last_prompt = ""                   # the prompt text of the last generation
         self.stop_reason = ""
+        self.stop_word = ""                     # the stop string that ended the last answer, if one did
 
     # -- settings -----------------------------------------------------------------------------------------------
     def set_parameter(self, name: str, values: list[str]) -> None:
@@ -216,6 +217,7 @@ class OllamaChat:
                 self.out.write(printable(tail))
             self.out.flush()
         self.stop_reason = seq.timings.stop_reason
+        self.stop_word = seq.text.stopped_word if seq.text is not None else ""
         return seq.content
 
     def answer(self, prompt: str) -> str:

@@ -94,3 +94,28 @@ def apply_process_options(opts: Mapping[str, Any]) -> None:
                 from None
     if opts.get("prio"):
         set_priority(opts["prio"])
+
+
+def resolve_hf_model(opts: dict) -> None:
+    """-hf USER/REPO[:QUANT] (with -hff FILE, -hft TOKEN): the model pulled into the store the first time,
+    then opts["model"] set to its GGUF. Nothing happens without -hf; -hff alone is an error."""
+    repo, file = opts.get("hf_repo"), opts.get("hf_file")
+    if not repo:
+        if file:
+            raise LlamapyError("-hff FILE names a file of the -hf repository: give -hf USER/REPO too")
+        return
+    if opts.get("model"):
+        raise LlamapyError("give -m or -hf, not both")
+    import os
+
+    if opts.get("hf_token"):
+        os.environ["HF_TOKEN"] = opts["hf_token"]
+    from rich.console import Console
+
+    from ..store.pull import hf_model
+    from ._storeui import byte_progress, printable
+
+    err = Console(stderr=True, highlight=False)
+    with byte_progress(err, "pulling") as progress:
+        opts["model"] = hf_model(repo, file, progress=progress,
+                                 log=lambda m: err.print(printable(m), markup=False))

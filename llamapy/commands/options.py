@@ -39,7 +39,7 @@ _NO_DEFAULT = object()
 # the reasons an accepted option has no effect here
 NOT_YET = "not supported yet; ignored"
 ON_CPU = "llamapy runs on the CPU; ignored"
-NO_DOWNLOAD = "llamapy doesn't download models yet; ignored (give -m a local GGUF)"
+NO_DOWNLOAD = "llamapy downloads models with -hf/-hff only; ignored"
 ONE_POOL = "llamapy has one thread pool for prompts and generation (set by -t/-C/--prio); ignored"
 
 
@@ -267,17 +267,19 @@ COMMON: list[Opt] = [
     _n("control_vector_layer_range", ("--control-vector-layer-range",), "Layers the control vector applies to.",
        NOT_YET, Optional[tuple[str, str]], _C),
     _n("model_url", ("-mu", "--model-url"), "Model download URL.", NO_DOWNLOAD, panel=_C, env="LLAMA_ARG_MODEL_URL"),
-    _n("hf_repo", ("-hf", "-hfr", "--hf-repo"), "Hugging Face repository <user>/<model>[:quant].", NO_DOWNLOAD,
-       panel=_C, env="LLAMA_ARG_HF_REPO"),
+    _c("hf_repo", ("-hf", "-hfr", "--hf-repo"), "Hugging Face repository <user>/<model>[:quant]: its GGUF is "
+       "pulled into the model store once (HF_ENDPOINT, HF_TOKEN honoured), then used from there.", Optional[str],
+       None, panel=_C, env="LLAMA_ARG_HF_REPO"),
     _n("hf_repo_draft", ("-hfd", "-hfrd", "--hf-repo-draft"), "Hugging Face repository of the draft model.",
        NO_DOWNLOAD, panel=_C, env="LLAMA_ARG_HFD_REPO"),
-    _n("hf_file", ("-hff", "--hf-file"), "File in the Hugging Face repository.", NO_DOWNLOAD, panel=_C,
-       env="LLAMA_ARG_HF_FILE"),
+    _c("hf_file", ("-hff", "--hf-file"), "The GGUF file of the -hf repository to use (default: the quant "
+       "given, else Q4_K_M, else the first GGUF).", Optional[str], None, panel=_C, env="LLAMA_ARG_HF_FILE"),
     _n("hf_repo_v", ("-hfv", "-hfrv", "--hf-repo-v"), "Hugging Face repository of the vocoder.", NO_DOWNLOAD,
        panel=_C, env="LLAMA_ARG_HF_REPO_V"),
     _n("hf_file_v", ("-hffv", "--hf-file-v"), "Vocoder file in the repository.", NO_DOWNLOAD, panel=_C,
        env="LLAMA_ARG_HF_FILE_V"),
-    _n("hf_token", ("-hft", "--hf-token"), "Hugging Face access token.", NO_DOWNLOAD, panel=_C),
+    _c("hf_token", ("-hft", "--hf-token"), "Hugging Face access token (default: $HF_TOKEN).", Optional[str], None,
+       panel=_C),
     _c("log_disable", ("--log-disable",), "No log lines (errors still go to stderr).", bool, False, panel=_L),
     _c("log_file", ("--log-file",), "Write the log lines to this file too.", Optional[str], None, panel=_L),
     _n("log_colors", ("--log-colors",), "Coloured log lines.", "log lines are plain text; ignored", bool, _L,
@@ -387,6 +389,15 @@ SERVER: list[Opt] = [
     _c("api_key", ("--api-key", "--api_key"), "Require 'Authorization: Bearer KEY'.", Optional[str], None, panel=_S,
        env="LLAMA_API_KEY"),
     _c("api_key_file", ("--api-key-file",), "Read the API key from a file.", Optional[str], None, panel=_S),
+    _c("models_max", ("--models-max",), "Store models loaded at once (the least recently used idle one is "
+       "unloaded to load another).", int, 3, min=1, panel=_S, env="LLAMAPY_MAX_LOADED_MODELS"),
+    _c("keep_alive", ("--keep-alive",), "How long a store model stays loaded after its last request (\"5m\", "
+       "seconds, 0: unload at once, -1: forever; default: $LLAMAPY_KEEP_ALIVE, $OLLAMA_KEEP_ALIVE, else 5m).",
+       Optional[str], None, panel=_S),
+    _c("no_model_writes", ("--no-model-writes",), "Refuse /api/create, /api/blobs, /api/copy, /api/delete and "
+       "/api/pull (the model store is read-only over HTTP).", bool, False, panel=_S),
+    _c("allow_path", ("--allow-path",), "A folder whose GGUF files a remote /api/create may name in FROM "
+       "(repeatable; otherwise only uploaded blobs and stored models).", Optional[list[str]], None, panel=_S),
     _c("ssl_key_file", ("--ssl-key-file",), "PEM private key: serve HTTPS.", Optional[str], None, panel=_S,
        env="LLAMA_ARG_SSL_KEY_FILE"),
     _c("ssl_cert_file", ("--ssl-cert-file",), "PEM certificate: serve HTTPS.", Optional[str], None, panel=_S,

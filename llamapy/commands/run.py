@@ -58,11 +58,12 @@ def session_options(opts: dict) -> dict:
     """The options as the keywords of llamapy.run.run and llamapy.chat.interactive.start (notes printed,
     process settings applied)."""
     from ..grammar.options import schema_option
-    from .option_values import apply_process_options, load_options, sampler_params
+    from .option_values import apply_process_options, load_options, resolve_hf_model, sampler_params
     from .options import announce
 
     announce(opts, *TABLES)
     apply_process_options(opts)
+    resolve_hf_model(opts)
     return dict(
         model=opts["model"], file=opts["file"], n_predict=opts["n_predict"], ctx_size=opts["ctx_size"],
         batch_size=opts["batch_size"], threads=opts["threads"], keep=opts["keep"], ctx_shift=opts["context_shift"],

@@ -42,7 +42,7 @@ def register(app: typer.Typer) -> None:
         The sampling options set the defaults of requests that don't give their own."""
         from ..engine.load import ubatch
         from ..server import serve as run_server
-        from .option_values import apply_process_options, load_options, sampler_params
+        from .option_values import apply_process_options, load_options, resolve_hf_model, sampler_params
         from .options import announce
 
         announce(opts, *TABLES)
@@ -67,7 +67,18 @@ def register(app: typer.Typer) -> None:
                                "reranking needs a model with a classifier output")
         sampling = sampler_params(opts)
         sampling.check()
+        keep_alive = None
+        if opts["keep_alive"] is not None:
+            from ..server.manager import parse_keep_alive
+
+            keep_alive = parse_keep_alive(opts["keep_alive"], "--keep-alive")
+        allow = []
+        for d in opts["allow_path"] or ():
+            if not os.path.isdir(d):
+                raise LlamapyError(f"--allow-path {d}: no such folder")
+            allow.append(os.path.realpath(d))
         apply_process_options(opts)
+        resolve_hf_model(opts)
         load = load_options(opts)
         run_server(
             host=opts["host"], port=opts["port"], verbose=opts["verbose"], model_path=opts["model"],
@@ -83,6 +94,7 @@ def register(app: typer.Typer) -> None:
                 metrics_enabled=opts["metrics"], slots_enabled=opts["slots"] and not
                 _env_flag("LLAMA_ARG_NO_ENDPOINT_SLOTS"), props_writable=opts["props"], webui=not opts["no_webui"],
                 static_path=opts["path"], threads_http=opts["threads_http"], n_keep=opts["keep"],
-                spm_infill=opts["spm_infill"],
+                spm_infill=opts["spm_infill"], model_writes=not opts["no_model_writes"], allow_paths=tuple(allow),
             ),
+            models_max=opts["models_max"], keep_alive=keep_alive,
         )

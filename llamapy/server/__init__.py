@@ -50,9 +50,12 @@ def build_state(model_path: str | None = None, n_ctx: int = 4096, n_parallel: in
                 n_batch: int = 512, api_key: str | None = None, alias: str | None = None,
                 chat_template: str | None = None, chat_template_file: str | None = None, embedding: bool = False,
                 n_predict: int = -1, max_queue: int = 32, max_body: int = 4 << 20, sampling=None,
-                ctx_shift: bool = True, load=None, endpoints: dict | None = None):
+                ctx_shift: bool = True, load=None, endpoints: dict | None = None, store_models: bool = True,
+                models_max: int = 3, keep_alive: float | None = None):
     """Load the model and everything the app needs (no sockets yet). `sampling`: the SamplerParams a
-    request's missing sampling fields take; `ctx_shift`: a slot whose context fills shifts it and goes on."""
+    request's missing sampling fields take; `ctx_shift`: a slot whose context fills shifts it and goes on.
+    store_models: the models of the store answer by name too (server/manager.py: at most `models_max` loaded,
+    each kept `keep_alive` seconds after use, None: $LLAMAPY_KEEP_ALIVE / $OLLAMA_KEEP_ALIVE / 5 minutes)."""
     import os
 
     from .. import __version__
@@ -71,7 +74,7 @@ def build_state(model_path: str | None = None, n_ctx: int = 4096, n_parallel: in
                 n_batch=n_batch, n_seq_max=n_parallel, embeddings=True, load=load)
     backend = EngineBackend(llm, n_batch=n_batch)
     template = ChatTemplate.for_model(llm.metadata, name=chat_template, file=chat_template_file)
-    return ServerState(
+    state = ServerState(
         backend=backend,
         scheduler=Scheduler(backend, max_queue=max_queue, ctx_shift=ctx_shift),
         template=template,
@@ -85,6 +88,12 @@ def build_state(model_path: str | None = None, n_ctx: int = 4096, n_parallel: in
         fingerprint=f"llamapy-{__version__}",
         **(endpoints or {}),
     )
+    if store_models:
+        from .manager import ModelManager
+
+        state.models = ModelManager(state, models_max=models_max, keep_alive=keep_alive, store=state.store,
+                                    n_ctx=n_ctx, load_kwargs={"n_threads": n_threads, "load": load})
+    return state
 
 
 def uvicorn_config(app, host: str, port: int, verbose: bool = False, read_timeout: float = 30.0,
@@ -130,6 +139,11 @@ def serve(host: str = "127.0.0.1", port: int = 8080, verbose: bool = False, read
     print(f"llamapy serve: {printable(state.model_path)}", file=sys.stderr)
     print(f"  {b.n_slots} slot(s) x {b.n_ctx} positions, chat template: {printable(state.template.describe())}",
           file=sys.stderr)
+    if state.models is not None:
+        m = state.models
+        ka = "forever" if m.keep_alive == float("inf") else f"{m.keep_alive:g}s"
+        print(f"  and the store's models by name ({printable(m.store.root)}): up to {m.models_max} loaded, "
+              f"each kept {ka} after use", file=sys.stderr)
     if state.template.note:
         print(f"  note: {printable(state.template.note)}", file=sys.stderr)
     app = create_app(state, loopback_only=is_loopback(host), cors_origins=tuple(cors_origins))

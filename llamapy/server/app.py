@@ -14,7 +14,8 @@ Guards (a plain ASGI middleware, so streams are never buffered):
   browser can send cross-site without asking) is refused with 415. Clients that send no Content-Type
   (scripts posting raw bytes) are accepted.
 - Body size: a declared Content-Length over the limit is refused before reading; a chunked body is
-  counted as it arrives and refused when it passes the limit (413).
+  counted as it arrives and refused when it passes the limit (413). Uploads to /api/blobs/ (a model's
+  GGUF, hashed and checked against its digest as it is written) are exempt from both body checks.
 Every error is the same JSON shape (errors.APIError): 400 for malformed JSON, wrong types and
 out-of-range values (never the framework's 422), 404/405 for unknown routes, 500 for a bug.
 """
@@ -35,12 +36,13 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..util.safe_text import printable
-from . import routes_llama, routes_ollama, routes_openai
+from . import routes_llama, routes_ollama, routes_openai, routes_store
 from .common import ServerState
 from .errors import APIError
 
 log = logging.getLogger("llamapy.server")
 
+BLOB_PATH = "/api/blobs/"
 PUBLIC_PATHS = frozenset({"/health", "/models", "/", "/index.html"})
 WEB_PAGE = Path(__file__).resolve().parent.parent / "web" / "index.html"
 
@@ -84,6 +86,8 @@ class Guard:
         if self.key_digest is not None and scope["path"] not in PUBLIC_PATHS and not self._authorized(scope):
             err = APIError(401, "invalid or missing API key: send 'Authorization: Bearer <key>'")
             return await err.response()(scope, receive, send)
+        if scope["path"].startswith(BLOB_PATH):  # a GGUF upload: raw bytes of any size, hashed as they come
+            return await self.app(scope, receive, send)
         ctype = _header(scope, b"content-type")
         if scope["method"] in ("POST", "PUT", "PATCH") and ctype is not None and not _is_json(ctype):
             err = APIError(415, f"the request body must be JSON (Content-Type: application/json), not "
@@ -178,9 +182,13 @@ def create_app(state: ServerState, loopback_only: bool = False, cors_origins: tu
             state.metrics = Metrics()
             state.scheduler.on_finish.append(state.metrics.record)
         state.scheduler.start()
+        if state.models is not None:
+            state.models.start()
         try:
             yield
         finally:
+            if state.models is not None:
+                await state.models.stop()
             state.scheduler.stop()
 
     app = FastAPI(title="llamapy", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
@@ -225,6 +233,7 @@ def create_app(state: ServerState, loopback_only: bool = False, cors_origins: tu
     routes_llama.register(router, state)
     routes_openai.register(router, state)
     routes_ollama.register(router, state)
+    routes_store.register(router, state)
     app.include_router(router)
     if state.static_path and state.webui:  # --path: a folder's files at /, after every API route
         from starlette.staticfiles import StaticFiles

@@ -73,6 +73,11 @@ class ServerState:
     n_keep: int = 0                # --keep: the default of a request's n_keep
     spm_infill: bool = False       # --spm-infill: /infill lays out suffix, prefix, middle
     metrics: Any = None            # metrics.Metrics, counting from the start
+    model_n_predict: int = -1      # a stored model's num_predict: the token limit when a request gives none
+    models: Any = None             # manager.ModelManager: the store's models, by name
+    model_writes: bool = True      # --no-model-writes: /api/create, /api/copy, /api/delete, /api/pull refused
+    allow_paths: tuple[str, ...] = ()  # --allow-path: folders a remote /api/create may read files from
+    store: Any = None              # the model store (store.store.Store), None: the default one
 
     def model_name(self, requested: str | None) -> str:
         """The `model` a response reports: the name the client asked for (any name is accepted), else ours."""
@@ -319,7 +324,7 @@ async def request_grammar(state: ServerState, spec: GrammarSpec | None):
 def n_predict_of(state: ServerState, *values: int | None) -> int:
     """The first given token limit (n_predict, max_tokens, ...), capped by the server's -n when that is set;
     -1 (and llama-server's -2) mean "until the end of text or of the slot's context"."""
-    n = next((v for v in values if v is not None), -1)
+    n = next((v for v in values if v is not None), getattr(state, "model_n_predict", -1))
     n = -1 if n < 0 else n
     cap = state.default_n_predict
     return cap if cap >= 0 and (n < 0 or n > cap) else n

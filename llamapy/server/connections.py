@@ -7,7 +7,8 @@ unreachable. `guarded_protocol` returns an h11 protocol class that:
 
 - closes a connection whose request (headers and body) has not fully arrived `read_timeout` seconds
   after its first byte (after the connection opened, for the first request); an idle keep-alive
-  connection is closed by uvicorn's own `timeout_keep_alive`;
+  connection is closed by uvicorn's own `timeout_keep_alive`; the body of a model upload (/api/blobs/)
+  may take longer, but may not stall for `read_timeout`;
 - closes a connection whose client has not read what the server writes for `write_timeout` seconds
   (llama-server's -to/--timeout, 600 s by default);
 - keeps at most `max_connections` open: one more arriving closes the oldest connection still reading its
@@ -25,6 +26,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 log = logging.getLogger("llamapy.server")
 
 FD_RESERVE = 64  # descriptors kept for the model file, the event loop, threads and logs
+UPLOAD_PATH = "/api/blobs/"  # a GGUF upload: its deadline is read_timeout between two chunks, not for the whole
 BACKLOG = 128  # the listen queue, and how many connections asyncio accepts in one go before any is handled
 
 
@@ -100,6 +102,14 @@ def guarded_protocol(read_timeout: float, write_timeout: float, max_connections:
             super().handle_events()
             if self.conn.their_state not in (h11.IDLE, h11.SEND_BODY):
                 self._stop_reading()  # the whole request is in (or the connection is done)
+            elif self.conn.their_state == h11.SEND_BODY and self._read_timer is not None and self._uploading():
+                # a model upload may take longer than read_timeout; it must only not stall that long
+                self._read_timer.cancel()
+                self._read_timer = self.loop.call_later(read_timeout, self._read_timed_out)
+
+        def _uploading(self) -> bool:
+            scope = getattr(self, "scope", None)
+            return bool(scope) and str(scope.get("path", "")).startswith(UPLOAD_PATH)
 
         def connection_lost(self, exc) -> None:
             self._stop_reading()

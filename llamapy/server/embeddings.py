@@ -35,7 +35,17 @@ async def embed(state: ServerState, request: Request, raw: Any, what: str) -> li
 
 async def run_embeddings(state: ServerState, request: Request, oai: bool) -> Any:
     """POST /v1/embeddings (`input`, OpenAI's answer) and /embedding (`content`: llama-server's answer)."""
+    from .routes_ollama import pick, release
+
     req = validate(EmbeddingRequest, await read_json(request))
+    st, entry = await pick(state, req.model)
+    try:
+        return await _run_embeddings(st, request, req, oai)
+    finally:
+        release(state, entry)
+
+
+async def _run_embeddings(state: ServerState, request: Request, req: EmbeddingRequest, oai: bool) -> Any:
     if req.dimensions is not None and req.dimensions != state.backend.n_embd:
         raise bad_request(f"dimensions: this model's embeddings have {state.backend.n_embd} dimensions", "dimensions")
     if req.input is not None:

@@ -1,12 +1,13 @@
 """Ollama-compatible endpoints: /api/generate, /api/chat (NDJSON streams), /api/embed, /api/tags, /api/show, ...
 
-Many local tools speak Ollama's API; they see one model, under the server's model name.
+Many local tools speak Ollama's API. A request naming a model of the store gets that model (manager.py);
+any other name gets the server's own model (-m, or the default model). The store's verbs (/api/tags, /api/show,
+/api/ps, /api/create, /api/pull, ...) are in routes_store.py.
 Durations are nanoseconds, as Ollama reports them; streaming is on unless `"stream": false`.
 """
 from __future__ import annotations
 
 import asyncio
-import os
 from datetime import datetime, timezone
 from typing import Any
 
@@ -16,6 +17,7 @@ from starlette.responses import JSONResponse
 from .. import __version__
 from ..chat.tool_parse import StreamParser
 from ..chat.tool_parse import parse as parse_tool_calls
+from ..errors import LlamapyError
 from .common import (
     Run,
     RunStream,
@@ -66,6 +68,19 @@ def _final(r: GenResult, t0: float, context: list[int] | None = None) -> dict[st
     return out
 
 
+async def pick(state: ServerState, model: str | None, keep_alive: Any = None) -> tuple[ServerState, Any]:
+    """The state that answers for `model` (a stored model, loaded if needed; else the server's own) and the
+    manager's entry to release() once the request's jobs are submitted."""
+    if state.models is None:
+        return state, None
+    return await state.models.acquire(model, keep_alive)
+
+
+def release(state: ServerState, entry: Any) -> None:
+    if state.models is not None:
+        state.models.release(entry)
+
+
 def _details(b) -> dict[str, Any]:
     m = b.meta()
     n = m.get("n_params", 0)
@@ -76,33 +91,32 @@ def _details(b) -> dict[str, Any]:
 
 
 def register(router: APIRouter, state: ServerState) -> None:
-    b = state.backend
-
     def refuse_generation():
         if state.embedding_only:
             raise APIError(501, "this server was started with --embedding: completions are off")
 
-    def options(o: OllamaOptions | None) -> tuple[OllamaOptions, int, Any]:
-        """Sampling options, the token limit and the stop strings (num_ctx is fixed when the server starts)."""
+    def options(st: ServerState, o: OllamaOptions | None) -> tuple[OllamaOptions, int, Any]:
+        """Sampling options, the token limit and the stop strings (num_ctx is fixed when the model loads)."""
         o = o or OllamaOptions()
-        return o, n_predict_of(state, o.num_predict), o.stop
+        return o, n_predict_of(st, o.num_predict), o.stop
 
-    async def run(request: Request, req: Any, prompt_text: str, chat: bool, with_context: bool,
+    async def run(st: ServerState, request: Request, req: Any, prompt_text: str, chat: bool, with_context: bool,
                   context: list[int] | None = None, setup: Any = None):
-        o, n_predict, stop = options(req.options)
+        b = st.backend
+        o, n_predict, stop = options(st, req.options)
         fmt = setup.format if setup is not None and setup.active else None
-        grammar = await asyncio.to_thread(setup_grammar, state, setup) if fmt else None
+        grammar = await asyncio.to_thread(setup_grammar, st, setup) if fmt else None
         if grammar is None:
-            grammar = await request_grammar(state, ollama_format_spec(req.format))
+            grammar = await request_grammar(st, ollama_format_spec(req.format))
         if fmt:
             stop = (list(stop) if isinstance(stop, list) else [stop] if stop else []) + setup.stops
         prompt = check_token_ids(context, b.n_vocab, "context") if context else []
         prompt = prompt + await asyncio.to_thread(b.tokenize, prompt_text, add_special=not prompt, parse_special=True)
-        gen = gen_request(state, o, prompt, n_predict=n_predict, stop=completion_stops(state, stop, chat=True),
+        gen = gen_request(st, o, prompt, n_predict=n_predict, stop=completion_stops(st, stop, chat=True),
                           grammar=grammar)
-        model = state.model_name(req.model)
+        model = st.model_name(req.model)
         t0 = asyncio.get_running_loop().time()
-        job = Run(state, [gen], stream=req.stream)
+        job = Run(st, [gen], stream=req.stream)
         key = "message" if chat else "response"
 
         def body(text: str) -> Any:
@@ -150,6 +164,24 @@ def register(router: APIRouter, state: ServerState) -> None:
 
         return RunStream(events(), job, "application/x-ndjson")
 
+    async def loaded_only(req: Any, key: str, empty: Any) -> JSONResponse:
+        """Ollama's empty request: it loads the model (or, with keep_alive 0, unloads it)."""
+        if state.models is not None and req.keep_alive is not None and req.model:
+            from .manager import parse_keep_alive
+
+            try:
+                ka = parse_keep_alive(req.keep_alive)
+            except LlamapyError as e:
+                raise bad_request(str(e), "keep_alive") from None
+            if ka == 0:
+                await state.models.unload(req.model)
+                return JSONResponse({"model": req.model, "created_at": _now(), key: empty, "done": True,
+                                     "done_reason": "unload"})
+        st, entry = await pick(state, req.model, req.keep_alive)
+        release(state, entry)
+        return JSONResponse({"model": st.model_name(req.model), "created_at": _now(), key: empty, "done": True,
+                             "done_reason": "load"})
+
     @router.post("/api/generate")
     async def generate(request: Request):
         refuse_generation()
@@ -157,61 +189,59 @@ def register(router: APIRouter, state: ServerState) -> None:
         if req.images:
             raise bad_request("images are not supported (text only)", "images")
         if not req.prompt:  # Ollama: an empty prompt just loads the model
-            return JSONResponse({"model": state.model_name(req.model), "created_at": _now(), "response": "",
-                                 "done": True, "done_reason": "load"})
-        if req.raw:
-            text = req.prompt
-        else:
-            msgs = ([ChatMessage(role="system", content=req.system)] if req.system else [])
-            text = await asyncio.to_thread(chat_prompt, state, [*msgs, ChatMessage(role="user", content=req.prompt)])
-        return await run(request, req, text, chat=False, with_context=True, context=req.context)
+            return await loaded_only(req, "response", "")
+        st, entry = await pick(state, req.model, req.keep_alive)
+        try:
+            if req.raw:
+                text = req.prompt
+            else:
+                msgs = ([ChatMessage(role="system", content=req.system)] if req.system else [])
+                text = await asyncio.to_thread(chat_prompt, st, [*msgs, ChatMessage(role="user", content=req.prompt)])
+            return await run(st, request, req, text, chat=False, with_context=True, context=req.context)
+        finally:
+            release(state, entry)
 
     @router.post("/api/chat")
     async def chat(request: Request):
         refuse_generation()
         req = await read_request(request, OllamaChatRequest)
         if not req.messages:
-            return JSONResponse({"model": state.model_name(req.model), "created_at": _now(),
-                                 "message": {"role": "assistant", "content": ""}, "done": True,
-                                 "done_reason": "load"})
-        setup = None
-        if req.tools or any(m.role == "tool" or m.tool_calls for m in req.messages):
-            spec = ollama_format_spec(req.format)
-            setup = await asyncio.to_thread(tool_setup, state, messages_of(req), req.tools or [], None, True, spec)
-        msgs = setup.messages if setup is not None else req.messages
-        extra = setup.render_kwargs if setup is not None and setup.active else {}
-        text = await asyncio.to_thread(chat_prompt, state, msgs, **extra)
-        return await run(request, req, text, chat=True, with_context=False, setup=setup)
+            return await loaded_only(req, "message", {"role": "assistant", "content": ""})
+        st, entry = await pick(state, req.model, req.keep_alive)
+        try:
+            setup = None
+            if req.tools or any(m.role == "tool" or m.tool_calls for m in req.messages):
+                spec = ollama_format_spec(req.format)
+                setup = await asyncio.to_thread(tool_setup, st, messages_of(req), req.tools or [], None, True, spec)
+            msgs = setup.messages if setup is not None else req.messages
+            extra = setup.render_kwargs if setup is not None and setup.active else {}
+            text = await asyncio.to_thread(chat_prompt, st, msgs, **extra)
+            return await run(st, request, req, text, chat=True, with_context=False, setup=setup)
+        finally:
+            release(state, entry)
 
     @router.post("/api/embed")
     async def embed_(request: Request):
         req = validate(OllamaEmbedRequest, await read_json(request))
         t0 = asyncio.get_running_loop().time()
-        results = await embed(state, request, req.input, "input")
-        return {"model": state.model_name(req.model), "embeddings": [v.tolist() for v, _ in results],
+        st, entry = await pick(state, req.model, req.keep_alive)
+        try:
+            results = await embed(st, request, req.input, "input")
+        finally:
+            release(state, entry)
+        return {"model": st.model_name(req.model), "embeddings": [v.tolist() for v, _ in results],
                 "total_duration": int((asyncio.get_running_loop().time() - t0) * 1e9), "load_duration": 0,
                 "prompt_eval_count": sum(n for _, n in results)}
 
     @router.post("/api/embeddings")
     async def embeddings_(request: Request):
         req = validate(OllamaEmbedRequest, await read_json(request))
-        ((v, _),) = await embed(state, request, req.prompt, "prompt")
+        st, entry = await pick(state, req.model, req.keep_alive)
+        try:
+            ((v, _),) = await embed(st, request, req.prompt, "prompt")
+        finally:
+            release(state, entry)
         return {"embedding": v.tolist()}
-
-    @router.get("/api/tags")
-    async def tags():
-        st = os.stat(state.model_path)
-        modified = datetime.fromtimestamp(st.st_mtime, timezone.utc).isoformat().replace("+00:00", "Z")
-        return {"models": [{"name": state.model_id, "model": state.model_id, "modified_at": modified,
-                            "size": st.st_size, "details": _details(b)}]}
-
-    @router.post("/api/show")
-    async def show(request: Request):
-        await read_json(request)
-        tpl = state.template
-        return {"modelfile": "", "parameters": "", "template": getattr(tpl, "source", None) or tpl.name,
-                "details": _details(b),
-                "model_info": {k: v for k, v in b.metadata.items() if not isinstance(v, (list, tuple))}}
 
     @router.get("/api/version")
     async def version():

@@ -32,6 +32,7 @@ from .common import (
 )
 from .embeddings import run_embeddings
 from .errors import APIError, bad_request
+from .routes_ollama import pick, release
 from .scheduler import DoneEvent, GenResult, TokenEvent
 from .schemas import ChatRequest, OAICompletionRequest, finite, validate
 from .tools import messages_of, setup_grammar, tool_setup
@@ -85,11 +86,13 @@ def register(router: APIRouter, state: ServerState) -> None:
     b = state.backend
 
     async def models():
-        return {
-            "object": "list",
-            "data": [{"id": state.model_id, "object": "model", "created": state.created, "owned_by": "llamapy",
-                      "meta": b.meta()}],
-        }
+        data = [{"id": state.model_id, "object": "model", "created": state.created, "owned_by": "llamapy",
+                 "meta": b.meta()}]
+        if state.models is not None:  # and every model of the store, by name
+            entries = await asyncio.to_thread(state.models.store.entries)
+            data += [{"id": str(e.name), "object": "model", "created": int(e.modified), "owned_by": "llamapy"}
+                     for e in entries]
+        return {"object": "list", "data": data}
 
     router.add_api_route("/v1/models", models, methods=["GET"])
     router.add_api_route("/models", models, methods=["GET"])
@@ -102,149 +105,159 @@ def register(router: APIRouter, state: ServerState) -> None:
     async def completions(request: Request):
         _refuse_generation()
         req = validate(OAICompletionRequest, await read_json(request))
-        if (req.n or 1) != 1 or (req.best_of or 1) != 1:
-            raise bad_request("only one choice per prompt is supported (n = 1, best_of = 1)", "n")
-        if req.echo:
-            raise bad_request("echo is not supported", "echo")
-        if req.suffix:
-            raise bad_request("suffix is not supported", "suffix")
-        grammar = await request_grammar(state, grammar_spec(req))
-        prompts = await asyncio.to_thread(tokenize_prompts, b, req.prompt)
-        top_n = req.logprobs or 0
-        n_probs = req.n_probs if req.n_probs else (max(1, top_n) if req.logprobs is not None else 0)
-        gens = [gen_request(state, req, p, n_predict=n_predict_of(state, req.n_predict, req.max_tokens),
-                            stop=completion_stops(state, req.stop, chat=False), n_probs=n_probs,
-                            cache_prompt=req.cache_prompt, grammar=grammar) for p in prompts]
-        cid, created, model = new_id("cmpl"), int(time.time()), state.model_name(req.model)
-        head = {"id": cid, "object": "text_completion", "created": created, "model": model,
-                "system_fingerprint": state.fingerprint}
-        run = Run(state, gens, stream=bool(req.stream))
-        if not req.stream:
-            results = await run.results(request)
-            choices = [{"text": r.content, "index": i,
-                        "logprobs": completion_logprobs(b, r.probs, top_n) if n_probs else None,
-                        "finish_reason": r.finish_reason} for i, r in enumerate(results)]
-            return JSONResponse({**head, "choices": choices, "usage": usage(results)})
+        st, entry = await pick(state, req.model)
+        try:
+            if (req.n or 1) != 1 or (req.best_of or 1) != 1:
+                raise bad_request("only one choice per prompt is supported (n = 1, best_of = 1)", "n")
+            if req.echo:
+                raise bad_request("echo is not supported", "echo")
+            if req.suffix:
+                raise bad_request("suffix is not supported", "suffix")
+            grammar = await request_grammar(st, grammar_spec(req))
+            prompts = await asyncio.to_thread(tokenize_prompts, st.backend, req.prompt)
+            top_n = req.logprobs or 0
+            n_probs = req.n_probs if req.n_probs else (max(1, top_n) if req.logprobs is not None else 0)
+            gens = [gen_request(st, req, p, n_predict=n_predict_of(st, req.n_predict, req.max_tokens),
+                                stop=completion_stops(st, req.stop, chat=False), n_probs=n_probs,
+                                cache_prompt=req.cache_prompt, grammar=grammar) for p in prompts]
+            cid, created, model = new_id("cmpl"), int(time.time()), st.model_name(req.model)
+            head = {"id": cid, "object": "text_completion", "created": created, "model": model,
+                    "system_fingerprint": st.fingerprint}
+            run = Run(st, gens, stream=bool(req.stream))
+            if not req.stream:
+                results = await run.results(request)
+                choices = [{"text": r.content, "index": i,
+                            "logprobs": completion_logprobs(st.backend, r.probs, top_n) if n_probs else None,
+                            "finish_reason": r.finish_reason} for i, r in enumerate(results)]
+                return JSONResponse({**head, "choices": choices, "usage": usage(results)})
 
-        async def events():
-            done: list[GenResult] = []
-            offsets = [0] * len(gens)
-            try:
-                async for ev in run.events():
-                    if isinstance(ev, TokenEvent):
-                        if not ev.text and ev.probs is None:
-                            continue
-                        lp = completion_logprobs(b, [ev.probs], top_n, offsets[ev.index]) if ev.probs else None
-                        offsets[ev.index] += len(ev.text)
-                        part = {**head, "choices": [{"text": ev.text, "index": ev.index, "logprobs": lp,
-                                                     "finish_reason": None}]}
-                        yield sse(part | ({"timings": ev.timings} if ev.timings is not None else {}))
-                    elif isinstance(ev, DoneEvent):
-                        done.append(ev.result)
-                        last = {**head, "choices": [{"text": "", "index": ev.index, "logprobs": None,
-                                                     "finish_reason": ev.result.finish_reason}]}
-                        if len(done) == len(gens) and not _include_usage(req.stream_options):
-                            last["usage"] = usage(done)
-                        yield sse(last)
-                if _include_usage(req.stream_options):
-                    yield sse({**head, "choices": [], "usage": usage(done)})
-            except APIError as e:
-                yield sse(e.body())
-            yield b"data: [DONE]\n\n"
+            async def events():
+                done: list[GenResult] = []
+                offsets = [0] * len(gens)
+                try:
+                    async for ev in run.events():
+                        if isinstance(ev, TokenEvent):
+                            if not ev.text and ev.probs is None:
+                                continue
+                            lp = (completion_logprobs(st.backend, [ev.probs], top_n, offsets[ev.index])
+                                  if ev.probs else None)
+                            offsets[ev.index] += len(ev.text)
+                            part = {**head, "choices": [{"text": ev.text, "index": ev.index, "logprobs": lp,
+                                                         "finish_reason": None}]}
+                            yield sse(part | ({"timings": ev.timings} if ev.timings is not None else {}))
+                        elif isinstance(ev, DoneEvent):
+                            done.append(ev.result)
+                            last = {**head, "choices": [{"text": "", "index": ev.index, "logprobs": None,
+                                                         "finish_reason": ev.result.finish_reason}]}
+                            if len(done) == len(gens) and not _include_usage(req.stream_options):
+                                last["usage"] = usage(done)
+                            yield sse(last)
+                    if _include_usage(req.stream_options):
+                        yield sse({**head, "choices": [], "usage": usage(done)})
+                except APIError as e:
+                    yield sse(e.body())
+                yield b"data: [DONE]\n\n"
 
-        return RunStream(events(), run, "text/event-stream", SSE_HEADERS)
+            return RunStream(events(), run, "text/event-stream", SSE_HEADERS)
+        finally:
+            release(state, entry)
 
     async def chat_completions(request: Request):
         _refuse_generation()
         req = await read_request(request, ChatRequest)
-        if (req.n or 1) != 1:
-            raise bad_request("only one choice is supported (n = 1)", "n")
-        if req.top_logprobs and not req.logprobs:
-            raise bad_request("top_logprobs requires logprobs to be true", "top_logprobs")
-        spec = grammar_spec(req, req.response_format)
-        setup = None
-        if req.tools or req.tool_choice not in (None, "none", "auto") \
-                or any(m.role == "tool" or m.tool_calls for m in req.messages):
-            setup = await asyncio.to_thread(tool_setup, state, messages_of(req), req.tools or [], req.tool_choice,
-                                            req.parallel_tool_calls, spec)
-        if setup is not None and setup.active:
-            grammar = await asyncio.to_thread(setup_grammar, state, setup)
-            if grammar is None and spec is not None:  # a native format: "auto" with a response format
-                grammar = await request_grammar(state, spec)
-            text = await asyncio.to_thread(chat_prompt, state, setup.messages, **setup.render_kwargs)
-        else:
-            grammar = await request_grammar(state, spec)
-            msgs = setup.messages if setup is not None else req.messages
-            text = await asyncio.to_thread(chat_prompt, state, msgs)
-        fmt = setup.format if setup is not None and setup.active else None
-        prompt = await asyncio.to_thread(b.tokenize, text, add_special=True, parse_special=True)
-        top_n = req.top_logprobs or 0
-        n_probs = req.n_probs if req.n_probs else (max(1, top_n) if req.logprobs else 0)
-        stops = completion_stops(state, req.stop, chat=True) + (setup.stops if fmt else [])
-        gen = gen_request(state, req, prompt,
-                          n_predict=n_predict_of(state, req.n_predict, req.max_completion_tokens, req.max_tokens),
-                          stop=stops, n_probs=n_probs, cache_prompt=req.cache_prompt, grammar=grammar)
-        cid, created, model = new_id("chatcmpl"), int(time.time()), state.model_name(req.model)
-        run = Run(state, [gen], stream=bool(req.stream))
-        if not req.stream:
-            (r,) = await run.results(request)
-            message: dict[str, Any] = {"role": "assistant", "content": r.content}
-            finish = r.finish_reason
-            if fmt is not None:
-                parsed = parse_tool_calls(r.content, fmt)
-                message["content"] = parsed.content
-                if parsed.tool_calls:
-                    message["content"] = parsed.content or None
-                    message["tool_calls"] = [c.openai() for c in parsed.tool_calls]
-                    finish = "tool_calls" if finish == "stop" else finish
-            choice = {"index": 0, "message": message,
-                      "logprobs": chat_logprobs(b, r.probs, top_n) if n_probs else None,
-                      "finish_reason": finish}
-            return JSONResponse({"id": cid, "object": "chat.completion", "created": created, "model": model,
-                                 "system_fingerprint": state.fingerprint, "choices": [choice],
-                                 "usage": usage([r]), "timings": r.timings()})
+        st, entry = await pick(state, req.model)
+        try:
+            if (req.n or 1) != 1:
+                raise bad_request("only one choice is supported (n = 1)", "n")
+            if req.top_logprobs and not req.logprobs:
+                raise bad_request("top_logprobs requires logprobs to be true", "top_logprobs")
+            spec = grammar_spec(req, req.response_format)
+            setup = None
+            if req.tools or req.tool_choice not in (None, "none", "auto") \
+                    or any(m.role == "tool" or m.tool_calls for m in req.messages):
+                setup = await asyncio.to_thread(tool_setup, st, messages_of(req), req.tools or [], req.tool_choice,
+                                                req.parallel_tool_calls, spec)
+            if setup is not None and setup.active:
+                grammar = await asyncio.to_thread(setup_grammar, st, setup)
+                if grammar is None and spec is not None:  # a native format: "auto" with a response format
+                    grammar = await request_grammar(st, spec)
+                text = await asyncio.to_thread(chat_prompt, st, setup.messages, **setup.render_kwargs)
+            else:
+                grammar = await request_grammar(st, spec)
+                msgs = setup.messages if setup is not None else req.messages
+                text = await asyncio.to_thread(chat_prompt, st, msgs)
+            fmt = setup.format if setup is not None and setup.active else None
+            prompt = await asyncio.to_thread(st.backend.tokenize, text, add_special=True, parse_special=True)
+            top_n = req.top_logprobs or 0
+            n_probs = req.n_probs if req.n_probs else (max(1, top_n) if req.logprobs else 0)
+            stops = completion_stops(st, req.stop, chat=True) + (setup.stops if fmt else [])
+            gen = gen_request(st, req, prompt,
+                              n_predict=n_predict_of(st, req.n_predict, req.max_completion_tokens, req.max_tokens),
+                              stop=stops, n_probs=n_probs, cache_prompt=req.cache_prompt, grammar=grammar)
+            cid, created, model = new_id("chatcmpl"), int(time.time()), st.model_name(req.model)
+            run = Run(st, [gen], stream=bool(req.stream))
+            if not req.stream:
+                (r,) = await run.results(request)
+                message: dict[str, Any] = {"role": "assistant", "content": r.content}
+                finish = r.finish_reason
+                if fmt is not None:
+                    parsed = parse_tool_calls(r.content, fmt)
+                    message["content"] = parsed.content
+                    if parsed.tool_calls:
+                        message["content"] = parsed.content or None
+                        message["tool_calls"] = [c.openai() for c in parsed.tool_calls]
+                        finish = "tool_calls" if finish == "stop" else finish
+                choice = {"index": 0, "message": message,
+                          "logprobs": chat_logprobs(st.backend, r.probs, top_n) if n_probs else None,
+                          "finish_reason": finish}
+                return JSONResponse({"id": cid, "object": "chat.completion", "created": created, "model": model,
+                                     "system_fingerprint": st.fingerprint, "choices": [choice],
+                                     "usage": usage([r]), "timings": r.timings()})
 
-        head = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": model,
-                "system_fingerprint": state.fingerprint}
+            head = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": model,
+                    "system_fingerprint": st.fingerprint}
 
-        def chunk(delta: dict[str, Any], finish: str | None = None, logprobs: Any = None) -> dict[str, Any]:
-            return {**head, "choices": [{"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish}]}
+            def chunk(delta: dict[str, Any], finish: str | None = None, logprobs: Any = None) -> dict[str, Any]:
+                return {**head, "choices": [{"index": 0, "delta": delta, "logprobs": logprobs,
+                                             "finish_reason": finish}]}
 
-        parser = StreamParser(fmt) if fmt is not None else None
+            parser = StreamParser(fmt) if fmt is not None else None
 
-        async def events():
-            yield sse(chunk({"role": "assistant", "content": ""}))
-            try:
-                async for ev in run.events():
-                    if isinstance(ev, TokenEvent):
-                        if parser is not None:
-                            for d in parser.feed(ev.text):
-                                yield sse(chunk(d))
-                        elif ev.text or ev.probs is not None:
-                            lp = chat_logprobs(b, [ev.probs], top_n) if ev.probs else None
-                            part = chunk({"content": ev.text}, logprobs=lp)
-                            yield sse(part | ({"timings": ev.timings} if ev.timings is not None else {}))
-                    elif isinstance(ev, DoneEvent):
-                        r = ev.result
-                        finish = r.finish_reason
-                        if parser is not None:
-                            deltas, parsed = parser.finish()
-                            for d in deltas:
-                                yield sse(chunk(d))
-                            if parsed.tool_calls and finish == "stop":
-                                finish = "tool_calls"
-                        last = chunk({}, finish)
-                        if not _include_usage(req.stream_options):
-                            last["usage"] = usage([r])
-                        last["timings"] = r.timings()
-                        yield sse(last)
-                        if _include_usage(req.stream_options):
-                            yield sse({**head, "choices": [], "usage": usage([r])})
-            except APIError as e:
-                yield sse(e.body())
-            yield b"data: [DONE]\n\n"
+            async def events():
+                yield sse(chunk({"role": "assistant", "content": ""}))
+                try:
+                    async for ev in run.events():
+                        if isinstance(ev, TokenEvent):
+                            if parser is not None:
+                                for d in parser.feed(ev.text):
+                                    yield sse(chunk(d))
+                            elif ev.text or ev.probs is not None:
+                                lp = chat_logprobs(st.backend, [ev.probs], top_n) if ev.probs else None
+                                part = chunk({"content": ev.text}, logprobs=lp)
+                                yield sse(part | ({"timings": ev.timings} if ev.timings is not None else {}))
+                        elif isinstance(ev, DoneEvent):
+                            r = ev.result
+                            finish = r.finish_reason
+                            if parser is not None:
+                                deltas, parsed = parser.finish()
+                                for d in deltas:
+                                    yield sse(chunk(d))
+                                if parsed.tool_calls and finish == "stop":
+                                    finish = "tool_calls"
+                            last = chunk({}, finish)
+                            if not _include_usage(req.stream_options):
+                                last["usage"] = usage([r])
+                            last["timings"] = r.timings()
+                            yield sse(last)
+                            if _include_usage(req.stream_options):
+                                yield sse({**head, "choices": [], "usage": usage([r])})
+                except APIError as e:
+                    yield sse(e.body())
+                yield b"data: [DONE]\n\n"
 
-        return RunStream(events(), run, "text/event-stream", SSE_HEADERS)
+            return RunStream(events(), run, "text/event-stream", SSE_HEADERS)
+        finally:
+            release(state, entry)
 
     router.add_api_route("/v1/chat/completions", chat_completions, methods=["POST"])
     router.add_api_route("/chat/completions", chat_completions, methods=["POST"])

@@ -325,3 +325,33 @@ def pull(ref_text: str, *, store: Store | None = None, progress: ProgressFn | No
     say(f"pulling {one_line(f.path)}" + (f" ({f.size} bytes)" if f.size else ""))
     staged = download(f, ref.hub, store, progress=progress, retries=retries, log=say)
     return import_blob(name, staged, store)
+
+
+def hf_model(repo: str, file: str | None = None, *, store: Store | None = None, progress: ProgressFn | None = None,
+             log: Callable[[str], None] | None = None) -> str:
+    """llama.cpp's `-hf USER/REPO[:QUANT]` (and `-hff FILE`): the GGUF path of that model in the store, pulled
+    the first time only (later runs use the stored copy without asking the hub)."""
+    from .models import import_blob
+
+    store = store or Store()
+    text = repo.strip()
+    ref = parse_ref(text if re.match(r"^(https?://)?[^/]*\.[^/]*/", text) else "hf.co/" + text)
+    name = ref.store_name()
+    if file:
+        stem = os.path.basename(file)
+        stem = stem[:-5] if stem.lower().endswith(".gguf") else stem
+        tag = re.sub(r"[^A-Za-z0-9_.-]", "_", stem)[:80].lstrip(".-") or "file"
+        name = name.rsplit(":", 1)[0] + ":" + tag
+    if store.find(name) is not None:
+        return store.model_path(name)
+    files = list_files(ref)
+    if file:
+        hits = [f for f in files if f.path == file or os.path.basename(f.path) == file]
+        if not hits:
+            raise LlamapyError(f"{ref.repo}: no file '{one_line(file)}' in this repository")
+        f = hits[0]
+    else:
+        f = pick_gguf(files, ref.quant, ref.repo)
+    (log or (lambda _m: None))(f"pulling {one_line(f.path)}" + (f" ({f.size} bytes)" if f.size else ""))
+    staged = download(f, ref.hub, store, progress=progress, log=log)
+    return store.model_path(import_blob(name, staged, store))
