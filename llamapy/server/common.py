@@ -73,6 +73,7 @@ class ServerState:
     n_keep: int = 0                # --keep: the default of a request's n_keep
     spm_infill: bool = False       # --spm-infill: /infill lays out suffix, prefix, middle
     metrics: Any = None            # metrics.Metrics, counting from the start
+    slot_save_path: str | None = None  # --slot-save-path: the folder POST /slots/{id}?action=save writes to
 
     def model_name(self, requested: str | None) -> str:
         """The `model` a response reports: the name the client asked for (any name is accepted), else ours."""
