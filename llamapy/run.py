@@ -189,7 +189,7 @@ class PromptCache:
     def load(self, ids: list[int]) -> None:
         import os
 
-        from .engine.state import StateError, load_file
+        from .engine.state import load_file
         from .generation.sequence import common_prefix
 
         log = self.log

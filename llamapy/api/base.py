@@ -19,7 +19,6 @@ from .common import (
     LLAMA_DEFAULT_SEED,
     BaseLlamaCache,
     LlamaState,
-    _common_prefix,
     _int,
     _not_yet,
     _string_metadata,
@@ -472,7 +471,7 @@ class LlamaBase:
         """Use a prompt cache (LlamaRAMCache), or none: completions look up the longest cached prefix of their
         prompt and store their final state."""
         if cache is not None and not isinstance(cache, BaseLlamaCache):
-            raise TypeError(f"set_cache: expected a LlamaRAMCache, got {type(cache).__name__}")
+            raise TypeError(f"set_cache: expected a LlamaRAMCache or LlamaDiskCache, got {type(cache).__name__}")
         self.cache = cache
 
     def set_seed(self, seed: int) -> None:

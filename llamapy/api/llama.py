@@ -40,6 +40,7 @@ from .common import (
     _stops,
 )
 from .completion import LlamaCompletion, _join_completion
+from .disk_cache import LlamaDiskCache as LlamaDiskCache
 
 
 class Llama(LlamaCompletion):
@@ -257,5 +258,5 @@ def _chat_chunks(chunks: Iterator[T.CreateCompletionStreamResponse]
                                         "logprobs": _chat_logprobs(ch["logprobs"]), "finish_reason": None}]}
 
 
-__all__ = ["LLAMA_DEFAULT_SEED", "BaseLlamaCache", "Llama", "LlamaCache", "LlamaRAMCache", "LlamaState",
-           "LogitsProcessor", "LogitsProcessorList", "StoppingCriteria", "StoppingCriteriaList"]
+__all__ = ["LLAMA_DEFAULT_SEED", "BaseLlamaCache", "Llama", "LlamaCache", "LlamaDiskCache", "LlamaRAMCache",
+           "LlamaState", "LogitsProcessor", "LogitsProcessorList", "StoppingCriteria", "StoppingCriteriaList"]
