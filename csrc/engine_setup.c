@@ -469,3 +469,61 @@ int lp_engine_kv_copy(lp_engine *e, int32_t src, int32_t dst, int32_t n) {
     return 0;
 }
 
+
+/* ---- KV state of one sequence: out to a buffer and back in ----------------------------------
+ * The buffer holds, layer after layer, the K rows of positions [0, n) (n rows of k_row_bytes) and then V
+ * (kv_dim runs of n values: the cache's transposed layout). Each part goes through its own helper so that
+ * another cache type changes only the helper (and the row size) of the part it stores. */
+
+int32_t lp_engine_kv_type_k(const lp_engine *e) { (void)e; return LP_TYPE_F16; }
+int32_t lp_engine_kv_type_v(const lp_engine *e) { (void)e; return LP_TYPE_F16; }
+
+static size_t kv_k_layer_bytes(const lp_engine *e, int32_t n) { return (size_t)n * e->kv_dim * sizeof(uint16_t); }
+static size_t kv_v_layer_bytes(const lp_engine *e, int32_t n) { return (size_t)n * e->kv_dim * sizeof(uint16_t); }
+
+/* copy the K rows [0, n) of layer l, sequence s, to (out=1) or from (out=0) buf */
+static void kv_k_rows_io(lp_engine *e, int l, int s, int32_t n, uint8_t *buf, int out) {
+    uint16_t *k = lp_k_at(e, l, s, 0);
+    const size_t bytes = kv_k_layer_bytes(e, n);
+    if (out) memcpy(buf, k, bytes);
+    else memcpy(k, buf, bytes);
+}
+
+/* the same for V: one run of n positions per cache dimension */
+static void kv_v_io(lp_engine *e, int l, int s, int32_t n, uint8_t *buf, int out) {
+    const size_t run = (size_t)n * sizeof(uint16_t);
+    for (int d = 0; d < e->kv_dim; d++, buf += run) {
+        uint16_t *v = lp_v_at(e, l, s, d);
+        if (out) memcpy(buf, v, run);
+        else memcpy(v, buf, run);
+    }
+}
+
+int64_t lp_engine_kv_state_size(const lp_engine *e, int32_t n) {
+    if (n < 0 || n > e->p.n_ctx) return -1;
+    return (int64_t)e->p.n_layer * (int64_t)(kv_k_layer_bytes(e, n) + kv_v_layer_bytes(e, n));
+}
+
+static int kv_state_io(lp_engine *e, int32_t seq, int32_t n, uint8_t *buf, int64_t size, int out) {
+    const char *what = out ? "kv_state_get" : "kv_state_set";
+    if (seq < 0 || seq >= e->p.n_seq) return lp_engine_fail(e, "%s: no sequence %d", what, seq);
+    if (n < 0 || n > e->p.n_ctx) return lp_engine_fail(e, "%s: %d positions (context %d)", what, n, e->p.n_ctx);
+    const int64_t need = lp_engine_kv_state_size(e, n);
+    if (size != need)
+        return lp_engine_fail(e, "%s: buffer of %lld bytes, %d positions take %lld", what, (long long)size, n, (long long)need);
+    for (int l = 0; l < e->p.n_layer; l++) {
+        kv_k_rows_io(e, l, seq, n, buf, out);
+        buf += kv_k_layer_bytes(e, n);
+        kv_v_io(e, l, seq, n, buf, out);
+        buf += kv_v_layer_bytes(e, n);
+    }
+    return 0;
+}
+
+int lp_engine_kv_state_get(lp_engine *e, int32_t seq, int32_t n, void *buf, int64_t size) {
+    return kv_state_io(e, seq, n, buf, size, 1);
+}
+
+int lp_engine_kv_state_set(lp_engine *e, int32_t seq, int32_t n, const void *buf, int64_t size) {
+    return kv_state_io(e, seq, n, (uint8_t *)buf, size, 0);
+}

@@ -138,6 +138,15 @@ int lp_engine_eval(lp_engine *e, int32_t n_tokens, const int32_t *tokens, const 
 int lp_engine_kv_shift(lp_engine *e, int32_t seq, int32_t p0, int32_t p1, int32_t delta);
 /* Copy positions [0, n) of sequence src to sequence dst. */
 int lp_engine_kv_copy(lp_engine *e, int32_t src, int32_t dst, int32_t n);
+/* The KV state of positions [0, n) of a sequence as bytes, out to a caller's buffer and back in (for saved
+ * states). The layout is the engine's own: per layer, K rows then V, in the cache's types (kv_type_k/v,
+ * lp_type ids; today F16). size must be lp_engine_kv_state_size(e, n) (-1 for n outside [0, n_ctx]).
+ * Returns 0, or -1 with lp_engine_error() set (nothing copied). */
+int32_t lp_engine_kv_type_k(const lp_engine *e);
+int32_t lp_engine_kv_type_v(const lp_engine *e);
+int64_t lp_engine_kv_state_size(const lp_engine *e, int32_t n);
+int lp_engine_kv_state_get(lp_engine *e, int32_t seq, int32_t n, void *buf, int64_t size);
+int lp_engine_kv_state_set(lp_engine *e, int32_t seq, int32_t n, const void *buf, int64_t size);
 
 /* The engine's matrix product with the active kernels, for tests and benchmarks: x (nc, n) float
  * activations are quantized as the engine quantizes them, then out[c * nr + r] = dot(row r of w, x_c).

@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from .api import LLAMA_DEFAULT_SEED as LLAMA_DEFAULT_SEED
     from .api import Llama as Llama
     from .api import LlamaCache as LlamaCache
+    from .api import LlamaDiskCache as LlamaDiskCache
     from .api import LlamaGrammar as LlamaGrammar
     from .api import LlamaRAMCache as LlamaRAMCache
     from .api import LlamaState as LlamaState
@@ -24,8 +25,8 @@ if TYPE_CHECKING:
     from .api import StoppingCriteriaList as StoppingCriteriaList
     from .api import llama_types as llama_types
 
-_API_NAMES = ("Llama", "LlamaGrammar", "LlamaState", "LlamaCache", "LlamaRAMCache", "LogitsProcessorList",
-              "StoppingCriteriaList", "LLAMA_DEFAULT_SEED", "llama_types")
+_API_NAMES = ("Llama", "LlamaGrammar", "LlamaState", "LlamaCache", "LlamaDiskCache", "LlamaRAMCache",
+              "LogitsProcessorList", "StoppingCriteriaList", "LLAMA_DEFAULT_SEED", "llama_types")
 
 
 def __getattr__(name: str):

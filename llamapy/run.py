@@ -48,13 +48,19 @@ def run(
     grammar: str | None = None,
     grammar_file: str | None = None,
     json_schema: str | None = None,
+    prompt_cache: str | None = None,
+    prompt_cache_all: bool = False,
+    prompt_cache_ro: bool = False,
     out: TextIO | None = None,
     err: TextIO | None = None,
 ) -> int:
     """Generate a continuation of the prompt; returns the number of tokens generated.
 
     grammar (GBNF text), grammar_file (its file) or json_schema (JSON text): what the output must follow
-    (llama-cli's --grammar, --grammar-file, -j); the generation ends where the grammar is complete."""
+    (llama-cli's --grammar, --grammar-file, -j); the generation ends where the grammar is complete.
+    prompt_cache: a state file (llama-cli's --prompt-cache): its tokens and KV state are loaded when the prompt
+    starts with them, and the evaluated prompt is saved to it at the first sampled token unless the whole prompt
+    came from it; prompt_cache_all saves the generated tokens too at the end, prompt_cache_ro never writes."""
     from .engine.engine import Engine
     from .engine.load import ubatch
     from .generation.generate import eog_ids_of, steps
@@ -131,6 +137,9 @@ def run(
             out.write((ANSI_PROMPT if use_color else "") + shown + (ANSI_RESET if use_color else ""))
             out.flush()
 
+        cache = PromptCache(llm, prompt_cache, prompt_cache_all, prompt_cache_ro, log) if prompt_cache else None
+        if cache is not None:
+            cache.load(ids)
         eog_set = frozenset(eog)
         seq = Sequence(sampler, llm.n_ctx, is_eog=eog_set.__contains__,
                        piece=lambda t: tok.token_to_piece(t, special), n_predict=n_predict, n_keep=n_keep,
@@ -138,7 +147,10 @@ def run(
                        constraint=compiled.matcher() if compiled is not None else None)
         n_gen = 0
         try:
-            for step in steps(llm, seq, ids):
+            on_shift = cache.shifted if cache is not None else None
+            for step in steps(llm, seq, ids, on_context_shift=on_shift):
+                if cache is not None and n_gen == 0:
+                    cache.prompt_done()
                 if step.stop == "eog":
                     break
                 if step.text:
@@ -153,6 +165,8 @@ def run(
                 out.write(" [end of text]\n")
             out.write("\n\n")
             out.flush()
+            if cache is not None:
+                cache.finish()
             if timings.stop_reason == "no_token":
                 log("the grammar allows no token the sampler may pick (is the end token banned?): stopped")
             for line in timings.lines() if perf else ():
@@ -160,3 +174,71 @@ def run(
         return n_gen
     finally:
         llm.close()
+
+
+class PromptCache:
+    """llama-cli's --prompt-cache on sequence 0 of an engine: load before the prompt, save after it (and at
+    the end with --prompt-cache-all), never write with --prompt-cache-ro, stop writing after a context shift.
+    A file that can't be used is reported in one line and left as it is; the run starts fresh."""
+
+    def __init__(self, llm, path: str, save_all: bool, read_only: bool, log):
+        self.llm, self.path, self.save_all, self.read_only, self.log = llm, path, save_all, read_only, log
+        self.need_save = False
+        self.writable = not read_only
+
+    def load(self, ids: list[int]) -> None:
+        import os
+
+        from .engine.state import load_file
+        from .generation.sequence import common_prefix
+
+        log = self.log
+        log(f"main: attempting to load saved session from '{self.path}'")
+        tokens: list[int] = []
+        if not os.path.exists(self.path):
+            log("main: session file does not exist, will create.")
+        elif os.path.isfile(self.path) and os.path.getsize(self.path) == 0:
+            log("main: the session file is empty. A new session will be initialized.")
+        else:
+            t0 = time.perf_counter()
+            try:
+                tokens = load_file(self.llm, 0, self.path)
+                log(f"main: loaded a session with prompt size of {len(tokens)} tokens "
+                    f"({1000 * (time.perf_counter() - t0):.1f} ms)")
+            except LlamapyError as e:
+                self.llm.kv_clear(0)
+                self.writable = False
+                log(f"warning: prompt cache {e}; starting fresh, the file is left as it is")
+        n = common_prefix(tokens, ids)
+        if tokens:
+            if n >= len(ids):
+                log("main: session file has exact match for prompt!")
+            elif n < len(ids) // 2:
+                log(f"main: session file has low similarity to prompt ({n} / {len(ids)} tokens); "
+                    "will mostly be reevaluated")
+            else:
+                log(f"main: session file matches {n} / {len(ids)} tokens of prompt")
+        self.need_save = n < len(ids)
+
+    def _save(self) -> None:
+        from .engine.state import save_file
+
+        try:
+            save_file(self.llm, 0, self.path)
+        except LlamapyError as e:
+            self.log(f"warning: prompt cache: {e}")
+            self.writable = False
+
+    def prompt_done(self) -> None:
+        """The prompt is evaluated (the first token sampled)."""
+        if self.need_save and self.writable:
+            self.need_save = False
+            self._save()
+
+    def shifted(self, n_keep: int, n_discard: int) -> None:
+        self.writable = False  # the cache no longer starts with the prompt, as llama-cli clears its path
+
+    def finish(self) -> None:
+        if self.save_all and self.writable:
+            self.log(f"main: saving final output to session file '{self.path}'")
+            self._save()

@@ -19,7 +19,6 @@ from .common import (
     LLAMA_DEFAULT_SEED,
     BaseLlamaCache,
     LlamaState,
-    _common_prefix,
     _int,
     _not_yet,
     _string_metadata,
@@ -134,7 +133,6 @@ class LlamaBase:
         self._lock = threading.RLock()  # held per call, or per chunk of a stream
         self._epoch = 0
         self._samplers: dict[tuple[Any, ...], Any] = {}
-        self._single: list[bool] = []
         self._template: Any = None
         if chat_format is not None:
             self._template = self._template_for(chat_format)
@@ -395,18 +393,8 @@ class LlamaBase:
                                  f"{self._n_ctx}")
             self._eval(eng, ids, None, prompt=True)
 
-    def _track(self, start: int, n: int) -> None:
-        """Note how positions start..start+n were evaluated: the engine computes a lone token (decode) with
-        other kernels than a batch, which round differently; load_state evaluates them again the same way."""
-        del self._single[start:]
-        b = self._eng.n_batch
-        for i in range(0, n, b):
-            m = min(b, n - i)
-            self._single.extend([m == 1] * m)
-
     def _eval(self, eng: Any, ids: list[int], seq: Any, prompt: bool) -> npt.NDArray[np.single]:
         """Evaluate ids into sequence 0 (timed into seq when given); keeps the logits for `scores`."""
-        self._track(eng.n_past(0), len(ids))
         if self._logits_all:
             start = eng.n_past(0)
             t0 = time.perf_counter()
@@ -425,22 +413,25 @@ class LlamaBase:
         return logits
 
     def save_state(self) -> LlamaState:
-        """The context as a LlamaState: its token ids and logits (see LlamaState about the KV cache)."""
+        """The context as a LlamaState: its token ids, logits, seed, and in `llama_state` the KV cache (llamapy's
+        state format: checked against the model when loaded)."""
         self._engine()
         with self._lock:
             return self._save_state()
 
     def _save_state(self) -> LlamaState:
+        from ..engine.state import encode
+
+        eng = self._engine()
         ids = self.input_ids
-        scores = self.scores.copy()
-        state = LlamaState(input_ids=ids, scores=scores, n_tokens=len(ids), llama_state=b"", llama_state_size=0,
-                           seed=self._seed)
-        state.single = list(self._single[: len(ids)])
-        return state
+        data = encode(eng, 0)
+        return LlamaState(input_ids=ids, scores=self.scores.copy(), n_tokens=len(ids), llama_state=data,
+                          llama_state_size=len(data), seed=self._seed)
 
     def load_state(self, state: LlamaState) -> None:
-        """Restore a saved context: the KV cache holds its tokens again (those the cache does not already
-        start with are evaluated) and the logits are the saved ones."""
+        """Restore a saved context: the KV cache holds its tokens again, from the saved KV state, and the logits
+        are the saved ones. A state of another model, or a corrupt one, raises ValueError (the context is then
+        left empty)."""
         eng = self._engine()
         if not isinstance(state, LlamaState):
             raise TypeError(f"load_state: expected a LlamaState, got {type(state).__name__}")
@@ -449,25 +440,26 @@ class LlamaBase:
             self._load_state(eng, state)
 
     def _load_state(self, eng: Any, state: LlamaState) -> None:
+        from ..engine.state import StateError, restore
+
         ids = self._check_tokens("state.input_ids", list(state.input_ids[: state.n_tokens]), allow_empty=True)
         if len(ids) > self._n_ctx:
             raise ValueError(f"Requested tokens ({len(ids)}) exceed context window of {self._n_ctx}")
-        same = _common_prefix(eng.tokens(0), ids)
-        eng.kv_truncate(0, same)
-        single = list(state.single[: len(ids)]) if state.single is not None else []
-        single += [False] * (len(ids) - len(single))
-        if 0 < same < len(ids) and not single[same] and not single[same - 1] and \
-                (same + 1 == len(ids) or single[same + 1]):
-            same -= 1  # a batched token left alone would be evaluated as a lone one: take its neighbour too
-        eng.kv_truncate(0, same)
-        i = same
-        while i < len(ids):  # lone tokens one by one, runs of batched ones together: as they were evaluated
-            j = i + 1
-            while not single[i] and j < len(ids) and not single[j]:
-                j += 1
-            self._eval(eng, ids[i:j], None, prompt=True)
-            i = j
+        if not isinstance(state.llama_state, (bytes, bytearray, memoryview)):
+            raise TypeError(f"state.llama_state must be bytes, got {type(state.llama_state).__name__}")
         scores = np.asarray(state.scores, dtype=np.single)
+        if scores.ndim != 2 or scores.shape[1] != self._n_vocab or (ids and scores.shape[0] == 0):
+            raise ValueError(f"state.scores: shape {scores.shape}, expected (rows, {self._n_vocab})")
+        try:
+            got = restore(eng, 0, state.llama_state, "state.llama_state")
+        except StateError as e:
+            eng.kv_clear(0)
+            self._last_logits = None
+            raise ValueError(str(e)) from None
+        if got != ids:
+            eng.kv_clear(0)
+            self._last_logits = None
+            raise ValueError("state.input_ids do not match the tokens of state.llama_state")
         if self._logits_all and scores.shape[0] == len(ids) and len(ids):
             if self._scores_buf is None:
                 self._scores_buf = np.zeros((self._n_ctx, self._n_vocab), dtype=np.single)
@@ -479,7 +471,7 @@ class LlamaBase:
         """Use a prompt cache (LlamaRAMCache), or none: completions look up the longest cached prefix of their
         prompt and store their final state."""
         if cache is not None and not isinstance(cache, BaseLlamaCache):
-            raise TypeError(f"set_cache: expected a LlamaRAMCache, got {type(cache).__name__}")
+            raise TypeError(f"set_cache: expected a LlamaRAMCache or LlamaDiskCache, got {type(cache).__name__}")
         self.cache = cache
 
     def set_seed(self, seed: int) -> None:

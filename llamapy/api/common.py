@@ -51,13 +51,9 @@ class StoppingCriteriaList(list[StoppingCriteria]):
 
 # -- state and cache -----------------------------------------------------------------------------------------
 class LlamaState:
-    """A saved context: the token ids in the KV cache and the logits after them.
-
-    llamapy's engine does not export its KV cache, so `llama_state` is empty: `Llama.load_state` evaluates
-    the saved tokens again (only those the current cache does not already start with), the way they were
-    evaluated at first (a prompt in one batch, generated tokens one by one), so the cache and the next
-    logits come out the same; the saved logits are restored as they were.
-    """
+    """A saved context: the token ids in the KV cache, the logits after them, and in `llama_state` the KV cache
+    itself in llamapy's state format (engine/state.py: the tokens, the KV types, the model's hash; checked when
+    loaded, so a state of another model is refused)."""
 
     def __init__(self, input_ids: npt.NDArray[np.intc], scores: npt.NDArray[np.single], n_tokens: int,
                  llama_state: bytes = b"", llama_state_size: int = 0, seed: int = LLAMA_DEFAULT_SEED) -> None:
@@ -67,7 +63,6 @@ class LlamaState:
         self.llama_state = llama_state
         self.llama_state_size = llama_state_size
         self.seed = seed
-        self.single: list[bool] | None = None  # which positions were evaluated alone (see Llama._track)
 
     @property
     def nbytes(self) -> int:

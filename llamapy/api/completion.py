@@ -153,7 +153,6 @@ class LlamaCompletion(LlamaBase):
             todo = seq.start(prompt, eng.tokens(0) if reuse else ())
             eng.kv_truncate(0, seq.n_past)
             if prompt_rows is not None:
-                self._track(seq.n_past, len(todo))
                 rows = eng.eval_all_logits(todo, 0)
                 seq.evaluated(len(todo))
                 prompt_rows.append(rows)

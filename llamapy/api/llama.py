@@ -40,6 +40,7 @@ from .common import (
     _stops,
 )
 from .completion import LlamaCompletion, _join_completion
+from .disk_cache import LlamaDiskCache as LlamaDiskCache
 from .grammar import LlamaGrammar
 
 
@@ -342,3 +343,5 @@ def _tool_chunks(chunks: Iterator[T.CreateCompletionStreamResponse], fmt: str
 
 __all__ = ["LlamaGrammar", "LLAMA_DEFAULT_SEED", "BaseLlamaCache", "Llama", "LlamaCache", "LlamaRAMCache", "LlamaState",
            "LogitsProcessor", "LogitsProcessorList", "StoppingCriteria", "StoppingCriteriaList"]
+__all__ = ["LLAMA_DEFAULT_SEED", "BaseLlamaCache", "Llama", "LlamaCache", "LlamaDiskCache", "LlamaRAMCache",
+           "LlamaState", "LogitsProcessor", "LogitsProcessorList", "StoppingCriteria", "StoppingCriteriaList"]

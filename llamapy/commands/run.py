@@ -109,10 +109,15 @@ def register(app: typer.Typer) -> None:
         if interactive or interactive_first or instruct or conversation or opts["reverse_prompt"]:
             from ..chat.interactive import start
 
+            if opts["prompt_cache"]:
+                print("note: --prompt-cache: not supported in interactive mode yet; ignored", file=sys.stderr)
+
             raise typer.Exit(start(
                 prompt=prompt, interactive=interactive, interactive_first=interactive_first, instruct=instruct,
                 conversation=conversation, **interactive_options(opts), **session_options(opts), log=log_stream(opts),
             ))
         from ..run import run as run_fn
 
-        run_fn(prompt=prompt, perf=not opts["no_perf"], err=log_stream(opts), **session_options(opts))
+        run_fn(prompt=prompt, perf=not opts["no_perf"], err=log_stream(opts), prompt_cache=opts["prompt_cache"],
+               prompt_cache_all=opts["prompt_cache_all"], prompt_cache_ro=opts["prompt_cache_ro"],
+               **session_options(opts))

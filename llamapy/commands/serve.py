@@ -62,6 +62,14 @@ def register(app: typer.Typer) -> None:
                 raise LlamapyError(f"--{name.replace('_', '-')} {opts[name]}: no such file")
         if opts["path"] and not os.path.isdir(opts["path"]):
             raise LlamapyError(f"--path {opts['path']}: no such folder")
+        slot_save_path = opts["slot_save_path"]
+        if slot_save_path:
+            if os.path.exists(slot_save_path) and not os.path.isdir(slot_save_path):
+                raise LlamapyError(f"--slot-save-path {slot_save_path}: not a folder")
+            try:
+                os.makedirs(slot_save_path, exist_ok=True)
+            except OSError as e:
+                raise LlamapyError(f"--slot-save-path {slot_save_path}: can't create it: {e.strerror}") from None
         if opts["reranking"]:
             raise LlamapyError("--reranking: the model has no rerank head (llamapy's llama models have none); "
                                "reranking needs a model with a classifier output")
@@ -95,6 +103,7 @@ def register(app: typer.Typer) -> None:
                 _env_flag("LLAMA_ARG_NO_ENDPOINT_SLOTS"), props_writable=opts["props"], webui=not opts["no_webui"],
                 static_path=opts["path"], threads_http=opts["threads_http"], n_keep=opts["keep"],
                 spm_infill=opts["spm_infill"], model_writes=not opts["no_model_writes"], allow_paths=tuple(allow),
+                slot_save_path=slot_save_path or None,
             ),
             models_max=opts["models_max"], keep_alive=keep_alive,
         )

@@ -25,6 +25,8 @@ CONTRACT (implemented by the engine; chat and server code against exactly this):
     llm.kv_clear(seq_id=None)                  clear one sequence, or all
     llm.context_shift(seq_id, n_keep, n_discard)
         drop positions [n_keep, n_keep+n_discard) and shift the rest down (RoPE re-rotated), as llama.cpp
+    llm.kv_state(seq_id, n) -> bytes / llm.kv_state_load(seq_id, tokens, data) / llm.kv_types
+        a sequence's KV state out and back in (saved states: engine/state.py writes and checks the files)
     llm.embed(tokens) -> np.ndarray[float32] (n_embd,)   pooled (mean unless the GGUF says otherwise),
         L2-normalised final hidden states; uses a scratch sequence, leaves others untouched.
     llm.close() / context manager
@@ -455,6 +457,43 @@ class Engine:
         if lib.lp_engine_kv_copy(self._engine, src_seq, dst_seq, n) != 0:
             raise LlamapyError(ffi.string(lib.lp_engine_error(self._engine)).decode())
         self._seq_tokens[dst_seq] = list(self._seq_tokens[src_seq][:n])
+
+    @property
+    def kv_types(self) -> tuple[int, int]:
+        """The KV cache's K and V types (GGML type ids)."""
+        from ..native import lib
+
+        return int(lib.lp_engine_kv_type_k(self._engine)), int(lib.lp_engine_kv_type_v(self._engine))
+
+    def kv_state_size(self, n: int) -> int:
+        """Bytes of the KV state of n positions (engine/state.py)."""
+        from ..native import lib
+
+        return int(lib.lp_engine_kv_state_size(self._engine, n))
+
+    def kv_state(self, seq_id: int, n: int) -> bytes:
+        """The KV state of positions [0, n) of a sequence, as bytes in the engine's layout."""
+        from ..native import ffi, lib
+
+        self._check_seq(seq_id)
+        if not 0 <= n <= len(self._seq_tokens[seq_id]):
+            raise LlamapyError(f"kv_state: {n} positions, sequence {seq_id} has {len(self._seq_tokens[seq_id])}")
+        buf = bytearray(self.kv_state_size(n))
+        if lib.lp_engine_kv_state_get(self._engine, seq_id, n, ffi.from_buffer(buf), len(buf)) != 0:
+            raise LlamapyError(ffi.string(lib.lp_engine_error(self._engine)).decode())
+        return bytes(buf)
+
+    def kv_state_load(self, seq_id: int, tokens: Sequence[int], data) -> None:
+        """Put a KV state (kv_state's bytes) of len(tokens) positions into a sequence, which then holds tokens."""
+        from ..native import ffi, lib
+
+        self._check_seq(seq_id)
+        n = len(tokens)
+        if n > self.n_ctx:
+            raise LlamapyError(f"kv_state_load: {n} positions exceed the context size {self.n_ctx}")
+        if lib.lp_engine_kv_state_set(self._engine, seq_id, n, ffi.from_buffer(data), len(data)) != 0:
+            raise LlamapyError(ffi.string(lib.lp_engine_error(self._engine)).decode())
+        self._seq_tokens[seq_id] = [int(t) for t in tokens]
 
     # -- embeddings ----------------------------------------------------------------------------
     def hidden_states(self, tokens: Sequence[int]) -> np.ndarray:

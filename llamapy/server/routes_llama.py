@@ -164,6 +164,14 @@ def register(router: APIRouter, state: ServerState) -> None:
                                        "n_decoded": len(seq.generated) if seq else 0}})
         return out
 
+    @router.post("/slots/{id_slot}")
+    async def slots_action(id_slot: str, request: Request, action: str = ""):
+        """llama-server's slot save / restore / erase (--slot-save-path)."""
+        from .slot_files import slot_action
+
+        body = await read_json(request) if action in ("save", "restore") and state.slot_save_path else None
+        return await slot_action(state, id_slot, action, body)
+
     @router.get("/props")
     async def props():
         tpl = state.template

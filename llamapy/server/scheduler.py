@@ -13,6 +13,7 @@ waiting jobs makes the server answer 503 instead of piling up work.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
 import threading
 import time
@@ -195,6 +196,9 @@ class Scheduler:
         self.n_steps = 0
         self.n_busy_total = 0
         self.on_finish: list = []  # callables given each GenResult (the server's metrics)
+        # (slot id, fn, future): work on one slot's cache (save, restore, erase), run on the engine thread once
+        # that slot is idle, as llama-server defers a slot action while the slot is processing
+        self.actions: deque[tuple[int, Any, concurrent.futures.Future]] = deque()
 
     # --- called from the event loop -------------------------------------------------------------
     def submit(self, jobs: list[Job]) -> None:
@@ -216,6 +220,34 @@ class Scheduler:
     def n_waiting(self) -> int:
         return sum(1 for j in self.waiting if not j.cancelled)
 
+    def slot_action(self, sid: int, fn) -> concurrent.futures.Future:
+        """Run fn(slot) on the engine thread once slot `sid` is idle; the future gets its result (or error)."""
+        fut: concurrent.futures.Future = concurrent.futures.Future()
+        with self.cond:
+            if not self.running and self.thread is not None:
+                fut.set_exception(APIError(503, "the server is shutting down"))
+                return fut
+            self.actions.append((sid, fn, fut))
+            self.cond.notify()
+        return fut
+
+    def _run_actions(self) -> None:
+        with self.cond:
+            todo, self.actions = self.actions, deque()
+        later: deque = deque()
+        for sid, fn, fut in todo:
+            s = self.slots[sid]
+            if s.job is not None:
+                later.append((sid, fn, fut))
+                continue
+            try:
+                fut.set_result(fn(s))
+            except BaseException as e:  # the route turns it into an error answer
+                fut.set_exception(e)
+        if later:
+            with self.cond:
+                self.actions.extendleft(reversed(later))
+
     def wake(self) -> None:
         with self.cond:
             self.cond.notify()
@@ -236,7 +268,8 @@ class Scheduler:
     def _run(self) -> None:
         while True:
             with self.cond:
-                while self.running and not self.waiting and all(s.job is None for s in self.slots):
+                while self.running and not self.waiting and not self.actions and \
+                        all(s.job is None for s in self.slots):
                     self.cond.wait()
                 if not self.running:
                     break
@@ -254,12 +287,17 @@ class Scheduler:
             for j in self.waiting:
                 j.emit(ErrorEvent(j.index, APIError(503, "the server is shutting down")))
             self.waiting.clear()
+            for _, _, fut in self.actions:
+                fut.set_exception(APIError(503, "the server is shutting down"))
+            self.actions.clear()
 
     def step(self) -> None:
         """Admit, evaluate one batch over all busy slots, sample, emit."""
         for s in self.slots:
             if s.job is not None and s.job.cancelled:
                 self._release(s)
+        if self.actions:
+            self._run_actions()
         for job in self._admit():
             self._run_embedding(job)
         busy = [s for s in self.slots if s.job is not None]
