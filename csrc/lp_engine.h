@@ -59,6 +59,13 @@ void lp_engine_kernels_neon(lp_engine_kernels *k);
 #define LP_MAX_PHASES_PER_LAYER 8
 #define LP_SMALL_BATCH 4   /* up to this many tokens, every thread normalizes and quantizes all of them itself */
 
+/* A LoRA pair on a weight: y += scale * B (A x); a (rank, ne0) and b (ne1, rank) F32 rows, not owned;
+   adapter indexes the engine's lora_scale (engine_lora.c) */
+typedef struct {
+    const float *a, *b;
+    int rank, adapter;
+} lp_lora_pair;
+
 typedef struct {
     const void *data;            /* NULL when the slot is empty */
     int type;
@@ -67,6 +74,8 @@ typedef struct {
     const lp_type_traits *tr;
     void *packed;                /* the first ne1 / pack_rows * pack_rows rows repacked, or NULL */
     int pack_rows;
+    lp_lora_pair *lora;          /* (n_lora) low-rank pairs added beside the product, or NULL */
+    int n_lora, lora_rank;       /* lora_rank: the sum of their ranks */
 } lp_weight;
 
 typedef struct {
@@ -132,6 +141,12 @@ struct lp_engine {
 
     double eval_seconds;         /* total wall time inside lp_engine_eval */
 
+    /* LoRA adapters (engine_lora.c): a scale per adapter; each thread's A x products of a phase */
+    float *lora_scale;           /* (n_lora_adapters) */
+    int n_lora_adapters;
+    int lora_max_rank;           /* the largest lora_rank of a weight */
+    float *lora_u;               /* (n_threads, LP_LORA_PER_PHASE, n_batch, lora_max_rank) */
+
     char err[256];
 };
 
@@ -148,6 +163,17 @@ static inline int lp_layer_is_swa(const lp_engine *e, int l) {
 /* rotate x (n heads of head_dim values each, laid out head after head) in place by the table cs */
 void lp_engine_rope_heads(const lp_engine *e, const float *cs, float *x, int r0, int r1);
 void lp_engine_matmul_init(lp_engine_matmul *m, int level);   /* the fast paths kernel level `level` has */
+
+/* LoRA in the step (engine_lora.c): whether w has a pair of non-zero scale; u = A x for each such pair of w
+   (n_tok rows of x, stride x_stride) into thread ith's buffer `which` (< LP_LORA_PER_PHASE), returned; then
+   out rows [r0, r1) += scale * B u */
+#define LP_LORA_PER_PHASE 3
+int lp_lora_active(const lp_engine *e, const lp_weight *w);
+const float *lp_lora_down(const lp_engine *e, const lp_weight *w, const float *x, int x_stride, int n_tok, int ith,
+                          int which);
+void lp_lora_up(const lp_engine *e, const lp_weight *w, const float *u, int n_tok, int r0, int r1, float *out,
+                int out_stride);
+void lp_lora_free(lp_engine *e);
 
 static inline uint16_t *lp_k_at(const lp_engine *e, int l, int s, int pos) {
     return e->k_cache + (((size_t)l * e->p.n_seq + s) * e->p.n_ctx + pos) * e->kv_dim;
