@@ -30,7 +30,8 @@ void lp_lora_free(lp_engine *e) {
     e->lora_u = NULL;
 }
 
-int lp_engine_lora_add(lp_engine *e, int kind, int layer, int adapter, const float *a, const float *b, int rank) {
+int lp_engine_lora_add(lp_engine *e, int kind, int layer, int adapter, const void *a, const void *b, int rank, int type,
+                       float mult) {
     switch (kind) {
     case LP_W_Q: case LP_W_K: case LP_W_V: case LP_W_O: case LP_W_GATE: case LP_W_UP: case LP_W_DOWN: case LP_W_OUTPUT:
         break;
@@ -39,9 +40,10 @@ int lp_engine_lora_add(lp_engine *e, int kind, int layer, int adapter, const flo
     }
     lp_weight *w = lp_engine_slot(e, kind, layer);
     if (!w || !w->data) return lp_engine_fail(e, "LoRA on weight slot %d (layer %d): the base weight is not set", kind, layer);
-    if (rank < 1 || rank > 4096) return lp_engine_fail(e, "LoRA rank %d out of range (1 to 4096)", rank);
+    if (rank < 1 || rank > 256) return lp_engine_fail(e, "LoRA rank %d is not supported (1 to 256)", rank);
     if (adapter < 0 || adapter >= 4096) return lp_engine_fail(e, "LoRA adapter index %d out of range", adapter);
     if (!a || !b) return lp_engine_fail(e, "LoRA pair without data");
+    if (type != LP_TYPE_F32 && type != LP_TYPE_F16) return lp_engine_fail(e, "LoRA pairs must be F32 or F16, not type %d", type);
     if (adapter >= e->n_lora_adapters) {
         float *s = realloc(e->lora_scale, sizeof(float) * (size_t)(adapter + 1));
         if (!s) return lp_engine_fail(e, "out of memory for LoRA scales");
@@ -58,7 +60,7 @@ int lp_engine_lora_add(lp_engine *e, int kind, int layer, int adapter, const flo
     }
     lp_lora_pair *p = realloc(w->lora, sizeof *p * (size_t)(w->n_lora + 1));
     if (!p) return lp_engine_fail(e, "out of memory for LoRA pairs");
-    p[w->n_lora] = (lp_lora_pair){a, b, rank, adapter};
+    p[w->n_lora] = (lp_lora_pair){a, b, rank, adapter, type == LP_TYPE_F16, mult};
     w->lora = p;
     w->n_lora++;
     w->lora_rank += rank;
@@ -89,7 +91,10 @@ const float *lp_lora_down(const lp_engine *e, const lp_weight *w, const float *x
         for (int i = 0, off = 0; i < w->n_lora; off += w->lora[i].rank, i++) {
             const lp_lora_pair *p = &w->lora[i];
             if (e->lora_scale[p->adapter] == 0.0f) continue;
-            for (int j = 0; j < p->rank; j++) dot(n, &ut[off + j], p->a + (size_t)j * n, xt);
+            if (p->f16)
+                for (int j = 0; j < p->rank; j++) ut[off + j] = e->kern.dot_f16_f32(n, (const uint16_t *)p->a + (size_t)j * n, xt);
+            else
+                for (int j = 0; j < p->rank; j++) dot(n, &ut[off + j], (const float *)p->a + (size_t)j * n, xt);
         }
     }
     return u;
@@ -100,18 +105,17 @@ void lp_lora_up(const lp_engine *e, const lp_weight *w, const float *u, int n_to
     const int lr = w->lora_rank;
     for (int i = 0, off = 0; i < w->n_lora; off += w->lora[i].rank, i++) {
         const lp_lora_pair *p = &w->lora[i];
-        const float s = e->lora_scale[p->adapter];
-        if (s == 0.0f) continue;
-        const int rk = p->rank;
+        if (e->lora_scale[p->adapter] == 0.0f) continue;
+        const float s = e->lora_scale[p->adapter] * p->mult;
+        float c[256];
         for (int t = 0; t < n_tok; t++) {
             const float *ut = u + (size_t)t * lr + off;
             float *ot = out + (size_t)t * out_stride;
-            for (int r = r0; r < r1; r++) {
-                const float *br = p->b + (size_t)r * rk;
-                float acc = 0.0f;
-                for (int j = 0; j < rk; j++) acc += br[j] * ut[j];
-                ot[r] += s * acc;
-            }
+            for (int j = 0; j < p->rank; j++) c[j] = s * ut[j];
+            if (p->f16)
+                e->kern.lora_up_f16(r0, r1, p->rank, c, p->b, ot);
+            else
+                e->kern.lora_up(r0, r1, p->rank, c, p->b, ot);
         }
     }
 }

@@ -31,6 +31,11 @@ typedef struct {
     /* rotate the pairs (x[r], x[r+1]) for even r in [r0, r1) by the angles of cs (cos, sin interleaved,
      * indexed by r % hd): x[r] = x0 cos - x1 sin, x[r+1] = x0 sin + x1 cos */
     void (*rope)(int hd, const float *cs, float *x, int r0, int r1);
+    /* LoRA's products (engine_lora.c): y[r] += sum_j c[j] * B[r][j] for r in [r0, r1), j < rank, B packed in
+       blocks of 8 rows (LP_LORA_B_AT), F32 or F16; the dot of an F16 row with F32 values (A x) */
+    void (*lora_up)(int r0, int r1, int rank, const float *c, const float *b, float *y);
+    void (*lora_up_f16)(int r0, int r1, int rank, const float *c, const uint16_t *b, float *y);
+    float (*dot_f16_f32)(int n, const uint16_t *a, const float *x);
 } lp_engine_kernels;
 
 /* Matrix products with a fast path for some weight types, and their activation quantizers; a NULL entry
@@ -59,11 +64,14 @@ void lp_engine_kernels_neon(lp_engine_kernels *k);
 #define LP_MAX_PHASES_PER_LAYER 8
 #define LP_SMALL_BATCH 4   /* up to this many tokens, every thread normalizes and quantizes all of them itself */
 
-/* A LoRA pair on a weight: y += scale * B (A x); a (rank, ne0) and b (ne1, rank) F32 rows, not owned;
-   adapter indexes the engine's lora_scale (engine_lora.c) */
+/* A LoRA pair on a weight: y += scale * mult * B (A x); a (rank, ne0) rows and b = B (ne1, rank) packed in
+   blocks of 8 rows (each block rank x 8 values, column after column: element (r, j) at LP_LORA_B_AT), F32
+   or F16 (f16), not owned; adapter indexes the engine's lora_scale (engine_lora.c) */
+#define LP_LORA_B_AT(r, j, rank) ((size_t)((r) / 8) * 8 * (size_t)(rank) + (size_t)(j) * 8 + (size_t)((r) % 8))
 typedef struct {
-    const float *a, *b;
-    int rank, adapter;
+    const void *a, *b;
+    int rank, adapter, f16;
+    float mult;
 } lp_lora_pair;
 
 typedef struct {

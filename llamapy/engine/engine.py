@@ -53,6 +53,7 @@ from ..errors import LlamapyError
 from ..ggufio.constants import ValueType
 from ..ggufio.reader import GGUFReader
 from ..model_args import ModelArgs, check_tensors, model_desc
+from ..util.safe_text import printable
 from ..util.threads import sane_threads
 from .load import (
     YARN_BETA_FAST,
@@ -267,19 +268,24 @@ class Engine:
     def add_lora(self, path: str, scale: float = 1.0) -> int:
         """Load a GGUF LoRA adapter (checked against the model) and apply it with `scale`; its id."""
         from ..native import ffi, lib
-        from .lora import read_adapter
+        from .lora import pack_b, read_adapter
 
         ad = read_adapter(path, self._reader, self._tensors, float(scale))
         idx = len(self.loras)
+        keep = []  # the arrays the engine points at, alive as long as the adapter
         for name, (a, b) in ad.pairs.items():
             rank = a.shape[0]
             for slot_name, layer, row, rows in _slot_parts(name, self._tensors[name], self.args):
-                pa = ffi.cast("const float *", a.ctypes.data)
-                pb = ffi.cast("const float *", b.ctypes.data + row * rank * 4)
-                if lib.lp_engine_lora_add(self._engine, getattr(lib, slot_name), layer, idx, pa, pb, rank) != 0:
+                bp = pack_b(b[row:row + rows])
+                keep.append(bp)
+                pa, pb = ffi.cast("const void *", a.ctypes.data), ffi.cast("const void *", bp.ctypes.data)
+                ttype = 1 if a.dtype == np.float16 else 0
+                if lib.lp_engine_lora_add(self._engine, getattr(lib, slot_name), layer, idx, pa, pb, rank, ttype,
+                                          ad.mult(rank)) != 0:
                     msg = ffi.string(lib.lp_engine_error(self._engine)).decode()
-                    raise LlamapyError(f"LoRA adapter {ad.path}: tensor '{name}': {msg}")
-        self.loras.append(ad)  # keeps the arrays the engine points at alive
+                    raise LlamapyError(f"LoRA adapter {printable(ad.path)}: tensor '{name}': {msg}")
+        ad.engine_arrays = keep
+        self.loras.append(ad)
         lib.lp_engine_lora_scale(self._engine, idx, ad.scale)
         return idx
 

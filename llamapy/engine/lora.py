@@ -4,8 +4,9 @@ An adapter file has `general.type = adapter`, `adapter.type = lora`, `adapter.lo
 adapted base tensor W (ne0 = n_in, ne1 = n_out), the pair `<name>.lora_a` (ne [n_in, rank]) and
 `<name>.lora_b` (ne [rank, n_out]) in F32, F16, BF16 or a quantized type. The step adds
 scale * B (A x) beside W x; the scale is the user's scale times alpha / rank (the user's scale alone when
-alpha is 0), as the reference computes it. alpha / rank is folded into the F32 copy of B at load, so the C
-engine keeps one user scale per adapter and switching scales costs nothing.
+alpha is 0), as the reference computes it. The engine keeps a pair in F16 when the file has both halves in
+F16 (half the bytes a step reads), in F32 otherwise (other types dequantized), one user scale per adapter
+and alpha / rank per pair, so switching scales costs nothing.
 
 Checked as the reference checks (one line naming the tensor): the file's type and architecture, tensors that
 are neither `.lora_a`/`.lora_b` nor a norm (norms are skipped), pairs missing a half, base tensors that do not
@@ -18,21 +19,37 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..errors import LlamapyError
+from ..ggufio.constants import TensorType
 from ..ggufio.reader import GGUFReader, TensorInfo
 from ..util.safe_text import printable as safe_text
 
 __all__ = ["LoraAdapter", "read_adapter"]
 
+F16 = int(TensorType.F16)
+
 
 @dataclass
 class LoraAdapter:
-    """One adapter: its pairs by base tensor name, A (rank, n_in) and B (n_out, rank) F32 with alpha / rank
-    folded into B; `scale` the user's scale now in effect."""
+    """One adapter: its pairs by base tensor name, A (rank, n_in) and B (n_out, rank), both float16 or both
+    float32; `scale` the user's scale now in effect; `mult(rank)` the factor alpha / rank of a pair."""
 
     path: str
     alpha: float
     scale: float
     pairs: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
+    engine_arrays: list = field(default_factory=list, repr=False)  # what the C engine points at
+
+    def mult(self, rank: int) -> float:
+        return self.alpha / rank if self.alpha else 1.0
+
+
+def pack_b(b: np.ndarray) -> np.ndarray:
+    """B (rows, rank) in the engine's layout: blocks of 8 rows (zero rows added up to a multiple of 8), each
+    block its rank columns of 8 values one after the other, so a step reads B front to back."""
+    rows, rank = b.shape
+    padded = np.zeros(((rows + 7) // 8 * 8, rank), dtype=b.dtype)
+    padded[:rows] = b
+    return np.ascontiguousarray(padded.reshape(-1, 8, rank).transpose(0, 2, 1))
 
 
 def _f32(t: TensorInfo) -> np.ndarray:
@@ -112,17 +129,20 @@ def _read(r: GGUFReader, shown: str, base: GGUFReader, base_tensors: dict[str, T
         if a.shape[0] != w.shape[0] or b.shape[1] != n_out:
             raise fail(f"tensor '{shown_name}' has incorrect shape: lora_a {list(a.shape)}, lora_b {list(b.shape)} "
                        f"for a base tensor of {list(w.shape)} (another base model?)")
+        if a.shape[1] > 256:
+            raise fail(f"tensor '{shown_name}': rank {a.shape[1]} is above the 256 llamapy supports")
         if a.shape[1] != b.shape[0]:
             raise fail(f"tensor '{shown_name}': lora_a {list(a.shape)} and lora_b {list(b.shape)} disagree on the "
                        "rank (lora_a not transposed?)")
         try:
-            am, bm = _f32(a), _f32(b)
+            if a.type == b.type == F16:
+                am = np.asarray(a.data, dtype=np.float16).reshape(a.n_rows, a.shape[0])
+                bm = np.asarray(b.data, dtype=np.float16).reshape(b.n_rows, b.shape[0])
+            else:
+                am, bm = _f32(a), _f32(b)
         except LlamapyError as e:
             raise fail(f"tensor '{shown_name}': {e}") from None
-        rank = am.shape[0]
-        if alpha:
-            bm = bm * np.float32(alpha / rank)
         if not (np.isfinite(am).all() and np.isfinite(bm).all()):
             raise fail(f"tensor '{shown_name}' holds NaN or infinite values")
-        out.pairs[name] = (np.ascontiguousarray(am, dtype=np.float32), np.ascontiguousarray(bm, dtype=np.float32))
+        out.pairs[name] = (np.ascontiguousarray(am), np.ascontiguousarray(bm))
     return out
