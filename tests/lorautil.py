@@ -36,7 +36,9 @@ def write_lora(path, base, *, rank: int = 4, alpha: float = 8.0, ttype: int = T.
     with GGUFReader(base) as r:
         for name, t in r.tensors.items():
             parts = name.split(".")
-            if len(parts) != 4 or parts[0] != "blk" or parts[2] not in targets or parts[3] != "weight":
+            adapted = (len(parts) == 4 and parts[0] == "blk" and parts[2] in targets and parts[3] == "weight") or (
+                name == "output.weight" and "output" in targets)
+            if not adapted:
                 continue
             n_in, n_out = t.shape[0], t.shape[1]
             a = rng.standard_normal((rank, n_in)) / np.sqrt(n_in)

@@ -86,6 +86,8 @@ def _read(r: GGUFReader, shown: str, base: GGUFReader, base_tensors: dict[str, T
         return LlamapyError(f"LoRA adapter {shown}: {msg}")
 
     gtype = r.get("general.type")
+    if gtype is None:
+        raise fail("not an adapter: general.type is missing")
     if gtype != "adapter":
         raise fail(f"general.type is {safe_text(str(gtype))!r}, expected 'adapter'")
     arch, base_arch = r.architecture, base.architecture
