@@ -262,3 +262,49 @@ def test_scalar_kernels_agree_and_odd_row_counts(tmp_path, atype):
         lib.lp_kernels_set(level)
     assert rel_err(slow, want) < TOL_MERGED
     assert rel_err(fast, slow) < TOL_MERGED
+
+
+# ---- the Python API (llama-cpp-python's lora_path / lora_scale / lora_base) ------------------------------
+
+def test_python_api_lora_path(base, adapter, tmp_path):
+    from llamapy import Llama
+
+    path, pairs = adapter
+    want = merged_oracle(write_merged(tmp_path / "merged.gguf", base, [(pairs, 0.5 * ALPHA / RANK)]))
+    with Llama(model_path=base, n_ctx=64, lora_path=path, lora_scale=0.5, lora_base=base, logits_all=True,
+               verbose=False) as llm:
+        llm.eval(TOKENS)
+        assert rel_err(np.asarray(llm.scores[:len(TOKENS)]), want) < TOL_MERGED
+    bad, _ = write_lora(tmp_path / "bad.gguf", base, arch="qwen2")
+    with pytest.raises(RuntimeError, match="Failed to initialize LoRA adapter from lora path: .*architecture"):
+        Llama(model_path=base, n_ctx=64, lora_path=bad, verbose=False)
+    with pytest.raises(TypeError, match="lora_scale"):
+        Llama(model_path=base, n_ctx=64, lora_path=path, lora_scale="1", verbose=False)
+    with pytest.raises(ValueError, match="lora_scale"):
+        Llama(model_path=base, n_ctx=64, lora_path=path, lora_scale=float("inf"), verbose=False)
+
+
+# ---- the Modelfile's ADAPTER ------------------------------------------------------------------------------
+
+def test_modelfile_adapter_is_stored_and_applied(base, adapter, tmp_path, monkeypatch):
+    from llamapy.chat.ollama_repl import OllamaChat
+    from llamapy.store.modelfile import parse
+    from llamapy.store.models import create_model, model_settings, render_modelfile
+
+    monkeypatch.setenv("LLAMAPY_MODELS", str(tmp_path / "models"))
+    path, pairs = adapter
+    create_model("tuned", parse(f"FROM {base}\nADAPTER {path}\nPARAMETER temperature 0\n", str(tmp_path)))
+    s = model_settings("tuned")
+    assert len(s.adapters) == 1 and open(s.adapters[0], "rb").read() == open(path, "rb").read()
+    assert f"ADAPTER {s.adapters[0]}\n" in render_modelfile(s)
+    create_model("derived", parse("FROM tuned\nSYSTEM be brief\n", str(tmp_path)))  # a stored model's adapters stay
+    assert model_settings("derived").adapters == s.adapters
+    chat = OllamaChat(s)
+    try:
+        got = chat.engine().eval_all_logits(TOKENS)
+    finally:
+        chat.close()
+    assert rel_err(got, merged_oracle(write_merged(tmp_path / "m.gguf", base, [(pairs, ALPHA / RANK)]))) < TOL_MERGED
+    other = write_random_llama(tmp_path / "other.gguf", wtype=T.F32, n_vocab=128, n_embd=32, n_head=2, n_head_kv=1)
+    with pytest.raises(LlamapyError, match=r"ADAPTER: LoRA adapter .*: tensor 'blk\.\d\.\w+\.weight' has incorrect"):
+        create_model("bad", parse(f"FROM {other}\nADAPTER {path}\n", str(tmp_path)))

@@ -270,6 +270,8 @@ class Engine:
         from ..native import ffi, lib
         from .lora import pack_b, read_adapter
 
+        if not np.isfinite(scale):
+            raise LlamapyError(f"LoRA adapter {printable(path)}: scale {scale} is not finite")
         ad = read_adapter(path, self._reader, self._tensors, float(scale))
         idx = len(self.loras)
         keep = []  # the arrays the engine points at, alive as long as the adapter
