@@ -308,3 +308,22 @@ def test_modelfile_adapter_is_stored_and_applied(base, adapter, tmp_path, monkey
     other = write_random_llama(tmp_path / "other.gguf", wtype=T.F32, n_vocab=128, n_embd=32, n_head=2, n_head_kv=1)
     with pytest.raises(LlamapyError, match=r"ADAPTER: LoRA adapter .*: tensor 'blk\.\d\.\w+\.weight' has incorrect"):
         create_model("bad", parse(f"FROM {other}\nADAPTER {path}\n", str(tmp_path)))
+
+
+def test_perplexity_and_chat_take_lora(capsys, base, adapter, tmp_path):
+    import re
+
+    path, _ = adapter
+    text = tmp_path / "t.txt"
+    text.write_text("the quick brown fox jumps over the lazy dog. " * 8)
+
+    def ppl(*extra: str) -> str:
+        code, out, err = cli(capsys, "perplexity", "-m", base, "-f", str(text), "-c", "32", "-b", "32", *extra)
+        assert code == 0, err
+        return re.findall(r"Final estimate: PPL = ([0-9.]+)", out + err)[0]
+
+    plain = ppl()
+    assert ppl("--lora-scaled", path, "0") == plain
+    assert ppl("--lora", path) != plain
+    code, out, err = cli(capsys, "chat", "-m", base, "--lora", str(tmp_path / "nope.gguf"), "-c", "64")
+    assert code == 1 and "no such file" in err.strip().splitlines()[-1]

@@ -120,3 +120,17 @@ def test_other_scales_in_flight_at_once(server, files):
             t.join()
         for n in pair:
             assert got[n] == want[n], (pair, n)
+
+
+def test_init_without_apply(files):
+    """--lora-init-without-apply: the adapters are loaded with scale 0 (a request or POST turns them on)."""
+    from llamapy.commands.option_values import lora_adapters
+
+    base, a, b = files
+    assert lora_adapters({"lora": [a], "lora_scaled": [(b, "0.25")]}) == [(a, 1.0), (b, 0.25)]
+    state = build_state(model_path=base, n_ctx=128, n_threads=1,
+                        load=LoadOptions(lora=[(a, 1.0), (b, 0.25)], lora_init_without_apply=True))
+    with TestClient(create_app(state)) as c:
+        assert [e["scale"] for e in c.get("/lora-adapters").json()] == [0.0, 0.0]
+        assert complete(c) == greedy(base)
+        assert complete(c, lora=[{"id": 0, "scale": 1.0}]) == greedy(base, [(a, 1.0)])
