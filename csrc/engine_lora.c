@@ -3,10 +3,14 @@
  * owned by the caller. Adapter scales are set between steps (lp_engine_lora_scale), so adapters switch on,
  * off or to another strength without reloading anything; a pair whose adapter has scale 0 costs nothing.
  *
- * In a phase, every thread first computes u = A x for all tokens of the step into its own buffer (rank values
- * per token and pair: a few thousand multiply-adds, cheaper than a barrier), then each chunk of rows adds
- * scale * B u to the rows it produced, before its epilogue (bias, RoPE, residual add, SwiGLU).
+ * In a phase, the threads first share out the rows of u = A x (rank values per token and pair) and say so on
+ * the phase's sync counter; each chunk of rows of the product then adds scale * B u to the rows it produced,
+ * before its epilogue (bias, RoPE, residual add, SwiGLU). A thread waits for the others' rows of u only
+ * before its first such addition, after its first chunk of the product: by then they are done as a rule,
+ * so the phase needs no barrier of its own and each A is read once per step.
  */
+#include <sched.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -26,8 +30,15 @@ void lp_lora_free(lp_engine *e) {
     }
     free(e->lora_scale);
     free(e->lora_u);
+    free(e->lora_sync);
     e->lora_scale = NULL;
     e->lora_u = NULL;
+    e->lora_sync = NULL;
+}
+
+void lp_lora_reset(lp_engine *e) {
+    if (!e->lora_sync) return;
+    for (int i = 0; i < LP_LORA_SYNCS(e->p.n_layer); i++) atomic_store_explicit(&e->lora_sync[i], 0, memory_order_relaxed);
 }
 
 int lp_engine_lora_add(lp_engine *e, int kind, int layer, int adapter, const void *a, const void *b, int rank, int type,
@@ -51,8 +62,12 @@ int lp_engine_lora_add(lp_engine *e, int kind, int layer, int adapter, const voi
         e->lora_scale = s;
         e->n_lora_adapters = adapter + 1;
     }
+    if (!e->lora_sync) {
+        e->lora_sync = calloc((size_t)LP_LORA_SYNCS(e->p.n_layer), sizeof(atomic_int));
+        if (!e->lora_sync) return lp_engine_fail(e, "out of memory for LoRA");
+    }
     if (w->lora_rank + rank > e->lora_max_rank) {
-        size_t n = (size_t)e->p.n_threads * LP_LORA_PER_PHASE * (size_t)e->p.n_batch * (size_t)(w->lora_rank + rank);
+        size_t n = LP_LORA_PER_PHASE * (size_t)e->p.n_batch * (size_t)(w->lora_rank + rank);
         float *u = realloc(e->lora_u, n * sizeof(float));
         if (!u) return lp_engine_fail(e, "out of memory for LoRA activations");
         e->lora_u = u;
@@ -80,24 +95,46 @@ int lp_lora_active(const lp_engine *e, const lp_weight *w) {
     return 0;
 }
 
-const float *lp_lora_down(const lp_engine *e, const lp_weight *w, const float *x, int x_stride, int n_tok, int ith,
-                          int which) {
-    float *u = e->lora_u + ((size_t)ith * LP_LORA_PER_PHASE + (size_t)which) * (size_t)e->p.n_batch * (size_t)e->lora_max_rank;
+const float *lp_lora_u(const lp_engine *e, int which) {
+    return e->lora_u + (size_t)which * (size_t)e->p.n_batch * (size_t)e->lora_max_rank;
+}
+
+void lp_lora_down(lp_engine *e, const lp_weight *const *ws, int n, const float *x, int x_stride, int n_tok, int ith,
+                  int nth, int sync) {
     const lp_vec_dot_fn dot = e->traits[LP_TYPE_F32].vec_dot;
-    const int n = (int)w->ne0, lr = w->lora_rank;
+    int item = 0;   /* (token, weight, pair, row of A) in order; this thread takes every nth */
     for (int t = 0; t < n_tok; t++) {
         const float *xt = x + (size_t)t * x_stride;
-        float *ut = u + (size_t)t * lr;
-        for (int i = 0, off = 0; i < w->n_lora; off += w->lora[i].rank, i++) {
-            const lp_lora_pair *p = &w->lora[i];
-            if (e->lora_scale[p->adapter] == 0.0f) continue;
-            if (p->f16)
-                for (int j = 0; j < p->rank; j++) ut[off + j] = e->kern.dot_f16_f32(n, (const uint16_t *)p->a + (size_t)j * n, xt);
-            else
-                for (int j = 0; j < p->rank; j++) dot(n, &ut[off + j], (const float *)p->a + (size_t)j * n, xt);
+        for (int i = 0; i < n; i++) {
+            const lp_weight *w = ws[i];
+            float *ut = (float *)lp_lora_u(e, i) + (size_t)t * w->lora_rank;
+            const int len = (int)w->ne0;
+            for (int k = 0, off = 0; k < w->n_lora; off += w->lora[k].rank, k++) {
+                const lp_lora_pair *p = &w->lora[k];
+                if (e->lora_scale[p->adapter] == 0.0f) continue;
+                int j = (ith - item) % nth;
+                if (j < 0) j += nth;
+                for (; j < p->rank; j += nth) {
+                    if (p->f16)
+                        ut[off + j] = e->kern.dot_f16_f32(len, (const uint16_t *)p->a + (size_t)j * len, xt);
+                    else
+                        dot(len, &ut[off + j], (const float *)p->a + (size_t)j * len, xt);
+                }
+                item += p->rank;
+            }
         }
     }
-    return u;
+    atomic_fetch_add_explicit(&e->lora_sync[sync], 1, memory_order_release);
+}
+
+void lp_lora_wait(lp_engine *e, int sync, int nth) {
+    int spins = 0;
+    while (atomic_load_explicit(&e->lora_sync[sync], memory_order_acquire) < nth) {
+        if (++spins > 2000) {   /* an oversubscribed machine: let the others run */
+            sched_yield();
+            spins = 0;
+        }
+    }
 }
 
 void lp_lora_up(const lp_engine *e, const lp_weight *w, const float *u, int n_tok, int r0, int r1, float *out,

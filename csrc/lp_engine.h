@@ -149,11 +149,12 @@ struct lp_engine {
 
     double eval_seconds;         /* total wall time inside lp_engine_eval */
 
-    /* LoRA adapters (engine_lora.c): a scale per adapter; each thread's A x products of a phase */
+    /* LoRA adapters (engine_lora.c): a scale per adapter; the A x products of a phase, shared */
     float *lora_scale;           /* (n_lora_adapters) */
     int n_lora_adapters;
     int lora_max_rank;           /* the largest lora_rank of a weight */
-    float *lora_u;               /* (n_threads, LP_LORA_PER_PHASE, n_batch, lora_max_rank) */
+    float *lora_u;               /* (LP_LORA_PER_PHASE, n_batch, lora_max_rank) */
+    atomic_int *lora_sync;       /* (LP_LORA_SYNCS): threads done with their part of a phase's A x, 0 each step */
 
     char err[256];
 };
@@ -172,15 +173,22 @@ static inline int lp_layer_is_swa(const lp_engine *e, int l) {
 void lp_engine_rope_heads(const lp_engine *e, const float *cs, float *x, int r0, int r1);
 void lp_engine_matmul_init(lp_engine_matmul *m, int level);   /* the fast paths kernel level `level` has */
 
-/* LoRA in the step (engine_lora.c): whether w has a pair of non-zero scale; u = A x for each such pair of w
-   (n_tok rows of x, stride x_stride) into thread ith's buffer `which` (< LP_LORA_PER_PHASE), returned; then
-   out rows [r0, r1) += scale * B u */
+/* LoRA in the step (engine_lora.c). A phase with adapted weights ws (n <= LP_LORA_PER_PHASE, same input x:
+   n_tok rows, stride x_stride) calls lp_lora_down on every thread: u = A x for each pair of non-zero scale,
+   the rows split between the nth threads into the shared buffers (weight i's in buffer i), the thread's
+   part announced on sync point `sync` (< LP_LORA_SYNCS, one per phase of the step). Before its first
+   lp_lora_up (out rows [r0, r1) += scale * B u) a thread waits for the others' parts (lp_lora_wait), which
+   they have finished by then as a rule: the wait hides behind the thread's first chunk of the product. */
 #define LP_LORA_PER_PHASE 3
+#define LP_LORA_SYNCS(n_layer) (4 * (n_layer) + 1)   /* per layer: q/k/v, o, gate/up, down; then the output */
 int lp_lora_active(const lp_engine *e, const lp_weight *w);
-const float *lp_lora_down(const lp_engine *e, const lp_weight *w, const float *x, int x_stride, int n_tok, int ith,
-                          int which);
+void lp_lora_down(lp_engine *e, const lp_weight *const *ws, int n, const float *x, int x_stride, int n_tok, int ith,
+                  int nth, int sync);
+void lp_lora_wait(lp_engine *e, int sync, int nth);
+const float *lp_lora_u(const lp_engine *e, int which);
 void lp_lora_up(const lp_engine *e, const lp_weight *w, const float *u, int n_tok, int r0, int r1, float *out,
                 int out_stride);
+void lp_lora_reset(lp_engine *e);   /* at the start of a step */
 void lp_lora_free(lp_engine *e);
 
 static inline uint16_t *lp_k_at(const lp_engine *e, int l, int s, int pos) {
