@@ -327,3 +327,13 @@ def test_perplexity_and_chat_take_lora(capsys, base, adapter, tmp_path):
     assert ppl("--lora", path) != plain
     code, out, err = cli(capsys, "chat", "-m", base, "--lora", str(tmp_path / "nope.gguf"), "-c", "64")
     assert code == 1 and "no such file" in err.strip().splitlines()[-1]
+
+
+def test_tied_output_is_not_a_tensor_of_the_model(tmp_path):
+    """A model that ties its output to the token embeddings has no output.weight to adapt (as the reference)."""
+    tied = write_random_llama(tmp_path / "tied.gguf", wtype=T.F32, n_vocab=128, tied=True)
+    f32 = int(T.F32)
+    extra = {"output.weight.lora_a": ((64, RANK), f32, np.zeros((RANK, 64), np.float32)),
+             "output.weight.lora_b": ((RANK, 128), f32, np.zeros((128, RANK), np.float32))}
+    path, _ = write_lora(tmp_path / "o.gguf", tied, targets=("attn_q",), extra=extra)
+    _refused(tied, path, r"tensor 'output\.weight' does not exist in the model")

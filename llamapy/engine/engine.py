@@ -238,9 +238,9 @@ class Engine:
             addr = int(ffi.cast("uintptr_t", self._base))
             if mlock(addr, len(self._base)):
                 self._locked = (addr, len(self._base))
+        self._tensors = tensors  # the file's (a LoRA pair must name one of them)
         if "output.weight" not in tensors:
             tensors = dict(tensors, **{"output.weight": tensors["token_embd.weight"]})
-        self._tensors = tensors
         for name, t in tensors.items():
             row_bytes = t.nbytes // t.n_rows
             for slot_name, layer, row, rows in _slot_parts(name, t, args):
