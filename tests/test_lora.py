@@ -337,3 +337,19 @@ def test_tied_output_is_not_a_tensor_of_the_model(tmp_path):
              "output.weight.lora_b": ((RANK, 128), f32, np.zeros((128, RANK), np.float32))}
     path, _ = write_lora(tmp_path / "o.gguf", tied, targets=("attn_q",), extra=extra)
     _refused(tied, path, r"tensor 'output\.weight' does not exist in the model")
+
+
+def test_fused_tensors_phi3(tmp_path):
+    """Phi-3 keeps q, k, v in one tensor (attn_qkv) and gate, up in another (ffn_up): each slot gets its rows
+    of B."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    from test_arch import _build
+
+    model, _ = _build((torch, transformers), tmp_path, "phi3")
+    path, pairs = write_lora(tmp_path / "a.gguf", model, targets=("attn_qkv", "attn_output", "ffn_up", "ffn_down"),
+                             arch="phi3")
+    assert any(".attn_qkv." in n for n in pairs) and any(".ffn_up." in n for n in pairs)
+    want = merged_oracle(write_merged(tmp_path / "merged.gguf", model, [(pairs, 0.5 * ALPHA / RANK)]))
+    assert rel_err(logits(model, [(path, 0.5)]), want) < TOL_MERGED
+    assert rel_err(logits(model, [(path, 0.5)], steps=True), want) < TOL_MERGED
