@@ -143,6 +143,27 @@ static void attention_item(lp_engine *e, int l, int t, int h, int ith) {
     }
 }
 
+/* LoRA: the A x products of a phase's adapted weights ws (all with input x), split between the threads;
+   returns a mask of the weights that have active pairs (0: nothing to add) */
+static int lora_begin(worker *w, const lp_weight *const *ws, int n, const float *x, int x_stride, int n_tok, int sync) {
+    int mask = 0;
+    for (int i = 0; i < n; i++)
+        if (ws[i]->n_lora && lp_lora_active(w->e, ws[i])) mask |= 1 << i;
+    if (mask) lp_lora_down(w->e, ws, n, x, x_stride, n_tok, w->ith, w->nth, sync);
+    return mask;
+}
+
+/* out rows [r0, r1) += the pairs' B u of weight i of the phase (waiting for the others' rows of u the first time) */
+static void lora_add(worker *w, int *mask, int i, const lp_weight *wt, int sync, int n_tok, int r0, int r1, float *out,
+                     int stride) {
+    if (!(*mask & (1 << i))) return;
+    if (!(*mask & (1 << 8))) {
+        lp_lora_wait(w->e, sync, w->nth);
+        *mask |= 1 << 8;
+    }
+    lp_lora_up(w->e, wt, lp_lora_u(w->e, i), n_tok, r0, r1, out, stride);
+}
+
 /* ---- the step ---------------------------------------------------------------------------- */
 
 /* x normalized and quantized for the weights ws: split between the threads into the shared buffers, or
@@ -168,10 +189,15 @@ static void phase_qkv(worker *w, int l, int priv) {
     int n_tok = e->n_tok, cq = qk_chunk_rows(e, e->q_dim, w->nth), ck = qk_chunk_rows(e, e->kv_dim, w->nth);
     int nq = (e->q_dim + cq - 1) / cq, nk = (e->kv_dim + ck - 1) / ck;
     int c;
+    const float *xin = priv ? e->txn + (size_t)w->ith * LP_SMALL_BATCH * e->p.n_embd : e->xn;
+    const lp_weight *qkv[3] = {&L->q, &L->k, &L->v};
+    const int sync = 4 * l;
+    int lora = lora_begin(w, qkv, 3, xin, e->p.n_embd, n_tok, sync);
     while ((c = take(w, nq + 2 * nk)) >= 0) {
         if (c < nq) {
             int r0 = c * cq, r1 = r0 + cq < e->q_dim ? r0 + cq : e->q_dim;
             matmul_chunk(e, &L->q, r0, r1, n_tok, e->q, e->q_dim, priv ? w->ith : NORMED);
+            lora_add(w, &lora, 0, &L->q, sync, n_tok, r0, r1, e->q, e->q_dim);
             qk_epilogue(e, l, &L->q_b, &L->q_norm, e->q, e->q_dim, n_tok, r0, r1);
             continue;
         }
@@ -179,6 +205,7 @@ static void phase_qkv(worker *w, int l, int priv) {
         int r1 = r0 + ck < e->kv_dim ? r0 + ck : e->kv_dim;
         float *buf = is_v ? e->vbuf : e->kbuf;
         matmul_chunk(e, is_v ? &L->v : &L->k, r0, r1, n_tok, buf, e->kv_dim, priv ? w->ith : NORMED);
+        lora_add(w, &lora, 1 + is_v, qkv[1 + is_v], sync, n_tok, r0, r1, buf, e->kv_dim);
         if (is_v)
             add_bias(&L->v_b, buf, e->kv_dim, n_tok, r0, r1);
         else
@@ -200,14 +227,18 @@ static void phase_attention(worker *w, int l) {
     while ((c = take(w, n_items)) >= 0) attention_item(e, l, c / e->p.n_head, c % e->p.n_head, w->ith);
 }
 
-/* out rows of w, added into the residual stream x (plus bias); with a post-norm only into tmp (plus bias) */
-static void phase_matmul_residual(worker *w, const lp_weight *wt, const lp_weight *bias, float *tmp, int post_norm) {
+/* out rows of w, added into the residual stream x (plus bias); with a post-norm only into tmp (plus bias);
+   in: w's input in F32 (stride in_stride), for its LoRA pairs */
+static void phase_matmul_residual(worker *w, const lp_weight *wt, const lp_weight *bias, float *tmp, int post_norm,
+                                  const float *in, int in_stride, int sync) {
     lp_engine *e = w->e;
     int rows = (int)wt->ne1, cr = lp_chunk_rows(rows, w->nth), n_chunks = (rows + cr - 1) / cr, c;
     int n = e->p.n_embd;
+    int lora = lora_begin(w, &wt, 1, in, in_stride, e->n_tok, sync);
     while ((c = take(w, n_chunks)) >= 0) {
         int r0 = c * cr, r1 = r0 + cr < rows ? r0 + cr : rows;
         matmul_chunk(e, wt, r0, r1, e->n_tok, tmp, n, INNER);
+        lora_add(w, &lora, 0, wt, sync, e->n_tok, r0, r1, tmp, n);
         if (post_norm) {
             add_bias(bias, tmp, n, e->n_tok, r0, r1);
             continue;
@@ -242,10 +273,16 @@ static void phase_gate_up(worker *w, int l, int priv) {
         cr = (cr + bs - 1) / bs * bs;
     }
     int n_chunks = (rows + cr - 1) / cr;
+    const float *xin = priv ? e->txn + (size_t)w->ith * LP_SMALL_BATCH * e->p.n_embd : e->xn;
+    const lp_weight *gu[2] = {&L->gate, &L->up};
+    const int sync = 4 * l + 2;
+    int lora = lora_begin(w, gu, 2, xin, e->p.n_embd, e->n_tok, sync);
     while ((c = take(w, n_chunks)) >= 0) {
         int r0 = c * cr, r1 = r0 + cr < rows ? r0 + cr : rows;
         matmul_chunk(e, &L->gate, r0, r1, e->n_tok, e->ffa, rows, priv ? w->ith : NORMED);
         matmul_chunk(e, &L->up, r0, r1, e->n_tok, e->ffb, rows, priv ? w->ith : NORMED);
+        lora_add(w, &lora, 0, &L->gate, sync, e->n_tok, r0, r1, e->ffa, rows);
+        lora_add(w, &lora, 1, &L->up, sync, e->n_tok, r0, r1, e->ffb, rows);
         add_bias(&L->gate_b, e->ffa, rows, e->n_tok, r0, r1);
         add_bias(&L->up_b, e->ffb, rows, e->n_tok, r0, r1);
         for (int t = 0; t < e->n_tok; t++)
@@ -299,7 +336,7 @@ static void forward_task(void *arg, int ith, int nth) {
             for (int t = ith; t < e->n_tok; t += nth) quantize_for(e, o, 1, e->att, e->q_dim, t, t + 1, INNER);
             lp_pool_barrier(e->pool);
         }
-        phase_matmul_residual(&w, &L->o, &L->o_b, e->xn, L->post_attn_norm.data != NULL);
+        phase_matmul_residual(&w, &L->o, &L->o_b, e->xn, L->post_attn_norm.data != NULL, e->att, e->q_dim, 4 * l + 1);
         w.phase++;
         lp_pool_barrier(e->pool);
         if (L->post_attn_norm.data) {
@@ -328,7 +365,8 @@ static void forward_task(void *arg, int ith, int nth) {
             phase_gate_up(&w, l, priv);
             w.phase++;
             lp_pool_barrier(e->pool);
-            phase_matmul_residual(&w, &L->down, &L->down_b, e->xn, L->post_ffn_norm.data != NULL);
+            phase_matmul_residual(&w, &L->down, &L->down_b, e->xn, L->post_ffn_norm.data != NULL, e->ffa, p->n_ff,
+                                  4 * l + 3);
             w.phase++;
             lp_pool_barrier(e->pool);
         }
@@ -350,9 +388,13 @@ static void forward_task(void *arg, int ith, int nth) {
     if (!e->logits) return;
     if (!opriv) lp_pool_barrier(e->pool);
     int rows = p->n_vocab, cr = lp_chunk_rows(rows, nth), n_chunks = (rows + cr - 1) / cr, c;
+    const lp_weight *ow = &e->output;
+    const int osync = 4 * p->n_layer;
+    int lora = lora_begin(&w, &ow, 1, opriv ? e->txn + (size_t)ith * LP_SMALL_BATCH * n : e->xn, n, e->n_out, osync);
     while ((c = take(&w, n_chunks)) >= 0) {
         int r0 = c * cr, r1 = r0 + cr < rows ? r0 + cr : rows;
         matmul_chunk(e, &e->output, r0, r1, e->n_out, e->logits, rows, opriv ? ith : NORMED);
+        lora_add(&w, &lora, 0, ow, osync, e->n_out, r0, r1, e->logits, rows);
         const float cap = p->arch.final_softcap;
         if (cap != 0.0f)
             for (int i = 0; i < e->n_out; i++)
@@ -390,6 +432,7 @@ int lp_engine_eval(lp_engine *e, int32_t n_tokens, const int32_t *tokens, const 
     e->logits = logits;
     e->hidden = hidden;
     for (int i = 0; i < e->n_counters; i++) atomic_store_explicit(&e->counters[i], 0, memory_order_relaxed);
+    lp_lora_reset(e);
     double t0 = now_seconds();
     lp_pool_run(e->pool, forward_task, e);
     e->eval_seconds += now_seconds() - t0;

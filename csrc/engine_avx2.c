@@ -245,7 +245,65 @@ static void rope(int hd, const float *cs, float *x, int r0, int r1) {
     }
 }
 
+/* the sums in the scalar reference's order (y, then j = 0, 1, ...), products and sums rounded apart; the
+   rows of whole blocks 8 at a time */
+static void lora_up(int r0, int r1, int rank, const float *c, const float *b, float *y) {
+    int r = r0;
+    for (; r < r1 && (r % 8 || r + 8 > r1); r++) {
+        float acc = y[r];
+        for (int j = 0; j < rank; j++) acc += c[j] * b[LP_LORA_B_AT(r, j, rank)];
+        y[r] = acc;
+    }
+    for (; r + 8 <= r1; r += 8) {
+        const float *blk = b + LP_LORA_B_AT(r, 0, rank);
+        __m256 acc = _mm256_loadu_ps(y + r);
+        for (int j = 0; j < rank; j++) acc = _mm256_add_ps(acc, _mm256_mul_ps(_mm256_set1_ps(c[j]), _mm256_loadu_ps(blk + 8 * j)));
+        _mm256_storeu_ps(y + r, acc);
+    }
+    for (; r < r1; r++) {
+        float acc = y[r];
+        for (int j = 0; j < rank; j++) acc += c[j] * b[LP_LORA_B_AT(r, j, rank)];
+        y[r] = acc;
+    }
+}
+
+static void lora_up_f16(int r0, int r1, int rank, const float *c, const uint16_t *b, float *y) {
+    int r = r0;
+    for (; r < r1 && (r % 8 || r + 8 > r1); r++) {
+        float acc = y[r];
+        for (int j = 0; j < rank; j++) acc += c[j] * lp_fp16_to_fp32(b[LP_LORA_B_AT(r, j, rank)]);
+        y[r] = acc;
+    }
+    for (; r + 8 <= r1; r += 8) {
+        const uint16_t *blk = b + LP_LORA_B_AT(r, 0, rank);
+        __m256 acc = _mm256_loadu_ps(y + r);
+        for (int j = 0; j < rank; j++) acc = _mm256_add_ps(acc, _mm256_mul_ps(_mm256_set1_ps(c[j]), load_f16(blk + 8 * j)));
+        _mm256_storeu_ps(y + r, acc);
+    }
+    for (; r < r1; r++) {
+        float acc = y[r];
+        for (int j = 0; j < rank; j++) acc += c[j] * lp_fp16_to_fp32(b[LP_LORA_B_AT(r, j, rank)]);
+        y[r] = acc;
+    }
+}
+
+static float dot_f16_f32(int n, const uint16_t *a, const float *x) {
+    __m256 acc[2] = {_mm256_setzero_ps(), _mm256_setzero_ps()};
+    int i = 0;
+    for (; i + 16 <= n; i += 16) {
+        acc[0] = _mm256_fmadd_ps(load_f16(a + i), _mm256_loadu_ps(x + i), acc[0]);
+        acc[1] = _mm256_fmadd_ps(load_f16(a + i + 8), _mm256_loadu_ps(x + i + 8), acc[1]);
+    }
+    for (; i + 8 <= n; i += 8) acc[0] = _mm256_fmadd_ps(load_f16(a + i), _mm256_loadu_ps(x + i), acc[0]);
+    float sum = hsum_ps(_mm256_add_ps(acc[0], acc[1]));
+    for (; i < n; i++) sum += lp_fp16_to_fp32(a[i]) * x[i];
+    return sum;
+}
+
 void lp_engine_kernels_avx2(lp_engine_kernels *k) {
+    k->lora_up = lora_up;
+    k->lora_up_f16 = lora_up_f16;
+    k->dot_f16_f32 = dot_f16_f32;
     k->rms_norm = rms_norm;
     k->swiglu = swiglu;
     k->softmax_exp = softmax_exp;

@@ -63,6 +63,28 @@ static void rope(int hd, const float *cs, float *x, int r0, int r1) {
     }
 }
 
+static void lora_up(int r0, int r1, int rank, const float *c, const float *b, float *y) {
+    for (int r = r0; r < r1; r++) {
+        float acc = y[r];
+        for (int j = 0; j < rank; j++) acc += c[j] * b[LP_LORA_B_AT(r, j, rank)];
+        y[r] = acc;
+    }
+}
+
+static void lora_up_f16(int r0, int r1, int rank, const float *c, const uint16_t *b, float *y) {
+    for (int r = r0; r < r1; r++) {
+        float acc = y[r];
+        for (int j = 0; j < rank; j++) acc += c[j] * lp_fp16_to_fp32(b[LP_LORA_B_AT(r, j, rank)]);
+        y[r] = acc;
+    }
+}
+
+static float dot_f16_f32(int n, const uint16_t *a, const float *x) {
+    double sum = 0;
+    for (int i = 0; i < n; i++) sum += (double)lp_fp16_to_fp32(a[i]) * x[i];
+    return (float)sum;
+}
+
 void lp_engine_kernels_scalar(lp_engine_kernels *k) {
     k->rms_norm = rms_norm;
     k->swiglu = swiglu;
@@ -71,4 +93,7 @@ void lp_engine_kernels_scalar(lp_engine_kernels *k) {
     k->attn_values_f16 = attn_values_f16;
     k->f32_to_f16 = f32_to_f16;
     k->rope = rope;
+    k->lora_up = lora_up;
+    k->lora_up_f16 = lora_up_f16;
+    k->dot_f16_f32 = dot_f16_f32;
 }

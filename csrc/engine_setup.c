@@ -42,6 +42,7 @@ static void free_packed(lp_weight *w) {
 void lp_engine_free(lp_engine *e) {
     if (!e) return;
     if (e->pool) lp_pool_free(e->pool);
+    lp_lora_free(e);
     free_packed(&e->output);
     for (int l = 0; e->layers && l < e->p.n_layer; l++) {
         lp_layer_weights *L = &e->layers[l];
@@ -183,6 +184,9 @@ lp_engine *lp_engine_new(const lp_engine_params *p) {
     e->p.n_threads = lp_pool_size(e->pool);
     return e;
 }
+
+static lp_weight *slot(lp_engine *e, int kind, int layer);
+lp_weight *lp_engine_slot(lp_engine *e, int kind, int layer) { return slot(e, kind, layer); }
 
 static lp_weight *slot(lp_engine *e, int kind, int layer) {
     switch (kind) {

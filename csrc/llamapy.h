@@ -127,6 +127,15 @@ int64_t lp_engine_kv_bytes(const lp_engine *e);
  * (1 for vectors). Returns 0, or -1 for a slot, type or shape that does not fit (see lp_engine_error). */
 int lp_engine_set_weight(lp_engine *e, int kind, int layer, const void *data, int type, int64_t ne0, int64_t ne1);
 
+/* LoRA: add the pair (a: rank rows of ne0 values; b: B, ne1 rows of rank values, packed in blocks of 8 rows,
+ * each block the rank columns of its 8 rows one after the other (rows padded to a multiple of 8); both of
+ * `type` F32 or F16; not copied, must outlive the engine) of adapter number `adapter` (rank at most 256) to the
+ * weight in slot (kind, layer) (q, k, v, o, gate, up, down or output): the step adds
+ * scale(adapter) * mult * B (a x) to its product. Scales start at 0. */
+int lp_engine_lora_add(lp_engine *e, int kind, int layer, int adapter, const void *a, const void *b, int rank,
+                       int type, float mult);
+int lp_engine_lora_scale(lp_engine *e, int adapter, float scale);
+
 /* One forward step. tokens/pos/seq: n_tokens entries each. out_idx: the n_out batch indices whose
  * results are wanted. logits (n_out, n_vocab) and hidden (n_out, n_embd; the final-normed hidden
  * states) may each be NULL. Returns 0, or -1 with lp_engine_error() set (nothing is evaluated). */

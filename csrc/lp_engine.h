@@ -31,6 +31,11 @@ typedef struct {
     /* rotate the pairs (x[r], x[r+1]) for even r in [r0, r1) by the angles of cs (cos, sin interleaved,
      * indexed by r % hd): x[r] = x0 cos - x1 sin, x[r+1] = x0 sin + x1 cos */
     void (*rope)(int hd, const float *cs, float *x, int r0, int r1);
+    /* LoRA's products (engine_lora.c): y[r] += sum_j c[j] * B[r][j] for r in [r0, r1), j < rank, B packed in
+       blocks of 8 rows (LP_LORA_B_AT), F32 or F16; the dot of an F16 row with F32 values (A x) */
+    void (*lora_up)(int r0, int r1, int rank, const float *c, const float *b, float *y);
+    void (*lora_up_f16)(int r0, int r1, int rank, const float *c, const uint16_t *b, float *y);
+    float (*dot_f16_f32)(int n, const uint16_t *a, const float *x);
 } lp_engine_kernels;
 
 /* Matrix products with a fast path for some weight types, and their activation quantizers; a NULL entry
@@ -59,6 +64,16 @@ void lp_engine_kernels_neon(lp_engine_kernels *k);
 #define LP_MAX_PHASES_PER_LAYER 8
 #define LP_SMALL_BATCH 4   /* up to this many tokens, every thread normalizes and quantizes all of them itself */
 
+/* A LoRA pair on a weight: y += scale * mult * B (A x); a (rank, ne0) rows and b = B (ne1, rank) packed in
+   blocks of 8 rows (each block rank x 8 values, column after column: element (r, j) at LP_LORA_B_AT), F32
+   or F16 (f16), not owned; adapter indexes the engine's lora_scale (engine_lora.c) */
+#define LP_LORA_B_AT(r, j, rank) ((size_t)((r) / 8) * 8 * (size_t)(rank) + (size_t)(j) * 8 + (size_t)((r) % 8))
+typedef struct {
+    const void *a, *b;
+    int rank, adapter, f16;
+    float mult;
+} lp_lora_pair;
+
 typedef struct {
     const void *data;            /* NULL when the slot is empty */
     int type;
@@ -67,6 +82,8 @@ typedef struct {
     const lp_type_traits *tr;
     void *packed;                /* the first ne1 / pack_rows * pack_rows rows repacked, or NULL */
     int pack_rows;
+    lp_lora_pair *lora;          /* (n_lora) low-rank pairs added beside the product, or NULL */
+    int n_lora, lora_rank;       /* lora_rank: the sum of their ranks */
 } lp_weight;
 
 typedef struct {
@@ -132,6 +149,13 @@ struct lp_engine {
 
     double eval_seconds;         /* total wall time inside lp_engine_eval */
 
+    /* LoRA adapters (engine_lora.c): a scale per adapter; the A x products of a phase, shared */
+    float *lora_scale;           /* (n_lora_adapters) */
+    int n_lora_adapters;
+    int lora_max_rank;           /* the largest lora_rank of a weight */
+    float *lora_u;               /* (LP_LORA_PER_PHASE, n_batch, lora_max_rank) */
+    atomic_int *lora_sync;       /* (LP_LORA_SYNCS): threads done with their part of a phase's A x, 0 each step */
+
     char err[256];
 };
 
@@ -148,6 +172,24 @@ static inline int lp_layer_is_swa(const lp_engine *e, int l) {
 /* rotate x (n heads of head_dim values each, laid out head after head) in place by the table cs */
 void lp_engine_rope_heads(const lp_engine *e, const float *cs, float *x, int r0, int r1);
 void lp_engine_matmul_init(lp_engine_matmul *m, int level);   /* the fast paths kernel level `level` has */
+
+/* LoRA in the step (engine_lora.c). A phase with adapted weights ws (n <= LP_LORA_PER_PHASE, same input x:
+   n_tok rows, stride x_stride) calls lp_lora_down on every thread: u = A x for each pair of non-zero scale,
+   the rows split between the nth threads into the shared buffers (weight i's in buffer i), the thread's
+   part announced on sync point `sync` (< LP_LORA_SYNCS, one per phase of the step). Before its first
+   lp_lora_up (out rows [r0, r1) += scale * B u) a thread waits for the others' parts (lp_lora_wait), which
+   they have finished by then as a rule: the wait hides behind the thread's first chunk of the product. */
+#define LP_LORA_PER_PHASE 3
+#define LP_LORA_SYNCS(n_layer) (4 * (n_layer) + 1)   /* per layer: q/k/v, o, gate/up, down; then the output */
+int lp_lora_active(const lp_engine *e, const lp_weight *w);
+void lp_lora_down(lp_engine *e, const lp_weight *const *ws, int n, const float *x, int x_stride, int n_tok, int ith,
+                  int nth, int sync);
+void lp_lora_wait(lp_engine *e, int sync, int nth);
+const float *lp_lora_u(const lp_engine *e, int which);
+void lp_lora_up(const lp_engine *e, const lp_weight *w, const float *u, int n_tok, int r0, int r1, float *out,
+                int out_stride);
+void lp_lora_reset(lp_engine *e);   /* at the start of a step */
+void lp_lora_free(lp_engine *e);
 
 static inline uint16_t *lp_k_at(const lp_engine *e, int l, int s, int pos) {
     return e->k_cache + (((size_t)l * e->p.n_seq + s) * e->p.n_ctx + pos) * e->kv_dim;

@@ -500,7 +500,7 @@ def test_bad_input_gets_a_clear_error(llm, default_model):
         Llama("/no/such/model.gguf", verbose=False)
     with pytest.raises(ValueError, match="type_k.*not supported yet"):
         Llama(default_model, type_k=8, verbose=False)
-    with pytest.raises(ValueError, match="lora_path.*not supported yet"):
+    with pytest.raises(RuntimeError, match="Failed to initialize LoRA adapter from lora path: adapter.gguf: .*no such"):
         Llama(default_model, lora_path="adapter.gguf", verbose=False)
     with pytest.raises(ValueError, match="draft_model.*not supported yet"):
         Llama(default_model, draft_model=object(), verbose=False)

@@ -171,7 +171,9 @@ def test_gc_leaves_files_being_staged_alone(store, tiny_gguf):
     ("FROM {notgguf}\n", "not a GGUF file"),
     ("FROM nosuchmodel\n", "model 'nosuchmodel' not found"),
     ("FROM \x1b[2J\n", r"FROM \\x1b\[2J: neither a file nor a model name"),
-    ("FROM {tiny}\nADAPTER ./lora.gguf\n", r"ADAPTER \(LoRA\) is not supported yet"),
+    ("FROM {tiny}\nADAPTER ./lora.gguf\n", r"ADAPTER .*lora\.gguf: no such file"),
+    ("FROM {tiny}\nADAPTER {notgguf}\n", r"ADAPTER .*x\.gguf: not a GGUF file"),
+    ("FROM {tiny}\nADAPTER {tiny}\n", r"ADAPTER: LoRA adapter .*: not an adapter: general.type is missing"),
 ])
 def test_create_errors_leave_nothing_behind(store, tiny_gguf, tmp_path, text, message):
     notgguf = tmp_path / "x.gguf"

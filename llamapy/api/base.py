@@ -19,6 +19,7 @@ from .common import (
     LLAMA_DEFAULT_SEED,
     BaseLlamaCache,
     LlamaState,
+    _float,
     _int,
     _not_yet,
     _string_metadata,
@@ -102,8 +103,11 @@ class LlamaBase:
         for name, kv_type in (("type_k", type_k), ("type_v", type_v)):
             if kv_type is not None and kv_type != GGML_TYPE_F16:
                 raise _not_yet(name, f"a KV cache of ggml type {kv_type} (only f16, {GGML_TYPE_F16})")
-        if lora_path is not None:
-            raise _not_yet("lora_path", "LoRA adapters")
+        if lora_path is not None and (not isinstance(lora_path, (str, os.PathLike)) or not str(lora_path)):
+            raise TypeError("lora_path must be a path to a GGUF LoRA adapter")
+        lora_scale = _float("lora_scale", lora_scale, -1e9, 1e9)
+        if lora_base is not None and not isinstance(lora_base, (str, os.PathLike)):
+            raise TypeError("lora_base must be a path or None")
         if draft_model is not None:
             raise _not_yet("draft_model", "speculative decoding with a draft model")
         if tokenizer is not None:
@@ -170,6 +174,14 @@ class LlamaBase:
                 self.n_threads = self._eng.n_threads
         except LlamapyError as e:
             raise ValueError(f"Failed to load model from file: {path}: {e}") from None
+        self.lora_path = lora_path
+        self.lora_base = lora_base  # accepted: adapters apply to the model as loaded, quantized or not
+        if lora_path is not None and self._eng is not None:
+            try:
+                self._eng.add_lora(os.fspath(lora_path), lora_scale)
+            except LlamapyError as e:
+                self._eng.close()
+                raise RuntimeError(f"Failed to initialize LoRA adapter from lora path: {lora_path}: {e}") from None
         self._closed = False
         self.model_path = path
         self.metadata: dict[str, str] = _string_metadata(self._raw_meta)

@@ -56,7 +56,10 @@ class Llama(LlamaCompletion):
     mapped), use_mlock, numa, n_threads_batch (one thread pool does both), no_perf, spm_infill; the RoPE
     and YaRN overrides (rope_scaling_type, rope_freq_base, rope_freq_scale, yarn_*) and kv_overrides: the
     engine reads these from the GGUF, and a non-default value gets a warning.
-    Not supported yet (ValueError): type_k / type_v other than f16, lora_path, draft_model, tokenizer.
+    lora_path / lora_scale: a GGUF LoRA adapter applied at run time with that scale (times its alpha / rank),
+    beside the weights as loaded; lora_base is accepted and not needed (the adapter's products are added to
+    the quantized model's, nothing is merged). A bad adapter raises RuntimeError naming the tensor.
+    Not supported yet (ValueError): type_k / type_v other than f16, draft_model, tokenizer.
 
     One call at a time: a second thread waits for the call in progress (see the module docstring about
     streams). `close()` or a `with` block frees the model now; a closed Llama raises RuntimeError.

@@ -161,9 +161,11 @@ class OllamaChat:
                 self.llm = self._engine_factory(self.settings.model_path, o)
             else:
                 from ..engine.engine import Engine
+                from ..engine.load import LoadOptions
 
+                load = LoadOptions(lora=[(a, 1.0) for a in self.settings.adapters])  # the Modelfile's ADAPTERs
                 self.llm = Engine(self.settings.model_path, n_ctx=o.n_ctx, n_threads=o.threads,
-                                  n_batch=min(o.n_batch, 512))
+                                  n_batch=min(o.n_batch, 512), load=load)
         return self.llm
 
     def close(self) -> None:

@@ -8,6 +8,7 @@ from typing import Any
 
 from ..errors import LlamapyError
 from ..generation.params import SamplerParams, samplers_from_letters, samplers_from_names
+from ..util.safe_text import printable
 from .options import _PARSED, _SAMPLER_DEFAULTS, SAMPLING
 
 
@@ -66,8 +67,25 @@ def load_options(opts: Mapping[str, Any]):
         yarn_attn_factor=opts["yarn_attn_factor"], yarn_beta_slow=opts["yarn_beta_slow"],
         yarn_beta_fast=opts["yarn_beta_fast"], override_kv=parse_override_kv(opts["override_kv"]),
         mlock=opts["mlock"], mmap=not opts["no_mmap"], pooling=opts.get("pooling"),
-        check_tensors=opts["check_tensors"],
+        check_tensors=opts["check_tensors"], lora=lora_adapters(opts),
+        lora_init_without_apply=bool(opts.get("lora_init_without_apply")),
     )
+
+
+def lora_adapters(opts: Mapping[str, Any]) -> list[tuple[str, float]]:
+    """--lora FILE (scale 1) then --lora-scaled FILE SCALE, in the order given: (path, scale) each."""
+    import math
+
+    out = [(path, 1.0) for path in opts.get("lora") or ()]
+    for path, scale in opts.get("lora_scaled") or ():
+        try:
+            value = float(scale)
+        except ValueError:
+            value = math.nan
+        if not math.isfinite(value):
+            raise LlamapyError(f"--lora-scaled {printable(path)} {printable(scale)}: the scale must be a number")
+        out.append((path, value))
+    return out
 
 
 def apply_process_options(opts: Mapping[str, Any]) -> None:

@@ -81,6 +81,8 @@ class Opt:
                                   rich_help_panel=self.panel, envvar=self.env if env else None)
         if kind is bool:
             kw.update(is_flag=True, default=default, show_default=default is True and "/" in self.flags[0])
+        elif "list[tuple" in text:
+            kw.update(multiple=True, nargs=2, type=_types.STRING, default=None, metavar="A B")
         elif "list" in text:
             kw.update(multiple=True, type=_types.STRING, default=None, metavar="S")
         elif "tuple" in text:
@@ -259,8 +261,9 @@ COMMON: list[Opt] = [
     _c("check_tensors", ("--check-tensors",), "Check the weights for NaN and infinite values at load.", bool, False),
     _c("override_kv", ("--override-kv",), "KEY=TYPE:VALUE (int, float, bool, str) replaces a metadata value "
        "(repeatable).", Optional[list[str]], None),
-    _n("lora", ("--lora",), "LoRA adapter (repeatable).", NOT_YET, Optional[list[str]], _C),
-    _n("lora_scaled", ("--lora-scaled",), "LoRA adapter and its scale.", NOT_YET, Optional[tuple[str, str]], _C),
+    _c("lora", ("--lora",), "GGUF LoRA adapter applied at run time, scale 1 (repeatable).", Optional[list[str]], None),
+    _c("lora_scaled", ("--lora-scaled",), "GGUF LoRA adapter and its scale (repeatable; after the --lora ones).",
+       Optional[list[tuple[str, str]]], None),
     _n("control_vector", ("--control-vector",), "Control vector (repeatable).", NOT_YET, Optional[list[str]], _C),
     _n("control_vector_scaled", ("--control-vector-scaled",), "Control vector and its scale.", NOT_YET,
        Optional[tuple[str, str]], _C),
@@ -429,7 +432,8 @@ SERVER: list[Opt] = [
        Optional[str], None, panel=_S),
     _n("slot_prompt_similarity", ("-sps", "--slot-prompt-similarity"), "Prompt similarity a slot needs to be reused.",
        "a request takes the slot with the longest common prefix", Optional[float], _S),
-    _n("lora_init_without_apply", ("--lora-init-without-apply",), "Load LoRA adapters unapplied.", NOT_YET, bool, _S),
+    _c("lora_init_without_apply", ("--lora-init-without-apply",),
+       "Load LoRA adapters with scale 0 (apply them later through POST /lora-adapters).", bool, False, panel=_S),
     _n("draft_max", ("--draft-max", "--draft", "--draft-n"), "Draft tokens.", NOT_YET, Optional[int], _D,
        env="LLAMA_ARG_DRAFT_MAX"),
     _n("draft_min", ("--draft-min", "--draft-n-min"), "Least draft tokens.", NOT_YET, Optional[int], _D,

@@ -55,6 +55,7 @@ from ..errors import LlamapyError
 from ..ggufio.constants import ValueType
 from ..ggufio.reader import GGUFReader
 from ..model_args import ModelArgs, check_tensors, model_desc
+from ..util.safe_text import printable
 from ..util.threads import sane_threads
 from .load import (
     YARN_BETA_FAST,
@@ -87,6 +88,22 @@ _FUSED_SLOTS = {
     "attn_qkv.weight": (("LP_W_Q", "q_dim"), ("LP_W_K", "kv_dim"), ("LP_W_V", "kv_dim")),
 }
 _FUSED_FFN_SLOTS = (("LP_W_GATE", "n_ff"), ("LP_W_UP", "n_ff"))
+def _slot_parts(name: str, t, args: ModelArgs) -> list[tuple[str, int, int, int]]:
+    """The engine slots a tensor fills: (slot, layer, first row, rows); a fused tensor fills several."""
+    if name in _GLOBAL_SLOTS:
+        return [(_GLOBAL_SLOTS[name], -1, 0, t.n_rows)]
+    _, i, suffix = name.split(".", 2)
+    split = _FUSED_SLOTS.get(suffix) or (_FUSED_FFN_SLOTS if suffix == "ffn_up.weight" and args.fused_gate_up else None)
+    if split is None:
+        return [(_LAYER_SLOTS[suffix], int(i), 0, t.n_rows)]
+    parts, row = [], 0
+    for slot_name, dim in split:  # a fused tensor: each slot points at its rows
+        rows = getattr(args, dim)
+        parts.append((slot_name, int(i), row, rows))
+        row += rows
+    return parts
+
+
 _GLOBAL_SLOTS = {
     "token_embd.weight": "LP_W_TOKEN_EMBD", "output_norm.weight": "LP_W_OUTPUT_NORM",
     "output.weight": "LP_W_OUTPUT", "rope_freqs.weight": "LP_W_ROPE_FREQS",
@@ -223,36 +240,76 @@ class Engine:
             addr = int(ffi.cast("uintptr_t", self._base))
             if mlock(addr, len(self._base)):
                 self._locked = (addr, len(self._base))
+        self._tensors = tensors  # the file's (a LoRA pair must name one of them)
         if "output.weight" not in tensors:
             tensors = dict(tensors, **{"output.weight": tensors["token_embd.weight"]})
         for name, t in tensors.items():
-            if name in _GLOBAL_SLOTS:
-                parts = [(_GLOBAL_SLOTS[name], -1, 0, t.n_rows)]
-            else:
-                _, i, suffix = name.split(".", 2)
-                split = _FUSED_SLOTS.get(suffix) or (
-                    _FUSED_FFN_SLOTS if suffix == "ffn_up.weight" and args.fused_gate_up else None)
-                if split is None:
-                    parts = [(_LAYER_SLOTS[suffix], int(i), 0, t.n_rows)]
-                else:  # a fused tensor: each slot points at its rows
-                    parts, row = [], 0
-                    for slot_name, dim in split:
-                        rows = getattr(args, dim)
-                        parts.append((slot_name, int(i), row, rows))
-                        row += rows
             row_bytes = t.nbytes // t.n_rows
-            for slot_name, layer, row, rows in parts:
+            for slot_name, layer, row, rows in _slot_parts(name, t, args):
                 data = self._base + t.offset + row * row_bytes
                 if lib.lp_engine_set_weight(eng, getattr(lib, slot_name), layer, data, t.type, t.shape[0], rows) != 0:
                     msg = ffi.string(lib.lp_engine_error(eng)).decode()
                     self.close()
                     raise LlamapyError(f"{self.model_path}: tensor '{name}': {msg}")
 
+        self.loras: list = []  # LoraAdapter, in the order given (their ids)
+        try:
+            for path, scale in load.lora:
+                self.add_lora(path, 0.0 if load.lora_init_without_apply else scale)
+        except BaseException:
+            self.close()
+            raise
+
         self._seq_tokens: list[list[int]] = [[] for _ in range(n_seq_max + 1)]
         self._one = ffi.new("int32_t[4]")
         self._tokenizer = None
         self._metadata = None
         self.load_time = time.perf_counter() - t0
+
+    # -- LoRA adapters -------------------------------------------------------------------------
+    def add_lora(self, path: str, scale: float = 1.0) -> int:
+        """Load a GGUF LoRA adapter (checked against the model) and apply it with `scale`; its id."""
+        from ..native import ffi, lib
+        from .lora import pack_b, read_adapter
+
+        if not np.isfinite(scale):
+            raise LlamapyError(f"LoRA adapter {printable(path)}: scale {scale} is not finite")
+        ad = read_adapter(path, self._reader, self._tensors, float(scale))
+        idx = len(self.loras)
+        keep = []  # the arrays the engine points at, alive as long as the adapter
+        for name, (a, b) in ad.pairs.items():
+            rank = a.shape[0]
+            for slot_name, layer, row, rows in _slot_parts(name, self._tensors[name], self.args):
+                bp = pack_b(b[row:row + rows])
+                keep.append(bp)
+                pa, pb = ffi.cast("const void *", a.ctypes.data), ffi.cast("const void *", bp.ctypes.data)
+                ttype = 1 if a.dtype == np.float16 else 0
+                if lib.lp_engine_lora_add(self._engine, getattr(lib, slot_name), layer, idx, pa, pb, rank, ttype,
+                                          ad.mult(rank)) != 0:
+                    msg = ffi.string(lib.lp_engine_error(self._engine)).decode()
+                    raise LlamapyError(f"LoRA adapter {printable(ad.path)}: tensor '{name}': {msg}")
+        ad.engine_arrays = keep
+        self.loras.append(ad)
+        lib.lp_engine_lora_scale(self._engine, idx, ad.scale)
+        return idx
+
+    def lora_scales(self) -> list[float]:
+        """The scale in effect of each adapter, by id."""
+        return [ad.scale for ad in self.loras]
+
+    def set_lora_scales(self, scales: Sequence[float]) -> None:
+        """Set the scale of every adapter (by id; 0 turns one off); takes effect at the next step."""
+        from ..native import lib
+
+        if len(scales) != len(self.loras):
+            raise LlamapyError(f"{len(scales)} LoRA scales for {len(self.loras)} adapters")
+        for i, s in enumerate(scales):
+            s = float(s)
+            if not np.isfinite(s):
+                raise LlamapyError(f"LoRA adapter {i}: scale {s} is not finite")
+            if s != self.loras[i].scale:
+                lib.lp_engine_lora_scale(self._engine, i, s)
+                self.loras[i].scale = s
 
     # -- properties ----------------------------------------------------------------------------
     @property

@@ -17,13 +17,14 @@ class LoadOptions:
 
     __slots__ = ("n_ubatch", "rope_scaling", "rope_freq_base", "rope_freq_scale", "yarn_orig_ctx",
                  "yarn_ext_factor", "yarn_attn_factor", "yarn_beta_slow", "yarn_beta_fast", "override_kv", "mlock",
-                 "mmap", "pooling", "check_tensors")
+                 "mmap", "pooling", "check_tensors", "lora", "lora_init_without_apply")
 
     def __init__(self, *, n_ubatch: int | None = None, rope_scaling: str | None = None, rope_freq_base: float = 0.0,
                  rope_freq_scale: float = 0.0, yarn_orig_ctx: int = 0, yarn_ext_factor: float = -1.0,
                  yarn_attn_factor: float = 1.0, yarn_beta_slow: float = YARN_BETA_SLOW,
                  yarn_beta_fast: float = YARN_BETA_FAST, override_kv: dict | None = None, mlock: bool = False,
-                 mmap: bool = True, pooling: str | None = None, check_tensors: bool = False):
+                 mmap: bool = True, pooling: str | None = None, check_tensors: bool = False,
+                 lora: list[tuple[str, float]] | None = None, lora_init_without_apply: bool = False):
         self.n_ubatch = n_ubatch                # most tokens per forward step (None: the caller's n_batch)
         self.rope_scaling = rope_scaling        # none, linear, yarn; None: the model's
         self.rope_freq_base = rope_freq_base
@@ -38,6 +39,8 @@ class LoadOptions:
         self.mmap = mmap
         self.pooling = pooling                  # embeddings: mean, cls, last (None: the model's)
         self.check_tensors = check_tensors      # scan the weights for NaN / infinite values at load
+        self.lora = list(lora or [])            # GGUF LoRA adapters (path, scale), applied at run time
+        self.lora_init_without_apply = lora_init_without_apply  # load them with scale 0
 
     def __repr__(self) -> str:
         return "LoadOptions(" + ", ".join(f"{k}={getattr(self, k)!r}" for k in self.__slots__) + ")"

@@ -177,17 +177,21 @@ def moe_ffn(args: ModelArgs, w: dict[str, np.ndarray], b: str, xn: np.ndarray, m
 
 def forward(args: ModelArgs, w: dict[str, np.ndarray], tokens, types: dict[str, int] | None = None,
             kv_f16: bool = True, act_round: bool = True, yarn_ext_factor: float = 0.0,
-            trace: dict | None = None) -> np.ndarray:
+            trace: dict | None = None, lora: dict | None = None) -> np.ndarray:
     """Logits (n_tokens, n_vocab) of tokens at positions 0..n-1 of one sequence; `trace` gets the experts
-    each mixture-of-experts layer picked ("blk.N." -> set)."""
+    each mixture-of-experts layer picked ("blk.N." -> set); `lora`: tensor name -> [(A, B, scale)] low-rank
+    pairs added beside the product (scale * B (A x) on the unrounded activations, as the engine does)."""
     tokens = np.asarray(tokens)
     n = len(tokens)
     f16 = (lambda a: a.astype(np.float16).astype(np.float32)) if kv_f16 else (lambda a: a)
 
     def mm(name: str, x: np.ndarray, rows: slice = slice(None)) -> np.ndarray:
+        x0 = x
         if act_round and types is not None:
             x = round_activation(x, VEC_DOT_TYPE[T(types[name])])
         y = x.astype(np.float64) @ w[name][rows].astype(np.float64).T
+        for a, b_, sc in (lora or {}).get(name, ()):
+            y = y + sc * ((x0.astype(np.float64) @ a.astype(np.float64).T) @ b_[rows].astype(np.float64).T)
         return y.astype(np.float32)
 
     def bias(name: str):

@@ -30,10 +30,18 @@ class EngineBackend:
         self._eog = frozenset(int(t) for t in getattr(self.tok, "eog_ids", ()))
         self.add_bos = bool(getattr(self.tok, "add_bos", False))  # a context shift keeps the BOS
         self._meta: dict[str, Any] | None = None
+        # LoRA adapters: their files and the scales requests without a `lora` field get (POST /lora-adapters)
+        loras = getattr(llm, "loras", [])
+        self.lora_paths: list[str] = [ad.path for ad in loras]
+        self.lora_scales: list[float] = [ad.scale for ad in loras]
 
     # --- engine thread -----------------------------------------------------------------------------
     def eval_batch(self, items: list[tuple[int, list[int]]]) -> list[np.ndarray]:
         return self.llm.eval_batch(items)
+
+    def set_lora(self, scales: tuple[float, ...]) -> None:
+        """The adapter scales of the next steps (one set per batch: the scheduler batches alike slots only)."""
+        self.llm.set_lora_scales(scales)
 
     def cache_tokens(self, seq: int) -> list[int]:
         return list(self.llm.tokens(seq))

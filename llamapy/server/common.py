@@ -360,11 +360,26 @@ def gen_request(state: ServerState, m: Any, prompt: list[int], *, n_predict: int
         params.logit_bias = parse_logit_bias(state.backend, raw_bias)
     return GenRequest(
         prompt=prompt, sampling=params, n_predict=n_predict, stop=stop, n_probs=n_probs,
+        lora=lora_scales(state, getattr(m, "lora", None)),
         cache_prompt=True if cache_prompt is None else cache_prompt,
         id_slot=-1 if id_slot is None else id_slot, n_keep=keep_of(state, prompt),
         timings_per_token=bool(getattr(m, "timings_per_token", None)), post_sampling_probs=post,
         grammar=grammar,
     )
+
+
+def lora_scales(state: ServerState, entries: list[Any] | None) -> tuple[float, ...]:
+    """The adapter scales a request runs with, as llama-server: without a `lora` field the server's; with
+    one, the scale of each adapter listed ({"id", "scale"}) and 0 for the others; an unknown id is a 400."""
+    base = list(getattr(state.backend, "lora_scales", []))
+    if entries is None:
+        return tuple(base)
+    out = [0.0] * len(base)
+    for e in entries:
+        if not 0 <= e.id < len(out):
+            raise bad_request(f"invalid adapter id {e.id} (the server has {len(out)} LoRA adapters)", "lora")
+        out[e.id] = float(e.scale)
+    return tuple(out)
 
 
 def chat_prompt(state: ServerState, messages: list[Any], **extra: Any) -> str:

@@ -5,6 +5,7 @@ import asyncio
 from typing import Any
 
 from fastapi import APIRouter, Request
+from pydantic import ValidationError
 from starlette.responses import JSONResponse, PlainTextResponse
 
 from .. import __version__
@@ -18,6 +19,7 @@ from .common import (
     gen_request,
     grammar_spec,
     json_off_loop,
+    lora_scales,
     n_predict_of,
     read_json,
     read_request,
@@ -28,13 +30,14 @@ from .common import (
     tokenize_prompts,
 )
 from .embeddings import run_embeddings
-from .errors import APIError
+from .errors import APIError, bad_request
 from .infill import check_body, fim_ids, format_infill
 from .scheduler import DoneEvent, GenResult, TokenEvent
 from .schemas import (
     ApplyTemplateRequest,
     CompletionRequest,
     DetokenizeRequest,
+    LoraScale,
     TokenizeRequest,
     finite,
     validate,
@@ -111,7 +114,8 @@ def generation_settings(state: ServerState, req: CompletionRequest | None, gen: 
         "speculative.p_min": 0.9,
         "timings_per_token": bool(gen.timings_per_token) if gen is not None else False,
         "post_sampling_probs": bool(gen.post_sampling_probs) if gen is not None else False,
-        "lora": [],
+        "lora": [{"id": i, "scale": s} for i, s in enumerate(gen.lora if gen is not None else
+                                                              getattr(state.backend, "lora_scales", []))],
     }
 
 
@@ -139,6 +143,18 @@ def completion_json(state: ServerState, req: CompletionRequest, gen, r: GenResul
     if not stream and gen.n_probs > 0:
         out["completion_probabilities"] = [probs_json(b, p) for p in r.probs]
     return out
+
+
+def validate_lora_entry(entry: Any, i: int) -> LoraScale:
+    """One {"id", "scale"} entry of a POST /lora-adapters body, or a 400 naming it."""
+    if not isinstance(entry, dict):
+        raise bad_request(f"[{i}]: each entry must be an object with 'id' and 'scale'")
+    try:
+        return LoraScale.model_validate(entry)
+    except ValidationError as e:
+        err = e.errors(include_url=False)[0]
+        loc = ".".join(str(p) for p in err["loc"])
+        raise bad_request(f"[{i}].{loc}: {err['msg']}") from None
 
 
 def register(router: APIRouter, state: ServerState) -> None:
@@ -199,6 +215,23 @@ def register(router: APIRouter, state: ServerState) -> None:
         if not state.props_writable:
             raise APIError(501, "This server does not support changing global properties. Start it with `--props`")
         await read_json(request)  # the reference changes nothing yet either: it checks the body and says success
+        return {"success": True}
+
+    @router.get("/lora-adapters")
+    async def lora_adapters():
+        """The LoRA adapters loaded with --lora / --lora-scaled: id, path and the scale requests get."""
+        return [{"id": i, "path": path, "scale": scale}
+                for i, (path, scale) in enumerate(zip(b.lora_paths, b.lora_scales))]
+
+    @router.post("/lora-adapters")
+    async def set_lora_adapters(request: Request):
+        """Set the scales requests without a `lora` field get: [{"id": 0, "scale": 0.5}, ...]; adapters not
+        listed get 0, as llama-server does."""
+        body = await read_json(request)
+        if not isinstance(body, list):
+            raise bad_request("Request body must be an array")
+        entries = [validate_lora_entry(e, i) for i, e in enumerate(body)]
+        b.lora_scales = list(lora_scales(state, entries))
         return {"success": True}
 
     async def rerank(request: Request):

@@ -5,7 +5,9 @@ Each slot is one sequence of the engine's KV cache. Every step the engine thread
      the prompt, so a follow-up chat turn re-evaluates only what is new),
   2. drops jobs whose client went away,
   3. advances every busy slot in ONE `eval_batch` call (a generating slot by its last token, a slot
-     still reading its prompt by a chunk of it: continuous batching),
+     still reading its prompt by a chunk of it: continuous batching); slots whose requests run with
+     other LoRA adapter scales are not batched together (the engine has one set of scales per step): the
+     groups of alike slots take turns, step by step,
   4. samples a token per slot and hands text to that request's asyncio queue.
 The thread never waits on a client: a slow reader only lets its own queue grow. A bounded queue of
 waiting jobs makes the server answer 503 instead of piling up work.
@@ -62,6 +64,7 @@ class GenRequest:
     timings_per_token: bool = False  # each streamed token carries the timings so far
     post_sampling_probs: bool = False  # n_probs as the sampler chain left them (probabilities, not logprobs)
     grammar: Any = None  # a compiled grammar (llamapy.grammar): the slot's Sequence gets a matcher of it
+    lora: tuple[float, ...] = ()  # the scale of each LoRA adapter (empty: the model has none)
 
 
 @dataclass
@@ -152,6 +155,7 @@ class Slot:
         self.id = sid
         self.job: Job | None = None
         self.last_used = 0.0
+        self.lora: tuple[float, ...] = ()  # the adapter scales the slot's cache was computed with
         self.reset()
 
     def reset(self) -> None:
@@ -199,6 +203,7 @@ class Scheduler:
         # (slot id, fn, future): work on one slot's cache (save, restore, erase), run on the engine thread once
         # that slot is idle, as llama-server defers a slot action while the slot is processing
         self.actions: deque[tuple[int, Any, concurrent.futures.Future]] = deque()
+        self.lora_now: tuple[float, ...] = tuple(getattr(backend, "lora_scales", ()))  # the engine's scales
 
     # --- called from the event loop -------------------------------------------------------------
     def submit(self, jobs: list[Job]) -> None:
@@ -303,10 +308,11 @@ class Scheduler:
         busy = [s for s in self.slots if s.job is not None]
         if not busy:
             return
-        items, owners = self._plan(busy)
+        items, owners = self._plan(self._lora_group(busy))
         if not items:
             return
         try:
+            self._set_lora(owners[0].lora)
             all_logits = self.backend.eval_batch(items)
         except Exception as e:
             log.exception("eval_batch failed")
@@ -354,14 +360,31 @@ class Scheduler:
             self.waiting = keep
         return embeds
 
+    def _lora_group(self, busy: list[Slot]) -> list[Slot]:
+        """The busy slots that run with one set of adapter scales this step: the groups take turns."""
+        groups: list[tuple[float, ...]] = []
+        for s in sorted(busy, key=lambda s: s.t_start):
+            if s.lora not in groups:
+                groups.append(s.lora)
+        if len(groups) <= 1:
+            return busy
+        pick = groups[self.n_steps % len(groups)]
+        return [s for s in busy if s.lora == pick]
+
+    def _set_lora(self, scales: tuple[float, ...]) -> None:
+        if scales != self.lora_now:
+            self.backend.set_lora(scales)
+            self.lora_now = scales
+
     def _pick_slot(self, req: GenRequest) -> Slot | None:
         free = [s for s in self.slots if s.job is None]
         if not free:
             return None
         if 0 <= req.id_slot < len(self.slots):
             return self.slots[req.id_slot] if self.slots[req.id_slot].job is None else None
-        if req.cache_prompt:
-            return max(free, key=lambda s: (common_prefix(self.backend.cache_tokens(s.id), req.prompt), -s.last_used))
+        if req.cache_prompt:  # a cache computed with other adapter scales is of no use
+            return max(free, key=lambda s: (common_prefix(self.backend.cache_tokens(s.id), req.prompt)
+                                            if s.lora == req.lora else 0, -s.last_used))
         return min(free, key=lambda s: s.last_used)
 
     def _start(self, s: Slot, job: Job) -> None:
@@ -377,7 +400,9 @@ class Scheduler:
                          piece=self.backend.piece, n_predict=req.n_predict, n_keep=req.n_keep,
                          ctx_shift=self.ctx_shift, stop=req.stop, ignore_eos=req.sampling.ignore_eos,
                          cap_unlimited=True, constraint=req.grammar.matcher() if req.grammar is not None else None)
-        s.pending = s.seq.start(req.prompt, self.backend.cache_tokens(s.id) if req.cache_prompt else ())
+        reuse = req.cache_prompt and s.lora == req.lora
+        s.lora = req.lora
+        s.pending = s.seq.start(req.prompt, self.backend.cache_tokens(s.id) if reuse else ())
         self.backend.truncate(s.id, s.seq.n_past)
         s.n_prompt_eval = len(s.pending)
 
@@ -481,6 +506,7 @@ class Scheduler:
 
     def _run_embedding(self, job: Job) -> None:
         try:
+            self._set_lora(tuple(getattr(self.backend, "lora_scales", ())))  # the server's scales
             vec = self.backend.embed(job.embed)
         except Exception as e:
             log.exception("embedding failed")

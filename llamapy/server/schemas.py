@@ -31,6 +31,13 @@ class Strict(BaseModel):
     model_config = ConfigDict(strict=True, extra="ignore")
 
 
+class LoraScale(Strict):
+    """One entry of a `lora` list (per request, or POST /lora-adapters): an adapter's id and its scale."""
+
+    id: int
+    scale: Union[Float, int]
+
+
 class Sampling(Strict):
     """Sampling and stopping fields shared by every generating endpoint (llama-server names)."""
 
@@ -68,6 +75,7 @@ class Sampling(Strict):
     grammar: Optional[str] = None
     json_schema: Any = None
     model: Optional[str] = None
+    lora: Optional[list[LoraScale]] = None  # this request's adapter scales (the ones not listed: 0)
 
 
 class CompletionRequest(Sampling):
