@@ -66,7 +66,8 @@ def load_options(opts: Mapping[str, Any]):
         yarn_attn_factor=opts["yarn_attn_factor"], yarn_beta_slow=opts["yarn_beta_slow"],
         yarn_beta_fast=opts["yarn_beta_fast"], override_kv=parse_override_kv(opts["override_kv"]),
         mlock=opts["mlock"], mmap=not opts["no_mmap"], pooling=opts.get("pooling"),
-        check_tensors=opts["check_tensors"],
+        check_tensors=opts["check_tensors"], type_k=opts.get("cache_type_k") or "f16",
+        type_v=opts.get("cache_type_v") or "f16",
     )
 
 

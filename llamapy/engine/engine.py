@@ -55,6 +55,7 @@ from ..ggufio.reader import GGUFReader
 from ..model_args import ModelArgs, check_tensors, model_desc
 from ..util.threads import sane_threads
 from .load import (
+    KV_TYPE_NAMES,
     YARN_BETA_FAST,
     YARN_BETA_SLOW,
     LoadOptions,
@@ -200,6 +201,14 @@ class Engine:
         a.n_expert, a.n_expert_used = args.n_expert, args.n_expert_used
         a.expert_weights_norm = int(args.expert_weights_norm)
         a.n_ff_exp, a.n_ff_shexp = args.n_ff_exp, args.n_ff_shexp
+        p.type_k, p.type_v = load.type_k, load.type_v
+        self.type_k, self.type_v = load.type_k, load.type_v
+        for which, t in (("K", load.type_k), ("V", load.type_v)):
+            block = 1 if t in (0, 1, 30) else 32  # the float types, or blocks of 32 (q8_0 ... iq4_nl)
+            if args.head_dim % block:
+                self.close()
+                raise LlamapyError(f"{which} cache type {KV_TYPE_NAMES[t]}: head size {args.head_dim} is not a "
+                                   f"multiple of its block size {block}")
         self.rope_freq_scale = p.rope_freq_scale
         eng = lib.lp_engine_new(p)
         if eng == ffi.NULL:
