@@ -262,6 +262,22 @@ class Engine:
         self.load_time = time.perf_counter() - t0
 
     # -- properties ----------------------------------------------------------------------------
+    def kv_bytes(self) -> int:
+        """Bytes of the KV cache as allocated (every sequence, the scratch one for embed() included)."""
+        from ..native import lib
+
+        return int(lib.lp_engine_kv_bytes(self._engine))
+
+    def kv_line(self) -> str:
+        """The load line of the KV cache: its size and types, as the reference's llama_kv_cache_init."""
+        from ..native import lib
+
+        total = self.kv_bytes()
+        k = int(lib.lp_engine_kv_row_bytes(self._engine, 0)) * self.args.n_layer * (self.n_seq_max + 1) * self.n_ctx
+        mib = 2.0 ** 20
+        return (f"llama_kv_cache_init: KV self size = {total / mib:7.2f} MiB, K ({KV_TYPE_NAMES[self.type_k]}): "
+                f"{k / mib:7.2f} MiB, V ({KV_TYPE_NAMES[self.type_v]}): {(total - k) / mib:7.2f} MiB")
+
     @property
     def tokenizer(self):
         if self._tokenizer is None:
