@@ -54,7 +54,9 @@ class Llama(LlamaCompletion):
     mapped), use_mlock, numa, n_threads_batch (one thread pool does both), no_perf, spm_infill; the RoPE
     and YaRN overrides (rope_scaling_type, rope_freq_base, rope_freq_scale, yarn_*) and kv_overrides: the
     engine reads these from the GGUF, and a non-default value gets a warning.
-    Not supported yet (ValueError): type_k / type_v other than f16, lora_path, draft_model, tokenizer.
+    type_k / type_v: the KV cache types, as ggml type ids or names (f32, f16, bf16, q8_0, q4_0, q4_1, iq4_nl,
+    q5_0, q5_1); another value is a ValueError.
+    Not supported yet (ValueError): lora_path, draft_model, tokenizer.
 
     One call at a time: a second thread waits for the call in progress (see the module docstring about
     streams). `close()` or a `with` block frees the model now; a closed Llama raises RuntimeError.
