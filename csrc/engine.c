@@ -111,6 +111,30 @@ static inline int fused_quant(const lp_engine *e, const lp_weight *w, int len) {
     return len % e->traits[w->tr->vec_dot_type].blck_size == 0;
 }
 
+/* scores of a query head against cached K rows of a type other than F16: the head quantized to K's vec_dot
+   type, then the type's dot kernel per position (as the reference's flash-attention path) */
+static void scores_rows(lp_engine *e, const float *qh, int l, int s, int g, int j0, int n_kv, float *sc, int ith) {
+    const int hd = e->p.head_dim;
+    const lp_type_traits *tk = &e->traits[e->type_k];
+    char *qq = (char *)e->kvq + (size_t)ith * e->kvq_bytes;
+    e->traits[tk->vec_dot_type].from_float(qh, qq, hd);
+    const size_t off = (size_t)(g * hd / tk->blck_size) * tk->type_size;
+    for (int j = 0; j < n_kv; j++) tk->vec_dot(hd, &sc[j], lp_k_row(e, l, s, j0 + j) + off, qq);
+}
+
+/* out = sum_j p[j] v_j over cached V rows of a type other than F16, each head segment dequantized */
+static void values_rows(lp_engine *e, const float *pr, int l, int s, int g, int j0, int n_kv, float *out, int ith) {
+    const int hd = e->p.head_dim;
+    const lp_type_traits *tv = &e->traits[e->type_v];
+    float *vt = e->vtmp + (size_t)ith * e->kv_dim;
+    const size_t off = (size_t)(g * hd / tv->blck_size) * tv->type_size;
+    for (int d = 0; d < hd; d++) out[d] = 0.0f;
+    for (int j = 0; j < n_kv; j++) {
+        tv->to_float(lp_v_row(e, l, s, j0 + j) + off, vt, hd);
+        e->kern.axpy(hd, pr[j], vt, out);
+    }
+}
+
 static void attention_item(lp_engine *e, int l, int t, int h, int ith) {
     const lp_engine_params *p = &e->p;
     int hd = p->head_dim, g = h / (p->n_head / p->n_head_kv), s = e->seq[t], n_kv = e->pos[t] + 1;
@@ -121,8 +145,12 @@ static void attention_item(lp_engine *e, int l, int t, int h, int ith) {
     int j0 = lp_layer_is_swa(e, l) && n_kv > p->arch.n_swa ? n_kv - p->arch.n_swa : 0;
     n_kv -= j0;
 
-    e->kern.f32_to_f16(hd, e->q + (size_t)t * e->q_dim + (size_t)h * hd, b16);
-    e->kern.attn_scores_f16(hd, n_kv, b16, lp_k_at(e, l, s, j0) + (size_t)g * hd, e->kv_dim, sc, e->n_tok == 1);
+    if (e->type_k == LP_TYPE_F16) {
+        e->kern.f32_to_f16(hd, e->q + (size_t)t * e->q_dim + (size_t)h * hd, b16);
+        e->kern.attn_scores_f16(hd, n_kv, b16, lp_k_at(e, l, s, j0) + (size_t)g * hd, e->kv_dim, sc, e->n_tok == 1);
+    } else {
+        scores_rows(e, e->q + (size_t)t * e->q_dim + (size_t)h * hd, l, s, g, j0, n_kv, sc, ith);
+    }
     float max = -INFINITY;
     const float cap = p->arch.attn_softcap;
     for (int j = 0; j < n_kv; j++) {
@@ -132,9 +160,13 @@ static void attention_item(lp_engine *e, int l, int t, int h, int ith) {
     }
     float inv = (float)(1.0 / e->kern.softmax_exp(n_kv, sc, max, sc));
     for (int j = 0; j < n_kv; j++) sc[j] *= inv;
-    e->kern.f32_to_f16(n_kv, sc, b16);
     float *out = e->att + (size_t)t * e->q_dim + (size_t)h * hd;
-    e->kern.attn_values_f16(hd, n_kv, b16, lp_v_at(e, l, s, g * hd) + j0, p->n_ctx, out, e->n_tok == 1);
+    if (e->v_trans) {
+        e->kern.f32_to_f16(n_kv, sc, b16);
+        e->kern.attn_values_f16(hd, n_kv, b16, lp_v_at(e, l, s, g * hd) + j0, p->n_ctx, out, e->n_tok == 1);
+    } else {
+        values_rows(e, sc, l, s, g, j0, n_kv, out, ith);
+    }
     const lp_weight *wo = &e->layers[l].o;
     if (fused_quant(e, wo, hd)) {   /* this head's blocks of the output projection's input */
         const lp_type_traits *vt = &e->traits[wo->tr->vec_dot_type];
@@ -187,6 +219,11 @@ static void phase_qkv(worker *w, int l, int priv) {
     lp_engine *e = w->e;
     lp_layer_weights *L = &e->layers[l];
     int n_tok = e->n_tok, cq = qk_chunk_rows(e, e->q_dim, w->nth), ck = qk_chunk_rows(e, e->kv_dim, w->nth);
+    if (e->type_k != LP_TYPE_F16 || !e->v_trans) {   /* chunks of whole blocks of the cache's types (head_dim is a multiple) */
+        int bk = (int)e->traits[e->type_k].blck_size, bv = (int)e->traits[e->type_v].blck_size;
+        int bs = bk > bv ? bk : bv;
+        ck = (ck + bs - 1) / bs * bs;
+    }
     int nq = (e->q_dim + cq - 1) / cq, nk = (e->kv_dim + ck - 1) / ck;
     int c;
     const float *xin = priv ? e->txn + (size_t)w->ith * LP_SMALL_BATCH * e->p.n_embd : e->xn;
@@ -212,8 +249,12 @@ static void phase_qkv(worker *w, int l, int priv) {
             qk_epilogue(e, l, &L->k_b, &L->k_norm, buf, e->kv_dim, n_tok, r0, r1);
         for (int t = 0; t < n_tok; t++) {
             const float *src = buf + (size_t)t * e->kv_dim;
-            if (!is_v) {
+            if (!is_v && e->type_k == LP_TYPE_F16) {
                 e->kern.f32_to_f16(r1 - r0, src + r0, lp_k_at(e, l, e->seq[t], e->pos[t]) + r0);
+            } else if (!is_v || !e->v_trans) {   /* rows quantized as they are written */
+                const lp_type_traits *tr = &e->traits[is_v ? e->type_v : e->type_k];
+                char *row = is_v ? lp_v_row(e, l, e->seq[t], e->pos[t]) : lp_k_row(e, l, e->seq[t], e->pos[t]);
+                tr->from_float_ref(src + r0, row + (size_t)(r0 / tr->blck_size) * tr->type_size, r1 - r0);
             } else {
                 for (int r = r0; r < r1; r++) lp_v_at(e, l, e->seq[t], r)[e->pos[t]] = lp_fp32_to_fp16(src[r]);
             }

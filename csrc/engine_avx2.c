@@ -224,6 +224,13 @@ static void f32_to_f16(int n, const float *x, uint16_t *y) {
     for (; i < n; i++) y[i] = lp_fp32_to_fp16(x[i]);
 }
 
+static void axpy(int n, float a, const float *x, float *y) {
+    const __m256 va = _mm256_set1_ps(a);
+    int i = 0;
+    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(y + i, _mm256_fmadd_ps(va, _mm256_loadu_ps(x + i), _mm256_loadu_ps(y + i)));
+    for (; i < n; i++) y[i] = fmaf(a, x[i], y[i]);
+}
+
 /* as the reference is compiled: x0's products fused, x1's rounded first
    (x[r] = fma(x0, c, -(x1 s)), x[r+1] = fma(x0, s, x1 c)) */
 static void rope(int hd, const float *cs, float *x, int r0, int r1) {
@@ -311,6 +318,7 @@ void lp_engine_kernels_avx2(lp_engine_kernels *k) {
     k->attn_values_f16 = attn_values_f16;
     k->f32_to_f16 = f32_to_f16;
     k->rope = rope;
+    k->axpy = axpy;
 }
 #else
 void lp_engine_kernels_avx2(lp_engine_kernels *k) { (void)k; }

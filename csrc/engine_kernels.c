@@ -54,6 +54,10 @@ static void f32_to_f16(int n, const float *x, uint16_t *y) {
     for (int i = 0; i < n; i++) y[i] = lp_fp32_to_fp16(x[i]);
 }
 
+static void axpy(int n, float a, const float *x, float *y) {
+    for (int i = 0; i < n; i++) y[i] += a * x[i];
+}
+
 static void rope(int hd, const float *cs, float *x, int r0, int r1) {
     for (int r = r0; r < r1; r += 2) {
         int i0 = r % hd;
@@ -96,4 +100,5 @@ void lp_engine_kernels_scalar(lp_engine_kernels *k) {
     k->lora_up = lora_up;
     k->lora_up_f16 = lora_up_f16;
     k->dot_f16_f32 = dot_f16_f32;
+    k->axpy = axpy;
 }

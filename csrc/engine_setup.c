@@ -23,7 +23,23 @@ int lp_engine_n_threads(const lp_engine *e) { return lp_pool_size(e->pool); }
 double lp_engine_eval_seconds(const lp_engine *e) { return e->eval_seconds; }
 
 int64_t lp_engine_kv_bytes(const lp_engine *e) {
-    return 2 * (int64_t)e->p.n_layer * e->p.n_seq * e->p.n_ctx * e->kv_dim * (int64_t)sizeof(uint16_t);
+    const int64_t cells = (int64_t)e->p.n_layer * e->p.n_seq;
+    return cells * e->p.n_ctx * (int64_t)e->k_row + cells * (e->v_trans ? e->kv_dim : e->p.n_ctx) * (int64_t)e->v_row;
+}
+
+int64_t lp_engine_kv_row_bytes(const lp_engine *e, int32_t is_v) { return (int64_t)(is_v ? e->v_row : e->k_row); }
+
+/* whether t is a KV cache type for rows of head_dim values */
+static int kv_type_ok(int t, int head_dim) {
+    switch (t) {
+    case LP_TYPE_F32: case LP_TYPE_F16: case LP_TYPE_BF16: case LP_TYPE_Q8_0: case LP_TYPE_Q4_0: case LP_TYPE_Q4_1:
+    case LP_TYPE_IQ4_NL: case LP_TYPE_Q5_0: case LP_TYPE_Q5_1:
+        break;
+    default:
+        return 0;
+    }
+    const lp_type_traits *tr = lp_get_traits(t);
+    return tr && head_dim % tr->blck_size == 0;
 }
 
 /* ---- construction ------------------------------------------------------------------------ */
@@ -53,6 +69,8 @@ void lp_engine_free(lp_engine *e) {
     free(e->layers);
     free(e->k_cache);
     free(e->v_cache);
+    free(e->kvq);
+    free(e->vtmp);
     free(e->x);
     free(e->xn);
     free(e->q);
@@ -92,7 +110,7 @@ static void *falloc(size_t n) { return calloc(n ? n : 1, sizeof(float)); }
 lp_engine *lp_engine_new(const lp_engine_params *p) {
     if (p->n_vocab < 1 || p->n_embd < 1 || p->n_layer < 1 || p->n_head < 1 || p->n_head_kv < 1 ||
         p->head_dim < 2 || p->head_dim % 2 || p->n_ff < 1 || p->n_head % p->n_head_kv || p->n_ctx < 1 ||
-        p->n_seq < 1 || p->n_batch < 1)
+        p->n_seq < 1 || p->n_batch < 1 || !kv_type_ok(p->type_k, p->head_dim) || !kv_type_ok(p->type_v, p->head_dim))
         return NULL;
     lp_engine *e = calloc(1, sizeof *e);
     if (!e) return NULL;
@@ -130,11 +148,19 @@ lp_engine *lp_engine_new(const lp_engine_params *p) {
     lp_engine_matmul_init(&e->mm, level);
 
     size_t nb = (size_t)p->n_batch, nt = (size_t)e->p.n_threads;
-    size_t kv_elems = (size_t)p->n_layer * p->n_seq * p->n_ctx * e->kv_dim;
+    size_t kv_cells = (size_t)p->n_layer * p->n_seq;
+    e->type_k = p->type_k;
+    e->type_v = p->type_v;
+    e->v_trans = p->type_v == LP_TYPE_F16;
+    e->k_row = (size_t)lp_row_size(p->type_k, e->kv_dim);
+    e->v_row = e->v_trans ? (size_t)p->n_ctx * sizeof(uint16_t) : (size_t)lp_row_size(p->type_v, e->kv_dim);
+    e->kvq_bytes = (size_t)lp_row_size(e->traits[p->type_k].vec_dot_type, p->head_dim);
     size_t p16_len = (size_t)(p->n_ctx > p->head_dim ? p->n_ctx : p->head_dim);
     e->layers = calloc((size_t)p->n_layer, sizeof(lp_layer_weights));
-    e->k_cache = calloc(kv_elems, sizeof(uint16_t));
-    e->v_cache = calloc(kv_elems, sizeof(uint16_t));
+    e->k_cache = calloc(kv_cells * p->n_ctx, e->k_row);
+    e->v_cache = calloc(kv_cells * (e->v_trans ? (size_t)e->kv_dim : (size_t)p->n_ctx), e->v_row);
+    e->kvq = calloc(nt, e->kvq_bytes);
+    e->vtmp = falloc(nt * e->kv_dim);
     e->x = falloc(nb * p->n_embd);
     e->xn = falloc(nb * p->n_embd);
     e->q = falloc(nb * e->q_dim);
@@ -171,7 +197,7 @@ lp_engine *lp_engine_new(const lp_engine_params *p) {
     }
     e->n_counters = 2 + LP_MAX_PHASES_PER_LAYER * p->n_layer;
     e->counters = calloc((size_t)e->n_counters, sizeof(atomic_int));
-    if (!e->layers || !e->k_cache || !e->v_cache || !e->x || !e->xn || !e->q || !e->kbuf || !e->vbuf ||
+    if (!e->layers || !e->k_cache || !e->v_cache || !e->kvq || !e->vtmp || !e->x || !e->xn || !e->q || !e->kbuf || !e->vbuf ||
         !e->att || !e->ffa || !e->ffb || !e->rope || !e->rope_swa || !e->scores || !e->p16 || !e->counters || !e->tqbuf || !e->txn) {
         lp_engine_free(e);
         return NULL;
@@ -434,12 +460,24 @@ int lp_engine_kv_shift(lp_engine *e, int32_t seq, int32_t p0, int32_t p1, int32_
     lp_engine_rope_table(e, delta, 0, 1, cs_swa);
     for (int l = 0; l < p->n_layer; l++) {
         const float *c = e->has_swa_rope && lp_layer_is_swa(e, l) ? cs_swa : cs;
-        memmove(lp_k_at(e, l, seq, p0 + delta), lp_k_at(e, l, seq, p0), (size_t)n * e->kv_dim * sizeof(uint16_t));
-        for (int d = 0; d < e->kv_dim; d++) {
-            uint16_t *vd = lp_v_at(e, l, seq, d);
-            memmove(vd + p0 + delta, vd + p0, (size_t)n * sizeof(uint16_t));
+        memmove(lp_k_row(e, l, seq, p0 + delta), lp_k_row(e, l, seq, p0), (size_t)n * e->k_row);
+        if (e->v_trans) {
+            for (int d = 0; d < e->kv_dim; d++) {
+                uint16_t *vd = lp_v_at(e, l, seq, d);
+                memmove(vd + p0 + delta, vd + p0, (size_t)n * sizeof(uint16_t));
+            }
+        } else {
+            memmove(lp_v_row(e, l, seq, p0 + delta), lp_v_row(e, l, seq, p0), (size_t)n * e->v_row);
         }
         for (int j = p0 + delta; j < p1 + delta; j++) {
+            if (e->type_k != LP_TYPE_F16) {   /* dequantize, rotate, quantize again */
+                const lp_type_traits *tk = &e->traits[e->type_k];
+                char *k = lp_k_row(e, l, seq, j);
+                tk->to_float(k, e->vtmp, e->kv_dim);
+                lp_engine_rope_heads(e, c, e->vtmp, 0, e->kv_dim);
+                tk->from_float_ref(e->vtmp, k, e->kv_dim);
+                continue;
+            }
             uint16_t *k = lp_k_at(e, l, seq, j);
             if (!p->arch.rope_neox) {
                 for (int r = 0; r < e->kv_dim; r += 2) {
@@ -466,7 +504,11 @@ int lp_engine_kv_copy(lp_engine *e, int32_t src, int32_t dst, int32_t n) {
     if (n < 0 || n > p->n_ctx) return lp_engine_fail(e, "kv_copy: %d positions (context %d)", n, p->n_ctx);
     if (src == dst || n == 0) return 0;
     for (int l = 0; l < p->n_layer; l++) {
-        memcpy(lp_k_at(e, l, dst, 0), lp_k_at(e, l, src, 0), (size_t)n * e->kv_dim * sizeof(uint16_t));
+        memcpy(lp_k_row(e, l, dst, 0), lp_k_row(e, l, src, 0), (size_t)n * e->k_row);
+        if (!e->v_trans) {
+            memcpy(lp_v_row(e, l, dst, 0), lp_v_row(e, l, src, 0), (size_t)n * e->v_row);
+            continue;
+        }
         for (int d = 0; d < e->kv_dim; d++)
             memcpy(lp_v_at(e, l, dst, d), lp_v_at(e, l, src, d), (size_t)n * sizeof(uint16_t));
     }
@@ -475,26 +517,34 @@ int lp_engine_kv_copy(lp_engine *e, int32_t src, int32_t dst, int32_t n) {
 
 
 /* ---- KV state of one sequence: out to a buffer and back in ----------------------------------
- * The buffer holds, layer after layer, the K rows of positions [0, n) (n rows of k_row_bytes) and then V
- * (kv_dim runs of n values: the cache's transposed layout). Each part goes through its own helper so that
- * another cache type changes only the helper (and the row size) of the part it stores. */
+ * The buffer holds, layer after layer, the K rows of positions [0, n) (n rows of k_row bytes, in the cache's
+ * K type) and then V: n rows of v_row bytes in the V type, or, for the transposed F16 layout, kv_dim runs of
+ * n values. */
 
-int32_t lp_engine_kv_type_k(const lp_engine *e) { (void)e; return LP_TYPE_F16; }
-int32_t lp_engine_kv_type_v(const lp_engine *e) { (void)e; return LP_TYPE_F16; }
+int32_t lp_engine_kv_type_k(const lp_engine *e) { return e->type_k; }
+int32_t lp_engine_kv_type_v(const lp_engine *e) { return e->type_v; }
 
-static size_t kv_k_layer_bytes(const lp_engine *e, int32_t n) { return (size_t)n * e->kv_dim * sizeof(uint16_t); }
-static size_t kv_v_layer_bytes(const lp_engine *e, int32_t n) { return (size_t)n * e->kv_dim * sizeof(uint16_t); }
+static size_t kv_k_layer_bytes(const lp_engine *e, int32_t n) { return (size_t)n * e->k_row; }
+static size_t kv_v_layer_bytes(const lp_engine *e, int32_t n) {
+    return e->v_trans ? (size_t)n * e->kv_dim * sizeof(uint16_t) : (size_t)n * e->v_row;
+}
 
 /* copy the K rows [0, n) of layer l, sequence s, to (out=1) or from (out=0) buf */
 static void kv_k_rows_io(lp_engine *e, int l, int s, int32_t n, uint8_t *buf, int out) {
-    uint16_t *k = lp_k_at(e, l, s, 0);
+    char *k = lp_k_row(e, l, s, 0);
     const size_t bytes = kv_k_layer_bytes(e, n);
     if (out) memcpy(buf, k, bytes);
     else memcpy(k, buf, bytes);
 }
 
-/* the same for V: one run of n positions per cache dimension */
+/* the same for V: rows, or one run of n positions per cache dimension when transposed */
 static void kv_v_io(lp_engine *e, int l, int s, int32_t n, uint8_t *buf, int out) {
+    if (!e->v_trans) {
+        char *v = lp_v_row(e, l, s, 0);
+        if (out) memcpy(buf, v, kv_v_layer_bytes(e, n));
+        else memcpy(v, buf, kv_v_layer_bytes(e, n));
+        return;
+    }
     const size_t run = (size_t)n * sizeof(uint16_t);
     for (int d = 0; d < e->kv_dim; d++, buf += run) {
         uint16_t *v = lp_v_at(e, l, s, d);

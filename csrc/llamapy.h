@@ -64,9 +64,8 @@ int lp_vec_dot_rows(int type, int64_t n, int nrc, const void *x, const void *y, 
  * Python maps the GGUF, fills an lp_engine_params, creates the engine once (KV cache, scratch buffers, thread pool), hands it a pointer
  * to every weight, then calls lp_engine_eval() once per batch of tokens. The batch may mix sequences at
  * different positions; each sequence owns n_ctx KV positions and a token at position p attends to
- * positions 0..p of its own sequence. The KV cache is F16: K as (layer, seq, pos, n_head_kv*head_dim),
- * V transposed as (layer, seq, n_head_kv*head_dim, pos), the layout the reference uses without flash
- * attention. An engine runs the kernels that were active when it was created (lp_kernels_set
+ * positions 0..p of its own sequence. The KV cache is stored in the types type_k / type_v (F16 by
+ * default; see lp_engine.h for the layout of each). lp_engine_kv_bytes() is its size. An engine runs the kernels that were active when it was created (lp_kernels_set
  * changes only engines created after it). */
 typedef struct lp_engine lp_engine;
 
@@ -101,6 +100,9 @@ typedef struct {
     float yarn_ext_factor, yarn_attn_factor, yarn_beta_fast, yarn_beta_slow;
     int32_t n_ctx_orig;       /* training context YaRN corrects from */
     lp_arch_traits arch;
+    /* KV cache types (LP_TYPE_*): F32, F16, BF16, Q8_0, Q4_0, Q4_1, IQ4_NL, Q5_0, Q5_1; a block type needs
+     * head_dim to be a multiple of its block size */
+    int32_t type_k, type_v;
 } lp_engine_params;
 
 /* Weight slots; "layer" is ignored for the global ones. */
@@ -122,6 +124,9 @@ const char *lp_engine_error(const lp_engine *e);      /* message of the last fai
 int lp_engine_n_threads(const lp_engine *e);
 double lp_engine_eval_seconds(const lp_engine *e);   /* wall time spent inside lp_engine_eval so far */
 int64_t lp_engine_kv_bytes(const lp_engine *e);
+/* bytes of one cached K row (one position, all KV heads) and of one V row (a position's row when V is not
+ * F16) or V column (one value index over n_ctx positions when V is F16) */
+int64_t lp_engine_kv_row_bytes(const lp_engine *e, int32_t is_v);
 
 /* Point a slot at weight data (not copied; must outlive the engine). ne0 = row length, ne1 = rows
  * (1 for vectors). Returns 0, or -1 for a slot, type or shape that does not fit (see lp_engine_error). */

@@ -28,6 +28,8 @@ typedef struct {
     void (*attn_values_f16)(int hd, int n, const uint16_t *p, const uint16_t *v, int64_t stride, float *out,
                             int single);
     void (*f32_to_f16)(int n, const float *x, uint16_t *y);
+    /* y[i] += a * x[i] (the weighted sum of dequantized V rows) */
+    void (*axpy)(int n, float a, const float *x, float *y);
     /* rotate the pairs (x[r], x[r+1]) for even r in [r0, r1) by the angles of cs (cos, sin interleaved,
      * indexed by r % hd): x[r] = x0 cos - x1 sin, x[r+1] = x0 sin + x1 cos */
     void (*rope)(int hd, const float *cs, float *x, int r0, int r1);
@@ -108,8 +110,20 @@ struct lp_engine {
     float theta_scale_swa;       /* of the local (sliding-window) layers' RoPE */
     int has_swa_rope;            /* local layers rotate with their own base: a second table */
 
-    uint16_t *k_cache;           /* (layer, seq, pos, kv_dim) fp16 */
-    uint16_t *v_cache;           /* (layer, seq, kv_dim, pos) fp16, transposed */
+    /* The KV cache, byte-addressed (lp_k_row / lp_v_row / lp_v_col):
+     *   K: (layer, seq, pos) rows of kv_dim values in type_k (blocks of type_k for a quantized type), k_row bytes
+     *      each; F16 K is the (layer, seq, pos, kv_dim) fp16 array it always was.
+     *   V of type F16 (v_trans): transposed, (layer, seq, kv_dim) columns of n_ctx fp16 values, v_row = n_ctx * 2
+     *      bytes each (the reference's layout without flash attention);
+     *   V of any other type: (layer, seq, pos) rows of kv_dim values in type_v, v_row bytes each (the layout of
+     *      the reference's flash-attention path: a quantized row cannot be written one value at a time). */
+    char *k_cache;
+    char *v_cache;
+    int type_k, type_v, v_trans;
+    size_t k_row, v_row;
+    void *kvq;                   /* (n_threads, kvq_bytes) a query head quantized for K's vec_dot type */
+    size_t kvq_bytes;
+    float *vtmp;                 /* (n_threads, kv_dim) a dequantized V row or K row */
 
     float *x;                    /* (n_batch, n_embd) residual stream */
     float *xn;                   /* (n_batch, n_embd) normed input of a matmul */
@@ -191,11 +205,20 @@ void lp_lora_up(const lp_engine *e, const lp_weight *w, const float *u, int n_to
 void lp_lora_reset(lp_engine *e);   /* at the start of a step */
 void lp_lora_free(lp_engine *e);
 
-static inline uint16_t *lp_k_at(const lp_engine *e, int l, int s, int pos) {
-    return e->k_cache + (((size_t)l * e->p.n_seq + s) * e->p.n_ctx + pos) * e->kv_dim;
+/* the cached K row of position pos (k_row bytes), any type */
+static inline char *lp_k_row(const lp_engine *e, int l, int s, int pos) {
+    return e->k_cache + (((size_t)l * e->p.n_seq + s) * e->p.n_ctx + pos) * e->k_row;
 }
-static inline uint16_t *lp_v_at(const lp_engine *e, int l, int s, int d) {
-    return e->v_cache + (((size_t)l * e->p.n_seq + s) * e->kv_dim + d) * e->p.n_ctx;
+/* the cached V row of position pos (v_row bytes) when !v_trans */
+static inline char *lp_v_row(const lp_engine *e, int l, int s, int pos) {
+    return e->v_cache + (((size_t)l * e->p.n_seq + s) * e->p.n_ctx + pos) * e->v_row;
 }
+/* the cached V column of value index d (n_ctx fp16 values) when v_trans */
+static inline char *lp_v_col(const lp_engine *e, int l, int s, int d) {
+    return e->v_cache + (((size_t)l * e->p.n_seq + s) * e->kv_dim + d) * e->v_row;
+}
+/* F16 views: K when type_k is F16, V (transposed) when v_trans */
+static inline uint16_t *lp_k_at(const lp_engine *e, int l, int s, int pos) { return (uint16_t *)lp_k_row(e, l, s, pos); }
+static inline uint16_t *lp_v_at(const lp_engine *e, int l, int s, int d) { return (uint16_t *)lp_v_col(e, l, s, d); }
 
 #endif

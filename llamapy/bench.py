@@ -29,6 +29,8 @@ class BenchResult:
     n_gen: int
     test_time: str
     samples_ns: list[int] = field(default_factory=list)
+    type_k: str = "f16"
+    type_v: str = "f16"
 
     @property
     def test(self) -> str:
@@ -88,9 +90,11 @@ def _gen(llm, rng, n: int, bos: int | None) -> None:
 
 
 def run_bench(model: str | None, n_prompt: int = 512, n_gen: int = 128, n_threads: int | None = None,
-              reps: int = 5, n_batch: int = 2048, n_ubatch: int = 512, seed: int = 0) -> list[BenchResult]:
+              reps: int = 5, n_batch: int = 2048, n_ubatch: int = 512, seed: int = 0, type_k: str = "f16",
+              type_v: str = "f16") -> list[BenchResult]:
     """Run the pp and tg tests (a count of 0 skips one) and return their timings."""
     from .engine.engine import Engine
+    from .engine.load import LoadOptions
 
     if reps < 1:
         raise LlamapyError(f"-r {reps}: at least one repetition")
@@ -98,17 +102,20 @@ def run_bench(model: str | None, n_prompt: int = 512, n_gen: int = 128, n_thread
         raise LlamapyError("-p and -n can't be negative")
     if n_batch < 1 or n_ubatch < 1:
         raise LlamapyError("-b and -ub must be at least 1")
+    load = LoadOptions(type_k=type_k, type_v=type_v)
     rng = np.random.default_rng(seed)
     results = []
     for n_p, n_g in ((n_prompt, 0), (0, n_gen)):
         if n_p == 0 and n_g == 0:
             continue
-        with Engine(model, n_ctx=max(n_p + n_g, 1), n_threads=n_threads, n_batch=min(n_batch, n_ubatch)) as llm:
+        with Engine(model, n_ctx=max(n_p + n_g, 1), n_threads=n_threads, n_batch=min(n_batch, n_ubatch),
+                    load=load) as llm:
             bos = llm.tokenizer.bos_id if llm.tokenizer.add_bos else None
             res = BenchResult(
                 model_filename=llm.model_path, model_type=llm.desc, model_size=llm.model_size,
                 model_n_params=llm.n_params, n_batch=n_batch, n_ubatch=n_ubatch, n_threads=llm.n_threads,
                 n_prompt=n_p, n_gen=n_g, test_time=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                type_k=type_k, type_v=type_v,
             )
 
             if n_p:
@@ -135,17 +142,20 @@ def _params(n: int) -> str:
     return f"{n / 1e6:.2f} M" if n < 1e9 else f"{n / 1e9:.2f} B"
 
 
-def markdown_header() -> str:
-    cols = [("model", -30), ("size", 10), ("params", 10), ("backend", -10), ("threads", 7), ("test", 13), ("t/s", 20)]
+def markdown_header(show_k: bool = False, show_v: bool = False) -> str:
+    """The table's header; the type_k / type_v columns when a list or a type other than f16 was asked for."""
+    cols = [("model", -30), ("size", 10), ("params", 10), ("backend", -10), ("threads", 7)]
+    cols += [("type_k", 6)] * show_k + [("type_v", 6)] * show_v + [("test", 13), ("t/s", 20)]
     head = "|" + "".join(f" {name:>{w}} |" if w > 0 else f" {name:<{-w}} |" for name, w in cols)
     rule = "|" + "".join(f" {'-' * (abs(w) - 1)}{':' if w > 0 else '-'} |" for _, w in cols)
     return head + "\n" + rule
 
 
-def markdown_row(r: BenchResult) -> str:
+def markdown_row(r: BenchResult, show_k: bool = False, show_v: bool = False) -> str:
     ts = f"{r.avg_ts():.2f} ± {r.stdev_ts():.2f}"
+    types = f"| {r.type_k:>6} " * show_k + f"| {r.type_v:>6} " * show_v
     return (f"| {r.model_type:<30} | {_size(r.model_size):>10} | {_params(r.model_n_params):>10} | {'CPU':<10} "
-            f"| {r.n_threads:>7} | {r.test:>13} | {ts:>20} |")
+            f"| {r.n_threads:>7} {types}| {r.test:>13} | {ts:>20} |")
 
 
 def json_record(r: BenchResult) -> dict:
@@ -159,7 +169,7 @@ def json_record(r: BenchResult) -> dict:
         "backends": "CPU", "model_filename": r.model_filename, "model_type": r.model_type,
         "model_size": r.model_size, "model_n_params": r.model_n_params, "n_batch": r.n_batch,
         "n_ubatch": r.n_ubatch, "n_threads": r.n_threads, "cpu_mask": "0x0", "cpu_strict": False, "poll": 50,
-        "type_k": "f16", "type_v": "f16", "n_gpu_layers": 0, "split_mode": "layer", "main_gpu": 0,
+        "type_k": r.type_k, "type_v": r.type_v, "n_gpu_layers": 0, "split_mode": "layer", "main_gpu": 0,
         "no_kv_offload": False, "flash_attn": False, "tensor_split": "0.00", "use_mmap": True,
         "embeddings": False, "n_prompt": r.n_prompt, "n_gen": r.n_gen, "test_time": r.test_time,
         "avg_ns": avg_ns, "stddev_ns": int(_stdev([float(x) for x in r.samples_ns])),
@@ -170,8 +180,9 @@ def json_record(r: BenchResult) -> dict:
 
 def bench(model: str | None = None, n_prompt: int = 512, n_gen: int = 128, threads: int | None = None,
           reps: int = 5, output: str = "md", n_batch: int = 2048, n_ubatch: int = 512,
-          out: TextIO | None = None) -> list[BenchResult]:
-    """Run the benchmark and print its table (md) or records (json) to `out` (stdout)."""
+          out: TextIO | None = None, type_k: str = "f16", type_v: str = "f16") -> list[BenchResult]:
+    """Run the benchmark and print its table (md) or records (json) to `out` (stdout). type_k / type_v: KV cache
+    types, comma lists as llama-bench's -ctk / -ctv (every pair is a test, K the outer loop)."""
     import sys
 
     from . import __version__
@@ -179,18 +190,23 @@ def bench(model: str | None = None, n_prompt: int = 512, n_gen: int = 128, threa
 
     if output not in ("md", "json", "jsonl"):
         raise LlamapyError(f"-o {output}: use md, json or jsonl")
+    from .engine.load import KV_TYPE_NAMES, kv_cache_type
+
+    ks = [KV_TYPE_NAMES[kv_cache_type(t, "K")] for t in type_k.split(",")]
+    vs = [KV_TYPE_NAMES[kv_cache_type(t, "V")] for t in type_v.split(",")]
+    show_k, show_v = ks != ["f16"], vs != ["f16"]
     out = out or sys.stdout
     if output == "md":
-        print(markdown_header(), file=out, flush=True)
+        print(markdown_header(show_k, show_v), file=out, flush=True)
     results = []
     # one test at a time, so each row appears as soon as it is measured
-    for n_p, n_g in ((n_prompt, 0), (0, n_gen)):
+    for tk, tv, (n_p, n_g) in ((tk, tv, t) for tk in ks for tv in vs for t in ((n_prompt, 0), (0, n_gen))):
         if n_p == 0 and n_g == 0:
             continue
-        (r,) = run_bench(model, n_p, n_g, threads, reps, n_batch, n_ubatch)
+        (r,) = run_bench(model, n_p, n_g, threads, reps, n_batch, n_ubatch, type_k=tk, type_v=tv)
         results.append(r)
         if output == "md":
-            print(markdown_row(r), file=out, flush=True)
+            print(markdown_row(r, show_k, show_v), file=out, flush=True)
         elif output == "jsonl":
             print(json.dumps(json_record(r)), file=out, flush=True)
     if output == "md":

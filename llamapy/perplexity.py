@@ -126,6 +126,7 @@ def run_perplexity(model: str | None, file: str, ctx_size: int = 512, batch_size
         if ctx_size > llm.args.n_ctx_train:
             log(f"perplexity: model was trained on only {llm.args.n_ctx_train} context tokens ({ctx_size} specified)")
         log(f"perplexity: {llm.model_path}: {llm.desc}, {llm.n_threads} threads")
+        log(llm.kv_line())
         log("perplexity: tokenizing the input ..")
         t0 = time.perf_counter()
         tok = llm.tokenizer

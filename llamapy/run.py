@@ -96,6 +96,7 @@ def run(
             f"{llm.model_size / 2**20:.2f} MiB")
         log(f"llama_context: n_ctx = {llm.n_ctx}, n_batch = {batch_size}, n_ubatch = {llm.n_batch}, "
             f"n_threads = {llm.n_threads}")
+        log(llm.kv_line())
         if llm.n_ctx > llm.args.n_ctx_train:
             log(f"warning: model was trained on only {llm.args.n_ctx_train} context tokens ({llm.n_ctx} specified)")
         tok = llm.tokenizer

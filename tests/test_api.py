@@ -498,8 +498,8 @@ def test_bad_input_gets_a_clear_error(llm, default_model):
         llm.create_chat_completion(["hi"])
     with pytest.raises(ValueError, match="Model path does not exist"):
         Llama("/no/such/model.gguf", verbose=False)
-    with pytest.raises(ValueError, match="type_k.*not supported yet"):
-        Llama(default_model, type_k=8, verbose=False)
+    with pytest.raises(ValueError, match="K cache type 99"):
+        Llama(default_model, type_k=99, verbose=False)
     with pytest.raises(RuntimeError, match="Failed to initialize LoRA adapter from lora path: adapter.gguf: .*no such"):
         Llama(default_model, lora_path="adapter.gguf", verbose=False)
     with pytest.raises(ValueError, match="draft_model.*not supported yet"):

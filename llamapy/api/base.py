@@ -75,8 +75,8 @@ class LlamaBase:
         chat_handler: Callable[..., Any] | None = None,
         draft_model: Any | None = None,
         tokenizer: Any | None = None,
-        type_k: int | None = None,
-        type_v: int | None = None,
+        type_k: int | str | None = None,
+        type_v: int | str | None = None,
         spm_infill: bool = False,
         verbose: bool = True,
         **kwargs: Any,
@@ -100,9 +100,13 @@ class LlamaBase:
         self.pooling_type = _int("pooling_type", pooling_type, -1, 4)
         if self.pooling_type == 4:
             raise _not_yet("pooling_type", "rank pooling (4)")
-        for name, kv_type in (("type_k", type_k), ("type_v", type_v)):
-            if kv_type is not None and kv_type != GGML_TYPE_F16:
-                raise _not_yet(name, f"a KV cache of ggml type {kv_type} (only f16, {GGML_TYPE_F16})")
+        from ..engine.load import kv_cache_type
+
+        try:  # ggml type ids (as llama-cpp-python takes them) or names (f16, q8_0, ...)
+            self._type_k = kv_cache_type(GGML_TYPE_F16 if type_k is None else type_k, "K")
+            self._type_v = kv_cache_type(GGML_TYPE_F16 if type_v is None else type_v, "V")
+        except LlamapyError as e:
+            raise ValueError(str(e)) from None
         if lora_path is not None and (not isinstance(lora_path, (str, os.PathLike)) or not str(lora_path)):
             raise TypeError("lora_path must be a path to a GGUF LoRA adapter")
         lora_scale = _float("lora_scale", lora_scale, -1e9, 1e9)
@@ -163,10 +167,12 @@ class LlamaBase:
                 self._raw_meta: dict[str, Any] = {k: v.value for k, v in self._reader.kv.items()}
             else:
                 from ..engine.engine import Engine
+                from ..engine.load import LoadOptions
 
                 self._reader = None
                 self._eng = Engine(model_path=path, n_ctx=self.n_ctx_arg, n_threads=n_threads,
-                                   n_batch=min(self.n_batch, self.n_ubatch), n_seq_max=1, embeddings=self._embedding)
+                                   n_batch=min(self.n_batch, self.n_ubatch), n_seq_max=1, embeddings=self._embedding,
+                                   load=LoadOptions(type_k=self._type_k, type_v=self._type_v))
                 self._tok = self._eng.tokenizer
                 self._n_ctx, self._n_vocab, self._n_embd = self._eng.n_ctx, self._eng.n_vocab, self._eng.n_embd
                 self._model_pooling = self._eng.args.pooling_type

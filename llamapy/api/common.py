@@ -11,7 +11,7 @@ import numpy as np
 import numpy.typing as npt
 
 LLAMA_DEFAULT_SEED = 0xFFFFFFFF  # llama.cpp's "pick a random seed"
-GGML_TYPE_F16 = 1  # the only KV cache type the engine has
+GGML_TYPE_F16 = 1  # the default KV cache type (type_k / type_v take any of engine.load.KV_CACHE_TYPES)
 
 LogitsProcessor = Callable[[npt.NDArray[np.intc], npt.NDArray[np.single]], npt.NDArray[np.single]]
 StoppingCriteria = Callable[[npt.NDArray[np.intc], npt.NDArray[np.single]], bool]

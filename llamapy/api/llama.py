@@ -59,7 +59,9 @@ class Llama(LlamaCompletion):
     lora_path / lora_scale: a GGUF LoRA adapter applied at run time with that scale (times its alpha / rank),
     beside the weights as loaded; lora_base is accepted and not needed (the adapter's products are added to
     the quantized model's, nothing is merged). A bad adapter raises RuntimeError naming the tensor.
-    Not supported yet (ValueError): type_k / type_v other than f16, draft_model, tokenizer.
+    type_k / type_v: the KV cache types, as ggml type ids or names (f32, f16, bf16, q8_0, q4_0, q4_1, iq4_nl,
+    q5_0, q5_1); another value is a ValueError.
+    Not supported yet (ValueError): draft_model, tokenizer.
 
     One call at a time: a second thread waits for the call in progress (see the module docstring about
     streams). `close()` or a `with` block frees the model now; a closed Llama raises RuntimeError.

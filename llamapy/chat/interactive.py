@@ -588,6 +588,7 @@ def start(
     err = log or sys.stderr  # the load lines; --log-disable / --log-file choose where they go
     with Engine(model, n_ctx=ctx_size, n_threads=threads, n_batch=ubatch(batch_size, load), load=load) as llm:
         err.write(f"llama_model_load: {llm.model_path}: {llm.desc}\n")
+        err.write(llm.kv_line() + "\n")
         err.write(f"llama_context: n_ctx = {llm.n_ctx}, n_threads = {llm.n_threads}\n")
         if opts.conversation:
             opts.chat_template = chat_template_for_session(

@@ -17,8 +17,8 @@ def _b(name, flags, help, note, type=Optional[str]) -> Opt:
 # llama-bench's options that llamapy's bench takes without acting on them (one value each, not lists)
 BENCH: list[Opt] = [
     _b("pg", ("-pg",), "pp,tg test.", NOT_YET),
-    _b("cache_type_k", ("-ctk", "--cache-type-k"), "K cache type.", NOT_YET),
-    _b("cache_type_v", ("-ctv", "--cache-type-v"), "V cache type.", NOT_YET),
+    Opt("cache_type_k", ("-ctk", "--cache-type-k"), "K cache types, a comma list (f16).", str, "f16", panel=_B),
+    Opt("cache_type_v", ("-ctv", "--cache-type-v"), "V cache types, a comma list (f16).", str, "f16", panel=_B),
     Opt("cpu_mask", ("-C", "--cpu-mask"), "CPU affinity mask in hex.", Optional[str], None, panel=_B),
     _b("cpu_strict", ("--cpu-strict",), "Strict CPU placement.", "the threads share the affinity of -C"),
     _b("poll", ("--poll",), "Polling level.", "llamapy's pool spins briefly, then sleeps; ignored"),
@@ -68,4 +68,5 @@ def register(app: typer.Typer) -> None:
         announce(opts, BENCH)
         apply_process_options(opts)
         bench_fn(model=model, n_prompt=n_prompt, n_gen=n_gen, threads=threads, reps=reps, output=output,
-                 n_batch=batch_size, n_ubatch=ubatch_size)
+                 n_batch=batch_size, n_ubatch=ubatch_size, type_k=opts["cache_type_k"],
+                 type_v=opts["cache_type_v"])

@@ -68,7 +68,8 @@ def load_options(opts: Mapping[str, Any]):
         yarn_beta_fast=opts["yarn_beta_fast"], override_kv=parse_override_kv(opts["override_kv"]),
         mlock=opts["mlock"], mmap=not opts["no_mmap"], pooling=opts.get("pooling"),
         check_tensors=opts["check_tensors"], lora=lora_adapters(opts),
-        lora_init_without_apply=bool(opts.get("lora_init_without_apply")),
+        lora_init_without_apply=bool(opts.get("lora_init_without_apply")), type_k=opts.get("cache_type_k") or "f16",
+        type_v=opts.get("cache_type_v") or "f16",
     )
 
 

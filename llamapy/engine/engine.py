@@ -58,6 +58,7 @@ from ..model_args import ModelArgs, check_tensors, model_desc
 from ..util.safe_text import printable
 from ..util.threads import sane_threads
 from .load import (
+    KV_TYPE_NAMES,
     YARN_BETA_FAST,
     YARN_BETA_SLOW,
     LoadOptions,
@@ -219,6 +220,14 @@ class Engine:
         a.n_expert, a.n_expert_used = args.n_expert, args.n_expert_used
         a.expert_weights_norm = int(args.expert_weights_norm)
         a.n_ff_exp, a.n_ff_shexp = args.n_ff_exp, args.n_ff_shexp
+        p.type_k, p.type_v = load.type_k, load.type_v
+        self.type_k, self.type_v = load.type_k, load.type_v
+        for which, t in (("K", load.type_k), ("V", load.type_v)):
+            block = 1 if t in (0, 1, 30) else 32  # the float types, or blocks of 32 (q8_0 ... iq4_nl)
+            if args.head_dim % block:
+                self.close()
+                raise LlamapyError(f"{which} cache type {KV_TYPE_NAMES[t]}: head size {args.head_dim} is not a "
+                                   f"multiple of its block size {block}")
         self.rope_freq_scale = p.rope_freq_scale
         eng = lib.lp_engine_new(p)
         if eng == ffi.NULL:
@@ -312,6 +321,22 @@ class Engine:
                 self.loras[i].scale = s
 
     # -- properties ----------------------------------------------------------------------------
+    def kv_bytes(self) -> int:
+        """Bytes of the KV cache as allocated (every sequence, the scratch one for embed() included)."""
+        from ..native import lib
+
+        return int(lib.lp_engine_kv_bytes(self._engine))
+
+    def kv_line(self) -> str:
+        """The load line of the KV cache: its size and types, as the reference's llama_kv_cache_init."""
+        from ..native import lib
+
+        total = self.kv_bytes()
+        k = int(lib.lp_engine_kv_row_bytes(self._engine, 0)) * self.args.n_layer * (self.n_seq_max + 1) * self.n_ctx
+        mib = 2.0 ** 20
+        return (f"llama_kv_cache_init: KV self size = {total / mib:7.2f} MiB, K ({KV_TYPE_NAMES[self.type_k]}): "
+                f"{k / mib:7.2f} MiB, V ({KV_TYPE_NAMES[self.type_v]}): {(total - k) / mib:7.2f} MiB")
+
     @property
     def tokenizer(self):
         if self._tokenizer is None:

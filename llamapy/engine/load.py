@@ -17,14 +17,15 @@ class LoadOptions:
 
     __slots__ = ("n_ubatch", "rope_scaling", "rope_freq_base", "rope_freq_scale", "yarn_orig_ctx",
                  "yarn_ext_factor", "yarn_attn_factor", "yarn_beta_slow", "yarn_beta_fast", "override_kv", "mlock",
-                 "mmap", "pooling", "check_tensors", "lora", "lora_init_without_apply")
+                 "mmap", "pooling", "check_tensors", "lora", "lora_init_without_apply", "type_k", "type_v")
 
     def __init__(self, *, n_ubatch: int | None = None, rope_scaling: str | None = None, rope_freq_base: float = 0.0,
                  rope_freq_scale: float = 0.0, yarn_orig_ctx: int = 0, yarn_ext_factor: float = -1.0,
                  yarn_attn_factor: float = 1.0, yarn_beta_slow: float = YARN_BETA_SLOW,
                  yarn_beta_fast: float = YARN_BETA_FAST, override_kv: dict | None = None, mlock: bool = False,
                  mmap: bool = True, pooling: str | None = None, check_tensors: bool = False,
-                 lora: list[tuple[str, float]] | None = None, lora_init_without_apply: bool = False):
+                 lora: list[tuple[str, float]] | None = None, lora_init_without_apply: bool = False,
+                 type_k: int | str = "f16", type_v: int | str = "f16"):
         self.n_ubatch = n_ubatch                # most tokens per forward step (None: the caller's n_batch)
         self.rope_scaling = rope_scaling        # none, linear, yarn; None: the model's
         self.rope_freq_base = rope_freq_base
@@ -41,9 +42,26 @@ class LoadOptions:
         self.check_tensors = check_tensors      # scan the weights for NaN / infinite values at load
         self.lora = list(lora or [])            # GGUF LoRA adapters (path, scale), applied at run time
         self.lora_init_without_apply = lora_init_without_apply  # load them with scale 0
+        self.type_k = kv_cache_type(type_k, "K")  # KV cache types, as ggml type ids
+        self.type_v = kv_cache_type(type_v, "V")
 
     def __repr__(self) -> str:
         return "LoadOptions(" + ", ".join(f"{k}={getattr(self, k)!r}" for k in self.__slots__) + ")"
+
+
+# the KV cache types the engine stores (the reference's set for -ctk/-ctv): name -> ggml type id
+KV_CACHE_TYPES = {"f32": 0, "f16": 1, "bf16": 30, "q8_0": 8, "q4_0": 2, "q4_1": 3, "iq4_nl": 20, "q5_0": 6, "q5_1": 7}
+KV_TYPE_NAMES = {v: k for k, v in KV_CACHE_TYPES.items()}
+
+
+def kv_cache_type(value: int | str, which: str = "K") -> int:
+    """A KV cache type given by name (f16, q8_0, ...; any case) or ggml type id, as its id; LlamapyError if unknown."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        if value in KV_TYPE_NAMES:
+            return value
+    elif isinstance(value, str) and value.strip().lower() in KV_CACHE_TYPES:
+        return KV_CACHE_TYPES[value.strip().lower()]
+    raise LlamapyError(f"unsupported {which} cache type {value!r}; use one of {', '.join(KV_CACHE_TYPES)}")
 
 
 def ubatch(batch_size: int, load: LoadOptions | None) -> int:

@@ -9,6 +9,10 @@ where the engine rounds, so tests can hold the engine to a tight tolerance:
   engine's F16 KV cache (its default);
 - `act_round`: each matmul input is rounded the way the weight's dot product sees it
   (Q8_0 / Q8_1 / Q8_K blocks, F16, BF16), as the engine's activation quantization does.
+
+`kv_types` (type_k, type_v) models a KV cache of other types instead of kv_f16: each K and V row is
+stored (quantized and dequantized by the numpy references of `llamapy.quants`); q is rounded to K's
+vec_dot type (fp16 for an F16 K) and the probabilities to fp16 only for an F16 V, as the engine does.
 """
 from __future__ import annotations
 
@@ -85,6 +89,14 @@ def round_activation(x: np.ndarray, vtype: int) -> np.ndarray:
     q = np.round(b * idv[:, None])
     d16 = d.astype(np.float16).astype(np.float32)
     return (q * d16[:, None]).astype(np.float32).reshape(x.shape)
+
+
+def cache_row(x: np.ndarray, ttype: int) -> np.ndarray:
+    """x (n, n_head_kv, head_dim) as a KV cache of ttype holds it: each position's row stored and read back."""
+    from .. import quants
+
+    rows = x.reshape(x.shape[0], -1).astype(np.float32)
+    return quants.dequantize(ttype, quants.quantize(ttype, rows), rows.shape[1]).reshape(x.shape)
 
 
 def rms_norm(x: np.ndarray, w: np.ndarray, eps: float) -> np.ndarray:
@@ -177,13 +189,20 @@ def moe_ffn(args: ModelArgs, w: dict[str, np.ndarray], b: str, xn: np.ndarray, m
 
 def forward(args: ModelArgs, w: dict[str, np.ndarray], tokens, types: dict[str, int] | None = None,
             kv_f16: bool = True, act_round: bool = True, yarn_ext_factor: float = 0.0,
-            trace: dict | None = None, lora: dict | None = None) -> np.ndarray:
+            trace: dict | None = None, lora: dict | None = None,
+            kv_types: tuple[int, int] | None = None) -> np.ndarray:
     """Logits (n_tokens, n_vocab) of tokens at positions 0..n-1 of one sequence; `trace` gets the experts
     each mixture-of-experts layer picked ("blk.N." -> set); `lora`: tensor name -> [(A, B, scale)] low-rank
     pairs added beside the product (scale * B (A x) on the unrounded activations, as the engine does)."""
     tokens = np.asarray(tokens)
     n = len(tokens)
     f16 = (lambda a: a.astype(np.float16).astype(np.float32)) if kv_f16 else (lambda a: a)
+    round_q = round_k = round_v = round_p = f16
+    if kv_types is not None:
+        tk, tv = (T(t) for t in kv_types)
+        round_q = lambda a: round_activation(a, VEC_DOT_TYPE[tk])  # noqa: E731
+        round_k, round_v = (lambda a: cache_row(a, tk)), (lambda a: cache_row(a, tv))
+        round_p = f16 if tv == T.F16 else (lambda a: a)
 
     def mm(name: str, x: np.ndarray, rows: slice = slice(None)) -> np.ndarray:
         x0 = x
@@ -220,7 +239,7 @@ def forward(args: ModelArgs, w: dict[str, np.ndarray], tokens, types: dict[str, 
             q = rms_norm(q, w[b + "attn_q_norm.weight"], args.norm_eps)
             k = rms_norm(k, w[b + "attn_k_norm.weight"], args.norm_eps)
         q, k = apply_rope(q, cos, sin, args.rope_neox), apply_rope(k, cos, sin, args.rope_neox)
-        q, k, v = f16(q), f16(k), f16(v)
+        q, k, v = round_q(q), round_k(k), round_v(v)
         k = np.repeat(k, group, axis=1)                                         # (n, n_head, head_dim)
         v = np.repeat(v, group, axis=1)
         s = np.einsum("qhd,khd->hqk", q.astype(np.float64), k.astype(np.float64)).astype(np.float32)
@@ -229,7 +248,7 @@ def forward(args: ModelArgs, w: dict[str, np.ndarray], tokens, types: dict[str, 
             s = (args.attn_softcap * np.tanh(s / args.attn_softcap)).astype(np.float32)
         s = s + (window if swa else causal)
         p = np.exp(s - s.max(axis=-1, keepdims=True))
-        p = f16(p / p.sum(axis=-1, keepdims=True))
+        p = round_p(p / p.sum(axis=-1, keepdims=True))
         att = np.einsum("hqk,khd->qhd", p.astype(np.float64), v.astype(np.float64)).astype(np.float32)
         o = mm(b + "attn_output.weight", att.reshape(n, args.q_dim)) + bias(b + "attn_output.bias")
         if args.post_norms:

@@ -72,6 +72,7 @@ def build_state(model_path: str | None = None, n_ctx: int = 4096, n_parallel: in
     path = resolve_model(model_path)
     llm = Engine(model_path=path, n_ctx=slot_context(path, n_ctx, n_parallel), n_threads=n_threads,
                 n_batch=n_batch, n_seq_max=n_parallel, embeddings=True, load=load)
+    log.info("%s", llm.kv_line())
     backend = EngineBackend(llm, n_batch=n_batch)
     template = ChatTemplate.for_model(llm.metadata, name=chat_template, file=chat_template_file)
     state = ServerState(
