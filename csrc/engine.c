@@ -122,7 +122,7 @@ static void attention_item(lp_engine *e, int l, int t, int h, int ith) {
     n_kv -= j0;
 
     e->kern.f32_to_f16(hd, e->q + (size_t)t * e->q_dim + (size_t)h * hd, b16);
-    e->kern.attn_scores_f16(hd, n_kv, b16, lp_k_at(e, l, s, j0) + (size_t)g * hd, e->kv_dim, sc, e->n_tok == 1);
+    e->kern.attn_scores_f16(hd, n_kv, b16, lp_k_at(e, l, s, j0) + (size_t)g * hd, e->kv_dim, sc, e->n_tok == 1 || e->exact_rows);
     float max = -INFINITY;
     const float cap = p->arch.attn_softcap;
     for (int j = 0; j < n_kv; j++) {
@@ -134,7 +134,7 @@ static void attention_item(lp_engine *e, int l, int t, int h, int ith) {
     for (int j = 0; j < n_kv; j++) sc[j] *= inv;
     e->kern.f32_to_f16(n_kv, sc, b16);
     float *out = e->att + (size_t)t * e->q_dim + (size_t)h * hd;
-    e->kern.attn_values_f16(hd, n_kv, b16, lp_v_at(e, l, s, g * hd) + j0, p->n_ctx, out, e->n_tok == 1);
+    e->kern.attn_values_f16(hd, n_kv, b16, lp_v_at(e, l, s, g * hd) + j0, p->n_ctx, out, e->n_tok == 1 || e->exact_rows);
     const lp_weight *wo = &e->layers[l].o;
     if (fused_quant(e, wo, hd)) {   /* this head's blocks of the output projection's input */
         const lp_type_traits *vt = &e->traits[wo->tr->vec_dot_type];

@@ -131,6 +131,7 @@ struct lp_engine {
     float *logits, *hidden;
 
     double eval_seconds;         /* total wall time inside lp_engine_eval */
+    int exact_rows;              /* every row of a batch summed as a one-token step sums it (lp_engine_set_exact_rows) */
 
     char err[256];
 };

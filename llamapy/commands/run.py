@@ -7,8 +7,9 @@ from typing import Optional
 import typer
 
 from .options import COMMON, RUN_CHAT, SAMPLING, LlamaCommand, with_options
+from .options_draft import SPECULATIVE
 
-TABLES = (COMMON, RUN_CHAT, SAMPLING)
+TABLES = (COMMON, RUN_CHAT, SAMPLING, SPECULATIVE)
 HELP = {"help_option_names": ["-h", "--help", "--usage"]}
 
 
@@ -59,6 +60,7 @@ def session_options(opts: dict) -> dict:
     process settings applied)."""
     from .option_values import apply_process_options, load_options, sampler_params
     from .options import announce
+    from .options_draft import draft_options
 
     announce(opts, *TABLES)
     apply_process_options(opts)
@@ -69,6 +71,7 @@ def session_options(opts: dict) -> dict:
         verbose_prompt=opts["verbose_prompt"], color=opts["color"], special=opts["special"],
         sampling=sampler_params(opts), load=load_options(opts),
         grammar=opts["grammar"], grammar_file=opts["grammar_file"], json_schema=opts["json_schema"],
+        **draft_options(opts),
     )
 
 

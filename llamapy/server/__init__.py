@@ -50,9 +50,10 @@ def build_state(model_path: str | None = None, n_ctx: int = 4096, n_parallel: in
                 n_batch: int = 512, api_key: str | None = None, alias: str | None = None,
                 chat_template: str | None = None, chat_template_file: str | None = None, embedding: bool = False,
                 n_predict: int = -1, max_queue: int = 32, max_body: int = 4 << 20, sampling=None,
-                ctx_shift: bool = True, load=None, endpoints: dict | None = None):
+                ctx_shift: bool = True, load=None, endpoints: dict | None = None, speculative: dict | None = None):
     """Load the model and everything the app needs (no sockets yet). `sampling`: the SamplerParams a
-    request's missing sampling fields take; `ctx_shift`: a slot whose context fills shifts it and goes on."""
+    request's missing sampling fields take; `ctx_shift`: a slot whose context fills shifts it and goes on;
+    `speculative`: the draft options (commands/options_draft.draft_options), a draft model or prompt lookup."""
     import os
 
     from .. import __version__
@@ -70,10 +71,21 @@ def build_state(model_path: str | None = None, n_ctx: int = 4096, n_parallel: in
     llm = Engine(model_path=path, n_ctx=slot_context(path, n_ctx, n_parallel), n_threads=n_threads,
                 n_batch=n_batch, n_seq_max=n_parallel, embeddings=True, load=load)
     backend = EngineBackend(llm, n_batch=n_batch)
+    drafter = None
+    if speculative:
+        from ..generation.speculative import drafter_from_options
+
+        try:
+            drafter = drafter_from_options(llm, speculative["model_draft"], speculative["lookup"],
+                                           speculative["draft"], speculative["ctx_size_draft"],
+                                           speculative["threads_draft"], n_seq=n_parallel)
+        except BaseException:
+            llm.close()
+            raise
     template = ChatTemplate.for_model(llm.metadata, name=chat_template, file=chat_template_file)
     return ServerState(
         backend=backend,
-        scheduler=Scheduler(backend, max_queue=max_queue, ctx_shift=ctx_shift),
+        scheduler=Scheduler(backend, max_queue=max_queue, ctx_shift=ctx_shift, drafter=drafter),
         template=template,
         model_id=alias or (model_path if model_path else os.path.basename(path)),
         model_path=path,

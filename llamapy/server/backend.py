@@ -32,8 +32,8 @@ class EngineBackend:
         self._meta: dict[str, Any] | None = None
 
     # --- engine thread -----------------------------------------------------------------------------
-    def eval_batch(self, items: list[tuple[int, list[int]]]) -> list[np.ndarray]:
-        return self.llm.eval_batch(items)
+    def eval_batch(self, items: list[tuple[int, list[int]]], last_rows: list[int] | None = None) -> list[np.ndarray]:
+        return self.llm.eval_batch(items, last_rows=last_rows)
 
     def cache_tokens(self, seq: int) -> list[int]:
         return list(self.llm.tokens(seq))
