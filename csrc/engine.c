@@ -147,7 +147,7 @@ static void attention_item(lp_engine *e, int l, int t, int h, int ith) {
 
     if (e->type_k == LP_TYPE_F16) {
         e->kern.f32_to_f16(hd, e->q + (size_t)t * e->q_dim + (size_t)h * hd, b16);
-        e->kern.attn_scores_f16(hd, n_kv, b16, lp_k_at(e, l, s, j0) + (size_t)g * hd, e->kv_dim, sc, e->n_tok == 1);
+        e->kern.attn_scores_f16(hd, n_kv, b16, lp_k_at(e, l, s, j0) + (size_t)g * hd, e->kv_dim, sc, e->n_tok == 1 || e->exact_rows);
     } else {
         scores_rows(e, e->q + (size_t)t * e->q_dim + (size_t)h * hd, l, s, g, j0, n_kv, sc, ith);
     }
@@ -163,7 +163,7 @@ static void attention_item(lp_engine *e, int l, int t, int h, int ith) {
     float *out = e->att + (size_t)t * e->q_dim + (size_t)h * hd;
     if (e->v_trans) {
         e->kern.f32_to_f16(n_kv, sc, b16);
-        e->kern.attn_values_f16(hd, n_kv, b16, lp_v_at(e, l, s, g * hd) + j0, p->n_ctx, out, e->n_tok == 1);
+        e->kern.attn_values_f16(hd, n_kv, b16, lp_v_at(e, l, s, g * hd) + j0, p->n_ctx, out, e->n_tok == 1 || e->exact_rows);
     } else {
         values_rows(e, sc, l, s, g, j0, n_kv, out, ith);
     }

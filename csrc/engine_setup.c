@@ -21,6 +21,7 @@ int lp_engine_fail(lp_engine *e, const char *fmt, ...) {
 const char *lp_engine_error(const lp_engine *e) { return e->err; }
 int lp_engine_n_threads(const lp_engine *e) { return lp_pool_size(e->pool); }
 double lp_engine_eval_seconds(const lp_engine *e) { return e->eval_seconds; }
+void lp_engine_set_exact_rows(lp_engine *e, int on) { e->exact_rows = on != 0; }
 
 int64_t lp_engine_kv_bytes(const lp_engine *e) {
     const int64_t cells = (int64_t)e->p.n_layer * e->p.n_seq;

@@ -123,6 +123,9 @@ void lp_engine_free(lp_engine *e);
 const char *lp_engine_error(const lp_engine *e);      /* message of the last failed call */
 int lp_engine_n_threads(const lp_engine *e);
 double lp_engine_eval_seconds(const lp_engine *e);   /* wall time spent inside lp_engine_eval so far */
+/* on: every row of a batch gets the logits a one-token step would give it (attention summed in the one-token
+ * order), so a batch can verify a speculative draft exactly; off (the default): the reference's batch order */
+void lp_engine_set_exact_rows(lp_engine *e, int on);
 int64_t lp_engine_kv_bytes(const lp_engine *e);
 /* bytes of one cached K row (one position, all KV heads) and of one V row (a position's row when V is not
  * F16) or V column (one value index over n_ctx positions when V is F16) */

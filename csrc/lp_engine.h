@@ -162,6 +162,7 @@ struct lp_engine {
     float *logits, *hidden;
 
     double eval_seconds;         /* total wall time inside lp_engine_eval */
+    int exact_rows;              /* every row of a batch summed as a one-token step sums it (lp_engine_set_exact_rows) */
 
     /* LoRA adapters (engine_lora.c): a scale per adapter; the A x products of a phase, shared */
     float *lora_scale;           /* (n_lora_adapters) */

@@ -53,6 +53,11 @@ def run(
     prompt_cache_ro: bool = False,
     out: TextIO | None = None,
     err: TextIO | None = None,
+    model_draft: str | None = None,
+    lookup: bool = False,
+    draft=None,
+    ctx_size_draft: int | None = None,
+    threads_draft: int | None = None,
 ) -> int:
     """Generate a continuation of the prompt; returns the number of tokens generated.
 
@@ -60,12 +65,14 @@ def run(
     (llama-cli's --grammar, --grammar-file, -j); the generation ends where the grammar is complete.
     prompt_cache: a state file (llama-cli's --prompt-cache): its tokens and KV state are loaded when the prompt
     starts with them, and the evaluated prompt is saved to it at the first sampled token unless the whole prompt
-    came from it; prompt_cache_all saves the generated tokens too at the end, prompt_cache_ro never writes."""
+    came from it; prompt_cache_all saves the generated tokens too at the end, prompt_cache_ro never writes.
+    model_draft (a draft model) or lookup (prompt lookup), with draft (DraftParams): speculative decoding."""
     from .engine.engine import Engine
     from .engine.load import ubatch
     from .generation.generate import eog_ids_of, steps
     from .generation.sampling import Sampler
     from .generation.sequence import Sequence, Timings
+    from .generation.speculative import DraftParams, drafter_from_options
     from .grammar.options import check_options, grammar_from_options
     from .tokenizer.core import StreamDecoder
     from .util.escapes import process_escapes_text as process_escapes
@@ -91,6 +98,7 @@ def run(
     t0 = time.perf_counter()
     llm = Engine(model, n_ctx=ctx_size, n_threads=threads, n_batch=ubatch(batch_size, load), load=load)
     timings = Timings(load_ms=1000 * (time.perf_counter() - t0))
+    drafter = None
     try:
         log(f"llama_model_load: {llm.model_path}: {llm.desc}, {llm.n_params / 1e6:.2f} M params, "
             f"{llm.model_size / 2**20:.2f} MiB")
@@ -99,6 +107,11 @@ def run(
         log(llm.kv_line())
         if llm.n_ctx > llm.args.n_ctx_train:
             log(f"warning: model was trained on only {llm.args.n_ctx_train} context tokens ({llm.n_ctx} specified)")
+        drafter = drafter_from_options(llm, model_draft, lookup, draft or DraftParams(), ctx_size_draft,
+                                       threads_draft, log)
+        if drafter is not None and model_draft is None:
+            log(f"speculative: prompt lookup, n-grams of {drafter.params.ngram_min}..{drafter.params.ngram_max} "
+                f"tokens, draft max {drafter.params.n_max}")
         tok = llm.tokenizer
         compiled = grammar_from_options(tok, llm.n_vocab, grammar=grammar, grammar_file=grammar_file,
                                         json_schema=json_schema)
@@ -149,7 +162,7 @@ def run(
         n_gen = 0
         try:
             on_shift = cache.shifted if cache is not None else None
-            for step in steps(llm, seq, ids, on_context_shift=on_shift):
+            for step in steps(llm, seq, ids, on_context_shift=on_shift, drafter=drafter):
                 if cache is not None and n_gen == 0:
                     cache.prompt_done()
                 if step.stop == "eog":
@@ -174,6 +187,8 @@ def run(
                 log(f"llama_perf: {line}")
         return n_gen
     finally:
+        if drafter is not None:
+            drafter.close()
         llm.close()
 
 

@@ -544,6 +544,11 @@ def start(
     grammar: str | None = None,
     grammar_file: str | None = None,
     json_schema: str | None = None,
+    model_draft: str | None = None,
+    lookup: bool = False,
+    draft=None,
+    ctx_size_draft: int | None = None,
+    threads_draft: int | None = None,
 ) -> int:
     """Load a model and run the interactive loop: what `llamapy chat` and `llamapy run -i/-r/-ins/-cnv` call.
 
@@ -586,6 +591,9 @@ def start(
         verbose_prompt=verbose_prompt,
     )
     err = log or sys.stderr  # the load lines; --log-disable / --log-file choose where they go
+    if model_draft is not None or lookup:
+        err.write("note: -md/--lookup: speculative decoding is done by run (without -i) and serve; the interactive "
+                  "session generates one token a step\n")
     with Engine(model, n_ctx=ctx_size, n_threads=threads, n_batch=ubatch(batch_size, load), load=load) as llm:
         err.write(f"llama_model_load: {llm.model_path}: {llm.desc}\n")
         err.write(llm.kv_line() + "\n")

@@ -362,7 +362,7 @@ RUN_CHAT: list[Opt] = [
 _S = "Server"
 SERVER_GRAMMAR = ("a server-wide default grammar is not supported yet; give grammar or json_schema in each "
                   "request (response_format, Ollama's format)")
-_D = "Speculative decoding and presets (accepted, not supported yet)"
+_D = "Draft devices and presets (accepted, ignored)"
 
 # llama-server's own
 SERVER: list[Opt] = [
@@ -436,18 +436,9 @@ SERVER: list[Opt] = [
        "a request takes the slot with the longest common prefix", Optional[float], _S),
     _c("lora_init_without_apply", ("--lora-init-without-apply",),
        "Load LoRA adapters with scale 0 (apply them later through POST /lora-adapters).", bool, False, panel=_S),
-    _n("draft_max", ("--draft-max", "--draft", "--draft-n"), "Draft tokens.", NOT_YET, Optional[int], _D,
-       env="LLAMA_ARG_DRAFT_MAX"),
-    _n("draft_min", ("--draft-min", "--draft-n-min"), "Least draft tokens.", NOT_YET, Optional[int], _D,
-       env="LLAMA_ARG_DRAFT_MIN"),
-    _n("draft_p_min", ("--draft-p-min",), "Least draft probability.", NOT_YET, Optional[float], _D,
-       env="LLAMA_ARG_DRAFT_P_MIN"),
-    _n("ctx_size_draft", ("-cd", "--ctx-size-draft"), "Draft context.", NOT_YET, Optional[int], _D,
-       env="LLAMA_ARG_CTX_SIZE_DRAFT"),
     _n("device_draft", ("-devd", "--device-draft"), "Draft devices.", ON_CPU, panel=_D),
     _n("n_gpu_layers_draft", ("-ngld", "--gpu-layers-draft", "--n-gpu-layers-draft"), "Draft layers on the GPU.",
        ON_CPU, Optional[int], _D, env="LLAMA_ARG_N_GPU_LAYERS_DRAFT"),
-    _n("model_draft", ("-md", "--model-draft"), "Draft model.", NOT_YET, panel=_D, env="LLAMA_ARG_MODEL_DRAFT"),
     _n("model_vocoder", ("-mv", "--model-vocoder"), "Vocoder model (text to speech).", NOT_YET, panel=_D),
     _n("tts_use_guide_tokens", ("--tts-use-guide-tokens",), "Guide tokens (text to speech).", NOT_YET, bool, _D),
     *(_n(f.strip("-").replace("-", "_").replace(".", "_"), (f,), "A preset that downloads its model.", NO_DOWNLOAD,

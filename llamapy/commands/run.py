@@ -7,8 +7,9 @@ from typing import Optional
 import typer
 
 from .options import COMMON, RUN_CHAT, SAMPLING, LlamaCommand, with_options
+from .options_draft import SPECULATIVE
 
-TABLES = (COMMON, RUN_CHAT, SAMPLING)
+TABLES = (COMMON, RUN_CHAT, SAMPLING, SPECULATIVE)
 HELP = {"help_option_names": ["-h", "--help", "--usage"]}
 
 
@@ -60,6 +61,7 @@ def session_options(opts: dict) -> dict:
     from ..grammar.options import schema_option
     from .option_values import apply_process_options, load_options, resolve_hf_model, sampler_params
     from .options import announce
+    from .options_draft import draft_options
 
     announce(opts, *TABLES)
     apply_process_options(opts)
@@ -72,6 +74,7 @@ def session_options(opts: dict) -> dict:
         sampling=sampler_params(opts), load=load_options(opts),
         grammar=opts["grammar"], grammar_file=opts["grammar_file"],
         json_schema=schema_option(opts["json_schema"], opts["json_schema_file"]),
+        **draft_options(opts),
     )
 
 

@@ -8,8 +8,9 @@ import typer
 
 from ..errors import LlamapyError
 from .options import COMMON, SAMPLING, SERVER, LlamaCommand, with_options
+from .options_draft import SPECULATIVE, draft_options
 
-TABLES = (COMMON, SERVER, SAMPLING)
+TABLES = (COMMON, SERVER, SAMPLING, SPECULATIVE)
 
 
 def _env_flag(name: str) -> bool:
@@ -85,6 +86,7 @@ def register(app: typer.Typer) -> None:
             if not os.path.isdir(d):
                 raise LlamapyError(f"--allow-path {d}: no such folder")
             allow.append(os.path.realpath(d))
+        speculative = draft_options(opts)
         apply_process_options(opts)
         resolve_hf_model(opts)
         load = load_options(opts)
@@ -97,7 +99,7 @@ def register(app: typer.Typer) -> None:
             chat_template=opts["chat_template"], chat_template_file=opts["chat_template_file"],
             embedding=opts["embedding"], n_predict=opts["n_predict"], max_queue=max_queue, max_body=max_body,
             sampling=sampling, ctx_shift=opts["context_shift"] and not _env_flag("LLAMA_ARG_NO_CONTEXT_SHIFT"),
-            load=load, ssl_keyfile=opts["ssl_key_file"], ssl_certfile=opts["ssl_cert_file"],
+            load=load, ssl_keyfile=opts["ssl_key_file"], ssl_certfile=opts["ssl_cert_file"], speculative=speculative,
             endpoints=dict(
                 metrics_enabled=opts["metrics"], slots_enabled=opts["slots"] and not
                 _env_flag("LLAMA_ARG_NO_ENDPOINT_SLOTS"), props_writable=opts["props"], webui=not opts["no_webui"],

@@ -432,13 +432,41 @@ class Engine:
         self._check_seq(seq_id)
         return self._append(seq_id, tokens, all_logits=True)
 
+    def eval_verify(self, tokens: Sequence[int], seq_id: int = 0) -> np.ndarray:
+        """Append tokens to a sequence in one step; the logits of every one (len(tokens), n_vocab), each row
+        bitwise what a one-token step at its position would give (a speculative draft's exact verification)."""
+        from ..native import lib
+
+        self._check_seq(seq_id)
+        if len(tokens) > self.n_batch:
+            raise LlamapyError(f"eval_verify: {len(tokens)} tokens in one step (n_batch {self.n_batch})")
+        lib.lp_engine_set_exact_rows(self._engine, 1)
+        try:
+            return self._append(seq_id, tokens, all_logits=True)
+        finally:
+            lib.lp_engine_set_exact_rows(self._engine, 0)
+
     def eval_batch(self, items: Iterable[tuple[int, Sequence[int]]],
-                   first_output: int | None = None) -> list[np.ndarray]:
+                   first_output: int | None = None, last_rows: Sequence[int] | None = None) -> list[np.ndarray]:
         """Advance several sequences together, one C call per n_batch tokens.
 
         Returns the last-token logits (n_vocab,) of each item, or with `first_output` = k the logits
-        of its tokens k.. as (len(tokens) - k, n_vocab) (perplexity scores the second half of chunks).
+        of its tokens k.. as (len(tokens) - k, n_vocab) (perplexity scores the second half of chunks),
+        or with `last_rows` (a count per item) the logits of each item's last rows as (count, n_vocab),
+        every row exactly what a one-token step would give (speculative drafts verified in a shared batch).
         """
+        if last_rows is not None:
+            from ..native import lib
+
+            items = list(items)
+            lib.lp_engine_set_exact_rows(self._engine, 1)
+            try:
+                return self._eval_batch(items, None, list(last_rows))
+            finally:
+                lib.lp_engine_set_exact_rows(self._engine, 0)
+        return self._eval_batch(items, first_output, None)
+
+    def _eval_batch(self, items, first_output: int | None, last_rows: list[int] | None) -> list[np.ndarray]:
         items = [(int(s), np.ascontiguousarray(t, dtype=np.int32)) for s, t in items]
         seen = set()
         for s, t in items:
@@ -462,7 +490,13 @@ class Engine:
                               for s, t in items])
         starts = np.concatenate([[0], np.cumsum([len(t) for _, t in items])[:-1]]).astype(np.int64)
         # (batch index, item, row in that item's result) of every wanted output
-        if first_output is None:
+        if last_rows is not None:
+            if len(last_rows) != len(items) or any(not 1 <= k <= len(t) for k, (_, t) in zip(last_rows, items)):
+                raise LlamapyError("eval_batch: last_rows must give 1..len(tokens) rows per item")
+            wanted = [(int(starts[i]) + len(t) - k + j, i, j)
+                      for i, ((_, t), k) in enumerate(zip(items, last_rows)) for j in range(k)]
+            results = [np.empty((k, self.n_vocab), dtype=np.float32) for k in last_rows]
+        elif first_output is None:
             wanted = [(int(starts[i]) + len(t) - 1, i, 0) for i, (_, t) in enumerate(items)]
             results = [np.empty(self.n_vocab, dtype=np.float32) for _ in items]
         else:
@@ -480,7 +514,7 @@ class Engine:
             logits = np.empty((len(mine), self.n_vocab), dtype=np.float32) if mine else None
             self._run(toks[start:end], pos[start:end], seq[start:end], out_idx, logits, None)
             for j, (_, i, row) in enumerate(mine):
-                if first_output is None:
+                if first_output is None and last_rows is None:
                     results[i][:] = logits[j]
                 else:
                     results[i][row] = logits[j]

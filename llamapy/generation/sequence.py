@@ -64,6 +64,8 @@ class Timings:
     n_reused: int = 0          # prompt tokens found already in the cache
     n_shifts: int = 0          # context shifts
     stop_reason: str = ""      # the last Step.stop: "eog", "limit", "context", "word", "grammar", "no_token"
+    draft_n: int = 0           # speculative decoding: tokens drafted
+    draft_n_accepted: int = 0  # of which the target kept
 
     def lines(self) -> list[str]:
         """The summary, formatted like the reference's perf print."""
@@ -73,7 +75,11 @@ class Timings:
             return f"{ms:10.2f} ms / {n:5d} {unit:6s} ({per:8.2f} ms per token, {tps:8.2f} tokens per second)"
 
         total = self.load_ms + self.prompt_ms + self.eval_ms + self.sample_ms
-        return [
+        spec = []
+        if self.draft_n:
+            spec = [f"draft: {self.draft_n:5d} tokens drafted, {self.draft_n_accepted:5d} accepted "
+                    f"({100.0 * self.draft_n_accepted / self.draft_n:.2f}% acceptance)"]
+        return spec + [
             f"sampling time = {rate(self.sample_ms, self.n_sample, 'runs')}",
             f"load time = {self.load_ms:10.2f} ms",
             f"prompt eval time = {rate(self.prompt_ms, self.n_prompt)}",

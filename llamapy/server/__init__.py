@@ -51,11 +51,13 @@ def build_state(model_path: str | None = None, n_ctx: int = 4096, n_parallel: in
                 chat_template: str | None = None, chat_template_file: str | None = None, embedding: bool = False,
                 n_predict: int = -1, max_queue: int = 32, max_body: int = 4 << 20, sampling=None,
                 ctx_shift: bool = True, load=None, endpoints: dict | None = None, store_models: bool = True,
-                models_max: int = 3, keep_alive: float | None = None):
+                models_max: int = 3, keep_alive: float | None = None,
+                speculative: dict | None = None):
     """Load the model and everything the app needs (no sockets yet). `sampling`: the SamplerParams a
     request's missing sampling fields take; `ctx_shift`: a slot whose context fills shifts it and goes on.
     store_models: the models of the store answer by name too (server/manager.py: at most `models_max` loaded,
-    each kept `keep_alive` seconds after use, None: $LLAMAPY_KEEP_ALIVE / $OLLAMA_KEEP_ALIVE / 5 minutes)."""
+    each kept `keep_alive` seconds after use, None: $LLAMAPY_KEEP_ALIVE / $OLLAMA_KEEP_ALIVE / 5 minutes);
+    `speculative`: the draft options (commands/options_draft.draft_options), a draft model or prompt lookup."""
     import os
 
     from .. import __version__
@@ -74,10 +76,21 @@ def build_state(model_path: str | None = None, n_ctx: int = 4096, n_parallel: in
                 n_batch=n_batch, n_seq_max=n_parallel, embeddings=True, load=load)
     log.info("%s", llm.kv_line())
     backend = EngineBackend(llm, n_batch=n_batch)
+    drafter = None
+    if speculative:
+        from ..generation.speculative import drafter_from_options
+
+        try:
+            drafter = drafter_from_options(llm, speculative["model_draft"], speculative["lookup"],
+                                           speculative["draft"], speculative["ctx_size_draft"],
+                                           speculative["threads_draft"], n_seq=n_parallel)
+        except BaseException:
+            llm.close()
+            raise
     template = ChatTemplate.for_model(llm.metadata, name=chat_template, file=chat_template_file)
     state = ServerState(
         backend=backend,
-        scheduler=Scheduler(backend, max_queue=max_queue, ctx_shift=ctx_shift),
+        scheduler=Scheduler(backend, max_queue=max_queue, ctx_shift=ctx_shift, drafter=drafter),
         template=template,
         model_id=alias or (model_path if model_path else os.path.basename(path)),
         model_path=path,

@@ -36,8 +36,8 @@ class EngineBackend:
         self.lora_scales: list[float] = [ad.scale for ad in loras]
 
     # --- engine thread -----------------------------------------------------------------------------
-    def eval_batch(self, items: list[tuple[int, list[int]]]) -> list[np.ndarray]:
-        return self.llm.eval_batch(items)
+    def eval_batch(self, items: list[tuple[int, list[int]]], last_rows: list[int] | None = None) -> list[np.ndarray]:
+        return self.llm.eval_batch(items, last_rows=last_rows)
 
     def set_lora(self, scales: tuple[float, ...]) -> None:
         """The adapter scales of the next steps (one set per batch: the scheduler batches alike slots only)."""

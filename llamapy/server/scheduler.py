@@ -39,7 +39,8 @@ class Backend(Protocol):
     n_slots: int
     n_batch: int
 
-    def eval_batch(self, items: list[tuple[int, list[int]]]) -> list[np.ndarray]: ...
+    def eval_batch(self, items: list[tuple[int, list[int]]], last_rows: list[int] | None = None) -> list[np.ndarray]:
+        ...
     def cache_tokens(self, seq: int) -> list[int]: ...
     def truncate(self, seq: int, n: int) -> None: ...
     def embed(self, tokens: list[int]) -> np.ndarray: ...
@@ -91,14 +92,20 @@ class GenResult:
     id_slot: int
     t_prompt_ms: float
     t_gen_ms: float
+    draft_n: int = 0  # speculative decoding: tokens drafted
+    draft_n_accepted: int = 0  # of which the target kept
 
     @property
     def finish_reason(self) -> str:
         return "length" if self.stop_type == "limit" else "stop"
 
     def timings(self) -> dict[str, float]:
-        """llama-server's `timings` object."""
-        return timings_of(self.n_prompt_eval, self.t_prompt_ms, self.n_decoded, self.t_gen_ms)
+        """llama-server's `timings` object (with draft_n and draft_n_accepted when a draft was used)."""
+        t = timings_of(self.n_prompt_eval, self.t_prompt_ms, self.n_decoded, self.t_gen_ms)
+        if self.draft_n:
+            t["draft_n"] = self.draft_n
+            t["draft_n_accepted"] = self.draft_n_accepted
+        return t
 
 
 def timings_of(pn: int, pm: float, gn: int, gm: float) -> dict[str, float]:
@@ -163,6 +170,8 @@ class Slot:
         self.seq: Sequence | None = None  # the generation core: sampling, stop rules, text, context shift
         self.probs: list[dict[str, Any]] = []
         self.next_token = -1  # sampled, not yet evaluated
+        self.draft: list[int] = []  # drafted tokens evaluated after next_token this step
+        self.draft_n = self.draft_n_accepted = 0
         self.n_prompt_eval = 0
         self.t_start = self.t_prompt_done = 0.0
 
@@ -187,8 +196,10 @@ def token_probs(logits: np.ndarray, token: int, n: int) -> dict[str, Any]:
 class Scheduler:
     """Owns the backend; every model call happens on its thread."""
 
-    def __init__(self, backend: Backend, max_queue: int = 32, prompt_chunk: int = 128, ctx_shift: bool = False):
+    def __init__(self, backend: Backend, max_queue: int = 32, prompt_chunk: int = 128, ctx_shift: bool = False,
+                 drafter: Any = None):
         self.backend = backend
+        self.drafter = drafter  # speculative decoding (generation/speculative.py): drafts verified in the batch
         self.ctx_shift = ctx_shift  # a slot whose context fills shifts it (llama-server --context-shift)
         self.max_queue = max_queue
         self.prompt_chunk = prompt_chunk  # prompt tokens per step while other slots are generating
@@ -311,9 +322,13 @@ class Scheduler:
         items, owners = self._plan(self._lora_group(busy))
         if not items:
             return
+        rows = [1 + len(s.draft) if s.next_token >= 0 else 1 for s in owners]
         try:
             self._set_lora(owners[0].lora)
-            all_logits = self.backend.eval_batch(items)
+            if any(k > 1 for k in rows):
+                all_logits = self.backend.eval_batch(items, last_rows=rows)
+            else:
+                all_logits = self.backend.eval_batch(items)
         except Exception as e:
             log.exception("eval_batch failed")
             for s in owners:
@@ -331,7 +346,29 @@ class Scheduler:
                 if s.seq.n_predict == 0:
                     self._finish(s, "limit")
                     continue
-            self._sample(s, logits)
+            if logits.ndim == 1:
+                self._sample(s, logits)
+            else:
+                self._verify(s, logits)
+
+    def _verify(self, s: Slot, rows: np.ndarray) -> None:
+        """Sample a slot's rows in turn while the sampled tokens are its draft's (the generation core's rule:
+        see generation/speculative.py); the cache drops the rows after the first token that is not."""
+        draft, sid = s.draft, s.id
+        n_cache = s.seq.n_past
+        for i in range(len(rows)):
+            step = self._sample(s, rows[i])
+            matched = step is not None and i < len(draft) and step.token == draft[i]
+            if matched:
+                s.draft_n_accepted += 1
+            if matched and s.job is not None:
+                continue
+            keep = n_cache - (len(rows) - 1 - i)
+            if keep < n_cache:
+                self.backend.truncate(sid, keep)
+            if s.seq is not None:
+                s.seq.n_past = keep
+            break
 
     def _admit(self) -> list[Job]:
         """Move waiting jobs into free slots; return the embedding jobs taken off the queue."""
@@ -412,7 +449,8 @@ class Scheduler:
         owners: list[Slot] = []
         generating = [s for s in busy if s.next_token >= 0]
         for s in generating:
-            items.append((s.id, [s.next_token]))
+            s.draft = self._draft(s, len(generating))
+            items.append((s.id, [s.next_token, *s.draft]))
             owners.append(s)
         budget = self.backend.n_batch - len(items)
         if generating:
@@ -427,12 +465,29 @@ class Scheduler:
             owners.append(s)
         return items, owners
 
-    def _sample(self, s: Slot, logits: np.ndarray) -> None:
+    def _draft(self, s: Slot, n_generating: int) -> list[int]:
+        """The slot's draft after its next token (none without a drafter or when too short to verify)."""
+        d = self.drafter
+        if d is None:
+            return []
+        seq = s.seq
+        # room for the next token, the draft and one more, so no row needs a context shift; a share of the batch
+        n = min(d.params.n_max, self.backend.n_ctx - seq.n_past - 3, self.backend.n_batch // n_generating - 1)
+        if seq.n_predict >= 0:
+            n = min(n, seq.n_predict - len(seq.generated))
+        draft = d.draft(self.backend.cache_tokens(s.id) + [s.next_token], n, seq_id=s.id) if n > 0 else []
+        if len(draft) < max(d.params.n_min, 1):
+            return []
+        s.draft_n += len(draft)
+        return draft
+
+    def _sample(self, s: Slot, logits: np.ndarray):
+        """Feed one row of logits to the slot's sequence; returns the Step (None when nothing was sampled)."""
         job, req = s.job, s.job.gen
         step = s.seq.feed(logits)
         if step.stop == "no_token":  # nothing was sampled
             self._finish(s, STOP_TYPES[step.stop])
-            return
+            return None
         tok = step.token
         if req.n_probs <= 0:
             probs = None
@@ -446,7 +501,7 @@ class Scheduler:
             s.probs.append(probs)
         if step.stop == "eog":
             self._finish(s, "eos")
-            return
+            return step
         if job.stream and (step.text or step.stop != "word"):
             timings = None
             if req.timings_per_token:
@@ -457,10 +512,11 @@ class Scheduler:
             job.emit(TokenEvent(job.index, step.text, tok, probs, timings))
         if step.stop:
             self._finish(s, STOP_TYPES[step.stop], truncated=step.truncated)
-            return
+            return step
         if step.shift is not None:
             self.backend.context_shift(s.id, *step.shift)
         s.next_token = tok
+        return step
 
     def _finish(self, s: Slot, stop_type: str, truncated: bool = False) -> None:
         job, seq = s.job, s.seq
@@ -484,6 +540,8 @@ class Scheduler:
             id_slot=s.id,
             t_prompt_ms=(t_prompt_done - s.t_start) * 1e3,
             t_gen_ms=(now - t_prompt_done) * 1e3,
+            draft_n=s.draft_n,
+            draft_n_accepted=s.draft_n_accepted,
         )
         for f in self.on_finish:
             f(result)
