@@ -379,7 +379,7 @@ class Tokenizer:
             if self.bos_id is None:
                 raise LlamapyError("the model asks for a BOS token but has none")
             out.append(self.bos_id)
-        slow = _needs_slow_path(text)
+        slow = not bpe_merges.is_plain(text)
         if self.model == "llama":
             prev_special = True
             for frag in self._partition(text, parse_special):
@@ -539,14 +539,6 @@ codecs.register_error("llamapy-surrogates", _surrogates)
 def to_bytes(text: str) -> bytes:
     """Text as the bytes it came from: surrogateescape'd bytes come back as themselves."""
     return text.encode("utf-8", "llamapy-surrogates")
-
-
-def _needs_slow_path(text: str) -> bool:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return True
-    return False
 
 
 class StreamDecoder:
