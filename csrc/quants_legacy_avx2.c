@@ -257,8 +257,4 @@ void lp_register_legacy_avx2(lp_type_traits *t) {
     lp_override(&t[LP_TYPE_Q8_1], NULL, quantize_row_q8_1, NULL, NULL);
     lp_override(&t[LP_TYPE_IQ4_NL], dequantize_row_iq4_nl, NULL, vec_dot_iq4_nl_q8_0, NULL);
 }
-
-#else
-#include "lp_core.h"
-void lp_register_legacy_avx2(lp_type_traits *t) { (void)t; }
 #endif
