@@ -1,5 +1,6 @@
 """Building the C engine from a GGUF model: its parameter struct (dimensions, RoPE/YaRN, the architecture's
-traits, KV cache types), the default thread count, and the weight slot(s) each tensor fills."""
+traits, KV cache types), the default thread count, the memory its weights are read from (mapped or read,
+locked or not) and the weight slot(s) each tensor fills."""
 from __future__ import annotations
 
 import os
@@ -7,9 +8,9 @@ import os
 from ..errors import LlamapyError
 from ..model_args import ModelArgs
 from ..util.threads import sane_threads
-from .load import LoadOptions, RopeParams, rope_params
+from .load import KV_TYPE_NAMES, LoadOptions, RopeParams, mlock, rope_params
 
-__all__ = ["fill_params", "physical_cores", "set_weights", "slot_parts"]
+__all__ = ["fill_params", "physical_cores", "set_weights", "slot_parts", "weight_memory"]
 
 # GGUF tensor name suffix -> engine weight slot (see csrc/llamapy.h)
 _LAYER_SLOTS = {
@@ -101,7 +102,34 @@ def fill_params(p, args: ModelArgs, load: LoadOptions, n_ctx: int, n_seq: int, n
     a.expert_weights_norm = int(args.expert_weights_norm)
     a.n_ff_exp, a.n_ff_shexp = args.n_ff_exp, args.n_ff_shexp
     p.type_k, p.type_v = load.type_k, load.type_v
+    for which, t in (("K", load.type_k), ("V", load.type_v)):
+        block = 1 if t in (0, 1, 30) else 32  # the float types, or blocks of 32 (q8_0 ... iq4_nl)
+        if args.head_dim % block:
+            raise LlamapyError(f"{which} cache type {KV_TYPE_NAMES[t]}: head size {args.head_dim} is not a "
+                               f"multiple of its block size {block}")
     return rope
+
+
+def weight_memory(r, model_path: str, load: LoadOptions):
+    """The model file's bytes as the engine reads its weights: (a char[] over the file's mapping, or with
+    --no-mmap over a copy read into memory; that copy (None when mapped), to keep alive as long as the engine;
+    (address, size) when --mlock locked them in RAM, else None)."""
+    from ..native import ffi
+
+    weights = None
+    if load.mmap:
+        base = ffi.from_buffer(r._mmap)  # char[] over the whole file
+    else:  # --no-mmap: the file read into memory of our own
+        weights = bytearray(r.size)
+        with open(model_path, "rb") as f:
+            f.readinto(memoryview(weights))
+        base = ffi.from_buffer(weights)
+    locked = None
+    if load.mlock:
+        addr = int(ffi.cast("uintptr_t", base))
+        if mlock(addr, len(base)):
+            locked = (addr, len(base))
+    return base, weights, locked
 
 
 def set_weights(eng, base, tensors: dict, args: ModelArgs, model_path: str) -> None:

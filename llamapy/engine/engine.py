@@ -55,7 +55,7 @@ from ..ggufio.constants import ValueType
 from ..ggufio.reader import GGUFReader
 from ..model_args import ModelArgs, check_tensors, model_desc
 from ..util.safe_text import printable
-from .build import fill_params, physical_cores, set_weights, slot_parts
+from .build import fill_params, physical_cores, set_weights, slot_parts, weight_memory
 from .load import (
     KV_TYPE_NAMES,
     YARN_BETA_FAST,
@@ -64,7 +64,6 @@ from .load import (
     apply_overrides,
     apply_pooling,
     check_tensor_values,
-    mlock,
     munlock,
 )
 
@@ -135,14 +134,12 @@ class Engine:
         self._scratch_seq = n_seq_max  # an extra sequence for embed()
 
         p = ffi.new("lp_engine_params *")
-        self.rope = fill_params(p, args, load, self.n_ctx, n_seq_max + 1, self.n_batch, n_threads)
         self.type_k, self.type_v = load.type_k, load.type_v
-        for which, t in (("K", load.type_k), ("V", load.type_v)):
-            block = 1 if t in (0, 1, 30) else 32  # the float types, or blocks of 32 (q8_0 ... iq4_nl)
-            if args.head_dim % block:
-                self.close()
-                raise LlamapyError(f"{which} cache type {KV_TYPE_NAMES[t]}: head size {args.head_dim} is not a "
-                                   f"multiple of its block size {block}")
+        try:
+            self.rope = fill_params(p, args, load, self.n_ctx, n_seq_max + 1, self.n_batch, n_threads)
+        except BaseException:
+            self.close()
+            raise
         self.rope_freq_scale = p.rope_freq_scale
         eng = lib.lp_engine_new(p)
         if eng == ffi.NULL:
@@ -153,17 +150,7 @@ class Engine:
         self._engine = ffi.gc(eng, lib.lp_engine_free)
         self.n_threads = lib.lp_engine_n_threads(eng)
 
-        if load.mmap:
-            self._base = ffi.from_buffer(r._mmap)  # char[] over the whole file, alive as long as we are
-        else:  # --no-mmap: the file read into memory of our own
-            self._weights = bytearray(r.size)
-            with open(self.model_path, "rb") as f:
-                f.readinto(memoryview(self._weights))
-            self._base = ffi.from_buffer(self._weights)
-        if load.mlock:
-            addr = int(ffi.cast("uintptr_t", self._base))
-            if mlock(addr, len(self._base)):
-                self._locked = (addr, len(self._base))
+        self._base, self._weights, self._locked = weight_memory(r, self.model_path, load)
         self._tensors = tensors  # the file's (a LoRA pair must name one of them)
         if "output.weight" not in tensors:
             tensors = dict(tensors, **{"output.weight": tensors["token_embd.weight"]})
