@@ -336,7 +336,6 @@ def _chat_chunks(chunks: Iterator[T.CreateCompletionStreamResponse], fmt: str | 
             yield _chunk(c, {}, finish)
 
 
-__all__ = ["LlamaGrammar", "LLAMA_DEFAULT_SEED", "BaseLlamaCache", "Llama", "LlamaCache", "LlamaRAMCache", "LlamaState",
-           "LogitsProcessor", "LogitsProcessorList", "StoppingCriteria", "StoppingCriteriaList"]
-__all__ = ["LLAMA_DEFAULT_SEED", "BaseLlamaCache", "Llama", "LlamaCache", "LlamaDiskCache", "LlamaRAMCache",
-           "LlamaState", "LogitsProcessor", "LogitsProcessorList", "StoppingCriteria", "StoppingCriteriaList"]
+__all__ = ["LlamaGrammar", "LLAMA_DEFAULT_SEED", "BaseLlamaCache", "Llama", "LlamaCache", "LlamaDiskCache",
+           "LlamaRAMCache", "LlamaState", "LogitsProcessor", "LogitsProcessorList", "StoppingCriteria",
+           "StoppingCriteriaList"]
