@@ -72,15 +72,21 @@ static void fill_table(int level, lp_type_traits *t) {
     lp_register_float_scalar(t);
     lp_register_legacy_scalar(t);
     lp_register_kquants_scalar(t);
+#if LP_HAVE_AVX2_FILES
     if (level == LP_KERNELS_AVX2) {
         lp_register_float_avx2(t);
         lp_register_legacy_avx2(t);
         lp_register_kquants_avx2(t);
-    } else if (level == LP_KERNELS_NEON) {
+    }
+#endif
+#if LP_HAVE_NEON_FILES
+    if (level == LP_KERNELS_NEON) {
         lp_register_float_neon(t);
         lp_register_legacy_neon(t);
         lp_register_kquants_neon(t);
     }
+#endif
+    (void)level;
 }
 
 static void activate(int level) {

@@ -252,46 +252,44 @@ static void rope(int hd, const float *cs, float *x, int r0, int r1) {
     }
 }
 
+/* element i of a LoRA B matrix held as F32, or (f16) as F16 bits; and 8 of them */
+static inline __attribute__((always_inline)) float lora_b(const void *b, size_t i, int f16) {
+    return f16 ? lp_fp16_to_fp32(((const uint16_t *)b)[i]) : ((const float *)b)[i];
+}
+static inline __attribute__((always_inline)) __m256 lora_b8(const void *b, size_t i, int f16) {
+    return f16 ? load_f16((const uint16_t *)b + i) : _mm256_loadu_ps((const float *)b + i);
+}
+
 /* the sums in the scalar reference's order (y, then j = 0, 1, ...), products and sums rounded apart; the
-   rows of whole blocks 8 at a time */
-static void lora_up(int r0, int r1, int rank, const float *c, const float *b, float *y) {
+   rows of whole blocks 8 at a time. One body for F32 and F16 B (f16 is a constant where it is inlined). */
+static inline __attribute__((always_inline)) void lora_up_rows(int r0, int r1, int rank, const float *c,
+                                                               const void *b, float *y, int f16) {
     int r = r0;
     for (; r < r1 && (r % 8 || r + 8 > r1); r++) {
         float acc = y[r];
-        for (int j = 0; j < rank; j++) acc += c[j] * b[LP_LORA_B_AT(r, j, rank)];
+        for (int j = 0; j < rank; j++) acc += c[j] * lora_b(b, LP_LORA_B_AT(r, j, rank), f16);
         y[r] = acc;
     }
     for (; r + 8 <= r1; r += 8) {
-        const float *blk = b + LP_LORA_B_AT(r, 0, rank);
+        const size_t blk = LP_LORA_B_AT(r, 0, rank);
         __m256 acc = _mm256_loadu_ps(y + r);
-        for (int j = 0; j < rank; j++) acc = _mm256_add_ps(acc, _mm256_mul_ps(_mm256_set1_ps(c[j]), _mm256_loadu_ps(blk + 8 * j)));
+        for (int j = 0; j < rank; j++)
+            acc = _mm256_add_ps(acc, _mm256_mul_ps(_mm256_set1_ps(c[j]), lora_b8(b, blk + 8 * (size_t)j, f16)));
         _mm256_storeu_ps(y + r, acc);
     }
     for (; r < r1; r++) {
         float acc = y[r];
-        for (int j = 0; j < rank; j++) acc += c[j] * b[LP_LORA_B_AT(r, j, rank)];
+        for (int j = 0; j < rank; j++) acc += c[j] * lora_b(b, LP_LORA_B_AT(r, j, rank), f16);
         y[r] = acc;
     }
 }
 
+static void lora_up(int r0, int r1, int rank, const float *c, const float *b, float *y) {
+    lora_up_rows(r0, r1, rank, c, b, y, 0);
+}
+
 static void lora_up_f16(int r0, int r1, int rank, const float *c, const uint16_t *b, float *y) {
-    int r = r0;
-    for (; r < r1 && (r % 8 || r + 8 > r1); r++) {
-        float acc = y[r];
-        for (int j = 0; j < rank; j++) acc += c[j] * lp_fp16_to_fp32(b[LP_LORA_B_AT(r, j, rank)]);
-        y[r] = acc;
-    }
-    for (; r + 8 <= r1; r += 8) {
-        const uint16_t *blk = b + LP_LORA_B_AT(r, 0, rank);
-        __m256 acc = _mm256_loadu_ps(y + r);
-        for (int j = 0; j < rank; j++) acc = _mm256_add_ps(acc, _mm256_mul_ps(_mm256_set1_ps(c[j]), load_f16(blk + 8 * j)));
-        _mm256_storeu_ps(y + r, acc);
-    }
-    for (; r < r1; r++) {
-        float acc = y[r];
-        for (int j = 0; j < rank; j++) acc += c[j] * lp_fp16_to_fp32(b[LP_LORA_B_AT(r, j, rank)]);
-        y[r] = acc;
-    }
+    lora_up_rows(r0, r1, rank, c, b, y, 1);
 }
 
 static float dot_f16_f32(int n, const uint16_t *a, const float *x) {

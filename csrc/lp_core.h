@@ -38,7 +38,19 @@ const lp_type_traits *lp_kernels_table(int *level);
 const lp_type_traits *lp_get_traits(int type);
 
 /* Registration hooks, each defined in the file that owns those kernels.
- * The scalar ones fill every field; the SIMD ones override what they accelerate (lp_override). */
+ * The scalar ones fill every field; the SIMD ones override what they accelerate (lp_override). The SIMD
+ * files compile to nothing off their architecture, so their hooks exist (and dispatch.c calls them) only
+ * where LP_HAVE_AVX2_FILES / LP_HAVE_NEON_FILES say so. */
+#if defined(__x86_64__) || defined(__i386__)
+#define LP_HAVE_AVX2_FILES 1
+#else
+#define LP_HAVE_AVX2_FILES 0
+#endif
+#if defined(__ARM_NEON) && defined(__aarch64__)
+#define LP_HAVE_NEON_FILES 1
+#else
+#define LP_HAVE_NEON_FILES 0
+#endif
 void lp_register_float_scalar(lp_type_traits *t);   /* F32, F16, BF16 */
 void lp_register_float_avx2(lp_type_traits *t);
 void lp_register_float_neon(lp_type_traits *t);

@@ -67,4 +67,17 @@ void lp_quantize_row_q8_0_ref(const float *x, void *y, int64_t n);
 void lp_quantize_row_q8_1_ref(const float *x, void *y, int64_t n);
 void lp_quantize_row_iq4_nl_ref(const float *x, void *y, int64_t n);
 
+/* The SIMD files (quants_legacy_avx2.c, quants_legacy_neon.c) accelerate the same kernels, each under the
+ * same static names; this registers them, so the two lists cannot drift apart. */
+#define LP_LEGACY_SIMD_REGISTER(t)                                                                  \
+    do {                                                                                            \
+        lp_override(&(t)[LP_TYPE_Q4_0], dequantize_row_q4_0, NULL, vec_dot_q4_0_q8_0, NULL);        \
+        lp_override(&(t)[LP_TYPE_Q4_1], dequantize_row_q4_1, NULL, vec_dot_q4_1_q8_1, NULL);        \
+        lp_override(&(t)[LP_TYPE_Q5_0], dequantize_row_q5_0, NULL, vec_dot_q5_0_q8_0, NULL);        \
+        lp_override(&(t)[LP_TYPE_Q5_1], dequantize_row_q5_1, NULL, vec_dot_q5_1_q8_1, NULL);        \
+        lp_override(&(t)[LP_TYPE_Q8_0], dequantize_row_q8_0, quantize_row_q8_0, vec_dot_q8_0_q8_0, NULL); \
+        lp_override(&(t)[LP_TYPE_Q8_1], NULL, quantize_row_q8_1, NULL, NULL);                       \
+        lp_override(&(t)[LP_TYPE_IQ4_NL], dequantize_row_iq4_nl, NULL, vec_dot_iq4_nl_q8_0, NULL);  \
+    } while (0)
+
 #endif

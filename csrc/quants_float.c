@@ -45,39 +45,30 @@ uint16_t lp_fp32_to_bf16(float f) {
 static void f32_to_float(const void *x, float *y, int64_t n) { memcpy(y, x, (size_t)n * 4); }
 static void f32_from_float(const float *x, void *y, int64_t n) { memcpy(y, x, (size_t)n * 4); }
 
-static void f16_to_float(const void *x, float *y, int64_t n) {
-    const uint16_t *h = x;
-    for (int64_t i = 0; i < n; i++) y[i] = lp_fp16_to_fp32(h[i]);
+/* F16 and BF16 rows: element by element through the conversions above */
+static inline void half_to_float(const uint16_t *h, float *y, int64_t n, float (*to32)(uint16_t)) {
+    for (int64_t i = 0; i < n; i++) y[i] = to32(h[i]);
 }
-static void f16_from_float(const float *x, void *y, int64_t n) {
-    uint16_t *h = y;
-    for (int64_t i = 0; i < n; i++) h[i] = lp_fp32_to_fp16(x[i]);
+static inline void half_from_float(const float *x, uint16_t *h, int64_t n, uint16_t (*from32)(float)) {
+    for (int64_t i = 0; i < n; i++) h[i] = from32(x[i]);
 }
-static void bf16_to_float(const void *x, float *y, int64_t n) {
-    const uint16_t *h = x;
-    for (int64_t i = 0; i < n; i++) y[i] = lp_bf16_to_fp32(h[i]);
+static inline float half_dot(int n, const uint16_t *a, const uint16_t *b, float (*to32)(uint16_t)) {
+    double sum = 0;
+    for (int i = 0; i < n; i++) sum += (double)to32(a[i]) * to32(b[i]);
+    return (float)sum;
 }
-static void bf16_from_float(const float *x, void *y, int64_t n) {
-    uint16_t *h = y;
-    for (int64_t i = 0; i < n; i++) h[i] = lp_fp32_to_bf16(x[i]);
-}
+
+static void f16_to_float(const void *x, float *y, int64_t n) { half_to_float(x, y, n, lp_fp16_to_fp32); }
+static void f16_from_float(const float *x, void *y, int64_t n) { half_from_float(x, y, n, lp_fp32_to_fp16); }
+static void f16_vec_dot(int n, float *s, const void *x, const void *y) { *s = half_dot(n, x, y, lp_fp16_to_fp32); }
+static void bf16_to_float(const void *x, float *y, int64_t n) { half_to_float(x, y, n, lp_bf16_to_fp32); }
+static void bf16_from_float(const float *x, void *y, int64_t n) { half_from_float(x, y, n, lp_fp32_to_bf16); }
+static void bf16_vec_dot(int n, float *s, const void *x, const void *y) { *s = half_dot(n, x, y, lp_bf16_to_fp32); }
 
 static void f32_vec_dot(int n, float *s, const void *x, const void *y) {
     const float *a = x, *b = y;
     double sum = 0;
     for (int i = 0; i < n; i++) sum += (double)a[i] * b[i];
-    *s = (float)sum;
-}
-static void f16_vec_dot(int n, float *s, const void *x, const void *y) {
-    const uint16_t *a = x, *b = y;
-    double sum = 0;
-    for (int i = 0; i < n; i++) sum += (double)lp_fp16_to_fp32(a[i]) * lp_fp16_to_fp32(b[i]);
-    *s = (float)sum;
-}
-static void bf16_vec_dot(int n, float *s, const void *x, const void *y) {
-    const uint16_t *a = x, *b = y;
-    double sum = 0;
-    for (int i = 0; i < n; i++) sum += (double)lp_bf16_to_fp32(a[i]) * lp_bf16_to_fp32(b[i]);
     *s = (float)sum;
 }
 

@@ -101,8 +101,4 @@ void lp_register_float_avx2(lp_type_traits *t) {
     lp_override(&t[LP_TYPE_F16], f16_to_float, f16_from_float, f16_vec_dot, NULL);
     lp_override(&t[LP_TYPE_BF16], bf16_to_float, bf16_from_float, bf16_vec_dot, NULL);
 }
-
-#else
-#include "lp_core.h"
-void lp_register_float_avx2(lp_type_traits *t) { (void)t; }
 #endif

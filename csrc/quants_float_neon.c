@@ -91,7 +91,4 @@ void lp_register_float_neon(lp_type_traits *t) {
     lp_override(&t[LP_TYPE_F16], f16_to_float, f16_from_float, f16_vec_dot, NULL);
     lp_override(&t[LP_TYPE_BF16], bf16_to_float, bf16_from_float, bf16_vec_dot, NULL);
 }
-
-#else
-void lp_register_float_neon(lp_type_traits *t) { (void)t; }
 #endif

@@ -420,8 +420,4 @@ void lp_register_kquants_avx2(lp_type_traits *t) {
     lp_override(&t[LP_TYPE_Q6_K], dequantize_row_q6_K, NULL, vec_dot_q6_K_q8_K, vec_dot_rows_q6_K);
     lp_override(&t[LP_TYPE_Q8_K], dequantize_row_q8_K, quantize_row_q8_K, vec_dot_q8_K_q8_K, NULL);
 }
-
-#else
-#include "lp_core.h"
-void lp_register_kquants_avx2(lp_type_traits *t) { (void)t; }
 #endif

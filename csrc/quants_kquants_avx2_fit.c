@@ -336,9 +336,4 @@ void lp_register_kquants_avx2_quantizers(lp_type_traits *t) {
     t[LP_TYPE_Q5_K].from_float = quantize_row_q5_K;
     t[LP_TYPE_Q6_K].from_float = quantize_row_q6_K;
 }
-
-#else
-#include "lp_core.h"
-#include "lp_kquants.h"
-void lp_register_kquants_avx2_quantizers(lp_type_traits *t) { (void)t; }
 #endif

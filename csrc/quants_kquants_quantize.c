@@ -273,16 +273,6 @@ void lp_q3_K_finish(const float *x, const float *scales, int8_t *L, lp_block_q3_
     pack_2bit(low, y->qs);
 }
 
-void lp_quantize_row_q3_K_ref(const float *x, void *vy, int64_t k) {
-    lp_block_q3_K *y = vy;
-    int8_t L[LP_QK_K];
-    float scales[16];
-    for (int64_t i = 0; i < k / LP_QK_K; i++, x += LP_QK_K) {
-        for (int j = 0; j < 16; j++) scales[j] = make_q3_quants(16, 4, x + 16 * j, L + 16 * j);
-        lp_q3_K_finish(x, scales, L, &y[i]);
-    }
-}
-
 /* ---- Q4_K and Q5_K (8 sub-blocks of 32 with 6-bit scales and mins) --------------------------- */
 
 /* The sub-block fits of a Q4_K / Q5_K block: scales[8], mins[8] and the quants L (0..nmax) */
@@ -409,14 +399,26 @@ void lp_q6_K_finish(const float *x, const float *scales, int8_t *L, lp_block_q6_
     }
 }
 
-void lp_quantize_row_q6_K_ref(const float *x, void *vy, int64_t k) {
-    lp_block_q6_K *y = vy;
+/* Q3_K (make_q3_quants, nmax 4) and Q6_K (make_qx_quants, nmax 32) rows: the 16 signed sub-block fits of a
+ * block, then finished (lp_q3_K_finish / lp_q6_K_finish) */
+static void quantize_row_signed16_ref(const float *x, char *y, size_t ysize, int64_t k, int q6) {
     int8_t L[LP_QK_K];
     float scales[16];
     for (int64_t i = 0; i < k / LP_QK_K; i++, x += LP_QK_K) {
-        for (int ib = 0; ib < 16; ib++) scales[ib] = make_qx_quants(16, 32, x + 16 * ib, L + 16 * ib);
-        lp_q6_K_finish(x, scales, L, &y[i]);
+        for (int j = 0; j < 16; j++)
+            scales[j] = q6 ? make_qx_quants(16, 32, x + 16 * j, L + 16 * j) : make_q3_quants(16, 4, x + 16 * j, L + 16 * j);
+        void *out = y + (size_t)i * ysize;
+        if (q6) lp_q6_K_finish(x, scales, L, out);
+        else lp_q3_K_finish(x, scales, L, out);
     }
+}
+
+void lp_quantize_row_q3_K_ref(const float *x, void *vy, int64_t k) {
+    quantize_row_signed16_ref(x, vy, sizeof(lp_block_q3_K), k, 0);
+}
+
+void lp_quantize_row_q6_K_ref(const float *x, void *vy, int64_t k) {
+    quantize_row_signed16_ref(x, vy, sizeof(lp_block_q6_K), k, 1);
 }
 
 /* ---- Q8_K ------------------------------------------------------------------------------------ */

@@ -248,17 +248,5 @@ static void vec_dot_iq4_nl_q8_0(int n, float *s, const void *vx, const void *vy)
     *s = hsum_ps(acc);
 }
 
-void lp_register_legacy_avx2(lp_type_traits *t) {
-    lp_override(&t[LP_TYPE_Q4_0], dequantize_row_q4_0, NULL, vec_dot_q4_0_q8_0, NULL);
-    lp_override(&t[LP_TYPE_Q4_1], dequantize_row_q4_1, NULL, vec_dot_q4_1_q8_1, NULL);
-    lp_override(&t[LP_TYPE_Q5_0], dequantize_row_q5_0, NULL, vec_dot_q5_0_q8_0, NULL);
-    lp_override(&t[LP_TYPE_Q5_1], dequantize_row_q5_1, NULL, vec_dot_q5_1_q8_1, NULL);
-    lp_override(&t[LP_TYPE_Q8_0], dequantize_row_q8_0, quantize_row_q8_0, vec_dot_q8_0_q8_0, NULL);
-    lp_override(&t[LP_TYPE_Q8_1], NULL, quantize_row_q8_1, NULL, NULL);
-    lp_override(&t[LP_TYPE_IQ4_NL], dequantize_row_iq4_nl, NULL, vec_dot_iq4_nl_q8_0, NULL);
-}
-
-#else
-#include "lp_core.h"
-void lp_register_legacy_avx2(lp_type_traits *t) { (void)t; }
+void lp_register_legacy_avx2(lp_type_traits *t) { LP_LEGACY_SIMD_REGISTER(t); }
 #endif

@@ -25,8 +25,13 @@ static inline float block_absmax(const float *x) {
     return vmaxvq_f32(m);
 }
 
-/* 32 floats -> 32 int8 rounded like roundf; returns their sum */
-static inline int quantize_block_q8(const float *x, float id, int8_t *qs) {
+/* One Q8 block at scale amax / 127: stores the scale and the 32 values (rounded like roundf); returns the
+ * sum of the values. */
+static inline int quantize_block_q8(const float *x, uint16_t *dh, int8_t *qs, float *d_out) {
+    const float d = block_absmax(x) / 127;
+    const float id = d ? 1.0f / d : 0.0f;
+    *dh = lp_fp32_to_fp16(d);
+    *d_out = d;
     int32x4_t sum = vdupq_n_s32(0);
     for (int k = 0; k < 8; k += 2) {
         const int32x4_t a = vcvtaq_s32_f32(vmulq_n_f32(vld1q_f32(x + 4 * k), id));
@@ -40,21 +45,15 @@ static inline int quantize_block_q8(const float *x, float id, int8_t *qs) {
 
 static void quantize_row_q8_0(const float *x, void *vy, int64_t n) {
     lp_block_q8_0 *y = vy;
-    for (int64_t i = 0; i < n / LP_QK; i++, x += LP_QK) {
-        const float d = block_absmax(x) / 127;
-        const float id = d ? 1.0f / d : 0.0f;
-        y[i].d = lp_fp32_to_fp16(d);
-        quantize_block_q8(x, id, y[i].qs);
-    }
+    float d;
+    for (int64_t i = 0; i < n / LP_QK; i++, x += LP_QK) quantize_block_q8(x, &y[i].d, y[i].qs, &d);
 }
 
 static void quantize_row_q8_1(const float *x, void *vy, int64_t n) {
     lp_block_q8_1 *y = vy;
     for (int64_t i = 0; i < n / LP_QK; i++, x += LP_QK) {
-        const float d = block_absmax(x) / 127;
-        const float id = d ? 1.0f / d : 0.0f;
-        y[i].d = lp_fp32_to_fp16(d);
-        const int sum = quantize_block_q8(x, id, y[i].qs);
+        float d;
+        const int sum = quantize_block_q8(x, &y[i].d, y[i].qs, &d);
         y[i].s = lp_fp32_to_fp16(sum * d);
     }
 }
@@ -221,16 +220,5 @@ static void vec_dot_iq4_nl_q8_0(int n, float *s, const void *vx, const void *vy)
     *s = sum;
 }
 
-void lp_register_legacy_neon(lp_type_traits *t) {
-    lp_override(&t[LP_TYPE_Q4_0], dequantize_row_q4_0, NULL, vec_dot_q4_0_q8_0, NULL);
-    lp_override(&t[LP_TYPE_Q4_1], dequantize_row_q4_1, NULL, vec_dot_q4_1_q8_1, NULL);
-    lp_override(&t[LP_TYPE_Q5_0], dequantize_row_q5_0, NULL, vec_dot_q5_0_q8_0, NULL);
-    lp_override(&t[LP_TYPE_Q5_1], dequantize_row_q5_1, NULL, vec_dot_q5_1_q8_1, NULL);
-    lp_override(&t[LP_TYPE_Q8_0], dequantize_row_q8_0, quantize_row_q8_0, vec_dot_q8_0_q8_0, NULL);
-    lp_override(&t[LP_TYPE_Q8_1], NULL, quantize_row_q8_1, NULL, NULL);
-    lp_override(&t[LP_TYPE_IQ4_NL], dequantize_row_iq4_nl, NULL, vec_dot_iq4_nl_q8_0, NULL);
-}
-
-#else
-void lp_register_legacy_neon(lp_type_traits *t) { (void)t; }
+void lp_register_legacy_neon(lp_type_traits *t) { LP_LEGACY_SIMD_REGISTER(t); }
 #endif

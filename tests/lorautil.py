@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 from gguf.constants import GGMLQuantizationType as T
+from test_engine_models import write_tensors
 
 from llamapy.ggufio.reader import GGUFReader
 from llamapy.ggufio.writer import GGUFWriter
@@ -56,13 +57,7 @@ def write_lora(path, base, *, rank: int = 4, alpha: float = 8.0, ttype: int = T.
         w.add("general.type", general_type)
         w.add("adapter.type", "lora")
         w.add("adapter.lora.alpha", float(alpha))
-        names = [n for n in data if n not in drop]
-        for name in names:
-            shape, tt, _ = data[name]
-            w.add_tensor_info(name, (reshape or {}).get(name, shape), tt)
-        w.write_header()
-        for name in names:
-            w.write_tensor_data(name, data[name][2])
+        write_tensors(w, data, drop, reshape)
     return str(path), pairs
 
 

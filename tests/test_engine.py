@@ -175,17 +175,23 @@ def test_prefix_truncate_and_copy(f32_model):
     np.testing.assert_allclose(copied, again, atol=1e-5 * np.abs(again).max())
 
 
+def shift_then_fresh(llm) -> tuple[np.ndarray, np.ndarray]:
+    """Evaluate 12 tokens, drop tokens 2..6 by a context shift, evaluate one more: those logits, and the
+    logits of a fresh evaluation of the kept tokens and that one (the cache is cleared for it)."""
+    llm.eval(TOKENS[:12])
+    llm.context_shift(0, 2, 5)
+    assert llm.tokens(0) == TOKENS[:2] + TOKENS[7:12]
+    shifted = llm.eval([33])
+    llm.kv_clear()
+    return shifted, llm.eval(TOKENS[:2] + TOKENS[7:12] + [33])
+
+
 def test_context_shift_rerotates_keys(tmp_path):
     """With one layer a cached key depends on its token and position only, so after a shift the cache
     must equal a fresh evaluation of the kept tokens at their new positions."""
     p = write_random_llama(tmp_path / "m.gguf", wtype=T.F32, n_layer=1, n_vocab=128)
     with Engine(p, n_ctx=16) as llm:
-        llm.eval(TOKENS[:12])
-        llm.context_shift(0, 2, 5)
-        assert llm.tokens(0) == TOKENS[:2] + TOKENS[7:12]
-        shifted = llm.eval([33])
-        llm.kv_clear()
-        fresh = llm.eval(TOKENS[:2] + TOKENS[7:12] + [33])
+        shifted, fresh = shift_then_fresh(llm)
         with pytest.raises(LlamapyError):
             llm.context_shift(0, 5, 10)
     # keys pass through fp16 twice when shifted

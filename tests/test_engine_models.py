@@ -121,18 +121,26 @@ def write_random_llama(
             w.add("llama.rope.scaling.original_context_length", n_ctx_train // 4)
         for k, v in (extra_kv or {}).items():
             w.add(k, v)
-        names = [n for n in tensors if n not in drop]
-        for name in names:
-            shape, ttype, _ = tensors[name]
-            w.add_tensor_info(name, (reshape or {}).get(name, shape), ttype)
-        w.write_header()
-        for name in names:
-            shape, ttype, data = tensors[name]
-            new = (reshape or {}).get(name)
-            if new is not None and new != shape:
-                data = random_tensor(rng, int(np.prod(new[1:], dtype=np.int64)), new[0], ttype, 0.1)
-            w.write_tensor_data(name, data)
+        write_tensors(w, tensors, drop, reshape,
+                      lambda new, ttype: random_tensor(rng, int(np.prod(new[1:], dtype=np.int64)), new[0], ttype, 0.1))
     return str(path)
+
+
+def write_tensors(w: GGUFWriter, tensors: dict, drop=(), reshape: dict | None = None, resized=None) -> None:
+    """Write the tensor infos, the header and the data of `tensors` (name -> (shape, type, data)), leaving out
+    the names in `drop`. A shape in `reshape` replaces the tensor's in its info; then `resized(shape, type)`,
+    when given, makes data of that shape (else the data stays as it is: a file whose sizes disagree)."""
+    names = [n for n in tensors if n not in drop]
+    for name in names:
+        shape, ttype, _ = tensors[name]
+        w.add_tensor_info(name, (reshape or {}).get(name, shape), ttype)
+    w.write_header()
+    for name in names:
+        shape, ttype, data = tensors[name]
+        new = (reshape or {}).get(name)
+        if resized is not None and new is not None and new != shape:
+            data = resized(new, ttype)
+        w.write_tensor_data(name, data)
 
 
 def test_random_model_reads_back(tmp_path):

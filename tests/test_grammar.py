@@ -66,7 +66,12 @@ BYTES = ByteTokenizer()
 
 def accepts(grammar: str, text: str) -> bool:
     """Whether a GBNF grammar accepts exactly `text`, fed one byte at a time."""
-    m = compile_gbnf(grammar, BYTES).matcher()
+    return matches(compile_gbnf(grammar, BYTES), text)
+
+
+def matches(compiled, text: str) -> bool:
+    """Whether a grammar compiled over BYTES accepts exactly `text`, fed one byte at a time."""
+    m = compiled.matcher()
     for b in text.encode("utf-8"):
         if not m.mask()[b]:
             return False

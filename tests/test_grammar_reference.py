@@ -20,7 +20,7 @@ import re
 
 import numpy as np
 import pytest
-from test_grammar import BYTES, accepts
+from test_grammar import BYTES, accepts, matches
 
 from llamapy.grammar import GrammarError, compile_json_schema, gbnf
 
@@ -28,12 +28,7 @@ CASES = json.loads((pathlib.Path(__file__).parent / "data" / "grammar_reference_
 
 
 def schema_accepts(schema: str, text: str) -> bool:
-    m = compile_json_schema(schema, BYTES).matcher()
-    for b in text.encode("utf-8"):
-        if not m.mask()[b]:
-            return False
-        m.accept(b)
-    return m.is_accepting()
+    return matches(compile_json_schema(schema, BYTES), text)
 
 
 # -- test-grammar-parser ----------------------------------------------------------------------------------------

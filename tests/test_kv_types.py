@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from cliutil import cli
 from gguf.constants import GGMLQuantizationType as T
+from test_engine import TOKENS, shift_then_fresh
 from test_engine_models import write_random_llama
 
 from llamapy.engine import reference as rf
@@ -14,7 +15,6 @@ from llamapy.engine.engine import Engine
 from llamapy.engine.load import KV_CACHE_TYPES, LoadOptions, kv_cache_type
 from llamapy.errors import LlamapyError
 
-TOKENS = [1, 5, 7, 9, 11, 3, 2, 8, 40, 41, 50, 60, 70, 80, 90, 95, 100, 120, 3, 4]
 TYPES = list(KV_CACHE_TYPES)
 
 # Largest |engine - oracle| / max|oracle logit|. The oracle stores the cache rows as the engine does (the
@@ -90,12 +90,7 @@ def test_context_shift_on_a_quantized_cache(tmp_path, t):
     p = write_random_llama(tmp_path / "m.gguf", wtype=T.F32, n_layer=1, n_vocab=128, n_embd=128, n_head=4,
                            n_head_kv=2, n_ff=160)
     with Engine(p, n_ctx=16, load=LoadOptions(type_k=t, type_v=t)) as llm:
-        llm.eval(TOKENS[:12])
-        llm.context_shift(0, 2, 5)
-        assert llm.tokens(0) == TOKENS[:2] + TOKENS[7:12]
-        shifted = llm.eval([33])
-        llm.kv_clear()
-        fresh = llm.eval(TOKENS[:2] + TOKENS[7:12] + [33])
+        shifted, fresh = shift_then_fresh(llm)
         llm.kv_clear()
         llm.eval(TOKENS[:12])
         unshifted = llm.eval([33])   # what a shift that forgot to re-rotate would be near

@@ -6,25 +6,12 @@ import os
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from modelfiles import tutorial_modelfile
 
 from llamapy.errors import LlamapyError
 from llamapy.store.modelfile import PARAMETER_TYPES, Message, parse, parse_file, quote, resolve_from
 
-TUTORIAL = '''FROM D:\\work\\LLAMA-Chinese-Model\\llama-3-chinese-8b-instruct-v3-ggml-model-q8_0.gguf
-TEMPLATE """{{ if .System }}<|start_header_id|>system<|end_header_id|>
-
-{{ .System }}<|eot_id|>{{ end }}{{ if .Prompt }}<|start_header_id|>user<|end_header_id|>
-
-{{ .Prompt }}<|eot_id|>{{ end }}<|start_header_id|>assistant<|end_header_id|>
-
-"""
-SYSTEM """You are a helpful assistant. 你是一个乐于助人的助手。"""
-PARAMETER temperature 0.2
-PARAMETER num_keep 24
-PARAMETER stop <|start_header_id|>
-PARAMETER stop <|end_header_id|>
-PARAMETER stop <|eot_id|>
-'''
+TUTORIAL = tutorial_modelfile("D:\\work\\LLAMA-Chinese-Model\\llama-3-chinese-8b-instruct-v3-ggml-model-q8_0.gguf")
 
 
 def test_the_tutorials_modelfile():

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from modelfiles import tutorial_modelfile
 
 from llamapy.chat.ollama_repl import OllamaChat, repl, run_options
 from llamapy.cli import main
@@ -17,22 +18,12 @@ from llamapy.store.modelfile import parse
 from llamapy.store.models import create_model, model_settings
 
 ROOT = Path(__file__).resolve().parent.parent
-LLAMA3 = '''FROM {src}
-TEMPLATE """{{{{ if .System }}}}<|start_header_id|>system<|end_header_id|>
 
-{{{{ .System }}}}<|eot_id|>{{{{ end }}}}{{{{ if .Prompt }}}}<|start_header_id|>user<|end_header_id|>
 
-{{{{ .Prompt }}}}<|eot_id|>{{{{ end }}}}<|start_header_id|>assistant<|end_header_id|>
+def llama3(src: str, num_predict: int = 6) -> str:
+    return tutorial_modelfile(src, f"PARAMETER num_predict {num_predict}\n")
 
-"""
-SYSTEM """You are a helpful assistant. 你是一个乐于助人的助手。"""
-PARAMETER temperature 0.2
-PARAMETER num_keep 24
-PARAMETER stop <|start_header_id|>
-PARAMETER stop <|end_header_id|>
-PARAMETER stop <|eot_id|>
-PARAMETER num_predict 6
-'''
+
 # the default model's own chat format, as a Modelfile TEMPLATE over .Messages
 CHATML = '''FROM {src}
 TEMPLATE """{{{{- range .Messages }}}}<|im_start|>{{{{ .Role }}}}
@@ -81,7 +72,7 @@ def test_parameters_map_onto_the_generation_options():
 
 
 def test_the_prompt_is_the_modelfiles_template_and_system(models, tmp_path, default_model):
-    chat = OllamaChat(create("llama3-zh-inst", LLAMA3.format(src=default_model), tmp_path))
+    chat = OllamaChat(create("llama3-zh-inst", llama3(default_model), tmp_path))
     assert chat.options.stop == ["<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"]
     assert chat.generate_prompt_text("你好") == SYS + user("你好") + ASSISTANT
     # a chat: legacy template, one render per turn; earlier answers followed by the added {{ .Response }}
@@ -101,7 +92,7 @@ def test_the_prompt_is_the_modelfiles_template_and_system(models, tmp_path, defa
 
 
 def test_a_small_context_drops_the_oldest_turns_but_keeps_the_system(models, tmp_path, default_model):
-    chat = OllamaChat(create("m", LLAMA3.format(src=default_model) + "PARAMETER num_ctx 200\n", tmp_path))
+    chat = OllamaChat(create("m", llama3(default_model) + "PARAMETER num_ctx 200\n", tmp_path))
     chat.messages = [{"role": r, "content": f"{r} turn {i} " * 4} for i in range(6) for r in ("user", "assistant")]
     chat.messages.append({"role": "user", "content": "last"})
     text = chat.chat_prompt_text()
@@ -131,8 +122,7 @@ def test_stop_strings_end_the_answer(models, tmp_path, default_model):
 def test_the_tutorial_modelfile_answers_with_its_system_prompt_and_stops_at_eot_id(models, tmp_path, default_model):
     """The tutorial's Modelfile (FROM the default model, which is not Llama 3 and knows <|eot_id|> only as text):
     asked to say a word followed by <|eot_id|>, the answer ends at that stop string, not at a token limit."""
-    tutorial = LLAMA3.replace("PARAMETER num_predict 6\n", "PARAMETER num_predict 40\n")
-    chat = OllamaChat(create("llama3-zh-inst", tutorial.format(src=default_model), tmp_path), out=io.StringIO())
+    chat = OllamaChat(create("llama3-zh-inst", llama3(default_model, 40), tmp_path), out=io.StringIO())
     chat.set_parameter("temperature", ["0"])  # the tutorial's 0.2, made repeatable
     got = chat.answer('Say "你好<|eot_id|>"')
     assert chat.last_prompt == SYS + user('Say "你好<|eot_id|>"') + ASSISTANT
@@ -172,7 +162,7 @@ def run_cli(args, stdin=""):
 
 def test_cli_one_answer_and_piped_stdin(models, tmp_path, default_model):
     mf = tmp_path / "Modelfile_llama3"
-    mf.write_text(LLAMA3.format(src=default_model), encoding="utf-8")
+    mf.write_text(llama3(default_model), encoding="utf-8")
     with pytest.raises(SystemExit) as e:
         main(["create", "llama3-zh-inst", "-f", str(mf)])
     assert e.value.code in (0, None)

@@ -3,15 +3,13 @@ server's `grammar`, `json_schema`, `response_format` and Ollama `format` on the 
 from __future__ import annotations
 
 import json
-import signal
-import socket
 import subprocess
 import sys
 import threading
-import time
 
 import numpy as np
 import pytest
+from serverutil import free_port, stop, wait_for_health
 
 from llamapy.generation.params import SamplerParams
 from llamapy.generation.sampling import Sampler
@@ -292,31 +290,14 @@ def test_run_bad_grammar_is_one_line_and_exit_1(args, message, default_model):
 @pytest.fixture(scope="module")
 def server(default_model):
     pytest.importorskip("fastapi")
-    httpx = pytest.importorskip("httpx")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    pytest.importorskip("httpx")
+    port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "llamapy", "serve", "-m", default_model, "--port", str(port),
                              "-np", "3", "-c", "1536"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 120
-    while True:
-        if proc.poll() is not None:
-            pytest.fail(f"llamapy serve exited with {proc.returncode}: {proc.stderr.read()}")
-        try:
-            if httpx.get(url + "/health", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        assert time.time() < deadline, "llamapy serve did not answer /health"
-        time.sleep(0.2)
+    wait_for_health(proc, url, 120, "llamapy serve")
     yield url
-    proc.send_signal(signal.SIGINT)
-    try:
-        proc.wait(20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+    stop(proc)
 
 
 def _post(url, path, body):

@@ -13,6 +13,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ..errors import LlamapyError
+from ..generation.generate import eog_ids
 from .common import (
     CHAT_FORMATS,
     GGML_TYPE_F16,
@@ -347,11 +348,7 @@ class LlamaBase:
         return self._last_logits.reshape(1, -1)
 
     def _eog_ids(self) -> list[int]:
-        tok = self._tok
-        ids = getattr(tok, "eog_ids", None)
-        if ids is not None:
-            return sorted(int(i) for i in ids)
-        return [i for i in range(self._n_vocab) if tok.is_eog(i)]
+        return eog_ids(self._tok, self._n_vocab)
 
     # -- tokens ----------------------------------------------------------------------------------------------
     def tokenize(self, text: bytes, add_bos: bool = True, special: bool = False) -> list[int]:

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+
+from ..generation.sequence import common_prefix
 
 LLAMA_DEFAULT_SEED = 0xFFFFFFFF  # llama.cpp's "pick a random seed"
 GGML_TYPE_F16 = 1  # the default KV cache type (type_k / type_v take any of engine.load.KV_CACHE_TYPES)
@@ -81,11 +83,31 @@ class BaseLlamaCache:
         """Bytes the cached states hold."""
         raise NotImplementedError
 
+    def _cached_keys(self) -> Iterable[tuple[int, ...]]:
+        """The token ids of the states held, oldest first."""
+        raise NotImplementedError
+
+    def _longest_prefix_key(self, key: Sequence[int]) -> tuple[int, ...] | None:
+        """The held key (the oldest of equals) sharing the longest non-empty token prefix with `key`, else None."""
+        wanted = tuple(key)
+        best, best_len = None, 0
+        for k in self._cached_keys():
+            n = common_prefix(k, wanted)
+            if n > best_len:
+                best, best_len = k, n
+        return best
+
+    def _find_prefix_key(self, key: Sequence[int]) -> tuple[int, ...]:
+        found = self._longest_prefix_key(key)
+        if found is None:
+            raise KeyError("no cached state shares a prefix with these tokens")
+        return found
+
     def __getitem__(self, key: Sequence[int]) -> LlamaState:
         raise NotImplementedError
 
     def __contains__(self, key: Sequence[int]) -> bool:
-        raise NotImplementedError
+        return self._longest_prefix_key(key) is not None
 
     def __setitem__(self, key: Sequence[int], value: LlamaState) -> None:
         raise NotImplementedError
@@ -102,23 +124,13 @@ class LlamaRAMCache(BaseLlamaCache):
     def cache_size(self) -> int:
         return sum(s.nbytes for s in self.cache_state.values())
 
-    def _find_prefix_key(self, key: tuple[int, ...]) -> tuple[int, ...] | None:
-        best, best_len = None, 0
-        for k in self.cache_state:
-            n = _common_prefix(k, key)
-            if n > best_len:
-                best, best_len = k, n
-        return best
+    def _cached_keys(self) -> Iterable[tuple[int, ...]]:
+        return self.cache_state
 
     def __getitem__(self, key: Sequence[int]) -> LlamaState:
-        found = self._find_prefix_key(tuple(key))
-        if found is None:
-            raise KeyError("no cached state shares a prefix with these tokens")
+        found = self._find_prefix_key(key)
         self.cache_state.move_to_end(found)
         return self.cache_state[found]
-
-    def __contains__(self, key: Sequence[int]) -> bool:
-        return self._find_prefix_key(tuple(key)) is not None
 
     def __setitem__(self, key: Sequence[int], value: LlamaState) -> None:
         k = tuple(key)
@@ -130,14 +142,6 @@ class LlamaRAMCache(BaseLlamaCache):
 
 
 LlamaCache = LlamaRAMCache
-
-
-def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
-    n = min(len(a), len(b))
-    i = 0
-    while i < n and a[i] == b[i]:
-        i += 1
-    return i
 
 
 # -- argument checks -----------------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from ..generation.sequence import common_prefix
 from . import llama_types as T
 from .base import LlamaBase
 from .common import (
@@ -15,7 +16,6 @@ from .common import (
     LogitsProcessorList,
     StoppingCriteria,
     StoppingCriteriaList,
-    _common_prefix,
     _float,
     _int,
     _log_softmax,
@@ -259,7 +259,7 @@ class LlamaCompletion(LlamaBase):
                 with self._lock:
                     try:
                         item = self.cache[ids]
-                        if _common_prefix(list(item.input_ids), ids) > _common_prefix(eng.tokens(0), ids):
+                        if common_prefix(list(item.input_ids), ids) > common_prefix(eng.tokens(0), ids):
                             self._load_state(eng, item)
                     except KeyError:
                         pass

@@ -11,11 +11,11 @@ from __future__ import annotations
 import hashlib
 import io
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 
-from .common import LLAMA_DEFAULT_SEED, BaseLlamaCache, LlamaState, _common_prefix
+from .common import LLAMA_DEFAULT_SEED, BaseLlamaCache, LlamaState
 
 SUFFIX = ".lpcache"
 
@@ -52,18 +52,11 @@ class LlamaDiskCache(BaseLlamaCache):
                 pass
         return total
 
-    def _find_prefix_key(self, key: tuple[int, ...]) -> tuple[int, ...] | None:
-        best, best_len = None, 0
-        for k in self._keys:
-            n = _common_prefix(k, key)
-            if n > best_len:
-                best, best_len = k, n
-        return best
+    def _cached_keys(self) -> Iterable[tuple[int, ...]]:
+        return self._keys
 
     def __getitem__(self, key: Sequence[int]) -> LlamaState:
-        found = self._find_prefix_key(tuple(key))
-        if found is None:
-            raise KeyError("no cached state shares a prefix with these tokens")
+        found = self._find_prefix_key(key)
         path = os.path.join(self.cache_dir, self._keys.pop(found))
         try:
             with np.load(path, allow_pickle=False) as z:
@@ -79,9 +72,6 @@ class LlamaDiskCache(BaseLlamaCache):
             except OSError:
                 pass
         return state
-
-    def __contains__(self, key: Sequence[int]) -> bool:
-        return self._find_prefix_key(tuple(key)) is not None
 
     def __setitem__(self, key: Sequence[int], value: LlamaState) -> None:
         from ..util.fileio import atomic_write

@@ -296,54 +296,44 @@ def _chat_response(c: T.CreateCompletionResponse, fmt: str | None = None) -> T.C
             "usage": c["usage"]}
 
 
+def _chunk(c: T.CreateCompletionStreamResponse, delta: dict[str, Any], finish: Any = None, logprobs: Any = None
+           ) -> T.CreateChatCompletionStreamResponse:
+    """The chat chunk of completion chunk `c` that carries `delta`."""
+    return {"id": "chat" + c["id"], "model": c["model"], "created": c["created"], "object": "chat.completion.chunk",
+            "choices": [{"index": 0, "delta": delta, "logprobs": logprobs,
+                         "finish_reason": finish}]}
+
+
 def _chat_chunks(chunks: Iterator[T.CreateCompletionStreamResponse], fmt: str | None = None
                  ) -> Iterator[T.CreateChatCompletionStreamResponse]:
+    """Chat chunks of a streamed completion; with a tool-call format `fmt`, content and delta.tool_calls as
+    they parse."""
+    parser = None
     if fmt is not None:
-        yield from _tool_chunks(chunks, fmt)
-        return
+        from ..chat.tool_parse import StreamParser
+
+        parser = StreamParser(fmt)
     first = True
     for c in chunks:
-        head: dict[str, Any] = {"id": "chat" + c["id"], "model": c["model"], "created": c["created"],
-                                "object": "chat.completion.chunk"}
         if first:
             first = False
-            yield {**head, "choices": [{"index": 0, "delta": {"role": "assistant"}, "logprobs": None,  # type: ignore
-                                        "finish_reason": None}]}
+            yield _chunk(c, {"role": "assistant"})
         ch = c["choices"][0]
-        if ch["finish_reason"] is not None:
-            yield {**head, "choices": [{"index": 0, "delta": {}, "logprobs": None,  # type: ignore[typeddict-item]
-                                        "finish_reason": ch["finish_reason"]}]}
-        elif ch["text"]:
-            yield {**head, "choices": [{"index": 0, "delta": {"content": ch["text"]},  # type: ignore
-                                        "logprobs": _chat_logprobs(ch["logprobs"]), "finish_reason": None}]}
-
-
-def _tool_chunks(chunks: Iterator[T.CreateCompletionStreamResponse], fmt: str
-                 ) -> Iterator[T.CreateChatCompletionStreamResponse]:
-    """Chat chunks of an answer that may call tools: content and delta.tool_calls as they parse."""
-    from ..chat.tool_parse import StreamParser
-
-    parser = StreamParser(fmt)
-    first = True
-    for c in chunks:
-        head: dict[str, Any] = {"id": "chat" + c["id"], "model": c["model"], "created": c["created"],
-                                "object": "chat.completion.chunk"}
-        if first:
-            first = False
-            yield {**head, "choices": [{"index": 0, "delta": {"role": "assistant"}, "logprobs": None,  # type: ignore
-                                        "finish_reason": None}]}
-        ch = c["choices"][0]
+        if parser is None:
+            if ch["finish_reason"] is not None:
+                yield _chunk(c, {}, ch["finish_reason"])
+            elif ch["text"]:
+                yield _chunk(c, {"content": ch["text"]}, logprobs=_chat_logprobs(ch["logprobs"]))
+            continue
         if ch["finish_reason"] is not None:
             deltas, parsed = parser.finish()
         else:
             deltas, parsed = parser.feed(ch["text"]), None
         for d in deltas:
-            yield {**head, "choices": [{"index": 0, "delta": d, "logprobs": None,  # type: ignore
-                                        "finish_reason": None}]}
+            yield _chunk(c, d)
         if parsed is not None:
             finish = "tool_calls" if parsed.tool_calls and ch["finish_reason"] == "stop" else ch["finish_reason"]
-            yield {**head, "choices": [{"index": 0, "delta": {}, "logprobs": None,  # type: ignore[typeddict-item]
-                                        "finish_reason": finish}]}
+            yield _chunk(c, {}, finish)
 
 
 __all__ = ["LlamaGrammar", "LLAMA_DEFAULT_SEED", "BaseLlamaCache", "Llama", "LlamaCache", "LlamaDiskCache",

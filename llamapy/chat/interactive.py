@@ -20,7 +20,6 @@ Generated text goes to stdout; messages and timings go to stderr. Colors only wh
 
 from __future__ import annotations
 
-import codecs
 import signal
 import sys
 import threading
@@ -32,20 +31,13 @@ from ..generation.params import SamplerParams
 from ..generation.sequence import ReversePrompts, Sequence, Timings
 from ..util.escapes import process_escapes_text as process_escapes
 from ..util.safe_text import printable
+from .console import Console, Quit
 from .templates import ChatTemplate
 
 DEFAULT_SYSTEM_MESSAGE = "You are a helpful assistant"
 INSTRUCT_PREFIX = "\n\n### Instruction:\n\n"
 INSTRUCT_SUFFIX = "\n\n### Response:\n\n"
 INSTRUCT_REVERSE_PROMPT = "### Instruction:\n\n"
-
-COLORS = {
-    "prompt": "\x1b[33m",
-    "user_input": "\x1b[1m\x1b[32m",
-    "error": "\x1b[1m\x1b[31m",
-    "reset": "\x1b[0m",
-}
-
 
 @dataclass
 class InteractiveOptions:
@@ -75,88 +67,10 @@ class InteractiveOptions:
     grammar: Any = None  # a compiled grammar (llamapy.grammar) each answer follows; restarted at each turn
 
 
-class _Quit(Exception):
-    """Ctrl-C at the prompt (or twice): leave the loop, print the summary."""
-
-
-class _Console:
-    """stdout/stdin with llama-cli's colors and line reading (llama.cpp's console::readline_simple)."""
-
-    def __init__(self, out: TextIO, inp: TextIO, err: TextIO, color: bool):
-        self.out, self.inp, self.err = out, inp, err
-        for s in (out, inp, err):  # Chinese (any UTF-8) in and out, whatever the locale says
-            reconf = getattr(s, "reconfigure", None)
-            if reconf is not None and getattr(s, "encoding", "utf-8").lower().replace("-", "") != "utf8":
-                try:
-                    reconf(encoding="utf-8", errors="replace")
-                except (ValueError, OSError):
-                    pass
-        self.color = color and _isatty(out)
-        self.tty_in = _isatty(inp) and inp is sys.stdin
-        self.current = "reset"
-        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        if self.tty_in:
-            try:
-                import readline  # noqa: F401  (line editing and history for input())
-            except ImportError:
-                pass
-
-    def set_display(self, kind: str) -> None:
-        if self.color and kind != self.current:
-            self.out.write(COLORS[kind])
-            self.out.flush()
-        self.current = kind
-
-    def write(self, text: str) -> None:
-        self.out.write(text)
-        self.out.flush()
-
-    def write_bytes(self, piece: bytes) -> None:
-        """Token bytes: a UTF-8 character split over tokens is printed once it is whole."""
-        text = self._decoder.decode(piece)
-        if text:
-            self.write(text)
-
-    def info(self, text: str) -> None:
-        self.err.write(text + "\n")
-        self.err.flush()
-
-    def _read_raw(self) -> str | None:
-        if self.tty_in:
-            try:
-                return input()
-            except EOFError:
-                return None
-        line = self.inp.readline() if self.inp is not None else None  # None: stdin closed, the end of input
-        if not line:
-            return None
-        return line.removesuffix("\n")
-
-    def readline(self, multiline: bool) -> tuple[str, bool, bool]:
-        """One line of input -> (text, more lines follow, end of input)."""
-        line = self._read_raw()
-        if line is None:
-            return "", False, True
-        line = line.removesuffix("\r")
-        if line.endswith("/"):  # submit now, without a newline
-            return line[:-1], False, False
-        if line.endswith("\\"):  # this line flips the multiline default
-            line = line[:-1]
-            multiline = not multiline
-        return line + "\n", multiline, False
-
-
-def _isatty(s) -> bool:
-    try:
-        return s.isatty()
-    except (AttributeError, ValueError):
-        return False
-
-
 class _Session:
     """The state of one interactive run; `run()` is main.cpp's loop."""
 
-    def __init__(self, llm, sampler, opts: InteractiveOptions, console: _Console, timings):
+    def __init__(self, llm, sampler, opts: InteractiveOptions, console: Console, timings):
         self.llm, self.sampler, self.opts, self.con, self.t = llm, sampler, opts, console, timings
         self.tok = llm.tokenizer
         esc = process_escapes if opts.escape else (lambda s: s)
@@ -417,7 +331,7 @@ class _Session:
             line, more, eof = con.readline(o.multiline_input)
             if eof:
                 con.set_display("reset")
-                raise _Quit()
+                raise Quit()
             buffer += line
         con.set_display("reset")
         if len(buffer) <= 1:  # an empty line hands control back to the model
@@ -452,7 +366,7 @@ class _Session:
             return
         if not self.interactive:
             self.quit_status = 130
-        raise _Quit()
+        raise Quit()
 
 
 def _eot_id(tok) -> int:
@@ -477,14 +391,14 @@ def run_interactive(
 
     `sampler` has `sample(logits, history) -> token id` (llamapy.generation.sampling.Sampler). Returns the exit status.
     """
-    con = _Console(stdout or sys.stdout, stdin or sys.stdin, stderr or sys.stderr, opts.color)
+    con = Console(stdout or sys.stdout, stdin or sys.stdin, stderr or sys.stderr, opts.color)
     timings = Timings(load_ms=t_load_ms)
     session = _Session(llm, sampler, opts, con, timings)
     in_main = threading.current_thread() is threading.main_thread()
     old = signal.signal(signal.SIGINT, session.on_sigint) if in_main else None
     try:
         session.run()
-    except _Quit:
+    except Quit:
         pass
     finally:
         if in_main:

@@ -45,7 +45,6 @@ stop rules, streaming text), and its pull driver llamapy.generation.generate:
 """
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Iterable, Sequence
 
@@ -56,7 +55,7 @@ from ..ggufio.constants import ValueType
 from ..ggufio.reader import GGUFReader
 from ..model_args import ModelArgs, check_tensors, model_desc
 from ..util.safe_text import printable
-from ..util.threads import sane_threads
+from .build import fill_params, physical_cores, set_weights, slot_parts, weight_memory
 from .load import (
     KV_TYPE_NAMES,
     YARN_BETA_FAST,
@@ -65,73 +64,11 @@ from .load import (
     apply_overrides,
     apply_pooling,
     check_tensor_values,
-    mlock,
     munlock,
-    rope_params,
 )
-
-# GGUF tensor name suffix -> engine weight slot (see csrc/llamapy.h)
-_LAYER_SLOTS = {
-    "attn_norm.weight": "LP_W_ATTN_NORM", "attn_q.weight": "LP_W_Q", "attn_k.weight": "LP_W_K",
-    "attn_v.weight": "LP_W_V", "attn_output.weight": "LP_W_O", "attn_q.bias": "LP_W_Q_B",
-    "attn_k.bias": "LP_W_K_B", "attn_v.bias": "LP_W_V_B", "attn_output.bias": "LP_W_O_B",
-    "ffn_norm.weight": "LP_W_FFN_NORM", "ffn_gate.weight": "LP_W_GATE", "ffn_up.weight": "LP_W_UP",
-    "ffn_down.weight": "LP_W_DOWN", "ffn_gate.bias": "LP_W_GATE_B", "ffn_up.bias": "LP_W_UP_B",
-    "ffn_down.bias": "LP_W_DOWN_B", "attn_q_norm.weight": "LP_W_Q_NORM", "attn_k_norm.weight": "LP_W_K_NORM",
-    "post_attention_norm.weight": "LP_W_POST_ATTN_NORM", "post_ffw_norm.weight": "LP_W_POST_FFN_NORM",
-    "ffn_gate_inp.weight": "LP_W_GATE_INP", "ffn_gate_exps.weight": "LP_W_GATE_EXPS",
-    "ffn_up_exps.weight": "LP_W_UP_EXPS", "ffn_down_exps.weight": "LP_W_DOWN_EXPS",
-    "ffn_gate_inp_shexp.weight": "LP_W_GATE_INP_SHEXP", "ffn_gate_shexp.weight": "LP_W_GATE_SHEXP",
-    "ffn_up_shexp.weight": "LP_W_UP_SHEXP", "ffn_down_shexp.weight": "LP_W_DOWN_SHEXP",
-}
-# fused tensors: the slots their consecutive row ranges go to (rows of each, from the model's dimensions)
-_FUSED_SLOTS = {
-    "attn_qkv.weight": (("LP_W_Q", "q_dim"), ("LP_W_K", "kv_dim"), ("LP_W_V", "kv_dim")),
-}
-_FUSED_FFN_SLOTS = (("LP_W_GATE", "n_ff"), ("LP_W_UP", "n_ff"))
-def _slot_parts(name: str, t, args: ModelArgs) -> list[tuple[str, int, int, int]]:
-    """The engine slots a tensor fills: (slot, layer, first row, rows); a fused tensor fills several."""
-    if name in _GLOBAL_SLOTS:
-        return [(_GLOBAL_SLOTS[name], -1, 0, t.n_rows)]
-    _, i, suffix = name.split(".", 2)
-    split = _FUSED_SLOTS.get(suffix) or (_FUSED_FFN_SLOTS if suffix == "ffn_up.weight" and args.fused_gate_up else None)
-    if split is None:
-        return [(_LAYER_SLOTS[suffix], int(i), 0, t.n_rows)]
-    parts, row = [], 0
-    for slot_name, dim in split:  # a fused tensor: each slot points at its rows
-        rows = getattr(args, dim)
-        parts.append((slot_name, int(i), row, rows))
-        row += rows
-    return parts
-
-
-_GLOBAL_SLOTS = {
-    "token_embd.weight": "LP_W_TOKEN_EMBD", "output_norm.weight": "LP_W_OUTPUT_NORM",
-    "output.weight": "LP_W_OUTPUT", "rope_freqs.weight": "LP_W_ROPE_FREQS",
-}
 
 # YaRN settings the reference never reads from GGUF (every YaRN model uses these)
 __all__ = ["Engine", "LoadOptions", "YARN_BETA_FAST", "YARN_BETA_SLOW", "physical_cores"]
-
-
-def physical_cores() -> int:
-    """Physical cores this process may run on (hyper-threads not counted)."""
-    try:
-        allowed = os.sched_getaffinity(0)
-    except AttributeError:  # pragma: no cover - not Linux
-        return os.cpu_count() or 1
-    cores = set()
-    for cpu in allowed:
-        base = f"/sys/devices/system/cpu/cpu{cpu}/topology/"
-        try:
-            with open(base + "core_id") as f:
-                core = f.read().strip()
-            with open(base + "physical_package_id") as f:
-                pkg = f.read().strip()
-        except OSError:
-            return len(allowed)
-        cores.add((pkg, core))
-    return max(1, len(cores))
 
 
 def _plain(v):
@@ -197,37 +134,12 @@ class Engine:
         self._scratch_seq = n_seq_max  # an extra sequence for embed()
 
         p = ffi.new("lp_engine_params *")
-        p.n_vocab, p.n_embd, p.n_layer = args.n_vocab, args.n_embd, args.n_layer
-        p.n_head, p.n_head_kv, p.head_dim, p.n_ff = args.n_head, args.n_head_kv, args.head_dim, args.n_ff
-        p.n_ctx, p.n_seq, p.n_batch = self.n_ctx, n_seq_max + 1, self.n_batch
-        p.n_threads = sane_threads(n_threads) if n_threads and n_threads > 0 else physical_cores()
-        p.norm_eps = args.norm_eps
-        p.attn_scale = args.attn_scale
-        self.rope = rope = rope_params(args, load)
-        p.rope_freq_base, p.rope_freq_scale = rope.freq_base, rope.freq_scale
-        p.yarn_ext_factor, p.yarn_attn_factor = rope.ext_factor, rope.attn_factor
-        p.yarn_beta_fast, p.yarn_beta_slow = rope.beta_fast, rope.beta_slow
-        p.n_ctx_orig = rope.n_ctx_orig
-        a = p.arch
-        a.rope_neox = int(args.rope_neox)
-        a.act_gelu = int(args.act == "gelu")
-        a.embd_scale = args.n_embd ** 0.5 if args.embd_scaled else 0.0
-        a.attn_softcap = args.attn_softcap
-        a.final_softcap = args.final_softcap
-        a.n_swa = args.n_swa
-        a.swa_pattern = args.swa_pattern
-        a.rope_freq_base_swa = args.rope_freq_base_swa
-        a.n_expert, a.n_expert_used = args.n_expert, args.n_expert_used
-        a.expert_weights_norm = int(args.expert_weights_norm)
-        a.n_ff_exp, a.n_ff_shexp = args.n_ff_exp, args.n_ff_shexp
-        p.type_k, p.type_v = load.type_k, load.type_v
         self.type_k, self.type_v = load.type_k, load.type_v
-        for which, t in (("K", load.type_k), ("V", load.type_v)):
-            block = 1 if t in (0, 1, 30) else 32  # the float types, or blocks of 32 (q8_0 ... iq4_nl)
-            if args.head_dim % block:
-                self.close()
-                raise LlamapyError(f"{which} cache type {KV_TYPE_NAMES[t]}: head size {args.head_dim} is not a "
-                                   f"multiple of its block size {block}")
+        try:
+            self.rope = fill_params(p, args, load, self.n_ctx, n_seq_max + 1, self.n_batch, n_threads)
+        except BaseException:
+            self.close()
+            raise
         self.rope_freq_scale = p.rope_freq_scale
         eng = lib.lp_engine_new(p)
         if eng == ffi.NULL:
@@ -238,28 +150,15 @@ class Engine:
         self._engine = ffi.gc(eng, lib.lp_engine_free)
         self.n_threads = lib.lp_engine_n_threads(eng)
 
-        if load.mmap:
-            self._base = ffi.from_buffer(r._mmap)  # char[] over the whole file, alive as long as we are
-        else:  # --no-mmap: the file read into memory of our own
-            self._weights = bytearray(r.size)
-            with open(self.model_path, "rb") as f:
-                f.readinto(memoryview(self._weights))
-            self._base = ffi.from_buffer(self._weights)
-        if load.mlock:
-            addr = int(ffi.cast("uintptr_t", self._base))
-            if mlock(addr, len(self._base)):
-                self._locked = (addr, len(self._base))
+        self._base, self._weights, self._locked = weight_memory(r, self.model_path, load)
         self._tensors = tensors  # the file's (a LoRA pair must name one of them)
         if "output.weight" not in tensors:
             tensors = dict(tensors, **{"output.weight": tensors["token_embd.weight"]})
-        for name, t in tensors.items():
-            row_bytes = t.nbytes // t.n_rows
-            for slot_name, layer, row, rows in _slot_parts(name, t, args):
-                data = self._base + t.offset + row * row_bytes
-                if lib.lp_engine_set_weight(eng, getattr(lib, slot_name), layer, data, t.type, t.shape[0], rows) != 0:
-                    msg = ffi.string(lib.lp_engine_error(eng)).decode()
-                    self.close()
-                    raise LlamapyError(f"{self.model_path}: tensor '{name}': {msg}")
+        try:
+            set_weights(eng, self._base, tensors, args, self.model_path)
+        except BaseException:
+            self.close()
+            raise
 
         self.loras: list = []  # LoraAdapter, in the order given (their ids)
         try:
@@ -288,7 +187,7 @@ class Engine:
         keep = []  # the arrays the engine points at, alive as long as the adapter
         for name, (a, b) in ad.pairs.items():
             rank = a.shape[0]
-            for slot_name, layer, row, rows in _slot_parts(name, self._tensors[name], self.args):
+            for slot_name, layer, row, rows in slot_parts(name, self._tensors[name], self.args):
                 bp = pack_b(b[row:row + rows])
                 keep.append(bp)
                 pa, pb = ffi.cast("const void *", a.ctypes.data), ffi.cast("const void *", bp.ctypes.data)

@@ -5,22 +5,27 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any
 
 from ..errors import LlamapyError
 from .sampling import Sampler, SamplerParams
 from .sequence import Constraint, Step, Timings
 from .sequence import Sequence as GenSequence
 
-__all__ = ["Timings", "eog_ids_of", "generate", "steps"]
+__all__ = ["Timings", "eog_ids", "eog_ids_of", "generate", "steps"]
 
 
 def eog_ids_of(llm) -> list[int]:
     """End-of-generation token ids of the model's vocabulary."""
-    tok = llm.tokenizer
+    return eog_ids(llm.tokenizer, llm.n_vocab)
+
+
+def eog_ids(tok: Any, n_vocab: int) -> list[int]:
+    """End-of-generation token ids of a tokenizer's vocabulary of n_vocab tokens."""
     ids = getattr(tok, "eog_ids", None)
     if ids is not None:
         return sorted(int(i) for i in ids)
-    return [i for i in range(llm.n_vocab) if tok.is_eog(i)]
+    return [i for i in range(n_vocab) if tok.is_eog(i)]
 
 
 def generate(

@@ -113,10 +113,13 @@ def guarded_protocol(read_timeout: float, write_timeout: float, max_connections:
 
         def connection_lost(self, exc) -> None:
             self._stop_reading()
+            self._stop_writing()
+            super().connection_lost(exc)
+
+        def _stop_writing(self) -> None:
             if self._write_timer is not None:
                 self._write_timer.cancel()
                 self._write_timer = None
-            super().connection_lost(exc)
 
         def pause_writing(self) -> None:
             super().pause_writing()
@@ -125,9 +128,7 @@ def guarded_protocol(read_timeout: float, write_timeout: float, max_connections:
 
         def resume_writing(self) -> None:
             super().resume_writing()
-            if self._write_timer is not None:
-                self._write_timer.cancel()
-                self._write_timer = None
+            self._stop_writing()
 
         def _write_timed_out(self) -> None:
             self._write_timer = None

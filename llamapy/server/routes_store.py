@@ -66,17 +66,32 @@ def register(router: APIRouter, state: ServerState) -> None:
         if not state.model_writes:
             raise APIError(403, "this server was started with --no-model-writes: the model store is read-only")
 
-    async def body_model(request: Request, *keys: str) -> tuple[dict[str, Any], str]:
+    async def body_model(request: Request, *keys: str, check: Callable[[str], Any] | None = None
+                         ) -> tuple[dict[str, Any], str]:
+        """The JSON body and the model it names; `check` (a name parser) refuses a malformed name with a 400."""
         body = await read_json(request)
         if not isinstance(body, dict):
             raise bad_request("the request body must be a JSON object", "model")
         name = next((body[k] for k in (*keys, "model", "name") if isinstance(body.get(k), str) and body[k]), None)
         if name is None:
             raise bad_request("'model' is required", "model")
+        if check is not None:
+            try:
+                check(name)
+            except LlamapyError as e:
+                raise bad_request(str(e), "model") from None
         return body, name
 
     def not_found(name: str) -> APIError:
         return APIError(404, f"model '{printable(name, 200)}' not found")
+
+    async def store_change(change: Callable[..., Any], *args: str, missing: str, field: str) -> Response:
+        """Run a change of the store in a thread: 200, or 404 when `missing` is not there, else 400 naming `field`."""
+        try:
+            await asyncio.to_thread(change, *args)
+        except LlamapyError as e:
+            raise (not_found(missing) if "not found" in str(e) else bad_request(str(e), field)) from None
+        return Response(status_code=200)
 
     # -- reading --------------------------------------------------------------------------------------------
     @router.get("/api/tags")
@@ -191,11 +206,7 @@ def register(router: APIRouter, state: ServerState) -> None:
         src, dst = (body.get("source"), body.get("destination")) if isinstance(body, dict) else (None, None)
         if not (isinstance(src, str) and isinstance(dst, str) and src and dst):
             raise bad_request("'source' and 'destination' are required", "source")
-        try:
-            await asyncio.to_thread(store().copy, src, dst)
-        except LlamapyError as e:
-            raise (not_found(src) if "not found" in str(e) else bad_request(str(e), "destination")) from None
-        return Response(status_code=200)
+        return await store_change(store().copy, src, dst, missing=src, field="destination")
 
     @router.delete("/api/delete")
     async def delete(request: Request):
@@ -203,22 +214,14 @@ def register(router: APIRouter, state: ServerState) -> None:
         _, name = await body_model(request)
         if state.models is not None:
             await state.models.unload(name)
-        try:
-            await asyncio.to_thread(store().remove, name)
-        except LlamapyError as e:
-            raise (not_found(name) if "not found" in str(e) else bad_request(str(e), "model")) from None
-        return Response(status_code=200)
+        return await store_change(store().remove, name, missing=name, field="model")
 
     @router.post("/api/create")
     async def create(request: Request):
         writable()
-        body, name = await body_model(request)
         from ..store.store import parse_name
 
-        try:
-            parse_name(name)
-        except LlamapyError as e:
-            raise bad_request(str(e), "model") from None
+        body, name = await body_model(request, check=parse_name)
         s = store()
         mf = modelfile_of(body, s, state.allow_paths)
         quantize = body.get("quantize") or body.get("quantization")
@@ -238,13 +241,9 @@ def register(router: APIRouter, state: ServerState) -> None:
     @router.post("/api/pull")
     async def pull(request: Request):
         writable()
-        body, name = await body_model(request)
         from ..store.pull import parse_ref
 
-        try:
-            parse_ref(name)
-        except LlamapyError as e:
-            raise bad_request(str(e), "model") from None
+        body, name = await body_model(request, check=parse_ref)
         s = store()
 
         def work(say: Callable[[str], None], progress: Callable[[int, int], None]) -> None:

@@ -38,8 +38,8 @@ class LoraScale(Strict):
     scale: Union[Float, int]
 
 
-class Sampling(Strict):
-    """Sampling and stopping fields shared by every generating endpoint (llama-server names)."""
+class BasicSampling(Strict):
+    """The sampling fields that llama-server's requests and Ollama's `options` both name alike."""
 
     temperature: Optional[Float] = None  # <= 0: greedy
     top_k: Optional[Annotated[int, Field(ge=-1)]] = None  # <= 0: off
@@ -54,6 +54,11 @@ class Sampling(Strict):
     mirostat_tau: Optional[NonNegFloat] = None
     mirostat_eta: Optional[NonNegFloat] = None
     seed: Optional[Seed] = None
+
+
+class Sampling(BasicSampling):
+    """Sampling and stopping fields shared by every generating endpoint (llama-server names)."""
+
     ignore_eos: Optional[bool] = None
     dry_multiplier: Optional[NonNegFloat] = None  # 0: off
     dry_base: Optional[Float] = None  # below 1: the server's
@@ -158,20 +163,7 @@ class EmbeddingRequest(Strict):
     user: Optional[str] = None
 
 
-class OllamaOptions(Strict):
-    temperature: Optional[Float] = None
-    top_k: Optional[Annotated[int, Field(ge=-1)]] = None
-    top_p: Optional[Prob] = None
-    min_p: Optional[Prob] = None
-    typical_p: Optional[Prob] = None
-    repeat_penalty: Optional[NonNegFloat] = None
-    repeat_last_n: Optional[Annotated[int, Field(ge=-1)]] = None
-    presence_penalty: Optional[Penalty] = None
-    frequency_penalty: Optional[Penalty] = None
-    mirostat: Optional[Literal[0, 1, 2]] = None
-    mirostat_tau: Optional[NonNegFloat] = None
-    mirostat_eta: Optional[NonNegFloat] = None
-    seed: Optional[Seed] = None
+class OllamaOptions(BasicSampling):
     num_predict: Optional[Annotated[int, Field(ge=-2)]] = None
     stop: Stop = None
     num_ctx: Optional[Annotated[int, Field(ge=0)]] = None

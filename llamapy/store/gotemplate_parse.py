@@ -122,24 +122,12 @@ def _lex(src: str) -> list[Tok]:
                 i += 2
                 break
             p = i
-            if c == "(":
-                toks.append(Tok("(", None, p, spaced))
-                i += 1
-            elif c == ")":
-                toks.append(Tok(")", None, p, spaced))
-                i += 1
-            elif c == "|":
-                toks.append(Tok("|", None, p, spaced))
-                i += 1
-            elif c == ",":
-                toks.append(Tok(",", None, p, spaced))
+            if c in "()|,=":  # one-character punctuation, each its own token kind
+                toks.append(Tok(c, None, p, spaced))
                 i += 1
             elif src.startswith(":=", i):
                 toks.append(Tok(":=", None, p, spaced))
                 i += 2
-            elif c == "=":
-                toks.append(Tok("=", None, p, spaced))
-                i += 1
             elif c == '"':
                 e = i + 1
                 while e < n and src[e] != '"':

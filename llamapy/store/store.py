@@ -117,28 +117,16 @@ def is_name(text: str) -> bool:
 
 
 # -- hashing and copying --------------------------------------------------------------------------------
-def sha256_file(path: str, progress: ProgressFn | None = None) -> tuple[str, int]:
-    """The file's sha256 (hex) and size."""
+def sha256_file(path: str, progress: ProgressFn | None = None, copy_to=None) -> tuple[str, int]:
+    """The file's sha256 (hex) and size; with copy_to (an open binary file), its bytes written there too."""
     h = hashlib.sha256()
     total = os.path.getsize(path)
     done = 0
     with open(path, "rb") as f:
         while chunk := f.read(CHUNK):
             h.update(chunk)
-            done += len(chunk)
-            if progress:
-                progress(done, total)
-    return h.hexdigest(), done
-
-
-def _copy_hashing(src: str, dst_f, progress: ProgressFn | None) -> tuple[str, int]:
-    h = hashlib.sha256()
-    total = os.path.getsize(src)
-    done = 0
-    with open(src, "rb") as f:
-        while chunk := f.read(CHUNK):
-            h.update(chunk)
-            dst_f.write(chunk)
+            if copy_to is not None:
+                copy_to.write(chunk)
             done += len(chunk)
             if progress:
                 progress(done, total)
@@ -252,7 +240,7 @@ class Store:
         tmp = self.new_tmp()
         try:
             with open(tmp, "wb") as out:
-                got, _ = _copy_hashing(path, out, progress)
+                got, _ = sha256_file(path, progress, copy_to=out)
                 out.flush()
                 os.fsync(out.fileno())
             if got != hexd:

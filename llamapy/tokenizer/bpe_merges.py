@@ -134,8 +134,8 @@ def build_native(token_to_id: dict[str, int], merges: list[tuple[str, str]], ign
             guard_ranges.append((lo, lo + (1 << shift) - 1))
     # (the library itself refuses merges whose parts or result are not tokens)
     vocab = token_to_id
-    if not _is_plain("".join(vocab)):
-        vocab = {t: i for t, i in token_to_id.items() if _is_plain(t)}
+    if not is_plain("".join(vocab)):
+        vocab = {t: i for t, i in token_to_id.items() if is_plain(t)}
     try:
         from tokenizers import models
 
@@ -146,7 +146,8 @@ def build_native(token_to_id: dict[str, int], merges: list[tuple[str, str]], ign
     return model, guard
 
 
-def _is_plain(t: str) -> bool:
+def is_plain(t: str) -> bool:
+    """Whether the text encodes as UTF-8: no lone surrogates (which stand for undecodable bytes)."""
     try:
         t.encode("utf-8")
     except UnicodeEncodeError:

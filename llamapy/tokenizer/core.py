@@ -95,6 +95,12 @@ _BY_TEXT = {
 _EOG_TEXTS = ("<|eot_id|>", "<|im_end|>", "<|end|>", "<end_of_turn>", "<|endoftext|>", "<|eom_id|>", "<EOT>")
 
 
+def _slot_property(slot: str, doc: str | None = None) -> property:
+    """A special token id (int | None) that the reference picks among candidates, chosen when first asked
+    (Tokenizer._slot)."""
+    return property(lambda self: self._slot(slot), doc=doc)
+
+
 class Tokenizer:
     """A GGUF vocabulary with the reference's tokenize / token_to_piece (build with `from_gguf`)."""
 
@@ -295,34 +301,14 @@ class Tokenizer:
             self._ids[slot] = min(found, key=self._hash_rank)
         return self._ids[slot]
 
-    @property
-    def eot_id(self) -> int | None:
-        """End-of-turn token (`<|eot_id|>`, `<|im_end|>`, `<end_of_turn>`, ...), as the reference picks it."""
-        return self._slot("eot")
-
-    @property
-    def fim_pre_id(self) -> int | None:
-        return self._slot("fim_pre")
-
-    @property
-    def fim_suf_id(self) -> int | None:
-        return self._slot("fim_suf")
-
-    @property
-    def fim_mid_id(self) -> int | None:
-        return self._slot("fim_mid")
-
-    @property
-    def fim_pad_id(self) -> int | None:
-        return self._slot("fim_pad")
-
-    @property
-    def fim_rep_id(self) -> int | None:
-        return self._slot("fim_rep")
-
-    @property
-    def fim_sep_id(self) -> int | None:
-        return self._slot("fim_sep")
+    eot_id = _slot_property("eot", "End-of-turn token (`<|eot_id|>`, `<|im_end|>`, `<end_of_turn>`, ...), as the "
+                                   "reference picks it.")
+    fim_pre_id = _slot_property("fim_pre")
+    fim_suf_id = _slot_property("fim_suf")
+    fim_mid_id = _slot_property("fim_mid")
+    fim_pad_id = _slot_property("fim_pad")
+    fim_rep_id = _slot_property("fim_rep")
+    fim_sep_id = _slot_property("fim_sep")
 
     # -- queries ------------------------------------------------------------------------------------
     def is_eog(self, token_id: int) -> bool:
@@ -379,7 +365,7 @@ class Tokenizer:
             if self.bos_id is None:
                 raise LlamapyError("the model asks for a BOS token but has none")
             out.append(self.bos_id)
-        slow = _needs_slow_path(text)
+        slow = not bpe_merges.is_plain(text)
         if self.model == "llama":
             prev_special = True
             for frag in self._partition(text, parse_special):
@@ -539,14 +525,6 @@ codecs.register_error("llamapy-surrogates", _surrogates)
 def to_bytes(text: str) -> bytes:
     """Text as the bytes it came from: surrogateescape'd bytes come back as themselves."""
     return text.encode("utf-8", "llamapy-surrogates")
-
-
-def _needs_slow_path(text: str) -> bool:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return True
-    return False
 
 
 class StreamDecoder:
