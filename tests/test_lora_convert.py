@@ -1,0 +1,63 @@
+"""Merging PEFT LoRA adapters while converting (`llamapy convert BASE --lora ADAPTER`): the GGUF equals PEFT's
+own merge_and_unload converted, for Meta and Hugging Face bases, safetensors and .bin adapters, rsLoRA, rank and
+alpha patterns, two stacked adapters, and modules_to_save with a resized vocabulary and the adapter's tokenizer."""
+from __future__ import annotations
+
+import pytest
+
+pytest.importorskip("peft", reason="the PEFT oracle needs the peft package (the test extra)")
+
+from peftutil import ALL, assert_same_tensors, base_hf, base_meta, make_adapter, peft_merged, spm_of_size  # noqa: E402
+
+from llamapy.convert import convert  # noqa: E402
+from llamapy.ggufio.reader import GGUFReader  # noqa: E402
+
+
+def _oracle(tmp_path, base, adapters, tokenizer, outtype="f32"):
+    merged = peft_merged(base, adapters, tmp_path / "peft-merged", tokenizer)
+    return convert(merged, tmp_path / "want.gguf", outtype).path
+
+
+@pytest.mark.parametrize("safetensors", [True, False])
+def test_hf_base_equals_peft_merge(tmp_path, spm_model, vocab_n, safetensors):
+    base = base_hf(tmp_path / "base", spm_model, vocab_n)
+    ad = make_adapter(base, tmp_path / "lora", safetensors=safetensors)
+    got = convert(base, tmp_path / "got.gguf", "f32", lora=[ad]).path
+    assert_same_tensors(got, _oracle(tmp_path, base, [ad], spm_model))
+
+
+def test_meta_base_equals_peft_merge(tmp_path, spm_model, vocab_n):
+    meta, hf = base_meta(tmp_path, spm_model, vocab_n)
+    ad = make_adapter(hf, tmp_path / "lora", targets=["q_proj", "k_proj", "v_proj", "down_proj"])
+    got = convert(meta, tmp_path / "got.gguf", "f32", lora=[ad]).path
+    assert_same_tensors(got, _oracle(tmp_path, hf, [ad], spm_model))
+
+
+def test_rslora_and_patterns_equal_peft_merge(tmp_path, spm_model, vocab_n):
+    base = base_hf(tmp_path / "base", spm_model, vocab_n)
+    ad = make_adapter(base, tmp_path / "lora", r=8, alpha=4, rslora=True, rank_pattern={"v_proj": 2},
+                      alpha_pattern={"layers.1.self_attn.q_proj": 32})
+    got = convert(base, tmp_path / "got.gguf", "f32", lora=[ad]).path
+    assert_same_tensors(got, _oracle(tmp_path, base, [ad], spm_model))
+
+
+def test_two_stacked_adapters_in_order(tmp_path, spm_model, vocab_n):
+    base = base_hf(tmp_path / "base", spm_model, vocab_n)
+    a1 = make_adapter(base, tmp_path / "l1", seed=1, targets=["q_proj", "up_proj"])
+    a2 = make_adapter(base, tmp_path / "l2", seed=2, targets=["q_proj", "o_proj"], r=2)
+    got = convert(base, tmp_path / "got.gguf", "f32", lora=f"{a1},{a2}").path
+    assert_same_tensors(got, _oracle(tmp_path, base, [a1, a2], spm_model))
+
+
+def test_modules_to_save_resize_the_vocabulary(tmp_path, spm_model, vocab_n):
+    base = base_hf(tmp_path / "base", spm_model, vocab_n)
+    big = spm_of_size(tmp_path / "big.model", vocab_n + 40)
+    ad = make_adapter(base, tmp_path / "lora", new_vocab=vocab_n + 40, modules_to_save=["embed_tokens", "lm_head"],
+                      tokenizer=big)
+    got = convert(base, tmp_path / "got.gguf", "f32", lora=[ad]).path
+    want = _oracle(tmp_path, base, [ad], big)
+    assert_same_tensors(got, want)
+    with GGUFReader(got) as r:
+        assert r.get("llama.vocab_size") == vocab_n + 40
+        assert len(r.get("tokenizer.ggml.tokens")) == vocab_n + 40
+        assert r.tensors["token_embd.weight"].shape[1] == vocab_n + 40
