@@ -7,7 +7,7 @@ import pytest
 
 pytest.importorskip("peft", reason="the PEFT oracle needs the peft package (the test extra)")
 
-from peftutil import ALL, assert_same_tensors, base_hf, base_meta, make_adapter, peft_merged, spm_of_size  # noqa: E402
+from peftutil import assert_same_tensors, base_hf, base_meta, make_adapter, peft_merged, spm_of_size  # noqa: E402
 
 from llamapy.convert import convert  # noqa: E402
 from llamapy.ggufio.reader import GGUFReader  # noqa: E402
