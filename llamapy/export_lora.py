@@ -6,7 +6,8 @@ the order given; every other tensor is copied as it is. As the reference, a merg
 when W is F32 and in F16 otherwise, and general.file_type becomes MOSTLY_F16; `outtype` writes the merged
 tensors in another type instead (f32, f16, bf16, q8_0 or a quantize type such as q4_0; rows that do not
 fill the type's blocks fall back to F16) and sets general.file_type to it. The metadata is the base's, in its
-order. Work goes a range of rows at a time; the output is written atomically.
+order, general.file_type moved to the end and the tensors in name order (as the reference writes them). Work
+goes a range of rows at a time; the output is written atomically.
 """
 from __future__ import annotations
 
@@ -101,21 +102,17 @@ def export_lora(model: str | os.PathLike, adapters: list[tuple[str, float]], out
                 terms.setdefault(name, []).append((a, b, ad.scale * ad.mult(a.shape[0])))
         types = {n: (_out_type(t.type, mtype, t.shape[0]) if n in terms else t.type) for n, t in base.tensors.items()}
         with GGUFWriter(out, alignment=int(base.get("general.alignment", 32))) as w:
-            seen_ftype = False
             for key, v in base.kv.items():
-                if key.startswith("GGUF.") or key == "general.alignment":
-                    continue
-                if key == KEY_FILE_TYPE:
-                    seen_ftype = True
-                    w.add(key, ftype if ftype is not None else MOSTLY_F16, ValueType.UINT32)
-                else:
+                if not key.startswith("GGUF.") and key not in ("general.alignment", KEY_FILE_TYPE):
                     w.add_value(key, v)
-            if not seen_ftype:
-                w.add(KEY_FILE_TYPE, ftype if ftype is not None else MOSTLY_F16, ValueType.UINT32)
-            for name, t in base.tensors.items():
-                w.add_tensor_info(name, t.shape, types[name])
+            # as the reference sets it: removed from its place and added at the end
+            w.add(KEY_FILE_TYPE, ftype if ftype is not None else MOSTLY_F16, ValueType.UINT32)
+            order = sorted(base.tensors, key=lambda n: n.encode())  # the reference walks a map by name
+            for name in order:
+                w.add_tensor_info(name, base.tensors[name].shape, types[name])
             w.write_header()
-            for name, t in base.tensors.items():
+            for name in order:
+                t = base.tensors[name]
                 if name not in terms:
                     w.write_tensor_data(name, t.raw.reshape(-1))
                     continue

@@ -11,9 +11,9 @@ from test_convert_util import TINY, hf_config, meta_params, meta_to_hf, meta_wei
 ALL = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
-def base_hf(d: Path, spm_model: Path, n_vocab: int, seed: int = 3, fmt: str = "safetensors") -> Path:
-    w = meta_to_hf(meta_weights(n_vocab, seed=seed))
-    save_hf(d, w, hf_config(n_vocab), fmt=fmt)
+def base_hf(d: Path, spm_model: Path, n_vocab: int, seed: int = 3, fmt: str = "safetensors", hp: dict = TINY) -> Path:
+    w = meta_to_hf(meta_weights(n_vocab, seed=seed, hp=hp), hp)
+    save_hf(d, w, hf_config(n_vocab, hp), fmt=fmt)
     shutil.copy(spm_model, d / "tokenizer.model")
     return d
 
