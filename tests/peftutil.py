@@ -117,3 +117,45 @@ def assert_same_tensors(a, b, atol: float = 2e-6) -> None:
 
 __all__ = ["ALL", "TINY", "assert_same_tensors", "base_hf", "base_meta", "make_adapter", "peft_merged",
            "spm_of_size"]
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        b = n & 0x7F
+        n >>= 7
+        out.append(b | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def extend_spm(src: Path, dst: Path, n_total: int) -> list[str]:
+    """A copy of a SentencePiece model with Chinese pieces added up to `n_total` (as Chinese-LLaMA merged its
+    Chinese vocabulary into LLaMA's: NORMAL pieces of score 0 after the original ones); the pieces added. The
+    pieces go at the end of the protobuf, where a repeated field's later entries follow the earlier ones."""
+    import struct
+
+    import sentencepiece as spm
+
+    have = set(spm.SentencePieceProcessor(model_file=str(src)).IdToPiece(i)
+               for i in range(spm.SentencePieceProcessor(model_file=str(src)).vocab_size()))
+    n_new = n_total - len(have)
+    chars = [chr(c) for c in range(0x4E00, 0x9FA6)]
+    pieces: list[str] = []
+    for c in chars:
+        if len(pieces) == n_new:
+            break
+        if c not in have:
+            pieces.append(c)
+    i = 0
+    while len(pieces) < n_new:  # then words of two characters
+        pieces.append(chars[i // len(chars)] + chars[i % len(chars)])
+        i += 1
+    out = bytearray(src.read_bytes())
+    for p in pieces:
+        raw = p.encode()
+        msg = b"\x0a" + _varint(len(raw)) + raw + b"\x15" + struct.pack("<f", 0.0) + b"\x18\x01"
+        out += b"\x0a" + _varint(len(msg)) + msg
+    dst.write_bytes(bytes(out))
+    assert spm.SentencePieceProcessor(model_file=str(dst)).vocab_size() == n_total
+    return pieces
