@@ -5,7 +5,8 @@ scale * B @ A, scale = the user's scale times alpha / rank (the user's scale alo
 the order given; every other tensor is copied as it is. As the reference, a merged tensor is written in F32
 when W is F32 and in F16 otherwise, and general.file_type becomes MOSTLY_F16; `outtype` writes the merged
 tensors in another type instead (f32, f16, bf16, q8_0 or a quantize type such as q4_0; rows that do not
-fill the type's blocks fall back to F16) and sets general.file_type to it. The metadata is the base's, in its
+fill the type's blocks fall back to F16) and sets general.file_type to it; `outtype="base"` writes each merged
+tensor in its base tensor's own type (a quantized model stays quantized as it was) and keeps general.file_type. The metadata is the base's, in its
 order, general.file_type moved to the end and the tensors in name order (as the reference writes them). Work
 goes a range of rows at a time; the output is written atomically.
 """
@@ -52,7 +53,12 @@ def _rows_f32(t: TensorInfo, r0: int, r1: int) -> np.ndarray:
     return out
 
 
+BASE = -1  # --outtype base: each merged tensor in its base tensor's type
+
+
 def _out_type(base_type: int, outtype: int | None, row_len: int) -> int:
+    if outtype == BASE:
+        return base_type
     if outtype is None:
         return int(TensorType.F32) if base_type == TensorType.F32 else int(TensorType.F16)
     if row_len % TYPE_SIZES[outtype][0]:
@@ -64,12 +70,14 @@ def _parse_outtype(text: str | None) -> tuple[int | None, int | None]:
     """(the merged tensors' type, general.file_type) of --outtype; (None, None): the reference's choice."""
     if text is None:
         return None, None
+    if str(text).strip().lower() == "base":
+        return BASE, None
     from .ggufio.filetypes import QUANT_OPTIONS, parse_ftype
 
     opt = parse_ftype(str(text).strip().lower())
     if opt is None or opt.name == "COPY" or opt.tensor_type is None:
         names = ", ".join(o.name.lower() for o in QUANT_OPTIONS if o.name != "COPY")
-        raise LlamapyError(f"unknown --outtype '{printable(str(text))}': use one of {names}")
+        raise LlamapyError(f"unknown --outtype '{printable(str(text))}': use base or one of {names}")
     return int(opt.tensor_type), int(opt.ftype)
 
 
@@ -106,7 +114,11 @@ def export_lora(model: str | os.PathLike, adapters: list[tuple[str, float]], out
                 if not key.startswith("GGUF.") and key not in ("general.alignment", KEY_FILE_TYPE):
                     w.add_value(key, v)
             # as the reference sets it: removed from its place and added at the end
-            w.add(KEY_FILE_TYPE, ftype if ftype is not None else MOSTLY_F16, ValueType.UINT32)
+            if mtype == BASE:
+                if base.get(KEY_FILE_TYPE) is not None:
+                    w.add_value(KEY_FILE_TYPE, base.kv[KEY_FILE_TYPE])
+            else:
+                w.add(KEY_FILE_TYPE, ftype if ftype is not None else MOSTLY_F16, ValueType.UINT32)
             order = sorted(base.tensors, key=lambda n: n.encode())  # the reference walks a map by name
             for name in order:
                 w.add_tensor_info(name, base.tensors[name].shape, types[name])

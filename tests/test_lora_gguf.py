@@ -113,6 +113,18 @@ def test_export_two_adapters_in_order_and_outtype(base, base_gguf, tmp_path):
         assert r.tensors["blk.0.attn_q.weight"].type_name == "Q8_0"
         assert r.tensors["blk.0.attn_k.weight"].type_name == "F32"  # not adapted: copied as it is
         assert r.get("general.file_type") == 7
+    q8 = convert(base, tmp_path / "q8.gguf", "q8_0").path
+    kept = export_lora(q8, [(str(g1), 1.0)], tmp_path / "kept.gguf", "base").path
+    with GGUFReader(kept) as r, GGUFReader(q8) as b:
+        assert [(n, t.type) for n, t in r.tensors.items()] == sorted((n, t.type) for n, t in b.tensors.items())
+        assert r.get("general.file_type") == b.get("general.file_type") == 7
+    from llamapy.quants import dequantize
+
+    want = gguf_f32_tensors(export_lora(base_gguf, [(str(g1), 1.0)], tmp_path / "f32.gguf").path)["blk.0.ffn_up.weight"]
+    with GGUFReader(kept) as r:
+        t = r.tensors["blk.0.ffn_up.weight"]
+        got = dequantize(t.type, t.raw, t.shape[0]).reshape(want.shape)
+    assert np.abs(got - want).max() < 0.01 * np.abs(want).max()  # within Q8_0's rounding of the merged weight
 
 
 # -- the reference tools ---------------------------------------------------------------------------------------

@@ -218,6 +218,10 @@ def load_peft(adapter: str | Path, scale: float = 1.0) -> PeftAdapter:
     return out
 
 
+def _f32(a: np.ndarray, dtype: str) -> np.ndarray:
+    return to_f32(a, dtype).astype(np.float32, copy=False)
+
+
 class MergedTensor(LazyTensor):
     """A base weight with adapters applied in order: replaced by a saved module, or W += scale * B @ A;
     computed in float32 a range of rows at a time (only the LoRA halves are read whole, and they are small)."""
@@ -247,17 +251,20 @@ class MergedTensor(LazyTensor):
             assert isinstance(src, LazyTensor)
         else:
             src = self.base
-        x = np.array(to_f32(src.rows(r0, r1), src.dtype), dtype=np.float32)
+        from .outtype import rows_to_f32
+
+        x = rows_to_f32(src.rows(r0, r1), src.dtype)
+        if x.dtype != np.float32 or not x.flags.writeable or not x.flags.c_contiguous:
+            x = np.array(x, dtype=np.float32)
         for kind, p in self.ops[self._start + 1:]:
             assert kind == "add" and isinstance(p, LoraPair)
-            a = to_f32(p.a.read(), p.a.dtype).astype(np.float32, copy=False)
+            a = _f32(p.a.read(), p.a.dtype)
             if p.embedding:
-                b = to_f32(p.b.read(), p.b.dtype).astype(np.float32, copy=False)
-                delta = a[:, r0:r1].T @ b.T
+                b = _f32(p.b.read(), p.b.dtype)
+                x += np.float32(p.scale) * (a[:, r0:r1].T @ b.T)
             else:
-                b = to_f32(p.b.rows(r0, r1), p.b.dtype).astype(np.float32, copy=False)
-                delta = b @ a
-            x += np.float32(p.scale) * delta
+                b = _f32(p.b.rows(r0, r1), p.b.dtype)
+                x += np.float32(p.scale) * (b @ a)  # the order PEFT computes in: (B @ A) * scaling
         return x
 
 
