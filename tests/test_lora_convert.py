@@ -61,3 +61,32 @@ def test_modules_to_save_resize_the_vocabulary(tmp_path, spm_model, vocab_n):
         assert r.get("llama.vocab_size") == vocab_n + 40
         assert len(r.get("tokenizer.ggml.tokens")) == vocab_n + 40
         assert r.tensors["token_embd.weight"].shape[1] == vocab_n + 40
+
+
+def test_fan_in_fan_out_is_ignored_for_linear_layers_as_peft_does(tmp_path, spm_model, vocab_n):
+    import json
+
+    base = base_hf(tmp_path / "base", spm_model, vocab_n)
+    ad = make_adapter(base, tmp_path / "lora", targets=["q_proj", "down_proj"])
+    cfg = json.loads((ad / "adapter_config.json").read_text())
+    cfg["fan_in_fan_out"] = True  # PEFT resets it to False for Linear layers (with a warning) when it loads
+    (ad / "adapter_config.json").write_text(json.dumps(cfg))
+    notes = []
+    got = convert(base, tmp_path / "got.gguf", "f32", lora=[ad], log=notes.append).path
+    assert any("fan_in_fan_out is set" in n for n in notes)
+    assert_same_tensors(got, _oracle(tmp_path, base, [ad], spm_model))
+
+
+def test_saved_module_of_another_width_and_missing_adapter(tmp_path, spm_model, vocab_n):
+    from test_convert_util import TINY
+
+    from llamapy.errors import LlamapyError
+
+    base = base_hf(tmp_path / "base", spm_model, vocab_n)
+    wide = base_hf(tmp_path / "wide", spm_model, vocab_n, hp={**TINY, "dim": 128, "ffn": 192})
+    ad = make_adapter(wide, tmp_path / "lora", targets=["q_proj"], modules_to_save=["lm_head"])
+    with pytest.raises(LlamapyError, match=r"a saved module of shape \[\d+, 128\] for a base tensor of \[\d+, 64\]"):
+        convert(base, tmp_path / "got.gguf", "f16", lora=[ad])
+    with pytest.raises(LlamapyError, match=r"LoRA adapter .*nowhere: no such directory"):
+        convert(base, tmp_path / "got.gguf", "f16", lora=[tmp_path / "nowhere"])
+    assert not (tmp_path / "got.gguf").exists()

@@ -226,7 +226,8 @@ class MergedTensor(LazyTensor):
     """A base weight with adapters applied in order: replaced by a saved module, or W += scale * B @ A;
     computed in float32 a range of rows at a time (only the LoRA halves are read whole, and they are small)."""
 
-    def __init__(self, base: LazyTensor, ops: list[tuple[str, object]], where: str):
+    def __init__(self, base: LazyTensor, ops: list[tuple[str, object]], where: str, vocab_rows: bool = False):
+        """`vocab_rows`: the embeddings or the output layer, whose saved copy may have other rows."""
         self.base = base
         self.ops = ops
         self.where = where
@@ -234,6 +235,9 @@ class MergedTensor(LazyTensor):
         for kind, x in ops:
             if kind == "replace":
                 assert isinstance(x, LazyTensor)
+                if x.shape[1:] != tuple(shape[1:]) or (x.shape[0] != shape[0] and not vocab_rows):
+                    raise LlamapyError(f"{x.where}: a saved module of shape {list(x.shape)} for a base tensor of "
+                                       f"{list(shape)} (an adapter for another model?)")
                 shape = x.shape
             else:
                 assert isinstance(x, LoraPair)
@@ -303,7 +307,8 @@ class LoraPatch:
         if layout == "meta" and hf.endswith(("q_proj.weight", "k_proj.weight")):
             heads = n_head if hf.endswith("q_proj.weight") else n_head_kv
             ops = [_permuted(op, heads) for op in ops]
-        return MergedTensor(t, ops, f"{t.where} (merged with LoRA)")
+        return MergedTensor(t, ops, f"{t.where} (merged with LoRA)",
+                            vocab_rows=hf in ("model.embed_tokens.weight", "lm_head.weight"))
 
     def _meta_names(self) -> dict[str, str]:
         out = {}
