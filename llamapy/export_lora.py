@@ -3,12 +3,13 @@
 For each base tensor W that the adapters adapt: W (dequantized to float32) + sum over the adapters of
 scale * B @ A, scale = the user's scale times alpha / rank (the user's scale alone when alpha is 0), added in
 the order given; every other tensor is copied as it is. As the reference, a merged tensor is written in F32
-when W is F32 and in F16 otherwise, and general.file_type becomes MOSTLY_F16; `outtype` writes the merged
+when W is F32 and in F16 otherwise, and general.file_type becomes MOSTLY_F16. `outtype` writes the merged
 tensors in another type instead (f32, f16, bf16, q8_0 or a quantize type such as q4_0; rows that do not
-fill the type's blocks fall back to F16) and sets general.file_type to it; `outtype="base"` writes each merged
-tensor in its base tensor's own type (a quantized model stays quantized as it was) and keeps general.file_type. The metadata is the base's, in its
-order, general.file_type moved to the end and the tensors in name order (as the reference writes them). Work
-goes a range of rows at a time; the output is written atomically.
+fill the type's blocks fall back to F16) and sets general.file_type to it; `outtype="base"` writes each
+merged tensor in its base tensor's own type (a quantized model stays quantized as it was) and keeps
+general.file_type. The metadata is the base's, in its order, general.file_type moved to the end and the
+tensors in name order (as the reference writes them). Work goes a range of rows at a time; the output is
+written atomically.
 """
 from __future__ import annotations
 

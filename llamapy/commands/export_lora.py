@@ -15,7 +15,8 @@ TABLE = [
         Optional[list[tuple[str, str]]], None, panel=_P),
     Opt("output", ("-o", "--output"), "The merged model.", str, "ggml-lora-merged-f16.gguf", panel=_P),
     Opt("outtype", ("--outtype",), "Type of the merged tensors (f32, f16, bf16, q8_0, q4_0, ...; base: each in "
-        "its base tensor's type). Default: as llama-export-lora, F32 for an F32 base tensor, else F16.", Optional[str], None, panel=_P),
+        "its base tensor's type). Default: as llama-export-lora, F32 for an F32 base tensor, else F16.",
+        Optional[str], None, panel=_P),
     Opt("threads", ("-t", "--threads"), "Threads for quantizing.", Optional[int], None, panel=_P),
     Opt("verbose", ("-v", "--verbose"), "A line per merged tensor.", bool, False, panel=_P),
 ]
