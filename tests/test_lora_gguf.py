@@ -141,7 +141,7 @@ def _hub_card(adapter):
 
 
 @pytest.mark.parametrize("safetensors", [True, False])
-@pytest.mark.parametrize("outtype", ["f32", "f16", "q8_0"])
+@pytest.mark.parametrize("outtype", ["f32", "f16", "bf16", "q8_0"])
 def test_convert_lora_byte_identical_to_the_reference(base, tmp_path, outtype, safetensors):
     if not REF_CONVERT or not os.path.isfile(REF_CONVERT):
         pytest.skip("set LLAMAPY_REF_CONVERT_LORA to the reference convert_lora_to_gguf.py to compare with it")
@@ -155,6 +155,25 @@ def test_convert_lora_byte_identical_to_the_reference(base, tmp_path, outtype, s
     assert p.returncode == 0, p.stderr[-3000:]
     ours = convert_lora(ad, base, tmp_path / "ours.gguf", outtype).path
     assert ours.read_bytes() == ref.read_bytes()
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_half_precision_adapter_byte_identical_to_the_reference(base, tmp_path, dtype):
+    if not REF_CONVERT or not os.path.isfile(REF_CONVERT):
+        pytest.skip("set LLAMAPY_REF_CONVERT_LORA to the reference convert_lora_to_gguf.py to compare with it")
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    ad = make_adapter(base, tmp_path / "lora", targets=["q_proj", "k_proj", "up_proj"])
+    _hub_card(ad)
+    st = ad / "adapter_model.safetensors"
+    save_file({k: v.to(getattr(torch, dtype)) for k, v in load_file(str(st)).items()}, str(st))
+    ref = tmp_path / "ref.gguf"
+    py = os.environ.get("LLAMAPY_REF_PYTHON") or sys.executable
+    p = subprocess.run([py, REF_CONVERT, str(ad), "--base", str(base), "--outfile", str(ref), "--outtype", "f16"],
+                       capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert convert_lora(ad, base, tmp_path / "ours.gguf", "f16").path.read_bytes() == ref.read_bytes()
 
 
 @pytest.mark.parametrize("btype", ["f32", "f16", "q8_0"])
