@@ -18,10 +18,10 @@ def base_hf(d: Path, spm_model: Path, n_vocab: int, seed: int = 3, fmt: str = "s
     return d
 
 
-def base_meta(d: Path, spm_model: Path, n_vocab: int, seed: int = 3) -> tuple[Path, Path]:
+def base_meta(d: Path, spm_model: Path, n_vocab: int, seed: int = 3, n_shards: int = 1) -> tuple[Path, Path]:
     """A Meta checkpoint (float32) and the same weights as a Hugging Face model (what PEFT trains over)."""
     w = meta_weights(n_vocab, seed=seed)
-    save_meta(d / "meta", w, meta_params(), dtype="f32")
+    save_meta(d / "meta", w, meta_params(), dtype="f32", n_shards=n_shards)
     shutil.copy(spm_model, d / "meta" / "tokenizer.model")
     hf = d / "hf"
     save_hf(hf, meta_to_hf(w), hf_config(n_vocab))

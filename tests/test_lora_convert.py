@@ -26,9 +26,11 @@ def test_hf_base_equals_peft_merge(tmp_path, spm_model, vocab_n, safetensors):
     assert_same_tensors(got, _oracle(tmp_path, base, [ad], spm_model))
 
 
-def test_meta_base_equals_peft_merge(tmp_path, spm_model, vocab_n):
-    meta, hf = base_meta(tmp_path, spm_model, vocab_n)
-    ad = make_adapter(hf, tmp_path / "lora", targets=["q_proj", "k_proj", "v_proj", "down_proj"])
+@pytest.mark.parametrize("n_shards,safetensors", [(1, True), (2, False)])
+def test_meta_base_equals_peft_merge(tmp_path, spm_model, vocab_n, n_shards, safetensors):
+    meta, hf = base_meta(tmp_path, spm_model, vocab_n, n_shards=n_shards)
+    ad = make_adapter(hf, tmp_path / "lora", targets=["q_proj", "k_proj", "v_proj", "down_proj", "o_proj"],
+                      safetensors=safetensors)
     got = convert(meta, tmp_path / "got.gguf", "f32", lora=[ad]).path
     assert_same_tensors(got, _oracle(tmp_path, hf, [ad], spm_model))
 
@@ -90,3 +92,19 @@ def test_saved_module_of_another_width_and_missing_adapter(tmp_path, spm_model, 
     with pytest.raises(LlamapyError, match=r"LoRA adapter .*nowhere: no such directory"):
         convert(base, tmp_path / "got.gguf", "f16", lora=[tmp_path / "nowhere"])
     assert not (tmp_path / "got.gguf").exists()
+
+
+def test_plus_models_two_adapters_each_resizing_the_vocabulary(tmp_path, spm_model, vocab_n):
+    """Chinese-LLaMA-Plus, then Chinese-Alpaca-Plus trained over it: each resizes the vocabulary (49953, then
+    49954 for the real ones) and saves embed_tokens and lm_head; the second adapter's tokenizer wins."""
+    meta, hf = base_meta(tmp_path, spm_model, vocab_n)
+    tok1, tok2 = spm_of_size(tmp_path / "t1.model", vocab_n + 30), spm_of_size(tmp_path / "t2.model", vocab_n + 31)
+    a1 = make_adapter(hf, tmp_path / "llama-plus", seed=1, new_vocab=vocab_n + 30, tokenizer=tok1,
+                      modules_to_save=["embed_tokens", "lm_head"])
+    mid = peft_merged(hf, [a1], tmp_path / "llama-plus-merged", tok1)
+    a2 = make_adapter(mid, tmp_path / "alpaca-plus", seed=2, new_vocab=vocab_n + 31, tokenizer=tok2,
+                      modules_to_save=["embed_tokens", "lm_head"], targets=["q_proj", "v_proj", "down_proj"])
+    got = convert(meta, tmp_path / "got.gguf", "f32", lora=[a1, a2]).path
+    assert_same_tensors(got, _oracle(tmp_path, hf, [a1, a2], tok2))
+    with GGUFReader(got) as r:
+        assert r.get("llama.vocab_size") == vocab_n + 31 == len(r.get("tokenizer.ggml.tokens"))
