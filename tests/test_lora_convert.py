@@ -3,6 +3,7 @@ own merge_and_unload converted, for Meta and Hugging Face bases, safetensors and
 alpha patterns, two stacked adapters, and modules_to_save with a resized vocabulary and the adapter's tokenizer."""
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 pytest.importorskip("peft", reason="the PEFT oracle needs the peft package (the test extra)")
@@ -108,3 +109,16 @@ def test_plus_models_two_adapters_each_resizing_the_vocabulary(tmp_path, spm_mod
     assert_same_tensors(got, _oracle(tmp_path, hf, [a1, a2], tok2))
     with GGUFReader(got) as r:
         assert r.get("llama.vocab_size") == vocab_n + 31 == len(r.get("tokenizer.ggml.tokens"))
+
+
+def test_lora_on_the_embeddings_equals_peft_merge(tmp_path, spm_model, vocab_n):
+    base = base_hf(tmp_path / "base", spm_model, vocab_n)
+    ad = make_adapter(base, tmp_path / "lora", targets=["embed_tokens", "q_proj", "lm_head"])
+    got = convert(base, tmp_path / "got.gguf", "f32", lora=[ad]).path
+    assert_same_tensors(got, _oracle(tmp_path, base, [ad], spm_model))
+    from test_convert_util import gguf_f32_tensors
+
+    plain = gguf_f32_tensors(convert(base, tmp_path / "plain.gguf", "f32").path)
+    merged = gguf_f32_tensors(got)
+    for name in ("token_embd.weight", "output.weight"):
+        assert np.abs(merged[name] - plain[name]).max() > 1e-3, name  # the adapter did change them
