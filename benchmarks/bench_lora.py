@@ -1,13 +1,15 @@
-"""Decode speed with a LoRA adapter applied at run time against the same model without it.
+"""Decode speed with a LoRA adapter applied at run time against the merged model and the model without it.
 
     python benchmarks/bench_lora.py [--model PATH] [--rank 8] [--threads 2] [-n 64] [-r 5]
 
 The adapter is random (rank 8 on attn_q, attn_k, attn_v, attn_output, ffn_gate, ffn_up, ffn_down of every
-layer, F16 as the converter writes by default), written to a temporary file. Both engines are loaded once;
-the rounds alternate between them (one token at a time, -n tokens a round, the KV cache cleared between
-rounds) so the machine's noise hits both alike; the table shows each one's best and median tokens per
-second, and the ratio of the best, of the medians and the median of the ratios of adjacent rounds (the
-figure least moved by other load on the machine). Timings on a shared machine are noisy: compare ratios.
+layer, in F16), written to a temporary file, and merged into a copy of the model with `export-lora --outtype
+base` (each merged tensor requantized to its own type, so a step of the merged model reads what a step of the
+base reads). The three engines are loaded once; the rounds alternate between them (one token at a time, -n
+tokens a round, the KV cache cleared between rounds) so the machine's noise hits them alike; the table shows
+each one's best and median tokens per second, and the ratios of the best, of the medians and the median of
+the ratios of adjacent rounds (the figure least moved by other load on the machine). Timings on a shared
+machine are noisy: compare ratios.
 """
 from __future__ import annotations
 
@@ -88,20 +90,27 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         adapter = os.path.join(tmp, "adapter.gguf")
         n_pairs = write_adapter(adapter, model, a.rank)
+        from llamapy.export_lora import export_lora
+
+        merged_path = os.path.join(tmp, "merged.gguf")
+        export_lora(model, [(adapter, 1.0)], merged_path, "base", n_threads=a.threads)
         kw = dict(n_ctx=a.n + 8, n_threads=a.threads)
-        with Engine(model, **kw) as base, Engine(model, **kw, load=LoadOptions(lora=[(adapter, 1.0)])) as lora:
-            decode_round(base, 8), decode_round(lora, 8)  # warm up
-            tb, tl = [], []
+        with Engine(model, **kw) as base, Engine(model, **kw, load=LoadOptions(lora=[(adapter, 1.0)])) as lora, \
+                Engine(merged_path, **kw) as merged:
+            decode_round(base, 8), decode_round(lora, 8), decode_round(merged, 8)  # warm up
+            tb, tl, tm = [], [], []
             for _ in range(a.r):
                 tb.append(decode_round(base, a.n))
                 tl.append(decode_round(lora, a.n))
+                tm.append(decode_round(merged, a.n))
     print(f"model {os.path.basename(model)}, adapter: rank {a.rank} on {n_pairs} tensors; {a.threads} threads, "
           f"{a.r} rounds of {a.n} tokens\n")
-    rows = [f"| {name} | {max(ts):.1f} | {statistics.median(ts):.1f} |" for name, ts in (("base", tb), ("--lora", tl))]
-    med = statistics.median(tl) / statistics.median(tb)
-    paired = statistics.median(b / a for a, b in zip(tb, tl))
-    rows = [r + " |" for r in rows]
-    rows.append(f"| ratio (--lora / base) | {max(tl) / max(tb):.3f} | {med:.3f} | {paired:.3f} |")
+    rows = [f"| {name} | {max(ts):.1f} | {statistics.median(ts):.1f} | |"
+            for name, ts in (("base", tb), ("merged (export-lora)", tm), ("--lora", tl))]
+    for name, ref in (("merged", tm), ("base", tb)):
+        med = statistics.median(tl) / statistics.median(ref)
+        paired = statistics.median(b / a for a, b in zip(ref, tl))
+        rows.append(f"| ratio (--lora / {name}) | {max(tl) / max(ref):.3f} | {med:.3f} | {paired:.3f} |")
     print_table("| decode | best t/s | median t/s | median of paired ratios |", rows)
 
 

@@ -17,8 +17,8 @@ from .util.safe_text import printable
 
 ERROR_LIMIT = 1000  # characters of an error line: a name from a file can be a megabyte long
 
-COMMANDS = ["info", "quantize", "tokenize", "run", "chat", "perplexity", "bench", "convert", "serve",
-            "create", "list", "show", "rm", "cp", "pull", "ps"]
+COMMANDS = ["info", "quantize", "tokenize", "run", "chat", "perplexity", "bench", "convert", "convert-lora",
+            "export-lora", "serve", "create", "list", "show", "rm", "cp", "pull", "ps"]  # module: '-' as '_'
 
 
 def _version(value: bool):
@@ -47,10 +47,11 @@ def make_app(verbs: list[str] = COMMANDS) -> typer.Typer:
     )
     app.callback()(_root)
     for name in verbs:
+        module = name.replace("-", "_")
         try:
-            mod = importlib.import_module(f".commands.{name}", __package__)
+            mod = importlib.import_module(f".commands.{module}", __package__)
         except ModuleNotFoundError as e:
-            if e.name != f"{__package__}.commands.{name}":
+            if e.name != f"{__package__}.commands.{module}":
                 raise
             continue
         mod.register(app)

@@ -29,6 +29,9 @@ def register(app: typer.Typer) -> None:
                                                "metadata."),
         skip_unknown: bool = typer.Option(False, "--skip-unknown", help="Leave out tensors that don't map "
                                           "to llama instead of failing."),
+        lora: str | None = typer.Option(None, "--lora", help="PEFT LoRA adapter directories (comma-separated, "
+                                           "applied in order) merged into the weights while converting."),
+        lora_scale: float = typer.Option(1.0, "--lora-scale", help="Scale of the merged --lora adapters."),
         threads: int | None = typer.Option(None, "--threads", "-t", help="Threads for quantizing."),
         verbose: bool = typer.Option(False, "--verbose", help="One line per tensor; tracebacks on errors."),
         concurrency: int | None = typer.Option(None, "--concurrency", hidden=True),
@@ -59,7 +62,7 @@ def register(app: typer.Typer) -> None:
         res = run_convert(
             model, outfile, outtype, vocab_dir=vocab_dir, vocab_type=vocab_type, vocab_only=vocab_only,
             pad_vocab=pad_vocab, ctx=ctx, model_name=model_name, metadata=metadata, skip_unknown=skip_unknown,
-            n_threads=threads, progress=not verbose, log=log, verbose=verbose,
+            n_threads=threads, progress=not verbose, log=log, verbose=verbose, lora=lora, lora_scale=lora_scale,
         )
         mib = res.nbytes / (1 << 20)
         what = "vocab" if vocab_only else f"{res.outtype}, {res.n_tensors} tensors"

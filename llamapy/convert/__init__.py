@@ -10,6 +10,7 @@ llama-quantize type, quantized on the fly.
 """
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -121,8 +122,14 @@ def convert(
     progress: bool = False,
     log: Callable[[str], None] | None = None,
     verbose: bool = False,
+    lora: str | os.PathLike | list[str | os.PathLike] | None = None,
+    lora_scale: float = 1.0,
 ) -> ConvertResult:
     """Convert a Meta or Hugging Face model directory to one GGUF file; returns where it went.
+
+    `lora`: PEFT LoRA adapter directories (a list, or one path / a comma-separated string) merged into the
+    weights in that order as they stream, each at `lora_scale`; an adapter's tokenizer.model replaces the
+    base's (unless `vocab_dir` is given).
 
     `log` receives one-line notes (and, with `verbose`, a line per tensor); `progress` shows a bar on a
     terminal."""
@@ -134,9 +141,26 @@ def convert(
         raise LlamapyError(f"--vocab-dir {vdir}: no such directory")
     ot: OutType | None = parse_outtype(outtype) if outtype is not None else None
 
-    src = load_source(model_dir, vocab_dir=vdir, vocab_type=vocab_type, ctx=ctx, pad_vocab=pad_vocab,
-                      vocab_only=vocab_only, skip_unknown=skip_unknown)
+    patch = None
     say = log or (lambda _m: None)
+    if lora is not None:
+        from .peft import load_patch
+
+        names = lora.split(",") if isinstance(lora, str) else [lora] if isinstance(lora, os.PathLike) else lora
+        if not math.isfinite(lora_scale):
+            raise LlamapyError(f"--lora-scale {lora_scale} is not a finite number")
+        patch = load_patch([str(n) for n in names if str(n)], lora_scale)
+        for ad in patch.adapters:
+            for note in ad.notes:
+                say(f"note: {note}")
+        if vdir is None and patch.tokenizer_dir is not None:
+            vdir = patch.tokenizer_dir
+            say(f"note: using the adapter's tokenizer ({vdir / 'tokenizer.model'})")
+    src = load_source(model_dir, vocab_dir=vdir, vocab_type=vocab_type, ctx=ctx, pad_vocab=pad_vocab,
+                      vocab_only=vocab_only, skip_unknown=skip_unknown,
+                      **({"patch": patch} if patch is not None else {}))
+    if patch is not None:
+        src.inputs += [f for ad in patch.adapters for f in ad.files]
     for note in src.notes:
         say(f"note: {note}")
 

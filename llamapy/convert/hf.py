@@ -29,6 +29,7 @@ from .lazy import (
     StackedTensor,
     rotary_permutation,
 )
+from .peft import LoraPatch
 from .safetensors_io import load_safetensors
 from .source import ModelSource, dedup, find_first
 from .tensor_names import HF_EXPERT_RE, HF_EXPERTS, HF_SKIP_SUFFIXES, hf_to_gguf
@@ -187,8 +188,9 @@ def hf_arch_kvs(a: ModelArgs, cfg: dict, ctx_given: bool) -> list[tuple]:
 
 def load_hf(model_dir: Path, *, vocab_dir: Path | None = None, vocab_type: str | None = None,
             ctx: int | None = None, pad_vocab: bool = False, vocab_only: bool = False,
-            skip_unknown: bool = False) -> ModelSource:
-    """A Hugging Face model directory as a ModelSource (headers read, no weights yet)."""
+            skip_unknown: bool = False, patch: LoraPatch | None = None) -> ModelSource:
+    """A Hugging Face model directory as a ModelSource (headers read, no weights yet); `patch`: LoRA
+    adapters merged into the tensors as they stream."""
     del pad_vocab  # the reference pads a short tokenizer to config.json's vocab_size by itself
     cfg_path = model_dir / "config.json"
     cfg = read_config(model_dir)
@@ -230,6 +232,8 @@ def load_hf(model_dir: Path, *, vocab_dir: Path | None = None, vocab_type: str |
                 found[name] = part
                 if first_dtype is None:
                     first_dtype = t.dtype
+                if patch is not None:
+                    t = patch.tensor(name, t, "hf")
                 if name.endswith(HF_SKIP_SUFFIXES) or (spec.skip_lm_head and name == "lm_head.weight"):
                     continue
                 if spec.text_part:
@@ -262,10 +266,17 @@ def load_hf(model_dir: Path, *, vocab_dir: Path | None = None, vocab_type: str |
             raise LlamapyError(f"{model_dir}: incomplete experts: layer {left[0][1]} lacks some of the "
                                f"{args.n_expert} experts' weights")
         _check_index(model_dir, kind, found)
+        if patch is not None:
+            rows = {"embd": embd_rows, "output": next((t.shape[0] for n, t in tensors if n == "output.weight"), None)}
+            patch.check_used(str(model_dir), rows)
         if embd_rows is None:
             raise LlamapyError(f"{model_dir}: the weights have no model.embed_tokens.weight")
 
     vocab_size = cfg.get("vocab_size")
+    if patch is not None and patch.n_vocab is not None and patch.n_vocab != vocab_size:
+        notes.append(f"the LoRA adapter resizes the vocabulary from {vocab_size} to {patch.n_vocab} tokens")
+        vocab_size = patch.n_vocab
+        cfg = {**cfg, "vocab_size": vocab_size}
     trim_embd = spec.gguf == "gemma3"  # the reference cuts the embeddings to the vocabulary it reads
     if vocab_size is None and not trim_embd:
         vocab_size = embd_rows

@@ -16,6 +16,7 @@ from ..ggufio.constants import KEY_FILE_TYPE, ValueType
 from ..model_args import ModelArgs
 from ..util.jsonio import load_json_bounded
 from .lazy import ConcatTensor, LazyTensor
+from .peft import LoraPatch
 from .source import ModelSource, dedup, find_first
 from .tensor_names import META_SKIP, meta_to_gguf
 from .torch_pickle import load_torch_file
@@ -95,7 +96,7 @@ def guess_ctx(norm_eps: float, rope_theta: float | None) -> int:
 
 
 def read_params(path: Path, tensors: dict[str, LazyTensor], ctx: int | None,
-                notes: list[str]) -> tuple[ModelArgs, dict]:
+                notes: list[str], patch: LoraPatch | None = None) -> tuple[ModelArgs, dict]:
     """params.json's hyperparameters (blanks filled from the checkpoint), and the file's own values."""
     try:
         cfg = load_json_bounded(path.read_text(encoding="utf-8"))
@@ -109,8 +110,19 @@ def read_params(path: Path, tensors: dict[str, LazyTensor], ctx: int | None,
     emb = tensors.get("tok_embeddings.weight")
     if emb is None:
         raise LlamapyError(f"{path.parent}: the checkpoint has no tok_embeddings.weight")
-    rows = emb.shape[0]
     vs = cfg.get("vocab_size")
+    if patch is not None:  # the adapters merged in; the vocabulary is what they leave
+        heads = cfg["n_heads"]
+        kv_heads = cfg.get("n_kv_heads") or heads
+        for name in list(tensors):
+            tensors[name] = patch.tensor(name, tensors[name], "meta", heads, kv_heads)
+        out = tensors.get("output.weight")
+        patch.check_used(str(path.parent), {"embd": tensors["tok_embeddings.weight"].shape[0],
+                                            "output": out.shape[0] if out is not None else None})
+        if patch.n_vocab is not None and vs not in (None, -1, patch.n_vocab):
+            notes.append(f"the LoRA adapter resizes the vocabulary from {vs} to {patch.n_vocab} tokens")
+            vs = patch.n_vocab
+    rows = tensors["tok_embeddings.weight"].shape[0]
     if vs is None or vs == -1:
         notes.append(f"params.json has vocab_size {vs if vs is not None else '(missing)'}; using {rows} "
                      f"from the rows of tok_embeddings")
@@ -167,19 +179,22 @@ def find_vocab(model_dir: Path, vocab_dir: Path | None, vocab_type: str | None) 
 
 def load_meta(model_dir: Path, *, vocab_dir: Path | None = None, vocab_type: str | None = None,
               ctx: int | None = None, pad_vocab: bool = False, vocab_only: bool = False,
-              skip_unknown: bool = False) -> ModelSource:
-    """A Meta-layout model directory as a ModelSource (nothing but headers and the pickle read yet)."""
+              skip_unknown: bool = False, patch: LoraPatch | None = None) -> ModelSource:
+    """A Meta-layout model directory as a ModelSource (nothing but headers and the pickle read yet); `patch`:
+    LoRA adapters merged into the tensors as they stream."""
     notes: list[str] = []
     params_path = model_dir / "params.json"
     vocab = find_vocab(model_dir, vocab_dir, vocab_type)
     notes.extend(vocab.notes)
 
     tensors: dict[str, LazyTensor] = {}
+    originals: dict[str, LazyTensor] = {}
     paths: list[Path] = []
     if not vocab_only or pad_vocab:
         paths = shard_paths(model_dir)
         tensors = merge_shards([load_torch_file(str(p)) for p in paths], paths)
-        params, cfg = read_params(params_path, tensors, ctx, notes)
+        originals = dict(tensors)  # as the checkpoint has them, before any adapter is merged
+        params, cfg = read_params(params_path, tensors, ctx, notes, patch)
         rope_theta = cfg.get("rope_theta") is not None
     if vocab_only and not pad_vocab:  # placeholders: only the vocabulary is written
         params = ModelArgs(n_vocab=len(vocab), n_embd=1, n_layer=1, n_head=1, n_ff=1, n_ctx_train=1)
@@ -230,7 +245,7 @@ def load_meta(model_dir: Path, *, vocab_dir: Path | None = None, vocab_type: str
         sv2 = special_vocab(Path(vocab.source).parent, None, load_merges=True)
         sv.merges = sv2.merges
 
-    first_wq = tensors.get("layers.0.attention.wq.weight")
+    first_wq = originals.get("layers.0.attention.wq.weight")
     default = "f16" if first_wq is not None and first_wq.dtype == "F16" else "f32"
     param_count = sum(t.n_elements for t in tensors.values())
     return ModelSource(
