@@ -264,3 +264,43 @@ def test_threads_http_and_keep(default_model):
     st.n_keep = 50
     assert keep_of(st, list(range(10))) == 10
     st.backend.llm.close()
+
+
+def test_api_key_file_gives_every_line_as_a_key(default_model, tmp_path):
+    from llamapy.commands.serve import read_api_keys
+    from llamapy.errors import LlamapyError
+
+    f = tmp_path / "keys"
+    f.write_text("first-key\n\nsecond-key\r\nthird-key")
+    keys = read_api_keys(str(f))
+    assert keys == ["first-key", "second-key", "third-key"]
+    with client(default_model, api_key=keys) as c:
+        body = {"prompt": "Hi", "n_predict": 1}
+        for k in keys:
+            assert c.post("/completion", json=body, headers={"Authorization": f"Bearer {k}"}).status_code == 200
+        assert c.post("/completion", json=body, headers={"Authorization": "Bearer fourth-key"}).status_code == 401
+        assert c.post("/completion", json=body).status_code == 401
+        assert c.get("/v1/models").status_code == 200 and c.get("/models").status_code == 200  # public
+    (tmp_path / "empty").write_text("\n\n")
+    for path, msg in ((tmp_path / "empty", "no API key in the file"), (tmp_path / "none", "can't read the API keys")):
+        with pytest.raises(LlamapyError, match=msg):
+            read_api_keys(str(path))
+
+
+def test_api_key_and_api_key_file_both_count(default_model, tmp_path):
+    f = tmp_path / "keys"
+    f.write_text("from-file\n")
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "llamapy", "serve", "-m", default_model, "--port", str(port),
+                             "-c", "256", "--api-key", "from-option", "--api-key-file", str(f)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        from serverutil import wait_for_health
+
+        url = f"http://127.0.0.1:{port}"
+        wait_for_health(proc, url, 120, "llamapy serve")
+        for key, status in (("from-option", 200), ("from-file", 200), ("other", 401)):
+            r = httpx.get(url + "/props", headers={"Authorization": f"Bearer {key}"}, timeout=30)
+            assert r.status_code == status, key
+    finally:
+        stop(proc)

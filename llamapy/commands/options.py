@@ -396,7 +396,7 @@ SERVER: list[Opt] = [
        panel=_S, env="LLAMA_ARG_RERANKING"),
     _c("api_key", ("--api-key", "--api_key"), "Require 'Authorization: Bearer KEY'.", Optional[str], None, panel=_S,
        env="LLAMA_API_KEY"),
-    _c("api_key_file", ("--api-key-file",), "Read the API key from a file.", Optional[str], None, panel=_S),
+    _c("api_key_file", ("--api-key-file",), "Read API keys from a file, one a line.", Optional[str], None, panel=_S),
     _c("models_max", ("--models-max",), "Store models loaded at once (the least recently used idle one is "
        "unloaded to load another).", int, 3, min=1, panel=_S, env="LLAMAPY_MAX_LOADED_MODELS"),
     _c("keep_alive", ("--keep-alive",), "How long a store model stays loaded after its last request (\"5m\", "
@@ -540,6 +540,7 @@ class LlamaCommand(TyperCommand):
         return parser
 
     def parse_args(self, ctx, args: list[str]) -> list[str]:
+        given = list(args)  # the parser consumes the list
         try:
             rest = super().parse_args(ctx, args)
         except _cx.NoSuchOption as e:
@@ -562,7 +563,31 @@ class LlamaCommand(TyperCommand):
                 allowed = (f"from {o.min:g} to {o.max:g}" if o.min is not None and o.max is not None
                            else f">= {o.min:g}" if o.min is not None else f"<= {o.max:g}")
                 _fail(f"invalid value for '{' / '.join(o.flags)}': {v} (allowed: {allowed})")
+        _rope_scale_precedence(ctx, given)
         return rest
+
+
+def _rope_scale_precedence(ctx, args: list[str]) -> None:
+    """--rope-scale N and --rope-freq-scale F both set one value (1/N or F), as in llama.cpp: the one given
+    last on the command line wins; a command-line value beats a LLAMA_ARG_* one; of two variables,
+    LLAMA_ARG_ROPE_FREQ_SCALE wins (llama.cpp reads the variables in its table's order, --rope-scale first).
+    load_options applies rope_scale over rope_freq_scale, so rope_scale is dropped when the other wins."""
+    if ctx.params.get("rope_scale") is None or "rope_freq_scale" not in ctx.params:
+        return
+    src = {n: getattr(ctx.get_parameter_source(n), "name", "DEFAULT") for n in ("rope_scale", "rope_freq_scale")}
+    if src["rope_freq_scale"] == "DEFAULT":
+        return
+
+    def last(flag: str) -> int:
+        return max((i for i, a in enumerate(args) if _dashes(a).split("=", 1)[0] == flag), default=-1)
+
+    cl = "COMMANDLINE"
+    if src["rope_freq_scale"] == cl and src["rope_scale"] == cl:
+        freq_wins = last("--rope-freq-scale") > last("--rope-scale")
+    else:
+        freq_wins = src["rope_freq_scale"] == cl or src["rope_scale"] != cl
+    if freq_wins:
+        ctx.params["rope_scale"] = None
 
 
 def _check_samplers(v: str) -> None:

@@ -17,15 +17,19 @@ def _env_flag(name: str) -> bool:
     return os.environ.get(name, "").lower() in ("1", "true", "on", "enabled")
 
 
-def read_api_key(path: str) -> str:
+def read_api_keys(path: str) -> list[str]:
+    """Every non-empty line of the file is a key, as llama-server's --api-key-file reads it."""
     try:
         with open(path, encoding="utf-8") as f:
-            key = f.readline().strip()
+            keys = [line.rstrip("\r\n") for line in f]
     except OSError as e:
-        raise LlamapyError(f"{path}: can't read the API key: {e.strerror}") from None
-    if not key:
-        raise LlamapyError(f"{path}: the first line is empty; put the key there")
-    return key
+        raise LlamapyError(f"{path}: can't read the API keys: {e.strerror}") from None
+    except UnicodeDecodeError:
+        raise LlamapyError(f"{path}: the API key file is not UTF-8 text") from None
+    keys = [k for k in keys if k]
+    if not keys:
+        raise LlamapyError(f"{path}: no API key in the file (one key a line)")
+    return keys
 
 
 def register(app: typer.Typer) -> None:
@@ -47,9 +51,9 @@ def register(app: typer.Typer) -> None:
         from .options import announce
 
         announce(opts, *TABLES)
-        api_key = opts["api_key"]
+        api_key: list[str] = [opts["api_key"]] if opts["api_key"] else []  # both add keys, as llama-server
         if opts["api_key_file"]:
-            api_key = read_api_key(opts["api_key_file"])
+            api_key += read_api_keys(opts["api_key_file"])
         if max_queue < 0:
             raise LlamapyError("--max-queue must be >= 0")
         if not (opts["timeout"] > 0 and opts["read_timeout"] > 0):

@@ -57,7 +57,7 @@ class ServerState:
     template: Any  # chat_templates.ChatTemplate
     model_id: str  # what /v1/models lists: --alias, else the model file as given
     model_path: str
-    api_key: str | None = None
+    api_key: str | list[str] | None = None  # one key or several (--api-key-file)
     max_body: int = 4 << 20
     embedding_only: bool = False
     default_n_predict: int = -1
