@@ -346,7 +346,6 @@ def _tool_chunks(chunks: Iterator[T.CreateCompletionStreamResponse], fmt: str
                                         "finish_reason": finish}]}
 
 
-__all__ = ["LlamaGrammar", "LLAMA_DEFAULT_SEED", "BaseLlamaCache", "Llama", "LlamaCache", "LlamaRAMCache", "LlamaState",
-           "LogitsProcessor", "LogitsProcessorList", "StoppingCriteria", "StoppingCriteriaList"]
-__all__ = ["LLAMA_DEFAULT_SEED", "BaseLlamaCache", "Llama", "LlamaCache", "LlamaDiskCache", "LlamaRAMCache",
-           "LlamaState", "LogitsProcessor", "LogitsProcessorList", "StoppingCriteria", "StoppingCriteriaList"]
+__all__ = ["LlamaGrammar", "LLAMA_DEFAULT_SEED", "BaseLlamaCache", "Llama", "LlamaCache", "LlamaDiskCache",
+           "LlamaRAMCache", "LlamaState", "LogitsProcessor", "LogitsProcessorList", "StoppingCriteria",
+           "StoppingCriteriaList"]
