@@ -306,8 +306,9 @@ COMMON: list[Opt] = [
     _c("special", ("-sp", "--special"), "Print special tokens.", bool, False),
     _n("jinja", ("--jinja",), "Use the model's Jinja chat template.",
        "chat templates are always rendered with Jinja here", bool, _C, env="LLAMA_ARG_JINJA"),
-    _n("reasoning_format", ("--reasoning-format",), "Reasoning format: deepseek, none.", NOT_YET, panel=_C,
-       env="LLAMA_ARG_THINK"),
+    _n("reasoning_format", ("--reasoning-format",), "Chat answers' <think> part: deepseek (to reasoning_content, "
+       "the default), none (left in content).", "the server's chat answers use it; ignored here", panel=_C,
+       env="LLAMA_ARG_THINK", choices=("deepseek", "none")),
     _c("chat_template", ("--chat-template",), "Built-in template name (chatml, llama3, ...) or Jinja text.",
        Optional[str], None, env="LLAMA_ARG_CHAT_TEMPLATE"),
     _c("chat_template_file", ("--chat-template-file",), "Jinja template file.", Optional[str], None,

@@ -50,6 +50,7 @@ def register(app: typer.Typer) -> None:
         from .option_values import apply_process_options, load_options, resolve_hf_model, sampler_params
         from .options import announce
 
+        reasoning_format = opts.pop("reasoning_format") or "deepseek"  # used here: no note
         announce(opts, *TABLES)
         api_key: list[str] = [opts["api_key"]] if opts["api_key"] else []  # both add keys, as llama-server
         if opts["api_key_file"]:
@@ -109,7 +110,7 @@ def register(app: typer.Typer) -> None:
                 _env_flag("LLAMA_ARG_NO_ENDPOINT_SLOTS"), props_writable=opts["props"], webui=not opts["no_webui"],
                 static_path=opts["path"], threads_http=opts["threads_http"], n_keep=opts["keep"],
                 spm_infill=opts["spm_infill"], model_writes=not opts["no_model_writes"], allow_paths=tuple(allow),
-                slot_save_path=slot_save_path or None,
+                slot_save_path=slot_save_path or None, reasoning_format=reasoning_format,
             ),
             models_max=opts["models_max"], keep_alive=keep_alive,
         )

@@ -79,6 +79,7 @@ class ServerState:
     allow_paths: tuple[str, ...] = ()  # --allow-path: folders a remote /api/create may read files from
     store: Any = None              # the model store (store.store.Store), None: the default one
     slot_save_path: str | None = None  # --slot-save-path: the folder POST /slots/{id}?action=save writes to
+    reasoning_format: str = "deepseek"  # --reasoning-format: a chat answer's <think> part to reasoning_content
 
     def model_name(self, requested: str | None) -> str:
         """The `model` a response reports: the name the client asked for (any name is accepted), else ours."""
