@@ -304,3 +304,46 @@ def test_api_key_and_api_key_file_both_count(default_model, tmp_path):
             assert r.status_code == status, key
     finally:
         stop(proc)
+
+
+def test_server_grammar_is_the_default_of_requests_that_give_none(default_model, tmp_path):
+    from llamapy.commands.serve import server_grammar
+
+    f = tmp_path / "yesno.gbnf"
+    f.write_text('root ::= "yes" | "no"\n')
+    spec = server_grammar(None, str(f), None)
+    assert (spec.kind, spec.value) == ("gbnf", 'root ::= "yes" | "no"\n')
+    with client(default_model, default_grammar=spec) as c:
+        for seed in range(3):
+            r = c.post("/completion", json={"prompt": "Is the sky blue?", "n_predict": 8, "seed": seed,
+                                            "temperature": 1.0})
+            assert r.json()["content"] in ("yes", "no")
+        r = c.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 8})
+        assert r.json()["choices"][0]["message"]["content"] in ("yes", "no")
+        # a request's own grammar or schema wins
+        r = c.post("/completion", json={"prompt": "Count:", "n_predict": 8, "grammar": 'root ::= "1 2 3"'})
+        assert r.json()["content"] == "1 2 3"
+        r = c.post("/completion", json={"prompt": "A number:", "n_predict": 8, "json_schema": {"const": 42}})
+        assert r.json()["content"] == "42"
+    spec = server_grammar(None, None, '{"type": "boolean"}')
+    with client(default_model, default_grammar=spec) as c:
+        r = c.post("/completion", json={"prompt": "True or false:", "n_predict": 8})
+        assert r.json()["content"] in ("true", "false")
+
+
+def test_server_grammar_refusals(default_model, tmp_path):
+    from llamapy.commands.serve import server_grammar
+    from llamapy.errors import LlamapyError
+
+    for args, msg in (((None, None, "{nope"), "-j/--json-schema: not JSON"),
+                      (("root ::= x", None, "{}"), "give one of --grammar, --grammar-file and -j"),
+                      ((None, str(tmp_path / "none.gbnf"), None), "--grammar-file"),
+                      ((None, None, "[1]"), "a JSON schema must be an object")):
+        with pytest.raises(LlamapyError, match=msg):
+            server_grammar(*args)
+    r = subprocess.run([sys.executable, "-m", "llamapy", "serve", "-m", default_model, "--port", str(free_port()),
+                        "-c", "256", "--grammar", "root ::= undefined-rule"], capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 1
+    lines = r.stderr.strip().splitlines()
+    assert lines[-1].startswith("error: --grammar:") and "Traceback" not in r.stderr

@@ -361,8 +361,6 @@ RUN_CHAT: list[Opt] = [
 ]
 
 _S = "Server"
-SERVER_GRAMMAR = ("a server-wide default grammar is not supported yet; give grammar or json_schema in each "
-                  "request (response_format, Ollama's format)")
 _D = "Draft devices and presets (accepted, ignored)"
 
 # llama-server's own
@@ -428,9 +426,11 @@ SERVER: list[Opt] = [
        env="LLAMA_ARG_ENDPOINT_SLOTS"),
     _c("props", ("--props",), "Allow changing settings through POST /props.", bool, False, panel=_S,
        env="LLAMA_ARG_ENDPOINT_PROPS"),
-    _n("grammar", ("--grammar",), "Default GBNF grammar of requests.", SERVER_GRAMMAR, panel=_S),
-    _n("grammar_file", ("--grammar-file",), "Default GBNF grammar file of requests.", SERVER_GRAMMAR, panel=_S),
-    _n("json_schema", ("-j", "--json-schema"), "Default JSON schema of requests.", SERVER_GRAMMAR, panel=_S),
+    _c("grammar", ("--grammar",), "GBNF grammar of requests that give none.", Optional[str], None, panel=_S),
+    _c("grammar_file", ("--grammar-file",), "GBNF grammar file of requests that give none.", Optional[str], None,
+       panel=_S),
+    _c("json_schema", ("-j", "--json-schema"), "JSON schema of requests that give no grammar.", Optional[str], None,
+       panel=_S),
     _c("slot_save_path", ("--slot-save-path",), "Folder slots are saved to (POST /slots/{id}?action=save|restore).",
        Optional[str], None, panel=_S),
     _n("slot_prompt_similarity", ("-sps", "--slot-prompt-similarity"), "Prompt similarity a slot needs to be reused.",

@@ -2,6 +2,7 @@
 llamapy.server.serve()."""
 from __future__ import annotations
 
+import json
 import os
 
 import typer
@@ -32,6 +33,27 @@ def read_api_keys(path: str) -> list[str]:
     return keys
 
 
+def server_grammar(grammar: str | None, grammar_file: str | None, json_schema: str | None):
+    """--grammar, --grammar-file or -j as the GrammarSpec of requests that give no grammar (None: none given)."""
+    from ..grammar.options import check_options, read_grammar_file
+    from ..server.common import GrammarSpec
+
+    check_options(grammar, grammar_file, json_schema)
+    if grammar_file is not None:
+        return GrammarSpec("gbnf", read_grammar_file(grammar_file), f"--grammar-file '{grammar_file}'")
+    if grammar is not None:
+        return GrammarSpec("gbnf", grammar, "--grammar")
+    if json_schema is not None:
+        try:
+            schema = json.loads(json_schema)
+        except json.JSONDecodeError as e:
+            raise LlamapyError(f"-j/--json-schema: not JSON: line {e.lineno}, column {e.colno}: {e.msg}") from None
+        if not isinstance(schema, (dict, bool)):
+            raise LlamapyError("-j/--json-schema: a JSON schema must be an object")
+        return GrammarSpec("json_schema", schema, "-j/--json-schema")
+    return None
+
+
 def register(app: typer.Typer) -> None:
     @app.command("serve", cls=LlamaCommand, context_settings={"help_option_names": ["-h", "--help", "--usage"]})
     @with_options(*TABLES, env=True, skip=("file", "binary_file"))
@@ -51,6 +73,7 @@ def register(app: typer.Typer) -> None:
         from .options import announce
 
         reasoning_format = opts.pop("reasoning_format") or "deepseek"  # used here: no note
+        default_grammar = server_grammar(opts["grammar"], opts["grammar_file"], opts["json_schema"])
         announce(opts, *TABLES)
         api_key: list[str] = [opts["api_key"]] if opts["api_key"] else []  # both add keys, as llama-server
         if opts["api_key_file"]:
@@ -111,6 +134,7 @@ def register(app: typer.Typer) -> None:
                 static_path=opts["path"], threads_http=opts["threads_http"], n_keep=opts["keep"],
                 spm_infill=opts["spm_infill"], model_writes=not opts["no_model_writes"], allow_paths=tuple(allow),
                 slot_save_path=slot_save_path or None, reasoning_format=reasoning_format,
+                default_grammar=default_grammar,
             ),
             models_max=opts["models_max"], keep_alive=keep_alive,
         )

@@ -102,6 +102,14 @@ def build_state(model_path: str | None = None, n_ctx: int = 4096, n_parallel: in
         fingerprint=f"llamapy-{__version__}",
         **(endpoints or {}),
     )
+    if state.default_grammar is not None:  # checked now: a grammar that does not parse stops the start
+        from .common import compile_spec
+        from .errors import APIError
+
+        try:
+            compile_spec(backend, state.default_grammar)
+        except APIError as e:
+            raise LlamapyError(f"{state.default_grammar.param}: {e.message}") from None
     if store_models:
         from .manager import ModelManager
 

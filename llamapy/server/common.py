@@ -80,6 +80,7 @@ class ServerState:
     store: Any = None              # the model store (store.store.Store), None: the default one
     slot_save_path: str | None = None  # --slot-save-path: the folder POST /slots/{id}?action=save writes to
     reasoning_format: str = "deepseek"  # --reasoning-format: a chat answer's <think> part to reasoning_content
+    default_grammar: Any = None    # --grammar/--grammar-file/-j: the GrammarSpec of requests that give none
 
     def model_name(self, requested: str | None) -> str:
         """The `model` a response reports: the name the client asked for (any name is accepted), else ours."""
@@ -315,7 +316,10 @@ def compile_spec(backend, spec: GrammarSpec):
 
 
 async def request_grammar(state: ServerState, spec: GrammarSpec | None):
-    """The compiled grammar of a request (None: unconstrained), compiled off the event loop."""
+    """The compiled grammar of a request (None: unconstrained), compiled off the event loop; a request that
+    gives none gets the server's (--grammar, --grammar-file, -j), as llama-server's defaults."""
+    if spec is None:
+        spec = state.default_grammar
     if spec is None:
         return None
     if state.embedding_only:
