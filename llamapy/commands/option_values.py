@@ -69,8 +69,38 @@ def load_options(opts: Mapping[str, Any]):
         mlock=opts["mlock"], mmap=not opts["no_mmap"], pooling=opts.get("pooling"),
         check_tensors=opts["check_tensors"], lora=lora_adapters(opts),
         lora_init_without_apply=bool(opts.get("lora_init_without_apply")), type_k=opts.get("cache_type_k") or "f16",
-        type_v=opts.get("cache_type_v") or "f16",
+        type_v=opts.get("cache_type_v") or "f16", control_vectors=control_vectors(opts),
+        cvec_layer_range=cvec_layer_range(opts.get("control_vector_layer_range")),
     )
+
+
+def cvec_layer_range(value: Any) -> tuple[int, int] | None:
+    """--control-vector-layer-range START END as two ints."""
+    if value is None:
+        return None
+    try:
+        start, end = (int(v) for v in value)
+    except ValueError:
+        raise LlamapyError(f"--control-vector-layer-range {' '.join(printable(str(v)) for v in value)}: give two "
+                           "layer numbers") from None
+    return start, end
+
+
+def control_vectors(opts: Mapping[str, Any]) -> list[tuple[str, float]]:
+    """--control-vector FILE (scale 1) and --control-vector-scaled FILE SCALE, as (path, scale)."""
+    import math
+
+    out = [(path, 1.0) for path in opts.get("control_vector") or ()]
+    for path, scale in opts.get("control_vector_scaled") or ():
+        try:
+            value = float(scale)
+        except ValueError:
+            value = math.nan
+        if not math.isfinite(value):
+            raise LlamapyError(f"--control-vector-scaled {printable(path)} {printable(scale)}: the scale must be "
+                               "a number")
+        out.append((path, value))
+    return out
 
 
 def lora_adapters(opts: Mapping[str, Any]) -> list[tuple[str, float]]:

@@ -266,11 +266,12 @@ COMMON: list[Opt] = [
     _c("lora", ("--lora",), "GGUF LoRA adapter applied at run time, scale 1 (repeatable).", Optional[list[str]], None),
     _c("lora_scaled", ("--lora-scaled",), "GGUF LoRA adapter and its scale (repeatable; after the --lora ones).",
        Optional[list[tuple[str, str]]], None),
-    _n("control_vector", ("--control-vector",), "Control vector (repeatable).", NOT_YET, Optional[list[str]], _C),
-    _n("control_vector_scaled", ("--control-vector-scaled",), "Control vector and its scale.", NOT_YET,
-       Optional[tuple[str, str]], _C),
-    _n("control_vector_layer_range", ("--control-vector-layer-range",), "Layers the control vector applies to.",
-       NOT_YET, Optional[tuple[str, str]], _C),
+    _c("control_vector", ("--control-vector",), "Control vector GGUF added to the residual stream, scale 1 "
+       "(repeatable; they add up).", Optional[list[str]], None, panel=_C),
+    _c("control_vector_scaled", ("--control-vector-scaled",), "Control vector GGUF and its scale (repeatable).",
+       Optional[list[tuple[str, str]]], None, panel=_C),
+    _c("control_vector_layer_range", ("--control-vector-layer-range",), "First and last layer the control "
+       "vectors apply to (default: all).", Optional[tuple[str, str]], None, panel=_C),
     _n("model_url", ("-mu", "--model-url"), "Model download URL.", NO_DOWNLOAD, panel=_C, env="LLAMA_ARG_MODEL_URL"),
     _c("hf_repo", ("-hf", "-hfr", "--hf-repo"), "Hugging Face repository <user>/<model>[:quant]: its GGUF is "
        "pulled into the model store once (HF_ENDPOINT, HF_TOKEN honoured), then used from there.", Optional[str],
