@@ -40,6 +40,10 @@ _NO_DEFAULT = object()
 NOT_YET = "not supported yet; ignored"
 ON_CPU = "llamapy runs on the CPU; ignored"
 NO_DOWNLOAD = "llamapy downloads models with -hf/-hff only; ignored"
+# self-extend divides the positions of cached tokens so that several share one; llamapy's KV cache keeps one
+# entry per position of a sequence
+SELF_EXTEND = ("self-extend is not supported (llamapy's KV cache holds one entry per position; grouped "
+               "positions need several); ignored")
 ONE_POOL = "llamapy has one thread pool for prompts and generation (set by -t/-C/--prio); ignored"
 
 
@@ -353,8 +357,8 @@ RUN_CHAT: list[Opt] = [
        Optional[str], None, panel="Grammar"),
     _c("json_schema_file", ("-jf", "--json-schema-file"), "Read the JSON schema the output must follow from a file.",
        Optional[str], None, panel="Grammar"),
-    _n("grp_attn_n", ("-gan", "--grp-attn-n"), "Group-attention factor.", NOT_YET, Optional[int], _X),
-    _n("grp_attn_w", ("-gaw", "--grp-attn-w"), "Group-attention width.", NOT_YET, Optional[int], _X),
+    _n("grp_attn_n", ("-gan", "--grp-attn-n"), "Group-attention factor.", SELF_EXTEND, Optional[int], _X),
+    _n("grp_attn_w", ("-gaw", "--grp-attn-w"), "Group-attention width.", SELF_EXTEND, Optional[int], _X),
     _n("simple_io", ("--simple-io",), "Basic console input and output.",
        "input is read line by line from stdin already", bool, _X),
     _n("parallel", ("-np", "--parallel"), "Parallel sequences.", "run generates one sequence; ignored",
