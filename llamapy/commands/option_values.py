@@ -168,3 +168,26 @@ def resolve_hf_model(opts: dict) -> None:
     with byte_progress(err, "pulling") as progress:
         opts["model"] = hf_model(repo, file, progress=progress,
                                  log=lambda m: err.print(printable(m), markup=False))
+
+
+def rope_scale_precedence(ctx, args: list[str]) -> None:
+    """--rope-scale N and --rope-freq-scale F both set one value (1/N or F), as in llama.cpp: the one given
+    last on the command line wins; a command-line value beats a LLAMA_ARG_* one; of two variables,
+    LLAMA_ARG_ROPE_FREQ_SCALE wins (llama.cpp reads the variables in its table's order, --rope-scale first).
+    load_options applies rope_scale over rope_freq_scale, so rope_scale is dropped when the other wins."""
+    if ctx.params.get("rope_scale") is None or "rope_freq_scale" not in ctx.params:
+        return
+    src = {n: getattr(ctx.get_parameter_source(n), "name", "DEFAULT") for n in ("rope_scale", "rope_freq_scale")}
+    if src["rope_freq_scale"] == "DEFAULT":
+        return
+
+    def last(flag: str) -> int:
+        return max((i for i, a in enumerate(args) if a.replace("_", "-").split("=", 1)[0] == flag), default=-1)
+
+    cl = "COMMANDLINE"
+    if src["rope_freq_scale"] == cl and src["rope_scale"] == cl:
+        freq_wins = last("--rope-freq-scale") > last("--rope-scale")
+    else:
+        freq_wins = src["rope_freq_scale"] == cl or src["rope_scale"] != cl
+    if freq_wins:
+        ctx.params["rope_scale"] = None

@@ -40,8 +40,6 @@ _NO_DEFAULT = object()
 NOT_YET = "not supported yet; ignored"
 ON_CPU = "llamapy runs on the CPU; ignored"
 NO_DOWNLOAD = "llamapy downloads models with -hf/-hff only; ignored"
-# self-extend divides the positions of cached tokens so that several share one; llamapy's KV cache keeps one
-# entry per position of a sequence
 SELF_EXTEND = ("self-extend is not supported (llamapy's KV cache holds one entry per position; grouped "
                "positions need several); ignored")
 ONE_POOL = "llamapy has one thread pool for prompts and generation (set by -t/-C/--prio); ignored"
@@ -569,31 +567,10 @@ class LlamaCommand(TyperCommand):
                 allowed = (f"from {o.min:g} to {o.max:g}" if o.min is not None and o.max is not None
                            else f">= {o.min:g}" if o.min is not None else f"<= {o.max:g}")
                 _fail(f"invalid value for '{' / '.join(o.flags)}': {v} (allowed: {allowed})")
-        _rope_scale_precedence(ctx, given)
+        from .option_values import rope_scale_precedence
+
+        rope_scale_precedence(ctx, given)
         return rest
-
-
-def _rope_scale_precedence(ctx, args: list[str]) -> None:
-    """--rope-scale N and --rope-freq-scale F both set one value (1/N or F), as in llama.cpp: the one given
-    last on the command line wins; a command-line value beats a LLAMA_ARG_* one; of two variables,
-    LLAMA_ARG_ROPE_FREQ_SCALE wins (llama.cpp reads the variables in its table's order, --rope-scale first).
-    load_options applies rope_scale over rope_freq_scale, so rope_scale is dropped when the other wins."""
-    if ctx.params.get("rope_scale") is None or "rope_freq_scale" not in ctx.params:
-        return
-    src = {n: getattr(ctx.get_parameter_source(n), "name", "DEFAULT") for n in ("rope_scale", "rope_freq_scale")}
-    if src["rope_freq_scale"] == "DEFAULT":
-        return
-
-    def last(flag: str) -> int:
-        return max((i for i, a in enumerate(args) if _dashes(a).split("=", 1)[0] == flag), default=-1)
-
-    cl = "COMMANDLINE"
-    if src["rope_freq_scale"] == cl and src["rope_scale"] == cl:
-        freq_wins = last("--rope-freq-scale") > last("--rope-scale")
-    else:
-        freq_wins = src["rope_freq_scale"] == cl or src["rope_scale"] != cl
-    if freq_wins:
-        ctx.params["rope_scale"] = None
 
 
 def _check_samplers(v: str) -> None:
