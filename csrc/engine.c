@@ -415,6 +415,10 @@ static void forward_task(void *arg, int ith, int nth) {
             phase_post_norm_add(&w, &L->post_ffn_norm, e->xn);
             lp_pool_barrier(e->pool);
         }
+        if (e->cvec && e->cvec[l]) {   /* a control vector: x += its row for this layer */
+            lp_cvec_add(e, l, ith, nth);
+            lp_pool_barrier(e->pool);
+        }
     }
 
     /* the wanted tokens: final norm, hidden states, logits */

@@ -60,6 +60,7 @@ void lp_engine_free(lp_engine *e) {
     if (!e) return;
     if (e->pool) lp_pool_free(e->pool);
     lp_lora_free(e);
+    lp_cvec_free(e);
     free_packed(&e->output);
     for (int l = 0; e->layers && l < e->p.n_layer; l++) {
         lp_layer_weights *L = &e->layers[l];

@@ -144,6 +144,10 @@ int lp_engine_lora_add(lp_engine *e, int kind, int layer, int adapter, const voi
                        int type, float mult);
 int lp_engine_lora_scale(lp_engine *e, int adapter, float scale);
 
+/* Control vector: after layer `layer` (0-based), the step adds the n_embd floats of data (copied) to every
+ * token's residual stream; data NULL removes it. Returns 0, or -1 for a layer outside the model. */
+int lp_engine_set_cvec(lp_engine *e, int layer, const float *data);
+
 /* One forward step. tokens/pos/seq: n_tokens entries each. out_idx: the n_out batch indices whose
  * results are wanted. logits (n_out, n_vocab) and hidden (n_out, n_embd; the final-normed hidden
  * states) may each be NULL. Returns 0, or -1 with lp_engine_error() set (nothing is evaluated). */

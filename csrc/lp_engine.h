@@ -171,6 +171,10 @@ struct lp_engine {
     float *lora_u;               /* (LP_LORA_PER_PHASE, n_batch, lora_max_rank) */
     atomic_int *lora_sync;       /* (LP_LORA_SYNCS): threads done with their part of a phase's A x, 0 each step */
 
+    /* control vectors (engine_cvec.c): NULL, or per layer NULL or the n_embd row added after the layer */
+    const float **cvec;
+    float *cvec_data;            /* (n_layer, n_embd) the rows, owned */
+
     char err[256];
 };
 
@@ -205,6 +209,8 @@ void lp_lora_up(const lp_engine *e, const lp_weight *w, const float *u, int n_to
                 int out_stride);
 void lp_lora_reset(lp_engine *e);   /* at the start of a step */
 void lp_lora_free(lp_engine *e);
+void lp_cvec_add(lp_engine *e, int l, int ith, int nth);   /* engine_cvec.c */
+void lp_cvec_free(lp_engine *e);
 
 /* the cached K row of position pos (k_row bytes), any type */
 static inline char *lp_k_row(const lp_engine *e, int l, int s, int pos) {

@@ -533,6 +533,28 @@ def test_rope_overrides_equal_the_models_own_values(tmp_path, scaling):
                                                                           "--yarn-ext-factor", "0"))), base)
 
 
+def test_rope_scale_and_rope_freq_scale_the_last_one_wins(monkeypatch):
+    """Both options set llama.cpp's one rope_freq_scale: the later on the command line wins; a command-line
+    value beats a variable; of the two variables, LLAMA_ARG_ROPE_FREQ_SCALE (read after LLAMA_ARG_ROPE_SCALE)."""
+    from llamapy.commands.option_values import load_options
+
+    def freq(verb: str, *args: str) -> float:
+        return load_options(parse(verb, *args)).rope_freq_scale
+
+    assert freq("run", "--rope-scale", "4", "--rope-freq-scale", "0.5") == 0.5
+    assert freq("run", "--rope-freq-scale", "0.5", "--rope-scale", "4") == 0.25
+    assert freq("run", "--rope_freq_scale=0.5", "--rope-scale=8") == 0.125
+    assert freq("run", "--rope-scale", "4", "--rope-freq-scale", "0.5", "--rope-scale", "2") == 0.5
+    assert freq("run", "--rope-scale", "4") == 0.25 and freq("run", "--rope-freq-scale", "0.5") == 0.5
+    monkeypatch.setenv("LLAMA_ARG_ROPE_SCALE", "4")
+    assert freq("serve", "--rope-freq-scale", "0.5") == 0.5
+    monkeypatch.setenv("LLAMA_ARG_ROPE_FREQ_SCALE", "0.5")
+    assert freq("serve") == 0.5
+    assert freq("serve", "--rope-scale", "8") == 0.125
+    monkeypatch.delenv("LLAMA_ARG_ROPE_SCALE")
+    assert freq("serve", "--rope-scale", "8") == 0.125
+
+
 def test_rope_freq_base_and_override_kv(tmp_path):
     plain = write_random_llama(tmp_path / "plain.gguf", seed=4)
     other = write_random_llama(tmp_path / "base.gguf", seed=4, rope_freq_base=50000.0)

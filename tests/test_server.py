@@ -420,14 +420,19 @@ def test_auth(server):
     with client(server, key=None) as c:
         assert c.get("/health").status_code == 200
         assert c.get("/").status_code == 200
-        for method, path in (("GET", "/v1/models"), ("POST", "/completion"), ("POST", "/v1/chat/completions"),
-                             ("GET", "/api/tags"), ("GET", "/props")):
+        # llama-server's public endpoints: the model list needs no key
+        for path in ("/v1/models", "/models"):
+            r = c.get(path)
+            assert r.status_code == 200 and r.json()["data"], path
+        for method, path in (("POST", "/completion"), ("POST", "/v1/chat/completions"), ("GET", "/api/tags"),
+                             ("GET", "/props"), ("GET", "/slots"), ("POST", "/v1/completions")):
             r = c.request(method, path, json={"prompt": "x"})
             assert r.status_code == 401, path
             assert r.json()["error"]["type"] == "authentication_error"
-        assert c.get("/v1/models", headers={"Authorization": "Bearer " + KEY[:-1]}).status_code == 401
+        assert c.get("/props", headers={"Authorization": "Bearer " + KEY[:-1]}).status_code == 401
     with pytest.raises(openai.AuthenticationError):
-        openai.OpenAI(base_url=server + "/v1", api_key="wrong", max_retries=0).models.list()
+        openai.OpenAI(base_url=server + "/v1", api_key="wrong", max_retries=0).completions.create(
+            model="m", prompt="x", max_tokens=1)
 
 
 def test_refuses_to_start_without_a_model_or_a_port(server, tmp_path):

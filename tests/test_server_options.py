@@ -264,3 +264,86 @@ def test_threads_http_and_keep(default_model):
     st.n_keep = 50
     assert keep_of(st, list(range(10))) == 10
     st.backend.llm.close()
+
+
+def test_api_key_file_gives_every_line_as_a_key(default_model, tmp_path):
+    from llamapy.commands.serve import read_api_keys
+    from llamapy.errors import LlamapyError
+
+    f = tmp_path / "keys"
+    f.write_text("first-key\n\nsecond-key\r\nthird-key")
+    keys = read_api_keys(str(f))
+    assert keys == ["first-key", "second-key", "third-key"]
+    with client(default_model, api_key=keys) as c:
+        body = {"prompt": "Hi", "n_predict": 1}
+        for k in keys:
+            assert c.post("/completion", json=body, headers={"Authorization": f"Bearer {k}"}).status_code == 200
+        assert c.post("/completion", json=body, headers={"Authorization": "Bearer fourth-key"}).status_code == 401
+        assert c.post("/completion", json=body).status_code == 401
+        assert c.get("/v1/models").status_code == 200 and c.get("/models").status_code == 200  # public
+    (tmp_path / "empty").write_text("\n\n")
+    for path, msg in ((tmp_path / "empty", "no API key in the file"), (tmp_path / "none", "can't read the API keys")):
+        with pytest.raises(LlamapyError, match=msg):
+            read_api_keys(str(path))
+
+
+def test_api_key_and_api_key_file_both_count(default_model, tmp_path):
+    f = tmp_path / "keys"
+    f.write_text("from-file\n")
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "llamapy", "serve", "-m", default_model, "--port", str(port),
+                             "-c", "256", "--api-key", "from-option", "--api-key-file", str(f)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        from serverutil import wait_for_health
+
+        url = f"http://127.0.0.1:{port}"
+        wait_for_health(proc, url, 120, "llamapy serve")
+        for key, status in (("from-option", 200), ("from-file", 200), ("other", 401)):
+            r = httpx.get(url + "/props", headers={"Authorization": f"Bearer {key}"}, timeout=30)
+            assert r.status_code == status, key
+    finally:
+        stop(proc)
+
+
+def test_server_grammar_is_the_default_of_requests_that_give_none(default_model, tmp_path):
+    from llamapy.commands.serve import server_grammar
+
+    f = tmp_path / "yesno.gbnf"
+    f.write_text('root ::= "yes" | "no"\n')
+    spec = server_grammar(None, str(f), None)
+    assert (spec.kind, spec.value) == ("gbnf", 'root ::= "yes" | "no"\n')
+    with client(default_model, default_grammar=spec) as c:
+        for seed in range(3):
+            r = c.post("/completion", json={"prompt": "Is the sky blue?", "n_predict": 8, "seed": seed,
+                                            "temperature": 1.0})
+            assert r.json()["content"] in ("yes", "no")
+        r = c.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 8})
+        assert r.json()["choices"][0]["message"]["content"] in ("yes", "no")
+        # a request's own grammar or schema wins
+        r = c.post("/completion", json={"prompt": "Count:", "n_predict": 8, "grammar": 'root ::= "1 2 3"'})
+        assert r.json()["content"] == "1 2 3"
+        r = c.post("/completion", json={"prompt": "A number:", "n_predict": 8, "json_schema": {"const": 42}})
+        assert r.json()["content"] == "42"
+    spec = server_grammar(None, None, '{"type": "boolean"}')
+    with client(default_model, default_grammar=spec) as c:
+        r = c.post("/completion", json={"prompt": "True or false:", "n_predict": 8})
+        assert r.json()["content"] in ("true", "false")
+
+
+def test_server_grammar_refusals(default_model, tmp_path):
+    from llamapy.commands.serve import server_grammar
+    from llamapy.errors import LlamapyError
+
+    for args, msg in (((None, None, "{nope"), "-j/--json-schema: not JSON"),
+                      (("root ::= x", None, "{}"), "give one of --grammar, --grammar-file and -j"),
+                      ((None, str(tmp_path / "none.gbnf"), None), "--grammar-file"),
+                      ((None, None, "[1]"), "a JSON schema must be an object")):
+        with pytest.raises(LlamapyError, match=msg):
+            server_grammar(*args)
+    r = subprocess.run([sys.executable, "-m", "llamapy", "serve", "-m", default_model, "--port", str(free_port()),
+                        "-c", "256", "--grammar", "root ::= undefined-rule"], capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 1
+    lines = r.stderr.strip().splitlines()
+    assert lines[-1].startswith("error: --grammar:") and "Traceback" not in r.stderr

@@ -334,10 +334,12 @@ def test_api_key_guard(toy):
     with _client(toy, key=None) as c:
         assert c.get("/health").status_code == 200
         assert c.get("/").status_code == 200
-        for path in ("/v1/models", "/props", "/api/tags"):
+        for path in ("/props", "/api/tags", "/slots"):
             r = c.get(path)
             assert r.status_code == 401
             assert r.json()["error"]["type"] == "authentication_error"
+        for path in ("/v1/models", "/models"):  # llama-server's public endpoints
+            assert c.get(path).status_code == 200
         r = c.post("/completion", json={"prompt": "x"}, headers={"Authorization": "Bearer wrong"})
         assert r.status_code == 401
         r = c.post("/completion", json={"prompt": "x"}, headers={"Authorization": KEY})  # no scheme

@@ -69,8 +69,38 @@ def load_options(opts: Mapping[str, Any]):
         mlock=opts["mlock"], mmap=not opts["no_mmap"], pooling=opts.get("pooling"),
         check_tensors=opts["check_tensors"], lora=lora_adapters(opts),
         lora_init_without_apply=bool(opts.get("lora_init_without_apply")), type_k=opts.get("cache_type_k") or "f16",
-        type_v=opts.get("cache_type_v") or "f16",
+        type_v=opts.get("cache_type_v") or "f16", control_vectors=control_vectors(opts),
+        cvec_layer_range=cvec_layer_range(opts.get("control_vector_layer_range")),
     )
+
+
+def cvec_layer_range(value: Any) -> tuple[int, int] | None:
+    """--control-vector-layer-range START END as two ints."""
+    if value is None:
+        return None
+    try:
+        start, end = (int(v) for v in value)
+    except ValueError:
+        raise LlamapyError(f"--control-vector-layer-range {' '.join(printable(str(v)) for v in value)}: give two "
+                           "layer numbers") from None
+    return start, end
+
+
+def control_vectors(opts: Mapping[str, Any]) -> list[tuple[str, float]]:
+    """--control-vector FILE (scale 1) and --control-vector-scaled FILE SCALE, as (path, scale)."""
+    import math
+
+    out = [(path, 1.0) for path in opts.get("control_vector") or ()]
+    for path, scale in opts.get("control_vector_scaled") or ():
+        try:
+            value = float(scale)
+        except ValueError:
+            value = math.nan
+        if not math.isfinite(value):
+            raise LlamapyError(f"--control-vector-scaled {printable(path)} {printable(scale)}: the scale must be "
+                               "a number")
+        out.append((path, value))
+    return out
 
 
 def lora_adapters(opts: Mapping[str, Any]) -> list[tuple[str, float]]:
@@ -138,3 +168,26 @@ def resolve_hf_model(opts: dict) -> None:
     with byte_progress(err, "pulling") as progress:
         opts["model"] = hf_model(repo, file, progress=progress,
                                  log=lambda m: err.print(printable(m), markup=False))
+
+
+def rope_scale_precedence(ctx, args: list[str]) -> None:
+    """--rope-scale N and --rope-freq-scale F both set one value (1/N or F), as in llama.cpp: the one given
+    last on the command line wins; a command-line value beats a LLAMA_ARG_* one; of two variables,
+    LLAMA_ARG_ROPE_FREQ_SCALE wins (llama.cpp reads the variables in its table's order, --rope-scale first).
+    load_options applies rope_scale over rope_freq_scale, so rope_scale is dropped when the other wins."""
+    if ctx.params.get("rope_scale") is None or "rope_freq_scale" not in ctx.params:
+        return
+    src = {n: getattr(ctx.get_parameter_source(n), "name", "DEFAULT") for n in ("rope_scale", "rope_freq_scale")}
+    if src["rope_freq_scale"] == "DEFAULT":
+        return
+
+    def last(flag: str) -> int:
+        return max((i for i, a in enumerate(args) if a.replace("_", "-").split("=", 1)[0] == flag), default=-1)
+
+    cl = "COMMANDLINE"
+    if src["rope_freq_scale"] == cl and src["rope_scale"] == cl:
+        freq_wins = last("--rope-freq-scale") > last("--rope-scale")
+    else:
+        freq_wins = src["rope_freq_scale"] == cl or src["rope_scale"] != cl
+    if freq_wins:
+        ctx.params["rope_scale"] = None

@@ -40,6 +40,8 @@ _NO_DEFAULT = object()
 NOT_YET = "not supported yet; ignored"
 ON_CPU = "llamapy runs on the CPU; ignored"
 NO_DOWNLOAD = "llamapy downloads models with -hf/-hff only; ignored"
+SELF_EXTEND = ("self-extend is not supported (llamapy's KV cache holds one entry per position; grouped "
+               "positions need several); ignored")
 ONE_POOL = "llamapy has one thread pool for prompts and generation (set by -t/-C/--prio); ignored"
 
 
@@ -266,11 +268,12 @@ COMMON: list[Opt] = [
     _c("lora", ("--lora",), "GGUF LoRA adapter applied at run time, scale 1 (repeatable).", Optional[list[str]], None),
     _c("lora_scaled", ("--lora-scaled",), "GGUF LoRA adapter and its scale (repeatable; after the --lora ones).",
        Optional[list[tuple[str, str]]], None),
-    _n("control_vector", ("--control-vector",), "Control vector (repeatable).", NOT_YET, Optional[list[str]], _C),
-    _n("control_vector_scaled", ("--control-vector-scaled",), "Control vector and its scale.", NOT_YET,
-       Optional[tuple[str, str]], _C),
-    _n("control_vector_layer_range", ("--control-vector-layer-range",), "Layers the control vector applies to.",
-       NOT_YET, Optional[tuple[str, str]], _C),
+    _c("control_vector", ("--control-vector",), "Control vector GGUF added to the residual stream, scale 1 "
+       "(repeatable; they add up).", Optional[list[str]], None, panel=_C),
+    _c("control_vector_scaled", ("--control-vector-scaled",), "Control vector GGUF and its scale (repeatable).",
+       Optional[list[tuple[str, str]]], None, panel=_C),
+    _c("control_vector_layer_range", ("--control-vector-layer-range",), "First and last layer the control "
+       "vectors apply to (default: all).", Optional[tuple[str, str]], None, panel=_C),
     _n("model_url", ("-mu", "--model-url"), "Model download URL.", NO_DOWNLOAD, panel=_C, env="LLAMA_ARG_MODEL_URL"),
     _c("hf_repo", ("-hf", "-hfr", "--hf-repo"), "Hugging Face repository <user>/<model>[:quant]: its GGUF is "
        "pulled into the model store once (HF_ENDPOINT, HF_TOKEN honoured), then used from there.", Optional[str],
@@ -306,8 +309,9 @@ COMMON: list[Opt] = [
     _c("special", ("-sp", "--special"), "Print special tokens.", bool, False),
     _n("jinja", ("--jinja",), "Use the model's Jinja chat template.",
        "chat templates are always rendered with Jinja here", bool, _C, env="LLAMA_ARG_JINJA"),
-    _n("reasoning_format", ("--reasoning-format",), "Reasoning format: deepseek, none.", NOT_YET, panel=_C,
-       env="LLAMA_ARG_THINK"),
+    _n("reasoning_format", ("--reasoning-format",), "Chat answers' <think> part: deepseek (to reasoning_content, "
+       "the default), none (left in content).", "the server's chat answers use it; ignored here", panel=_C,
+       env="LLAMA_ARG_THINK", choices=("deepseek", "none")),
     _c("chat_template", ("--chat-template",), "Built-in template name (chatml, llama3, ...) or Jinja text.",
        Optional[str], None, env="LLAMA_ARG_CHAT_TEMPLATE"),
     _c("chat_template_file", ("--chat-template-file",), "Jinja template file.", Optional[str], None,
@@ -351,8 +355,8 @@ RUN_CHAT: list[Opt] = [
        Optional[str], None, panel="Grammar"),
     _c("json_schema_file", ("-jf", "--json-schema-file"), "Read the JSON schema the output must follow from a file.",
        Optional[str], None, panel="Grammar"),
-    _n("grp_attn_n", ("-gan", "--grp-attn-n"), "Group-attention factor.", NOT_YET, Optional[int], _X),
-    _n("grp_attn_w", ("-gaw", "--grp-attn-w"), "Group-attention width.", NOT_YET, Optional[int], _X),
+    _n("grp_attn_n", ("-gan", "--grp-attn-n"), "Group-attention factor.", SELF_EXTEND, Optional[int], _X),
+    _n("grp_attn_w", ("-gaw", "--grp-attn-w"), "Group-attention width.", SELF_EXTEND, Optional[int], _X),
     _n("simple_io", ("--simple-io",), "Basic console input and output.",
        "input is read line by line from stdin already", bool, _X),
     _n("parallel", ("-np", "--parallel"), "Parallel sequences.", "run generates one sequence; ignored",
@@ -360,8 +364,6 @@ RUN_CHAT: list[Opt] = [
 ]
 
 _S = "Server"
-SERVER_GRAMMAR = ("a server-wide default grammar is not supported yet; give grammar or json_schema in each "
-                  "request (response_format, Ollama's format)")
 _D = "Draft devices and presets (accepted, ignored)"
 
 # llama-server's own
@@ -396,7 +398,7 @@ SERVER: list[Opt] = [
        panel=_S, env="LLAMA_ARG_RERANKING"),
     _c("api_key", ("--api-key", "--api_key"), "Require 'Authorization: Bearer KEY'.", Optional[str], None, panel=_S,
        env="LLAMA_API_KEY"),
-    _c("api_key_file", ("--api-key-file",), "Read the API key from a file.", Optional[str], None, panel=_S),
+    _c("api_key_file", ("--api-key-file",), "Read API keys from a file, one a line.", Optional[str], None, panel=_S),
     _c("models_max", ("--models-max",), "Store models loaded at once (the least recently used idle one is "
        "unloaded to load another).", int, 3, min=1, panel=_S, env="LLAMAPY_MAX_LOADED_MODELS"),
     _c("keep_alive", ("--keep-alive",), "How long a store model stays loaded after its last request (\"5m\", "
@@ -427,9 +429,11 @@ SERVER: list[Opt] = [
        env="LLAMA_ARG_ENDPOINT_SLOTS"),
     _c("props", ("--props",), "Allow changing settings through POST /props.", bool, False, panel=_S,
        env="LLAMA_ARG_ENDPOINT_PROPS"),
-    _n("grammar", ("--grammar",), "Default GBNF grammar of requests.", SERVER_GRAMMAR, panel=_S),
-    _n("grammar_file", ("--grammar-file",), "Default GBNF grammar file of requests.", SERVER_GRAMMAR, panel=_S),
-    _n("json_schema", ("-j", "--json-schema"), "Default JSON schema of requests.", SERVER_GRAMMAR, panel=_S),
+    _c("grammar", ("--grammar",), "GBNF grammar of requests that give none.", Optional[str], None, panel=_S),
+    _c("grammar_file", ("--grammar-file",), "GBNF grammar file of requests that give none.", Optional[str], None,
+       panel=_S),
+    _c("json_schema", ("-j", "--json-schema"), "JSON schema of requests that give no grammar.", Optional[str], None,
+       panel=_S),
     _c("slot_save_path", ("--slot-save-path",), "Folder slots are saved to (POST /slots/{id}?action=save|restore).",
        Optional[str], None, panel=_S),
     _n("slot_prompt_similarity", ("-sps", "--slot-prompt-similarity"), "Prompt similarity a slot needs to be reused.",
@@ -540,6 +544,7 @@ class LlamaCommand(TyperCommand):
         return parser
 
     def parse_args(self, ctx, args: list[str]) -> list[str]:
+        given = list(args)  # the parser consumes the list
         try:
             rest = super().parse_args(ctx, args)
         except _cx.NoSuchOption as e:
@@ -562,6 +567,9 @@ class LlamaCommand(TyperCommand):
                 allowed = (f"from {o.min:g} to {o.max:g}" if o.min is not None and o.max is not None
                            else f">= {o.min:g}" if o.min is not None else f"<= {o.max:g}")
                 _fail(f"invalid value for '{' / '.join(o.flags)}': {v} (allowed: {allowed})")
+        from .option_values import rope_scale_precedence
+
+        rope_scale_precedence(ctx, given)
         return rest
 
 

@@ -2,6 +2,7 @@
 llamapy.server.serve()."""
 from __future__ import annotations
 
+import json
 import os
 
 import typer
@@ -17,15 +18,40 @@ def _env_flag(name: str) -> bool:
     return os.environ.get(name, "").lower() in ("1", "true", "on", "enabled")
 
 
-def read_api_key(path: str) -> str:
+def read_api_keys(path: str) -> list[str]:
+    """Every non-empty line of the file is a key, as llama-server's --api-key-file reads it."""
     try:
         with open(path, encoding="utf-8") as f:
-            key = f.readline().strip()
+            keys = [line.rstrip("\r\n") for line in f]
     except OSError as e:
-        raise LlamapyError(f"{path}: can't read the API key: {e.strerror}") from None
-    if not key:
-        raise LlamapyError(f"{path}: the first line is empty; put the key there")
-    return key
+        raise LlamapyError(f"{path}: can't read the API keys: {e.strerror}") from None
+    except UnicodeDecodeError:
+        raise LlamapyError(f"{path}: the API key file is not UTF-8 text") from None
+    keys = [k for k in keys if k]
+    if not keys:
+        raise LlamapyError(f"{path}: no API key in the file (one key a line)")
+    return keys
+
+
+def server_grammar(grammar: str | None, grammar_file: str | None, json_schema: str | None):
+    """--grammar, --grammar-file or -j as the GrammarSpec of requests that give no grammar (None: none given)."""
+    from ..grammar.options import check_options, read_grammar_file
+    from ..server.common import GrammarSpec
+
+    check_options(grammar, grammar_file, json_schema)
+    if grammar_file is not None:
+        return GrammarSpec("gbnf", read_grammar_file(grammar_file), f"--grammar-file '{grammar_file}'")
+    if grammar is not None:
+        return GrammarSpec("gbnf", grammar, "--grammar")
+    if json_schema is not None:
+        try:
+            schema = json.loads(json_schema)
+        except json.JSONDecodeError as e:
+            raise LlamapyError(f"-j/--json-schema: not JSON: line {e.lineno}, column {e.colno}: {e.msg}") from None
+        if not isinstance(schema, (dict, bool)):
+            raise LlamapyError("-j/--json-schema: a JSON schema must be an object")
+        return GrammarSpec("json_schema", schema, "-j/--json-schema")
+    return None
 
 
 def register(app: typer.Typer) -> None:
@@ -46,10 +72,12 @@ def register(app: typer.Typer) -> None:
         from .option_values import apply_process_options, load_options, resolve_hf_model, sampler_params
         from .options import announce
 
+        reasoning_format = opts.pop("reasoning_format") or "deepseek"  # used here: no note
+        default_grammar = server_grammar(opts["grammar"], opts["grammar_file"], opts["json_schema"])
         announce(opts, *TABLES)
-        api_key = opts["api_key"]
+        api_key: list[str] = [opts["api_key"]] if opts["api_key"] else []  # both add keys, as llama-server
         if opts["api_key_file"]:
-            api_key = read_api_key(opts["api_key_file"])
+            api_key += read_api_keys(opts["api_key_file"])
         if max_queue < 0:
             raise LlamapyError("--max-queue must be >= 0")
         if not (opts["timeout"] > 0 and opts["read_timeout"] > 0):
@@ -105,7 +133,8 @@ def register(app: typer.Typer) -> None:
                 _env_flag("LLAMA_ARG_NO_ENDPOINT_SLOTS"), props_writable=opts["props"], webui=not opts["no_webui"],
                 static_path=opts["path"], threads_http=opts["threads_http"], n_keep=opts["keep"],
                 spm_infill=opts["spm_infill"], model_writes=not opts["no_model_writes"], allow_paths=tuple(allow),
-                slot_save_path=slot_save_path or None,
+                slot_save_path=slot_save_path or None, reasoning_format=reasoning_format,
+                default_grammar=default_grammar,
             ),
             models_max=opts["models_max"], keep_alive=keep_alive,
         )

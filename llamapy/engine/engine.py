@@ -164,6 +164,8 @@ class Engine:
         try:
             for path, scale in load.lora:
                 self.add_lora(path, 0.0 if load.lora_init_without_apply else scale)
+            if load.control_vectors:
+                self.set_control_vectors(load.control_vectors, load.cvec_layer_range)
         except BaseException:
             self.close()
             raise
@@ -175,6 +177,23 @@ class Engine:
         self.load_time = time.perf_counter() - t0
 
     # -- LoRA adapters -------------------------------------------------------------------------
+    def set_control_vectors(self, files: list[tuple[str, float]], layer_range: tuple[int, int] | None = None
+                            ) -> dict[int, np.ndarray]:
+        """Control vector GGUFs (path, scale), summed, added after their layers from now on (engine/cvec.py);
+        an empty list removes them. Returns layer -> the row the step adds."""
+        from ..native import ffi, lib
+        from .cvec import layers_to_apply, read_control_vectors
+
+        rows = layers_to_apply(read_control_vectors(files, self.args.n_embd), self.args.n_layer, layer_range)
+        for layer in range(self.args.n_layer):
+            v = rows.get(layer)
+            if v is not None:
+                rows[layer] = v = np.ascontiguousarray(v, dtype=np.float32)  # alive through the call (copied)
+            data = ffi.cast("float *", v.ctypes.data) if v is not None else ffi.NULL
+            if lib.lp_engine_set_cvec(self._engine, layer, data) != 0:
+                raise LlamapyError(ffi.string(lib.lp_engine_error(self._engine)).decode())
+        return rows
+
     def add_lora(self, path: str, scale: float = 1.0) -> int:
         """Load a GGUF LoRA adapter (checked against the model) and apply it with `scale`; its id."""
         from ..native import ffi, lib

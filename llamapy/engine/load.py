@@ -17,7 +17,8 @@ class LoadOptions:
 
     __slots__ = ("n_ubatch", "rope_scaling", "rope_freq_base", "rope_freq_scale", "yarn_orig_ctx",
                  "yarn_ext_factor", "yarn_attn_factor", "yarn_beta_slow", "yarn_beta_fast", "override_kv", "mlock",
-                 "mmap", "pooling", "check_tensors", "lora", "lora_init_without_apply", "type_k", "type_v")
+                 "mmap", "pooling", "check_tensors", "lora", "lora_init_without_apply", "type_k", "type_v",
+                 "control_vectors", "cvec_layer_range")
 
     def __init__(self, *, n_ubatch: int | None = None, rope_scaling: str | None = None, rope_freq_base: float = 0.0,
                  rope_freq_scale: float = 0.0, yarn_orig_ctx: int = 0, yarn_ext_factor: float = -1.0,
@@ -25,7 +26,9 @@ class LoadOptions:
                  yarn_beta_fast: float = YARN_BETA_FAST, override_kv: dict | None = None, mlock: bool = False,
                  mmap: bool = True, pooling: str | None = None, check_tensors: bool = False,
                  lora: list[tuple[str, float]] | None = None, lora_init_without_apply: bool = False,
-                 type_k: int | str = "f16", type_v: int | str = "f16"):
+                 type_k: int | str = "f16", type_v: int | str = "f16",
+                 control_vectors: list[tuple[str, float]] | None = None,
+                 cvec_layer_range: tuple[int, int] | None = None):
         self.n_ubatch = n_ubatch                # most tokens per forward step (None: the caller's n_batch)
         self.rope_scaling = rope_scaling        # none, linear, yarn; None: the model's
         self.rope_freq_base = rope_freq_base
@@ -44,6 +47,8 @@ class LoadOptions:
         self.lora_init_without_apply = lora_init_without_apply  # load them with scale 0
         self.type_k = kv_cache_type(type_k, "K")  # KV cache types, as ggml type ids
         self.type_v = kv_cache_type(type_v, "V")
+        self.control_vectors = list(control_vectors or [])  # control vector GGUFs (path, scale), summed
+        self.cvec_layer_range = cvec_layer_range  # (start, end) layers they apply to; None: 1 .. n_layer
 
     def __repr__(self) -> str:
         return "LoadOptions(" + ", ".join(f"{k}={getattr(self, k)!r}" for k in self.__slots__) + ")"

@@ -190,10 +190,11 @@ def moe_ffn(args: ModelArgs, w: dict[str, np.ndarray], b: str, xn: np.ndarray, m
 def forward(args: ModelArgs, w: dict[str, np.ndarray], tokens, types: dict[str, int] | None = None,
             kv_f16: bool = True, act_round: bool = True, yarn_ext_factor: float = 0.0,
             trace: dict | None = None, lora: dict | None = None,
-            kv_types: tuple[int, int] | None = None) -> np.ndarray:
+            kv_types: tuple[int, int] | None = None, cvec: dict[int, np.ndarray] | None = None) -> np.ndarray:
     """Logits (n_tokens, n_vocab) of tokens at positions 0..n-1 of one sequence; `trace` gets the experts
     each mixture-of-experts layer picked ("blk.N." -> set); `lora`: tensor name -> [(A, B, scale)] low-rank
-    pairs added beside the product (scale * B (A x) on the unrounded activations, as the engine does)."""
+    pairs added beside the product (scale * B (A x) on the unrounded activations, as the engine does);
+    `cvec`: layer -> the control vector row added to the residual stream after that layer."""
     tokens = np.asarray(tokens)
     n = len(tokens)
     f16 = (lambda a: a.astype(np.float16).astype(np.float32)) if kv_f16 else (lambda a: a)
@@ -265,6 +266,8 @@ def forward(args: ModelArgs, w: dict[str, np.ndarray], tokens, types: dict[str, 
         if args.post_norms:
             o = rms_norm(o, w[b + "post_ffw_norm.weight"], args.norm_eps)
         x = x + o
+        if cvec is not None and i in cvec:
+            x = x + cvec[i].astype(np.float32)
 
     xn = rms_norm(x, w["output_norm.weight"], args.norm_eps)
     logits = mm("output.weight", xn)                                            # (n, n_vocab)

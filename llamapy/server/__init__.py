@@ -47,7 +47,7 @@ def slot_context(model_path: str, n_ctx: int, n_parallel: int) -> int:
 
 
 def build_state(model_path: str | None = None, n_ctx: int = 4096, n_parallel: int = 1, n_threads: int | None = None,
-                n_batch: int = 512, api_key: str | None = None, alias: str | None = None,
+                n_batch: int = 512, api_key: str | list[str] | None = None, alias: str | None = None,
                 chat_template: str | None = None, chat_template_file: str | None = None, embedding: bool = False,
                 n_predict: int = -1, max_queue: int = 32, max_body: int = 4 << 20, sampling=None,
                 ctx_shift: bool = True, load=None, endpoints: dict | None = None, store_models: bool = True,
@@ -102,6 +102,14 @@ def build_state(model_path: str | None = None, n_ctx: int = 4096, n_parallel: in
         fingerprint=f"llamapy-{__version__}",
         **(endpoints or {}),
     )
+    if state.default_grammar is not None:  # checked now: a grammar that does not parse stops the start
+        from .common import compile_spec
+        from .errors import APIError
+
+        try:
+            compile_spec(backend, state.default_grammar)
+        except APIError as e:
+            raise LlamapyError(f"{state.default_grammar.param}: {e.message}") from None
     if store_models:
         from .manager import ModelManager
 

@@ -8,8 +8,9 @@ Guards (a plain ASGI middleware, so streams are never buffered):
   OPTIONS preflight is answered without it). Without a key, only the page's own origin and the origins
   given with --cors-origin; a request from any other origin is refused (403), so a web page the user
   visits can't make the server generate.
-- API key: with --api-key, every path but /health and the chat page needs `Authorization: Bearer KEY`,
-  compared in constant time; a miss is a 401 in OpenAI's error format.
+- API key: with --api-key (or several, --api-key-file), every path but llama-server's public ones (/health,
+  /models, /v1/models) and the chat page needs `Authorization: Bearer KEY`, compared in constant time; a
+  miss is a 401 in OpenAI's error format.
 - Content-Type: a POST body is JSON; a request that says it is something else (a form, text/plain: what a
   browser can send cross-site without asking) is refused with 415. Clients that send no Content-Type
   (scripts posting raw bytes) are accepted.
@@ -25,6 +26,7 @@ import hashlib
 import hmac
 import ipaddress
 import logging
+from collections.abc import Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -43,19 +45,21 @@ from .errors import APIError
 log = logging.getLogger("llamapy.server")
 
 BLOB_PATH = "/api/blobs/"
-PUBLIC_PATHS = frozenset({"/health", "/models", "/", "/index.html"})
+PUBLIC_PATHS = frozenset({"/health", "/models", "/v1/models", "/", "/index.html"})
 WEB_PAGE = Path(__file__).resolve().parent.parent / "web" / "index.html"
 
 
 class Guard:
     """Host, origin, API-key, content-type and body-size checks, in front of the whole app (see above)."""
 
-    def __init__(self, app: ASGIApp, api_key: str | None, max_body: int, loopback_only: bool = False,
-                 cors_origins: tuple[str, ...] = ()):
+    def __init__(self, app: ASGIApp, api_key: str | Sequence[str] | None, max_body: int,
+                 loopback_only: bool = False, cors_origins: tuple[str, ...] = ()):
         self.app = app
-        self.key_digest = hashlib.sha256(api_key.encode()).digest() if api_key else None
+        keys = [api_key] if isinstance(api_key, str) else list(api_key or ())
+        self.key_digests = [hashlib.sha256(k.encode()).digest() for k in keys if k]
+        self.key_digest = self.key_digests[0] if self.key_digests else None
         self.max_body = max_body
-        self.check_host = loopback_only and api_key is None
+        self.check_host = loopback_only and not self.key_digests
         self.cors_origins = frozenset(o.rstrip("/").lower() for o in cors_origins)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -106,7 +110,8 @@ class Guard:
         scheme, _, token = auth.partition(b" ")
         # digests of equal length compared in constant time: neither the key's bytes nor its length leak
         given = hashlib.sha256(token.strip()).digest()
-        return hmac.compare_digest(given, self.key_digest) and scheme.lower() == b"bearer"
+        hits = [hmac.compare_digest(given, d) for d in self.key_digests]  # every key compared: no early exit
+        return any(hits) and scheme.lower() == b"bearer"
 
     def _counting(self, receive: Receive) -> Receive:
         seen = 0

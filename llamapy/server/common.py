@@ -57,7 +57,7 @@ class ServerState:
     template: Any  # chat_templates.ChatTemplate
     model_id: str  # what /v1/models lists: --alias, else the model file as given
     model_path: str
-    api_key: str | None = None
+    api_key: str | list[str] | None = None  # one key or several (--api-key-file)
     max_body: int = 4 << 20
     embedding_only: bool = False
     default_n_predict: int = -1
@@ -79,6 +79,8 @@ class ServerState:
     allow_paths: tuple[str, ...] = ()  # --allow-path: folders a remote /api/create may read files from
     store: Any = None              # the model store (store.store.Store), None: the default one
     slot_save_path: str | None = None  # --slot-save-path: the folder POST /slots/{id}?action=save writes to
+    reasoning_format: str = "deepseek"  # --reasoning-format: a chat answer's <think> part to reasoning_content
+    default_grammar: Any = None    # --grammar/--grammar-file/-j: the GrammarSpec of requests that give none
 
     def model_name(self, requested: str | None) -> str:
         """The `model` a response reports: the name the client asked for (any name is accepted), else ours."""
@@ -314,7 +316,10 @@ def compile_spec(backend, spec: GrammarSpec):
 
 
 async def request_grammar(state: ServerState, spec: GrammarSpec | None):
-    """The compiled grammar of a request (None: unconstrained), compiled off the event loop."""
+    """The compiled grammar of a request (None: unconstrained), compiled off the event loop; a request that
+    gives none gets the server's (--grammar, --grammar-file, -j), as llama-server's defaults."""
+    if spec is None:
+        spec = state.default_grammar
     if spec is None:
         return None
     if state.embedding_only:

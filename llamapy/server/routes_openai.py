@@ -12,6 +12,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from starlette.responses import JSONResponse
 
+from ..chat.reasoning import ReasoningStream, applies, opens_thought, split_reasoning
 from ..chat.tool_parse import StreamParser
 from ..chat.tool_parse import parse as parse_tool_calls
 from .common import (
@@ -195,13 +196,20 @@ def register(router: APIRouter, state: ServerState) -> None:
                               n_predict=n_predict_of(st, req.n_predict, req.max_completion_tokens, req.max_tokens),
                               stop=stops, n_probs=n_probs, cache_prompt=req.cache_prompt, grammar=grammar)
             cid, created, model = new_id("chatcmpl"), int(time.time()), st.model_name(req.model)
+            thinks = applies(st.reasoning_format, getattr(st.template, "source", None))
             run = Run(st, [gen], stream=bool(req.stream))
             if not req.stream:
                 (r,) = await run.results(request)
                 message: dict[str, Any] = {"role": "assistant", "content": r.content}
                 finish = r.finish_reason
+                content = r.content
+                if thinks and finish == "stop":  # as llama-server: an answer cut by the length limit stays whole
+                    reasoning, content = split_reasoning(content)
+                    if reasoning:
+                        message["reasoning_content"] = reasoning
+                    message["content"] = content
                 if fmt is not None:
-                    parsed = parse_tool_calls(r.content, fmt)
+                    parsed = parse_tool_calls(content, fmt)
                     message["content"] = parsed.content
                     if parsed.tool_calls:
                         message["content"] = parsed.content or None
@@ -222,12 +230,30 @@ def register(router: APIRouter, state: ServerState) -> None:
                                              "finish_reason": finish}]}
 
             parser = StreamParser(fmt) if fmt is not None else None
+            thoughts = ReasoningStream(opens_thought(text)) if thinks else None
+
+            def split_deltas(deltas: list[dict[str, str]]) -> tuple[dict[str, str], str]:
+                """The reasoning deltas as one, and the content text of the thought stream's deltas."""
+                thought = "".join(d.get("reasoning_content", "") for d in deltas)
+                return ({"reasoning_content": thought} if thought else {}), "".join(d.get("content", "")
+                                                                                     for d in deltas)
 
             async def events():
                 yield sse(chunk({"role": "assistant", "content": ""}))
                 try:
                     async for ev in run.events():
-                        if isinstance(ev, TokenEvent):
+                        if isinstance(ev, TokenEvent) and thoughts is not None:
+                            delta, said = split_deltas(thoughts.feed(ev.text))
+                            if parser is not None:
+                                if delta:
+                                    yield sse(chunk(delta))
+                                for d in parser.feed(said):
+                                    yield sse(chunk(d))
+                            elif delta or said or ev.probs is not None:
+                                lp = chat_logprobs(st.backend, [ev.probs], top_n) if ev.probs else None
+                                part = chunk(delta | ({"content": said} if said or not delta else {}), logprobs=lp)
+                                yield sse(part | ({"timings": ev.timings} if ev.timings is not None else {}))
+                        elif isinstance(ev, TokenEvent):
                             if parser is not None:
                                 for d in parser.feed(ev.text):
                                     yield sse(chunk(d))
@@ -238,6 +264,15 @@ def register(router: APIRouter, state: ServerState) -> None:
                         elif isinstance(ev, DoneEvent):
                             r = ev.result
                             finish = r.finish_reason
+                            if thoughts is not None:
+                                delta, said = split_deltas(thoughts.finish())
+                                if delta:
+                                    yield sse(chunk(delta))
+                                if said and parser is not None:
+                                    for d in parser.feed(said):
+                                        yield sse(chunk(d))
+                                elif said:
+                                    yield sse(chunk({"content": said}))
                             if parser is not None:
                                 deltas, parsed = parser.finish()
                                 for d in deltas:

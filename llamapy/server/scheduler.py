@@ -558,6 +558,10 @@ class Scheduler:
             log.exception("clearing slot %d failed", s.id)
 
     def _release(self, s: Slot) -> None:
+        if s.job is not None and s.job.gen is not None and not s.job.gen.cache_prompt:
+            # as llama-server: a slot remembers no tokens of a request that asked not to cache its prompt, so the
+            # next request evaluates its whole prompt (the logits of a batch, not those of one re-evaluated token)
+            self.backend.truncate(s.id, 0)
         s.job = None
         s.last_used = time.perf_counter()
         s.reset()
