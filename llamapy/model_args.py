@@ -326,7 +326,7 @@ def tensor_specs(a: ModelArgs) -> list[TensorSpec]:
                       TensorSpec(b + "ffn_down_exps.weight", (f, a.n_embd, e))]
             if a.n_ff_shexp:
                 fs = a.n_ff_shexp
-                specs += [TensorSpec(b + "ffn_gate_inp_shexp.weight", (a.n_embd,), vector=True),
+                specs += [TensorSpec(b + "ffn_gate_inp_shexp.weight", (a.n_embd,)),  # F32 or F16
                           TensorSpec(b + "ffn_gate_shexp.weight", (a.n_embd, fs)),
                           TensorSpec(b + "ffn_up_shexp.weight", (a.n_embd, fs)),
                           TensorSpec(b + "ffn_down_shexp.weight", (fs, a.n_embd))]
