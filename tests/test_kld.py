@@ -15,8 +15,7 @@ from cliutil import cli
 from conftest import shared_path
 
 from llamapy.errors import LlamapyError
-from llamapy.kl_divergence import (KLDStats, LogitsWriter, decode_rows, encode_rows, read_saved, row_width,
-                                   scored)
+from llamapy.kl_divergence import KLDStats, LogitsWriter, decode_rows, encode_rows, read_saved, row_width, scored
 
 REF = os.environ.get("LLAMAPY_REF_PERPLEXITY")
 
