@@ -1,10 +1,13 @@
 """Engine speed beside the reference: pp/tg tokens per second, decode against the memory roofline, the time
 to the first token and the Python share of each generated token.
 
-    python benchmarks/bench_engine.py [--models default,Q4_K_M,Q4_0] [--threads 2] [-r 3]
+    python benchmarks/bench_engine.py [--models default,Q4_K_M,Q4_0,qwen2-0.5b,qwen3-0.6b,moe-8x2] [-r 3]
 
 `default` is the default model (pp512, tg128, time to first token); Q4_K_M / Q4_0 are the TinyLlama-shaped
-random models of benchmarks/make_tiny_llama.py (pp128, tg32; made on first use); gemma3 is Gemma 3 270M
+random models of benchmarks/make_tiny_llama.py (pp128, tg32; made on first use); qwen2-0.5b, qwen3-0.6b and
+moe-8x2 the Qwen2.5-0.5B-, Qwen3-0.6B- and 8-expert-shaped random Q4_K_M models of
+benchmarks/make_arch_models.py (pp128, tg32; qwen3 has no reference run: the reference build predates it;
+decode of the mixture of experts is measured against the bytes of its used experts); gemma3 is Gemma 3 270M
 Q4_K_M from the optional `gemma` extra (pp128, tg32; no reference run or target: the reference build
 predates the architecture). With LLAMAPY_REF_BENCH naming the
 reference's llama-bench binary, each test runs there too, in the same session, and the table shows
@@ -30,9 +33,31 @@ sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 
 from llamapy.bench import run_bench  # noqa: E402
 
-# model -> (pp tokens, tg tokens, target ratio pp, target ratio tg)
+# model -> (pp tokens, tg tokens, target ratio pp, target ratio tg); no target: no reference run (the reference
+# build predates the architecture)
 TESTS = {"default": (512, 128, 1.8, 1.2), "Q4_K_M": (128, 32, 1.0, 1.1), "Q4_0": (128, 32, 1.0, 1.1),
-         "gemma3": (128, 32, None, None)}
+         "gemma3": (128, 32, None, None), "qwen2-0.5b": (128, 32, 1.0, 1.0), "qwen3-0.6b": (128, 32, None, None),
+         "moe-8x2": (128, 32, 1.0, 1.0)}
+ARCH_MODELS = ("qwen2-0.5b", "qwen3-0.6b", "moe-8x2")  # benchmarks/make_arch_models.py, Q4_K_M
+
+
+def decode_bytes(path: str) -> int:
+    """Bytes of weights a decode step reads: every matrix but the token embeddings (one row of them), and of a
+    mixture of experts' expert tensors only the used experts' share."""
+    from llamapy.ggufio.reader import GGUFReader
+    from llamapy.model_args import ModelArgs
+
+    with GGUFReader(path) as r:
+        a = ModelArgs.from_gguf(r)
+        total = 0
+        for name, t in r.tensors.items():
+            if name == "token_embd.weight" and "output.weight" in r.tensors:
+                total += t.nbytes // t.n_rows
+            elif "_exps." in name:
+                total += t.nbytes * a.n_expert_used // a.n_expert
+            else:
+                total += t.nbytes
+    return total
 
 
 def model_path(name: str, workdir: str, threads: int) -> str:
@@ -45,6 +70,10 @@ def model_path(name: str, workdir: str, threads: int) -> str:
 
         out = os.path.join(workdir, gemma.MODEL_NAME)
         return out if os.path.exists(out) else str(gemma.assemble(out))
+    if name in ARCH_MODELS:
+        from make_arch_models import make as make_arch
+
+        return make_arch(workdir, name, "Q4_K_M", threads)
     from make_tiny_llama import make
 
     return make(workdir, [name], threads)[name]
@@ -141,7 +170,7 @@ def time_to_first_token(model: str, threads: int, reps: int,
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--models", default="default,Q4_K_M,Q4_0")
+    ap.add_argument("--models", default="default,Q4_K_M,Q4_0,qwen2-0.5b,qwen3-0.6b,moe-8x2")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("-r", "--reps", type=int, default=3)
     ap.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "llamapy-bench"))
@@ -156,11 +185,15 @@ def main() -> None:
         path = model_path(name, a.workdir, a.threads)
         ours = {("pp" if r.n_prompt else "tg"): r for r in run_bench(path, n_pp, n_tg, a.threads, a.reps)}
         theirs = ref_bench(ref, path, n_pp, n_tg, a.threads, a.reps) if ref and t_pp else {}
+        step_bytes = decode_bytes(path) if name in ARCH_MODELS else None
         for kind, target in (("pp", t_pp), ("tg", t_tg)):
             r = ours[kind]
             ts = r.avg_ts()
             rt = theirs.get(kind)
-            gbs = f"{r.model_size * ts / 1e9:.1f} ({100 * r.model_size * ts / 1e9 / bw:.0f}%)" if kind == "tg" else ""
+            nb = step_bytes or r.model_size
+            gbs = f"{nb * ts / 1e9:.1f} ({100 * nb * ts / 1e9 / bw:.0f}%)" if kind == "tg" else ""
+            if kind == "tg" and step_bytes and step_bytes < 0.9 * r.model_size:
+                gbs += f" of {step_bytes / 2**20:.0f} MiB/token read (of {r.model_size / 2**20:.0f} MiB)"
             ratio = f"{ts / rt:.2f}x" if rt else "-"
             ref_ts = "-" if rt is None else round(rt, 1)
             print(f"| {r.model_type} | {r.test} | {ts:.1f} ± {r.stdev_ts():.1f} | {ref_ts} "

@@ -63,9 +63,21 @@ void lp_phase_route(worker *w, int l) {
         if (a->expert_weights_norm)
             for (int i = 0; i < k; i++) wt[i] /= wsum;
         if (a->n_ff_shexp > 0) {
+            /* the shared expert's gate: a product of one row, as the reference computes it (an F32 row against
+             * the activations, another type against the activations in its dot-product type) */
+            const lp_weight *gs = &L->gate_inp_shexp;
             double s = 0;
-            const float *g = L->gate_inp_shexp.data;
-            for (int i = 0; i < n; i++) s += (double)g[i] * xt[i];
+            if (gs->type == LP_TYPE_F32) {
+                const float *g = gs->data;
+                for (int i = 0; i < n; i++) s += (double)g[i] * xt[i];
+            } else {
+                const int vt = gs->tr->vec_dot_type;
+                char qx[(size_t)(n / e->traits[vt].blck_size + 1) * (size_t)e->traits[vt].type_size];
+                float d;
+                act_quantizer(e, vt)(xt, qx, n);
+                gs->tr->vec_dot(n, &d, gs->data, qx);
+                s = d;
+            }
             wt[k] = 1.0f / (1.0f + expf(-(float)s));
         }
     }

@@ -326,12 +326,14 @@ int lp_engine_set_weight(lp_engine *e, int kind, int layer, const void *data, in
                     (long long)ne0, (long long)ne1, (long long)want0, (long long)want1);
     const lp_type_traits *tr = engine_traits(e, type);
     if (!tr) return lp_engine_fail(e, "weight slot %d (layer %d): tensor type %d is not supported", kind, layer, type);
-    if (!is_matrix && kind != LP_W_TOKEN_EMBD && kind != LP_W_GATE_INP && type != LP_TYPE_F32)
+    /* the routers are dot products of one row each: any type that dequantizes (F16 as converted to f16) */
+    const int router = kind == LP_W_GATE_INP || kind == LP_W_GATE_INP_SHEXP;
+    if (!is_matrix && kind != LP_W_TOKEN_EMBD && !router && type != LP_TYPE_F32)
         return lp_engine_fail(e, "weight slot %d (layer %d): vectors must be F32, not %s", kind, layer, tr->name);
     if (ne0 % tr->blck_size)
         return lp_engine_fail(e, "weight slot %d (layer %d): row length %lld is not a multiple of %s's block of %lld", kind,
                     layer, (long long)ne0, tr->name, (long long)tr->blck_size);
-    if ((kind == LP_W_TOKEN_EMBD || kind == LP_W_GATE_INP) && !tr->to_float)
+    if ((kind == LP_W_TOKEN_EMBD || router) && !tr->to_float)
         return lp_engine_fail(e, "token_embd: type %s can't be dequantized", tr->name);
     if (is_matrix) {
         const lp_type_traits *vt = engine_traits(e, tr->vec_dot_type);

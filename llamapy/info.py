@@ -57,11 +57,11 @@ def summarize(path: str, with_tensors: bool = True) -> dict:
 def arch_traits(r: GGUFReader) -> dict:
     """How llamapy runs the file's architecture: its traits (what sets it apart from llama), or why not."""
     from .errors import LlamapyError
-    from .model_args import ARCH_TRAITS, ModelArgs
+    from .model_args import ARCH_TRAITS, SUPPORTED_ARCHS, ModelArgs, file_size_label
 
     name = r.architecture
     if name not in ARCH_TRAITS:
-        return {"name": name, "supported": False}
+        return {"name": name, "supported": False, "error": f"llamapy runs {', '.join(SUPPORTED_ARCHS)}"}
     try:
         a = ModelArgs.from_gguf(r)
     except LlamapyError as e:
@@ -71,7 +71,7 @@ def arch_traits(r: GGUFReader) -> dict:
                                           "attn_softcap", "final_softcap", "n_swa", "swa_pattern",
                                           "rope_freq_base_swa", "fused_qkv", "fused_gate_up")
               if getattr(a, k) != getattr(base, k)}
-    return {"name": name, "supported": True, "traits": traits}
+    return {"name": name, "supported": True, "size": file_size_label(r, a), "traits": traits}
 
 
 def system_info() -> dict:
@@ -122,7 +122,7 @@ def print_info(info: dict, console) -> None:
     if arch:
         if arch["supported"]:
             traits = ", ".join(f"{k}={v}" for k, v in arch["traits"].items()) or "llama's"
-            console.print(f"architecture {arch['name']}: runs, traits {traits}", markup=False)
+            console.print(f"architecture {arch['name']} ({arch['size']}): runs, traits {traits}", markup=False)
         else:
             console.print(f"architecture {arch['name']}: llamapy can't run it" +
                           (f" ({arch['error']})" if "error" in arch else ""), markup=False)

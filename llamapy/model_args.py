@@ -278,13 +278,48 @@ class ModelArgs:
         if not self.norm_eps > 0:
             raise LlamapyError(f"{where}: layer_norm_rms_epsilon {self.norm_eps} must be positive")
 
-    def size_label(self) -> str:
-        """The reference's size name (from the layer count), '?B' when it has none."""
-        if self.n_layer == 32:
-            return "3B" if self.n_vocab == 49152 else ("7B" if self.n_vocab < 40000 else "8B")
-        if self.n_layer == 80:
-            return "65B" if self.n_head == self.n_head_kv else "70B"
-        return _SIZE_BY_LAYERS.get(self.n_layer, "?B")
+    def size_label(self, n_params: int = 0, n_active: int = 0) -> str:
+        """The reference's size name: from the layer count for the architectures its build has, as it names
+        them ('?B' where it has no name); for the later ones (qwen3, qwen3moe, gemma3) the parameter count,
+        total.Aactive for a mixture of experts (n_params / n_active: counted from the tensors)."""
+        n, e = self.n_layer, self.n_expert
+        if self.arch in _COUNTED_SIZES:
+            if not n_params:
+                return "?B"
+            return params_label(n_params) + (f".A{params_label(n_active)}" if e and n_active else "")
+        if self.arch == "llama":
+            if e == 8:
+                return {32: "8x7B", 56: "8x22B"}.get(n, "?B")
+            if n == 32:
+                return "3B" if self.n_vocab == 49152 else ("7B" if self.n_vocab < 40000 else "8B")
+            if n == 80:
+                return "65B" if self.n_head == self.n_head_kv else "70B"
+            return _SIZE_BY_LAYERS.get(n, "?B")
+        if self.arch == "qwen2":
+            if n == 24:
+                return "0.5B" if self.n_embd == 1024 else "1B"
+            if n == 28:
+                return "1.5B" if self.n_embd == 1536 else "7B"
+            if n == 40:
+                return "4B" if self.n_head == 20 else "13B"
+            return {32: "7B", 36: "3B", 48: "14B", 64: "32B", 80: "70B"}.get(n, "?B")
+        if self.arch == "qwen2moe":
+            return {24: "A2.7B", 28: "57B.A14B"}.get(n, "?B")
+        if self.arch == "gemma2":
+            return {26: "2B", 42: "9B", 46: "27B"}.get(n, "?B")
+        if self.arch == "phi3":
+            return {24: "1B", 32: "3B", 40: "14B"}.get(n, "?B")
+        return "?B"
+
+
+def params_label(n: int) -> str:
+    """A parameter count as a size: 0.8B, 135M, 12K."""
+    if n >= 1e9:
+        return f"{n / 1e9:.1f}B"
+    return f"{n / 1e6:.0f}M" if n >= 1e6 else f"{n / 1e3:.0f}K"
+
+
+_COUNTED_SIZES = ("qwen3", "qwen3moe", "gemma3")  # after the reference's build: no names to follow
 
 
 @dataclass
@@ -326,7 +361,7 @@ def tensor_specs(a: ModelArgs) -> list[TensorSpec]:
                       TensorSpec(b + "ffn_down_exps.weight", (f, a.n_embd, e))]
             if a.n_ff_shexp:
                 fs = a.n_ff_shexp
-                specs += [TensorSpec(b + "ffn_gate_inp_shexp.weight", (a.n_embd,), vector=True),
+                specs += [TensorSpec(b + "ffn_gate_inp_shexp.weight", (a.n_embd,)),  # F32 or F16
                           TensorSpec(b + "ffn_gate_shexp.weight", (a.n_embd, fs)),
                           TensorSpec(b + "ffn_up_shexp.weight", (a.n_embd, fs)),
                           TensorSpec(b + "ffn_down_shexp.weight", (fs, a.n_embd))]
@@ -394,4 +429,14 @@ def check_tensors(r: GGUFReader, a: ModelArgs) -> dict[str, TensorInfo]:
 
 def model_desc(r: GGUFReader, a: ModelArgs) -> str:
     """The reference's one-line model description: architecture, size, file type."""
-    return f"{a.arch} {a.size_label()} {ftype_label(r.get(KEY_FILE_TYPE))}"
+    return f"{a.arch} {file_size_label(r, a)} {ftype_label(r.get(KEY_FILE_TYPE))}"
+
+
+def file_size_label(r: GGUFReader, a: ModelArgs) -> str:
+    """The size name of the file's model (`ModelArgs.size_label`, with the parameters counted where needed)."""
+    n_params = n_active = 0
+    if a.arch in _COUNTED_SIZES:
+        for name, t in r.tensors.items():
+            n_params += t.n_elements
+            n_active += t.n_elements * a.n_expert_used // a.n_expert if "_exps." in name else t.n_elements
+    return a.size_label(n_params, n_active)

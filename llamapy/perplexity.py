@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from typing import TextIO
 
@@ -42,11 +43,13 @@ def perplexity(
     bos_id: int | None = None,
     on_chunk: Callable[[int, float], None] | None = None,
     n_seq: int | None = None,
+    on_logits: Callable[[np.ndarray], None] | None = None,
 ) -> PerplexityResult:
     """PPL of `tokens` with chunks of n_ctx; bos_id: put BOS first in each chunk (models that add BOS).
 
     llm must have n_ctx >= this n_ctx and as many sequences as it should evaluate chunks at once.
-    on_chunk(i, running_ppl) is called after each chunk (1-based i).
+    on_chunk(i, running_ppl) is called after each chunk (1-based i); on_logits(rows) before it, with the
+    chunk's scored logits (n_ctx - 1 - n_ctx/2, n_vocab), in chunk order (`--kl-divergence-base` saves them).
     """
     tokens = np.asarray(tokens, dtype=np.int32)
     if n_ctx < 4:
@@ -78,6 +81,8 @@ def perplexity(
         for s, logits in enumerate(outs):
             start = (i + s) * n_ctx
             targets = tokens[start + first + 1:start + n_ctx]
+            if on_logits:
+                on_logits(logits[:-1])
             v = token_nll(logits[:-1], targets)
             nll += float(v.sum())
             nll2 += float((v * v).sum())
@@ -92,10 +97,15 @@ def perplexity(
     return PerplexityResult(ppl, err, n_chunk, count, running, time.perf_counter() - t0)
 
 
-def run_perplexity(model: str | None, file: str, ctx_size: int = 512, batch_size: int = 2048, chunks: int = -1,
-                   threads: int | None = None, n_gpu_layers: int | None = None, out: TextIO | None = None,
-                   err: TextIO | None = None, load=None) -> PerplexityResult:
-    """The `llamapy perplexity` command: running values and the final estimate on stdout, logs on stderr."""
+def run_perplexity(model: str | None, file: str | None, ctx_size: int = 512, batch_size: int = 2048,
+                   chunks: int = -1, threads: int | None = None, n_gpu_layers: int | None = None,
+                   out: TextIO | None = None, err: TextIO | None = None, load=None, logits_file: str | None = None,
+                   kl_divergence: bool = False) -> PerplexityResult | None:
+    """The `llamapy perplexity` command: running values and the final estimate on stdout, logs on stderr.
+
+    logits_file (--kl-divergence-base / --save-all-logits): without kl_divergence, the scored log-probabilities
+    are saved there as the reference saves them; with it, the model is scored against that file instead
+    (its tokens, its n_ctx; no -f needed) and the KL divergence statistics are printed."""
     import sys
 
     from .engine.engine import Engine
@@ -106,10 +116,16 @@ def run_perplexity(model: str | None, file: str, ctx_size: int = 512, batch_size
     def log(msg: str) -> None:
         print(msg, file=err, flush=True)
 
-    if ctx_size <= 0:
-        raise LlamapyError("perplexity needs a context size (-c) > 0")
     if batch_size < 1:
         raise LlamapyError(f"-b {batch_size}: the batch size must be at least 1")
+    if n_gpu_layers:
+        log(f"llamapy runs on the CPU: -ngl {n_gpu_layers} is ignored")
+    if kl_divergence:
+        return _run_kl_divergence(model, logits_file, batch_size, chunks, threads, out, log, load)
+    if ctx_size <= 0:
+        raise LlamapyError("perplexity needs a context size (-c) > 0")
+    if not file:
+        raise LlamapyError("perplexity needs a text file: -f FILE")
     try:
         with open(file, encoding="utf-8", errors="surrogateescape", newline="") as f:
             text = f.read()
@@ -117,8 +133,6 @@ def run_perplexity(model: str | None, file: str, ctx_size: int = 512, batch_size
         raise LlamapyError(f"failed to open file '{file}': {e.strerror}") from None
     if text.endswith("\n"):  # as the reference reads -f
         text = text[:-1]
-    if n_gpu_layers:
-        log(f"llamapy runs on the CPU: -ngl {n_gpu_layers} is ignored")
     n_seq = max(1, batch_size // ctx_size)
     n_ubatch = load.n_ubatch if load is not None and load.n_ubatch else 512
     with Engine(model, n_ctx=ctx_size, n_threads=threads, n_batch=min(batch_size, n_seq * ctx_size, n_ubatch),
@@ -145,11 +159,46 @@ def run_perplexity(model: str | None, file: str, ctx_size: int = 512, batch_size
             out.write(f"[{i}]{ppl:.4f},")
             out.flush()
 
-        res = perplexity(llm, tokens, ctx_size, chunks, bos_id=tok.bos_id if tok.add_bos else None,
-                         on_chunk=on_chunk, n_seq=n_seq)
+        with ExitStack() as stack:
+            on_logits = None
+            if logits_file and len(tokens) >= 2 * ctx_size:
+                from .kl_divergence import LogitsWriter
+
+                log(f"perplexity: saving all logits to {logits_file}")
+                saver = stack.enter_context(LogitsWriter(logits_file, ctx_size, llm.n_vocab, n_chunk, tokens))
+                on_logits = saver.add
+            res = perplexity(llm, tokens, ctx_size, chunks, bos_id=tok.bos_id if tok.add_bos else None,
+                             on_chunk=on_chunk, n_seq=n_seq, on_logits=on_logits)
         out.write("\n")
         out.write(f"Final estimate: PPL = {res.ppl:.4f} +/- {res.ppl_stderr:.5f}\n")
         out.flush()
         log(f"perplexity: {res.n_scored} tokens scored in {res.seconds:.2f} s "
             f"({res.n_chunks * ctx_size / res.seconds:.2f} tokens per second)")
         return res
+
+
+def _run_kl_divergence(model: str | None, logits_file: str | None, batch_size: int, chunks: int,
+                       threads: int | None, out: TextIO, log: Callable[[str], None], load) -> None:
+    """`perplexity --kl-divergence --kl-divergence-base FILE`: the model against the file's log-probabilities,
+    with the file's chunk size (the context is opened that large)."""
+    from .engine.engine import Engine
+    from .kl_divergence import kl_divergence, read_saved
+
+    if not logits_file:
+        raise LlamapyError("--kl-divergence needs the base model's log-probabilities: --kl-divergence-base FILE")
+    saved = read_saved(logits_file)
+    n_ctx = saved.n_ctx
+    n_seq = max(1, min(batch_size // n_ctx, saved.n_chunk))
+    n_ubatch = load.n_ubatch if load is not None and load.n_ubatch else 512
+    with Engine(model, n_ctx=n_ctx, n_threads=threads, n_batch=min(batch_size, n_seq * n_ctx, n_ubatch),
+                n_seq_max=n_seq, load=load) as llm:
+        saved.check_vocab(llm.n_vocab)
+        log(f"kl_divergence: {llm.model_path}: {llm.desc}, {llm.n_threads} threads")
+        log(llm.kv_line())
+        n_chunk = saved.n_chunk if chunks < 0 else min(chunks, saved.n_chunk)
+        log(f"kl_divergence: {logits_file}: {saved.n_chunk} chunks of n_ctx={n_ctx}; scoring {n_chunk}, "
+            f"n_seq={n_seq}")
+        tok = llm.tokenizer
+        t0 = time.perf_counter()
+        stats = kl_divergence(llm, saved, tok.bos_id if tok.add_bos else None, out, chunks=chunks, n_seq=n_seq)
+        log(f"kl_divergence: {stats.count} tokens scored in {time.perf_counter() - t0:.2f} s")

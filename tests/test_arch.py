@@ -362,3 +362,44 @@ def test_quantized_experts(hf, tmp_path, case):
         llm.kv_clear()
         step = np.stack([llm.eval([t]) for t in TOKENS])
     assert rel_diff(batch, want) < 1e-4 and rel_diff(step, want) < 1e-4
+
+
+@pytest.mark.parametrize("arch,layers,extra,want", [
+    ("llama", 30, {}, "?B"), ("llama", 16, {}, "1B"), ("llama", 32, {"n_expert": 8, "n_expert_used": 2}, "8x7B"),
+    ("llama", 16, {"n_expert": 8, "n_expert_used": 2}, "?B"), ("qwen2", 24, {"n_embd": 896}, "1B"),
+    ("qwen2", 24, {"n_embd": 1024}, "0.5B"), ("qwen2", 28, {"n_embd": 1536}, "1.5B"), ("qwen2moe", 24, {}, "A2.7B"),
+    ("gemma2", 26, {}, "2B"), ("gemma2", 2, {}, "?B"), ("phi3", 32, {}, "3B"),
+    ("qwen3", 28, {}, "596M"), ("gemma3", 18, {}, "596M"),
+    ("qwen3moe", 48, {"n_expert": 128, "n_expert_used": 8}, "596M.A3M"),
+])
+def test_size_labels(arch, layers, extra, want):
+    """The reference's names (from its load_hparams) for the architectures it has; the parameter count for
+    the later ones."""
+    from llamapy.model_args import ModelArgs
+
+    kw = dict(n_vocab=1000, n_embd=64, n_layer=layers, n_head=4, n_ff=128, arch=arch)
+    a = ModelArgs(**{**kw, **extra})
+    assert a.size_label(596_049_920, 3_000_000) == want
+
+
+def test_size_label_in_the_load_line(hf, tmp_path):
+    """qwen3 (after the reference's build): the file's parameters counted; a mixture of experts: total.Aactive."""
+    path, _ = _build(hf, tmp_path, "qwen3moe")
+    with Engine(path, n_ctx=16) as llm:
+        n = llm.n_params
+        arch, label, _ = llm.desc.split(" ", 2)
+    assert arch == "qwen3moe" and label.startswith(f"{n / 1e3:.0f}K.A") and label != "?B"
+
+
+def test_info_names_the_size_and_the_supported_architectures(hf, tmp_path, capsys):
+    from cliutil import cli
+
+    path, _ = _build(hf, tmp_path, "qwen3")
+    code, out, _ = cli(capsys, "info", path)
+    assert code == 0 and "architecture qwen3 (" in out and "K): runs" in out
+    bad = _rewrite(path, tmp_path / "bad.gguf", kv={"general.architecture": "mamba"})
+    code, out, _ = cli(capsys, "info", bad)
+    flat = " ".join(out.split())
+    assert code == 0 and "architecture mamba: llamapy can't run it (llamapy runs llama, qwen2, qwen3" in flat
+    code, _, err = cli(capsys, "run", "-m", bad, "-p", "x", "-n", "1")
+    assert code == 1 and "'mamba' is not supported (llamapy runs llama, qwen2" in err and "Traceback" not in err

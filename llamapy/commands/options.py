@@ -465,11 +465,13 @@ PERPLEXITY: list[Opt] = [
         ("winogrande_tasks", "--winogrande-tasks", "Winogrande tasks.", Optional[int]),
         ("multiple_choice", "--multiple-choice", "Multiple-choice score.", bool),
         ("multiple_choice_tasks", "--multiple-choice-tasks", "Multiple-choice tasks.", Optional[int]),
-        ("kl_divergence", "--kl-divergence", "KL divergence to saved logits.", bool),
         ("ppl_stride", "--ppl-stride", "Stride of the perplexity windows.", Optional[int]),
         ("ppl_output_type", "--ppl-output-type", "Output type <0|1>.", Optional[int]),
     )),
-    _n("kl_divergence_base", ("--save-all-logits", "--kl-divergence-base"), "File of saved logits.", NOT_YET,
+    _c("kl_divergence", ("--kl-divergence",), "Score the model against the log-probabilities saved in "
+       "--kl-divergence-base FILE (KL divergence, same top token, Δp).", bool, False, panel=_P),
+    _c("kl_divergence_base", ("--save-all-logits", "--kl-divergence-base"), "File of saved log-probabilities: "
+       "written by a perplexity run, read by --kl-divergence (the reference's format).", Optional[str], None,
        panel=_P),
 ]
 

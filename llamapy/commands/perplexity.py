@@ -1,4 +1,5 @@
-"""`llamapy perplexity`: llama-perplexity's PPL of a text file (-f), chunks of -c tokens."""
+"""`llamapy perplexity`: llama-perplexity's PPL of a text file (-f), chunks of -c tokens; its saved logits
+(--kl-divergence-base FILE) and KL divergence against them (--kl-divergence)."""
 from __future__ import annotations
 
 from typing import Optional
@@ -40,10 +41,11 @@ def register(app: typer.Typer) -> None:
         from .options import announce
         from .run import log_stream
 
-        if not opts["file"]:
+        if not opts["file"] and not opts["kl_divergence"]:
             raise LlamapyError("perplexity needs a text file: -f FILE")
         announce(opts, *TABLES)
         apply_process_options(opts)
         run_perplexity(model=opts["model"], file=opts["file"], ctx_size=opts["ctx_size"],
                        batch_size=opts["batch_size"], chunks=opts["chunks"], threads=opts["threads"],
-                       err=log_stream(opts), load=load_options(opts))
+                       err=log_stream(opts), load=load_options(opts), logits_file=opts["kl_divergence_base"],
+                       kl_divergence=opts["kl_divergence"])

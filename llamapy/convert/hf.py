@@ -57,6 +57,9 @@ def read_config(d: Path) -> dict:
         raise LlamapyError(
             f"{path}: architecture {arch!r} is not supported; supported: {', '.join(SUPPORTED_ARCHITECTURES)}"
         )
+    rp = cfg.get("rope_parameters")  # transformers 5 writes rope_theta there, not at the top
+    if "rope_theta" not in cfg and isinstance(rp, dict) and isinstance(rp.get("rope_theta"), (int, float)):
+        cfg["rope_theta"] = rp["rope_theta"]
     return cfg
 
 

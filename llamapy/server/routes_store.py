@@ -20,6 +20,7 @@ from fastapi import APIRouter, Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from ..errors import LlamapyError
+from ..model_args import params_label
 from ..util.safe_text import printable
 from .common import ServerState, ndjson, read_json
 from .errors import APIError, bad_request
@@ -29,10 +30,6 @@ FOREVER_AT = "2318-11-28T00:00:00Z"  # what Ollama reports for a model kept fore
 
 def _iso(ts: float) -> str:
     return datetime.fromtimestamp(ts, timezone.utc).isoformat().replace("+00:00", "Z")
-
-
-def _size_label(n: int) -> str:
-    return f"{n / 1e9:.1f}B" if n >= 1e9 else f"{n / 1e6:.0f}M"
 
 
 def gguf_details(path: str) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -48,7 +45,7 @@ def gguf_details(path: str) -> tuple[dict[str, Any], dict[str, Any]]:
     except (KeyError, TypeError, ValueError):
         quant = "unknown"
     details = {"parent_model": "", "format": "gguf", "family": arch, "families": [arch] if arch else None,
-               "parameter_size": _size_label(int(d["n_params"])), "quantization_level": quant}
+               "parameter_size": params_label(int(d["n_params"])), "quantization_level": quant}
     info = {k: v for k, v in md.items() if not isinstance(v, (list, tuple, bytes))}
     info["general.parameter_count"] = int(d["n_params"])
     return details, info
