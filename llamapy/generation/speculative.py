@@ -149,11 +149,12 @@ class DraftedRows:
             self.draft.pop(0)
             self.ready = self.rows.pop(0)
         else:
-            self.drop(seq, cut_first=True)
+            self.drop(seq)
 
-    def drop(self, seq, cut_first: bool = False) -> None:
-        """Cut the rows still waiting from the cache (before anything else is evaluated)."""
-        k = len(self.draft)
+    def drop(self, seq) -> None:
+        """Cut the rows still waiting from the cache (before anything else is evaluated, or at the end), the
+        last sampled token's too when a draft row had it ready (it is then not evaluated, as without a draft)."""
+        k = len(self.draft) + (self.ready is not None)
         if k:
             llm, s = self.llm, self.seq_id
             llm.kv_truncate(s, llm.n_past(s) - k)
