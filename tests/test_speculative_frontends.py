@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from llamapy.chat.interactive import InteractiveOptions, run_interactive
@@ -96,3 +97,86 @@ def test_cli_chat_lookup_same_answers(default_model, verb):
     assert a.stdout == b.stdout
     assert "tokens drafted" in b.stderr and "tokens drafted" not in a.stderr
     assert "speculative: prompt lookup" in b.stderr
+
+
+# -- the Python API --------------------------------------------------------------------------------------------------
+
+
+def test_prompt_lookup_decoding_drafts():
+    from llamapy.llama_speculative import LlamaPromptLookupDecoding
+
+    d = LlamaPromptLookupDecoding(max_ngram_size=2, num_pred_tokens=3)
+    ids = np.array([5, 6, 7, 8, 9, 5, 6, 1, 2, 5, 6], dtype=np.intc)
+    # the last 2-gram (5, 6) first occurs at 0: the 3 ids after it
+    assert d(ids).tolist() == [7, 8, 9]
+    # no 2-gram match: the 1-gram (4) that ends the ids is found at 1
+    assert d(np.array([3, 4, 2, 4], dtype=np.intc)).tolist() == [2, 4]
+    assert d(np.array([1, 2, 3], dtype=np.intc)).tolist() == []
+    with pytest.raises(ValueError, match="num_pred_tokens"):
+        LlamaPromptLookupDecoding(num_pred_tokens=0)
+
+
+@pytest.fixture(scope="module")
+def api_plain(default_model):
+    from llamapy import Llama
+
+    with Llama(default_model, n_ctx=512, n_threads=2, verbose=False) as llm:
+        msgs = [{"role": "user", "content": f"Repeat this sentence exactly: {SENTENCE}"}]
+        chat = llm.create_chat_completion(msgs, max_tokens=60, temperature=0)
+        text = llm(f"Copy: {SENTENCE}\nCopy:", max_tokens=60, temperature=0)["choices"][0]["text"]
+        gen = [t for _, t in zip(range(40), llm.generate(llm.tokenize(SENTENCE.encode()), temp=0.0))]
+    return msgs, chat, text, gen
+
+
+@pytest.mark.parametrize("where", ["llama_speculative", "api"])
+def test_api_prompt_lookup_same_output(default_model, api_plain, where):
+    if where == "api":
+        from llamapy.api import Llama, LlamaPromptLookupDecoding
+    else:
+        from llamapy import Llama
+        from llamapy.llama_speculative import LlamaPromptLookupDecoding
+
+    msgs, chat, text, gen = api_plain
+    calls = []
+
+    class Counting(LlamaPromptLookupDecoding):
+        def __call__(self, input_ids, /, **kwargs):
+            out = super().__call__(input_ids, **kwargs)
+            calls.append(len(out))
+            return out
+
+    with Llama(default_model, n_ctx=512, n_threads=2, verbose=False,
+               draft_model=Counting(num_pred_tokens=10)) as llm:
+        got = llm.create_chat_completion(msgs, max_tokens=60, temperature=0)
+        assert got["choices"][0]["message"] == chat["choices"][0]["message"]
+        assert got["usage"] == chat["usage"]
+        assert llm(f"Copy: {SENTENCE}\nCopy:", max_tokens=60, temperature=0)["choices"][0]["text"] == text
+        n_tokens = llm.n_tokens
+        assert n_tokens == len(llm.tokenize(f"Copy: {SENTENCE}\nCopy:".encode())) + 59  # no draft row left over
+        assert [t for _, t in zip(range(40), llm.generate(llm.tokenize(SENTENCE.encode()), temp=0.0))] == gen
+    assert sum(calls) > 0   # drafts were made (and the outputs equal whether they were kept or not)
+
+
+def test_api_draft_with_logits_all_and_stopping(default_model):
+    """Verified rows go into `scores` as evaluated ones do; a stopping criterion sees the evaluated ids only."""
+    from llamapy import Llama, StoppingCriteriaList
+    from llamapy.llama_speculative import LlamaPromptLookupDecoding
+
+    prompt = f"Copy: {SENTENCE}\nCopy:"
+    seen = {}
+
+    def stopping_of(key):
+        def stop(ids, logits):
+            seen.setdefault(key, []).append(ids.tolist())
+            return False
+        return stop
+
+    outs = []
+    for key, draft in (("plain", None), ("draft", LlamaPromptLookupDecoding(num_pred_tokens=8))):
+        with Llama(default_model, n_ctx=256, n_threads=2, verbose=False, logits_all=True, draft_model=draft) as llm:
+            r = llm(prompt, max_tokens=30, temperature=0, stopping_criteria=StoppingCriteriaList([stopping_of(key)]))
+            n = llm.n_tokens
+            outs.append((r["choices"][0]["text"], n, llm.scores[:n].copy()))
+    assert outs[0][0] == outs[1][0] and outs[0][1] == outs[1][1]
+    np.testing.assert_array_equal(outs[0][2], outs[1][2])
+    assert seen["plain"] == seen["draft"]

@@ -177,10 +177,13 @@ class DraftedRows:
         if n_left is not None:
             n = min(n, n_left)
         draft = [int(t) for t in self.drafter.draft(llm.tokens(s) + [token], n)] if n > 0 else []
-        if len(draft) < max(p.n_min, 1):
-            return seq.eval(llm, s, [token])
-        seq.timings.draft_n += len(draft)
         start = llm.n_past(s)
+        if len(draft) < max(p.n_min, 1):
+            logits = seq.eval(llm, s, [token])
+            if self.on_rows is not None:
+                self.on_rows(start, logits[None])
+            return logits
+        seq.timings.draft_n += len(draft)
         t0 = time.perf_counter()
         rows = llm.eval_verify([token, *draft], s)
         seq.evaluated(len(draft) + 1, 1e3 * (time.perf_counter() - t0))
