@@ -180,3 +180,51 @@ def test_api_draft_with_logits_all_and_stopping(default_model):
     assert outs[0][0] == outs[1][0] and outs[0][1] == outs[1][1]
     np.testing.assert_array_equal(outs[0][2], outs[1][2])
     assert seen["plain"] == seen["draft"]
+
+
+# -- the server ------------------------------------------------------------------------------------------------------
+
+
+def test_serve_draft_model_same_text_and_timings(default_model, draft_q4_0, tmp_path):
+    """`llamapy serve -md DRAFT` (a real process): the same greedy text as a server without a draft, on the
+    llama.cpp and OpenAI routes, timings with draft_n / draft_n_accepted; two slots at once both served."""
+    import concurrent.futures as cf
+
+    import httpx
+    from serverutil import free_port, stop, wait_for_health
+
+    def serve(*extra):
+        port = free_port()
+        log = open(tmp_path / f"serve-{port}.log", "w+")
+        proc = subprocess.Popen([sys.executable, "-m", "llamapy", "serve", "-m", default_model, "--port", str(port),
+                                 "-c", "1024", "-np", "2", "-t", "2", *extra], stdout=log, stderr=subprocess.STDOUT)
+        url = f"http://127.0.0.1:{port}"
+        wait_for_health(proc, url, 120, "llamapy serve", log)
+        return proc, url, log
+
+    prompt = f"Copy this sentence: {SENTENCE}\nCopy:"
+    chat = {"messages": [{"role": "user", "content": f"Repeat this sentence exactly: {SENTENCE}"}],
+            "max_tokens": 40, "temperature": 0}
+    results = []
+    for extra in ((), ("-md", draft_q4_0, "--draft-max", "8", "--draft-p-min", "0.5")):
+        proc, url, log = serve(*extra)
+        try:
+            with httpx.Client(timeout=300) as c:
+                r = c.post(url + "/completion", json={"prompt": prompt, "n_predict": 48, "temperature": 0}).json()
+                o = c.post(url + "/v1/chat/completions", json=chat).json()
+            with cf.ThreadPoolExecutor(2) as ex, httpx.Client(timeout=300) as c:
+                both = list(ex.map(lambda p, u=url: c.post(u + "/completion", json={
+                    "prompt": p, "n_predict": 32, "temperature": 0}).json(), [prompt, "Once upon a time"]))
+        finally:
+            stop(proc)
+            log.close()
+        results.append((r, o, both))
+    (r0, o0, b0), (r1, o1, b1) = results
+    assert r1["content"] == r0["content"] and r1["tokens_predicted"] == r0["tokens_predicted"] == 48
+    assert o1["choices"][0]["message"]["content"] == o0["choices"][0]["message"]["content"]
+    # two slots at once: both served to their budget (slots batched together are not bitwise the one-slot
+    # steps even without a draft, so their text is not compared)
+    assert [x["tokens_predicted"] for x in b1] == [x["tokens_predicted"] for x in b0] == [32, 32]
+    t = r1["timings"]
+    assert t["draft_n"] > 0 and 0 < t["draft_n_accepted"] <= t["draft_n"]
+    assert "draft_n" not in r0["timings"]
