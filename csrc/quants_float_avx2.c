@@ -83,6 +83,46 @@ static void f16_vec_dot(int n, float *s, const void *vx, const void *vy) {
     *s = sum;
 }
 
+/* one F16 row x against two rows y0, y1: each summed exactly as f16_vec_dot sums it (the same accumulators,
+   FMAs in the same order, the same horizontal sum and tail); x is converted once for both */
+static inline void f16_vec_dot2(int n, float *s0, float *s1, const uint16_t *x, const uint16_t *y0,
+                                const uint16_t *y1) {
+    __m256 a0[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+    __m256 a1[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+    int i = 0;
+    for (; i + 32 <= n; i += 32)
+        for (int k = 0; k < 4; k++) {
+            const __m256 w = load_f16(x + i + 8 * k);
+            a0[k] = _mm256_fmadd_ps(w, load_f16(y0 + i + 8 * k), a0[k]);
+            a1[k] = _mm256_fmadd_ps(w, load_f16(y1 + i + 8 * k), a1[k]);
+        }
+    for (; i + 8 <= n; i += 8) {
+        const __m256 w = load_f16(x + i);
+        a0[0] = _mm256_fmadd_ps(w, load_f16(y0 + i), a0[0]);
+        a1[0] = _mm256_fmadd_ps(w, load_f16(y1 + i), a1[0]);
+    }
+    float sum0 = hsum_ps(_mm256_add_ps(_mm256_add_ps(a0[0], a0[1]), _mm256_add_ps(a0[2], a0[3])));
+    float sum1 = hsum_ps(_mm256_add_ps(_mm256_add_ps(a1[0], a1[1]), _mm256_add_ps(a1[2], a1[3])));
+    for (; i < n; i++) {
+        sum0 += _cvtsh_ss(x[i]) * _cvtsh_ss(y0[i]);
+        sum1 += _cvtsh_ss(x[i]) * _cvtsh_ss(y1[i]);
+    }
+    *s0 = sum0;
+    *s1 = sum1;
+}
+
+/* one F16 weight row against nrc activation rows (a batch's tokens): two at a time, so the weights are read
+   and converted once per pair instead of once per token; bitwise f16_vec_dot per row */
+static void f16_vec_dot_rows(int n, int nrc, float *s, size_t bs, const void *vx, const void *vy, size_t by) {
+    const uint16_t *x = vx;
+    const char *y = vy;
+    int c = 0;
+    for (; c + 2 <= nrc; c += 2)
+        f16_vec_dot2(n, &s[c * bs], &s[(c + 1) * bs], x, (const uint16_t *)(y + c * by),
+                     (const uint16_t *)(y + (c + 1) * by));
+    if (c < nrc) f16_vec_dot(n, &s[c * bs], vx, y + c * by);
+}
+
 static void bf16_vec_dot(int n, float *s, const void *vx, const void *vy) {
     const uint16_t *x = vx, *y = vy;
     __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
@@ -98,7 +138,7 @@ static void bf16_vec_dot(int n, float *s, const void *vx, const void *vy) {
 
 void lp_register_float_avx2(lp_type_traits *t) {
     lp_override(&t[LP_TYPE_F32], NULL, NULL, f32_vec_dot, NULL);
-    lp_override(&t[LP_TYPE_F16], f16_to_float, f16_from_float, f16_vec_dot, NULL);
+    lp_override(&t[LP_TYPE_F16], f16_to_float, f16_from_float, f16_vec_dot, f16_vec_dot_rows);
     lp_override(&t[LP_TYPE_BF16], bf16_to_float, bf16_from_float, bf16_vec_dot, NULL);
 }
 #endif

@@ -502,7 +502,7 @@ def test_bad_input_gets_a_clear_error(llm, default_model):
         Llama(default_model, type_k=99, verbose=False)
     with pytest.raises(RuntimeError, match="Failed to initialize LoRA adapter from lora path: adapter.gguf: .*no such"):
         Llama(default_model, lora_path="adapter.gguf", verbose=False)
-    with pytest.raises(ValueError, match="draft_model.*not supported yet"):
+    with pytest.raises(TypeError, match="draft_model must be a LlamaDraftModel"):
         Llama(default_model, draft_model=object(), verbose=False)
     with pytest.raises(ValueError, match="n_ctx"):
         Llama(default_model, n_ctx=-5, verbose=False)

@@ -194,7 +194,7 @@ EXPECTED = SamplerParams(temp=0.5, seed=3, top_k=7, mirostat_eta=0.2, mirostat_t
 
 
 def test_run_chat_and_serve_take_the_same_sampling_options(monkeypatch):
-    import llamapy.chat.interactive as interactive
+    import llamapy.chat.interactive_start as interactive
     import llamapy.run
     import llamapy.server
     from llamapy.cli import app

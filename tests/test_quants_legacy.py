@@ -248,3 +248,19 @@ def test_bf16_rounding_and_nan(kernels):
                  dtype=np.uint32)
     got = c_quantize(T.BF16, u.view(np.float32).reshape(1, -1)).view("<u2")[0]
     assert list(got) == [0x3F80, 0x3F82, 0x3F81, 0x7FC0, 0xFFC0, 0x7F80, 0x0000, 0x8000]
+
+
+@pytest.mark.parametrize("n", [576, 1536, 600, 37])
+def test_f16_vec_dot_rows_is_vec_dot_per_row(n, kernels):
+    """One F16 weight row against several activation rows (a batch's tokens, strided): bitwise the one-row dot
+    of each (a speculative verify batch relies on it), tails of 8 and of single values included."""
+    rng = np.random.default_rng(n)
+    x = rng.standard_normal(n).astype(np.float16)
+    ys = np.zeros((9, n + 12), np.float16)   # rows not packed: the stride is honoured
+    ys[:, :n] = rng.standard_normal((9, n)).astype(np.float16)
+    want = np.array([c_vec_dot(T.F16, n, x, ys[j, :n].copy()) for j in range(9)], dtype=np.float32)
+    for nrc in (1, 2, 3, 9):
+        got = np.full(nrc, np.nan, dtype=np.float32)
+        assert lib.lp_vec_dot_rows(T.F16, n, nrc, ffi.from_buffer(x), ffi.from_buffer(ys), ys.strides[0],
+                                   ffi.from_buffer("float[]", got)) == 0
+        np.testing.assert_array_equal(got, want[:nrc], err_msg=f"{kernels} nrc={nrc}")

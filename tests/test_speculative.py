@@ -58,6 +58,22 @@ def test_exact_rows_match_one_token_steps(target, plain):
     np.testing.assert_array_equal(rows, single)
 
 
+def test_exact_rows_f16_target(default_model, tmp_path_factory):
+    """The same on an F16 target (its batch rows use the F16 several-rows kernel): bitwise one-token steps."""
+    from llamapy import quantize as Q
+
+    path = tmp_path_factory.mktemp("f16") / "target-f16.gguf"
+    Q.quantize_file(default_model, path, Q.F.MOSTLY_F16, 2, allow_requantize=True)
+    with Engine(str(path), n_ctx=256, n_threads=2) as llm:
+        ids = llm.tokenizer.encode(PROMPT, add_special=True, parse_special=True)
+        toks = [int(t) for t in llm.tokenizer.encode(" Venus, Earth, Mars, Jupiter", add_special=False)]
+        llm.eval(ids)
+        single = np.array([llm.eval([t]) for t in toks])
+        llm.kv_clear()
+        llm.eval(ids)
+        np.testing.assert_array_equal(llm.eval_verify(toks), single)
+
+
 def test_lookup_greedy_identical(target, plain):
     ids, out = plain
     got, t = _generate(target, ids, 200, LookupDrafter(DraftParams()))

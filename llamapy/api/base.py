@@ -113,8 +113,12 @@ class LlamaBase:
         lora_scale = _float("lora_scale", lora_scale, -1e9, 1e9)
         if lora_base is not None and not isinstance(lora_base, (str, os.PathLike)):
             raise TypeError("lora_base must be a path or None")
-        if draft_model is not None:
-            raise _not_yet("draft_model", "speculative decoding with a draft model")
+        self.draft_model = draft_model
+        self._drafter: Any = None
+        if draft_model is not None:   # speculative decoding (api/speculative.py)
+            from .speculative import CallableDrafter
+
+            self._drafter = CallableDrafter(draft_model)
         if tokenizer is not None:
             raise _not_yet("tokenizer", "a tokenizer other than the GGUF's")
         defaults = {"rope_scaling_type": (rope_scaling_type, -1), "rope_freq_base": (rope_freq_base, 0.0),
@@ -426,6 +430,12 @@ class LlamaBase:
             logits = eng.eval(ids, 0)
         self._last_logits = logits
         return logits
+
+    def _keep_rows(self, start: int, rows: npt.NDArray[np.single]) -> None:
+        """logits_all: a speculative verify step's rows into `scores` from position start."""
+        if self._scores_buf is None:
+            self._scores_buf = np.zeros((self._n_ctx, self._n_vocab), dtype=np.single)
+        self._scores_buf[start:start + len(rows)] = rows
 
     def save_state(self) -> LlamaState:
         """The context as a LlamaState: its token ids, logits, seed, and in `llama_state` the KV cache (llamapy's

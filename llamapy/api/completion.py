@@ -144,8 +144,11 @@ class LlamaCompletion(LlamaBase):
         prefix the cache shares, then yield each Step and evaluate its token when the next one is asked for.
         A stopping criterion yields Step(-1, stop="criteria")."""
         from ..generation.sequence import Step
+        from ..generation.speculative import DraftedRows
 
         eng = self._engine()
+        spec = DraftedRows(eng, self._drafter, 0, self._keep_rows if self._logits_all else None) \
+            if self._drafter is not None else None
         with self._lock:
             self._epoch += 1
             epoch = self._epoch
@@ -169,7 +172,8 @@ class LlamaCompletion(LlamaBase):
                 if self._epoch != epoch:
                     raise RuntimeError("this stream was ended: another call used the Llama object before it finished")
                 if stopping is not None or processor is not None:
-                    ids = np.asarray(eng.tokens(0), dtype=np.intc)
+                    toks = eng.tokens(0)   # up to the last evaluated token (not a draft's rows beyond it)
+                    ids = np.asarray(toks[:len(toks) - spec.pending] if spec is not None else toks, dtype=np.intc)
                     if processor is not None:
                         logits = np.asarray(processor(ids, logits.copy()), dtype=np.single)
                     if stopping is not None and stopping(ids, logits):
@@ -179,13 +183,19 @@ class LlamaCompletion(LlamaBase):
                         step = seq.feed(logits)
                 else:
                     step = seq.feed(logits)
+                if spec is not None:   # a drafted token sampled keeps its verified row; else the rows go
+                    spec.settle(seq, step.token, bool(step.stop))
             yield step, logits
             if step.stop:
                 return
             with self._lock:
                 if self._epoch != epoch:
                     raise RuntimeError("this stream was ended: another call used the Llama object before it finished")
-                logits = self._eval(eng, [step.token], seq, prompt=False)
+                if spec is not None:
+                    logits = spec.eval_next(seq, step.token)
+                    self._last_logits = logits
+                else:
+                    logits = self._eval(eng, [step.token], seq, prompt=False)
 
     # -- completions -----------------------------------------------------------------------------------------
     def _prompt_tokens(self, prompt: str | list[int], suffix: str | None) -> list[int]:

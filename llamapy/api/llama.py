@@ -42,6 +42,8 @@ from .common import (
 from .completion import LlamaCompletion, _join_completion
 from .disk_cache import LlamaDiskCache as LlamaDiskCache
 from .grammar import LlamaGrammar
+from .speculative import LlamaDraftModel as LlamaDraftModel
+from .speculative import LlamaPromptLookupDecoding as LlamaPromptLookupDecoding
 
 
 class Llama(LlamaCompletion):
@@ -61,7 +63,10 @@ class Llama(LlamaCompletion):
     the quantized model's, nothing is merged). A bad adapter raises RuntimeError naming the tensor.
     type_k / type_v: the KV cache types, as ggml type ids or names (f32, f16, bf16, q8_0, q4_0, q4_1, iq4_nl,
     q5_0, q5_1); another value is a ValueError.
-    Not supported yet (ValueError): draft_model, tokenizer.
+    draft_model: speculative decoding, a LlamaDraftModel (`LlamaPromptLookupDecoding(num_pred_tokens=10)`
+    from llamapy.llama_speculative) or any callable from the token ids so far to drafted ids; the drafts are
+    verified in one batched step and kept only where the sampled token is the drafted one (greedy output is
+    unchanged). Not supported yet (ValueError): tokenizer.
 
     One call at a time: a second thread waits for the call in progress (see the module docstring about
     streams). `close()` or a `with` block frees the model now; a closed Llama raises RuntimeError.
@@ -336,6 +341,6 @@ def _chat_chunks(chunks: Iterator[T.CreateCompletionStreamResponse], fmt: str | 
             yield _chunk(c, {}, finish)
 
 
-__all__ = ["LlamaGrammar", "LLAMA_DEFAULT_SEED", "BaseLlamaCache", "Llama", "LlamaCache", "LlamaDiskCache",
-           "LlamaRAMCache", "LlamaState", "LogitsProcessor", "LogitsProcessorList", "StoppingCriteria",
-           "StoppingCriteriaList"]
+__all__ = ["LLAMA_DEFAULT_SEED", "BaseLlamaCache", "Llama", "LlamaCache", "LlamaDiskCache", "LlamaDraftModel",
+           "LlamaGrammar", "LlamaPromptLookupDecoding", "LlamaRAMCache", "LlamaState", "LogitsProcessor",
+           "LogitsProcessorList", "StoppingCriteria", "StoppingCriteriaList"]

@@ -27,8 +27,8 @@ from dataclasses import dataclass, field
 from typing import Any, TextIO
 
 from ..errors import LlamapyError
-from ..generation.params import SamplerParams
 from ..generation.sequence import ReversePrompts, Sequence, Timings
+from ..generation.speculative import DraftedRows
 from ..util.escapes import process_escapes_text as process_escapes
 from ..util.safe_text import printable
 from .console import Console, Quit
@@ -70,8 +70,11 @@ class InteractiveOptions:
 class _Session:
     """The state of one interactive run; `run()` is main.cpp's loop."""
 
-    def __init__(self, llm, sampler, opts: InteractiveOptions, console: Console, timings):
+    def __init__(self, llm, sampler, opts: InteractiveOptions, console: Console, timings, drafter=None):
         self.llm, self.sampler, self.opts, self.con, self.t = llm, sampler, opts, console, timings
+        self.drafter = drafter
+        self.spec: DraftedRows | None = None
+        self.seq: Sequence | None = None
         self.tok = llm.tokenizer
         esc = process_escapes if opts.escape else (lambda s: s)
         self.prompt = esc(opts.prompt)
@@ -201,6 +204,9 @@ class _Session:
                        ctx_shift=o.ctx_shift, timings=self.t,
                        constraint=o.grammar.matcher() if o.grammar is not None else None)
         seq.n_past = llm.n_past(0)
+        # speculative decoding: a sampled token is evaluated with a draft of the next ones (see DraftedRows)
+        self.seq = seq
+        self.spec = spec = DraftedRows(llm, self.drafter) if self.drafter is not None else None
         rp = ReversePrompts(self.antiprompts, lambda r: self.encode(r, add_special=False, parse_special=True),
                             lambda t: self.piece(t, True))
 
@@ -215,6 +221,7 @@ class _Session:
         embd: list[int] = []
         logits = None
         assistant: list[bytes] = []
+        sampled = False
 
         con.set_display("prompt")
         while (n_remain != 0 and not is_antiprompt) or self.interactive:
@@ -225,6 +232,8 @@ class _Session:
                     con.set_display("error")
                     con.write(f"<<input too long: skipped {skipped} token{'s' if skipped != 1 else ''}>>")
                     con.set_display("reset")
+                if spec is not None and not sampled:
+                    spec.drop(seq)  # input tokens: a draft's rows still waiting in the cache go first
                 shift = seq.shift_for(len(embd))
                 if shift is not None:
                     if shift[1] == 0:
@@ -233,7 +242,10 @@ class _Session:
                                  "\ncontext full and nothing left to discard: stopping (lower --keep)")
                         break
                     llm.context_shift(0, *shift)
-                logits = seq.eval(llm, 0, embd, prompt=len(embd) > 1)
+                if spec is not None and sampled:
+                    logits = spec.eval_next(seq, embd[0], n_remain if o.n_predict >= 0 else None)
+                else:
+                    logits = seq.eval(llm, 0, embd, prompt=len(embd) > 1)
             embd = []
 
             sampled = len(embd_inp) <= n_consumed and not self.is_interacting
@@ -243,6 +255,8 @@ class _Session:
                     break
                 self.is_interacting, sampled = True, False
             elif sampled:
+                if spec is not None:
+                    spec.settle(seq, tid)
                 rp.add(tid)
                 embd.append(tid)
                 input_echo = True
@@ -385,15 +399,18 @@ def run_interactive(
     stdin: TextIO | None = None,
     stdout: TextIO | None = None,
     stderr: TextIO | None = None,
+    drafter=None,
 ) -> int:
     """Run llama-cli's interactive loop until the user leaves (Ctrl-D, Ctrl-C at the prompt, end of input)
     or, without -i, until a reverse prompt, an end-of-generation token or n_predict tokens.
 
-    `sampler` has `sample(logits, history) -> token id` (llamapy.generation.sampling.Sampler). Returns the exit status.
+    `sampler` has `sample(logits, history) -> token id` (llamapy.generation.sampling.Sampler). `drafter` (a draft
+    model or prompt lookup, generation/speculative.py): each sampled token is verified with a draft of the next
+    ones in one step. Returns the exit status.
     """
     con = Console(stdout or sys.stdout, stdin or sys.stdin, stderr or sys.stderr, opts.color)
     timings = Timings(load_ms=t_load_ms)
-    session = _Session(llm, sampler, opts, con, timings)
+    session = _Session(llm, sampler, opts, con, timings, drafter)
     in_main = threading.current_thread() is threading.main_thread()
     old = signal.signal(signal.SIGINT, session.on_sigint) if in_main else None
     try:
@@ -401,6 +418,8 @@ def run_interactive(
     except Quit:
         pass
     finally:
+        if session.spec is not None:
+            session.spec.drop(session.seq)  # the cache as it would be without a draft
         if in_main:
             signal.signal(signal.SIGINT, old)
         con.set_display("reset")
@@ -422,102 +441,3 @@ def chat_template_for_session(tpl: ChatTemplate) -> ChatTemplate:
         "format for this chat"
     )
     return builtin
-
-
-def start(
-    *,
-    model: str | None,
-    prompt: str | None,
-    file: str | None,
-    sampling: SamplerParams,
-    system_prompt: str | None = None,
-    interactive: bool = False,
-    interactive_first: bool = False,
-    instruct: bool = False,
-    conversation: bool = False,
-    reverse_prompts: list[str] | tuple[str, ...] = (),
-    in_prefix: str = "",
-    in_suffix: str = "",
-    in_prefix_bos: bool = False,
-    chat_template: str | None = None,
-    chat_template_file: str | None = None,
-    color: bool = False,
-    escape: bool = True,
-    multiline_input: bool = False,
-    n_predict: int = -1,
-    ctx_size: int = 4096,
-    batch_size: int = 2048,
-    threads: int | None = None,
-    keep: int = 0,
-    ctx_shift: bool = True,
-    display_prompt: bool = True,
-    special: bool = False,
-    verbose_prompt: bool = False,
-    load=None,
-    log: TextIO | None = None,
-    grammar: str | None = None,
-    grammar_file: str | None = None,
-    json_schema: str | None = None,
-    model_draft: str | None = None,
-    lookup: bool = False,
-    draft=None,
-    ctx_size_draft: int | None = None,
-    threads_draft: int | None = None,
-) -> int:
-    """Load a model and run the interactive loop: what `llamapy chat` and `llamapy run -i/-r/-ins/-cnv` call.
-
-    In conversation mode the chat template is the one named (or read from a file), else the model's, else
-    chatml with a note. Returns the exit status."""
-    from ..engine.engine import Engine
-    from ..engine.load import ubatch
-    from ..generation.generate import eog_ids_of
-    from ..generation.sampling import Sampler
-    from ..grammar.options import check_options, grammar_from_options
-    from ..run import read_prompt
-
-    if chat_template and chat_template_file:
-        raise LlamapyError("give --chat-template or --chat-template-file, not both")
-    if n_predict < -2:
-        raise LlamapyError(f"-n {n_predict}: use -1 (no limit), -2 (until the context is full) or a count")
-    if batch_size < 1:
-        raise LlamapyError(f"-b {batch_size}: the batch size must be at least 1")
-    check_options(grammar, grammar_file, json_schema)
-    opts = InteractiveOptions(
-        prompt=read_prompt(prompt, file),
-        interactive=interactive,
-        interactive_first=interactive_first,
-        reverse_prompts=list(reverse_prompts),
-        in_prefix=in_prefix,
-        in_suffix=in_suffix,
-        in_prefix_bos=in_prefix_bos,
-        instruct=instruct,
-        conversation=conversation,
-        system_prompt=system_prompt,
-        color=color,
-        escape=escape,
-        multiline_input=multiline_input,
-        n_predict=n_predict,
-        n_keep=keep,
-        n_batch=batch_size,
-        ctx_shift=ctx_shift,
-        display_prompt=display_prompt,
-        special=special,
-        verbose_prompt=verbose_prompt,
-    )
-    err = log or sys.stderr  # the load lines; --log-disable / --log-file choose where they go
-    if model_draft is not None or lookup:
-        err.write("note: -md/--lookup: speculative decoding is done by run (without -i) and serve; the interactive "
-                  "session generates one token a step\n")
-    with Engine(model, n_ctx=ctx_size, n_threads=threads, n_batch=ubatch(batch_size, load), load=load) as llm:
-        err.write(f"llama_model_load: {llm.model_path}: {llm.desc}\n")
-        err.write(llm.kv_line() + "\n")
-        err.write(f"llama_context: n_ctx = {llm.n_ctx}, n_threads = {llm.n_threads}\n")
-        if opts.conversation:
-            opts.chat_template = chat_template_for_session(
-                ChatTemplate.for_model(llm.metadata, name=chat_template, file=chat_template_file)
-            )
-        opts.grammar = grammar_from_options(llm.tokenizer, llm.n_vocab, grammar=grammar, grammar_file=grammar_file,
-                                            json_schema=json_schema)
-        sampler = Sampler(sampling, llm.n_vocab, eog_ids=eog_ids_of(llm), tokenizer=llm.tokenizer)
-        err.write(f"sampler seed: {sampler.seed}\n")
-        return run_interactive(llm, sampler, opts, t_load_ms=1e3 * getattr(llm, "load_time", 0.0))

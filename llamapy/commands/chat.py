@@ -26,7 +26,7 @@ def register(app: typer.Typer) -> None:
         """Chat with a model in the terminal, through its chat template (llama-cli -cnv).
 
         Ctrl-C interrupts the answer; Ctrl-C at the prompt or Ctrl-D ends the session."""
-        from ..chat.interactive import start
+        from ..chat.interactive_start import start
         from .run import interactive_options, log_stream, prompt_of, session_options
 
         conversation = cnv and not no_cnv

@@ -110,7 +110,7 @@ def register(app: typer.Typer) -> None:
         conversation = conversation and not no_conversation
         prompt = prompt_of(prompt, opts)
         if interactive or interactive_first or instruct or conversation or opts["reverse_prompt"]:
-            from ..chat.interactive import start
+            from ..chat.interactive_start import start
 
             if opts["prompt_cache"]:
                 print("note: --prompt-cache: not supported in interactive mode yet; ignored", file=sys.stderr)

@@ -3,7 +3,6 @@
 The rules (prefix reuse, context shift, stop conditions) are the generation core's (sequence.py)."""
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
@@ -96,43 +95,19 @@ def steps(llm, seq: GenSequence, prompt: Sequence[int], seq_id: int = 0, reuse_p
 
 def _speculative(llm, seq: GenSequence, seq_id: int, logits, drafter,
                  on_context_shift: Callable[[int, int], None] | None) -> Iterator[Step]:
-    t = seq.timings
-    rows = [logits]
-    draft: list[int] = []
+    from .speculative import DraftedRows
+
+    spec = DraftedRows(llm, drafter, seq_id)
     while True:
-        for i, row in enumerate(rows):
-            step = seq.feed(row)
-            matched = i < len(draft) and step.token == draft[i]
-            t.draft_n_accepted += matched
-            if matched and not step.stop:
-                yield step
-                continue
-            # the sampled token differs from the draft, the draft is used up or the generation stops: the
-            # cache keeps the rows up to this one (as without a draft: a sampled token is not yet evaluated)
-            keep = llm.n_past(seq_id) - (len(rows) - 1 - i)
-            if keep < llm.n_past(seq_id):
-                llm.kv_truncate(seq_id, keep)
-                t.n_eval -= len(rows) - 1 - i   # the eval count is of tokens kept, as without a draft
-            seq.n_past = keep
-            yield step
-            if step.stop:
-                return
-            break
+        step = seq.feed(logits)
+        # a draft token the sampled one is keeps its row; otherwise (or when the generation stops) the cache
+        # keeps the rows up to this one, as without a draft (a sampled token is not yet evaluated)
+        spec.settle(seq, step.token, bool(step.stop))
+        yield step
+        if step.stop:
+            return
         if step.shift is not None:
             llm.context_shift(seq_id, *step.shift)
             if on_context_shift:
                 on_context_shift(*step.shift)
-        n = drafter.params.n_max
-        # room for the pending token, the draft and one more, so no row of a draft needs a context shift
-        n = min(n, llm.n_ctx - seq.n_past - 3, llm.n_batch - 1)
-        if seq.n_predict >= 0:
-            n = min(n, seq.n_predict - len(seq.generated))
-        draft = drafter.draft(llm.tokens(seq_id) + [step.token], n) if n > 0 else []
-        if len(draft) < max(drafter.params.n_min, 1):
-            draft = []
-            rows = [seq.eval(llm, seq_id, [step.token])]
-            continue
-        t.draft_n += len(draft)
-        t0 = time.perf_counter()
-        rows = list(llm.eval_verify([step.token, *draft], seq_id))
-        seq.evaluated(len(draft) + 1, 1e3 * (time.perf_counter() - t0))
+        logits = spec.eval_next(seq, step.token)

@@ -15,6 +15,7 @@ given the tokens before it; a rejection costs only the speed). The KV rows of re
 """
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -114,6 +115,82 @@ class ModelDrafter:
 
     def close(self) -> None:
         self.engine.close()
+
+
+class DraftedRows:
+    """Speculative evaluation for a loop that samples a token and then evaluates it (the generation core's
+    `steps`, the interactive session, the Python API): `eval_next` evaluates a sampled token together with a
+    draft of the tokens after it, in one verify step, and gives the logits after the token; the verified rows
+    of the draft wait in the cache. After the next sampling, `settle` keeps the next draft token's row when the
+    sampled token is that token (its logits are then ready: `eval_next` evaluates nothing) and cuts every row
+    still waiting otherwise, so the cache holds what it would without a draft. `pending` rows beyond the last
+    sampled token may stay in the cache until `settle` or `drop`."""
+
+    def __init__(self, llm, drafter, seq_id: int = 0, on_rows=None):
+        self.llm, self.drafter, self.seq_id = llm, drafter, seq_id
+        self.on_rows = on_rows        # on_rows(start position, rows) after each verify step (the API's scores)
+        self.draft: list[int] = []    # drafted tokens in the cache after the last evaluated one
+        self.rows: list = []          # their logits (row i: after draft[i])
+        self.ready = None             # the logits after the last sampled token, when a draft row had them
+
+    @property
+    def pending(self) -> int:
+        """Rows in the cache beyond the last sampled token."""
+        return len(self.draft)
+
+    def settle(self, seq, token: int, stop: bool = False) -> None:
+        """The token `seq` sampled: keep the next draft token's row when it is that token (and the generation
+        goes on), else cut the waiting rows. Counts accepted drafts into seq.timings."""
+        if not self.draft:
+            return
+        matched = token == self.draft[0]
+        seq.timings.draft_n_accepted += matched
+        if matched and not stop:
+            self.draft.pop(0)
+            self.ready = self.rows.pop(0)
+        else:
+            self.drop(seq)
+
+    def drop(self, seq) -> None:
+        """Cut the rows still waiting from the cache (before anything else is evaluated, or at the end), the
+        last sampled token's too when a draft row had it ready (it is then not evaluated, as without a draft)."""
+        k = len(self.draft) + (self.ready is not None)
+        if k:
+            llm, s = self.llm, self.seq_id
+            llm.kv_truncate(s, llm.n_past(s) - k)
+            seq.n_past -= k
+            seq.timings.n_eval -= k   # the eval count is of tokens kept, as without a draft
+        self.draft, self.rows, self.ready = [], [], None
+
+    def eval_next(self, seq, token: int, n_left: int | None = None):
+        """The logits after the sampled `token`: its verified row, or `token` evaluated now with a draft of at
+        most n_left tokens after it (default: what seq.n_predict leaves)."""
+        if self.ready is not None:
+            logits, self.ready = self.ready, None
+            return logits
+        self.drop(seq)
+        llm, s, p = self.llm, self.seq_id, self.drafter.params
+        # room for the token, the draft and one more, so no row of a draft needs a context shift
+        n = min(p.n_max, llm.n_ctx - seq.n_past - 3, llm.n_batch - 1)
+        if n_left is None and seq.n_predict >= 0:
+            n_left = seq.n_predict - len(seq.generated)
+        if n_left is not None:
+            n = min(n, n_left)
+        draft = [int(t) for t in self.drafter.draft(llm.tokens(s) + [token], n)] if n > 0 else []
+        start = llm.n_past(s)
+        if len(draft) < max(p.n_min, 1):
+            logits = seq.eval(llm, s, [token])
+            if self.on_rows is not None:
+                self.on_rows(start, logits[None])
+            return logits
+        seq.timings.draft_n += len(draft)
+        t0 = time.perf_counter()
+        rows = llm.eval_verify([token, *draft], s)
+        seq.evaluated(len(draft) + 1, 1e3 * (time.perf_counter() - t0))
+        if self.on_rows is not None:
+            self.on_rows(start, rows)
+        self.draft, self.rows = draft, list(rows[1:])
+        return rows[0]
 
 
 def check_vocab(target, draft) -> None:
