@@ -106,7 +106,6 @@ static inline __attribute__((always_inline)) void tile_2x4(int f, int nb, const 
     for (int i = 0; i < 2; i++)
         for (int j = 0; j < 4; j++) acc[i][j] = _mm256_setzero_ps();
     __m256 mins = _mm256_setzero_ps();   /* lane 4i + j: the minimum term of output (i, j) */
-    float prod[8] __attribute__((aligned(32)));
     for (int b = 0; b < nb; b++) {
         const char *a0 = w0 + (size_t)b * ws, *a1 = w1 + (size_t)b * ws;
         const size_t xo = (size_t)b * xs + xq;
@@ -115,7 +114,8 @@ static inline __attribute__((always_inline)) void tile_2x4(int f, int nb, const 
         /* [d0 m0 d0 m0 d1 m1 d1 m1]: even lanes give the rows' d, odd lanes their m, four times each */
         const __m256 wdm = _mm256_cvtph_ps(_mm_setr_epi32(v0, v0, v1, v1));
         const __m256 xd4 = _mm256_broadcast_ps((const __m128 *)(xd + (size_t)b * xstride));
-        _mm256_store_ps(prod, _mm256_mul_ps(_mm256_moveldup_ps(wdm), xd4));
+        const __m256 pv = _mm256_mul_ps(_mm256_moveldup_ps(wdm), xd4);
+        const __m256 p0 = _mm256_permute2f128_ps(pv, pv, 0x00), p1 = _mm256_permute2f128_ps(pv, pv, 0x11);
         if (has_min(f))
             mins = _mm256_fmadd_ps(_mm256_movehdup_ps(wdm),
                                    _mm256_broadcast_ps((const __m128 *)(xsum + (size_t)b * xstride)), mins);
@@ -125,15 +125,15 @@ static inline __attribute__((always_inline)) void tile_2x4(int f, int nb, const 
         const __m256i q3 = _mm256_loadu_si256((const __m256i *)(x3 + xo));
         const __m256i o0 = x_offset(f, q0), o1 = x_offset(f, q1), o2 = x_offset(f, q2), o3 = x_offset(f, q3);
         __m256i qw = w_bytes(f, a0);
-        acc[0][0] = _mm256_fmadd_ps(_mm256_broadcast_ss(&prod[0]), w_dot(f, qw, q0, o0), acc[0][0]);
-        acc[0][1] = _mm256_fmadd_ps(_mm256_broadcast_ss(&prod[1]), w_dot(f, qw, q1, o1), acc[0][1]);
-        acc[0][2] = _mm256_fmadd_ps(_mm256_broadcast_ss(&prod[2]), w_dot(f, qw, q2, o2), acc[0][2]);
-        acc[0][3] = _mm256_fmadd_ps(_mm256_broadcast_ss(&prod[3]), w_dot(f, qw, q3, o3), acc[0][3]);
+        acc[0][0] = _mm256_fmadd_ps(_mm256_shuffle_ps(p0, p0, 0), w_dot(f, qw, q0, o0), acc[0][0]);
+        acc[0][1] = _mm256_fmadd_ps(_mm256_shuffle_ps(p0, p0, 85), w_dot(f, qw, q1, o1), acc[0][1]);
+        acc[0][2] = _mm256_fmadd_ps(_mm256_shuffle_ps(p0, p0, 170), w_dot(f, qw, q2, o2), acc[0][2]);
+        acc[0][3] = _mm256_fmadd_ps(_mm256_shuffle_ps(p0, p0, 255), w_dot(f, qw, q3, o3), acc[0][3]);
         qw = w_bytes(f, a1);
-        acc[1][0] = _mm256_fmadd_ps(_mm256_broadcast_ss(&prod[4]), w_dot(f, qw, q0, o0), acc[1][0]);
-        acc[1][1] = _mm256_fmadd_ps(_mm256_broadcast_ss(&prod[5]), w_dot(f, qw, q1, o1), acc[1][1]);
-        acc[1][2] = _mm256_fmadd_ps(_mm256_broadcast_ss(&prod[6]), w_dot(f, qw, q2, o2), acc[1][2]);
-        acc[1][3] = _mm256_fmadd_ps(_mm256_broadcast_ss(&prod[7]), w_dot(f, qw, q3, o3), acc[1][3]);
+        acc[1][0] = _mm256_fmadd_ps(_mm256_shuffle_ps(p1, p1, 0), w_dot(f, qw, q0, o0), acc[1][0]);
+        acc[1][1] = _mm256_fmadd_ps(_mm256_shuffle_ps(p1, p1, 85), w_dot(f, qw, q1, o1), acc[1][1]);
+        acc[1][2] = _mm256_fmadd_ps(_mm256_shuffle_ps(p1, p1, 170), w_dot(f, qw, q2, o2), acc[1][2]);
+        acc[1][3] = _mm256_fmadd_ps(_mm256_shuffle_ps(p1, p1, 255), w_dot(f, qw, q3, o3), acc[1][3]);
     }
     float m[8];
     _mm256_storeu_ps(m, mins);
