@@ -149,7 +149,6 @@ static inline __attribute__((always_inline)) void tile_4x1(int f, int nb, const 
     const char *w1 = w0 + wrow, *w2 = w1 + wrow, *w3 = w2 + wrow;
     __m256 acc0 = _mm256_setzero_ps(), acc1 = acc0, acc2 = acc0, acc3 = acc0;
     __m128 mins = _mm_setzero_ps();   /* lane i: the minimum term of row i */
-    float prod[4] __attribute__((aligned(16)));
     /* the 4 rows are contiguous, and so are the tiles after them: the rows three tiles ahead are fetched
        as one steady stream, 4 blocks' bytes of it per block */
     const char *pf = w0 + 12 * wrow;
@@ -165,16 +164,17 @@ static inline __attribute__((always_inline)) void tile_4x1(int f, int nb, const 
         uint32_t ydsv;
         memcpy(&ydsv, y, 4);
         const __m128 yds = _mm_cvtph_ps(_mm_cvtsi32_si128((int)ydsv));                /* d s - - */
-        _mm_store_ps(prod, _mm_mul_ps(wd, _mm_shuffle_ps(yds, yds, 0x00)));
+        const __m128 p4 = _mm_mul_ps(wd, _mm_shuffle_ps(yds, yds, 0x00));
+        const __m256 pv = _mm256_set_m128(p4, p4);
         if (has_min(f)) {
             const __m128 wm = _mm256_castps256_ps128(_mm256_permutevar8x32_ps(wdm, _mm256_setr_epi32(1, 3, 5, 7, 0, 0, 0, 0)));
             mins = _mm_fmadd_ps(wm, _mm_shuffle_ps(yds, yds, 0x55), mins);
         }
         const __m256i q = _mm256_loadu_si256((const __m256i *)(y + xq)), o = x_offset(f, q);
-        acc0 = _mm256_fmadd_ps(_mm256_broadcast_ss(&prod[0]), w_dot(f, w_bytes(f, w0 + off), q, o), acc0);
-        acc1 = _mm256_fmadd_ps(_mm256_broadcast_ss(&prod[1]), w_dot(f, w_bytes(f, w1 + off), q, o), acc1);
-        acc2 = _mm256_fmadd_ps(_mm256_broadcast_ss(&prod[2]), w_dot(f, w_bytes(f, w2 + off), q, o), acc2);
-        acc3 = _mm256_fmadd_ps(_mm256_broadcast_ss(&prod[3]), w_dot(f, w_bytes(f, w3 + off), q, o), acc3);
+        acc0 = _mm256_fmadd_ps(_mm256_shuffle_ps(pv, pv, 0), w_dot(f, w_bytes(f, w0 + off), q, o), acc0);
+        acc1 = _mm256_fmadd_ps(_mm256_shuffle_ps(pv, pv, 85), w_dot(f, w_bytes(f, w1 + off), q, o), acc1);
+        acc2 = _mm256_fmadd_ps(_mm256_shuffle_ps(pv, pv, 170), w_dot(f, w_bytes(f, w2 + off), q, o), acc2);
+        acc3 = _mm256_fmadd_ps(_mm256_shuffle_ps(pv, pv, 255), w_dot(f, w_bytes(f, w3 + off), q, o), acc3);
     }
     float m[4];
     _mm_storeu_ps(m, mins);
