@@ -236,13 +236,6 @@ INLINE void q6_tile(const int R, const int C, int nb, const tile_at *t, const ah
             /* parts p and p + 2 of half h come from the same 32 bytes of ql; their high bits are bits 2p, 2p + 1
              * and 2p + 4, 2p + 5 of qh */
             for (int p = 0; p < 2; p++) {
-                __m256i va[COLS], vb[COLS], oa[COLS], ob[COLS];
-                for (int c = 0; c < C; c++) {
-                    va[c] = loadu(act(t, c, i)->qs + 128 * h + 32 * p);
-                    vb[c] = loadu(act(t, c, i)->qs + 128 * h + 32 * (p + 2));
-                    oa[c] = _mm256_maddubs_epi16(m32, va[c]);
-                    ob[c] = _mm256_maddubs_epi16(m32, vb[c]);
-                }
                 for (int r = 0; r < R; r++) {
                     const __m256i half = h ? _mm256_permute2x128_si256(sc16[r], sc16[r], 0x11)
                                            : _mm256_permute2x128_si256(sc16[r], sc16[r], 0x00);
@@ -254,9 +247,12 @@ INLINE void q6_tile(const int R, const int C, int nb, const tile_at *t, const ah
                     const __m256i qa = _mm256_or_si256(_mm256_and_si256(l, m4), _mm256_and_si256(ha, m30));
                     const __m256i qb = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l, 4), m4),
                                                        _mm256_and_si256(hc, m30));
-                    for (int c = 0; c < C; c++) {
-                        const __m256i pa = _mm256_sub_epi16(_mm256_maddubs_epi16(qa, va[c]), oa[c]);
-                        const __m256i pb = _mm256_sub_epi16(_mm256_maddubs_epi16(qb, vb[c]), ob[c]);
+                    for (int c = 0; c < C; c++) {   /* the activation's bytes and offset products formed per row:
+                                                       prompts take one row at a time, so nothing is shared */
+                        const __m256i va = loadu(act(t, c, i)->qs + 128 * h + 32 * p);
+                        const __m256i vb = loadu(act(t, c, i)->qs + 128 * h + 32 * (p + 2));
+                        const __m256i pa = _mm256_sub_epi16(_mm256_maddubs_epi16(qa, va), _mm256_maddubs_epi16(m32, va));
+                        const __m256i pb = _mm256_sub_epi16(_mm256_maddubs_epi16(qb, vb), _mm256_maddubs_epi16(m32, vb));
                         sumi[r][c] = _mm256_add_epi32(sumi[r][c], _mm256_madd_epi16(pa, sa));
                         sumi[r][c] = _mm256_add_epi32(sumi[r][c], _mm256_madd_epi16(pb, sb));
                     }
