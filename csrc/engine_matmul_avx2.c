@@ -106,7 +106,6 @@ static inline __attribute__((always_inline)) void tile_2x4(int f, int nb, const 
     for (int i = 0; i < 2; i++)
         for (int j = 0; j < 4; j++) acc[i][j] = _mm256_setzero_ps();
     __m256 mins = _mm256_setzero_ps();   /* lane 4i + j: the minimum term of output (i, j) */
-    float prod[8] __attribute__((aligned(32)));
     for (int b = 0; b < nb; b++) {
         const char *a0 = w0 + (size_t)b * ws, *a1 = w1 + (size_t)b * ws;
         const size_t xo = (size_t)b * xs + xq;
@@ -115,7 +114,8 @@ static inline __attribute__((always_inline)) void tile_2x4(int f, int nb, const 
         /* [d0 m0 d0 m0 d1 m1 d1 m1]: even lanes give the rows' d, odd lanes their m, four times each */
         const __m256 wdm = _mm256_cvtph_ps(_mm_setr_epi32(v0, v0, v1, v1));
         const __m256 xd4 = _mm256_broadcast_ps((const __m128 *)(xd + (size_t)b * xstride));
-        _mm256_store_ps(prod, _mm256_mul_ps(_mm256_moveldup_ps(wdm), xd4));
+        const __m256 pv = _mm256_mul_ps(_mm256_moveldup_ps(wdm), xd4);
+        const __m256 p0 = _mm256_permute2f128_ps(pv, pv, 0x00), p1 = _mm256_permute2f128_ps(pv, pv, 0x11);
         if (has_min(f))
             mins = _mm256_fmadd_ps(_mm256_movehdup_ps(wdm),
                                    _mm256_broadcast_ps((const __m128 *)(xsum + (size_t)b * xstride)), mins);
@@ -125,15 +125,15 @@ static inline __attribute__((always_inline)) void tile_2x4(int f, int nb, const 
         const __m256i q3 = _mm256_loadu_si256((const __m256i *)(x3 + xo));
         const __m256i o0 = x_offset(f, q0), o1 = x_offset(f, q1), o2 = x_offset(f, q2), o3 = x_offset(f, q3);
         __m256i qw = w_bytes(f, a0);
-        acc[0][0] = _mm256_fmadd_ps(_mm256_broadcast_ss(&prod[0]), w_dot(f, qw, q0, o0), acc[0][0]);
-        acc[0][1] = _mm256_fmadd_ps(_mm256_broadcast_ss(&prod[1]), w_dot(f, qw, q1, o1), acc[0][1]);
-        acc[0][2] = _mm256_fmadd_ps(_mm256_broadcast_ss(&prod[2]), w_dot(f, qw, q2, o2), acc[0][2]);
-        acc[0][3] = _mm256_fmadd_ps(_mm256_broadcast_ss(&prod[3]), w_dot(f, qw, q3, o3), acc[0][3]);
+        acc[0][0] = _mm256_fmadd_ps(_mm256_shuffle_ps(p0, p0, 0), w_dot(f, qw, q0, o0), acc[0][0]);
+        acc[0][1] = _mm256_fmadd_ps(_mm256_shuffle_ps(p0, p0, 85), w_dot(f, qw, q1, o1), acc[0][1]);
+        acc[0][2] = _mm256_fmadd_ps(_mm256_shuffle_ps(p0, p0, 170), w_dot(f, qw, q2, o2), acc[0][2]);
+        acc[0][3] = _mm256_fmadd_ps(_mm256_shuffle_ps(p0, p0, 255), w_dot(f, qw, q3, o3), acc[0][3]);
         qw = w_bytes(f, a1);
-        acc[1][0] = _mm256_fmadd_ps(_mm256_broadcast_ss(&prod[4]), w_dot(f, qw, q0, o0), acc[1][0]);
-        acc[1][1] = _mm256_fmadd_ps(_mm256_broadcast_ss(&prod[5]), w_dot(f, qw, q1, o1), acc[1][1]);
-        acc[1][2] = _mm256_fmadd_ps(_mm256_broadcast_ss(&prod[6]), w_dot(f, qw, q2, o2), acc[1][2]);
-        acc[1][3] = _mm256_fmadd_ps(_mm256_broadcast_ss(&prod[7]), w_dot(f, qw, q3, o3), acc[1][3]);
+        acc[1][0] = _mm256_fmadd_ps(_mm256_shuffle_ps(p1, p1, 0), w_dot(f, qw, q0, o0), acc[1][0]);
+        acc[1][1] = _mm256_fmadd_ps(_mm256_shuffle_ps(p1, p1, 85), w_dot(f, qw, q1, o1), acc[1][1]);
+        acc[1][2] = _mm256_fmadd_ps(_mm256_shuffle_ps(p1, p1, 170), w_dot(f, qw, q2, o2), acc[1][2]);
+        acc[1][3] = _mm256_fmadd_ps(_mm256_shuffle_ps(p1, p1, 255), w_dot(f, qw, q3, o3), acc[1][3]);
     }
     float m[8];
     _mm256_storeu_ps(m, mins);
@@ -149,7 +149,6 @@ static inline __attribute__((always_inline)) void tile_4x1(int f, int nb, const 
     const char *w1 = w0 + wrow, *w2 = w1 + wrow, *w3 = w2 + wrow;
     __m256 acc0 = _mm256_setzero_ps(), acc1 = acc0, acc2 = acc0, acc3 = acc0;
     __m128 mins = _mm_setzero_ps();   /* lane i: the minimum term of row i */
-    float prod[4] __attribute__((aligned(16)));
     /* the 4 rows are contiguous, and so are the tiles after them: the rows three tiles ahead are fetched
        as one steady stream, 4 blocks' bytes of it per block */
     const char *pf = w0 + 12 * wrow;
@@ -165,16 +164,17 @@ static inline __attribute__((always_inline)) void tile_4x1(int f, int nb, const 
         uint32_t ydsv;
         memcpy(&ydsv, y, 4);
         const __m128 yds = _mm_cvtph_ps(_mm_cvtsi32_si128((int)ydsv));                /* d s - - */
-        _mm_store_ps(prod, _mm_mul_ps(wd, _mm_shuffle_ps(yds, yds, 0x00)));
+        const __m128 p4 = _mm_mul_ps(wd, _mm_shuffle_ps(yds, yds, 0x00));
+        const __m256 pv = _mm256_set_m128(p4, p4);
         if (has_min(f)) {
             const __m128 wm = _mm256_castps256_ps128(_mm256_permutevar8x32_ps(wdm, _mm256_setr_epi32(1, 3, 5, 7, 0, 0, 0, 0)));
             mins = _mm_fmadd_ps(wm, _mm_shuffle_ps(yds, yds, 0x55), mins);
         }
         const __m256i q = _mm256_loadu_si256((const __m256i *)(y + xq)), o = x_offset(f, q);
-        acc0 = _mm256_fmadd_ps(_mm256_broadcast_ss(&prod[0]), w_dot(f, w_bytes(f, w0 + off), q, o), acc0);
-        acc1 = _mm256_fmadd_ps(_mm256_broadcast_ss(&prod[1]), w_dot(f, w_bytes(f, w1 + off), q, o), acc1);
-        acc2 = _mm256_fmadd_ps(_mm256_broadcast_ss(&prod[2]), w_dot(f, w_bytes(f, w2 + off), q, o), acc2);
-        acc3 = _mm256_fmadd_ps(_mm256_broadcast_ss(&prod[3]), w_dot(f, w_bytes(f, w3 + off), q, o), acc3);
+        acc0 = _mm256_fmadd_ps(_mm256_shuffle_ps(pv, pv, 0), w_dot(f, w_bytes(f, w0 + off), q, o), acc0);
+        acc1 = _mm256_fmadd_ps(_mm256_shuffle_ps(pv, pv, 85), w_dot(f, w_bytes(f, w1 + off), q, o), acc1);
+        acc2 = _mm256_fmadd_ps(_mm256_shuffle_ps(pv, pv, 170), w_dot(f, w_bytes(f, w2 + off), q, o), acc2);
+        acc3 = _mm256_fmadd_ps(_mm256_shuffle_ps(pv, pv, 255), w_dot(f, w_bytes(f, w3 + off), q, o), acc3);
     }
     float m[4];
     _mm_storeu_ps(m, mins);

@@ -69,36 +69,44 @@ INLINE void k4_tile(const int R, const int C, int nb, const int has_qh, const ti
     const __m256i m4 = _mm256_set1_epi8(0xF), m1 = _mm256_set1_epi8(1);
     const int qs_at = has_qh ? 48 : 16;   /* d, dmin, 12 scale bytes; then Q5_K's qh; then qs */
     __m256 acc[GROUP][COLS];
-    __m128 accm[GROUP][COLS];
+    /* Q4_K's mins lanes, two columns' to a register: accm[r][c / 2] lanes 4 (c % 2).. of column c */
+    __m256 accm[GROUP][(COLS + 1) / 2];
     float summs[GROUP][COLS];
     for (int r = 0; r < R; r++)
         for (int c = 0; c < C; c++) {
             acc[r][c] = _mm256_setzero_ps();
-            accm[r][c] = _mm_setzero_ps();
+            accm[r][c / 2] = _mm256_setzero_ps();
             summs[r][c] = 0;
         }
     for (int i = 0; i < nb; i++) {
         prefetch_step(pf, i);
         const uint8_t *xb[GROUP];
         __m256i sc[GROUP], sumi[GROUP][COLS];
-        __m128i bpairs[COLS];
-        for (int c = 0; c < C; c++) {
-            const __m256i bsum = loadu(act(t, c, i)->bsums);
-            bpairs[c] = _mm_hadd_epi16(_mm256_castsi256_si128(bsum), _mm256_extracti128_si256(bsum, 1));
+        __m256i bpairs[(COLS + 1) / 2];   /* column c's in half c % 2 */
+        for (int c = 0; c < C; c += 2) {
+            const __m256i b0 = loadu(act(t, c, i)->bsums);
+            const __m256i b1 = c + 1 < C ? loadu(act(t, c + 1, i)->bsums) : b0;
+            bpairs[c / 2] = _mm256_hadd_epi16(_mm256_permute2x128_si256(b0, b1, 0x20), _mm256_permute2x128_si256(b0, b1, 0x31));
         }
         for (int r = 0; r < R; r++) {
             xb[r] = (const uint8_t *)t->w + (size_t)r * t->rs + (size_t)i * t->bs;
             const __m256i sm16 = _mm256_cvtepu8_epi16(k4_scales_mins(xb[r] + 4));   /* [8 scales | 8 mins] */
             sc[r] = _mm256_permute2x128_si256(sm16, sm16, 0x00);
-            const __m128i mins = _mm256_extracti128_si256(sm16, 1);
+            const __m256i mins = _mm256_permute2x128_si256(sm16, sm16, 0x11);
             const float mx = h2f(((const uint16_t *)xb[r])[1]);
-            for (int c = 0; c < C; c++) {
-                const __m128i pm = _mm_madd_epi16(mins, bpairs[c]);
-                const float dmin = -act(t, c, i)->d * mx;
-                if (has_qh) summs[r][c] = fmaf(dmin, (float)hsum_epi32x4(pm), summs[r][c]);
-                else accm[r][c] = _mm_fmadd_ps(_mm_set1_ps(dmin), _mm_cvtepi32_ps(pm), accm[r][c]);
-                sumi[r][c] = _mm256_setzero_si256();
+            for (int c = 0; c < C; c += 2) {
+                const __m256i pm = _mm256_madd_epi16(mins, bpairs[c / 2]);
+                const float dmin0 = -act(t, c, i)->d * mx, dmin1 = c + 1 < C ? -act(t, c + 1, i)->d * mx : 0.0f;
+                if (has_qh) {
+                    summs[r][c] = fmaf(dmin0, (float)hsum_epi32x4(_mm256_castsi256_si128(pm)), summs[r][c]);
+                    if (c + 1 < C)
+                        summs[r][c + 1] = fmaf(dmin1, (float)hsum_epi32x4(_mm256_extracti128_si256(pm, 1)), summs[r][c + 1]);
+                } else {
+                    accm[r][c / 2] = _mm256_fmadd_ps(_mm256_set_m128(_mm_set1_ps(dmin1), _mm_set1_ps(dmin0)),
+                                                     _mm256_cvtepi32_ps(pm), accm[r][c / 2]);
+                }
             }
+            for (int c = 0; c < C; c++) sumi[r][c] = _mm256_setzero_si256();
         }
         for (int k = 0; k < 4; k++) {   /* sub-blocks 2k (low nibbles) and 2k + 1 (high nibbles) */
             __m256i y0[COLS], y1[COLS];
@@ -134,7 +142,9 @@ INLINE void k4_tile(const int R, const int C, int nb, const int has_qh, const ti
     }
     for (int r = 0; r < R; r++)
         for (int c = 0; c < C; c++)
-            t->out[(size_t)c * t->os + r] = hsum_ps(acc[r][c]) + (has_qh ? summs[r][c] : hsum_ps128(accm[r][c]));
+            t->out[(size_t)c * t->os + r] = hsum_ps(acc[r][c]) + (has_qh ? summs[r][c]
+                                                                  : hsum_ps128(c % 2 ? _mm256_extractf128_ps(accm[r][c / 2], 1)
+                                                                                     : _mm256_castps256_ps128(accm[r][c / 2])));
 }
 
 /* k4_scales_mins of two blocks at once: [8 scales, 8 mins of the block at lo | those of the block at hi] */
@@ -226,13 +236,6 @@ INLINE void q6_tile(const int R, const int C, int nb, const tile_at *t, const ah
             /* parts p and p + 2 of half h come from the same 32 bytes of ql; their high bits are bits 2p, 2p + 1
              * and 2p + 4, 2p + 5 of qh */
             for (int p = 0; p < 2; p++) {
-                __m256i va[COLS], vb[COLS], oa[COLS], ob[COLS];
-                for (int c = 0; c < C; c++) {
-                    va[c] = loadu(act(t, c, i)->qs + 128 * h + 32 * p);
-                    vb[c] = loadu(act(t, c, i)->qs + 128 * h + 32 * (p + 2));
-                    oa[c] = _mm256_maddubs_epi16(m32, va[c]);
-                    ob[c] = _mm256_maddubs_epi16(m32, vb[c]);
-                }
                 for (int r = 0; r < R; r++) {
                     const __m256i half = h ? _mm256_permute2x128_si256(sc16[r], sc16[r], 0x11)
                                            : _mm256_permute2x128_si256(sc16[r], sc16[r], 0x00);
@@ -244,9 +247,12 @@ INLINE void q6_tile(const int R, const int C, int nb, const tile_at *t, const ah
                     const __m256i qa = _mm256_or_si256(_mm256_and_si256(l, m4), _mm256_and_si256(ha, m30));
                     const __m256i qb = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l, 4), m4),
                                                        _mm256_and_si256(hc, m30));
-                    for (int c = 0; c < C; c++) {
-                        const __m256i pa = _mm256_sub_epi16(_mm256_maddubs_epi16(qa, va[c]), oa[c]);
-                        const __m256i pb = _mm256_sub_epi16(_mm256_maddubs_epi16(qb, vb[c]), ob[c]);
+                    for (int c = 0; c < C; c++) {   /* the activation's bytes and offset products formed per row:
+                                                       prompts take one row at a time, so nothing is shared */
+                        const __m256i va = loadu(act(t, c, i)->qs + 128 * h + 32 * p);
+                        const __m256i vb = loadu(act(t, c, i)->qs + 128 * h + 32 * (p + 2));
+                        const __m256i pa = _mm256_sub_epi16(_mm256_maddubs_epi16(qa, va), _mm256_maddubs_epi16(m32, va));
+                        const __m256i pb = _mm256_sub_epi16(_mm256_maddubs_epi16(qb, vb), _mm256_maddubs_epi16(m32, vb));
                         sumi[r][c] = _mm256_add_epi32(sumi[r][c], _mm256_madd_epi16(pa, sa));
                         sumi[r][c] = _mm256_add_epi32(sumi[r][c], _mm256_madd_epi16(pb, sb));
                     }
