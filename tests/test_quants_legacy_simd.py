@@ -26,14 +26,22 @@ def edge_blocks() -> np.ndarray:
     rng = np.random.default_rng(21)
     z = np.zeros(32, np.float32)
     blocks = [z.copy(), -z, np.where(np.arange(32) % 2, -0.0, 0.0)]
-    b = z.copy(); b[5] = -0.0; b[9] = 3.0; blocks.append(b)           # min zero, first zero negative
-    b = z.copy(); b[0] = -0.0; b[3] = -2.0; blocks.append(b)          # max zero, first zero negative
-    b = rng.standard_normal(32); b[7] = -9.0; b[20] = 9.0; blocks.append(b)  # a tie of magnitude, negative first
-    b = rng.standard_normal(32); b[7] = 9.0; b[20] = -9.0; blocks.append(b)  # positive first
-    b = rng.standard_normal(32); b[31] = -50.0; blocks.append(b)      # the largest is negative, last
-    b = rng.standard_normal(32); b[0] = -50.0; blocks.append(b)
+    def block(base: np.ndarray, **at: float) -> np.ndarray:
+        b = np.array(base, dtype=np.float32)
+        for k, v in at.items():
+            b[int(k[1:])] = v
+        return b
+
+    blocks += [
+        block(z, i5=-0.0, i9=3.0),                                  # min zero, the first zero negative
+        block(z, i0=-0.0, i3=-2.0),                                 # max zero, the first zero negative
+        block(rng.standard_normal(32), i7=-9.0, i20=9.0),           # a tie of magnitude, negative first
+        block(rng.standard_normal(32), i7=9.0, i20=-9.0),           # positive first
+        block(rng.standard_normal(32), i31=-50.0),                  # the largest is negative, last
+        block(rng.standard_normal(32), i0=-50.0),
+    ]
     blocks += [np.full(32, v) for v in (1.0, -1.0, 1e-30, -1e-45, 65504.0, -65520.0, 1e30, F32_MAX, -F32_MAX)]
-    b = rng.standard_normal(32) * 1e38; b[3] = F32_MAX; b[4] = -F32_MAX; blocks.append(b)
+    blocks.append(block(rng.standard_normal(32) * 1e38, i3=F32_MAX, i4=-F32_MAX))
     blocks.append(np.linspace(-1, 1, 32))
     blocks.append(np.tile([1.0, -1.0, 0.5, -0.5], 8))
     blocks.append(np.tile([0.0, 1.0], 16))
