@@ -33,8 +33,13 @@ demo: install build
 test: install build
 	$(PY) -m pytest -q tests
 
+# every table of the performance issue: the engine (models, long context, scaling, time to first token), the
+# server under load and quantize; the reference's binaries from LLAMAPY_REF_BENCH, LLAMAPY_REF_SERVER and
+# LLAMAPY_REF_QUANTIZE when set
 bench: install build
 	$(PY) benchmarks/bench_engine.py
+	$(PY) benchmarks/bench_server.py
+	$(PY) benchmarks/bench_quantize.py
 
 bench-quantize: install build
 	$(PY) benchmarks/bench_quantize.py

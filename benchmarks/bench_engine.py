@@ -9,7 +9,9 @@ moe-8x2 the Qwen2.5-0.5B-, Qwen3-0.6B- and 8-expert-shaped random Q4_K_M models 
 benchmarks/make_arch_models.py (pp128, tg32; qwen3 has no reference run: the reference build predates it;
 decode of the mixture of experts is measured against the bytes of its used experts); gemma3 is Gemma 3 270M
 Q4_K_M from the optional `gemma` extra (pp128, tg32; no reference run or target: the reference build
-predates the architecture). With LLAMAPY_REF_BENCH naming the
+predates the architecture). After the models: the long-context rows (llama-bench's pp4096+tg128 on the default
+model, and tg right after a 4096-token prompt against tg at an empty cache) and the scaling rows (pp and tg
+at 1 and 2 threads). With LLAMAPY_REF_BENCH naming the
 reference's llama-bench binary, each test runs there too, in the same session, and the table shows
 the ratio next to the issue's target (the time to first token uses the llama-cli beside it, or
 LLAMAPY_REF_CLI). Timings on a shared machine are noisy: compare ratios.
@@ -31,7 +33,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 
-from llamapy.bench import run_bench  # noqa: E402
+from llamapy.bench import cpu_info, run_bench  # noqa: E402
 
 # model -> (pp tokens, tg tokens, target ratio pp, target ratio tg); no target: no reference run (the reference
 # build predates the architecture)
@@ -79,10 +81,14 @@ def model_path(name: str, workdir: str, threads: int) -> str:
     return make(workdir, [name], threads)[name]
 
 
-def ref_bench(binary: str, model: str, n_prompt: int, n_gen: int, threads: int, reps: int) -> dict[str, float]:
-    out = subprocess.run([binary, "-m", model, "-p", str(n_prompt), "-n", str(n_gen), "-t", str(threads),
-                          "-r", str(reps), "-o", "json"], capture_output=True, text=True, check=True).stdout
-    return {("pp" if r["n_prompt"] else "tg"): r["avg_ts"] for r in json.loads(out)}
+def ref_bench(binary: str, model: str, n_prompt: int, n_gen: int, threads: int, reps: int,
+              pg: tuple[int, int] | None = None) -> dict[str, float]:
+    """The reference's t/s by test kind: pp, tg (and pg for the combined test, with -p 0 -n 0 -pg P,N)."""
+    args = ["-p", str(n_prompt), "-n", str(n_gen)] + (["-pg", f"{pg[0]},{pg[1]}"] if pg else [])
+    out = subprocess.run([binary, "-m", model, *args, "-t", str(threads), "-r", str(reps), "-o", "json"],
+                         capture_output=True, text=True, check=True).stdout
+    kinds = {(True, False): "pp", (False, True): "tg", (True, True): "pg"}
+    return {kinds[(bool(r["n_prompt"]), bool(r["n_gen"]))]: r["avg_ts"] for r in json.loads(out)}
 
 
 def read_bandwidth(threads: int) -> float:
@@ -113,6 +119,68 @@ def python_share(model: str, threads: int, n: int = 64) -> float:
     return (total - c_time) / total
 
 
+def tg_after_prompt(model: str, n_prompt: int, n_gen: int, threads: int, reps: int) -> tuple[float, float]:
+    """tg<n_gen> t/s right after a prompt of n_prompt tokens, and from an empty cache (median of reps each,
+    alternating, in one engine): how much attention over a long cache costs a generated token."""
+    from llamapy.engine.engine import Engine
+
+    rng = np.random.default_rng(0)
+    long, empty = [], []
+    with Engine(model, n_ctx=n_prompt + n_gen, n_threads=threads, n_batch=512) as llm:
+        def gen() -> float:
+            t0 = time.perf_counter()
+            for _ in range(n_gen):
+                llm.eval([int(rng.integers(llm.n_vocab))])
+            return n_gen / (time.perf_counter() - t0)
+
+        for _ in range(reps):
+            llm.kv_clear()
+            toks = rng.integers(0, llm.n_vocab, size=n_prompt).tolist()
+            for i in range(0, n_prompt, 512):
+                llm.eval(toks[i:i + 512])
+            long.append(gen())
+            llm.kv_clear()
+            empty.append(gen())
+    return float(np.median(long)), float(np.median(empty))
+
+
+def long_context(model: str, threads: int, reps: int, ref: str | None) -> None:
+    """pp4096+tg128 beside the reference (one timed run after the warm-up: the reference's run alone takes
+    minutes here), then tg right after the long prompt against tg at an empty cache."""
+    n_p, n_g = LONG
+    (r,) = run_bench(model, 0, 0, threads, 1, pg=(LONG,))
+    theirs = ref_bench(ref, model, 0, 0, threads, 1, pg=LONG).get("pg") if ref else None
+    print("\n| long context (default model) | llamapy t/s | reference t/s | ratio | target |")
+    print("|---|---:|---:|---:|---:|")
+    ratio = f"{r.avg_ts() / theirs:.2f}x" if theirs else "-"
+    print(f"| {r.test} | {r.avg_ts():.1f} ± {r.stdev_ts():.1f} | {f'{theirs:.1f}' if theirs else '-'} | {ratio} "
+          f"| 1.2x |", flush=True)
+    after, empty = tg_after_prompt(model, n_p, n_g, threads, reps)
+    print(f"| tg{n_g} after a {n_p}-token prompt / at an empty cache | {after:.1f} / {empty:.1f} | - "
+          f"| {after / empty:.2f}x | 0.8x |", flush=True)
+
+
+def scaling(model: str, reps: int, ref: str | None, threads=(1, 2)) -> None:
+    """pp512 and tg128 at each thread count, ours and the reference's, and the speed-up over 1 thread."""
+    print("\n| scaling (default model) | threads | llamapy t/s | speed-up | reference t/s | speed-up | target |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    base: dict[str, float] = {}
+    ref_base: dict[str, float] = {}
+    for t in threads:
+        ours = {("pp" if r.n_prompt else "tg"): r.avg_ts() for r in run_bench(model, 512, 128, t, reps)}
+        theirs = ref_bench(ref, model, 512, 128, t, reps) if ref else {}
+        for kind, test in (("pp", "pp512"), ("tg", "tg128")):
+            base.setdefault(kind, ours[kind])
+            up = ours[kind] / base[kind]
+            rt = theirs.get(kind)
+            if rt:
+                ref_base.setdefault(kind, rt)
+            ref_txt = f"{rt:.1f} | {rt / ref_base[kind]:.2f}x" if rt else "- | -"
+            target = ">= 1.8x" if kind == "pp" and t == threads[-1] and t > threads[0] else "-"
+            print(f"| {test} | {t} | {ours[kind]:.1f} | {up:.2f}x | {ref_txt} | {target} |", flush=True)
+
+
+LONG = (4096, 128)
 PROMPT = "The capital of France is"
 
 # load, tokenize, prompt and first token in a fresh interpreter (the page cache is warm after the first run)
@@ -168,19 +236,37 @@ def time_to_first_token(model: str, threads: int, reps: int,
             ("whole command, start to exit after 1 token", med(whole), med(ref_whole))]
 
 
+def ttft_table(path: str, threads: int, reps: int, ref: str | None) -> None:
+    ref_cli = os.environ.get("LLAMAPY_REF_CLI") or (os.path.join(os.path.dirname(ref), "llama-cli") if ref else None)
+    ref_cli = ref_cli if ref_cli and os.path.exists(ref_cli) else None
+    print(f"\n| time to first token (warm page cache, medians of {reps} fresh processes, alternated) | llamapy ms "
+          "| reference ms | ratio (time) | target |")
+    print("|---|---:|---:|---:|---:|")
+    for what, ours_ms, ref_ms in time_to_first_token(path, threads, reps, ref_cli):
+        ratio = f"{ours_ms / ref_ms:.2f}x" if ref_ms else "-"
+        ref_txt = f"{ref_ms:.0f}" if ref_ms else "-"
+        print(f"| {what} | {ours_ms:.0f} | {ref_txt} | {ratio} | <= 1.0x |", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", default="default,Q4_K_M,Q4_0,qwen2-0.5b,qwen3-0.6b,moe-8x2")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("-r", "--reps", type=int, default=3)
     ap.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "llamapy-bench"))
+    ap.add_argument("--sections", default="models,long,scaling",
+                    help="which tables: models (with the time to first token), ttft (only that), long, scaling")
     a = ap.parse_args()
     ref = os.environ.get("LLAMAPY_REF_BENCH")
+    sections = set(a.sections.split(","))
     bw = read_bandwidth(a.threads)
-    print(f"read bandwidth ({a.threads} threads): {bw:.1f} GB/s (decode target: >= 75% of it on the 1.1B models)")
-    print("| model | test | llamapy t/s | reference t/s | ratio | target | decode GB/s (% of roofline) |")
-    print("|---|---|---:|---:|---:|---:|---:|")
-    for name in [m for m in a.models.split(",") if m]:
+    print(f"machine: {cpu_info()}, {os.cpu_count()} CPUs (shared with other work: timings are noisy, compare "
+          f"the ratios, measured side by side); {time.strftime('%Y-%m-%d', time.gmtime())}")
+    print(f"read bandwidth ({a.threads} threads): {bw:.1f} GB/s (decode target: >= 85% of it on the 1.1B models)")
+    if "models" in sections:
+        print("| model | test | llamapy t/s | reference t/s | ratio | target | decode GB/s (% of roofline) |")
+        print("|---|---|---:|---:|---:|---:|---:|")
+    for name in [m for m in a.models.split(",") if m and "models" in sections]:
         n_pp, n_tg, t_pp, t_tg = TESTS[name]
         path = model_path(name, a.workdir, a.threads)
         ours = {("pp" if r.n_prompt else "tg"): r for r in run_bench(path, n_pp, n_tg, a.threads, a.reps)}
@@ -199,17 +285,16 @@ def main() -> None:
             print(f"| {r.model_type} | {r.test} | {ts:.1f} ± {r.stdev_ts():.1f} | {ref_ts} "
                   f"| {ratio} | {f'{target}x' if target else '-'} | {gbs} |", flush=True)
         if name == "default":
-            ref_cli = os.environ.get("LLAMAPY_REF_CLI") or (os.path.join(os.path.dirname(ref), "llama-cli")
-                                                            if ref else None)
-            ref_cli = ref_cli if ref_cli and os.path.exists(ref_cli) else None
-            print("\n| time to first token (warm page cache) | llamapy ms | reference ms | ratio (time) | target |")
-            print("|---|---:|---:|---:|---:|")
-            for what, ours_ms, ref_ms in time_to_first_token(path, a.threads, a.reps, ref_cli):
-                ratio = f"{ours_ms / ref_ms:.2f}x" if ref_ms else "-"
-                ref_txt = f"{ref_ms:.0f}" if ref_ms else "-"
-                print(f"| {what} | {ours_ms:.0f} | {ref_txt} | {ratio} | <= 1.0x |", flush=True)
+            ttft_table(path, a.threads, a.reps, ref)
             print(f"\nPython share of a generated token (sampling and bookkeeping): "
                   f"{100 * python_share(path, a.threads):.1f}% (target < 3%)\n")
+    default = model_path("default", a.workdir, a.threads)
+    if "ttft" in sections and "models" not in sections:
+        ttft_table(default, a.threads, a.reps, ref)
+    if "long" in sections:
+        long_context(default, a.threads, a.reps, ref)
+    if "scaling" in sections:
+        scaling(default, a.reps, ref)
 
 
 if __name__ == "__main__":

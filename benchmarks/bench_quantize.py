@@ -1,11 +1,11 @@
 """Benchmark `llamapy quantize` on a TinyLlama-1.1B-shaped F16 file (random weights, ~2.1 GB).
 
-    python benchmarks/bench_quantize.py [--workdir DIR] [--threads 2] [--types Q4_K_M,Q4_0]
+    python benchmarks/bench_quantize.py [--workdir DIR] [--threads 2] [--types Q4_K_M,Q4_0,...]
 
 Writes the F16 file once (kept in the work directory for the next run), then quantizes it with each
 type in a fresh process and prints wall time and peak RSS. With LLAMAPY_REF_QUANTIZE naming the
 reference's llama-quantize binary, it runs that too, on the same file, and prints the ratios.
-Targets: no slower than the reference, peak RSS under 1 GiB.
+Targets: at most half the reference's time for every type (the same bytes), peak RSS under 1 GiB.
 """
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "llamapy-bench-quantize"))
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--types", default="Q4_K_M,Q4_0")
+    ap.add_argument("--types", default="Q4_K_M,Q4_0,Q4_1,Q5_0,Q5_1,Q8_0")
     ap.add_argument("--keep", action="store_true", help="keep the quantized outputs")
     a = ap.parse_args()
 
@@ -57,7 +57,7 @@ def main() -> None:
         head += REF_COLUMNS
     print_table(head, [f"| {r['type']:<6} | {r['t']:9.1f} | {r['rss']:12.0f} | {r['size']:10.1f} |"
                        + (ref_cells(r) if ref else "") for r in rows])
-    print("\ntargets: time ratio <= 1.00x, peak RSS < 1024 MiB")
+    print("\ntargets: time ratio <= 0.50x with the same bytes, peak RSS < 1024 MiB (a shared machine: noisy)")
 
 
 if __name__ == "__main__":

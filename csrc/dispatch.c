@@ -76,6 +76,7 @@ static void fill_table(int level, lp_type_traits *t) {
     if (level == LP_KERNELS_AVX2) {
         lp_register_float_avx2(t);
         lp_register_legacy_avx2(t);
+        lp_register_legacy_quantize_avx2(t);
         lp_register_kquants_avx2(t);
     }
 #endif

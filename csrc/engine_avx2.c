@@ -136,6 +136,29 @@ static void attn_scores_f16(int hd, int n, const uint16_t *q, const uint16_t *k,
         __m256 qv[32];
         for (int l = 0; l < hd / 8; l++) qv[l] = load_f16(q + 8 * l);
         if (single) {
+            /* eight rows at a time, their reductions done together: the same additions in the same order as
+               reduce_four per row (the pairs, the halves, then two horizontal adds), fewer shuffles */
+            for (; j + 8 <= n; j += 8) {
+                __m256 r[8];
+                for (int i = 0; i < 8; i++) {
+                    const uint16_t *kj = k + (j + i) * stride;
+                    __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+                    for (int l = 0; l < hd / 8; l += 4) {
+                        a0 = _mm256_fmadd_ps(load_f16(kj + 8 * l), qv[l], a0);
+                        a1 = _mm256_fmadd_ps(load_f16(kj + 8 * l + 8), qv[l + 1], a1);
+                        a2 = _mm256_fmadd_ps(load_f16(kj + 8 * l + 16), qv[l + 2], a2);
+                        a3 = _mm256_fmadd_ps(load_f16(kj + 8 * l + 24), qv[l + 3], a3);
+                    }
+                    r[i] = _mm256_add_ps(_mm256_add_ps(a0, a2), _mm256_add_ps(a1, a3));
+                }
+                __m256 h[4];   /* [row 2i halves added | row 2i+1 halves added] */
+                for (int i = 0; i < 4; i++)
+                    h[i] = _mm256_add_ps(_mm256_permute2f128_ps(r[2 * i], r[2 * i + 1], 0x20),
+                                         _mm256_permute2f128_ps(r[2 * i], r[2 * i + 1], 0x31));
+                /* lanes: rows 0 2 4 6 | 1 3 5 7 */
+                const __m256 t = _mm256_hadd_ps(_mm256_hadd_ps(h[0], h[1]), _mm256_hadd_ps(h[2], h[3]));
+                _mm256_storeu_ps(s + j, _mm256_permutevar8x32_ps(t, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7)));
+            }
             for (; j < n; j++) {
                 const uint16_t *kj = k + j * stride;
                 __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;

@@ -56,6 +56,7 @@ void lp_register_float_avx2(lp_type_traits *t);
 void lp_register_float_neon(lp_type_traits *t);
 void lp_register_legacy_scalar(lp_type_traits *t);  /* Q4_0 Q4_1 Q5_0 Q5_1 Q8_0 Q8_1 IQ4_NL */
 void lp_register_legacy_avx2(lp_type_traits *t);
+void lp_register_legacy_quantize_avx2(lp_type_traits *t);  /* the byte-exact Q4_x/Q5_x row quantizers */
 void lp_register_legacy_neon(lp_type_traits *t);
 void lp_register_kquants_scalar(lp_type_traits *t); /* Q2_K..Q6_K, Q8_K */
 void lp_register_kquants_avx2(lp_type_traits *t);

@@ -63,6 +63,10 @@ _Static_assert(sizeof(lp_block_iq4_nl) == 18, "block_iq4_nl is 18 bytes");
 extern const int8_t lp_iq4nl_values[16];
 
 /* Scalar reference kernels, shared with the SIMD files for their tails and for the parts they leave alone. */
+void lp_quantize_row_q4_0_ref(const float *x, void *y, int64_t n);
+void lp_quantize_row_q4_1_ref(const float *x, void *y, int64_t n);
+void lp_quantize_row_q5_0_ref(const float *x, void *y, int64_t n);
+void lp_quantize_row_q5_1_ref(const float *x, void *y, int64_t n);
 void lp_quantize_row_q8_0_ref(const float *x, void *y, int64_t n);
 void lp_quantize_row_q8_1_ref(const float *x, void *y, int64_t n);
 void lp_quantize_row_iq4_nl_ref(const float *x, void *y, int64_t n);

@@ -56,7 +56,7 @@ static inline int dot_q4_block(const uint8_t *qs, const int8_t *y, int off) {
 }
 
 /* ---- Q4_0 -------------------------------------------------------------------------------------- */
-static void quantize_row_q4_0_ref(const float *x, void *vy, int64_t n) {
+void lp_quantize_row_q4_0_ref(const float *x, void *vy, int64_t n) {
     lp_block_q4_0 *y = vy;
     for (int64_t i = 0; i < n / LP_QK; i++, x += LP_QK) {
         const float d = signed_absmax(x, LP_QK) / -8;
@@ -93,7 +93,7 @@ static void vec_dot_q4_0_q8_0(int n, float *s, const void *vx, const void *vy) {
 }
 
 /* ---- Q4_1 -------------------------------------------------------------------------------------- */
-static void quantize_row_q4_1_ref(const float *x, void *vy, int64_t n) {
+void lp_quantize_row_q4_1_ref(const float *x, void *vy, int64_t n) {
     lp_block_q4_1 *y = vy;
     for (int64_t i = 0; i < n / LP_QK; i++, x += LP_QK) {
         float min;
@@ -157,7 +157,7 @@ static inline int dot_q5_block(const uint8_t *qs, const uint8_t *qh, const int8_
     return sumi;
 }
 
-static void quantize_row_q5_0_ref(const float *x, void *vy, int64_t n) {
+void lp_quantize_row_q5_0_ref(const float *x, void *vy, int64_t n) {
     lp_block_q5_0 *y = vy;
     int q[LP_QK];
     for (int64_t i = 0; i < n / LP_QK; i++, x += LP_QK) {
@@ -190,7 +190,7 @@ static void vec_dot_q5_0_q8_0(int n, float *s, const void *vx, const void *vy) {
     *s = sum;
 }
 
-static void quantize_row_q5_1_ref(const float *x, void *vy, int64_t n) {
+void lp_quantize_row_q5_1_ref(const float *x, void *vy, int64_t n) {
     lp_block_q5_1 *y = vy;
     int q[LP_QK];
     for (int64_t i = 0; i < n / LP_QK; i++, x += LP_QK) {
@@ -374,13 +374,13 @@ static void vec_dot_iq4_nl_q8_0(int n, float *s, const void *vx, const void *vy)
 
 void lp_register_legacy_scalar(lp_type_traits *t) {
     t[LP_TYPE_Q4_0] = (lp_type_traits){"q4_0", LP_QK, sizeof(lp_block_q4_0), LP_TYPE_Q8_0, dequantize_row_q4_0,
-                                       quantize_row_q4_0_ref, quantize_row_q4_0_ref, vec_dot_q4_0_q8_0};
+                                       lp_quantize_row_q4_0_ref, lp_quantize_row_q4_0_ref, vec_dot_q4_0_q8_0};
     t[LP_TYPE_Q4_1] = (lp_type_traits){"q4_1", LP_QK, sizeof(lp_block_q4_1), LP_TYPE_Q8_1, dequantize_row_q4_1,
-                                       quantize_row_q4_1_ref, quantize_row_q4_1_ref, vec_dot_q4_1_q8_1};
+                                       lp_quantize_row_q4_1_ref, lp_quantize_row_q4_1_ref, vec_dot_q4_1_q8_1};
     t[LP_TYPE_Q5_0] = (lp_type_traits){"q5_0", LP_QK, sizeof(lp_block_q5_0), LP_TYPE_Q8_0, dequantize_row_q5_0,
-                                       quantize_row_q5_0_ref, quantize_row_q5_0_ref, vec_dot_q5_0_q8_0};
+                                       lp_quantize_row_q5_0_ref, lp_quantize_row_q5_0_ref, vec_dot_q5_0_q8_0};
     t[LP_TYPE_Q5_1] = (lp_type_traits){"q5_1", LP_QK, sizeof(lp_block_q5_1), LP_TYPE_Q8_1, dequantize_row_q5_1,
-                                       quantize_row_q5_1_ref, quantize_row_q5_1_ref, vec_dot_q5_1_q8_1};
+                                       lp_quantize_row_q5_1_ref, lp_quantize_row_q5_1_ref, vec_dot_q5_1_q8_1};
     t[LP_TYPE_Q8_0] = (lp_type_traits){"q8_0", LP_QK, sizeof(lp_block_q8_0), LP_TYPE_Q8_0, dequantize_row_q8_0,
                                        lp_quantize_row_q8_0_ref, lp_quantize_row_q8_0_ref, vec_dot_q8_0_q8_0};
     t[LP_TYPE_Q8_1] = (lp_type_traits){"q8_1", LP_QK, sizeof(lp_block_q8_1), LP_TYPE_Q8_1, dequantize_row_q8_1,

@@ -1,5 +1,6 @@
 """`llamapy bench`: the reference benchmark's tests and table. pp<N>: a prompt of N random tokens in
-batches; tg<N>: N tokens generated one at a time from an empty cache. Each test is run once to warm up,
+batches; tg<N>: N tokens generated one at a time from an empty cache; pp<P>+tg<N> (-pg P,N): a prompt of P
+then N generated after it, timed together (tokens per second over P + N). Each test is run once to warm up,
 then `reps` times from an empty cache; tokens per second as mean ± sample standard deviation."""
 from __future__ import annotations
 
@@ -91,21 +92,22 @@ def _gen(llm, rng, n: int, bos: int | None) -> None:
 
 def run_bench(model: str | None, n_prompt: int = 512, n_gen: int = 128, n_threads: int | None = None,
               reps: int = 5, n_batch: int = 2048, n_ubatch: int = 512, seed: int = 0, type_k: str = "f16",
-              type_v: str = "f16") -> list[BenchResult]:
-    """Run the pp and tg tests (a count of 0 skips one) and return their timings."""
+              type_v: str = "f16", pg: tuple[tuple[int, int], ...] = ()) -> list[BenchResult]:
+    """Run the pp and tg tests (a count of 0 skips one), then each (prompt, generated) pair of `pg` as one
+    combined test, and return their timings."""
     from .engine.engine import Engine
     from .engine.load import LoadOptions
 
     if reps < 1:
         raise LlamapyError(f"-r {reps}: at least one repetition")
-    if n_prompt < 0 or n_gen < 0:
-        raise LlamapyError("-p and -n can't be negative")
+    if n_prompt < 0 or n_gen < 0 or any(p < 0 or g < 0 for p, g in pg):
+        raise LlamapyError("-p, -n and -pg can't be negative")
     if n_batch < 1 or n_ubatch < 1:
         raise LlamapyError("-b and -ub must be at least 1")
     load = LoadOptions(type_k=type_k, type_v=type_v)
     rng = np.random.default_rng(seed)
     results = []
-    for n_p, n_g in ((n_prompt, 0), (0, n_gen)):
+    for n_p, n_g in ((n_prompt, 0), (0, n_gen), *pg):
         if n_p == 0 and n_g == 0:
             continue
         with Engine(model, n_ctx=max(n_p + n_g, 1), n_threads=n_threads, n_batch=min(n_batch, n_ubatch),
@@ -121,14 +123,14 @@ def run_bench(model: str | None, n_prompt: int = 512, n_gen: int = 128, n_thread
             if n_p:
                 _prompt(llm, rng, n_p, n_batch, bos)  # warm-up
             if n_g:
-                _gen(llm, rng, 1, bos)
+                _gen(llm, rng, 1, bos if not n_p else None)
             for _ in range(reps):
                 llm.kv_clear()
                 t0 = time.perf_counter_ns()
                 if n_p:
                     _prompt(llm, rng, n_p, n_batch, bos)
                 if n_g:
-                    _gen(llm, rng, n_g, bos)
+                    _gen(llm, rng, n_g, bos if not n_p else None)
                 res.samples_ns.append(time.perf_counter_ns() - t0)
             results.append(res)
     return results
@@ -178,11 +180,32 @@ def json_record(r: BenchResult) -> dict:
     }
 
 
+def parse_pg(text: str | None) -> tuple[tuple[int, int], ...]:
+    """-pg's value: `P,N` (a prompt of P then N generated), several separated by `;` or given as a list."""
+    if not text:
+        return ()
+    pairs = []
+    for item in text.replace(";", " ").split():
+        parts = item.split(",")
+        try:
+            if len(parts) != 2:
+                raise ValueError
+            p, g = int(parts[0]), int(parts[1])
+        except ValueError:
+            raise LlamapyError(f"-pg {item}: expected <pp,tg>, two counts such as 512,128") from None
+        if p < 0 or g < 0:
+            raise LlamapyError(f"-pg {item}: the counts can't be negative")
+        pairs.append((p, g))
+    return tuple(pairs)
+
+
 def bench(model: str | None = None, n_prompt: int = 512, n_gen: int = 128, threads: int | None = None,
           reps: int = 5, output: str = "md", n_batch: int = 2048, n_ubatch: int = 512,
-          out: TextIO | None = None, type_k: str = "f16", type_v: str = "f16") -> list[BenchResult]:
+          out: TextIO | None = None, type_k: str = "f16", type_v: str = "f16",
+          pg: tuple[tuple[int, int], ...] = ()) -> list[BenchResult]:
     """Run the benchmark and print its table (md) or records (json) to `out` (stdout). type_k / type_v: KV cache
-    types, comma lists as llama-bench's -ctk / -ctv (every pair is a test, K the outer loop)."""
+    types, comma lists as llama-bench's -ctk / -ctv (every pair is a test, K the outer loop); pg: the combined
+    prompt + generation tests after the pp and tg ones."""
     import sys
 
     from . import __version__
@@ -200,10 +223,14 @@ def bench(model: str | None = None, n_prompt: int = 512, n_gen: int = 128, threa
         print(markdown_header(show_k, show_v), file=out, flush=True)
     results = []
     # one test at a time, so each row appears as soon as it is measured
-    for tk, tv, (n_p, n_g) in ((tk, tv, t) for tk in ks for tv in vs for t in ((n_prompt, 0), (0, n_gen))):
+    tests = ((n_prompt, 0), (0, n_gen), *pg)
+    for tk, tv, (n_p, n_g) in ((tk, tv, t) for tk in ks for tv in vs for t in tests):
         if n_p == 0 and n_g == 0:
             continue
-        (r,) = run_bench(model, n_p, n_g, threads, reps, n_batch, n_ubatch, type_k=tk, type_v=tv)
+        if n_p and n_g:
+            (r,) = run_bench(model, 0, 0, threads, reps, n_batch, n_ubatch, type_k=tk, type_v=tv, pg=((n_p, n_g),))
+        else:
+            (r,) = run_bench(model, n_p, n_g, threads, reps, n_batch, n_ubatch, type_k=tk, type_v=tv)
         results.append(r)
         if output == "md":
             print(markdown_row(r, show_k, show_v), file=out, flush=True)

@@ -99,9 +99,11 @@ def _can_write(t: int) -> bool:
 
 
 # -- quantizing rows ------------------------------------------------------------------------------------------
-# Types whose SIMD quantizer writes exactly the scalar reference's bytes (tests/test_quants_k.py checks it on
-# every reference tensor) and is 4-7x faster; the others go through the scalar reference.
-SIMD_SAME_BYTES = frozenset(int(x) for x in (T.Q2_K, T.Q3_K, T.Q4_K, T.Q5_K, T.Q6_K))
+# Types whose SIMD quantizer writes exactly the scalar reference's bytes (tests/test_quants_k.py and
+# tests/test_quants_legacy_simd.py check it) and is several times faster; the others go through the scalar
+# reference.
+SIMD_SAME_BYTES = frozenset(int(x) for x in (T.Q2_K, T.Q3_K, T.Q4_K, T.Q5_K, T.Q6_K,
+                                             T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1, T.Q8_0))
 
 def default_threads() -> int:
     return os.cpu_count() or 1

@@ -111,6 +111,21 @@ def test_bench_table_and_json(default_model, capsys):
     assert recs[0]["model_type"] == "llama ?B Q4_1" and len(recs[0]["samples_ts"]) == 1
 
 
+def test_bench_pg_is_one_combined_test(default_model, capsys):
+    """-pg P,N (llama-bench's combined test): after the -p/-n tests, one row timing a prompt of P then N
+    generated, its t/s over P + N tokens; repeatable; a malformed pair is one line and a non-zero exit."""
+    code, out, _ = cli(capsys, "bench", "-p", "0", "-n", "0", "-pg", "8,2", "-pg", "4,1", "-r", "1", "-o", "json")
+    assert code == 0
+    recs = json.loads(out)
+    assert [(r["n_prompt"], r["n_gen"]) for r in recs] == [(8, 2), (4, 1)]
+    assert abs(recs[0]["avg_ts"] - 10 * 1e9 / recs[0]["avg_ns"]) < 1e-6 * recs[0]["avg_ts"]
+    code, out, _ = cli(capsys, "bench", "-p", "4", "-n", "0", "-pg", "8,2", "-r", "1")
+    assert code == 0 and "pp4 " in out and "pp8+tg2" in out
+    for bad in ("8", "8,x", "8,-1", "1,2,3"):
+        code, _, err = cli(capsys, "bench", "-p", "0", "-n", "0", "-pg", bad, "-r", "1")
+        assert code != 0 and err.strip().count("\n") == 0 and "-pg" in err and "Traceback" not in err
+
+
 def test_read_bandwidth_measure():
     """The roofline's bandwidth (benchmarks/bench_engine.py): a positive rate, and -1 for arguments it refuses."""
     from llamapy.native import lib

@@ -16,7 +16,8 @@ def _b(name, flags, help, note, type=Optional[str]) -> Opt:
 
 # llama-bench's options that llamapy's bench takes without acting on them (one value each, not lists)
 BENCH: list[Opt] = [
-    _b("pg", ("-pg",), "pp,tg test.", NOT_YET),
+    Opt("pg", ("-pg",), "A combined test <pp,tg>: a prompt of pp, then tg generated after it (repeatable).",
+        Optional[list[str]], None, panel=_B),
     Opt("cache_type_k", ("-ctk", "--cache-type-k"), "K cache types, a comma list (f16).", str, "f16", panel=_B),
     Opt("cache_type_v", ("-ctv", "--cache-type-v"), "V cache types, a comma list (f16).", str, "f16", panel=_B),
     Opt("cpu_mask", ("-C", "--cpu-mask"), "CPU affinity mask in hex.", Optional[str], None, panel=_B),
@@ -60,6 +61,7 @@ def register(app: typer.Typer) -> None:
         import sys
 
         from ..bench import bench as bench_fn
+        from ..bench import parse_pg
         from .option_values import apply_process_options
         from .options import announce
 
@@ -69,4 +71,4 @@ def register(app: typer.Typer) -> None:
         apply_process_options(opts)
         bench_fn(model=model, n_prompt=n_prompt, n_gen=n_gen, threads=threads, reps=reps, output=output,
                  n_batch=batch_size, n_ubatch=ubatch_size, type_k=opts["cache_type_k"],
-                 type_v=opts["cache_type_v"])
+                 type_v=opts["cache_type_v"], pg=parse_pg(" ".join(opts["pg"] or ())))

@@ -21,15 +21,21 @@ masking and accepting cost 0.3 ms per token in all, first-mask warm-up included.
 
 GBNF text is parsed here exactly as llama.cpp parses it (gbnf.py); the vocabulary bridge is vocab.py.
 """
-from .constraint import (
-    CompiledGrammar,
-    GrammarMatcher,
-    compile_gbnf,
-    compile_json_object,
-    compile_json_schema,
-)
-from .gbnf import GrammarError
-from .vocab import Vocabulary
+# the submodules load on first use (PEP 562): a command that takes no grammar never pays for them
+_WHERE = {"CompiledGrammar": "constraint", "GrammarMatcher": "constraint", "compile_gbnf": "constraint",
+          "compile_json_object": "constraint", "compile_json_schema": "constraint", "GrammarError": "gbnf",
+          "Vocabulary": "vocab"}
+
+
+def __getattr__(name: str):
+    if name in _WHERE:
+        import importlib
+
+        value = getattr(importlib.import_module(f".{_WHERE[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "CompiledGrammar",

@@ -2,11 +2,12 @@
 from __future__ import annotations
 
 import json
+from typing import TYPE_CHECKING
 
 from ..errors import LlamapyError
-from .constraint import CompiledGrammar, compile_gbnf, compile_json_schema
-from .gbnf import GrammarError
-from .vocab import Vocabulary
+
+if TYPE_CHECKING:  # the grammar engine loads only when a grammar is given
+    from .constraint import CompiledGrammar
 
 
 def check_options(grammar: str | None = None, grammar_file: str | None = None,
@@ -58,6 +59,10 @@ def _compile(tokenizer, n_vocab, grammar, grammar_file, json_schema) -> Compiled
     check_options(grammar, grammar_file, json_schema)
     if grammar is None and grammar_file is None and json_schema is None:
         return None
+    from .constraint import compile_gbnf, compile_json_schema
+    from .gbnf import GrammarError
+    from .vocab import Vocabulary
+
     vocab = Vocabulary.for_tokenizer(tokenizer, n_vocab)
     if json_schema is not None:
         try:
