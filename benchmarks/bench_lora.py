@@ -90,7 +90,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         adapter = os.path.join(tmp, "adapter.gguf")
         n_pairs = write_adapter(adapter, model, a.rank)
-        from llamapy.export_lora import export_lora
+        from llamapy.convert.export_lora import export_lora
 
         merged_path = os.path.join(tmp, "merged.gguf")
         export_lora(model, [(adapter, 1.0)], merged_path, "base", n_threads=a.threads)

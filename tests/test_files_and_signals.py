@@ -68,7 +68,7 @@ def test_quantize_signalled_leaves_no_partial_file(tmp_path, big_f32, sig):
 
 
 def test_convert_signalled_leaves_no_partial_file(tmp_path, spm_model, vocab_n):
-    hp = {**TINY, "dim": 512, "n_layers": 3, "n_heads": 8, "n_kv_heads": 8, "ffn": 1376}  # ~10M weights
+    hp = {**TINY, "dim": 512, "n_layers": 16, "n_heads": 8, "n_kv_heads": 8, "ffn": 1376}  # ~50M weights
     d = tmp_path / "m"
     save_hf(d, meta_to_hf(meta_weights(vocab_n, seed=2, hp=hp), hp), hf_config(vocab_n, hp))
     shutil.copy(spm_model, d / "tokenizer.model")

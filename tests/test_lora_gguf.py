@@ -23,10 +23,10 @@ from test_convert_safety import _Call, leftovers, write_pth  # noqa: E402
 from test_convert_util import gguf_f32_tensors  # noqa: E402
 
 from llamapy.convert import convert  # noqa: E402
+from llamapy.convert.export_lora import export_lora  # noqa: E402
 from llamapy.convert.lora_gguf import convert_lora  # noqa: E402
 from llamapy.engine.engine import Engine  # noqa: E402
 from llamapy.engine.load import LoadOptions  # noqa: E402
-from llamapy.export_lora import export_lora  # noqa: E402
 from llamapy.ggufio.reader import GGUFReader  # noqa: E402
 
 TOKENS = [1, 5, 17, 33, 90, 100, 7, 250, 3, 44, 61, 200]

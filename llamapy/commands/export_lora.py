@@ -29,8 +29,8 @@ def register(app: typer.Typer) -> None:
         """Merge GGUF LoRA adapters into a GGUF model, as llama-export-lora."""
         import sys
 
+        from ..convert.export_lora import export_lora as run
         from ..errors import LlamapyError
-        from ..export_lora import export_lora as run
         from ..util.safe_text import printable
         from .option_values import lora_adapters
 

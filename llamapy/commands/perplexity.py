@@ -6,7 +6,31 @@ from typing import Optional
 
 import typer
 
-from .options import COMMON, PERPLEXITY, LlamaCommand, Opt, with_options
+from .options import COMMON, NOT_YET, LlamaCommand, Opt, _c, _n, with_options
+
+_P = "Perplexity"
+
+# llama-perplexity's own
+PERPLEXITY: list[Opt] = [
+    _c("chunks", ("--chunks",), "Chunks to score (-1: all).", int, -1, min=-1, panel=_P),
+    _n("all_logits", ("--perplexity", "--all-logits"), "Score every token of each chunk's second half.",
+       "that is what perplexity always does here", bool, _P),
+    *(_n(name, (flag,), what, NOT_YET, kind, _P) for name, flag, what, kind in (
+        ("hellaswag", "--hellaswag", "HellaSwag score.", bool),
+        ("hellaswag_tasks", "--hellaswag-tasks", "HellaSwag tasks.", Optional[int]),
+        ("winogrande", "--winogrande", "Winogrande score.", bool),
+        ("winogrande_tasks", "--winogrande-tasks", "Winogrande tasks.", Optional[int]),
+        ("multiple_choice", "--multiple-choice", "Multiple-choice score.", bool),
+        ("multiple_choice_tasks", "--multiple-choice-tasks", "Multiple-choice tasks.", Optional[int]),
+        ("ppl_stride", "--ppl-stride", "Stride of the perplexity windows.", Optional[int]),
+        ("ppl_output_type", "--ppl-output-type", "Output type <0|1>.", Optional[int]),
+    )),
+    _c("kl_divergence", ("--kl-divergence",), "Score the model against the log-probabilities saved in "
+       "--kl-divergence-base FILE (KL divergence, same top token, Δp).", bool, False, panel=_P),
+    _c("kl_divergence_base", ("--save-all-logits", "--kl-divergence-base"), "File of saved log-probabilities: "
+       "written by a perplexity run, read by --kl-divergence (the reference's format).", Optional[str], None,
+       panel=_P),
+]
 
 # llama-perplexity's defaults where they differ from llama-cli's
 _OWN = [Opt("ctx_size", ("-c", "--ctx-size", "--n_ctx"), "Tokens per chunk.", int, 512, panel="Common"),

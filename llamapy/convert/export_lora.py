@@ -21,11 +21,11 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import LlamapyError
-from .ggufio.constants import KEY_FILE_TYPE, TYPE_SIZES, TensorType, ValueType
-from .ggufio.reader import GGUFReader, TensorInfo
-from .ggufio.writer import GGUFWriter
-from .util.safe_text import printable
+from ..errors import LlamapyError
+from ..ggufio.constants import KEY_FILE_TYPE, TYPE_SIZES, TensorType, ValueType
+from ..ggufio.reader import GGUFReader, TensorInfo
+from ..ggufio.writer import GGUFWriter
+from ..util.safe_text import printable
 
 CHUNK_ELEMENTS = 16 * 1024 * 1024  # float32 values of a base tensor merged at once
 MOSTLY_F16 = 1
@@ -42,7 +42,7 @@ class ExportResult:
 
 def _rows_f32(t: TensorInfo, r0: int, r1: int) -> np.ndarray:
     """Rows [r0, r1) of a GGUF tensor as float32 (n, ne0)."""
-    from .native import ffi, lib
+    from ..native import ffi, lib
 
     raw = np.ascontiguousarray(t.raw[r0:r1])
     n = (r1 - r0) * t.shape[0]
@@ -73,7 +73,7 @@ def _parse_outtype(text: str | None) -> tuple[int | None, int | None]:
         return None, None
     if str(text).strip().lower() == "base":
         return BASE, None
-    from .ggufio.filetypes import QUANT_OPTIONS, parse_ftype
+    from ..ggufio.filetypes import QUANT_OPTIONS, parse_ftype
 
     opt = parse_ftype(str(text).strip().lower())
     if opt is None or opt.name == "COPY" or opt.tensor_type is None:
@@ -86,7 +86,7 @@ def export_lora(model: str | os.PathLike, adapters: list[tuple[str, float]], out
                 outtype: str | None = None, *, n_threads: int | None = None,
                 log: Callable[[str], None] | None = None) -> ExportResult:
     """Merge GGUF LoRA adapters ((path, scale) each, in order) into the GGUF model `model`; write `outfile`."""
-    from .engine.lora import read_adapter
+    from ..engine.lora import read_adapter
 
     t0 = time.perf_counter()
     say = log or (lambda _m: None)
@@ -136,7 +136,7 @@ def export_lora(model: str | os.PathLike, adapters: list[tuple[str, float]], out
 
 def _merge(t: TensorInfo, terms: list[tuple[np.ndarray, np.ndarray, float]], ttype: int,
            n_threads: int | None) -> np.ndarray:
-    from .convert.outtype import encode_rows
+    from .outtype import encode_rows
 
     step = max(1, CHUNK_ELEMENTS // max(1, t.shape[0]))
     parts = []
