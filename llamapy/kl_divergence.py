@@ -349,6 +349,24 @@ def median(v: list[float]) -> float:
     return 0.5 * (v[n // 2] + v[n // 2 - 1]) if n % 2 == 0 else v[n // 2]
 
 
+def scored_chunks(llm, tokens, n_ctx: int, n_chunk: int, n_seq: int, bos_id: int | None):
+    """(chunk index, logits of its scored second half, their target tokens) for each chunk of n_ctx tokens,
+    each from an empty cache as the reference scores them (n_seq chunks at a time as separate sequences; a
+    chunk's logits do not depend on its neighbours); bos_id, if given, replaces each chunk's first token."""
+    first = n_ctx // 2
+    for i in range(0, n_chunk, n_seq):
+        items = []
+        for s in range(min(n_seq, n_chunk - i)):
+            chunk = tokens[(i + s) * n_ctx:(i + s + 1) * n_ctx].copy()
+            if bos_id is not None:
+                chunk[0] = bos_id
+            items.append((s, chunk))
+        llm.kv_clear()
+        for s, logits in enumerate(llm.eval_batch(items, first_output=first)):
+            c = i + s
+            yield c, logits[:-1], tokens[c * n_ctx + first + 1:(c + 1) * n_ctx]
+
+
 CHUNK_HEADER = ("chunk             PPL               ln(PPL(Q)/PPL(base))          KL Divergence              "
                 "Δp RMS            Same top p")
 
@@ -362,24 +380,12 @@ def kl_divergence(llm, saved: SavedLogits, bos_id: int | None, out: TextIO, chun
     if llm.n_ctx < n_ctx:
         raise LlamapyError(f"{saved.path} has been computed with {n_ctx}, while the current context is "
                            f"{llm.n_ctx}. Increase it with -c and retry")
-    first = n_ctx // 2
     n_chunk = saved.n_chunk if chunks < 0 else min(chunks, saved.n_chunk)
     n_seq = max(1, min(n_seq, llm.n_seq_max))
     stats = KLDStats()
-    for i in range(0, n_chunk, n_seq):
-        items = []
-        for s in range(min(n_seq, n_chunk - i)):
-            chunk = saved.tokens[(i + s) * n_ctx:(i + s + 1) * n_ctx].copy()
-            if bos_id is not None:
-                chunk[0] = bos_id
-            items.append((s, chunk))
-        llm.kv_clear()
-        outs = llm.eval_batch(items, first_output=first)
-        for s, logits in enumerate(outs):
-            c = i + s
-            targets = saved.tokens[c * n_ctx + first + 1:(c + 1) * n_ctx]
-            stats.add(logits[:-1], saved.chunk(c), targets)
-            out.write("\n" + CHUNK_HEADER + "\n" + stats.chunk_line(c + 1) + "\n")
+    for c, logits, targets in scored_chunks(llm, saved.tokens, n_ctx, n_chunk, n_seq, bos_id):
+        stats.add(logits, saved.chunk(c), targets)
+        out.write("\n" + CHUNK_HEADER + "\n" + stats.chunk_line(c + 1) + "\n")
         out.flush()
     out.write("\n" + stats.summary())
     out.flush()

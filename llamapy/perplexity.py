@@ -15,6 +15,7 @@ from typing import TextIO
 import numpy as np
 
 from .errors import LlamapyError
+from .kl_divergence import scored_chunks
 
 
 @dataclass
@@ -63,33 +64,21 @@ def perplexity(
     n_max = len(tokens) // n_ctx
     n_chunk = n_max if n_chunks < 0 else min(n_chunks, n_max)
     n_seq = max(1, min(llm.n_seq_max, n_seq if n_seq else llm.n_batch // n_ctx))
-    first = n_ctx // 2
 
     t0 = time.perf_counter()
     nll = nll2 = 0.0
     count = 0
     running = []
-    for i in range(0, n_chunk, n_seq):
-        items = []
-        for s in range(min(n_seq, n_chunk - i)):
-            chunk = tokens[(i + s) * n_ctx:(i + s + 1) * n_ctx].copy()
-            if bos_id is not None:
-                chunk[0] = bos_id
-            items.append((s, chunk))
-        llm.kv_clear()
-        outs = llm.eval_batch(items, first_output=first)
-        for s, logits in enumerate(outs):
-            start = (i + s) * n_ctx
-            targets = tokens[start + first + 1:start + n_ctx]
-            if on_logits:
-                on_logits(logits[:-1])
-            v = token_nll(logits[:-1], targets)
-            nll += float(v.sum())
-            nll2 += float((v * v).sum())
-            count += len(v)
-            running.append(math.exp(nll / count))
-            if on_chunk:
-                on_chunk(i + s + 1, running[-1])
+    for c, logits, targets in scored_chunks(llm, tokens, n_ctx, n_chunk, n_seq, bos_id):
+        if on_logits:
+            on_logits(logits)
+        v = token_nll(logits, targets)
+        nll += float(v.sum())
+        nll2 += float((v * v).sum())
+        count += len(v)
+        running.append(math.exp(nll / count))
+        if on_chunk:
+            on_chunk(c + 1, running[-1])
     mean = nll / count
     var = nll2 / count - mean * mean
     ppl = math.exp(mean)
