@@ -78,11 +78,17 @@ def steps(llm, seq: GenSequence, prompt: Sequence[int], seq_id: int = 0, reuse_p
     if seq.n_predict == 0:
         seq.timings.stop_reason = "limit"
         return
+    spec = None
     if drafter is not None:
-        yield from _speculative(llm, seq, seq_id, logits, drafter, on_context_shift)
-        return
+        from .speculative import DraftedRows
+
+        spec = DraftedRows(llm, drafter, seq_id)
     while True:
         step = seq.feed(logits)
+        if spec is not None:
+            # a draft token the sampled one is keeps its row; otherwise (or when the generation stops) the
+            # cache keeps the rows up to this one, as without a draft (a sampled token is not yet evaluated)
+            spec.settle(seq, step.token, bool(step.stop))
         yield step
         if step.stop:
             return
@@ -90,24 +96,4 @@ def steps(llm, seq: GenSequence, prompt: Sequence[int], seq_id: int = 0, reuse_p
             llm.context_shift(seq_id, *step.shift)
             if on_context_shift:
                 on_context_shift(*step.shift)
-        logits = seq.eval(llm, seq_id, [step.token])
-
-
-def _speculative(llm, seq: GenSequence, seq_id: int, logits, drafter,
-                 on_context_shift: Callable[[int, int], None] | None) -> Iterator[Step]:
-    from .speculative import DraftedRows
-
-    spec = DraftedRows(llm, drafter, seq_id)
-    while True:
-        step = seq.feed(logits)
-        # a draft token the sampled one is keeps its row; otherwise (or when the generation stops) the cache
-        # keeps the rows up to this one, as without a draft (a sampled token is not yet evaluated)
-        spec.settle(seq, step.token, bool(step.stop))
-        yield step
-        if step.stop:
-            return
-        if step.shift is not None:
-            llm.context_shift(seq_id, *step.shift)
-            if on_context_shift:
-                on_context_shift(*step.shift)
-        logits = spec.eval_next(seq, step.token)
+        logits = spec.eval_next(seq, step.token) if spec is not None else seq.eval(llm, seq_id, [step.token])
